@@ -1,0 +1,121 @@
+"""The composition root: builds every part from the settings and wires them together.
+Nothing else creates stores, providers or apps; no module does work at import time."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from capgate import __version__
+from capgate.config import Config, ProviderConfig, sqlite_path
+from capgate.core.limits import Limit, Metric, usd_to_nano
+from capgate.core.windows import WindowKind
+from capgate.http.admin import AdminAPI
+from capgate.http.auth import admin_digest
+from capgate.http.gateway import Gateway
+from capgate.keys import display_prefix, key_hash, new_key
+from capgate.mock.server import create_mock_app
+from capgate.pricing import PricingTable
+from capgate.providers.http import HTTPProvider
+from capgate.routing import Router
+from capgate.store.base import ScopeFields
+from capgate.store.sqlite import SQLiteStore
+
+DEMO_PROVIDER = "demo-mock"
+DEMO_KEY = "demo"
+
+
+@dataclass
+class Built:
+    app: web.Application
+    store: SQLiteStore
+    generated_admin_key: str | None = None  # shown once when capgate made it
+    demo_key: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+async def _start_builtin_mock() -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(create_mock_app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+async def _admin_digest(store: SQLiteStore, config: Config, demo: bool) -> tuple[bytes, str | None]:
+    """The admin key: from the settings; else the one stored at first start; else (and
+    always in demo mode) a new one, stored as a hash and shown once."""
+    if config.server.admin_key:
+        return admin_digest(config.server.admin_key), None
+    stored = await store.get_meta("admin_key_hash")
+    if stored and not demo:
+        return bytes.fromhex(stored), None
+    raw = "sk-cg-admin-" + secrets.token_urlsafe(32)
+    digest = admin_digest(raw)
+    await store.set_meta("admin_key_hash", digest.hex())
+    return digest, raw
+
+
+async def _demo_key(store: SQLiteStore) -> str:
+    """A fresh demo key with a small daily budget (replaced at every demo start, since a
+    raw key cannot be shown twice)."""
+    names = {scope.name for scope in await store.list_keys()}
+    if DEMO_KEY in names:
+        await store.delete_key(DEMO_KEY, "demo")
+    key_id, raw = new_key()
+    limits = (
+        Limit(Metric.COST_USD, WindowKind.DAY, usd_to_nano("1.00")),
+        Limit(Metric.REQUESTS, WindowKind.MINUTE, 60),
+    )
+    fields = ScopeFields(limits=limits, metadata={"demo": True})
+    await store.create_key(DEMO_KEY, key_id, key_hash(raw), display_prefix(raw), fields)
+    return raw
+
+
+async def build(config: Config, *, demo: bool = False) -> Built:
+    settings = config.server
+    store = SQLiteStore(sqlite_path(settings.database_url))
+    await store.start()
+    runners: list[web.AppRunner] = []
+    providers: dict[str, HTTPProvider] = {}
+    provider_configs = list(config.providers)
+    if demo and not any(p.type == "mock" for p in provider_configs):
+        provider_configs.append(ProviderConfig(name=DEMO_PROVIDER, type="mock"))
+    for pc in provider_configs:
+        base_url = pc.base_url
+        if pc.type == "mock" and base_url is None:
+            runner, base_url = await _start_builtin_mock()
+            runners.append(runner)
+        providers[pc.name] = HTTPProvider(pc, base_url)
+
+    pricing = PricingTable.load({name: p.as_entry() for name, p in config.pricing.items()})
+    router = Router(list(config.models), providers)
+    gateway = Gateway(store, router, pricing, settings)
+    digest, generated = await _admin_digest(store, config, demo)
+    admin = AdminAPI(store, digest)
+
+    app = web.Application(client_max_size=int(settings.max_request_mb * 1024 * 1024) + 1)
+    app.add_routes(gateway.routes())
+    app.add_routes(admin.routes())
+    app.router.add_get("/health", _health)
+
+    async def shutdown(_: web.Application) -> None:
+        await gateway.drain()
+        for provider in providers.values():
+            await provider.close()
+        for runner in runners:
+            await runner.cleanup()
+        await store.close()
+
+    app.on_cleanup.append(shutdown)
+    built = Built(app, store, generated)
+    if demo:
+        built.demo_key = await _demo_key(store)
+    return built
+
+
+async def _health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "version": __version__})

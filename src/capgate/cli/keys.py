@@ -1,0 +1,191 @@
+"""`capgate keys ...`: manage virtual keys through the admin API."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from capgate.cli.client import AdminClient, fail
+from capgate.core.limits import parse_limit_spec
+
+app = typer.Typer(help="Create and manage virtual keys.", no_args_is_help=True)
+console = Console()
+
+LimitOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--limit", "-l", help="[MODEL_GLOB:]METRIC=MAX/WINDOW, e.g. cost=5/day (repeatable)"
+    ),
+]
+ModelOpt = Annotated[
+    list[str] | None, typer.Option("--model", "-m", help="allowed model glob (repeatable)")
+]
+UrlOpt = Annotated[str | None, typer.Option("--url", help="capgate server (env CAPGATE_URL)")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
+
+
+def _limits(specs: list[str] | None) -> list[dict[str, Any]] | None:
+    if specs is None:
+        return None
+    out = []
+    for spec in specs:
+        try:
+            out.append(parse_limit_spec(spec).to_json())
+        except ValueError as exc:
+            fail(str(exc))
+    return out
+
+
+def _fields(
+    team: str | None,
+    user: str | None,
+    limit: list[str] | None,
+    model: list[str] | None,
+    expires: str | None,
+    timezone: str | None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    for name, value in (
+        ("team", team),
+        ("user", user),
+        ("expires_at", expires),
+        ("timezone", timezone),
+    ):
+        if value is not None:
+            body[name] = value
+    if limit is not None:
+        body["limits"] = _limits(limit)
+    if model is not None:
+        body["models"] = model
+    return body
+
+
+def show_limits(usage: list[dict[str, Any]]) -> Table:
+    table = Table("limit", "used", "reserved", "max", "left", "resets", box=None)
+    for row in usage:
+        label = f"{row['metric']}/{row['window']}" + (
+            f" ({row['model']})" if row.get("model") else ""
+        )
+        table.add_row(
+            label,
+            str(row["used"]),
+            str(row["reserved"]),
+            str(row["max"]),
+            str(row["remaining"]),
+            _reset(row["resets_at"]),
+        )
+    return table
+
+
+def _reset(ts: int) -> str:
+    from datetime import UTC, datetime
+
+    if ts >= 2**61:
+        return "never"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+@app.command()
+def create(
+    name: str,
+    team: Annotated[str | None, typer.Option(help="team name")] = None,
+    user: Annotated[str | None, typer.Option(help="user name")] = None,
+    limit: LimitOpt = None,
+    model: ModelOpt = None,
+    expires: Annotated[str | None, typer.Option(help="expiry, ISO 8601 (e.g. 2026-12-31)")] = None,
+    timezone: Annotated[str | None, typer.Option(help="IANA timezone for calendar windows")] = None,
+    url: UrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a key and print the raw key (shown only this once)."""
+    body = {"name": name, **_fields(team, user, limit, model, expires, timezone)}
+    created = AdminClient(url).call("POST", "/admin/keys", json=body)
+    if as_json:
+        print(json.dumps(created, indent=2))
+        return
+    console.print(f"Created key [bold]{name}[/bold]. Copy it now; it is not shown again:")
+    print(created["key"])
+
+
+@app.command("list")
+def list_(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+    """List keys with their status and limits."""
+    items = AdminClient(url).call("GET", "/admin/keys")["items"]
+    if as_json:
+        print(json.dumps(items, indent=2))
+        return
+    table = Table("name", "status", "team", "user", "limits", "prefix")
+    for key in items:
+        limits = ", ".join(
+            f"{u['metric']}={u['used']}/{u['max']} per {u['window']}" for u in key["usage"]
+        )
+        table.add_row(
+            key["name"],
+            key["status"],
+            key["team"] or "",
+            key["user"] or "",
+            limits,
+            key["prefix"] or "",
+        )
+    console.print(table)
+
+
+@app.command()
+def show(name: str, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+    """Show one key and its usage against each limit."""
+    key = AdminClient(url).call("GET", f"/admin/keys/{name}")
+    if as_json:
+        print(json.dumps(key, indent=2))
+        return
+    console.print(
+        f"[bold]{key['name']}[/bold]  {key['status']}  team={key['team']} user={key['user']}"
+    )
+    console.print(
+        f"models: {', '.join(key['models']) or 'all'}   expires: {key['expires_at'] or 'never'}"
+    )
+    console.print(show_limits(key["usage"]))
+
+
+@app.command()
+def update(
+    name: str,
+    team: Annotated[str | None, typer.Option(help="team name")] = None,
+    user: Annotated[str | None, typer.Option(help="user name")] = None,
+    limit: LimitOpt = None,
+    model: ModelOpt = None,
+    expires: Annotated[str | None, typer.Option(help="expiry, ISO 8601")] = None,
+    timezone: Annotated[str | None, typer.Option(help="IANA timezone")] = None,
+    url: UrlOpt = None,
+) -> None:
+    """Change a key. --limit and --model replace the whole list."""
+    body = _fields(team, user, limit, model, expires, timezone)
+    if not body:
+        fail("nothing to change: give at least one option")
+    AdminClient(url).call("PATCH", f"/admin/keys/{name}", json=body)
+    console.print(f"Updated key {name}.")
+
+
+def _action(action: str, done: str) -> None:
+    def command(name: str, url: UrlOpt = None) -> None:
+        AdminClient(url).call("POST", f"/admin/keys/{name}/{action}")
+        console.print(f"Key {name} {done}.")
+
+    command.__doc__ = f"{action.capitalize().replace('-', ' ')} a key."
+    app.command(action)(command)
+
+
+_action("pause", "paused: its next request is refused")
+_action("resume", "resumed")
+_action("revoke", "revoked for good")
+_action("reset-usage", "usage reset")
+
+
+@app.command()
+def delete(name: str, url: UrlOpt = None) -> None:
+    """Delete a key (its ledger entries stay)."""
+    AdminClient(url).call("DELETE", f"/admin/keys/{name}")
+    console.print(f"Deleted key {name}.")

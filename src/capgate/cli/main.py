@@ -1,0 +1,62 @@
+"""`capgate`: the command line. `serve` runs the gateway; the rest talk to a running one."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Annotated
+
+import typer
+
+from capgate import __version__
+from capgate.cli import keys as keys_cli
+from capgate.cli.usage import usage
+from capgate.config import ConfigError, load_config, with_overrides
+
+app = typer.Typer(
+    help="capgate: an LLM gateway with hard, exact budgets for teams.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(keys_cli.app, name="keys")
+app.command()(usage)
+
+
+@app.command()
+def serve(
+    config: Annotated[str | None, typer.Option("--config", "-c", help="YAML config file")] = None,
+    host: Annotated[str | None, typer.Option(help="address to listen on [127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="port [4000]; 0 picks a free one")] = None,
+    demo: Annotated[
+        bool, typer.Option("--demo", help="add a built-in mock provider and a demo key")
+    ] = False,
+    database_url: Annotated[
+        str | None, typer.Option(help="sqlite:///PATH [sqlite:///capgate.db]")
+    ] = None,
+) -> None:
+    """Run the gateway, admin API and (later) dashboard on one port."""
+    try:
+        cfg = with_overrides(
+            load_config(config),
+            os.environ,
+            {"host": host, "port": port, "database_url": database_url},
+        )
+    except ConfigError as exc:
+        typer.secho(f"capgate: bad configuration: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    from capgate.cli.serve import run  # the server's imports are only paid by `serve`
+
+    run(cfg, demo=demo)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    print(__version__)
+
+
+def main() -> None:
+    if sys.platform != "win32":
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `capgate usage | head` exits quietly
+    app()

@@ -1,0 +1,220 @@
+"""Settings, read in one place: flags, then `CAPGATE_*` environment, then the config file.
+
+The config file (YAML) is validated strictly: an unknown or bad key stops the server at
+start with a message that names it (`providers[0].type: ...`). `${VAR}` and
+`${VAR:-default}` in string values are replaced from the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from capgate.core.windows import zone
+
+ProviderType = Literal["anthropic", "openai", "openai-compatible", "mock"]
+_LATER_TYPES = {"claude-cli", "codex-cli"}
+DEFAULT_BASE_URLS = {
+    "anthropic": "https://api.anthropic.com",
+    "openai": "https://api.openai.com/v1",
+}
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message says which key and why."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProviderConfig(_Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    type: ProviderType
+    base_url: str | None = None
+    api_key: str | None = None
+    headers: dict[str, str] = {}
+    connect_timeout_s: float = Field(10.0, gt=0)
+    read_timeout_s: float = Field(600.0, gt=0)  # between bytes of an answer
+    max_connections: int = Field(1000, ge=1)
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _known_type(cls, value: Any) -> Any:
+        if value in _LATER_TYPES:
+            raise ValueError(f"provider type {value!r} is not available in this version yet")
+        return value
+
+    @property
+    def url(self) -> str:
+        return (self.base_url or DEFAULT_BASE_URLS.get(self.type, "")).rstrip("/")
+
+    @property
+    def dialects(self) -> frozenset[str]:
+        if self.type == "mock":
+            return frozenset({"anthropic", "openai"})
+        return frozenset({"anthropic"}) if self.type == "anthropic" else frozenset({"openai"})
+
+
+class TargetConfig(_Strict):
+    provider: str
+    model: str | None = None  # None: pass the asked model through unchanged
+    weight: int = Field(1, ge=1)
+
+
+class RouteConfig(_Strict):
+    match: str = Field(min_length=1)
+    targets: list[TargetConfig] = Field(min_length=1)
+    fallbacks: list[TargetConfig] = []
+
+
+class PriceConfig(_Strict):
+    input: float | str
+    output: float | str
+    cache_write: float | str | None = None
+    cache_write_1h: float | str | None = None
+    cache_read: float | str | None = None
+
+    def as_entry(self) -> dict[str, Any]:
+        return {k: str(v) for k, v in self.model_dump().items() if v is not None}
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(4000, ge=0, le=65535)
+    database_url: str = "sqlite:///capgate.db"
+    admin_key: str | None = None
+    max_request_mb: float = Field(32.0, gt=0)
+    default_max_tokens: int = Field(4096, ge=1)  # set when a client sends no max_tokens
+    allow_unpriced_models: bool = False  # True: unpriced models pass; only non-dollar limits apply
+    timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, value: str) -> str:
+        zone(value)
+        return value
+
+
+class Config(_Strict):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    providers: list[ProviderConfig] = []
+    models: list[RouteConfig] = []
+    pricing: dict[str, PriceConfig] = {}
+
+    def model_post_init(self, context: Any) -> None:
+        names = [p.name for p in self.providers]
+        for name in names:
+            if names.count(name) > 1:
+                raise ConfigError(f"providers: the name {name!r} is used twice")
+        for i, route in enumerate(self.models):
+            for j, target in enumerate([*route.targets, *route.fallbacks]):
+                if target.provider not in names:
+                    where = f"models[{i}].targets[{j}].provider"
+                    raise ConfigError(f"{where}: no provider named {target.provider!r}")
+
+    def provider(self, name: str) -> ProviderConfig:
+        return next(p for p in self.providers if p.name == name)
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _substitute(node: Any, env: Mapping[str, str], path: str) -> Any:
+    if isinstance(node, str):
+
+        def replace(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"{path}: environment variable {name} is not set")
+
+        return _ENV_REF.sub(replace, node)
+    if isinstance(node, dict):
+        return {k: _substitute(v, env, f"{path}.{k}" if path else str(k)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_substitute(v, env, f"{path}[{i}]") for i, v in enumerate(node)]
+    return node
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def parse_config(data: Any, env: Mapping[str, str], source: str = "config") -> Config:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    data = _substitute(data, env, "")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = _location(tuple(p for p in err["loc"] if not str(p).startswith("function-")))
+            message = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                message = "unknown key"
+            problems.append(f"{where}: {message}")
+        raise ConfigError(f"{source}: " + "; ".join(problems)) from None
+
+
+def load_config(path: str | None, env: Mapping[str, str] | None = None) -> Config:
+    env = os.environ if env is None else env
+    if path is None:
+        return parse_config({}, env)
+    try:
+        text = Path(path).read_text("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_config(data, env, path)
+
+
+ENV_SETTINGS = {
+    "CAPGATE_HOST": "host",
+    "CAPGATE_PORT": "port",
+    "CAPGATE_DATABASE_URL": "database_url",
+    "CAPGATE_ADMIN_KEY": "admin_key",
+    "CAPGATE_MAX_REQUEST_MB": "max_request_mb",
+    "CAPGATE_DEFAULT_MAX_TOKENS": "default_max_tokens",
+    "CAPGATE_ALLOW_UNPRICED_MODELS": "allow_unpriced_models",
+    "CAPGATE_TIMEZONE": "timezone",
+}
+
+
+def with_overrides(config: Config, env: Mapping[str, str], flags: Mapping[str, Any]) -> Config:
+    """Environment over the file, flags over both (SPEC 3.1)."""
+    server = config.server.model_dump()
+    for var, field in ENV_SETTINGS.items():
+        if env.get(var):
+            server[field] = env[var]
+    server.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        return config.model_copy(update={"server": ServerConfig.model_validate(server)})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(f"server.{_location(err['loc'])}: {err['msg']}") from None
+
+
+def sqlite_path(database_url: str) -> str:
+    if not database_url.startswith("sqlite:///"):
+        raise ConfigError(
+            f"database_url {database_url!r}: only sqlite:///PATH is supported in this version"
+        )
+    return database_url.removeprefix("sqlite:///")

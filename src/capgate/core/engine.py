@@ -1,0 +1,204 @@
+"""The limit engine: decides reservations and settlements. Pure, no I/O.
+
+The protocol (SPEC 2.1), in two atomic steps the store carries out:
+
+1. `plan_reserve`: given the counters of every limit that applies, admit the request only
+   if its worst case fits under *all* of them (`settled + reserved + worst <= max`), and say
+   which amounts to add to `reserved`; otherwise name the limit that refuses it.
+2. `plan_settle`: when the answer is known, move each reservation from `reserved` to the
+   actual amount in `settled`.
+
+The store reads the counters `counters_for` names, calls these functions and writes the
+result inside one transaction, so no other request can slip between check and record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from capgate.core.limits import Limit, Metric, Scope, ScopeKind, Status
+from capgate.core.money import Usage
+from capgate.core.windows import ADJECTIVE, RATE_WINDOWS, WindowInstance, format_reset, window_at
+
+
+@dataclass(frozen=True, slots=True)
+class Amounts:
+    """What one request counts (or may count, for a reservation) against each metric."""
+
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_nano: int = 0
+
+    def of(self, metric: Metric) -> int:
+        if metric is Metric.REQUESTS:
+            return self.requests
+        if metric is Metric.INPUT_TOKENS:
+            return self.input_tokens
+        if metric is Metric.OUTPUT_TOKENS:
+            return self.output_tokens
+        if metric is Metric.TOKENS:
+            return self.input_tokens + self.output_tokens
+        return self.cost_nano
+
+    @classmethod
+    def of_usage(cls, usage: Usage, cost_nano: int) -> Amounts:
+        return cls(1, usage.total_input, usage.output_tokens, cost_nano)
+
+
+@dataclass(frozen=True, slots=True)
+class CounterState:
+    settled: int = 0
+    reserved: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Applicable:
+    """One limit of one scope, in the window instance that contains `now`."""
+
+    scope: Scope
+    limit: Limit
+    counter: str
+    window: WindowInstance
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """An amount reserved on one counter instance; settlement releases exactly this."""
+
+    counter: str
+    window_start: int
+    metric: Metric
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class CounterDelta:
+    counter: str
+    window_start: int
+    reserved: int
+    settled: int
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a request is refused, with everything a person needs to act on it."""
+
+    code: str  # limit_exceeded | paused | revoked | expired | model_not_allowed
+    message: str
+    scope_kind: str
+    scope_name: str
+    limit: Limit | None = None
+    used: int = 0
+    resets_at: int | None = None
+
+    @property
+    def is_rate_limit(self) -> bool:
+        """A short window: retrying after `resets_at` can succeed."""
+        return self.limit is not None and self.limit.window in RATE_WINDOWS
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "code": self.code,
+            "scope": self.scope_kind,
+            "name": self.scope_name,
+            "message": self.message,
+        }
+        if self.limit is not None:
+            out["limit"] = self.limit.to_json()
+            out["used"] = self.used
+            out["resets_at"] = self.resets_at
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    charges: tuple[Charge, ...]
+
+
+def counters_for(scopes: Iterable[Scope], models: Sequence[str], now: float) -> list[Applicable]:
+    """Every limit of `scopes` that applies now to any of `models` (the model asked for and
+    the model it is routed to: a cap on "opus*" holds whatever alias reaches Opus), with
+    the counter instance it uses."""
+    out = []
+    for scope in scopes:
+        for limit in scope.limits:
+            if any(limit.applies_to(model) for model in models):
+                window = window_at(limit.window, now, scope.timezone)
+                out.append(Applicable(scope, limit, scope.counter_id(limit), window))
+    return out
+
+
+def check_access(scopes: Sequence[Scope], models: Sequence[str], now: float) -> Refusal | None:
+    """Status, expiry and allowed models, checked before any budget. A model is allowed
+    when the name asked for or the model it is routed to matches an allowed glob."""
+    model = models[0]
+    for scope in scopes:
+        label = f'{scope.kind.value} "{scope.name}"'
+        if scope.status is Status.REVOKED:
+            return Refusal(
+                "revoked", f"The {label} has been revoked.", scope.kind.value, scope.name
+            )
+        if scope.status is Status.PAUSED:
+            msg = f"The {label} is paused by an administrator; ask them to resume it."
+            return Refusal("paused", msg, scope.kind.value, scope.name)
+        if scope.expires_at is not None and now >= scope.expires_at:
+            return Refusal("expired", f"The {label} has expired.", scope.kind.value, scope.name)
+        if not any(scope.allows_model(m) for m in models):
+            allowed = ", ".join(scope.models)
+            msg = f'Model "{model}" is not allowed for {label} (allowed: {allowed}).'
+            return Refusal("model_not_allowed", msg, scope.kind.value, scope.name)
+    return None
+
+
+def plan_reserve(
+    applicable: Sequence[Applicable],
+    states: Mapping[tuple[str, int], CounterState],
+    worst: Amounts,
+) -> Admission | Refusal:
+    """Admit if the worst case fits under every applicable limit; all or nothing."""
+    charges = []
+    for app in applicable:
+        state = states.get((app.counter, app.window.start), _EMPTY)
+        amount = worst.of(app.limit.metric)
+        if state.settled + state.reserved + amount > app.limit.max:
+            return _limit_refusal(app, state, amount)
+        charges.append(Charge(app.counter, app.window.start, app.limit.metric, amount))
+    return Admission(tuple(charges))
+
+
+def plan_settle(charges: Iterable[Charge], actual: Amounts) -> list[CounterDelta]:
+    """Release each reservation and record what was really used, in the same window
+    instance the reservation was made in (a request that spans midnight counts in the day
+    it was admitted)."""
+    return [
+        CounterDelta(c.counter, c.window_start, -c.amount, actual.of(c.metric)) for c in charges
+    ]
+
+
+_EMPTY = CounterState()
+
+
+def _limit_refusal(app: Applicable, state: CounterState, amount: int) -> Refusal:
+    limit, scope = app.limit, app.scope
+    fmt = limit.format_amount
+    what = f"{ADJECTIVE[limit.window]} {limit.metric.noun} limit"
+    if limit.model is not None:
+        what += f" for models {limit.model}"
+    label = f'{scope.kind.value} "{scope.name}"'
+    used = state.settled
+    resets = format_reset(app.window.end, scope.timezone)
+    if used >= limit.max:
+        detail = f"{what} of {label} reached: {fmt(used)} of {fmt(limit.max)} used"
+    else:
+        detail = f"{what} of {label} would be exceeded: {fmt(used)} of {fmt(limit.max)} used"
+        if state.reserved:
+            detail += f", {fmt(state.reserved)} held by requests in flight"
+        detail += f", this request may need up to {fmt(amount)}"
+    message = f"{detail}; resets {resets}."
+    if scope.kind is ScopeKind.KEY and limit.metric is Metric.COST_USD and used < limit.max:
+        message += " Lower max_tokens or send a shorter request to fit."
+    return Refusal(
+        "limit_exceeded", message, scope.kind.value, scope.name, limit, used, app.window.end
+    )

@@ -1,0 +1,177 @@
+"""Limits, the scopes that carry them, and the amounts they count.
+
+A `Limit` caps one metric over one window, optionally only for models matching a glob.
+Amounts are integers in the metric's unit: requests, tokens, or nano-dollars for cost
+(1 USD = 10**9), so budgets add up exactly.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from fnmatch import fnmatchcase
+from typing import Any
+
+from capgate.core.windows import WindowKind, parse_window
+
+NANO_PER_USD = 10**9
+
+
+class Metric(enum.Enum):
+    REQUESTS = "requests"
+    TOKENS = "tokens"  # input (including cache reads and writes) + output
+    INPUT_TOKENS = "input_tokens"  # everything the model read, cached or not
+    OUTPUT_TOKENS = "output_tokens"
+    COST_USD = "cost_usd"  # counted in nano-dollars
+
+    @property
+    def noun(self) -> str:
+        return _NOUNS[self]
+
+
+_NOUNS = {
+    Metric.REQUESTS: "request",
+    Metric.TOKENS: "token",
+    Metric.INPUT_TOKENS: "input token",
+    Metric.OUTPUT_TOKENS: "output token",
+    Metric.COST_USD: "cost",
+}
+
+# The CLI's short names for metrics (`cost=5/day`).
+METRIC_ALIASES = {"cost": Metric.COST_USD, "usd": Metric.COST_USD}
+
+
+def parse_metric(text: str) -> Metric:
+    if text in METRIC_ALIASES:
+        return METRIC_ALIASES[text]
+    try:
+        return Metric(text)
+    except ValueError:
+        allowed = ", ".join(m.value for m in Metric)
+        raise ValueError(f"unknown metric {text!r} (one of: {allowed}, or cost)") from None
+
+
+def usd_to_nano(value: Any) -> int:
+    """Exact conversion of a dollar amount (number or decimal string) to nano-dollars."""
+    try:
+        dec = Decimal(str(value))
+    except InvalidOperation:
+        raise ValueError(f"not a dollar amount: {value!r}") from None
+    nano = dec * NANO_PER_USD
+    if not dec.is_finite() or nano != nano.to_integral_value():
+        raise ValueError(f"dollar amount {value!r} is finer than a nano-dollar")
+    return int(nano)
+
+
+def nano_to_decimal_str(nano: int) -> str:
+    """Nano-dollars as an exact decimal string of dollars: 1234500 -> '0.0012345'."""
+    text = f"{Decimal(nano).scaleb(-9):f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text
+
+
+def format_usd(nano: int) -> str:
+    """Dollars for people: '$4.90'; small amounts keep their significant digits."""
+    dec = Decimal(nano).scaleb(-9)
+    if nano == 0 or abs(dec) >= Decimal("0.01"):
+        return f"${dec:,.2f}"
+    return "$" + nano_to_decimal_str(nano)
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    metric: Metric
+    window: WindowKind
+    max: int  # in the metric's unit (nano-dollars for cost)
+    model: str | None = None  # glob; the limit applies only to matching models
+
+    def applies_to(self, model: str) -> bool:
+        return self.model is None or fnmatchcase(model, self.model)
+
+    def format_amount(self, amount: int) -> str:
+        if self.metric is Metric.COST_USD:
+            return format_usd(amount)
+        return f"{amount:,}"
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Limit:
+        metric = parse_metric(str(data["metric"]))
+        window = parse_window(str(data["window"]))
+        raw_max = data["max"]
+        if isinstance(raw_max, bool):
+            raise ValueError("max must be a number")
+        if metric is Metric.COST_USD:
+            max_ = usd_to_nano(raw_max)
+        else:
+            dec = Decimal(str(raw_max))
+            if dec != dec.to_integral_value():
+                raise ValueError(f"max of {metric.value} must be a whole number, not {raw_max}")
+            max_ = int(dec)
+        if max_ < 0:
+            raise ValueError("max must not be negative")
+        model = data.get("model")
+        if model is not None and (not isinstance(model, str) or not model):
+            raise ValueError("model must be a non-empty glob string")
+        return cls(metric, window, max_, model)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"metric": self.metric.value, "window": self.window.value}
+        out["max"] = nano_to_decimal_str(self.max) if self.metric is Metric.COST_USD else self.max
+        if self.model is not None:
+            out["model"] = self.model
+        return out
+
+
+_SPEC = re.compile(
+    r"^(?:(?P<model>[^:=]+):)?(?P<metric>[a-z_]+)=(?P<max>[0-9.]+)/(?P<window>[a-z]+)$"
+)
+
+
+def parse_limit_spec(spec: str) -> Limit:
+    """The CLI syntax `[MODEL_GLOB:]METRIC=MAX/WINDOW`, e.g. `opus*:requests=5/day`."""
+    match = _SPEC.match(spec.strip())
+    if match is None:
+        raise ValueError(
+            f"bad limit {spec!r}: expected [MODEL_GLOB:]METRIC=MAX/WINDOW, e.g. cost=5/day"
+        )
+    return Limit.from_json(match.groupdict())
+
+
+class ScopeKind(enum.Enum):
+    KEY = "key"
+    USER = "user"
+    TEAM = "team"
+    ORG = "org"
+    PROVIDER = "provider"
+
+
+class Status(enum.Enum):
+    ACTIVE = "active"
+    PAUSED = "paused"
+    REVOKED = "revoked"
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Anything that carries limits: a key, user, team, org or provider."""
+
+    kind: ScopeKind
+    id: str
+    name: str
+    limits: tuple[Limit, ...] = ()
+    status: Status = Status.ACTIVE
+    timezone: str = "UTC"
+    models: tuple[str, ...] = ()  # allowed model globs; empty = all
+    expires_at: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def counter_id(self, limit: Limit) -> str:
+        """Names the counter a limit uses. Independent of `max`, so raising a limit keeps
+        what was already spent."""
+        return f"{self.kind.value}:{self.id}:{limit.metric.value}:{limit.window.value}:{limit.model or '*'}"
+
+    def allows_model(self, model: str) -> bool:
+        return not self.models or any(fnmatchcase(model, glob) for glob in self.models)

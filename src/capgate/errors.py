@@ -1,0 +1,98 @@
+"""The one error hierarchy. Adapters translate driver and provider failures into these at
+their edge; each HTTP surface renders them in its own dialect in one place
+(`capgate.http.dialects`).
+
+    CapgateError
+     ├── InvalidRequest         400  malformed body, missing model, bad value
+     ├── AuthenticationFailed   401  missing or unknown key
+     ├── PermissionDenied       403  paused, revoked, expired key; model not allowed
+     ├── NotFound               404
+     ├── Conflict               409  duplicate name
+     ├── PayloadTooLarge        413
+     ├── UnsupportedMediaType   415
+     ├── LimitExceeded          402 budget / 429 rate limit (carries the engine's Refusal)
+     ├── UpstreamFailed         502  provider unreachable or broken answer
+     └── StoreUnavailable       503  the ledger cannot be written: fail closed
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from capgate.core.engine import Refusal
+
+
+class CapgateError(Exception):
+    status = 500
+    kind = "api_error"  # a neutral error type; dialects map it to their own names
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class InvalidRequest(CapgateError):
+    status = 400
+    kind = "invalid_request_error"
+
+
+class AuthenticationFailed(CapgateError):
+    status = 401
+    kind = "authentication_error"
+
+
+class PermissionDenied(CapgateError):
+    status = 403
+    kind = "permission_error"
+
+
+class NotFound(CapgateError):
+    status = 404
+    kind = "not_found_error"
+
+
+class Conflict(CapgateError):
+    status = 409
+    kind = "conflict_error"
+
+
+class PayloadTooLarge(CapgateError):
+    status = 413
+    kind = "request_too_large"
+
+
+class UnsupportedMediaType(CapgateError):
+    status = 415
+    kind = "invalid_request_error"
+
+
+class LimitExceeded(CapgateError):
+    """A limit refused the request. Budgets answer 402 and tell clients not to retry
+    (`x-should-retry: false`, honoured by Claude Code and the official SDKs); rate limits
+    over a minute or an hour answer 429 with `retry-after`."""
+
+    kind = "budget_exceeded"
+
+    def __init__(self, refusal: Refusal, now: float) -> None:
+        headers = {"x-capgate-refusal": refusal.code}
+        if refusal.is_rate_limit and refusal.resets_at is not None:
+            self.status = 429
+            self.kind = "rate_limit_error"
+            headers["retry-after"] = str(max(1, int(refusal.resets_at - now + 0.999)))
+        else:
+            self.status = 402
+            headers["x-should-retry"] = "false"
+        super().__init__(refusal.message, headers=headers)
+        self.refusal = refusal
+
+
+class UpstreamFailed(CapgateError):
+    status = 502
+    kind = "api_error"
+
+
+class StoreUnavailable(CapgateError):
+    status = 503
+    kind = "api_error"

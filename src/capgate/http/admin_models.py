@@ -1,0 +1,95 @@
+"""Request bodies of the admin API, validated with messages that name the bad field."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from capgate.core.limits import Limit
+from capgate.core.windows import zone
+from capgate.store.base import ScopeFields
+
+
+class LimitIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    metric: str = Field(description="requests | tokens | input_tokens | output_tokens | cost_usd")
+    window: str = Field(description="minute | hour | day | week | month | total")
+    max: float | int | str = Field(description="dollars for cost_usd, a count otherwise")
+    model: str | None = Field(None, description="glob: the limit applies only to these models")
+
+    def to_limit(self) -> Limit:
+        return Limit.from_json(self.model_dump())
+
+    def model_post_init(self, context: Any) -> None:
+        self.to_limit()  # raises ValueError with the reason; pydantic reports it
+
+
+def parse_time(value: str | float | int | None) -> float | None:
+    """ISO 8601 (date or date-time; naive means UTC) or Unix seconds."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"not a date or time: {value!r} (use ISO 8601, e.g. 2026-12-31)") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+class _KeyFields(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    team: str | None = None
+    user: str | None = None
+    limits: list[LimitIn] | None = None
+    models: list[str] | None = Field(None, description="allowed model globs; empty = all")
+    expires_at: str | float | None = None
+    timezone: str | None = Field(None, description="IANA name for calendar windows")
+    metadata: dict[str, Any] | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, value: str | None) -> str | None:
+        if value is not None:
+            zone(value)
+        return value
+
+    @field_validator("expires_at")
+    @classmethod
+    def _time(cls, value: str | float | None) -> str | float | None:
+        parse_time(value)
+        return value
+
+    def to_fields(self) -> ScopeFields:
+        given = self.model_fields_set
+        clear = frozenset(
+            name
+            for name in ("team", "user", "expires_at")
+            if name in given and getattr(self, name) is None
+        )
+        return ScopeFields(
+            limits=None if self.limits is None else tuple(x.to_limit() for x in self.limits),
+            models=None if self.models is None else tuple(self.models),
+            team=self.team,
+            user=self.user,
+            timezone=self.timezone,
+            expires_at=parse_time(self.expires_at),
+            metadata=self.metadata,
+            clear=clear,
+        )
+
+
+class KeyCreate(_KeyFields):
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[^/\s][^/]*$")
+
+
+class KeyUpdate(_KeyFields):
+    pass

@@ -1,0 +1,421 @@
+"""The client-facing endpoints: authenticate, reserve, forward, relay, settle.
+
+One request's way, with no back-and-forth: parse only the fields the engine needs, ask
+the store for an atomic reservation of the worst case, forward the body (untouched unless
+capgate had to set something), relay the answer as it arrives while a tap reads its usage,
+then queue the settlement. The settlement is queued *before* the answer's last bytes are
+written, so by the time a client has its answer, any later read of the ledger sees it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from capgate.config import ServerConfig
+from capgate.core.engine import Amounts, Refusal
+from capgate.core.estimate import RequestFacts, anthropic_facts, input_bound, openai_chat_facts
+from capgate.core.money import Price, Usage
+from capgate.errors import (
+    CapgateError,
+    InvalidRequest,
+    LimitExceeded,
+    PayloadTooLarge,
+    PermissionDenied,
+    UnsupportedMediaType,
+    UpstreamFailed,
+)
+from capgate.http.auth import KeyAuthenticator
+from capgate.http.dialects import error_response, is_dialect_body
+from capgate.pricing import PricingTable
+from capgate.providers.base import Endpoint, UpstreamAnswer
+from capgate.routing import Route, Router
+from capgate.store.base import Outcome, RequestInfo, Reservation, Store
+from capgate.wire import anthropic as anthropic_wire
+from capgate.wire import openai as openai_wire
+
+log = logging.getLogger(__name__)
+
+_FREE = Price(0, 0, 0, 0, 0)  # for unpriced models when the admin allows them
+_FACTS: dict[Endpoint, Callable[[Any], RequestFacts]] = {
+    Endpoint.MESSAGES: anthropic_facts,
+    Endpoint.CHAT: openai_chat_facts,
+}
+_SETTLE_RETRIES = 5
+
+
+class Gateway:
+    def __init__(
+        self,
+        store: Store,
+        router: Router,
+        pricing: PricingTable,
+        settings: ServerConfig,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._router = router
+        self._pricing = pricing
+        self._settings = settings
+        self._clock = clock
+        self._auth = KeyAuthenticator(store)
+        self._ids = itertools.count(1)
+        self._id_prefix = "req_" + os.urandom(6).hex()
+        self._max_bytes = int(settings.max_request_mb * 1024 * 1024)
+        self._background: set[asyncio.Task[None]] = set()
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.post("/v1/messages", self.messages),
+            web.post("/v1/messages/count_tokens", self.count_tokens),
+            web.post("/v1/chat/completions", self.chat_completions),
+            web.get("/v1/models", self.models),
+        ]
+
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        return await self._proxy(request, Endpoint.MESSAGES)
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._proxy(request, Endpoint.CHAT)
+
+    # -- admission ---------------------------------------------------------------------
+
+    async def _read_json(self, request: web.Request) -> tuple[bytes, Any]:
+        if request.content_type != "application/json":
+            raise UnsupportedMediaType(
+                f"Content-Type must be application/json, not {request.content_type or 'missing'}."
+            )
+        if request.content_length is not None and request.content_length > self._max_bytes:
+            raise PayloadTooLarge(self._too_large())
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise PayloadTooLarge(self._too_large()) from None
+        try:
+            return raw, orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
+
+    def _too_large(self) -> str:
+        return f"The request body is larger than this gateway's limit of {self._settings.max_request_mb:g} MB."
+
+    def _price(self, model: str) -> Price:
+        price = self._pricing.lookup(model)
+        if price is not None:
+            return price
+        if self._settings.allow_unpriced_models:
+            return _FREE
+        raise InvalidRequest(
+            f'Model "{model}" has no known price, so capgate cannot hold a budget for it. '
+            "An admin can price it under `pricing:` in the capgate config."
+        )
+
+    def _prepare(
+        self,
+        raw: bytes,
+        body: dict[str, Any],
+        facts: RequestFacts,
+        route: Route,
+        endpoint: Endpoint,
+    ) -> tuple[bytes, int, bool]:
+        """The body to forward, the output bound, and whether to hide the usage chunk.
+        Untouched unless capgate must set something: then re-encoded once."""
+        changed = False
+        max_out = facts.max_output
+        if max_out is None:  # a budget needs an output bound: set one
+            max_out = self._settings.default_max_tokens
+            if endpoint is Endpoint.MESSAGES or route.provider.type != "openai":
+                body["max_tokens"] = max_out
+            else:  # OpenAI's reasoning models refuse `max_tokens`
+                body["max_completion_tokens"] = max_out
+            changed = True
+        hide_usage = False
+        if endpoint is Endpoint.CHAT and facts.stream:
+            options = body.get("stream_options")
+            if not (isinstance(options, dict) and options.get("include_usage") is True):
+                extra = options if isinstance(options, dict) else {}
+                body["stream_options"] = {**extra, "include_usage": True}
+                hide_usage = changed = True
+        if route.upstream_model != facts.model:
+            body["model"] = route.upstream_model
+            changed = True
+        return (orjson.dumps(body) if changed else raw), max_out * facts.choices, hide_usage
+
+    async def _proxy(self, request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
+        started, t0 = self._clock(), time.perf_counter()
+        request_id = f"{self._id_prefix}{next(self._ids):x}"
+        dialect = endpoint.dialect
+        try:
+            key = await self._auth.authenticate(request.headers)
+            raw, body = await self._read_json(request)
+            facts = _FACTS[endpoint](body)
+            route = self._router.resolve(facts.model, endpoint)
+            price = self._price(route.upstream_model)
+            out, max_out, hide_usage = self._prepare(raw, body, facts, route, endpoint)
+            bound = input_bound(body, len(raw))
+            worst = Amounts(1, bound, max_out, price.worst_cost_nano(bound, max_out))
+            info = RequestInfo(
+                request_id, key.id, facts.model, route.provider.name, route.upstream_model,
+                endpoint.value, facts.stream, started,
+            )  # fmt: skip
+            decision = await self._store.reserve(info, worst)
+            if isinstance(decision, Refusal):
+                raise _refusal_error(decision, self._clock())
+        except CapgateError as exc:
+            return error_response(dialect, exc, request_id)
+        call = _Call(self, request, endpoint, decision, price, t0, hide_usage, bound)
+        return await call.run(route, out)
+
+    # -- settlement --------------------------------------------------------------------
+
+    def settle(self, reservation: Reservation, outcome: Outcome) -> None:
+        """Queue the settlement now; retry in the background if the store fails."""
+        self._watch(self._store.settle(reservation, outcome), reservation, outcome, 0)
+
+    def _watch(
+        self, pending: Awaitable[None], res: Reservation, outcome: Outcome, tries: int
+    ) -> None:
+        async def wait() -> None:
+            try:
+                await pending
+            except Exception as exc:  # noqa: BLE001 - the store failed; keep the money right
+                if tries >= _SETTLE_RETRIES:
+                    log.critical("settlement of %s lost after %d tries: %s", res.id, tries, exc)
+                    return
+                log.error("settlement of %s failed (%s); retrying", res.id, exc)
+                await asyncio.sleep(0.2 * 2**tries)
+                self._watch(self._store.settle(res, outcome), res, outcome, tries + 1)
+
+        task = asyncio.ensure_future(wait())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain(self) -> None:
+        """Wait for queued settlements (shutdown)."""
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+
+    # -- other endpoints ---------------------------------------------------------------
+
+    async def count_tokens(self, request: web.Request) -> web.StreamResponse:
+        """Free on every provider: authenticated and routed, not budgeted or recorded."""
+        try:
+            key = await self._auth.authenticate(request.headers)
+            if key.status.value != "active":
+                raise PermissionDenied(f'The key "{key.name}" is {key.status.value}.')
+            raw, body = await self._read_json(request)
+            facts = anthropic_facts({**body, "messages": body.get("messages")})
+            route = self._router.resolve(facts.model, Endpoint.MESSAGES)
+            if not route.provider.supports(Endpoint.COUNT_TOKENS):
+                raise InvalidRequest(f'provider "{route.provider.name}" cannot count tokens')
+            if route.upstream_model != facts.model:
+                raw = orjson.dumps({**body, "model": route.upstream_model})
+            answer = await route.provider.send(Endpoint.COUNT_TOKENS, raw, request.headers)
+            data = await answer.read()
+        except CapgateError as exc:
+            return error_response("anthropic", exc)
+        return web.Response(status=answer.status, body=data, headers=_answer_headers(answer, None))
+
+    async def models(self, request: web.Request) -> web.StreamResponse:
+        dialect = "anthropic" if "anthropic-version" in request.headers else "openai"
+        try:
+            key = await self._auth.authenticate(request.headers)
+        except CapgateError as exc:
+            return error_response(dialect, exc)
+        names = [
+            m for m in self._router.listed_models(self._pricing.models()) if key.allows_model(m)
+        ]
+        items = [
+            {"id": n, "object": "model", "type": "model", "display_name": n, "owned_by": "capgate",
+             "created": 0, "created_at": "1970-01-01T00:00:00Z"}
+            for n in names
+        ]  # fmt: skip
+        # One shape both SDKs parse: OpenAI's list plus Anthropic's paging fields.
+        payload = {
+            "object": "list",
+            "data": items,
+            "has_more": False,
+            "first_id": names[0] if names else None,
+            "last_id": names[-1] if names else None,
+        }
+        return web.Response(body=orjson.dumps(payload), content_type="application/json")
+
+
+def _refusal_error(refusal: Refusal, now: float) -> CapgateError:
+    if refusal.code == "limit_exceeded":
+        return LimitExceeded(refusal, now)
+    return PermissionDenied(refusal.message, headers={"x-capgate-refusal": refusal.code})
+
+
+def _answer_headers(answer: UpstreamAnswer, request_id: str | None) -> dict[str, str]:
+    headers = dict(answer.headers)
+    if request_id:
+        headers["x-capgate-request-id"] = request_id
+    return headers
+
+
+class _Call:
+    """One admitted request, from forwarding to settlement."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        request: web.Request,
+        endpoint: Endpoint,
+        reservation: Reservation,
+        price: Price,
+        t0: float,
+        hide_usage: bool,
+        input_bound: int,
+    ) -> None:
+        self.gateway = gateway
+        self.request = request
+        self.endpoint = endpoint
+        self.res = reservation
+        self.price = price
+        self.t0 = t0
+        self.hide_usage = hide_usage
+        self.input_bound = input_bound
+        self.ttft_ms: float | None = None
+        self.settled = False
+
+    def _ms(self) -> float:
+        return (time.perf_counter() - self.t0) * 1000
+
+    def settle(
+        self,
+        status: int,
+        outcome: str,
+        usage: Usage | None,
+        model: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        if self.settled:
+            return
+        self.settled = True
+        cost = self.price.cost_nano(usage) if usage is not None else self.res.worst.cost_nano
+        self.gateway.settle(
+            self.res,
+            Outcome(status, outcome, usage, cost, self._ms(), self.ttft_ms, 1, error, model),
+        )
+
+    async def run(self, route: Route, body: bytes) -> web.StreamResponse:
+        dialect = self.endpoint.dialect
+        request_id = self.res.info.request_id
+        try:
+            answer = await route.provider.send(self.endpoint, body, self.request.headers)
+        except UpstreamFailed as exc:
+            self.settle(exc.status, "error", Usage(), error=exc.message)
+            return error_response(dialect, exc, request_id)
+        except BaseException:  # cancelled while connecting: upstream may be working; charge all
+            self.settle(499, "cancelled", None, error="client went away before the answer")
+            raise
+        try:
+            if answer.status >= 400:
+                return await self._upstream_error(answer)
+            if self.res.info.stream and answer.headers.get("content-type", "").startswith(
+                "text/event-stream"
+            ):
+                return await self._relay(answer)
+            return await self._whole(answer)
+        finally:
+            if not self.settled:  # cancelled or failed somewhere unexpected: charge it all
+                answer.close()
+                self.settle(499, "cancelled", None, error="interrupted before settlement")
+
+    async def _upstream_error(self, answer: UpstreamAnswer) -> web.StreamResponse:
+        dialect = self.endpoint.dialect
+        try:
+            data = await answer.read()
+        except UpstreamFailed as exc:
+            data = exc.message.encode()
+        message = data[:2000].decode("utf-8", "replace")
+        # An error answer is not billed by providers: count the request, no tokens.
+        self.settle(
+            answer.status, "error", Usage(), error=f"upstream {answer.status}: {message[:500]}"
+        )
+        if not is_dialect_body(dialect, data):
+            err = CapgateError(f"The provider answered {answer.status}: {message}")
+            err.status, err.kind = answer.status, "api_error"
+            return error_response(dialect, err, self.res.info.request_id)
+        return web.Response(
+            status=answer.status,
+            body=data,
+            headers=_answer_headers(answer, self.res.info.request_id),
+        )
+
+    async def _whole(self, answer: UpstreamAnswer) -> web.StreamResponse:
+        try:
+            data = await answer.read()
+        except UpstreamFailed as exc:
+            self.settle(502, "error", None, error=exc.message)  # unknown usage: charge all
+            return error_response(self.endpoint.dialect, exc, self.res.info.request_id)
+        self.ttft_ms = self._ms()
+        if self.endpoint is Endpoint.MESSAGES:
+            usage, model = anthropic_wire.message_usage(data)
+        else:
+            usage, model = openai_wire.completion_usage(data)
+        self.settle(answer.status, "ok", usage, model)
+        return web.Response(
+            status=answer.status,
+            body=data,
+            headers=_answer_headers(answer, self.res.info.request_id),
+        )
+
+    async def _relay(self, answer: UpstreamAnswer) -> web.StreamResponse:
+        headers = _answer_headers(answer, self.res.info.request_id)
+        headers["cache-control"] = "no-cache"
+        response = web.StreamResponse(status=answer.status, headers=headers)
+        tap: anthropic_wire.AnthropicStreamTap | openai_wire.OpenAIStreamTap
+        if self.endpoint is Endpoint.MESSAGES:
+            tap = anthropic_wire.AnthropicStreamTap()
+        else:
+            tap = openai_wire.OpenAIStreamTap(self.hide_usage)
+        try:
+            await response.prepare(self.request)
+            async for chunk in answer.chunks():
+                block = tap.feed(chunk)
+                if not block:
+                    continue
+                if self.ttft_ms is None:
+                    self.ttft_ms = self._ms()
+                if tap.finished:  # the usage is known: queue settlement before the last bytes
+                    self.settle(answer.status, "ok", tap.usage(), tap.model)
+                await response.write(block)
+            if not self.settled:  # the stream ended without its final event
+                self.settle(
+                    answer.status, "error", self._partial(tap), tap.model, "stream ended early"
+                )
+            rest = tap.splitter.rest()
+            if rest:
+                await response.write(rest)
+            await response.write_eof()
+        except UpstreamFailed as exc:
+            self.settle(answer.status, "error", self._partial(tap), tap.model, exc.message)
+        except ConnectionResetError:
+            # The client went away: stop the upstream generation, charge what it made.
+            answer.close()
+            self.settle(499, "cancelled", self._partial(tap), tap.model, "client disconnected")
+        except asyncio.CancelledError:  # server shutdown
+            answer.close()
+            self.settle(499, "cancelled", self._partial(tap), tap.model, "server shutting down")
+            raise
+        return response
+
+    def _partial(
+        self, tap: anthropic_wire.AnthropicStreamTap | openai_wire.OpenAIStreamTap
+    ) -> Usage:
+        if isinstance(tap, anthropic_wire.AnthropicStreamTap):
+            usage = tap.partial_usage()
+            if usage.total_input == 0:  # no message_start: the input bound is all we know
+                return Usage(self.input_bound, usage.output_tokens)
+            return usage
+        return tap.partial_usage(self.input_bound)

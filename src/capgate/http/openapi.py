@@ -1,0 +1,103 @@
+"""The admin API's OpenAPI document, built once from the request models."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from pydantic.json_schema import models_json_schema
+
+from capgate import __version__
+from capgate.http.admin_models import KeyCreate, KeyUpdate
+
+_ERROR = {
+    "description": "error",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+}
+_NAME = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}]
+_LEDGER_FILTERS = [
+    {"name": n, "in": "query", "schema": {"type": t}}
+    for n, t in (
+        ("key", "string"), ("team", "string"), ("user", "string"), ("model", "string"),
+        ("provider", "string"), ("status", "integer"), ("outcome", "string"), ("from", "string"),
+        ("to", "string"), ("limit", "integer"), ("cursor", "string"), ("format", "string"),
+    )
+]  # fmt: skip
+
+
+def _op(
+    summary: str, *, body: str | None = None, params: list[Any] | None = None, ok: str = "200"
+) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "security": [{"adminKey": []}],
+        "responses": {ok: {"description": "ok"}, "default": _ERROR},
+    }
+    if params:
+        op["parameters"] = params
+    if body:
+        op["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{body}"}}},
+        }
+    return op
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    _, schemas = models_json_schema(
+        [(KeyCreate, "validation"), (KeyUpdate, "validation")],
+        ref_template="#/components/schemas/{model}",
+    )
+    components = dict(schemas.get("$defs", {}))
+    components["Error"] = {
+        "type": "object",
+        "properties": {
+            "error": {
+                "type": "object",
+                "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
+            }
+        },
+    }
+    paths: dict[str, Any] = {
+        "/admin/keys": {
+            "get": _op("List keys with their current usage"),
+            "post": _op(
+                "Create a key; the raw key is in the answer, once", body="KeyCreate", ok="201"
+            ),
+        },
+        "/admin/keys/{name}": {
+            "get": _op("Show a key and its usage per limit", params=_NAME),
+            "patch": _op(
+                "Change a key's limits, models, team, user, expiry", body="KeyUpdate", params=_NAME
+            ),
+            "delete": _op("Delete a key (the ledger keeps its entries)", params=_NAME, ok="204"),
+        },
+        "/admin/requests": {
+            "get": _op("The ledger: one entry per request", params=_LEDGER_FILTERS)
+        },
+        "/admin/usage": {
+            "get": _op(
+                "Usage summed by key, user, team, model, upstream_model, provider, outcome or day",
+                params=[
+                    {"name": "group_by", "in": "query", "schema": {"type": "string"}},
+                    {"name": "from", "in": "query", "schema": {"type": "string"}},
+                    {"name": "to", "in": "query", "schema": {"type": "string"}},
+                ],
+            )
+        },
+        "/admin/audit": {"get": _op("Admin changes, newest first")},
+    }
+    for action in ("pause", "resume", "revoke", "reset-usage"):
+        paths[f"/admin/keys/{{name}}/{action}"] = {
+            "post": _op(f"{action.capitalize()} a key", params=_NAME)
+        }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "capgate admin API", "version": __version__},
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"adminKey": {"type": "http", "scheme": "bearer"}},
+        },
+    }

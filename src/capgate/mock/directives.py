@@ -1,0 +1,96 @@
+"""Test directives written into the prompt, e.g. ``mock:status=429``.
+
+Tests steer the mock through the last user message rather than through headers or extra
+body fields because a gateway forwards the prompt untouched, while it may rewrite or drop
+everything else. The same directive therefore works against the mock directly and through
+the gateway under test.
+
+Syntax: ``mock:NAME`` or ``mock:NAME=DIGITS``, anywhere in the text. Unknown names and
+out-of-range values are ignored so a typo degrades to a normal answer instead of an error.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+_DIRECTIVE = re.compile(r"\bmock:([a-z_]+)(?:=(\d+))?")
+
+# Caps keep a mistyped directive from hanging a test run or exhausting memory.
+_MAX_DELAY_MS = 60_000
+_MAX_WORDS = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Directives:
+    """What the prompt asked the mock to do differently from a plain answer."""
+
+    status: int | None = None  # answer with this HTTP error status (400-599)
+    delay_ms: int = 0  # wait before answering (the server sleeps, not responses.py)
+    stream_delay_ms: int = 0  # wait between stream events
+    words: int | None = None  # answer with exactly this many words (= output tokens)
+    cut_stream: bool = False  # stop a stream midway, without its terminal events
+    no_usage: bool = False  # leave usage out of the answer
+
+
+def parse_directives(text: str) -> Directives:
+    """Read every ``mock:`` directive in ``text``; when one repeats, the last one wins."""
+    values: dict[str, Any] = {}
+    for name, digits in _DIRECTIVE.findall(text):
+        number = int(digits) if digits else None
+        if name == "status" and number is not None and 400 <= number <= 599:
+            values["status"] = number
+        elif name in ("delay_ms", "stream_delay_ms") and number is not None:
+            values[name] = min(number, _MAX_DELAY_MS)
+        elif name == "words" and number is not None:
+            values["words"] = min(number, _MAX_WORDS)
+        elif name in ("cut_stream", "no_usage") and number is None:
+            values[name] = True
+    return Directives(**values)
+
+
+def strip_directives(text: str) -> str:
+    """``text`` without its directives, so the echoed answer reads like a normal reply."""
+    return _DIRECTIVE.sub("", text)
+
+
+def conversation(body: Mapping[str, Any]) -> list[Any] | str:
+    """The request's turns: ``messages`` (Anthropic, OpenAI Chat) or ``input`` (Responses).
+
+    Only the Responses API allows a bare string, meaning a single user turn.
+    """
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        return messages
+    given = body.get("input")
+    return given if isinstance(given, list | str) else []
+
+
+def last_user_text(body: Mapping[str, Any]) -> str:
+    """Text of the last user turn, for all three dialects.
+
+    In every dialect a turn is a mapping with ``role`` and ``content``, and content is a
+    string or a list of parts whose text sits under ``"text"``, so one walk serves all.
+    """
+    turns = conversation(body)
+    if isinstance(turns, str):
+        return turns
+    for turn in reversed(turns):
+        if isinstance(turn, Mapping) and turn.get("role") == "user":
+            return _content_text(turn.get("content"))
+    return ""
+
+
+def _content_text(content: object) -> str:
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return ""
+    texts = [
+        part["text"]
+        for part in content
+        if isinstance(part, Mapping) and isinstance(part.get("text"), str)
+    ]
+    return " ".join(texts)

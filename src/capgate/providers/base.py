@@ -1,0 +1,46 @@
+"""The provider port: send a request body to an upstream and hand back its answer.
+
+An adapter owns the upstream's address, credentials and wire details; the gateway only
+sees a status, a few headers and the body as bytes arriving. Transport failures become
+`UpstreamFailed` here, at the edge.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Mapping
+from typing import Protocol
+
+
+class Endpoint(enum.Enum):
+    MESSAGES = "messages"  # Anthropic Messages
+    COUNT_TOKENS = "count_tokens"  # Anthropic token counting (free, no budget)
+    CHAT = "chat"  # OpenAI Chat Completions
+
+    @property
+    def dialect(self) -> str:
+        return "openai" if self is Endpoint.CHAT else "anthropic"
+
+
+class UpstreamAnswer(Protocol):
+    status: int
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives, in whatever pieces the network delivers."""
+
+    async def read(self) -> bytes: ...
+    def close(self) -> None:
+        """Stop reading and drop the connection (cancels the upstream generation)."""
+
+
+class Provider(Protocol):
+    name: str
+    type: str
+    dialects: frozenset[str]
+
+    async def send(
+        self, endpoint: Endpoint, body: bytes, client_headers: Mapping[str, str]
+    ) -> UpstreamAnswer: ...
+    async def close(self) -> None: ...

@@ -1,0 +1,118 @@
+"""The store port: what the gateway, admin API and CLI need from persistence.
+
+One adapter per module (`sqlite.py` today, PostgreSQL next). Every method that changes
+budgets is one atomic transaction; the limit decisions themselves come from
+`capgate.core.engine`, so adapters only read counters and apply the engine's answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from capgate.core.engine import Amounts, Charge, Refusal
+from capgate.core.limits import Limit, Scope, ScopeKind, Status
+from capgate.core.money import Usage
+
+
+@dataclass(frozen=True, slots=True)
+class RequestInfo:
+    """What the ledger records about a request, known before it is forwarded."""
+
+    request_id: str
+    key_id: str
+    model: str  # as asked by the client
+    provider: str
+    upstream_model: str
+    endpoint: str
+    stream: bool
+    started_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    id: str
+    info: RequestInfo
+    charges: tuple[Charge, ...]
+    worst: Amounts
+    key: Scope  # the key as it was when the reservation was made
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How an admitted request ended; settles its reservation into one ledger entry."""
+
+    status: int  # HTTP status given to the client
+    outcome: str  # ok | error | cancelled
+    usage: Usage | None  # None: the provider reported none, so the reservation is charged
+    cost_nano: int
+    latency_ms: float
+    ttft_ms: float | None = None
+    attempts: int = 1
+    error: str | None = None
+    upstream_model: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeFields:
+    """Admin-settable fields of a scope; `None` means "leave as it is" on update."""
+
+    limits: tuple[Limit, ...] | None = None
+    models: tuple[str, ...] | None = None
+    team: str | None = None
+    user: str | None = None
+    timezone: str | None = None
+    expires_at: float | None = None
+    metadata: dict[str, Any] | None = None
+    clear: frozenset[str] = field(default_factory=frozenset)  # fields to set to null
+
+
+@dataclass(frozen=True, slots=True)
+class RequestQuery:
+    key: str | None = None
+    team: str | None = None
+    user: str | None = None
+    model: str | None = None
+    provider: str | None = None
+    status: int | None = None
+    outcome: str | None = None
+    since: float | None = None
+    until: float | None = None
+    limit: int = 100
+    cursor: int | None = None  # entries older than this id
+
+
+class Store(Protocol):
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+    async def flush(self) -> None:
+        """Wait until every write submitted so far is committed."""
+
+    def key_by_id(self, key_id: str) -> tuple[Scope, bytes] | None:
+        """The cached key and its hash (no I/O; may be slightly stale, reserve is not)."""
+
+    async def refresh(self) -> None:
+        """Reload the cache if another process changed the configuration."""
+
+    async def reserve(
+        self, info: RequestInfo, worst: Amounts, extra_scopes: tuple[Scope, ...] = ()
+    ) -> Reservation | Refusal: ...
+
+    def settle(self, reservation: Reservation, outcome: Outcome) -> Awaitable[None]:
+        """Queue the settlement at once; the awaitable completes when it is committed."""
+
+    async def create_key(
+        self, name: str, key_id: str, secret_hash: bytes, prefix: str, fields: ScopeFields
+    ) -> Scope: ...
+    async def update_key(self, name: str, fields: ScopeFields, actor: str) -> Scope: ...
+    async def set_key_status(self, name: str, status: Status, actor: str) -> Scope: ...
+    async def reset_usage(self, kind: ScopeKind, name: str, actor: str) -> None: ...
+    async def delete_key(self, name: str, actor: str) -> None: ...
+    async def list_keys(self) -> list[Scope]: ...
+    async def get_key(self, name: str) -> Scope: ...
+    async def counters(self, scope: Scope, now: float) -> list[dict[str, Any]]: ...
+    async def query_requests(self, query: RequestQuery) -> list[dict[str, Any]]: ...
+    async def usage(
+        self, group_by: str, since: float | None, until: float | None
+    ) -> list[dict[str, Any]]: ...

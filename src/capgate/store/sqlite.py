@@ -1,0 +1,412 @@
+"""The SQLite store: the embedded default, safe for several processes on one machine.
+
+Writes go through one `SQLiteWriter` thread per process (grouped commits, `BEGIN
+IMMEDIATE`); admin reads use their own connection on a reader thread, so neither blocks the
+event loop. WAL mode lets readers run beside the writer. Each process caches the keys in
+memory and reloads them when `meta.config_version` moves; reservations always see the
+current configuration because the writer checks that version inside every transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from capgate.core.engine import (
+    Amounts,
+    Refusal,
+    check_access,
+    counters_for,
+    plan_reserve,
+    plan_settle,
+)
+from capgate.core.limits import Limit, Metric, Scope, ScopeKind, Status, nano_to_decimal_str
+from capgate.core.windows import window_at
+from capgate.errors import Conflict, InvalidRequest, NotFound, StoreUnavailable
+from capgate.store import sqlite_queries as q
+from capgate.store.base import Outcome, RequestInfo, RequestQuery, Reservation, ScopeFields
+from capgate.store.sqlite_schema import migrate
+from capgate.store.sqlite_writer import SQLiteWriter
+
+log = logging.getLogger(__name__)
+
+LEASE_SECONDS = 30.0  # a process silent this long is dead; its reservations are settled
+HEARTBEAT_SECONDS = 5.0
+
+
+class SQLiteStore:
+    def __init__(self, path: str, *, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self._clock = clock
+        self.owner = uuid.uuid4().hex[:16]  # this process's lease identity
+        self._keys: dict[str, tuple[Scope, bytes]] = {}
+        self._version = ""
+        self._writer = SQLiteWriter(self._connect, self._before_group)
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="capgate-sqlite-read")
+        self._reader_local = threading.local()
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes in WAL
+        conn.execute("PRAGMA busy_timeout=10000")
+        conn.row_factory = sqlite3.Row
+        return conn
+
+    async def start(self) -> None:
+        def setup() -> None:
+            conn = self._connect()
+            try:
+                migrate(conn)
+                self._load(conn)
+            finally:
+                conn.close()
+
+        await asyncio.to_thread(setup)
+        self._writer.start(asyncio.get_running_loop())
+        await self._beat()
+        self._heartbeat = asyncio.create_task(self._heartbeat_loop())
+
+    async def close(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
+            try:
+                await self._writer.submit(
+                    lambda c: c.execute("DELETE FROM processes WHERE id=?", (self.owner,))
+                )
+            except Exception:  # noqa: BLE001 - best effort on shutdown; the lease covers it
+                log.warning("could not unregister process %s", self.owner)
+        await self._writer.close()
+        self._reader.submit(self._close_reader).result()
+        self._reader.shutdown(wait=True)
+
+    def _close_reader(self) -> None:
+        conn = getattr(self._reader_local, "conn", None)
+        if conn is not None:
+            conn.close()
+
+    async def flush(self) -> None:
+        await self._write(lambda conn: None)
+
+    async def _write(self, op: Callable[[sqlite3.Connection], Any]) -> Any:
+        try:
+            return await self._writer.submit(op)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"the usage ledger is unavailable: {exc}") from exc
+
+    async def _read(self, op: Callable[[sqlite3.Connection], Any]) -> Any:
+        def run() -> Any:
+            conn = getattr(self._reader_local, "conn", None)
+            if conn is None:
+                conn = self._reader_local.conn = self._connect()
+            return op(conn)
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._reader, run)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"the usage ledger is unavailable: {exc}") from exc
+
+    # -- configuration cache -----------------------------------------------------------
+
+    def _before_group(self, conn: sqlite3.Connection) -> None:
+        row = conn.execute("SELECT v FROM meta WHERE k='config_version'").fetchone()
+        if row[0] != self._version:
+            self._load(conn)
+
+    def _load(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("SELECT v FROM meta WHERE k='config_version'").fetchone()[0]
+        keys = {}
+        for row in conn.execute(q.SELECT_SCOPES + " WHERE kind='key'"):
+            scope = q.scope_from_row(row)
+            keys[scope.id] = (scope, row["secret_hash"])
+        self._keys = keys  # one reference swap: readers see the old or the new dict
+        self._version = version
+
+    def key_by_id(self, key_id: str) -> tuple[Scope, bytes] | None:
+        return self._keys.get(key_id)
+
+    async def refresh(self) -> None:
+        await self.flush()  # the writer reloads inside the transaction if needed
+
+    # -- the hot path ------------------------------------------------------------------
+
+    async def reserve(
+        self, info: RequestInfo, worst: Amounts, extra_scopes: tuple[Scope, ...] = ()
+    ) -> Reservation | Refusal:
+        return await self._write(lambda conn: self._reserve(conn, info, worst, extra_scopes))  # type: ignore[no-any-return]
+
+    def _reserve(
+        self,
+        conn: sqlite3.Connection,
+        info: RequestInfo,
+        worst: Amounts,
+        extra_scopes: tuple[Scope, ...],
+    ) -> Reservation | Refusal:
+        now = self._clock()
+        entry = self._keys.get(info.key_id)
+        if entry is None:  # deleted since the caller authenticated
+            return Refusal("revoked", "This key has been deleted.", "key", info.key_id)
+        key = entry[0]
+        scopes = (key, *extra_scopes)
+        models = (info.model, info.upstream_model)
+        refusal = check_access(scopes, models, now)
+        if refusal is None:
+            applicable = counters_for(scopes, models, now)
+            states = q.read_counters(conn, [(a.counter, a.window.start) for a in applicable])
+            decision = plan_reserve(applicable, states, worst)
+            if not isinstance(decision, Refusal):
+                res_id = uuid.uuid4().hex
+                q.add_to_counters(
+                    conn, [(c.counter, c.window_start, c.amount, 0) for c in decision.charges]
+                )
+                conn.execute(
+                    "INSERT INTO reservations (id, owner, created_at, charges, info) VALUES (?,?,?,?,?)",
+                    (
+                        res_id,
+                        self.owner,
+                        now,
+                        q.dump_charges(decision.charges),
+                        q.dump_info(info, key, worst),
+                    ),
+                )
+                return Reservation(res_id, info, decision.charges, worst, key)
+            refusal = decision
+        q.insert_refusal(conn, info, key, refusal, now)
+        return refusal
+
+    def settle(self, reservation: Reservation, outcome: Outcome) -> Awaitable[None]:
+        return self._writer.submit(lambda conn: self._settle(conn, reservation, outcome))
+
+    def _settle(self, conn: sqlite3.Connection, res: Reservation, outcome: Outcome) -> None:
+        if conn.execute("DELETE FROM reservations WHERE id=?", (res.id,)).rowcount == 0:
+            log.error("reservation %s was already settled (lease expired?)", res.id)
+            return
+        if outcome.usage is None:  # no usage reported: charge the whole reservation
+            actual = res.worst
+        else:
+            actual = Amounts.of_usage(outcome.usage, outcome.cost_nano)
+        deltas = plan_settle(res.charges, actual)
+        q.add_to_counters(
+            conn, [(d.counter, d.window_start, d.reserved, d.settled) for d in deltas]
+        )
+        q.insert_entry(conn, res.info, res.key, outcome, actual, self._clock())
+
+    # -- leases ------------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            try:
+                await self._beat()
+            except Exception:
+                log.exception("heartbeat failed")
+
+    async def _beat(self) -> None:
+        await self._write(self._beat_and_sweep)
+
+    def _beat_and_sweep(self, conn: sqlite3.Connection) -> int:
+        """Renew this process's lease and settle reservations of dead processes in full."""
+        now = self._clock()
+        conn.execute(
+            "INSERT INTO processes (id, heartbeat_at) VALUES (?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET heartbeat_at=excluded.heartbeat_at",
+            (self.owner, now),
+        )
+        conn.execute("DELETE FROM processes WHERE heartbeat_at < ?", (now - LEASE_SECONDS,))
+        orphans = conn.execute(
+            "SELECT id, charges, info FROM reservations WHERE owner NOT IN (SELECT id FROM processes)"
+        ).fetchall()
+        for row in orphans:
+            charges = q.load_charges(row["charges"])
+            info, key_name, team, user, worst = q.load_info(row["info"])
+            q.add_to_counters(
+                conn,
+                [
+                    (d.counter, d.window_start, d.reserved, d.settled)
+                    for d in plan_settle(charges, worst)
+                ],
+            )
+            conn.execute("DELETE FROM reservations WHERE id=?", (row["id"],))
+            q.insert_lease_expired(conn, info, key_name, team, user, worst, now)
+        if orphans:
+            log.warning("settled %d reservations of dead processes in full", len(orphans))
+        return len(orphans)
+
+    # -- admin -------------------------------------------------------------------------
+
+    async def create_key(
+        self, name: str, key_id: str, secret_hash: bytes, prefix: str, fields: ScopeFields
+    ) -> Scope:
+        def op(conn: sqlite3.Connection) -> Scope:
+            now = self._clock()
+            if conn.execute("SELECT 1 FROM scopes WHERE kind='key' AND name=?", (name,)).fetchone():
+                raise Conflict(f'a key named "{name}" already exists')
+            conn.execute(
+                "INSERT INTO scopes (kind, id, name, secret_hash, prefix, created_at, updated_at) "
+                "VALUES ('key', ?, ?, ?, ?, ?, ?)",
+                (key_id, name, secret_hash, prefix, now, now),
+            )
+            q.update_scope_row(conn, "key", key_id, fields, now)
+            return self._changed(conn, "key", name, "create", None, "admin")
+
+        return await self._write(op)  # type: ignore[no-any-return]
+
+    def _changed(
+        self,
+        conn: sqlite3.Connection,
+        kind: str,
+        name: str,
+        action: str,
+        before: dict[str, Any] | None,
+        actor: str,
+    ) -> Scope:
+        """After an admin change: bump the version, reload, write the audit entry."""
+        conn.execute("UPDATE meta SET v = CAST(v AS INTEGER) + 1 WHERE k='config_version'")
+        scope = q.get_scope(conn, kind, name)
+        after = q.scope_json(scope) if scope is not None else None
+        conn.execute(
+            "INSERT INTO audit (created_at, actor, action, target, before, after) VALUES (?,?,?,?,?,?)",
+            (self._clock(), actor, action, f"{kind}:{name}", q.dumps(before), q.dumps(after)),
+        )
+        self._load(conn)
+        if scope is None:
+            raise NotFound(f'no {kind} named "{name}"')
+        return scope
+
+    def _existing(self, conn: sqlite3.Connection, kind: str, name: str) -> Scope:
+        scope = q.get_scope(conn, kind, name)
+        if scope is None:
+            raise NotFound(f'no {kind} named "{name}"')
+        return scope
+
+    async def update_key(self, name: str, fields: ScopeFields, actor: str) -> Scope:
+        def op(conn: sqlite3.Connection) -> Scope:
+            before = self._existing(conn, "key", name)
+            q.update_scope_row(conn, "key", before.id, fields, self._clock())
+            return self._changed(conn, "key", name, "update", q.scope_json(before), actor)
+
+        return await self._write(op)  # type: ignore[no-any-return]
+
+    async def set_key_status(self, name: str, status: Status, actor: str) -> Scope:
+        def op(conn: sqlite3.Connection) -> Scope:
+            before = self._existing(conn, "key", name)
+            if before.status is Status.REVOKED and status is not Status.REVOKED:
+                raise InvalidRequest(f'key "{name}" is revoked; revocation is final')
+            conn.execute(
+                "UPDATE scopes SET status=?, updated_at=? WHERE kind='key' AND id=?",
+                (status.value, self._clock(), before.id),
+            )
+            action = {Status.ACTIVE: "resume", Status.PAUSED: "pause", Status.REVOKED: "revoke"}
+            return self._changed(conn, "key", name, action[status], q.scope_json(before), actor)
+
+        return await self._write(op)  # type: ignore[no-any-return]
+
+    async def reset_usage(self, kind: ScopeKind, name: str, actor: str) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            scope = self._existing(conn, kind.value, name)
+            # Settled usage goes; what requests in flight hold stays reserved.
+            conn.execute(
+                "UPDATE counters SET settled=0 WHERE counter >= ? AND counter < ?",
+                (f"{kind.value}:{scope.id}:", f"{kind.value}:{scope.id};"),
+            )
+            self._changed(conn, kind.value, name, "reset-usage", q.scope_json(scope), actor)
+
+        await self._write(op)
+
+    async def delete_key(self, name: str, actor: str) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            scope = self._existing(conn, "key", name)
+            conn.execute("DELETE FROM scopes WHERE kind='key' AND id=?", (scope.id,))
+            conn.execute("UPDATE meta SET v = CAST(v AS INTEGER) + 1 WHERE k='config_version'")
+            conn.execute(
+                "INSERT INTO audit (created_at, actor, action, target, before) VALUES (?,?,?,?,?)",
+                (self._clock(), actor, "delete", f"key:{name}", q.dumps(q.scope_json(scope))),
+            )
+            self._load(conn)
+
+        await self._write(op)
+
+    async def list_keys(self) -> list[Scope]:
+        def op(conn: sqlite3.Connection) -> list[Scope]:
+            rows = conn.execute(q.SELECT_SCOPES + " WHERE kind='key' ORDER BY name")
+            return [q.scope_from_row(r) for r in rows]
+
+        return await self._read(op)  # type: ignore[no-any-return]
+
+    async def get_key(self, name: str) -> Scope:
+        return await self._read(lambda conn: self._existing(conn, "key", name))  # type: ignore[no-any-return]
+
+    async def counters(self, scope: Scope, now: float) -> list[dict[str, Any]]:
+        """Each limit of `scope` with its current window's used, reserved and reset."""
+
+        def op(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            out = []
+            for limit in scope.limits:
+                window = window_at(limit.window, now, scope.timezone)
+                counter = scope.counter_id(limit)
+                state = q.read_counters(conn, [(counter, window.start)]).get(
+                    (counter, window.start)
+                )
+                out.append(
+                    _limit_status(
+                        limit,
+                        state.settled if state else 0,
+                        state.reserved if state else 0,
+                        window.end,
+                    )
+                )
+            return out
+
+        return await self._read(op)  # type: ignore[no-any-return]
+
+    async def query_requests(self, query: RequestQuery) -> list[dict[str, Any]]:
+        await self.flush()  # see every entry committed before this call
+        return await self._read(lambda conn: q.select_requests(conn, query))  # type: ignore[no-any-return]
+
+    async def usage(
+        self, group_by: str, since: float | None, until: float | None
+    ) -> list[dict[str, Any]]:
+        await self.flush()
+        return await self._read(lambda conn: q.usage_by(conn, group_by, since, until))  # type: ignore[no-any-return]
+
+    async def get_meta(self, name: str) -> str | None:
+        def op(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("SELECT v FROM meta WHERE k=?", (name,)).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._read(op)  # type: ignore[no-any-return]
+
+    async def set_meta(self, name: str, value: str) -> None:
+        await self._write(
+            lambda conn: conn.execute(
+                "INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v=excluded.v",
+                (name, value),
+            )
+        )
+
+    async def audit(self, limit: int = 100) -> list[dict[str, Any]]:
+        return await self._read(lambda conn: q.select_audit(conn, limit))  # type: ignore[no-any-return]
+
+
+def _limit_status(limit: Limit, settled: int, reserved: int, resets_at: int) -> dict[str, Any]:
+    out = limit.to_json()
+    if limit.metric is Metric.COST_USD:
+        out.update(used=nano_to_decimal_str(settled), reserved=nano_to_decimal_str(reserved))
+        out["remaining"] = nano_to_decimal_str(max(0, limit.max - settled - reserved))
+    else:
+        out.update(
+            used=settled, reserved=reserved, remaining=max(0, limit.max - settled - reserved)
+        )
+    out["resets_at"] = resets_at
+    return out

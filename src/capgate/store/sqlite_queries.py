@@ -1,0 +1,357 @@
+"""SQL and row mapping for the SQLite store, kept apart from its transaction logic."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from capgate.core.engine import Amounts, Charge, CounterState, Refusal
+from capgate.core.limits import Limit, Metric, Scope, ScopeKind, Status, nano_to_decimal_str
+from capgate.errors import InvalidRequest
+from capgate.store.base import Outcome, RequestInfo, RequestQuery, ScopeFields
+
+SELECT_SCOPES = (
+    "SELECT kind, id, name, status, limits, models, team, user, timezone, expires_at, "
+    "metadata, secret_hash, prefix, created_at, updated_at FROM scopes"
+)
+
+
+def dumps(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def scope_from_row(row: sqlite3.Row) -> Scope:
+    return Scope(
+        kind=ScopeKind(row["kind"]),
+        id=row["id"],
+        name=row["name"],
+        limits=tuple(Limit.from_json(x) for x in orjson.loads(row["limits"])),
+        status=Status(row["status"]),
+        timezone=row["timezone"],
+        models=tuple(orjson.loads(row["models"])),
+        expires_at=row["expires_at"],
+        extra={
+            "team": row["team"],
+            "user": row["user"],
+            "metadata": orjson.loads(row["metadata"]),
+            "prefix": row["prefix"],
+            "created_at": row["created_at"],
+            "updated_at": row["updated_at"],
+        },
+    )
+
+
+def scope_json(scope: Scope) -> dict[str, Any]:
+    """A scope as the admin API shows it."""
+    extra = scope.extra
+    return {
+        "name": scope.name,
+        "id": scope.id,
+        "kind": scope.kind.value,
+        "prefix": extra.get("prefix"),
+        "status": scope.status.value,
+        "team": extra.get("team"),
+        "user": extra.get("user"),
+        "limits": [limit.to_json() for limit in scope.limits],
+        "models": list(scope.models),
+        "timezone": scope.timezone,
+        "expires_at": iso(scope.expires_at),
+        "metadata": extra.get("metadata", {}),
+        "created_at": iso(extra.get("created_at")),
+        "updated_at": iso(extra.get("updated_at")),
+    }
+
+
+def get_scope(conn: sqlite3.Connection, kind: str, name: str) -> Scope | None:
+    row = conn.execute(SELECT_SCOPES + " WHERE kind=? AND name=?", (kind, name)).fetchone()
+    return None if row is None else scope_from_row(row)
+
+
+def update_scope_row(
+    conn: sqlite3.Connection, kind: str, scope_id: str, fields: ScopeFields, now: float
+) -> None:
+    sets: dict[str, Any] = {"updated_at": now}
+    if fields.limits is not None:
+        sets["limits"] = dumps([limit.to_json() for limit in fields.limits])
+    if fields.models is not None:
+        sets["models"] = dumps(list(fields.models))
+    if fields.metadata is not None:
+        sets["metadata"] = dumps(fields.metadata)
+    for name in ("team", "user", "timezone", "expires_at"):
+        value = getattr(fields, name)
+        if value is not None:
+            sets[name] = value
+    for name in fields.clear:
+        if name not in {"team", "user", "expires_at"}:
+            raise InvalidRequest(f"{name}: cannot be cleared")
+        sets[name] = None
+    assignments = ", ".join(f"{column}=?" for column in sets)  # column names are ours, not input
+    conn.execute(
+        f"UPDATE scopes SET {assignments} WHERE kind=? AND id=?",  # noqa: S608
+        (*sets.values(), kind, scope_id),
+    )
+
+
+def read_counters(
+    conn: sqlite3.Connection, wanted: Sequence[tuple[str, int]]
+) -> dict[tuple[str, int], CounterState]:
+    out = {}
+    for counter, start in wanted:
+        row = conn.execute(
+            "SELECT settled, reserved FROM counters WHERE counter=? AND window_start=?",
+            (counter, start),
+        ).fetchone()
+        if row is not None:
+            out[(counter, start)] = CounterState(row[0], row[1])
+    return out
+
+
+def add_to_counters(conn: sqlite3.Connection, deltas: Iterable[tuple[str, int, int, int]]) -> None:
+    """Add (reserved, settled) deltas to counter instances, creating them as needed."""
+    conn.executemany(
+        "INSERT INTO counters (counter, window_start, reserved, settled) VALUES (?,?,?,?) "
+        "ON CONFLICT(counter, window_start) DO UPDATE SET "
+        "reserved = reserved + excluded.reserved, settled = settled + excluded.settled",
+        deltas,
+    )
+
+
+def dump_charges(charges: Iterable[Charge]) -> str:
+    return orjson.dumps(
+        [[c.counter, c.window_start, c.metric.value, c.amount] for c in charges]
+    ).decode()
+
+
+def load_charges(text: str) -> list[Charge]:
+    return [Charge(c, int(w), Metric(m), int(a)) for c, w, m, a in orjson.loads(text)]
+
+
+def dump_info(info: RequestInfo, key: Scope, worst: Amounts) -> str:
+    return orjson.dumps(
+        {
+            "request_id": info.request_id,
+            "key_id": info.key_id,
+            "key_name": key.name,
+            "team": key.extra.get("team"),
+            "user": key.extra.get("user"),
+            "model": info.model,
+            "provider": info.provider,
+            "upstream_model": info.upstream_model,
+            "endpoint": info.endpoint,
+            "stream": info.stream,
+            "started_at": info.started_at,
+            "worst": [worst.requests, worst.input_tokens, worst.output_tokens, worst.cost_nano],
+        }
+    ).decode()
+
+
+def load_info(text: str) -> tuple[RequestInfo, str, str | None, str | None, Amounts]:
+    d = orjson.loads(text)
+    info = RequestInfo(
+        d["request_id"], d["key_id"], d["model"], d["provider"], d["upstream_model"],
+        d["endpoint"], d["stream"], d["started_at"],
+    )  # fmt: skip
+    return info, d["key_name"], d["team"], d["user"], Amounts(*d["worst"])
+
+
+_INSERT_ENTRY = (
+    "INSERT INTO requests (request_id, created_at, key_id, key_name, user, team, model, "
+    "provider, upstream_model, endpoint, stream, status, outcome, input_tokens, output_tokens, "
+    "cache_read_tokens, cache_write_tokens, cost_nano, latency_ms, ttft_ms, attempts, refusal, "
+    "error) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+
+
+def insert_entry(
+    conn: sqlite3.Connection,
+    info: RequestInfo,
+    key: Scope,
+    outcome: Outcome,
+    actual: Amounts,
+    now: float,
+) -> None:
+    usage = outcome.usage
+    if usage is None:
+        tokens = (actual.input_tokens, actual.output_tokens, 0, 0)
+        error: str | None = outcome.error or "no usage reported: charged the full reservation"
+    else:
+        cache_write = usage.cache_write_tokens + usage.cache_write_1h_tokens
+        tokens = (usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, cache_write)
+        error = outcome.error
+    conn.execute(
+        _INSERT_ENTRY,
+        (
+            info.request_id, info.started_at, info.key_id, key.name, key.extra.get("user"),
+            key.extra.get("team"), info.model, info.provider,
+            outcome.upstream_model or info.upstream_model, info.endpoint, int(info.stream),
+            outcome.status, outcome.outcome, *tokens, actual.cost_nano, outcome.latency_ms,
+            outcome.ttft_ms, outcome.attempts, None, error,
+        ),
+    )  # fmt: skip
+
+
+def insert_refusal(
+    conn: sqlite3.Connection, info: RequestInfo, key: Scope | None, refusal: Refusal, now: float
+) -> None:
+    status = 403
+    if refusal.code == "limit_exceeded":
+        status = 429 if refusal.is_rate_limit else 402
+    conn.execute(
+        _INSERT_ENTRY,
+        (
+            info.request_id, info.started_at, info.key_id, key.name if key else None,
+            key.extra.get("user") if key else None, key.extra.get("team") if key else None,
+            info.model, info.provider, info.upstream_model, info.endpoint, int(info.stream),
+            status, "refused", 0, 0, 0, 0, 0, (now - info.started_at) * 1000, None, 0,
+            dumps(refusal.to_json()), None,
+        ),
+    )  # fmt: skip
+
+
+def insert_lease_expired(
+    conn: sqlite3.Connection,
+    info: RequestInfo,
+    key_name: str,
+    team: str | None,
+    user: str | None,
+    worst: Amounts,
+    now: float,
+) -> None:
+    conn.execute(
+        _INSERT_ENTRY,
+        (
+            info.request_id, info.started_at, info.key_id, key_name, user, team, info.model,
+            info.provider, info.upstream_model, info.endpoint, int(info.stream), 0,
+            "lease_expired", worst.input_tokens, worst.output_tokens, 0, 0, worst.cost_nano,
+            (now - info.started_at) * 1000, None, 1, None,
+            "the serving process stopped before the request settled: charged in full",
+        ),
+    )  # fmt: skip
+
+
+def entry_json(row: sqlite3.Row) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "request_id": row["request_id"],
+        "created_at": iso(row["created_at"]),
+        "key": row["key_name"],
+        "user": row["user"],
+        "team": row["team"],
+        "model": row["model"],
+        "provider": row["provider"],
+        "upstream_model": row["upstream_model"],
+        "endpoint": row["endpoint"],
+        "stream": bool(row["stream"]),
+        "status": row["status"],
+        "outcome": row["outcome"],
+        "input_tokens": row["input_tokens"],
+        "output_tokens": row["output_tokens"],
+        "cache_read_tokens": row["cache_read_tokens"],
+        "cache_write_tokens": row["cache_write_tokens"],
+        "cost_usd": nano_to_decimal_str(row["cost_nano"]),
+        "latency_ms": None if row["latency_ms"] is None else round(row["latency_ms"], 3),
+        "ttft_ms": None if row["ttft_ms"] is None else round(row["ttft_ms"], 3),
+        "attempts": row["attempts"],
+        "refusal": None if row["refusal"] is None else orjson.loads(row["refusal"]),
+        "error": row["error"],
+    }
+
+
+_FILTERS = {
+    "key": "key_name = ?",
+    "team": "team = ?",
+    "user": "user = ?",
+    "model": "model = ?",
+    "provider": "provider = ?",
+    "status": "status = ?",
+    "outcome": "outcome = ?",
+    "since": "created_at >= ?",
+    "until": "created_at < ?",
+    "cursor": "id < ?",
+}
+
+
+def _where(query: RequestQuery, names: Iterable[str]) -> tuple[str, list[Any]]:
+    clauses, params = [], []
+    for name in names:
+        value = getattr(query, name)
+        if value is not None:
+            clauses.append(_FILTERS[name])
+            params.append(value)
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+def select_requests(conn: sqlite3.Connection, query: RequestQuery) -> list[dict[str, Any]]:
+    where, params = _where(query, _FILTERS)
+    rows = conn.execute(
+        f"SELECT * FROM requests{where} ORDER BY id DESC LIMIT ?",  # noqa: S608 - fixed clauses
+        (*params, query.limit),
+    )
+    return [entry_json(row) for row in rows]
+
+
+GROUPS = {
+    "key": "key_name",
+    "user": "user",
+    "team": "team",
+    "model": "model",
+    "upstream_model": "upstream_model",
+    "provider": "provider",
+    "outcome": "outcome",
+    "day": "strftime('%Y-%m-%d', created_at, 'unixepoch')",
+}
+
+
+def usage_by(
+    conn: sqlite3.Connection, group_by: str, since: float | None, until: float | None
+) -> list[dict[str, Any]]:
+    column = GROUPS[group_by]
+    where, params = _where(RequestQuery(since=since, until=until), ("since", "until"))
+    rows = conn.execute(
+        f"SELECT {column} AS grp, COUNT(*) AS requests, "  # noqa: S608 - column from GROUPS
+        "SUM(outcome = 'refused') AS refused, SUM(outcome IN ('error', 'lease_expired')) AS errors, "
+        "SUM(input_tokens) AS input_tokens, SUM(output_tokens) AS output_tokens, "
+        "SUM(cache_read_tokens) AS cache_read_tokens, SUM(cache_write_tokens) AS cache_write_tokens, "
+        f"SUM(cost_nano) AS cost_nano FROM requests{where} GROUP BY grp ORDER BY cost_nano DESC, grp",
+        params,
+    )
+    return [
+        {
+            group_by: row["grp"],
+            "requests": row["requests"],
+            "refused": row["refused"],
+            "errors": row["errors"],
+            "input_tokens": row["input_tokens"],
+            "output_tokens": row["output_tokens"],
+            "cache_read_tokens": row["cache_read_tokens"],
+            "cache_write_tokens": row["cache_write_tokens"],
+            "cost_usd": nano_to_decimal_str(row["cost_nano"]),
+        }
+        for row in rows
+    ]
+
+
+def select_audit(conn: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
+    rows = conn.execute("SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,))
+    return [
+        {
+            "id": row["id"],
+            "created_at": iso(row["created_at"]),
+            "actor": row["actor"],
+            "action": row["action"],
+            "target": row["target"],
+            "before": None if row["before"] is None else orjson.loads(row["before"]),
+            "after": None if row["after"] is None else orjson.loads(row["after"]),
+        }
+        for row in rows
+    ]

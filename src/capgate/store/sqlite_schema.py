@@ -1,0 +1,106 @@
+"""SQLite schema, as numbered migrations applied in order inside one transaction each.
+
+`PRAGMA user_version` holds how many have run. Never edit a released migration: append.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: scopes (keys now; users, teams, orgs, providers share the shape), counters,
+    #    reservations with their owner's lease, the ledger, the audit log.
+    """
+    CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+    INSERT INTO meta VALUES ('config_version', '0');
+    CREATE TABLE scopes (
+        kind TEXT NOT NULL,
+        id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'active',
+        limits TEXT NOT NULL DEFAULT '[]',
+        models TEXT NOT NULL DEFAULT '[]',
+        team TEXT,
+        user TEXT,
+        timezone TEXT NOT NULL DEFAULT 'UTC',
+        expires_at REAL,
+        metadata TEXT NOT NULL DEFAULT '{}',
+        secret_hash BLOB,
+        prefix TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (kind, id),
+        UNIQUE (kind, name)
+    );
+    CREATE TABLE counters (
+        counter TEXT NOT NULL,
+        window_start INTEGER NOT NULL,
+        settled INTEGER NOT NULL DEFAULT 0,
+        reserved INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (counter, window_start)
+    ) WITHOUT ROWID;
+    CREATE TABLE processes (id TEXT PRIMARY KEY, heartbeat_at REAL NOT NULL);
+    CREATE TABLE reservations (
+        id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        charges TEXT NOT NULL,
+        info TEXT NOT NULL
+    );
+    CREATE INDEX reservations_owner ON reservations (owner);
+    CREATE TABLE requests (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        request_id TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        key_id TEXT,
+        key_name TEXT,
+        user TEXT,
+        team TEXT,
+        model TEXT,
+        provider TEXT,
+        upstream_model TEXT,
+        endpoint TEXT,
+        stream INTEGER NOT NULL DEFAULT 0,
+        status INTEGER NOT NULL,
+        outcome TEXT NOT NULL,
+        input_tokens INTEGER NOT NULL DEFAULT 0,
+        output_tokens INTEGER NOT NULL DEFAULT 0,
+        cache_read_tokens INTEGER NOT NULL DEFAULT 0,
+        cache_write_tokens INTEGER NOT NULL DEFAULT 0,
+        cost_nano INTEGER NOT NULL DEFAULT 0,
+        latency_ms REAL,
+        ttft_ms REAL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        refusal TEXT,
+        error TEXT
+    );
+    CREATE INDEX requests_created ON requests (created_at);
+    CREATE INDEX requests_key ON requests (key_name, id);
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        created_at REAL NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        before TEXT,
+        after TEXT
+    );
+    """,
+)
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the database to the newest schema; returns the version it is at."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            for statement in script.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return len(MIGRATIONS)

@@ -1,0 +1,119 @@
+"""Anthropic Messages: usage from answers and streams. Pure."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+from capgate.core.money import Usage
+from capgate.wire.sse import EventSplitter, data_of, events
+
+# The smallest framing a content_block_delta event can have; subtracting it from an
+# event's size leaves an upper bound on the text it carries (see `partial_usage`).
+_MIN_DELTA_FRAMING = len(
+    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+    b'"delta":{"type":"text_delta","text":""}}\n\n'
+)
+_USAGE_EVENT = re.compile(rb"message_start|message_delta")
+
+
+def usage_of(usage: Any) -> Usage | None:
+    if not isinstance(usage, dict):
+        return None
+    cache_write = _int(usage.get("cache_creation_input_tokens"))
+    cache_write_1h = 0
+    split = usage.get("cache_creation")
+    if isinstance(split, dict):
+        cache_write_1h = _int(split.get("ephemeral_1h_input_tokens"))
+        cache_write = max(0, cache_write - cache_write_1h)
+    return Usage(
+        input_tokens=_int(usage.get("input_tokens")),
+        output_tokens=_int(usage.get("output_tokens")),
+        cache_read_tokens=_int(usage.get("cache_read_input_tokens")),
+        cache_write_tokens=cache_write,
+        cache_write_1h_tokens=cache_write_1h,
+    )
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def message_usage(body: bytes) -> tuple[Usage | None, str | None]:
+    """Usage and model of a non-streamed answer."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None, None
+    if not isinstance(data, dict):
+        return None, None
+    model = data.get("model")
+    return usage_of(data.get("usage")), model if isinstance(model, str) else None
+
+
+class AnthropicStreamTap:
+    """Reads usage from a Messages stream as its events pass through unchanged."""
+
+    def __init__(self) -> None:
+        self.splitter = EventSplitter()
+        self._start: dict[str, Any] = {}
+        self._delta: dict[str, Any] = {}
+        self.model: str | None = None
+        self.finished = False  # message_stop seen
+        self._delta_bytes = 0
+        self._delta_events = 0
+
+    def feed(self, chunk: bytes) -> bytes:
+        block = self.splitter.feed(chunk)
+        if not block:
+            return block
+        count = block.count(b"content_block_delta")
+        if count:  # each delta event names its type twice
+            self._delta_events += count // 2
+            self._delta_bytes += len(block)
+        if _USAGE_EVENT.search(block):
+            for event in events(block):
+                self._observe(event)
+        if b"message_stop" in block:
+            self.finished = True
+        return block
+
+    def _observe(self, event: bytes) -> None:
+        if b"message_start" not in event and b"message_delta" not in event:
+            return
+        try:
+            data = orjson.loads(data_of(event))
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(data, dict):
+            return
+        if data.get("type") == "message_start" and isinstance(data.get("message"), dict):
+            message = data["message"]
+            self.model = message.get("model") if isinstance(message.get("model"), str) else None
+            if isinstance(message.get("usage"), dict):
+                self._start = dict(message["usage"])
+        elif data.get("type") == "message_delta" and isinstance(data.get("usage"), dict):
+            self._delta.update(data["usage"])  # cumulative counts: the newest wins
+
+    def usage(self) -> Usage | None:
+        """The final usage, or None when the stream carried none."""
+        if not self._start and not self._delta:
+            return None
+        return usage_of({**self._start, **self._delta})
+
+    def partial_usage(self) -> Usage:
+        """For a stream cut short: input as reported at the start, and output bounded by
+        the bytes of text relayed (a token is at least one byte)."""
+        usage = self.usage() or Usage()
+        text_bound = max(0, self._delta_bytes - self._delta_events * _MIN_DELTA_FRAMING)
+        if self._delta:  # message_delta came: its count is exact
+            return usage
+        return Usage(
+            usage.input_tokens,
+            max(usage.output_tokens, text_bound),
+            usage.cache_read_tokens,
+            usage.cache_write_tokens,
+            usage.cache_write_1h_tokens,
+        )

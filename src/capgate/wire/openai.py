@@ -1,0 +1,100 @@
+"""OpenAI Chat Completions: usage from answers and streams. Pure."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+from capgate.core.money import Usage
+from capgate.wire.sse import EventSplitter, data_of, events
+
+_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
+_MIN_CHUNK_FRAMING = len(b'data: {"choices":[{"delta":{"content":""}}]}\n\n')
+
+
+def usage_of(usage: Any) -> Usage | None:
+    if not isinstance(usage, dict):
+        return None
+    prompt = _int(usage.get("prompt_tokens", usage.get("input_tokens")))
+    details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
+    cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    cached = min(cached, prompt)
+    return Usage(
+        input_tokens=prompt - cached,
+        output_tokens=_int(usage.get("completion_tokens", usage.get("output_tokens"))),
+        cache_read_tokens=cached,
+    )
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def completion_usage(body: bytes) -> tuple[Usage | None, str | None]:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None, None
+    if not isinstance(data, dict):
+        return None, None
+    model = data.get("model")
+    return usage_of(data.get("usage")), model if isinstance(model, str) else None
+
+
+class OpenAIStreamTap:
+    """Reads usage from a Chat Completions stream. capgate asks upstream for the usage
+    chunk (`stream_options.include_usage`); when the client did not ask for it,
+    `hide_usage_chunk` drops that one extra chunk so the client sees what it expects."""
+
+    def __init__(self, hide_usage_chunk: bool) -> None:
+        self.splitter = EventSplitter()
+        self.hide_usage_chunk = hide_usage_chunk
+        self._usage: Usage | None = None
+        self.model: str | None = None
+        self.finished = False  # [DONE] seen
+        self._bytes = 0
+        self._chunks = 0
+
+    def feed(self, chunk: bytes) -> bytes:
+        block = self.splitter.feed(chunk)
+        if not block:
+            return block
+        self._bytes += len(block)
+        self._chunks += block.count(b"data:")
+        if _USAGE_OBJECT.search(block):
+            block = self._take_usage(block)
+        if b"[DONE]" in block:
+            self.finished = True
+        return block
+
+    def _take_usage(self, block: bytes) -> bytes:
+        kept = []
+        for event in events(block):
+            payload = data_of(event)
+            hidden = False
+            if _USAGE_OBJECT.search(payload):
+                try:
+                    data = orjson.loads(payload)
+                except orjson.JSONDecodeError:
+                    data = None
+                if isinstance(data, dict) and isinstance(data.get("usage"), dict):
+                    self._usage = usage_of(data["usage"])
+                    if isinstance(data.get("model"), str):
+                        self.model = data["model"]
+                    hidden = self.hide_usage_chunk and not data.get("choices")
+            if not hidden:
+                kept.append(event + b"\n\n")
+        return b"".join(kept)
+
+    def usage(self) -> Usage | None:
+        return self._usage
+
+    def partial_usage(self, input_bound: int) -> Usage:
+        """For a stream cut short before its usage chunk: the input bound (upstream did
+        read it all) and output bounded by the bytes of chunks relayed."""
+        if self._usage is not None:
+            return self._usage
+        text_bound = max(0, self._bytes - self._chunks * _MIN_CHUNK_FRAMING)
+        return Usage(input_tokens=input_bound, output_tokens=text_bound)
