@@ -32,29 +32,31 @@ MODEL = "claude-capgate-mock"
 GPT = "gpt-4o-mini"
 
 
+# Named apart from conftest's session-wide "upstream" (a subprocess), because these tests
+# need the in-thread server's request log.
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[MockUpstream]:
+def mock_server() -> Iterator[MockUpstream]:
     with MockUpstream() as server:
         yield server
 
 
 @pytest.fixture
-def claude(upstream: MockUpstream) -> Iterator[anthropic.Anthropic]:
-    with anthropic.Anthropic(api_key="sk-test", base_url=upstream.url, max_retries=0) as client:
+def claude(mock_server: MockUpstream) -> Iterator[anthropic.Anthropic]:
+    with anthropic.Anthropic(api_key="sk-test", base_url=mock_server.url, max_retries=0) as client:
         yield client
 
 
 @pytest.fixture
-def gpt(upstream: MockUpstream) -> Iterator[openai.OpenAI]:
-    base_url = upstream.url + "/v1"
+def gpt(mock_server: MockUpstream) -> Iterator[openai.OpenAI]:
+    base_url = mock_server.url + "/v1"
     with openai.OpenAI(api_key="sk-test", base_url=base_url, max_retries=0) as client:
         yield client
 
 
 @pytest.fixture
-def raw(upstream: MockUpstream) -> Iterator[httpx.Client]:
+def raw(mock_server: MockUpstream) -> Iterator[httpx.Client]:
     """A plain HTTP client, for what the SDKs hide (headers, exact bytes, broken streams)."""
-    with httpx.Client(base_url=upstream.url, trust_env=False, timeout=10) as client:
+    with httpx.Client(base_url=mock_server.url, trust_env=False, timeout=10) as client:
         yield client
 
 
@@ -236,18 +238,18 @@ def test_anthropic_count_tokens_matches_message(claude: anthropic.Anthropic) -> 
 
 
 def test_anthropic_beta_sdk_and_query(
-    claude: anthropic.Anthropic, raw: httpx.Client, upstream: MockUpstream
+    claude: anthropic.Anthropic, raw: httpx.Client, mock_server: MockUpstream
 ) -> None:
     message = claude.beta.messages.create(
         model=MODEL, max_tokens=20, messages=user("beta"), betas=["some-feature-2025-01-01"]
     )
     assert message.stop_reason == "end_turn"
-    assert upstream.last_request().headers["anthropic-beta"] == "some-feature-2025-01-01"
+    assert mock_server.last_request().headers["anthropic-beta"] == "some-feature-2025-01-01"
     # Claude Code calls "/v1/messages?beta=true"; the query must not change the route.
     body = {"model": MODEL, "max_tokens": 20, "messages": user("beta")}
     reply = raw.post("/v1/messages?beta=true", headers={"x-api-key": "k"}, json=body)
     assert reply.json()["usage"] == message.usage.model_dump(exclude_none=True)
-    assert upstream.last_request().query == {"beta": "true"}
+    assert mock_server.last_request().query == {"beta": "true"}
     counted = raw.post("/v1/messages/count_tokens?beta=true", headers={"x-api-key": "k"}, json=body)
     assert counted.json() == {"input_tokens": message.usage.input_tokens}
 
@@ -462,16 +464,16 @@ def test_openai_responses_truncated_stream_ends_incomplete(gpt: openai.OpenAI) -
 
 
 def test_records_forwarded_bodies_and_headers(
-    claude: anthropic.Anthropic, upstream: MockUpstream
+    claude: anthropic.Anthropic, mock_server: MockUpstream
 ) -> None:
-    upstream.clear()
+    mock_server.clear()
     claude.messages.create(
         model=MODEL,
         max_tokens=33,
         messages=user("hi"),
         extra_body={"unknown_field": {"nested": [1, 2]}},
     )
-    (recorded,) = upstream.requests()
+    (recorded,) = mock_server.requests()
     assert recorded.method == "POST" and recorded.path == "/v1/messages"
     assert recorded.body["unknown_field"] == {"nested": [1, 2]}
     assert recorded.body["max_tokens"] == 33

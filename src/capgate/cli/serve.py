@@ -56,7 +56,7 @@ def _banner(url: str, admin_key: str | None, demo_key: str | None) -> None:
             "",
             "Try it:",
             f"  curl {url}/v1/messages -H \"x-api-key: $CAPGATE_KEY\" -H 'content-type: application/json' \\",
-            '    -d \'{"model":"claude-sonnet-4-5","max_tokens":100,"messages":[{"role":"user","content":"hi"}]}\'',
+            '    -d \'{"model":"claude-sonnet-4-6","max_tokens":100,"messages":[{"role":"user","content":"hi"}]}\'',
             f"  ANTHROPIC_BASE_URL={url} ANTHROPIC_API_KEY=$CAPGATE_KEY claude",
         ]
     print("\n".join(lines), flush=True)

@@ -1,0 +1,5 @@
+"""`python -m capgate`: the same as the `capgate` command."""
+
+from capgate.cli.main import main
+
+main()
