@@ -1,0 +1,134 @@
+"""The race: hundreds of concurrent requests against budgets that pay for a few.
+
+A check-then-record gateway admits most of them and overspends. capgate reserves the
+worst case atomically before forwarding, so the settled spend never passes the budget and
+every admitted request is exactly one ledger entry — also with two server processes on
+one SQLite file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+import pytest
+
+from conftest import Capgate, Upstream, gateway_config, start_capgate
+
+CONCURRENCY = 200
+
+
+async def _fire(urls: list[str], key: str, n: int, stream_every: int = 2) -> list[tuple[int, str]]:
+    """n requests at once, spread over `urls`; returns (status, request id) for each."""
+    timeout = aiohttp.ClientTimeout(total=120)
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+
+        async def one(i: int) -> tuple[int, str]:
+            stream = i % stream_every == 0
+            body: dict[str, Any] = {
+                "model": "claude-sonnet-4-6",
+                "max_tokens": 400,
+                "stream": stream,
+                "messages": [{"role": "user", "content": f"request {i} mock:words=300 mock:delay_ms=30"}],
+            }
+            url = urls[i % len(urls)] + "/v1/messages"
+            async with session.post(url, json=body, headers={"x-api-key": key}) as response:
+                await response.read()
+                return response.status, response.headers.get("x-capgate-request-id", "")
+
+        return await asyncio.gather(*(one(i) for i in range(n)))
+
+
+def _check_books(capgate: Capgate, key_name: str, results: list[tuple[int, str]], budget: Decimal | None) -> dict[str, Any]:
+    statuses = Counter(status for status, _ in results)
+    assert set(statuses) <= {200, 402}, statuses
+    entries = capgate.ledger(key=key_name)
+    outcomes = Counter(e["outcome"] for e in entries)
+    # Exactly one ledger entry per request: admitted as "ok", refused as "refused".
+    assert outcomes["ok"] == statuses[200]
+    assert outcomes["refused"] == statuses[402]
+    assert len(entries) == len(results)
+    ids = [e["request_id"] for e in entries]
+    assert len(set(ids)) == len(ids)
+    assert {rid for _, rid in results} == set(ids)
+    usage = {u["metric"]: u for u in capgate.key_usage(key_name)}
+    spent = sum(Decimal(e["cost_usd"]) for e in entries)
+    if budget is not None:
+        cost = usage["cost_usd"]
+        assert Decimal(cost["used"]) == spent  # the counter and the ledger agree exactly
+        assert spent <= budget
+        assert Decimal(cost["reserved"]) == 0
+    return {"statuses": statuses, "spent": spent, "usage": usage}
+
+
+def test_request_budget_admits_exactly_its_size(capgate: Capgate, key_name: str) -> None:
+    key = capgate.create_key(key_name, [{"metric": "requests", "window": "day", "max": 10}])
+    results = asyncio.run(_fire([capgate.url], key, CONCURRENCY))
+    books = _check_books(capgate, key_name, results, None)
+    assert books["statuses"][200] == 10
+    assert books["usage"]["requests"]["used"] == 10
+    assert books["usage"]["requests"]["reserved"] == 0
+
+
+def test_dollar_budget_never_overspent(capgate: Capgate, key_name: str) -> None:
+    # Each request may cost up to ~$0.013 (400 output tokens at $15/M plus its input bound
+    # at the dearest input rate) and really costs ~$0.0045: the budget pays for 3 worst
+    # cases at once, while 200 arrive together.
+    budget = Decimal("0.04")
+    key = capgate.create_key(key_name, [{"metric": "cost_usd", "window": "day", "max": str(budget)}])
+    results = asyncio.run(_fire([capgate.url], key, CONCURRENCY))
+    books = _check_books(capgate, key_name, results, budget)
+    admitted = books["statuses"][200]
+    assert 3 <= admitted < CONCURRENCY
+
+
+def test_two_processes_share_one_budget(upstream: Upstream, tmp_path: Path) -> None:
+    config = gateway_config(upstream)
+    first = start_capgate(tmp_path, config)
+    second = start_capgate(tmp_path, config, db=first.db)
+    try:
+        # Requests: the limit binds exactly, whichever process admits them.
+        key = first.create_key("shared-requests", [{"metric": "requests", "window": "day", "max": 40}])
+        for server in (first, second):  # both processes learn the new key (costs nothing)
+            assert httpx.get(server.url + "/v1/models", headers={"x-api-key": key}).status_code == 200
+        results = asyncio.run(_fire([first.url, second.url], key, CONCURRENCY))
+        books = _check_books(first, "shared-requests", results, None)
+        assert books["statuses"][200] == 40
+        # Both processes decided (admitted or refused) half of the requests each.
+        assert len({rid[:16] for _, rid in results}) == 2
+        # Dollars: never overspent across the two processes.
+        budget = Decimal("0.04")
+        key = first.create_key("shared-dollars", [{"metric": "cost_usd", "window": "day", "max": str(budget)}])
+        results = asyncio.run(_fire([first.url, second.url], key, CONCURRENCY))
+        books = _check_books(first, "shared-dollars", results, budget)
+        assert books["statuses"][200] >= 3
+        # The other process's view of the books is the same.
+        assert second.key_usage("shared-dollars") == list(books["usage"].values())
+        # One counter, two doors: what one process admits, the other counts.
+        key = second.create_key("shared-two", [{"metric": "requests", "window": "day", "max": 2}])
+        body = {"model": "claude-sonnet-4-6", "max_tokens": 10, "messages": [{"role": "user", "content": "x"}]}
+        statuses = [
+            httpx.post(s.url + "/v1/messages", json=body, headers={"x-api-key": key}).status_code
+            for s in (first, second, first, second)
+        ]
+        assert statuses == [200, 200, 402, 402]
+    finally:
+        second.close()
+        first.close()
+
+
+@pytest.mark.parametrize("window", ["minute", "total"])
+def test_token_budget_under_concurrency(capgate: Capgate, key_name: str, window: str) -> None:
+    key = capgate.create_key(key_name, [{"metric": "output_tokens", "window": window, "max": 2000}])
+    results = asyncio.run(_fire([capgate.url], key, 60))
+    statuses = Counter(s for s, _ in results)
+    usage = {u["metric"]: u for u in capgate.key_usage(key_name)}["output_tokens"]
+    assert usage["used"] <= 2000 and usage["reserved"] == 0
+    assert usage["used"] == 300 * statuses[200]  # each answer is exactly 300 tokens
+    assert statuses[402 if window == "total" else 429] == 60 - statuses[200]
