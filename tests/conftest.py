@@ -36,7 +36,9 @@ def need(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
-def _spawn(args: list[str], pattern: str, env: dict[str, str] | None = None, timeout: float = 20) -> tuple[subprocess.Popen[str], re.Match[str]]:
+def _spawn(
+    args: list[str], pattern: str, env: dict[str, str] | None = None, timeout: float = 20
+) -> tuple[subprocess.Popen[str], re.Match[str]]:
     """Start a process and wait for the line that says where it listens."""
     proc = subprocess.Popen(
         args,
@@ -82,7 +84,9 @@ class Upstream:
 
 @pytest.fixture(scope="session")
 def upstream() -> Iterator[Upstream]:
-    proc, match = _spawn([sys.executable, "-m", "capgate.mock", "--port", "0"], r"listening on (\S+)")
+    proc, match = _spawn(
+        [sys.executable, "-m", "capgate.mock", "--port", "0"], r"listening on (\S+)"
+    )
     try:
         yield Upstream(f"http://{match.group(1)}")
     finally:
@@ -93,8 +97,18 @@ def gateway_config(upstream: Upstream, **extra: Any) -> dict[str, Any]:
     """Anthropic- and OpenAI-type providers, both pointed at the mock upstream."""
     config: dict[str, Any] = {
         "providers": [
-            {"name": "anthropic", "type": "anthropic", "base_url": upstream.url, "api_key": "up-key-a"},
-            {"name": "openai", "type": "openai", "base_url": upstream.url + "/v1", "api_key": "up-key-o"},
+            {
+                "name": "anthropic",
+                "type": "anthropic",
+                "base_url": upstream.url,
+                "api_key": "up-key-a",
+            },
+            {
+                "name": "openai",
+                "type": "openai",
+                "base_url": upstream.url + "/v1",
+                "api_key": "up-key-o",
+            },
         ],
         "models": [
             {"match": "claude-*", "targets": [{"provider": "anthropic"}]},
@@ -116,13 +130,19 @@ class Capgate:
     _http: httpx.Client = field(init=False)
 
     def __post_init__(self) -> None:
-        self._http = httpx.Client(base_url=self.url, headers={"authorization": f"Bearer {self.admin_key}"}, timeout=30)
+        self._http = httpx.Client(
+            base_url=self.url, headers={"authorization": f"Bearer {self.admin_key}"}, timeout=30
+        )
 
     def admin(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         return self._http.request(method, path, **kwargs)
 
-    def create_key(self, name: str, limits: list[dict[str, Any]] | None = None, **fields: Any) -> str:
-        response = self.admin("POST", "/admin/keys", json={"name": name, "limits": limits or [], **fields})
+    def create_key(
+        self, name: str, limits: list[dict[str, Any]] | None = None, **fields: Any
+    ) -> str:
+        response = self.admin(
+            "POST", "/admin/keys", json={"name": name, "limits": limits or [], **fields}
+        )
         assert response.status_code == 201, response.text
         return str(response.json()["key"])
 

@@ -201,7 +201,8 @@ AUTH_CASES = [
     pytest.param({"x-api-key": "sk-ant-api03-notacapgatekey"}, id="not-a-capgate-key"),
     pytest.param({"authorization": "Bearer sk-proj-abc123"}, id="openai-style-key"),
     pytest.param({"authorization": "Basic dXNlcjpwYXNz"}, id="basic-auth"),
-    pytest.param({"authorization": "Bearer   "}, id="empty-bearer"),
+    pytest.param({"authorization": "Bearer"}, id="empty-bearer"),
+    pytest.param({"x-api-key": ""}, id="empty-x-api-key"),
 ]
 
 

@@ -94,7 +94,10 @@ def test_openai_sdk_completion(capgate: Capgate, key_name: str) -> None:
     with openai_client(capgate, key) as client:
         completion = client.chat.completions.create(
             model="gpt-5-mini",
-            messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi mock:words=7"}],
+            messages=[
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": "hi mock:words=7"},
+            ],
             max_completion_tokens=100,
         )
     assert completion.choices[0].message.content is not None

@@ -35,7 +35,9 @@ async def _fire(urls: list[str], key: str, n: int, stream_every: int = 2) -> lis
                 "model": "claude-sonnet-4-6",
                 "max_tokens": 400,
                 "stream": stream,
-                "messages": [{"role": "user", "content": f"request {i} mock:words=300 mock:delay_ms=30"}],
+                "messages": [
+                    {"role": "user", "content": f"request {i} mock:words=300 mock:delay_ms=30"}
+                ],
             }
             url = urls[i % len(urls)] + "/v1/messages"
             async with session.post(url, json=body, headers={"x-api-key": key}) as response:
@@ -45,7 +47,15 @@ async def _fire(urls: list[str], key: str, n: int, stream_every: int = 2) -> lis
         return await asyncio.gather(*(one(i) for i in range(n)))
 
 
-def _check_books(capgate: Capgate, key_name: str, results: list[tuple[int, str]], budget: Decimal | None) -> dict[str, Any]:
+def _check_books(
+    capgate: Capgate,
+    key_name: str,
+    results: list[tuple[int, str]],
+    budget: Decimal | None,
+    others: tuple[Capgate, ...] = (),
+) -> dict[str, Any]:
+    for other in others:  # a read through a process waits for its queued settlements
+        other.key_usage(key_name)
     statuses = Counter(status for status, _ in results)
     assert set(statuses) <= {200, 402}, statuses
     entries = capgate.ledger(key=key_name)
@@ -81,7 +91,9 @@ def test_dollar_budget_never_overspent(capgate: Capgate, key_name: str) -> None:
     # at the dearest input rate) and really costs ~$0.0045: the budget pays for 3 worst
     # cases at once, while 200 arrive together.
     budget = Decimal("0.04")
-    key = capgate.create_key(key_name, [{"metric": "cost_usd", "window": "day", "max": str(budget)}])
+    key = capgate.create_key(
+        key_name, [{"metric": "cost_usd", "window": "day", "max": str(budget)}]
+    )
     results = asyncio.run(_fire([capgate.url], key, CONCURRENCY))
     books = _check_books(capgate, key_name, results, budget)
     admitted = books["statuses"][200]
@@ -94,25 +106,35 @@ def test_two_processes_share_one_budget(upstream: Upstream, tmp_path: Path) -> N
     second = start_capgate(tmp_path, config, db=first.db)
     try:
         # Requests: the limit binds exactly, whichever process admits them.
-        key = first.create_key("shared-requests", [{"metric": "requests", "window": "day", "max": 40}])
+        key = first.create_key(
+            "shared-requests", [{"metric": "requests", "window": "day", "max": 40}]
+        )
         for server in (first, second):  # both processes learn the new key (costs nothing)
-            assert httpx.get(server.url + "/v1/models", headers={"x-api-key": key}).status_code == 200
+            assert (
+                httpx.get(server.url + "/v1/models", headers={"x-api-key": key}).status_code == 200
+            )
         results = asyncio.run(_fire([first.url, second.url], key, CONCURRENCY))
-        books = _check_books(first, "shared-requests", results, None)
+        books = _check_books(first, "shared-requests", results, None, (second,))
         assert books["statuses"][200] == 40
         # Both processes decided (admitted or refused) half of the requests each.
         assert len({rid[:16] for _, rid in results}) == 2
         # Dollars: never overspent across the two processes.
         budget = Decimal("0.04")
-        key = first.create_key("shared-dollars", [{"metric": "cost_usd", "window": "day", "max": str(budget)}])
+        key = first.create_key(
+            "shared-dollars", [{"metric": "cost_usd", "window": "day", "max": str(budget)}]
+        )
         results = asyncio.run(_fire([first.url, second.url], key, CONCURRENCY))
-        books = _check_books(first, "shared-dollars", results, budget)
+        books = _check_books(first, "shared-dollars", results, budget, (second,))
         assert books["statuses"][200] >= 3
         # The other process's view of the books is the same.
         assert second.key_usage("shared-dollars") == list(books["usage"].values())
         # One counter, two doors: what one process admits, the other counts.
         key = second.create_key("shared-two", [{"metric": "requests", "window": "day", "max": 2}])
-        body = {"model": "claude-sonnet-4-6", "max_tokens": 10, "messages": [{"role": "user", "content": "x"}]}
+        body = {
+            "model": "claude-sonnet-4-6",
+            "max_tokens": 10,
+            "messages": [{"role": "user", "content": "x"}],
+        }
         statuses = [
             httpx.post(s.url + "/v1/messages", json=body, headers={"x-api-key": key}).status_code
             for s in (first, second, first, second)

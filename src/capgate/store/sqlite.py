@@ -349,6 +349,7 @@ class SQLiteStore:
 
     async def counters(self, scope: Scope, now: float) -> list[dict[str, Any]]:
         """Each limit of `scope` with its current window's used, reserved and reset."""
+        await self.flush()  # include every settlement queued before this call
 
         def op(conn: sqlite3.Connection) -> list[dict[str, Any]]:
             out = []
