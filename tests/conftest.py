@@ -203,3 +203,18 @@ def key_name(request: pytest.FixtureRequest) -> str:
 def which(tool: str) -> str | None:
     local = ROOT / ".tools" / "node_modules" / ".bin" / tool
     return str(local) if local.exists() else shutil.which(tool)
+
+
+_skipped: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and REQUIRE_ALL:
+        _skipped.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """In CI (CAPGATE_REQUIRE_ALL=1) a skipped test fails the run: nothing may skip there."""
+    if _skipped:
+        print("\nCAPGATE_REQUIRE_ALL=1 but these tests skipped:\n  " + "\n  ".join(_skipped))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

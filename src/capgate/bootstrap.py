@@ -67,7 +67,7 @@ async def _demo_key(store: SQLiteStore) -> str:
         await store.delete_key(DEMO_KEY, "demo")
     key_id, raw = new_key()
     limits = (
-        Limit(Metric.COST_USD, WindowKind.DAY, usd_to_nano("1.00")),
+        Limit(Metric.COST_USD, WindowKind.DAY, usd_to_nano("10.00")),
         Limit(Metric.REQUESTS, WindowKind.MINUTE, 60),
     )
     fields = ScopeFields(limits=limits, metadata={"demo": True})

@@ -51,7 +51,7 @@ def _banner(url: str, admin_key: str | None, demo_key: str | None) -> None:
     if demo_key:
         lines += [
             "",
-            "Demo key (mock provider, $1.00/day, 60 requests/minute):",
+            "Demo key (mock provider, $10.00/day, 60 requests/minute):",
             f"  export CAPGATE_KEY={demo_key}",
             "",
             "Try it:",
