@@ -15,7 +15,10 @@ from conftest import Capgate, need, which
 
 def run_claude(capgate: Capgate, key: str, home: Path, prompt: str, *extra: str) -> dict:
     claude = which("claude")
-    need(claude is not None, "the Claude Code CLI is not installed (scripts/test installs it with npm)")
+    need(
+        claude is not None,
+        "the Claude Code CLI is not installed (scripts/test installs it with npm)",
+    )
     assert claude is not None
     env = {
         "PATH": os.environ.get("PATH", ""),
@@ -36,11 +39,15 @@ def run_claude(capgate: Capgate, key: str, home: Path, prompt: str, *extra: str)
         check=False,
     )
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    assert lines, f"no JSON result from claude (rc={done.returncode}):\n{done.stdout}\n{done.stderr}"
+    assert lines, (
+        f"no JSON result from claude (rc={done.returncode}):\n{done.stdout}\n{done.stderr}"
+    )
     return dict(json.loads(lines[-1]))
 
 
-def test_claude_code_answers_through_capgate(capgate: Capgate, key_name: str, tmp_path: Path) -> None:
+def test_claude_code_answers_through_capgate(
+    capgate: Capgate, key_name: str, tmp_path: Path
+) -> None:
     key = capgate.create_key(key_name, [{"metric": "cost_usd", "window": "day", "max": 50}])
     result = run_claude(capgate, key, tmp_path, "say hi", "--model", "claude-sonnet-4-6")
     assert result["is_error"] is False, result
@@ -54,7 +61,9 @@ def test_claude_code_answers_through_capgate(capgate: Capgate, key_name: str, tm
     assert Decimal(spent["used"]) == sum(Decimal(e["cost_usd"]) for e in entries)
 
 
-def test_claude_code_shows_a_spent_budget_at_once(capgate: Capgate, key_name: str, tmp_path: Path) -> None:
+def test_claude_code_shows_a_spent_budget_at_once(
+    capgate: Capgate, key_name: str, tmp_path: Path
+) -> None:
     key = capgate.create_key(key_name, [{"metric": "requests", "window": "day", "max": 0}])
     result = run_claude(capgate, key, tmp_path, "say hi", "--model", "claude-sonnet-4-6")
     assert result["is_error"] is True

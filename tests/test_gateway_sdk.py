@@ -58,11 +58,14 @@ def test_anthropic_sdk_message(capgate: Capgate, key_name: str) -> None:
 
 def test_anthropic_sdk_stream(capgate: Capgate, key_name: str) -> None:
     key = capgate.create_key(key_name)
-    with anthropic_client(capgate, key) as client, client.messages.stream(
-        model="claude-sonnet-4-6",
-        max_tokens=300,
-        messages=[{"role": "user", "content": "stream please mock:words=40"}],
-    ) as stream:
+    with (
+        anthropic_client(capgate, key) as client,
+        client.messages.stream(
+            model="claude-sonnet-4-6",
+            max_tokens=300,
+            messages=[{"role": "user", "content": "stream please mock:words=40"}],
+        ) as stream,
+    ):
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
     assert len(text.split()) == 40
