@@ -77,7 +77,7 @@ async def _demo_key(store: SQLiteStore) -> str:
 
 async def build(config: Config, *, demo: bool = False) -> Built:
     settings = config.server
-    store = SQLiteStore(sqlite_path(settings.database_url))
+    store = SQLiteStore(sqlite_path(settings.database_url), lease_seconds=settings.lease_seconds)
     await store.start()
     runners: list[web.AppRunner] = []
     providers: dict[str, HTTPProvider] = {}

@@ -94,6 +94,9 @@ class ServerConfig(_Strict):
     default_max_tokens: int = Field(4096, ge=1)  # set when a client sends no max_tokens
     allow_unpriced_models: bool = False  # True: unpriced models pass; only non-dollar limits apply
     timezone: str = "UTC"
+    # A process that has not renewed its lease for this long is taken for dead: its
+    # reservations are settled in full and flagged `lease_expired`.
+    lease_seconds: float = Field(30.0, ge=1)
 
     @field_validator("timezone")
     @classmethod
@@ -195,6 +198,7 @@ ENV_SETTINGS = {
     "CAPGATE_DEFAULT_MAX_TOKENS": "default_max_tokens",
     "CAPGATE_ALLOW_UNPRICED_MODELS": "allow_unpriced_models",
     "CAPGATE_TIMEZONE": "timezone",
+    "CAPGATE_LEASE_SECONDS": "lease_seconds",
 }
 
 

@@ -212,7 +212,7 @@ class Gateway:
             if key.status.value != "active":
                 raise PermissionDenied(f'The key "{key.name}" is {key.status.value}.')
             raw, body = await self._read_json(request)
-            facts = anthropic_facts({**body, "messages": body.get("messages")})
+            facts = anthropic_facts(body)
             route = self._router.resolve(facts.model, Endpoint.MESSAGES)
             if not route.provider.supports(Endpoint.COUNT_TOKENS):
                 raise InvalidRequest(f'provider "{route.provider.name}" cannot count tokens')

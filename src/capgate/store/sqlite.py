@@ -37,14 +37,16 @@ from capgate.store.sqlite_writer import SQLiteWriter
 
 log = logging.getLogger(__name__)
 
-LEASE_SECONDS = 30.0  # a process silent this long is dead; its reservations are settled
-HEARTBEAT_SECONDS = 5.0
-
 
 class SQLiteStore:
-    def __init__(self, path: str, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, path: str, *, lease_seconds: float = 30.0, clock: Callable[[], float] = time.time
+    ) -> None:
         self.path = path
         self._clock = clock
+        # A process silent for `lease_seconds` is dead; it renews six times per lease.
+        self._lease = lease_seconds
+        self._beat_every = lease_seconds / 6
         self.owner = uuid.uuid4().hex[:16]  # this process's lease identity
         self._keys: dict[str, tuple[Scope, bytes]] = {}
         self._version = ""
@@ -206,7 +208,7 @@ class SQLiteStore:
 
     async def _heartbeat_loop(self) -> None:
         while True:
-            await asyncio.sleep(HEARTBEAT_SECONDS)
+            await asyncio.sleep(self._beat_every)
             try:
                 await self._beat()
             except Exception:
@@ -223,7 +225,7 @@ class SQLiteStore:
             "ON CONFLICT(id) DO UPDATE SET heartbeat_at=excluded.heartbeat_at",
             (self.owner, now),
         )
-        conn.execute("DELETE FROM processes WHERE heartbeat_at < ?", (now - LEASE_SECONDS,))
+        conn.execute("DELETE FROM processes WHERE heartbeat_at < ?", (now - self._lease,))
         orphans = conn.execute(
             "SELECT id, charges, info FROM reservations WHERE owner NOT IN (SELECT id FROM processes)"
         ).fetchall()

@@ -1,0 +1,79 @@
+"""Nothing lost: `kill -9` of a server in the middle of a request. Its reservation has a
+lease; when the lease expires, another process settles it in full and flags it."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+
+from conftest import Upstream, gateway_config, start_capgate
+
+
+def test_dead_process_reservations_are_charged_in_full(upstream: Upstream, tmp_path: Path) -> None:
+    config = gateway_config(upstream, server={"lease_seconds": 2})
+    first = start_capgate(tmp_path, config)
+    key = first.create_key("victim", [{"metric": "cost_usd", "window": "day", "max": 10}])
+    headers = {"x-api-key": key}
+    quick = {
+        "model": "claude-sonnet-4-6",
+        "max_tokens": 50,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    for _ in range(5):
+        assert (
+            httpx.post(first.url + "/v1/messages", json=quick, headers=headers).status_code == 200
+        )
+
+    started = threading.Event()
+
+    def slow_stream() -> None:
+        body = {
+            "model": "claude-sonnet-4-6",
+            "max_tokens": 1000,
+            "stream": True,
+            "messages": [
+                {"role": "user", "content": "slow mock:words=200 mock:stream_delay_ms=100"}
+            ],
+        }
+        try:
+            with httpx.stream(
+                "POST", first.url + "/v1/messages", json=body, headers=headers, timeout=30
+            ) as response:
+                for _ in response.iter_bytes():
+                    started.set()
+        except httpx.HTTPError:
+            pass  # the server is killed under it
+
+    thread = threading.Thread(target=slow_stream)
+    thread.start()
+    assert started.wait(10)
+    first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait(10)
+    thread.join(10)
+    first.close()
+
+    second = start_capgate(tmp_path, config, db=first.db)
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            entries = second.ledger(key="victim")
+            if any(e["outcome"] == "lease_expired" for e in entries):
+                break
+            time.sleep(0.3)
+        outcomes = sorted(e["outcome"] for e in entries)
+        # Every admitted request is exactly one entry; the one cut off is charged in full.
+        assert outcomes.count("lease_expired") == 1, outcomes
+        assert outcomes.count("ok") + outcomes.count("lease_expired") == 6
+        expired = next(e for e in entries if e["outcome"] == "lease_expired")
+        assert expired["output_tokens"] == 1000  # the whole max_tokens
+        cost = {u["metric"]: u for u in second.key_usage("victim")}["cost_usd"]
+        assert Decimal(cost["reserved"]) == 0
+        assert Decimal(cost["used"]) == sum(Decimal(e["cost_usd"]) for e in entries)
+        assert Decimal(expired["cost_usd"]) > Decimal("0.015")  # 1000 tokens at $15/M and more
+    finally:
+        second.close()
