@@ -14,7 +14,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -70,7 +70,7 @@ class Gateway:
         self._ids = itertools.count(1)
         self._id_prefix = "req_" + os.urandom(6).hex()
         self._max_bytes = int(settings.max_request_mb * 1024 * 1024)
-        self._background: set[asyncio.Task[None]] = set()
+        self._pending: set[asyncio.Future[None]] = set()
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -176,32 +176,35 @@ class Gateway:
 
     # -- settlement --------------------------------------------------------------------
 
-    def settle(self, reservation: Reservation, outcome: Outcome) -> None:
-        """Queue the settlement now; retry in the background if the store fails."""
-        self._watch(self._store.settle(reservation, outcome), reservation, outcome, 0)
+    def settle(self, reservation: Reservation, outcome: Outcome, tries: int = 0) -> None:
+        """Queue the settlement now; retry with backoff if the store fails (the reservation
+        stays held meanwhile, so a failing store never lets money leak)."""
+        pending = self._store.settle(reservation, outcome)
+        self._pending.add(pending)
 
-    def _watch(
-        self, pending: Awaitable[None], res: Reservation, outcome: Outcome, tries: int
-    ) -> None:
-        async def wait() -> None:
-            try:
-                await pending
-            except Exception as exc:  # noqa: BLE001 - the store failed; keep the money right
-                if tries >= _SETTLE_RETRIES:
-                    log.critical("settlement of %s lost after %d tries: %s", res.id, tries, exc)
-                    return
-                log.error("settlement of %s failed (%s); retrying", res.id, exc)
-                await asyncio.sleep(0.2 * 2**tries)
-                self._watch(self._store.settle(res, outcome), res, outcome, tries + 1)
+        def done(fut: asyncio.Future[None]) -> None:
+            self._pending.discard(fut)
+            if fut.cancelled() or fut.exception() is None:
+                return
+            if tries >= _SETTLE_RETRIES:
+                log.critical(
+                    "settlement of %s lost after %d tries: %s",
+                    reservation.id,
+                    tries,
+                    fut.exception(),
+                )
+                return
+            log.error("settlement of %s failed (%s); retrying", reservation.id, fut.exception())
+            asyncio.get_running_loop().call_later(
+                0.2 * 2**tries, self.settle, reservation, outcome, tries + 1
+            )
 
-        task = asyncio.ensure_future(wait())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        pending.add_done_callback(done)
 
     async def drain(self) -> None:
         """Wait for queued settlements (shutdown)."""
-        while self._background:
-            await asyncio.gather(*list(self._background), return_exceptions=True)
+        while self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
 
     # -- other endpoints ---------------------------------------------------------------
 

@@ -7,7 +7,7 @@ budgets is one atomic transaction; the limit decisions themselves come from
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -99,7 +99,7 @@ class Store(Protocol):
         self, info: RequestInfo, worst: Amounts, extra_scopes: tuple[Scope, ...] = ()
     ) -> Reservation | Refusal: ...
 
-    def settle(self, reservation: Reservation, outcome: Outcome) -> Awaitable[None]:
+    def settle(self, reservation: Reservation, outcome: Outcome) -> asyncio.Future[None]:
         """Queue the settlement at once; the awaitable completes when it is committed."""
 
     async def create_key(

@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -187,7 +187,7 @@ class SQLiteStore:
         q.insert_refusal(conn, info, key, refusal, now)
         return refusal
 
-    def settle(self, reservation: Reservation, outcome: Outcome) -> Awaitable[None]:
+    def settle(self, reservation: Reservation, outcome: Outcome) -> asyncio.Future[None]:
         return self._writer.submit(lambda conn: self._settle(conn, reservation, outcome))
 
     def _settle(self, conn: sqlite3.Connection, res: Reservation, outcome: Outcome) -> None:
