@@ -111,7 +111,10 @@ BODY_CASES: list[tuple[str, Callable[[Dialect], dict[str, Any]], int, tuple[str,
     ),
     (
         "not-an-object",
-        lambda d: {"content": b'["model", "messages"]', "headers": {"content-type": "application/json"}},
+        lambda d: {
+            "content": b'["model", "messages"]',
+            "headers": {"content-type": "application/json"},
+        },
         400,
         ("object",),
     ),
@@ -135,7 +138,10 @@ BODY_CASES: list[tuple[str, Callable[[Dialect], dict[str, Any]], int, tuple[str,
     ("stream-not-bool", lambda d: {"json": d.body(stream="yes")}, 400, ("stream",)),
     (
         "text-plain",
-        lambda d: {"content": json.dumps(d.body()).encode(), "headers": {"content-type": "text/plain"}},
+        lambda d: {
+            "content": json.dumps(d.body()).encode(),
+            "headers": {"content-type": "text/plain"},
+        },
         415,
         ("content-type", "application/json"),
     ),
@@ -151,7 +157,12 @@ BODY_CASES: list[tuple[str, Callable[[Dialect], dict[str, Any]], int, tuple[str,
         415,
         ("content-type",),
     ),
-    ("unpriced-model", lambda d: {"json": d.body(model=d.unpriced_model)}, 400, ("no known price",)),
+    (
+        "unpriced-model",
+        lambda d: {"json": d.body(model=d.unpriced_model)},
+        400,
+        ("no known price",),
+    ),
 ]
 
 
@@ -264,7 +275,9 @@ def test_sdks_raise_authentication_error(capgate: Capgate) -> None:
         openai.OpenAI(base_url=capgate.url + "/v1", api_key="sk-not-capgate", max_retries=0) as gpt,
         pytest.raises(openai.AuthenticationError) as o_err,
     ):
-        gpt.chat.completions.create(model=OPENAI.model, messages=[{"role": "user", "content": "hi"}])
+        gpt.chat.completions.create(
+            model=OPENAI.model, messages=[{"role": "user", "content": "hi"}]
+        )
     assert o_err.value.status_code == 401
 
 
@@ -291,7 +304,9 @@ def test_sdks_raise_bad_request_for_unpriced_model(
 
 
 @pytest.fixture(scope="module")
-def small_capgate(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Capgate]:
+def small_capgate(
+    upstream: Upstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Capgate]:
     config = gateway_config(upstream, server={"max_request_mb": 0.01})  # 10,485 bytes
     server = start_capgate(tmp_path_factory.mktemp("small"), config)
     try:

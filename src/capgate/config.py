@@ -170,7 +170,7 @@ def parse_config(data: Any, env: Mapping[str, str], source: str = "config") -> C
             message = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 message = "unknown key"
-            problems.append(f"{where}: {message}")
+            problems.append(f"{where}: {message}" if where else message)
         raise ConfigError(f"{source}: " + "; ".join(problems)) from None
 
 

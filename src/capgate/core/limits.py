@@ -53,14 +53,24 @@ def parse_metric(text: str) -> Metric:
         raise ValueError(f"unknown metric {text!r} (one of: {allowed}, or cost)") from None
 
 
-def usd_to_nano(value: Any) -> int:
-    """Exact conversion of a dollar amount (number or decimal string) to nano-dollars."""
+def _decimal(value: Any, what: str) -> Decimal:
+    """A finite decimal from a number or decimal string; ValueError otherwise."""
+    if isinstance(value, bool):
+        raise ValueError(f"{what} must be a number, not {value!r}")
     try:
         dec = Decimal(str(value))
     except InvalidOperation:
-        raise ValueError(f"not a dollar amount: {value!r}") from None
+        raise ValueError(f"{what} must be a number, not {value!r}") from None
+    if not dec.is_finite():
+        raise ValueError(f"{what} must be a finite number, not {value!r}")
+    return dec
+
+
+def usd_to_nano(value: Any) -> int:
+    """Exact conversion of a dollar amount (number or decimal string) to nano-dollars."""
+    dec = _decimal(value, "a dollar amount")
     nano = dec * NANO_PER_USD
-    if not dec.is_finite() or nano != nano.to_integral_value():
+    if nano != nano.to_integral_value():
         raise ValueError(f"dollar amount {value!r} is finer than a nano-dollar")
     return int(nano)
 
@@ -101,12 +111,10 @@ class Limit:
         metric = parse_metric(str(data["metric"]))
         window = parse_window(str(data["window"]))
         raw_max = data["max"]
-        if isinstance(raw_max, bool):
-            raise ValueError("max must be a number")
         if metric is Metric.COST_USD:
             max_ = usd_to_nano(raw_max)
         else:
-            dec = Decimal(str(raw_max))
+            dec = _decimal(raw_max, "max")
             if dec != dec.to_integral_value():
                 raise ValueError(f"max of {metric.value} must be a whole number, not {raw_max}")
             max_ = int(dec)

@@ -5,7 +5,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    field_validator,
+)
 
 from capgate.core.limits import Limit
 from capgate.core.windows import zone
@@ -16,7 +24,9 @@ class LimitIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     metric: str = Field(description="requests | tokens | input_tokens | output_tokens | cost_usd")
     window: str = Field(description="minute | hour | day | week | month | total")
-    max: float | int | str = Field(description="dollars for cost_usd, a count otherwise")
+    max: StrictInt | StrictFloat | StrictStr = Field(
+        description="dollars for cost_usd (number or decimal string), a count otherwise"
+    )
     model: str | None = Field(None, description="glob: the limit applies only to these models")
 
     def to_limit(self) -> Limit:

@@ -15,6 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -416,9 +417,12 @@ class _Call:
     def _partial(
         self, tap: anthropic_wire.AnthropicStreamTap | openai_wire.OpenAIStreamTap
     ) -> Usage:
+        """Usage of a stream cut short. Its output bound (bytes relayed) is capped at the
+        output reserved: the provider cannot have generated more than max_tokens."""
         if isinstance(tap, anthropic_wire.AnthropicStreamTap):
             usage = tap.partial_usage()
             if usage.total_input == 0:  # no message_start: the input bound is all we know
-                return Usage(self.input_bound, usage.output_tokens)
-            return usage
-        return tap.partial_usage(self.input_bound)
+                usage = replace(usage, input_tokens=self.input_bound)
+        else:
+            usage = tap.partial_usage(self.input_bound)
+        return replace(usage, output_tokens=min(usage.output_tokens, self.res.worst.output_tokens))
