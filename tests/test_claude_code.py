@@ -17,7 +17,7 @@ def run_claude(capgate: Capgate, key: str, home: Path, prompt: str, *extra: str)
     claude = which("claude")
     need(
         claude is not None,
-        "the Claude Code CLI is not installed (scripts/test installs it with npm)",
+        "the Claude Code CLI is not installed (bin/test installs it with npm)",
     )
     assert claude is not None
     env = {

@@ -95,7 +95,7 @@ async def build(config: Config, *, demo: bool = False) -> Built:
     router = Router(list(config.models), providers)
     gateway = Gateway(store, router, pricing, settings)
     digest, generated = await _admin_digest(store, config, demo)
-    admin = AdminAPI(store, digest)
+    admin = AdminAPI(store, digest, default_timezone=settings.timezone)
 
     app = web.Application(client_max_size=int(settings.max_request_mb * 1024 * 1024) + 1)
     app.add_routes(gateway.routes())

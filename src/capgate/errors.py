@@ -17,6 +17,7 @@ their edge; each HTTP surface renders them in its own dialect in one place
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ class LimitExceeded(CapgateError):
         if refusal.is_rate_limit and refusal.resets_at is not None:
             self.status = 429
             self.kind = "rate_limit_error"
-            headers["retry-after"] = str(max(1, int(refusal.resets_at - now + 0.999)))
+            headers["retry-after"] = str(max(1, math.ceil(refusal.resets_at - now)))
         else:
             self.status = 402
             headers["x-should-retry"] = "false"

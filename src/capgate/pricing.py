@@ -16,9 +16,16 @@ _DATED = re.compile(r"-(\d{8}|\d{4}-\d{2}-\d{2}|latest)$")
 
 
 class PricingTable:
-    def __init__(self, prices: Mapping[str, Price], globs: Mapping[str, Price], version: str):
+    def __init__(
+        self,
+        prices: Mapping[str, Price],
+        globs: Mapping[str, Price],
+        version: str,
+        overridden: frozenset[str] = frozenset(),
+    ):
         self._prices = dict(prices)
         self._globs = dict(globs)  # override keys with wildcards, tried in order
+        self._overridden = overridden  # exact names the admin priced
         self.version = version
         self._cache: dict[str, Price | None] = {}
 
@@ -42,16 +49,20 @@ class PricingTable:
                 globs[name] = price
             else:
                 prices[name] = price
-        return cls(prices, globs, str(data.get("version", "")))
+        exact = frozenset(n for n in (overrides or {}) if not any(c in n for c in "*?["))
+        return cls(prices, globs, str(data.get("version", "")), exact)
 
     def lookup(self, model: str) -> Price | None:
-        """The price of `model`: exact name, then override globs, then without a date
-        suffix (`claude-sonnet-4-5-20250929` -> `claude-sonnet-4-5`)."""
+        """The price of `model`. The admin's overrides win (exact name, then globs in
+        order), then the bundled table by exact name, then without a date suffix
+        (`claude-sonnet-4-5-20250929` -> `claude-sonnet-4-5`)."""
         if model in self._cache:
             return self._cache[model]
-        price = self._prices.get(model)
+        price = self._prices.get(model) if model in self._overridden else None
         if price is None:
             price = next((p for g, p in self._globs.items() if fnmatchcase(model, g)), None)
+        if price is None:
+            price = self._prices.get(model)
         if price is None:
             undated = _DATED.sub("", model)
             if undated != model:

@@ -47,6 +47,9 @@ def serve(
         raise typer.Exit(2) from None
     from capgate.cli.serve import run  # the server's imports are only paid by `serve`
 
+    # A server must survive clients that hang up mid-write: ignore SIGPIPE (the CLI's
+    # printing commands restore the default so `capgate usage | head` exits quietly).
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     run(cfg, demo=demo)
 
 

@@ -10,7 +10,7 @@ import sys
 from aiohttp import web
 
 from capgate.bootstrap import build
-from capgate.config import Config
+from capgate.config import Config, ConfigError
 
 
 def run(config: Config, *, demo: bool) -> None:
@@ -24,7 +24,12 @@ def run(config: Config, *, demo: bool) -> None:
         uvloop.install()
     except ImportError:  # not on this platform: the stdlib loop works, a little slower
         pass
-    asyncio.run(_serve(config, demo))
+    try:
+        asyncio.run(_serve(config, demo))
+    except (ConfigError, ValueError) as exc:
+        sys.exit(f"capgate: bad configuration: {exc}")
+    except OSError as exc:  # the port is taken, the database cannot be opened, ...
+        sys.exit(f"capgate: cannot start: {exc}")
 
 
 async def _serve(config: Config, demo: bool) -> None:

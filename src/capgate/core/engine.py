@@ -159,12 +159,16 @@ def plan_reserve(
 ) -> Admission | Refusal:
     """Admit if the worst case fits under every applicable limit; all or nothing."""
     charges = []
+    charged = set()
     for app in applicable:
-        state = states.get((app.counter, app.window.start), _EMPTY)
+        instance = (app.counter, app.window.start)
+        state = states.get(instance, _EMPTY)
         amount = worst.of(app.limit.metric)
         if state.settled + state.reserved + amount > app.limit.max:
             return _limit_refusal(app, state, amount)
-        charges.append(Charge(app.counter, app.window.start, app.limit.metric, amount))
+        if instance not in charged:  # two limits on one counter: check both, charge once
+            charged.add(instance)
+            charges.append(Charge(app.counter, app.window.start, app.limit.metric, amount))
     return Admission(tuple(charges))
 
 

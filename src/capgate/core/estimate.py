@@ -53,7 +53,9 @@ def _positive_int(body: dict[str, Any], name: str) -> int | None:
 
 
 def _stream_flag(body: dict[str, Any]) -> bool:
-    stream = body.get("stream", False)
+    stream = body.get("stream")
+    if stream is None:
+        return False
     if not isinstance(stream, bool):
         raise InvalidRequest("stream: must be a boolean")
     return stream

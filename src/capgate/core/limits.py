@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -66,10 +66,13 @@ def _decimal(value: Any, what: str) -> Decimal:
     return dec
 
 
+_EXACT = Context(prec=80)  # enough digits that no realistic amount is ever rounded
+
+
 def usd_to_nano(value: Any) -> int:
     """Exact conversion of a dollar amount (number or decimal string) to nano-dollars."""
     dec = _decimal(value, "a dollar amount")
-    nano = dec * NANO_PER_USD
+    nano = _EXACT.multiply(dec, NANO_PER_USD)
     if nano != nano.to_integral_value():
         raise ValueError(f"dollar amount {value!r} is finer than a nano-dollar")
     return int(nano)
@@ -77,7 +80,7 @@ def usd_to_nano(value: Any) -> int:
 
 def nano_to_decimal_str(nano: int) -> str:
     """Nano-dollars as an exact decimal string of dollars: 1234500 -> '0.0012345'."""
-    text = f"{Decimal(nano).scaleb(-9):f}"
+    text = f"{Decimal(nano).scaleb(-9, _EXACT):f}"
     if "." in text:
         text = text.rstrip("0").rstrip(".")
     return text
@@ -131,6 +134,20 @@ class Limit:
         if self.model is not None:
             out["model"] = self.model
         return out
+
+
+def check_distinct(limits: tuple[Limit, ...]) -> None:
+    """Two limits of one scope on the same metric, window and models would share one
+    counter and charge it twice: refuse them."""
+    seen: set[tuple[Metric, WindowKind, str | None]] = set()
+    for limit in limits:
+        ident = (limit.metric, limit.window, None if limit.model == "*" else limit.model)
+        if ident in seen:
+            what = f"{limit.metric.value}/{limit.window.value}" + (
+                f" for {limit.model}" if limit.model else ""
+            )
+            raise ValueError(f"two limits on {what}: keep one")
+        seen.add(ident)
 
 
 _SPEC = re.compile(

@@ -67,7 +67,9 @@ def parse_window(text: str) -> WindowKind:
 
 def _local_floor(kind: WindowKind, local: datetime) -> datetime:
     # Calendar windows only (day, week, month); minute and hour are fixed-length.
-    day = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    # fold=0: in a zone whose clocks go back across midnight, the repeated hour still
+    # belongs to the same day.
+    day = local.replace(hour=0, minute=0, second=0, microsecond=0, fold=0)
     if kind is WindowKind.DAY:
         return day
     if kind is WindowKind.WEEK:

@@ -7,6 +7,7 @@ import csv
 import io
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -54,9 +55,14 @@ async def _body(request: web.Request, model: type[BaseModel]) -> Any:
 
 class AdminAPI:
     def __init__(
-        self, store: SQLiteStore, admin_digest: bytes, clock: Callable[[], float] = time.time
+        self,
+        store: SQLiteStore,
+        admin_digest: bytes,
+        clock: Callable[[], float] = time.time,
+        default_timezone: str = "UTC",
     ) -> None:
         self._store = store
+        self._default_timezone = default_timezone  # for keys created without one
         self._auth = AdminAuthenticator(admin_digest)
         self._clock = clock
 
@@ -95,9 +101,12 @@ class AdminAPI:
 
     async def create_key(self, request: web.Request) -> web.Response:
         spec: KeyCreate = await _body(request, KeyCreate)
+        fields = spec.to_fields()
+        if fields.timezone is None:
+            fields = replace(fields, timezone=self._default_timezone)
         key_id, raw = new_key()
         scope = await self._store.create_key(
-            spec.name, key_id, key_hash(raw), display_prefix(raw), spec.to_fields()
+            spec.name, key_id, key_hash(raw), display_prefix(raw), fields
         )
         return _json({**scope_json(scope), "key": raw}, status=201)
 

@@ -15,7 +15,7 @@ from pydantic import (
     field_validator,
 )
 
-from capgate.core.limits import Limit
+from capgate.core.limits import Limit, check_distinct
 from capgate.core.windows import zone
 from capgate.store.base import ScopeFields
 
@@ -64,6 +64,13 @@ class _KeyFields(BaseModel):
     expires_at: str | float | None = None
     timezone: str | None = Field(None, description="IANA name for calendar windows")
     metadata: dict[str, Any] | None = None
+
+    @field_validator("limits")
+    @classmethod
+    def _distinct(cls, value: list[LimitIn] | None) -> list[LimitIn] | None:
+        if value is not None:
+            check_distinct(tuple(x.to_limit() for x in value))
+        return value
 
     @field_validator("timezone")
     @classmethod

@@ -22,7 +22,7 @@ import orjson
 from aiohttp import web
 
 from capgate.config import ServerConfig
-from capgate.core.engine import Amounts, Refusal
+from capgate.core.engine import Amounts, Refusal, check_access
 from capgate.core.estimate import RequestFacts, anthropic_facts, input_bound, openai_chat_facts
 from capgate.core.money import Price, Usage
 from capgate.errors import (
@@ -213,11 +213,12 @@ class Gateway:
         """Free on every provider: authenticated and routed, not budgeted or recorded."""
         try:
             key = await self._auth.authenticate(request.headers)
-            if key.status.value != "active":
-                raise PermissionDenied(f'The key "{key.name}" is {key.status.value}.')
             raw, body = await self._read_json(request)
             facts = anthropic_facts(body)
             route = self._router.resolve(facts.model, Endpoint.MESSAGES)
+            refusal = check_access((key,), (facts.model, route.upstream_model), self._clock())
+            if refusal is not None:
+                raise _refusal_error(refusal, self._clock())
             if not route.provider.supports(Endpoint.COUNT_TOKENS):
                 raise InvalidRequest(f'provider "{route.provider.name}" cannot count tokens')
             if route.upstream_model != facts.model:

@@ -1,6 +1,6 @@
 """HTTP providers: Anthropic, OpenAI, OpenAI-compatible and the mock upstream, over one
 pooled keep-alive aiohttp client session each (aiohttp's client measured ~10x cheaper per
-request than httpx on this hot path; see docs/performance.md)."""
+request than httpx on this hot path; see docs/dependencies.md)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ _PATHS = {
 }
 # Client headers that change what the upstream does and must reach it.
 _FORWARDED = ("anthropic-version", "anthropic-beta")
-_ANSWER_HEADERS = ("content-type", "request-id", "x-request-id", "openai-processing-ms")
+_ANSWER_HEADERS = ("content-type", "request-id", "x-request-id", "retry-after", "x-should-retry")
 
 
 class HTTPAnswer:

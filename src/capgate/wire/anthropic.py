@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 
 from capgate.core.money import Usage
+from capgate.wire.answer import answer_usage, count
 from capgate.wire.sse import EventSplitter, data_of, events
 
 # The smallest framing a content_block_delta event can have; subtracting it from an
@@ -22,35 +23,24 @@ _USAGE_EVENT = re.compile(rb"message_start|message_delta")
 def usage_of(usage: Any) -> Usage | None:
     if not isinstance(usage, dict):
         return None
-    cache_write = _int(usage.get("cache_creation_input_tokens"))
+    cache_write = count(usage.get("cache_creation_input_tokens"))
     cache_write_1h = 0
     split = usage.get("cache_creation")
     if isinstance(split, dict):
-        cache_write_1h = _int(split.get("ephemeral_1h_input_tokens"))
+        cache_write_1h = count(split.get("ephemeral_1h_input_tokens"))
         cache_write = max(0, cache_write - cache_write_1h)
     return Usage(
-        input_tokens=_int(usage.get("input_tokens")),
-        output_tokens=_int(usage.get("output_tokens")),
-        cache_read_tokens=_int(usage.get("cache_read_input_tokens")),
+        input_tokens=count(usage.get("input_tokens")),
+        output_tokens=count(usage.get("output_tokens")),
+        cache_read_tokens=count(usage.get("cache_read_input_tokens")),
         cache_write_tokens=cache_write,
         cache_write_1h_tokens=cache_write_1h,
     )
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
 def message_usage(body: bytes) -> tuple[Usage | None, str | None]:
-    """Usage and model of a non-streamed answer."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None, None
-    if not isinstance(data, dict):
-        return None, None
-    model = data.get("model")
-    return usage_of(data.get("usage")), model if isinstance(model, str) else None
+    """Usage and model of a non-streamed Messages answer."""
+    return answer_usage(body, usage_of)
 
 
 class AnthropicStreamTap:
@@ -69,14 +59,16 @@ class AnthropicStreamTap:
         block = self.splitter.feed(chunk)
         if not block:
             return block
-        count = block.count(b"content_block_delta")
-        if count:  # each delta event names its type twice
-            self._delta_events += count // 2
+        # Framing is matched with the newline that ends its line: JSON strings cannot hold
+        # a raw newline, so text the model writes can never pass for an event line.
+        count = block.count(b"event: content_block_delta\n")
+        if count:
+            self._delta_events += count
             self._delta_bytes += len(block)
         if _USAGE_EVENT.search(block):
             for event in events(block):
                 self._observe(event)
-        if b"message_stop" in block:
+        if block.startswith(b"event: message_stop\n") or b"\nevent: message_stop\n" in block:
             self.finished = True
         return block
 

@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 
 from capgate.core.money import Usage
+from capgate.wire.answer import answer_usage, count
 from capgate.wire.sse import EventSplitter, data_of, events
 
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
@@ -17,30 +18,20 @@ _MIN_CHUNK_FRAMING = len(b'data: {"choices":[{"delta":{"content":""}}]}\n\n')
 def usage_of(usage: Any) -> Usage | None:
     if not isinstance(usage, dict):
         return None
-    prompt = _int(usage.get("prompt_tokens", usage.get("input_tokens")))
+    prompt = count(usage.get("prompt_tokens", usage.get("input_tokens")))
     details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
-    cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    cached = count(details.get("cached_tokens")) if isinstance(details, dict) else 0
     cached = min(cached, prompt)
     return Usage(
         input_tokens=prompt - cached,
-        output_tokens=_int(usage.get("completion_tokens", usage.get("output_tokens"))),
+        output_tokens=count(usage.get("completion_tokens", usage.get("output_tokens"))),
         cache_read_tokens=cached,
     )
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
 def completion_usage(body: bytes) -> tuple[Usage | None, str | None]:
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None, None
-    if not isinstance(data, dict):
-        return None, None
-    model = data.get("model")
-    return usage_of(data.get("usage")), model if isinstance(model, str) else None
+    """Usage and model of a non-streamed Chat Completions answer."""
+    return answer_usage(body, usage_of)
 
 
 class OpenAIStreamTap:
@@ -62,10 +53,10 @@ class OpenAIStreamTap:
         if not block:
             return block
         self._bytes += len(block)
-        self._chunks += block.count(b"data:")
+        self._chunks += block.count(b"\n\n")  # one per event; JSON holds no raw newline
         if _USAGE_OBJECT.search(block):
             block = self._take_usage(block)
-        if b"[DONE]" in block:
+        if block.startswith(b"data: [DONE]\n") or b"\ndata: [DONE]\n" in block:
             self.finished = True
         return block
 
