@@ -486,12 +486,6 @@ def test_repeated_midnight_keeps_one_month_window() -> None:
     assert first == second
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: windows.py window_at aligns hour windows with the UTC offset at `now`; "
-    "where the offset changes by 30 minutes (Australia/Lord_Howe DST, +11 -> +10:30) the "
-    "hour windows before and after the change overlap instead of tiling",
-)
 def test_hour_windows_tile_across_half_hour_dst() -> None:
     tz = "Australia/Lord_Howe"  # 2026-04-05 02:00 local (+11) = 2026-04-04 15:00 UTC
     w = window_at(WindowKind.HOUR, utc(2026, 4, 4, 14, 59), tz)

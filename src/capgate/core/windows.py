@@ -88,8 +88,11 @@ def _local_next(kind: WindowKind, start: datetime) -> datetime:
 
 
 def _offset(now: float, tz: str) -> int:
-    delta = datetime.fromtimestamp(now, zone(tz)).utcoffset()
-    return int(delta.total_seconds()) if delta is not None else 0
+    """The zone's *standard* UTC offset at `now` (DST excluded): hour windows align to it,
+    so they tile time even where DST moves clocks by 30 minutes (Australia/Lord_Howe)."""
+    local = datetime.fromtimestamp(now, zone(tz))
+    offset, dst = local.utcoffset(), local.dst()
+    return int(((offset or timedelta()) - (dst or timedelta())).total_seconds())
 
 
 def window_at(kind: WindowKind, now: float, tz: str = "UTC") -> WindowInstance:
@@ -97,8 +100,8 @@ def window_at(kind: WindowKind, now: float, tz: str = "UTC") -> WindowInstance:
     if kind is WindowKind.TOTAL:
         return WindowInstance(0, NEVER)
     if kind is WindowKind.MINUTE or kind is WindowKind.HOUR:
-        # Fixed-length windows: align to the local clock through the current UTC offset, so
-        # hours stay 60 real minutes across DST changes (and +05:30 zones align on :30).
+        # Fixed-length windows: align to the local clock through the standard UTC offset,
+        # so hours stay 60 real minutes across DST changes (and +05:30 zones align on :30).
         size = 60 if kind is WindowKind.MINUTE else 3600
         offset = 0 if tz == "UTC" else _offset(now, tz)
         start = int(now) - (int(now) + offset) % size
