@@ -100,6 +100,13 @@ class Limit:
     window: WindowKind
     max: int  # in the metric's unit (nano-dollars for cost)
     model: str | None = None  # glob; the limit applies only to matching models
+    # What names this limit's counter within its scope (not `max`: raising a limit keeps
+    # what was spent). Computed once; counters are named on every request.
+    ident: str = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        model = self.model or "*"
+        object.__setattr__(self, "ident", f"{self.metric.value}:{self.window.value}:{model}")
 
     def applies_to(self, model: str) -> bool:
         return self.model is None or fnmatchcase(model, self.model)
@@ -196,7 +203,7 @@ class Scope:
     def counter_id(self, limit: Limit) -> str:
         """Names the counter a limit uses. Independent of `max`, so raising a limit keeps
         what was already spent."""
-        return f"{self.kind.value}:{self.id}:{limit.metric.value}:{limit.window.value}:{limit.model or '*'}"
+        return f"{self.kind.value}:{self.id}:{limit.ident}"
 
     def allows_model(self, model: str) -> bool:
         return not self.models or any(fnmatchcase(model, glob) for glob in self.models)

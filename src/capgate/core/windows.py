@@ -95,8 +95,26 @@ def _offset(now: float, tz: str) -> int:
     return int(((offset or timedelta()) - (dst or timedelta())).total_seconds())
 
 
+_recent: dict[tuple[WindowKind, str], WindowInstance] = {}
+
+
 def window_at(kind: WindowKind, now: float, tz: str = "UTC") -> WindowInstance:
-    """The window instance of `kind` that contains the instant `now` in timezone `tz`."""
+    """The window instance of `kind` that contains the instant `now` in timezone `tz`.
+
+    Memoised: the last instance per (kind, zone) answers every instant inside it, so the
+    calendar arithmetic runs once per window, not once per request. (The memo changes no
+    result: an instance is only reused for instants it contains.)"""
+    recent = _recent.get((kind, tz))
+    if recent is not None and recent.start <= now < recent.end:
+        return recent
+    instance = _compute(kind, now, tz)
+    if len(_recent) > 4096:  # zones come from admins, but stay bounded anyway
+        _recent.clear()
+    _recent[(kind, tz)] = instance
+    return instance
+
+
+def _compute(kind: WindowKind, now: float, tz: str) -> WindowInstance:
     if kind is WindowKind.TOTAL:
         return WindowInstance(0, NEVER)
     if kind is WindowKind.MINUTE or kind is WindowKind.HOUR:

@@ -50,7 +50,7 @@ class SQLiteStore:
         self.owner = uuid.uuid4().hex[:16]  # this process's lease identity
         self._keys: dict[str, tuple[Scope, bytes]] = {}
         self._version = ""
-        self._writer = SQLiteWriter(self._connect, self._before_group)
+        self._writer = SQLiteWriter(self._connect, self._before_group, self._forget_version)
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="capgate-sqlite-read")
         self._reader_local = threading.local()
         self._heartbeat: asyncio.Task[None] | None = None
@@ -121,6 +121,9 @@ class SQLiteStore:
 
     # -- configuration cache -----------------------------------------------------------
 
+    def _forget_version(self) -> None:
+        self._version = ""  # a rolled-back admin op may have loaded undone keys: reload
+
     def _before_group(self, conn: sqlite3.Connection) -> None:
         row = conn.execute("SELECT v FROM meta WHERE k='config_version'").fetchone()
         if row[0] != self._version:
@@ -168,11 +171,8 @@ class SQLiteStore:
             states = q.read_counters(conn, [(a.counter, a.window.start) for a in applicable])
             decision = plan_reserve(applicable, states, worst)
             if not isinstance(decision, Refusal):
-                res_id = uuid.uuid4().hex
-                q.add_to_counters(
-                    conn, [(c.counter, c.window_start, c.amount, 0) for c in decision.charges]
-                )
-                conn.execute(
+                res_id = info.request_id  # unique: a random per-process prefix and a counter
+                conn.execute(  # first: the only write here that can fail (a duplicate id)
                     "INSERT INTO reservations (id, owner, created_at, charges, info) VALUES (?,?,?,?,?)",
                     (
                         res_id,
@@ -181,6 +181,9 @@ class SQLiteStore:
                         q.dump_charges(decision.charges),
                         q.dump_info(info, key, worst),
                     ),
+                )
+                q.add_to_counters(
+                    conn, [(c.counter, c.window_start, c.amount, 0) for c in decision.charges]
                 )
                 return Reservation(res_id, info, decision.charges, worst, key)
             refusal = decision

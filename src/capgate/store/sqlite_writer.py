@@ -3,7 +3,9 @@
 Every write of the process is a small function `op(conn)` queued here. The thread takes
 whatever is queued, runs it all inside one `BEGIN IMMEDIATE` transaction (each op in its
 own savepoint, so one failing op does not undo the others), commits once, and only then
-resolves the waiting futures: a caller never sees a result that is not durable. Grouping
+resolves the waiting futures: a caller never sees a result that is not durable. An op
+must leave no partial writes when it raises before writing, or else raise only before its
+first write; when one raises, the group is undone and rerun with savepoints. Grouping
 turns N commits into one under load, and `BEGIN IMMEDIATE` holds SQLite's single write
 lock for the whole group, so ops are atomic across processes sharing the file too.
 """
@@ -33,9 +35,11 @@ class SQLiteWriter:
         self,
         connect: Callable[[], sqlite3.Connection],
         before_group: Callable[[sqlite3.Connection], None],
+        after_rollback: Callable[[], None] = lambda: None,
     ) -> None:
         self._connect = connect
         self._before_group = before_group  # runs first in every transaction
+        self._after_rollback = after_rollback  # in-memory state may reflect undone writes
         self._queue: queue.SimpleQueue[tuple[Op, asyncio.Future[Any]] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -87,35 +91,59 @@ class SQLiteWriter:
     def _commit_group(
         self, conn: sqlite3.Connection, group: list[tuple[Op, asyncio.Future[Any]]]
     ) -> None:
-        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         try:
-            conn.execute("BEGIN IMMEDIATE")
             try:
-                self._before_group(conn)
-                for op, fut in group:
-                    conn.execute("SAVEPOINT op")
-                    try:
-                        value = op(conn)
-                    except Exception as exc:  # noqa: BLE001 - the op's own failure: undo just that op
-                        conn.execute("ROLLBACK TO op")
-                        conn.execute("RELEASE op")
-                        results.append((fut, None, exc))
-                    else:
-                        conn.execute("RELEASE op")
-                        results.append((fut, value, None))
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+                results = self._run_group(conn, group, isolate=False)
+            except _OpFailed:
+                # Some op raised: undo the whole group and run it again with each op in a
+                # savepoint, so the failing one is undone alone. Savepoints cost four
+                # statements per request, so the common path does without them.
+                results = self._run_group(conn, group, isolate=True)
         except Exception as exc:  # noqa: BLE001 - lock timeout, disk I/O, a bug: nothing committed, every waiter learns why
             log.error("store transaction failed: %s", exc)
+            self._after_rollback()
             results = [(fut, None, exc) for _, fut in group]
         assert self._loop is not None
         try:
             self._loop.call_soon_threadsafe(_resolve_all, results)
         except RuntimeError:  # the loop is gone (shutdown); the commit stands
             log.warning("store results dropped: event loop closed")
+
+    def _run_group(
+        self, conn: sqlite3.Connection, group: list[tuple[Op, asyncio.Future[Any]]], isolate: bool
+    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._before_group(conn)
+            for op, fut in group:
+                if not isolate:
+                    try:
+                        results.append((fut, op(conn), None))
+                    except Exception as exc:
+                        raise _OpFailed from exc
+                    continue
+                conn.execute("SAVEPOINT op")
+                try:
+                    value = op(conn)
+                except Exception as exc:  # noqa: BLE001 - the op's own failure: undo just that op
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    results.append((fut, None, exc))
+                else:
+                    conn.execute("RELEASE op")
+                    results.append((fut, value, None))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._after_rollback()
+            raise
+        return results
+
+
+class _OpFailed(Exception):
+    pass
 
 
 def _resolve_all(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
