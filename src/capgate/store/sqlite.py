@@ -191,7 +191,7 @@ class SQLiteStore:
         return refusal
 
     def settle(self, reservation: Reservation, outcome: Outcome) -> asyncio.Future[None]:
-        return self._writer.submit(lambda conn: self._settle(conn, reservation, outcome))
+        return self._writer.submit_soon(lambda conn: self._settle(conn, reservation, outcome))
 
     def _settle(self, conn: sqlite3.Connection, res: Reservation, outcome: Outcome) -> None:
         if conn.execute("DELETE FROM reservations WHERE id=?", (res.id,)).rowcount == 0:

@@ -44,6 +44,7 @@ class SQLiteWriter:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._deferred: list[tuple[Op, asyncio.Future[Any]]] = []
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -54,13 +55,33 @@ class SQLiteWriter:
         if self._closed or self._loop is None:
             raise WriterClosed("the store is closed")
         fut: asyncio.Future[Any] = self._loop.create_future()
+        if self._deferred:  # keep submission order
+            self._hand_over()
         self._queue.put((op, fut))
         return fut
+
+    def submit_soon(self, op: Op) -> asyncio.Future[Any]:
+        """Like `submit`, but handed to the writer only when the event loop has finished
+        its current step: the caller can write its answer first without the writer thread
+        taking the CPU from under it. Order with `submit` is kept."""
+        if self._closed or self._loop is None:
+            raise WriterClosed("the store is closed")
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        if not self._deferred:
+            self._loop.call_soon(self._hand_over)
+        self._deferred.append((op, fut))
+        return fut
+
+    def _hand_over(self) -> None:
+        deferred, self._deferred = self._deferred, []
+        for item in deferred:
+            self._queue.put(item)
 
     async def close(self) -> None:
         if self._thread is None or self._closed:
             return
         self._closed = True
+        self._hand_over()
         self._queue.put(None)
         await asyncio.to_thread(self._thread.join)
 

@@ -9,7 +9,7 @@ import orjson
 
 from capgate.core.money import Usage
 from capgate.wire.answer import answer_usage, count
-from capgate.wire.sse import EventSplitter, data_of, events
+from capgate.wire.sse import EventSplitter, data_of, event_spans
 
 # The smallest framing a content_block_delta event can have; subtracting it from an
 # event's size leaves an upper bound on the text it carries (see `partial_usage`).
@@ -17,7 +17,9 @@ _MIN_DELTA_FRAMING = len(
     b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
     b'"delta":{"type":"text_delta","text":""}}\n\n'
 )
-_USAGE_EVENT = re.compile(rb"message_start|message_delta")
+# Matched at the start of a line: event lines are framing; text inside JSON cannot hold
+# the raw newline before them.
+_USAGE_EVENT = re.compile(rb"(?m)^event: message_(?:start|delta)\r?$")
 
 
 def usage_of(usage: Any) -> Usage | None:
@@ -65,9 +67,8 @@ class AnthropicStreamTap:
         if count:
             self._delta_events += count
             self._delta_bytes += len(block)
-        if _USAGE_EVENT.search(block):
-            for event in events(block):
-                self._observe(event)
+        for start, end in event_spans(block, _USAGE_EVENT):
+            self._observe(block[start:end])
         if block.startswith(b"event: message_stop\n") or b"\nevent: message_stop\n" in block:
             self.finished = True
         return block

@@ -9,7 +9,7 @@ import orjson
 
 from capgate.core.money import Usage
 from capgate.wire.answer import answer_usage, count
-from capgate.wire.sse import EventSplitter, data_of, events
+from capgate.wire.sse import EventSplitter, data_of, event_spans
 
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _MIN_CHUNK_FRAMING = len(b'data: {"choices":[{"delta":{"content":""}}]}\n\n')
@@ -54,30 +54,26 @@ class OpenAIStreamTap:
             return block
         self._bytes += len(block)
         self._chunks += block.count(b"\n\n")  # one per event; JSON holds no raw newline
-        if _USAGE_OBJECT.search(block):
+        if b'"usage"' in block:
             block = self._take_usage(block)
         if block.startswith(b"data: [DONE]\n") or b"\ndata: [DONE]\n" in block:
             self.finished = True
         return block
 
     def _take_usage(self, block: bytes) -> bytes:
-        kept = []
-        for event in events(block):
-            payload = data_of(event)
-            hidden = False
-            if _USAGE_OBJECT.search(payload):
-                try:
-                    data = orjson.loads(payload)
-                except orjson.JSONDecodeError:
-                    data = None
-                if isinstance(data, dict) and isinstance(data.get("usage"), dict):
-                    self._usage = usage_of(data["usage"])
-                    if isinstance(data.get("model"), str):
-                        self.model = data["model"]
-                    hidden = self.hide_usage_chunk and not data.get("choices")
-            if not hidden:
-                kept.append(event + b"\n\n")
-        return b"".join(kept)
+        """Read the usage chunk; drop it from the block when the client did not ask."""
+        for start, end in event_spans(block, _USAGE_OBJECT):
+            try:
+                data = orjson.loads(data_of(block[start:end]))
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(data, dict) and isinstance(data.get("usage"), dict):
+                self._usage = usage_of(data["usage"])
+                if isinstance(data.get("model"), str):
+                    self.model = data["model"]
+                if self.hide_usage_chunk and not data.get("choices"):
+                    return block[:start] + block[end:]
+        return block
 
     def usage(self) -> Usage | None:
         return self._usage

@@ -6,6 +6,7 @@ an unfinished tail, so nothing is buffered beyond one partial event.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 
@@ -47,3 +48,18 @@ def data_of(event: bytes) -> bytes:
         if line.startswith(b"data:"):
             parts.append(line[6:] if line[5:6] == b" " else line[5:])
     return b"\n".join(parts)
+
+
+def event_spans(block: bytes, pattern: re.Pattern[bytes]) -> Iterator[tuple[int, int]]:
+    """(start, end) of each event in a block of complete events that `pattern` matches
+    somewhere inside, end including the blank line. Only those events are looked at, so
+    finding the one usage event among many costs a search, not a loop over all of them."""
+    end = 0
+    for match in pattern.finditer(block):
+        if match.start() < end:
+            continue  # another match in an event already yielded
+        start = block.rfind(b"\n\n", 0, match.start())
+        start = 0 if start < 0 else start + 2
+        end = block.find(b"\n\n", match.end())
+        end = len(block) if end < 0 else end + 2
+        yield start, end
