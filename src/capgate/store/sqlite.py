@@ -37,6 +37,8 @@ from capgate.store.sqlite_writer import SQLiteWriter
 
 log = logging.getLogger(__name__)
 
+CHECKPOINT_SECONDS = 1.0
+
 
 class SQLiteStore:
     def __init__(
@@ -54,6 +56,7 @@ class SQLiteStore:
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="capgate-sqlite-read")
         self._reader_local = threading.local()
         self._heartbeat: asyncio.Task[None] | None = None
+        self._checkpoints: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -61,6 +64,9 @@ class SQLiteStore:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes in WAL
+        # No checkpoint inside a commit: its fsync would stall the request that commits.
+        # `_checkpoint_loop` checkpoints from the reader thread instead.
+        conn.execute("PRAGMA wal_autocheckpoint=0")
         conn.execute("PRAGMA busy_timeout=10000")
         conn.row_factory = sqlite3.Row
         return conn
@@ -78,8 +84,12 @@ class SQLiteStore:
         self._writer.start(asyncio.get_running_loop())
         await self._beat()
         self._heartbeat = asyncio.create_task(self._heartbeat_loop())
+        self._checkpoints = asyncio.create_task(self._checkpoint_loop())
 
     async def close(self) -> None:
+        if self._checkpoints is not None:
+            self._checkpoints.cancel()
+            await asyncio.gather(self._checkpoints, return_exceptions=True)
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             await asyncio.gather(self._heartbeat, return_exceptions=True)
@@ -208,6 +218,18 @@ class SQLiteStore:
         q.insert_entry(conn, res.info, res.key, outcome, actual, self._clock())
 
     # -- leases ------------------------------------------------------------------------
+
+    async def _checkpoint_loop(self) -> None:
+        """Move the WAL into the database once a second, off the request path. PASSIVE
+        never waits for writers; whatever it cannot copy now, it copies next time."""
+        while True:
+            await asyncio.sleep(CHECKPOINT_SECONDS)
+            try:
+                await self._read(
+                    lambda conn: conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                )
+            except Exception:
+                log.exception("WAL checkpoint failed")
 
     async def _heartbeat_loop(self) -> None:
         while True:
