@@ -5,7 +5,8 @@ request than httpx on this hot path; see docs/dependencies.md)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import contextmanager
 
 import aiohttp
 
@@ -33,6 +34,19 @@ _FORWARDED = ("anthropic-version", "anthropic-beta")
 _ANSWER_HEADERS = ("content-type", "request-id", "x-request-id", "retry-after", "x-should-retry")
 
 
+@contextmanager
+def _broken_off(response: aiohttp.ClientResponse) -> Iterator[None]:
+    """Reading an answer: transport failures become UpstreamFailed; the connection goes
+    back to the pool (or is dropped) however reading ends."""
+    try:
+        yield
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        detail = str(exc) or type(exc).__name__
+        raise UpstreamFailed(f"the provider's answer broke off: {detail}") from exc
+    finally:
+        response.release()
+
+
 class HTTPAnswer:
     __slots__ = ("_response", "status")
 
@@ -46,25 +60,13 @@ class HTTPAnswer:
         return {name: src[name] for name in _ANSWER_HEADERS if name in src}
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        try:
+        with _broken_off(self._response):
             async for chunk in self._response.content.iter_any():
                 yield chunk
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UpstreamFailed(
-                f"the provider's answer broke off: {exc or type(exc).__name__}"
-            ) from exc
-        finally:
-            self._response.release()
 
     async def read(self) -> bytes:
-        try:
+        with _broken_off(self._response):
             return await self._response.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UpstreamFailed(
-                f"the provider's answer broke off: {exc or type(exc).__name__}"
-            ) from exc
-        finally:
-            self._response.release()
 
     def close(self) -> None:
         self._response.close()
