@@ -92,6 +92,9 @@ class ServerConfig(_Strict):
     admin_key: str | None = None
     max_request_mb: float = Field(32.0, gt=0)
     default_max_tokens: int = Field(4096, ge=1)  # set when a client sends no max_tokens
+    # A budget that cannot pay a request's max_tokens lowers it (keys with
+    # on_short_budget=clamp), but never below this: a shorter answer is refused instead.
+    min_clamped_tokens: int = Field(1024, ge=1)
     allow_unpriced_models: bool = False  # True: unpriced models pass; only non-dollar limits apply
     timezone: str = "UTC"
     # A process that has not renewed its lease for this long is taken for dead: its
@@ -196,6 +199,7 @@ ENV_SETTINGS = {
     "CAPGATE_ADMIN_KEY": "admin_key",
     "CAPGATE_MAX_REQUEST_MB": "max_request_mb",
     "CAPGATE_DEFAULT_MAX_TOKENS": "default_max_tokens",
+    "CAPGATE_MIN_CLAMPED_TOKENS": "min_clamped_tokens",
     "CAPGATE_ALLOW_UNPRICED_MODELS": "allow_unpriced_models",
     "CAPGATE_TIMEZONE": "timezone",
     "CAPGATE_LEASE_SECONDS": "lease_seconds",

@@ -24,6 +24,13 @@ LimitOpt = Annotated[
 ModelOpt = Annotated[
     list[str] | None, typer.Option("--model", "-m", help="allowed model glob (repeatable)")
 ]
+ShortBudgetOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--on-short-budget",
+        help="clamp: lower max_tokens to what the budget pays for (default); reject: refuse",
+    ),
+]
 UrlOpt = Annotated[str | None, typer.Option("--url", help="capgate server (env CAPGATE_URL)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
 
@@ -47,6 +54,7 @@ def _fields(
     model: list[str] | None,
     expires: str | None,
     timezone: str | None,
+    on_short_budget: str | None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {}
     for name, value in (
@@ -54,6 +62,7 @@ def _fields(
         ("user", user),
         ("expires_at", expires),
         ("timezone", timezone),
+        ("on_short_budget", on_short_budget),
     ):
         if value is not None:
             body[name] = value
@@ -98,11 +107,12 @@ def create(
     model: ModelOpt = None,
     expires: Annotated[str | None, typer.Option(help="expiry, ISO 8601 (e.g. 2026-12-31)")] = None,
     timezone: Annotated[str | None, typer.Option(help="IANA timezone for calendar windows")] = None,
+    on_short_budget: ShortBudgetOpt = None,
     url: UrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create a key and print the raw key (shown only this once)."""
-    body = {"name": name, **_fields(team, user, limit, model, expires, timezone)}
+    body = {"name": name, **_fields(team, user, limit, model, expires, timezone, on_short_budget)}
     created = AdminClient(url).call("POST", "/admin/keys", json=body)
     if as_json:
         print(json.dumps(created, indent=2))
@@ -159,10 +169,11 @@ def update(
     model: ModelOpt = None,
     expires: Annotated[str | None, typer.Option(help="expiry, ISO 8601")] = None,
     timezone: Annotated[str | None, typer.Option(help="IANA timezone")] = None,
+    on_short_budget: ShortBudgetOpt = None,
     url: UrlOpt = None,
 ) -> None:
     """Change a key. --limit and --model replace the whole list."""
-    body = _fields(team, user, limit, model, expires, timezone)
+    body = _fields(team, user, limit, model, expires, timezone, on_short_budget)
     if not body:
         fail("nothing to change: give at least one option")
     AdminClient(url).call("PATCH", f"/admin/keys/{name}", json=body)

@@ -115,6 +115,7 @@ class Refusal:
 @dataclass(frozen=True, slots=True)
 class Admission:
     charges: tuple[Charge, ...]
+    max_output: int | None = None  # set when the output bound was clamped to fit
 
 
 def counters_for(scopes: Iterable[Scope], models: Sequence[str], now: float) -> list[Applicable]:
@@ -152,12 +153,77 @@ def check_access(scopes: Sequence[Scope], models: Sequence[str], now: float) -> 
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class OutputFlex:
+    """How the worst case shrinks when the output bound (`max_tokens`) is lowered: lets
+    `plan_reserve` clamp a request to what the remaining budget pays for instead of
+    refusing it. Costs in pico-dollars, as `Price` holds them."""
+
+    requested: int  # max_tokens as asked (per choice)
+    minimum: int  # below this the answer would be useless: refuse instead
+    choices: int  # OpenAI `n`: each choice may produce max_tokens
+    input_tokens: int  # the input bound
+    input_pico: int  # the input bound's worst cost
+    output_pico: int  # per output token
+
+    def amounts(self, max_output: int) -> Amounts:
+        output = max_output * self.choices
+        pico = self.input_pico + output * self.output_pico
+        return Amounts(1, self.input_tokens, output, -(-pico // 1000))
+
+    def most_output(self, metric: Metric, room: int) -> int:
+        """The largest max_tokens that fits in `room` of `metric`, or -1 if none does."""
+        if metric is Metric.OUTPUT_TOKENS:
+            return room // self.choices
+        if metric is Metric.TOKENS:
+            return (room - self.input_tokens) // self.choices if room >= self.input_tokens else -1
+        if metric is Metric.COST_USD:
+            spare = room * 1000 - self.input_pico
+            if spare < 0:
+                return -1
+            return (
+                spare // (self.choices * self.output_pico) if self.output_pico else self.requested
+            )
+        needed = 1 if metric is Metric.REQUESTS else self.input_tokens
+        return self.requested if needed <= room else -1
+
+
 def plan_reserve(
     applicable: Sequence[Applicable],
     states: Mapping[tuple[str, int], CounterState],
     worst: Amounts,
+    flex: OutputFlex | None = None,
 ) -> Admission | Refusal:
-    """Admit if the worst case fits under every applicable limit; all or nothing."""
+    """Admit if the worst case fits under every applicable limit; all or nothing.
+
+    With `flex`, a request whose full worst case does not fit is admitted with a lower
+    output bound (`Admission.max_output`) when that bound still reaches `flex.minimum`;
+    the refusal then names the limit that binds hardest."""
+    first = _reserve(applicable, states, worst)
+    if isinstance(first, Admission) or flex is None:
+        return first
+    most, binding = flex.requested, first
+    for app in applicable:
+        state = states.get((app.counter, app.window.start), _EMPTY)
+        room = app.limit.max - state.settled - state.reserved
+        fits = flex.most_output(app.limit.metric, room)
+        if fits < most:
+            most = fits
+            if fits < flex.minimum:
+                binding = _limit_refusal(
+                    app, state, flex.amounts(flex.minimum).of(app.limit.metric)
+                )
+    if most < flex.minimum:
+        return binding
+    clamped = _reserve(applicable, states, flex.amounts(most))
+    if isinstance(clamped, Admission):
+        return Admission(clamped.charges, most)
+    return clamped
+
+
+def _reserve(
+    applicable: Sequence[Applicable], states: Mapping[tuple[str, int], CounterState], worst: Amounts
+) -> Admission | Refusal:
     charges = []
     charged = set()
     for app in applicable:

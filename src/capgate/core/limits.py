@@ -198,6 +198,9 @@ class Scope:
     timezone: str = "UTC"
     models: tuple[str, ...] = ()  # allowed model globs; empty = all
     expires_at: float | None = None
+    # When the remaining budget cannot pay a request's full max_tokens: lower max_tokens
+    # to what it pays for (True, "clamp") or refuse (False, "reject").
+    clamp: bool = True
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def counter_id(self, limit: Limit) -> str:

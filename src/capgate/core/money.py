@@ -77,8 +77,11 @@ class Price:
         )
         return -(-pico // PICO_PER_NANO)
 
+    @property
+    def dearest_input(self) -> int:
+        return max(self.input, self.cache_write, self.cache_write_1h, self.cache_read)
+
     def worst_cost_nano(self, input_tokens: int, output_tokens: int) -> int:
         """An upper bound: every input token at the dearest input-side rate."""
-        dearest_input = max(self.input, self.cache_write, self.cache_write_1h, self.cache_read)
-        pico = input_tokens * dearest_input + output_tokens * self.output
+        pico = input_tokens * self.dearest_input + output_tokens * self.output
         return -(-pico // PICO_PER_NANO)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -64,6 +64,11 @@ class _KeyFields(BaseModel):
     expires_at: str | float | None = None
     timezone: str | None = Field(None, description="IANA name for calendar windows")
     metadata: dict[str, Any] | None = None
+    on_short_budget: Literal["clamp", "reject"] | None = Field(
+        None,
+        description="when the budget cannot pay the full max_tokens: lower it to fit "
+        "(clamp, the default) or refuse (reject)",
+    )
 
     @field_validator("limits")
     @classmethod
@@ -100,6 +105,7 @@ class _KeyFields(BaseModel):
             timezone=self.timezone,
             expires_at=parse_time(self.expires_at),
             metadata=self.metadata,
+            clamp=None if self.on_short_budget is None else self.on_short_budget == "clamp",
             clear=clear,
         )
 

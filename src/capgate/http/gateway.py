@@ -22,7 +22,7 @@ import orjson
 from aiohttp import web
 
 from capgate.config import ServerConfig
-from capgate.core.engine import Amounts, Refusal, check_access
+from capgate.core.engine import Amounts, OutputFlex, Refusal, check_access
 from capgate.core.estimate import RequestFacts, anthropic_facts, input_bound, openai_chat_facts
 from capgate.core.money import Price, Usage
 from capgate.errors import (
@@ -120,23 +120,24 @@ class Gateway:
         )
 
     def _prepare(
-        self,
-        raw: bytes,
-        body: dict[str, Any],
-        facts: RequestFacts,
-        route: Route,
-        endpoint: Endpoint,
-    ) -> tuple[bytes, int, bool]:
-        """The body to forward, the output bound, and whether to hide the usage chunk.
-        Untouched unless capgate must set something: then re-encoded once."""
+        self, body: dict[str, Any], facts: RequestFacts, route: Route, endpoint: Endpoint
+    ) -> tuple[bool, int, str, bool]:
+        """Set what capgate must set in the body: an output bound when there is none, the
+        usage chunk for OpenAI streams, the routed model name. Returns whether the body
+        changed, the output bound per choice, the field that holds it, and whether to hide
+        the usage chunk from the client."""
         changed = False
         max_out = facts.max_output
+        if endpoint is Endpoint.MESSAGES:
+            field = "max_tokens"
+        elif "max_completion_tokens" in body or (
+            "max_tokens" not in body and route.provider.type == "openai"
+        ):
+            field = "max_completion_tokens"  # OpenAI's reasoning models refuse `max_tokens`
+        else:
+            field = "max_tokens"
         if max_out is None:  # a budget needs an output bound: set one
-            max_out = self._settings.default_max_tokens
-            if endpoint is Endpoint.MESSAGES or route.provider.type != "openai":
-                body["max_tokens"] = max_out
-            else:  # OpenAI's reasoning models refuse `max_tokens`
-                body["max_completion_tokens"] = max_out
+            max_out = body[field] = self._settings.default_max_tokens
             changed = True
         hide_usage = False
         if endpoint is Endpoint.CHAT and facts.stream:
@@ -148,7 +149,23 @@ class Gateway:
         if route.upstream_model != facts.model:
             body["model"] = route.upstream_model
             changed = True
-        return (orjson.dumps(body) if changed else raw), max_out * facts.choices, hide_usage
+        return changed, max_out, field, hide_usage
+
+    def _flex(
+        self, body: dict[str, Any], facts: RequestFacts, max_out: int, bound: int, price: Price
+    ) -> OutputFlex:
+        """How far this request's max_tokens may be lowered to fit a budget."""
+        minimum = self._settings.min_clamped_tokens
+        if _thinking_budget(body) is not None:
+            minimum = max(minimum, _MIN_THINKING + 1)  # the API needs max_tokens > budget >= 1024
+        return OutputFlex(
+            requested=max_out,
+            minimum=min(minimum, max_out),
+            choices=facts.choices,
+            input_tokens=bound,
+            input_pico=bound * price.dearest_input,
+            output_pico=price.output,
+        )
 
     async def _proxy(self, request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
         started, t0 = self._clock(), time.perf_counter()
@@ -160,20 +177,25 @@ class Gateway:
             facts = _FACTS[endpoint](body)
             route = self._router.resolve(facts.model, endpoint)
             price = self._price(route.upstream_model)
-            out, max_out, hide_usage = self._prepare(raw, body, facts, route, endpoint)
+            changed, max_out, field, hide_usage = self._prepare(body, facts, route, endpoint)
             bound = input_bound(body, len(raw))
-            worst = Amounts(1, bound, max_out, price.worst_cost_nano(bound, max_out))
+            output = max_out * facts.choices
+            worst = Amounts(1, bound, output, price.worst_cost_nano(bound, output))
             info = RequestInfo(
                 request_id, key.id, facts.model, route.provider.name, route.upstream_model,
                 endpoint.value, facts.stream, started,
             )  # fmt: skip
-            decision = await self._store.reserve(info, worst)
+            flex = self._flex(body, facts, max_out, bound, price)
+            decision = await self._store.reserve(info, worst, flex)
             if isinstance(decision, Refusal):
                 raise _refusal_error(decision, self._clock())
         except CapgateError as exc:
             return error_response(dialect, exc, request_id)
+        if decision.max_output is not None:  # the budget pays for less: ask for less
+            _clamp(body, field, decision.max_output)
+            changed = True
         call = _Call(self, request, endpoint, decision, price, t0, hide_usage, bound)
-        return await call.run(route, out)
+        return await call.run(route, orjson.dumps(body) if changed else raw)
 
     # -- settlement --------------------------------------------------------------------
 
@@ -254,16 +276,39 @@ class Gateway:
         return web.Response(body=orjson.dumps(payload), content_type="application/json")
 
 
+_MIN_THINKING = 1024  # Anthropic's smallest thinking budget
+
+
+def _thinking_budget(body: dict[str, Any]) -> int | None:
+    thinking = body.get("thinking")
+    if isinstance(thinking, dict) and thinking.get("type") == "enabled":
+        budget = thinking.get("budget_tokens")
+        if isinstance(budget, int):
+            return budget
+    return None
+
+
+def _clamp(body: dict[str, Any], field: str, max_output: int) -> None:
+    """Lower the output bound to `max_output`, and an extended-thinking budget with it
+    (the API wants budget_tokens < max_tokens)."""
+    body[field] = max_output
+    budget = _thinking_budget(body)
+    if budget is not None and budget >= max_output:
+        body["thinking"] = {**body["thinking"], "budget_tokens": max_output - 1}
+
+
 def _refusal_error(refusal: Refusal, now: float) -> CapgateError:
     if refusal.code == "limit_exceeded":
         return LimitExceeded(refusal, now)
     return PermissionDenied(refusal.message, headers={"x-capgate-refusal": refusal.code})
 
 
-def _answer_headers(answer: UpstreamAnswer, request_id: str | None) -> dict[str, str]:
+def _answer_headers(answer: UpstreamAnswer, res: Reservation | None) -> dict[str, str]:
     headers = dict(answer.headers)
-    if request_id:
-        headers["x-capgate-request-id"] = request_id
+    if res is not None:
+        headers["x-capgate-request-id"] = res.info.request_id
+        if res.max_output is not None:  # tell the client its max_tokens was lowered
+            headers["x-capgate-max-tokens"] = str(res.max_output)
     return headers
 
 
@@ -354,7 +399,7 @@ class _Call:
         return web.Response(
             status=answer.status,
             body=data,
-            headers=_answer_headers(answer, self.res.info.request_id),
+            headers=_answer_headers(answer, self.res),
         )
 
     async def _whole(self, answer: UpstreamAnswer) -> web.StreamResponse:
@@ -372,11 +417,11 @@ class _Call:
         return web.Response(
             status=answer.status,
             body=data,
-            headers=_answer_headers(answer, self.res.info.request_id),
+            headers=_answer_headers(answer, self.res),
         )
 
     async def _relay(self, answer: UpstreamAnswer) -> web.StreamResponse:
-        headers = _answer_headers(answer, self.res.info.request_id)
+        headers = _answer_headers(answer, self.res)
         headers["cache-control"] = "no-cache"
         response = web.StreamResponse(status=answer.status, headers=headers)
         tap: anthropic_wire.AnthropicStreamTap | openai_wire.OpenAIStreamTap

@@ -11,7 +11,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from capgate.core.engine import Amounts, Charge, Refusal
+from capgate.core.engine import Amounts, Charge, OutputFlex, Refusal
 from capgate.core.limits import Limit, Scope, ScopeKind, Status
 from capgate.core.money import Usage
 
@@ -35,8 +35,9 @@ class Reservation:
     id: str
     info: RequestInfo
     charges: tuple[Charge, ...]
-    worst: Amounts
+    worst: Amounts  # what is held: the clamped worst case when max_output is set
     key: Scope  # the key as it was when the reservation was made
+    max_output: int | None = None  # the lowered max_tokens, when the budget clamped it
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,7 @@ class ScopeFields:
     timezone: str | None = None
     expires_at: float | None = None
     metadata: dict[str, Any] | None = None
+    clamp: bool | None = None
     clear: frozenset[str] = field(default_factory=frozenset)  # fields to set to null
 
 
@@ -96,7 +98,11 @@ class Store(Protocol):
         """Reload the cache if another process changed the configuration."""
 
     async def reserve(
-        self, info: RequestInfo, worst: Amounts, extra_scopes: tuple[Scope, ...] = ()
+        self,
+        info: RequestInfo,
+        worst: Amounts,
+        flex: OutputFlex | None = None,
+        extra_scopes: tuple[Scope, ...] = (),
     ) -> Reservation | Refusal: ...
 
     def settle(self, reservation: Reservation, outcome: Outcome) -> asyncio.Future[None]:

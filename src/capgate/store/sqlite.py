@@ -21,6 +21,7 @@ from typing import Any
 
 from capgate.core.engine import (
     Amounts,
+    OutputFlex,
     Refusal,
     check_access,
     counters_for,
@@ -157,15 +158,20 @@ class SQLiteStore:
     # -- the hot path ------------------------------------------------------------------
 
     async def reserve(
-        self, info: RequestInfo, worst: Amounts, extra_scopes: tuple[Scope, ...] = ()
+        self,
+        info: RequestInfo,
+        worst: Amounts,
+        flex: OutputFlex | None = None,
+        extra_scopes: tuple[Scope, ...] = (),
     ) -> Reservation | Refusal:
-        return await self._write(lambda conn: self._reserve(conn, info, worst, extra_scopes))  # type: ignore[no-any-return]
+        return await self._write(lambda conn: self._reserve(conn, info, worst, flex, extra_scopes))  # type: ignore[no-any-return]
 
     def _reserve(
         self,
         conn: sqlite3.Connection,
         info: RequestInfo,
         worst: Amounts,
+        flex: OutputFlex | None,
         extra_scopes: tuple[Scope, ...],
     ) -> Reservation | Refusal:
         now = self._clock()
@@ -179,8 +185,11 @@ class SQLiteStore:
         if refusal is None:
             applicable = counters_for(scopes, models, now)
             states = q.read_counters(conn, [(a.counter, a.window.start) for a in applicable])
-            decision = plan_reserve(applicable, states, worst)
+            clamp = flex if all(scope.clamp for scope in scopes) else None
+            decision = plan_reserve(applicable, states, worst, clamp)
             if not isinstance(decision, Refusal):
+                if decision.max_output is not None and flex is not None:
+                    worst = flex.amounts(decision.max_output)
                 res_id = info.request_id  # unique: a random per-process prefix and a counter
                 conn.execute(  # first: the only write here that can fail (a duplicate id)
                     "INSERT INTO reservations (id, owner, created_at, charges, info) VALUES (?,?,?,?,?)",
@@ -195,7 +204,7 @@ class SQLiteStore:
                 q.add_to_counters(
                     conn, [(c.counter, c.window_start, c.amount, 0) for c in decision.charges]
                 )
-                return Reservation(res_id, info, decision.charges, worst, key)
+                return Reservation(res_id, info, decision.charges, worst, key, decision.max_output)
             refusal = decision
         q.insert_refusal(conn, info, key, refusal, now)
         return refusal

@@ -16,7 +16,7 @@ from capgate.store.base import Outcome, RequestInfo, RequestQuery, ScopeFields
 
 SELECT_SCOPES = (
     "SELECT kind, id, name, status, limits, models, team, user, timezone, expires_at, "
-    "metadata, secret_hash, prefix, created_at, updated_at FROM scopes"
+    "metadata, secret_hash, prefix, created_at, updated_at, clamp FROM scopes"
 )
 
 
@@ -40,6 +40,7 @@ def scope_from_row(row: sqlite3.Row) -> Scope:
         timezone=row["timezone"],
         models=tuple(orjson.loads(row["models"])),
         expires_at=row["expires_at"],
+        clamp=bool(row["clamp"]),
         extra={
             "team": row["team"],
             "user": row["user"],
@@ -65,6 +66,7 @@ def scope_json(scope: Scope) -> dict[str, Any]:
         "limits": [limit.to_json() for limit in scope.limits],
         "models": list(scope.models),
         "timezone": scope.timezone,
+        "on_short_budget": "clamp" if scope.clamp else "reject",
         "expires_at": iso(scope.expires_at),
         "metadata": extra.get("metadata", {}),
         "created_at": iso(extra.get("created_at")),
@@ -87,6 +89,8 @@ def update_scope_row(
         sets["models"] = dumps(list(fields.models))
     if fields.metadata is not None:
         sets["metadata"] = dumps(fields.metadata)
+    if fields.clamp is not None:
+        sets["clamp"] = int(fields.clamp)
     for name in ("team", "user", "timezone", "expires_at"):
         value = getattr(fields, name)
         if value is not None:

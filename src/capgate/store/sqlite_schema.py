@@ -86,6 +86,10 @@ MIGRATIONS: tuple[str, ...] = (
         after TEXT
     );
     """,
+    # 2: what a key does when its budget cannot pay a request's full max_tokens.
+    """
+    ALTER TABLE scopes ADD COLUMN clamp INTEGER NOT NULL DEFAULT 1;
+    """,
 )
 
 
