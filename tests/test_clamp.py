@@ -92,3 +92,20 @@ def test_cli_sets_on_short_budget(capgate: Capgate, key_name: str) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert capgate.admin("GET", f"/admin/keys/{key_name}").json()["on_short_budget"] == "reject"
+
+
+def test_answers_carry_the_tightest_limit(capgate: Capgate, key_name: str) -> None:
+    limits = [
+        {"metric": "requests", "window": "day", "max": 100},
+        {"metric": "cost_usd", "window": "month", "max": "2"},
+        {"metric": "output_tokens", "window": "hour", "max": 1000},
+    ]
+    key = capgate.create_key(key_name, limits)
+    first = post(capgate, key, ask(100, 300))  # truncated at 100 output tokens
+    assert first.headers["x-capgate-limit"] == f"key={key_name} requests/day"  # all untouched: first
+    assert first.headers["x-capgate-remaining"] == "100"
+    second = post(capgate, key, ask(100, 10))
+    # 100 of 1000 output tokens used (10%) is now the smallest share left.
+    assert second.headers["x-capgate-limit"] == f"key={key_name} output_tokens/hour"
+    assert second.headers["x-capgate-remaining"] == "900"
+    assert second.headers["x-capgate-reset"].endswith(":00:00Z")

@@ -238,6 +238,33 @@ def _reserve(
     return Admission(tuple(charges))
 
 
+@dataclass(frozen=True, slots=True)
+class Headroom:
+    """What was left of the tightest limit when a request was admitted (before its own
+    reservation): shown to clients in response headers."""
+
+    scope: Scope
+    limit: Limit
+    remaining: int
+    resets_at: int
+
+
+def tightest(
+    applicable: Sequence[Applicable], states: Mapping[tuple[str, int], CounterState]
+) -> Headroom | None:
+    """The limit with the smallest share left (ties: the first)."""
+    best: Headroom | None = None
+    best_share = 2.0
+    for app in applicable:
+        state = states.get((app.counter, app.window.start), _EMPTY)
+        remaining = max(0, app.limit.max - state.settled - state.reserved)
+        share = remaining / app.limit.max if app.limit.max else 0.0
+        if share < best_share:
+            best_share = share
+            best = Headroom(app.scope, app.limit, remaining, app.window.end)
+    return best
+
+
 def plan_settle(charges: Iterable[Charge], actual: Amounts) -> list[CounterDelta]:
     """Release each reservation and record what was really used, in the same window
     instance the reservation was made in (a request that spans midnight counts in the day

@@ -138,3 +138,10 @@ def format_reset(end: int, tz: str = "UTC") -> str:
     if end >= NEVER:
         return "never (total limit)"
     return datetime.fromtimestamp(end, zone(tz)).strftime("%Y-%m-%d %H:%M ") + tz
+
+
+def format_reset_iso(end: int) -> str:
+    """A reset instant for machines: ISO 8601 in UTC, or 'never' for total limits."""
+    if end >= NEVER:
+        return "never"
+    return datetime.fromtimestamp(end, zone("UTC")).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from aiohttp import web
@@ -24,7 +25,9 @@ from aiohttp import web
 from capgate.config import ServerConfig
 from capgate.core.engine import Amounts, OutputFlex, Refusal, check_access
 from capgate.core.estimate import RequestFacts, anthropic_facts, input_bound, openai_chat_facts
+from capgate.core.limits import Metric, nano_to_decimal_str
 from capgate.core.money import Price, Usage
+from capgate.core.windows import format_reset_iso
 from capgate.errors import (
     CapgateError,
     InvalidRequest,
@@ -309,6 +312,19 @@ def _answer_headers(answer: UpstreamAnswer, res: Reservation | None) -> dict[str
         headers["x-capgate-request-id"] = res.info.request_id
         if res.max_output is not None:  # tell the client its max_tokens was lowered
             headers["x-capgate-max-tokens"] = str(res.max_output)
+        room = res.headroom
+        if room is not None:  # the tightest limit, as it stood when this was admitted
+            limit = room.limit
+            what = f"{limit.metric.value}/{limit.window.value}"
+            if limit.model is not None:
+                what += f" ({limit.model})"
+            name = quote(room.scope.name, safe="-_.~@+:")  # headers are ASCII; names need not be
+            headers["x-capgate-limit"] = f"{room.scope.kind.value}={name} {what}"
+            amount = room.remaining
+            headers["x-capgate-remaining"] = (
+                nano_to_decimal_str(amount) if limit.metric is Metric.COST_USD else str(amount)
+            )
+            headers["x-capgate-reset"] = format_reset_iso(room.resets_at)
     return headers
 
 

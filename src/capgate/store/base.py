@@ -11,7 +11,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from capgate.core.engine import Amounts, Charge, OutputFlex, Refusal
+from capgate.core.engine import Amounts, Charge, Headroom, OutputFlex, Refusal
 from capgate.core.limits import Limit, Scope, ScopeKind, Status
 from capgate.core.money import Usage
 
@@ -38,6 +38,7 @@ class Reservation:
     worst: Amounts  # what is held: the clamped worst case when max_output is set
     key: Scope  # the key as it was when the reservation was made
     max_output: int | None = None  # the lowered max_tokens, when the budget clamped it
+    headroom: Headroom | None = None  # the tightest limit as it stood at admission
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from capgate.core.engine import (
     counters_for,
     plan_reserve,
     plan_settle,
+    tightest,
 )
 from capgate.core.limits import Limit, Metric, Scope, ScopeKind, Status, nano_to_decimal_str
 from capgate.core.windows import window_at
@@ -204,7 +205,10 @@ class SQLiteStore:
                 q.add_to_counters(
                     conn, [(c.counter, c.window_start, c.amount, 0) for c in decision.charges]
                 )
-                return Reservation(res_id, info, decision.charges, worst, key, decision.max_output)
+                headroom = tightest(applicable, states)
+                return Reservation(
+                    res_id, info, decision.charges, worst, key, decision.max_output, headroom
+                )
             refusal = decision
         q.insert_refusal(conn, info, key, refusal, now)
         return refusal
