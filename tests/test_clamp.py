@@ -102,7 +102,9 @@ def test_answers_carry_the_tightest_limit(capgate: Capgate, key_name: str) -> No
     ]
     key = capgate.create_key(key_name, limits)
     first = post(capgate, key, ask(100, 300))  # truncated at 100 output tokens
-    assert first.headers["x-capgate-limit"] == f"key={key_name} requests/day"  # all untouched: first
+    assert (
+        first.headers["x-capgate-limit"] == f"key={key_name} requests/day"
+    )  # all untouched: first
     assert first.headers["x-capgate-remaining"] == "100"
     second = post(capgate, key, ask(100, 10))
     # 100 of 1000 output tokens used (10%) is now the smallest share left.
