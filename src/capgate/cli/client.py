@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import typer
@@ -39,6 +39,6 @@ class AdminClient:
         return response.text
 
 
-def fail(message: str) -> Any:
+def fail(message: str) -> NoReturn:
     typer.secho(f"error: {message}", fg="red", err=True)
     raise typer.Exit(1)

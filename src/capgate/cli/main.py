@@ -11,6 +11,7 @@ import typer
 
 from capgate import __version__
 from capgate.cli import keys as keys_cli
+from capgate.cli.status import status
 from capgate.cli.usage import usage
 from capgate.config import ConfigError, load_config, with_overrides
 
@@ -21,6 +22,7 @@ app = typer.Typer(
 )
 app.add_typer(keys_cli.app, name="keys")
 app.command()(usage)
+app.command()(status)
 
 
 @app.command()

@@ -27,7 +27,7 @@ from capgate.core.engine import Amounts, OutputFlex, Refusal, check_access
 from capgate.core.estimate import RequestFacts, anthropic_facts, input_bound, openai_chat_facts
 from capgate.core.limits import Metric, nano_to_decimal_str
 from capgate.core.money import Price, Usage
-from capgate.core.windows import format_reset_iso
+from capgate.core.windows import format_reset, format_reset_iso
 from capgate.errors import (
     CapgateError,
     InvalidRequest,
@@ -82,6 +82,7 @@ class Gateway:
             web.post("/v1/messages/count_tokens", self.count_tokens),
             web.post("/v1/chat/completions", self.chat_completions),
             web.get("/v1/models", self.models),
+            web.get("/v1/me", self.me),
         ]
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
@@ -253,6 +254,30 @@ class Gateway:
         except CapgateError as exc:
             return error_response("anthropic", exc)
         return web.Response(status=answer.status, body=data, headers=_answer_headers(answer, None))
+
+    async def me(self, request: web.Request) -> web.StreamResponse:
+        """The caller's own key: its limits with what is used, held and left, and when
+        each resets (in the key's timezone too). What `capgate status` prints."""
+        dialect = "anthropic" if "anthropic-version" in request.headers else "openai"
+        try:
+            key = await self._auth.authenticate(request.headers)
+            usage = await self._store.counters(key, self._clock())
+        except CapgateError as exc:
+            return error_response(dialect, exc)
+        for row in usage:
+            row["resets"] = format_reset(row["resets_at"], key.timezone)
+        payload = {
+            "key": key.name,
+            "status": key.status.value,
+            "team": key.extra.get("team"),
+            "user": key.extra.get("user"),
+            "models": list(key.models),
+            "timezone": key.timezone,
+            "on_short_budget": "clamp" if key.clamp else "reject",
+            "expires_at": key.expires_at,
+            "limits": usage,
+        }
+        return web.Response(body=orjson.dumps(payload), content_type="application/json")
 
     async def models(self, request: web.Request) -> web.StreamResponse:
         dialect = "anthropic" if "anthropic-version" in request.headers else "openai"

@@ -1,0 +1,85 @@
+"""`capgate status`: a developer's own limits, from the server's truth (GET /v1/me)."""
+
+from __future__ import annotations
+
+import os
+from decimal import Decimal
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+
+from capgate.cli.client import DEFAULT_URL, fail
+
+
+def _key() -> str:
+    for var in ("CAPGATE_KEY", "ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "OPENAI_API_KEY"):
+        value = os.environ.get(var, "")
+        if value.startswith("sk-cg-"):
+            return value
+    fail("set CAPGATE_KEY (or ANTHROPIC_API_KEY) to your capgate key")
+
+
+def _url() -> str:
+    url = os.environ.get("CAPGATE_URL") or os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_URL
+    return url.rstrip("/").removesuffix("/v1")
+
+
+def _share(row: dict[str, Any]) -> tuple[Decimal, Decimal]:
+    used = Decimal(str(row["used"])) + Decimal(str(row["reserved"]))
+    return used, Decimal(str(row["max"]))
+
+
+def _dollars(value: Any) -> str:
+    return f"${Decimal(str(value)):,.2f}"
+
+
+def _count(value: Any) -> str:
+    return f"{int(value):,}"
+
+
+def status(
+    url: Annotated[
+        str | None,
+        typer.Option("--url", help="capgate server (env CAPGATE_URL or ANTHROPIC_BASE_URL)"),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Show your own key's limits: used, left and when each resets."""
+    base = (url or _url()).rstrip("/")
+    try:
+        response = httpx.get(
+            base + "/v1/me", headers={"authorization": f"Bearer {_key()}"}, timeout=15
+        )
+    except httpx.HTTPError as exc:
+        fail(f"cannot reach capgate at {base}: {exc}")
+    if response.status_code != 200:
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text
+        fail(f"{response.status_code}: {message}")
+    me = response.json()
+    if as_json:
+        typer.echo(response.text)
+        return
+    console = Console()
+    console.print(f"[bold]{me['key']}[/bold]  {me['status']}  team={me['team']} user={me['user']}")
+    table = Table("limit", "used", "", "max", "left", "resets", box=None)
+    for row in me["limits"]:
+        used, top = _share(row)
+        label = f"{row['metric']}/{row['window']}" + (
+            f" ({row['model']})" if row.get("model") else ""
+        )
+        fmt = _dollars if row["metric"] == "cost_usd" else _count
+        bar = ProgressBar(total=float(top) or 1.0, completed=float(min(used, top)), width=24)
+        table.add_row(
+            label, fmt(row["used"]), bar, fmt(row["max"]), fmt(row["remaining"]), row["resets"]
+        )
+    if not me["limits"]:
+        console.print("no limits on this key")
+    else:
+        console.print(table)

@@ -1,0 +1,64 @@
+"""GET /v1/me and `capgate status`: a developer sees their own limits from the server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import httpx
+
+from conftest import Capgate
+
+
+def test_me_shows_own_limits_and_usage(capgate: Capgate, key_name: str) -> None:
+    key = capgate.create_key(
+        key_name,
+        [
+            {"metric": "requests", "window": "day", "max": 10},
+            {"metric": "cost_usd", "window": "month", "max": 5},
+        ],
+        timezone="Europe/Berlin",
+    )
+    body = {
+        "model": "claude-sonnet-4-6",
+        "max_tokens": 50,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    assert (
+        httpx.post(capgate.url + "/v1/messages", json=body, headers={"x-api-key": key}).status_code
+        == 200
+    )
+    me = httpx.get(capgate.url + "/v1/me", headers={"authorization": f"Bearer {key}"}).json()
+    assert me["key"] == key_name and me["timezone"] == "Europe/Berlin"
+    limits = {row["metric"]: row for row in me["limits"]}
+    assert limits["requests"]["used"] == 1 and limits["requests"]["remaining"] == 9
+    assert limits["requests"]["resets"].endswith("00:00 Europe/Berlin")
+    assert 0 < float(limits["cost_usd"]["used"]) < 5
+
+
+def test_me_needs_a_valid_key(capgate: Capgate) -> None:
+    response = httpx.get(capgate.url + "/v1/me", headers={"x-api-key": "sk-cg-nope"})
+    assert response.status_code == 401 and "error" in response.json()
+
+
+def test_status_command_prints_a_table(capgate: Capgate, key_name: str) -> None:
+    key = capgate.create_key(key_name, [{"metric": "requests", "window": "day", "max": 10}])
+    env = {**os.environ, "CAPGATE_KEY": key, "CAPGATE_URL": capgate.url, "COLUMNS": "120"}
+    env.pop("CAPGATE_ADMIN_KEY", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "capgate", "status"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert key_name in done.stdout and "requests/day" in done.stdout and "UTC" in done.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "capgate", "status"],
+        env={**env, "CAPGATE_KEY": "sk-cg-aaaaaaaaaaaa-wrong"},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert bad.returncode != 0 and "Invalid API key" in bad.stderr
