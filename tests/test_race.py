@@ -154,3 +154,43 @@ def test_token_budget_under_concurrency(capgate: Capgate, key_name: str, window:
     assert usage["used"] <= 2000 and usage["reserved"] == 0
     assert usage["used"] == 300 * statuses[200]  # each answer is exactly 300 tokens
     assert statuses[402 if window == "total" else 429] == 60 - statuses[200]
+
+
+def test_concurrent_limit_holds_under_a_burst(capgate: Capgate, key_name: str) -> None:
+    """30 slow requests at once against `concurrent=3/total`: exactly 3 run, the rest are
+    refused at once with 429 + retry-after, and nothing stays held afterwards."""
+    key = capgate.create_key(key_name, [{"metric": "concurrent", "window": "total", "max": 3}])
+
+    async def burst() -> list[tuple[int, str | None]]:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+            async def one(i: int) -> tuple[int, str | None]:
+                body = {
+                    "model": "claude-sonnet-4-6",
+                    "max_tokens": 20,
+                    "messages": [{"role": "user", "content": f"{i} mock:delay_ms=1500"}],
+                }
+                async with session.post(
+                    capgate.url + "/v1/messages", json=body, headers={"x-api-key": key}
+                ) as r:
+                    await r.read()
+                    return r.status, r.headers.get("retry-after")
+
+            return await asyncio.gather(*(one(i) for i in range(30)))
+
+    results = asyncio.run(burst())
+    statuses = Counter(status for status, _ in results)
+    assert statuses == {200: 3, 429: 27}
+    assert all(retry == "1" for status, retry in results if status == 429)
+    held = {u["metric"]: u for u in capgate.key_usage(key_name)}["concurrent"]
+    assert held["reserved"] == 0 and held["used"] == 0
+    # Slots free again: the next request runs.
+    body = {
+        "model": "claude-sonnet-4-6",
+        "max_tokens": 20,
+        "messages": [{"role": "user", "content": "again"}],
+    }
+    assert (
+        httpx.post(capgate.url + "/v1/messages", json=body, headers={"x-api-key": key}).status_code
+        == 200
+    )

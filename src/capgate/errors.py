@@ -78,10 +78,11 @@ class LimitExceeded(CapgateError):
 
     def __init__(self, refusal: Refusal, now: float) -> None:
         headers = {"x-capgate-refusal": refusal.code}
-        if refusal.is_rate_limit and refusal.resets_at is not None:
+        if refusal.is_rate_limit:
             self.status = 429
             self.kind = "rate_limit_error"
-            headers["retry-after"] = str(max(1, math.ceil(refusal.resets_at - now)))
+            wait = 1 if refusal.resets_at is None else math.ceil(refusal.resets_at - now)
+            headers["retry-after"] = str(max(1, wait))
         else:
             self.status = 402
             headers["x-should-retry"] = "false"

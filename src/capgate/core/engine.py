@@ -32,7 +32,7 @@ class Amounts:
     cost_nano: int = 0
 
     def of(self, metric: Metric) -> int:
-        if metric is Metric.REQUESTS:
+        if metric is Metric.REQUESTS or metric is Metric.CONCURRENT:
             return self.requests
         if metric is Metric.INPUT_TOKENS:
             return self.input_tokens
@@ -95,8 +95,10 @@ class Refusal:
 
     @property
     def is_rate_limit(self) -> bool:
-        """A short window: retrying after `resets_at` can succeed."""
-        return self.limit is not None and self.limit.window in RATE_WINDOWS
+        """A short window or a concurrency cap: retrying soon can succeed."""
+        if self.limit is None:
+            return False
+        return self.limit.window in RATE_WINDOWS or self.limit.metric is Metric.CONCURRENT
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -184,7 +186,7 @@ class OutputFlex:
             return (
                 spare // (self.choices * self.output_pico) if self.output_pico else self.requested
             )
-        needed = 1 if metric is Metric.REQUESTS else self.input_tokens
+        needed = 1 if metric in (Metric.REQUESTS, Metric.CONCURRENT) else self.input_tokens
         return self.requested if needed <= room else -1
 
 
@@ -270,7 +272,13 @@ def plan_settle(charges: Iterable[Charge], actual: Amounts) -> list[CounterDelta
     instance the reservation was made in (a request that spans midnight counts in the day
     it was admitted)."""
     return [
-        CounterDelta(c.counter, c.window_start, -c.amount, actual.of(c.metric)) for c in charges
+        CounterDelta(
+            c.counter,
+            c.window_start,
+            -c.amount,
+            0 if c.metric is Metric.CONCURRENT else actual.of(c.metric),  # held, never kept
+        )
+        for c in charges
     ]
 
 
@@ -279,6 +287,15 @@ _EMPTY = CounterState()
 
 def _limit_refusal(app: Applicable, state: CounterState, amount: int) -> Refusal:
     limit, scope = app.limit, app.scope
+    if limit.metric is Metric.CONCURRENT:
+        what = "Concurrent request limit" + (f" for models {limit.model}" if limit.model else "")
+        message = (
+            f'{what} of {scope.kind.value} "{scope.name}" reached: {state.reserved:,} of '
+            f"{limit.max:,} requests in flight; retry when one finishes."
+        )
+        return Refusal(
+            "limit_exceeded", message, scope.kind.value, scope.name, limit, state.reserved, None
+        )
     fmt = limit.format_amount
     what = f"{ADJECTIVE[limit.window]} {limit.metric.noun} limit"
     if limit.model is not None:

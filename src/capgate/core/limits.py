@@ -25,6 +25,7 @@ class Metric(enum.Enum):
     INPUT_TOKENS = "input_tokens"  # everything the model read, cached or not
     OUTPUT_TOKENS = "output_tokens"
     COST_USD = "cost_usd"  # counted in nano-dollars
+    CONCURRENT = "concurrent"  # requests in flight: held while they run, never accumulated
 
     @property
     def noun(self) -> str:
@@ -37,6 +38,7 @@ _NOUNS = {
     Metric.INPUT_TOKENS: "input token",
     Metric.OUTPUT_TOKENS: "output token",
     Metric.COST_USD: "cost",
+    Metric.CONCURRENT: "concurrent request",
 }
 
 # The CLI's short names for metrics (`cost=5/day`).
@@ -133,6 +135,11 @@ class Limit:
         model = data.get("model")
         if model is not None and (not isinstance(model, str) or not model):
             raise ValueError("model must be a non-empty glob string")
+        if metric is Metric.CONCURRENT and window is not WindowKind.TOTAL:
+            raise ValueError(
+                "concurrent limits count requests in flight, not per window: "
+                "use window total (e.g. concurrent=4/total)"
+            )
         return cls(metric, window, max_, model)
 
     def to_json(self) -> dict[str, Any]:
