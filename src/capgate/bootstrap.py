@@ -10,7 +10,7 @@ from aiohttp import web
 
 from capgate import __version__
 from capgate.config import Config, ProviderConfig, sqlite_path
-from capgate.core.limits import Limit, Metric, usd_to_nano
+from capgate.core.limits import Limit, Metric, ScopeKind, usd_to_nano
 from capgate.core.windows import WindowKind
 from capgate.http.admin import AdminAPI
 from capgate.http.auth import admin_digest
@@ -62,16 +62,19 @@ async def _admin_digest(store: SQLiteStore, config: Config, demo: bool) -> tuple
 async def _demo_key(store: SQLiteStore) -> str:
     """A fresh demo key with a small daily budget (replaced at every demo start, since a
     raw key cannot be shown twice)."""
-    names = {scope.name for scope in await store.list_keys()}
+    names = {scope.name for scope in await store.list_scopes(ScopeKind.KEY)}
     if DEMO_KEY in names:
-        await store.delete_key(DEMO_KEY, "demo")
+        await store.delete_scope(ScopeKind.KEY, DEMO_KEY, "demo")
     key_id, raw = new_key()
     limits = (
         Limit(Metric.COST_USD, WindowKind.DAY, usd_to_nano("10.00")),
         Limit(Metric.REQUESTS, WindowKind.MINUTE, 60),
     )
     fields = ScopeFields(limits=limits, metadata={"demo": True})
-    await store.create_key(DEMO_KEY, key_id, key_hash(raw), display_prefix(raw), fields)
+    await store.create_scope(
+        ScopeKind.KEY, DEMO_KEY, fields, scope_id=key_id, secret_hash=key_hash(raw),
+        prefix=display_prefix(raw), actor="demo",
+    )  # fmt: skip
     return raw
 
 

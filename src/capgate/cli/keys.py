@@ -35,7 +35,7 @@ UrlOpt = Annotated[str | None, typer.Option("--url", help="capgate server (env C
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
 
 
-def _limits(specs: list[str] | None) -> list[dict[str, Any]] | None:
+def limits_body(specs: list[str] | None) -> list[dict[str, Any]] | None:
     if specs is None:
         return None
     out = []
@@ -67,7 +67,7 @@ def _fields(
         if value is not None:
             body[name] = value
     if limit is not None:
-        body["limits"] = _limits(limit)
+        body["limits"] = limits_body(limit)
     if model is not None:
         body["models"] = model
     return body

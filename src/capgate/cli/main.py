@@ -11,6 +11,7 @@ import typer
 
 from capgate import __version__
 from capgate.cli import keys as keys_cli
+from capgate.cli.scopes import scope_app
 from capgate.cli.status import status
 from capgate.cli.usage import usage
 from capgate.config import ConfigError, load_config, with_overrides
@@ -21,6 +22,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(keys_cli.app, name="keys")
+for _plural, _what, _help in (
+    ("users", "user", "Budgets per person: keys join a user with --user."),
+    ("teams", "team", "Budgets per team: keys join a team with --team."),
+    ("orgs", "org", "Budgets per org: teams join an org with --org."),
+    ("providers", "provider", "Budgets per provider (named as in the config)."),
+):
+    app.add_typer(scope_app(_plural, _what, _help), name=_plural)
 app.command()(usage)
 app.command()(status)
 

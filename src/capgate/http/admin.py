@@ -16,12 +16,12 @@ from pydantic import BaseModel, ValidationError
 
 from capgate.core.limits import ScopeKind, Status
 from capgate.errors import CapgateError, InvalidRequest
-from capgate.http.admin_models import KeyCreate, KeyUpdate, parse_time
+from capgate.http.admin_models import PLURALS, ScopeCreate, ScopeUpdate, parse_time
 from capgate.http.auth import AdminAuthenticator
 from capgate.http.dialects import error_response
 from capgate.http.openapi import openapi_document
 from capgate.keys import display_prefix, key_hash, new_key
-from capgate.store.base import RequestQuery
+from capgate.store.base import RequestQuery, ScopeFields
 from capgate.store.sqlite import SQLiteStore
 from capgate.store.sqlite_queries import GROUPS, scope_json
 
@@ -61,28 +61,34 @@ class AdminAPI:
         clock: Callable[[], float] = time.time,
         default_timezone: str = "UTC",
     ) -> None:
-        self._store = store
-        self._default_timezone = default_timezone  # for keys created without one
+        self.store = store
+        self.default_timezone = default_timezone  # for scopes created without one
         self._auth = AdminAuthenticator(admin_digest)
-        self._clock = clock
+        self.clock = clock
 
     def routes(self) -> list[web.RouteDef]:
         h = self._guard
-        return [
-            web.get("/admin/openapi.json", self.openapi),
-            web.post("/admin/keys", h(self.create_key)),
-            web.get("/admin/keys", h(self.list_keys)),
-            web.get("/admin/keys/{name}", h(self.show_key)),
-            web.patch("/admin/keys/{name}", h(self.update_key)),
-            web.delete("/admin/keys/{name}", h(self.delete_key)),
-            web.post("/admin/keys/{name}/pause", h(self.pause_key)),
-            web.post("/admin/keys/{name}/resume", h(self.resume_key)),
-            web.post("/admin/keys/{name}/revoke", h(self.revoke_key)),
-            web.post("/admin/keys/{name}/reset-usage", h(self.reset_usage)),
+        out = [web.get("/admin/openapi.json", self.openapi)]
+        for kind, plural in PLURALS.items():
+            base = f"/admin/{plural}"
+            scopes = _ScopeRoutes(self, kind)
+            out += [
+                web.post(base, h(scopes.create)),
+                web.get(base, h(scopes.list)),
+                web.get(base + "/{name}", h(scopes.show)),
+                web.patch(base + "/{name}", h(scopes.update)),
+                web.delete(base + "/{name}", h(scopes.delete)),
+                web.post(base + "/{name}/pause", h(scopes.status(Status.PAUSED))),
+                web.post(base + "/{name}/resume", h(scopes.status(Status.ACTIVE))),
+                web.post(base + "/{name}/revoke", h(scopes.status(Status.REVOKED))),
+                web.post(base + "/{name}/reset-usage", h(scopes.reset_usage)),
+            ]
+        out += [
             web.get("/admin/requests", h(self.requests)),
             web.get("/admin/usage", h(self.usage)),
             web.get("/admin/audit", h(self.audit)),
         ]
+        return out
 
     def _guard(self, handler: Handler) -> Handler:
         async def guarded(request: web.Request) -> web.StreamResponse:
@@ -96,58 +102,6 @@ class AdminAPI:
 
     async def openapi(self, request: web.Request) -> web.Response:
         return _json(openapi_document())
-
-    # -- keys --------------------------------------------------------------------------
-
-    async def create_key(self, request: web.Request) -> web.Response:
-        spec: KeyCreate = await _body(request, KeyCreate)
-        fields = spec.to_fields()
-        if fields.timezone is None:
-            fields = replace(fields, timezone=self._default_timezone)
-        key_id, raw = new_key()
-        scope = await self._store.create_key(
-            spec.name, key_id, key_hash(raw), display_prefix(raw), fields
-        )
-        return _json({**scope_json(scope), "key": raw}, status=201)
-
-    async def list_keys(self, request: web.Request) -> web.Response:
-        now = self._clock()
-        items = []
-        for scope in await self._store.list_keys():
-            items.append({**scope_json(scope), "usage": await self._store.counters(scope, now)})
-        return _json({"items": items, "next_cursor": None})
-
-    async def show_key(self, request: web.Request) -> web.Response:
-        scope = await self._store.get_key(request.match_info["name"])
-        usage = await self._store.counters(scope, self._clock())
-        return _json({**scope_json(scope), "usage": usage})
-
-    async def update_key(self, request: web.Request) -> web.Response:
-        spec: KeyUpdate = await _body(request, KeyUpdate)
-        scope = await self._store.update_key(request.match_info["name"], spec.to_fields(), "admin")
-        return _json(scope_json(scope))
-
-    async def delete_key(self, request: web.Request) -> web.Response:
-        await self._store.delete_key(request.match_info["name"], "admin")
-        return web.Response(status=204)
-
-    async def _set_status(self, request: web.Request, status: Status) -> web.Response:
-        scope = await self._store.set_key_status(request.match_info["name"], status, "admin")
-        return _json(scope_json(scope))
-
-    async def pause_key(self, request: web.Request) -> web.Response:
-        return await self._set_status(request, Status.PAUSED)
-
-    async def resume_key(self, request: web.Request) -> web.Response:
-        return await self._set_status(request, Status.ACTIVE)
-
-    async def revoke_key(self, request: web.Request) -> web.Response:
-        return await self._set_status(request, Status.REVOKED)
-
-    async def reset_usage(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        await self._store.reset_usage(ScopeKind.KEY, name, "admin")
-        return await self.show_key(request)
 
     # -- ledger ------------------------------------------------------------------------
 
@@ -169,7 +123,7 @@ class AdminAPI:
             limit=min(_int_param(params, "limit") or 100, MAX_PAGE) + 1,
             cursor=_int_param(params, "cursor"),
         )
-        items = await self._store.query_requests(query)
+        items = await self.store.query_requests(query)
         next_cursor = None
         if len(items) == query.limit:
             items = items[:-1]
@@ -195,14 +149,82 @@ class AdminAPI:
         group_by = request.query.get("group_by", "key")
         if group_by not in GROUPS:
             raise InvalidRequest(f"group_by: one of {', '.join(GROUPS)}")
-        items = await self._store.usage(
+        items = await self.store.usage(
             group_by, _time_param(request.query, "from"), _time_param(request.query, "to")
         )
         return _json({"items": items, "next_cursor": None})
 
     async def audit(self, request: web.Request) -> web.Response:
         limit = min(_int_param(request.query, "limit") or 100, MAX_PAGE)
-        return _json({"items": await self._store.audit(limit), "next_cursor": None})
+        return _json({"items": await self.store.audit(limit), "next_cursor": None})
+
+
+# Which membership fields each kind takes: a key names its team and user, a team its org.
+_MEMBERSHIP = {ScopeKind.KEY: {"team", "user"}, ScopeKind.TEAM: {"org"}}
+
+
+class _ScopeRoutes:
+    """The same nine routes for every kind of scope."""
+
+    def __init__(self, api: AdminAPI, kind: ScopeKind) -> None:
+        self.api = api
+        self.kind = kind
+
+    def _fields(self, spec: ScopeCreate | ScopeUpdate) -> ScopeFields:
+        allowed = _MEMBERSHIP.get(self.kind, set())
+        for name in ("team", "user", "org"):
+            if name in spec.model_fields_set and name not in allowed:
+                raise InvalidRequest(f"{name}: a {self.kind.value} has no {name}")
+        return spec.to_fields()
+
+    async def create(self, request: web.Request) -> web.Response:
+        spec: ScopeCreate = await _body(request, ScopeCreate)
+        fields = self._fields(spec)
+        if fields.timezone is None:
+            fields = replace(fields, timezone=self.api.default_timezone)
+        store = self.api.store
+        if self.kind is not ScopeKind.KEY:
+            scope = await store.create_scope(self.kind, spec.name, fields)
+            return _json(scope_json(scope), status=201)
+        key_id, raw = new_key()
+        scope = await store.create_scope(
+            ScopeKind.KEY, spec.name, fields, scope_id=key_id, secret_hash=key_hash(raw),
+            prefix=display_prefix(raw),
+        )  # fmt: skip
+        return _json({**scope_json(scope), "key": raw}, status=201)
+
+    async def list(self, request: web.Request) -> web.Response:
+        now = self.api.clock()
+        items = []
+        for scope in await self.api.store.list_scopes(self.kind):
+            items.append({**scope_json(scope), "usage": await self.api.store.counters(scope, now)})
+        return _json({"items": items, "next_cursor": None})
+
+    async def show(self, request: web.Request) -> web.Response:
+        scope = await self.api.store.get_scope(self.kind, request.match_info["name"])
+        usage = await self.api.store.counters(scope, self.api.clock())
+        return _json({**scope_json(scope), "usage": usage})
+
+    async def update(self, request: web.Request) -> web.Response:
+        spec: ScopeUpdate = await _body(request, ScopeUpdate)
+        name = request.match_info["name"]
+        scope = await self.api.store.update_scope(self.kind, name, self._fields(spec))
+        return _json(scope_json(scope))
+
+    async def delete(self, request: web.Request) -> web.Response:
+        await self.api.store.delete_scope(self.kind, request.match_info["name"])
+        return web.Response(status=204)
+
+    def status(self, status: Status) -> Handler:
+        async def handler(request: web.Request) -> web.Response:
+            name = request.match_info["name"]
+            return _json(scope_json(await self.api.store.set_status(self.kind, name, status)))
+
+        return handler
+
+    async def reset_usage(self, request: web.Request) -> web.Response:
+        await self.api.store.reset_usage(self.kind, request.match_info["name"])
+        return await self.show(request)
 
 
 def _int_param(params: Any, name: str) -> int | None:

@@ -15,7 +15,7 @@ from pydantic import (
     field_validator,
 )
 
-from capgate.core.limits import Limit, check_distinct
+from capgate.core.limits import Limit, ScopeKind, check_distinct
 from capgate.core.windows import zone
 from capgate.store.base import ScopeFields
 
@@ -34,6 +34,15 @@ class LimitIn(BaseModel):
 
     def model_post_init(self, context: Any) -> None:
         self.to_limit()  # raises ValueError with the reason; pydantic reports it
+
+
+PLURALS = {  # the admin API's path for each kind of scope
+    ScopeKind.KEY: "keys",
+    ScopeKind.USER: "users",
+    ScopeKind.TEAM: "teams",
+    ScopeKind.ORG: "orgs",
+    ScopeKind.PROVIDER: "providers",
+}
 
 
 def parse_time(value: str | float | int | None) -> float | None:
@@ -55,10 +64,11 @@ def parse_time(value: str | float | int | None) -> float | None:
     return parsed.timestamp()
 
 
-class _KeyFields(BaseModel):
+class _ScopeFields(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    team: str | None = None
-    user: str | None = None
+    team: str | None = Field(None, description="keys: the team the key belongs to")
+    user: str | None = Field(None, description="keys: the user the key belongs to")
+    org: str | None = Field(None, description="teams: the org the team belongs to")
     limits: list[LimitIn] | None = None
     models: list[str] | None = Field(None, description="allowed model globs; empty = all")
     expires_at: str | float | None = None
@@ -102,6 +112,7 @@ class _KeyFields(BaseModel):
             models=None if self.models is None else tuple(self.models),
             team=self.team,
             user=self.user,
+            org=self.org,
             timezone=self.timezone,
             expires_at=parse_time(self.expires_at),
             metadata=self.metadata,
@@ -110,9 +121,9 @@ class _KeyFields(BaseModel):
         )
 
 
-class KeyCreate(_KeyFields):
+class ScopeCreate(_ScopeFields):
     name: str = Field(min_length=1, max_length=200, pattern=r"^[^/\s][^/]*$")
 
 
-class KeyUpdate(_KeyFields):
+class ScopeUpdate(_ScopeFields):
     pass

@@ -8,7 +8,8 @@ from typing import Any
 from pydantic.json_schema import models_json_schema
 
 from capgate import __version__
-from capgate.http.admin_models import KeyCreate, KeyUpdate
+from capgate.core.limits import ScopeKind
+from capgate.http.admin_models import PLURALS, ScopeCreate, ScopeUpdate
 
 _ERROR = {
     "description": "error",
@@ -46,7 +47,7 @@ def _op(
 @cache
 def openapi_document() -> dict[str, Any]:
     _, schemas = models_json_schema(
-        [(KeyCreate, "validation"), (KeyUpdate, "validation")],
+        [(ScopeCreate, "validation"), (ScopeUpdate, "validation")],
         ref_template="#/components/schemas/{model}",
     )
     components = dict(schemas.get("$defs", {}))
@@ -59,20 +60,26 @@ def openapi_document() -> dict[str, Any]:
             }
         },
     }
-    paths: dict[str, Any] = {
-        "/admin/keys": {
-            "get": _op("List keys with their current usage"),
-            "post": _op(
-                "Create a key; the raw key is in the answer, once", body="KeyCreate", ok="201"
+    paths: dict[str, Any] = {}
+    for kind, plural in PLURALS.items():
+        what = kind.value
+        note = "; the raw key is in the answer, once" if kind is ScopeKind.KEY else ""
+        paths[f"/admin/{plural}"] = {
+            "get": _op(f"List {plural} with their current usage"),
+            "post": _op(f"Create a {what}{note}", body="ScopeCreate", ok="201"),
+        }
+        paths[f"/admin/{plural}/{{name}}"] = {
+            "get": _op(f"Show a {what} and its usage per limit", params=_NAME),
+            "patch": _op(f"Change a {what}", body="ScopeUpdate", params=_NAME),
+            "delete": _op(
+                f"Delete a {what} (the ledger keeps its entries)", params=_NAME, ok="204"
             ),
-        },
-        "/admin/keys/{name}": {
-            "get": _op("Show a key and its usage per limit", params=_NAME),
-            "patch": _op(
-                "Change a key's limits, models, team, user, expiry", body="KeyUpdate", params=_NAME
-            ),
-            "delete": _op("Delete a key (the ledger keeps its entries)", params=_NAME, ok="204"),
-        },
+        }
+        for action in ("pause", "resume", "revoke", "reset-usage"):
+            paths[f"/admin/{plural}/{{name}}/{action}"] = {
+                "post": _op(f"{action.capitalize()} a {what}", params=_NAME)
+            }
+    paths |= {
         "/admin/requests": {
             "get": _op("The ledger: one entry per request", params=_LEDGER_FILTERS)
         },
@@ -88,10 +95,6 @@ def openapi_document() -> dict[str, Any]:
         },
         "/admin/audit": {"get": _op("Admin changes, newest first")},
     }
-    for action in ("pause", "resume", "revoke", "reset-usage"):
-        paths[f"/admin/keys/{{name}}/{action}"] = {
-            "post": _op(f"{action.capitalize()} a key", params=_NAME)
-        }
     return {
         "openapi": "3.1.0",
         "info": {"title": "capgate admin API", "version": __version__},

@@ -29,11 +29,12 @@ from capgate.core.engine import (
     plan_settle,
     tightest,
 )
-from capgate.core.limits import Limit, Metric, Scope, ScopeKind, Status, nano_to_decimal_str
+from capgate.core.limits import Limit, Metric, Scope, ScopeKind, nano_to_decimal_str
 from capgate.core.windows import window_at
-from capgate.errors import Conflict, InvalidRequest, NotFound, StoreUnavailable
+from capgate.errors import StoreUnavailable
 from capgate.store import sqlite_queries as q
-from capgate.store.base import Outcome, RequestInfo, RequestQuery, Reservation, ScopeFields
+from capgate.store.base import Outcome, RequestInfo, RequestQuery, Reservation
+from capgate.store.sqlite_admin import ScopeAdmin
 from capgate.store.sqlite_schema import migrate
 from capgate.store.sqlite_writer import SQLiteWriter
 
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_SECONDS = 1.0
 
 
-class SQLiteStore:
+class SQLiteStore(ScopeAdmin):
     def __init__(
         self, path: str, *, lease_seconds: float = 30.0, clock: Callable[[], float] = time.time
     ) -> None:
@@ -53,6 +54,7 @@ class SQLiteStore:
         self._beat_every = lease_seconds / 6
         self.owner = uuid.uuid4().hex[:16]  # this process's lease identity
         self._keys: dict[str, tuple[Scope, bytes]] = {}
+        self._named: dict[tuple[ScopeKind, str], Scope] = {}  # users, teams, orgs, providers
         self._version = ""
         self._writer = SQLiteWriter(self._connect, self._before_group, self._forget_version)
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="capgate-sqlite-read")
@@ -143,11 +145,16 @@ class SQLiteStore:
 
     def _load(self, conn: sqlite3.Connection) -> None:
         version = conn.execute("SELECT v FROM meta WHERE k='config_version'").fetchone()[0]
-        keys = {}
-        for row in conn.execute(q.SELECT_SCOPES + " WHERE kind='key'"):
+        keys: dict[str, tuple[Scope, bytes]] = {}
+        named: dict[tuple[ScopeKind, str], Scope] = {}
+        for row in conn.execute(q.SELECT_SCOPES):
             scope = q.scope_from_row(row)
-            keys[scope.id] = (scope, row["secret_hash"])
-        self._keys = keys  # one reference swap: readers see the old or the new dict
+            if scope.kind is ScopeKind.KEY:
+                keys[scope.id] = (scope, row["secret_hash"])
+            else:
+                named[(scope.kind, scope.name)] = scope
+        self._keys = keys  # reference swaps: readers see the old or the new dict
+        self._named = named
         self._version = version
 
     def key_by_id(self, key_id: str) -> tuple[Scope, bytes] | None:
@@ -180,7 +187,7 @@ class SQLiteStore:
         if entry is None:  # deleted since the caller authenticated
             return Refusal("revoked", "This key has been deleted.", "key", info.key_id)
         key = entry[0]
-        scopes = (key, *extra_scopes)
+        scopes = (*self._scopes_of(key, info.provider), *extra_scopes)
         models = (info.model, info.upstream_model)
         refusal = check_access(scopes, models, now)
         if refusal is None:
@@ -212,6 +219,25 @@ class SQLiteStore:
             refusal = decision
         q.insert_refusal(conn, info, key, refusal, now)
         return refusal
+
+    def _scopes_of(self, key: Scope, provider: str) -> list[Scope]:
+        """Every scope a request of `key` to `provider` counts against, innermost first:
+        the key, its user, its team, the team's org, the provider. A team or user named on
+        a key but not created is only a label."""
+        scopes = [key]
+        named = self._named
+        user = key.extra.get("user")
+        if user and (found := named.get((ScopeKind.USER, user))) is not None:
+            scopes.append(found)
+        team = key.extra.get("team")
+        if team and (found := named.get((ScopeKind.TEAM, team))) is not None:
+            scopes.append(found)
+            org = found.extra.get("org")
+            if org and (found := named.get((ScopeKind.ORG, org))) is not None:
+                scopes.append(found)
+        if (found := named.get((ScopeKind.PROVIDER, provider))) is not None:
+            scopes.append(found)
+        return scopes
 
     def settle(self, reservation: Reservation, outcome: Outcome) -> asyncio.Future[None]:
         return self._writer.submit_soon(lambda conn: self._settle(conn, reservation, outcome))
@@ -282,110 +308,6 @@ class SQLiteStore:
         if orphans:
             log.warning("settled %d reservations of dead processes in full", len(orphans))
         return len(orphans)
-
-    # -- admin -------------------------------------------------------------------------
-
-    async def create_key(
-        self, name: str, key_id: str, secret_hash: bytes, prefix: str, fields: ScopeFields
-    ) -> Scope:
-        def op(conn: sqlite3.Connection) -> Scope:
-            now = self._clock()
-            if conn.execute("SELECT 1 FROM scopes WHERE kind='key' AND name=?", (name,)).fetchone():
-                raise Conflict(f'a key named "{name}" already exists')
-            conn.execute(
-                "INSERT INTO scopes (kind, id, name, secret_hash, prefix, created_at, updated_at) "
-                "VALUES ('key', ?, ?, ?, ?, ?, ?)",
-                (key_id, name, secret_hash, prefix, now, now),
-            )
-            q.update_scope_row(conn, "key", key_id, fields, now)
-            return self._changed(conn, "key", name, "create", None, "admin")
-
-        return await self._write(op)  # type: ignore[no-any-return]
-
-    def _changed(
-        self,
-        conn: sqlite3.Connection,
-        kind: str,
-        name: str,
-        action: str,
-        before: dict[str, Any] | None,
-        actor: str,
-    ) -> Scope:
-        """After an admin change: bump the version, reload, write the audit entry."""
-        conn.execute("UPDATE meta SET v = CAST(v AS INTEGER) + 1 WHERE k='config_version'")
-        scope = q.get_scope(conn, kind, name)
-        after = q.scope_json(scope) if scope is not None else None
-        conn.execute(
-            "INSERT INTO audit (created_at, actor, action, target, before, after) VALUES (?,?,?,?,?,?)",
-            (self._clock(), actor, action, f"{kind}:{name}", q.dumps(before), q.dumps(after)),
-        )
-        self._load(conn)
-        if scope is None:
-            raise NotFound(f'no {kind} named "{name}"')
-        return scope
-
-    def _existing(self, conn: sqlite3.Connection, kind: str, name: str) -> Scope:
-        scope = q.get_scope(conn, kind, name)
-        if scope is None:
-            raise NotFound(f'no {kind} named "{name}"')
-        return scope
-
-    async def update_key(self, name: str, fields: ScopeFields, actor: str) -> Scope:
-        def op(conn: sqlite3.Connection) -> Scope:
-            before = self._existing(conn, "key", name)
-            q.update_scope_row(conn, "key", before.id, fields, self._clock())
-            return self._changed(conn, "key", name, "update", q.scope_json(before), actor)
-
-        return await self._write(op)  # type: ignore[no-any-return]
-
-    async def set_key_status(self, name: str, status: Status, actor: str) -> Scope:
-        def op(conn: sqlite3.Connection) -> Scope:
-            before = self._existing(conn, "key", name)
-            if before.status is Status.REVOKED and status is not Status.REVOKED:
-                raise InvalidRequest(f'key "{name}" is revoked; revocation is final')
-            conn.execute(
-                "UPDATE scopes SET status=?, updated_at=? WHERE kind='key' AND id=?",
-                (status.value, self._clock(), before.id),
-            )
-            action = {Status.ACTIVE: "resume", Status.PAUSED: "pause", Status.REVOKED: "revoke"}
-            return self._changed(conn, "key", name, action[status], q.scope_json(before), actor)
-
-        return await self._write(op)  # type: ignore[no-any-return]
-
-    async def reset_usage(self, kind: ScopeKind, name: str, actor: str) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            scope = self._existing(conn, kind.value, name)
-            # Settled usage goes; what requests in flight hold stays reserved.
-            conn.execute(
-                "UPDATE counters SET settled=0 WHERE counter >= ? AND counter < ?",
-                (f"{kind.value}:{scope.id}:", f"{kind.value}:{scope.id};"),
-            )
-            self._changed(conn, kind.value, name, "reset-usage", q.scope_json(scope), actor)
-
-        await self._write(op)
-
-    async def delete_key(self, name: str, actor: str) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            scope = self._existing(conn, "key", name)
-            conn.execute("DELETE FROM scopes WHERE kind='key' AND id=?", (scope.id,))
-            conn.execute("UPDATE meta SET v = CAST(v AS INTEGER) + 1 WHERE k='config_version'")
-            conn.execute(
-                "INSERT INTO audit (created_at, actor, action, target, before) VALUES (?,?,?,?,?)",
-                (self._clock(), actor, "delete", f"key:{name}", q.dumps(q.scope_json(scope))),
-            )
-            self._load(conn)
-
-        await self._write(op)
-
-    async def list_keys(self) -> list[Scope]:
-        def op(conn: sqlite3.Connection) -> list[Scope]:
-            rows = conn.execute(q.SELECT_SCOPES + " WHERE kind='key' ORDER BY name")
-            return [q.scope_from_row(r) for r in rows]
-
-        return await self._read(op)  # type: ignore[no-any-return]
-
-    async def get_key(self, name: str) -> Scope:
-        return await self._read(lambda conn: self._existing(conn, "key", name))  # type: ignore[no-any-return]
 
     async def counters(self, scope: Scope, now: float) -> list[dict[str, Any]]:
         """Each limit of `scope` with its current window's used, reserved and reset."""

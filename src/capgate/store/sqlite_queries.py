@@ -16,7 +16,7 @@ from capgate.store.base import Outcome, RequestInfo, RequestQuery, ScopeFields
 
 SELECT_SCOPES = (
     "SELECT kind, id, name, status, limits, models, team, user, timezone, expires_at, "
-    "metadata, secret_hash, prefix, created_at, updated_at, clamp FROM scopes"
+    "metadata, secret_hash, prefix, created_at, updated_at, clamp, org FROM scopes"
 )
 
 
@@ -44,6 +44,7 @@ def scope_from_row(row: sqlite3.Row) -> Scope:
         extra={
             "team": row["team"],
             "user": row["user"],
+            "org": row["org"],
             "metadata": orjson.loads(row["metadata"]),
             "prefix": row["prefix"],
             "created_at": row["created_at"],
@@ -63,6 +64,7 @@ def scope_json(scope: Scope) -> dict[str, Any]:
         "status": scope.status.value,
         "team": extra.get("team"),
         "user": extra.get("user"),
+        "org": extra.get("org"),
         "limits": [limit.to_json() for limit in scope.limits],
         "models": list(scope.models),
         "timezone": scope.timezone,
@@ -91,12 +93,12 @@ def update_scope_row(
         sets["metadata"] = dumps(fields.metadata)
     if fields.clamp is not None:
         sets["clamp"] = int(fields.clamp)
-    for name in ("team", "user", "timezone", "expires_at"):
+    for name in ("team", "user", "org", "timezone", "expires_at"):
         value = getattr(fields, name)
         if value is not None:
             sets[name] = value
     for name in fields.clear:
-        if name not in {"team", "user", "expires_at"}:
+        if name not in {"team", "user", "org", "expires_at"}:
             raise InvalidRequest(f"{name}: cannot be cleared")
         sets[name] = None
     assignments = ", ".join(f"{column}=?" for column in sets)  # column names are ours, not input

@@ -90,6 +90,10 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE scopes ADD COLUMN clamp INTEGER NOT NULL DEFAULT 1;
     """,
+    # 3: a team belongs to at most one org.
+    """
+    ALTER TABLE scopes ADD COLUMN org TEXT;
+    """,
 )
 
 

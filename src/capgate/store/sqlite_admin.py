@@ -1,0 +1,149 @@
+"""Admin changes to scopes (keys, users, teams, orgs, providers) in the SQLite store.
+
+Every change is one write op: it bumps `meta.config_version` (so every process reloads
+its cache before its next reservation), reloads this process's cache at once, and writes
+an audit entry with the scope before and after.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from collections.abc import Callable
+from typing import Any
+
+from capgate.core.limits import Scope, ScopeKind, Status
+from capgate.errors import Conflict, InvalidRequest, NotFound
+from capgate.store import sqlite_queries as q
+from capgate.store.base import ScopeFields
+
+_ACTIONS = {Status.ACTIVE: "resume", Status.PAUSED: "pause", Status.REVOKED: "revoke"}
+
+
+class ScopeAdmin:
+    """Mixed into SQLiteStore, which provides these."""
+
+    _clock: Callable[[], float]
+    _write: Callable[..., Any]
+    _read: Callable[..., Any]
+    _load: Callable[[sqlite3.Connection], None]
+
+    async def create_scope(
+        self,
+        kind: ScopeKind,
+        name: str,
+        fields: ScopeFields,
+        *,
+        scope_id: str | None = None,
+        secret_hash: bytes | None = None,
+        prefix: str | None = None,
+        actor: str = "admin",
+    ) -> Scope:
+        def op(conn: sqlite3.Connection) -> Scope:
+            now = self._clock()
+            if q.get_scope(conn, kind.value, name) is not None:
+                raise Conflict(f'a {kind.value} named "{name}" already exists')
+            conn.execute(
+                "INSERT INTO scopes (kind, id, name, secret_hash, prefix, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (kind.value, scope_id or secrets.token_hex(6), name, secret_hash, prefix, now, now),
+            )
+            created = self._existing(conn, kind, name)
+            q.update_scope_row(conn, kind.value, created.id, fields, now)
+            return self._changed(conn, kind, name, "create", None, actor)
+
+        return await self._write(op)  # type: ignore[no-any-return]
+
+    def _changed(
+        self,
+        conn: sqlite3.Connection,
+        kind: ScopeKind,
+        name: str,
+        action: str,
+        before: dict[str, Any] | None,
+        actor: str,
+    ) -> Scope:
+        """After an admin change: bump the version, reload, write the audit entry."""
+        conn.execute("UPDATE meta SET v = CAST(v AS INTEGER) + 1 WHERE k='config_version'")
+        scope = q.get_scope(conn, kind.value, name)
+        after = q.scope_json(scope) if scope is not None else None
+        conn.execute(
+            "INSERT INTO audit (created_at, actor, action, target, before, after) VALUES (?,?,?,?,?,?)",
+            (self._clock(), actor, action, f"{kind.value}:{name}", q.dumps(before), q.dumps(after)),
+        )
+        self._load(conn)
+        if scope is None:
+            raise NotFound(f'no {kind.value} named "{name}"')
+        return scope
+
+    def _existing(self, conn: sqlite3.Connection, kind: ScopeKind, name: str) -> Scope:
+        scope = q.get_scope(conn, kind.value, name)
+        if scope is None:
+            raise NotFound(f'no {kind.value} named "{name}"')
+        return scope
+
+    async def update_scope(
+        self, kind: ScopeKind, name: str, fields: ScopeFields, actor: str = "admin"
+    ) -> Scope:
+        def op(conn: sqlite3.Connection) -> Scope:
+            before = self._existing(conn, kind, name)
+            q.update_scope_row(conn, kind.value, before.id, fields, self._clock())
+            return self._changed(conn, kind, name, "update", q.scope_json(before), actor)
+
+        return await self._write(op)  # type: ignore[no-any-return]
+
+    async def set_status(
+        self, kind: ScopeKind, name: str, status: Status, actor: str = "admin"
+    ) -> Scope:
+        def op(conn: sqlite3.Connection) -> Scope:
+            before = self._existing(conn, kind, name)
+            if before.status is Status.REVOKED and status is not Status.REVOKED:
+                raise InvalidRequest(f'{kind.value} "{name}" is revoked; revocation is final')
+            conn.execute(
+                "UPDATE scopes SET status=?, updated_at=? WHERE kind=? AND id=?",
+                (status.value, self._clock(), kind.value, before.id),
+            )
+            return self._changed(conn, kind, name, _ACTIONS[status], q.scope_json(before), actor)
+
+        return await self._write(op)  # type: ignore[no-any-return]
+
+    async def reset_usage(self, kind: ScopeKind, name: str, actor: str = "admin") -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            scope = self._existing(conn, kind, name)
+            # Settled usage goes; what requests in flight hold stays reserved.
+            conn.execute(
+                "UPDATE counters SET settled=0 WHERE counter >= ? AND counter < ?",
+                (f"{kind.value}:{scope.id}:", f"{kind.value}:{scope.id};"),
+            )
+            self._changed(conn, kind, name, "reset-usage", q.scope_json(scope), actor)
+
+        await self._write(op)
+
+    async def delete_scope(self, kind: ScopeKind, name: str, actor: str = "admin") -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            scope = self._existing(conn, kind, name)
+            conn.execute("DELETE FROM scopes WHERE kind=? AND id=?", (kind.value, scope.id))
+            conn.execute("UPDATE meta SET v = CAST(v AS INTEGER) + 1 WHERE k='config_version'")
+            conn.execute(
+                "INSERT INTO audit (created_at, actor, action, target, before) VALUES (?,?,?,?,?)",
+                (
+                    self._clock(),
+                    actor,
+                    "delete",
+                    f"{kind.value}:{name}",
+                    q.dumps(q.scope_json(scope)),
+                ),
+            )
+            self._load(conn)
+
+        await self._write(op)
+
+    async def list_scopes(self, kind: ScopeKind) -> list[Scope]:
+        def op(conn: sqlite3.Connection) -> list[Scope]:
+            rows = conn.execute(q.SELECT_SCOPES + " WHERE kind=? ORDER BY name", (kind.value,))
+            return [q.scope_from_row(r) for r in rows]
+
+        return await self._read(op)  # type: ignore[no-any-return]
+
+    async def get_scope(self, kind: ScopeKind, name: str) -> Scope:
+        return await self._read(lambda conn: self._existing(conn, kind, name))  # type: ignore[no-any-return]

@@ -1,0 +1,172 @@
+"""Users, teams, orgs and providers: budgets above keys, reserved all or nothing with the
+key's own limits, under concurrency, with refusals that name the scope."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections import Counter
+from decimal import Decimal
+
+import httpx
+
+from conftest import Capgate
+from test_race import _fire
+
+BODY = {
+    "model": "claude-sonnet-4-6",
+    "max_tokens": 50,
+    "messages": [{"role": "user", "content": "hi"}],
+}
+
+
+def post(capgate: Capgate, key: str, body: dict | None = None) -> httpx.Response:
+    return httpx.post(
+        capgate.url + "/v1/messages", json=body or BODY, headers={"x-api-key": key}, timeout=30
+    )
+
+
+def create(capgate: Capgate, plural: str, name: str, limits: list[dict], **fields: object) -> dict:
+    response = capgate.admin(
+        "POST", f"/admin/{plural}", json={"name": name, "limits": limits, **fields}
+    )
+    assert response.status_code == 201, response.text
+    assert "key" not in response.json()
+    return dict(response.json())
+
+
+def usage(capgate: Capgate, plural: str, name: str) -> dict[str, dict]:
+    response = capgate.admin("GET", f"/admin/{plural}/{name}")
+    assert response.status_code == 200, response.text
+    return {u["metric"]: u for u in response.json()["usage"]}
+
+
+def test_team_budget_holds_across_its_keys_under_concurrency(
+    capgate: Capgate, key_name: str
+) -> None:
+    team = f"team-{key_name}"
+    create(capgate, "teams", team, [{"metric": "requests", "window": "day", "max": 25}])
+    keys = [capgate.create_key(f"{key_name}-{i}", team=team) for i in range(4)]
+
+    async def all_keys() -> list[tuple[int, str]]:
+        results = await asyncio.gather(*(_fire([capgate.url], k, 50) for k in keys))
+        return [r for batch in results for r in batch]
+
+    results = asyncio.run(all_keys())
+    statuses = Counter(status for status, _ in results)
+    assert statuses == {200: 25, 402: 175}
+    team_usage = usage(capgate, "teams", team)["requests"]
+    assert team_usage["used"] == 25 and team_usage["reserved"] == 0
+    refusal = capgate.ledger(key=f"{key_name}-0", outcome="refused")[0]["refusal"]
+    assert refusal["scope"] == "team" and refusal["name"] == team
+    assert f'Daily request limit of team "{team}"' in refusal["message"]
+
+
+def test_team_dollar_budget_never_overspent(capgate: Capgate, key_name: str) -> None:
+    team = f"team-{key_name}"
+    create(capgate, "teams", team, [{"metric": "cost_usd", "window": "month", "max": "0.05"}])
+    keys = [capgate.create_key(f"{key_name}-{i}", team=team) for i in range(4)]
+
+    async def all_keys() -> None:
+        await asyncio.gather(*(_fire([capgate.url], k, 50) for k in keys))
+
+    asyncio.run(all_keys())
+    cost = usage(capgate, "teams", team)["cost_usd"]
+    spent = sum(
+        Decimal(e["cost_usd"]) for i in range(4) for e in capgate.ledger(key=f"{key_name}-{i}")
+    )
+    assert Decimal(cost["used"]) == spent <= Decimal("0.05")
+    assert Decimal(cost["reserved"]) == 0 and spent > 0
+
+
+def test_pausing_a_team_refuses_all_its_keys_at_once(capgate: Capgate, key_name: str) -> None:
+    team = f"team-{key_name}"
+    create(capgate, "teams", team, [])
+    a, b = (
+        capgate.create_key(f"{key_name}-a", team=team),
+        capgate.create_key(f"{key_name}-b", team=team),
+    )
+    other = capgate.create_key(f"{key_name}-other")
+    assert post(capgate, a).status_code == 200
+    assert capgate.admin("POST", f"/admin/teams/{team}/pause").status_code == 200
+    for key in (a, b):
+        refused = post(capgate, key)
+        assert refused.status_code == 403
+        assert f'team "{team}" is paused' in refused.json()["error"]["message"]
+    assert post(capgate, other).status_code == 200
+    assert capgate.admin("POST", f"/admin/teams/{team}/resume").status_code == 200
+    assert post(capgate, b).status_code == 200
+
+
+def test_org_and_user_budgets_apply_through_membership(capgate: Capgate, key_name: str) -> None:
+    org, team, user = f"org-{key_name}", f"team-{key_name}", f"user-{key_name}"
+    create(capgate, "orgs", org, [{"metric": "requests", "window": "day", "max": 3}])
+    create(capgate, "teams", team, [], org=org)
+    create(capgate, "users", user, [{"metric": "requests", "window": "day", "max": 2}])
+    k1 = capgate.create_key(f"{key_name}-1", team=team, user=user)
+    k2 = capgate.create_key(f"{key_name}-2", team=team)
+    assert [post(capgate, k1).status_code for _ in range(3)] == [200, 200, 402]  # the user's 2
+    assert post(capgate, k2).status_code == 200  # the org's third
+    refused = post(capgate, k2)
+    assert refused.status_code == 402 and f'org "{org}"' in refused.json()["error"]["message"]
+    assert usage(capgate, "orgs", org)["requests"]["used"] == 3
+
+
+def test_provider_budget(capgate: Capgate, key_name: str) -> None:
+    """A provider scope, named like the config's provider, caps what is routed there; here
+    with a per-model limit so that other tests sharing the server are not affected."""
+    create(
+        capgate,
+        "providers",
+        "anthropic",
+        [{"metric": "requests", "window": "day", "max": 2, "model": "claude-opus-4-1"}],
+    )
+    try:
+        keys = [capgate.create_key(f"{key_name}-{i}") for i in range(2)]
+        opus = {**BODY, "model": "claude-opus-4-1"}
+        statuses = [post(capgate, k, opus).status_code for k in (*keys, *keys)]
+        assert statuses == [200, 200, 402, 402]
+        refused = post(capgate, keys[0], opus).json()["error"]["message"]
+        assert 'provider "anthropic"' in refused and "for models claude-opus-4-1" in refused
+        assert post(capgate, keys[0]).status_code == 200  # other models are not capped
+    finally:
+        capgate.admin("DELETE", "/admin/providers/anthropic")
+
+
+def test_membership_fields_are_checked(capgate: Capgate, key_name: str) -> None:
+    bad = capgate.admin("POST", "/admin/users", json={"name": key_name, "org": "x"})
+    assert bad.status_code == 400 and "a user has no org" in bad.json()["error"]["message"]
+    bad = capgate.admin("POST", "/admin/teams", json={"name": key_name, "team": "x"})
+    assert bad.status_code == 400
+
+
+def test_cli_manages_teams(capgate: Capgate, key_name: str) -> None:
+    env = {**os.environ, "CAPGATE_URL": capgate.url, "CAPGATE_ADMIN_KEY": capgate.admin_key}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "capgate", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    team = f"team-{key_name}"
+    done = cli("teams", "create", team, "--limit", "requests=1/day", "--org", "acme")
+    assert done.returncode == 0, done.stderr
+    assert capgate.admin("GET", f"/admin/teams/{team}").json()["org"] == "acme"
+    key = capgate.create_key(key_name, team=team)
+    assert post(capgate, key).status_code == 200
+    assert post(capgate, key).status_code == 402
+    assert cli("teams", "reset-usage", team).returncode == 0
+    assert post(capgate, key).status_code == 200
+    shown = cli("teams", "show", team)
+    assert shown.returncode == 0 and "requests/day" in shown.stdout
+    assert cli("teams", "pause", team).returncode == 0
+    assert post(capgate, key).status_code == 403
+    assert cli("teams", "delete", team).returncode == 0
+    assert post(capgate, key).status_code == 200  # the team name is only a label now
