@@ -9,6 +9,7 @@ the scope's timezone, so "day" in Europe/Berlin resets at Berlin midnight and a 
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -90,7 +91,7 @@ def _local_next(kind: WindowKind, start: datetime) -> datetime:
 def _offset(now: float, tz: str) -> int:
     """The zone's *standard* UTC offset at `now` (DST excluded): hour windows align to it,
     so they tile time even where DST moves clocks by 30 minutes (Australia/Lord_Howe)."""
-    local = datetime.fromtimestamp(now, zone(tz))
+    local = datetime.fromtimestamp(math.floor(now), zone(tz))
     offset, dst = local.utcoffset(), local.dst()
     return int(((offset or timedelta()) - (dst or timedelta())).total_seconds())
 
@@ -125,7 +126,9 @@ def _compute(kind: WindowKind, now: float, tz: str) -> WindowInstance:
         start = int(now) - (int(now) + offset) % size
         return WindowInstance(start, start + size)
     zi = zone(tz)
-    start_local = _local_floor(kind, datetime.fromtimestamp(now, zi))
+    # Whole seconds: boundaries are whole seconds, and fromtimestamp would round
+    # 23:59:59.9999995 up into the next day.
+    start_local = _local_floor(kind, datetime.fromtimestamp(math.floor(now), zi))
     # Wall-clock arithmetic, then back to an instant: a DST day stays one calendar day
     # (23 or 25 hours). A local midnight that does not exist (DST gap) resolves forward.
     start = int(start_local.replace(tzinfo=zi).timestamp())
