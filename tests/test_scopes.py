@@ -170,3 +170,18 @@ def test_cli_manages_teams(capgate: Capgate, key_name: str) -> None:
     assert post(capgate, key).status_code == 403
     assert cli("teams", "delete", team).returncode == 0
     assert post(capgate, key).status_code == 200  # the team name is only a label now
+
+
+def test_rolling_window_end_to_end(capgate: Capgate, key_name: str) -> None:
+    """3 requests per rolling 5 seconds: the fourth waits, and usage ages out by itself."""
+    import time
+
+    key = capgate.create_key(key_name, [{"metric": "requests", "window": "rolling-5s", "max": 3}])
+    assert [post(capgate, key).status_code for _ in range(3)] == [200, 200, 200]
+    refused = post(capgate, key)
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+    assert "Rolling 5-second request limit" in refused.json()["error"]["message"]
+    time.sleep(6.5)  # a span and a bucket: the first three have left the window
+    assert post(capgate, key).status_code == 200
+    limits = capgate.key_usage(key_name)
+    assert limits[0]["window"] == "rolling-5s" and limits[0]["used"] == 1

@@ -19,7 +19,13 @@ from dataclasses import dataclass
 
 from capgate.core.limits import Limit, Metric, Scope, ScopeKind, Status
 from capgate.core.money import Usage
-from capgate.core.windows import ADJECTIVE, RATE_WINDOWS, WindowInstance, format_reset, window_at
+from capgate.core.windows import (
+    WindowInstance,
+    adjective,
+    format_reset,
+    is_rate_window,
+    window_at,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +104,7 @@ class Refusal:
         """A short window or a concurrency cap: retrying soon can succeed."""
         if self.limit is None:
             return False
-        return self.limit.window in RATE_WINDOWS or self.limit.metric is Metric.CONCURRENT
+        return is_rate_window(self.limit.window) or self.limit.metric is Metric.CONCURRENT
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -263,7 +269,7 @@ def tightest(
         share = remaining / app.limit.max if app.limit.max else 0.0
         if share < best_share:
             best_share = share
-            best = Headroom(app.scope, app.limit, remaining, app.window.end)
+            best = Headroom(app.scope, app.limit, remaining, app.window.resets_at)
     return best
 
 
@@ -297,12 +303,12 @@ def _limit_refusal(app: Applicable, state: CounterState, amount: int) -> Refusal
             "limit_exceeded", message, scope.kind.value, scope.name, limit, state.reserved, None
         )
     fmt = limit.format_amount
-    what = f"{ADJECTIVE[limit.window]} {limit.metric.noun} limit"
+    what = f"{adjective(limit.window)} {limit.metric.noun} limit"
     if limit.model is not None:
         what += f" for models {limit.model}"
     label = f'{scope.kind.value} "{scope.name}"'
     used = state.settled
-    resets = format_reset(app.window.end, scope.timezone)
+    resets = format_reset(app.window.resets_at, scope.timezone)
     if used >= limit.max:
         detail = f"{what} of {label} reached: {fmt(used)} of {fmt(limit.max)} used"
     else:
@@ -310,9 +316,12 @@ def _limit_refusal(app: Applicable, state: CounterState, amount: int) -> Refusal
         if state.reserved:
             detail += f", {fmt(state.reserved)} held by requests in flight"
         detail += f", this request may need up to {fmt(amount)}"
-    message = f"{detail}; resets {resets}."
+    if app.window.frees_at is not None:  # rolling: no reset, usage ages out bucket by bucket
+        message = f"{detail}; the oldest of it leaves the window at {resets}."
+    else:
+        message = f"{detail}; resets {resets}."
     if scope.kind is ScopeKind.KEY and limit.metric is Metric.COST_USD and used < limit.max:
         message += " Lower max_tokens or send a shorter request to fit."
     return Refusal(
-        "limit_exceeded", message, scope.kind.value, scope.name, limit, used, app.window.end
+        "limit_exceeded", message, scope.kind.value, scope.name, limit, used, app.window.resets_at
     )

@@ -14,7 +14,7 @@ from decimal import Context, Decimal, InvalidOperation
 from fnmatch import fnmatchcase
 from typing import Any
 
-from capgate.core.windows import WindowKind, parse_window
+from capgate.core.windows import Window, WindowKind, parse_window
 
 NANO_PER_USD = 10**9
 
@@ -99,7 +99,7 @@ def format_usd(nano: int) -> str:
 @dataclass(frozen=True, slots=True)
 class Limit:
     metric: Metric
-    window: WindowKind
+    window: Window
     max: int  # in the metric's unit (nano-dollars for cost)
     model: str | None = None  # glob; the limit applies only to matching models
     # What names this limit's counter within its scope (not `max`: raising a limit keeps
@@ -153,7 +153,7 @@ class Limit:
 def check_distinct(limits: tuple[Limit, ...]) -> None:
     """Two limits of one scope on the same metric, window and models would share one
     counter and charge it twice: refuse them."""
-    seen: set[tuple[Metric, WindowKind, str | None]] = set()
+    seen: set[tuple[Metric, Window, str | None]] = set()
     for limit in limits:
         ident = (limit.metric, limit.window, None if limit.model == "*" else limit.model)
         if ident in seen:
@@ -165,7 +165,7 @@ def check_distinct(limits: tuple[Limit, ...]) -> None:
 
 
 _SPEC = re.compile(
-    r"^(?:(?P<model>[^:=]+):)?(?P<metric>[a-z_]+)=(?P<max>[0-9.]+)/(?P<window>[a-z]+)$"
+    r"^(?:(?P<model>[^:=]+):)?(?P<metric>[a-z_]+)=(?P<max>[0-9.]+)/(?P<window>[a-z0-9-]+)$"
 )
 
 

@@ -4,13 +4,21 @@ A limit counts usage inside one *window instance*, named by its start instant (a
 timestamp in whole seconds). Calendar windows (minute .. month) start at the boundary in
 the scope's timezone, so "day" in Europe/Berlin resets at Berlin midnight and a DST day is
 23 or 25 hours long. ``total`` never resets. Pure: no clock is read here; callers pass `now`.
+
+Rolling windows (``rolling-24h``, ``rolling-5m``, ``rolling-7d``) count the usage of the
+last N: usage is kept in buckets of N/60 (at least one second) aligned to the epoch, and a
+reservation at instant t counts every bucket that overlaps [t - N, t]. The oldest of those
+may lie partly outside the last N, so a rolling limit counts at most one bucket (1/60 of
+its span) more than the exact sliding sum, never less: it can refuse a little early,
+never admit too much, and there is no boundary to game.
 """
 
 from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -27,9 +35,44 @@ class WindowKind(enum.Enum):
     TOTAL = "total"
 
 
+@dataclass(frozen=True, slots=True)
+class Rolling:
+    """The last `span` seconds, counted in buckets of `bucket` seconds."""
+
+    span: int
+    value: str  # as written: "rolling-24h"
+    bucket: int = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bucket", max(1, self.span // 60))
+
+
+Window = WindowKind | Rolling
+
+_ROLLING = re.compile(r"^rolling-([1-9][0-9]{0,5})([smhd])$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_UNIT_NAME = {"s": "second", "m": "minute", "h": "hour", "d": "day"}
+_MAX_SPAN = 400 * 86400
+
 # Limits over these windows are rate limits: waiting a little lets the client succeed, so
 # refusals carry `retry-after`. Longer windows are budgets: retrying cannot succeed soon.
 RATE_WINDOWS = frozenset({WindowKind.MINUTE, WindowKind.HOUR})
+
+
+def is_rate_window(window: Window) -> bool:
+    if isinstance(window, Rolling):
+        return window.span <= 3600
+    return window in RATE_WINDOWS
+
+
+def adjective(window: Window) -> str:
+    if isinstance(window, Rolling):
+        match = _ROLLING.match(window.value)
+        assert match is not None
+        count, unit = int(match.group(1)), _UNIT_NAME[match.group(2)]
+        return f"Rolling {count}-{unit}"
+    return ADJECTIVE[window]
+
 
 ADJECTIVE = {
     WindowKind.MINUTE: "Per-minute",
@@ -43,8 +86,16 @@ ADJECTIVE = {
 
 @dataclass(frozen=True, slots=True)
 class WindowInstance:
-    start: int  # Unix seconds, inclusive
+    start: int  # Unix seconds, inclusive: where usage is charged
     end: int  # Unix seconds, exclusive (NEVER for the total window)
+    # Rolling windows: the first bucket counted (usage is summed from there to `start`),
+    # and when that bucket leaves the window, freeing what it held.
+    read_from: int | None = None
+    frees_at: int | None = None
+
+    @property
+    def resets_at(self) -> int:
+        return self.end if self.frees_at is None else self.frees_at
 
 
 @lru_cache(maxsize=256)
@@ -58,12 +109,20 @@ def zone(name: str) -> ZoneInfo:
         ) from exc
 
 
-def parse_window(text: str) -> WindowKind:
+def parse_window(text: str) -> Window:
+    match = _ROLLING.match(text)
+    if match is not None:
+        span = int(match.group(1)) * _UNIT[match.group(2)]
+        if span > _MAX_SPAN:
+            raise ValueError(f"window {text!r} is longer than 400 days")
+        return Rolling(span, text)
     try:
         return WindowKind(text)
     except ValueError:
         allowed = ", ".join(k.value for k in WindowKind)
-        raise ValueError(f"unknown window {text!r} (one of: {allowed})") from None
+        raise ValueError(
+            f"unknown window {text!r} (one of: {allowed}, or rolling-<N><s|m|h|d>)"
+        ) from None
 
 
 def _local_floor(kind: WindowKind, local: datetime) -> datetime:
@@ -96,10 +155,10 @@ def _offset(now: float, tz: str) -> int:
     return int(((offset or timedelta()) - (dst or timedelta())).total_seconds())
 
 
-_recent: dict[tuple[WindowKind, str], WindowInstance] = {}
+_recent: dict[tuple[Window, str], WindowInstance] = {}
 
 
-def window_at(kind: WindowKind, now: float, tz: str = "UTC") -> WindowInstance:
+def window_at(kind: Window, now: float, tz: str = "UTC") -> WindowInstance:
     """The window instance of `kind` that contains the instant `now` in timezone `tz`.
 
     Memoised: the last instance per (kind, zone) answers every instant inside it, so the
@@ -115,7 +174,14 @@ def window_at(kind: WindowKind, now: float, tz: str = "UTC") -> WindowInstance:
     return instance
 
 
-def _compute(kind: WindowKind, now: float, tz: str) -> WindowInstance:
+def _compute(kind: Window, now: float, tz: str) -> WindowInstance:
+    if isinstance(kind, Rolling):
+        bucket = kind.bucket
+        start = math.floor(now) // bucket * bucket
+        # Whole buckets back from the current one, enough to cover [now - span, now]: the
+        # same for every instant of the bucket.
+        read_from = start - -(-kind.span // bucket) * bucket
+        return WindowInstance(start, start + bucket, read_from, read_from + kind.span + bucket)
     if kind is WindowKind.TOTAL:
         return WindowInstance(0, NEVER)
     if kind is WindowKind.MINUTE or kind is WindowKind.HOUR:

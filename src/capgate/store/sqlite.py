@@ -192,7 +192,9 @@ class SQLiteStore(ScopeAdmin):
         refusal = check_access(scopes, models, now)
         if refusal is None:
             applicable = counters_for(scopes, models, now)
-            states = q.read_counters(conn, [(a.counter, a.window.start) for a in applicable])
+            states = q.read_counters(
+                conn, [(a.counter, a.window.start, a.window.read_from) for a in applicable]
+            )
             clamp = flex if all(scope.clamp for scope in scopes) else None
             decision = plan_reserve(applicable, states, worst, clamp)
             if not isinstance(decision, Refusal):
@@ -318,15 +320,14 @@ class SQLiteStore(ScopeAdmin):
             for limit in scope.limits:
                 window = window_at(limit.window, now, scope.timezone)
                 counter = scope.counter_id(limit)
-                state = q.read_counters(conn, [(counter, window.start)]).get(
-                    (counter, window.start)
-                )
+                wanted = [(counter, window.start, window.read_from)]
+                state = q.read_counters(conn, wanted).get((counter, window.start))
                 out.append(
                     _limit_status(
                         limit,
                         state.settled if state else 0,
                         state.reserved if state else 0,
-                        window.end,
+                        window.resets_at,
                     )
                 )
             return out

@@ -109,19 +109,31 @@ def update_scope_row(
 
 
 def read_counters(
-    conn: sqlite3.Connection, wanted: Sequence[tuple[str, int]]
+    conn: sqlite3.Connection, wanted: Sequence[tuple[str, int, int | None]]
 ) -> dict[tuple[str, int], CounterState]:
-    """The counter instances asked for, in one statement (absent ones are zero)."""
-    if not wanted:
-        return {}
-    rows = "(?,?)" + ",(?,?)" * (len(wanted) - 1)
-    params = [value for pair in wanted for value in pair]
-    cursor = conn.execute(
-        "SELECT counter, window_start, settled, reserved FROM counters "  # noqa: S608
-        f"WHERE (counter, window_start) IN (VALUES {rows})",
-        params,
-    )
-    return {(row[0], row[1]): CounterState(row[2], row[3]) for row in cursor}
+    """The counter instances asked for, as (counter, start, read_from): one instance when
+    read_from is None, else the sum of the buckets from read_from to start (rolling
+    windows). Keyed by (counter, start); absent ones are zero."""
+    exact = [(c, start) for c, start, read_from in wanted if read_from is None]
+    out: dict[tuple[str, int], CounterState] = {}
+    if exact:
+        rows = "(?,?)" + ",(?,?)" * (len(exact) - 1)
+        params = [value for pair in exact for value in pair]
+        cursor = conn.execute(
+            "SELECT counter, window_start, settled, reserved FROM counters "  # noqa: S608
+            f"WHERE (counter, window_start) IN (VALUES {rows})",
+            params,
+        )
+        out = {(row[0], row[1]): CounterState(row[2], row[3]) for row in cursor}
+    for counter, start, read_from in wanted:
+        if read_from is not None:
+            settled, reserved = conn.execute(
+                "SELECT COALESCE(SUM(settled), 0), COALESCE(SUM(reserved), 0) FROM counters "
+                "WHERE counter = ? AND window_start BETWEEN ? AND ?",
+                (counter, read_from, start),
+            ).fetchone()
+            out[(counter, start)] = CounterState(settled, reserved)
+    return out
 
 
 def add_to_counters(conn: sqlite3.Connection, deltas: Iterable[tuple[str, int, int, int]]) -> None:
