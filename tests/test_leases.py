@@ -77,3 +77,44 @@ def test_dead_process_reservations_are_charged_in_full(upstream: Upstream, tmp_p
         assert Decimal(expired["cost_usd"]) > Decimal("0.015")  # 1000 tokens at $15/M and more
     finally:
         second.close()
+
+
+def test_client_disconnect_mid_stream_charges_what_streamed(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    server = start_capgate(tmp_path, gateway_config(upstream))
+    try:
+        key = server.create_key("leaver", [{"metric": "cost_usd", "window": "day", "max": 10}])
+        body = {
+            "model": "claude-sonnet-4-6",
+            "max_tokens": 4000,
+            "stream": True,
+            "messages": [
+                {"role": "user", "content": "long mock:words=3000 mock:stream_delay_ms=5"}
+            ],
+        }
+        received = 0
+        with httpx.stream(
+            "POST", server.url + "/v1/messages", json=body, headers={"x-api-key": key}, timeout=30
+        ) as r:
+            for chunk in r.iter_bytes():
+                received += len(chunk)
+                if received > 4000:
+                    break  # hang up mid-stream
+        deadline = time.monotonic() + 10
+        entries: list[dict] = []
+        while time.monotonic() < deadline:
+            entries = server.ledger(key="leaver")
+            if entries:
+                break
+            time.sleep(0.2)
+        (entry,) = entries
+        assert entry["outcome"] == "cancelled" and entry["status"] == 499
+        assert 0 < entry["output_tokens"] < 4000  # what was generated, not the reservation
+        assert entry["input_tokens"] > 0 and Decimal(entry["cost_usd"]) > 0
+        cost = {u["metric"]: u for u in server.key_usage("leaver")}["cost_usd"]
+        assert Decimal(cost["reserved"]) == 0 and Decimal(cost["used"]) == Decimal(
+            entry["cost_usd"]
+        )
+    finally:
+        server.close()
