@@ -136,3 +136,19 @@ def test_amounts_match_price_worst_cost() -> None:
     )
     f = OutputFlex(8_000, 1024, 2, 12_345, 12_345 * price.dearest_input, price.output)
     assert f.amounts(8_000) == Amounts(1, 12_345, 16_000, price.worst_cost_nano(12_345, 16_000))
+
+
+def test_credits_count_the_model_weight_whatever_max_tokens() -> None:
+    from capgate.config import ServerConfig
+
+    settings = ServerConfig()
+    assert settings.credits_for("claude-opus-4-5") == 10
+    assert settings.credits_for("claude-sonnet-4-6") == 3
+    assert settings.credits_for("claude-haiku-4-5") == 1
+    assert settings.credits_for("gpt-5-mini") == 1
+    assert ServerConfig(credit_weights={"gpt-5*": 4}).credits_for("gpt-5-mini") == 4
+    f = OutputFlex(64_000, 1024, 1, 10_000, 10_000 * 6_000_000, 15_000_000, credits=10)
+    ok = plan([Limit(Metric.CREDITS, WindowKind.DAY, 25)], {Metric.CREDITS: 15}, f)
+    assert isinstance(ok, Admission) and ok.charges[0].amount == 10
+    refused = plan([Limit(Metric.CREDITS, WindowKind.DAY, 25)], {Metric.CREDITS: 16}, f)
+    assert isinstance(refused, Refusal) and "Daily credit limit" in refused.message

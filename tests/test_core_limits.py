@@ -420,6 +420,7 @@ def test_metric_nouns() -> None:
         Metric.OUTPUT_TOKENS: "output token",
         Metric.COST_USD: "cost",
         Metric.CONCURRENT: "concurrent request",
+        Metric.CREDITS: "credit",
     }
 
 

@@ -185,3 +185,14 @@ def test_rolling_window_end_to_end(capgate: Capgate, key_name: str) -> None:
     assert post(capgate, key).status_code == 200
     limits = capgate.key_usage(key_name)
     assert limits[0]["window"] == "rolling-5s" and limits[0]["used"] == 1
+
+
+def test_credits_weigh_models(capgate: Capgate, key_name: str) -> None:
+    """20 credits a day: two opus requests (10 each) spend them; sonnet (3) is refused after."""
+    key = capgate.create_key(key_name, [{"metric": "credits", "window": "day", "max": 20}])
+    opus = {**BODY, "model": "claude-opus-4-1"}
+    assert [post(capgate, key, opus).status_code for _ in range(2)] == [200, 200]
+    refused = post(capgate, key)  # sonnet: 3 more credits do not fit
+    assert refused.status_code == 402 and "Daily credit limit" in refused.json()["error"]["message"]
+    credits = {u["metric"]: u for u in capgate.key_usage(key_name)}["credits"]
+    assert credits["used"] == 20 and credits["reserved"] == 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Literal
 
@@ -100,6 +101,22 @@ class ServerConfig(_Strict):
     # A process that has not renewed its lease for this long is taken for dead: its
     # reservations are settled in full and flagged `lease_expired`.
     lease_seconds: float = Field(30.0, ge=1)
+    # Credits a request of a model costs, by glob over the routed model name; the first
+    # match wins, a model none matches costs 1.
+    credit_weights: dict[str, int] = Field(
+        default_factory=lambda: {"*opus*": 10, "*sonnet*": 3, "*haiku*": 1}
+    )
+
+    @field_validator("credit_weights")
+    @classmethod
+    def _weights(cls, value: dict[str, int]) -> dict[str, int]:
+        for glob, weight in value.items():
+            if weight < 0:
+                raise ValueError(f"credit weight of {glob!r} must not be negative")
+        return value
+
+    def credits_for(self, model: str) -> int:
+        return next((w for g, w in self.credit_weights.items() if fnmatchcase(model, g)), 1)
 
     @field_validator("timezone")
     @classmethod

@@ -36,6 +36,7 @@ class Amounts:
     input_tokens: int = 0
     output_tokens: int = 0
     cost_nano: int = 0
+    credits: int = 0  # known before the request: the model's weight
 
     def of(self, metric: Metric) -> int:
         if metric is Metric.REQUESTS or metric is Metric.CONCURRENT:
@@ -46,11 +47,13 @@ class Amounts:
             return self.output_tokens
         if metric is Metric.TOKENS:
             return self.input_tokens + self.output_tokens
+        if metric is Metric.CREDITS:
+            return self.credits
         return self.cost_nano
 
     @classmethod
-    def of_usage(cls, usage: Usage, cost_nano: int) -> Amounts:
-        return cls(1, usage.total_input, usage.output_tokens, cost_nano)
+    def of_usage(cls, usage: Usage, cost_nano: int, credits: int = 0) -> Amounts:
+        return cls(1, usage.total_input, usage.output_tokens, cost_nano, credits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,11 +176,12 @@ class OutputFlex:
     input_tokens: int  # the input bound
     input_pico: int  # the input bound's worst cost
     output_pico: int  # per output token
+    credits: int = 0  # the request's credits, whatever its max_tokens
 
     def amounts(self, max_output: int) -> Amounts:
         output = max_output * self.choices
         pico = self.input_pico + output * self.output_pico
-        return Amounts(1, self.input_tokens, output, -(-pico // 1000))
+        return Amounts(1, self.input_tokens, output, -(-pico // 1000), self.credits)
 
     def most_output(self, metric: Metric, room: int) -> int:
         """The largest max_tokens that fits in `room` of `metric`, or -1 if none does."""
@@ -192,6 +196,8 @@ class OutputFlex:
             return (
                 spare // (self.choices * self.output_pico) if self.output_pico else self.requested
             )
+        if metric is Metric.CREDITS:
+            return self.requested if self.credits <= room else -1
         needed = 1 if metric in (Metric.REQUESTS, Metric.CONCURRENT) else self.input_tokens
         return self.requested if needed <= room else -1
 

@@ -26,6 +26,7 @@ class Metric(enum.Enum):
     OUTPUT_TOKENS = "output_tokens"
     COST_USD = "cost_usd"  # counted in nano-dollars
     CONCURRENT = "concurrent"  # requests in flight: held while they run, never accumulated
+    CREDITS = "credits"  # a weight per request by model (opus 10, sonnet 3, haiku 1 by default)
 
     @property
     def noun(self) -> str:
@@ -39,6 +40,7 @@ _NOUNS = {
     Metric.OUTPUT_TOKENS: "output token",
     Metric.COST_USD: "cost",
     Metric.CONCURRENT: "concurrent request",
+    Metric.CREDITS: "credit",
 }
 
 # The CLI's short names for metrics (`cost=5/day`).

@@ -151,7 +151,13 @@ class Gateway:
         return changed, max_out, field, hide_usage
 
     def _flex(
-        self, body: dict[str, Any], facts: RequestFacts, max_out: int, bound: int, price: Price
+        self,
+        body: dict[str, Any],
+        facts: RequestFacts,
+        max_out: int,
+        bound: int,
+        price: Price,
+        credits: int,
     ) -> OutputFlex:
         """How far this request's max_tokens may be lowered to fit a budget."""
         minimum = self._settings.min_clamped_tokens
@@ -164,6 +170,7 @@ class Gateway:
             input_tokens=bound,
             input_pico=bound * price.dearest_input,
             output_pico=price.output,
+            credits=credits,
         )
 
     async def _proxy(self, request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
@@ -179,12 +186,13 @@ class Gateway:
             changed, max_out, field, hide_usage = self._prepare(body, facts, route, endpoint)
             bound = input_bound(body, len(raw))
             output = max_out * facts.choices
-            worst = Amounts(1, bound, output, price.worst_cost_nano(bound, output))
+            credits = self._settings.credits_for(route.upstream_model)
+            worst = Amounts(1, bound, output, price.worst_cost_nano(bound, output), credits)
             info = RequestInfo(
                 request_id, key.id, facts.model, route.provider.name, route.upstream_model,
                 endpoint.value, facts.stream, started,
             )  # fmt: skip
-            flex = self._flex(body, facts, max_out, bound, price)
+            flex = self._flex(body, facts, max_out, bound, price, credits)
             decision = await self._store.reserve(info, worst, flex)
             if isinstance(decision, Refusal):
                 raise _refusal_error(decision, self._clock())

@@ -251,7 +251,7 @@ class SQLiteStore(ScopeAdmin):
         if outcome.usage is None:  # no usage reported: charge the whole reservation
             actual = res.worst
         else:
-            actual = Amounts.of_usage(outcome.usage, outcome.cost_nano)
+            actual = Amounts.of_usage(outcome.usage, outcome.cost_nano, res.worst.credits)
         deltas = plan_settle(res.charges, actual)
         q.add_to_counters(
             conn, [(d.counter, d.window_start, d.reserved, d.settled) for d in deltas]

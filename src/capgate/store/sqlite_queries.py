@@ -170,7 +170,13 @@ def dump_info(info: RequestInfo, key: Scope, worst: Amounts) -> str:
             "endpoint": info.endpoint,
             "stream": info.stream,
             "started_at": info.started_at,
-            "worst": [worst.requests, worst.input_tokens, worst.output_tokens, worst.cost_nano],
+            "worst": [
+                worst.requests,
+                worst.input_tokens,
+                worst.output_tokens,
+                worst.cost_nano,
+                worst.credits,
+            ],
         }
     ).decode()
 
