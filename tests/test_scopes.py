@@ -196,3 +196,31 @@ def test_credits_weigh_models(capgate: Capgate, key_name: str) -> None:
     assert refused.status_code == 402 and "Daily credit limit" in refused.json()["error"]["message"]
     credits = {u["metric"]: u for u in capgate.key_usage(key_name)}["credits"]
     assert credits["used"] == 20 and credits["reserved"] == 0
+
+
+def test_schedules_end_to_end(capgate: Capgate, key_name: str) -> None:
+    """A schedule closed right now refuses its models (403) and names the window; a
+    schedule open right now lets them through; other models are not restricted."""
+    import datetime as dt
+
+    now = dt.datetime.now(dt.UTC)
+    today = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")[now.weekday()]
+    tomorrow = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")[(now.weekday() + 1) % 7]
+    closed = {"model": "claude-opus*", "days": tomorrow, "start": "00:00", "end": "24:00"}
+    opened = {"model": "claude-haiku*", "days": today, "start": "00:00", "end": "24:00"}
+    response = capgate.admin(
+        "POST", "/admin/keys", json={"name": key_name, "schedules": [closed, opened]}
+    )
+    assert response.status_code == 201, response.text
+    key = response.json()["key"]
+    assert response.json()["schedules"][0]["days"] == tomorrow
+    refused = post(capgate, key, {**BODY, "model": "claude-opus-4-1"})
+    assert refused.status_code == 403
+    assert f"only {tomorrow} 00:00-24:00 UTC" in refused.json()["error"]["message"]
+    assert refused.headers["x-capgate-refusal"] == "outside_schedule"
+    assert post(capgate, key, {**BODY, "model": "claude-haiku-4-5"}).status_code == 200
+    assert post(capgate, key).status_code == 200  # sonnet: no schedule matches
+    bad = capgate.admin(
+        "PATCH", f"/admin/keys/{key_name}", json={"schedules": [{"start": "9", "end": "17:00"}]}
+    )
+    assert bad.status_code == 400 and "schedules.0" in bad.json()["error"]["message"]

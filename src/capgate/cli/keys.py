@@ -31,6 +31,14 @@ ShortBudgetOpt = Annotated[
         help="clamp: lower max_tokens to what the budget pays for (default); reject: refuse",
     ),
 ]
+ScheduleOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--schedule",
+        help="'MODEL_GLOB DAYS HH:MM-HH:MM [TZ]', e.g. 'claude-opus* mon-fri 09:00-18:00 "
+        "Europe/Berlin': those models only then (repeatable; replaces the list)",
+    ),
+]
 UrlOpt = Annotated[str | None, typer.Option("--url", help="capgate server (env CAPGATE_URL)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
 
@@ -47,6 +55,22 @@ def limits_body(specs: list[str] | None) -> list[dict[str, Any]] | None:
     return out
 
 
+def schedules_body(specs: list[str] | None) -> list[dict[str, str]] | None:
+    if specs is None:
+        return None
+    out = []
+    for spec in specs:
+        parts = spec.split()
+        if len(parts) not in (3, 4) or "-" not in parts[2]:
+            fail(f"bad schedule {spec!r}: expected 'MODEL_GLOB DAYS HH:MM-HH:MM [TZ]'")
+        start, _, end = parts[2].partition("-")
+        entry = {"model": parts[0], "days": parts[1], "start": start, "end": end}
+        if len(parts) == 4:
+            entry["tz"] = parts[3]
+        out.append(entry)
+    return out
+
+
 def _fields(
     team: str | None,
     user: str | None,
@@ -55,8 +79,11 @@ def _fields(
     expires: str | None,
     timezone: str | None,
     on_short_budget: str | None,
+    schedule: list[str] | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {}
+    if schedule is not None:
+        body["schedules"] = schedules_body(schedule)
     for name, value in (
         ("team", team),
         ("user", user),
@@ -108,11 +135,13 @@ def create(
     expires: Annotated[str | None, typer.Option(help="expiry, ISO 8601 (e.g. 2026-12-31)")] = None,
     timezone: Annotated[str | None, typer.Option(help="IANA timezone for calendar windows")] = None,
     on_short_budget: ShortBudgetOpt = None,
+    schedule: ScheduleOpt = None,
     url: UrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create a key and print the raw key (shown only this once)."""
-    body = {"name": name, **_fields(team, user, limit, model, expires, timezone, on_short_budget)}
+    fields = _fields(team, user, limit, model, expires, timezone, on_short_budget, schedule)
+    body = {"name": name, **fields}
     created = AdminClient(url).call("POST", "/admin/keys", json=body)
     if as_json:
         print(json.dumps(created, indent=2))
@@ -170,10 +199,11 @@ def update(
     expires: Annotated[str | None, typer.Option(help="expiry, ISO 8601")] = None,
     timezone: Annotated[str | None, typer.Option(help="IANA timezone")] = None,
     on_short_budget: ShortBudgetOpt = None,
+    schedule: ScheduleOpt = None,
     url: UrlOpt = None,
 ) -> None:
-    """Change a key. --limit and --model replace the whole list."""
-    body = _fields(team, user, limit, model, expires, timezone, on_short_budget)
+    """Change a key. --limit, --model and --schedule replace the whole list."""
+    body = _fields(team, user, limit, model, expires, timezone, on_short_budget, schedule)
     if not body:
         fail("nothing to change: give at least one option")
     AdminClient(url).call("PATCH", f"/admin/keys/{name}", json=body)

@@ -13,10 +13,12 @@ from capgate.cli.keys import (
     JsonOpt,
     LimitOpt,
     ModelOpt,
+    ScheduleOpt,
     ShortBudgetOpt,
     UrlOpt,
     console,
     limits_body,
+    schedules_body,
     show_limits,
 )
 
@@ -31,9 +33,12 @@ def _body(
     expires: str | None,
     timezone: str | None,
     on_short_budget: str | None,
+    schedule: list[str] | None,
     org: str | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {}
+    if schedule is not None:
+        body["schedules"] = schedules_body(schedule)
     for name, value in (
         ("org", org),
         ("expires_at", expires),
@@ -73,12 +78,16 @@ def scope_app(plural: str, what: str, help_text: str) -> typer.Typer:
             expires: ExpiresOpt = None,
             timezone: TimezoneOpt = None,
             on_short_budget: ShortBudgetOpt = None,
+            schedule: ScheduleOpt = None,
             url: UrlOpt = None,
             as_json: JsonOpt = False,
         ) -> None:
             """Create a team with limits; keys join it with --team."""
             created(
-                name, _body(limit, model, expires, timezone, on_short_budget, org), url, as_json
+                name,
+                _body(limit, model, expires, timezone, on_short_budget, schedule, org),
+                url,
+                as_json,
             )
 
         @app.command()
@@ -90,10 +99,13 @@ def scope_app(plural: str, what: str, help_text: str) -> typer.Typer:
             expires: ExpiresOpt = None,
             timezone: TimezoneOpt = None,
             on_short_budget: ShortBudgetOpt = None,
+            schedule: ScheduleOpt = None,
             url: UrlOpt = None,
         ) -> None:
             """Change a team. --limit and --model replace the whole list."""
-            changed(name, _body(limit, model, expires, timezone, on_short_budget, org), url)
+            changed(
+                name, _body(limit, model, expires, timezone, on_short_budget, schedule, org), url
+            )
 
     else:
 
@@ -105,10 +117,16 @@ def scope_app(plural: str, what: str, help_text: str) -> typer.Typer:
             expires: ExpiresOpt = None,
             timezone: TimezoneOpt = None,
             on_short_budget: ShortBudgetOpt = None,
+            schedule: ScheduleOpt = None,
             url: UrlOpt = None,
             as_json: JsonOpt = False,
         ) -> None:
-            created(name, _body(limit, model, expires, timezone, on_short_budget), url, as_json)
+            created(
+                name,
+                _body(limit, model, expires, timezone, on_short_budget, schedule),
+                url,
+                as_json,
+            )
 
         create_plain.__doc__ = f"Create a {what} with limits."
 
@@ -120,9 +138,10 @@ def scope_app(plural: str, what: str, help_text: str) -> typer.Typer:
             expires: ExpiresOpt = None,
             timezone: TimezoneOpt = None,
             on_short_budget: ShortBudgetOpt = None,
+            schedule: ScheduleOpt = None,
             url: UrlOpt = None,
         ) -> None:
-            changed(name, _body(limit, model, expires, timezone, on_short_budget), url)
+            changed(name, _body(limit, model, expires, timezone, on_short_budget, schedule), url)
 
         update_plain.__doc__ = f"Change a {what}. --limit and --model replace the whole list."
 

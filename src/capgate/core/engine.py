@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from capgate.core.limits import Limit, Metric, Scope, ScopeKind, Status
 from capgate.core.money import Usage
+from capgate.core.schedules import closed_schedules
 from capgate.core.windows import (
     WindowInstance,
     adjective,
@@ -161,6 +162,14 @@ def check_access(scopes: Sequence[Scope], models: Sequence[str], now: float) -> 
             allowed = ", ".join(scope.models)
             msg = f'Model "{model}" is not allowed for {label} (allowed: {allowed}).'
             return Refusal("model_not_allowed", msg, scope.kind.value, scope.name)
+        closed = closed_schedules(scope.schedules, models, now)
+        if closed:
+            when = "; ".join(s.describe() for s in closed)
+            msg = (
+                f'Model "{model}" may be used by {label} only {when}; '
+                "try again then, or use another model."
+            )
+            return Refusal("outside_schedule", msg, scope.kind.value, scope.name)
     return None
 
 

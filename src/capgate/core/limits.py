@@ -14,6 +14,7 @@ from decimal import Context, Decimal, InvalidOperation
 from fnmatch import fnmatchcase
 from typing import Any
 
+from capgate.core.schedules import Schedule
 from capgate.core.windows import Window, WindowKind, parse_window
 
 NANO_PER_USD = 10**9
@@ -210,6 +211,7 @@ class Scope:
     # When the remaining budget cannot pay a request's full max_tokens: lower max_tokens
     # to what it pays for (True, "clamp") or refuse (False, "reject").
     clamp: bool = True
+    schedules: tuple[Schedule, ...] = ()  # when the models they match may be used
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def counter_id(self, limit: Limit) -> str:

@@ -16,6 +16,7 @@ from pydantic import (
 )
 
 from capgate.core.limits import Limit, ScopeKind, check_distinct
+from capgate.core.schedules import Schedule
 from capgate.core.windows import zone
 from capgate.store.base import ScopeFields
 
@@ -64,6 +65,21 @@ def parse_time(value: str | float | int | None) -> float | None:
     return parsed.timestamp()
 
 
+class ScheduleIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field("*", description="glob of the models this schedule opens")
+    days: str = Field("daily", description="mon-fri, sat,sun, mon,wed-fri or daily")
+    start: str = Field(description="HH:MM, local time in tz; inside the window")
+    end: str = Field(description="HH:MM; outside the window; before start = overnight")
+    tz: str = Field("UTC", description="IANA timezone")
+
+    def to_schedule(self) -> Schedule:
+        return Schedule.from_json(self.model_dump())
+
+    def model_post_init(self, context: Any) -> None:
+        self.to_schedule()  # raises ValueError with the reason; pydantic reports it
+
+
 class _ScopeFields(BaseModel):
     model_config = ConfigDict(extra="forbid")
     team: str | None = Field(None, description="keys: the team the key belongs to")
@@ -71,6 +87,9 @@ class _ScopeFields(BaseModel):
     org: str | None = Field(None, description="teams: the org the team belongs to")
     limits: list[LimitIn] | None = None
     models: list[str] | None = Field(None, description="allowed model globs; empty = all")
+    schedules: list[ScheduleIn] | None = Field(
+        None, description="when the models they match may be used; replaces the list"
+    )
     expires_at: str | float | None = None
     timezone: str | None = Field(None, description="IANA name for calendar windows")
     metadata: dict[str, Any] | None = None
@@ -117,6 +136,9 @@ class _ScopeFields(BaseModel):
             expires_at=parse_time(self.expires_at),
             metadata=self.metadata,
             clamp=None if self.on_short_budget is None else self.on_short_budget == "clamp",
+            schedules=None
+            if self.schedules is None
+            else tuple(x.to_schedule() for x in self.schedules),
             clear=clear,
         )
 

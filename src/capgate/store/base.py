@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from capgate.core.engine import Amounts, Charge, Headroom, OutputFlex, Refusal
 from capgate.core.limits import Limit, Scope, ScopeKind, Status
 from capgate.core.money import Usage
+from capgate.core.schedules import Schedule
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +70,7 @@ class ScopeFields:
     expires_at: float | None = None
     metadata: dict[str, Any] | None = None
     clamp: bool | None = None
+    schedules: tuple[Schedule, ...] | None = None
     clear: frozenset[str] = field(default_factory=frozenset)  # fields to set to null
 
 

@@ -11,12 +11,13 @@ import orjson
 
 from capgate.core.engine import Amounts, Charge, CounterState, Refusal
 from capgate.core.limits import Limit, Metric, Scope, ScopeKind, Status, nano_to_decimal_str
+from capgate.core.schedules import Schedule
 from capgate.errors import InvalidRequest
 from capgate.store.base import Outcome, RequestInfo, RequestQuery, ScopeFields
 
 SELECT_SCOPES = (
     "SELECT kind, id, name, status, limits, models, team, user, timezone, expires_at, "
-    "metadata, secret_hash, prefix, created_at, updated_at, clamp, org FROM scopes"
+    "metadata, secret_hash, prefix, created_at, updated_at, clamp, org, schedules FROM scopes"
 )
 
 
@@ -41,6 +42,7 @@ def scope_from_row(row: sqlite3.Row) -> Scope:
         models=tuple(orjson.loads(row["models"])),
         expires_at=row["expires_at"],
         clamp=bool(row["clamp"]),
+        schedules=tuple(Schedule.from_json(x) for x in orjson.loads(row["schedules"])),
         extra={
             "team": row["team"],
             "user": row["user"],
@@ -67,6 +69,7 @@ def scope_json(scope: Scope) -> dict[str, Any]:
         "org": extra.get("org"),
         "limits": [limit.to_json() for limit in scope.limits],
         "models": list(scope.models),
+        "schedules": [schedule.to_json() for schedule in scope.schedules],
         "timezone": scope.timezone,
         "on_short_budget": "clamp" if scope.clamp else "reject",
         "expires_at": iso(scope.expires_at),
@@ -93,6 +96,8 @@ def update_scope_row(
         sets["metadata"] = dumps(fields.metadata)
     if fields.clamp is not None:
         sets["clamp"] = int(fields.clamp)
+    if fields.schedules is not None:
+        sets["schedules"] = dumps([schedule.to_json() for schedule in fields.schedules])
     for name in ("team", "user", "org", "timezone", "expires_at"):
         value = getattr(fields, name)
         if value is not None:

@@ -94,6 +94,10 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE scopes ADD COLUMN org TEXT;
     """,
+    # 4: time-of-day schedules per scope.
+    """
+    ALTER TABLE scopes ADD COLUMN schedules TEXT NOT NULL DEFAULT '[]';
+    """,
 )
 
 
