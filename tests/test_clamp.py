@@ -111,3 +111,27 @@ def test_answers_carry_the_tightest_limit(capgate: Capgate, key_name: str) -> No
     assert second.headers["x-capgate-limit"] == f"key={key_name} output_tokens/hour"
     assert second.headers["x-capgate-remaining"] == "900"
     assert second.headers["x-capgate-reset"].endswith(":00:00Z")
+
+
+def test_exact_count_near_the_limit_admits_what_fits(capgate: Capgate, key_name: str) -> None:
+    """A 200 KB prompt: its byte bound (~200K tokens, ~$1.2 at the dearest input rate) does
+    not fit a $0.50 budget, but its real size (~50K tokens by the provider's count) does.
+    capgate asks the free count endpoint before refusing, and records one entry."""
+    key = capgate.create_key(
+        key_name, [{"metric": "cost_usd", "window": "day", "max": "0.50"}], on_short_budget="reject"
+    )
+    prompt = "word " * 40_000  # 200,000 bytes
+    body = {
+        "model": "claude-sonnet-4-6",
+        "max_tokens": 1000,
+        "messages": [{"role": "user", "content": prompt}],
+    }
+    response = post(capgate, key, body)
+    assert response.status_code == 200, response.text
+    (entry,) = capgate.ledger(key=key_name)
+    assert entry["outcome"] == "ok"
+    # A prompt that really is too big is still refused, with one refusal recorded.
+    big = {**body, "messages": [{"role": "user", "content": "word " * 400_000}]}
+    refused = post(capgate, key, big)
+    assert refused.status_code == 402
+    assert [e["outcome"] for e in capgate.ledger(key=key_name)] == ["refused", "ok"]

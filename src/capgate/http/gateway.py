@@ -23,6 +23,7 @@ from aiohttp import web
 from capgate.config import ServerConfig
 from capgate.core.engine import Amounts, OutputFlex, Refusal, check_access
 from capgate.core.estimate import RequestFacts, anthropic_facts, input_bound, openai_chat_facts
+from capgate.core.limits import Metric
 from capgate.core.money import Price
 from capgate.core.windows import format_reset
 from capgate.errors import (
@@ -32,6 +33,7 @@ from capgate.errors import (
     PayloadTooLarge,
     PermissionDenied,
     UnsupportedMediaType,
+    UpstreamFailed,
 )
 from capgate.http.auth import KeyAuthenticator
 from capgate.http.call import Call, answer_headers
@@ -173,6 +175,33 @@ class Gateway:
             credits=credits,
         )
 
+    async def _count_input(
+        self, route: Route, body: dict[str, Any], request: web.Request, refusal: Refusal, bound: int
+    ) -> int | None:
+        """An exact input count for a request an input-sensitive limit refused, or None
+        (not worth asking, or the count failed: the byte bound stands). A small margin
+        covers the count's documented slack; never above the byte bound."""
+        limit = refusal.limit
+        if limit is None or limit.metric not in _INPUT_SENSITIVE:
+            return None
+        fields = {k: v for k, v in body.items() if k in _COUNTED_FIELDS}
+        try:
+            answer = await route.provider.send(
+                Endpoint.COUNT_TOKENS, orjson.dumps(fields), request.headers
+            )
+            data = await answer.read()
+        except UpstreamFailed:
+            return None
+        if answer.status != 200:
+            return None
+        try:
+            count = orjson.loads(data).get("input_tokens")
+        except (orjson.JSONDecodeError, AttributeError):
+            return None
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            return None
+        return min(bound, count + count // 20 + COUNT_MARGIN)
+
     async def _proxy(self, request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
         started, t0 = self._clock(), time.perf_counter()
         request_id = f"{self._id_prefix}{next(self._ids):x}"
@@ -193,7 +222,19 @@ class Gateway:
                 endpoint.value, facts.stream, started,
             )  # fmt: skip
             flex = self._flex(body, facts, max_out, bound, price, credits)
-            decision = await self._store.reserve(info, worst, flex)
+            countable = endpoint is Endpoint.MESSAGES and route.provider.supports(
+                Endpoint.COUNT_TOKENS
+            )
+            decision = await self._store.reserve(info, worst, flex, record_refusal=not countable)
+            if isinstance(decision, Refusal) and countable:
+                # Near the limit the byte bound is too loose: ask the provider's free
+                # count endpoint for the real input size, and try once more with it.
+                counted = await self._count_input(route, body, request, decision, bound)
+                if counted is not None:
+                    bound = counted
+                    worst = Amounts(1, bound, output, price.worst_cost_nano(bound, output), credits)
+                    flex = self._flex(body, facts, max_out, bound, price, credits)
+                decision = await self._store.reserve(info, worst, flex)
             if isinstance(decision, Refusal):
                 raise _refusal_error(decision, self._clock())
         except CapgateError as exc:
@@ -308,6 +349,13 @@ class Gateway:
 
 
 _MIN_THINKING = 1024  # Anthropic's smallest thinking budget
+# Limits whose room depends on the input size: worth an exact count before refusing.
+_INPUT_SENSITIVE = frozenset({Metric.COST_USD, Metric.TOKENS, Metric.INPUT_TOKENS})
+# What the count endpoint reads of a Messages request.
+_COUNTED_FIELDS = frozenset(
+    {"model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers"}
+)
+COUNT_MARGIN = 50  # tokens on top of an exact count (+5%)
 
 
 def _thinking_budget(body: dict[str, Any]) -> int | None:

@@ -107,6 +107,7 @@ class Store(Protocol):
         worst: Amounts,
         flex: OutputFlex | None = None,
         extra_scopes: tuple[Scope, ...] = (),
+        record_refusal: bool = True,
     ) -> Reservation | Refusal: ...
 
     def settle(self, reservation: Reservation, outcome: Outcome) -> asyncio.Future[None]:

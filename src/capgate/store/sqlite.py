@@ -171,8 +171,11 @@ class SQLiteStore(ScopeAdmin):
         worst: Amounts,
         flex: OutputFlex | None = None,
         extra_scopes: tuple[Scope, ...] = (),
+        record_refusal: bool = True,
     ) -> Reservation | Refusal:
-        return await self._write(lambda conn: self._reserve(conn, info, worst, flex, extra_scopes))  # type: ignore[no-any-return]
+        return await self._write(  # type: ignore[no-any-return]
+            lambda conn: self._reserve(conn, info, worst, flex, extra_scopes, record_refusal)
+        )
 
     def _reserve(
         self,
@@ -181,6 +184,7 @@ class SQLiteStore(ScopeAdmin):
         worst: Amounts,
         flex: OutputFlex | None,
         extra_scopes: tuple[Scope, ...],
+        record_refusal: bool = True,
     ) -> Reservation | Refusal:
         now = self._clock()
         entry = self._keys.get(info.key_id)
@@ -219,7 +223,8 @@ class SQLiteStore(ScopeAdmin):
                     res_id, info, decision.charges, worst, key, decision.max_output, headroom
                 )
             refusal = decision
-        q.insert_refusal(conn, info, key, refusal, now)
+        if record_refusal:
+            q.insert_refusal(conn, info, key, refusal, now)
         return refusal
 
     def _scopes_of(self, key: Scope, provider: str) -> list[Scope]:
