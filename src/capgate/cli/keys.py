@@ -71,32 +71,29 @@ def schedules_body(specs: list[str] | None) -> list[dict[str, str]] | None:
     return out
 
 
-def _fields(
-    team: str | None,
-    user: str | None,
+def scope_body(
     limit: list[str] | None,
     model: list[str] | None,
     expires: str | None,
     timezone: str | None,
     on_short_budget: str | None,
-    schedule: list[str] | None = None,
+    schedule: list[str] | None,
+    **membership: str | None,
 ) -> dict[str, Any]:
+    """The admin API body of the options given (left-out options stay as they are)."""
     body: dict[str, Any] = {}
-    if schedule is not None:
-        body["schedules"] = schedules_body(schedule)
-    for name, value in (
-        ("team", team),
-        ("user", user),
-        ("expires_at", expires),
-        ("timezone", timezone),
-        ("on_short_budget", on_short_budget),
-    ):
+    given = {
+        **membership,
+        "expires_at": expires,
+        "timezone": timezone,
+        "on_short_budget": on_short_budget,
+        "limits": limits_body(limit),
+        "models": model,
+        "schedules": schedules_body(schedule),
+    }
+    for name, value in given.items():
         if value is not None:
             body[name] = value
-    if limit is not None:
-        body["limits"] = limits_body(limit)
-    if model is not None:
-        body["models"] = model
     return body
 
 
@@ -140,7 +137,9 @@ def create(
     as_json: JsonOpt = False,
 ) -> None:
     """Create a key and print the raw key (shown only this once)."""
-    fields = _fields(team, user, limit, model, expires, timezone, on_short_budget, schedule)
+    fields = scope_body(
+        limit, model, expires, timezone, on_short_budget, schedule, team=team, user=user
+    )
     body = {"name": name, **fields}
     created = AdminClient(url).call("POST", "/admin/keys", json=body)
     if as_json:
@@ -203,7 +202,9 @@ def update(
     url: UrlOpt = None,
 ) -> None:
     """Change a key. --limit, --model and --schedule replace the whole list."""
-    body = _fields(team, user, limit, model, expires, timezone, on_short_budget, schedule)
+    body = scope_body(
+        limit, model, expires, timezone, on_short_budget, schedule, team=team, user=user
+    )
     if not body:
         fail("nothing to change: give at least one option")
     AdminClient(url).call("PATCH", f"/admin/keys/{name}", json=body)

@@ -17,41 +17,13 @@ from capgate.cli.keys import (
     ShortBudgetOpt,
     UrlOpt,
     console,
-    limits_body,
-    schedules_body,
+    scope_body,
     show_limits,
 )
 
 OrgOpt = Annotated[str | None, typer.Option("--org", help="the org this team belongs to")]
 ExpiresOpt = Annotated[str | None, typer.Option(help="expiry, ISO 8601 (e.g. 2026-12-31)")]
 TimezoneOpt = Annotated[str | None, typer.Option(help="IANA timezone for calendar windows")]
-
-
-def _body(
-    limit: list[str] | None,
-    model: list[str] | None,
-    expires: str | None,
-    timezone: str | None,
-    on_short_budget: str | None,
-    schedule: list[str] | None,
-    org: str | None = None,
-) -> dict[str, Any]:
-    body: dict[str, Any] = {}
-    if schedule is not None:
-        body["schedules"] = schedules_body(schedule)
-    for name, value in (
-        ("org", org),
-        ("expires_at", expires),
-        ("timezone", timezone),
-        ("on_short_budget", on_short_budget),
-    ):
-        if value is not None:
-            body[name] = value
-    if limit is not None:
-        body["limits"] = limits_body(limit)
-    if model is not None:
-        body["models"] = model
-    return body
 
 
 def scope_app(plural: str, what: str, help_text: str) -> typer.Typer:
@@ -85,7 +57,7 @@ def scope_app(plural: str, what: str, help_text: str) -> typer.Typer:
             """Create a team with limits; keys join it with --team."""
             created(
                 name,
-                _body(limit, model, expires, timezone, on_short_budget, schedule, org),
+                scope_body(limit, model, expires, timezone, on_short_budget, schedule, org=org),
                 url,
                 as_json,
             )
@@ -104,7 +76,9 @@ def scope_app(plural: str, what: str, help_text: str) -> typer.Typer:
         ) -> None:
             """Change a team. --limit and --model replace the whole list."""
             changed(
-                name, _body(limit, model, expires, timezone, on_short_budget, schedule, org), url
+                name,
+                scope_body(limit, model, expires, timezone, on_short_budget, schedule, org=org),
+                url,
             )
 
     else:
@@ -123,7 +97,7 @@ def scope_app(plural: str, what: str, help_text: str) -> typer.Typer:
         ) -> None:
             created(
                 name,
-                _body(limit, model, expires, timezone, on_short_budget, schedule),
+                scope_body(limit, model, expires, timezone, on_short_budget, schedule),
                 url,
                 as_json,
             )
@@ -141,7 +115,9 @@ def scope_app(plural: str, what: str, help_text: str) -> typer.Typer:
             schedule: ScheduleOpt = None,
             url: UrlOpt = None,
         ) -> None:
-            changed(name, _body(limit, model, expires, timezone, on_short_budget, schedule), url)
+            changed(
+                name, scope_body(limit, model, expires, timezone, on_short_budget, schedule), url
+            )
 
         update_plain.__doc__ = f"Change a {what}. --limit and --model replace the whole list."
 
