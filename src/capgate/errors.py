@@ -90,6 +90,14 @@ class LimitExceeded(CapgateError):
         self.refusal = refusal
 
 
+def refusal_status(refusal: Refusal) -> int:
+    """402 for a spent budget, 429 for a rate limit (short window or concurrency), 403 for
+    a scope that is paused, revoked, expired or not allowed the model."""
+    if refusal.code != "limit_exceeded":
+        return 403
+    return 429 if refusal.is_rate_limit else 402
+
+
 class UpstreamFailed(CapgateError):
     status = 502
     kind = "api_error"

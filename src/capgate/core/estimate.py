@@ -79,9 +79,20 @@ def openai_chat_facts(body: Any) -> RequestFacts:
     return RequestFacts(model, _stream_flag(body), max_out, choices)
 
 
+def responses_facts(body: Any) -> RequestFacts:
+    """OpenAI Responses: `input` is a string or a list of items."""
+    model = _require_model(body)
+    if not isinstance(body.get("input"), str | list):
+        raise InvalidRequest("input: field required (a string or a list)")
+    return RequestFacts(model, _stream_flag(body), _positive_int(body, "max_output_tokens"))
+
+
 def input_bound(body: dict[str, Any], body_bytes: int) -> int:
-    """An upper bound on the input tokens of a Messages or Chat Completions request."""
+    """An upper bound on the input tokens of a Messages, Chat Completions or Responses
+    request."""
     messages = body.get("messages")
+    if messages is None:
+        messages = body.get("input")  # Responses
     count = len(messages) if isinstance(messages, list) else 0
     extra = _non_text_allowance(messages) + _non_text_allowance(body.get("system"))
     return body_bytes + REQUEST_OVERHEAD + MESSAGE_OVERHEAD * count + extra

@@ -24,6 +24,9 @@ from capgate.wire import anthropic as anthropic_wire
 from capgate.wire import openai as openai_wire
 
 Settle = Callable[[Reservation, Outcome], None]
+Tap = (
+    anthropic_wire.AnthropicStreamTap | openai_wire.OpenAIStreamTap | openai_wire.ResponsesStreamTap
+)
 
 
 def answer_headers(answer: UpstreamAnswer, res: Reservation | None) -> dict[str, str]:
@@ -160,9 +163,11 @@ class Call:
         headers = answer_headers(answer, self.res)
         headers["cache-control"] = "no-cache"
         response = web.StreamResponse(status=answer.status, headers=headers)
-        tap: anthropic_wire.AnthropicStreamTap | openai_wire.OpenAIStreamTap
+        tap: Tap
         if self.endpoint is Endpoint.MESSAGES:
             tap = anthropic_wire.AnthropicStreamTap()
+        elif self.endpoint is Endpoint.RESPONSES:
+            tap = openai_wire.ResponsesStreamTap()
         else:
             tap = openai_wire.OpenAIStreamTap(self.hide_usage)
         try:
@@ -196,9 +201,7 @@ class Call:
             raise
         return response
 
-    def _partial(
-        self, tap: anthropic_wire.AnthropicStreamTap | openai_wire.OpenAIStreamTap
-    ) -> Usage:
+    def _partial(self, tap: Tap) -> Usage:
         """Usage of a stream cut short. Its output bound (bytes relayed) is capped at the
         output reserved: the provider cannot have generated more than max_tokens."""
         if isinstance(tap, anthropic_wire.AnthropicStreamTap):

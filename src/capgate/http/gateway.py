@@ -14,7 +14,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -22,7 +22,13 @@ from aiohttp import web
 
 from capgate.config import ServerConfig
 from capgate.core.engine import Amounts, OutputFlex, Refusal, check_access
-from capgate.core.estimate import RequestFacts, anthropic_facts, input_bound, openai_chat_facts
+from capgate.core.estimate import (
+    RequestFacts,
+    anthropic_facts,
+    input_bound,
+    openai_chat_facts,
+    responses_facts,
+)
 from capgate.core.limits import Metric
 from capgate.core.money import Price
 from capgate.core.windows import format_reset
@@ -49,6 +55,7 @@ _FREE = Price(0, 0, 0, 0, 0)  # for unpriced models when the admin allows them
 _FACTS: dict[Endpoint, Callable[[Any], RequestFacts]] = {
     Endpoint.MESSAGES: anthropic_facts,
     Endpoint.CHAT: openai_chat_facts,
+    Endpoint.RESPONSES: responses_facts,
 }
 _SETTLE_RETRIES = 5
 
@@ -78,6 +85,7 @@ class Gateway:
             web.post("/v1/messages", self.messages),
             web.post("/v1/messages/count_tokens", self.count_tokens),
             web.post("/v1/chat/completions", self.chat_completions),
+            web.post("/v1/responses", self.responses),
             web.get("/v1/models", self.models),
             web.get("/v1/me", self.me),
         ]
@@ -87,6 +95,9 @@ class Gateway:
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         return await self._proxy(request, Endpoint.CHAT)
+
+    async def responses(self, request: web.Request) -> web.StreamResponse:
+        return await self._proxy(request, Endpoint.RESPONSES)
 
     # -- admission ---------------------------------------------------------------------
 
@@ -131,6 +142,8 @@ class Gateway:
         max_out = facts.max_output
         if endpoint is Endpoint.MESSAGES:
             field = "max_tokens"
+        elif endpoint is Endpoint.RESPONSES:
+            field = "max_output_tokens"
         elif "max_completion_tokens" in body or (
             "max_tokens" not in body and route.provider.type == "openai"
         ):
@@ -219,7 +232,7 @@ class Gateway:
             worst = Amounts(1, bound, output, price.worst_cost_nano(bound, output), credits)
             info = RequestInfo(
                 request_id, key.id, facts.model, route.provider.name, route.upstream_model,
-                endpoint.value, facts.stream, started,
+                endpoint.value, facts.stream, started, _refusal_status_for(request.headers),
             )  # fmt: skip
             flex = self._flex(body, facts, max_out, bound, price, credits)
             countable = endpoint is Endpoint.MESSAGES and route.provider.supports(
@@ -236,7 +249,10 @@ class Gateway:
                     flex = self._flex(body, facts, max_out, bound, price, credits)
                 decision = await self._store.reserve(info, worst, flex)
             if isinstance(decision, Refusal):
-                raise _refusal_error(decision, self._clock())
+                error = _refusal_error(decision, self._clock())
+                if info.refusal_status is not None:
+                    error.status = info.refusal_status
+                raise error
         except CapgateError as exc:
             return error_response(dialect, exc, request_id)
         if decision.max_output is not None:  # the budget pays for less: ask for less
@@ -374,6 +390,13 @@ def _clamp(body: dict[str, Any], field: str, max_output: int) -> None:
     budget = _thinking_budget(body)
     if budget is not None and budget >= max_output:
         body["thinking"] = {**body["thinking"], "budget_tokens": max_output - 1}
+
+
+def _refusal_status_for(headers: Mapping[str, str]) -> int | None:
+    """Codex retries 402, 403 and 429 five times over several seconds before it shows the
+    message, and hides it entirely for 429, but shows a 400's body at once: it gets 400."""
+    client = headers.get("originator") or headers.get("user-agent") or ""
+    return 400 if client.startswith("codex") else None
 
 
 def _refusal_error(refusal: Refusal, now: float) -> CapgateError:

@@ -16,10 +16,11 @@ class Endpoint(enum.Enum):
     MESSAGES = "messages"  # Anthropic Messages
     COUNT_TOKENS = "count_tokens"  # Anthropic token counting (free, no budget)
     CHAT = "chat"  # OpenAI Chat Completions
+    RESPONSES = "responses"  # OpenAI Responses (what Codex speaks)
 
     @property
     def dialect(self) -> str:
-        return "openai" if self is Endpoint.CHAT else "anthropic"
+        return "anthropic" if self in (Endpoint.MESSAGES, Endpoint.COUNT_TOKENS) else "openai"
 
 
 class UpstreamAnswer(Protocol):

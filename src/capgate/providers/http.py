@@ -21,12 +21,13 @@ _PATHS = {
         Endpoint.MESSAGES: "/v1/messages",
         Endpoint.COUNT_TOKENS: "/v1/messages/count_tokens",
     },
-    "openai": {Endpoint.CHAT: "/chat/completions"},
-    "openai-compatible": {Endpoint.CHAT: "/chat/completions"},
+    "openai": {Endpoint.CHAT: "/chat/completions", Endpoint.RESPONSES: "/responses"},
+    "openai-compatible": {Endpoint.CHAT: "/chat/completions", Endpoint.RESPONSES: "/responses"},
     "mock": {
         Endpoint.MESSAGES: "/v1/messages",
         Endpoint.COUNT_TOKENS: "/v1/messages/count_tokens",
         Endpoint.CHAT: "/v1/chat/completions",
+        Endpoint.RESPONSES: "/v1/responses",
     },
 }
 # Client headers that change what the upstream does and must reach it.

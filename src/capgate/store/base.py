@@ -29,6 +29,9 @@ class RequestInfo:
     endpoint: str
     stream: bool
     started_at: float
+    # Refusals answer this status instead of 402/403/429 (for clients that would retry
+    # those before showing the message; see `capgate.errors.refusal_status`).
+    refusal_status: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

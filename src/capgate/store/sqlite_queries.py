@@ -12,7 +12,7 @@ import orjson
 from capgate.core.engine import Amounts, Charge, CounterState, Refusal
 from capgate.core.limits import Limit, Metric, Scope, ScopeKind, Status, nano_to_decimal_str
 from capgate.core.schedules import Schedule
-from capgate.errors import InvalidRequest
+from capgate.errors import InvalidRequest, refusal_status
 from capgate.store.base import Outcome, RequestInfo, RequestQuery, ScopeFields
 
 SELECT_SCOPES = (
@@ -234,9 +234,7 @@ def insert_entry(
 def insert_refusal(
     conn: sqlite3.Connection, info: RequestInfo, key: Scope | None, refusal: Refusal, now: float
 ) -> None:
-    status = 403
-    if refusal.code == "limit_exceeded":
-        status = 429 if refusal.is_rate_limit else 402
+    status = info.refusal_status or refusal_status(refusal)
     conn.execute(
         _INSERT_ENTRY,
         (

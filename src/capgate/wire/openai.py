@@ -85,3 +85,48 @@ class OpenAIStreamTap:
             return self._usage
         text_bound = max(0, self._bytes - self._chunks * _MIN_CHUNK_FRAMING)
         return Usage(input_tokens=input_bound, output_tokens=text_bound)
+
+
+_RESPONSE_END = re.compile(rb"(?m)^event: response\.(?:completed|incomplete|failed)\r?$")
+
+
+class ResponsesStreamTap:
+    """Reads usage from an OpenAI Responses stream: the final `response.completed` (or
+    `response.incomplete` / `response.failed`) event carries the whole response with its
+    usage. Events pass through unchanged."""
+
+    def __init__(self) -> None:
+        self.splitter = EventSplitter()
+        self._usage: Usage | None = None
+        self.model: str | None = None
+        self.finished = False
+        self._bytes = 0
+        self._events = 0
+
+    def feed(self, chunk: bytes) -> bytes:
+        block = self.splitter.feed(chunk)
+        if not block:
+            return block
+        self._bytes += len(block)
+        self._events += block.count(b"\n\n")
+        for start, end in event_spans(block, _RESPONSE_END):
+            self.finished = True
+            try:
+                data = orjson.loads(data_of(block[start:end]))
+            except orjson.JSONDecodeError:
+                continue
+            response = data.get("response") if isinstance(data, dict) else None
+            if isinstance(response, dict):
+                self._usage = usage_of(response.get("usage"))
+                if isinstance(response.get("model"), str):
+                    self.model = response["model"]
+        return block
+
+    def usage(self) -> Usage | None:
+        return self._usage
+
+    def partial_usage(self, input_bound: int) -> Usage:
+        if self._usage is not None:
+            return self._usage
+        text_bound = max(0, self._bytes - self._events * _MIN_CHUNK_FRAMING)
+        return Usage(input_tokens=input_bound, output_tokens=text_bound)
