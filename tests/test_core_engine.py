@@ -401,7 +401,8 @@ def test_refusal_message_of_a_team_token_limit() -> None:
     )
     assert refusal.message == (
         'Monthly token limit of team "eng" would be exceeded: 999,000 of 1,000,000 used, '
-        "this request may need up to 2,000; resets 2026-12-01 00:00 UTC."
+        "this request may need up to 2,000; resets 2026-12-01 00:00 UTC. "
+        "Lower max_tokens or send a shorter request to fit."
     )
 
 
@@ -410,7 +411,7 @@ def test_refusal_message_of_a_per_model_request_limit() -> None:
     refusal = _refuse(key("bob", limit), limit, CounterState(settled=5), Amounts(requests=1))
     assert refusal.message == (
         'Daily request limit for models opus* of key "bob" reached: 5 of 5 used; '
-        "resets 2026-11-23 00:00 UTC."
+        "resets 2026-11-23 00:00 UTC. Models that do not match opus* are not limited by it."
     )
     assert refusal.to_json()["limit"] == {
         "metric": "requests",
@@ -745,6 +746,13 @@ class Ledger(RuleBasedStateMachine):
         rid = data.draw(st.sampled_from(sorted(self.pending)), label="reservation")
         actual = data.draw(_within(self.pending[rid].worst), label="actual")
         self._settle(rid, actual)
+
+    @precondition(lambda self: bool(self.pending))
+    @rule(data=st.data())
+    def lease_expires(self, data: st.DataObject) -> None:
+        """A dead process's reservation: settled in full, as the lease sweeper does."""
+        rid = data.draw(st.sampled_from(sorted(self.pending)), label="expired")
+        self._settle(rid, self.pending[rid].worst)
 
     @precondition(lambda self: bool(self.pending))
     @rule(data=st.data())

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from capgate.core.limits import Limit, Metric, Scope, ScopeKind, Status
+from capgate.core.limits import Limit, Metric, Scope, Status
 from capgate.core.money import Usage
 from capgate.core.schedules import closed_schedules
 from capgate.core.windows import (
@@ -335,7 +335,9 @@ def _limit_refusal(app: Applicable, state: CounterState, amount: int) -> Refusal
         message = f"{detail}; the oldest of it leaves the window at {resets}."
     else:
         message = f"{detail}; resets {resets}."
-    if scope.kind is ScopeKind.KEY and limit.metric is Metric.COST_USD and used < limit.max:
+    if limit.model is not None:
+        message += f" Models that do not match {limit.model} are not limited by it."
+    if limit.metric in (Metric.COST_USD, Metric.TOKENS, Metric.OUTPUT_TOKENS) and used < limit.max:
         message += " Lower max_tokens or send a shorter request to fit."
     return Refusal(
         "limit_exceeded", message, scope.kind.value, scope.name, limit, used, app.window.resets_at
