@@ -79,6 +79,7 @@ class Gateway:
         self._id_prefix = "req_" + os.urandom(6).hex()
         self._max_bytes = int(settings.max_request_mb * 1024 * 1024)
         self._pending: set[asyncio.Future[None]] = set()
+        self._credits: dict[str, int] = {}  # credit weight per routed model, computed once
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -119,6 +120,14 @@ class Gateway:
 
     def _too_large(self) -> str:
         return f"The request body is larger than this gateway's limit of {self._settings.max_request_mb:g} MB."
+
+    def _credits_for(self, model: str) -> int:
+        credits = self._credits.get(model)
+        if credits is None:
+            credits = self._settings.credits_for(model)
+            if len(self._credits) < 10_000:  # bounded: model names come from clients
+                self._credits[model] = credits
+        return credits
 
     def _price(self, model: str) -> Price:
         price = self._pricing.lookup(model)
@@ -228,7 +237,7 @@ class Gateway:
             changed, max_out, field, hide_usage = self._prepare(body, facts, route, endpoint)
             bound = input_bound(body, len(raw))
             output = max_out * facts.choices
-            credits = self._settings.credits_for(route.upstream_model)
+            credits = self._credits_for(route.upstream_model)
             worst = Amounts(1, bound, output, price.worst_cost_nano(bound, output), credits)
             info = RequestInfo(
                 request_id, key.id, facts.model, route.provider.name, route.upstream_model,
