@@ -7,7 +7,7 @@ first at the upstream directly, then through capgate, after a warm-up run each. 
 one table and writes bench/results/latest.json.
 """
 
-# ruff: noqa: S603, S310 - runs fixed local programs and fetches only loopback http:// URLs
+# ruff: noqa: S603 - runs fixed local programs and fetches only loopback http:// URLs
 
 from __future__ import annotations
 
@@ -19,36 +19,54 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-VENV_PY = ROOT / ".venv" / "bin" / "python"
-CAPGATE = ROOT / ".venv" / "bin" / "capgate"
-LITELLM = BENCH / ".litellm-venv" / "bin" / "litellm"
-RESULTS = BENCH / "results"
-ADMIN_KEY = "sk-cg-admin-bench-" + os.urandom(8).hex()
-LITELLM_KEY = "sk-litellm-bench-0123456789"
-HOST = "127.0.0.1"
+from procs import (
+    HOST,
+    ROOT,
+    Pinning,
+    Proc,
+    cpu_busy_s,
+    http,
+    log,
+    others_busy,
+    own_cpu_s,
+    pinning,
+    proc_cpu_s,
+    proc_status,
+    tree_pids,
+)
+from report import MODELS, Point, ledger_check, print_table
+from services import (
+    ADMIN_KEY,
+    BENCH,
+    CAPGATE,
+    CAPGATE_CMD,
+    LITELLM,
+    LITELLM_KEY,
+    SIGPIPE_WRAPPER,
+    capgate_config,
+    capgate_port,
+    capgate_problems,
+    create_key,
+    sanity,
+    sigpipe_disposition,
+    start_capgate,
+    start_litellm,
+    start_upstream,
+    start_worker,
+    ttfb,
+)
 
-MODELS = {"openai": "gpt-5-mini", "anthropic": "claude-sonnet-4-6"}
+RESULTS = BENCH / "results"
+
 PATHS = {"openai": "/v1/chat/completions", "anthropic": "/v1/messages"}
 PROMPT = "Write one short sentence about load testing."
-KEY_LIMITS = [
-    {"metric": "cost_usd", "window": "month", "max": 1000000},
-    {"metric": "requests", "window": "day", "max": 100000000},
-    {"metric": "tokens", "window": "day", "max": 100000000000},
-]
 
 
 def body_for(fmt: str, stream: bool) -> bytes:
@@ -66,254 +84,13 @@ def body_for(fmt: str, stream: bool) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 # --- processes ----------------------------------------------------------------------------
-
-
-class Proc:
-    """A child process whose output is drained to a log file by a thread, noting the time
-    the first line matching `ready` appeared."""
-
-    def __init__(
-        self,
-        name: str,
-        args: list[str],
-        logfile: Path,
-        ready: str | None,
-        env: dict[str, str] | None = None,
-        new_session: bool = False,
-    ) -> None:
-        self.name = name
-        self.logfile = logfile
-        self.ready_re = re.compile(ready) if ready else None
-        self.ready = threading.Event()
-        self.match: re.Match[str] | None = None
-        self.ready_at: float | None = None
-        self.new_session = new_session
-        self.started = time.perf_counter()
-        self.popen = subprocess.Popen(
-            args,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})},
-            cwd=ROOT,
-            start_new_session=new_session,
-        )
-        self._thread = threading.Thread(target=self._drain, daemon=True)
-        self._thread.start()
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def _drain(self) -> None:
-        assert self.popen.stdout is not None
-        with open(self.logfile, "wb") as out:
-            for raw in self.popen.stdout:
-                out.write(raw)
-                out.flush()
-                if self.ready_re is not None and not self.ready.is_set():
-                    match = self.ready_re.search(raw.decode("utf-8", "replace"))
-                    if match:
-                        self.ready_at = time.perf_counter()
-                        self.match = match
-                        self.ready.set()
-        self.ready.set()  # ended: wake the waiter
-
-    def wait_ready(self, timeout: float) -> re.Match[str]:
-        self.ready.wait(timeout)
-        if self.match is None:
-            self.stop()
-            raise RuntimeError(f"{self.name} did not start; its output:\n{self.tail(40)}")
-        return self.match
-
-    @property
-    def startup_s(self) -> float | None:
-        return None if self.ready_at is None else self.ready_at - self.started
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def exit_note(self) -> str:
-        code = self.popen.poll()
-        if code is None:
-            return f"{self.name} (pid {self.pid}) is running"
-        if code < 0:
-            with contextlib.suppress(ValueError):
-                return f"{self.name} (pid {self.pid}) was killed by {signal.Signals(-code).name}"
-        return f"{self.name} (pid {self.pid}) exited with status {code}"
-
-    def tail(self, lines: int = 20) -> str:
-        try:
-            text = self.logfile.read_text("utf-8", "replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            try:
-                if self.new_session:  # its own process group (it may fork workers)
-                    os.killpg(self.popen.pid, signal.SIGTERM)
-                else:
-                    self.popen.terminate()
-                self.popen.wait(10)
-            except (subprocess.TimeoutExpired, ProcessLookupError):
-                with contextlib.suppress(ProcessLookupError):
-                    if self.new_session:
-                        os.killpg(self.popen.pid, signal.SIGKILL)
-                    else:
-                        self.popen.kill()
-                self.popen.wait(5)
-        self._thread.join(5)
-
-
-def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM (peak) of a process, in kB."""
-    out = {}
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                out[line.split(":")[0]] = int(line.split()[1])
-    return out
-
-
-def tree_pids(pid: int) -> list[int]:
-    """The process and its descendants (LiteLLM may fork)."""
-    pids = [pid]
-    i = 0
-    while i < len(pids):
-        with contextlib.suppress(OSError), open(f"/proc/{pids[i]}/task/{pids[i]}/children") as f:
-            pids += [int(p) for p in f.read().split()]
-        i += 1
-    return pids
-
-
-def cpu_busy_s() -> float:
-    """CPU-seconds all CPUs spent busy since boot (from /proc/stat)."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    # user + nice + system: irq/softirq time (loopback traffic) belongs to no process
-    return sum(fields[:3]) / os.sysconf("SC_CLK_TCK")
-
-
-def proc_cpu_s(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(OSError, IndexError, ValueError), open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / os.sysconf("SC_CLK_TCK")
-
-
-def own_cpu_s() -> float:
-    """This process and its waited-for children (wrk, the TTFB client)."""
-    import resource
-
-    me, kids = (
-        resource.getrusage(resource.RUSAGE_SELF),
-        resource.getrusage(resource.RUSAGE_CHILDREN),
-    )
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
-
-
-def others_busy(seconds: float = 1.0) -> float:
-    """Share of the machine's CPUs that other processes keep busy (0..1), sampled now."""
-    b0, t0 = cpu_busy_s(), time.monotonic()
-    time.sleep(seconds)
-    return (cpu_busy_s() - b0) / (time.monotonic() - t0) / (os.cpu_count() or 1)
-
-
-def free_port_run(count: int) -> int:
-    """A base port with `count` consecutive free ports after it (best effort)."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind((HOST, 0))
-            base = s.getsockname()[1]
-        if base + count > 65535:
-            continue
-        ok = True
-        for port in range(base, base + count):
-            with socket.socket() as s:
-                try:
-                    s.bind((HOST, port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no run of free ports found")
-
-
-def http(
-    method: str, url: str, body: Any = None, token: str | None = None, timeout: float = 30
-) -> tuple[int, bytes]:
-    data = (
-        None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-    )
-    req = urllib.request.Request(url, data=data, method=method)
-    req.add_header("content-type", "application/json")
-    if token:
-        req.add_header("authorization", f"Bearer {token}")
-        req.add_header("x-api-key", token)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
 
 
 # --- pinning ------------------------------------------------------------------------------
 
 
-@dataclass
-class Pinning:
-    proxy_cpus: str | None
-    load_cpu: str | None
-    note: str
-
-    def wrap(self, role: str, args: list[str]) -> list[str]:
-        cpus = self.proxy_cpus if role == "proxy" else self.load_cpu
-        return ["taskset", "-c", cpus, *args] if cpus is not None else args
-
-
-def pinning(enabled: bool) -> Pinning:
-    if not enabled:
-        return Pinning(None, None, "unpinned (--no-pin)")
-    if shutil.which("taskset") is None:
-        return Pinning(None, None, "UNPINNED: taskset is missing (apt-get install util-linux)")
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        return Pinning(None, None, f"UNPINNED: only {len(cpus)} CPU available")
-    proxy = ",".join(str(c) for c in cpus[:-1])
-    load = str(cpus[-1])
-    return Pinning(
-        proxy, load, f"proxy on CPU {proxy}; upstream, wrk and TTFB client on CPU {load}"
-    )
-
-
 # --- wrk ----------------------------------------------------------------------------------
-
-
-@dataclass
-class Point:
-    target: str  # direct | capgate | litellm
-    fmt: str
-    stream: bool
-    conc: int
-    rps: float = 0.0
-    p50_ms: float = 0.0
-    p90_ms: float = 0.0
-    p99_ms: float = 0.0
-    requests: int = 0
-    errors: dict[str, int] = field(default_factory=dict)
-    connections: int = 0
-    threads: int = 1
-    warmup_requests: int = 0  # completed in the warm-up run (for the ledger check)
 
 
 def run_wrk(
@@ -404,268 +181,10 @@ def measure(
 # --- the services -------------------------------------------------------------------------
 
 
-def start_upstream(pin: Pinning, tmp: Path) -> tuple[Proc, int]:
-    up = Proc(
-        "fast upstream",
-        pin.wrap("load", [str(VENV_PY), str(BENCH / "fast_upstream.py"), "--port", "0"]),
-        tmp / "upstream.log",
-        r"listening on [\d.]+:(\d+)",
-    )
-    return up, int(up.wait_ready(20).group(1))
-
-
-def capgate_config(tmp: Path, up_port: int) -> Path:
-    path = tmp / "capgate.yaml"
-    path.write_text(
-        f"""# written by bench/run
-providers:
-  - name: openai
-    type: openai
-    base_url: http://{HOST}:{up_port}/v1
-    api_key: x
-  - name: anthropic
-    type: anthropic
-    base_url: http://{HOST}:{up_port}
-    api_key: x
-models:
-  - match: "gpt-*"
-    targets: [{{provider: openai}}]
-  - match: "claude-*"
-    targets: [{{provider: anthropic}}]
-"""
-    )
-    return path
-
-
 # How capgate is started: as shipped, or through bench/capgate_sigpipe.py (SIGPIPE ignored).
-CAPGATE_CMD = [str(CAPGATE)]
-SIGPIPE_WRAPPER = [str(VENV_PY), str(BENCH / "capgate_sigpipe.py")]
-
-
-def sigpipe_disposition(pid: int) -> str:
-    """ignored | caught | DEFAULT (a write to a closed socket kills the process)."""
-    masks = {}
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(("SigIgn:", "SigCgt:")):
-                masks[line[:6]] = int(line.split()[1], 16)
-    bit = 1 << (signal.SIGPIPE - 1)
-    if not masks:
-        return "unknown"
-    if masks.get("SigIgn", 0) & bit:
-        return "ignored"
-    return "caught" if masks.get("SigCgt", 0) & bit else "DEFAULT"
-
-
-def start_worker(pin: Pinning, tmp: Path, config: Path, i: int, port: int, life: int = 0) -> Proc:
-    args = pin.wrap(
-        "proxy",
-        [
-            *CAPGATE_CMD,
-            "serve",
-            "--config",
-            str(config),
-            "--host",
-            HOST,
-            "--port",
-            str(port),
-            "--database-url",
-            f"sqlite:///{tmp / 'capgate.db'}",
-        ],
-    )
-    proc = Proc(
-        f"capgate[{i}]",
-        args,
-        tmp / f"capgate-{i}{f'-restart{life}' if life else ''}.log",
-        r"capgate listening on http://([\d.]+):(\d+)",
-        env={"CAPGATE_ADMIN_KEY": ADMIN_KEY},
-    )
-    proc.wait_ready(60)
-    return proc
-
-
-def start_capgate(pin: Pinning, tmp: Path, config: Path, workers: int) -> list[Proc]:
-    base = free_port_run(workers) if workers > 1 else 0
-    # one after the other: the first creates the schema
-    return [
-        start_worker(pin, tmp, config, i, base + i if workers > 1 else 0) for i in range(workers)
-    ]
-
-
-def capgate_port(proc: Proc) -> int:
-    assert proc.match is not None
-    return int(proc.match.group(2))
-
-
-def create_key(port: int) -> str:
-    status, data = http(
-        "POST",
-        f"http://{HOST}:{port}/admin/keys",
-        {"name": "bench", "team": "bench", "limits": KEY_LIMITS},
-        ADMIN_KEY,
-    )
-    if status != 201:
-        raise RuntimeError(f"POST /admin/keys answered {status}: {data[:500]!r}")
-    return json.loads(data)["key"]
-
-
-def start_litellm(pin: Pinning, tmp: Path, up_port: int) -> Proc:
-    config = tmp / "litellm.yaml"
-    config.write_text(
-        f"""model_list:
-  - model_name: gpt-5-mini
-    litellm_params:
-      model: openai/gpt-5-mini
-      api_base: http://{HOST}:{up_port}/v1
-      api_key: x
-litellm_settings:
-  telemetry: false
-general_settings:
-  master_key: {LITELLM_KEY}
-"""
-    )
-    port = free_port_run(1)
-    env = {
-        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-        "LITELLM_LOG": "ERROR",
-        "LITELLM_TELEMETRY": "False",
-        "DISABLE_ADMIN_UI": "True",
-        "NO_DOCS": "True",
-    }
-    args = pin.wrap(
-        "proxy",
-        [
-            str(LITELLM),
-            "--config",
-            str(config),
-            "--host",
-            HOST,
-            "--port",
-            str(port),
-            "--num_workers",
-            "1",
-        ],
-    )
-    proc = Proc("litellm", args, tmp / "litellm.log", None, env=env, new_session=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if not proc.alive():
-            raise RuntimeError(f"LiteLLM exited; its output:\n{proc.tail(40)}")
-        with contextlib.suppress(OSError):
-            status, _ = http("GET", f"http://{HOST}:{port}/health/liveliness", timeout=2)
-            if status == 200:
-                proc.ready_at = time.perf_counter()
-                proc.port = port  # type: ignore[attr-defined]
-                return proc
-        time.sleep(0.05)
-    proc.stop()
-    raise RuntimeError(f"LiteLLM did not answer within 120 s; its output:\n{proc.tail(40)}")
-
-
-def sanity(url: str, body: bytes, key: str | None, stream: bool, what: str) -> str | None:
-    """One request before the load: a problem message, or None."""
-    status, data = http("POST", url, body, key)
-    if status != 200:
-        return f"{what}: answered {status}: {data[:400]!r}"
-    if stream and not (b"[DONE]" in data or b"message_stop" in data):
-        return f"{what}: the stream did not end properly: {data[-300:]!r}"
-    return None
-
-
-def ttfb(pin: Pinning, url: str, body_file: Path, key: str | None, n: int) -> dict[str, Any]:
-    args = [
-        str(VENV_PY),
-        str(BENCH / "ttfb.py"),
-        "--url",
-        url,
-        "--body-file",
-        str(body_file),
-        "--requests",
-        str(n),
-    ]
-    if key:
-        args += ["--key", key]
-    out = subprocess.run(pin.wrap("load", args), capture_output=True, text=True, timeout=180)
-    if out.returncode != 0:
-        raise RuntimeError(f"ttfb.py failed: {out.stderr[-2000:]}")
-    return json.loads(out.stdout)
-
-
-def capgate_problems(procs: list[Proc]) -> list[str]:
-    lines = []
-    for proc in procs:
-        with contextlib.suppress(OSError):
-            for line in proc.logfile.read_text("utf-8", "replace").splitlines():
-                if re.search(r"\b(ERROR|CRITICAL|Traceback|Exception)\b", line):
-                    lines.append(f"{proc.name}: {line}")
-    return lines
 
 
 # --- output -------------------------------------------------------------------------------
-
-
-def fmt_num(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def print_table(points: list[Point], litellm: list[Point]) -> None:
-    by = {(p.target, p.fmt, p.stream, p.conc): p for p in points + litellm}
-    cols = [
-        "format",
-        "stream",
-        "c",
-        "direct req/s",
-        "p50 ms",
-        "p99 ms",
-        "capgate req/s",
-        "p50 ms",
-        "p99 ms",
-        "ratio",
-        "added p50 ms",
-    ]
-    rows = []
-    keys = sorted(
-        {(p.fmt, p.stream, p.conc) for p in points},
-        key=lambda k: (list(MODELS).index(k[0]), k[1], k[2]),
-    )
-    for fmt, stream, conc in keys:
-        d = by.get(("direct", fmt, stream, conc))
-        for target in ("capgate", "litellm"):
-            g = by.get((target, fmt, stream, conc))
-            if g is None:
-                continue
-            label = fmt if target == "capgate" else f"{fmt} (LiteLLM)"
-            rows.append(
-                [
-                    label,
-                    "yes" if stream else "no",
-                    str(conc),
-                    fmt_num(d.rps if d else None, ",.0f"),
-                    fmt_num(d.p50_ms if d else None, ".2f"),
-                    fmt_num(d.p99_ms if d else None, ".2f"),
-                    fmt_num(g.rps, ",.0f"),
-                    fmt_num(g.p50_ms, ".2f"),
-                    fmt_num(g.p99_ms, ".2f"),
-                    fmt_num(g.rps / d.rps if d and d.rps else None, ".2f"),
-                    fmt_num(g.p50_ms - d.p50_ms if d else None, "+.2f"),
-                ]
-            )
-    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
-    if litellm:
-        print("(rows marked LiteLLM: the 'capgate' columns are LiteLLM proxy's figures)")
-    line = "  ".join(
-        c.ljust(w) if i < 3 else c.rjust(w)
-        for i, (c, w) in enumerate(zip(cols, widths, strict=True))
-    )
-    print(line)
-    print("-" * len(line))
-    for r in rows:
-        print(
-            "  ".join(
-                v.ljust(w) if i < 3 else v.rjust(w)
-                for i, (v, w) in enumerate(zip(r, widths, strict=True))
-            )
-        )
 
 
 # --- main ---------------------------------------------------------------------------------
@@ -1105,39 +624,6 @@ def main() -> int:
             log(f"bench: kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def ledger_check(
-    ledger: Any, points: list[Point], ttfbs: dict[str, Any], sanity_requests: int
-) -> dict[str, Any] | None:
-    """capgate's own request count against what the clients sent: at least every answer
-    the clients saw, at most that plus the requests in flight when each wrk run stopped."""
-    usage = ledger.get("usage") if isinstance(ledger, dict) else None
-    if not isinstance(usage, list):
-        return None
-    counted = next((u.get("used") for u in usage if u.get("metric") == "requests"), None)
-    cost = next((u.get("used") for u in usage if u.get("metric") == "cost_usd"), None)
-    tokens = next((u.get("used") for u in usage if u.get("metric") == "tokens"), None)
-    if not isinstance(counted, int):
-        return None
-    through = [p for p in points if p.target == "capgate"]
-    seen = sum(p.requests + p.warmup_requests for p in through) + sanity_requests
-    seen += sum(r["capgate"]["sent"] for r in ttfbs.values())
-    in_flight = sum(p.connections * (2 if p.warmup_requests else 1) for p in through)
-    ok = seen <= counted <= seen + in_flight
-    text = (
-        f"{'' if ok else '!!! '}ledger of key 'bench': {counted:,} requests, "
-        f"{tokens:,} tokens, ${cost} (clients saw {seen:,} answers; at most {in_flight} "
-        f"more were in flight when wrk runs stopped) -> "
-        f"{'consistent' if ok else 'INCONSISTENT'}"
-    )
-    return {
-        "requests": counted,
-        "client_answers": seen,
-        "in_flight_max": in_flight,
-        "consistent": ok,
-        "text": text,
-    }
 
 
 def _interrupted(*_: Any) -> None:

@@ -1,0 +1,122 @@
+"""The benchmark's results: one point per run, the table, the ledger check."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+MODELS = {"openai": "gpt-5-mini", "anthropic": "claude-sonnet-4-6"}
+
+
+@dataclass
+class Point:
+    target: str  # direct | capgate | litellm
+    fmt: str
+    stream: bool
+    conc: int
+    rps: float = 0.0
+    p50_ms: float = 0.0
+    p90_ms: float = 0.0
+    p99_ms: float = 0.0
+    requests: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    connections: int = 0
+    threads: int = 1
+    warmup_requests: int = 0  # completed in the warm-up run (for the ledger check)
+
+
+def fmt_num(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_table(points: list[Point], litellm: list[Point]) -> None:
+    by = {(p.target, p.fmt, p.stream, p.conc): p for p in points + litellm}
+    cols = [
+        "format",
+        "stream",
+        "c",
+        "direct req/s",
+        "p50 ms",
+        "p99 ms",
+        "capgate req/s",
+        "p50 ms",
+        "p99 ms",
+        "ratio",
+        "added p50 ms",
+    ]
+    rows = []
+    keys = sorted(
+        {(p.fmt, p.stream, p.conc) for p in points},
+        key=lambda k: (list(MODELS).index(k[0]), k[1], k[2]),
+    )
+    for fmt, stream, conc in keys:
+        d = by.get(("direct", fmt, stream, conc))
+        for target in ("capgate", "litellm"):
+            g = by.get((target, fmt, stream, conc))
+            if g is None:
+                continue
+            label = fmt if target == "capgate" else f"{fmt} (LiteLLM)"
+            rows.append(
+                [
+                    label,
+                    "yes" if stream else "no",
+                    str(conc),
+                    fmt_num(d.rps if d else None, ",.0f"),
+                    fmt_num(d.p50_ms if d else None, ".2f"),
+                    fmt_num(d.p99_ms if d else None, ".2f"),
+                    fmt_num(g.rps, ",.0f"),
+                    fmt_num(g.p50_ms, ".2f"),
+                    fmt_num(g.p99_ms, ".2f"),
+                    fmt_num(g.rps / d.rps if d and d.rps else None, ".2f"),
+                    fmt_num(g.p50_ms - d.p50_ms if d else None, "+.2f"),
+                ]
+            )
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
+    if litellm:
+        print("(rows marked LiteLLM: the 'capgate' columns are LiteLLM proxy's figures)")
+    line = "  ".join(
+        c.ljust(w) if i < 3 else c.rjust(w)
+        for i, (c, w) in enumerate(zip(cols, widths, strict=True))
+    )
+    print(line)
+    print("-" * len(line))
+    for r in rows:
+        print(
+            "  ".join(
+                v.ljust(w) if i < 3 else v.rjust(w)
+                for i, (v, w) in enumerate(zip(r, widths, strict=True))
+            )
+        )
+
+
+def ledger_check(
+    ledger: Any, points: list[Point], ttfbs: dict[str, Any], sanity_requests: int
+) -> dict[str, Any] | None:
+    """capgate's own request count against what the clients sent: at least every answer
+    the clients saw, at most that plus the requests in flight when each wrk run stopped."""
+    usage = ledger.get("usage") if isinstance(ledger, dict) else None
+    if not isinstance(usage, list):
+        return None
+    counted = next((u.get("used") for u in usage if u.get("metric") == "requests"), None)
+    cost = next((u.get("used") for u in usage if u.get("metric") == "cost_usd"), None)
+    tokens = next((u.get("used") for u in usage if u.get("metric") == "tokens"), None)
+    if not isinstance(counted, int):
+        return None
+    through = [p for p in points if p.target == "capgate"]
+    seen = sum(p.requests + p.warmup_requests for p in through) + sanity_requests
+    seen += sum(r["capgate"]["sent"] for r in ttfbs.values())
+    in_flight = sum(p.connections * (2 if p.warmup_requests else 1) for p in through)
+    ok = seen <= counted <= seen + in_flight
+    text = (
+        f"{'' if ok else '!!! '}ledger of key 'bench': {counted:,} requests, "
+        f"{tokens:,} tokens, ${cost} (clients saw {seen:,} answers; at most {in_flight} "
+        f"more were in flight when wrk runs stopped) -> "
+        f"{'consistent' if ok else 'INCONSISTENT'}"
+    )
+    return {
+        "requests": counted,
+        "client_answers": seen,
+        "in_flight_max": in_flight,
+        "consistent": ok,
+        "text": text,
+    }
