@@ -62,3 +62,37 @@ def test_status_command_prints_a_table(capgate: Capgate, key_name: str) -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert bad.returncode != 0 and "Invalid API key" in bad.stderr
+
+
+def test_me_and_status_show_the_team_above_the_key(capgate: Capgate, key_name: str) -> None:
+    team = f"team-{key_name}"
+    response = capgate.admin(
+        "POST",
+        "/admin/teams",
+        json={"name": team, "limits": [{"metric": "requests", "window": "week", "max": 50}]},
+    )
+    assert response.status_code == 201
+    key = capgate.create_key(key_name, team=team)
+    body = {
+        "model": "claude-sonnet-4-6",
+        "max_tokens": 50,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    assert (
+        httpx.post(capgate.url + "/v1/messages", json=body, headers={"x-api-key": key}).status_code
+        == 200
+    )
+    me = httpx.get(capgate.url + "/v1/me", headers={"x-api-key": key}).json()
+    (scope,) = me["scopes"]
+    assert scope["kind"] == "team" and scope["name"] == team
+    assert scope["limits"][0]["used"] == 1 and scope["limits"][0]["remaining"] == 49
+    env = {**os.environ, "CAPGATE_KEY": key, "CAPGATE_URL": capgate.url, "COLUMNS": "160"}
+    done = subprocess.run(
+        [sys.executable, "-m", "capgate", "status"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0 and f"team {team}" in done.stdout and "requests/week" in done.stdout

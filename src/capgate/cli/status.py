@@ -68,18 +68,22 @@ def status(
         return
     console = Console()
     console.print(f"[bold]{me['key']}[/bold]  {me['status']}  team={me['team']} user={me['user']}")
-    table = Table("limit", "used", "", "max", "left", "resets", box=None)
-    for row in me["limits"]:
-        used, top = _share(row)
-        label = f"{row['metric']}/{row['window']}" + (
-            f" ({row['model']})" if row.get("model") else ""
-        )
-        fmt = _dollars if row["metric"] == "cost_usd" else _count
-        bar = ProgressBar(total=float(top) or 1.0, completed=float(min(used, top)), width=24)
-        table.add_row(
-            label, fmt(row["used"]), bar, fmt(row["max"]), fmt(row["remaining"]), row["resets"]
-        )
-    if not me["limits"]:
-        console.print("no limits on this key")
+    table = Table("scope", "limit", "used", "", "max", "left", "resets", box=None)
+    groups = [("key", me["key"], me["limits"])]
+    groups += [(s["kind"], s["name"], s["limits"]) for s in me.get("scopes", [])]
+    for kind, name, rows in groups:
+        for row in rows:
+            used, top = _share(row)
+            label = f"{row['metric']}/{row['window']}" + (
+                f" ({row['model']})" if row.get("model") else ""
+            )
+            fmt = _dollars if row["metric"] == "cost_usd" else _count
+            bar = ProgressBar(total=float(top) or 1.0, completed=float(min(used, top)), width=24)
+            table.add_row(
+                f"{kind} {name}", label, fmt(row["used"]), bar, fmt(row["max"]),
+                fmt(row["remaining"]), row["resets"],
+            )  # fmt: skip
+    if not table.row_count:
+        console.print("no limits on this key or above it")
     else:
         console.print(table)

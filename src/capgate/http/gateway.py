@@ -328,9 +328,23 @@ class Gateway:
         """The caller's own key: its limits with what is used, held and left, and when
         each resets (in the key's timezone too). What `capgate status` prints."""
         dialect = "anthropic" if "anthropic-version" in request.headers else "openai"
+        now = self._clock()
         try:
             key = await self._auth.authenticate(request.headers)
-            usage = await self._store.counters(key, self._clock())
+            usage = await self._store.counters(key, now)
+            above = []
+            for scope in self._store.scopes_above(key):
+                rows = await self._store.counters(scope, now)
+                for row in rows:
+                    row["resets"] = format_reset(row["resets_at"], scope.timezone)
+                above.append(
+                    {
+                        "kind": scope.kind.value,
+                        "name": scope.name,
+                        "status": scope.status.value,
+                        "limits": rows,
+                    }
+                )
         except CapgateError as exc:
             return error_response(dialect, exc)
         for row in usage:
@@ -345,6 +359,7 @@ class Gateway:
             "on_short_budget": "clamp" if key.clamp else "reject",
             "expires_at": key.expires_at,
             "limits": usage,
+            "scopes": above,  # the user, team and org above the key, with their limits
         }
         return web.Response(body=orjson.dumps(payload), content_type="application/json")
 

@@ -101,6 +101,9 @@ class Store(Protocol):
     def key_by_id(self, key_id: str) -> tuple[Scope, bytes] | None:
         """The cached key and its hash (no I/O; may be slightly stale, reserve is not)."""
 
+    def scopes_above(self, key: Scope) -> list[Scope]:
+        """The user, team and org scopes a key's requests also count against (cached)."""
+
     async def refresh(self) -> None:
         """Reload the cache if another process changed the configuration."""
 

@@ -227,6 +227,10 @@ class SQLiteStore(ScopeAdmin):
             q.insert_refusal(conn, info, key, refusal, now)
         return refusal
 
+    def scopes_above(self, key: Scope) -> list[Scope]:
+        """The user, team and org scopes a key's requests also count against (cached)."""
+        return self._scopes_of(key, "")[1:]
+
     def _scopes_of(self, key: Scope, provider: str) -> list[Scope]:
         """Every scope a request of `key` to `provider` counts against, innermost first:
         the key, its user, its team, the team's org, the provider. A team or user named on
