@@ -224,3 +224,26 @@ def test_schedules_end_to_end(capgate: Capgate, key_name: str) -> None:
         "PATCH", f"/admin/keys/{key_name}", json={"schedules": [{"start": "9", "end": "17:00"}]}
     )
     assert bad.status_code == 400 and "schedules.0" in bad.json()["error"]["message"]
+
+
+def test_team_windows_use_the_team_timezone(capgate: Capgate, key_name: str) -> None:
+    """A team in Asia/Tokyo counts its day from Tokyo midnight, whatever its keys' zones."""
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    team = f"team-{key_name}"
+    create(
+        capgate,
+        "teams",
+        team,
+        [{"metric": "requests", "window": "day", "max": 1}],
+        timezone="Asia/Tokyo",
+    )
+    key = capgate.create_key(key_name, team=team, timezone="America/Los_Angeles")
+    assert post(capgate, key).status_code == 200
+    refused = post(capgate, key)
+    assert refused.status_code == 402 and "Asia/Tokyo" in refused.json()["error"]["message"]
+    resets_at = usage(capgate, "teams", team)["requests"]["resets_at"]
+    local = dt.datetime.fromtimestamp(resets_at, ZoneInfo("Asia/Tokyo"))
+    assert (local.hour, local.minute) == (0, 0)
+    assert 0 < resets_at - dt.datetime.now(dt.UTC).timestamp() <= 86_400
