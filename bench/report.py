@@ -120,3 +120,65 @@ def ledger_check(
         "consistent": ok,
         "text": text,
     }
+
+
+def print_ttfb(ttfbs: dict[str, Any]) -> None:
+    """Added time to first byte and first event of streams, per format."""
+    for fmt, r in ttfbs.items():
+        d, g = r["direct"], r["capgate"]
+        print(
+            f"added TTFB, {fmt} stream, c=1 ({g['requests']} sequential requests, p50): "
+            f"first byte {d['first_byte_ms']['p50']:.3f} -> {g['first_byte_ms']['p50']:.3f} ms "
+            f"(+{g['first_byte_ms']['p50'] - d['first_byte_ms']['p50']:.3f} ms); "
+            f"first event {d['first_event_ms']['p50']:.3f} -> {g['first_event_ms']['p50']:.3f} ms "
+            f"(+{g['first_event_ms']['p50'] - d['first_event_ms']['p50']:.3f} ms)"
+        )
+
+
+def print_problems(
+    bad: list[Point], sigpipe: dict[str, Any], crashes: list[dict[str, Any]], issues: list[str]
+) -> None:
+    """Everything that makes a run suspect, loudly."""
+    if bad:
+        print()
+        print("!!! ERRORS DURING THE LOAD (non-2xx answers or socket errors):")
+        for p in bad:
+            errs = {k: v for k, v in p.errors.items() if v and k != "status"}
+            print(f"!!!   {p.target} {p.fmt} stream={p.stream} c={p.conc}: {errs}")
+    else:
+        print("wrk: no non-2xx answers and no socket errors in any run.")
+    if sigpipe["as_shipped"] == "DEFAULT":
+        print()
+        print(
+            "!!! CAPGATE BUG: `capgate serve` keeps SIGPIPE at SIG_DFL (set in "
+            "capgate/cli/main.py main()), so a client that disconnects while capgate writes "
+            "to it kills the whole server."
+        )
+        if sigpipe["workaround"]:
+            print(
+                "!!!   This run used bench/capgate_sigpipe.py (SIGPIPE ignored, otherwise "
+                "unchanged): the figures are those of a fixed capgate. --as-shipped runs it "
+                "as installed."
+            )
+    if crashes:
+        print()
+        print(
+            f"!!! CAPGATE DIED {len(crashes)} TIME(S) DURING THE RUN (restarted each time on "
+            "its port; a death after a warm-up means that point was measured on a fresh process):"
+        )
+        for c in crashes:
+            print(f"!!!   after {c['after']}: {c['what']}")
+        if any("SIGPIPE" in c["what"] for c in crashes):
+            print(
+                "!!!   SIGPIPE: a client closed its connection while capgate was writing to it, and"
+            )
+            print(
+                "!!!   capgate's CLI sets SIGPIPE to SIG_DFL (capgate/cli/main.py main()), which kills"
+            )
+            print(
+                "!!!   the whole server; `serve` needs SIGPIPE ignored (SIG_IGN) so the write fails instead."
+            )
+    if issues:
+        print(f"!!! capgate logged {len(issues)} error line(s); first ones:")
+        for line in issues[:10]:
+            print("!!!   " + line[:300])

@@ -41,7 +41,7 @@ from procs import (
     proc_status,
     tree_pids,
 )
-from report import MODELS, Point, ledger_check, print_table
+from report import MODELS, Point, ledger_check, print_problems, print_table, print_ttfb
 from services import (
     ADMIN_KEY,
     BENCH,
@@ -476,15 +476,7 @@ def main() -> int:
         print()
         print("ratio = capgate req/s / direct req/s; added p50 = capgate p50 - direct p50.")
         print("'direct' = wrk -> fast upstream; 'capgate' = wrk -> capgate -> fast upstream.")
-        for fmt, r in ttfbs.items():
-            d, g = r["direct"], r["capgate"]
-            print(
-                f"added TTFB, {fmt} stream, c=1 ({g['requests']} sequential requests, p50): "
-                f"first byte {d['first_byte_ms']['p50']:.3f} -> {g['first_byte_ms']['p50']:.3f} ms "
-                f"(+{g['first_byte_ms']['p50'] - d['first_byte_ms']['p50']:.3f} ms); "
-                f"first event {d['first_event_ms']['p50']:.3f} -> {g['first_event_ms']['p50']:.3f} ms "
-                f"(+{g['first_event_ms']['p50'] - d['first_event_ms']['p50']:.3f} ms)"
-            )
+        print_ttfb(ttfbs)
         rss = sum(int(m.get("VmRSS", 0)) for m in memory)
         hwm = sum(int(m.get("VmHWM", 0)) for m in memory)
         print(
@@ -506,8 +498,8 @@ def main() -> int:
             )
         print(
             "budgets: per-key limits (cost_usd/month, requests/day, tokens/day) are checked and "
-            "settled on every request; the key is in team 'bench', but team budgets are not "
-            "measured yet (they come later)."
+            "settled on every request; the key names team 'bench', but no team scope is "
+            "created, so no team limit is measured."
         )
         flag = "!!! " if foreign["cores"] > 0.05 or busy_before > 0.1 else ""
         print(
@@ -531,49 +523,7 @@ def main() -> int:
         all_points = points + lite_points
         bad = [p for p in all_points if any(v for k, v in p.errors.items() if k != "status")]
         issues = capgate_problems(workers)
-        if bad:
-            print()
-            print("!!! ERRORS DURING THE LOAD (non-2xx answers or socket errors):")
-            for p in bad:
-                errs = {k: v for k, v in p.errors.items() if v and k != "status"}
-                print(f"!!!   {p.target} {p.fmt} stream={p.stream} c={p.conc}: {errs}")
-        else:
-            print("wrk: no non-2xx answers and no socket errors in any run.")
-        if sigpipe["as_shipped"] == "DEFAULT":
-            print()
-            print(
-                "!!! CAPGATE BUG: `capgate serve` keeps SIGPIPE at SIG_DFL (set in "
-                "capgate/cli/main.py main()), so a client that disconnects while capgate writes "
-                "to it kills the whole server."
-            )
-            if sigpipe["workaround"]:
-                print(
-                    "!!!   This run used bench/capgate_sigpipe.py (SIGPIPE ignored, otherwise "
-                    "unchanged): the figures are those of a fixed capgate. --as-shipped runs it "
-                    "as installed."
-                )
-        if crashes:
-            print()
-            print(
-                f"!!! CAPGATE DIED {len(crashes)} TIME(S) DURING THE RUN (restarted each time on "
-                "its port; a death after a warm-up means that point was measured on a fresh process):"
-            )
-            for c in crashes:
-                print(f"!!!   after {c['after']}: {c['what']}")
-            if any("SIGPIPE" in c["what"] for c in crashes):
-                print(
-                    "!!!   SIGPIPE: a client closed its connection while capgate was writing to it, and"
-                )
-                print(
-                    "!!!   capgate's CLI sets SIGPIPE to SIG_DFL (capgate/cli/main.py main()), which kills"
-                )
-                print(
-                    "!!!   the whole server; `serve` needs SIGPIPE ignored (SIG_IGN) so the write fails instead."
-                )
-        if issues:
-            print(f"!!! capgate logged {len(issues)} error line(s); first ones:")
-            for line in issues[:10]:
-                print("!!!   " + line[:300])
+        print_problems(bad, sigpipe, crashes, issues)
         print(f"total time {time.monotonic() - t_start:.0f} s")
 
         results = {
