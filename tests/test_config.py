@@ -64,9 +64,9 @@ BAD_CONFIGS = [
         id="bad-provider-type",
     ),
     pytest.param(
-        dump({"providers": [{**GOOD_PROVIDER, "type": "claude-cli"}]}),
-        ["providers[0].type", "not available"],
-        id="later-provider-type",
+        dump({"providers": [{**GOOD_PROVIDER, "type": "claude-cli", "max_concurrency": 0}]}),
+        ["providers[0].max_concurrency"],
+        id="cli-without-concurrency",
     ),
     pytest.param(
         dump({"providers": [{"type": "anthropic"}]}),

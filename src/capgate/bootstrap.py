@@ -18,6 +18,7 @@ from capgate.http.gateway import Gateway
 from capgate.keys import display_prefix, key_hash, new_key
 from capgate.mock.server import create_mock_app
 from capgate.pricing import PricingTable
+from capgate.providers.base import Provider
 from capgate.providers.http import HTTPProvider
 from capgate.routing import Router
 from capgate.store.base import ScopeFields
@@ -83,7 +84,7 @@ async def build(config: Config, *, demo: bool = False) -> Built:
     store = SQLiteStore(sqlite_path(settings.database_url), lease_seconds=settings.lease_seconds)
     await store.start()
     runners: list[web.AppRunner] = []
-    providers: dict[str, HTTPProvider] = {}
+    providers: dict[str, Provider] = {}
     provider_configs = list(config.providers)
     if demo and not any(p.type == "mock" for p in provider_configs):
         provider_configs.append(ProviderConfig(name=DEMO_PROVIDER, type="mock"))

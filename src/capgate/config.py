@@ -19,8 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from capgate.core.windows import zone
 
-ProviderType = Literal["anthropic", "openai", "openai-compatible", "mock"]
-_LATER_TYPES = {"claude-cli", "codex-cli"}
+ProviderType = Literal[
+    "anthropic", "openai", "openai-compatible", "mock", "claude-cli", "codex-cli"
+]
+CLI_TYPES = frozenset({"claude-cli", "codex-cli"})
 DEFAULT_BASE_URLS = {
     "anthropic": "https://api.anthropic.com",
     "openai": "https://api.openai.com/v1",
@@ -42,15 +44,21 @@ class ProviderConfig(_Strict):
     api_key: str | None = None
     headers: dict[str, str] = {}
     connect_timeout_s: float = Field(10.0, gt=0)
+    # Until the answer's status and first body bytes arrive (a stream's first event).
+    first_byte_timeout_s: float = Field(120.0, gt=0)
     read_timeout_s: float = Field(600.0, gt=0)  # between bytes of an answer
+    timeout_s: float = Field(600.0, gt=0)  # the whole request, answer included
     max_connections: int = Field(1000, ge=1)
-
-    @field_validator("type", mode="before")
-    @classmethod
-    def _known_type(cls, value: Any) -> Any:
-        if value in _LATER_TYPES:
-            raise ValueError(f"provider type {value!r} is not available in this version yet")
-        return value
+    # Circuit breaker: after this many failures in a row (429, 5xx, timeouts, connection
+    # errors) the provider is cooled down for `cooldown_s`; routes skip it meanwhile.
+    cooldown_after: int = Field(3, ge=1)
+    cooldown_s: float = Field(30.0, ge=0)
+    # claude-cli / codex-cli: the program, its extra environment, how many may run at once
+    # and how much output is read before the run is stopped.
+    command: str | None = None
+    env: dict[str, str] = {}
+    max_concurrency: int = Field(4, ge=1)
+    max_output_mb: float = Field(16.0, gt=0)
 
     @property
     def url(self) -> str:
@@ -60,7 +68,14 @@ class ProviderConfig(_Strict):
     def dialects(self) -> frozenset[str]:
         if self.type == "mock":
             return frozenset({"anthropic", "openai"})
-        return frozenset({"anthropic"}) if self.type == "anthropic" else frozenset({"openai"})
+        if self.type in ("anthropic", "claude-cli"):
+            return frozenset({"anthropic"})
+        return frozenset({"openai"})
+
+    @property
+    def program(self) -> str:
+        """The CLI a claude-cli / codex-cli provider runs."""
+        return self.command or ("claude" if self.type == "claude-cli" else "codex")
 
 
 class TargetConfig(_Strict):
@@ -73,6 +88,8 @@ class RouteConfig(_Strict):
     match: str = Field(min_length=1)
     targets: list[TargetConfig] = Field(min_length=1)
     fallbacks: list[TargetConfig] = []
+    retries: int | None = Field(None, ge=0, le=10)  # per target; default server.retries
+    deadline_s: float | None = Field(None, gt=0)  # default server.request_deadline_s
 
 
 class PriceConfig(_Strict):
@@ -106,6 +123,15 @@ class ServerConfig(_Strict):
     credit_weights: dict[str, int] = Field(
         default_factory=lambda: {"*opus*": 10, "*sonnet*": 3, "*haiku*": 1}
     )
+    # Failed attempts (429, 5xx, timeouts, connection errors) are retried on the same
+    # target this many times, with exponential backoff and jitter starting at
+    # `retry_backoff_s`, before the route's fallbacks are tried; all within the deadline.
+    retries: int = Field(1, ge=0, le=10)
+    retry_backoff_s: float = Field(0.25, ge=0)
+    request_deadline_s: float = Field(600.0, gt=0)
+    # What /generate and /generate-codex use when the request names no model.
+    generate_model: str = "claude-sonnet-4-5"
+    generate_codex_model: str = "gpt-5-codex"
 
     @field_validator("credit_weights")
     @classmethod

@@ -15,13 +15,12 @@ from fnmatch import fnmatchcase
 
 from capgate.config import RouteConfig, TargetConfig
 from capgate.errors import InvalidRequest, NotFound
-from capgate.providers.base import Endpoint
-from capgate.providers.http import HTTPProvider
+from capgate.providers.base import Endpoint, Provider
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    provider: HTTPProvider
+    provider: Provider
     upstream_model: str
 
 
@@ -29,7 +28,7 @@ class Router:
     def __init__(
         self,
         routes: list[RouteConfig],
-        providers: Mapping[str, HTTPProvider],
+        providers: Mapping[str, Provider],
         rng: random.Random | None = None,
     ) -> None:
         self._routes = routes

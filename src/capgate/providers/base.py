@@ -35,12 +35,18 @@ class UpstreamAnswer(Protocol):
     def close(self) -> None:
         """Stop reading and drop the connection (cancels the upstream generation)."""
 
+    @property
+    def cost_nano(self) -> int | None:
+        """A cost the provider reported itself, in nano-dollars, once the answer has been
+        read (the CLI providers: Claude Code prints its cost); None: price the usage."""
+
 
 class Provider(Protocol):
     name: str
     type: str
     dialects: frozenset[str]
 
+    def supports(self, endpoint: Endpoint) -> bool: ...
     async def send(
         self, endpoint: Endpoint, body: bytes, client_headers: Mapping[str, str]
     ) -> UpstreamAnswer: ...

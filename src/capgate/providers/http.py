@@ -50,6 +50,7 @@ def _broken_off(response: aiohttp.ClientResponse) -> Iterator[None]:
 
 class HTTPAnswer:
     __slots__ = ("_response", "status")
+    cost_nano = None  # HTTP providers report usage, not cost: the pricing table prices it
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
@@ -76,7 +77,7 @@ class HTTPAnswer:
 class HTTPProvider:
     def __init__(self, config: ProviderConfig, base_url: str | None = None) -> None:
         self.name = config.name
-        self.type = config.type
+        self.type: str = config.type
         self.dialects = config.dialects
         self._config = config
         self._base = (base_url or config.url).rstrip("/")
