@@ -33,6 +33,7 @@ class Directives:
     words: int | None = None  # answer with exactly this many words (= output tokens)
     cut_stream: bool = False  # stop a stream midway, without its terminal events
     no_usage: bool = False  # leave usage out of the answer
+    tool: bool = False  # call the first tool the request defines instead of writing text
 
 
 def parse_directives(text: str) -> Directives:
@@ -46,7 +47,7 @@ def parse_directives(text: str) -> Directives:
             values[name] = min(number, _MAX_DELAY_MS)
         elif name == "words" and number is not None:
             values["words"] = min(number, _MAX_WORDS)
-        elif name in ("cut_stream", "no_usage") and number is None:
+        elif name in ("cut_stream", "no_usage", "tool") and number is None:
             values[name] = True
     return Directives(**values)
 
@@ -81,6 +82,51 @@ def last_user_text(body: Mapping[str, Any]) -> str:
         if isinstance(turn, Mapping) and turn.get("role") == "user":
             return _content_text(turn.get("content"))
     return ""
+
+
+def last_user_images(body: Mapping[str, Any]) -> int:
+    """How many images the last user turn holds, in any dialect, those inside Anthropic
+    tool results included: a translation may move them in or out of a tool result."""
+    turns = conversation(body)
+    if isinstance(turns, str):
+        return 0
+    for turn in reversed(turns):
+        if isinstance(turn, Mapping) and turn.get("role") == "user":
+            return _images(turn.get("content"))
+    return 0
+
+
+def after_tool_result(body: Mapping[str, Any]) -> bool:
+    """Whether the request's last turn hands back a tool's result (an Anthropic
+    tool_result block, an OpenAI ``tool`` message or a Responses function_call_output).
+    The mock then answers in words, so a client's tool loop ends."""
+    turns = conversation(body)
+    last = turns[-1] if isinstance(turns, list) and turns else None
+    if not isinstance(last, Mapping):
+        return False
+    if last.get("role") == "tool" or last.get("type") == "function_call_output":
+        return True
+    content = last.get("content")
+    return isinstance(content, list) and any(
+        isinstance(part, Mapping) and part.get("type") == "tool_result" for part in content
+    )
+
+
+_IMAGE_PARTS = ("image", "image_url", "input_image")
+
+
+def _images(content: object) -> int:
+    if not isinstance(content, list):
+        return 0
+    found = 0
+    for part in content:
+        if not isinstance(part, Mapping):
+            continue
+        if part.get("type") in _IMAGE_PARTS:
+            found += 1
+        elif part.get("type") == "tool_result":
+            found += _images(part.get("content"))
+    return found
 
 
 def _content_text(content: object) -> str:

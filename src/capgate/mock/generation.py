@@ -12,9 +12,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from capgate.mock.directives import (
     Directives,
+    after_tool_result,
     conversation,
+    last_user_images,
     last_user_text,
     parse_directives,
     strip_directives,
@@ -31,17 +35,24 @@ _TURN_OVERHEAD = 3
 
 _GREETING = "Hello from the capgate mock."
 _ECHO_WORDS = 8
+# A tool call's arguments stream in fragments of this many characters, one output token each.
+_ARGUMENT_CHARS = 4
 _FILLER = ("lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit", "sed")
 
 
 @dataclass(frozen=True, slots=True)
 class Completion:
-    """The answer to one request: its text pieces (one per output token) and usage."""
+    """The answer to one request: its text pieces (one per output token) and usage.
+
+    For a tool call (``tool`` set) the pieces are the fragments of its JSON arguments, so
+    output tokens are counted the same way for both kinds of answer.
+    """
 
     pieces: tuple[str, ...]
     input_tokens: int
     truncated: bool  # cut by the request's output limit
     directives: Directives
+    tool: str | None = None  # the name of the tool called
 
     @property
     def text(self) -> str:
@@ -55,6 +66,14 @@ class Completion:
 def complete(body: Mapping[str, Any], limit: int | None) -> Completion:
     """Answer ``body``, cut to at most ``limit`` output tokens when a limit is given."""
     directives = parse_directives(last_user_text(body))
+    tool = _tool_to_call(body, directives)
+    if tool is not None:
+        name, schema = tool
+        text = orjson.dumps(tool_arguments(schema)).decode()
+        pieces = [text[i : i + _ARGUMENT_CHARS] for i in range(0, len(text), _ARGUMENT_CHARS)]
+        # A call cut short would be broken JSON; an answer that cannot fit is words.
+        if limit is None or len(pieces) <= limit:
+            return Completion(tuple(pieces), input_tokens(body), False, directives, name)
     pieces = _answer_pieces(body, directives)
     truncated = limit is not None and len(pieces) > limit
     if truncated:
@@ -86,12 +105,71 @@ def as_limit(value: object) -> int | None:
     return None
 
 
+def tool_arguments(schema: object) -> dict[str, Any]:
+    """Arguments that fit a JSON schema: each required property with a small value of its
+    type (a string is "x"), so a client's own validation accepts them."""
+    if not isinstance(schema, Mapping):
+        return {}
+    properties = schema.get("properties")
+    properties = properties if isinstance(properties, Mapping) else {}
+    required = schema.get("required")
+    names = (
+        [name for name in required if isinstance(name, str)] if isinstance(required, list) else []
+    )
+    return {name: _example(properties.get(name)) for name in names}
+
+
+_EXAMPLES: dict[str, Any] = {
+    "string": "x",
+    "integer": 1,
+    "number": 1,
+    "boolean": True,
+    "array": [],
+    "object": {},
+    "null": None,
+}
+
+
+def _example(schema: object) -> Any:
+    if not isinstance(schema, Mapping):
+        return "x"
+    enum = schema.get("enum")
+    if isinstance(enum, list) and enum:
+        return enum[0]
+    kind = schema.get("type")
+    if isinstance(kind, list):  # e.g. ["string", "null"]: the first real type
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object":
+        return tool_arguments(schema)
+    return _EXAMPLES.get(kind, "x") if isinstance(kind, str) else "x"
+
+
+def _tool_to_call(body: Mapping[str, Any], directives: Directives) -> tuple[str, Any] | None:
+    """(name, schema) of the first tool the request defines, when asked to call one."""
+    if not directives.tool or after_tool_result(body):
+        return None
+    tools = body.get("tools")
+    for tool in tools if isinstance(tools, list) else []:
+        if not isinstance(tool, Mapping):
+            continue
+        # OpenAI Chat nests the function; Anthropic and Responses tools are flat.
+        function = tool.get("function")
+        spec: Mapping[str, Any] = function if isinstance(function, Mapping) else tool
+        name = spec.get("name")
+        if isinstance(name, str) and name:
+            return name, spec.get("input_schema", spec.get("parameters"))
+    return None
+
+
 def _answer_pieces(body: Mapping[str, Any], directives: Directives) -> list[str]:
     if directives.words is not None:
         words = [_FILLER[i % len(_FILLER)] for i in range(directives.words)]
     else:
         echoed = strip_directives(last_user_text(body)).split()[:_ECHO_WORDS]
         words = _GREETING.split()
+        images = last_user_images(body)
+        if images:  # so tests can see that images arrived, through a translation too
+            words += [f"({images}", "image)" if images == 1 else "images)"]
         if echoed:
             words += ["You", "said:", *echoed]
     # Each piece carries its leading space, so joining the pieces rebuilds the text exactly.

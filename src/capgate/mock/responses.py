@@ -5,6 +5,9 @@ demo mode can call them in-process and the HTTP server only adds transport. They
 except for fresh ids and timestamps, which are unique per call as with the real services
 (a gateway may key its logs by the upstream id).
 
+With the ``mock:tool`` directive the answer is a call to the first tool the request
+defines, in each dialect's shape; its JSON arguments are the pieces that stream out.
+
 Streams are iterators of complete SSE events, one ``bytes`` item per event, so a server can
 flush each one as soon as it is produced. Shapes follow the real services closely enough for
 the official SDKs to parse them, including their stream accumulators.
@@ -15,7 +18,7 @@ from __future__ import annotations
 import itertools
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import orjson
@@ -38,7 +41,10 @@ _DEFAULT_MODEL = "capgate-mock"
 def anthropic_message(body: Body) -> JSONObject:
     """A complete ``message`` object, as POST /v1/messages returns without streaming."""
     answer = complete(body, as_limit(body.get("max_tokens")))
-    message = _anthropic_envelope(body, [{"type": "text", "text": answer.text}])
+    block: JSONObject = {"type": "text", "text": answer.text}
+    if answer.tool is not None:
+        block = _tool_use(answer, orjson.loads(answer.text))
+    message = _anthropic_envelope(body, [block])
     message["stop_reason"] = _anthropic_stop_reason(answer)
     if not answer.directives.no_usage:
         message["usage"] = _anthropic_usage(answer.input_tokens, answer.output_tokens)
@@ -56,13 +62,15 @@ def anthropic_stream(body: Body) -> Iterator[bytes]:
         # The real API reports the input up front and a placeholder of one output token.
         start["usage"] = _anthropic_usage(answer.input_tokens, 1)
     yield _sse("message_start", {"type": "message_start", "message": start})
-    block = {"type": "text", "text": ""}
+    block = {"type": "text", "text": ""} if answer.tool is None else _tool_use(answer, {})
     yield _sse(
         "content_block_start", {"type": "content_block_start", "index": 0, "content_block": block}
     )
     yield _sse("ping", {"type": "ping"})
     for text in _cut_if(cut, _groups(answer.pieces, _ANTHROPIC_WORDS_PER_DELTA)):
         delta = {"type": "text_delta", "text": text}
+        if answer.tool is not None:
+            delta = {"type": "input_json_delta", "partial_json": text}
         yield _sse(
             "content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}
         )
@@ -106,7 +114,18 @@ def _anthropic_usage(input_count: int, output_count: int) -> JSONObject:
 
 
 def _anthropic_stop_reason(answer: Completion) -> str:
+    if answer.tool is not None:
+        return "tool_use"
     return "max_tokens" if answer.truncated else "end_turn"
+
+
+def _tool_use(answer: Completion, arguments: JSONObject) -> JSONObject:
+    return {
+        "type": "tool_use",
+        "id": _new_id("toolu_mock_"),
+        "name": answer.tool,
+        "input": arguments,
+    }
 
 
 # --- OpenAI Chat Completions --------------------------------------------------------------
@@ -121,6 +140,9 @@ def openai_chat(body: Body) -> JSONObject:
         "refusal": None,
         "annotations": [],
     }
+    if answer.tool is not None:
+        message["content"] = None
+        message["tool_calls"] = [_tool_call(answer, answer.text)]
     completion = _openai_chat_envelope(body, "chat.completion")
     completion["choices"] = [
         {"index": 0, "message": message, "logprobs": None, "finish_reason": _finish_reason(answer)}
@@ -148,9 +170,16 @@ def openai_chat_stream(body: Body) -> Iterator[bytes]:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         return _sse(None, {**head, "choices": [choice]})
 
-    yield chunk({"role": "assistant", "content": "", "refusal": None})
+    if answer.tool is None:
+        yield chunk({"role": "assistant", "content": "", "refusal": None})
+    else:  # as OpenAI does: the call's id and name come with the role
+        call = {"index": 0, **_tool_call(answer, "")}
+        yield chunk({"role": "assistant", "content": None, "tool_calls": [call], "refusal": None})
     for piece in _cut_if(cut, answer.pieces):
-        yield chunk({"content": piece})
+        if answer.tool is None:
+            yield chunk({"content": piece})
+        else:
+            yield chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
     if cut:
         return
     yield chunk({}, _finish_reason(answer))
@@ -192,7 +221,14 @@ def _openai_chat_usage(answer: Completion) -> JSONObject:
 
 
 def _finish_reason(answer: Completion) -> str:
+    if answer.tool is not None:
+        return "tool_calls"
     return "length" if answer.truncated else "stop"
+
+
+def _tool_call(answer: Completion, arguments: str) -> JSONObject:
+    function = {"name": answer.tool, "arguments": arguments}
+    return {"id": _new_id("call_mock"), "type": "function", "function": function}
 
 
 # --- OpenAI Responses ---------------------------------------------------------------------
@@ -201,7 +237,7 @@ def _finish_reason(answer: Completion) -> str:
 def openai_responses(body: Body) -> JSONObject:
     """A ``response`` object, as POST /v1/responses returns without streaming."""
     answer = complete(body, as_limit(body.get("max_output_tokens")))
-    item = _output_message(_new_id("msg_mock"), answer)
+    item = _output_item(_new_id(_item_prefix(answer)), answer)
     identity = (_new_id("resp_mock"), int(time.time()))
     return _response_object(body, identity, _final_status(answer), [item], answer)
 
@@ -215,7 +251,7 @@ def openai_responses_stream(body: Body) -> Iterator[bytes]:
     """
     answer = complete(body, as_limit(body.get("max_output_tokens")))
     identity = (_new_id("resp_mock"), int(time.time()))  # shared by all its snapshots
-    item_id = _new_id("msg_mock")
+    item_id = _new_id(_item_prefix(answer))
     numbers = itertools.count()
     position = {"item_id": item_id, "output_index": 0, "content_index": 0}
 
@@ -225,6 +261,15 @@ def openai_responses_stream(body: Body) -> Iterator[bytes]:
     opening = _response_object(body, identity, "in_progress", [], answer)
     yield event("response.created", response=opening)
     yield event("response.in_progress", response=opening)
+    if answer.tool is not None:
+        yield from _function_call_events(event, _output_item(item_id, answer), answer)
+        if answer.directives.cut_stream:
+            return
+        closing = _response_object(
+            body, identity, "completed", [_output_item(item_id, answer)], answer
+        )
+        yield event("response.completed", response=closing)
+        return
     empty_item = {
         "id": item_id,
         "type": "message",
@@ -240,7 +285,7 @@ def openai_responses_stream(body: Body) -> Iterator[bytes]:
         return
     yield event("response.output_text.done", **position, text=answer.text, logprobs=[])
     yield event("response.content_part.done", **position, part=_output_text(answer.text))
-    item = _output_message(item_id, answer)
+    item = _output_item(item_id, answer)
     yield event("response.output_item.done", output_index=0, item=item)
     status = _final_status(answer)
     closing = _response_object(body, identity, status, [item], answer)
@@ -289,7 +334,37 @@ def _response_object(
     }
 
 
-def _output_message(item_id: str, answer: Completion) -> JSONObject:
+def _function_call_events(
+    event: Callable[..., bytes], done: JSONObject, answer: Completion
+) -> Iterator[bytes]:
+    """The events of one function_call output item (``done``), its arguments streamed in
+    pieces."""
+    item_id = done["id"]
+    yield event(
+        "response.output_item.added",
+        output_index=0,
+        item={**done, "arguments": "", "status": "in_progress"},
+    )
+    position = {"item_id": item_id, "output_index": 0}
+    for piece in _cut_if(answer.directives.cut_stream, answer.pieces):
+        yield event("response.function_call_arguments.delta", **position, delta=piece)
+    if answer.directives.cut_stream:
+        return
+    yield event("response.function_call_arguments.done", **position, arguments=answer.text)
+    yield event("response.output_item.done", output_index=0, item=done)
+
+
+def _output_item(item_id: str, answer: Completion) -> JSONObject:
+    """The answer as one output item: a message, or a function_call for a tool call."""
+    if answer.tool is not None:
+        return {
+            "id": item_id,
+            "type": "function_call",
+            "status": "completed",
+            "arguments": answer.text,
+            "call_id": "call_" + item_id.removeprefix("fc_"),
+            "name": answer.tool,
+        }
     return {
         "id": item_id,
         "type": "message",
@@ -297,6 +372,10 @@ def _output_message(item_id: str, answer: Completion) -> JSONObject:
         "role": "assistant",
         "content": [_output_text(answer.text)],
     }
+
+
+def _item_prefix(answer: Completion) -> str:
+    return "msg_mock" if answer.tool is None else "fc_mock"
 
 
 def _output_text(text: str) -> JSONObject:
