@@ -118,10 +118,10 @@ def test_server_errors_fall_over_to_the_fallback_at_its_price(
     primary.fault(status=500)
     key = gw.create_key(key_name, [{"metric": "cost_usd", "window": "day", "max": 5}])
     before = primary.served()
-    client = anthropic.Anthropic(base_url=gw.url, api_key=key, max_retries=0)
-    message = client.messages.create(
-        model="smart", max_tokens=200, messages=[{"role": "user", "content": "hi mock:words=7"}]
-    )
+    with anthropic.Anthropic(base_url=gw.url, api_key=key, max_retries=0) as client:
+        message = client.messages.create(
+            model="smart", max_tokens=200, messages=[{"role": "user", "content": "hi mock:words=7"}]
+        )
     assert message.usage.output_tokens == 7
     assert primary.served() - before == 2  # the first try and one retry
     entry = _entry(gw, key_name)
@@ -245,10 +245,12 @@ def test_stream_falls_over_before_its_first_byte(
     primary, _ = pair
     primary.fault(empty_stream=True)
     key = gw.create_key(key_name)
-    client = anthropic.Anthropic(base_url=gw.url, api_key=key, max_retries=0)
-    with client.messages.stream(
-        model="smart", max_tokens=100, messages=[{"role": "user", "content": "mock:words=5"}]
-    ) as stream:
+    with (
+        anthropic.Anthropic(base_url=gw.url, api_key=key, max_retries=0) as client,
+        client.messages.stream(
+            model="smart", max_tokens=100, messages=[{"role": "user", "content": "mock:words=5"}]
+        ) as stream,
+    ):
         final = stream.get_final_message()
     assert final.usage.output_tokens == 5
     assert _entry(gw, key_name)["provider"] == "backup"
