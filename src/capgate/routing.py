@@ -46,6 +46,7 @@ class Plan:
     routes: tuple[Route, ...]
     retries: int  # further tries on the same target after a failure
     deadline_s: float  # for all attempts together
+    deterministic: bool = False  # no weighted pick made: the same every time
 
     @property
     def first(self) -> Route:
@@ -72,9 +73,14 @@ class Breakers:
         self._configs = dict(configs)
         self._clock = clock
         self._health = {name: _Health() for name in configs}
+        self._latest_end = 0.0  # when the last cooldown started so far ends
 
     def cooling(self, provider: str) -> bool:
         return self._health[provider].cooling_until > self._clock()
+
+    def any_cooling(self) -> bool:
+        """Whether some provider may be cooling down (cheap: one comparison)."""
+        return self._latest_end > self._clock()
 
     def failed(self, provider: str, error: str) -> None:
         health = self._health[provider]
@@ -87,6 +93,7 @@ class Breakers:
         if health.failures >= config.cooldown_after and health.cooling_until <= now:
             health.cooling_until = now + config.cooldown_s
             health.cooldowns += 1
+            self._latest_end = max(self._latest_end, health.cooling_until)
 
     def succeeded(self, provider: str) -> None:
         health = self._health[provider]
@@ -133,18 +140,33 @@ class Router:
         self._settings = settings or ServerConfig()
         self._rng = rng or random.Random()
         self.breakers = breakers or Breakers(configs)
+        # Plans that involve no random pick, by (model, endpoint): valid while no provider
+        # is cooling down (cooldowns reorder them). Bounded: model names come from clients.
+        self._fixed: dict[tuple[str, Endpoint], Plan] = {}
 
     def plan(self, model: str, endpoint: Endpoint) -> Plan:
+        cooling = self.breakers.any_cooling()
+        if not cooling:
+            fixed = self._fixed.get((model, endpoint))
+            if fixed is not None:
+                return fixed
+        plan = self._plan(model, endpoint)
+        if not cooling and len(self._fixed) < 10_000 and plan.deterministic:
+            self._fixed[(model, endpoint)] = plan
+        return plan
+
+    def _plan(self, model: str, endpoint: Endpoint) -> Plan:
         settings = self._settings
         for route in self._routes:
             if fnmatchcase(model, route.match):
                 retries = settings.retries if route.retries is None else route.retries
                 deadline = route.deadline_s or settings.request_deadline_s
-                return Plan(self._candidates(route, model, endpoint), retries, deadline)
+                routes, fixed = self._candidates(route, model, endpoint)
+                return Plan(routes, retries, deadline, fixed)
         for name, provider in self._providers.items():
             if provider.supports(endpoint):
                 only = Route(provider, model, endpoint, self._configs[name])
-                return Plan((only,), settings.retries, settings.request_deadline_s)
+                return Plan((only,), settings.retries, settings.request_deadline_s, True)
         raise NotFound(f'no provider is configured for model "{model}" on this endpoint')
 
     def resolve(self, model: str, endpoint: Endpoint) -> Route:
@@ -162,7 +184,10 @@ class Router:
             return Route(provider, upstream, other, config)
         return None
 
-    def _candidates(self, route: RouteConfig, model: str, endpoint: Endpoint) -> tuple[Route, ...]:
+    def _candidates(
+        self, route: RouteConfig, model: str, endpoint: Endpoint
+    ) -> tuple[tuple[Route, ...], bool]:
+        """The routes to try in order, and whether the order involved no random pick."""
         targets = [(t, r) for t in route.targets if (r := self._route(t, model, endpoint))]
         fallbacks = [r for t in route.fallbacks if (r := self._route(t, model, endpoint))]
         if not targets and not fallbacks:
@@ -186,7 +211,7 @@ class Router:
         # Cooling targets go last: tried only when everything healthy has failed too.
         cooling = self.breakers.cooling
         ordered.sort(key=lambda r: cooling(r.provider.name))
-        return tuple(ordered)
+        return tuple(ordered), len(targets) <= 1
 
     def describe(self) -> dict[str, Any]:
         """For /admin/routing: the providers' health and the routes as configured."""
