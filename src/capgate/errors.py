@@ -12,6 +12,7 @@ their edge; each HTTP surface renders them in its own dialect in one place
      ├── UnsupportedMediaType   415
      ├── LimitExceeded          402 budget / 429 rate limit (carries the engine's Refusal)
      ├── UpstreamFailed         502  provider unreachable or broken answer
+     │    └── UpstreamTimedOut  504  provider took longer than its timeout
      └── StoreUnavailable       503  the ledger cannot be written: fail closed
 """
 
@@ -101,6 +102,12 @@ def refusal_status(refusal: Refusal) -> int:
 class UpstreamFailed(CapgateError):
     status = 502
     kind = "api_error"
+
+
+class UpstreamTimedOut(UpstreamFailed):
+    """The provider did not finish within its `timeout_s` (a CLI run that was stopped)."""
+
+    status = 504
 
 
 class StoreUnavailable(CapgateError):

@@ -86,11 +86,19 @@ class Call:
         usage: Usage | None,
         model: str | None = None,
         error: str | None = None,
+        reported_cost: int | None = None,
     ) -> None:
+        """Record the outcome once. The cost is the provider's own figure when it gave
+        one (a CLI provider: Claude Code's), else the usage priced, else the worst case."""
         if self.settled:
             return
         self.settled = True
-        cost = self.price.cost_nano(usage) if usage is not None else self.res.worst.cost_nano
+        if reported_cost is not None:
+            cost = reported_cost
+        elif usage is not None:
+            cost = self.price.cost_nano(usage)
+        else:
+            cost = self.res.worst.cost_nano
         self._settle(
             self.res,
             Outcome(status, outcome, usage, cost, self._ms(), self.ttft_ms, 1, error, model),
@@ -152,7 +160,7 @@ class Call:
             usage, model = anthropic_wire.message_usage(data)
         else:
             usage, model = openai_wire.completion_usage(data)
-        self.settle(answer.status, "ok", usage, model)
+        self.settle(answer.status, "ok", usage, model, reported_cost=answer.cost_nano)
         return web.Response(
             status=answer.status,
             body=data,
@@ -179,7 +187,9 @@ class Call:
                 if self.ttft_ms is None:
                     self.ttft_ms = self._ms()
                 if tap.finished:  # the usage is known: queue settlement before the last bytes
-                    self.settle(answer.status, "ok", tap.usage(), tap.model)
+                    self.settle(
+                        answer.status, "ok", tap.usage(), tap.model, reported_cost=answer.cost_nano
+                    )
                 await response.write(block)
             if not self.settled:  # the stream ended without its final event
                 self.settle(
