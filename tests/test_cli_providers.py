@@ -100,6 +100,8 @@ def server(
             {"name": "claude-sub", "type": "claude-cli", "command": claude, "env": claude_env},
             {"name": "claude-short", "type": "claude-cli", "command": claude,
              "env": {**claude_env, MARK: mark}, "timeout_s": 3},
+            {"name": "claude-tiny", "type": "claude-cli", "command": claude, "env": claude_env,
+             "max_output_mb": 0.01},
             {"name": "codex-sub", "type": "codex-cli", "command": codex, "env": codex_env},
         ],
         "models": [
@@ -107,6 +109,8 @@ def server(
             {"match": "gpt-*", "targets": [{"provider": "codex-sub"}]},
             {"match": "spy-*", "targets": [{"provider": "claude-spy"}]},
             {"match": "slow", "targets": [{"provider": "claude-short",
+                                           "model": "claude-sonnet-4-6"}]},
+            {"match": "tiny", "targets": [{"provider": "claude-tiny",
                                            "model": "claude-sonnet-4-6"}]},
         ],
         # capgate's own price of haiku is far off Claude Code's: the ledger must show the
@@ -294,6 +298,56 @@ def test_claude_cli_timeout_stops_the_process(server: Capgate, key_name: str, ma
     assert _marked_processes(mark) == []  # nothing left of its process group
     entry = only_entry(server, key_name)
     assert entry["status"] == 504 and entry["outcome"] == "error"
+    # It may have been generating when it was stopped: charged its reservation in full.
+    assert Decimal(entry["cost_usd"]) > Decimal("0.001")
+
+
+def test_claude_cli_timeout_mid_stream_ends_it_with_an_error_event(
+    server: Capgate, key_name: str, mark: str
+) -> None:
+    key = server.create_key(key_name)
+    body = {
+        "model": "slow",
+        "max_tokens": 64,
+        "stream": True,
+        "messages": [{"role": "user", "content": "mock:words=40 mock:stream_delay_ms=200"}],
+    }
+    with httpx.stream(
+        "POST", server.url + "/v1/messages", headers={"x-api-key": key}, json=body, timeout=60
+    ) as response:
+        assert response.status_code == 200
+        text = response.read().decode()
+    assert text.startswith("event: message_start") and "event: content_block_delta" in text
+    assert "event: message_stop" not in text
+    assert text.rstrip().splitlines()[-2] == "event: error" and "timeout_s=3" in text
+    entry = only_entry(server, key_name)
+    assert entry["outcome"] == "error" and entry["error"] == "stream ended early"
+    # Charged for what was relayed: the text's bytes bound its tokens, up to max_tokens.
+    assert entry["input_tokens"] > 0 and 0 < entry["output_tokens"] <= 64
+    assert Decimal(entry["cost_usd"]) > 0
+    deadline = time.monotonic() + 10
+    while _marked_processes(mark) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _marked_processes(mark) == []
+
+
+def test_claude_cli_output_cap_stops_the_run(server: Capgate, key_name: str) -> None:
+    key = server.create_key(key_name)
+    with claude_client(server, key) as client:
+        small = client.messages.create(
+            model="tiny", max_tokens=64, messages=[{"role": "user", "content": "mock:words=5"}]
+        )
+        with pytest.raises(anthropic.APIStatusError) as big:
+            client.messages.create(
+                model="tiny",
+                max_tokens=4000,
+                messages=[{"role": "user", "content": "mock:words=3000"}],
+            )
+    assert small.usage.output_tokens == 5
+    assert big.value.status_code == 502 and "max_output_mb=0.01" in big.value.message
+    entries = server.ledger(key=key_name)  # newest first; the stopped run charged in full
+    assert [e["status"] for e in entries] == [502, 200]
+    assert Decimal(entries[0]["cost_usd"]) > 4000 * Decimal("15") / 10**6
 
 
 def test_claude_cli_errors_are_mapped(server: Capgate, key_name: str) -> None:

@@ -103,6 +103,14 @@ class UpstreamFailed(CapgateError):
     status = 502
     kind = "api_error"
 
+    def __init__(
+        self, message: str, *, headers: dict[str, str] | None = None, charge_all: bool = False
+    ) -> None:
+        super().__init__(message, headers=headers)
+        # The provider may have generated (and billed) an answer that was lost, as in a CLI
+        # run stopped midway: charge the reservation in full, not a free failure.
+        self.charge_all = charge_all
+
 
 class UpstreamTimedOut(UpstreamFailed):
     """The provider did not finish within its `timeout_s` (a CLI run that was stopped)."""

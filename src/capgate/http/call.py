@@ -110,7 +110,8 @@ class Call:
         try:
             answer = await route.provider.send(self.endpoint, body, self.request.headers)
         except UpstreamFailed as exc:
-            self.settle(exc.status, "error", Usage(), error=exc.message)
+            usage = None if exc.charge_all else Usage()
+            self.settle(exc.status, "error", usage, error=exc.message)
             return error_response(dialect, exc, request_id)
         except BaseException:  # cancelled while connecting: upstream may be working; charge all
             self.settle(499, "cancelled", None, error="client went away before the answer")

@@ -72,7 +72,7 @@ class CLIRun:
         workdir: Path,
         deadline: float,
         timeout_s: float,
-        max_bytes: int,
+        max_mb: float,
         release: Callable[[], None],
     ) -> None:
         self._label = label
@@ -80,7 +80,8 @@ class CLIRun:
         self._workdir = workdir
         self._deadline = deadline
         self._timeout_s = timeout_s
-        self._max_bytes = max_bytes
+        self._max_mb = max_mb
+        self._max_bytes = int(max_mb * 1024 * 1024)
         self._release = release
         self._printed = 0
         self._over = False
@@ -119,13 +120,14 @@ class CLIRun:
 
     def _timed_out(self) -> UpstreamTimedOut:
         return UpstreamTimedOut(
-            f"{self._label} did not finish within timeout_s={self._timeout_s:g} s; it was stopped"
+            f"{self._label} did not finish within timeout_s={self._timeout_s:g} s; it was stopped",
+            charge_all=True,  # it may have been generating
         )
 
     def _too_much(self) -> UpstreamFailed:
-        mb = self._max_bytes / 1024 / 1024
         return UpstreamFailed(
-            f"{self._label} printed more than max_output_mb={mb:g}; it was stopped"
+            f"{self._label} printed more than max_output_mb={self._max_mb:g}; it was stopped",
+            charge_all=True,
         )
 
     async def line(self) -> bytes:
@@ -202,7 +204,7 @@ class CLIRunner:
         self.label = f'provider "{config.name}" ({config.type})'
         self._env = dict(env)
         self._timeout_s = config.timeout_s
-        self._max_bytes = int(config.max_output_mb * 1024 * 1024)
+        self._max_mb = config.max_output_mb
         self._slots = asyncio.Semaphore(config.max_concurrency)
         self._runs: set[CLIRun] = set()
 
@@ -245,7 +247,7 @@ class CLIRunner:
                 cwd=workdir / "work",
                 env={**self._env, **env},
                 start_new_session=True,
-                limit=self._max_bytes,
+                limit=int(self._max_mb * 1024 * 1024),
             )
         except OSError as exc:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -256,7 +258,7 @@ class CLIRunner:
             self._slots.release()
             raise
         run = CLIRun(
-            self.label, proc, stdin, workdir, deadline, self._timeout_s, self._max_bytes, release
+            self.label, proc, stdin, workdir, deadline, self._timeout_s, self._max_mb, release
         )
         self._runs.add(run)
         return run
