@@ -19,6 +19,7 @@ import httpx
 import openai
 import pytest
 
+from capgate.mock.runner import MockUpstream
 from capgate.providers import claude_code, codex_exec
 from capgate.providers.prompt import Turn, Unsupported, check_model, nano_from_usd, transcript
 from conftest import Capgate, Upstream, need, start_capgate, which
@@ -504,6 +505,94 @@ def test_tools_and_images_are_refused(server: Capgate, key_name: str) -> None:
     assert {e["status"] for e in server.ledger(key=key_name)} == {400}
 
 
+# -- what the CLIs send upstream ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def recorded(
+    tools: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Capgate, MockUpstream]]:
+    """A capgate whose CLIs talk to a mock in this process, whose request log is readable."""
+    claude, codex = tools
+    base = tmp_path_factory.mktemp("recorded")
+    with MockUpstream() as mock:
+        (base / "config.toml").write_text(
+            f'model_provider = "gw"\n[model_providers.gw]\nname = "mock"\n'
+            f'base_url = "{mock.url}/v1"\nenv_key = "OPENAI_API_KEY"\nwire_api = "responses"\n'
+        )
+        env = {"HOME": str(base), "ANTHROPIC_BASE_URL": mock.url, "ANTHROPIC_API_KEY": "k",
+               "CODEX_HOME": str(base), "OPENAI_API_KEY": "k"}  # fmt: skip
+        config = {
+            "providers": [
+                {"name": "claude-rec", "type": "claude-cli", "command": claude, "env": env},
+                {"name": "codex-rec", "type": "codex-cli", "command": codex, "env": env},
+            ],
+        }
+        capgate = start_capgate(base, config)
+        try:
+            yield capgate, mock
+        finally:
+            capgate.close()
+
+
+CONVERSATION = [
+    {"role": "user", "content": "My name is Ada."},
+    {"role": "assistant", "content": "Hello Ada."},
+    {"role": "user", "content": "What is my name?"},
+]
+TRANSCRIPT = (
+    "<user>\nMy name is Ada.\n</user>\n\n<assistant>\nHello Ada.\n</assistant>\n\n"
+    "<user>\nWhat is my name?\n</user>"
+)
+
+
+def test_claude_code_sends_the_request_and_nothing_of_an_agent(
+    recorded: tuple[Capgate, MockUpstream], key_name: str
+) -> None:
+    capgate, mock = recorded
+    key = capgate.create_key(key_name)
+    mock.clear()
+    with claude_client(capgate, key) as client:
+        client.messages.create(
+            model="claude-sonnet-4-6",
+            max_tokens=300,
+            system="You answer in French.",
+            messages=CONVERSATION,
+        )
+    (sent,) = [r for r in mock.requests() if r.path == "/v1/messages"]
+    body = sent.body
+    assert body["model"] == "claude-sonnet-4-6" and body["tools"] == []
+    assert body["max_tokens"] == 300 and body["thinking"] == {"type": "disabled"}
+    system = " ".join(block["text"] for block in body["system"])
+    assert "You answer in French." in system and len(system) < 400  # not Claude Code's prompt
+    (message,) = body["messages"]
+    text = message["content"][-1]["text"]
+    assert TRANSCRIPT in text and text.endswith("without tags.")
+    assert sent.headers["x-api-key"] == "k"  # the CLI's own credentials, not the client's
+
+
+def test_codex_sends_the_request_and_nothing_of_an_agent(
+    recorded: tuple[Capgate, MockUpstream], key_name: str
+) -> None:
+    capgate, mock = recorded
+    key = capgate.create_key(key_name)
+    mock.clear()
+    with codex_client(capgate, key) as client:
+        client.chat.completions.create(
+            model="gpt-5-mini",
+            messages=[{"role": "system", "content": "You answer in French."}, *CONVERSATION],
+        )
+    (sent,) = [r for r in mock.requests() if r.path == "/v1/responses"]
+    body = sent.body
+    assert body["model"] == "gpt-5-mini"
+    texts = [(item["role"], part["text"]) for item in body["input"] for part in item["content"]]
+    assert texts[0] == ("developer", "You answer in French.")  # instead of the agent prompt
+    assert texts[-1][0] == "user" and TRANSCRIPT in texts[-1][1]
+    assert len(texts) == 2  # no skills, environment or sandbox notes
+    tools = {tool.get("name") or tool.get("type") for tool in body.get("tools", [])}
+    assert not tools & {"shell", "exec_command", "apply_patch", "web_search", "update_plan"}
+
+
 # -- the pure parts ------------------------------------------------------------------------
 
 
@@ -544,8 +633,10 @@ def test_claude_job_flags_environment_and_system() -> None:
                       {"role": "user", "content": "b"}]}
     )  # fmt: skip
     assert job.system == "Be kind.\n\nBe brief." and job.prompt == "a\n\nb"
-    argv = job.argv("/bin/claude")
+    argv = job.argv("/bin/claude", Path("/tmp/run"))
     assert argv[argv.index("--model") + 1] == "claude-opus-4-1"
+    assert argv[argv.index("--system-prompt-file") + 1] == "/tmp/run/system.md"
+    assert job.files() == {"system.md": "Be kind.\n\nBe brief."}
     assert argv[argv.index("--tools") + 1] == "" and "--strict-mcp-config" in argv
     assert argv[argv.index("--output-format") + 1] == "stream-json"
     assert "--include-partial-messages" in argv and "--dangerously-skip-permissions" not in argv
@@ -553,7 +644,7 @@ def test_claude_job_flags_environment_and_system() -> None:
     plain = claude_code.messages_job(
         {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}
     )
-    assert plain.env()["MAX_THINKING_TOKENS"] == "0" and "json" in plain.argv("claude")
+    assert plain.env()["MAX_THINKING_TOKENS"] == "0" and "json" in plain.argv("claude", Path("/r"))
 
 
 def test_claude_result_cost_is_read_exactly_from_the_number_text() -> None:

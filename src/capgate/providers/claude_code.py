@@ -3,12 +3,13 @@ line, stdin and environment, and its output turned back into a Messages answer. 
 
 What runs (Claude Code 2.1.330):
 
-    claude -p --output-format json --model M --system-prompt S --tools "" \\
-        --strict-mcp-config --disable-slash-commands --no-session-persistence \\
+    claude -p --output-format json --model M --system-prompt-file DIR/system.md \\
+        --tools "" --strict-mcp-config --disable-slash-commands --no-session-persistence \\
         --max-turns 1 --setting-sources ""
 
-- `--system-prompt` replaces Claude Code's own agent prompt with the request's system
-  prompt (Claude Code still puts one line of its own before it);
+- `--system-prompt-file` replaces Claude Code's own agent prompt with the request's system
+  prompt (Claude Code still puts one line of its own before it); a file, because one
+  argument may not pass 128 KiB and cannot hold a NUL;
 - `--tools ""`, `--strict-mcp-config` (and no `--mcp-config`), `--max-turns 1`: no built-in
   tools, no MCP servers, one model call: it answers, it does not act;
 - `--disable-slash-commands`: a prompt starting with `/` is text, not a command;
@@ -28,6 +29,7 @@ import json
 import os
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -43,6 +45,7 @@ from capgate.providers.prompt import (
     transcript,
 )
 
+SYSTEM = "system.md"
 _SKIPPED_BLOCKS = frozenset({"thinking", "redacted_thinking"})  # earlier turns' reasoning
 _USAGE_FIELDS = (
     "input_tokens",
@@ -63,17 +66,21 @@ class ClaudeJob:
     thinking_tokens: int
     stream: bool
 
-    def argv(self, program: str) -> list[str]:
+    def argv(self, program: str, workdir: Path) -> list[str]:
         output = (
             ["--output-format", "stream-json", "--verbose", "--include-partial-messages"]
             if self.stream
             else ["--output-format", "json"]
         )
         return [
-            program, "-p", *output, "--model", self.model, "--system-prompt", self.system,
-            "--tools", "", "--strict-mcp-config", "--disable-slash-commands",
+            program, "-p", *output, "--model", self.model,
+            "--system-prompt-file", str(workdir / SYSTEM), "--tools", "", "--strict-mcp-config",
+            "--disable-slash-commands",
             "--no-session-persistence", "--max-turns", "1", "--setting-sources", "",
         ]  # fmt: skip
+
+    def files(self) -> dict[str, str]:
+        return {SYSTEM: self.system}
 
     def env(self) -> dict[str, str]:
         """Set last, over the provider's `env`: the budget depends on them."""

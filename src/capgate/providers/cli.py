@@ -137,9 +137,11 @@ class ClaudeCLIProvider(_CLIProvider):
         except Unsupported as exc:
             return CLIAnswer(400, _JSON, claude_code.error_body(400, str(exc)))
         program = self._runner.program
-        run = await self._runner.start(
-            lambda _: job.argv(program), job.prompt.encode(), job.env(), {}
-        )
+
+        def argv(workdir: Path) -> list[str]:
+            return job.argv(program, workdir)
+
+        run = await self._runner.start(argv, job.prompt.encode(), job.env(), job.files())
         try:
             if job.stream:
                 return await self._stream(run, job)
