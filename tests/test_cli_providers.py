@@ -6,6 +6,8 @@ The pure parts (prompt, flags, result reading) are checked at the end without a 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -21,6 +23,7 @@ import pytest
 
 from capgate.mock.runner import MockUpstream
 from capgate.providers import claude_code, codex_exec
+from capgate.providers.cli_process import child_environment
 from capgate.providers.prompt import Turn, Unsupported, check_model, nano_from_usd, transcript
 from conftest import Capgate, Upstream, need, start_capgate, which
 
@@ -593,6 +596,24 @@ def test_codex_sends_the_request_and_nothing_of_an_agent(
     assert not tools & {"shell", "exec_command", "apply_patch", "web_search", "update_plan"}
 
 
+def test_a_missing_command_stops_the_server_at_start(tmp_path: Path) -> None:
+    missing = str(tmp_path / "no-such-claude")
+    config = tmp_path / "capgate.yaml"
+    config.write_text(
+        f"providers: [{{name: claude-sub, type: claude-cli, command: '{missing}'}}]\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "capgate", "serve", "--config", str(config), "--port", "0",
+         "--database-url", f"sqlite:///{tmp_path / 'db.sqlite'}"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        f'capgate: bad configuration: provider "claude-sub" (claude-cli): the command '
+        f"{missing!r} was not found or is not executable; install it or set `command` to its path"
+    )
+
+
 # -- the pure parts ------------------------------------------------------------------------
 
 
@@ -694,3 +715,19 @@ def test_codex_job_and_events() -> None:
     )
     assert failed.failure() == (429, "exceeded retry limit, last status: 429")
     assert os.path.basename(codex_exec.INSTRUCTIONS) == "instructions.md"
+
+
+def test_the_cli_environment_keeps_the_basics_and_drops_secrets() -> None:
+    server_env = {
+        "PATH": "/usr/bin", "HOME": "/home/cg", "LANG": "C.UTF-8", "CODEX_HOME": "/home/cg/.codex",
+        "CAPGATE_ADMIN_KEY": "a", "ANTHROPIC_API_KEY": "b", "ANTHROPIC_BASE_URL": "http://gw",
+        "OPENAI_API_KEY": "c", "GITHUB_TOKEN": "d", "DB_PASSWORD": "e", "AWS_SECRET_ACCESS_KEY": "f",
+        "CLAUDE_CODE_OAUTH_TOKEN": "g", "INNOCENT_NAME": "sk-provider-key",
+    }  # fmt: skip
+    env = child_environment(
+        server_env, {"sk-provider-key"}, {"DISABLE_AUTOUPDATER": "1"}, {"HOME": "/srv/claude"}
+    )
+    assert env == {
+        "PATH": "/usr/bin", "HOME": "/srv/claude", "LANG": "C.UTF-8",
+        "CODEX_HOME": "/home/cg/.codex", "DISABLE_AUTOUPDATER": "1",
+    }  # fmt: skip

@@ -18,7 +18,6 @@ from pathlib import Path
 
 from capgate.config import ConfigError, ProviderConfig
 from capgate.errors import UpstreamFailed, UpstreamTimedOut
-from capgate.providers.prompt import shorten
 
 GRACE_S = 2.0  # between SIGTERM and SIGKILL
 _STDERR_KEPT = 64 * 1024
@@ -116,7 +115,9 @@ class CLIRun:
 
     @property
     def stderr(self) -> str:
-        return shorten(self._stderr.decode("utf-8", "replace"), 500)
+        """The end of what it printed on stderr, where the reason for a failure is."""
+        text = " ".join(self._stderr.decode("utf-8", "replace").split())
+        return text if len(text) <= 500 else "..." + text[-497:]
 
     def _timed_out(self) -> UpstreamTimedOut:
         return UpstreamTimedOut(
