@@ -3,13 +3,15 @@ Nothing else creates stores, providers or apps; no module does work at import ti
 
 from __future__ import annotations
 
+import os
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from capgate import __version__
-from capgate.config import Config, ProviderConfig, sqlite_path
+from capgate.config import CLI_TYPES, Config, ProviderConfig, sqlite_path
 from capgate.core.limits import Limit, Metric, ScopeKind, usd_to_nano
 from capgate.core.windows import WindowKind
 from capgate.http.admin import AdminAPI
@@ -20,6 +22,7 @@ from capgate.keys import display_prefix, key_hash, new_key
 from capgate.mock.server import create_mock_app
 from capgate.pricing import PricingTable
 from capgate.providers.base import Provider
+from capgate.providers.cli import cli_provider
 from capgate.providers.http import HTTPProvider
 from capgate.routing import Router
 from capgate.store.base import ScopeFields
@@ -80,8 +83,12 @@ async def _demo_key(store: SQLiteStore) -> str:
     return raw
 
 
-async def build(config: Config, *, demo: bool = False) -> Built:
+async def build(
+    config: Config, *, demo: bool = False, environ: Mapping[str, str] | None = None
+) -> Built:
+    """Everything, wired. `environ` is what CLI providers' programs inherit (filtered)."""
     settings = config.server
+    environ = os.environ if environ is None else environ
     store = SQLiteStore(sqlite_path(settings.database_url), lease_seconds=settings.lease_seconds)
     await store.start()
     runners: list[web.AppRunner] = []
@@ -89,7 +96,11 @@ async def build(config: Config, *, demo: bool = False) -> Built:
     provider_configs = list(config.providers)
     if demo and not any(p.type == "mock" for p in provider_configs):
         provider_configs.append(ProviderConfig(name=DEMO_PROVIDER, type="mock"))
+    provider_keys = {pc.api_key for pc in provider_configs if pc.api_key}
     for pc in provider_configs:
+        if pc.type in CLI_TYPES:  # a local CLI; fails here if its command is missing
+            providers[pc.name] = cli_provider(pc, environ, provider_keys)
+            continue
         base_url = pc.base_url
         if pc.type == "mock" and base_url is None:
             runner, base_url = await _start_builtin_mock()

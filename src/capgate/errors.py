@@ -104,15 +104,26 @@ class UpstreamFailed(CapgateError):
     kind = "api_error"
 
     def __init__(
-        self, message: str, *, headers: dict[str, str] | None = None, sent: bool = True
+        self,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        sent: bool = True,
+        charge_all: bool = False,
     ) -> None:
         super().__init__(message, headers=headers)
         # False only when the request surely never reached the provider (no connection):
         # otherwise it may have run, and been billed, upstream.
         self.sent = sent
+        # The provider surely generated (and billed) an answer that was lost, as in a CLI
+        # run stopped midway: charge the reservation in full, not what was relayed.
+        self.charge_all = charge_all
 
 
 class UpstreamTimeout(UpstreamFailed):
+    """No (complete) answer in time: a first-byte or whole-request timeout, a CLI run
+    that was stopped."""
+
     status = 504
 
 

@@ -281,7 +281,7 @@ class Call:
             )
         except UpstreamFailed as exc:
             self._drop()
-            return Failure(exc.status, exc.message, billed_maybe=exc.sent)
+            return Failure(exc.status, exc.message, billed_maybe=exc.sent or exc.charge_all)
         except BaseException:  # cancelled while waiting: the upstream may be working
             self._drop()
             self.settle(499, "cancelled", None, error="client went away before the answer")
@@ -402,8 +402,9 @@ class Call:
             if rest:
                 await response.write(rest)
             await response.write_eof()
-        except UpstreamFailed as exc:
-            self.settle(answer.status, "error", self._partial(tap), tap.model, exc.message)
+        except UpstreamFailed as exc:  # charge_all: it surely generated more than we saw
+            usage = None if exc.charge_all else self._partial(tap)
+            self.settle(answer.status, "error", usage, tap.model, exc.message)
         except ConnectionResetError:
             # The client went away: stop the upstream generation, charge what it made.
             answer.close()
