@@ -1291,15 +1291,16 @@ def test_error_messages_are_kept(body: bytes, message: str) -> None:
 @pytest.mark.parametrize(
     ("status", "kind", "expected_type", "expected_code"),
     [
-        (400, "invalid_request_error", "invalid_request_error", None),
+        (400, "invalid_request_error", "invalid_request_error", "invalid_request_error"),
         (401, "authentication_error", "invalid_request_error", "invalid_api_key"),
         (402, "billing_error", "insufficient_quota", "insufficient_quota"),
-        (403, "permission_error", "permission_error", None),
+        (403, "permission_error", "permission_error", "permission_error"),
         (429, "rate_limit_error", "rate_limit_exceeded", "rate_limit_exceeded"),
-        (500, "api_error", "server_error", None),
-        (529, "overloaded_error", "server_error", "overloaded"),
-        (529, None, "server_error", "overloaded"),  # no type in the body: from the status
-        (404, None, "invalid_request_error", "not_found"),
+        (500, "api_error", "api_error", "api_error"),
+        (529, "overloaded_error", "overloaded_error", "overloaded_error"),
+        (529, None, "overloaded_error", "overloaded_error"),  # no type in the body: the status
+        (404, None, "not_found_error", "not_found_error"),
+        (418, None, "api_error", "api_error"),
     ],
 )
 def test_error_to_openai(status: int, kind: Any, expected_type: str, expected_code: Any) -> None:

@@ -618,9 +618,9 @@ def test_anthropic_error_event_becomes_an_error_chunk(gpt_reading: Any) -> None:
     assert last == {
         "error": {
             "message": "Overloaded",
-            "type": "server_error",
+            "type": "overloaded_error",
             "param": None,
-            "code": "overloaded",
+            "code": "overloaded_error",
         }
     }
     assert not out.endswith(DONE)

@@ -277,8 +277,9 @@ class MessagesToChatStream:
         if kind == "error":
             self._closed = True
             error = data.get("error")
-            error_kind = error.get("type") if isinstance(error, dict) else None
-            body = openai_error(str(error_kind), stream_error_message(error))
+            given = error.get("type") if isinstance(error, dict) else None
+            error_kind = given if isinstance(given, str) and given else "api_error"
+            body = openai_error(error_kind, stream_error_message(error))
             return [b"data: " + orjson.dumps(body) + b"\n\n"]
         if kind == "message_start":
             return self._start(data.get("message"))
