@@ -15,6 +15,7 @@ from capgate.core.windows import WindowKind
 from capgate.http.admin import AdminAPI
 from capgate.http.auth import admin_digest
 from capgate.http.gateway import Gateway
+from capgate.http.generate import GenerateAPI
 from capgate.keys import display_prefix, key_hash, new_key
 from capgate.mock.server import create_mock_app
 from capgate.pricing import PricingTable
@@ -96,13 +97,15 @@ async def build(config: Config, *, demo: bool = False) -> Built:
         providers[pc.name] = HTTPProvider(pc, base_url)
 
     pricing = PricingTable.load({name: p.as_entry() for name, p in config.pricing.items()})
-    router = Router(list(config.models), providers)
+    configs = {pc.name: pc for pc in provider_configs}
+    router = Router(list(config.models), providers, configs, settings)
     gateway = Gateway(store, router, pricing, settings)
     digest, generated = await _admin_digest(store, config, demo)
-    admin = AdminAPI(store, digest, default_timezone=settings.timezone)
+    admin = AdminAPI(store, digest, default_timezone=settings.timezone, routing=router.describe)
 
     app = web.Application(client_max_size=int(settings.max_request_mb * 1024 * 1024) + 1)
     app.add_routes(gateway.routes())
+    app.add_routes(GenerateAPI(gateway, settings).routes())
     app.add_routes(admin.routes())
     app.router.add_get("/health", _health)
 

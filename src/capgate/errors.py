@@ -12,6 +12,7 @@ their edge; each HTTP surface renders them in its own dialect in one place
      ├── UnsupportedMediaType   415
      ├── LimitExceeded          402 budget / 429 rate limit (carries the engine's Refusal)
      ├── UpstreamFailed         502  provider unreachable or broken answer
+     │    └── UpstreamTimeout   504  no (complete) answer in time
      └── StoreUnavailable       503  the ledger cannot be written: fail closed
 """
 
@@ -101,6 +102,18 @@ def refusal_status(refusal: Refusal) -> int:
 class UpstreamFailed(CapgateError):
     status = 502
     kind = "api_error"
+
+    def __init__(
+        self, message: str, *, headers: dict[str, str] | None = None, sent: bool = True
+    ) -> None:
+        super().__init__(message, headers=headers)
+        # False only when the request surely never reached the provider (no connection):
+        # otherwise it may have run, and been billed, upstream.
+        self.sent = sent
+
+
+class UpstreamTimeout(UpstreamFailed):
+    status = 504
 
 
 class StoreUnavailable(CapgateError):

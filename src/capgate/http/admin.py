@@ -60,8 +60,10 @@ class AdminAPI:
         admin_digest: bytes,
         clock: Callable[[], float] = time.time,
         default_timezone: str = "UTC",
+        routing: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.store = store
+        self._routing = routing  # the providers' health and the routes, for /admin/routing
         self.default_timezone = default_timezone  # for scopes created without one
         self._auth = AdminAuthenticator(admin_digest)
         self.clock = clock
@@ -87,8 +89,14 @@ class AdminAPI:
             web.get("/admin/requests", h(self.requests)),
             web.get("/admin/usage", h(self.usage)),
             web.get("/admin/audit", h(self.audit)),
+            web.get("/admin/routing", h(self.routing)),
         ]
         return out
+
+    async def routing(self, request: web.Request) -> web.StreamResponse:
+        """Each provider's health as this process sees it (cooling down or not, recent
+        failures) and the configured routes."""
+        return _json(self._routing() if self._routing is not None else {"providers": []})
 
     def _guard(self, handler: Handler) -> Handler:
         async def guarded(request: web.Request) -> web.StreamResponse:

@@ -1,32 +1,57 @@
-"""One admitted request, from forwarding to settlement: relay the answer as it arrives
-while a tap reads its usage, and settle exactly once whatever happens (answer, upstream
-error, a stream cut short, a client that goes away, shutdown)."""
+"""One admitted request, from forwarding to settlement: try the plan's targets (retries
+with backoff on the same target, then the fallbacks in order), relay the answer that
+comes as it arrives while a tap reads its usage, and settle exactly once whatever happens
+(answer, upstream error, a stream cut short, a client that goes away, shutdown).
+
+Budgets through failures: a target at another price (or another provider, with its own
+budget) is re-reserved at its own worst case *before* it is called; refused, the request
+ends with the last failure and nothing more is spent. An attempt that failed after its
+request may have reached the provider without an error status (a timeout, a broken
+answer) may have been billed upstream: its worst case is kept as spent and carried into
+the next reservation, so a flaky provider can never make a budget leak.
+
+Streams fall over only before their first byte reaches the client; after it, an error is
+passed on and only the tokens generated are charged.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+import orjson
 from aiohttp import web
 
+from capgate.config import CLI_TYPES
+from capgate.core.engine import Amounts, Refusal
 from capgate.core.limits import Metric, nano_to_decimal_str
-from capgate.core.money import Price, Usage
+from capgate.core.money import Usage
 from capgate.core.windows import format_reset_iso
-from capgate.errors import CapgateError, UpstreamFailed
+from capgate.errors import CapgateError, UpstreamFailed, UpstreamTimeout
 from capgate.http.dialects import error_response, is_dialect_body
+from capgate.http.translation import Translation, Translator
 from capgate.providers.base import Endpoint, UpstreamAnswer
-from capgate.routing import Route
+from capgate.routing import Plan, Route
 from capgate.store.base import Outcome, Reservation
 from capgate.wire import anthropic as anthropic_wire
 from capgate.wire import openai as openai_wire
 
-Settle = Callable[[Reservation, Outcome], None]
+if TYPE_CHECKING:
+    from capgate.http.gateway import Admission, Gateway
+
 Tap = (
     anthropic_wire.AnthropicStreamTap | openai_wire.OpenAIStreamTap | openai_wire.ResponsesStreamTap
 )
+
+# Upstream statuses worth another attempt: rate limits, timeouts and server errors
+# (Anthropic's 529 "overloaded" among them). Other 4xx would fail the same way anywhere.
+_RETRYABLE = frozenset({408, 429}) | frozenset(range(500, 600))
+MAX_RETRY_WAIT_S = 5.0  # a longer retry-after moves on to the next target instead
 
 
 def answer_headers(answer: UpstreamAnswer, res: Reservation | None) -> dict[str, str]:
@@ -51,33 +76,55 @@ def answer_headers(answer: UpstreamAnswer, res: Reservation | None) -> dict[str,
     return headers
 
 
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """An attempt that may succeed elsewhere (or later)."""
+
+    status: int  # what the client gets if nothing else works
+    message: str
+    body: bytes | None = None  # the provider's error answer, if it sent one
+    headers: dict[str, str] | None = None
+    retry_after: float | None = None
+    billed_maybe: bool = False  # reached the provider without an error status
+
+
 class Call:
     """One admitted request, from forwarding to settlement."""
 
     def __init__(
         self,
-        settle: Settle,
+        gateway: Gateway,
         request: web.Request,
         endpoint: Endpoint,
+        plan: Plan,
+        admission: Admission,
         reservation: Reservation,
-        price: Price,
+        body: dict[str, Any],
+        raw: bytes | None,
         t0: float,
         hide_usage: bool,
-        input_bound: int,
     ) -> None:
-        self._settle = settle
+        self._gateway = gateway
         self.request = request
-        self.endpoint = endpoint
+        self.endpoint = endpoint  # what the client called
+        self.plan = plan
+        self.admission = admission  # the current target's price and worst case
         self.res = reservation
-        self.price = price
+        self.body = body
+        self.raw = raw  # the client's bytes, when they can go upstream as they are
         self.t0 = t0
         self.hide_usage = hide_usage
-        self.input_bound = input_bound
         self.ttft_ms: float | None = None
         self.settled = False
+        self.attempts = 0
+        self.spent = Amounts()  # failed attempts that may have been billed upstream
+        self.answer: UpstreamAnswer | None = None
+        self.cost_nano: int | None = None  # what was charged, once settled
 
     def _ms(self) -> float:
         return (time.perf_counter() - self.t0) * 1000
+
+    # -- settlement --------------------------------------------------------------------
 
     def settle(
         self,
@@ -90,102 +137,268 @@ class Call:
         if self.settled:
             return
         self.settled = True
-        cost = self.price.cost_nano(usage) if usage is not None else self.res.worst.cost_nano
-        self._settle(
+        spent = self.spent
+        if usage is None:
+            cost = self.res.worst.cost_nano  # unknown usage: everything held is charged
+        else:
+            reported = self.answer.cost_nano if self.answer is not None else None
+            cost = reported if reported is not None else self.admission.price.cost_nano(usage)
+            if spent.requests:  # earlier attempts kept as spent
+                cost += spent.cost_nano
+                usage = replace(
+                    usage,
+                    input_tokens=usage.input_tokens + spent.input_tokens,
+                    output_tokens=usage.output_tokens + spent.output_tokens,
+                )
+        self.cost_nano = cost
+        self._gateway.settle(
             self.res,
-            Outcome(status, outcome, usage, cost, self._ms(), self.ttft_ms, 1, error, model),
+            Outcome(
+                status, outcome, usage, cost, self._ms(), self.ttft_ms, self.attempts, error, model
+            ),
         )
 
-    async def run(self, route: Route, body: bytes) -> web.StreamResponse:
-        dialect = self.endpoint.dialect
-        request_id = self.res.info.request_id
+    # -- attempts ----------------------------------------------------------------------
+
+    async def run(self) -> web.StreamResponse:
+        plan = self.plan
+        deadline = self.t0 + plan.deadline_s
+        breakers = self._gateway.breakers
+        index, tries = 0, 0
+        route = plan.first
         try:
-            answer = await route.provider.send(self.endpoint, body, self.request.headers)
-        except UpstreamFailed as exc:
-            self.settle(exc.status, "error", Usage(), error=exc.message)
-            return error_response(dialect, exc, request_id)
-        except BaseException:  # cancelled while connecting: upstream may be working; charge all
-            self.settle(499, "cancelled", None, error="client went away before the answer")
-            raise
-        try:
-            if answer.status >= 400:
-                return await self._upstream_error(answer)
-            if self.res.info.stream and answer.headers.get("content-type", "").startswith(
-                "text/event-stream"
-            ):
-                return await self._relay(answer)
-            return await self._whole(answer)
+            while True:
+                self.attempts += 1
+                result = await self._attempt(route, deadline)
+                if not isinstance(result, Failure):
+                    breakers.succeeded(route.provider.name)
+                    return result
+                breakers.failed(route.provider.name, result.message)
+                self._drop()
+                if result.billed_maybe:  # all held so far may be billed: keep it as spent
+                    held = self.res.worst
+                    self.spent = Amounts(1, held.input_tokens, held.output_tokens, held.cost_nano)
+                left = deadline - time.perf_counter()
+                wait = self._gateway.backoff(tries, result.retry_after)
+                same = (
+                    tries < plan.retries
+                    and wait <= min(MAX_RETRY_WAIT_S, left)
+                    and not breakers.cooling(route.provider.name)
+                )
+                if same:
+                    tries += 1
+                    await asyncio.sleep(wait)
+                    nxt = route
+                else:
+                    index, tries = index + 1, 0
+                    if index >= len(plan.routes) or left <= 0:
+                        return self._give_up(result)
+                    nxt = plan.routes[index]
+                if not nxt.same_target(route) or result.billed_maybe:
+                    refused = await self._move_to(nxt)
+                    if refused is not None:
+                        return self._give_up(result, f"; {refused}")
+                route = nxt
         finally:
             if not self.settled:  # cancelled or failed somewhere unexpected: charge it all
-                answer.close()
+                if self.answer is not None:
+                    self.answer.close()
                 self.settle(499, "cancelled", None, error="interrupted before settlement")
 
-    async def _upstream_error(self, answer: UpstreamAnswer) -> web.StreamResponse:
-        dialect = self.endpoint.dialect
+    async def _move_to(self, route: Route) -> str | None:
+        """Re-reserve for `route` (plus what failed attempts may have cost). Returns why
+        not, when the budget cannot pay for it; the old reservation then stays."""
+        try:
+            admission = self._gateway.admission(self, route)
+        except CapgateError as exc:
+            return f'fallback to "{route.provider.name}" ({route.upstream_model}) impossible: {exc.message}'
+        decision = await self._gateway.store.rereserve(
+            self.res, admission.info, _plus(admission.worst, self.spent, requests=False)
+        )
+        if isinstance(decision, Refusal):
+            return f'fallback to "{route.provider.name}" ({route.upstream_model}) refused: {decision.message}'
+        self.admission, self.res = admission, decision
+        return None
+
+    def _give_up(self, failure: Failure, note: str = "") -> web.StreamResponse:
+        message = failure.message + note
+        self.settle(failure.status, "error", Usage(), error=message[:1000])
+        request_id = self.res.info.request_id
+        if failure.body is not None and is_dialect_body(self.endpoint.dialect, failure.body):
+            headers = dict(failure.headers or {})
+            headers["x-capgate-request-id"] = request_id
+            return web.Response(status=failure.status, body=failure.body, headers=headers)
+        err = UpstreamTimeout(message) if failure.status == 504 else UpstreamFailed(message)
+        err.status = failure.status
+        return error_response(self.endpoint.dialect, err, request_id)
+
+    def _body(self, route: Route, translation: Translation | None) -> bytes:
+        """The bytes to send to `route`: the client's own when nothing must change."""
+        res = self.res
+        if (
+            self.raw is not None
+            and translation is None
+            and res.max_output is None
+            and route.upstream_model == self.admission.asked_model
+        ):
+            return self.raw
+        body = dict(self.body)
+        if res.max_output is not None:
+            self._gateway.clamp(body, self.admission.max_field, res.max_output)
+        body["model"] = route.upstream_model
+        if translation is not None:
+            body = translation.request(body, route.provider.type)
+        return orjson.dumps(body)
+
+    async def _attempt(self, route: Route, deadline: float) -> web.StreamResponse | Failure:
+        translation = None
+        if route.endpoint is not self.endpoint:
+            translation = Translation(self.endpoint, route.endpoint)
+        try:
+            payload = self._body(route, translation)
+        except CapgateError as exc:  # the body cannot be translated for this target
+            return Failure(exc.status, exc.message) if exc.status >= 500 else self._refuse(exc)
+        config = route.config  # a CLI's first byte comes when its run ends
+        wait = config.timeout_s if config.type in CLI_TYPES else config.first_byte_timeout_s
+        first_byte = min(wait, max(0.001, deadline - time.perf_counter()))
+        stream = self.res.info.stream
+        chunks: AsyncIterator[bytes] | None = None
+        first = b""
+        try:
+            async with asyncio.timeout(first_byte):
+                answer = await route.provider.send(route.endpoint, payload, self.request.headers)
+                self.answer = answer
+                is_sse = answer.headers.get("content-type", "").startswith("text/event-stream")
+                if answer.status < 400 and stream and is_sse:
+                    chunks = aiter(answer.chunks())
+                    first = await anext(chunks, b"")
+        except TimeoutError:
+            self._drop()
+            return Failure(
+                504,
+                f'provider "{route.provider.name}" sent nothing within {first_byte:g} s',
+                billed_maybe=True,
+            )
+        except UpstreamFailed as exc:
+            self._drop()
+            return Failure(exc.status, exc.message, billed_maybe=exc.sent)
+        except BaseException:  # cancelled while waiting: the upstream may be working
+            self._drop()
+            self.settle(499, "cancelled", None, error="client went away before the answer")
+            raise
+        if answer.status >= 400:
+            return await self._upstream_error(answer, translation)
+        if chunks is not None:
+            if not first or b"event: error" in first[:200]:
+                self._drop()
+                return Failure(502, f'provider "{route.provider.name}" stream failed at its start')
+            return await self._relay(answer, route, translation, chunks, first)
+        return await self._whole(answer, route, translation)
+
+    def _drop(self) -> None:
+        if self.answer is not None:
+            self.answer.close()
+            self.answer = None
+
+    def _refuse(self, exc: CapgateError) -> web.StreamResponse:
+        self.settle(exc.status, "error", Usage(), error=exc.message)
+        return error_response(self.endpoint.dialect, exc, self.res.info.request_id)
+
+    async def _upstream_error(
+        self, answer: UpstreamAnswer, translation: Translation | None
+    ) -> web.StreamResponse | Failure:
         try:
             data = await answer.read()
         except UpstreamFailed as exc:
             data = exc.message.encode()
+        self.answer = None
+        if translation is not None and is_dialect_body(translation.upstream.dialect, data):
+            data = translation.error(answer.status, data)
         message = data[:2000].decode("utf-8", "replace")
+        if answer.status in _RETRYABLE:
+            return Failure(
+                answer.status,
+                f"upstream {answer.status}: {message[:500]}",
+                data,
+                answer_headers(answer, None),
+                _retry_after(answer.headers.get("retry-after")),
+            )
         # An error answer is not billed by providers: count the request, no tokens.
         self.settle(
             answer.status, "error", Usage(), error=f"upstream {answer.status}: {message[:500]}"
         )
+        dialect = self.endpoint.dialect
         if not is_dialect_body(dialect, data):
             err = CapgateError(f"The provider answered {answer.status}: {message}")
             err.status, err.kind = answer.status, "api_error"
             return error_response(dialect, err, self.res.info.request_id)
         return web.Response(
-            status=answer.status,
-            body=data,
-            headers=answer_headers(answer, self.res),
+            status=answer.status, body=data, headers=answer_headers(answer, self.res)
         )
 
-    async def _whole(self, answer: UpstreamAnswer) -> web.StreamResponse:
+    async def _whole(
+        self, answer: UpstreamAnswer, route: Route, translation: Translation | None
+    ) -> web.StreamResponse | Failure:
         try:
             data = await answer.read()
-        except UpstreamFailed as exc:
-            self.settle(502, "error", None, error=exc.message)  # unknown usage: charge all
-            return error_response(self.endpoint.dialect, exc, self.res.info.request_id)
+        except UpstreamFailed as exc:  # no answer for the client yet: another target may
+            return Failure(exc.status, exc.message, billed_maybe=True)
         self.ttft_ms = self._ms()
-        if self.endpoint is Endpoint.MESSAGES:
+        if route.endpoint is Endpoint.MESSAGES:
             usage, model = anthropic_wire.message_usage(data)
         else:
             usage, model = openai_wire.completion_usage(data)
+        if translation is not None:
+            try:
+                data = translation.answer(data)
+            except CapgateError as exc:
+                return Failure(502, exc.message, billed_maybe=True)
         self.settle(answer.status, "ok", usage, model)
         return web.Response(
-            status=answer.status,
-            body=data,
-            headers=answer_headers(answer, self.res),
+            status=answer.status, body=data, headers=answer_headers(answer, self.res)
         )
 
-    async def _relay(self, answer: UpstreamAnswer) -> web.StreamResponse:
+    async def _relay(
+        self,
+        answer: UpstreamAnswer,
+        route: Route,
+        translation: Translation | None,
+        chunks: AsyncIterator[bytes],
+        first: bytes,
+    ) -> web.StreamResponse:
         headers = answer_headers(answer, self.res)
         headers["cache-control"] = "no-cache"
         response = web.StreamResponse(status=answer.status, headers=headers)
         tap: Tap
-        if self.endpoint is Endpoint.MESSAGES:
+        if route.endpoint is Endpoint.MESSAGES:
             tap = anthropic_wire.AnthropicStreamTap()
-        elif self.endpoint is Endpoint.RESPONSES:
+        elif route.endpoint is Endpoint.RESPONSES:
             tap = openai_wire.ResponsesStreamTap()
-        else:
-            tap = openai_wire.OpenAIStreamTap(self.hide_usage)
+        else:  # the client never sees the usage chunk it did not ask for
+            tap = openai_wire.OpenAIStreamTap(self.hide_usage and translation is None)
+        translator: Translator | None = None
+        if translation is not None:
+            translator = translation.stream(route.upstream_model, not self.hide_usage)
         try:
             await response.prepare(self.request)
-            async for chunk in answer.chunks():
+            chunk: bytes | None = first
+            while chunk is not None:
                 block = tap.feed(chunk)
-                if not block:
-                    continue
-                if self.ttft_ms is None:
-                    self.ttft_ms = self._ms()
-                if tap.finished:  # the usage is known: queue settlement before the last bytes
-                    self.settle(answer.status, "ok", tap.usage(), tap.model)
-                await response.write(block)
+                if block:
+                    if self.ttft_ms is None:
+                        self.ttft_ms = self._ms()
+                    if translator is not None:
+                        block = translator.feed(block)
+                    if tap.finished:  # the usage is known: settle before the last bytes
+                        self.settle(answer.status, "ok", tap.usage(), tap.model)
+                    if block:
+                        await response.write(block)
+                chunk = await anext(chunks, None)
             if not self.settled:  # the stream ended without its final event
                 self.settle(
                     answer.status, "error", self._partial(tap), tap.model, "stream ended early"
                 )
-            rest = tap.splitter.rest()
+            rest = translator.finish() if translator is not None else tap.splitter.rest()
             if rest:
                 await response.write(rest)
             await response.write_eof()
@@ -204,10 +417,40 @@ class Call:
     def _partial(self, tap: Tap) -> Usage:
         """Usage of a stream cut short. Its output bound (bytes relayed) is capped at the
         output reserved: the provider cannot have generated more than max_tokens."""
+        bound = self.admission.input_bound
         if isinstance(tap, anthropic_wire.AnthropicStreamTap):
             usage = tap.partial_usage()
             if usage.total_input == 0:  # no message_start: the input bound is all we know
-                usage = replace(usage, input_tokens=self.input_bound)
+                usage = replace(usage, input_tokens=bound)
         else:
-            usage = tap.partial_usage(self.input_bound)
-        return replace(usage, output_tokens=min(usage.output_tokens, self.res.worst.output_tokens))
+            usage = tap.partial_usage(bound)
+        reserved_output = self.res.worst.output_tokens - self.spent.output_tokens
+        return replace(usage, output_tokens=min(usage.output_tokens, reserved_output))
+
+
+def _plus(a: Amounts, b: Amounts, requests: bool = True) -> Amounts:
+    return Amounts(
+        a.requests + b.requests if requests else a.requests,
+        a.input_tokens + b.input_tokens,
+        a.output_tokens + b.output_tokens,
+        a.cost_nano + b.cost_nano,
+        a.credits,
+    )
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None  # an HTTP date: not worth parsing for a few seconds' wait
+    return seconds if 0 <= seconds < 86400 else None
+
+
+def jittered_backoff(
+    base: float, tries: int, retry_after: float | None, rng: random.Random
+) -> float:
+    """Exponential backoff with jitter (50-150 % of base * 2^tries), at least retry-after."""
+    wait: float = base * (2**tries) * (0.5 + rng.random())
+    return max(wait, retry_after or 0.0)

@@ -13,8 +13,10 @@ import asyncio
 import itertools
 import logging
 import os
+import random
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -29,7 +31,7 @@ from capgate.core.estimate import (
     openai_chat_facts,
     responses_facts,
 )
-from capgate.core.limits import Metric
+from capgate.core.limits import Metric, Scope
 from capgate.core.money import Price
 from capgate.core.windows import format_reset
 from capgate.errors import (
@@ -42,11 +44,11 @@ from capgate.errors import (
     UpstreamFailed,
 )
 from capgate.http.auth import KeyAuthenticator
-from capgate.http.call import Call, answer_headers
+from capgate.http.call import Call, answer_headers, jittered_backoff
 from capgate.http.dialects import error_response
 from capgate.pricing import PricingTable
 from capgate.providers.base import Endpoint
-from capgate.routing import Route, Router
+from capgate.routing import Breakers, Route, Router
 from capgate.store.base import Outcome, RequestInfo, Reservation, Store
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,20 @@ _FACTS: dict[Endpoint, Callable[[Any], RequestFacts]] = {
     Endpoint.RESPONSES: responses_facts,
 }
 _SETTLE_RETRIES = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """A request admitted to one target: what the ledger records, its price, the worst
+    case held for it, and what re-admitting it elsewhere needs."""
+
+    info: RequestInfo
+    price: Price
+    worst: Amounts
+    asked_model: str
+    max_field: str  # the body field that holds the output bound
+    input_bound: int
+    output: int  # the output bound, all choices together
 
 
 class Gateway:
@@ -80,6 +96,7 @@ class Gateway:
         self._max_bytes = int(settings.max_request_mb * 1024 * 1024)
         self._pending: set[asyncio.Future[None]] = set()
         self._credits: dict[str, int] = {}  # credit weight per routed model, computed once
+        self._rng = random.Random()
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -101,6 +118,12 @@ class Gateway:
         return await self._proxy(request, Endpoint.RESPONSES)
 
     # -- admission ---------------------------------------------------------------------
+
+    async def authenticate(self, request: web.Request) -> Scope:
+        return await self._auth.authenticate(request.headers)
+
+    async def read_json(self, request: web.Request) -> tuple[bytes, Any]:
+        return await self._read_json(request)
 
     async def _read_json(self, request: web.Request) -> tuple[bytes, Any]:
         if request.content_type != "application/json":
@@ -144,9 +167,9 @@ class Gateway:
         self, body: dict[str, Any], facts: RequestFacts, route: Route, endpoint: Endpoint
     ) -> tuple[bool, int, str, bool]:
         """Set what capgate must set in the body: an output bound when there is none, the
-        usage chunk for OpenAI streams, the routed model name. Returns whether the body
-        changed, the output bound per choice, the field that holds it, and whether to hide
-        the usage chunk from the client."""
+        usage chunk for OpenAI streams. (The routed model name is set per attempt.)
+        Returns whether the body changed, the output bound per choice, the field that
+        holds it, and whether to hide the usage chunk from the client."""
         changed = False
         max_out = facts.max_output
         if endpoint is Endpoint.MESSAGES:
@@ -169,9 +192,6 @@ class Gateway:
                 extra = options if isinstance(options, dict) else {}
                 body["stream_options"] = {**extra, "include_usage": True}
                 hide_usage = changed = True
-        if route.upstream_model != facts.model:
-            body["model"] = route.upstream_model
-            changed = True
         return changed, max_out, field, hide_usage
 
     def _flex(
@@ -226,13 +246,34 @@ class Gateway:
 
     async def _proxy(self, request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
         started, t0 = self._clock(), time.perf_counter()
-        request_id = f"{self._id_prefix}{next(self._ids):x}"
-        dialect = endpoint.dialect
         try:
             key = await self._auth.authenticate(request.headers)
             raw, body = await self._read_json(request)
+        except CapgateError as exc:
+            return error_response(endpoint.dialect, exc)
+        admitted = await self.admit(request, endpoint, key, raw, body, started, t0)
+        if isinstance(admitted, Call):
+            return await admitted.run()
+        return admitted
+
+    async def admit(
+        self,
+        request: web.Request,
+        endpoint: Endpoint,
+        key: Scope,
+        raw: bytes,
+        body: Any,
+        started: float,
+        t0: float,
+    ) -> Call | web.Response:
+        """Route a parsed request and reserve its worst case: a Call ready to run, or the
+        refusal / error in the endpoint's dialect."""
+        request_id = f"{self._id_prefix}{next(self._ids):x}"
+        dialect = endpoint.dialect
+        try:
             facts = _FACTS[endpoint](body)
-            route = self._router.resolve(facts.model, endpoint)
+            plan = self._router.plan(facts.model, endpoint)
+            route = plan.first
             price = self._price(route.upstream_model)
             changed, max_out, field, hide_usage = self._prepare(body, facts, route, endpoint)
             bound = input_bound(body, len(raw))
@@ -264,11 +305,39 @@ class Gateway:
                 raise error
         except CapgateError as exc:
             return error_response(dialect, exc, request_id)
-        if decision.max_output is not None:  # the budget pays for less: ask for less
-            _clamp(body, field, decision.max_output)
-            changed = True
-        call = Call(self.settle, request, endpoint, decision, price, t0, hide_usage, bound)
-        return await call.run(route, orjson.dumps(body) if changed else raw)
+        admission = Admission(info, price, worst, facts.model, field, bound, output)
+        return Call(
+            self, request, endpoint, plan, admission, decision, body,
+            None if changed else raw, t0, hide_usage,
+        )  # fmt: skip
+
+    # -- what attempts need ------------------------------------------------------------
+
+    def admission(self, call: Call, route: Route) -> Admission:
+        """The same request, admitted to another target: its price, worst case, ledger
+        info. Raises InvalidRequest for an unpriced target."""
+        base = call.admission
+        price = self._price(route.upstream_model)
+        bound, output = base.input_bound, base.output
+        credits = self._credits_for(route.upstream_model)
+        worst = Amounts(1, bound, output, price.worst_cost_nano(bound, output), credits)
+        info = replace(base.info, provider=route.provider.name, upstream_model=route.upstream_model)
+        return replace(base, info=info, price=price, worst=worst)
+
+    @staticmethod
+    def clamp(body: dict[str, Any], field: str, max_output: int) -> None:
+        _clamp(body, field, max_output)
+
+    def backoff(self, tries: int, retry_after: float | None) -> float:
+        return jittered_backoff(self._settings.retry_backoff_s, tries, retry_after, self._rng)
+
+    @property
+    def breakers(self) -> Breakers:
+        return self._router.breakers
+
+    @property
+    def store(self) -> Store:
+        return self._store
 
     # -- settlement --------------------------------------------------------------------
 

@@ -94,6 +94,12 @@ def openapi_document() -> dict[str, Any]:
             )
         },
         "/admin/audit": {"get": _op("Admin changes, newest first")},
+        "/admin/routing": {
+            "get": _op(
+                "Providers' health as this process sees it (circuit breaker: cooling down "
+                "or not, failures in a row, last error) and the routes"
+            )
+        },
     }
     return {
         "openapi": "3.1.0",

@@ -44,6 +44,23 @@ REQUESTS: web.AppKey[deque[RecordedRequest]] = web.AppKey("requests")
 """The last requests received, oldest first: ``app[REQUESTS]``."""
 
 
+@dataclass(slots=True)
+class Faults:
+    """Failures injected into this mock instance's next model requests, set over HTTP with
+    ``POST /mock/faults`` (unlike directives, they tell two mocks behind one gateway
+    apart: the primary fails, the fallback answers). ``count`` < 0: until cleared."""
+
+    status: int | None = None  # answer with this error status
+    retry_after: str | None = None  # ... and this retry-after header
+    delay_ms: int = 0  # wait before answering (longer than a timeout: a hang)
+    empty_stream: bool = False  # streams: headers, then the connection drops, no event
+    count: int = 0
+    served: int = 0  # model requests answered (or failed) so far
+
+
+FAULTS: web.AppKey[Faults] = web.AppKey("faults")
+
+
 @dataclass(frozen=True, slots=True)
 class _Endpoint:
     dialect: Dialect
@@ -78,7 +95,10 @@ def create_mock_app(*, history: int = DEFAULT_HISTORY) -> web.Application:
     """The mock upstream; it remembers the last ``history`` requests in ``app[REQUESTS]``."""
     app = web.Application(middlewares=[_front_door], client_max_size=_MAX_BODY_BYTES)
     app[REQUESTS] = deque(maxlen=history)
+    app[FAULTS] = Faults()
     app.router.add_get("/health", _health)
+    app.router.add_get("/mock/faults", _get_faults)
+    app.router.add_post("/mock/faults", _set_faults)
     app.router.add_get("/v1/models", _models)
     for path, endpoint in _ENDPOINTS.items():
         # Routes match the path only, so "/v1/messages?beta=true" lands here too.
@@ -91,7 +111,7 @@ async def _front_door(request: web.Request, handler: Handler) -> web.StreamRespo
     """Record the request, check credentials, and give every error the dialect's shape."""
     dialect = _dialect_of(request)
     try:
-        if request.path != "/health":
+        if request.path != "/health" and not request.path.startswith("/mock/"):
             raw = await request.read()
             request.app[REQUESTS].append(_record(request, raw))
             if not _has_credentials(request):
@@ -105,6 +125,13 @@ async def _answer(endpoint: _Endpoint, request: web.Request) -> web.StreamRespon
     body = _json_object(await request.read())
     if body is None:
         return _error(endpoint.dialect, 400, "The request body is not a valid JSON object.")
+    faults = request.app[FAULTS]
+    faults.served += 1
+    if faults.count != 0:
+        faults.count -= 1 if faults.count > 0 else 0
+        failed = await _injected(request, endpoint.dialect, faults)
+        if failed is not None:
+            return failed
     directives = parse_directives(last_user_text(body))
     if directives.delay_ms:
         await asyncio.sleep(directives.delay_ms / 1000)
@@ -117,6 +144,53 @@ async def _answer(endpoint: _Endpoint, request: web.Request) -> web.StreamRespon
     if endpoint.stream is not None and body.get("stream") is True:
         return await _stream(request, endpoint.dialect, endpoint.stream(body), directives)
     return _json(endpoint.dialect, 200, endpoint.answer(body))
+
+
+async def _injected(
+    request: web.Request, dialect: Dialect, faults: Faults
+) -> web.StreamResponse | None:
+    if faults.delay_ms:
+        await asyncio.sleep(faults.delay_ms / 1000)
+    if faults.status is not None:
+        response = _error(dialect, faults.status, f"Injected fault {faults.status}.")
+        if faults.retry_after is not None:
+            response.headers["retry-after"] = faults.retry_after
+        return response
+    if faults.empty_stream:
+        stream = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await stream.prepare(request)
+        if request.transport is not None:
+            request.transport.close()
+        return stream
+    return None
+
+
+async def _get_faults(request: web.Request) -> web.Response:
+    faults = request.app[FAULTS]
+    return web.json_response(
+        {"status": faults.status, "delay_ms": faults.delay_ms, "count": faults.count,
+         "empty_stream": faults.empty_stream, "served": faults.served}
+    )  # fmt: skip
+
+
+async def _set_faults(request: web.Request) -> web.Response:
+    """Replace the injected faults (an empty object clears them)."""
+    data = _json_object(await request.read())
+    if data is None:
+        return web.json_response({"error": "expected a JSON object"}, status=400)
+    faults = request.app[FAULTS]  # changed in place: a running app's state is frozen
+    try:
+        status = data.get("status")
+        faults.status = None if status is None else int(status)
+        faults.retry_after = data.get("retry_after")
+        faults.delay_ms = int(data.get("delay_ms", 0))
+        faults.empty_stream = bool(data.get("empty_stream", False))
+        faults.count = int(data.get("count", -1 if data else 0))
+    except (TypeError, ValueError) as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+    if data.get("reset_served"):
+        faults.served = 0
+    return await _get_faults(request)
 
 
 async def _stream(

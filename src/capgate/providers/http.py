@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import aiohttp
 
 from capgate.config import ProviderConfig
-from capgate.errors import UpstreamFailed
+from capgate.errors import UpstreamFailed, UpstreamTimeout
 from capgate.providers.base import Endpoint
 
 # Paths below the provider's base URL. OpenAI base URLs end in /v1 by convention (as in the
@@ -41,11 +41,16 @@ def _broken_off(response: aiohttp.ClientResponse) -> Iterator[None]:
     back to the pool (or is dropped) however reading ends."""
     try:
         yield
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        detail = str(exc) or type(exc).__name__
-        raise UpstreamFailed(f"the provider's answer broke off: {detail}") from exc
+    except TimeoutError as exc:  # aiohttp's read timeouts are TimeoutErrors too
+        raise UpstreamTimeout(f"the provider's answer timed out: {_detail(exc)}") from exc
+    except aiohttp.ClientError as exc:
+        raise UpstreamFailed(f"the provider's answer broke off: {_detail(exc)}") from exc
     finally:
         response.release()
+
+
+def _detail(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
 
 
 class HTTPAnswer:
@@ -97,7 +102,7 @@ class HTTPProvider:
                 limit=self._config.max_connections, keepalive_timeout=60, ttl_dns_cache=300
             )
             timeout = aiohttp.ClientTimeout(
-                total=None,
+                total=self._config.timeout_s,  # per request, the answer's body included
                 connect=self._config.connect_timeout_s,
                 sock_read=self._config.read_timeout_s,
             )
@@ -125,9 +130,17 @@ class HTTPProvider:
         url = self._base + self._paths[endpoint]
         try:
             response = await self._client().post(url, data=body, headers=headers)
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            detail = str(exc) or type(exc).__name__
-            raise UpstreamFailed(f'provider "{self.name}" is unreachable: {detail}') from exc
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            # No connection: the request never reached the provider.
+            raise UpstreamFailed(
+                f'provider "{self.name}" is unreachable: {_detail(exc)}', sent=False
+            ) from exc
+        except TimeoutError as exc:
+            raise UpstreamTimeout(
+                f'provider "{self.name}" did not answer in time: {_detail(exc)}'
+            ) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamFailed(f'provider "{self.name}" failed: {_detail(exc)}') from exc
         return HTTPAnswer(response)
 
     async def close(self) -> None:

@@ -116,6 +116,12 @@ class Store(Protocol):
         record_refusal: bool = True,
     ) -> Reservation | Refusal: ...
 
+    async def rereserve(
+        self, old: Reservation, info: RequestInfo, worst: Amounts, flex: OutputFlex | None = None
+    ) -> Reservation | Refusal:
+        """Atomically release `old` and reserve `worst` for `info` (a fallback to another
+        target, priced differently). Refused: `old` stays held, unchanged."""
+
     def settle(self, reservation: Reservation, outcome: Outcome) -> asyncio.Future[None]:
         """Queue the settlement at once; the awaitable completes when it is committed."""
 

@@ -227,6 +227,47 @@ class SQLiteStore(ScopeAdmin):
             q.insert_refusal(conn, info, key, refusal, now)
         return refusal
 
+    async def rereserve(
+        self, old: Reservation, info: RequestInfo, worst: Amounts, flex: OutputFlex | None = None
+    ) -> Reservation | Refusal:
+        return await self._write(  # type: ignore[no-any-return]
+            lambda conn: self._rereserve(conn, old, info, worst, flex)
+        )
+
+    def _rereserve(
+        self,
+        conn: sqlite3.Connection,
+        old: Reservation,
+        info: RequestInfo,
+        worst: Amounts,
+        flex: OutputFlex | None,
+    ) -> Reservation | Refusal:
+        """Move a held reservation to another target in one transaction: release what it
+        holds, reserve `worst` for `info`. Refused: nothing changes, the old one stays."""
+        conn.execute("SAVEPOINT rereserve")
+        try:
+            if conn.execute("DELETE FROM reservations WHERE id=?", (old.id,)).rowcount == 0:
+                decision: Reservation | Refusal = Refusal(
+                    "lease_expired",
+                    "This request's reservation was settled by another process (lease expired).",
+                    "key",
+                    old.key.name,
+                )
+            else:
+                released = plan_settle(old.charges, Amounts())
+                q.add_to_counters(
+                    conn, [(d.counter, d.window_start, d.reserved, d.settled) for d in released]
+                )
+                decision = self._reserve(conn, info, worst, flex, (), record_refusal=False)
+            if isinstance(decision, Refusal):
+                conn.execute("ROLLBACK TO rereserve")
+            conn.execute("RELEASE rereserve")
+            return decision
+        except BaseException:
+            conn.execute("ROLLBACK TO rereserve")
+            conn.execute("RELEASE rereserve")
+            raise
+
     def scopes_above(self, key: Scope) -> list[Scope]:
         """The user, team and org scopes a key's requests also count against (cached)."""
         return self._scopes_of(key, "")[1:]
