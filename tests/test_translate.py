@@ -264,6 +264,16 @@ def test_messages_to_chat_tool_result_error_and_images() -> None:
                 "content": [text("a screenshot"), image_block()],
             },
             {"type": "tool_result", "tool_use_id": "toolu_c"},
+            {
+                "type": "tool_result",
+                "tool_use_id": "toolu_d",
+                "content": [
+                    {
+                        "type": "document",
+                        "source": {"type": "base64", "media_type": "application/pdf", "data": "JV"},
+                    }
+                ],
+            },
         ]
     )
     assert messages_to_chat(claude_body(turn))["messages"] == [
@@ -271,7 +281,21 @@ def test_messages_to_chat_tool_result_error_and_images() -> None:
         {"role": "tool", "tool_call_id": "toolu_b", "content": "a screenshot"},
         {"role": "tool", "tool_call_id": "toolu_c", "content": ""},
         # OpenAI tool messages hold text only: the image follows in a user message.
-        user([text("Images returned by tool call toolu_b:"), image_part()]),
+        {"role": "tool", "tool_call_id": "toolu_d", "content": ""},
+        user(
+            [
+                text("Images returned by tool call toolu_b:"),
+                image_part(),
+                text("Files returned by tool call toolu_d:"),
+                {
+                    "type": "file",
+                    "file": {
+                        "filename": "document.pdf",
+                        "file_data": "data:application/pdf;base64,JV",
+                    },
+                },
+            ]
+        ),
     ]
 
 
