@@ -23,8 +23,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from capgate.mock import responses
-from capgate.mock.directives import Directives, last_user_text, parse_directives
-from capgate.mock.generation import input_tokens
+from capgate.mock.directives import (
+    Directives,
+    after_tool_result,
+    last_user_images,
+    last_user_text,
+    parse_directives,
+)
+from capgate.mock.generation import input_tokens, tool_arguments
 from capgate.mock.runner import MockUpstream
 
 # Not a real model name: the SDK warns about deprecated ones, and the mock accepts any.
@@ -80,15 +86,21 @@ def sse_data(lines: list[str]) -> list[Any]:
 
 def test_parse_directives_reads_every_kind() -> None:
     text = "hi mock:status=429 mock:delay_ms=5 mock:stream_delay_ms=7 mock:words=3 mock:cut_stream"
-    assert parse_directives(text + " mock:no_usage") == Directives(
-        status=429, delay_ms=5, stream_delay_ms=7, words=3, cut_stream=True, no_usage=True
+    assert parse_directives(text + " mock:no_usage mock:tool") == Directives(
+        status=429,
+        delay_ms=5,
+        stream_delay_ms=7,
+        words=3,
+        cut_stream=True,
+        no_usage=True,
+        tool=True,
     )
 
 
 def test_parse_directives_ignores_unknown_and_out_of_range() -> None:
-    assert parse_directives("mock:status=200 mock:bogus=1 mock:words mock:cut_stream=1") == (
-        Directives()
-    )
+    assert parse_directives(
+        "mock:status=200 mock:bogus=1 mock:words mock:cut_stream=1 mock:tool=1"
+    ) == (Directives())
     assert parse_directives("plain text") == Directives()
 
 
@@ -458,6 +470,252 @@ def test_openai_responses_truncated_stream_ends_incomplete(gpt: openai.OpenAI) -
     assert last.type == "response.incomplete"
     assert last.response.status == "incomplete"
     assert last.response.usage is not None and last.response.usage.output_tokens == 3
+
+
+# --- tool calls (mock:tool) and images ------------------------------------------------------
+
+WEATHER_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string"},
+        "days": {"type": "integer"},
+        "unit": {"enum": ["celsius", "fahrenheit"]},
+        "note": {"type": "string"},
+    },
+    "required": ["city", "days", "unit"],
+}
+WEATHER_ARGS = {"city": "x", "days": 1, "unit": "celsius"}
+# One output token per 4-character fragment of the arguments' JSON.
+WEATHER_TOKENS = -(-len(orjson.dumps(WEATHER_ARGS)) // 4)
+CLAUDE_TOOLS: Any = [
+    {"name": "weather", "description": "Forecast", "input_schema": WEATHER_SCHEMA},
+    {"name": "other", "input_schema": {"type": "object"}},
+]
+GPT_TOOLS: Any = [
+    {"type": "function", "function": {"name": "weather", "parameters": WEATHER_SCHEMA}},
+    {"type": "function", "function": {"name": "other"}},
+]
+RESPONSES_TOOLS: Any = [
+    {"type": "web_search"},  # a built-in tool has no name: the first function is called
+    {"type": "function", "name": "weather", "parameters": WEATHER_SCHEMA, "strict": False},
+]
+PNG = "iVBORw0KGgo="
+
+
+@pytest.mark.parametrize(
+    ("schema", "expected"),
+    [
+        (WEATHER_SCHEMA, WEATHER_ARGS),
+        ({"type": "object"}, {}),
+        (None, {}),
+        ({"properties": {"a": {}}, "required": ["a", 3]}, {"a": "x"}),
+        (
+            {
+                "properties": {
+                    "n": {"type": "number"},
+                    "b": {"type": "boolean"},
+                    "l": {"type": "array"},
+                    "o": {
+                        "type": "object",
+                        "properties": {"s": {"type": "string"}},
+                        "required": ["s"],
+                    },
+                    "maybe": {"type": ["null", "string"]},
+                },
+                "required": ["n", "b", "l", "o", "maybe"],
+            },
+            {"n": 1, "b": True, "l": [], "o": {"s": "x"}, "maybe": "x"},
+        ),
+    ],
+)
+def test_tool_arguments_fit_the_schema(schema: Any, expected: dict[str, Any]) -> None:
+    assert tool_arguments(schema) == expected
+
+
+def test_images_and_tool_results_in_every_dialect() -> None:
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}}
+    claude_turn = {
+        "role": "user",
+        "content": [
+            image,
+            {"type": "tool_result", "tool_use_id": "t", "content": [image]},
+            {"type": "text", "text": "see"},
+        ],
+    }
+    assert last_user_images({"messages": [claude_turn]}) == 2
+    assert after_tool_result({"messages": [claude_turn]})
+    gpt_turn = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "u"}}]}
+    assert last_user_images({"messages": [gpt_turn, {"role": "assistant", "content": "x"}]}) == 1
+    assert after_tool_result({"messages": [gpt_turn, {"role": "tool", "tool_call_id": "c"}]})
+    item = {"role": "user", "content": [{"type": "input_image", "image_url": "u"}]}
+    assert last_user_images({"input": [item]}) == 1
+    assert after_tool_result({"input": [item, {"type": "function_call_output", "call_id": "c"}]})
+    assert not after_tool_result({"input": "hi"}) and last_user_images({"input": "hi"}) == 0
+    assert not after_tool_result({"messages": [*user("hi")]})
+
+
+def test_anthropic_tool_call(claude: anthropic.Anthropic) -> None:
+    messages = user("What's the weather? mock:tool")
+    message = claude.messages.create(
+        model=MODEL, max_tokens=100, messages=messages, tools=CLAUDE_TOOLS
+    )
+    (block,) = message.content
+    assert isinstance(block, anthropic.types.ToolUseBlock)
+    assert block.id.startswith("toolu_mock_")
+    assert (block.name, block.input) == ("weather", WEATHER_ARGS)
+    assert message.stop_reason == "tool_use"
+    assert message.usage.output_tokens == WEATHER_TOKENS
+    body = {"model": MODEL, "messages": messages, "tools": CLAUDE_TOOLS}
+    assert message.usage.input_tokens == input_tokens(body)
+
+    with claude.messages.stream(
+        model=MODEL, max_tokens=100, messages=messages, tools=CLAUDE_TOOLS
+    ) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_message()
+    assert "input_json" in kinds  # the SDK saw the arguments stream in
+    (streamed,) = final.content
+    assert isinstance(streamed, anthropic.types.ToolUseBlock)
+    assert (streamed.name, streamed.input) == ("weather", WEATHER_ARGS)
+    assert streamed.id != block.id  # fresh per call, as upstream ids are
+    assert (final.stop_reason, final.usage.output_tokens) == ("tool_use", WEATHER_TOKENS)
+    assert final.usage.input_tokens == message.usage.input_tokens
+
+
+def test_openai_chat_tool_call(gpt: openai.OpenAI) -> None:
+    messages = user("weather? mock:tool")
+    completion = gpt.chat.completions.create(model=GPT, messages=messages, tools=GPT_TOOLS)
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    assert choice.message.tool_calls is not None
+    (call,) = choice.message.tool_calls
+    assert isinstance(call, openai.types.chat.ChatCompletionMessageFunctionToolCall)
+    assert call.id.startswith("call_mock")
+    assert (call.function.name, orjson.loads(call.function.arguments)) == ("weather", WEATHER_ARGS)
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens == WEATHER_TOKENS
+
+    with gpt.chat.completions.stream(
+        model=GPT, messages=messages, tools=GPT_TOOLS, stream_options={"include_usage": True}
+    ) as stream:
+        deltas = [
+            e.arguments_delta
+            for e in stream
+            if e.type == "tool_calls.function.arguments.delta" and e.arguments_delta
+        ]
+        final = stream.get_final_completion()
+    assert len(deltas) == WEATHER_TOKENS
+    assert final.choices[0].finish_reason == "tool_calls"
+    tool_calls = final.choices[0].message.tool_calls
+    assert tool_calls is not None
+    (streamed,) = tool_calls
+    assert isinstance(streamed, openai.types.chat.ParsedFunctionToolCall)
+    assert orjson.loads(streamed.function.arguments) == WEATHER_ARGS
+    assert final.usage is not None and final.usage.completion_tokens == WEATHER_TOKENS
+    assert final.usage.prompt_tokens == completion.usage.prompt_tokens
+
+
+def test_openai_responses_tool_call(gpt: openai.OpenAI) -> None:
+    response = gpt.responses.create(model=GPT, input="weather? mock:tool", tools=RESPONSES_TOOLS)
+    (item,) = response.output
+    assert isinstance(item, openai.types.responses.ResponseFunctionToolCall)
+    assert (item.name, orjson.loads(item.arguments)) == ("weather", WEATHER_ARGS)
+    assert item.call_id.startswith("call_mock") and item.id is not None
+    assert item.id.startswith("fc_mock")
+    assert response.status == "completed"
+    assert response.usage is not None and response.usage.output_tokens == WEATHER_TOKENS
+
+    with gpt.responses.stream(
+        model=GPT, input="weather? mock:tool", tools=RESPONSES_TOOLS
+    ) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    kinds = [event.type for event in events]
+    assert kinds.count("response.function_call_arguments.delta") == WEATHER_TOKENS
+    assert "response.function_call_arguments.done" in kinds
+    (streamed,) = final.output
+    assert isinstance(streamed, openai.types.responses.ResponseFunctionToolCall)
+    assert orjson.loads(streamed.arguments) == WEATHER_ARGS
+    assert final.usage is not None and final.usage.output_tokens == WEATHER_TOKENS
+
+
+def test_tool_directive_answers_in_words_when_it_cannot_call(
+    claude: anthropic.Anthropic, gpt: openai.OpenAI
+) -> None:
+    # No tools to call:
+    plain = claude.messages.create(model=MODEL, max_tokens=100, messages=user("hi mock:tool"))
+    assert text_of(plain).startswith("Hello from the capgate mock.")
+    # The last turn hands back the tool's result, so the client's loop can end:
+    asked = gpt.chat.completions.create(model=GPT, messages=user("mock:tool"), tools=GPT_TOOLS)
+    assert asked.choices[0].message.tool_calls is not None
+    call = asked.choices[0].message.tool_calls[0]
+    history: Any = [
+        *user("mock:tool"),
+        {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+        {"role": "tool", "tool_call_id": call.id, "content": "sunny"},
+    ]
+    after = gpt.chat.completions.create(model=GPT, messages=history, tools=GPT_TOOLS)
+    assert after.choices[0].finish_reason == "stop"
+    assert after.choices[0].message.content == "Hello from the capgate mock."
+    # A call longer than max_tokens would be broken JSON: the answer is words, cut.
+    cut = claude.messages.create(
+        model=MODEL, max_tokens=2, messages=user("mock:tool"), tools=CLAUDE_TOOLS
+    )
+    assert (cut.stop_reason, cut.usage.output_tokens) == ("max_tokens", 2)
+    assert text_of(cut) == "Hello from"
+
+
+def test_cut_stream_cuts_a_tool_call_too(raw: httpx.Client) -> None:
+    body = {
+        "model": GPT,
+        "stream": True,
+        "tools": GPT_TOOLS,
+        "messages": user("mock:tool mock:cut_stream"),
+    }
+    lines: list[str] = []
+    with (
+        pytest.raises(httpx.RemoteProtocolError),
+        raw.stream(
+            "POST", "/v1/chat/completions", headers={"authorization": "Bearer k"}, json=body
+        ) as reply,
+    ):
+        lines.extend(reply.iter_lines())
+    chunks = sse_data(lines)
+    assert len(chunks) == 1 + WEATHER_TOKENS // 2  # the call's head, then half its fragments
+    assert "data: [DONE]" not in lines
+
+
+def test_answers_count_the_images_they_saw(claude: anthropic.Anthropic, gpt: openai.OpenAI) -> None:
+    image: Any = {
+        "type": "image",
+        "source": {"type": "base64", "media_type": "image/png", "data": PNG},
+    }
+    two: Any = [image, image, {"type": "text", "text": "what are these?"}]
+    message = claude.messages.create(
+        model=MODEL, max_tokens=100, messages=[{"role": "user", "content": two}]
+    )
+    assert text_of(message) == ("Hello from the capgate mock. (2 images) You said: what are these?")
+    assert message.usage.output_tokens == len(text_of(message).split())
+    part: Any = {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}}
+    completion = gpt.chat.completions.create(
+        model=GPT, messages=[{"role": "user", "content": [part]}]
+    )
+    assert completion.choices[0].message.content == "Hello from the capgate mock. (1 image)"
+    item: Any = {
+        "role": "user",
+        "content": [{"type": "input_image", "image_url": "https://x.test/a.png"}],
+    }
+    response = gpt.responses.create(model=GPT, input=[item])
+    assert "(1 image)" in response.output_text
+    # Only the last user turn counts.
+    turns: Any = [
+        {"role": "user", "content": two},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": "and now?"},
+    ]
+    later = claude.messages.create(model=MODEL, max_tokens=100, messages=turns)
+    assert "image" not in text_of(later)
 
 
 # --- server behaviour: recording, directives needing a server, transport ------------------

@@ -131,8 +131,8 @@ def _tool_use_to_call(block: JSON, path: str) -> JSON:
 
 def _user_to_chat(blocks: list[Any], path: str) -> list[JSON]:
     """Tool results become `tool` messages, which must come straight after the assistant's
-    calls, so they go first; images inside them go to the user message that follows,
-    because OpenAI tool messages hold text only."""
+    calls, so they go first; images and files inside them go to the user message that
+    follows, because OpenAI tool messages hold text only."""
     tool_messages: list[JSON] = []
     parts: list[JSON] = []
     for j, block in enumerate(blocks):
@@ -141,7 +141,8 @@ def _user_to_chat(blocks: list[Any], path: str) -> list[JSON]:
             message, images = _tool_result_to_chat(block, where)
             tool_messages.append(message)
             if images:
-                label = f"Images returned by tool call {message['tool_call_id']}:"
+                kind = "Images" if all(p["type"] == "image_url" for p in images) else "Files"
+                label = f"{kind} returned by tool call {message['tool_call_id']}:"
                 parts += [{"type": "text", "text": label}, *images]
         else:
             parts.append(_part_to_chat(block, where))

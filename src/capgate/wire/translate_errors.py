@@ -25,17 +25,17 @@ _ANTHROPIC_TYPES = {
     504: "timeout_error",
     529: "overloaded_error",
 }
-# Anthropic error type -> OpenAI (type, code), as capgate's own OpenAI errors name them.
-_OPENAI_KINDS: dict[str, tuple[str, str | None]] = {
-    "invalid_request_error": ("invalid_request_error", None),
-    "authentication_error": ("invalid_request_error", "invalid_api_key"),
-    "billing_error": ("insufficient_quota", "insufficient_quota"),
-    "permission_error": ("permission_error", None),
-    "not_found_error": ("invalid_request_error", "not_found"),
-    "request_too_large": ("invalid_request_error", "request_too_large"),
-    "rate_limit_error": ("rate_limit_exceeded", "rate_limit_exceeded"),
-    "timeout_error": ("server_error", "timeout"),
-    "overloaded_error": ("server_error", "overloaded"),
+# Anthropic error type -> OpenAI type and code. Where these say nothing, both are the
+# Anthropic type, as in capgate's own OpenAI errors (capgate.http.dialects).
+_OPENAI_TYPES = {
+    "authentication_error": "invalid_request_error",
+    "billing_error": "insufficient_quota",
+    "rate_limit_error": "rate_limit_exceeded",
+}
+_OPENAI_CODES = {
+    "authentication_error": "invalid_api_key",
+    "billing_error": "insufficient_quota",
+    "rate_limit_error": "rate_limit_exceeded",
 }
 _MAX_RAW_MESSAGE = 1000  # a non-JSON error page is cut to what a person would read
 
@@ -63,7 +63,8 @@ def anthropic_error(kind: str, message: str) -> JSON:
 
 
 def openai_error(anthropic_kind: str, message: str) -> JSON:
-    kind, code = _OPENAI_KINDS.get(anthropic_kind, ("server_error", None))
+    kind = _OPENAI_TYPES.get(anthropic_kind, anthropic_kind)
+    code = _OPENAI_CODES.get(anthropic_kind, anthropic_kind)
     return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
 
@@ -76,7 +77,10 @@ def anthropic_kind_of(error: Any) -> str:
     for hint, kind in (
         ("rate_limit", "rate_limit_error"),
         ("insufficient_quota", "billing_error"),
+        ("invalid_api_key", "authentication_error"),
         ("invalid_request", "invalid_request_error"),
+        ("permission", "permission_error"),
+        ("not_found", "not_found_error"),
         ("overloaded", "overloaded_error"),
     ):
         if hint in words:

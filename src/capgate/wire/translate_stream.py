@@ -61,6 +61,11 @@ def _object(payload: bytes) -> JSON | None:
     return data if isinstance(data, dict) else None
 
 
+def _index(data: JSON) -> int:
+    index = data.get("index")
+    return index if isinstance(index, int) else -1
+
+
 @dataclass(slots=True)
 class _ToolCall:
     """An OpenAI tool call as it streams in. Its block opens once the name is known."""
@@ -272,8 +277,9 @@ class MessagesToChatStream:
         if kind == "error":
             self._closed = True
             error = data.get("error")
-            error_kind = error.get("type") if isinstance(error, dict) else None
-            body = openai_error(str(error_kind), stream_error_message(error))
+            given = error.get("type") if isinstance(error, dict) else None
+            error_kind = given if isinstance(given, str) and given else "api_error"
+            body = openai_error(error_kind, stream_error_message(error))
             return [b"data: " + orjson.dumps(body) + b"\n\n"]
         if kind == "message_start":
             return self._start(data.get("message"))
@@ -306,7 +312,7 @@ class MessagesToChatStream:
             out.append(self._chunk({"content": block["text"]}))
         elif block.get("type") == "tool_use":
             index = len(self._tools)
-            self._tools[data.get("index", -1)] = index
+            self._tools[_index(data)] = index
             name = block.get("name")
             call = {
                 "index": index,
@@ -328,10 +334,10 @@ class MessagesToChatStream:
         kind = delta.get("type")
         if kind == "text_delta" and isinstance(delta.get("text"), str) and delta["text"]:
             out.append(self._chunk({"content": delta["text"]}))
-        elif kind == "input_json_delta" and data.get("index") in self._tools:
+        elif kind == "input_json_delta" and _index(data) in self._tools:
             fragment = delta.get("partial_json")
             if isinstance(fragment, str) and fragment:
-                out.append(self._arguments(self._tools[data["index"]], fragment))
+                out.append(self._arguments(self._tools[_index(data)], fragment))
         return out  # thinking, signature and citation deltas have no counterpart
 
     def _arguments(self, index: int, fragment: str) -> bytes:
