@@ -258,8 +258,9 @@ class Call:
             payload = self._body(route, translation)
         except CapgateError as exc:  # the body cannot be translated for this target
             return Failure(exc.status, exc.message) if exc.status >= 500 else self._refuse(exc)
-        config = route.config  # a CLI's first byte comes when its run ends
-        wait = config.timeout_s if config.type in CLI_TYPES else config.first_byte_timeout_s
+        config = route.config  # a CLI's first byte may come when its run ends: it times
+        # itself out (stopping its processes) at timeout_s; this is a backstop behind it
+        wait = config.timeout_s + 5 if config.type in CLI_TYPES else config.first_byte_timeout_s
         first_byte = min(wait, max(0.001, deadline - time.perf_counter()))
         stream = self.res.info.stream
         chunks: AsyncIterator[bytes] | None = None
