@@ -108,10 +108,11 @@ class Dashboard:
         """Who is logged in, and the CSRF token the page sends with every change."""
         caller = await self.access.session_of(request)
         if caller is None or caller.session is None or caller.token is None:
-            return _secure(error_response("admin", AuthenticationFailed("Not logged in.")))
+            return _secure(json_response({"authenticated": False}))
         return _secure(
             json_response(
                 {
+                    "authenticated": True,
                     "actor": caller.actor,
                     "csrf_token": csrf_token(caller.token),
                     "csrf_header": CSRF_HEADER,
@@ -137,6 +138,7 @@ class Dashboard:
             return _secure(error_response("admin", exc))
         response = json_response(
             {
+                "authenticated": True,
                 "actor": session.actor,
                 "csrf_token": csrf_token(token),
                 "csrf_header": CSRF_HEADER,
