@@ -11,7 +11,7 @@ export async function audit(root, cleanup) {
   async function load() {
     const data = await get("/admin/audit?limit=200");
     replace(body, table([
-      { label: "When", cell: (a) => dateTime(a.created_at) },
+      { label: "When", cell: (a) => dateTime(a.created_at), cls: "nowrap" },
       { label: "Who", cell: (a) => a.actor },
       { label: "Action", cell: (a) => h("strong", {}, a.action) },
       { label: "Target", cell: (a) => h("span", { class: "mono" }, a.target) },

@@ -24,7 +24,8 @@ export function timeChart(data, metric, { height = 260 } = {}) {
     axes: [
       { stroke: "#667085", grid: { stroke: "#eef0f3" }, ticks: { stroke: "#e4e7ec" } },
       {
-        stroke: "#667085", grid: { stroke: "#eef0f3" }, ticks: { stroke: "#e4e7ec" }, size: 76,
+        stroke: "#667085", grid: { stroke: "#eef0f3" }, ticks: { stroke: "#e4e7ec" },
+        size: (u, values) => 22 + 7 * Math.max(3, ...(values || []).map((v) => String(v).length)),
         values: (u, ticks) => ticks.map((v) => (metric === "cost_usd" ? axisUsd(v) : int(v))),
       },
     ],

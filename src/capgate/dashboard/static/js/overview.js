@@ -73,7 +73,7 @@ export async function overview(root, cleanup) {
     });
     rows.sort((a, b) => b.share - a.share);
     replace(budgetsEl, table([
-      { label: "Scope", cell: (r) => h("a", { href: `#/${r.kind}/${encodeURIComponent(r.scope.name)}` }, `${r.kind.slice(0, -1)} ${r.scope.name}`) },
+      { label: "Scope", cell: (r) => h("a", { href: `#/${r.kind}/${encodeURIComponent(r.scope.name)}`, class: "truncate", title: r.scope.name }, `${r.kind.slice(0, -1)} ${r.scope.name}`) },
       { label: "Limit", cell: (r) => usageRow(r.usage), cls: "wide" },
     ], rows.slice(0, 8), { empty: "No limits yet. Create a key with a limit to see it here." }));
   }
@@ -102,6 +102,6 @@ function topTable(group, items) {
 
 function nameCell(group, name) {
   if (name === null || name === undefined) return h("span", { class: "muted" }, "(none)");
-  if (group === "key") return h("a", { href: `#/keys/${encodeURIComponent(name)}` }, name);
+  if (group === "key") return h("a", { href: `#/keys/${encodeURIComponent(name)}`, class: "truncate", title: name }, name);
   return h("a", { href: `#/requests?${new URLSearchParams({ [group]: name })}` }, name);
 }

@@ -18,6 +18,7 @@ export async function scopeDetail(root, cleanup, params, kind, name) {
   let range = "7d";
   let metric = "cost_usd";
 
+  let view = null; // the latest render's redrawing functions
   async function render() {
     const scope = await get(`/admin/${kind}/${encodeURIComponent(name)}`);
     const edit = h("button", { type: "button", class: "btn", "data-action": "edit" }, "Edit");
@@ -41,8 +42,8 @@ export async function scopeDetail(root, cleanup, params, kind, name) {
     });
     const head = h("div", { class: "detail-head" },
       h("a", { href: `#/${kind}`, class: "muted" }, `← ${kind[0].toUpperCase() + kind.slice(1)}`),
-      h("h2", {}, name), badge(scope.status), h("span", { class: "spacer" }),
-      statusActions(kind, scope, render, { small: false }), edit, reset, remove);
+      h("h2", { title: name }, name), badge(scope.status), h("span", { class: "spacer" }),
+      h("div", { class: "row actions" }, statusActions(kind, scope, render, { small: false }), edit, reset, remove));
 
     const trend = h("div");
     const requestsEl = h("div");
@@ -65,7 +66,7 @@ export async function scopeDetail(root, cleanup, params, kind, name) {
       const data = await get("/admin/timeseries" + query({ [filter]: name, from: Math.floor(now - spans[range]), to: Math.ceil(now) }));
       const total = data.series[0];
       replace(trend, timeChart(data, metric, { height: 220 }),
-        h("p", { class: "legend-note" }, total ? `${int(total.total_requests)} requests, ${usd(total.total_cost_usd)} in this range.` : ""));
+        h("p", { class: "legend-note" }, total ? `${int(total.total_requests)} ${total.total_requests === 1 ? "request" : "requests"}, ${usd(total.total_cost_usd)} in this range.` : ""));
     }
 
     async function drawRequests() {
@@ -73,11 +74,11 @@ export async function scopeDetail(root, cleanup, params, kind, name) {
       replace(requestsEl, table(REQUEST_COLUMNS, page.items, { empty: `No requests for this ${what} yet.` }));
     }
 
+    view = { drawRequests };
     if (filter) await Promise.all([drawTrend(), drawRequests()]);
-    return { drawRequests };
   }
 
-  const view = await render();
+  await render();
   if (filter) {
     let pending = null;
     cleanup(on("request", (entry) => {
