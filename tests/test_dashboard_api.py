@@ -5,6 +5,7 @@ settings."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -252,8 +253,6 @@ class Feed:
         assert self._ready.wait(10)
 
     def _run(self) -> None:
-        import json
-
         try:
             with self._client.stream("GET", "/admin/events", headers=self._headers) as response:
                 self.status = response.status_code

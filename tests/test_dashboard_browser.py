@@ -205,7 +205,9 @@ def test_create_a_key_in_the_ui_and_use_it(page: Page, dash: Capgate, key_name: 
         )
     assert message.usage.output_tokens == 4
     shown = dash.admin("GET", f"/admin/keys/{key_name}").json()
-    assert shown["team"] == "web" and shown["limits"] == [{"metric": "requests", "window": "day", "max": 2}]
+    assert shown["team"] == "web" and shown["limits"] == [
+        {"metric": "requests", "window": "day", "max": 2}
+    ]
     assert shown["usage"][0]["used"] == 1
     assert [e["outcome"] for e in dash.ledger(key=key_name)] == ["ok"]
     page.reload()
