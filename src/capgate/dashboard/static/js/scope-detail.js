@@ -71,7 +71,8 @@ export async function scopeDetail(root, cleanup, params, kind, name) {
 
     async function drawRequests() {
       const page = await get("/admin/requests" + query({ [filter]: name, limit: 20 }));
-      replace(requestsEl, table(REQUEST_COLUMNS, page.items, { empty: `No requests for this ${what} yet.` }));
+      const columns = REQUEST_COLUMNS.filter((c) => c.label.toLowerCase() !== filter);
+      replace(requestsEl, table(columns, page.items, { empty: `No requests for this ${what} yet.` }));
     }
 
     view = { drawRequests };
