@@ -332,3 +332,39 @@ def test_sign_out(page: Page, dash: Capgate) -> None:
     assert page.request.get(dash.url + "/admin/keys").status == 401
     page.reload()
     page.get_by_label("Admin key").wait_for()
+
+
+def test_edit_limits_models_and_schedules_in_the_ui(
+    page: Page, dash: Capgate, console: Console, key_name: str
+) -> None:
+    dash.create_key(key_name, [{"metric": "requests", "window": "day", "max": 3}], team="ops")
+    log_in(page, dash)
+    go(page, dash, f"keys/{key_name}")
+    page.locator("[data-action=edit]").click()
+    dialog = page.get_by_role("dialog")
+    assert dialog.get_by_label("Name", exact=True).is_disabled()
+    dialog.get_by_label("Maximum", exact=True).fill("9")
+    dialog.get_by_label("Allowed models").fill("claude-haiku-*, gpt-5-mini")
+    dialog.get_by_role("button", name="+ Add schedule").click()
+    dialog.get_by_label("Days", exact=True).fill("mon-fri")
+    dialog.get_by_label("Team", exact=True).fill("")
+    dialog.get_by_role("button", name="Save changes").click()
+    page.locator("#page .usage", has_text="0 / 9").wait_for()
+    shown = dash.admin("GET", f"/admin/keys/{key_name}").json()
+    assert shown["limits"] == [{"metric": "requests", "window": "day", "max": 9}]
+    assert shown["models"] == ["claude-haiku-*", "gpt-5-mini"] and shown["team"] is None
+    assert shown["schedules"] == [
+        {"model": "*", "days": "mon,tue,wed,thu,fri", "start": "09:00", "end": "18:00", "tz": "UTC"}
+    ]
+    # A bad value is refused in the form, naming the field, and changes nothing.
+    page.locator("[data-action=edit]").click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_label("Window", exact=True).fill("fortnight")
+    dialog.get_by_role("button", name="Save changes").click()
+    dialog.get_by_role("alert").filter(has_text="window").wait_for()
+    assert console.errors == [  # Chromium's own log line for the refused request
+        "error: Failed to load resource: the server responded with a status of 400 (Bad Request)"
+    ]
+    console.errors.clear()
+    dialog.get_by_role("button", name="Cancel").click()
+    assert dash.admin("GET", f"/admin/keys/{key_name}").json()["limits"][0]["window"] == "day"
