@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from capgate.errors import AuthenticationFailed, CapgateError, PermissionDenied
+from capgate.errors import AuthenticationFailed, CapgateError, NotFound, PermissionDenied
 from capgate.http.admin_io import json_response, read_body
 from capgate.http.dialects import error_response
 from capgate.http.sessions import (
@@ -97,7 +97,7 @@ class Dashboard:
     def _file(self, request: web.Request, path: str) -> web.StreamResponse:
         found = asset(path)
         if found is None:
-            return _secure(error_response("admin", _NotFound("no such dashboard file")))
+            return _secure(error_response("admin", NotFound("no such dashboard file")))
         body, kind, etag = found
         headers = {**HEADERS, "etag": etag, "cache-control": "no-cache"}
         if request.headers.get("if-none-match") == etag:
@@ -158,11 +158,6 @@ class Dashboard:
         response = web.Response(status=204)
         clear_session_cookie(response, request)
         return _secure(response)
-
-
-class _NotFound(CapgateError):
-    status = 404
-    kind = "not_found_error"
 
 
 def _secure(response: web.Response) -> web.Response:

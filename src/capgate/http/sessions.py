@@ -108,7 +108,7 @@ class AdminAccess:
         self.throttle = LoginThrottle()
 
     def check_key(self, raw: str) -> None:
-        self._key.check({"authorization": f"Bearer {raw}"})
+        self._key.check_key(raw)
 
     async def authenticate(self, request: web.Request) -> Caller:
         """The caller of an admin route, or AuthenticationFailed / PermissionDenied. A
