@@ -14,17 +14,18 @@ from capgate import __version__
 from capgate.config import CLI_TYPES, Config, ProviderConfig, sqlite_path
 from capgate.core.limits import Limit, Metric, ScopeKind, usd_to_nano
 from capgate.core.windows import WindowKind
+from capgate.dashboard.app import Dashboard
 from capgate.http.admin import AdminAPI
 from capgate.http.auth import admin_digest
 from capgate.http.gateway import Gateway
 from capgate.http.generate import GenerateAPI
 from capgate.keys import display_prefix, key_hash, new_key
 from capgate.mock.server import create_mock_app
-from capgate.pricing import PricingTable
 from capgate.providers.base import Provider
 from capgate.providers.cli import cli_provider
 from capgate.providers.http import HTTPProvider
 from capgate.routing import Router
+from capgate.runtime import RuntimeSettings
 from capgate.store.base import ScopeFields
 from capgate.store.sqlite import SQLiteStore
 
@@ -107,20 +108,29 @@ async def build(
             runners.append(runner)
         providers[pc.name] = HTTPProvider(pc, base_url)
 
-    pricing = PricingTable.load({name: p.as_entry() for name, p in config.pricing.items()})
+    # Prices, credit weights and the default timezone: the config file's, then what an
+    # admin changed in the dashboard (stored in the database, followed while running).
+    runtime = RuntimeSettings(config)
+    await runtime.refresh(store)
+    runtime.watch(store)
     configs = {pc.name: pc for pc in provider_configs}
     router = Router(list(config.models), providers, configs, settings)
-    gateway = Gateway(store, router, pricing, settings)
+    gateway = Gateway(store, router, runtime.pricing, settings)
     digest, generated = await _admin_digest(store, config, demo)
-    admin = AdminAPI(store, digest, default_timezone=settings.timezone, routing=router.describe)
+    admin = AdminAPI(store, digest, runtime=runtime, routing=router.describe)
 
     app = web.Application(client_max_size=int(settings.max_request_mb * 1024 * 1024) + 1)
     app.add_routes(gateway.routes())
     app.add_routes(GenerateAPI(gateway, settings).routes())
     app.add_routes(admin.routes())
+    app.add_routes(Dashboard(admin.access).routes())
     app.router.add_get("/health", _health)
 
+    async def end_streams(_: web.Application) -> None:
+        await admin.events.close()  # open live feeds would hold the shutdown otherwise
+
     async def shutdown(_: web.Application) -> None:
+        await runtime.close()
         await gateway.drain()
         for provider in providers.values():
             await provider.close()
@@ -128,6 +138,7 @@ async def build(
             await runner.cleanup()
         await store.close()
 
+    app.on_shutdown.append(end_streams)
     app.on_cleanup.append(shutdown)
     built = Built(app, store, generated)
     if demo:

@@ -1,4 +1,6 @@
-"""The pricing table: the bundled data file, then the admin's overrides on top."""
+"""What a model costs: the price table (the bundled data file, then the admin's overrides on
+top) and the credit weights per model glob. Both can change while the server runs (the
+dashboard's settings), so the gateway keeps one table and `adopt` swaps its contents."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import yaml
 from capgate.core.money import Price
 
 _DATED = re.compile(r"-(\d{8}|\d{4}-\d{2}-\d{2}|latest)$")
+_CACHE_MAX = 10_000  # bounded: model names come from clients
 
 
 class PricingTable:
@@ -22,15 +25,23 @@ class PricingTable:
         globs: Mapping[str, Price],
         version: str,
         overridden: frozenset[str] = frozenset(),
+        credit_weights: Mapping[str, int] | None = None,
     ):
         self._prices = dict(prices)
         self._globs = dict(globs)  # override keys with wildcards, tried in order
         self._overridden = overridden  # exact names the admin priced
         self.version = version
+        # Credits per request by glob over the routed model; first match wins, else 1.
+        self._weights = dict(credit_weights or {})
         self._cache: dict[str, Price | None] = {}
+        self._credits: dict[str, int] = {}
 
     @classmethod
-    def load(cls, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> PricingTable:
+    def load(
+        cls,
+        overrides: Mapping[str, Mapping[str, Any]] | None = None,
+        credit_weights: Mapping[str, int] | None = None,
+    ) -> PricingTable:
         text = resources.files("capgate").joinpath("data/pricing.yaml").read_text("utf-8")
         data = yaml.safe_load(text)
         prices: dict[str, Price] = {}
@@ -50,7 +61,15 @@ class PricingTable:
             else:
                 prices[name] = price
         exact = frozenset(n for n in (overrides or {}) if not any(c in n for c in "*?["))
-        return cls(prices, globs, str(data.get("version", "")), exact)
+        return cls(prices, globs, str(data.get("version", "")), exact, credit_weights)
+
+    def adopt(self, other: PricingTable) -> None:
+        """Take `other`'s prices and weights, in place: whoever holds this table sees the
+        new ones from its next lookup (all on the event loop, so never half of each)."""
+        self._prices, self._globs = other._prices, other._globs
+        self._overridden, self.version = other._overridden, other.version
+        self._weights = other._weights
+        self._cache, self._credits = {}, {}
 
     def lookup(self, model: str) -> Price | None:
         """The price of `model`. The admin's overrides win (exact name, then globs in
@@ -67,9 +86,18 @@ class PricingTable:
             undated = _DATED.sub("", model)
             if undated != model:
                 price = self._prices.get(undated)
-        if len(self._cache) < 10_000:  # bounded: model names come from clients
+        if len(self._cache) < _CACHE_MAX:
             self._cache[model] = price
         return price
+
+    def credits_for(self, model: str) -> int:
+        """Credits a request of `model` costs: the first matching weight, else 1."""
+        credits = self._credits.get(model)
+        if credits is None:
+            credits = next((w for g, w in self._weights.items() if fnmatchcase(model, g)), 1)
+            if len(self._credits) < _CACHE_MAX:
+                self._credits[model] = credits
+        return credits
 
     def models(self) -> list[str]:
         return sorted(self._prices)

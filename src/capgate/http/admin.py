@@ -6,21 +6,26 @@ from __future__ import annotations
 import csv
 import io
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
 
+from capgate.config import Config
 from capgate.core.limits import ScopeKind, Status
 from capgate.errors import CapgateError, InvalidRequest
-from capgate.http.admin_models import PLURALS, ScopeCreate, ScopeUpdate, parse_time
-from capgate.http.auth import AdminAuthenticator
+from capgate.http.admin_io import int_param, json_response, read_body, time_param
+from capgate.http.admin_models import PLURALS, ScopeCreate, ScopeUpdate
+from capgate.http.admin_settings import SettingsRoutes
+from capgate.http.admin_stats import StatsRoutes
 from capgate.http.dialects import error_response
+from capgate.http.events import EventHub
 from capgate.http.openapi import openapi_document
+from capgate.http.sessions import AdminAccess
 from capgate.keys import display_prefix, key_hash, new_key
+from capgate.runtime import RuntimeSettings
 from capgate.store.base import RequestQuery, ScopeFields
 from capgate.store.sqlite import SQLiteStore
 from capgate.store.sqlite_queries import GROUPS, scope_json
@@ -34,23 +39,12 @@ CSV_COLUMNS = (
     "ttft_ms", "attempts", "refusal", "error",
 )  # fmt: skip
 MAX_PAGE = 10_000
-
-
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
-
-
-async def _body(request: web.Request, model: type[BaseModel]) -> Any:
-    if request.content_type != "application/json":
-        raise InvalidRequest("Content-Type must be application/json.")
-    try:
-        return model.model_validate_json(await request.read())
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "body"
-            problems.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
-        raise InvalidRequest("; ".join(problems)) from None
+# Headers on every admin answer: JSON that no browser should sniff, frame or cache.
+SECURITY_HEADERS = {
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+}
 
 
 class AdminAPI:
@@ -60,13 +54,22 @@ class AdminAPI:
         admin_digest: bytes,
         clock: Callable[[], float] = time.time,
         default_timezone: str = "UTC",
+        runtime: RuntimeSettings | None = None,
         routing: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.store = store
         self._routing = routing  # the providers' health and the routes, for /admin/routing
-        self.default_timezone = default_timezone  # for scopes created without one
-        self._auth = AdminAuthenticator(admin_digest)
+        self.runtime = runtime or RuntimeSettings(
+            Config.model_validate({"server": {"timezone": default_timezone}})
+        )
+        self.access = AdminAccess(store, admin_digest)
+        self.events = EventHub(store)
         self.clock = clock
+
+    @property
+    def default_timezone(self) -> str:
+        """For scopes created without one, and for the overview's calendar periods."""
+        return self.runtime.timezone
 
     def routes(self) -> list[web.RouteDef]:
         h = self._guard
@@ -85,31 +88,41 @@ class AdminAPI:
                 web.post(base + "/{name}/revoke", h(scopes.status(Status.REVOKED))),
                 web.post(base + "/{name}/reset-usage", h(scopes.reset_usage)),
             ]
+        stats, settings = StatsRoutes(self), SettingsRoutes(self)
         out += [
             web.get("/admin/requests", h(self.requests)),
             web.get("/admin/usage", h(self.usage)),
+            web.get("/admin/summary", h(stats.summary)),
+            web.get("/admin/timeseries", h(stats.timeseries)),
             web.get("/admin/audit", h(self.audit)),
             web.get("/admin/routing", h(self.routing)),
+            web.get("/admin/settings", h(settings.show)),
+            web.patch("/admin/settings", h(settings.update)),
+            web.get("/admin/events", h(self.events.stream)),
         ]
         return out
 
     async def routing(self, request: web.Request) -> web.StreamResponse:
         """Each provider's health as this process sees it (cooling down or not, recent
         failures) and the configured routes."""
-        return _json(self._routing() if self._routing is not None else {"providers": []})
+        return json_response(self._routing() if self._routing is not None else {"providers": []})
 
     def _guard(self, handler: Handler) -> Handler:
         async def guarded(request: web.Request) -> web.StreamResponse:
             try:
-                self._auth.check(request.headers)
-                return await handler(request)
+                caller = await self.access.authenticate(request)
+                request["actor"] = caller.actor
+                response = await handler(request)
             except CapgateError as exc:
-                return error_response("admin", exc)
+                response = error_response("admin", exc)
+            if not response.prepared:  # a stream has sent its headers already
+                response.headers.update(SECURITY_HEADERS)
+            return response
 
         return guarded
 
     async def openapi(self, request: web.Request) -> web.Response:
-        return _json(openapi_document())
+        return json_response(openapi_document())
 
     # -- ledger ------------------------------------------------------------------------
 
@@ -118,53 +131,99 @@ class AdminAPI:
         fmt = params.get("format", "json")
         if fmt not in ("json", "csv", "ndjson"):
             raise InvalidRequest("format: one of json, csv, ndjson")
+        everything = params.get("limit") == "all"
+        if everything and fmt == "json":
+            raise InvalidRequest("limit: `all` is for format=csv or ndjson")
         query = RequestQuery(
-            key=params.get("key"),
-            team=params.get("team"),
-            user=params.get("user"),
-            model=params.get("model"),
-            provider=params.get("provider"),
-            status=_int_param(params, "status"),
-            outcome=params.get("outcome"),
-            since=_time_param(params, "from"),
-            until=_time_param(params, "to"),
-            limit=min(_int_param(params, "limit") or 100, MAX_PAGE) + 1,
-            cursor=_int_param(params, "cursor"),
+            key=params.get("key") or None,
+            team=params.get("team") or None,
+            user=params.get("user") or None,
+            model=params.get("model") or None,
+            provider=params.get("provider") or None,
+            status=int_param(params, "status"),
+            outcome=params.get("outcome") or None,
+            since=time_param(params, "from"),
+            until=time_param(params, "to"),
+            limit=MAX_PAGE + 1
+            if everything
+            else min(int_param(params, "limit") or 100, MAX_PAGE) + 1,
+            cursor=int_param(params, "cursor"),
         )
+        if everything:
+            return await self._export_all(request, query, fmt)
         items = await self.store.query_requests(query)
         next_cursor = None
         if len(items) == query.limit:
             items = items[:-1]
             next_cursor = str(items[-1]["id"])
         if fmt == "json":
-            return _json({"items": items, "next_cursor": next_cursor})
+            return json_response({"items": items, "next_cursor": next_cursor})
         headers = {"x-next-cursor": next_cursor} if next_cursor else {}
         if fmt == "ndjson":
             body = b"".join(orjson.dumps(item) + b"\n" for item in items)
             return web.Response(body=body, content_type="application/x-ndjson", headers=headers)
-        out = io.StringIO()
-        writer = csv.writer(out)
-        writer.writerow(CSV_COLUMNS)
-        for item in items:
-            row = dict(item)
-            if row["refusal"] is not None:
-                row["refusal"] = row["refusal"]["message"]
-            writer.writerow(["" if row[c] is None else row[c] for c in CSV_COLUMNS])
         headers["content-disposition"] = 'attachment; filename="capgate-requests.csv"'
-        return web.Response(text=out.getvalue(), content_type="text/csv", headers=headers)
+        return web.Response(text=_csv(items, header=True), content_type="text/csv", headers=headers)
+
+    async def _export_all(
+        self, request: web.Request, query: RequestQuery, fmt: str
+    ) -> web.StreamResponse:
+        """Every entry the filters select, streamed page by page (`limit=all`)."""
+        response = web.StreamResponse(headers=SECURITY_HEADERS)
+        if fmt == "csv":
+            response.content_type = "text/csv"
+            response.headers["content-disposition"] = 'attachment; filename="capgate-requests.csv"'
+        else:
+            response.content_type = "application/x-ndjson"
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        first = True
+        async for page in self._pages(query):
+            if fmt == "csv":
+                await response.write(_csv(page, header=first).encode())
+            else:
+                await response.write(b"".join(orjson.dumps(item) + b"\n" for item in page))
+            first = False
+        if first and fmt == "csv":
+            await response.write(_csv([], header=True).encode())
+        await response.write_eof()
+        return response
+
+    async def _pages(self, query: RequestQuery) -> AsyncIterator[list[dict[str, Any]]]:
+        while True:
+            items = await self.store.query_requests(query)
+            if not items:
+                return
+            yield items[:MAX_PAGE]
+            if len(items) <= MAX_PAGE:
+                return
+            query = replace(query, cursor=items[MAX_PAGE - 1]["id"])
 
     async def usage(self, request: web.Request) -> web.Response:
         group_by = request.query.get("group_by", "key")
         if group_by not in GROUPS:
             raise InvalidRequest(f"group_by: one of {', '.join(GROUPS)}")
         items = await self.store.usage(
-            group_by, _time_param(request.query, "from"), _time_param(request.query, "to")
+            group_by, time_param(request.query, "from"), time_param(request.query, "to")
         )
-        return _json({"items": items, "next_cursor": None})
+        return json_response({"items": items, "next_cursor": None})
 
     async def audit(self, request: web.Request) -> web.Response:
-        limit = min(_int_param(request.query, "limit") or 100, MAX_PAGE)
-        return _json({"items": await self.store.audit(limit), "next_cursor": None})
+        limit = min(int_param(request.query, "limit") or 100, MAX_PAGE)
+        return json_response({"items": await self.store.audit(limit), "next_cursor": None})
+
+
+def _csv(items: list[dict[str, Any]], *, header: bool) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    if header:
+        writer.writerow(CSV_COLUMNS)
+    for item in items:
+        row = dict(item)
+        if row["refusal"] is not None:
+            row["refusal"] = row["refusal"]["message"]
+        writer.writerow(["" if row[c] is None else row[c] for c in CSV_COLUMNS])
+    return out.getvalue()
 
 
 # Which membership fields each kind takes: a key names its team and user, a team its org.
@@ -186,67 +245,53 @@ class _ScopeRoutes:
         return spec.to_fields()
 
     async def create(self, request: web.Request) -> web.Response:
-        spec: ScopeCreate = await _body(request, ScopeCreate)
+        spec: ScopeCreate = await read_body(request, ScopeCreate)
         fields = self._fields(spec)
         if fields.timezone is None:
             fields = replace(fields, timezone=self.api.default_timezone)
         store = self.api.store
         if self.kind is not ScopeKind.KEY:
-            scope = await store.create_scope(self.kind, spec.name, fields)
-            return _json(scope_json(scope), status=201)
+            scope = await store.create_scope(self.kind, spec.name, fields, actor=request["actor"])
+            return json_response(scope_json(scope), status=201)
         key_id, raw = new_key()
         scope = await store.create_scope(
             ScopeKind.KEY, spec.name, fields, scope_id=key_id, secret_hash=key_hash(raw),
-            prefix=display_prefix(raw),
+            prefix=display_prefix(raw), actor=request["actor"],
         )  # fmt: skip
-        return _json({**scope_json(scope), "key": raw}, status=201)
+        return json_response({**scope_json(scope), "key": raw}, status=201)
 
     async def list(self, request: web.Request) -> web.Response:
         now = self.api.clock()
         items = []
         for scope in await self.api.store.list_scopes(self.kind):
-            items.append({**scope_json(scope), "usage": await self.api.store.counters(scope, now)})
-        return _json({"items": items, "next_cursor": None})
+            usage = await self.api.store.counters(scope, now)
+            items.append({**scope_json(scope), "usage": usage})
+        return json_response({"items": items, "next_cursor": None})
 
     async def show(self, request: web.Request) -> web.Response:
         scope = await self.api.store.get_scope(self.kind, request.match_info["name"])
         usage = await self.api.store.counters(scope, self.api.clock())
-        return _json({**scope_json(scope), "usage": usage})
+        return json_response({**scope_json(scope), "usage": usage})
 
     async def update(self, request: web.Request) -> web.Response:
-        spec: ScopeUpdate = await _body(request, ScopeUpdate)
+        spec: ScopeUpdate = await read_body(request, ScopeUpdate)
         name = request.match_info["name"]
-        scope = await self.api.store.update_scope(self.kind, name, self._fields(spec))
-        return _json(scope_json(scope))
+        fields = self._fields(spec)
+        scope = await self.api.store.update_scope(self.kind, name, fields, request["actor"])
+        return json_response(scope_json(scope))
 
     async def delete(self, request: web.Request) -> web.Response:
-        await self.api.store.delete_scope(self.kind, request.match_info["name"])
+        await self.api.store.delete_scope(self.kind, request.match_info["name"], request["actor"])
         return web.Response(status=204)
 
     def status(self, status: Status) -> Handler:
         async def handler(request: web.Request) -> web.Response:
             name = request.match_info["name"]
-            return _json(scope_json(await self.api.store.set_status(self.kind, name, status)))
+            scope = await self.api.store.set_status(self.kind, name, status, request["actor"])
+            return json_response(scope_json(scope))
 
         return handler
 
     async def reset_usage(self, request: web.Request) -> web.Response:
-        await self.api.store.reset_usage(self.kind, request.match_info["name"])
+        await self.api.store.reset_usage(self.kind, request.match_info["name"], request["actor"])
         return await self.show(request)
-
-
-def _int_param(params: Any, name: str) -> int | None:
-    value = params.get(name)
-    if value in (None, ""):
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise InvalidRequest(f"{name}: must be a whole number") from None
-
-
-def _time_param(params: Any, name: str) -> float | None:
-    try:
-        return parse_time(params.get(name))
-    except ValueError as exc:
-        raise InvalidRequest(f"{name}: {exc}") from None

@@ -76,5 +76,8 @@ class AdminAuthenticator:
         raw = presented_key(headers)
         if raw is None:
             raise AuthenticationFailed("Admin API: send Authorization: Bearer <admin key>.")
+        self.check_key(raw)
+
+    def check_key(self, raw: str) -> None:
         if not hmac.compare_digest(hashlib.sha256(raw.encode()).digest(), self._digest):
             raise AuthenticationFailed("Admin API: invalid admin key.")

@@ -95,7 +95,6 @@ class Gateway:
         self._id_prefix = "req_" + os.urandom(6).hex()
         self._max_bytes = int(settings.max_request_mb * 1024 * 1024)
         self._pending: set[asyncio.Future[None]] = set()
-        self._credits: dict[str, int] = {}  # credit weight per routed model, computed once
         self._rng = random.Random()
 
     def routes(self) -> list[web.RouteDef]:
@@ -145,12 +144,8 @@ class Gateway:
         return f"The request body is larger than this gateway's limit of {self._settings.max_request_mb:g} MB."
 
     def _credits_for(self, model: str) -> int:
-        credits = self._credits.get(model)
-        if credits is None:
-            credits = self._settings.credits_for(model)
-            if len(self._credits) < 10_000:  # bounded: model names come from clients
-                self._credits[model] = credits
-        return credits
+        # From the pricing table: an admin may change the weights while the server runs.
+        return self._pricing.credits_for(model)
 
     def _price(self, model: str) -> Price:
         price = self._pricing.lookup(model)

@@ -10,6 +10,7 @@ from pydantic.json_schema import models_json_schema
 from capgate import __version__
 from capgate.core.limits import ScopeKind
 from capgate.http.admin_models import PLURALS, ScopeCreate, ScopeUpdate
+from capgate.http.admin_settings import SettingsUpdate
 
 _ERROR = {
     "description": "error",
@@ -26,12 +27,26 @@ _LEDGER_FILTERS = [
 ]  # fmt: skip
 
 
+_SUMMARY_PARAMS = [
+    {"name": n, "in": "query", "schema": {"type": "string"}}
+    for n in ("period", "from", "to", "tz", "key", "team", "user", "model", "provider")
+]
+
+
+_SERIES_PARAMS = [
+    *_SUMMARY_PARAMS,
+    {"name": "step", "in": "query", "schema": {"type": "string"}},
+    {"name": "group_by", "in": "query", "schema": {"type": "string"}},
+    {"name": "top", "in": "query", "schema": {"type": "integer"}},
+]
+
+
 def _op(
     summary: str, *, body: str | None = None, params: list[Any] | None = None, ok: str = "200"
 ) -> dict[str, Any]:
     op: dict[str, Any] = {
         "summary": summary,
-        "security": [{"adminKey": []}],
+        "security": [{"adminKey": []}, {"dashboardSession": []}],
         "responses": {ok: {"description": "ok"}, "default": _ERROR},
     }
     if params:
@@ -47,7 +62,7 @@ def _op(
 @cache
 def openapi_document() -> dict[str, Any]:
     _, schemas = models_json_schema(
-        [(ScopeCreate, "validation"), (ScopeUpdate, "validation")],
+        [(ScopeCreate, "validation"), (ScopeUpdate, "validation"), (SettingsUpdate, "validation")],
         ref_template="#/components/schemas/{model}",
     )
     components = dict(schemas.get("$defs", {}))
@@ -93,12 +108,49 @@ def openapi_document() -> dict[str, Any]:
                 ],
             )
         },
+        "/admin/summary": {
+            "get": _op(
+                "Totals of a period: requests, refusals, errors, tokens, cost, p50/p95 latency",
+                params=_SUMMARY_PARAMS,
+            )
+        },
+        "/admin/timeseries": {
+            "get": _op(
+                "Requests, cost, tokens, refusals and errors per minute, hour or day, per group",
+                params=_SERIES_PARAMS,
+            )
+        },
         "/admin/audit": {"get": _op("Admin changes, newest first")},
         "/admin/routing": {
             "get": _op(
                 "Providers' health as this process sees it (circuit breaker: cooling down "
                 "or not, failures in a row, last error) and the routes"
             )
+        },
+        "/admin/settings": {
+            "get": _op("The runtime settings in effect: price overrides, credit weights, timezone"),
+            "patch": _op(
+                "Change runtime settings (null: back to the config file's); audit-logged",
+                body="SettingsUpdate",
+            ),
+        },
+        "/admin/events": {
+            "get": {
+                **_op(
+                    "Live feed (Server-Sent Events): `event: request` for each new ledger entry, "
+                    "`event: audit` for each admin change; resumable with Last-Event-ID",
+                    params=[
+                        {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}}
+                    ],
+                ),
+                "responses": {
+                    "200": {
+                        "description": "an endless text/event-stream",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    "default": _ERROR,
+                },
+            }
         },
     }
     return {
@@ -107,6 +159,14 @@ def openapi_document() -> dict[str, Any]:
         "paths": paths,
         "components": {
             "schemas": components,
-            "securitySchemes": {"adminKey": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "adminKey": {"type": "http", "scheme": "bearer"},
+                "dashboardSession": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": "capgate_session",
+                    "description": "a dashboard login; changes also need the x-csrf-token header",
+                },
+            },
         },
     }

@@ -35,6 +35,7 @@ from capgate.errors import StoreUnavailable
 from capgate.store import sqlite_queries as q
 from capgate.store.base import Outcome, RequestInfo, RequestQuery, Reservation
 from capgate.store.sqlite_admin import ScopeAdmin
+from capgate.store.sqlite_dashboard import DashboardStore
 from capgate.store.sqlite_schema import migrate
 from capgate.store.sqlite_writer import SQLiteWriter
 
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_SECONDS = 1.0
 
 
-class SQLiteStore(ScopeAdmin):
+class SQLiteStore(ScopeAdmin, DashboardStore):
     def __init__(
         self, path: str, *, lease_seconds: float = 30.0, clock: Callable[[], float] = time.time
     ) -> None:

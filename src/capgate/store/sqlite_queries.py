@@ -310,7 +310,7 @@ _FILTERS = {
 }
 
 
-def _where(query: RequestQuery, names: Iterable[str]) -> tuple[str, list[Any]]:
+def where_clause(query: RequestQuery, names: Iterable[str]) -> tuple[str, list[Any]]:
     clauses, params = [], []
     for name in names:
         value = getattr(query, name)
@@ -321,7 +321,7 @@ def _where(query: RequestQuery, names: Iterable[str]) -> tuple[str, list[Any]]:
 
 
 def select_requests(conn: sqlite3.Connection, query: RequestQuery) -> list[dict[str, Any]]:
-    where, params = _where(query, _FILTERS)
+    where, params = where_clause(query, _FILTERS)
     rows = conn.execute(
         f"SELECT * FROM requests{where} ORDER BY id DESC LIMIT ?",  # noqa: S608 - fixed clauses
         (*params, query.limit),
@@ -345,7 +345,7 @@ def usage_by(
     conn: sqlite3.Connection, group_by: str, since: float | None, until: float | None
 ) -> list[dict[str, Any]]:
     column = GROUPS[group_by]
-    where, params = _where(RequestQuery(since=since, until=until), ("since", "until"))
+    where, params = where_clause(RequestQuery(since=since, until=until), ("since", "until"))
     rows = conn.execute(
         f"SELECT {column} AS grp, COUNT(*) AS requests, "  # noqa: S608 - column from GROUPS
         "SUM(outcome = 'refused') AS refused, SUM(outcome IN ('error', 'lease_expired')) AS errors, "
@@ -372,15 +372,16 @@ def usage_by(
 
 def select_audit(conn: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
     rows = conn.execute("SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,))
-    return [
-        {
-            "id": row["id"],
-            "created_at": iso(row["created_at"]),
-            "actor": row["actor"],
-            "action": row["action"],
-            "target": row["target"],
-            "before": None if row["before"] is None else orjson.loads(row["before"]),
-            "after": None if row["after"] is None else orjson.loads(row["after"]),
-        }
-        for row in rows
-    ]
+    return [audit_json(row) for row in rows]
+
+
+def audit_json(row: sqlite3.Row) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "created_at": iso(row["created_at"]),
+        "actor": row["actor"],
+        "action": row["action"],
+        "target": row["target"],
+        "before": None if row["before"] is None else orjson.loads(row["before"]),
+        "after": None if row["after"] is None else orjson.loads(row["after"]),
+    }

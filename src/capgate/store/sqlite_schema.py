@@ -98,6 +98,19 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE scopes ADD COLUMN schedules TEXT NOT NULL DEFAULT '[]';
     """,
+    # 5: dashboard login sessions, shared by every process on the file. Only the SHA-256
+    #    of the session token is stored; `key_tag` ties a session to the admin key that
+    #    opened it, so changing that key ends every session.
+    """
+    CREATE TABLE sessions (
+        token_hash BLOB PRIMARY KEY,
+        actor TEXT NOT NULL,
+        key_tag TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    CREATE INDEX sessions_expiry ON sessions (expires_at);
+    """,
 )
 
 

@@ -1,0 +1,173 @@
+"""Serving the dashboard at `/dashboard`: its page and assets (shipped inside the package,
+no build step, no CDN), and the login, logout and session routes.
+
+Every answer carries strict security headers: a Content-Security-Policy that allows only
+this origin's scripts and styles (no inline code), no framing, no referrer, no sniffing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from functools import cache
+from importlib import resources
+from urllib.parse import urlsplit
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from capgate.errors import AuthenticationFailed, CapgateError, NotFound, PermissionDenied
+from capgate.http.admin_io import json_response, read_body
+from capgate.http.dialects import error_response
+from capgate.http.sessions import (
+    CSRF_HEADER,
+    AdminAccess,
+    clear_session_cookie,
+    csrf_token,
+    set_session_cookie,
+)
+from capgate.store.sqlite_queries import iso
+
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; font-src 'self'; manifest-src 'self'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+HEADERS = {
+    "content-security-policy": CSP,
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+    "x-content-type-options": "nosniff",
+    "cross-origin-opener-policy": "same-origin",
+    "cross-origin-resource-policy": "same-origin",
+    "permissions-policy": "camera=(), microphone=(), geolocation=(), payment=()",
+}
+_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".txt": "text/plain; charset=utf-8",
+}
+
+
+class Login(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    password: str = Field(min_length=1, max_length=1000, description="the admin key")
+
+
+@cache
+def asset(path: str) -> tuple[bytes, str, str] | None:
+    """A file under static/ as (body, content type, etag), or None. Only known file types,
+    and only inside static/."""
+    if ".." in path.split("/") or path.startswith("/"):
+        return None
+    suffix = "." + path.rsplit(".", 1)[-1] if "." in path else ""
+    kind = _TYPES.get(suffix)
+    if kind is None:
+        return None
+    node = resources.files("capgate.dashboard").joinpath("static", *path.split("/"))
+    if not node.is_file():
+        return None
+    body = node.read_bytes()
+    return body, kind, '"' + hashlib.sha256(body).hexdigest()[:20] + '"'
+
+
+class Dashboard:
+    def __init__(self, access: AdminAccess) -> None:
+        self.access = access
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/dashboard", self.index),
+            web.get("/dashboard/", self.index),
+            web.get("/dashboard/static/{path:.+}", self.static),
+            web.get("/dashboard/session", self.session),
+            web.post("/dashboard/login", self.login),
+            web.post("/dashboard/logout", self.logout),
+        ]
+
+    async def index(self, request: web.Request) -> web.StreamResponse:
+        return self._file(request, "index.html")
+
+    async def static(self, request: web.Request) -> web.StreamResponse:
+        return self._file(request, request.match_info["path"])
+
+    def _file(self, request: web.Request, path: str) -> web.StreamResponse:
+        found = asset(path)
+        if found is None:
+            return _secure(error_response("admin", NotFound("no such dashboard file")))
+        body, kind, etag = found
+        headers = {**HEADERS, "etag": etag, "cache-control": "no-cache"}
+        if request.headers.get("if-none-match") == etag:
+            return web.Response(status=304, headers=headers)
+        return web.Response(body=body, headers={**headers, "content-type": kind})
+
+    async def session(self, request: web.Request) -> web.Response:
+        """Who is logged in, and the CSRF token the page sends with every change."""
+        caller = await self.access.session_of(request)
+        if caller is None or caller.session is None or caller.token is None:
+            return _secure(json_response({"authenticated": False}))
+        return _secure(
+            json_response(
+                {
+                    "authenticated": True,
+                    "actor": caller.actor,
+                    "csrf_token": csrf_token(caller.token),
+                    "csrf_header": CSRF_HEADER,
+                    "expires_at": iso(caller.session.expires_at),
+                }
+            )
+        )
+
+    async def login(self, request: web.Request) -> web.Response:
+        client = request.remote or "?"
+        try:
+            _same_origin(request)
+            self.access.throttle.check(client)
+            body: Login = await read_body(request, Login)
+            try:
+                self.access.check_key(body.password)
+            except AuthenticationFailed:
+                self.access.throttle.failed(client)
+                raise AuthenticationFailed("Wrong admin key.") from None
+            self.access.throttle.succeeded(client)
+            token, session = await self.access.open_session()
+        except CapgateError as exc:
+            return _secure(error_response("admin", exc))
+        response = json_response(
+            {
+                "authenticated": True,
+                "actor": session.actor,
+                "csrf_token": csrf_token(token),
+                "csrf_header": CSRF_HEADER,
+                "expires_at": iso(session.expires_at),
+            }
+        )
+        set_session_cookie(response, request, token)
+        return _secure(response)
+
+    async def logout(self, request: web.Request) -> web.Response:
+        try:
+            caller = await self.access.authenticate(request)  # a session and its CSRF token
+            if caller.token is not None:
+                await self.access.close_session(caller.token)
+        except CapgateError as exc:
+            return _secure(error_response("admin", exc))
+        response = web.Response(status=204)
+        clear_session_cookie(response, request)
+        return _secure(response)
+
+
+def _secure(response: web.Response) -> web.Response:
+    response.headers.update(HEADERS)
+    response.headers.setdefault("cache-control", "no-store")
+    return response
+
+
+def _same_origin(request: web.Request) -> None:
+    """A login posted from another site's page is refused (its Origin names that site)."""
+    origin = request.headers.get("origin")
+    if origin and not hmac.compare_digest(urlsplit(origin).netloc.encode(), request.host.encode()):
+        raise PermissionDenied("Login from another origin refused.")

@@ -1,0 +1,107 @@
+// Overview: spend today and this month, health, budgets, the chart, top lists.
+import { get, query } from "./api.js";
+import { timeChart } from "./charts.js";
+import { h, replace, select, field } from "./dom.js";
+import { compareDecimal, int, ms, percent, usd } from "./format.js";
+import { on } from "./events.js";
+import { errorBox, panel, segmented, stat, table, usageRow } from "./ui.js";
+
+const RANGES = [["1h", "1 hour"], ["24h", "24 hours"], ["7d", "7 days"], ["30d", "30 days"]];
+const SPANS = { "1h": 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400 };
+const GROUPS = [["", "Total"], ["key", "Key"], ["team", "Team"], ["user", "User"], ["model", "Model"], ["provider", "Provider"]];
+
+export async function overview(root, cleanup) {
+  const state = { range: "24h", group: "", metric: "cost_usd" };
+  const statsEl = h("div", { class: "stats" });
+  const chartEl = h("div");
+  const tops = [h("div"), h("div"), h("div"), h("div")];
+  const budgetsEl = h("div");
+  const groupSelect = select(GROUPS, state.group, { "aria-label": "Group the chart by" });
+  groupSelect.addEventListener("change", () => { state.group = groupSelect.value; drawChart(); });
+  const controls = h("div", { class: "toolbar" },
+    segmented([["cost_usd", "Spend"], ["requests", "Requests"]], state.metric, (v) => { state.metric = v; drawChart(); }, "Chart metric"),
+    segmented(RANGES, state.range, (v) => { state.range = v; drawChart(); drawTops(); }, "Time range"),
+    field("Group by", groupSelect, null, "inline-field"));
+  replace(root,
+    statsEl,
+    panel("Spend and requests over time", chartEl, { actions: controls }),
+    h("div", { class: "grid grid-2" },
+      panel("Budgets closest to their limit", budgetsEl, { flush: true }),
+      h("div", { class: "grid" }, tops[0], tops[1])),
+    h("div", { class: "grid grid-2" }, tops[2], tops[3]));
+
+  async function drawStats() {
+    const [today, month] = await Promise.all([get("/admin/summary?period=today"), get("/admin/summary?period=month")]);
+    replace(statsEl,
+      stat("Spend today", usd(today.cost_usd), `${int(today.requests)} requests`),
+      stat("Spend this month", usd(month.cost_usd), `${int(month.requests)} requests`),
+      stat("Refusals today", int(today.refused), today.requests ? percent(today.refused / today.requests) + " of requests" : "no requests yet"),
+      stat("Error rate today", percent(today.error_rate), `${int(today.errors)} failed upstream`),
+      stat("Latency p50 / p95", `${ms(today.latency_ms.p50)}`, `p95 ${ms(today.latency_ms.p95)} · today`),
+      stat("Active keys today", int(today.keys), `timezone ${today.timezone}`));
+  }
+
+  async function drawChart() {
+    const now = Date.now() / 1000;
+    const params = { from: Math.floor(now - SPANS[state.range]), to: Math.ceil(now), group_by: state.group, top: 6 };
+    try {
+      const data = await get("/admin/timeseries" + query(params));
+      replace(chartEl, timeChart(data, state.metric), h("p", { class: "legend-note" },
+        `${data.step === "minute" ? "Per minute" : data.step === "hour" ? "Per hour" : "Per day"}, ${data.timezone}. Hover for exact values.`));
+    } catch (error) {
+      replace(chartEl, errorBox(error));
+    }
+  }
+
+  async function drawTops() {
+    const since = Math.floor(Date.now() / 1000 - SPANS[state.range]);
+    const lists = [["key", "Top keys"], ["model", "Top models"], ["team", "Top teams"], ["user", "Top users"]];
+    const answers = await Promise.all(lists.map(([group]) => get(`/admin/usage${query({ group_by: group, from: since })}`)));
+    lists.forEach(([group, title], i) => {
+      replace(tops[i], panel(`${title} · last ${RANGES.find(([r]) => r === state.range)[1]}`, topTable(group, answers[i].items.slice(0, 5)), { flush: true }));
+    });
+  }
+
+  async function drawBudgets() {
+    const kinds = ["orgs", "teams", "users", "providers", "keys"];
+    const answers = await Promise.all(kinds.map((kind) => get(`/admin/${kind}`)));
+    const rows = [];
+    answers.forEach((answer, i) => {
+      for (const scope of answer.items) {
+        for (const usage of scope.usage) rows.push({ kind: kinds[i], scope, usage, share: share(usage) });
+      }
+    });
+    rows.sort((a, b) => b.share - a.share);
+    replace(budgetsEl, table([
+      { label: "Scope", cell: (r) => h("a", { href: `#/${r.kind}/${encodeURIComponent(r.scope.name)}`, class: "truncate", title: r.scope.name }, `${r.kind.slice(0, -1)} ${r.scope.name}`) },
+      { label: "Limit", cell: (r) => usageRow(r.usage), cls: "wide" },
+    ], rows.slice(0, 8), { empty: "No limits yet. Create a key with a limit to see it here." }));
+  }
+
+  await Promise.all([drawStats(), drawChart(), drawTops(), drawBudgets()]).catch((error) => root.prepend(errorBox(error)));
+
+  let pending = null;
+  cleanup(on("request", () => {
+    if (pending) return;
+    pending = setTimeout(() => { pending = null; drawStats(); }, 1000);
+  }));
+}
+
+function share(usage) {
+  const max = Number(usage.max);
+  return max > 0 ? Number(usage.used) / max : 0;
+}
+
+function topTable(group, items) {
+  return table([
+    { label: group[0].toUpperCase() + group.slice(1), cell: (r) => nameCell(group, r[group]) },
+    { label: "Requests", cell: (r) => int(r.requests), num: true },
+    { label: "Spend", cell: (r) => usd(r.cost_usd), num: true },
+  ], items.sort((a, b) => compareDecimal(b.cost_usd, a.cost_usd)), { empty: "No requests in this range." });
+}
+
+function nameCell(group, name) {
+  if (name === null || name === undefined) return h("span", { class: "muted" }, "(none)");
+  if (group === "key") return h("a", { href: `#/keys/${encodeURIComponent(name)}`, class: "truncate", title: name }, name);
+  return h("a", { href: `#/requests?${new URLSearchParams({ [group]: name })}` }, name);
+}

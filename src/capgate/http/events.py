@@ -1,0 +1,201 @@
+"""`GET /admin/events`: the live feed, as Server-Sent Events.
+
+Several processes may serve one SQLite file, and any of them may have admitted a request,
+so the feed reads the database rather than listening in-process: while at least one
+client is connected, one poller per process reads the ledger and audit rows above its
+cursor every `POLL_SECONDS` on the store's reader thread, and hands each new row to every
+connection. Ids grow in commit order, so reading by increasing id misses nothing.
+
+Each event's `id:` is the cursor after it (`<ledger id>-<audit id>`); a client that
+reconnects with `Last-Event-ID` gets what it missed (up to `BACKFILL` rows). A comment
+line every `HEARTBEAT_SECONDS` keeps proxies from closing an idle stream. On shutdown
+every stream ends at once, so the server does not wait for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any, Protocol
+
+import orjson
+from aiohttp import web
+
+POLL_SECONDS = 0.3
+HEARTBEAT_SECONDS = 15.0
+BACKFILL = 1000
+QUEUE_MAX = 5000
+
+log = logging.getLogger(__name__)
+
+Rows = tuple[list[dict[str, Any]], list[dict[str, Any]]]
+
+
+class EventSource(Protocol):
+    async def latest_ids(self) -> tuple[int, int]: ...
+    async def events_after(self, request_id: int, audit_id: int, limit: int = 500) -> Rows: ...
+
+
+_REQUEST_FIELDS = (
+    "id", "created_at", "request_id", "key", "user", "team", "model", "provider",
+    "upstream_model", "endpoint", "stream", "status", "outcome", "input_tokens",
+    "output_tokens", "cache_read_tokens", "cache_write_tokens", "cost_usd", "latency_ms",
+    "ttft_ms", "refusal", "error",
+)  # fmt: skip
+
+
+def format_events(rows: Rows, cursor: tuple[int, int]) -> tuple[list[bytes], tuple[int, int]]:
+    """SSE frames for new ledger and audit rows (each kind oldest first), and the cursor
+    after them."""
+    request_id, audit_id = cursor
+    frames = []
+    entries, audits = rows
+    for entry in entries:
+        request_id = max(request_id, entry["id"])
+        data = {name: entry[name] for name in _REQUEST_FIELDS}
+        data["tokens"] = entry["input_tokens"] + entry["output_tokens"]
+        frames.append(_frame("request", data, (request_id, audit_id)))
+    for item in audits:
+        audit_id = max(audit_id, item["id"])
+        frames.append(_frame("audit", item, (request_id, audit_id)))
+    return frames, (request_id, audit_id)
+
+
+def _frame(event: str, data: dict[str, Any], cursor: tuple[int, int]) -> bytes:
+    return b"event: %s\nid: %d-%d\ndata: %s\n\n" % (
+        event.encode(), cursor[0], cursor[1], orjson.dumps(data),
+    )  # fmt: skip
+
+
+def parse_cursor(value: str | None) -> tuple[int, int] | None:
+    if not value:
+        return None
+    first, _, second = value.partition("-")
+    if not (first.isdigit() and second.isdigit()):
+        return None
+    return int(first), int(second)
+
+
+class EventHub:
+    def __init__(
+        self,
+        source: EventSource,
+        poll_seconds: float = POLL_SECONDS,
+        heartbeat_seconds: float = HEARTBEAT_SECONDS,
+    ) -> None:
+        self._source = source
+        self._poll = poll_seconds
+        self._heartbeat = heartbeat_seconds
+        self._queues: set[asyncio.Queue[bytes | None]] = set()
+        self._cursor = (0, 0)
+        self._poller: asyncio.Task[None] | None = None
+        self._starting: asyncio.Lock | None = None
+        self._closed = False
+
+    @property
+    def listeners(self) -> int:
+        return len(self._queues)
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        if self._closed:
+            raise web.HTTPServiceUnavailable()
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE_MAX)
+        live_from = await self._subscribe(queue)
+        response = web.StreamResponse(
+            headers={
+                "content-type": "text/event-stream",
+                "cache-control": "no-store",
+                "x-accel-buffering": "no",  # nginx: pass each event on at once
+            }
+        )
+        try:
+            await response.prepare(request)
+            await response.write(b"retry: 2000\n: capgate live feed\n\n")
+            resume = parse_cursor(request.headers.get("last-event-id"))
+            if resume is not None:
+                await self._backfill(response, resume, live_from)
+            await self._relay(response, queue)
+        except ConnectionResetError:  # the client went away
+            pass
+        finally:
+            self._queues.discard(queue)
+            if not self._queues:
+                await self._stop_poller()
+        return response
+
+    async def _relay(
+        self, response: web.StreamResponse, queue: asyncio.Queue[bytes | None]
+    ) -> None:
+        while True:
+            try:
+                frame = await asyncio.wait_for(queue.get(), self._heartbeat)
+            except TimeoutError:
+                await response.write(b": keepalive\n\n")
+                continue
+            if frame is None:  # shutting down, or this client fell too far behind
+                return
+            await response.write(frame)
+
+    async def _backfill(
+        self, response: web.StreamResponse, since: tuple[int, int], until: tuple[int, int]
+    ) -> None:
+        """What a reconnecting client missed, up to where the live frames take over."""
+        since = (max(since[0], until[0] - BACKFILL), max(since[1], until[1] - BACKFILL))
+        entries, audits = await self._source.events_after(*since, limit=BACKFILL)
+        rows = (
+            [e for e in entries if e["id"] <= until[0]],
+            [a for a in audits if a["id"] <= until[1]],
+        )
+        frames, _ = format_events(rows, since)
+        for frame in frames:
+            await response.write(frame)
+
+    async def _subscribe(self, queue: asyncio.Queue[bytes | None]) -> tuple[int, int]:
+        """Join the poller (starting it if needed); returns the cursor from which this
+        queue receives every event."""
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:
+            if self._poller is None:
+                self._cursor = await self._source.latest_ids()
+                self._poller = asyncio.create_task(self._run())
+            self._queues.add(queue)
+            return self._cursor
+
+    async def _stop_poller(self) -> None:
+        poller, self._poller = self._poller, None
+        if poller is not None:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._poll)
+            try:
+                rows = await self._source.events_after(*self._cursor)
+            except Exception:
+                log.exception("live feed: reading new events failed")
+                continue
+            frames, self._cursor = format_events(rows, self._cursor)
+            for frame in frames:
+                self._publish(frame)
+
+    def _publish(self, frame: bytes) -> None:
+        for queue in list(self._queues):
+            try:
+                queue.put_nowait(frame)
+            except asyncio.QueueFull:  # a stuck client: end its stream; it will reconnect
+                self._queues.discard(queue)
+                queue.get_nowait()
+                queue.put_nowait(None)
+
+    async def close(self) -> None:
+        """End every stream (the server is stopping) and stop polling."""
+        self._closed = True
+        for queue in list(self._queues):
+            while not queue.empty():
+                queue.get_nowait()
+            queue.put_nowait(None)
+        await self._stop_poller()

@@ -1,0 +1,99 @@
+"""Read-only SQL for the dashboard: totals and latency percentiles of a period, raw rows
+for charts, and the ledger and audit rows after a cursor for the live feed."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from capgate.core.limits import nano_to_decimal_str
+from capgate.store import sqlite_queries as q
+from capgate.store.base import RequestQuery
+
+_FILTERS = ("key", "team", "user", "model", "provider", "since", "until")
+
+
+def summary(conn: sqlite3.Connection, query: RequestQuery) -> dict[str, Any]:
+    """Totals of the entries `query` selects, the error rate of admitted requests and the
+    nearest-rank p50 / p95 latency of successful ones."""
+    where, params = q.where_clause(query, _FILTERS)
+    row = conn.execute(
+        "SELECT COUNT(*), COALESCE(SUM(outcome = 'refused'), 0), "  # noqa: S608 - fixed clauses
+        "COALESCE(SUM(outcome IN ('error', 'lease_expired')), 0), "
+        "COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0), "
+        "COALESCE(SUM(cache_read_tokens), 0), COALESCE(SUM(cache_write_tokens), 0), "
+        f"COALESCE(SUM(cost_nano), 0), COUNT(DISTINCT key_name) FROM requests{where}",
+        params,
+    ).fetchone()
+    requests, refused, errors = row[0], row[1], row[2]
+    admitted = requests - refused
+    ok_where = (where + " AND " if where else " WHERE ") + "outcome = 'ok'"
+    return {
+        "requests": requests,
+        "refused": refused,
+        "errors": errors,
+        "error_rate": round(errors / admitted, 6) if admitted else 0.0,
+        "input_tokens": row[3],
+        "output_tokens": row[4],
+        "cache_read_tokens": row[5],
+        "cache_write_tokens": row[6],
+        "cost_usd": nano_to_decimal_str(row[7]),
+        "keys": row[8],
+        "latency_ms": {
+            "p50": _percentile(conn, ok_where, params, 50),
+            "p95": _percentile(conn, ok_where, params, 95),
+        },
+    }
+
+
+def _percentile(
+    conn: sqlite3.Connection, where: str, params: list[Any], percent: int
+) -> float | None:
+    count = conn.execute(f"SELECT COUNT(*) FROM requests{where}", params).fetchone()[0]  # noqa: S608
+    if not count:
+        return None
+    rank = -(-count * percent // 100) - 1  # nearest rank (ceil(n * p)), 0-based
+    row = conn.execute(
+        f"SELECT latency_ms FROM requests{where} ORDER BY latency_ms LIMIT 1 OFFSET ?",  # noqa: S608
+        (*params, rank),
+    ).fetchone()
+    return None if row is None or row[0] is None else round(row[0], 3)
+
+
+def series_rows(
+    conn: sqlite3.Connection, query: RequestQuery, group_by: str | None, grain: int
+) -> list[tuple[int, str | None, int, int, int, int, int]]:
+    """Entries summed per `grain` seconds (UTC-aligned) and group: (bucket start, group,
+    requests, cost in nano-dollars, tokens, refused, errors)."""
+    column = q.GROUPS[group_by] if group_by else "NULL"
+    where, params = q.where_clause(query, _FILTERS)
+    rows = conn.execute(
+        f"SELECT CAST(created_at / ? AS INTEGER) * ? AS b, {column} AS grp, COUNT(*), "  # noqa: S608 - column from GROUPS
+        "SUM(cost_nano), SUM(input_tokens + output_tokens + cache_read_tokens + "
+        "cache_write_tokens), SUM(outcome = 'refused'), SUM(outcome IN ('error', 'lease_expired')) "
+        f"FROM requests{where} GROUP BY b, grp",
+        (grain, grain, *params),
+    )
+    return [tuple(row) for row in rows]
+
+
+def latest_ids(conn: sqlite3.Connection) -> tuple[int, int]:
+    requests = conn.execute("SELECT COALESCE(MAX(id), 0) FROM requests").fetchone()[0]
+    audit = conn.execute("SELECT COALESCE(MAX(id), 0) FROM audit").fetchone()[0]
+    return int(requests), int(audit)
+
+
+def events_after(
+    conn: sqlite3.Connection, request_id: int, audit_id: int, limit: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Ledger entries and audit entries with ids above the cursor, oldest first. Ids grow
+    in commit order (every write holds SQLite's one write lock), so nothing committed
+    later can appear below a cursor already read."""
+    entries = [
+        q.entry_json(row)
+        for row in conn.execute(
+            "SELECT * FROM requests WHERE id > ? ORDER BY id LIMIT ?", (request_id, limit)
+        )
+    ]
+    rows = conn.execute("SELECT * FROM audit WHERE id > ? ORDER BY id LIMIT ?", (audit_id, limit))
+    return entries, [q.audit_json(row) for row in rows]

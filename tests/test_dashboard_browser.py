@@ -1,0 +1,370 @@
+"""The dashboard in a real headless Chromium (Debian's `chromium`, driven by Playwright
+offline): log in, see a key made through the API, create a key in the UI and use it,
+watch a request arrive in the live feed without reloading, pause a key from the UI and
+see its next request refused, export the filtered request log as CSV, and visit every
+page without a JavaScript error (a CSP violation is one). Screenshots of each page are
+kept in tests/artifacts/."""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import httpx
+import pytest
+
+from conftest import ROOT, Capgate, Upstream, gateway_config, need, start_capgate
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = ROOT / "tests" / "artifacts"
+HAIKU = "claude-haiku-4-5"
+PAGES = ["overview", "live", "requests", "keys", "users", "teams", "orgs", "providers",
+         "settings", "audit"]  # fmt: skip
+
+try:
+    from playwright.sync_api import Browser, Page, sync_playwright
+except ImportError:  # checked by need() below
+    sync_playwright = None  # type: ignore[assignment]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    need(sync_playwright is not None, "playwright is not installed (pip install -e '.[dev]')")
+    need(Path(CHROMIUM).exists() or shutil.which("chromium") is not None,
+         "Debian's chromium is not installed (apt-get install chromium)")  # fmt: skip
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"),
+            args=["--no-sandbox", "--disable-dev-shm-usage"],
+        )
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.fixture(scope="module")
+def dash(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Capgate]:
+    """A server of the module's own, with a little history to show."""
+    server = start_capgate(tmp_path_factory.mktemp("dash"), gateway_config(upstream))
+    try:
+        server.admin("POST", "/admin/orgs", json={"name": "acme", "limits": [
+            {"metric": "cost_usd", "window": "month", "max": "200"}]})  # fmt: skip
+        server.admin("POST", "/admin/teams", json={"name": "research", "org": "acme", "limits": [
+            {"metric": "cost_usd", "window": "day", "max": "0.05"}]})  # fmt: skip
+        server.admin("POST", "/admin/users", json={"name": "alice", "limits": [
+            {"metric": "requests", "window": "day", "max": 500}]})  # fmt: skip
+        keys = {
+            "alice-laptop": server.create_key(
+                "alice-laptop",
+                [{"metric": "cost_usd", "window": "day", "max": "0.02"},
+                 {"metric": "requests", "window": "minute", "max": 30}],
+                team="research", user="alice",
+            ),
+            "ci-bot": server.create_key(
+                "ci-bot", [{"metric": "tokens", "window": "day", "max": 20000}], team="platform"
+            ),
+        }  # fmt: skip
+        for i in range(12):
+            name = "alice-laptop" if i % 3 else "ci-bot"
+            model = (HAIKU, "claude-sonnet-4-6")[i % 2]
+            ask(server.url, keys[name], model, f"hello mock:words={5 + 7 * i}")
+        yield server
+    finally:
+        server.close()
+
+
+class Console:
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def __call__(self, message: Any) -> None:
+        if message.type in ("error", "warning"):
+            self.errors.append(f"{message.type}: {message.text}")
+
+
+@pytest.fixture
+def console() -> Console:
+    return Console()
+
+
+@pytest.fixture
+def page(browser: Browser, dash: Capgate, console: Console) -> Iterator[Page]:
+    """A fresh browser context at 1280x800; the test fails on any console error."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)
+    opened = context.new_page()
+    opened.on("console", console)
+    opened.on("pageerror", lambda error: console.errors.append(f"pageerror: {error}"))
+    opened.set_default_timeout(10_000)
+    try:
+        yield opened
+    finally:
+        context.close()
+    assert console.errors == [], console.errors
+
+
+def ask(url: str, key: str, model: str = HAIKU, text: str = "hi mock:words=3") -> httpx.Response:
+    return httpx.post(
+        url + "/v1/messages",
+        headers={"x-api-key": key},
+        json={"model": model, "max_tokens": 100, "messages": [{"role": "user", "content": text}]},
+        timeout=30,
+    )
+
+
+def log_in(page: Page, dash: Capgate) -> None:
+    page.goto(dash.url + "/dashboard")
+    page.get_by_label("Admin key").fill(dash.admin_key)
+    page.get_by_role("button", name="Sign in").click()
+    page.locator(".stat").first.wait_for()
+
+
+def go(page: Page, dash: Capgate, route: str) -> None:
+    page.goto(f"{dash.url}/dashboard#/{route}")
+    page.wait_for_load_state("networkidle")
+
+
+def shot(page: Page, name: str, full: bool = False) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=full)
+
+
+# -- the flows -----------------------------------------------------------------------------
+
+
+def test_login_refuses_a_wrong_key_then_opens_the_overview(
+    page: Page, dash: Capgate, console: Console
+) -> None:
+    page.goto(dash.url + "/dashboard")
+    password = page.get_by_label("Admin key")
+    assert password.get_attribute("type") == "password"
+    shot(page, "login")
+    password.fill("sk-cg-admin-wrong")
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_text("Wrong admin key.").wait_for()
+    assert page.locator("#shell").is_hidden()
+    # Chromium logs the refused login's 401 itself; that one is expected.
+    assert console.errors == [
+        "error: Failed to load resource: the server responded with a status of 401 (Unauthorized)"
+    ]
+    console.errors.clear()
+    password.fill(dash.admin_key)
+    page.get_by_role("button", name="Sign in").click()
+    page.locator(".stat").first.wait_for()
+    page.locator(".chart canvas").first.wait_for()
+    page.wait_for_load_state("networkidle")
+    stats = page.locator(".stats").inner_text()
+    spend = dash.admin("GET", "/admin/summary", params={"period": "today"}).json()["cost_usd"]
+    assert "Spend today" in stats and f"${spend}" in stats.replace(",", "")
+    cookies = {c["name"]: c for c in page.context.cookies()}
+    session = cookies["capgate_session"]
+    assert session["httpOnly"] and session["sameSite"] == "Strict"
+    assert page.evaluate("document.cookie") == ""  # invisible to scripts
+    shot(page, "overview", full=True)
+
+
+def test_a_key_created_through_the_api_is_listed(page: Page, dash: Capgate, key_name: str) -> None:
+    dash.create_key(key_name, [{"metric": "requests", "window": "day", "max": 7}], team="ops")
+    log_in(page, dash)
+    go(page, dash, "keys")
+    row = page.locator(f'tr[data-name="{key_name}"]')
+    text = row.inner_text()
+    assert "active" in text and "ops" in text and "0 / 7" in text and "Requests daily" in text
+    assert row.get_by_role("progressbar").count() == 1
+    shot(page, "keys")
+
+
+def test_create_a_key_in_the_ui_and_use_it(page: Page, dash: Capgate, key_name: str) -> None:
+    log_in(page, dash)
+    go(page, dash, "keys")
+    page.get_by_role("button", name="New key").click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_label("Name", exact=True).fill(key_name)
+    dialog.get_by_label("Team", exact=True).fill("web")
+    dialog.get_by_role("button", name="+ Add limit").click()
+    dialog.get_by_label("Metric", exact=True).select_option("requests")
+    dialog.get_by_label("Window", exact=True).fill("day")
+    dialog.get_by_label("Maximum", exact=True).fill("2")
+    shot(page, "new-key-form")
+    dialog.get_by_role("button", name="Create key").click()
+    raw = page.locator("#new-key").input_value()
+    assert raw.startswith("sk-cg-")
+    assert page.get_by_text("shown only once").is_visible()
+    shot(page, "new-key-shown")
+    page.get_by_role("button", name="Done").click()
+    page.locator(f'tr[data-name="{key_name}"]').wait_for()
+
+    with anthropic.Anthropic(base_url=dash.url, api_key=raw, max_retries=0) as client:
+        message = client.messages.create(
+            model=HAIKU, max_tokens=50, messages=[{"role": "user", "content": "hi mock:words=4"}]
+        )
+    assert message.usage.output_tokens == 4
+    shown = dash.admin("GET", f"/admin/keys/{key_name}").json()
+    assert shown["team"] == "web" and shown["limits"] == [
+        {"metric": "requests", "window": "day", "max": 2}
+    ]
+    assert shown["usage"][0]["used"] == 1
+    assert [e["outcome"] for e in dash.ledger(key=key_name)] == ["ok"]
+    page.reload()
+    page.locator(f'tr[data-name="{key_name}"]').get_by_text("1 / 2").wait_for()
+
+
+def test_live_feed_shows_new_requests_without_reloading(
+    page: Page, dash: Capgate, key_name: str
+) -> None:
+    key = dash.create_key(key_name, [{"metric": "requests", "window": "day", "max": 1}])
+    log_in(page, dash)
+    go(page, dash, "live")
+    page.locator("#live-status.on").wait_for()
+    page.evaluate("window.__sameDocument = 42")
+    assert ask(dash.url, key, text="live mock:words=6").status_code == 200
+    row = page.locator("#live-rows tr", has_text=key_name).first
+    row.wait_for(timeout=2000)  # "within a second", with room for a slow machine
+    entry = dash.ledger(key=key_name)[0]
+    text = row.inner_text()
+    assert HAIKU in text and "200" in text and f"${entry['cost_usd']}" in text
+    assert f"/ {entry['output_tokens']}" in text
+    assert ask(dash.url, key).status_code == 402
+    page.locator("#live-rows tr", has_text="refused 402").first.wait_for(timeout=2000)
+    assert page.evaluate("window.__sameDocument") == 42  # never reloaded
+    page.locator("#live-audit li", has_text=f"key:{key_name}").first.wait_for()
+    shot(page, "live")
+
+
+def test_pause_a_key_in_the_ui_and_its_next_request_is_refused(
+    page: Page, dash: Capgate, key_name: str
+) -> None:
+    key = dash.create_key(key_name, [{"metric": "cost_usd", "window": "day", "max": "1"}])
+    assert ask(dash.url, key).status_code == 200
+    log_in(page, dash)
+    go(page, dash, f"keys/{key_name}")
+    page.locator("#page .chart").first.wait_for()
+    page.locator("[data-action=pause]").click()
+    confirm = page.get_by_role("dialog")
+    assert "refused until you resume" in confirm.inner_text()
+    confirm.get_by_role("button", name="Pause").click()
+    page.locator(".detail-head .badge-paused").wait_for()
+    refused = ask(dash.url, key)
+    assert refused.status_code == 403 and "paused" in refused.json()["error"]["message"]
+    assert dash.admin("GET", f"/admin/keys/{key_name}").json()["status"] == "paused"
+    page.locator("#page tr", has_text="paused").first.wait_for()  # the recent requests table
+    shot(page, "key-detail", full=True)
+    page.locator("[data-action=resume]").click()
+    page.get_by_role("dialog").get_by_role("button", name="Resume").click()
+    page.locator(".detail-head .badge-active").wait_for()
+    assert ask(dash.url, key).status_code == 200
+
+
+def test_export_csv_holds_exactly_the_filtered_requests(
+    page: Page, dash: Capgate, key_name: str
+) -> None:
+    key = dash.create_key(key_name, [{"metric": "requests", "window": "day", "max": 3}])
+    for words in (2, 4, 6, 8):
+        ask(dash.url, key, text=f"csv mock:words={words}")
+    log_in(page, dash)
+    go(page, dash, "requests")
+    page.get_by_label("Key", exact=True).fill(key_name)
+    page.get_by_label("Outcome", exact=True).select_option("ok")
+    page.get_by_role("button", name="Apply").click()
+    page.wait_for_url(f"**key={key_name}**")
+    page.locator("#page .pager", has_text="3 requests").wait_for()
+    expected = dash.ledger(key=key_name, outcome="ok")
+    assert len(expected) == 3
+    assert page.locator("#page tbody tr").count() == 3
+    shot(page, "requests")
+    with page.expect_download() as info:
+        page.locator("#export-csv").click()
+    download = info.value
+    assert download.suggested_filename == "capgate-requests.csv"
+    rows = list(csv.DictReader(io.StringIO(Path(download.path()).read_text("utf-8"))))
+    assert [r["id"] for r in rows] == [str(e["id"]) for e in expected]
+    assert {r["key"] for r in rows} == {key_name} and {r["outcome"] for r in rows} == {"ok"}
+    assert [r["cost_usd"] for r in rows] == [e["cost_usd"] for e in expected]
+    assert [int(r["output_tokens"]) for r in rows] == [6, 4, 2]  # the fourth was refused
+
+
+def test_settings_can_be_changed_in_the_ui(page: Page, dash: Capgate) -> None:
+    log_in(page, dash)
+    go(page, dash, "settings")
+    page.get_by_role("combobox", name="Default timezone").fill("Europe/Berlin")
+    page.get_by_role("button", name="Save", exact=True).click()
+    page.get_by_text("changed here").first.wait_for()
+    assert dash.admin("GET", "/admin/settings").json()["timezone"] == "Europe/Berlin"
+    shot(page, "settings", full=True)
+    page.get_by_role("button", name="Use the config file's").click()
+    page.get_by_text("changed here").wait_for(state="detached")
+    assert dash.admin("GET", "/admin/settings").json()["timezone"] == "UTC"
+
+
+@pytest.mark.parametrize("width", [1280, 1024])
+def test_every_page_renders_without_errors(
+    browser: Browser, dash: Capgate, page: Page, width: int
+) -> None:
+    page.set_viewport_size({"width": width, "height": 800})
+    log_in(page, dash)
+    for route in [*PAGES, "keys/alice-laptop", "teams/research"]:
+        go(page, dash, route)
+        page.locator("#page .panel").first.wait_for()
+        assert page.locator("#page [role=alert]").count() == 0, route
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"{route} is wider than the window at {width}px"
+        unlabelled = page.evaluate(
+            """[...document.querySelectorAll('#page input, #page select')].filter(
+                (el) => !el.labels?.length && !el.getAttribute('aria-label')).length"""
+        )
+        assert unlabelled == 0, route
+        if width == 1280:
+            shot(page, "page-" + route.replace("/", "-"))
+    if width == 1024:
+        go(page, dash, "overview")
+        shot(page, "overview-1024", full=True)
+
+
+def test_sign_out(page: Page, dash: Capgate) -> None:
+    log_in(page, dash)
+    page.get_by_role("button", name="Sign out").click()
+    page.get_by_label("Admin key").wait_for()
+    assert page.request.get(dash.url + "/admin/keys").status == 401
+    page.reload()
+    page.get_by_label("Admin key").wait_for()
+
+
+def test_edit_limits_models_and_schedules_in_the_ui(
+    page: Page, dash: Capgate, console: Console, key_name: str
+) -> None:
+    dash.create_key(key_name, [{"metric": "requests", "window": "day", "max": 3}], team="ops")
+    log_in(page, dash)
+    go(page, dash, f"keys/{key_name}")
+    page.locator("[data-action=edit]").click()
+    dialog = page.get_by_role("dialog")
+    assert dialog.get_by_label("Name", exact=True).is_disabled()
+    dialog.get_by_label("Maximum", exact=True).fill("9")
+    dialog.get_by_label("Allowed models").fill("claude-haiku-*, gpt-5-mini")
+    dialog.get_by_role("button", name="+ Add schedule").click()
+    dialog.get_by_label("Days", exact=True).fill("mon-fri")
+    dialog.get_by_label("Team", exact=True).fill("")
+    dialog.get_by_role("button", name="Save changes").click()
+    page.locator("#page .usage", has_text="0 / 9").wait_for()
+    shown = dash.admin("GET", f"/admin/keys/{key_name}").json()
+    assert shown["limits"] == [{"metric": "requests", "window": "day", "max": 9}]
+    assert shown["models"] == ["claude-haiku-*", "gpt-5-mini"] and shown["team"] is None
+    assert shown["schedules"] == [
+        {"model": "*", "days": "mon,tue,wed,thu,fri", "start": "09:00", "end": "18:00", "tz": "UTC"}
+    ]
+    # A bad value is refused in the form, naming the field, and changes nothing.
+    page.locator("[data-action=edit]").click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_label("Window", exact=True).fill("fortnight")
+    dialog.get_by_role("button", name="Save changes").click()
+    dialog.get_by_role("alert").filter(has_text="window").wait_for()
+    assert console.errors == [  # Chromium's own log line for the refused request
+        "error: Failed to load resource: the server responded with a status of 400 (Bad Request)"
+    ]
+    console.errors.clear()
+    dialog.get_by_role("button", name="Cancel").click()
+    assert dash.admin("GET", f"/admin/keys/{key_name}").json()["limits"][0]["window"] == "day"
