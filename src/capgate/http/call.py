@@ -239,7 +239,7 @@ class Call:
             self.raw is not None
             and translation is None
             and res.max_output is None
-            and route.upstream_model == self.admission.asked_model
+            and route.upstream_model == self.admission.info.model  # as asked
         ):
             return self.raw
         body = dict(self.body)

@@ -70,7 +70,6 @@ class Admission:
     info: RequestInfo
     price: Price
     worst: Amounts
-    asked_model: str
     max_field: str  # the body field that holds the output bound
     input_bound: int
     output: int  # the output bound, all choices together
@@ -122,9 +121,6 @@ class Gateway:
         return await self._auth.authenticate(request.headers)
 
     async def read_json(self, request: web.Request) -> tuple[bytes, Any]:
-        return await self._read_json(request)
-
-    async def _read_json(self, request: web.Request) -> tuple[bytes, Any]:
         if request.content_type != "application/json":
             raise UnsupportedMediaType(
                 f"Content-Type must be application/json, not {request.content_type or 'missing'}."
@@ -243,7 +239,7 @@ class Gateway:
         started, t0 = self._clock(), time.perf_counter()
         try:
             key = await self._auth.authenticate(request.headers)
-            raw, body = await self._read_json(request)
+            raw, body = await self.read_json(request)
         except CapgateError as exc:
             return error_response(endpoint.dialect, exc)
         admitted = await self.admit(request, endpoint, key, raw, body, started, t0)
@@ -300,7 +296,7 @@ class Gateway:
                 raise error
         except CapgateError as exc:
             return error_response(dialect, exc, request_id)
-        admission = Admission(info, price, worst, facts.model, field, bound, output)
+        admission = Admission(info, price, worst, field, bound, output)
         return Call(
             self, request, endpoint, plan, admission, decision, body,
             None if changed else raw, t0, hide_usage,
@@ -372,7 +368,7 @@ class Gateway:
         """Free on every provider: authenticated and routed, not budgeted or recorded."""
         try:
             key = await self._auth.authenticate(request.headers)
-            raw, body = await self._read_json(request)
+            raw, body = await self.read_json(request)
             facts = anthropic_facts(body)
             route = self._router.resolve(facts.model, Endpoint.MESSAGES)
             refusal = check_access((key,), (facts.model, route.upstream_model), self._clock())
