@@ -43,22 +43,25 @@ def print_table(points: list[Point], litellm: list[Point]) -> None:
         "p99 ms",
         "ratio",
         "added p50 ms",
+        "÷ floor",
     ]
     rows = []
     keys = sorted(
         {(p.fmt, p.stream, p.conc) for p in points},
         key=lambda k: (list(MODELS).index(k[0]), k[1], k[2]),
     )
+    labels = {"capgate": "{}", "floor": "{} (floor)", "litellm": "{} (LiteLLM)"}
     for fmt, stream, conc in keys:
         d = by.get(("direct", fmt, stream, conc))
-        for target in ("capgate", "litellm"):
+        floor = by.get(("floor", fmt, stream, conc))
+        for target, label in labels.items():
             g = by.get((target, fmt, stream, conc))
             if g is None:
                 continue
-            label = fmt if target == "capgate" else f"{fmt} (LiteLLM)"
+            vs_floor = g.rps / floor.rps if floor and floor.rps and target != "floor" else None
             rows.append(
                 [
-                    label,
+                    label.format(fmt),
                     "yes" if stream else "no",
                     str(conc),
                     fmt_num(d.rps if d else None, ",.0f"),
@@ -69,11 +72,15 @@ def print_table(points: list[Point], litellm: list[Point]) -> None:
                     fmt_num(g.p99_ms, ".2f"),
                     fmt_num(g.rps / d.rps if d and d.rps else None, ".2f"),
                     fmt_num(g.p50_ms - d.p50_ms if d else None, "+.2f"),
+                    fmt_num(vs_floor, ".2f"),
                 ]
             )
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
-    if litellm:
-        print("(rows marked LiteLLM: the 'capgate' columns are LiteLLM proxy's figures)")
+    if litellm or any(p.target == "floor" for p in points):
+        print(
+            "(rows marked floor / LiteLLM: the 'capgate' columns are that proxy's figures; "
+            "÷ floor = req/s over the floor's)"
+        )
     line = "  ".join(
         c.ljust(w) if i < 3 else c.rjust(w)
         for i, (c, w) in enumerate(zip(cols, widths, strict=True))

@@ -57,6 +57,7 @@ from services import (
     sanity,
     sigpipe_disposition,
     start_capgate,
+    start_floor,
     start_litellm,
     start_upstream,
     start_worker,
@@ -220,6 +221,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--no-litellm", action="store_true", help="skip LiteLLM even if bench/.litellm-venv exists"
     )
+    p.add_argument(
+        "--no-floor",
+        action="store_true",
+        help="skip the bare Python pass-through (bench/floor.py) measured beside capgate",
+    )
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     p.add_argument(
         "--as-shipped",
@@ -301,10 +307,15 @@ def main() -> int:
         cg_port = capgate_port(workers[0])
         addrs = [f"{HOST}:{capgate_port(w)}" for w in workers] if args.workers > 1 else None
         key = create_key(cg_port)
+        floor_port = None
+        if not args.no_floor:
+            floor, floor_port = start_floor(pin, tmp, up_port)
+            procs.append(floor)
         log(
             f"bench: upstream on :{up_port}; capgate on :{cg_port}"
             f"{f' (+{args.workers - 1} workers)' if args.workers > 1 else ''}, "
             f"started in {startup:.2f} s; key 'bench' (team 'bench') created"
+            f"{f'; floor on :{floor_port}' if floor_port else ''}"
         )
 
         problems: list[str] = []
@@ -314,7 +325,10 @@ def main() -> int:
                 path = tmp / f"body-{fmt}-{'stream' if stream else 'whole'}.json"
                 path.write_bytes(body_for(fmt, stream))
                 bodies[(fmt, stream)] = path
-                for target, base, k in (("direct", up_port, None), ("capgate", cg_port, key)):
+                targets = [("direct", up_port, None), ("capgate", cg_port, key)]
+                if floor_port:
+                    targets.append(("floor", floor_port, None))
+                for target, base, k in targets:
                     msg = sanity(
                         f"http://{HOST}:{base}{PATHS[fmt]}",
                         path.read_bytes(),
@@ -349,6 +363,8 @@ def main() -> int:
         service_pids = [p.pid for p in procs]
         cpu0 = (time.monotonic(), cpu_busy_s(), own_cpu_s(), proc_cpu_s(service_pids))
         points: list[Point] = []
+        served = 0  # requests capgate answered so far, warm-ups included
+        memory_series = [{"requests": 0, "rss_kb": _rss_kb(workers)}]
         for fmt in args.fmts:
             for stream in args.stream_flags:
                 for conc in args.conc:
@@ -385,6 +401,21 @@ def main() -> int:
                             f"{exc}\n!!! {'; '.join(dead) or 'capgate is running'}"
                         ) from None
                     points += [d, g]
+                    served += g.requests + g.warmup_requests
+                    memory_series.append({"requests": served, "rss_kb": _rss_kb(workers)})
+                    if floor_port:
+                        f = measure(
+                            pin,
+                            "floor",
+                            fmt,
+                            stream,
+                            conc,
+                            f"http://{HOST}:{floor_port}{PATHS[fmt]}",
+                            body,
+                            None,
+                            args,
+                        )
+                        points.append(f)
                     log(
                         f"  {fmt:9} stream={'yes' if stream else 'no ':3} c={conc:<3} "
                         f"direct {d.rps:8,.0f}/s p50 {d.p50_ms:6.2f} ms | capgate {g.rps:8,.0f}/s "
@@ -476,6 +507,11 @@ def main() -> int:
         print()
         print("ratio = capgate req/s / direct req/s; added p50 = capgate p50 - direct p50.")
         print("'direct' = wrk -> fast upstream; 'capgate' = wrk -> capgate -> fast upstream.")
+        if floor_port:
+            print(
+                "'floor' = wrk -> bench/floor.py -> fast upstream: a bare aiohttp pass-through "
+                "(orjson, pooled client, reads usage; no keys, budgets or ledger), same CPU."
+            )
         print_ttfb(ttfbs)
         rss = sum(int(m.get("VmRSS", 0)) for m in memory)
         hwm = sum(int(m.get("VmHWM", 0)) for m in memory)
@@ -484,6 +520,7 @@ def main() -> int:
             f"{hwm / 1024:.1f} MiB){' summed over workers' if len(memory) > 1 else ''}"
             f"{'; !!! of a process restarted after a death, so it saw only part of the load' if crashes else ''}"
         )
+        print_memory_series(memory_series)
         print(f"capgate startup (spawn to 'listening' line): {startup:.2f} s")
         check = ledger_check(ledger, points, ttfbs, len(args.fmts) * len(args.stream_flags))
         if check:
@@ -497,9 +534,9 @@ def main() -> int:
                 )
             )
         print(
-            "budgets: per-key limits (cost_usd/month, requests/day, tokens/day) are checked and "
-            "settled on every request; the key names team 'bench', but no team scope is "
-            "created, so no team limit is measured."
+            "budgets: every request is reserved and settled against the key's limits "
+            "(cost_usd/month, requests/day, tokens/day) and team 'bench''s cost_usd/month, "
+            "all in one transaction each; the ledger records every request."
         )
         flag = "!!! " if foreign["cores"] > 0.05 or busy_before > 0.1 else ""
         print(
@@ -543,6 +580,7 @@ def main() -> int:
             "capgate": {
                 "startup_s": round(startup or 0, 3),
                 "memory_kb": memory,
+                "memory_series": memory_series,
                 "ledger": ledger,
                 "ledger_check": check,
                 "log_error_lines": issues[:50],
@@ -574,6 +612,25 @@ def main() -> int:
             log(f"bench: kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _rss_kb(workers: list[Proc]) -> int:
+    return sum(int(proc_status(w.pid).get("VmRSS", 0)) for w in workers)
+
+
+def print_memory_series(series: list[dict[str, int]]) -> None:
+    """RSS along the run: flat means no growth per request (a leak would climb)."""
+    if len(series) < 3:
+        return
+    steps = ", ".join(f"{p['requests'] / 1000:,.0f}k: {p['rss_kb'] / 1024:.1f}" for p in series)
+    half = series[len(series) // 2]
+    last = series[-1]
+    grown = (last["rss_kb"] - half["rss_kb"]) / 1024
+    print(f"capgate resident memory (MiB) by requests served: {steps}")
+    print(
+        f"  from {half['requests']:,} to {last['requests']:,} requests: {grown:+.1f} MiB"
+        f" ({grown * 1024 * 1024 / max(1, last['requests'] - half['requests']):+.1f} bytes per request)"
+    )
 
 
 def _interrupted(*_: Any) -> None:

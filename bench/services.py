@@ -34,6 +34,9 @@ ADMIN_KEY = "sk-cg-admin-bench-" + os.urandom(8).hex()
 LITELLM_KEY = "sk-litellm-bench-0123456789"
 
 
+TEAM_LIMITS = [{"metric": "cost_usd", "window": "month", "max": 1000000}]
+
+
 KEY_LIMITS = [
     {"metric": "cost_usd", "window": "month", "max": 1000000},
     {"metric": "requests", "window": "day", "max": 100000000},
@@ -135,7 +138,31 @@ def capgate_port(proc: Proc) -> int:
     return int(proc.match.group(2))
 
 
+def start_floor(pin: Pinning, tmp: Path, up_port: int) -> tuple[Proc, int]:
+    """bench/floor.py, the bare Python pass-through, on the proxy CPUs like capgate."""
+    floor = Proc(
+        "floor",
+        pin.wrap(
+            "proxy",
+            [str(VENV_PY), str(BENCH / "floor.py"), "--upstream", f"http://{HOST}:{up_port}"],
+        ),
+        tmp / "floor.log",
+        r"floor listening on [\d.]+:(\d+)",
+    )
+    return floor, int(floor.wait_ready(30).group(1))
+
+
 def create_key(port: int) -> str:
+    """Team 'bench' with a dollar budget, and key 'bench' in it with its own limits: every
+    request is reserved against both, all or nothing, and settled in both."""
+    status, data = http(
+        "POST",
+        f"http://{HOST}:{port}/admin/teams",
+        {"name": "bench", "limits": TEAM_LIMITS},
+        ADMIN_KEY,
+    )
+    if status != 201:
+        raise RuntimeError(f"POST /admin/teams answered {status}: {data[:500]!r}")
     status, data = http(
         "POST",
         f"http://{HOST}:{port}/admin/keys",

@@ -209,6 +209,7 @@ def format_reset(end: int, tz: str = "UTC") -> str:
     return datetime.fromtimestamp(end, zone(tz)).strftime("%Y-%m-%d %H:%M ") + tz
 
 
+@lru_cache(maxsize=256)  # a handful of window ends, on every answer's headers
 def format_reset_iso(end: int) -> str:
     """A reset instant for machines: ISO 8601 in UTC, or 'never' for total limits."""
     if end >= NEVER:

@@ -17,6 +17,7 @@ passed on and only the tokens generated are charged.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import time
 from collections.abc import AsyncIterator
@@ -66,14 +67,20 @@ def answer_headers(answer: UpstreamAnswer, res: Reservation | None) -> dict[str,
             what = f"{limit.metric.value}/{limit.window.value}"
             if limit.model is not None:
                 what += f" ({limit.model})"
-            name = quote(room.scope.name, safe="-_.~@+:")  # headers are ASCII; names need not be
-            headers["x-capgate-limit"] = f"{room.scope.kind.value}={name} {what}"
+            headers["x-capgate-limit"] = (
+                f"{room.scope.kind.value}={_header_name(room.scope.name)} {what}"
+            )
             amount = room.remaining
             headers["x-capgate-remaining"] = (
                 nano_to_decimal_str(amount) if limit.metric is Metric.COST_USD else str(amount)
             )
             headers["x-capgate-reset"] = format_reset_iso(room.resets_at)
     return headers
+
+
+@functools.lru_cache(maxsize=1024)
+def _header_name(name: str) -> str:
+    return quote(name, safe="-_.~@+:")  # headers are ASCII; scope names need not be
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,17 +54,14 @@ def _detail(exc: BaseException) -> str:
 
 
 class HTTPAnswer:
-    __slots__ = ("_response", "status")
+    __slots__ = ("_response", "headers", "status")
     cost_nano = None  # HTTP providers report usage, not cost: the pricing table prices it
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
         self.status = response.status
-
-    @property
-    def headers(self) -> Mapping[str, str]:
-        src = self._response.headers
-        return {name: src[name] for name in _ANSWER_HEADERS if name in src}
+        src = response.headers  # the few worth passing on, read once
+        self.headers: Mapping[str, str] = {n: src[n] for n in _ANSWER_HEADERS if n in src}
 
     async def chunks(self) -> AsyncIterator[bytes]:
         with _broken_off(self._response):

@@ -1,13 +1,33 @@
-"""One writer thread per process, committing submitted operations in groups.
+"""The process's one SQLite writer: submitted operations committed in groups.
 
-Every write of the process is a small function `op(conn)` queued here. The thread takes
-whatever is queued, runs it all inside one `BEGIN IMMEDIATE` transaction (each op in its
-own savepoint, so one failing op does not undo the others), commits once, and only then
-resolves the waiting futures: a caller never sees a result that is not durable. An op
-must leave no partial writes when it raises before writing, or else raise only before its
-first write; when one raises, the group is undone and rerun with savepoints. Grouping
-turns N commits into one under load, and `BEGIN IMMEDIATE` holds SQLite's single write
-lock for the whole group, so ops are atomic across processes sharing the file too.
+Every write of the process is a small function `op(conn)` submitted here. Whatever was
+submitted during one turn of the event loop runs as one group inside one `BEGIN
+IMMEDIATE` transaction, which commits once; only then are the waiting futures resolved,
+so a caller never sees a result that is not durable. Grouping turns N commits into one
+under load, and `BEGIN IMMEDIATE` holds SQLite's single write lock for the whole group,
+so ops are atomic across processes sharing the file too.
+
+Where a group runs (measured in docs/performance.md):
+
+- **On the event loop, when the lock is free** (the common case). The group runs at the
+  end of the loop turn that submitted it, with the lock taken *without waiting*
+  (`busy_timeout=0`): a transaction of a few statements costs less than handing it to a
+  thread, which on a busy core means two context switches and a GIL hand-over per group.
+- **On the writer thread, when another process holds the lock.** The thread waits for
+  it (up to the connection's busy timeout) without blocking the loop. While a group is
+  with the thread, later groups follow it there, so commits keep their submission order
+  (a `flush()` never overtakes an earlier write).
+
+Settlements (`submit_soon`) don't start a group of their own at once: they wait up to
+`settle_delay` seconds for the next reservation's group to ride along with (at one
+request at a time, that halves the transactions per request). A settlement still pending
+is in memory only; if the process dies then, its reservation's lease expires and another
+process charges the worst case held for it - the same as a crash during the request. A
+`flush()` commits everything pending first.
+
+An op must leave no partial writes when it raises before writing, or else raise only
+before its first write; when one raises, the group is undone and rerun with each op in a
+savepoint, so the failing op is undone alone.
 """
 
 from __future__ import annotations
@@ -23,11 +43,18 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 Op = Callable[[sqlite3.Connection], Any]
+Group = list[tuple[Op, "asyncio.Future[Any]"]]
+Results = list[tuple["asyncio.Future[Any]", Any, "BaseException | None"]]
 _MAX_GROUP = 512
+SETTLE_DELAY = 0.002  # seconds a settlement waits for a group to ride along with
 
 
 class WriterClosed(RuntimeError):
     pass
+
+
+class _Busy(Exception):
+    """The write lock is held by another connection: run the group on the thread."""
 
 
 class SQLiteWriter:
@@ -36,111 +63,154 @@ class SQLiteWriter:
         connect: Callable[[], sqlite3.Connection],
         before_group: Callable[[sqlite3.Connection], None],
         after_rollback: Callable[[], None] = lambda: None,
+        settle_delay: float = SETTLE_DELAY,
     ) -> None:
         self._connect = connect
         self._before_group = before_group  # runs first in every transaction
         self._after_rollback = after_rollback  # in-memory state may reflect undone writes
-        self._queue: queue.SimpleQueue[tuple[Op, asyncio.Future[Any]] | None] = queue.SimpleQueue()
+        self._settle_delay = settle_delay
+        self._queue: queue.SimpleQueue[Group | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._conn: sqlite3.Connection | None = None  # the loop's or the thread's, never both
+        self._timeout_ms = 0  # the connection's busy timeout, for the thread
+        self._timeout_now = -1  # what the connection is set to now
         self._closed = False
-        self._deferred: list[tuple[Op, asyncio.Future[Any]]] = []
+        self._pending: Group = []
+        self._flush_now: asyncio.Handle | None = None
+        self._flush_later: asyncio.TimerHandle | None = None
+        self._with_thread = 0  # groups handed to the thread and not yet resolved
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        self._conn = self._connect()
+        self._timeout_ms = self._conn.execute("PRAGMA busy_timeout").fetchone()[0]
         self._thread = threading.Thread(target=self._run, name="capgate-sqlite-writer", daemon=True)
         self._thread.start()
 
+    # -- submitting ----------------------------------------------------------------------
+
     def submit(self, op: Op) -> asyncio.Future[Any]:
-        if self._closed or self._loop is None:
-            raise WriterClosed("the store is closed")
-        fut: asyncio.Future[Any] = self._loop.create_future()
-        if self._deferred:  # keep submission order
-            self._hand_over()
-        self._queue.put((op, fut))
+        """Run `op` in the group committed at the end of this loop turn."""
+        fut = self._add(op)
+        if self._flush_now is None:
+            assert self._loop is not None
+            self._flush_now = self._loop.call_soon(self._flush)
         return fut
 
     def submit_soon(self, op: Op) -> asyncio.Future[Any]:
-        """Like `submit`, but handed to the writer only when the event loop has finished
-        its current step: the caller can write its answer first without the writer thread
-        taking the CPU from under it. Order with `submit` is kept."""
+        """Like `submit`, but the op may wait `settle_delay` for the next group. Order
+        with `submit` is kept."""
+        fut = self._add(op)
+        if self._flush_now is None and self._flush_later is None:
+            assert self._loop is not None
+            self._flush_later = self._loop.call_later(self._settle_delay, self._flush)
+        return fut
+
+    def _add(self, op: Op) -> asyncio.Future[Any]:
         if self._closed or self._loop is None:
             raise WriterClosed("the store is closed")
         fut: asyncio.Future[Any] = self._loop.create_future()
-        if not self._deferred:
-            self._loop.call_soon(self._hand_over)
-        self._deferred.append((op, fut))
+        self._pending.append((op, fut))
         return fut
 
-    def _hand_over(self) -> None:
-        deferred, self._deferred = self._deferred, []
-        for item in deferred:
-            self._queue.put(item)
+    def _flush(self) -> None:
+        if self._flush_now is not None:
+            self._flush_now.cancel()
+            self._flush_now = None
+        if self._flush_later is not None:
+            self._flush_later.cancel()
+            self._flush_later = None
+        group, self._pending = self._pending, []
+        while group:
+            part, group = group[:_MAX_GROUP], group[_MAX_GROUP:]
+            if self._with_thread:  # keep the order: follow the groups already there
+                self._to_thread(part)
+                continue
+            assert self._conn is not None
+            try:
+                results = self._commit_group(self._conn, part, wait=False)
+            except _Busy:
+                self._to_thread(part)
+                continue
+            _resolve_all(results)
+
+    def _to_thread(self, group: Group) -> None:
+        self._with_thread += 1
+        self._queue.put(group)
+
+    def _from_thread(self, results: Results) -> None:
+        self._with_thread -= 1
+        _resolve_all(results)
 
     async def close(self) -> None:
         if self._thread is None or self._closed:
             return
+        self._flush()
         self._closed = True
-        self._hand_over()
         self._queue.put(None)
         await asyncio.to_thread(self._thread.join)
+        if self._conn is not None:
+            self._conn.close()
+
+    # -- running a group -----------------------------------------------------------------
 
     def _run(self) -> None:
-        conn = self._connect()
-        try:
-            while True:
-                first = self._queue.get()
-                if first is None:
-                    return
-                group = [first]
-                stop = False
-                while len(group) < _MAX_GROUP:
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is None:
-                        stop = True
-                        break
-                    group.append(item)
-                self._commit_group(conn, group)
-                if stop:
-                    return
-        finally:
-            conn.close()
+        """The thread: groups another process's lock kept from the loop, in order. The
+        loop does not touch the connection while any group is here."""
+        while True:
+            group = self._queue.get()
+            if group is None:
+                return
+            assert self._conn is not None and self._loop is not None
+            results = self._commit_group(self._conn, group, wait=True)
+            try:
+                self._loop.call_soon_threadsafe(self._from_thread, results)
+            except RuntimeError:  # the loop is gone (shutdown); the commit stands
+                log.warning("store results dropped: event loop closed")
 
-    def _commit_group(
-        self, conn: sqlite3.Connection, group: list[tuple[Op, asyncio.Future[Any]]]
-    ) -> None:
+    def _commit_group(self, conn: sqlite3.Connection, group: Group, wait: bool) -> Results:
+        """Commit `group`; every op's result or exception. Raises _Busy only when not
+        waiting and the lock is taken, before anything ran."""
+        timeout = self._timeout_ms if wait else 0
+        if timeout != self._timeout_now:
+            conn.execute(f"PRAGMA busy_timeout={timeout}")
+            self._timeout_now = timeout
         try:
             try:
-                results = self._run_group(conn, group, isolate=False)
+                return self._run_group(conn, group, isolate=False)
             except _OpFailed:
                 # Some op raised: undo the whole group and run it again with each op in a
                 # savepoint, so the failing one is undone alone. Savepoints cost four
                 # statements per request, so the common path does without them.
-                results = self._run_group(conn, group, isolate=True)
+                return self._run_group(conn, group, isolate=True)
+        except _Busy as exc:
+            if not wait:
+                raise
+            log.error("store transaction failed: %s", exc.__cause__)
+            return [(fut, None, exc.__cause__ or exc) for _, fut in group]
         except Exception as exc:  # noqa: BLE001 - lock timeout, disk I/O, a bug: nothing committed, every waiter learns why
             log.error("store transaction failed: %s", exc)
-            self._after_rollback()
-            results = [(fut, None, exc) for _, fut in group]
-        assert self._loop is not None
-        try:
-            self._loop.call_soon_threadsafe(_resolve_all, results)
-        except RuntimeError:  # the loop is gone (shutdown); the commit stands
-            log.warning("store results dropped: event loop closed")
+            return [(fut, None, exc) for _, fut in group]
 
-    def _run_group(
-        self, conn: sqlite3.Connection, group: list[tuple[Op, asyncio.Future[Any]]], isolate: bool
-    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
-        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
-        conn.execute("BEGIN IMMEDIATE")
+    def _run_group(self, conn: sqlite3.Connection, group: Group, isolate: bool) -> Results:
+        results: Results = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if _is_busy(exc):
+                raise _Busy from exc
+            raise
         try:
             self._before_group(conn)
             for op, fut in group:
                 if not isolate:
                     try:
                         results.append((fut, op(conn), None))
+                    except sqlite3.OperationalError as exc:
+                        if _is_busy(exc):
+                            raise  # not the op's fault: the whole group goes elsewhere
+                        raise _OpFailed from exc
                     except Exception as exc:
                         raise _OpFailed from exc
                     continue
@@ -155,10 +225,12 @@ class SQLiteWriter:
                     conn.execute("RELEASE op")
                     results.append((fut, value, None))
             conn.execute("COMMIT")
-        except BaseException:
+        except BaseException as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             self._after_rollback()
+            if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
+                raise _Busy from exc  # rolled back: the thread reruns it, waiting
             raise
         return results
 
@@ -167,7 +239,14 @@ class _OpFailed(Exception):
     pass
 
 
-def _resolve_all(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+def _resolve_all(results: Results) -> None:
     for fut, value, exc in results:
         if fut.done():  # the waiter was cancelled; the write happened regardless
             continue

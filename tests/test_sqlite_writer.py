@@ -1,0 +1,177 @@
+"""The SQLite writer: grouped commits on the event loop, the thread when the lock is taken.
+
+The budget guarantees rest on it (tests/test_race.py, test_scopes.py, test_leases.py run
+it end to end); these pin down its own contract: one transaction per loop turn, results
+only after the commit, order kept when a group has to wait for another process's lock,
+the loop never blocked by that wait, a failing op undone alone, nothing pending lost on
+close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from capgate.store.sqlite_writer import SQLiteWriter
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA busy_timeout=10000")
+    return conn
+
+
+class Harness:
+    def __init__(self, path: Path, settle_delay: float = 0.002) -> None:
+        self.path = path
+        self.groups = 0  # transactions begun
+        self.threads: list[str] = []
+        setup = _connect(path)
+        setup.execute("CREATE TABLE IF NOT EXISTS t (v INTEGER)")
+        setup.close()
+        self.writer = SQLiteWriter(lambda: _connect(path), self._before, settle_delay=settle_delay)
+
+    def _before(self, conn: sqlite3.Connection) -> None:
+        import threading
+
+        self.groups += 1
+        self.threads.append(threading.current_thread().name)
+
+    @staticmethod
+    def insert(value: int) -> Any:
+        def op(conn: sqlite3.Connection) -> int:
+            conn.execute("INSERT INTO t (v) VALUES (?)", (value,))
+            return value
+
+        return op
+
+    def committed(self) -> list[int]:
+        conn = _connect(self.path)
+        try:
+            return [r[0] for r in conn.execute("SELECT v FROM t ORDER BY rowid")]
+        finally:
+            conn.close()
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Harness:
+    return Harness(tmp_path / "w.db")
+
+
+async def _test_one_loop_turn_is_one_transaction_on_the_loop(harness: Harness) -> None:
+    harness.writer.start(asyncio.get_running_loop())
+    try:
+        futures = [harness.writer.submit(harness.insert(i)) for i in range(50)]
+        assert await asyncio.gather(*futures) == list(range(50))
+        assert harness.groups == 1
+        assert harness.threads == ["MainThread"]  # no hand-over to the thread
+        assert harness.committed() == list(range(50))  # resolved only once committed
+    finally:
+        await harness.writer.close()
+
+
+async def _test_a_settlement_waits_for_the_next_group_but_not_for_long(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "w.db", settle_delay=0.05)
+    h.writer.start(asyncio.get_running_loop())
+    try:
+        settle = h.writer.submit_soon(h.insert(1))
+        await asyncio.sleep(0)
+        assert h.groups == 0  # waiting to ride along
+        reserve = h.writer.submit(h.insert(2))
+        await asyncio.gather(settle, reserve)
+        assert h.groups == 1  # both in one transaction, in submission order
+        assert h.committed() == [1, 2]
+        t0 = time.perf_counter()
+        await h.writer.submit_soon(h.insert(3))  # alone: committed after the delay
+        assert 0.03 < time.perf_counter() - t0 < 2
+        assert h.groups == 2
+    finally:
+        await h.writer.close()
+
+
+async def _test_a_lock_held_elsewhere_sends_the_group_to_the_thread_in_order(
+    harness: Harness,
+) -> None:
+    loop = asyncio.get_running_loop()
+    harness.writer.start(loop)
+    other = _connect(harness.path)  # another process's writer, as far as SQLite knows
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        first = harness.writer.submit(harness.insert(1))
+        await asyncio.sleep(0)  # the loop turn ends: the group tries, finds the lock taken
+        second = harness.writer.submit(harness.insert(2))  # must not overtake the first
+        ticks = 0
+        for _ in range(10):  # the loop keeps running while the thread waits
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert ticks == 10 and not first.done() and not second.done()
+        other.execute("INSERT INTO t (v) VALUES (0)")
+        other.execute("COMMIT")
+        assert await asyncio.gather(first, second) == [1, 2]
+        assert harness.committed() == [0, 1, 2]
+        assert "capgate-sqlite-writer" in harness.threads
+        # Lock free again: back on the loop.
+        await harness.writer.submit(harness.insert(3))
+        assert harness.threads[-1] == "MainThread"
+    finally:
+        if other.in_transaction:
+            other.execute("ROLLBACK")
+        other.close()
+        await harness.writer.close()
+
+
+async def _test_a_failing_op_is_undone_alone(harness: Harness) -> None:
+    harness.writer.start(asyncio.get_running_loop())
+
+    def bad(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO t (v) VALUES (99)")
+        raise ValueError("this op fails after writing")
+
+    try:
+        good1 = harness.writer.submit(harness.insert(1))
+        failing = harness.writer.submit(bad)
+        good2 = harness.writer.submit(harness.insert(2))
+        assert await good1 == 1 and await good2 == 2
+        with pytest.raises(ValueError, match="fails after writing"):
+            await failing
+        assert harness.committed() == [1, 2]
+    finally:
+        await harness.writer.close()
+
+
+async def _test_close_commits_what_is_pending(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "w.db", settle_delay=60)
+    h.writer.start(asyncio.get_running_loop())
+    pending = h.writer.submit_soon(h.insert(7))
+    await h.writer.close()
+    assert pending.done() and pending.result() == 7
+    assert h.committed() == [7]
+
+
+# pytest runs these on a fresh event loop each (no async plugin needed).
+
+
+def test_one_loop_turn_is_one_transaction_on_the_loop(harness: Harness) -> None:
+    asyncio.run(_test_one_loop_turn_is_one_transaction_on_the_loop(harness))
+
+
+def test_a_settlement_waits_for_the_next_group_but_not_for_long(tmp_path: Path) -> None:
+    asyncio.run(_test_a_settlement_waits_for_the_next_group_but_not_for_long(tmp_path))
+
+
+def test_a_lock_held_elsewhere_sends_the_group_to_the_thread_in_order(harness: Harness) -> None:
+    asyncio.run(_test_a_lock_held_elsewhere_sends_the_group_to_the_thread_in_order(harness))
+
+
+def test_a_failing_op_is_undone_alone(harness: Harness) -> None:
+    asyncio.run(_test_a_failing_op_is_undone_alone(harness))
+
+
+def test_close_commits_what_is_pending(tmp_path: Path) -> None:
+    asyncio.run(_test_close_commits_what_is_pending(tmp_path))
