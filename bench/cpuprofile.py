@@ -128,7 +128,7 @@ def main() -> int:
         if not args.no_spy:
             spy_bin = shutil.which("py-spy") or str(VENV_PY.parent / "py-spy")
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            cmd = [spy_bin, "record", "--format", "raw", "--threads", "--gil", "-r", "250", "-o"]
+            cmd = [spy_bin, "record", "--format", "raw", "--threads", "--gil", "-r", "500", "-o"]
             cmd += [str(args.out), "-p", str(procs[0].pid), "-d", str(args.seconds * args.rounds)]
             spy = subprocess.Popen(
                 pin.wrap("load", [*cmd, *(["--native"] if args.native else [])]),

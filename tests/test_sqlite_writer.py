@@ -37,7 +37,7 @@ class Harness:
         setup.close()
         self.writer = SQLiteWriter(lambda: _connect(path), self._before, settle_delay=settle_delay)
 
-    def _before(self, conn: sqlite3.Connection) -> None:
+    def _before(self, conn: sqlite3.Connection, batched: bool) -> None:
         import threading
 
         self.groups += 1

@@ -35,6 +35,7 @@ from capgate.errors import StoreUnavailable
 from capgate.store import sqlite_queries as q
 from capgate.store.base import Outcome, RequestInfo, RequestQuery, Reservation
 from capgate.store.sqlite_admin import ScopeAdmin
+from capgate.store.sqlite_counters import CounterCache
 from capgate.store.sqlite_dashboard import DashboardStore
 from capgate.store.sqlite_schema import migrate
 from capgate.store.sqlite_writer import SQLiteWriter
@@ -57,7 +58,14 @@ class SQLiteStore(ScopeAdmin, DashboardStore):
         self._keys: dict[str, tuple[Scope, bytes]] = {}
         self._named: dict[tuple[ScopeKind, str], Scope] = {}  # users, teams, orgs, providers
         self._version = ""
-        self._writer = SQLiteWriter(self._connect, self._before_group, self._forget_version)
+        self._counters = CounterCache()  # the current write transaction's counters
+        self._writer = SQLiteWriter(
+            self._connect,
+            self._before_group,
+            self._after_rollback,
+            before_cold_op=self._counters.before_cold_op,
+            before_commit=self._counters.write,
+        )
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="capgate-sqlite-read")
         self._reader_local = threading.local()
         self._heartbeat: asyncio.Task[None] | None = None
@@ -116,9 +124,9 @@ class SQLiteStore(ScopeAdmin, DashboardStore):
     async def flush(self) -> None:
         await self._write(lambda conn: None)
 
-    async def _write(self, op: Callable[[sqlite3.Connection], Any]) -> Any:
+    async def _write(self, op: Callable[[sqlite3.Connection], Any], hot: bool = False) -> Any:
         try:
-            return await self._writer.submit(op)
+            return await self._writer.submit(op, hot)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"the usage ledger is unavailable: {exc}") from exc
 
@@ -136,10 +144,12 @@ class SQLiteStore(ScopeAdmin, DashboardStore):
 
     # -- configuration cache -----------------------------------------------------------
 
-    def _forget_version(self) -> None:
+    def _after_rollback(self) -> None:
         self._version = ""  # a rolled-back admin op may have loaded undone keys: reload
+        self._counters.forget()
 
-    def _before_group(self, conn: sqlite3.Connection) -> None:
+    def _before_group(self, conn: sqlite3.Connection, batched: bool) -> None:
+        self._counters.begin(batched)
         row = conn.execute("SELECT v FROM meta WHERE k='config_version'").fetchone()
         if row[0] != self._version:
             self._load(conn)
@@ -175,7 +185,8 @@ class SQLiteStore(ScopeAdmin, DashboardStore):
         record_refusal: bool = True,
     ) -> Reservation | Refusal:
         return await self._write(  # type: ignore[no-any-return]
-            lambda conn: self._reserve(conn, info, worst, flex, extra_scopes, record_refusal)
+            lambda conn: self._reserve(conn, info, worst, flex, extra_scopes, record_refusal),
+            hot=True,
         )
 
     def _reserve(
@@ -197,7 +208,7 @@ class SQLiteStore(ScopeAdmin, DashboardStore):
         refusal = check_access(scopes, models, now)
         if refusal is None:
             applicable = counters_for(scopes, models, now)
-            states = q.read_counters(
+            states = self._counters.read(
                 conn, [(a.counter, a.window.start, a.window.read_from) for a in applicable]
             )
             clamp = flex if all(scope.clamp for scope in scopes) else None
@@ -216,7 +227,7 @@ class SQLiteStore(ScopeAdmin, DashboardStore):
                         q.dump_info(info, key, worst),
                     ),
                 )
-                q.add_to_counters(
+                self._counters.add(
                     conn, [(c.counter, c.window_start, c.amount, 0) for c in decision.charges]
                 )
                 headroom = tightest(applicable, states)
@@ -232,7 +243,7 @@ class SQLiteStore(ScopeAdmin, DashboardStore):
         self, old: Reservation, info: RequestInfo, worst: Amounts, flex: OutputFlex | None = None
     ) -> Reservation | Refusal:
         return await self._write(  # type: ignore[no-any-return]
-            lambda conn: self._rereserve(conn, old, info, worst, flex)
+            lambda conn: self._rereserve(conn, old, info, worst, flex), hot=True
         )
 
     def _rereserve(
@@ -246,6 +257,7 @@ class SQLiteStore(ScopeAdmin, DashboardStore):
         """Move a held reservation to another target in one transaction: release what it
         holds, reserve `worst` for `info`. Refused: nothing changes, the old one stays."""
         conn.execute("SAVEPOINT rereserve")
+        snapshot = self._counters.snapshot()
         try:
             if conn.execute("DELETE FROM reservations WHERE id=?", (old.id,)).rowcount == 0:
                 decision: Reservation | Refusal = Refusal(
@@ -256,16 +268,18 @@ class SQLiteStore(ScopeAdmin, DashboardStore):
                 )
             else:
                 released = plan_settle(old.charges, Amounts())
-                q.add_to_counters(
+                self._counters.add(
                     conn, [(d.counter, d.window_start, d.reserved, d.settled) for d in released]
                 )
                 decision = self._reserve(conn, info, worst, flex, (), record_refusal=False)
             if isinstance(decision, Refusal):
                 conn.execute("ROLLBACK TO rereserve")
+                self._counters.restore(snapshot)
             conn.execute("RELEASE rereserve")
             return decision
         except BaseException:
             conn.execute("ROLLBACK TO rereserve")
+            self._counters.restore(snapshot)
             conn.execute("RELEASE rereserve")
             raise
 
@@ -304,7 +318,7 @@ class SQLiteStore(ScopeAdmin, DashboardStore):
         else:
             actual = Amounts.of_usage(outcome.usage, outcome.cost_nano, res.worst.credits)
         deltas = plan_settle(res.charges, actual)
-        q.add_to_counters(
+        self._counters.add(
             conn, [(d.counter, d.window_start, d.reserved, d.settled) for d in deltas]
         )
         q.insert_entry(conn, res.info, res.key, outcome, actual, self._clock())

@@ -18,6 +18,9 @@ Where a group runs (measured in docs/performance.md):
   with the thread, later groups follow it there, so commits keep their submission order
   (a `flush()` never overtakes an earlier write).
 
+Hot ops (reservations, settlements) change counters through the store's counter cache
+(`sqlite_counters.py`): read once per transaction, written once at its commit.
+
 Settlements (`submit_soon`) don't start a group of their own at once: they wait up to
 `settle_delay` seconds for the next reservation's group to ride along with (at one
 request at a time, that halves the transactions per request). A settlement still pending
@@ -43,7 +46,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 Op = Callable[[sqlite3.Connection], Any]
-Group = list[tuple[Op, "asyncio.Future[Any]"]]
+Group = list[tuple[Op, "asyncio.Future[Any]", bool]]  # (op, its future, hot)
 Results = list[tuple["asyncio.Future[Any]", Any, "BaseException | None"]]
 _MAX_GROUP = 512
 SETTLE_DELAY = 0.002  # seconds a settlement waits for a group to ride along with
@@ -61,13 +64,18 @@ class SQLiteWriter:
     def __init__(
         self,
         connect: Callable[[], sqlite3.Connection],
-        before_group: Callable[[sqlite3.Connection], None],
+        before_group: Callable[[sqlite3.Connection, bool], None],
         after_rollback: Callable[[], None] = lambda: None,
         settle_delay: float = SETTLE_DELAY,
+        before_cold_op: Callable[[sqlite3.Connection], None] = lambda conn: None,
+        before_commit: Callable[[sqlite3.Connection], None] = lambda conn: None,
     ) -> None:
         self._connect = connect
-        self._before_group = before_group  # runs first in every transaction
+        # First in every transaction, told whether the group runs without savepoints.
+        self._before_group = before_group
         self._after_rollback = after_rollback  # in-memory state may reflect undone writes
+        self._before_cold_op = before_cold_op  # before each op not submitted as hot
+        self._before_commit = before_commit
         self._settle_delay = settle_delay
         self._queue: queue.SimpleQueue[Group | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -90,9 +98,11 @@ class SQLiteWriter:
 
     # -- submitting ----------------------------------------------------------------------
 
-    def submit(self, op: Op) -> asyncio.Future[Any]:
-        """Run `op` in the group committed at the end of this loop turn."""
-        fut = self._add(op)
+    def submit(self, op: Op, hot: bool = False) -> asyncio.Future[Any]:
+        """Run `op` in the group committed at the end of this loop turn. A hot op (the
+        request path's) promises to touch counters only through the store's counter
+        cache; any other op gets `before_cold_op` first."""
+        fut = self._add(op, hot)
         if self._flush_now is None:
             assert self._loop is not None
             self._flush_now = self._loop.call_soon(self._flush)
@@ -101,17 +111,17 @@ class SQLiteWriter:
     def submit_soon(self, op: Op) -> asyncio.Future[Any]:
         """Like `submit`, but the op may wait `settle_delay` for the next group. Order
         with `submit` is kept."""
-        fut = self._add(op)
+        fut = self._add(op, True)
         if self._flush_now is None and self._flush_later is None:
             assert self._loop is not None
             self._flush_later = self._loop.call_later(self._settle_delay, self._flush)
         return fut
 
-    def _add(self, op: Op) -> asyncio.Future[Any]:
+    def _add(self, op: Op, hot: bool) -> asyncio.Future[Any]:
         if self._closed or self._loop is None:
             raise WriterClosed("the store is closed")
         fut: asyncio.Future[Any] = self._loop.create_future()
-        self._pending.append((op, fut))
+        self._pending.append((op, fut, hot))
         return fut
 
     def _flush(self) -> None:
@@ -188,10 +198,10 @@ class SQLiteWriter:
             if not wait:
                 raise
             log.error("store transaction failed: %s", exc.__cause__)
-            return [(fut, None, exc.__cause__ or exc) for _, fut in group]
+            return [(fut, None, exc.__cause__ or exc) for _, fut, _ in group]
         except Exception as exc:  # noqa: BLE001 - lock timeout, disk I/O, a bug: nothing committed, every waiter learns why
             log.error("store transaction failed: %s", exc)
-            return [(fut, None, exc) for _, fut in group]
+            return [(fut, None, exc) for _, fut, _ in group]
 
     def _run_group(self, conn: sqlite3.Connection, group: Group, isolate: bool) -> Results:
         results: Results = []
@@ -202,8 +212,10 @@ class SQLiteWriter:
                 raise _Busy from exc
             raise
         try:
-            self._before_group(conn)
-            for op, fut in group:
+            self._before_group(conn, not isolate)
+            for op, fut, hot in group:
+                if not hot:
+                    self._before_cold_op(conn)
                 if not isolate:
                     try:
                         results.append((fut, op(conn), None))
@@ -224,6 +236,7 @@ class SQLiteWriter:
                 else:
                     conn.execute("RELEASE op")
                     results.append((fut, value, None))
+            self._before_commit(conn)
             conn.execute("COMMIT")
         except BaseException as exc:
             if conn.in_transaction:
