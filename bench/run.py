@@ -278,7 +278,8 @@ def main() -> int:
     t_start = time.monotonic()
     n_points = len(args.fmts) * len(args.stream_flags) * len(args.conc)
     log(
-        f"bench: {n_points} points x (direct + capgate), {args.warmup:g} s warm-up + "
+        f"bench: {n_points} points x (direct + capgate{'' if args.no_floor else ' + floor'}), "
+        f"{args.warmup:g} s warm-up + "
         f"{args.duration:g} s each; {pin.note}; temp dir {tmp}"
     )
     try:

@@ -1,8 +1,9 @@
 """The SQLite store: the embedded default, safe for several processes on one machine.
 
-Writes go through one `SQLiteWriter` thread per process (grouped commits, `BEGIN
-IMMEDIATE`); admin reads use their own connection on a reader thread, so neither blocks the
-event loop. WAL mode lets readers run beside the writer. Each process caches the keys in
+Writes go through one `SQLiteWriter` per process (grouped commits, `BEGIN IMMEDIATE`, on
+the event loop when the write lock is free, on its thread when another process holds it);
+admin reads use their own connection on a reader thread, so no wait blocks the event
+loop. WAL mode lets readers run beside the writer. Each process caches the keys in
 memory and reloads them when `meta.config_version` moves; reservations always see the
 current configuration because the writer checks that version inside every transaction.
 """
