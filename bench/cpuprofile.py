@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import shutil
 import subprocess
@@ -29,8 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from load import PATHS, body_for, run_wrk
 from procs import HOST, pinning, tree_pids
-from run import body_for
 from services import (
     VENV_PY,
     capgate_config,
@@ -39,8 +38,6 @@ from services import (
     start_capgate,
     start_upstream,
 )
-
-PATHS = {"openai": "/v1/chat/completions", "anthropic": "/v1/messages"}
 
 
 def cpu_split(pids: list[int]) -> tuple[float, float]:
@@ -52,20 +49,6 @@ def cpu_split(pids: list[int]) -> tuple[float, float]:
         user, system = user + int(fields[11]), system + int(fields[12])
     tick = os.sysconf("SC_CLK_TCK")
     return user / tick, system / tick
-
-
-def wrk(pin_wrap: list[str], url: str, body_file: Path, key: str, conns: int, secs: int) -> int:
-    env = {**os.environ, "BENCH_BODY_FILE": str(body_file), "BENCH_KEY": key}
-    script = Path(__file__).resolve().parent / "post.lua"
-    args = [*pin_wrap, "wrk", "-t1", f"-c{conns}", f"-d{secs}s", "--timeout", "10s"]
-    out = subprocess.run(
-        [*args, "-s", str(script), url], env=env, capture_output=True, text=True, check=True
-    )
-    for line in out.stdout.splitlines():
-        if line.startswith("BENCH_RESULT "):
-            result = json.loads(line.split(" ", 1)[1])
-            return int(result["requests"])
-    raise RuntimeError(f"wrk printed no BENCH_RESULT:\n{out.stdout}\n{out.stderr}")
 
 
 def summarise(raw: Path, top: int) -> None:
@@ -121,8 +104,7 @@ def main() -> int:
         body_file = tmp / "body.json"
         body_file.write_bytes(body_for(args.format, args.stream))
         url = f"http://{HOST}:{port}{PATHS[args.format]}"
-        load = pin.wrap("load", [])
-        wrk(load, url, body_file, key, args.concurrency, 2)  # warm-up
+        run_wrk(pin, url, body_file, key, args.concurrency, 2)  # warm-up
         pids = tree_pids(procs[0].pid)
         spy = None
         if not args.no_spy:
@@ -138,7 +120,7 @@ def main() -> int:
             time.sleep(0.5)
         for _ in range(args.rounds):
             (user0, sys0) = cpu_split(pids)
-            done = wrk(load, url, body_file, key, args.concurrency, args.seconds)
+            done = run_wrk(pin, url, body_file, key, args.concurrency, args.seconds)["requests"]
             (user1, sys1) = cpu_split(pids)
             per = 1e6 / max(done, 1)
             print(

@@ -29,9 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from cpuprofile import PATHS, wrk
+from load import PATHS, body_for, run_wrk
 from procs import HOST, Proc, pinning
-from run import body_for
 from services import (
     ADMIN_KEY,
     CAPGATE,
@@ -118,7 +117,7 @@ def main() -> int:
             ttfb(pin, url, body_file, key, args.requests)
             served = args.requests + 30  # ttfb.py's own warm-up requests count too
         else:
-            served = wrk(pin.wrap("load", []), url, body_file, key, args.concurrency, args.seconds)
+            served = run_wrk(pin, url, body_file, key, args.concurrency, args.seconds)["requests"]
         time.sleep(0.3)  # settlements of the last requests
         callgrind(proc.pid, "-d")
         callgrind(proc.pid, "-i", "off")

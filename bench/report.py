@@ -189,3 +189,18 @@ def print_problems(
         print(f"!!! capgate logged {len(issues)} error line(s); first ones:")
         for line in issues[:10]:
             print("!!!   " + line[:300])
+
+
+def print_memory_series(series: list[dict[str, int]]) -> None:
+    """RSS along the run: flat means no growth per request (a leak would climb)."""
+    if len(series) < 3:
+        return
+    steps = ", ".join(f"{p['requests'] / 1000:,.0f}k: {p['rss_kb'] / 1024:.1f}" for p in series)
+    half = series[len(series) // 2]
+    last = series[-1]
+    grown = (last["rss_kb"] - half["rss_kb"]) / 1024
+    print(f"capgate resident memory (MiB) by requests served: {steps}")
+    print(
+        f"  from {half['requests']:,} to {last['requests']:,} requests: {grown:+.1f} MiB"
+        f" ({grown * 1024 * 1024 / max(1, last['requests'] - half['requests']):+.1f} bytes per request)"
+    )
