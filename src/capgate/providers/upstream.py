@@ -1,0 +1,477 @@
+"""The upstream HTTP client: HTTP/1.1 over pooled keep-alive connections, parsed by
+httptools (llhttp, the parser of Node.js), with nothing the gateway does not use.
+
+Why not aiohttp's client, which capgate used before: `bench/clients.py` posts the same
+request to the same fast upstream with each client and measures the CPU it costs. aiohttp's
+`ClientSession.post` + `read()` took 3-4x the CPU of this client at 64 requests at a time
+(~150-175 µs against ~40-60 µs per request) and ~2x one at a time; httpx took ~40x. A
+proxy's whole budget per request is a few hundred µs, so the upstream client was the
+largest single item in capgate's profile (docs/performance.md).
+
+What it does: one `Pool` per provider (origin, optional TLS); `post` takes a pooled
+connection or opens one (at most `max_connections`, then requests wait their turn), writes
+the request in one go and waits for the status line and headers. The answer's body is
+read whole (`read`) or as it arrives (`chunks`); gzip/deflate bodies are decoded. A
+connection goes back to the pool only after a complete answer that allows keep-alive;
+anything else closes it. Idle connections older than `IDLE_S` are not reused (servers
+close idle keep-alive connections; reusing one at that moment fails the request).
+
+Timeouts: `connect_s` for getting a connection (waiting for a free one included);
+`read_s` between two reads of the answer (and from sending to the first byte); `total_s`
+for the whole request, body included. One timer per request, re-armed only when it fires
+(arriving data just notes the time), so a streamed answer pays nothing per chunk for it.
+
+Errors are `UpstreamFailed` (`sent=False` when the request never left: no connection)
+and `UpstreamTimeout`, the gateway's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+import zlib
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+from urllib.parse import urlsplit
+
+import httptools
+
+from capgate.errors import UpstreamFailed, UpstreamTimeout
+
+IDLE_S = 30.0  # never reuse a connection idle longer than this
+MAX_HEAD_BYTES = 256 * 1024  # status line + headers
+HIGH_WATER = 1024 * 1024  # buffered body bytes before reading pauses
+
+
+class Answer:
+    """One answer: `status` and the wanted `headers` once `Pool.post` returns; the body
+    through `read()` or `chunks()`; `close()` drops it (and its connection) unread."""
+
+    __slots__ = ("_body", "_conn", "_done", "_error", "_size", "_waiter", "headers", "status")
+    cost_nano = None  # HTTP providers report usage, not cost: the pricing table prices it
+
+    def __init__(self, conn: _Connection) -> None:
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self._conn: _Connection | None = conn
+        self._body: list[bytes] = []
+        self._size = 0
+        self._done = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    # -- the connection's side -----------------------------------------------------------
+
+    def _feed(self, data: bytes) -> None:
+        self._body.append(data)
+        self._size += len(data)
+        self._wake()
+
+    def _finish(self) -> None:
+        self._done = True
+        self._wake()
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self._done and self._error is None:
+            self._error = exc
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _wait(self) -> None:
+        self._waiter = asyncio.get_running_loop().create_future()
+        await self._waiter
+
+    def _take(self) -> bytes:
+        data = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        self._body.clear()
+        if self._size >= HIGH_WATER and self._conn is not None:
+            self._conn.resume()
+        self._size = 0
+        return data
+
+    # -- the reader's side ---------------------------------------------------------------
+
+    async def read(self) -> bytes:
+        """The whole body."""
+        try:
+            while not self._done:
+                if self._error is not None:
+                    raise self._error
+                await self._wait()
+            return self._take()
+        finally:
+            self._release()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives: what came since the last chunk, joined."""
+        try:
+            while True:
+                if self._body:
+                    yield self._take()
+                elif self._done:
+                    return
+                elif self._error is not None:
+                    raise self._error
+                else:
+                    await self._wait()
+        finally:
+            self._release()
+
+    def close(self) -> None:
+        """Drop the answer; an unfinished one takes its connection with it."""
+        self._release()
+
+    def _release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.release(self._done and self._error is None)
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection: parses answers with httptools, one request at a time."""
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+        self._who = f'provider "{pool.name}"'
+        self._loop = asyncio.get_running_loop()
+        self._parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self._answer: Answer | None = None
+        self._head: asyncio.Future[Answer] | None = None
+        self._head_bytes = 0
+        self._headers_done = False
+        self._length_known = False  # content-length or chunked: the end is in the stream
+        self._decoder: Any = None
+        self._encoding = ""
+        self._keep = False
+        self._read_s = 0.0
+        self._last = 0.0  # when the answer last sent something
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._paused = False
+        self.idle_since = 0.0
+        self.closed = False
+
+    # -- asyncio.Protocol ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # a TCP (or uvloop) transport
+
+    def data_received(self, data: bytes) -> None:
+        if self._answer is None:  # nothing asked: a server must not send; drop it
+            self._close()
+            return
+        self._last = self._loop.time()
+        if not self._headers_done:
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._fail(UpstreamFailed(f"{self._who} sent headers over {MAX_HEAD_BYTES} bytes"))
+                return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamFailed(f"{self._who} sent malformed HTTP: {exc}"))
+
+    def eof_received(self) -> bool | None:
+        return False  # close the transport: connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._answer is not None and self._headers_done and not self._length_known:
+            self.on_message_complete()  # a body that ends when the connection does
+        self._fail(UpstreamFailed(f"{self._who} closed the connection{_because(exc)}"))
+        self._pool.lost(self)
+
+    # -- httptools callbacks -------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        key = name.lower()
+        if key in PASSED_ON:
+            assert self._answer is not None
+            self._answer.headers[key.decode()] = value.decode("latin-1")
+        elif key == b"content-length" or key == b"transfer-encoding":
+            self._length_known = True
+        elif key == b"content-encoding":
+            encoding = value.decode("latin-1").strip().lower()
+            if encoding not in ("identity", ""):
+                self._decoder = _decoder(encoding)
+                self._encoding = encoding
+
+    def on_headers_complete(self) -> None:
+        answer = self._answer
+        assert answer is not None
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:  # an interim answer (100 Continue): the real one follows
+            answer.headers.clear()
+            self._length_known = False
+            self._decoder = None
+            return
+        answer.status = status
+        self._headers_done = True
+        if status in (204, 304):
+            self._length_known = True
+        if self._decoder is _UNSUPPORTED:
+            self._fail(UpstreamFailed(f"{self._who} sent a {self._encoding}-encoded answer"))
+            return
+        head, self._head = self._head, None
+        if head is not None and not head.done():
+            head.set_result(answer)
+
+    def on_body(self, data: bytes) -> None:
+        answer = self._answer
+        if answer is None or not self._headers_done:
+            return
+        if self._decoder is not None:
+            try:
+                data = self._decoder.decompress(data)
+            except zlib.error as exc:
+                self._fail(UpstreamFailed(f"{self._who} sent a corrupt compressed answer: {exc}"))
+                return
+        if data:
+            answer._feed(data)
+            if answer._size >= HIGH_WATER and not self._paused and self.transport is not None:
+                self._paused = True
+                self.transport.pause_reading()
+
+    def on_message_complete(self) -> None:
+        answer = self._answer
+        if answer is None or not self._headers_done:
+            return  # an interim answer ended
+        self._keep = self._parser.should_keep_alive()
+        if self._decoder is not None:
+            rest = self._decoder.flush()
+            if rest:
+                answer._feed(rest)
+        self._stop_timer()
+        answer._finish()
+
+    # -- one request -----------------------------------------------------------------------
+
+    def send(self, data: bytes, read_s: float, deadline: float) -> asyncio.Future[Answer]:
+        assert self.transport is not None
+        self._answer = Answer(self)
+        self._head = self._loop.create_future()
+        self._head_bytes = 0
+        self._headers_done = self._length_known = self._keep = False
+        self._decoder = None
+        self._read_s, self._deadline = read_s, deadline
+        self._last = self._loop.time()
+        self._timer = self._loop.call_at(min(deadline, self._last + read_s), self._check)
+        self.transport.write(data)
+        return self._head
+
+    def _check(self) -> None:
+        """The timer: fail when the answer is late, else look again when it could be."""
+        self._timer = None
+        now = self._loop.time()
+        if now >= self._deadline:
+            self._fail(UpstreamTimeout(f"{self._who} took longer than the request timeout"))
+        elif now >= self._last + self._read_s:
+            self._fail(UpstreamTimeout(f"{self._who} sent nothing for {self._read_s:g} s"))
+        else:
+            self._timer = self._loop.call_at(
+                min(self._deadline, self._last + self._read_s), self._check
+            )
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _fail(self, exc: UpstreamFailed) -> None:
+        """The answer cannot be completed: tell whoever waits; the connection is done."""
+        self._stop_timer()
+        head, self._head = self._head, None
+        if head is not None and not head.done():
+            head.set_exception(exc)
+        if self._answer is not None:
+            self._answer._fail(exc)
+        self._close()
+
+    def _close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def resume(self) -> None:
+        if self._paused and self.transport is not None and not self.closed:
+            self._paused = False
+            self.transport.resume_reading()
+
+    def release(self, complete: bool) -> None:
+        """The answer is done with: back to the pool when it was read to its end and the
+        server keeps the connection open; otherwise closed."""
+        self._stop_timer()
+        self._answer = None
+        self._head = None
+        reuse = complete and self._keep and not self.closed and not self._pool.closed
+        if not reuse:
+            self._close()
+        self._pool.put_back(self, reuse)
+
+
+class Pool:
+    """Keep-alive connections to one origin, at most `limit` at a time; requests beyond
+    that wait, first come first served."""
+
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        *,
+        limit: int,
+        connect_s: float,
+        read_s: float,
+        total_s: float,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {base_url!r}")
+        self.name = name
+        https = parts.scheme == "https"
+        self.host = parts.hostname
+        self.port = parts.port or (443 if https else 80)
+        netloc = f"[{self.host}]" if ":" in self.host else self.host
+        self.origin = netloc if self.port == (443 if https else 80) else f"{netloc}:{self.port}"
+        self.base_path = parts.path.rstrip("/")
+        self._ssl = (ssl_context or ssl.create_default_context()) if https else None
+        self._limit = limit
+        self._connect_s, self._read_s, self._total_s = connect_s, read_s, total_s
+        self._idle: collections.deque[_Connection] = collections.deque()
+        self._busy = 0  # slots taken: connections handed out or being opened
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self.closed = False
+
+    def head(self, path: str, headers: Iterable[tuple[str, str]]) -> bytes:
+        """The request line for `path` under the base URL and these header lines (the
+        length comes with the body). Precompute it for the headers that never change."""
+        return f"POST {self.base_path}{path} HTTP/1.1\r\nhost: {self.origin}\r\n".encode() + (
+            header_lines(headers)
+        )
+
+    async def post(self, head: bytes, body: bytes) -> Answer:
+        """Send `head` (from `head()`, maybe with more `header_lines`) and `body`; the
+        answer once its status and headers are in."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        conn = await self._acquire(loop, now)
+        data = b"%scontent-length: %d\r\n\r\n%s" % (head, len(body), body)
+        try:
+            return await conn.send(data, self._read_s, now + self._total_s)
+        except BaseException:
+            conn.release(False)
+            raise
+
+    async def _acquire(self, loop: asyncio.AbstractEventLoop, now: float) -> _Connection:
+        if self.closed:
+            raise UpstreamFailed("the gateway is shutting down", sent=False)
+        if self._waiters or self._busy >= self._limit:
+            await self._wait_turn(loop)  # the slot is ours when this returns
+        else:
+            self._busy += 1
+        while self._idle:
+            conn = self._idle.pop()  # the most recently used: the least likely to be stale
+            if not conn.closed and now - conn.idle_since < IDLE_S:
+                return conn
+            conn._close()
+        try:
+            async with asyncio.timeout(self._connect_s):
+                _, conn = await loop.create_connection(
+                    lambda: _Connection(self),
+                    self.host,
+                    self.port,
+                    ssl=self._ssl,
+                    server_hostname=self.host if self._ssl is not None else None,
+                )
+        except BaseException as exc:
+            self._free_slot()
+            if isinstance(exc, TimeoutError):
+                raise self._unreachable(f"no connection within {self._connect_s:g} s") from None
+            if isinstance(exc, OSError):
+                raise self._unreachable(exc.strerror or str(exc) or type(exc).__name__) from None
+            raise
+        return conn
+
+    async def _wait_turn(self, loop: asyncio.AbstractEventLoop) -> None:
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(self._connect_s):
+                await waiter
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled():
+                self._free_slot()  # handed a slot just as we gave up: pass it on
+            else:
+                waiter.cancel()  # _next skips it
+            if isinstance(exc, TimeoutError):
+                raise self._unreachable(
+                    f"all {self._limit} connections stayed busy for {self._connect_s:g} s"
+                ) from None
+            raise
+
+    def _unreachable(self, why: str) -> UpstreamFailed:
+        return UpstreamFailed(
+            f'provider "{self.name}" is unreachable ({self.origin}): {why}', sent=False
+        )
+
+    def put_back(self, conn: _Connection, reuse: bool) -> None:
+        if reuse:
+            conn.idle_since = conn._loop.time()
+            self._idle.append(conn)
+        self._free_slot()
+
+    def _free_slot(self) -> None:
+        """A slot is free: hand it to the longest waiter, or give it back."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot passes on: _busy stays
+                return
+        self._busy -= 1
+
+    def lost(self, conn: _Connection) -> None:
+        if conn in self._idle:
+            self._idle.remove(conn)
+
+    async def close(self) -> None:
+        self.closed = True
+        while self._idle:
+            self._idle.pop()._close()
+        await asyncio.sleep(0)  # let the transports finish closing
+
+
+def header_lines(headers: Iterable[tuple[str, str]]) -> bytes:
+    """`name: value` lines; a line break in either would smuggle in another header."""
+    out = []
+    for name, value in headers:
+        if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
+            raise UpstreamFailed(f"header {name!r} cannot be sent: bad character", sent=False)
+        out.append(f"{name}: {value}\r\n")
+    return "".join(out).encode()
+
+
+# The answer's headers worth passing on to the client (the rest is the upstream's own).
+PASSED_ON = frozenset(
+    {b"content-type", b"request-id", b"x-request-id", b"retry-after", b"x-should-retry"}
+)
+_UNSUPPORTED = object()
+
+
+def _decoder(encoding: str) -> Any:
+    if encoding in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if encoding == "deflate":
+        return zlib.decompressobj()
+    return _UNSUPPORTED
+
+
+def _because(exc: BaseException | None) -> str:
+    return f": {exc}" if exc is not None else ""

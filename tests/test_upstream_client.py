@@ -1,0 +1,554 @@
+"""The upstream HTTP client (providers/upstream.py) against scripted raw servers.
+
+The gateway tests run it end to end against the mock upstream (answers, streams, faults,
+timeouts, fallbacks); these pin down the HTTP edges a real provider or a proxy in front of
+it may show: every way a body can end, keep-alive and when not to reuse, headers split
+across packets, compression, each timeout, the connection limit, back-pressure, TLS, and
+header injection. Every test runs on the stdlib loop and on uvloop (what `serve` uses).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import shutil
+import ssl
+import subprocess
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvloop
+
+from capgate.errors import UpstreamFailed, UpstreamTimeout
+from capgate.providers import upstream
+from capgate.providers.upstream import HIGH_WATER, Answer, Pool, header_lines
+from conftest import need
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request: pytest.FixtureRequest) -> Callable[[Coroutine[Any, Any, Any]], Any]:
+    factory = uvloop.new_event_loop if request.param == "uvloop" else None
+
+    def runner(coro: Coroutine[Any, Any, Any]) -> Any:
+        with asyncio.Runner(loop_factory=factory) as r:
+            return r.run(asyncio.wait_for(coro, 20))
+
+    return runner
+
+
+class Server:
+    """A raw TCP server: `handler` per connection; counts connections and requests."""
+
+    def __init__(self, handler: Handler, ssl_ctx: ssl.SSLContext | None = None) -> None:
+        self.handler = handler
+        self.ssl = ssl_ctx
+        self.connections = 0
+        self.open = 0
+        self.most_open = 0
+        self.requests: list[bytes] = []
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> Server:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.ssl)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        port = self.server.sockets[0].getsockname()[1]
+        return f"{'https' if self.ssl else 'http'}://127.0.0.1:{port}/base"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.open += 1
+        self.most_open = max(self.most_open, self.open)
+        try:
+            await self.handler(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self.open -= 1
+            writer.close()
+
+    async def request(self, reader: asyncio.StreamReader) -> bytes:
+        """One request (head and content-length body), recorded."""
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        data = head + await reader.readexactly(length)
+        self.requests.append(data)
+        return data
+
+
+def pool(url: str, **kw: Any) -> Pool:
+    options: dict[str, Any] = {"limit": 10, "connect_s": 2.0, "read_s": 2.0, "total_s": 5.0}
+    options.update(kw)
+    return Pool("up", url, **options)
+
+
+async def post(p: Pool, body: bytes = b'{"x":1}', path: str = "/v1/x") -> Answer:
+    return await p.post(p.head(path, [("content-type", "application/json")]), body)
+
+
+def ok(body: bytes, *extra: bytes) -> bytes:
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n" + b"".join(extra)
+    return head + b"content-length: %d\r\n\r\n" % len(body) + body
+
+
+def answering(answer: bytes, ssl_ctx: ssl.SSLContext | None = None) -> Server:
+    """A server that answers every request on a connection with `answer`."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await server.request(reader)
+            writer.write(answer)
+            await writer.drain()
+
+    server = Server(handler, ssl_ctx)
+    return server
+
+
+def test_keep_alive_reuses_one_connection_and_sends_the_request_as_given(run: Any) -> None:
+    async def main() -> None:
+        answer = ok(b'{"ok":true}', b"request-id: r-1\r\nx-ratelimit: 5\r\n")
+        async with answering(answer) as srv:
+            p = pool(srv.url)
+            for _ in range(3):
+                a = await post(p, b'{"hello":"world"}')
+                assert a.status == 200
+                assert a.headers == {"content-type": "application/json", "request-id": "r-1"}
+                assert await a.read() == b'{"ok":true}'
+            await p.close()
+        assert srv.connections == 1
+        first = srv.requests[0]
+        assert first.startswith(b"POST /base/v1/x HTTP/1.1\r\n")
+        assert b"\r\nhost: 127.0.0.1:" in first
+        assert b"\r\ncontent-type: application/json\r\n" in first
+        assert first.endswith(b"content-length: 17\r\n\r\n" + b'{"hello":"world"}')
+
+    run(main())
+
+
+def test_a_chunked_stream_arrives_piece_by_piece(run: Any) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await srv.request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n")
+        writer.write(b"transfer-encoding: chunked\r\n\r\n")
+        for i in range(3):
+            data = b"data: %d\n\n" % i
+            writer.write(b"%x\r\n%s\r\n" % (len(data), data))
+            await writer.drain()
+            await release.wait()
+            release.clear()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        await reader.read()  # keep the connection until the client closes it
+
+    release = asyncio.Event()
+    srv = Server(handler)
+
+    async def main() -> None:
+        async with srv:
+            p = pool(srv.url)
+            a = await post(p)
+            got = []
+            async for chunk in a.chunks():
+                got.append(chunk)
+                release.set()
+            assert got == [b"data: 0\n\n", b"data: 1\n\n", b"data: 2\n\n"]
+            await p.close()
+
+    run(main())
+
+
+def test_a_body_that_ends_with_the_connection_is_whole_and_not_reused(run: Any) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await srv.request(reader)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n"
+        )
+        writer.write(b'{"part":1,')
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b'"part2":2}')
+        await writer.drain()
+        writer.close()
+
+    srv = Server(handler)
+
+    async def main() -> None:
+        async with srv:
+            p = pool(srv.url)
+            for _ in range(2):
+                a = await post(p)
+                assert await a.read() == b'{"part":1,"part2":2}'
+            await p.close()
+        assert srv.connections == 2
+
+    run(main())
+
+
+def test_headers_split_byte_by_byte_and_an_interim_answer(run: Any) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await srv.request(reader)
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        for byte in ok(b"[1,2,3]", b"Retry-After: 7\r\nX-Should-Retry: true\r\n"):
+            writer.write(bytes([byte]))
+            await writer.drain()
+        await reader.read()
+
+    srv = Server(handler)
+
+    async def main() -> None:
+        async with srv:
+            p = pool(srv.url)
+            a = await post(p)
+            assert a.status == 200
+            assert a.headers["retry-after"] == "7"
+            assert a.headers["x-should-retry"] == "true"
+            assert await a.read() == b"[1,2,3]"
+            await p.close()
+
+    run(main())
+
+
+def test_gzip_answers_are_decoded_and_unknown_encodings_refused(run: Any) -> None:
+    packed = gzip.compress(b'{"usage":{"output_tokens":3}}')
+    answers = [
+        ok(packed, b"content-encoding: gzip\r\n"),
+        ok(b"????", b"content-encoding: br\r\n"),
+    ]
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while answers:
+            await srv.request(reader)
+            writer.write(answers.pop(0))
+            await writer.drain()
+        await reader.read()
+
+    srv = Server(handler)
+
+    async def main() -> None:
+        async with srv:
+            p = pool(srv.url)
+            a = await post(p)
+            assert await a.read() == b'{"usage":{"output_tokens":3}}'
+            with pytest.raises(UpstreamFailed, match="br-encoded"):
+                await post(p)
+            await p.close()
+
+    run(main())
+
+
+def test_nothing_sent_in_time_is_a_timeout_and_so_is_a_stalled_body(run: Any) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        data = await srv.request(reader)
+        if b"stall-body" in data:
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
+            await writer.drain()
+        await reader.read()  # then nothing more
+
+    srv = Server(handler)
+
+    async def main() -> None:
+        async with srv:
+            p = pool(srv.url, read_s=0.2)
+            with pytest.raises(UpstreamTimeout, match=r'provider "up" sent nothing for 0.2 s'):
+                await post(p, b"silent")
+            a = await post(p, b"stall-body")
+            with pytest.raises(UpstreamTimeout, match="sent nothing"):
+                await a.read()
+            await p.close()
+        assert srv.connections == 2  # a timed-out connection is never reused
+
+    run(main())
+
+
+def test_a_trickle_still_ends_at_the_request_timeout(run: Any) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await srv.request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        while True:  # a byte every 50 ms: never idle for read_s, never done
+            writer.write(b"1\r\nx\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+
+    srv = Server(handler)
+
+    async def main() -> None:
+        async with srv:
+            p = pool(srv.url, read_s=0.2, total_s=0.5)
+            start = asyncio.get_running_loop().time()
+            a = await post(p)
+            got = b""
+            with pytest.raises(UpstreamTimeout, match="took longer than the request timeout"):
+                async for chunk in a.chunks():
+                    got += chunk
+            assert got.startswith(b"xxx")
+            assert 0.45 <= asyncio.get_running_loop().time() - start < 2
+            await p.close()
+
+    run(main())
+
+
+def test_no_connection_means_not_sent(run: Any) -> None:
+    async def main() -> None:
+        async with Server(lambda r, w: asyncio.sleep(0)) as srv:
+            url = srv.url
+        p = pool(url)  # the server is gone: connection refused
+        with pytest.raises(UpstreamFailed, match=r'provider "up" is unreachable') as caught:
+            await post(p)
+        assert caught.value.sent is False
+        await p.close()
+
+    run(main())
+
+
+def test_a_body_cut_short_fails_and_the_connection_is_dropped(run: Any) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        data = await srv.request(reader)
+        if b"cut" in data:
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
+            await writer.drain()
+            return  # closes
+        writer.write(ok(b"{}"))
+        await writer.drain()
+        await reader.read()
+
+    srv = Server(handler)
+
+    async def main() -> None:
+        async with srv:
+            p = pool(srv.url)
+            a = await post(p, b"cut")
+            with pytest.raises(UpstreamFailed, match="closed the connection") as caught:
+                await a.read()
+            assert caught.value.sent is True
+            assert await (await post(p)).read() == b"{}"
+            await p.close()
+        assert srv.connections == 2
+
+    run(main())
+
+
+def test_malformed_http_fails_cleanly(run: Any) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await srv.request(reader)
+        writer.write(b"SMTP ready\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+
+    srv = Server(handler)
+
+    async def main() -> None:
+        async with srv:
+            p = pool(srv.url)
+            with pytest.raises(UpstreamFailed, match="malformed HTTP"):
+                await post(p)
+            await p.close()
+
+    run(main())
+
+
+def test_the_connection_limit_queues_requests_in_order_and_times_out(run: Any) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            data = await srv.request(reader)
+            await asyncio.sleep(0.05)
+            writer.write(ok(data[-2:]))
+            await writer.drain()
+
+    srv = Server(handler)
+
+    async def main() -> None:
+        async with srv:
+            p = pool(srv.url, limit=2)
+
+            async def one(i: int) -> bytes:
+                return await (await post(p, b"%02d" % i)).read()
+
+            answers = await asyncio.gather(*(one(i) for i in range(8)))
+            assert answers == [b"%02d" % i for i in range(8)]
+            assert srv.most_open == 2
+            # one slot held by an unread answer, the other too: the next waits, then fails
+            held = [await post(p, b"h1"), await post(p, b"h2")]
+            tight = pool(srv.url, limit=1, connect_s=0.2)
+            kept = await post(tight, b"k1")
+            with pytest.raises(UpstreamFailed, match="connections stayed busy") as caught:
+                await post(tight, b"k2")
+            assert caught.value.sent is False
+            kept.close()
+            assert await (await post(tight, b"k3")).read() == b"k3"  # the slot came back
+            for a in held:
+                await a.read()
+            await p.close()
+            await tight.close()
+
+    run(main())
+
+
+def test_closing_an_unread_answer_drops_its_connection(run: Any) -> None:
+    closed = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await srv.request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        await writer.drain()
+        await reader.read()  # EOF: the client dropped the connection
+        closed.set()
+
+    srv = Server(handler)
+
+    async def main() -> None:
+        async with srv:
+            p = pool(srv.url)
+            a = await post(p)
+            chunks = a.chunks()
+            assert await anext(chunks) == b"hello"
+            a.close()
+            await chunks.aclose()
+            await asyncio.wait_for(closed.wait(), 2)
+            await p.close()
+
+    run(main())
+
+
+def test_a_connection_the_server_closed_while_idle_is_not_reused(run: Any) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await srv.request(reader)
+        writer.write(ok(b"{}"))  # keep-alive by default, yet closed right after
+        await writer.drain()
+
+    srv = Server(handler)
+
+    async def main() -> None:
+        async with srv:
+            p = pool(srv.url)
+            assert await (await post(p)).read() == b"{}"
+            await asyncio.sleep(0.1)  # the close arrives while the connection is idle
+            assert await (await post(p)).read() == b"{}"
+            await p.close()
+        assert srv.connections == 2
+
+    run(main())
+
+
+def test_a_slow_reader_pauses_the_upstream(run: Any) -> None:
+    size = 8 * HIGH_WATER
+    done = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await srv.request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % size)
+        block = b"x" * 65536
+        for _ in range(size // len(block)):
+            writer.write(block)
+            await writer.drain()
+        done.set()
+        await reader.read()
+
+    srv = Server(handler)
+
+    async def main() -> None:
+        async with srv:
+            p = pool(srv.url)
+            a = await post(p)
+            await asyncio.sleep(0.3)  # read nothing for a while
+            assert not done.is_set()  # the server is held back ...
+            assert a._size < 2 * HIGH_WATER  # ... and little is buffered here
+            total = 0
+            async for chunk in a.chunks():
+                total += len(chunk)
+            assert total == size
+            await p.close()
+
+    run(main())
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    need(shutil.which("openssl") is not None, "openssl (to make a test certificate)")
+    cert, key = tmp / "cert.pem", tmp / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"),
+            *("-addext", "subjectAltName=IP:127.0.0.1"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def test_tls_verifies_the_certificate(run: Any, tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+
+    async def main() -> None:
+        async with answering(ok(b"{}"), server_ctx) as srv:
+            trusted = pool(srv.url, ssl_context=ssl.create_default_context(cafile=str(cert)))
+            assert await (await post(trusted)).read() == b"{}"
+            default = pool(srv.url)  # the system's CAs do not know this certificate
+            with pytest.raises(UpstreamFailed, match=r"CERTIFICATE_VERIFY_FAILED|certificate") as c:
+                await post(default)
+            assert c.value.sent is False
+            await trusted.close()
+            await default.close()
+
+    run(main())
+
+
+def test_header_lines_refuse_line_breaks() -> None:
+    assert header_lines([("anthropic-beta", "a,b")]) == b"anthropic-beta: a,b\r\n"
+    for name, value in [("x", "1\r\nx-api-key: stolen"), ("x\ny", "1"), ("x:y", "1")]:
+        with pytest.raises(UpstreamFailed, match="cannot be sent"):
+            header_lines([(name, value)])
+
+
+def test_bad_base_urls_are_refused() -> None:
+    for url in ("ftp://example.com", "http://", "example.com"):
+        with pytest.raises(ValueError, match="not an http"):
+            pool(url)
+
+
+def test_a_connection_idle_too_long_is_not_reused(
+    run: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(upstream, "IDLE_S", 0.1)
+
+    async def main() -> None:
+        async with answering(ok(b"{}")) as srv:
+            p = pool(srv.url)
+            await (await post(p)).read()
+            await (await post(p)).read()
+            assert srv.connections == 1
+            await asyncio.sleep(0.15)  # the server might close it any moment now
+            await (await post(p)).read()
+            assert srv.connections == 2
+            await p.close()
+
+    run(main())
+
+
+def test_oversized_headers_are_refused(run: Any) -> None:
+    huge = b"x-filler: " + b"y" * upstream.MAX_HEAD_BYTES + b"\r\n"
+
+    async def main() -> None:
+        async with answering(ok(b"{}", huge)) as srv:
+            p = pool(srv.url)
+            with pytest.raises(UpstreamFailed, match="headers over"):
+                await post(p)
+            await p.close()
+
+    run(main())
