@@ -17,6 +17,7 @@ passed on and only the tokens generated are charged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import random
 import time
@@ -387,6 +388,10 @@ class Call:
         translator: Translator | None = None
         if translation is not None:
             translator = translation.stream(route.upstream_model, not self.hide_usage)
+        # Once the final event is in, what is left goes out with the end of the answer, in
+        # one write (each write to a socket is a system call; a short stream that arrived
+        # whole leaves in a single one, headers included).
+        tail = b""
         try:
             await response.prepare(self.request)
             chunk: bytes | None = first
@@ -399,7 +404,8 @@ class Call:
                         block = translator.feed(block)
                     if tap.finished:  # the usage is known: settle before the last bytes
                         self.settle(answer.status, "ok", tap.usage(), tap.model)
-                    if block:
+                        tail += block
+                    elif block:
                         await response.write(block)
                 chunk = await anext(chunks, None)
             if not self.settled:  # the stream ended without its final event
@@ -407,12 +413,13 @@ class Call:
                     answer.status, "error", self._partial(tap), tap.model, "stream ended early"
                 )
             rest = translator.finish() if translator is not None else tap.splitter.rest()
-            if rest:
-                await response.write(rest)
-            await response.write_eof()
+            await response.write_eof(tail + rest)
         except UpstreamFailed as exc:  # charge_all: it surely generated more than we saw
             usage = None if exc.charge_all else self._partial(tap)
             self.settle(answer.status, "error", usage, tap.model, exc.message)
+            if tail:  # the final events came before the upstream broke off: pass them on
+                with contextlib.suppress(ConnectionResetError):
+                    await response.write(tail)
         except ConnectionResetError:
             # The client went away: stop the upstream generation, charge what it made.
             answer.close()

@@ -64,9 +64,10 @@ class Answer:
     # -- the connection's side -----------------------------------------------------------
 
     def _feed(self, data: bytes) -> None:
+        """More body; the reader is woken once per read from the socket (`_wake`), not
+        once per HTTP chunk: an SSE stream comes as one chunk per event."""
         self._body.append(data)
         self._size += len(data)
-        self._wake()
 
     def _finish(self) -> None:
         self._done = True
@@ -178,6 +179,10 @@ class _Connection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._fail(UpstreamFailed(f"{self._who} sent malformed HTTP: {exc}"))
+            return
+        answer = self._answer
+        if answer is not None and answer._body:
+            answer._wake()
 
     def eof_received(self) -> bool | None:
         return False  # close the transport: connection_lost follows
