@@ -44,6 +44,13 @@ from capgate.store.sqlite_writer import SQLiteWriter
 log = logging.getLogger(__name__)
 
 CHECKPOINT_SECONDS = 1.0
+# Under steady load a PASSIVE checkpoint never catches up with the writes, so the WAL never
+# starts over and its file grows (hundreds of MB in an hour of benchmark). Past this many
+# frames (~64 MiB of 4 KiB pages) a RESTART checkpoint makes writers wait (they go to the
+# writer's thread, the loop keeps running) while it copies the rest, so the WAL starts
+# over; journal_size_limit then cuts the file back to this size.
+WAL_RESTART_FRAMES = 16384
+WAL_RESTART_WAIT_MS = 200
 
 
 class SQLiteStore(ScopeAdmin, DashboardStore):
@@ -82,6 +89,7 @@ class SQLiteStore(ScopeAdmin, DashboardStore):
         # `_checkpoint_loop` checkpoints from the reader thread instead.
         conn.execute("PRAGMA wal_autocheckpoint=0")
         conn.execute("PRAGMA busy_timeout=10000")
+        conn.execute(f"PRAGMA journal_size_limit={WAL_RESTART_FRAMES * 4096}")
         conn.row_factory = sqlite3.Row
         return conn
 
@@ -327,14 +335,12 @@ class SQLiteStore(ScopeAdmin, DashboardStore):
     # -- leases ------------------------------------------------------------------------
 
     async def _checkpoint_loop(self) -> None:
-        """Move the WAL into the database once a second, off the request path. PASSIVE
-        never waits for writers; whatever it cannot copy now, it copies next time."""
+        """Move the WAL into the database once a second, off the request path (see
+        `checkpoint`)."""
         while True:
             await asyncio.sleep(CHECKPOINT_SECONDS)
             try:
-                await self._read(
-                    lambda conn: conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                )
+                await self._read(checkpoint)
             except Exception:
                 log.exception("WAL checkpoint failed")
 
@@ -440,3 +446,19 @@ def _limit_status(limit: Limit, settled: int, reserved: int, resets_at: int) -> 
         )
     out["resets_at"] = resets_at
     return out
+
+
+def checkpoint(conn: sqlite3.Connection) -> tuple[str, int]:
+    """PASSIVE (never waits for writers; what it cannot copy now it copies next time),
+    then, when the WAL is still longer than WAL_RESTART_FRAMES, RESTART: wait up to
+    WAL_RESTART_WAIT_MS for the writer, copy the rest and start the WAL over. Returns the
+    mode that ran last and the WAL frames left to copy."""
+    _, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    if frames < WAL_RESTART_FRAMES:
+        return "passive", max(0, frames - copied)
+    conn.execute(f"PRAGMA busy_timeout={WAL_RESTART_WAIT_MS}")
+    try:
+        busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+    finally:
+        conn.execute("PRAGMA busy_timeout=10000")
+    return ("restart" if not busy else "restart-busy"), max(0, frames - copied)

@@ -14,9 +14,12 @@ Where a group runs (measured in docs/performance.md):
   (`busy_timeout=0`): a transaction of a few statements costs less than handing it to a
   thread, which on a busy core means two context switches and a GIL hand-over per group.
 - **On the writer thread, when another process holds the lock.** The thread waits for
-  it (up to the connection's busy timeout) without blocking the loop. While a group is
-  with the thread, later groups follow it there, so commits keep their submission order
-  (a `flush()` never overtakes an earlier write).
+  it (up to the connection's busy timeout) without blocking the loop, trying again every
+  0.1-1 ms: SQLite's own busy handler sleeps 1, 2, 5, ... up to 100 ms between tries, and
+  against another process that commits every millisecond it keeps losing the race (two
+  processes on one file: p99 of 1.3 s with it). While a group is with the thread, later
+  groups follow it there, so commits keep their submission order (a `flush()` never
+  overtakes an earlier write).
 
 Hot ops (reservations, settlements) change counters through the store's counter cache
 (`sqlite_counters.py`): read once per transaction, written once at its commit.
@@ -40,6 +43,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -81,8 +85,7 @@ class SQLiteWriter:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: sqlite3.Connection | None = None  # the loop's or the thread's, never both
-        self._timeout_ms = 0  # the connection's busy timeout, for the thread
-        self._timeout_now = -1  # what the connection is set to now
+        self._timeout_s = 0.0  # how long the thread waits for the lock
         self._closed = False
         self._pending: Group = []
         self._flush_now: asyncio.Handle | None = None
@@ -92,7 +95,8 @@ class SQLiteWriter:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._conn = self._connect()
-        self._timeout_ms = self._conn.execute("PRAGMA busy_timeout").fetchone()[0]
+        self._timeout_s = self._conn.execute("PRAGMA busy_timeout").fetchone()[0] / 1000
+        self._conn.execute("PRAGMA busy_timeout=0")  # waiting is `_begin`'s
         self._thread = threading.Thread(target=self._run, name="capgate-sqlite-writer", daemon=True)
         self._thread.start()
 
@@ -182,18 +186,14 @@ class SQLiteWriter:
     def _commit_group(self, conn: sqlite3.Connection, group: Group, wait: bool) -> Results:
         """Commit `group`; every op's result or exception. Raises _Busy only when not
         waiting and the lock is taken, before anything ran."""
-        timeout = self._timeout_ms if wait else 0
-        if timeout != self._timeout_now:
-            conn.execute(f"PRAGMA busy_timeout={timeout}")
-            self._timeout_now = timeout
         try:
             try:
-                return self._run_group(conn, group, isolate=False)
+                return self._run_group(conn, group, isolate=False, wait=wait)
             except _OpFailed:
                 # Some op raised: undo the whole group and run it again with each op in a
                 # savepoint, so the failing one is undone alone. Savepoints cost four
                 # statements per request, so the common path does without them.
-                return self._run_group(conn, group, isolate=True)
+                return self._run_group(conn, group, isolate=True, wait=wait)
         except _Busy as exc:
             if not wait:
                 raise
@@ -203,14 +203,30 @@ class SQLiteWriter:
             log.error("store transaction failed: %s", exc)
             return [(fut, None, exc) for _, fut, _ in group]
 
-    def _run_group(self, conn: sqlite3.Connection, group: Group, isolate: bool) -> Results:
+    def _begin(self, conn: sqlite3.Connection, wait: bool) -> None:
+        """BEGIN IMMEDIATE: at once or _Busy; or, waiting, trying again every 0.1-1 ms
+        until the busy timeout (then _Busy)."""
+        deadline, pause = 0.0, 0.0001
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                now = time.monotonic()
+                if not deadline:
+                    deadline = now + self._timeout_s
+                if not wait or now >= deadline:
+                    raise _Busy from exc
+            time.sleep(pause)
+            pause = min(pause * 2, 0.001)
+
+    def _run_group(
+        self, conn: sqlite3.Connection, group: Group, isolate: bool, wait: bool
+    ) -> Results:
         results: Results = []
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            if _is_busy(exc):
-                raise _Busy from exc
-            raise
+        self._begin(conn, wait)
         try:
             self._before_group(conn, not isolate)
             for op, fut, hot in group:
