@@ -552,3 +552,142 @@ def test_oversized_headers_are_refused(run: Any) -> None:
             await p.close()
 
     run(main())
+
+
+# -- regressions found in review -----------------------------------------------------------
+
+
+def test_a_whole_answer_larger_than_the_buffer_mark_is_read(run: Any) -> None:
+    size = 3 * HIGH_WATER + 123
+
+    async def main() -> None:
+        async with answering(ok(b"x" * size)) as srv:
+            p = pool(srv.url, read_s=1.0)
+            assert len(await (await post(p)).read()) == size
+            assert len(await (await post(p)).read()) == size  # and the connection is fine
+            await p.close()
+        assert srv.connections == 1
+
+    run(main())
+
+
+def test_a_failure_is_never_reported_as_an_end(run: Any) -> None:
+    packed = gzip.compress(b'{"ok":1}' * 50)
+    corrupt = packed[:10] + b"\xff" * 20 + packed[30:]
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        data = await srv.request(reader)
+        if b"gzip" in data:
+            writer.write(ok(corrupt, b"content-encoding: gzip\r\n"))
+        else:  # a body that ends with the connection, then silence
+            writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\ndata: partial\n\n")
+        await writer.drain()
+        await asyncio.sleep(3)
+
+    srv = Server(handler)
+
+    async def main() -> None:
+        async with srv:
+            p = pool(srv.url, read_s=0.3)
+            with pytest.raises(UpstreamFailed, match="corrupt"):
+                await (await post(p, b"gzip")).read()
+            got = b""
+            with pytest.raises(UpstreamTimeout):  # not a normal end when we close it
+                async for chunk in (await post(p, b"plain")).chunks():
+                    got += chunk
+                    await asyncio.sleep(0.6)  # a slow consumer while the timeout fires
+            assert got == b"data: partial\n\n"
+            await p.close()
+
+    run(main())
+
+
+def test_an_answer_after_the_answer_is_ignored_and_the_connection_dropped(run: Any) -> None:
+    async def main() -> None:
+        extra = ok(b"first") + b"HTTP/1.1 500 Oops\r\ncontent-length: 6\r\n\r\nsecond"
+        async with answering(extra) as srv:
+            p = pool(srv.url)
+            a = await post(p)
+            assert (a.status, await a.read()) == (200, b"first")
+            b = await post(p)
+            assert (b.status, await b.read()) == (200, b"first")
+            await p.close()
+        assert srv.connections == 2  # the first connection was not trusted again
+
+    run(main())
+
+
+def test_a_slow_reader_is_not_a_slow_upstream_and_its_connection_is_not_reused_paused(
+    run: Any,
+) -> None:
+    size = 4 * HIGH_WATER
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            data = await srv.request(reader)
+            if b"small" in data:
+                writer.write(ok(b"{}"))
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % size)
+                writer.write(b"y" * size)
+            await writer.drain()
+
+    srv = Server(handler)
+
+    async def main() -> None:
+        async with srv:
+            p = pool(srv.url, read_s=0.3)
+            total = 0
+            async for chunk in (await post(p, b"big")).chunks():
+                # The reader dawdles (once longer than read_s) while the upstream, held
+                # back, waits: not the upstream's fault.
+                await asyncio.sleep(0.5 if not total else 0.05)
+                total += len(chunk)
+            assert total == size
+            await p.close()
+
+    run(main())
+
+
+def test_an_answer_closed_unread_while_reading_was_held_back_frees_a_clean_connection(
+    run: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(upstream, "HIGH_WATER", 10)  # any body pauses reading
+
+    async def main() -> None:
+        async with answering(ok(b"z" * 100)) as srv:
+            p = pool(srv.url, read_s=0.5)
+            held = await post(p)
+            await asyncio.sleep(0.1)  # the whole answer is in, reading is paused
+            held.close()
+            assert await (await post(p)).read() == b"z" * 100
+            await p.close()
+
+    run(main())
+
+
+def test_the_end_of_a_stream_is_known_only_when_it_has_come(run: Any) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await srv.request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        writer.write(b"14\r\nevent: message_stop\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.3)
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+
+    srv = Server(handler)
+
+    async def main() -> None:
+        async with srv:
+            p = pool(srv.url)
+            a = await post(p)
+            chunks = a.chunks()
+            assert await anext(chunks) == b"event: message_stop\n"
+            assert not a.complete  # the relay sends the final event now, not at the end
+            assert await anext(chunks, None) is None
+            assert a.complete
+            await p.close()
+
+    run(main())

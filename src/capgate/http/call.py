@@ -388,9 +388,10 @@ class Call:
         translator: Translator | None = None
         if translation is not None:
             translator = translation.stream(route.upstream_model, not self.hide_usage)
-        # Once the final event is in, what is left goes out with the end of the answer, in
-        # one write (each write to a socket is a system call; a short stream that arrived
-        # whole leaves in a single one, headers included).
+        # When the final event is in and the upstream has already sent everything, the
+        # rest goes out with the end of the answer in one write (each write to a socket
+        # is a system call; a short stream that arrived whole leaves in a single one,
+        # headers included). If more may still come, the final events go out at once.
         tail = b""
         try:
             await response.prepare(self.request)
@@ -404,6 +405,7 @@ class Call:
                         block = translator.feed(block)
                     if tap.finished:  # the usage is known: settle before the last bytes
                         self.settle(answer.status, "ok", tap.usage(), tap.model)
+                    if tap.finished and getattr(answer, "complete", False):
                         tail += block
                     elif block:
                         await response.write(block)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 import ssl
 import zlib
 from collections.abc import AsyncIterator, Iterable
@@ -70,13 +71,19 @@ class Answer:
         self._size += len(data)
 
     def _finish(self) -> None:
-        self._done = True
-        self._wake()
+        if self._error is None:  # a failure stands, whatever the parser does after it
+            self._done = True
+            self._wake()
 
     def _fail(self, exc: BaseException) -> None:
         if not self._done and self._error is None:
             self._error = exc
             self._wake()
+
+    @property
+    def complete(self) -> bool:
+        """The whole body has arrived and been taken: nothing more will come."""
+        return self._done and not self._body
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -101,25 +108,30 @@ class Answer:
 
     async def read(self) -> bytes:
         """The whole body."""
+        parts = []
         try:
             while not self._done:
                 if self._error is not None:
                     raise self._error
+                if self._body:  # taken as it comes, so reading never stays paused
+                    parts.append(self._take())
                 await self._wait()
-            return self._take()
+            parts.append(self._take())
+            return parts[0] if len(parts) == 1 else b"".join(parts)
         finally:
             self._release()
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """The body as it arrives: what came since the last chunk, joined."""
+        """The body as it arrives: what came since the last chunk, joined; then the
+        failure, if the answer broke off."""
         try:
             while True:
                 if self._body:
                     yield self._take()
-                elif self._done:
-                    return
                 elif self._error is not None:
                     raise self._error
+                elif self._done:
+                    return
                 else:
                     await self._wait()
         finally:
@@ -146,8 +158,10 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._answer: Answer | None = None
         self._head: asyncio.Future[Answer] | None = None
-        self._head_bytes = 0
+        self._head_bytes = 0  # of the headers parsed
+        self._raw_head = 0  # received before the headers were complete
         self._headers_done = False
+        self._complete = False  # the answer's end was parsed
         self._length_known = False  # content-length or chunked: the end is in the stream
         self._decoder: Any = None
         self._encoding = ""
@@ -166,20 +180,24 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # a TCP (or uvloop) transport
 
     def data_received(self, data: bytes) -> None:
-        if self._answer is None:  # nothing asked: a server must not send; drop it
-            self._close()
+        if self._answer is None or self._complete:
+            # Nothing asked, or more than the answer: a server must not send; the
+            # connection cannot be trusted again.
+            self._keep = False
+            if self._answer is None:
+                self._close()
             return
         self._last = self._loop.time()
-        if not self._headers_done:
-            self._head_bytes += len(data)
-            if self._head_bytes > MAX_HEAD_BYTES:
-                self._fail(UpstreamFailed(f"{self._who} sent headers over {MAX_HEAD_BYTES} bytes"))
-                return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._fail(UpstreamFailed(f"{self._who} sent malformed HTTP: {exc}"))
             return
+        if not self._headers_done:  # all of it was head: one header may be growing
+            self._raw_head += len(data)
+            if self._raw_head > MAX_HEAD_BYTES:
+                self._head_too_large()
+                return
         answer = self._answer
         if answer is not None and answer._body:
             answer._wake()
@@ -189,7 +207,14 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self._answer is not None and self._headers_done and not self._length_known:
+        answer = self._answer
+        if (  # not after a failure of ours (a timeout closes the connection), nor a reset
+            answer is not None
+            and exc is None
+            and self._headers_done
+            and not self._length_known
+            and answer._error is None
+        ):
             self.on_message_complete()  # a body that ends when the connection does
         self._fail(UpstreamFailed(f"{self._who} closed the connection{_because(exc)}"))
         self._pool.lost(self)
@@ -197,6 +222,12 @@ class _Connection(asyncio.Protocol):
     # -- httptools callbacks -------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._complete:
+            return  # an answer after the answer: ignored, the connection is not reused
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > MAX_HEAD_BYTES:
+            self._head_too_large()
+            return
         key = name.lower()
         if key in PASSED_ON:
             assert self._answer is not None
@@ -211,7 +242,8 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         answer = self._answer
-        assert answer is not None
+        if answer is None or self._complete:
+            return
         status = self._parser.get_status_code()
         if 100 <= status < 200:  # an interim answer (100 Continue): the real one follows
             answer.headers.clear()
@@ -231,7 +263,7 @@ class _Connection(asyncio.Protocol):
 
     def on_body(self, data: bytes) -> None:
         answer = self._answer
-        if answer is None or not self._headers_done:
+        if answer is None or not self._headers_done or self._complete:
             return
         if self._decoder is not None:
             try:
@@ -247,8 +279,10 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         answer = self._answer
-        if answer is None or not self._headers_done:
-            return  # an interim answer ended
+        if answer is None or not self._headers_done or self._complete:
+            self._keep = self._keep and not self._complete
+            return  # an interim answer ended, or one after the answer
+        self._complete = True
         self._keep = self._parser.should_keep_alive()
         if self._decoder is not None:
             rest = self._decoder.flush()
@@ -263,8 +297,8 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         self._answer = Answer(self)
         self._head = self._loop.create_future()
-        self._head_bytes = 0
-        self._headers_done = self._length_known = self._keep = False
+        self._head_bytes = self._raw_head = 0
+        self._headers_done = self._complete = self._length_known = self._keep = False
         self._decoder = None
         self._read_s, self._deadline = read_s, deadline
         self._last = self._loop.time()
@@ -272,18 +306,26 @@ class _Connection(asyncio.Protocol):
         self.transport.write(data)
         return self._head
 
+    def _head_too_large(self) -> None:
+        self._fail(UpstreamFailed(f"{self._who} sent headers over {MAX_HEAD_BYTES} bytes"))
+
     def _check(self) -> None:
-        """The timer: fail when the answer is late, else look again when it could be."""
+        """The timer: fail when the answer is late, else look again when it could be.
+        While reading is paused the reader is slow, not the upstream: only the request
+        timeout counts then."""
         self._timer = None
         now = self._loop.time()
         if now >= self._deadline:
             self._fail(UpstreamTimeout(f"{self._who} took longer than the request timeout"))
+            return
+        if self._paused:
+            self._last = now
         elif now >= self._last + self._read_s:
             self._fail(UpstreamTimeout(f"{self._who} sent nothing for {self._read_s:g} s"))
-        else:
-            self._timer = self._loop.call_at(
-                min(self._deadline, self._last + self._read_s), self._check
-            )
+            return
+        self._timer = self._loop.call_at(
+            min(self._deadline, self._last + self._read_s), self._check
+        )
 
     def _stop_timer(self) -> None:
         if self._timer is not None:
@@ -308,6 +350,7 @@ class _Connection(asyncio.Protocol):
     def resume(self) -> None:
         if self._paused and self.transport is not None and not self.closed:
             self._paused = False
+            self._last = self._loop.time()  # the read timeout starts again from now
             self.transport.resume_reading()
 
     def release(self, complete: bool) -> None:
@@ -316,7 +359,13 @@ class _Connection(asyncio.Protocol):
         self._stop_timer()
         self._answer = None
         self._head = None
-        reuse = complete and self._keep and not self.closed and not self._pool.closed
+        reuse = (
+            complete
+            and self._keep
+            and not self._paused  # an answer closed unread while reading was held back
+            and not self.closed
+            and not self._pool.closed
+        )
         if not reuse:
             self._close()
         self._pool.put_back(self, reuse)
@@ -376,19 +425,28 @@ class Pool:
             raise
 
     async def _acquire(self, loop: asyncio.AbstractEventLoop, now: float) -> _Connection:
+        """A connection: an idle one, or a new one; waiting for a free slot (at most
+        `limit`) and connecting share one `connect_s`."""
         if self.closed:
             raise UpstreamFailed("the gateway is shutting down", sent=False)
+        deadline = now + self._connect_s
         if self._waiters or self._busy >= self._limit:
-            await self._wait_turn(loop)  # the slot is ours when this returns
+            await self._wait_turn(loop, deadline)  # the slot is ours when this returns
+            now = loop.time()
         else:
             self._busy += 1
         while self._idle:
             conn = self._idle.pop()  # the most recently used: the least likely to be stale
-            if not conn.closed and now - conn.idle_since < IDLE_S:
+            if (
+                not conn.closed
+                and now - conn.idle_since < IDLE_S
+                and conn.transport is not None
+                and not conn.transport.is_closing()  # its FIN came in this loop turn
+            ):
                 return conn
             conn._close()
         try:
-            async with asyncio.timeout(self._connect_s):
+            async with asyncio.timeout_at(deadline):
                 _, conn = await loop.create_connection(
                     lambda: _Connection(self),
                     self.host,
@@ -400,22 +458,22 @@ class Pool:
             self._free_slot()
             if isinstance(exc, TimeoutError):
                 raise self._unreachable(f"no connection within {self._connect_s:g} s") from None
-            if isinstance(exc, OSError):
-                raise self._unreachable(exc.strerror or str(exc) or type(exc).__name__) from None
+            if isinstance(exc, (OSError, ValueError)):  # refused, DNS, TLS; a bad host name
+                raise self._unreachable(str(exc) or type(exc).__name__) from None
             raise
         return conn
 
-    async def _wait_turn(self, loop: asyncio.AbstractEventLoop) -> None:
+    async def _wait_turn(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
         waiter: asyncio.Future[None] = loop.create_future()
         self._waiters.append(waiter)
         try:
-            async with asyncio.timeout(self._connect_s):
+            async with asyncio.timeout_at(deadline):
                 await waiter
         except BaseException as exc:
             if waiter.done() and not waiter.cancelled():
                 self._free_slot()  # handed a slot just as we gave up: pass it on
             else:
-                waiter.cancel()  # _next skips it
+                waiter.cancel()  # _free_slot skips it
             if isinstance(exc, TimeoutError):
                 raise self._unreachable(
                     f"all {self._limit} connections stayed busy for {self._connect_s:g} s"
@@ -457,7 +515,7 @@ def header_lines(headers: Iterable[tuple[str, str]]) -> bytes:
     """`name: value` lines; a line break in either would smuggle in another header."""
     out = []
     for name, value in headers:
-        if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
+        if _UNSAFE.search(value) or _UNSAFE.search(name) or ":" in name:
             raise UpstreamFailed(f"header {name!r} cannot be sent: bad character", sent=False)
         out.append(f"{name}: {value}\r\n")
     return "".join(out).encode()
@@ -468,6 +526,7 @@ PASSED_ON = frozenset(
     {b"content-type", b"request-id", b"x-request-id", b"retry-after", b"x-should-retry"}
 )
 _UNSUPPORTED = object()
+_UNSAFE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # control characters (tab is allowed)
 
 
 def _decoder(encoding: str) -> Any:

@@ -66,12 +66,14 @@ class SQLiteStore(ScopeAdmin, DashboardStore):
         self._keys: dict[str, tuple[Scope, bytes]] = {}
         self._named: dict[tuple[ScopeKind, str], Scope] = {}  # users, teams, orgs, providers
         self._version = ""
+        self._data_version = -1  # PRAGMA data_version at the last write transaction
+        self._cold_ran = False  # an op other than reserve/settle ran since
         self._counters = CounterCache()  # the current write transaction's counters
         self._writer = SQLiteWriter(
             self._connect,
             self._before_group,
             self._after_rollback,
-            before_cold_op=self._counters.before_cold_op,
+            before_cold_op=self._before_cold_op,
             before_commit=self._counters.write,
         )
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="capgate-sqlite-read")
@@ -155,13 +157,27 @@ class SQLiteStore(ScopeAdmin, DashboardStore):
 
     def _after_rollback(self) -> None:
         self._version = ""  # a rolled-back admin op may have loaded undone keys: reload
+        self._data_version = -1
         self._counters.forget()
 
     def _before_group(self, conn: sqlite3.Connection, batched: bool) -> None:
-        self._counters.begin(batched)
+        """First in every write transaction. When no other connection has committed since
+        our last transaction (`PRAGMA data_version` unchanged) and no admin op ran here,
+        the keys and limits in memory and the counters read then are still true: keep
+        them. Otherwise check the config version and read counters afresh."""
+        version = conn.execute("PRAGMA data_version").fetchone()[0]
+        unchanged = version == self._data_version and not self._cold_ran
+        self._data_version, self._cold_ran = version, False
+        self._counters.begin(batched, keep=unchanged)
+        if unchanged:
+            return
         row = conn.execute("SELECT v FROM meta WHERE k='config_version'").fetchone()
         if row[0] != self._version:
             self._load(conn)
+
+    def _before_cold_op(self, conn: sqlite3.Connection) -> None:
+        self._cold_ran = True  # it may change keys or counters: look again next time
+        self._counters.before_cold_op(conn)
 
     def _load(self, conn: sqlite3.Connection) -> None:
         version = conn.execute("SELECT v FROM meta WHERE k='config_version'").fetchone()[0]

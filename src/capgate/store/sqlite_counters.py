@@ -16,7 +16,10 @@ The rules that keep it exact:
   sweep): before it runs, the pending changes are written and what was read is forgotten
   (`before_cold_op`);
 - a rolling window is summed by SQL over its buckets: pending changes are written first;
-- a savepoint that may roll back (`rereserve`) snapshots the cache and restores it.
+- a savepoint that may roll back (`rereserve`) snapshots the cache and restores it;
+- across transactions, what was known is kept only when no other connection committed in
+  between (`PRAGMA data_version`, checked by the store) and no cold op ran; a rollback
+  forgets everything.
 """
 
 from __future__ import annotations
@@ -38,9 +41,12 @@ class CounterCache:
         self._known: dict[Instance, CounterState] = {}  # as of now in this transaction
         self._pending: dict[Instance, list[int]] = {}  # [reserved, settled] not yet written
 
-    def begin(self, batched: bool) -> None:
+    def begin(self, batched: bool, keep: bool = False) -> None:
+        """A transaction starts. `keep`: nobody else wrote since the last one committed,
+        so what was known then is still true (nothing is pending after a commit)."""
         self._active = batched
-        self._known.clear()
+        if not (keep and batched):
+            self._known.clear()
         self._pending.clear()
 
     def forget(self) -> None:

@@ -85,7 +85,8 @@ class SQLiteWriter:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: sqlite3.Connection | None = None  # the loop's or the thread's, never both
-        self._timeout_s = 0.0  # how long the thread waits for the lock
+        self._timeout_ms = 0  # how long the thread waits for the lock
+        self._timeout_now = -1  # the connection's busy_timeout now
         self._closed = False
         self._pending: Group = []
         self._flush_now: asyncio.Handle | None = None
@@ -95,8 +96,7 @@ class SQLiteWriter:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._conn = self._connect()
-        self._timeout_s = self._conn.execute("PRAGMA busy_timeout").fetchone()[0] / 1000
-        self._conn.execute("PRAGMA busy_timeout=0")  # waiting is `_begin`'s
+        self._timeout_ms = self._conn.execute("PRAGMA busy_timeout").fetchone()[0]
         self._thread = threading.Thread(target=self._run, name="capgate-sqlite-writer", daemon=True)
         self._thread.start()
 
@@ -206,21 +206,30 @@ class SQLiteWriter:
     def _begin(self, conn: sqlite3.Connection, wait: bool) -> None:
         """BEGIN IMMEDIATE: at once or _Busy; or, waiting, trying again every 0.1-1 ms
         until the busy timeout (then _Busy)."""
+        self._set_timeout(conn, 0)
         deadline, pause = 0.0, 0.0001
         while True:
             try:
                 conn.execute("BEGIN IMMEDIATE")
+                # The statements after it wait as before: on the thread, the busy timeout
+                # (COMMIT needs no lock in WAL mode, but a file that is not in WAL might).
+                self._set_timeout(conn, self._timeout_ms if wait else 0)
                 return
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc):
                     raise
                 now = time.monotonic()
                 if not deadline:
-                    deadline = now + self._timeout_s
+                    deadline = now + self._timeout_ms / 1000
                 if not wait or now >= deadline:
                     raise _Busy from exc
             time.sleep(pause)
             pause = min(pause * 2, 0.001)
+
+    def _set_timeout(self, conn: sqlite3.Connection, ms: int) -> None:
+        if ms != self._timeout_now:
+            conn.execute(f"PRAGMA busy_timeout={ms}")
+            self._timeout_now = ms
 
     def _run_group(
         self, conn: sqlite3.Connection, group: Group, isolate: bool, wait: bool
