@@ -164,7 +164,7 @@ class _Connection(asyncio.Protocol):
         self._complete = False  # the answer's end was parsed
         self._length_known = False  # content-length or chunked: the end is in the stream
         self._decoder: Any = None
-        self._encoding = ""
+        self._unsupported = ""  # a content-encoding capgate cannot decode
         self._keep = False
         self._read_s = 0.0
         self._last = 0.0  # when the answer last sent something
@@ -236,9 +236,12 @@ class _Connection(asyncio.Protocol):
             self._length_known = True
         elif key == b"content-encoding":
             encoding = value.decode("latin-1").strip().lower()
-            if encoding not in ("identity", ""):
-                self._decoder = _decoder(encoding)
-                self._encoding = encoding
+            if encoding in ("gzip", "x-gzip"):
+                self._decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            elif encoding == "deflate":
+                self._decoder = zlib.decompressobj()
+            elif encoding not in ("identity", ""):
+                self._unsupported = encoding
 
     def on_headers_complete(self) -> None:
         answer = self._answer
@@ -248,14 +251,14 @@ class _Connection(asyncio.Protocol):
         if 100 <= status < 200:  # an interim answer (100 Continue): the real one follows
             answer.headers.clear()
             self._length_known = False
-            self._decoder = None
+            self._decoder, self._unsupported = None, ""
             return
         answer.status = status
         self._headers_done = True
         if status in (204, 304):
             self._length_known = True
-        if self._decoder is _UNSUPPORTED:
-            self._fail(UpstreamFailed(f"{self._who} sent a {self._encoding}-encoded answer"))
+        if self._unsupported:
+            self._fail(UpstreamFailed(f"{self._who} sent a {self._unsupported}-encoded answer"))
             return
         head, self._head = self._head, None
         if head is not None and not head.done():
@@ -299,7 +302,7 @@ class _Connection(asyncio.Protocol):
         self._head = self._loop.create_future()
         self._head_bytes = self._raw_head = 0
         self._headers_done = self._complete = self._length_known = self._keep = False
-        self._decoder = None
+        self._decoder, self._unsupported = None, ""
         self._read_s, self._deadline = read_s, deadline
         self._last = self._loop.time()
         self._timer = self._loop.call_at(min(deadline, self._last + read_s), self._check)
@@ -525,16 +528,7 @@ def header_lines(headers: Iterable[tuple[str, str]]) -> bytes:
 PASSED_ON = frozenset(
     {b"content-type", b"request-id", b"x-request-id", b"retry-after", b"x-should-retry"}
 )
-_UNSUPPORTED = object()
 _UNSAFE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # control characters (tab is allowed)
-
-
-def _decoder(encoding: str) -> Any:
-    if encoding in ("gzip", "x-gzip"):
-        return zlib.decompressobj(16 + zlib.MAX_WBITS)
-    if encoding == "deflate":
-        return zlib.decompressobj()
-    return _UNSUPPORTED
 
 
 def _because(exc: BaseException | None) -> str:
