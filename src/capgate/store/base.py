@@ -58,6 +58,18 @@ class Outcome:
     attempts: int = 1
     error: str | None = None
     upstream_model: str | None = None
+    # Marks for a second look, written to the ledger's `flags` (see LEDGER_FLAGS).
+    flags: tuple[str, ...] = ()
+
+
+# Flags a ledger entry can carry, and what each means.
+LEDGER_FLAGS: dict[str, str] = {
+    "over_reservation": "the provider reported more usage than was reserved: the entry "
+    "records the truth, above the worst case held",
+    "usage_unreadable": "the answer's usage could not be read: charged the reservation",
+    "late_settlement": "settled after its reservation had been swept as lease_expired: "
+    "the entry was reconciled to the real usage",
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -346,7 +346,7 @@ class SQLiteStore(ScopeAdmin, DashboardStore):
         self._counters.add(
             conn, [(d.counter, d.window_start, d.reserved, d.settled) for d in deltas]
         )
-        q.insert_entry(conn, res.info, res.key, outcome, actual, self._clock())
+        q.insert_entry(conn, res.info, res.key, outcome, actual, self._clock(), res.max_output)
 
     # -- leases ------------------------------------------------------------------------
 

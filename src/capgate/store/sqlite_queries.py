@@ -199,7 +199,7 @@ _INSERT_ENTRY = (
     "INSERT INTO requests (request_id, created_at, key_id, key_name, user, team, model, "
     "provider, upstream_model, endpoint, stream, status, outcome, input_tokens, output_tokens, "
     "cache_read_tokens, cache_write_tokens, cost_nano, latency_ms, ttft_ms, attempts, refusal, "
-    "error) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    "error, max_tokens_clamped, flags) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 
 
@@ -210,6 +210,7 @@ def insert_entry(
     outcome: Outcome,
     actual: Amounts,
     now: float,
+    max_tokens_clamped: int | None = None,
 ) -> None:
     usage = outcome.usage
     if usage is None:
@@ -226,7 +227,8 @@ def insert_entry(
             key.extra.get("team"), info.model, info.provider,
             outcome.upstream_model or info.upstream_model, info.endpoint, int(info.stream),
             outcome.status, outcome.outcome, *tokens, actual.cost_nano, outcome.latency_ms,
-            outcome.ttft_ms, outcome.attempts, None, error,
+            outcome.ttft_ms, outcome.attempts, None, error, max_tokens_clamped,
+            ",".join(outcome.flags) or None,
         ),
     )  # fmt: skip
 
@@ -242,7 +244,7 @@ def insert_refusal(
             key.extra.get("user") if key else None, key.extra.get("team") if key else None,
             info.model, info.provider, info.upstream_model, info.endpoint, int(info.stream),
             status, "refused", 0, 0, 0, 0, 0, (now - info.started_at) * 1000, None, 0,
-            dumps(refusal.to_json()), None,
+            dumps(refusal.to_json()), None, None, None,
         ),
     )  # fmt: skip
 
@@ -264,6 +266,7 @@ def insert_lease_expired(
             "lease_expired", worst.input_tokens, worst.output_tokens, 0, 0, worst.cost_nano,
             (now - info.started_at) * 1000, None, 1, None,
             "the serving process stopped before the request settled: charged in full",
+            None, None,
         ),
     )  # fmt: skip
 
@@ -293,6 +296,8 @@ def entry_json(row: sqlite3.Row) -> dict[str, Any]:
         "attempts": row["attempts"],
         "refusal": None if row["refusal"] is None else orjson.loads(row["refusal"]),
         "error": row["error"],
+        "max_tokens_clamped": row["max_tokens_clamped"],
+        "flags": row["flags"].split(",") if row["flags"] else [],
     }
 
 

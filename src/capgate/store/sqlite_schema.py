@@ -128,6 +128,15 @@ MIGRATIONS: tuple[str, ...] = (
     DROP TABLE reservations;
     ALTER TABLE reservations_new RENAME TO reservations;
     """,
+    # 7: what the ledger must say beyond the numbers: the max_tokens capgate lowered a
+    #    request to (NULL when untouched), flags that mark an entry for a second look
+    #    (comma-separated, e.g. "over_reservation,usage_unreadable"; NULL when none), and
+    #    a lookup by the x-capgate-request-id a client was given.
+    """
+    ALTER TABLE requests ADD COLUMN max_tokens_clamped INTEGER;
+    ALTER TABLE requests ADD COLUMN flags TEXT;
+    CREATE INDEX requests_request_id ON requests (request_id);
+    """,
 )
 
 
