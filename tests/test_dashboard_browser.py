@@ -23,6 +23,7 @@ from conftest import ROOT, Capgate, Upstream, gateway_config, need, start_capgat
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = ROOT / "tests" / "artifacts"
 HAIKU = "claude-haiku-4-5"
+TEAM_KEYS = [f"agent-{i:02d}-nightly-evaluation-runner-for-the-research-cluster" for i in range(50)]
 PAGES = ["overview", "live", "requests", "keys", "users", "teams", "orgs", "providers",
          "settings", "audit"]  # fmt: skip
 
@@ -75,6 +76,19 @@ def dash(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             name = "alice-laptop" if i % 3 else "ci-bot"
             model = (HAIKU, "claude-sonnet-4-6")[i % 2]
             ask(server.url, keys[name], model, f"hello mock:words={5 + 7 * i}")
+        for i, name in enumerate(TEAM_KEYS):  # a team of 50, to see that the lists still fit
+            key = server.create_key(
+                name,
+                [{"metric": "cost_usd", "window": "day", "max": "2.50"},
+                 {"metric": "requests", "window": "minute", "max": 60},
+                 {"metric": "output_tokens", "window": "month", "max": 5_000_000,
+                  "model": "claude-sonnet-*"}],
+                team=("research", "platform-infrastructure-and-developer-experience")[i % 2],
+                user=f"engineer-{i:02d}.with-a-long-address@example-corporation.com",
+                models=["claude-haiku-*", "claude-sonnet-*"] if i % 3 == 0 else [],
+            )  # fmt: skip
+            for words in range(i % 4 if i < 12 else 0):
+                ask(server.url, key, HAIKU, f"team mock:words={3 + 11 * words + i}")
         yield server
     finally:
         server.close()
@@ -301,18 +315,60 @@ def test_settings_can_be_changed_in_the_ui(page: Page, dash: Capgate) -> None:
     assert dash.admin("GET", "/admin/settings").json()["timezone"] == "UTC"
 
 
+# Every table, cell, button, link and field of a page inside its card, every card inside
+# the window, and no table scrolled sideways (a scrolled column is out of view too).
+FITS = """() => {
+  const problems = [];
+  const vw = document.documentElement.clientWidth;
+  const shown = (el) => { const r = el.getBoundingClientRect(); return r.width > 0 && r.height > 0; };
+  const name = (el) => `${el.tagName.toLowerCase()}${el.className && typeof el.className === "string"
+    ? "." + el.className.trim().split(/\\s+/).join(".") : ""} "${(el.textContent || "").trim().slice(0, 40)}"`;
+  const within = (r, box) => r.left >= box.left - 1 && r.right <= box.right + 1;
+  for (const card of document.querySelectorAll("#page .panel")) {
+    if (!shown(card)) continue;
+    const box = card.getBoundingClientRect();
+    if (box.left < -1 || box.right > vw + 1) problems.push("card outside the window: " + name(card));
+    for (const wrap of card.querySelectorAll(".table-wrap")) {
+      if (wrap.scrollWidth > wrap.clientWidth + 1) {
+        problems.push(`table scrolls sideways, ${wrap.scrollWidth} > ${wrap.clientWidth} px: ` + name(wrap.querySelector("thead") || wrap));
+      }
+    }
+    for (const el of card.querySelectorAll("table, th, td, button, a, input, select, .badge, [role=progressbar], .num")) {
+      if (!shown(el)) continue;
+      const r = el.getBoundingClientRect();
+      if (!within(r, box) || r.right > vw + 1) problems.push("cut off by its card or the window: " + name(el));
+      const cell = el.parentElement?.closest("td, th");
+      if (cell && !within(r, cell.getBoundingClientRect())) problems.push("sticks out of its cell: " + name(el));
+      if ((el.tagName === "TD" || el.tagName === "TH") && el.scrollWidth > el.clientWidth + 1) {
+        problems.push(`wider than its cell, ${el.scrollWidth} > ${el.clientWidth} px: ` + name(el));
+      }
+    }
+  }
+  return problems;
+}"""
+
+
 @pytest.mark.parametrize("width", [1280, 1024])
 def test_every_page_renders_without_errors(
     browser: Browser, dash: Capgate, page: Page, width: int
 ) -> None:
+    """Every page at 1280 and 1024 px with a team of 50 keys (long names, three limits
+    each): nothing cut off, nothing out of view, no error, no unlabelled field."""
     page.set_viewport_size({"width": width, "height": 800})
     log_in(page, dash)
-    for route in [*PAGES, "keys/alice-laptop", "teams/research"]:
+    entry = dash.ledger(key="alice-laptop")[0]
+    routes = [*PAGES, "keys/alice-laptop", f"keys/{TEAM_KEYS[0]}", "teams/research",
+              f"requests/{entry['request_id']}"]  # fmt: skip
+    for route in routes:
         go(page, dash, route)
         page.locator("#page .panel").first.wait_for()
+        if route in ("keys", "overview", "live", "requests"):
+            page.locator("#page table").first.wait_for()
         assert page.locator("#page [role=alert]").count() == 0, route
         overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 0, f"{route} is wider than the window at {width}px"
+        problems = page.evaluate(FITS)
+        assert problems == [], f"{route} at {width}px: {problems[:8]}"
         unlabelled = page.evaluate(
             """[...document.querySelectorAll('#page input, #page select')].filter(
                 (el) => !el.labels?.length && !el.getAttribute('aria-label')).length"""
@@ -320,6 +376,9 @@ def test_every_page_renders_without_errors(
         assert unlabelled == 0, route
         if width == 1280:
             shot(page, "page-" + route.replace("/", "-"))
+    go(page, dash, "keys")
+    page.locator("#page tbody tr").nth(51).wait_for()
+    shot(page, f"keys-{width}", full=True)
     if width == 1024:
         go(page, dash, "overview")
         shot(page, "overview-1024", full=True)
