@@ -11,6 +11,7 @@ import csv
 import io
 import shutil
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -209,6 +210,11 @@ def test_create_a_key_in_the_ui_and_use_it(page: Page, dash: Capgate, key_name: 
     raw = page.locator("#new-key").input_value()
     assert raw.startswith("sk-cg-")
     assert page.get_by_text("shown only once").is_visible()
+    # Claude Code takes the key as ANTHROPIC_AUTH_TOKEN: as ANTHROPIC_API_KEY, interactive
+    # Claude Code asks "use this API key?" and defaults to No.
+    snippet = page.get_by_role("dialog").get_by_label("Shell setup").inner_text()
+    assert f"export ANTHROPIC_AUTH_TOKEN={raw}" in snippet and "ANTHROPIC_API_KEY" not in snippet
+    assert f"export ANTHROPIC_BASE_URL={dash.url}" in snippet
     shot(page, "new-key-shown")
     page.get_by_role("button", name="Done").click()
     page.locator(f'tr[data-name="{key_name}"]').wait_for()
@@ -427,3 +433,132 @@ def test_edit_limits_models_and_schedules_in_the_ui(
     console.errors.clear()
     dialog.get_by_role("button", name="Cancel").click()
     assert dash.admin("GET", f"/admin/keys/{key_name}").json()["limits"][0]["window"] == "day"
+
+
+def test_keys_list_searches_sorts_and_shows_spend_and_last_use(page: Page, dash: Capgate) -> None:
+    log_in(page, dash)
+    go(page, dash, "keys")
+    rows = page.locator("#page tbody tr")
+    rows.nth(51).wait_for()
+    listed = dash.admin("GET", "/admin/keys").json()["items"]
+    assert rows.count() == len(listed) >= 52
+
+    def names() -> list[str]:
+        return [str(n) for n in rows.evaluate_all("(rows) => rows.map((r) => r.dataset.name)")]
+
+    search = page.get_by_label("Search keys by name, team or user")
+    search.fill("agent-0")
+    assert names() == TEAM_KEYS[:10]
+    search.fill("PLATFORM-infra")  # the team, any case
+    assert names() == TEAM_KEYS[1::2]
+    search.fill("engineer-07.with")  # the user
+    assert names() == [TEAM_KEYS[7]]
+    page.get_by_text("1 of").wait_for()
+    search.fill("")
+
+    # Spend today, biggest first, exactly as the API has it; ties by name.
+    page.get_by_role("button", name="Sort by today").click()
+    by_spend = sorted(listed, key=lambda k: (-Decimal(k["spend"]["today"]), k["name"]))
+    assert names() == [k["name"] for k in by_spend]
+    assert page.locator("th[aria-sort=descending]").inner_text().startswith("Today")
+    top = by_spend[0]
+    assert Decimal(top["spend"]["today"]) > 0
+    first = rows.first
+    shown = first.locator("[data-spend=today]").inner_text()
+    assert Decimal(shown.lstrip("$").replace(",", "")) == Decimal(top["spend"]["today"])
+    assert first.locator("[data-spend=month]").inner_text().lstrip("$").replace(",", "") != ""
+    page.get_by_role("button", name="Sort by today").click()  # again: smallest first
+    assert names()[-1] == top["name"]
+
+    page.get_by_role("button", name="Sort by name").click()
+    assert names() == sorted(k["name"] for k in listed)
+    page.get_by_role("button", name="Sort by name").click()
+    assert names() == sorted((k["name"] for k in listed), reverse=True)
+
+    page.get_by_role("button", name="Sort by last used").click()
+    used = [k for k in listed if k["last_used_at"]]
+    newest = max(used, key=lambda k: k["last_used_at"])
+    assert names()[0] == newest["name"]
+    assert page.locator(f'tr[data-name="{TEAM_KEYS[40]}"]').get_by_text("never").is_visible()
+    assert "ago" in rows.first.inner_text() or "just now" in rows.first.inner_text()
+
+
+def test_find_a_clamped_request_by_its_id(
+    page: Page, dash: Capgate, console: Console, key_name: str
+) -> None:
+    key = dash.create_key(key_name, [{"metric": "cost_usd", "window": "day", "max": "0.10"}])
+    answer = httpx.post(
+        dash.url + "/v1/messages",
+        headers={"x-api-key": key},
+        json={"model": "claude-sonnet-4-6", "max_tokens": 64_000,
+              "messages": [{"role": "user", "content": "long mock:words=20000"}]},
+        timeout=30,
+    )  # fmt: skip
+    assert answer.status_code == 200, answer.text
+    request_id = answer.headers["x-capgate-request-id"]
+    clamped = int(answer.headers["x-capgate-max-tokens"])
+    ask(dash.url, key, text="another mock:words=2")
+    log_in(page, dash)
+    go(page, dash, "requests")
+    page.get_by_label("Request id", exact=True).fill(request_id)
+    page.get_by_role("button", name="Apply").click()
+    page.locator("#page .pager", has_text="1 requests").wait_for()
+    row = page.locator("#page tbody tr")
+    assert row.count() == 1 and f"max_tokens lowered to {clamped:,}" in row.inner_text()
+    row.get_by_role("link").first.click()
+    page.wait_for_url(f"**#/requests/{request_id}")
+    detail = page.locator("#page .kv")
+    detail.wait_for()
+    assert request_id in detail.inner_text()
+    assert page.locator("[data-field=max_tokens_clamped]").inner_text() == (
+        f"lowered to {clamped:,} to fit the budget"
+    )
+    assert "Flags\nnone" in detail.inner_text()
+    shot(page, "request-detail")
+    go(page, dash, "requests/no-such-request")
+    page.locator("#page [role=alert]", has_text="no-such-request").wait_for()
+    assert console.errors == [  # Chromium's own log line for the 404
+        "error: Failed to load resource: the server responded with a status of 404 (Not Found)"
+    ]
+    console.errors.clear()
+
+
+def test_overview_splits_refusals_by_reason(page: Page, dash: Capgate, key_name: str) -> None:
+    only_gpt = dash.create_key(key_name, models=["gpt-*"])
+    assert ask(dash.url, only_gpt).status_code == 403
+    log_in(page, dash)
+    page.locator("[data-reason=model_not_allowed]").wait_for()
+    reasons = dash.admin("GET", "/admin/summary", params={"period": "today"}).json()[
+        "refusals_by_reason"
+    ]
+    shown = page.locator("[data-reason]").evaluate_all(
+        "(els) => els.map((el) => [el.dataset.reason, el.textContent])"
+    )
+    assert [r for r, _ in shown] == list(reasons)
+    assert [int(text.split()[0]) for _, text in shown] == list(reasons.values())
+    assert (
+        page.locator("[data-reason=model_not_allowed]").inner_text().endswith("model not allowed")
+    )
+
+
+def test_chart_axis_amounts_under_a_cent_never_print_the_same(page: Page, dash: Capgate) -> None:
+    log_in(page, dash)
+    labels = page.evaluate(
+        """async () => {
+          const { axisUsdLabels } = await import("/dashboard/static/js/format.js");
+          return [
+            axisUsdLabels([0, 0.005, 0.01, 0.015, 0.02]),
+            axisUsdLabels([0.0042, 0.0043, 0.0044]),
+            axisUsdLabels([0, 0.5, 1, 1.5]),
+            axisUsdLabels([0, 20, 40, 60]),
+            axisUsdLabels([0, 0.000001, 0.000002]),
+          ];
+        }"""
+    )
+    assert labels == [
+        ["$0", "$0.005", "$0.010", "$0.015", "$0.020"],
+        ["$0.0042", "$0.0043", "$0.0044"],
+        ["$0", "$0.50", "$1.00", "$1.50"],
+        ["$0", "$20", "$40", "$60"],
+        ["$0", "$0.000001", "$0.000002"],
+    ]
