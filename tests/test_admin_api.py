@@ -7,6 +7,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import signal
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -14,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -21,7 +24,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import ADMIN_KEY, Capgate
+from conftest import ADMIN_KEY, Capgate, Upstream, gateway_config, start_capgate
 
 HAIKU, SONNET, GPT = "claude-haiku-4-5", "claude-sonnet-4-6", "gpt-5-mini"
 # USD per million tokens, from the bundled table (src/capgate/data/pricing.yaml)
@@ -1046,3 +1049,53 @@ def test_key_list_shows_spend_and_last_use(
     assert idle["spend"] == {"today": "0", "month": "0", "timezone": "UTC"}
     assert idle["last_used_at"] is None
     assert all("spend" not in t for t in capgate.admin("GET", "/admin/teams").json()["items"])
+
+
+def test_a_clamp_is_kept_when_the_server_dies_mid_request(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    """A clamped request whose server is killed is settled by another process as
+    lease_expired: its entry still records the lowered max_tokens."""
+    config = gateway_config(upstream, server={"lease_seconds": 2})
+    first = start_capgate(tmp_path, config)
+    key = first.create_key("clamped", [{"metric": "cost_usd", "window": "day", "max": "0.10"}])
+    started, headers = threading.Event(), {}
+
+    def slow_stream() -> None:
+        body = {
+            "model": SONNET, "max_tokens": 64_000, "stream": True,
+            "messages": [{"role": "user", "content": "slow mock:words=300 mock:stream_delay_ms=100"}],
+        }  # fmt: skip
+        try:
+            with httpx.stream(
+                "POST", first.url + "/v1/messages", json=body, headers={"x-api-key": key},
+                timeout=30,
+            ) as response:  # fmt: skip
+                headers.update(response.headers)
+                for _ in response.iter_bytes():
+                    started.set()
+        except httpx.HTTPError:
+            pass  # the server is killed under it
+
+    thread = threading.Thread(target=slow_stream)
+    thread.start()
+    assert started.wait(10)
+    first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait(10)
+    thread.join(10)
+    first.close()
+    clamped = int(headers["x-capgate-max-tokens"])
+    assert 1024 <= clamped < 64_000
+
+    second = start_capgate(tmp_path, config, db=first.db)
+    try:
+        deadline = time.monotonic() + 15
+        entries = second.ledger(key="clamped")
+        while not entries and time.monotonic() < deadline:
+            time.sleep(0.3)
+            entries = second.ledger(key="clamped")
+        assert [e["outcome"] for e in entries] == ["lease_expired"]
+        assert entries[0]["max_tokens_clamped"] == clamped
+        assert entries[0]["request_id"] == headers["x-capgate-request-id"]
+    finally:
+        second.close()
