@@ -3,7 +3,7 @@ messages that name the bad field, query parameters, JSON responses."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection
 from typing import Any
 
 import orjson
@@ -35,7 +35,7 @@ async def read_body(request: web.Request, model: type[BaseModel]) -> Any:
         raise InvalidRequest("; ".join(problems)) from None
 
 
-def known_params(params: Any, allowed: Iterable[str]) -> None:
+def known_params(params: Any, allowed: Collection[str]) -> None:
     """Refuse query parameters a route does not take: a typo (`stauts=402`) would
     otherwise answer everything as if unfiltered."""
     unknown = sorted(set(params) - set(allowed))
@@ -47,7 +47,7 @@ def known_params(params: Any, allowed: Iterable[str]) -> None:
         )
 
 
-def choice_param(params: Any, name: str, choices: Iterable[str]) -> str | None:
+def choice_param(params: Any, name: str, choices: Collection[str]) -> str | None:
     value = params.get(name)
     if value in (None, ""):
         return None
