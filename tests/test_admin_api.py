@@ -45,6 +45,13 @@ def admin_error(response: httpx.Response, status: int) -> str:
     return str(data["error"]["message"])
 
 
+def ensure(capgate: Capgate, plural: str, *names: str) -> None:
+    """Teams, users or orgs that keys and teams may name (created once per server)."""
+    for name in names:
+        response = capgate.admin("POST", f"/admin/{plural}", json={"name": name})
+        assert response.status_code in (201, 409), response.text
+
+
 @pytest.fixture
 def http(capgate: Capgate) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=capgate.url, timeout=30, trust_env=False) as client:
@@ -87,6 +94,8 @@ def usage_by_metric(capgate: Capgate, name: str) -> dict[str, dict[str, Any]]:
 
 
 def test_create_returns_raw_key_once_and_never_stores_it(capgate: Capgate, key_name: str) -> None:
+    ensure(capgate, "teams", "t1")
+    ensure(capgate, "users", "u1")
     response = capgate.admin(
         "POST",
         "/admin/keys",
@@ -196,6 +205,8 @@ def test_show_reports_usage_per_limit(capgate: Capgate, key_name: str, http: htt
 def test_patch_fields_and_clear_with_null(
     capgate: Capgate, key_name: str, http: httpx.Client
 ) -> None:
+    ensure(capgate, "teams", "t1", "t2")
+    ensure(capgate, "users", "u1", "u2")
     key = capgate.create_key(key_name, team="t1", user="u1")
     patch = {
         "limits": [{"metric": "requests", "window": "day", "max": 7}],
@@ -432,14 +443,15 @@ def test_reset_usage_clears_settled_usage(
 @pytest.mark.parametrize("how", ["create", "patch"])
 def test_expired_key_refused(capgate: Capgate, key_name: str, http: httpx.Client, how: str) -> None:
     if how == "create":
-        key = capgate.create_key(key_name, expires_at="2020-01-01")
+        key = capgate.create_key(key_name, expires_at=time.time() + 1)
     else:
         key = capgate.create_key(key_name, expires_at=time.time() + 3600)
         assert ask(http, key).status_code == 200
         patched = capgate.admin(
-            "PATCH", f"/admin/keys/{key_name}", json={"expires_at": time.time() - 1}
+            "PATCH", f"/admin/keys/{key_name}", json={"expires_at": time.time() + 1}
         )
         assert patched.status_code == 200
+    time.sleep(1.2)
     for dialect, model in (("anthropic", HAIKU), ("openai", GPT)):
         message = dialect_message(ask(http, key, model, dialect=dialect), dialect, 403)
         assert "expired" in message and key_name in message
@@ -511,6 +523,7 @@ def test_admin_routes_need_the_admin_key(
 
 
 def test_audit_log_records_changes(capgate: Capgate, key_name: str) -> None:
+    ensure(capgate, "teams", "t1", "t2")
     raw = capgate.create_key(key_name, team="t1")
     capgate.admin(
         "PATCH",

@@ -114,8 +114,8 @@ def test_create_prints_a_working_key(capgate: Capgate, key_name: str) -> None:
         "--limit", "cost=5/day",
         "--limit", "claude-opus*:requests=5/day",
         "--model", "claude-*",
-        "--team", "t1",
-        "--user", "u1",
+        "--team", "t1", "--create-team",
+        "--user", "u1", "--create-user",
     )  # fmt: skip
     with anthropic.Anthropic(base_url=capgate.url, api_key=raw, max_retries=0) as client:
         message = client.messages.create(
@@ -151,7 +151,9 @@ def test_create_json_and_duplicate(capgate: Capgate, key_name: str) -> None:
 
 
 def test_list_and_show(capgate: Capgate, key_name: str) -> None:
-    raw = create(capgate, key_name, "--limit", "requests=9/day", "--team", "listers")
+    raw = create(
+        capgate, key_name, "--limit", "requests=9/day", "--team", "listers", "--create-team"
+    )
     assert ask(capgate, raw, words=5).status_code == 200
     listing = ok(run_cli(capgate, "keys", "list"))
     line = next((row for row in listing.splitlines() if key_name in row), None)
@@ -171,7 +173,7 @@ def test_list_and_show(capgate: Capgate, key_name: str) -> None:
 
 
 def test_update(capgate: Capgate, key_name: str) -> None:
-    raw = create(capgate, key_name, "--limit", "requests=1/day", "--team", "a")
+    raw = create(capgate, key_name, "--limit", "requests=1/day", "--team", "a", "--create-team")
     assert ask(capgate, raw).status_code == 200
     assert ask(capgate, raw).status_code == 402
     ok(run_cli(capgate, "keys", "update", key_name, "--limit", "requests=10/day"))
@@ -180,7 +182,8 @@ def test_update(capgate: Capgate, key_name: str) -> None:
     assert key["team"] == "a"  # untouched
     assert key["usage"][0]["used"] == 1  # raising a limit keeps what was used
     assert ask(capgate, raw).status_code == 200
-    ok(run_cli(capgate, "keys", "update", key_name, "--team", "b", "--model", "claude-haiku-*"))
+    changes = ("--team", "b", "--create-team", "--model", "claude-haiku-*")
+    ok(run_cli(capgate, "keys", "update", key_name, *changes))
     key = shown(capgate, key_name)
     assert key["team"] == "b" and key["models"] == ["claude-haiku-*"]
     assert key["limits"] == [{"metric": "requests", "window": "day", "max": 10}]

@@ -20,10 +20,10 @@ from capgate.core.limits import (
     ScopeKind,
     Status,
     format_usd,
-    parse_usd,
     nano_to_decimal_str,
     parse_limit_spec,
     parse_metric,
+    parse_usd,
     usd_to_nano,
 )
 from capgate.core.windows import WindowKind

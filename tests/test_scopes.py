@@ -156,7 +156,9 @@ def test_cli_manages_teams(capgate: Capgate, key_name: str) -> None:
         )
 
     team = f"team-{key_name}"
-    done = cli("teams", "create", team, "--limit", "requests=1/day", "--org", "acme")
+    done = cli(
+        "teams", "create", team, "--limit", "requests=1/day", "--org", "acme", "--create-org"
+    )
     assert done.returncode == 0, done.stderr
     assert capgate.admin("GET", f"/admin/teams/{team}").json()["org"] == "acme"
     key = capgate.create_key(key_name, team=team)
