@@ -60,6 +60,8 @@ def dash(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             {"metric": "cost_usd", "window": "day", "max": "0.05"}]})  # fmt: skip
         server.admin("POST", "/admin/users", json={"name": "alice", "limits": [
             {"metric": "requests", "window": "day", "max": 500}]})  # fmt: skip
+        for team in ("platform", "ops", "web"):  # keys may only name teams that exist
+            server.admin("POST", "/admin/teams", json={"name": team})
         keys = {
             "alice-laptop": server.create_key(
                 "alice-laptop",
