@@ -160,7 +160,7 @@ def test_list_and_show(capgate: Capgate, key_name: str) -> None:
         capgate, key_name, "--limit", "requests=9/day", "--team", "listers", "--create-team"
     )
     assert ask(capgate, raw, words=5).status_code == 200
-    listing = ok(run_cli(capgate, "keys", "list"))
+    listing = ok(run_cli(capgate, "keys", "list", columns=2000))
     line = next((row for row in listing.splitlines() if key_name in row), None)
     assert line is not None, listing
     assert "active" in line and "listers" in line and "requests=1/9 per day" in line
@@ -361,7 +361,7 @@ def test_list_shows_per_model_limits_models_and_schedules(capgate: Capgate, key_
         "--model", "claude-*",
         "--schedule", "claude-opus* mon-fri 09:00-18:00 Europe/Berlin",
     )  # fmt: skip
-    listing = ok(run_cli(capgate, "keys", "list"))
+    listing = ok(run_cli(capgate, "keys", "list", columns=2000))  # other keys' cells: no wrap
     line = next(row for row in listing.splitlines() if key_name in row)
     cells = [cell.strip() for cell in line.split("│")]
     limits, models, schedules = cells[cells.index("-") + 2 : cells.index("-") + 5]
