@@ -12,6 +12,7 @@ from rich.table import Table
 from capgate.cli.client import AdminClient, fail
 from capgate.cli.render import (
     limit_label,
+    listing,
     print_settings,
     print_warnings,
     schedule_text,
@@ -195,7 +196,7 @@ def ensure(client: AdminClient, plural: str, what: str, name: str | None, create
         console.print(f"Created {what} {name}.", markup=False, highlight=False)
 
 
-def show_limits(usage: list[dict[str, Any]]) -> Table:
+def show_limits(usage: list[dict[str, Any]]) -> Table | str:
     return usage_table(usage)
 
 
@@ -256,7 +257,7 @@ def list_(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
     if as_json:
         print(json.dumps(items, indent=2))
         return
-    table = Table("name", "status", "team", "user", "limits", "models", "schedules", "prefix")
+    table = listing("name", "status", "team", "user", "limits", "models", "schedules", "prefix")
     for key in items:
         table.add_row(
             key["name"],

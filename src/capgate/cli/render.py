@@ -54,8 +54,21 @@ def schedule_text(entry: dict[str, Any]) -> str:
     return f"{entry['model']} {entry['days']} {entry['start']}-{entry['end']} {entry['tz']}"
 
 
-def usage_table(usage: list[dict[str, Any]]) -> Table:
-    table = Table("limit", "used", "reserved", "max", "left", "resets", box=None)
+def listing(*headers: str) -> Table:
+    """A table whose cells wrap (fold) rather than end in '…': a cut amount would read as
+    another amount."""
+    table = Table()
+    for header in headers:
+        table.add_column(header, overflow="fold")
+    return table
+
+
+def usage_table(usage: list[dict[str, Any]]) -> Table | str:
+    if not usage:
+        return "no limits"
+    table = Table(box=None)
+    for header in ("limit", "used", "reserved", "max", "left", "resets"):
+        table.add_column(header, overflow="fold")
     for row in usage:
         metric = row["metric"]
         table.add_row(

@@ -6,7 +6,6 @@ import json
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from capgate.cli.client import AdminClient
 from capgate.cli.keys import (
@@ -25,7 +24,7 @@ from capgate.cli.keys import (
     show_limits,
     update_body,
 )
-from capgate.cli.render import print_settings, text, usage_cell
+from capgate.cli.render import listing, print_settings, text, usage_cell
 
 OrgOpt = Annotated[
     str | None, typer.Option("--org", help="the org this team belongs to (it must exist)")
@@ -178,7 +177,7 @@ def scope_app(plural: str, what: str, help_text: str) -> typer.Typer:
         if as_json:
             print(json.dumps(items, indent=2))
             return
-        table = Table("name", "status", *(("org",) if plural == "teams" else ()), "limits")
+        table = listing("name", "status", *(("org",) if plural == "teams" else ()), "limits")
         for item in items:
             limits = ", ".join(usage_cell(u) for u in item["usage"]) or "none"
             org = (text(item.get("org")),) if plural == "teams" else ()

@@ -85,7 +85,9 @@ def status(
         markup=False,
         highlight=False,
     )
-    table = Table("scope", "limit", "used", "", "max", "left", "resets", box=None)
+    table = Table(box=None)
+    for header in ("scope", "limit", "used", "", "max", "left", "resets"):
+        table.add_column(header, overflow="fold")  # an amount cut with '…' would read wrong
     groups = [("key", me["key"], me["limits"])]
     groups += [(s["kind"], s["name"], s["limits"]) for s in me.get("scopes", [])]
     for kind, name, rows in groups:
