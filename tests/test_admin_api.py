@@ -48,6 +48,13 @@ def admin_error(response: httpx.Response, status: int) -> str:
     return str(data["error"]["message"])
 
 
+def ensure(capgate: Capgate, plural: str, *names: str) -> None:
+    """Teams, users or orgs that keys and teams may name (created once per server)."""
+    for name in names:
+        response = capgate.admin("POST", f"/admin/{plural}", json={"name": name})
+        assert response.status_code in (201, 409), response.text
+
+
 @pytest.fixture
 def http(capgate: Capgate) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=capgate.url, timeout=30, trust_env=False) as client:
@@ -90,6 +97,8 @@ def usage_by_metric(capgate: Capgate, name: str) -> dict[str, dict[str, Any]]:
 
 
 def test_create_returns_raw_key_once_and_never_stores_it(capgate: Capgate, key_name: str) -> None:
+    ensure(capgate, "teams", "t1")
+    ensure(capgate, "users", "u1")
     response = capgate.admin(
         "POST",
         "/admin/keys",
@@ -199,6 +208,8 @@ def test_show_reports_usage_per_limit(capgate: Capgate, key_name: str, http: htt
 def test_patch_fields_and_clear_with_null(
     capgate: Capgate, key_name: str, http: httpx.Client
 ) -> None:
+    ensure(capgate, "teams", "t1", "t2")
+    ensure(capgate, "users", "u1", "u2")
     key = capgate.create_key(key_name, team="t1", user="u1")
     patch = {
         "limits": [{"metric": "requests", "window": "day", "max": 7}],
@@ -435,14 +446,15 @@ def test_reset_usage_clears_settled_usage(
 @pytest.mark.parametrize("how", ["create", "patch"])
 def test_expired_key_refused(capgate: Capgate, key_name: str, http: httpx.Client, how: str) -> None:
     if how == "create":
-        key = capgate.create_key(key_name, expires_at="2020-01-01")
+        key = capgate.create_key(key_name, expires_at=time.time() + 1)
     else:
         key = capgate.create_key(key_name, expires_at=time.time() + 3600)
         assert ask(http, key).status_code == 200
         patched = capgate.admin(
-            "PATCH", f"/admin/keys/{key_name}", json={"expires_at": time.time() - 1}
+            "PATCH", f"/admin/keys/{key_name}", json={"expires_at": time.time() + 1}
         )
         assert patched.status_code == 200
+    time.sleep(1.2)
     for dialect, model in (("anthropic", HAIKU), ("openai", GPT)):
         message = dialect_message(ask(http, key, model, dialect=dialect), dialect, 403)
         assert "expired" in message and key_name in message
@@ -514,6 +526,7 @@ def test_admin_routes_need_the_admin_key(
 
 
 def test_audit_log_records_changes(capgate: Capgate, key_name: str) -> None:
+    ensure(capgate, "teams", "t1", "t2")
     raw = capgate.create_key(key_name, team="t1")
     capgate.admin(
         "PATCH",
@@ -996,6 +1009,7 @@ def test_summary_splits_refusals_by_reason(
     capgate: Capgate, key_name: str, http: httpx.Client
 ) -> None:
     team = f"reasons-{uuid.uuid4().hex[:8]}"
+    assert capgate.admin("POST", "/admin/teams", json={"name": team}).status_code == 201
     per_minute = capgate.create_key(
         key_name + "-rate", [{"metric": "requests", "window": "minute", "max": 1}], team=team
     )
@@ -1099,3 +1113,91 @@ def test_a_clamp_is_kept_when_the_server_dies_mid_request(
         assert entries[0]["request_id"] == headers["x-capgate-request-id"]
     finally:
         second.close()
+
+
+# -- references, expiry, warnings, members --------------------------------------------------
+
+
+def test_unknown_references_are_refused(capgate: Capgate, key_name: str) -> None:
+    """A typo (`team: reserach`) would bind a key to no budget at all: refused, naming
+    the missing scope and how to create it, changing nothing."""
+    typo = f"reserach-{key_name}"
+    for kind, body in (
+        ("team", {"name": key_name, "team": typo}),
+        ("user", {"name": key_name, "user": typo}),
+    ):
+        message = admin_error(capgate.admin("POST", "/admin/keys", json=body), 400)
+        assert f'no {kind} named "{typo}"' in message
+        assert f"capgate {kind}s create {typo}" in message and f"/admin/{kind}s" in message
+        assert capgate.admin("GET", f"/admin/keys/{key_name}").status_code == 404
+    body = {"name": f"team-{key_name}", "org": typo}
+    message = admin_error(capgate.admin("POST", "/admin/teams", json=body), 400)
+    assert f'no org named "{typo}"' in message and "capgate orgs create" in message
+    assert capgate.admin("GET", f"/admin/teams/team-{key_name}").status_code == 404
+
+    capgate.create_key(key_name)
+    patch = {"team": typo, "limits": [{"metric": "requests", "window": "day", "max": 1}]}
+    message = admin_error(capgate.admin("PATCH", f"/admin/keys/{key_name}", json=patch), 400)
+    assert typo in message
+    shown = capgate.admin("GET", f"/admin/keys/{key_name}").json()
+    assert shown["team"] is None and shown["limits"] == []  # nothing changed
+    # Once the team exists, the key may join it; clearing with null needs no team.
+    ensure(capgate, "teams", typo)
+    assert capgate.admin("PATCH", f"/admin/keys/{key_name}", json=patch).status_code == 200
+    cleared = capgate.admin("PATCH", f"/admin/keys/{key_name}", json={"team": None})
+    assert cleared.status_code == 200 and cleared.json()["team"] is None
+
+
+@pytest.mark.parametrize("when", ["2020-01-01", "1970-01-02T00:00:00Z", 1_000_000])
+def test_expiry_in_the_past_is_refused(capgate: Capgate, key_name: str, when: Any) -> None:
+    body = {"name": key_name, "expires_at": when}
+    message = admin_error(capgate.admin("POST", "/admin/keys", json=body), 400)
+    assert "expires_at" in message and "in the past" in message
+    assert capgate.admin("GET", f"/admin/keys/{key_name}").status_code == 404
+    capgate.create_key(key_name, expires_at="2099-01-01")
+    patch = capgate.admin("PATCH", f"/admin/keys/{key_name}", json={"expires_at": when})
+    assert "in the past" in admin_error(patch, 400)
+    shown = capgate.admin("GET", f"/admin/keys/{key_name}").json()
+    assert shown["expires_at"].startswith("2099-01-01")
+
+
+def test_warnings_when_a_limit_cannot_pay_one_request(capgate: Capgate, key_name: str) -> None:
+    """$0.05/day on Haiku 4.5 looks generous, but one Claude Code request reserves more:
+    the answer says so (and the key is still made, as asked)."""
+    cheap = {"metric": "cost_usd", "window": "day", "max": "0.05"}
+    body = {"name": key_name, "limits": [cheap], "models": [HAIKU]}
+    created = capgate.admin("POST", "/admin/keys", json=body)
+    assert created.status_code == 201, created.text
+    [warning] = created.json()["warnings"]
+    assert "cost_usd/day" in warning and "$0.05" in warning and "Claude Code" in warning
+    assert HAIKU in warning and "raise the limit to at least $0.1" in warning
+    roomy = {"metric": "cost_usd", "window": "day", "max": "5"}
+    patched = capgate.admin("PATCH", f"/admin/keys/{key_name}", json={"limits": [roomy]})
+    assert patched.status_code == 200 and patched.json()["warnings"] == []
+    tokens = {"metric": "tokens", "window": "day", "max": 20_000}
+    patched = capgate.admin("PATCH", f"/admin/keys/{key_name}", json={"limits": [tokens]})
+    assert ["tokens/day" in w for w in patched.json()["warnings"]] == [True]
+    # Other scopes get the same check.
+    body = {"name": f"t-{key_name}", "limits": [cheap], "models": ["claude-sonnet-*"]}
+    team = capgate.admin("POST", "/admin/teams", json=body)
+    assert team.status_code == 201 and len(team.json()["warnings"]) == 1
+    # With every model allowed, the cheapest priced one decides.
+    body = {"name": f"t2-{key_name}", "limits": [cheap]}
+    assert capgate.admin("POST", "/admin/teams", json=body).json()["warnings"] == []
+
+
+def test_show_lists_members(capgate: Capgate, key_name: str) -> None:
+    org, team, user = f"o-{key_name}", f"t-{key_name}", f"u-{key_name}"
+    ensure(capgate, "orgs", org)
+    created = capgate.admin("POST", "/admin/teams", json={"name": team, "org": org})
+    assert created.status_code == 201, created.text
+    ensure(capgate, "users", user)
+    capgate.create_key(f"{key_name}-b", team=team, user=user)
+    capgate.create_key(f"{key_name}-a", team=team)
+    capgate.create_key(f"{key_name}-c", user=user)
+    shown = capgate.admin("GET", f"/admin/teams/{team}").json()
+    assert shown["members"] == {"keys": [f"{key_name}-a", f"{key_name}-b"], "users": [user]}
+    shown = capgate.admin("GET", f"/admin/users/{user}").json()
+    assert shown["members"] == {"keys": [f"{key_name}-b", f"{key_name}-c"]}
+    assert capgate.admin("GET", f"/admin/orgs/{org}").json()["members"] == {"teams": [team]}
+    assert "members" not in capgate.admin("GET", f"/admin/keys/{key_name}-a").json()

@@ -62,6 +62,12 @@ def dash(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             {"metric": "cost_usd", "window": "day", "max": "0.05"}]})  # fmt: skip
         server.admin("POST", "/admin/users", json={"name": "alice", "limits": [
             {"metric": "requests", "window": "day", "max": 500}]})  # fmt: skip
+        # keys may only name teams and users that exist
+        for team in ("platform", "ops", "web", "platform-infrastructure-and-developer-experience"):
+            server.admin("POST", "/admin/teams", json={"name": team})
+        for i in range(len(TEAM_KEYS)):
+            user = f"engineer-{i:02d}.with-a-long-address@example-corporation.com"
+            server.admin("POST", "/admin/users", json={"name": user})
         keys = {
             "alice-laptop": server.create_key(
                 "alice-laptop",

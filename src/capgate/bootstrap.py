@@ -117,7 +117,10 @@ async def build(
     router = Router(list(config.models), providers, configs, settings)
     gateway = Gateway(store, router, runtime.pricing, settings)
     digest, generated = await _admin_digest(store, config, demo)
-    admin = AdminAPI(store, digest, runtime=runtime, routing=router.describe)
+    admin = AdminAPI(
+        store, digest, runtime=runtime, routing=router.describe,
+        min_clamped_tokens=settings.min_clamped_tokens,
+    )  # fmt: skip
 
     app = web.Application(client_max_size=int(settings.max_request_mb * 1024 * 1024) + 1)
     app.add_routes(gateway.routes())

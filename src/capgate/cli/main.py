@@ -21,6 +21,24 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _global(
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url",
+            help="capgate server for the commands that talk to one (env CAPGATE_URL); "
+            "also accepted after the command",
+        ),
+    ] = None,
+) -> None:
+    """capgate: an LLM gateway with hard, exact budgets for teams."""
+    if url:  # `capgate --url X keys list` = `capgate keys list --url X`
+        os.environ["CAPGATE_URL"] = url
+
+
 app.add_typer(keys_cli.app, name="keys")
 for _plural, _what, _help in (
     ("users", "user", "Budgets per person: keys join a user with --user."),

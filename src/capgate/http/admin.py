@@ -14,7 +14,8 @@ import orjson
 from aiohttp import web
 
 from capgate.config import Config
-from capgate.core.limits import ScopeKind, Status, nano_to_decimal_str
+from capgate.core.affordable import shortfalls
+from capgate.core.limits import Scope, ScopeKind, Status, nano_to_decimal_str
 from capgate.core.windows import WindowKind, window_at
 from capgate.errors import CapgateError, InvalidRequest, NotFound
 from capgate.http.admin_io import (
@@ -69,8 +70,10 @@ class AdminAPI:
         default_timezone: str = "UTC",
         runtime: RuntimeSettings | None = None,
         routing: Callable[[], dict[str, Any]] | None = None,
+        min_clamped_tokens: int = 1024,
     ) -> None:
         self.store = store
+        self.min_clamped_tokens = min_clamped_tokens  # for the "cannot pay one request" warning
         self._routing = routing  # the providers' health and the routes, for /admin/routing
         self.runtime = runtime or RuntimeSettings(
             Config.model_validate({"server": {"timezone": default_timezone}})
@@ -269,7 +272,22 @@ class _ScopeRoutes:
         for name in ("team", "user", "org"):
             if name in spec.model_fields_set and name not in allowed:
                 raise InvalidRequest(f"{name}: a {self.kind.value} has no {name}")
-        return spec.to_fields()
+        fields = spec.to_fields()
+        if fields.expires_at is not None and fields.expires_at <= self.api.clock():
+            raise InvalidRequest(
+                f"expires_at: {spec.expires_at} is in the past; give a later date or time, "
+                "or pause or revoke the key to stop it now"
+            )
+        return fields
+
+    def _answer(self, scope: Scope, **extra: Any) -> dict[str, Any]:
+        """A created or changed scope, with `warnings` for limits that cannot pay one
+        request of Claude Code on any model the scope may use."""
+        table = self.api.runtime.pricing
+        prices = {m: p for m in table.models() if (p := table.lookup(m)) is not None}
+        minimum = self.api.min_clamped_tokens
+        warnings = [s.message(minimum) for s in shortfalls(scope, prices, minimum)]
+        return {**scope_json(scope), **extra, "warnings": warnings}
 
     async def create(self, request: web.Request) -> web.Response:
         spec: ScopeCreate = await read_body(request, ScopeCreate)
@@ -279,13 +297,13 @@ class _ScopeRoutes:
         store = self.api.store
         if self.kind is not ScopeKind.KEY:
             scope = await store.create_scope(self.kind, spec.name, fields, actor=request["actor"])
-            return json_response(scope_json(scope), status=201)
+            return json_response(self._answer(scope), status=201)
         key_id, raw = new_key()
         scope = await store.create_scope(
             ScopeKind.KEY, spec.name, fields, scope_id=key_id, secret_hash=key_hash(raw),
             prefix=display_prefix(raw), actor=request["actor"],
         )  # fmt: skip
-        return json_response({**scope_json(scope), "key": raw}, status=201)
+        return json_response(self._answer(scope, key=raw), status=201)
 
     async def list(self, request: web.Request) -> web.Response:
         known_params(request.query, ())
@@ -314,16 +332,20 @@ class _ScopeRoutes:
             item["last_used_at"] = iso(last)
 
     async def show(self, request: web.Request) -> web.Response:
-        scope = await self.api.store.get_scope(self.kind, request.match_info["name"])
+        name = request.match_info["name"]
+        scope = await self.api.store.get_scope(self.kind, name)
         usage = await self.api.store.counters(scope, self.api.clock())
-        return json_response({**scope_json(scope), "usage": usage})
+        shown = {**scope_json(scope), "usage": usage}
+        if self.kind in (ScopeKind.TEAM, ScopeKind.USER, ScopeKind.ORG):
+            shown["members"] = await self.api.store.members(self.kind, name)
+        return json_response(shown)
 
     async def update(self, request: web.Request) -> web.Response:
         spec: ScopeUpdate = await read_body(request, ScopeUpdate)
         name = request.match_info["name"]
         fields = self._fields(spec)
         scope = await self.api.store.update_scope(self.kind, name, fields, request["actor"])
-        return json_response(scope_json(scope))
+        return json_response(self._answer(scope))
 
     async def delete(self, request: web.Request) -> web.Response:
         await self.api.store.delete_scope(self.kind, request.match_info["name"], request["actor"])
