@@ -25,14 +25,16 @@ from aiohttp import web
 from capgate.config import ServerConfig
 from capgate.core.engine import Amounts, OutputFlex, Refusal, check_access
 from capgate.core.estimate import (
+    Hidden,
     RequestFacts,
     anthropic_facts,
+    hidden_costs,
     input_bound,
     openai_chat_facts,
     responses_facts,
 )
 from capgate.core.limits import Metric, Scope
-from capgate.core.money import Price
+from capgate.core.money import MAX_AMOUNT, Price
 from capgate.core.windows import format_reset
 from capgate.errors import (
     CapgateError,
@@ -50,6 +52,7 @@ from capgate.pricing import PricingTable
 from capgate.providers.base import Endpoint
 from capgate.routing import Breakers, Route, Router
 from capgate.store.base import Outcome, RequestInfo, Reservation, Store
+from capgate.wire.duplicates import duplicate_key
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,8 @@ class Admission:
     max_field: str  # the body field that holds the output bound
     input_bound: int
     output: int  # the output bound, all choices together
+    hidden: Hidden  # input and fees beyond the body (server state, tools)
+    byte_bound: int  # the input bound from the body alone
 
 
 class Gateway:
@@ -132,9 +137,16 @@ class Gateway:
         except web.HTTPRequestEntityTooLarge:
             raise PayloadTooLarge(self._too_large()) from None
         try:
-            return raw, orjson.loads(raw)
+            body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
+        twice = duplicate_key(raw, body)
+        if twice is not None:  # parsers differ on which one wins: the price could be wrong
+            raise InvalidRequest(
+                f'The request body has the key "{twice}" more than once in one object; '
+                "JSON parsers disagree on which one counts, so capgate refuses it. Send it once."
+            )
+        return raw, body
 
     def _too_large(self) -> str:
         return f"The request body is larger than this gateway's limit of {self._settings.max_request_mb:g} MB."
@@ -193,6 +205,7 @@ class Gateway:
         bound: int,
         price: Price,
         credits: int,
+        fee_nano: int = 0,
     ) -> OutputFlex:
         """How far this request's max_tokens may be lowered to fit a budget."""
         minimum = self._settings.min_clamped_tokens
@@ -203,7 +216,7 @@ class Gateway:
             minimum=min(minimum, max_out),
             choices=facts.choices,
             input_tokens=bound,
-            input_pico=bound * price.dearest_input,
+            input_pico=bound * price.dearest_input + fee_nano * 1000,
             output_pico=price.output,
             credits=credits,
         )
@@ -263,21 +276,26 @@ class Gateway:
         dialect = endpoint.dialect
         try:
             facts = _FACTS[endpoint](body)
+            hidden = hidden_costs(body, endpoint.value)
             plan = self._router.plan(facts.model, endpoint)
             route = plan.first
             price = self._price(route.upstream_model)
             changed, max_out, field, hide_usage = self._prepare(body, facts, route, endpoint)
-            bound = input_bound(body, len(raw))
+            byte_bound = input_bound(body, len(raw))
+            bound = _hidden_bound(hidden, byte_bound, price, route.upstream_model)
             output = max_out * facts.choices
             credits = self._credits_for(route.upstream_model)
-            worst = Amounts(1, bound, output, price.worst_cost_nano(bound, output), credits)
+            fee = hidden.fee_nano
+            worst = _worst(bound, output, price.worst_cost_nano(bound, output, fee), credits)
             info = RequestInfo(
                 request_id, key.id, facts.model, route.provider.name, route.upstream_model,
                 endpoint.value, facts.stream, started, _refusal_status_for(request.headers),
             )  # fmt: skip
-            flex = self._flex(body, facts, max_out, bound, price, credits)
-            countable = endpoint is Endpoint.MESSAGES and route.provider.supports(
-                Endpoint.COUNT_TOKENS
+            flex = self._flex(body, facts, max_out, bound, price, credits, fee)
+            countable = (
+                endpoint is Endpoint.MESSAGES
+                and hidden.context is None  # a count cannot see what the provider adds
+                and route.provider.supports(Endpoint.COUNT_TOKENS)
             )
             decision = await self._store.reserve(info, worst, flex, record_refusal=not countable)
             if isinstance(decision, Refusal) and countable:
@@ -296,7 +314,7 @@ class Gateway:
                 raise error
         except CapgateError as exc:
             return error_response(dialect, exc, request_id)
-        admission = Admission(info, price, worst, field, bound, output)
+        admission = Admission(info, price, worst, field, bound, output, hidden, byte_bound)
         return Call(
             self, request, endpoint, plan, admission, decision, body,
             None if changed else raw, t0, hide_usage,
@@ -309,11 +327,14 @@ class Gateway:
         info. Raises InvalidRequest for an unpriced target."""
         base = call.admission
         price = self._price(route.upstream_model)
-        bound, output = base.input_bound, base.output
+        bound, output, hidden = base.input_bound, base.output, base.hidden
+        if hidden.context is not None:  # bounded by this model's own context window
+            bound = _hidden_bound(hidden, base.byte_bound, price, route.upstream_model)
         credits = self._credits_for(route.upstream_model)
-        worst = Amounts(1, bound, output, price.worst_cost_nano(bound, output), credits)
+        cost = price.worst_cost_nano(bound, output, hidden.fee_nano)
+        worst = _worst(bound, output, cost, credits)
         info = replace(base.info, provider=route.provider.name, upstream_model=route.upstream_model)
-        return replace(base, info=info, price=price, worst=worst)
+        return replace(base, info=info, price=price, worst=worst, input_bound=bound)
 
     @staticmethod
     def clamp(body: dict[str, Any], field: str, max_output: int) -> None:
@@ -456,6 +477,36 @@ _COUNTED_FIELDS = frozenset(
     {"model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers"}
 )
 COUNT_MARGIN = 50  # tokens on top of an exact count (+5%)
+
+
+def _hidden_bound(hidden: Hidden, byte_bound: int, price: Price, model: str) -> int:
+    """The input bound once what the provider adds is counted: the model's context
+    window bounds it. Raises InvalidRequest when nothing bounds the request."""
+    if hidden.unbounded is not None:
+        raise InvalidRequest(
+            f"capgate cannot hold a budget for this request: {hidden.unbounded}. "
+            '(See "At the edges" in capgate\'s docs/budgets.md.)'
+        )
+    if hidden.context is None:
+        return byte_bound
+    if price.context_window is None:
+        raise InvalidRequest(
+            f"capgate cannot bound the input of this request: it uses {hidden.context}, and "
+            f'the context window of model "{model}" is unknown. An admin can set '
+            f"`context_window` for it under `pricing:` in the capgate config."
+        )
+    return max(byte_bound, price.context_window)
+
+
+def _worst(bound: int, output: int, cost_nano: int, credits: int) -> Amounts:
+    """The worst case to hold, refused when an amount is past what the store can count
+    (an absurd max_tokens times a dear price)."""
+    if max(bound, output, cost_nano) > MAX_AMOUNT:
+        raise InvalidRequest(
+            "The worst case of this request is too large to hold a budget for "
+            f"({output:,} output tokens, {bound:,} input tokens); lower max_tokens."
+        )
+    return Amounts(1, bound, output, cost_nano, credits)
 
 
 def _thinking_budget(body: dict[str, Any]) -> int | None:
