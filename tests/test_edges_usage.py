@@ -126,7 +126,7 @@ _BAD_COUNTS = {
 }
 
 
-def _usage_directive(endpoint: str, usage: Any) -> str:
+def _usage_directive(usage: Any) -> str:
     return "hi mock:usage=" + json.dumps(usage)
 
 
@@ -145,7 +145,7 @@ def test_an_unreadable_count_charges_the_reservation(
     capgate: Capgate, key_name: str, bad: str
 ) -> None:
     key = capgate.create_key(key_name, _cost_limit("1"))
-    body = _body("messages", _usage_directive("messages", {"input_tokens": _BAD_COUNTS[bad], "output_tokens": 3}))  # fmt: skip
+    body = _body("messages", _usage_directive({"input_tokens": _BAD_COUNTS[bad], "output_tokens": 3}))  # fmt: skip
     assert _post(capgate, key, "messages", body).status_code == 200
     _check_unreadable(capgate, key_name, "messages", body)
 
@@ -163,7 +163,7 @@ def test_unreadable_usage_in_every_reader(
         "output missing": {names[0]: 12},
     }[shape]
     key = capgate.create_key(key_name, _cost_limit("1"))
-    body = _body(endpoint, _usage_directive(endpoint, usage), stream)
+    body = _body(endpoint, _usage_directive(usage), stream)
     response = _post(capgate, key, endpoint, body)
     assert response.status_code == 200, response.text
     _check_unreadable(capgate, key_name, endpoint, body)
@@ -173,7 +173,7 @@ def test_unreadable_usage_in_every_reader(
 def test_integral_floats_are_read(capgate: Capgate, key_name: str, endpoint: str) -> None:
     names = _USAGE_NAMES[endpoint]
     key = capgate.create_key(key_name, _cost_limit("1"))
-    body = _body(endpoint, _usage_directive(endpoint, {names[0]: 1000.0, names[1]: 20.0}))
+    body = _body(endpoint, _usage_directive({names[0]: 1000.0, names[1]: 20.0}))
     assert _post(capgate, key, endpoint, body).status_code == 200
     [entry] = capgate.ledger(key=key_name)
     price_in, _, price_out = _PRICES[body["model"]]
