@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from conftest import Capgate
+from test_cli import ok, run_cli
 
 # (path, model, stream) for each dialect; prices from the bundled table.
 _ENDPOINTS = {
@@ -271,3 +272,52 @@ def test_the_largest_max_tokens_allowed_is_held_without_overflow(
     assert _post(capgate, key, "chat", body).status_code == 200
     [entry] = capgate.ledger(key=key_name)
     assert entry["outcome"] == "ok" and entry["output_tokens"] == 3
+
+
+# -- a key's stated hold for what cannot be bounded --------------------------------------
+
+
+def test_a_key_can_hold_a_stated_amount_instead_of_refusing(
+    capgate: Capgate, key_name: str
+) -> None:
+    key = capgate.create_key(key_name, _cost_limit("1"), unbounded_hold_usd="0.40")
+    assert capgate.admin("GET", f"/admin/keys/{key_name}").json()["unbounded_hold_usd"] == "0.4"
+    unbounded = [
+        ("messages", {"tools": [{"type": "web_search_20250305", "name": "web_search"}]}),
+        ("messages", {"tools": [{"type": "code_execution_20250825", "name": "code"}]}),
+        ("responses", {"previous_response_id": "resp_1", "model": "gpt-6-sol"}),
+    ]
+    for endpoint, extra in unbounded:
+        response = _post(capgate, key, endpoint, _body(endpoint, "hi mock:words=2") | extra)
+        assert response.status_code == 200, response.text
+    entries = capgate.ledger(key=key_name)
+    assert [e["outcome"] for e in entries] == ["ok"] * 3
+    assert all(e["flags"] == [] for e in entries)  # the real use was under the hold
+    # The hold is held like any worst case: a budget below it refuses.
+    low = capgate.create_key(key_name + "-low", _cost_limit("0.30"), unbounded_hold_usd="0.40")
+    body = _body("messages", "hi") | dict(unbounded[0][1])
+    message = _error_message(_post(capgate, low, "messages", body), "messages", 402)
+    assert "may need up to $0.40" in message
+    # The hold cleared: refused again, with the reason.
+    patched = capgate.admin("PATCH", f"/admin/keys/{key_name}", json={"unbounded_hold_usd": None})
+    assert patched.status_code == 200 and patched.json()["unbounded_hold_usd"] is None
+    message = _error_message(_post(capgate, key, "messages", body), "messages", 400)
+    assert "has no max_uses" in message and "unbounded_hold_usd" in message
+
+
+def test_a_hold_that_is_not_a_positive_amount_is_refused(capgate: Capgate, key_name: str) -> None:
+    for bad in ("-1", "0", "lots"):
+        response = capgate.admin(
+            "POST", "/admin/keys", json={"name": key_name, "unbounded_hold_usd": bad}
+        )
+        assert response.status_code == 400, response.text
+        assert "unbounded_hold_usd" in response.json()["error"]["message"]
+
+
+def test_the_cli_sets_and_clears_the_hold(capgate: Capgate, key_name: str) -> None:
+    ok(run_cli(capgate, "keys", "create", key_name, "--unbounded-hold", "2.00"))
+    shown = json.loads(ok(run_cli(capgate, "keys", "show", key_name, "--json")))
+    assert shown["unbounded_hold_usd"] == "2"
+    ok(run_cli(capgate, "keys", "update", key_name, "--unbounded-hold", "none"))
+    shown = json.loads(ok(run_cli(capgate, "keys", "show", key_name, "--json")))
+    assert shown["unbounded_hold_usd"] is None

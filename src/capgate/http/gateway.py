@@ -282,19 +282,24 @@ class Gateway:
             price = self._price(route.upstream_model)
             changed, max_out, field, hide_usage = self._prepare(body, facts, route, endpoint)
             byte_bound = input_bound(body, len(raw))
-            bound = _hidden_bound(hidden, byte_bound, price, route.upstream_model)
+            hold = key.unbounded_hold_nano
+            bound, held = _hidden_bound(hidden, byte_bound, price, route.upstream_model, hold)
             output = max_out * facts.choices
             credits = self._credits_for(route.upstream_model)
             fee = hidden.fee_nano
-            worst = _worst(bound, output, price.worst_cost_nano(bound, output, fee), credits)
+            cost = price.worst_cost_nano(bound, output, fee) if held is None else held
+            worst = _worst(bound, output, cost, credits)
             info = RequestInfo(
                 request_id, key.id, facts.model, route.provider.name, route.upstream_model,
                 endpoint.value, facts.stream, started, _refusal_status_for(request.headers),
             )  # fmt: skip
-            flex = self._flex(body, facts, max_out, bound, price, credits, fee)
+            flex: OutputFlex | None = self._flex(body, facts, max_out, bound, price, credits, fee)
+            if held is not None:  # a stated hold does not shrink with max_tokens
+                flex = None
             countable = (
                 endpoint is Endpoint.MESSAGES
                 and hidden.context is None  # a count cannot see what the provider adds
+                and held is None
                 and route.provider.supports(Endpoint.COUNT_TOKENS)
             )
             decision = await self._store.reserve(info, worst, flex, record_refusal=not countable)
@@ -328,10 +333,12 @@ class Gateway:
         base = call.admission
         price = self._price(route.upstream_model)
         bound, output, hidden = base.input_bound, base.output, base.hidden
-        if hidden.context is not None:  # bounded by this model's own context window
-            bound = _hidden_bound(hidden, base.byte_bound, price, route.upstream_model)
+        held = None
+        if hidden.context is not None or hidden.unbounded is not None:  # this model's own
+            hold = call.res.key.unbounded_hold_nano  # context window, or the key's hold
+            bound, held = _hidden_bound(hidden, base.byte_bound, price, route.upstream_model, hold)
         credits = self._credits_for(route.upstream_model)
-        cost = price.worst_cost_nano(bound, output, hidden.fee_nano)
+        cost = price.worst_cost_nano(bound, output, hidden.fee_nano) if held is None else held
         worst = _worst(bound, output, cost, credits)
         info = replace(base.info, provider=route.provider.name, upstream_model=route.upstream_model)
         return replace(base, info=info, price=price, worst=worst, input_bound=bound)
@@ -479,23 +486,30 @@ _COUNTED_FIELDS = frozenset(
 COUNT_MARGIN = 50  # tokens on top of an exact count (+5%)
 
 
-def _hidden_bound(hidden: Hidden, byte_bound: int, price: Price, model: str) -> int:
-    """The input bound once what the provider adds is counted: the model's context
-    window bounds it. Raises InvalidRequest when nothing bounds the request."""
-    if hidden.unbounded is not None:
-        raise InvalidRequest(
-            f"capgate cannot hold a budget for this request: {hidden.unbounded}. "
-            '(See "At the edges" in capgate\'s docs/budgets.md.)'
-        )
-    if hidden.context is None:
-        return byte_bound
-    if price.context_window is None:
+def _hidden_bound(
+    hidden: Hidden, byte_bound: int, price: Price, model: str, hold: int | None
+) -> tuple[int, int | None]:
+    """The input bound once what the provider adds is counted (the model's context window
+    bounds it), and the key's stated hold when nothing bounds the request (None: the
+    worst case is computed). Raises InvalidRequest when nothing bounds it and the key
+    states no hold."""
+    window = price.context_window
+    if hidden.unbounded is not None or (hidden.context is not None and window is None):
+        if hold is not None:
+            return max(byte_bound, window or 0), hold
+        if hidden.unbounded is not None:
+            raise InvalidRequest(
+                f"capgate cannot hold a budget for this request: {hidden.unbounded}. "
+                "(An admin can give the key an unbounded_hold_usd to hold instead.)"
+            )
         raise InvalidRequest(
             f"capgate cannot bound the input of this request: it uses {hidden.context}, and "
             f'the context window of model "{model}" is unknown. An admin can set '
             f"`context_window` for it under `pricing:` in the capgate config."
         )
-    return max(byte_bound, price.context_window)
+    if hidden.context is None or window is None:
+        return byte_bound, None
+    return max(byte_bound, window), None
 
 
 def _worst(bound: int, output: int, cost_nano: int, credits: int) -> Amounts:
