@@ -12,9 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from capgate.core.estimate import (
+    DEFAULT_TOOL_USES,
     MAX_CHOICES,
     MAX_OUTPUT_TOKENS,
+    MAX_TOOL_USES,
     anthropic_facts,
+    cap_server_tools,
     hidden_costs,
     openai_chat_facts,
     responses_facts,
@@ -190,6 +193,9 @@ def _search(**extra: Any) -> dict[str, Any]:
         ("responses", {"conversation": "conv_1"}, "conversation", 0),
         ("responses", {"prompt": {"id": "pmpt_1"}}, "prompt", 0),
         ("responses", {"tools": [{"type": "function", "name": "f"}]}, None, 0),
+        # Codex's own kinds run on the client
+        ("responses", {"tools": [{"type": "namespace", "tools": []}, {"type": "shell"}]}, None, 0),
+        ("messages", {"tools": [{"type": "tool_search_tool_regex_20251119"}]}, "tool_search", 0),
         (
             "responses",
             {"tools": [{"type": "web_search"}, {"type": "file_search"}], "max_tool_calls": 4},
@@ -213,10 +219,10 @@ def test_hidden_input_and_fees(
 @pytest.mark.parametrize(
     ("kind", "body", "why"),
     [
-        ("messages", {"tools": [_search()]}, 'server tool "web_search_20250305" has no max_uses'),
         ("messages", {"tools": [{"type": "code_execution_20250825"}]}, "code_execution_20250825"),
-        ("responses", {"tools": [{"type": "web_search"}]}, "set max_tool_calls"),
+        ("messages", {"tools": [{"type": "new_server_tool_20270101"}]}, "new_server_tool"),
         ("responses", {"tools": [{"type": "code_interpreter"}]}, '"code_interpreter"'),
+        ("responses", {"tools": [{"type": "image_generation"}]}, '"image_generation"'),
         ("chat", {"web_search_options": {}}, "web_search_options"),
     ],
 )
@@ -225,10 +231,33 @@ def test_what_cannot_be_bounded(kind: str, body: dict[str, Any], why: str) -> No
     assert hidden.unbounded is not None and why in hidden.unbounded
 
 
-@pytest.mark.parametrize("uses", [0, -1, "5", True, 10**9])
+@pytest.mark.parametrize("uses", [0, -1, "5", True, None, MAX_TOOL_USES + 1])
 def test_max_uses_must_be_a_sane_count(uses: Any) -> None:
     with pytest.raises(InvalidRequest, match="max_uses"):
         hidden_costs({"tools": [_search(max_uses=uses)]}, "messages")
+    with pytest.raises(InvalidRequest, match="max_tool_calls"):
+        hidden_costs({"tools": [{"type": "web_search"}], "max_tool_calls": uses}, "responses")
+
+
+def test_uncapped_server_tools_get_capgates_cap() -> None:
+    function = {"name": "f", "input_schema": {}}
+    body: dict[str, Any] = {
+        "tools": [function, _search(), _search(max_uses=2), {"type": "tool_search_tool_x"}]
+    }
+    assert cap_server_tools(body, "messages")
+    assert body["tools"] == [
+        function,
+        _search(max_uses=DEFAULT_TOOL_USES),
+        _search(max_uses=2),
+        {"type": "tool_search_tool_x"},  # it has no max_uses field
+    ]
+    assert not cap_server_tools(body, "messages")  # capped now
+    assert hidden_costs(body, "messages").fee_nano == (DEFAULT_TOOL_USES + 2) * 10_000_000
+    codex: dict[str, Any] = {"tools": [{"type": "function"}, {"type": "web_search"}]}
+    assert cap_server_tools(codex, "responses") and codex["max_tool_calls"] == DEFAULT_TOOL_USES
+    only_client: dict[str, Any] = {"tools": [{"type": "function"}, {"type": "namespace"}]}
+    assert not cap_server_tools(only_client, "responses") and "max_tool_calls" not in only_client
+    assert not cap_server_tools({"tools": [_search()]}, "chat")
 
 
 def test_context_windows_in_the_bundled_table_and_overrides() -> None:

@@ -213,15 +213,15 @@ def test_server_side_state_without_a_known_context_window_is_refused(
     assert capgate.ledger(key=key_name) == []
 
 
-def test_a_server_tool_needs_max_uses(capgate: Capgate, key_name: str) -> None:
+def test_a_server_tool_capgate_cannot_bound_is_refused(capgate: Capgate, key_name: str) -> None:
     key = capgate.create_key(key_name)
-    tool = {"type": "web_search_20250305", "name": "web_search"}
-    body = _body("messages", "hi") | {"tools": [tool]}
-    message = _error_message(_post(capgate, key, "messages", body), "messages", 400)
-    assert '"web_search_20250305" has no max_uses' in message and "set max_uses" in message
-    body = _body("messages", "hi") | {"tools": [{"type": "code_execution_20250825"}]}
-    message = _error_message(_post(capgate, key, "messages", body), "messages", 400)
-    assert "code_execution_20250825" in message
+    for tool in ({"type": "code_execution_20250825"}, {"type": "some_new_tool_20270101"}):
+        body = _body("messages", "hi") | {"tools": [tool]}
+        message = _error_message(_post(capgate, key, "messages", body), "messages", 400)
+        assert f'server tool "{tool["type"]}"' in message and "unbounded_hold_usd" in message
+    body = _body("responses", "hi") | {"tools": [{"type": "code_interpreter"}]}
+    message = _error_message(_post(capgate, key, "responses", body), "responses", 400)
+    assert 'hosted tool "code_interpreter"' in message
     assert capgate.ledger(key=key_name) == []
 
 
@@ -283,8 +283,8 @@ def test_a_key_can_hold_a_stated_amount_instead_of_refusing(
     key = capgate.create_key(key_name, _cost_limit("1"), unbounded_hold_usd="0.40")
     assert capgate.admin("GET", f"/admin/keys/{key_name}").json()["unbounded_hold_usd"] == "0.4"
     unbounded = [
-        ("messages", {"tools": [{"type": "web_search_20250305", "name": "web_search"}]}),
         ("messages", {"tools": [{"type": "code_execution_20250825", "name": "code"}]}),
+        ("responses", {"tools": [{"type": "image_generation"}]}),
         ("responses", {"previous_response_id": "resp_1", "model": "gpt-6-sol"}),
     ]
     for endpoint, extra in unbounded:
@@ -302,7 +302,7 @@ def test_a_key_can_hold_a_stated_amount_instead_of_refusing(
     patched = capgate.admin("PATCH", f"/admin/keys/{key_name}", json={"unbounded_hold_usd": None})
     assert patched.status_code == 200 and patched.json()["unbounded_hold_usd"] is None
     message = _error_message(_post(capgate, key, "messages", body), "messages", 400)
-    assert "has no max_uses" in message and "unbounded_hold_usd" in message
+    assert "code_execution_20250825" in message and "unbounded_hold_usd" in message
 
 
 def test_a_hold_that_is_not_a_positive_amount_is_refused(capgate: Capgate, key_name: str) -> None:

@@ -130,21 +130,27 @@ def _non_text_allowance(node: Any, depth: int = 0) -> int:
 
 # -- input and fees the body does not show ---------------------------------------------
 
-NANO_PER_USD = 10**9
-# Per-use fees of the server tools capgate can bound (USD per 1,000 uses, as published).
-# Tool results (search results, fetched pages) are added to the input, which the model's
-# context window bounds.
-_ANTHROPIC_SERVER_TOOLS = {"web_search_": 10, "web_fetch_": 0}
-_ANTHROPIC_CLIENT_TOOLS = ("bash_", "text_editor_", "computer_", "memory_")
-_RESPONSES_SERVER_TOOLS = {
-    "web_search_preview": 25,  # also its dated variants
-    "web_search": 10,
-    "file_search": 2.5,
+# Per-use fees of the server tools capgate can bound, in nano-dollars (as published: web
+# search $10 / 1,000 uses, ...). Their results (search results, fetched pages) are added to
+# the input, which the model's context window bounds.
+_ANTHROPIC_SERVER_TOOLS = {  # type prefix: (fee per use, whether `max_uses` caps it)
+    "web_search_": (10_000_000, True),
+    "web_fetch_": (0, True),
+    "tool_search_tool_": (0, False),  # adds tool definitions to the input, no fee
+}
+_ANTHROPIC_CLIENT_TOOLS = ("custom", "bash_", "text_editor_", "computer_", "memory_")
+_RESPONSES_SERVER_TOOLS = {  # type prefix: fee per call; `max_tool_calls` caps them all
+    "web_search_preview": 25_000_000,  # also its dated variants
+    "web_search": 10_000_000,
+    "file_search": 2_500_000,
     "mcp": 0,
 }
-_RESPONSES_CLIENT_TOOLS = frozenset(
-    {"function", "custom", "local_shell", "shell", "apply_patch", "computer_use_preview"}
-)
+# Hosted tools billed in ways no request field bounds (container time, images).
+_RESPONSES_UNBOUNDED_TOOLS = ("code_interpreter", "image_generation")
+# What capgate sets when a request leaves a server tool uncapped (`max_uses` on each
+# Anthropic server tool, `max_tool_calls` on a Responses request), like max_tokens.
+DEFAULT_TOOL_USES = 5
+MAX_TOOL_USES = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +162,30 @@ class Hidden:
     context: str | None = None
     fee_nano: int = 0
     unbounded: str | None = None
+
+
+def cap_server_tools(body: dict[str, Any], kind: str) -> bool:
+    """Set DEFAULT_TOOL_USES where a server tool has no cap, so that the fees and the
+    input it adds are bounded upstream too. Returns whether the body changed."""
+    tools = body.get("tools")
+    if not isinstance(tools, list):
+        return False
+    if kind == "responses":
+        if body.get("max_tool_calls") is None and any(
+            _responses_fee(t) is not None for t in tools if isinstance(t, dict)
+        ):
+            body["max_tool_calls"] = DEFAULT_TOOL_USES
+            return True
+        return False
+    if kind != "messages":
+        return False
+    changed = False
+    for i, tool in enumerate(tools):
+        server = _anthropic_server_tool(tool)
+        if server is not None and server[1] and "max_uses" not in tool:
+            tools[i] = {**tool, "max_uses": DEFAULT_TOOL_USES}
+            changed = True
+    return changed
 
 
 def hidden_costs(body: dict[str, Any], kind: str) -> Hidden:
@@ -172,16 +202,23 @@ def hidden_costs(body: dict[str, Any], kind: str) -> Hidden:
     return Hidden()
 
 
-def _fee_nano(per_thousand_usd: float, uses: int) -> int:
-    return int(per_thousand_usd * 1000) * NANO_PER_USD // 1_000_000 * uses
-
-
 def _uses(value: Any, name: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise InvalidRequest(f"{name}: must be a positive integer")
-    if value > MAX_CHOICES * 100:
-        raise InvalidRequest(f"{name}: {value} is more than capgate can hold a budget for")
+    if value > MAX_TOOL_USES:
+        raise InvalidRequest(f"{name}: {value} is more than capgate holds a budget for")
     return value
+
+
+def _anthropic_server_tool(tool: Any) -> tuple[int, bool] | None:
+    """(fee per use, capped by max_uses) of a server tool; None for a client tool.
+    A typed tool of a kind capgate does not know counts as a server tool it cannot
+    bound (fee -1)."""
+    kind = tool.get("type") if isinstance(tool, dict) else None
+    if not isinstance(kind, str) or kind.startswith(_ANTHROPIC_CLIENT_TOOLS):
+        return None
+    found = next((v for p, v in _ANTHROPIC_SERVER_TOOLS.items() if kind.startswith(p)), None)
+    return (-1, False) if found is None else found
 
 
 def _messages_hidden(body: dict[str, Any]) -> Hidden:
@@ -191,30 +228,31 @@ def _messages_hidden(body: dict[str, Any]) -> Hidden:
     fee = 0
     tools = body.get("tools")
     for tool in tools if isinstance(tools, list) else ():
-        kind = tool.get("type") if isinstance(tool, dict) else None
-        if (
-            not isinstance(kind, str)
-            or kind == "custom"
-            or kind.startswith(_ANTHROPIC_CLIENT_TOOLS)
-        ):
+        server = _anthropic_server_tool(tool)
+        if server is None:
             continue
-        per_thousand = next(
-            (f for prefix, f in _ANTHROPIC_SERVER_TOOLS.items() if kind.startswith(prefix)), None
-        )
-        if per_thousand is None:
+        kind = tool["type"]
+        per_use, capped = server
+        if per_use < 0:
             return Hidden(
                 unbounded=f'server tool "{kind}": billed by the provider in a way no field '
                 "of the request bounds"
             )
-        assert isinstance(tool, dict)
-        if "max_uses" not in tool:
-            return Hidden(
-                unbounded=f'server tool "{kind}" has no max_uses, so its fees and the input '
-                "it adds have no bound: set max_uses on the tool"
-            )
-        fee += _fee_nano(per_thousand, _uses(tool["max_uses"], f"tools[{kind}].max_uses"))
+        if capped:
+            fee += per_use * _uses(tool.get("max_uses"), f"tools[{kind}].max_uses")
         context = context or f'server tool "{kind}" (its results are added to the input)'
     return Hidden(context, fee)
+
+
+def _responses_fee(tool: dict[str, Any]) -> int | None:
+    """The fee per call of a hosted tool; -1: one capgate cannot bound; None: a tool the
+    client runs (functions, Codex's own kinds, and any type capgate does not know)."""
+    kind = tool.get("type")
+    if not isinstance(kind, str):
+        return None
+    if kind.startswith(_RESPONSES_UNBOUNDED_TOOLS):
+        return -1
+    return next((f for p, f in _RESPONSES_SERVER_TOOLS.items() if kind.startswith(p)), None)
 
 
 def _responses_hidden(body: dict[str, Any]) -> Hidden:
@@ -224,29 +262,21 @@ def _responses_hidden(body: dict[str, Any]) -> Hidden:
             context = f"{field} (context stored by the provider)"
             break
     tools = body.get("tools")
-    server: list[tuple[str, float]] = []
+    server: list[tuple[str, int]] = []
     for tool in tools if isinstance(tools, list) else ():
-        kind = tool.get("type") if isinstance(tool, dict) else None
-        if not isinstance(kind, str) or kind in _RESPONSES_CLIENT_TOOLS:
+        fee = _responses_fee(tool) if isinstance(tool, dict) else None
+        if fee is None:
             continue
-        per_thousand = next(
-            (f for prefix, f in _RESPONSES_SERVER_TOOLS.items() if kind.startswith(prefix)), None
-        )
-        if per_thousand is None:
+        if fee < 0:
             return Hidden(
-                unbounded=f'built-in tool "{kind}": billed by the provider in a way no field '
-                "of the request bounds"
+                unbounded=f'hosted tool "{tool["type"]}": billed by the provider in a way no '
+                "field of the request bounds"
             )
-        server.append((kind, per_thousand))
+        server.append((tool["type"], fee))
     if not server:
         return Hidden(context)
-    if body.get("max_tool_calls") is None:
-        return Hidden(
-            unbounded=f'built-in tool "{server[0][0]}" with no max_tool_calls, so its fees and '
-            "the input it adds have no bound: set max_tool_calls"
-        )
-    calls = _uses(body["max_tool_calls"], "max_tool_calls")
-    fee = _fee_nano(max(f for _, f in server), calls)  # each call at the dearest tool's fee
+    calls = _uses(body.get("max_tool_calls"), "max_tool_calls")
+    fee = max(f for _, f in server) * calls  # each call at the dearest tool's fee
     return Hidden(
-        context or f'built-in tool "{server[0][0]}" (its results are added to the input)', fee
+        context or f'hosted tool "{server[0][0]}" (its results are added to the input)', fee
     )

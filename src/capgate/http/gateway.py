@@ -28,6 +28,7 @@ from capgate.core.estimate import (
     Hidden,
     RequestFacts,
     anthropic_facts,
+    cap_server_tools,
     hidden_costs,
     input_bound,
     openai_chat_facts,
@@ -276,11 +277,12 @@ class Gateway:
         dialect = endpoint.dialect
         try:
             facts = _FACTS[endpoint](body)
-            hidden = hidden_costs(body, endpoint.value)
             plan = self._router.plan(facts.model, endpoint)
             route = plan.first
             price = self._price(route.upstream_model)
             changed, max_out, field, hide_usage = self._prepare(body, facts, route, endpoint)
+            changed |= cap_server_tools(body, endpoint.value)
+            hidden = hidden_costs(body, endpoint.value)
             byte_bound = input_bound(body, len(raw))
             hold = key.unbounded_hold_nano
             bound, held = _hidden_bound(hidden, byte_bound, price, route.upstream_model, hold)
