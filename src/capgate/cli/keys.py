@@ -36,7 +36,7 @@ HoldOpt = Annotated[
     typer.Option(
         "--unbounded-hold",
         help="USD to hold for a request whose worst case cannot be bounded (a server tool "
-        "with no max_uses, ...) instead of refusing it; 'none' to refuse again",
+        "like code execution, ...) instead of refusing it; 'none' to refuse again",
     ),
 ]
 ScheduleOpt = Annotated[

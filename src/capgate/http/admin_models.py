@@ -102,7 +102,7 @@ class _ScopeFields(BaseModel):
     unbounded_hold_usd: str | float | None = Field(
         None,
         description="keys: dollars to hold for a request whose worst case cannot be "
-        "bounded (a server tool with no max_uses, ...) instead of refusing it; null: refuse",
+        "bounded (a code execution tool, ...) instead of refusing it; null: refuse",
     )
 
     @field_validator("limits")
