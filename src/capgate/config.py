@@ -98,9 +98,13 @@ class PriceConfig(_Strict):
     cache_write: float | str | None = None
     cache_write_1h: float | str | None = None
     cache_read: float | str | None = None
+    context_window: int | None = Field(None, gt=0, le=2**31)  # tokens; bounds hidden input
 
     def as_entry(self) -> dict[str, Any]:
-        return {k: str(v) for k, v in self.model_dump().items() if v is not None}
+        entry: dict[str, Any] = {k: str(v) for k, v in self.model_dump().items() if v is not None}
+        if self.context_window is not None:
+            entry["context_window"] = self.context_window
+        return entry
 
 
 class ServerConfig(_Strict):

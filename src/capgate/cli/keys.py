@@ -61,6 +61,14 @@ ShortBudgetOpt = Annotated[
         help="clamp: lower max_tokens to what the budget pays for (default); reject: refuse",
     ),
 ]
+HoldOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--unbounded-hold",
+        help="USD to hold for a request whose worst case cannot be bounded (a server tool "
+        "like code execution, ...) instead of refusing it; 'none' to refuse again",
+    ),
+]
 ScheduleOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -149,6 +157,7 @@ def scope_body(
     timezone: str | None,
     on_short_budget: str | None,
     schedule: list[str] | None,
+    unbounded_hold: str | None = None,
     **membership: str | None,
 ) -> dict[str, Any]:
     """The admin API body of the options given (left-out options stay as they are)."""
@@ -165,6 +174,8 @@ def scope_body(
     for name, value in given.items():
         if value is not None:
             body[name] = value
+    if unbounded_hold is not None:
+        body["unbounded_hold_usd"] = None if unbounded_hold == "none" else unbounded_hold
     return body
 
 
@@ -231,13 +242,15 @@ def create(
     timezone: Annotated[str | None, typer.Option(help="IANA timezone for calendar windows")] = None,
     on_short_budget: ShortBudgetOpt = None,
     schedule: ScheduleOpt = None,
+    unbounded_hold: HoldOpt = None,
     url: UrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create a key and print the raw key (shown only this once)."""
     fields = scope_body(
-        limit, model, expires, timezone, on_short_budget, schedule, team=team, user=user
-    )
+        limit, model, expires, timezone, on_short_budget, schedule, unbounded_hold,
+        team=team, user=user,
+    )  # fmt: skip
     client = AdminClient(url)
     ensure(client, "teams", "team", team, create_team)
     ensure(client, "users", "user", user, create_user)
@@ -306,14 +319,16 @@ def update(
     timezone: Annotated[str | None, typer.Option(help="IANA timezone")] = None,
     on_short_budget: ShortBudgetOpt = None,
     schedule: ScheduleOpt = None,
+    unbounded_hold: HoldOpt = None,
     url: UrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Change a key. --limit, --model and --schedule replace the whole list;
     --add-limit and --remove-limit change one limit and keep the others."""
     body = scope_body(
-        limit, model, expires, timezone, on_short_budget, schedule, team=team, user=user
-    )
+        limit, model, expires, timezone, on_short_budget, schedule, unbounded_hold,
+        team=team, user=user,
+    )  # fmt: skip
     client = AdminClient(url)
     path = f"/admin/keys/{name}"
     body = update_body(client, path, body, add_limit, remove_limit)

@@ -227,6 +227,10 @@ class Scope:
     # When the remaining budget cannot pay a request's full max_tokens: lower max_tokens
     # to what it pays for (True, "clamp") or refuse (False, "reject").
     clamp: bool = True
+    # For requests whose worst case cannot be bounded (code execution, server
+    # state on a model whose context window is unknown): hold this many nano-dollars
+    # instead of refusing them. None: refuse.
+    unbounded_hold_nano: int | None = None
     schedules: tuple[Schedule, ...] = ()  # when the models they match may be used
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 

@@ -85,6 +85,7 @@ class ScopeFields:
     expires_at: float | None = None
     metadata: dict[str, Any] | None = None
     clamp: bool | None = None
+    unbounded_hold_nano: int | None = None
     schedules: tuple[Schedule, ...] | None = None
     clear: frozenset[str] = field(default_factory=frozenset)  # fields to set to null
 
