@@ -6,8 +6,10 @@ Loggers: `capgate.access` (one line per finished or refused request), `capgate.a
 changes), `capgate.*` (the rest). A line's fields are only gathered when a handler
 emits it, so a level that is off costs one comparison per request.
 
-Never logged: keys, admin keys, cookies, prompts or answers. Error texts that come from
-upstream are cut short and anything shaped like a key is masked.
+Never logged: keys, admin keys, cookies, prompts or answers. An error is logged by its
+kind only (`upstream 503`, `client disconnected`): what follows the first colon may quote
+an upstream's body, which may quote the prompt. The ledger keeps the whole text
+(`GET /admin/requests`), found by the line's request_id.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import IO, Any
 import orjson
 from aiohttp import web
 
-from capgate.core.limits import Scope
+from capgate.core.limits import Scope, nano_to_decimal_str
 from capgate.errors import CapgateError
 from capgate.store.base import Outcome, Reservation
 
@@ -38,9 +40,11 @@ _KEYISH = re.compile(r"(sk-[A-Za-z0-9_*-]{3})[A-Za-z0-9_*-]+|(Bearer\s+)\S+", re
 _MAX_ERROR = 200
 
 
-def scrub(text: str, limit: int = _MAX_ERROR) -> str:
-    """An error text fit for a log line: short, with key-shaped strings masked."""
-    return _KEYISH.sub(lambda m: (m.group(1) or m.group(2)) + "…", text[: limit * 2])[:limit]
+def scrub(error: str, limit: int = _MAX_ERROR) -> str:
+    """An error fit for a log line: its kind (up to the first colon), short, with
+    key-shaped strings masked."""
+    kind = error.split(":", 1)[0][: limit * 2]
+    return _KEYISH.sub(lambda m: (m.group(1) or m.group(2)) + "…", kind)[:limit]
 
 
 class Line:
@@ -87,7 +91,7 @@ class _Finished(Line):
             "stream": info.stream,
             "status": out.status,
             "outcome": out.outcome,
-            "cost_usd": _usd(out.cost_nano),
+            "cost_usd": nano_to_decimal_str(out.cost_nano),
             "input_tokens": out.usage.input_tokens if out.usage is not None else None,
             "output_tokens": out.usage.output_tokens if out.usage is not None else None,
             "latency_ms": round(out.latency_ms, 1),
@@ -143,13 +147,6 @@ class AccessLog:
         if self._log.isEnabledFor(logging.INFO):
             model = body.get("model") if isinstance(body, dict) else None
             self._log.info(_Refused(request_id, key, endpoint, model, exc))
-
-
-def _usd(nano: int) -> str:
-    """Exact dollars from nano-dollars, as a string (no float rounding)."""
-    sign = "-" if nano < 0 else ""
-    whole, frac = divmod(abs(nano), 1_000_000_000)
-    return f"{sign}{whole}.{frac:09d}"
 
 
 # -- the admin API ----------------------------------------------------------------------
