@@ -15,10 +15,12 @@ an upstream's body, which may quote the prompt. The ledger keeps the whole text
 from __future__ import annotations
 
 import logging
+import queue
 import re
 import sys
 import time
 from collections.abc import Mapping
+from logging.handlers import QueueHandler, QueueListener
 from typing import IO, Any
 
 import orjson
@@ -65,11 +67,17 @@ class Line:
         for name, value in self.fields().items():
             if value is None:
                 continue
-            text = value if isinstance(value, str) else orjson.dumps(value).decode()
-            if not text or any(c in text for c in ' ="\n'):
-                text = orjson.dumps(text).decode()
+            if isinstance(value, str):
+                text = orjson.dumps(value).decode() if _QUOTE.search(value) or not value else value
+            elif isinstance(value, bool):
+                text = "true" if value else "false"
+            else:
+                text = str(value)
             parts.append(f"{name}={text}")
         return " ".join(parts)
+
+
+_QUOTE = re.compile(r'[\s="\\]')  # a text value with these is written as a JSON string
 
 
 class _Finished(Line):
@@ -215,11 +223,27 @@ def _iso(created: float) -> str:
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def configure(level: str, fmt: str, stream: IO[str] | None = None) -> None:
-    """Send every log line to stderr (or `stream`) in the chosen format and level."""
+class _Deferred(QueueHandler):
+    """Hands records to the writer thread as they are: formatting and the write to stderr
+    happen there, never on the event loop (a stalled stderr reader cannot stall it)."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record
+
+
+def configure(level: str, fmt: str, stream: IO[str] | None = None) -> QueueListener:
+    """Send every log line to stderr (or `stream`) in the chosen format and level, through
+    a writer thread. Stop the returned listener at exit: it writes what is queued."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    # No caller, thread or process lookups for each record: no format here uses them.
+    logging._srcfile = None  # documented in logging's "Optimization" section
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    listener = QueueListener(records, handler)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [_Deferred(records)]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # our own lines say more
+    listener.start()
+    return listener

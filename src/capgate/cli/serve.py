@@ -23,7 +23,7 @@ log = logging.getLogger("capgate.serve")
 
 
 def run(config: Config, *, demo: bool) -> None:
-    configure(config.server.log_level, config.server.log_format)
+    logs = configure(config.server.log_level, config.server.log_format)
     try:
         import uvloop
 
@@ -36,6 +36,8 @@ def run(config: Config, *, demo: bool) -> None:
         sys.exit(f"capgate: bad configuration: {exc}")
     except OSError as exc:  # the port is taken, the database cannot be opened, ...
         sys.exit(f"capgate: cannot start: {exc}")
+    finally:
+        logs.stop()  # writes the lines still queued
 
 
 def listen(host: str, port: int) -> socket.socket:
