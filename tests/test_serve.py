@@ -185,3 +185,18 @@ def test_banner_leads_with_the_auth_token_and_help_names_the_dashboard(
         cwd=ROOT, timeout=60, env={**_env(), "COLUMNS": "200"},
     )  # fmt: skip
     assert "admin API and dashboard on one port" in helped.stdout and "(later)" not in helped.stdout
+
+
+def test_a_new_database_beside_a_kept_secrets_file_gets_the_same_keys(
+    tmp_path: Path, demos: list[subprocess.Popen[str]]
+) -> None:
+    db = tmp_path / "capgate.db"
+    first = start_demo(db, demos)
+    stop(demos)
+    for path in tmp_path.glob("capgate.db*"):
+        if not path.name.endswith(".secrets"):
+            path.unlink()
+    second = start_demo(db, demos)
+    assert (second.admin_key, second.demo_key) == (first.admin_key, first.demo_key)
+    assert "REPLACED" not in second.banner
+    works(second, first.admin_key, first.demo_key)

@@ -59,16 +59,17 @@ async def _admin_digest(
     store: SQLiteStore, config: Config, demo: bool, kept: dict[str, str], notes: list[str]
 ) -> tuple[bytes, str | None]:
     """The admin key: from the settings; else the one stored at first start; in demo mode
-    the one kept in the secrets file while it still matches; else a new one, stored as a
-    hash and shown (in demo mode also kept in the secrets file)."""
+    the one kept in the secrets file while it still matches (or the database is new); else
+    a new one, stored as a hash and shown (in demo mode also kept in the secrets file)."""
     if config.server.admin_key:
         return admin_digest(config.server.admin_key), None
     stored = await store.get_meta("admin_key_hash")
     if stored and not demo:
         return bytes.fromhex(stored), None
     raw = kept.get("admin_key")
-    if stored and raw and admin_digest(raw).hex() == stored:
-        return bytes.fromhex(stored), raw
+    if raw and (not stored or admin_digest(raw).hex() == stored):
+        await store.set_meta("admin_key_hash", admin_digest(raw).hex())  # a new database
+        return admin_digest(raw), raw
     if stored:
         why = "it was not in the secrets file" if not raw else "the secrets file held another"
         notes.append(
@@ -84,8 +85,9 @@ async def _admin_digest(
 
 
 async def _demo_key(store: SQLiteStore, kept: dict[str, str], notes: list[str]) -> str:
-    """The demo key kept in the secrets file while it is still the active `demo` key;
-    else a fresh one with a small daily budget (a raw key cannot be read back)."""
+    """The demo key kept in the secrets file while it is still the active `demo` key (made
+    again in a new database); else a fresh one with a small daily budget, since a raw key
+    cannot be read back."""
     raw = kept.get("demo_key")
     key_id = key_id_of(raw) if raw else None
     entry = store.key_by_id(key_id) if key_id else None
@@ -98,7 +100,13 @@ async def _demo_key(store: SQLiteStore, kept: dict[str, str], notes: list[str]) 
         await store.delete_scope(ScopeKind.KEY, DEMO_KEY, "demo")
         why = "it was not in the secrets file" if not raw else "the kept one is no longer active"
         notes.append(f"The demo key was REPLACED ({why}). Export the new CAPGATE_KEY below.")
+    elif raw and key_id and not names:  # a new database: the kept key is made again
+        return await _create_demo_key(store, kept, key_id, raw)
     key_id, raw = new_key()
+    return await _create_demo_key(store, kept, key_id, raw)
+
+
+async def _create_demo_key(store: SQLiteStore, kept: dict[str, str], key_id: str, raw: str) -> str:
     limits = (
         Limit(Metric.COST_USD, WindowKind.DAY, usd_to_nano("10.00")),
         Limit(Metric.REQUESTS, WindowKind.MINUTE, 60),
