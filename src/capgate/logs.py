@@ -30,9 +30,6 @@ from capgate.core.limits import Scope, nano_to_decimal_str
 from capgate.errors import CapgateError
 from capgate.store.base import Outcome, Reservation
 
-LEVELS = ("debug", "info", "warning", "error")
-FORMATS = ("text", "json")
-
 ACCESS = logging.getLogger("capgate.access")
 ADMIN = logging.getLogger("capgate.admin")
 UPSTREAM = logging.getLogger("capgate.upstream")
