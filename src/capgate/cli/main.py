@@ -42,12 +42,12 @@ def serve(
         bool, typer.Option("--demo", help="add a built-in mock provider and a demo key")
     ] = False,
     database_url: Annotated[
-        str | None, typer.Option(help="sqlite:///PATH [sqlite:///capgate.db]")
+        str | None, typer.Option(help="sqlite:///PATH (default: sqlite:///capgate.db)")
     ] = None,
     log_level: Annotated[
-        str | None, typer.Option(help="debug | info | warning | error [info]; logs go to stderr")
+        str | None, typer.Option(help="debug | info | warning | error (default: info); to stderr")
     ] = None,
-    log_format: Annotated[str | None, typer.Option(help="text | json [text]")] = None,
+    log_format: Annotated[str | None, typer.Option(help="text | json (default: text)")] = None,
 ) -> None:
     """Run the gateway, admin API and dashboard on one port."""
     try:
