@@ -136,6 +136,14 @@ class ServerConfig(_Strict):
     # What /generate and /generate-codex use when the request names no model.
     generate_model: str = "claude-sonnet-4-5"
     generate_codex_model: str = "gpt-5-codex"
+    # Logs go to stderr, one line per request / admin action / upstream failure.
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
 
     @field_validator("credit_weights")
     @classmethod
@@ -250,6 +258,8 @@ ENV_SETTINGS = {
     "CAPGATE_ALLOW_UNPRICED_MODELS": "allow_unpriced_models",
     "CAPGATE_TIMEZONE": "timezone",
     "CAPGATE_LEASE_SECONDS": "lease_seconds",
+    "CAPGATE_LOG_LEVEL": "log_level",
+    "CAPGATE_LOG_FORMAT": "log_format",
 }
 
 

@@ -49,6 +49,7 @@ from capgate.errors import (
 from capgate.http.auth import KeyAuthenticator
 from capgate.http.call import Call, answer_headers, jittered_backoff
 from capgate.http.dialects import error_response
+from capgate.logs import AccessLog
 from capgate.pricing import PricingTable
 from capgate.providers.base import Endpoint
 from capgate.routing import Breakers, Route, Router
@@ -101,6 +102,7 @@ class Gateway:
         self._max_bytes = int(settings.max_request_mb * 1024 * 1024)
         self._pending: set[asyncio.Future[None]] = set()
         self._rng = random.Random()
+        self._access = AccessLog()
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -255,6 +257,7 @@ class Gateway:
             key = await self._auth.authenticate(request.headers)
             raw, body = await self.read_json(request)
         except CapgateError as exc:
+            self._access.refused(None, None, endpoint.value, None, exc)
             return error_response(endpoint.dialect, exc)
         admitted = await self.admit(request, endpoint, key, raw, body, started, t0)
         if isinstance(admitted, Call):
@@ -320,6 +323,7 @@ class Gateway:
                     error.status = info.refusal_status
                 raise error
         except CapgateError as exc:
+            self._access.refused(request_id, key, endpoint.value, body, exc)
             return error_response(dialect, exc, request_id)
         admission = Admission(info, price, worst, field, bound, output, hidden, byte_bound)
         return Call(
@@ -365,6 +369,8 @@ class Gateway:
     def settle(self, reservation: Reservation, outcome: Outcome, tries: int = 0) -> None:
         """Queue the settlement now; retry with backoff if the store fails (the reservation
         stays held meanwhile, so a failing store never lets money leak)."""
+        if not tries:
+            self._access.finished(reservation, outcome)
         pending = self._store.settle(reservation, outcome)
         self._pending.add(pending)
 
