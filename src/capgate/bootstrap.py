@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from capgate import __version__
 from capgate.config import CLI_TYPES, Config, ProviderConfig, sqlite_path
 from capgate.core.limits import Limit, Metric, ScopeKind, usd_to_nano
 from capgate.core.windows import WindowKind
@@ -19,6 +18,7 @@ from capgate.http.admin import AdminAPI
 from capgate.http.auth import admin_digest
 from capgate.http.gateway import Gateway
 from capgate.http.generate import GenerateAPI
+from capgate.http.health import Health
 from capgate.keys import display_prefix, key_hash, new_key
 from capgate.mock.server import create_mock_app
 from capgate.providers.base import Provider
@@ -90,7 +90,11 @@ async def build(
     """Everything, wired. `environ` is what CLI providers' programs inherit (filtered)."""
     settings = config.server
     environ = os.environ if environ is None else environ
-    store = SQLiteStore(sqlite_path(settings.database_url), lease_seconds=settings.lease_seconds)
+    store = SQLiteStore(
+        sqlite_path(settings.database_url),
+        lease_seconds=settings.lease_seconds,
+        busy_timeout_s=settings.store_busy_timeout_s,
+    )
     await store.start()
     runners: list[web.AppRunner] = []
     providers: dict[str, Provider] = {}
@@ -124,7 +128,7 @@ async def build(
     app.add_routes(GenerateAPI(gateway, settings).routes())
     app.add_routes(admin.routes())
     app.add_routes(Dashboard(admin.access).routes())
-    app.router.add_get("/health", _health)
+    app.add_routes(Health(store).routes())
 
     async def end_streams(_: web.Application) -> None:
         await admin.events.close()  # open live feeds would hold the shutdown otherwise
@@ -144,7 +148,3 @@ async def build(
     if demo:
         built.demo_key = await _demo_key(store)
     return built
-
-
-async def _health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "version": __version__})

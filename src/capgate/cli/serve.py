@@ -11,6 +11,7 @@ from aiohttp import web
 
 from capgate.bootstrap import build
 from capgate.config import Config, ConfigError
+from capgate.errors import StoreUnavailable
 
 
 def run(config: Config, *, demo: bool) -> None:
@@ -30,6 +31,8 @@ def run(config: Config, *, demo: bool) -> None:
         sys.exit(f"capgate: bad configuration: {exc}")
     except OSError as exc:  # the port is taken, the database cannot be opened, ...
         sys.exit(f"capgate: cannot start: {exc}")
+    except StoreUnavailable as exc:  # the database cannot be written
+        sys.exit(f"capgate: cannot start: {exc.message}")
 
 
 async def _serve(config: Config, demo: bool) -> None:
