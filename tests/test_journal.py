@@ -107,7 +107,8 @@ def test_the_file_starts_over_when_nothing_waits_and_rotates_when_large(tmp_path
     info = RequestInfo("r", "kid", "m", "p", "um", "messages", False, 1.0)
     res = Reservation("r", info, (), WORST, key)
     size = len(journal.encode(res, OUTCOME))
-    book = journal.Journal(tmp_path / "j", "owner1", rotate_bytes=2 * size)  # 2 lines a file
+    # Two lines a file; cut back when nothing waits and the file holds two lines or more.
+    book = journal.Journal(tmp_path / "j", "owner1", rotate_bytes=2 * size, truncate_bytes=size)
     book.open()
     first = book.append(res, OUTCOME)
     path = tmp_path / "j" / "owner1.jsonl"
@@ -176,7 +177,7 @@ async def _test_settle_journals_before_it_returns(tmp_path: Path) -> None:
         assert journal.decode(line)[0].id == res.id
         assert store.health().settlements_waiting == 1
         await pending
-        assert path.read_bytes() == b"" and store.health().settlements_waiting == 0
+        assert store.health().settlements_waiting == 0
     finally:
         await store.close()
     assert not journal.journal_dir(store.path).exists() or not any(
