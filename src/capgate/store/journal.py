@@ -99,6 +99,8 @@ class Journal:
             self._waiting[generation] = left
             return
         del self._waiting[generation]
+        if self._fd < 0:  # closed: a write that landed during shutdown
+            return
         if generation != self._generation:
             self._path(generation).unlink(missing_ok=True)
         elif self._size >= self._truncate_bytes:

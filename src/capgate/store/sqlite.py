@@ -81,7 +81,9 @@ class SQLiteStore(ScopeAdmin, DashboardStore):
         self._procs = procs_dir(path)
         self._alive = ProcessLock(self._procs, self.owner)
         self._journal = journal.Journal(journal.journal_dir(path), self.owner)
-        self._retries: dict[str, asyncio.TimerHandle] = {}  # settlements waiting to retry
+        # Settlements whose last write failed, with the timer of their next try (None
+        # while a try is under way).
+        self._retries: dict[str, asyncio.TimerHandle | None] = {}
         self._closing = False
         self._keys: dict[str, tuple[Scope, bytes]] = {}
         self._named: dict[tuple[ScopeKind, str], Scope] = {}  # users, teams, orgs, providers
@@ -136,11 +138,12 @@ class SQLiteStore(ScopeAdmin, DashboardStore):
             self._writer.start(asyncio.get_running_loop())
             await self._beat()
         except (sqlite3.Error, OSError, StoreUnavailable) as exc:
+            self._journal.close()
             self._alive.release()
             raise StoreUnavailable(
                 f"cannot open the database {self.path} for writing ({exc}); capgate needs "
                 "to write the file, its directory and the files beside it: check the path "
-                "and its permissions"
+                "and its permissions, and that no other program keeps the database locked"
             ) from exc
         self._heartbeat = asyncio.create_task(self._heartbeat_loop())
         self._checkpoints = asyncio.create_task(self._checkpoint_loop())
@@ -160,7 +163,8 @@ class SQLiteStore(ScopeAdmin, DashboardStore):
                 log.warning("could not unregister process %s", self.owner)
         self._closing = True
         for retry in self._retries.values():
-            retry.cancel()  # the journal keeps them for the next start
+            if retry is not None:
+                retry.cancel()  # the journal keeps them for the next start
         await self._writer.close()
         self._journal.close()
         self._alive.release()  # last: from now on others may replay what the journal kept
@@ -387,7 +391,8 @@ class SQLiteStore(ScopeAdmin, DashboardStore):
         done: asyncio.Future[None],
         tries: int,
     ) -> None:
-        self._retries.pop(res.id, None)
+        if res.id in self._retries:
+            self._retries[res.id] = None
         try:
             fut = self._writer.submit_soon(lambda conn: self._settle(conn, res, outcome))
         except WriterClosed as exc:  # shutting down: the journal keeps it
@@ -398,6 +403,7 @@ class SQLiteStore(ScopeAdmin, DashboardStore):
         def written(fut: asyncio.Future[Any]) -> None:
             exc = fut.exception()
             if exc is None:
+                self._retries.pop(res.id, None)
                 self._journal.done(generation)
                 if not done.done():
                     done.set_result(None)
