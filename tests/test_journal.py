@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -279,3 +280,30 @@ def test_a_store_that_cannot_be_opened_says_so(tmp_path: Path, where: str) -> No
     store = SQLiteStore(str(db))
     with pytest.raises(StoreUnavailable, match=f"cannot open the database {db}"):
         asyncio.run(store.start())
+
+
+async def _test_a_journal_that_cannot_be_replayed_does_not_stop_the_lease(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "c.db"))
+    await store.start()
+    try:
+        res = await _reserve(store, await _key(store), 1)
+        bad = replace(res, info=replace(res.info, started_at=None))  # type: ignore[arg-type]
+        assert journal.decode(journal.encode(bad, OUTCOME))[0].info.started_at is None
+        path = _plant(store, "dead0003", journal.encode(bad, OUTCOME))  # NOT NULL fails
+        before = time.time()
+        await store._beat()
+        assert path.exists()  # kept for a second look
+        beat = await store._read(
+            lambda conn: conn.execute(
+                "SELECT heartbeat_at FROM processes WHERE id=?", (store.owner,)
+            ).fetchone()[0]
+        )
+        assert beat >= before  # the lease was renewed all the same
+        entries, usage = await _books(store)
+        assert entries == [] and usage["cost_usd"]["reserved"] == "0.033"  # nothing half done
+    finally:
+        await store.close()
+
+
+def test_a_journal_that_cannot_be_replayed_does_not_stop_the_lease(tmp_path: Path) -> None:
+    run(_test_a_journal_that_cannot_be_replayed_does_not_stop_the_lease, tmp_path)

@@ -3,10 +3,10 @@
 Writes go through one `SQLiteWriter` per process (grouped commits, `BEGIN IMMEDIATE`, on
 the event loop when the write lock is free, on its thread when another process holds it);
 admin reads use their own connection on a reader thread, so no wait blocks the event
-loop. Settlements are journaled beside the database before they are queued and retried
-until they commit (`journal.py`); each process proves it is alive with a lock on its own
-file (`liveness.py`), not only with its lease in the database. WAL mode lets readers run beside the writer. Each process caches the keys in
-memory and reloads them when `meta.config_version` moves; reservations always see the
+loop. WAL mode lets readers run beside the writer. Settlements are journaled beside the
+database before they are queued, and retried until they commit (`journal.py`); each
+process proves it is alive with a lock on its own file (`liveness.py`), not only with its
+lease in the database. Each process caches the keys in memory and reloads them when `meta.config_version` moves; reservations always see the
 current configuration because the writer checks that version inside every transaction.
 """
 
@@ -451,13 +451,24 @@ class SQLiteStore(ScopeAdmin, DashboardStore):
                 log.exception("heartbeat failed")
 
     async def _beat(self) -> None:
-        replayed = await self._write(self._beat_and_sweep)
-        for path in replayed:  # committed: the dead process's journal has done its work
+        """Replay the journals of dead processes, then renew this process's lease and
+        sweep: two ops of one transaction, so a journal that cannot be replayed (logged)
+        never stops the lease from being renewed."""
+        replay: asyncio.Future[list[Path]] = self._writer.submit(self._replay)
+        beat: asyncio.Future[int] = self._writer.submit(self._beat_and_sweep)
+        await asyncio.wait((replay, beat))
+        failed, error = replay.exception(), beat.exception()
+        if error is not None:  # the transaction failed: both undone, nothing replayed
+            raise StoreUnavailable(f"the usage ledger is unavailable: {error}") from error
+        if failed is not None:
+            log.error("a settlement journal could not be replayed (kept): %r", failed)
+            return
+        for path in replay.result():  # committed: the dead process's journal did its work
             path.unlink(missing_ok=True)
 
-    def _beat_and_sweep(self, conn: sqlite3.Connection) -> list[Path]:
-        """Settle what dead processes journaled, renew this process's lease, and settle in
-        full the reservations dead processes left. Returns the journal files replayed."""
+    def _replay(self, conn: sqlite3.Connection) -> list[Path]:
+        """Settle what dead processes journaled (exactly once: see sqlite_settlement).
+        Returns the journal files replayed."""
         now = self._clock()
         replayed = []
         for owner, paths in journal.owners(self._journal.directory).items():
@@ -470,8 +481,12 @@ class SQLiteStore(ScopeAdmin, DashboardStore):
                     counts[result] = counts.get(result, 0) + 1
                 replayed.append(path)
             log.warning("replayed the settlement journal of process %s: %s", owner, counts)
-        settlement.sweep(conn, self.owner, self._lease, now, self._procs)
         return replayed
+
+    def _beat_and_sweep(self, conn: sqlite3.Connection) -> int:
+        """Renew this process's lease and settle in full the reservations of dead
+        processes (after `_replay`, in the same transaction)."""
+        return settlement.sweep(conn, self.owner, self._lease, self._clock(), self._procs)
 
     async def counters(self, scope: Scope, now: float) -> list[dict[str, Any]]:
         """Each limit of `scope` with its current window's used, reserved and reset."""
