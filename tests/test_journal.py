@@ -33,6 +33,7 @@ from capgate.store import journal
 from capgate.store.base import Outcome, RequestInfo, RequestQuery, Reservation, ScopeFields
 from capgate.store.liveness import ProcessLock, is_alive, procs_dir
 from capgate.store.sqlite import SQLiteStore
+from conftest import need
 
 WORST = Amounts(1, 1000, 2000, 33_000_000, 1)  # 1,000 in at $3/M + 2,000 out at $15/M
 OUTCOME = Outcome(200, "ok", Usage(100, 50), 1_050_000, 12.5, 3.0)  # 100 in, 50 out
@@ -307,3 +308,24 @@ async def _test_a_journal_that_cannot_be_replayed_does_not_stop_the_lease(tmp_pa
 
 def test_a_journal_that_cannot_be_replayed_does_not_stop_the_lease(tmp_path: Path) -> None:
     run(_test_a_journal_that_cannot_be_replayed_does_not_stop_the_lease, tmp_path)
+
+
+async def _test_a_full_disk_does_not_stop_a_settlement(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "c.db"))
+    await store.start()
+    try:
+        res = await _reserve(store, await _key(store), 1)
+        full = os.open("/dev/full", os.O_WRONLY)  # every write: ENOSPC
+        os.dup2(full, store._journal._fd)
+        os.close(full)
+        await store.settle(res, OUTCOME)  # not journaled (logged), still written
+        (entry,), usage = await _books(store)
+        assert entry["outcome"] == "ok" and usage["cost_usd"]["used"] == "0.00105"
+        assert store.health().settlements_waiting == 0
+    finally:
+        await store.close()
+
+
+def test_a_full_disk_does_not_stop_a_settlement(tmp_path: Path) -> None:
+    need(Path("/dev/full").exists(), "needs /dev/full")
+    run(_test_a_full_disk_does_not_stop_a_settlement, tmp_path)

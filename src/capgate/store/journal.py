@@ -62,38 +62,62 @@ class Journal:
         self._fd = -1
         self._generation = 0
         self._size = 0  # bytes in the current file
+        self._torn = False  # the last write was cut short
         self._waiting: dict[int, int] = {}  # generation -> settlements not yet committed
 
     def open(self) -> None:
         self.directory.mkdir(exist_ok=True)
-        self._open(0)
+        self._fd = self._create(0)
 
     def _path(self, generation: int) -> Path:
         suffix = f".{generation}" if generation else ""
         return self.directory / f"{self.owner}{suffix}.jsonl"
 
-    def _open(self, generation: int) -> None:
+    def _create(self, generation: int) -> int:
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC
-        self._fd = os.open(self._path(generation), flags, 0o600)
+        fd = os.open(self._path(generation), flags, 0o600)
         self._generation, self._size = generation, 0
+        return fd
 
     @property
     def waiting(self) -> int:
         return sum(self._waiting.values())
 
-    def append(self, reservation: Reservation, outcome: Outcome) -> int:
-        """Write the settlement's line; returns the token to give `done` once it committed."""
+    def append(self, reservation: Reservation, outcome: Outcome) -> int | None:
+        """Write the settlement's line; returns the token to give `done` once it committed,
+        or None when the line could not be written (a full disk: the settlement is still
+        kept in memory and retried, but would not survive the process dying)."""
         line = encode(reservation, outcome)
-        os.write(self._fd, line)
+        if self._torn:  # the last write was cut short: end that line first
+            line = b"\n" + line
         generation = self._generation
+        try:
+            written = os.write(self._fd, line)
+        except OSError as exc:
+            log.error("settlement %s not journaled: %s", reservation.id, exc)
+            return None
+        self._size += written
+        self._torn = written != len(line)
+        if self._torn:
+            log.error("settlement %s not journaled: short write (disk full?)", reservation.id)
+            return None
         self._waiting[generation] = self._waiting.get(generation, 0) + 1
-        self._size += len(line)
         if self._size >= self._rotate_bytes:
-            os.close(self._fd)
-            self._open(generation + 1)
+            self._rotate()
         return generation
 
-    def done(self, generation: int) -> None:
+    def _rotate(self) -> None:
+        old = self._fd
+        try:
+            self._fd = self._create(self._generation + 1)
+        except OSError as exc:  # keep writing to the old file
+            log.error("settlement journal not rotated: %s", exc)
+            return
+        os.close(old)
+
+    def done(self, generation: int | None) -> None:
+        if generation is None:
+            return
         left = self._waiting[generation] - 1
         if left:
             self._waiting[generation] = left

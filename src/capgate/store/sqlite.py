@@ -387,7 +387,7 @@ class SQLiteStore(ScopeAdmin, DashboardStore):
         self,
         res: Reservation,
         outcome: Outcome,
-        generation: int,
+        generation: int | None,
         done: asyncio.Future[None],
         tries: int,
     ) -> None:
