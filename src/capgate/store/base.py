@@ -107,6 +107,7 @@ class RequestQuery:
     provider: str | None = None
     status: int | None = None
     outcome: str | None = None
+    request_id: str | None = None  # the x-capgate-request-id its client was answered with
     since: float | None = None
     until: float | None = None
     limit: int = 100

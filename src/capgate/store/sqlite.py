@@ -293,7 +293,7 @@ class SQLiteStore(ScopeAdmin, DashboardStore):
                         self.owner,
                         now,
                         q.dump_charges(decision.charges),
-                        q.dump_info(info, key, worst),
+                        q.dump_info(info, key, worst, decision.max_output),
                     ),
                 )
                 self._counters.add(

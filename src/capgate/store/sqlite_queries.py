@@ -161,7 +161,7 @@ def load_charges(text: str) -> list[Charge]:
     return [Charge(c, int(w), Metric(m), int(a)) for c, w, m, a in orjson.loads(text)]
 
 
-def dump_info(info: RequestInfo, key: Scope, worst: Amounts) -> str:
+def dump_info(info: RequestInfo, key: Scope, worst: Amounts, max_output: int | None = None) -> str:
     return orjson.dumps(
         {
             "request_id": info.request_id,
@@ -182,8 +182,15 @@ def dump_info(info: RequestInfo, key: Scope, worst: Amounts) -> str:
                 worst.cost_nano,
                 worst.credits,
             ],
+            "max_output": max_output,
         }
     ).decode()
+
+
+def clamped_of(text: str) -> int | None:
+    """The lowered max_tokens a reservation's info records (for its lease_expired entry)."""
+    value = orjson.loads(text).get("max_output")
+    return None if value is None else int(value)
 
 
 def load_info(text: str) -> tuple[RequestInfo, str, str | None, str | None, Amounts]:
@@ -257,6 +264,7 @@ def insert_lease_expired(
     user: str | None,
     worst: Amounts,
     now: float,
+    max_tokens_clamped: int | None = None,
 ) -> None:
     conn.execute(
         _INSERT_ENTRY,
@@ -266,7 +274,7 @@ def insert_lease_expired(
             "lease_expired", worst.input_tokens, worst.output_tokens, 0, 0, worst.cost_nano,
             (now - info.started_at) * 1000, None, 1, None,
             "the serving process stopped before the request settled: charged in full",
-            None, None,
+            max_tokens_clamped, None,
         ),
     )  # fmt: skip
 
@@ -309,6 +317,7 @@ _FILTERS = {
     "provider": "provider = ?",
     "status": "status = ?",
     "outcome": "outcome = ?",
+    "request_id": "request_id = ?",
     "since": "created_at >= ?",
     "until": "created_at < ?",
     "cursor": "id < ?",

@@ -125,7 +125,9 @@ def sweep(conn: sqlite3.Connection, owner: str, lease: float, now: float, procs:
             ],
         )
         conn.execute("DELETE FROM reservations WHERE id=?", (row["id"],))
-        q.insert_lease_expired(conn, info, key_name, team, user, worst, now)
+        q.insert_lease_expired(
+            conn, info, key_name, team, user, worst, now, q.clamped_of(row["info"])
+        )
         swept += 1
     if swept:
         log.warning("settled %d reservations of dead processes in full", swept)
