@@ -124,8 +124,13 @@ def test_create_returns_raw_key_once_and_never_stores_it(capgate: Capgate, key_n
     item = next(k for k in listed.json()["items"] if k["name"] == key_name)
     assert "key" not in item and item["prefix"] == created["prefix"]
 
-    # Neither the raw key nor its secret is anywhere in the database files (WAL included).
-    files = [p for p in capgate.db.parent.iterdir() if p.name.startswith(capgate.db.name)]
+    # Neither the raw key nor its secret is anywhere in the database files (WAL included,
+    # and the settlement journals and liveness locks in the folders beside it).
+    parent = capgate.db.parent
+    files = [
+        p for p in parent.rglob("*")
+        if p.is_file() and p.relative_to(parent).parts[0].startswith(capgate.db.name)
+    ]  # fmt: skip
     assert capgate.db in files
     for path in files:
         data = path.read_bytes()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import stat
 import subprocess
@@ -193,8 +194,10 @@ def test_a_new_database_beside_a_kept_secrets_file_gets_the_same_keys(
     db = tmp_path / "capgate.db"
     first = start_demo(db, demos)
     stop(demos)
-    for path in tmp_path.glob("capgate.db*"):
-        if not path.name.endswith(".secrets"):
+    for path in tmp_path.glob("capgate.db*"):  # the database, its WAL, journals, locks
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif not path.name.endswith(".secrets"):
             path.unlink()
     second = start_demo(db, demos)
     assert (second.admin_key, second.demo_key) == (first.admin_key, first.demo_key)

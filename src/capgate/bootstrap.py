@@ -11,7 +11,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from capgate import __version__, demo_secrets
+from capgate import demo_secrets
 from capgate.config import CLI_TYPES, Config, ProviderConfig, sqlite_path
 from capgate.core.limits import Limit, Metric, ScopeKind, Status, usd_to_nano
 from capgate.core.windows import WindowKind
@@ -21,6 +21,7 @@ from capgate.http.admin import AdminAPI
 from capgate.http.auth import admin_digest
 from capgate.http.gateway import Gateway
 from capgate.http.generate import GenerateAPI
+from capgate.http.health import Health
 from capgate.keys import display_prefix, key_hash, key_id_of, matches, new_key
 from capgate.logs import logged_admin_routes
 from capgate.mock.server import create_mock_app
@@ -126,7 +127,11 @@ async def build(
     """Everything, wired. `environ` is what CLI providers' programs inherit (filtered)."""
     settings = config.server
     environ = os.environ if environ is None else environ
-    store = SQLiteStore(sqlite_path(settings.database_url), lease_seconds=settings.lease_seconds)
+    store = SQLiteStore(
+        sqlite_path(settings.database_url),
+        lease_seconds=settings.lease_seconds,
+        busy_timeout_s=settings.store_busy_timeout_s,
+    )
     await store.start()
     runners: list[web.AppRunner] = []
     providers: dict[str, Provider] = {}
@@ -166,7 +171,7 @@ async def build(
     app.add_routes(GenerateAPI(gateway, settings).routes())
     app.add_routes(logged_admin_routes(admin.routes()))
     app.add_routes(Dashboard(admin.access).routes())
-    app.router.add_get("/health", _health)
+    app.add_routes(Health(store).routes())
 
     async def end_streams(_: web.Application) -> None:
         await admin.events.close()  # open live feeds would hold the shutdown otherwise
@@ -187,7 +192,3 @@ async def build(
         built.demo_key = await _demo_key(store, kept, notes)
         demo_secrets.save(secrets_file, kept)
     return built
-
-
-async def _health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "version": __version__})

@@ -122,6 +122,9 @@ class ServerConfig(_Strict):
     # A process that has not renewed its lease for this long is taken for dead: its
     # reservations are settled in full and flagged `lease_expired`.
     lease_seconds: float = Field(30.0, ge=1)
+    # How long a write waits for SQLite's write lock (held by another process) before it
+    # fails: a reservation is refused with 503, a settlement is retried.
+    store_busy_timeout_s: float = Field(10.0, gt=0)
     # Credits a request of a model costs, by glob over the routed model name; the first
     # match wins, a model none matches costs 1.
     credit_weights: dict[str, int] = Field(

@@ -17,6 +17,7 @@ from aiohttp import web
 from capgate.bootstrap import Built, build
 from capgate.cli.client import DEFAULT_URL
 from capgate.config import Config, ConfigError
+from capgate.errors import StoreUnavailable
 from capgate.logs import configure
 
 log = logging.getLogger("capgate.serve")
@@ -36,6 +37,8 @@ def run(config: Config, *, demo: bool) -> None:
         sys.exit(f"capgate: bad configuration: {exc}")
     except OSError as exc:  # the port is taken, the database cannot be opened, ...
         sys.exit(f"capgate: cannot start: {exc}")
+    except StoreUnavailable as exc:  # the database cannot be written
+        sys.exit(f"capgate: cannot start: {exc.message}")
     finally:
         logs.stop()  # writes the lines still queued
 

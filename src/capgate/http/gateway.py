@@ -64,7 +64,7 @@ _FACTS: dict[Endpoint, Callable[[Any], RequestFacts]] = {
     Endpoint.CHAT: openai_chat_facts,
     Endpoint.RESPONSES: responses_facts,
 }
-_SETTLE_RETRIES = 5
+_DRAIN_SECONDS = 15.0  # how long shutdown waits for settlements the store cannot write yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,37 +366,30 @@ class Gateway:
 
     # -- settlement --------------------------------------------------------------------
 
-    def settle(self, reservation: Reservation, outcome: Outcome, tries: int = 0) -> None:
-        """Queue the settlement now; retry with backoff if the store fails (the reservation
-        stays held meanwhile, so a failing store never lets money leak)."""
-        if not tries:
-            self._access.finished(reservation, outcome)
+    def settle(self, reservation: Reservation, outcome: Outcome) -> None:
+        """Hand the settlement to the store, which journals it at once and retries it
+        until it commits (the reservation stays held meanwhile, so a failing store never
+        lets money leak, and an answered request is never lost)."""
+        self._access.finished(reservation, outcome)
         pending = self._store.settle(reservation, outcome)
         self._pending.add(pending)
 
         def done(fut: asyncio.Future[None]) -> None:
             self._pending.discard(fut)
-            if fut.cancelled() or fut.exception() is None:
-                return
-            if tries >= _SETTLE_RETRIES:
-                log.critical(
-                    "settlement of %s lost after %d tries: %s",
-                    reservation.id,
-                    tries,
-                    fut.exception(),
-                )
-                return
-            log.error("settlement of %s failed (%s); retrying", reservation.id, fut.exception())
-            asyncio.get_running_loop().call_later(
-                0.2 * 2**tries, self.settle, reservation, outcome, tries + 1
-            )
+            if not fut.cancelled() and fut.exception() is not None:
+                log.warning("settlement of %s: %s", reservation.id, fut.exception())
 
         pending.add_done_callback(done)
 
     async def drain(self) -> None:
-        """Wait for queued settlements (shutdown)."""
-        while self._pending:
-            await asyncio.gather(*list(self._pending), return_exceptions=True)
+        """Wait for queued settlements (shutdown), at most _DRAIN_SECONDS: what the store
+        cannot write by then stays in its journal, and the next start writes it."""
+        if self._pending:
+            await asyncio.wait(list(self._pending), timeout=_DRAIN_SECONDS)
+        if self._pending:
+            log.warning(
+                "%d settlements not written yet; the journal keeps them", len(self._pending)
+            )
 
     # -- other endpoints ---------------------------------------------------------------
 

@@ -73,6 +73,15 @@ LEDGER_FLAGS: dict[str, str] = {
 
 
 @dataclass(frozen=True, slots=True)
+class StoreHealth:
+    """What the readiness probe needs to know of the store."""
+
+    problem: str | None  # why writes cannot be made now; None: they can
+    settlements_waiting: int  # journaled, not yet committed
+    settlements_retrying: int  # of those, the ones whose last write failed
+
+
+@dataclass(frozen=True, slots=True)
 class ScopeFields:
     """Admin-settable fields of a scope; `None` means "leave as it is" on update."""
 
@@ -137,7 +146,12 @@ class Store(Protocol):
         target, priced differently). Refused: `old` stays held, unchanged."""
 
     def settle(self, reservation: Reservation, outcome: Outcome) -> asyncio.Future[None]:
-        """Queue the settlement at once; the awaitable completes when it is committed."""
+        """Keep the settlement durably at once (before the answer's last bytes are sent)
+        and write it, retrying until it commits, exactly once; the awaitable completes
+        then. A settlement whose reservation was swept reconciles that entry."""
+
+    def health(self) -> StoreHealth:
+        """Whether the store can be written now, and the settlements waiting (no I/O)."""
 
     async def create_scope(
         self,

@@ -3,8 +3,10 @@
 Writes go through one `SQLiteWriter` per process (grouped commits, `BEGIN IMMEDIATE`, on
 the event loop when the write lock is free, on its thread when another process holds it);
 admin reads use their own connection on a reader thread, so no wait blocks the event
-loop. WAL mode lets readers run beside the writer. Each process caches the keys in
-memory and reloads them when `meta.config_version` moves; reservations always see the
+loop. WAL mode lets readers run beside the writer. Settlements are journaled beside the
+database before they are queued, and retried until they commit (`journal.py`); each
+process proves it is alive with a lock on its own file (`liveness.py`), not only with its
+lease in the database. Each process caches the keys in memory and reloads them when `meta.config_version` moves; reservations always see the
 current configuration because the writer checks that version inside every transaction.
 """
 
@@ -18,6 +20,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from capgate.core.engine import (
@@ -33,13 +36,16 @@ from capgate.core.engine import (
 from capgate.core.limits import Limit, Metric, Scope, ScopeKind, nano_to_decimal_str
 from capgate.core.windows import window_at
 from capgate.errors import StoreUnavailable
+from capgate.store import journal
 from capgate.store import sqlite_queries as q
-from capgate.store.base import Outcome, RequestInfo, RequestQuery, Reservation
+from capgate.store import sqlite_settlement as settlement
+from capgate.store.base import Outcome, RequestInfo, RequestQuery, Reservation, StoreHealth
+from capgate.store.liveness import ProcessLock, is_alive, procs_dir
 from capgate.store.sqlite_admin import ScopeAdmin
 from capgate.store.sqlite_counters import CounterCache
 from capgate.store.sqlite_dashboard import DashboardStore
 from capgate.store.sqlite_schema import migrate
-from capgate.store.sqlite_writer import SQLiteWriter
+from capgate.store.sqlite_writer import SQLiteWriter, WriterClosed
 
 log = logging.getLogger(__name__)
 
@@ -51,18 +57,34 @@ CHECKPOINT_SECONDS = 1.0
 # over; journal_size_limit then cuts the file back to this size.
 WAL_RESTART_FRAMES = 16384
 WAL_RESTART_WAIT_MS = 200
+# A settlement that could not be written is tried again after 0.2 s, doubling up to this.
+SETTLE_RETRY_MAX_S = 5.0
 
 
 class SQLiteStore(ScopeAdmin, DashboardStore):
     def __init__(
-        self, path: str, *, lease_seconds: float = 30.0, clock: Callable[[], float] = time.time
+        self,
+        path: str,
+        *,
+        lease_seconds: float = 30.0,
+        busy_timeout_s: float = 10.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = path
         self._clock = clock
-        # A process silent for `lease_seconds` is dead; it renews six times per lease.
+        # A process silent for `lease_seconds` whose liveness lock is free is dead; it
+        # renews six times per lease.
         self._lease = lease_seconds
         self._beat_every = lease_seconds / 6
+        self._busy_ms = int(busy_timeout_s * 1000)  # how long a write waits for the lock
         self.owner = uuid.uuid4().hex[:16]  # this process's lease identity
+        self._procs = procs_dir(path)
+        self._alive = ProcessLock(self._procs, self.owner)
+        self._journal = journal.Journal(journal.journal_dir(path), self.owner)
+        # Settlements whose last write failed, with the timer of their next try (None
+        # while a try is under way).
+        self._retries: dict[str, asyncio.TimerHandle | None] = {}
+        self._closing = False
         self._keys: dict[str, tuple[Scope, bytes]] = {}
         self._named: dict[tuple[ScopeKind, str], Scope] = {}  # users, teams, orgs, providers
         self._version = ""
@@ -84,19 +106,26 @@ class SQLiteStore(ScopeAdmin, DashboardStore):
     # -- lifecycle ---------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
+        conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=self._busy_ms / 1000
+        )
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes in WAL
         # No checkpoint inside a commit: its fsync would stall the request that commits.
         # `_checkpoint_loop` checkpoints from the reader thread instead.
         conn.execute("PRAGMA wal_autocheckpoint=0")
-        conn.execute("PRAGMA busy_timeout=10000")
+        conn.execute(f"PRAGMA busy_timeout={self._busy_ms}")
         conn.execute(f"PRAGMA journal_size_limit={WAL_RESTART_FRAMES * 4096}")
         conn.row_factory = sqlite3.Row
         return conn
 
     async def start(self) -> None:
+        """Open the database, claim this process's liveness lock and journal, replay the
+        journals of dead processes. Raises StoreUnavailable with what to do."""
+
         def setup() -> None:
+            self._alive.acquire()
+            self._journal.open()
             conn = self._connect()
             try:
                 migrate(conn)
@@ -104,9 +133,18 @@ class SQLiteStore(ScopeAdmin, DashboardStore):
             finally:
                 conn.close()
 
-        await asyncio.to_thread(setup)
-        self._writer.start(asyncio.get_running_loop())
-        await self._beat()
+        try:
+            await asyncio.to_thread(setup)
+            self._writer.start(asyncio.get_running_loop())
+            await self._beat()
+        except (sqlite3.Error, OSError, StoreUnavailable) as exc:
+            self._journal.close()
+            self._alive.release()
+            raise StoreUnavailable(
+                f"cannot open the database {self.path} for writing ({exc}); capgate needs "
+                "to write the file, its directory and the files beside it: check the path "
+                "and its permissions, and that no other program keeps the database locked"
+            ) from exc
         self._heartbeat = asyncio.create_task(self._heartbeat_loop())
         self._checkpoints = asyncio.create_task(self._checkpoint_loop())
 
@@ -123,7 +161,13 @@ class SQLiteStore(ScopeAdmin, DashboardStore):
                 )
             except Exception:  # noqa: BLE001 - best effort on shutdown; the lease covers it
                 log.warning("could not unregister process %s", self.owner)
+        self._closing = True
+        for retry in self._retries.values():
+            if retry is not None:
+                retry.cancel()  # the journal keeps them for the next start
         await self._writer.close()
+        self._journal.close()
+        self._alive.release()  # last: from now on others may replay what the journal kept
         self._reader.submit(self._close_reader).result()
         self._reader.shutdown(wait=True)
 
@@ -332,21 +376,59 @@ class SQLiteStore(ScopeAdmin, DashboardStore):
         return scopes
 
     def settle(self, reservation: Reservation, outcome: Outcome) -> asyncio.Future[None]:
-        return self._writer.submit_soon(lambda conn: self._settle(conn, reservation, outcome))
+        """Journal the settlement (before the answer's last bytes are sent), then write it,
+        again and again until it commits. The future completes then."""
+        generation = self._journal.append(reservation, outcome)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._try_settle(reservation, outcome, generation, done, 0)
+        return done
 
-    def _settle(self, conn: sqlite3.Connection, res: Reservation, outcome: Outcome) -> None:
-        if conn.execute("DELETE FROM reservations WHERE id=?", (res.id,)).rowcount == 0:
-            log.error("reservation %s was already settled (lease expired?)", res.id)
+    def _try_settle(
+        self,
+        res: Reservation,
+        outcome: Outcome,
+        generation: int | None,
+        done: asyncio.Future[None],
+        tries: int,
+    ) -> None:
+        if res.id in self._retries:
+            self._retries[res.id] = None
+        try:
+            fut = self._writer.submit_soon(lambda conn: self._settle(conn, res, outcome))
+        except WriterClosed as exc:  # shutting down: the journal keeps it
+            if not done.done():
+                done.set_exception(StoreUnavailable(f"settlement kept in the journal: {exc}"))
             return
-        if outcome.usage is None:  # no usage reported: charge the whole reservation
-            actual = res.worst
-        else:
-            actual = Amounts.of_usage(outcome.usage, outcome.cost_nano, res.worst.credits)
-        deltas = plan_settle(res.charges, actual)
-        self._counters.add(
-            conn, [(d.counter, d.window_start, d.reserved, d.settled) for d in deltas]
-        )
-        q.insert_entry(conn, res.info, res.key, outcome, actual, self._clock(), res.max_output)
+
+        def written(fut: asyncio.Future[Any]) -> None:
+            exc = fut.exception()
+            if exc is None:
+                self._retries.pop(res.id, None)
+                self._journal.done(generation)
+                if not done.done():
+                    done.set_result(None)
+                return
+            if self._closing:
+                if not done.done():
+                    done.set_exception(exc)
+                return
+            delay = min(SETTLE_RETRY_MAX_S, 0.2 * 2**tries)
+            log.error("settlement of %s not written (%s); retrying in %.1f s", res.id, exc, delay)
+            self._retries[res.id] = asyncio.get_running_loop().call_later(
+                delay, self._try_settle, res, outcome, generation, done, tries + 1
+            )
+
+        fut.add_done_callback(written)
+
+    def _settle(self, conn: sqlite3.Connection, res: Reservation, outcome: Outcome) -> str:
+        result = settlement.settle(conn, self._counters.add, res, outcome, self._clock())
+        if result == settlement.ALREADY:
+            log.info("reservation %s was already settled", res.id)
+        return result
+
+    def health(self) -> StoreHealth:
+        """Whether writes can be made now, and the settlements still to be written."""
+        return StoreHealth(self._writer.problem(), self._journal.waiting, len(self._retries))
 
     # -- leases ------------------------------------------------------------------------
 
@@ -369,37 +451,42 @@ class SQLiteStore(ScopeAdmin, DashboardStore):
                 log.exception("heartbeat failed")
 
     async def _beat(self) -> None:
-        await self._write(self._beat_and_sweep)
+        """Replay the journals of dead processes, then renew this process's lease and
+        sweep: two ops of one transaction, so a journal that cannot be replayed (logged)
+        never stops the lease from being renewed."""
+        replay: asyncio.Future[list[Path]] = self._writer.submit(self._replay)
+        beat: asyncio.Future[int] = self._writer.submit(self._beat_and_sweep)
+        await asyncio.wait((replay, beat))
+        failed, error = replay.exception(), beat.exception()
+        if error is not None:  # the transaction failed: both undone, nothing replayed
+            raise StoreUnavailable(f"the usage ledger is unavailable: {error}") from error
+        if failed is not None:
+            log.error("a settlement journal could not be replayed (kept): %r", failed)
+            return
+        for path in replay.result():  # committed: the dead process's journal did its work
+            path.unlink(missing_ok=True)
+
+    def _replay(self, conn: sqlite3.Connection) -> list[Path]:
+        """Settle what dead processes journaled (exactly once: see sqlite_settlement).
+        Returns the journal files replayed."""
+        now = self._clock()
+        replayed = []
+        for owner, paths in journal.owners(self._journal.directory).items():
+            if owner == self.owner or is_alive(self._procs, owner):
+                continue
+            counts: dict[str, int] = {}
+            for path in paths:
+                for res, outcome in journal.read(path):
+                    result = settlement.settle(conn, self._counters.add, res, outcome, now)
+                    counts[result] = counts.get(result, 0) + 1
+                replayed.append(path)
+            log.warning("replayed the settlement journal of process %s: %s", owner, counts)
+        return replayed
 
     def _beat_and_sweep(self, conn: sqlite3.Connection) -> int:
-        """Renew this process's lease and settle reservations of dead processes in full."""
-        now = self._clock()
-        conn.execute(
-            "INSERT INTO processes (id, heartbeat_at) VALUES (?, ?) "
-            "ON CONFLICT(id) DO UPDATE SET heartbeat_at=excluded.heartbeat_at",
-            (self.owner, now),
-        )
-        conn.execute("DELETE FROM processes WHERE heartbeat_at < ?", (now - self._lease,))
-        orphans = conn.execute(
-            "SELECT id, charges, info FROM reservations WHERE owner NOT IN (SELECT id FROM processes)"
-        ).fetchall()
-        for row in orphans:
-            charges = q.load_charges(row["charges"])
-            info, key_name, team, user, worst = q.load_info(row["info"])
-            q.add_to_counters(
-                conn,
-                [
-                    (d.counter, d.window_start, d.reserved, d.settled)
-                    for d in plan_settle(charges, worst)
-                ],
-            )
-            conn.execute("DELETE FROM reservations WHERE id=?", (row["id"],))
-            q.insert_lease_expired(
-                conn, info, key_name, team, user, worst, now, q.clamped_of(row["info"])
-            )
-        if orphans:
-            log.warning("settled %d reservations of dead processes in full", len(orphans))
-        return len(orphans)
+        """Renew this process's lease and settle in full the reservations of dead
+        processes (after `_replay`, in the same transaction)."""
+        return settlement.sweep(conn, self.owner, self._lease, self._clock(), self._procs)
 
     async def counters(self, scope: Scope, now: float) -> list[dict[str, Any]]:
         """Each limit of `scope` with its current window's used, reserved and reset."""

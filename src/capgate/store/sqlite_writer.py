@@ -26,10 +26,12 @@ Hot ops (reservations, settlements) change counters through the store's counter 
 
 Settlements (`submit_soon`) don't start a group of their own at once: they wait up to
 `settle_delay` seconds for the next reservation's group to ride along with (at one
-request at a time, that halves the transactions per request). A settlement still pending
-is in memory only; if the process dies then, its reservation's lease expires and another
-process charges the worst case held for it - the same as a crash during the request. A
-`flush()` commits everything pending first.
+request at a time, that halves the transactions per request). The store has written each
+one to its journal before submitting it (`journal.py`), so a process that dies then loses
+nothing. A `flush()` commits everything pending first.
+
+`problem()` says when the store cannot be written: the last group failed, or groups have
+waited on the thread for the lock for more than a second (the readiness probe asks).
 
 An op must leave no partial writes when it raises before writing, or else raise only
 before its first write; when one raises, the group is undone and rerun with each op in a
@@ -92,6 +94,8 @@ class SQLiteWriter:
         self._flush_now: asyncio.Handle | None = None
         self._flush_later: asyncio.TimerHandle | None = None
         self._with_thread = 0  # groups handed to the thread and not yet resolved
+        self._thread_since: float | None = None  # when the thread last delivered, if busy
+        self._last_error: str | None = None  # why the last group failed; None: it committed
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -150,12 +154,22 @@ class SQLiteWriter:
             _resolve_all(results)
 
     def _to_thread(self, group: Group) -> None:
+        if not self._with_thread:
+            self._thread_since = time.monotonic()
         self._with_thread += 1
         self._queue.put(group)
 
     def _from_thread(self, results: Results) -> None:
         self._with_thread -= 1
+        self._thread_since = time.monotonic() if self._with_thread else None
         _resolve_all(results)
+
+    def problem(self, stalled_after: float = 1.0) -> str | None:
+        """Why writes cannot be made now, or None."""
+        since = self._thread_since
+        if since is not None and time.monotonic() - since > stalled_after:
+            return f"waiting {time.monotonic() - since:.1f} s for the database's write lock"
+        return self._last_error
 
     async def close(self) -> None:
         if self._thread is None or self._closed:
@@ -188,20 +202,24 @@ class SQLiteWriter:
         waiting and the lock is taken, before anything ran."""
         try:
             try:
-                return self._run_group(conn, group, isolate=False, wait=wait)
+                results = self._run_group(conn, group, isolate=False, wait=wait)
             except _OpFailed:
                 # Some op raised: undo the whole group and run it again with each op in a
                 # savepoint, so the failing one is undone alone. Savepoints cost four
                 # statements per request, so the common path does without them.
-                return self._run_group(conn, group, isolate=True, wait=wait)
+                results = self._run_group(conn, group, isolate=True, wait=wait)
         except _Busy as exc:
             if not wait:
                 raise
-            log.error("store transaction failed: %s", exc.__cause__)
-            return [(fut, None, exc.__cause__ or exc) for _, fut, _ in group]
+            error: BaseException = exc.__cause__ or exc
         except Exception as exc:  # noqa: BLE001 - lock timeout, disk I/O, a bug: nothing committed, every waiter learns why
-            log.error("store transaction failed: %s", exc)
-            return [(fut, None, exc) for _, fut, _ in group]
+            error = exc
+        else:
+            self._last_error = None
+            return results
+        log.error("store transaction failed: %s", error)
+        self._last_error = str(error) or type(error).__name__
+        return [(fut, None, error) for _, fut, _ in group]
 
     def _begin(self, conn: sqlite3.Connection, wait: bool) -> None:
         """BEGIN IMMEDIATE: at once or _Busy; or, waiting, trying again every 0.1-1 ms

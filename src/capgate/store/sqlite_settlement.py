@@ -1,0 +1,134 @@
+"""Settling reservations in SQLite: the request's own settlement, a late one, the sweep.
+
+Exactly once rests on one fact: settling deletes the reservation row in the same
+transaction that writes the ledger entry. So "row gone" means "already settled" - by this
+settlement before (a journal replayed twice), or by a sweep that took the owner for dead.
+In the second case the ledger holds a `lease_expired` entry charged the worst case; a
+settlement that arrives after it (a process that was only stalled, a journal replayed
+after the sweep) corrects that entry to the real usage and moves the counters by the
+difference, flagged `late_settlement`. The corrected entry is no longer `lease_expired`,
+so a second late settlement finds nothing to correct.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from capgate.core.engine import Amounts, plan_settle
+from capgate.store import sqlite_queries as q
+from capgate.store.base import Outcome, Reservation
+from capgate.store.liveness import forget, is_alive
+
+log = logging.getLogger(__name__)
+
+AddCounters = Callable[[sqlite3.Connection, Iterable[tuple[str, int, int, int]]], None]
+
+SETTLED, LATE, ALREADY = "settled", "late", "already"
+
+
+def settle(
+    conn: sqlite3.Connection, add: AddCounters, res: Reservation, outcome: Outcome, now: float
+) -> str:
+    """Settle `res` with `outcome`: SETTLED, LATE (reconciled a lease_expired entry), or
+    ALREADY (nothing to do)."""
+    if outcome.usage is None:  # no usage reported: charge the whole reservation
+        actual = res.worst
+    else:
+        actual = Amounts.of_usage(outcome.usage, outcome.cost_nano, res.worst.credits)
+    if conn.execute("DELETE FROM reservations WHERE id=?", (res.id,)).rowcount == 0:
+        return _late(conn, add, res, outcome, actual, now)
+    deltas = plan_settle(res.charges, actual)
+    add(conn, [(d.counter, d.window_start, d.reserved, d.settled) for d in deltas])
+    q.insert_entry(conn, res.info, res.key, outcome, actual, now, res.max_output)
+    return SETTLED
+
+
+def _late(
+    conn: sqlite3.Connection,
+    add: AddCounters,
+    res: Reservation,
+    outcome: Outcome,
+    actual: Amounts,
+    now: float,
+) -> str:
+    row = conn.execute(
+        "SELECT id FROM requests WHERE request_id=? AND outcome='lease_expired' "
+        "ORDER BY id DESC LIMIT 1",
+        (res.info.request_id,),
+    ).fetchone()
+    if row is None:
+        return ALREADY
+    # The sweep charged the worst case held; move each counter from that to the truth.
+    swept = plan_settle(res.charges, res.worst)
+    real = plan_settle(res.charges, actual)
+    add(
+        conn,
+        [
+            (r.counter, r.window_start, 0, r.settled - s.settled)
+            for r, s in zip(real, swept, strict=True)
+        ],
+    )
+    conn.execute("DELETE FROM requests WHERE id=?", (row[0],))
+    flags = (*outcome.flags, "late_settlement")
+    late = Outcome(
+        outcome.status, outcome.outcome, outcome.usage, outcome.cost_nano, outcome.latency_ms,
+        outcome.ttft_ms, outcome.attempts, outcome.error, outcome.upstream_model, flags,
+    )  # fmt: skip
+    q.insert_entry(conn, res.info, res.key, late, actual, now, res.max_output)
+    log.warning("late settlement of %s: its lease_expired entry now has the real usage", res.id)
+    return LATE
+
+
+def sweep(conn: sqlite3.Connection, owner: str, lease: float, now: float, procs: Path) -> int:
+    """Renew `owner`'s lease; settle in full the reservations of dead processes: their
+    lease expired *and* their liveness lock is free (a process that only could not
+    write its heartbeat - the store was stalled - still holds its lock)."""
+    conn.execute(
+        "INSERT INTO processes (id, heartbeat_at) VALUES (?, ?) "
+        "ON CONFLICT(id) DO UPDATE SET heartbeat_at=excluded.heartbeat_at",
+        (owner, now),
+    )
+    alive: dict[str, bool] = {owner: True}
+
+    def living(other: str) -> bool:
+        if other not in alive:
+            alive[other] = is_alive(procs, other)
+        return alive[other]
+
+    expired = conn.execute(
+        "SELECT id FROM processes WHERE heartbeat_at < ?", (now - lease,)
+    ).fetchall()
+    for (other,) in expired:
+        if living(other):
+            log.warning("process %s has not renewed its lease but is alive: kept", other)
+        else:
+            conn.execute("DELETE FROM processes WHERE id=?", (other,))
+            forget(procs, other)
+    orphans = conn.execute(
+        "SELECT id, owner, charges, info FROM reservations "
+        "WHERE owner NOT IN (SELECT id FROM processes)"
+    ).fetchall()
+    swept = 0
+    for row in orphans:
+        if living(row["owner"]):
+            continue
+        charges = q.load_charges(row["charges"])
+        info, key_name, team, user, worst = q.load_info(row["info"])
+        q.add_to_counters(
+            conn,
+            [
+                (d.counter, d.window_start, d.reserved, d.settled)
+                for d in plan_settle(charges, worst)
+            ],
+        )
+        conn.execute("DELETE FROM reservations WHERE id=?", (row["id"],))
+        q.insert_lease_expired(
+            conn, info, key_name, team, user, worst, now, q.clamped_of(row["info"])
+        )
+        swept += 1
+    if swept:
+        log.warning("settled %d reservations of dead processes in full", swept)
+    return swept
