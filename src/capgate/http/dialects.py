@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import orjson
 from aiohttp import web
 
-from capgate.errors import CapgateError
+from capgate.errors import AuthenticationFailed, CapgateError
 
 # Anthropic's error types by the neutral kind (its SDK keys off the status, Claude Code
 # shows the message).
@@ -97,7 +97,14 @@ def for_client(error: CapgateError, client: str | None) -> CapgateError:
     error.status = status
     if client == CLAUDE_CODE and not error.message.startswith("capgate"):
         error.message = f"capgate: {error.message}"
+        if isinstance(error, AuthenticationFailed):
+            error.message += _CLAUDE_CODE_KEY
     return error
+
+
+_CLAUDE_CODE_KEY = (
+    " Start Claude Code with ANTHROPIC_AUTH_TOKEN set to your capgate key (sk-cg-...)."
+)
 
 
 def error_response(
