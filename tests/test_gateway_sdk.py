@@ -3,6 +3,7 @@ usage and the exact cost in the ledger, streaming and not."""
 
 from __future__ import annotations
 
+import time
 from decimal import Decimal
 
 import anthropic
@@ -155,3 +156,34 @@ def test_count_tokens_passes_through_free(capgate: Capgate, key_name: str) -> No
             )
             assert count.input_tokens > 0
     assert capgate.ledger(key=key_name) == []
+
+
+@pytest.mark.parametrize("sdk", ["anthropic", "openai"])
+def test_sdks_do_not_retry_what_cannot_succeed(capgate: Capgate, key_name: str, sdk: str) -> None:
+    """With their default retries, the SDKs give up at once on a refusal that a retry
+    cannot change (an hour limit, `x-should-retry: false`): one request in the ledger, and
+    the typed error with capgate's message. A per-minute limit is still retried."""
+    now = time.gmtime()
+    if now.tm_min == 59:  # an hour limit that frees within a minute is rightly retried
+        time.sleep(61 - now.tm_sec)
+    hourly = capgate.create_key(key_name, [{"metric": "requests", "window": "hour", "max": 0}])
+    paused = capgate.create_key(
+        key_name + "-p", [{"metric": "requests", "window": "day", "max": 9}]
+    )
+    assert capgate.admin("POST", f"/admin/keys/{key_name}-p/pause").status_code == 200
+    messages = [{"role": "user", "content": "hi"}]
+    for key, error, text in [
+        (hourly, (anthropic.RateLimitError, openai.RateLimitError), "Hourly request limit"),
+        (paused, (anthropic.PermissionDeniedError, openai.PermissionDeniedError), "paused"),
+    ]:
+        with pytest.raises(error, match=text):
+            if sdk == "anthropic":
+                with anthropic.Anthropic(base_url=capgate.url, api_key=key) as claude:
+                    claude.messages.create(
+                        model="claude-sonnet-4-6", max_tokens=50, messages=messages
+                    )
+            else:
+                with openai.OpenAI(base_url=capgate.url + "/v1", api_key=key) as gpt:
+                    gpt.chat.completions.create(model="gpt-5-mini", messages=messages)
+    assert len(capgate.ledger(key=key_name, outcome="refused")) == 1  # not retried
+    assert len(capgate.ledger(key=key_name + "-p", outcome="refused")) == 1
