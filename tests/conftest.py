@@ -7,16 +7,18 @@ locally; with CAPGATE_REQUIRE_ALL=1 (set by .ci/run) a missing tool fails instea
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import pytest
@@ -59,10 +61,17 @@ def _spawn(
             continue
         seen.append(line)
         match = re.search(pattern, line)
-        if match:
+        if match:  # keep reading its output (logs) so that a full pipe never blocks it
+            threading.Thread(target=_drain, args=(proc.stdout,), daemon=True).start()
             return proc, match
     proc.kill()
     raise RuntimeError("process did not start:\n" + "".join(seen))
+
+
+def _drain(stream: IO[str]) -> None:
+    with contextlib.suppress(ValueError, OSError):  # closed by _stop meanwhile
+        for _ in stream:
+            pass
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import signal
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -14,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -21,7 +24,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import ADMIN_KEY, Capgate
+from conftest import ADMIN_KEY, Capgate, Upstream, gateway_config, start_capgate
 
 HAIKU, SONNET, GPT = "claude-haiku-4-5", "claude-sonnet-4-6", "gpt-5-mini"
 # USD per million tokens, from the bundled table (src/capgate/data/pricing.yaml)
@@ -43,6 +46,13 @@ def admin_error(response: httpx.Response, status: int) -> str:
     data = response.json()
     assert set(data) == {"error"} and set(data["error"]) == {"type", "message"}, data
     return str(data["error"]["message"])
+
+
+def ensure(capgate: Capgate, plural: str, *names: str) -> None:
+    """Teams, users or orgs that keys and teams may name (created once per server)."""
+    for name in names:
+        response = capgate.admin("POST", f"/admin/{plural}", json={"name": name})
+        assert response.status_code in (201, 409), response.text
 
 
 @pytest.fixture
@@ -87,6 +97,8 @@ def usage_by_metric(capgate: Capgate, name: str) -> dict[str, dict[str, Any]]:
 
 
 def test_create_returns_raw_key_once_and_never_stores_it(capgate: Capgate, key_name: str) -> None:
+    ensure(capgate, "teams", "t1")
+    ensure(capgate, "users", "u1")
     response = capgate.admin(
         "POST",
         "/admin/keys",
@@ -196,6 +208,8 @@ def test_show_reports_usage_per_limit(capgate: Capgate, key_name: str, http: htt
 def test_patch_fields_and_clear_with_null(
     capgate: Capgate, key_name: str, http: httpx.Client
 ) -> None:
+    ensure(capgate, "teams", "t1", "t2")
+    ensure(capgate, "users", "u1", "u2")
     key = capgate.create_key(key_name, team="t1", user="u1")
     patch = {
         "limits": [{"metric": "requests", "window": "day", "max": 7}],
@@ -432,14 +446,15 @@ def test_reset_usage_clears_settled_usage(
 @pytest.mark.parametrize("how", ["create", "patch"])
 def test_expired_key_refused(capgate: Capgate, key_name: str, http: httpx.Client, how: str) -> None:
     if how == "create":
-        key = capgate.create_key(key_name, expires_at="2020-01-01")
+        key = capgate.create_key(key_name, expires_at=time.time() + 1)
     else:
         key = capgate.create_key(key_name, expires_at=time.time() + 3600)
         assert ask(http, key).status_code == 200
         patched = capgate.admin(
-            "PATCH", f"/admin/keys/{key_name}", json={"expires_at": time.time() - 1}
+            "PATCH", f"/admin/keys/{key_name}", json={"expires_at": time.time() + 1}
         )
         assert patched.status_code == 200
+    time.sleep(1.2)
     for dialect, model in (("anthropic", HAIKU), ("openai", GPT)):
         message = dialect_message(ask(http, key, model, dialect=dialect), dialect, 403)
         assert "expired" in message and key_name in message
@@ -511,6 +526,7 @@ def test_admin_routes_need_the_admin_key(
 
 
 def test_audit_log_records_changes(capgate: Capgate, key_name: str) -> None:
+    ensure(capgate, "teams", "t1", "t2")
     raw = capgate.create_key(key_name, team="t1")
     capgate.admin(
         "PATCH",
@@ -908,3 +924,280 @@ def test_usage_sums_exactly(capgate: Capgate, ledger_setup: LedgerSetup) -> None
 
     response = capgate.admin("GET", "/admin/usage", params={"group_by": "colour"})
     assert "group_by" in admin_error(response, 400)
+
+
+# -- finding things: unknown parameters, a request by its id, clamps, refusal reasons -----
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "named"),
+    [
+        ("/admin/requests", {"stauts": "402"}, "stauts"),
+        ("/admin/requests", {"key": "x", "colour": "red", "size": "1"}, "colour, size"),
+        ("/admin/requests", {"status": "abc"}, "status"),
+        ("/admin/requests", {"outcome": "fine"}, "outcome"),
+        ("/admin/requests", {"limit": "0"}, "limit"),
+        ("/admin/requests", {"limit": "-5"}, "limit"),
+        ("/admin/requests/some-id", {"format": "csv"}, "format"),
+        ("/admin/usage", {"groupby": "team"}, "groupby"),
+        ("/admin/audit", {"limt": "5"}, "limt"),
+        ("/admin/audit", {"limit": "-1"}, "limit"),
+        ("/admin/summary", {"perod": "today"}, "perod"),
+        ("/admin/timeseries", {"setp": "hour"}, "setp"),
+        ("/admin/keys", {"q": "alice"}, "q"),
+        ("/admin/teams", {"sort": "name"}, "sort"),
+    ],
+)
+def test_admin_lists_refuse_unknown_parameters_and_bad_values(
+    capgate: Capgate, path: str, params: dict[str, str], named: str
+) -> None:
+    """A typo in a filter is a 400 naming it, not an unfiltered answer."""
+    message = admin_error(capgate.admin("GET", path, params=params), 400)
+    assert named in message, message
+
+
+def test_find_a_request_by_its_request_id(
+    capgate: Capgate, key_name: str, http: httpx.Client
+) -> None:
+    key = capgate.create_key(key_name, [{"metric": "requests", "window": "day", "max": 2}])
+    answers = [ask(http, key, text=f"find mock:words={n}") for n in (3, 5, 7)]
+    assert [a.status_code for a in answers] == [200, 200, 402]
+    ids = [a.headers["x-capgate-request-id"] for a in answers]
+    assert len(set(ids)) == 3
+    for request_id in ids:
+        listed = capgate.ledger(request_id=request_id)
+        assert [e["request_id"] for e in listed] == [request_id]
+        shown = capgate.admin("GET", f"/admin/requests/{request_id}")
+        assert shown.status_code == 200 and shown.json() == listed[0]
+        assert shown.json()["key"] == key_name
+    assert capgate.ledger(request_id=ids[1])[0]["output_tokens"] == 5
+    assert capgate.ledger(request_id=ids[2])[0]["outcome"] == "refused"
+    assert capgate.ledger(request_id="no-such-request") == []
+    missing = capgate.admin("GET", "/admin/requests/no-such-request")
+    assert "no-such-request" in admin_error(missing, 404)
+
+
+def test_a_clamped_max_tokens_is_in_the_ledger_and_its_exports(
+    capgate: Capgate, key_name: str, http: httpx.Client
+) -> None:
+    key = capgate.create_key(key_name, [{"metric": "cost_usd", "window": "day", "max": "0.10"}])
+    small = ask(http, key, SONNET, "small mock:words=3", max_tokens=100)
+    assert small.status_code == 200 and "x-capgate-max-tokens" not in small.headers
+    big = ask(http, key, SONNET, "big mock:words=20000", max_tokens=64_000)
+    assert big.status_code == 200, big.text
+    clamped = int(big.headers["x-capgate-max-tokens"])
+    assert 1024 <= clamped < 64_000
+    newest, oldest = capgate.ledger(key=key_name)
+    assert newest["request_id"] == big.headers["x-capgate-request-id"]
+    assert newest["max_tokens_clamped"] == clamped and newest["output_tokens"] == clamped
+    assert oldest["max_tokens_clamped"] is None and newest["flags"] == oldest["flags"] == []
+
+    csv_text = capgate.admin(
+        "GET", "/admin/requests", params={"key": key_name, "format": "csv"}
+    ).text
+    rows = list(csv.DictReader(io.StringIO(csv_text)))
+    assert [r["max_tokens_clamped"] for r in rows] == [str(clamped), ""]
+    assert [r["flags"] for r in rows] == ["", ""]
+    ndjson = capgate.admin(
+        "GET", "/admin/requests", params={"key": key_name, "format": "ndjson", "limit": "all"}
+    ).text
+    lines = [json.loads(line) for line in ndjson.splitlines()]
+    assert [line["max_tokens_clamped"] for line in lines] == [clamped, None]
+
+
+def test_summary_splits_refusals_by_reason(
+    capgate: Capgate, key_name: str, http: httpx.Client
+) -> None:
+    team = f"reasons-{uuid.uuid4().hex[:8]}"
+    assert capgate.admin("POST", "/admin/teams", json={"name": team}).status_code == 201
+    per_minute = capgate.create_key(
+        key_name + "-rate", [{"metric": "requests", "window": "minute", "max": 1}], team=team
+    )
+    per_day = capgate.create_key(
+        key_name + "-budget", [{"metric": "requests", "window": "day", "max": 1}], team=team
+    )
+    only_gpt = capgate.create_key(key_name + "-models", models=["gpt-*"], team=team)
+    paused = capgate.create_key(key_name + "-paused", team=team)
+    capgate.admin("POST", f"/admin/keys/{key_name}-paused/pause")
+    statuses = [
+        ask(http, per_minute).status_code,
+        ask(http, per_minute).status_code,
+        ask(http, per_day).status_code,
+        ask(http, per_day).status_code,
+        ask(http, per_day).status_code,
+        ask(http, only_gpt).status_code,
+        ask(http, paused).status_code,
+    ]
+    assert statuses == [200, 429, 200, 402, 402, 403, 403]
+    summary = capgate.admin("GET", "/admin/summary", params={"team": team, "period": "24h"})
+    data = summary.json()
+    assert data["refused"] == 5
+    assert data["refusals_by_reason"] == {
+        "budget": 2, "model_not_allowed": 1, "paused": 1, "rate_limit": 1,
+    }  # fmt: skip
+    assert list(data["refusals_by_reason"]) == [
+        "budget",
+        "model_not_allowed",
+        "paused",
+        "rate_limit",
+    ]
+    assert sum(data["refusals_by_reason"].values()) == data["refused"]
+
+
+def test_key_list_shows_spend_and_last_use(
+    capgate: Capgate, key_name: str, http: httpx.Client
+) -> None:
+    used = capgate.create_key(key_name + "-used")
+    capgate.create_key(key_name + "-idle")
+    assert ask(http, used, HAIKU, "a mock:words=7").status_code == 200
+    assert ask(http, used, SONNET, "b mock:words=9").status_code == 200
+    entries = capgate.ledger(key=key_name + "-used")
+    items = {k["name"]: k for k in capgate.admin("GET", "/admin/keys").json()["items"]}
+    spent = sum((Decimal(e["cost_usd"]) for e in entries), Decimal(0))
+    assert spent > 0
+    mine = items[key_name + "-used"]
+    assert Decimal(mine["spend"]["today"]) == spent == Decimal(mine["spend"]["month"])
+    assert mine["spend"]["timezone"] == "UTC"
+    assert mine["last_used_at"] == entries[0]["created_at"]
+    idle = items[key_name + "-idle"]
+    assert idle["spend"] == {"today": "0", "month": "0", "timezone": "UTC"}
+    assert idle["last_used_at"] is None
+    assert all("spend" not in t for t in capgate.admin("GET", "/admin/teams").json()["items"])
+
+
+def test_a_clamp_is_kept_when_the_server_dies_mid_request(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    """A clamped request whose server is killed is settled by another process as
+    lease_expired: its entry still records the lowered max_tokens."""
+    config = gateway_config(upstream, server={"lease_seconds": 2})
+    first = start_capgate(tmp_path, config)
+    key = first.create_key("clamped", [{"metric": "cost_usd", "window": "day", "max": "0.10"}])
+    started, headers = threading.Event(), {}
+
+    def slow_stream() -> None:
+        body = {
+            "model": SONNET, "max_tokens": 64_000, "stream": True,
+            "messages": [{"role": "user", "content": "slow mock:words=300 mock:stream_delay_ms=100"}],
+        }  # fmt: skip
+        try:
+            with httpx.stream(
+                "POST", first.url + "/v1/messages", json=body, headers={"x-api-key": key},
+                timeout=30,
+            ) as response:  # fmt: skip
+                headers.update(response.headers)
+                for _ in response.iter_bytes():
+                    started.set()
+        except httpx.HTTPError:
+            pass  # the server is killed under it
+
+    thread = threading.Thread(target=slow_stream)
+    thread.start()
+    assert started.wait(10)
+    first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait(10)
+    thread.join(10)
+    first.close()
+    clamped = int(headers["x-capgate-max-tokens"])
+    assert 1024 <= clamped < 64_000
+
+    second = start_capgate(tmp_path, config, db=first.db)
+    try:
+        deadline = time.monotonic() + 15
+        entries = second.ledger(key="clamped")
+        while not entries and time.monotonic() < deadline:
+            time.sleep(0.3)
+            entries = second.ledger(key="clamped")
+        assert [e["outcome"] for e in entries] == ["lease_expired"]
+        assert entries[0]["max_tokens_clamped"] == clamped
+        assert entries[0]["request_id"] == headers["x-capgate-request-id"]
+    finally:
+        second.close()
+
+
+# -- references, expiry, warnings, members --------------------------------------------------
+
+
+def test_unknown_references_are_refused(capgate: Capgate, key_name: str) -> None:
+    """A typo (`team: reserach`) would bind a key to no budget at all: refused, naming
+    the missing scope and how to create it, changing nothing."""
+    typo = f"reserach-{key_name}"
+    for kind, body in (
+        ("team", {"name": key_name, "team": typo}),
+        ("user", {"name": key_name, "user": typo}),
+    ):
+        message = admin_error(capgate.admin("POST", "/admin/keys", json=body), 400)
+        assert f'no {kind} named "{typo}"' in message
+        assert f"capgate {kind}s create {typo}" in message and f"/admin/{kind}s" in message
+        assert capgate.admin("GET", f"/admin/keys/{key_name}").status_code == 404
+    body = {"name": f"team-{key_name}", "org": typo}
+    message = admin_error(capgate.admin("POST", "/admin/teams", json=body), 400)
+    assert f'no org named "{typo}"' in message and "capgate orgs create" in message
+    assert capgate.admin("GET", f"/admin/teams/team-{key_name}").status_code == 404
+
+    capgate.create_key(key_name)
+    patch = {"team": typo, "limits": [{"metric": "requests", "window": "day", "max": 1}]}
+    message = admin_error(capgate.admin("PATCH", f"/admin/keys/{key_name}", json=patch), 400)
+    assert typo in message
+    shown = capgate.admin("GET", f"/admin/keys/{key_name}").json()
+    assert shown["team"] is None and shown["limits"] == []  # nothing changed
+    # Once the team exists, the key may join it; clearing with null needs no team.
+    ensure(capgate, "teams", typo)
+    assert capgate.admin("PATCH", f"/admin/keys/{key_name}", json=patch).status_code == 200
+    cleared = capgate.admin("PATCH", f"/admin/keys/{key_name}", json={"team": None})
+    assert cleared.status_code == 200 and cleared.json()["team"] is None
+
+
+@pytest.mark.parametrize("when", ["2020-01-01", "1970-01-02T00:00:00Z", 1_000_000])
+def test_expiry_in_the_past_is_refused(capgate: Capgate, key_name: str, when: Any) -> None:
+    body = {"name": key_name, "expires_at": when}
+    message = admin_error(capgate.admin("POST", "/admin/keys", json=body), 400)
+    assert "expires_at" in message and "in the past" in message
+    assert capgate.admin("GET", f"/admin/keys/{key_name}").status_code == 404
+    capgate.create_key(key_name, expires_at="2099-01-01")
+    patch = capgate.admin("PATCH", f"/admin/keys/{key_name}", json={"expires_at": when})
+    assert "in the past" in admin_error(patch, 400)
+    shown = capgate.admin("GET", f"/admin/keys/{key_name}").json()
+    assert shown["expires_at"].startswith("2099-01-01")
+
+
+def test_warnings_when_a_limit_cannot_pay_one_request(capgate: Capgate, key_name: str) -> None:
+    """$0.05/day on Haiku 4.5 looks generous, but one Claude Code request reserves more:
+    the answer says so (and the key is still made, as asked)."""
+    cheap = {"metric": "cost_usd", "window": "day", "max": "0.05"}
+    body = {"name": key_name, "limits": [cheap], "models": [HAIKU]}
+    created = capgate.admin("POST", "/admin/keys", json=body)
+    assert created.status_code == 201, created.text
+    [warning] = created.json()["warnings"]
+    assert "cost_usd/day" in warning and "$0.05" in warning and "Claude Code" in warning
+    assert HAIKU in warning and "raise the limit to at least $0.1" in warning
+    roomy = {"metric": "cost_usd", "window": "day", "max": "5"}
+    patched = capgate.admin("PATCH", f"/admin/keys/{key_name}", json={"limits": [roomy]})
+    assert patched.status_code == 200 and patched.json()["warnings"] == []
+    tokens = {"metric": "tokens", "window": "day", "max": 20_000}
+    patched = capgate.admin("PATCH", f"/admin/keys/{key_name}", json={"limits": [tokens]})
+    assert ["tokens/day" in w for w in patched.json()["warnings"]] == [True]
+    # Other scopes get the same check.
+    body = {"name": f"t-{key_name}", "limits": [cheap], "models": ["claude-sonnet-*"]}
+    team = capgate.admin("POST", "/admin/teams", json=body)
+    assert team.status_code == 201 and len(team.json()["warnings"]) == 1
+    # With every model allowed, the cheapest priced one decides.
+    body = {"name": f"t2-{key_name}", "limits": [cheap]}
+    assert capgate.admin("POST", "/admin/teams", json=body).json()["warnings"] == []
+
+
+def test_show_lists_members(capgate: Capgate, key_name: str) -> None:
+    org, team, user = f"o-{key_name}", f"t-{key_name}", f"u-{key_name}"
+    ensure(capgate, "orgs", org)
+    created = capgate.admin("POST", "/admin/teams", json={"name": team, "org": org})
+    assert created.status_code == 201, created.text
+    ensure(capgate, "users", user)
+    capgate.create_key(f"{key_name}-b", team=team, user=user)
+    capgate.create_key(f"{key_name}-a", team=team)
+    capgate.create_key(f"{key_name}-c", user=user)
+    shown = capgate.admin("GET", f"/admin/teams/{team}").json()
+    assert shown["members"] == {"keys": [f"{key_name}-a", f"{key_name}-b"], "users": [user]}
+    shown = capgate.admin("GET", f"/admin/users/{user}").json()
+    assert shown["members"] == {"keys": [f"{key_name}-b", f"{key_name}-c"]}
+    assert capgate.admin("GET", f"/admin/orgs/{org}").json()["members"] == {"teams": [team]}
+    assert "members" not in capgate.admin("GET", f"/admin/keys/{key_name}-a").json()

@@ -18,6 +18,7 @@ import anthropic
 import httpx
 import pytest
 
+from capgate.core.limits import format_usd, usd_to_nano
 from conftest import ADMIN_KEY, ROOT, Capgate
 
 HAIKU = "claude-haiku-4-5"
@@ -26,10 +27,14 @@ RAW_KEY = re.compile(r"^(sk-cg-[a-z0-9]{12}-\S+)$", re.MULTILINE)
 
 
 def run_cli(
-    capgate: Capgate | None, *args: str, admin_key: str | None = ADMIN_KEY, url: str | None = None
+    capgate: Capgate | None,
+    *args: str,
+    admin_key: str | None = ADMIN_KEY,
+    url: str | None = None,
+    columns: int = 250,
 ) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAPGATE_")}
-    env.update({"COLUMNS": "250", "NO_COLOR": "1", "TERM": "dumb"})
+    env.update({"COLUMNS": str(columns), "NO_COLOR": "1", "TERM": "dumb"})
     if url is None and capgate is not None:
         url = capgate.url
     if url is not None:
@@ -114,8 +119,8 @@ def test_create_prints_a_working_key(capgate: Capgate, key_name: str) -> None:
         "--limit", "cost=5/day",
         "--limit", "claude-opus*:requests=5/day",
         "--model", "claude-*",
-        "--team", "t1",
-        "--user", "u1",
+        "--team", "t1", "--create-team",
+        "--user", "u1", "--create-user",
     )  # fmt: skip
     with anthropic.Anthropic(base_url=capgate.url, api_key=raw, max_retries=0) as client:
         message = client.messages.create(
@@ -151,9 +156,11 @@ def test_create_json_and_duplicate(capgate: Capgate, key_name: str) -> None:
 
 
 def test_list_and_show(capgate: Capgate, key_name: str) -> None:
-    raw = create(capgate, key_name, "--limit", "requests=9/day", "--team", "listers")
+    raw = create(
+        capgate, key_name, "--limit", "requests=9/day", "--team", "listers", "--create-team"
+    )
     assert ask(capgate, raw, words=5).status_code == 200
-    listing = ok(run_cli(capgate, "keys", "list"))
+    listing = ok(run_cli(capgate, "keys", "list", columns=2000))
     line = next((row for row in listing.splitlines() if key_name in row), None)
     assert line is not None, listing
     assert "active" in line and "listers" in line and "requests=1/9 per day" in line
@@ -171,7 +178,7 @@ def test_list_and_show(capgate: Capgate, key_name: str) -> None:
 
 
 def test_update(capgate: Capgate, key_name: str) -> None:
-    raw = create(capgate, key_name, "--limit", "requests=1/day", "--team", "a")
+    raw = create(capgate, key_name, "--limit", "requests=1/day", "--team", "a", "--create-team")
     assert ask(capgate, raw).status_code == 200
     assert ask(capgate, raw).status_code == 402
     ok(run_cli(capgate, "keys", "update", key_name, "--limit", "requests=10/day"))
@@ -180,7 +187,8 @@ def test_update(capgate: Capgate, key_name: str) -> None:
     assert key["team"] == "a"  # untouched
     assert key["usage"][0]["used"] == 1  # raising a limit keeps what was used
     assert ask(capgate, raw).status_code == 200
-    ok(run_cli(capgate, "keys", "update", key_name, "--team", "b", "--model", "claude-haiku-*"))
+    changes = ("--team", "b", "--create-team", "--model", "claude-haiku-*")
+    ok(run_cli(capgate, "keys", "update", key_name, *changes))
     key = shown(capgate, key_name)
     assert key["team"] == "b" and key["models"] == ["claude-haiku-*"]
     assert key["limits"] == [{"metric": "requests", "window": "day", "max": 10}]
@@ -308,3 +316,141 @@ def test_url_option_overrides_env(capgate: Capgate, key_name: str) -> None:
     )
     assert RAW_KEY.search(ok(result))
     assert shown(capgate, key_name)["name"] == key_name
+
+
+# -- the first hour: traps ------------------------------------------------------------------
+
+
+def test_add_and_remove_limit_keep_the_others(capgate: Capgate, key_name: str) -> None:
+    create(capgate, key_name, "--limit", "cost=5/day", "--limit", "claude-opus*:requests=5/day")
+    out = ok(run_cli(capgate, "keys", "update", key_name, "--add-limit", "requests=9/minute"))
+    assert "limits: cost_usd=5/day, claude-opus*:requests=5/day, requests=9/minute" in out
+    assert len(shown(capgate, key_name)["limits"]) == 3
+    # the same metric, window and models: replaced, not doubled
+    ok(run_cli(capgate, "keys", "update", key_name, "--add-limit", "cost=7/day"))
+    out = ok(
+        run_cli(capgate, "keys", "update", key_name, "--remove-limit", "claude-opus*:requests/day")
+    )
+    assert "limits: requests=9/minute, cost_usd=7/day" in out
+    out = ok(run_cli(capgate, "keys", "update", key_name, "--remove-limit", "requests=9/minute"))
+    assert "limits: cost_usd=7/day" in out
+    assert shown(capgate, key_name)["limits"] == [
+        {"metric": "cost_usd", "window": "day", "max": "7"}
+    ]
+    # what cannot be done says so and changes nothing
+    message = failed(run_cli(capgate, "keys", "update", key_name, "--remove-limit", "tokens/day"))
+    assert "no such limit" in message and "cost_usd/day" in message
+    both = ("--limit", "requests=1/day", "--add-limit", "tokens=5/day")
+    assert "replaces all" in failed(run_cli(capgate, "keys", "update", key_name, *both))
+    assert "bad --remove-limit" in failed(
+        run_cli(capgate, "keys", "update", key_name, "--remove-limit", "cost")
+    )
+    assert shown(capgate, key_name)["limits"] == [
+        {"metric": "cost_usd", "window": "day", "max": "7"}
+    ]
+    # --limit still replaces them all, and the answer shows the result
+    out = ok(run_cli(capgate, "keys", "update", key_name, "--limit", "requests=3/day"))
+    assert "limits: requests=3/day" in out and "cost" not in out
+    assert "REPLACES ALL" in ok(run_cli(None, "keys", "update", "--help")).upper()
+
+
+def test_list_shows_per_model_limits_models_and_schedules(capgate: Capgate, key_name: str) -> None:
+    create(
+        capgate, key_name,
+        "--limit", "claude-opus*:requests=5/day",
+        "--model", "claude-*",
+        "--schedule", "claude-opus* mon-fri 09:00-18:00 Europe/Berlin",
+    )  # fmt: skip
+    listing = ok(run_cli(capgate, "keys", "list", columns=2000))  # other keys' cells: no wrap
+    line = next(row for row in listing.splitlines() if key_name in row)
+    cells = [cell.strip() for cell in line.split("│")]
+    limits, models, schedules = cells[cells.index("-") + 2 : cells.index("-") + 5]
+    assert limits == "requests=0/5 per day for claude-opus*"
+    assert models == "claude-*"
+    assert schedules == "claude-opus* mon,tue,wed,thu,fri 09:00-18:00 Europe/Berlin"
+    show = ok(run_cli(capgate, "keys", "show", key_name))
+    assert "requests/day for claude-opus*" in show and "models: claude-*" in show
+    assert "schedules: claude-opus* mon,tue,wed,thu,fri 09:00-18:00 Europe/Berlin" in show
+
+
+def test_no_none_anywhere(capgate: Capgate, key_name: str) -> None:
+    create(capgate, key_name, "--limit", "requests=2/day")
+    team = f"t-{key_name}"
+    outputs = [
+        ok(run_cli(capgate, "keys", "show", key_name)),
+        ok(run_cli(capgate, "keys", "list")),
+        ok(run_cli(capgate, "keys", "update", key_name, "--timezone", "UTC")),
+        ok(run_cli(capgate, "teams", "create", team)),
+        ok(run_cli(capgate, "teams", "show", team)),
+        ok(run_cli(capgate, "teams", "list")),
+        ok(run_cli(capgate, "usage", "--by", "team")),
+    ]
+    for out in outputs:
+        assert "None" not in out, out
+    assert "team=- user=-" in outputs[0]
+
+
+def test_unknown_team_is_refused_unless_asked_to_create(capgate: Capgate, key_name: str) -> None:
+    typo = f"reserach-{key_name}"
+    message = failed(run_cli(capgate, "keys", "create", key_name, "--team", typo))
+    assert f'no team named "{typo}"' in message and f"capgate teams create {typo}" in message
+    assert capgate.admin("GET", f"/admin/keys/{key_name}").status_code == 404
+    assert capgate.admin("GET", f"/admin/teams/{typo}").status_code == 404
+    out = ok(run_cli(capgate, "keys", "create", key_name, "--team", typo, "--create-team"))
+    assert f"Created team {typo}." in out and RAW_KEY.search(out)
+    assert shown(capgate, key_name)["team"] == typo
+    # an existing one is simply used
+    assert RAW_KEY.search(
+        ok(run_cli(capgate, "keys", "create", f"{key_name}-2", "--team", typo, "--create-team"))
+    )
+    team = ok(run_cli(capgate, "teams", "show", typo))
+    assert f"keys: {key_name}, {key_name}-2" in team
+
+
+def test_expires_in_the_past_is_refused(capgate: Capgate, key_name: str) -> None:
+    message = failed(run_cli(capgate, "keys", "create", key_name, "--expires", "2020-01-01"))
+    assert "in the past" in message
+    assert capgate.admin("GET", f"/admin/keys/{key_name}").status_code == 404
+
+
+def test_url_before_the_command(capgate: Capgate, key_name: str) -> None:
+    """`capgate --url URL keys ...` works like `capgate keys ... --url URL`."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        nowhere = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    for args in (
+        ("--url", capgate.url, "keys", "create", key_name),
+        ("keys", "create", f"{key_name}-2", "--url", capgate.url),
+    ):
+        assert RAW_KEY.search(ok(run_cli(None, *args, url=nowhere)))
+    assert "cost" in ok(run_cli(None, "--url", capgate.url, "usage", url=nowhere))
+
+
+def test_a_limit_that_cannot_pay_one_request_is_warned_about(
+    capgate: Capgate, key_name: str
+) -> None:
+    result = run_cli(
+        capgate, "keys", "create", key_name, "--limit", "cost=0.05/day", "--model", HAIKU
+    )
+    assert RAW_KEY.search(ok(result))  # made as asked, with a warning
+    assert "warning:" in result.stderr and "cannot pay one Claude Code request" in result.stderr
+    assert "$0.05" in result.stderr
+    result = run_cli(capgate, "keys", "update", key_name, "--limit", "cost=10/day")
+    assert ok(result) and "warning" not in result.stderr
+    result = run_cli(capgate, "keys", "update", key_name, "--add-limit", "tokens=1000/day")
+    assert ok(result) and "tokens/day" in result.stderr
+
+
+def test_usage_fits_80_columns(capgate: Capgate, key_name: str) -> None:
+    raw = create(capgate, key_name + "-with-a-rather-long-name")
+    for words in (3, 9):
+        assert ask(capgate, raw, words=words).status_code == 200
+    items = json.loads(ok(run_cli(capgate, "usage", "--format", "json")))
+    mine = next(i for i in items if i["key"].startswith(key_name))
+    table = ok(run_cli(capgate, "usage", columns=80))
+    assert max(len(line) for line in table.splitlines()) <= 80, table
+    cost = format_usd(usd_to_nano(mine["cost_usd"]))
+    assert any(
+        cost in line and line.lstrip().startswith(key_name[:10]) for line in table.splitlines()
+    ), table
+    assert "…" not in table

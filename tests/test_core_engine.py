@@ -247,6 +247,20 @@ def test_reserve_is_all_or_nothing(refusing: int) -> None:
     assert not hasattr(decision, "charges")
 
 
+def test_refusal_under_a_cent_shows_every_digit() -> None:
+    """Not "$0.00 of $0.01 used, this request may need up to $0.01", which reads as if it
+    fits: amounts under a cent keep their digits, so the three differ."""
+    k = key("tiny", Limit(Metric.COST_USD, WindowKind.DAY, USD // 100))
+    apps = counters_for([k], ["haiku"], NOW)
+    states = {(apps[0].counter, apps[0].window.start): CounterState(0, 1_250_000)}
+    decision = plan_reserve(apps, states, Amounts(1, 100, 100, 12_500_000))
+    assert isinstance(decision, Refusal)
+    assert (
+        "$0.00 of $0.01 used, $0.00125 held by requests in flight, "
+        "this request may need up to $0.0125;" in decision.message
+    )
+
+
 def test_refusal_names_the_first_refusing_limit() -> None:
     _, apps = _setup()
     states = {(a.counter, a.window.start): CounterState(settled=a.limit.max) for a in apps}

@@ -23,6 +23,7 @@ from capgate.core.limits import (
     nano_to_decimal_str,
     parse_limit_spec,
     parse_metric,
+    parse_usd,
     usd_to_nano,
 )
 from capgate.core.windows import WindowKind
@@ -239,12 +240,44 @@ def test_usd_to_nano_of_decimal_strings(dollars: int, nanos: int) -> None:
         (1_234_500, "$0.0012345"),
         (9_999_999, "$0.009999999"),
         (1, "$0.000000001"),
-        (12_345_000_000, "$12.34"),  # two decimals, banker's rounding of 12.345
-        (12_355_000_000, "$12.36"),
+        (12_345_000_000, "$12.345"),  # every digit it has: not rounded to $12.34
+        (12_355_000_000, "$12.355"),
+        (15_000_000, "$0.015"),
+        (1_000_000_001, "$1.000000001"),
+        (-2_500_000_000, "-$2.50"),
     ],
 )
 def test_format_usd(nano: int, text: str) -> None:
     assert format_usd(nano) == text
+    assert parse_usd(text) == nano
+
+
+def test_format_usd_under_a_cent_does_not_read_as_if_it_fits() -> None:
+    # The refusal that read "$0.00 of $0.01 used, this request may need up to $0.01".
+    used, top, need = 0, 10_000_000, 12_500_000
+    assert [format_usd(x) for x in (used, top, need)] == ["$0.00", "$0.01", "$0.0125"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.integers(-(10**18), 10**18), st.integers(-(10**18), 10**18))
+def test_format_usd_is_exact_and_distinct(a: int, b: int) -> None:
+    assert parse_usd(format_usd(a)) == a
+    if a != b:
+        assert format_usd(a) != format_usd(b)
+    text = format_usd(a).lstrip("-$").replace(",", "")
+    assert 2 <= len(text.split(".")[1]) <= 9  # two decimals at least, nano-dollars at most
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 10**12), st.integers(0, 99))
+def test_format_usd_whole_cents_have_two_decimals(dollars: int, cents: int) -> None:
+    assert format_usd(dollars * USD + cents * 10_000_000) == f"${dollars:,}.{cents:02d}"
+
+
+@pytest.mark.parametrize("text", ["", "$", "5$", "$1,23.00", "$1.2.3", "abc", "$-5", "1e3"])
+def test_parse_usd_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match="dollar amount"):
+        parse_usd(text)
 
 
 # --- Limit ------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import csv
 import io
 import shutil
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from conftest import ROOT, Capgate, Upstream, gateway_config, need, start_capgat
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = ROOT / "tests" / "artifacts"
 HAIKU = "claude-haiku-4-5"
+TEAM_KEYS = [f"agent-{i:02d}-nightly-evaluation-runner-for-the-research-cluster" for i in range(50)]
 PAGES = ["overview", "live", "requests", "keys", "users", "teams", "orgs", "providers",
          "settings", "audit"]  # fmt: skip
 
@@ -60,6 +62,12 @@ def dash(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             {"metric": "cost_usd", "window": "day", "max": "0.05"}]})  # fmt: skip
         server.admin("POST", "/admin/users", json={"name": "alice", "limits": [
             {"metric": "requests", "window": "day", "max": 500}]})  # fmt: skip
+        # keys may only name teams and users that exist
+        for team in ("platform", "ops", "web", "platform-infrastructure-and-developer-experience"):
+            server.admin("POST", "/admin/teams", json={"name": team})
+        for i in range(len(TEAM_KEYS)):
+            user = f"engineer-{i:02d}.with-a-long-address@example-corporation.com"
+            server.admin("POST", "/admin/users", json={"name": user})
         keys = {
             "alice-laptop": server.create_key(
                 "alice-laptop",
@@ -75,6 +83,19 @@ def dash(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             name = "alice-laptop" if i % 3 else "ci-bot"
             model = (HAIKU, "claude-sonnet-4-6")[i % 2]
             ask(server.url, keys[name], model, f"hello mock:words={5 + 7 * i}")
+        for i, name in enumerate(TEAM_KEYS):  # a team of 50, to see that the lists still fit
+            key = server.create_key(
+                name,
+                [{"metric": "cost_usd", "window": "day", "max": "2.50"},
+                 {"metric": "requests", "window": "minute", "max": 60},
+                 {"metric": "output_tokens", "window": "month", "max": 5_000_000,
+                  "model": "claude-sonnet-*"}],
+                team=("research", "platform-infrastructure-and-developer-experience")[i % 2],
+                user=f"engineer-{i:02d}.with-a-long-address@example-corporation.com",
+                models=["claude-haiku-*", "claude-sonnet-*"] if i % 3 == 0 else [],
+            )  # fmt: skip
+            for words in range(i % 4 if i < 12 else 0):
+                ask(server.url, key, HAIKU, f"team mock:words={3 + 11 * words + i}")
         yield server
     finally:
         server.close()
@@ -195,6 +216,11 @@ def test_create_a_key_in_the_ui_and_use_it(page: Page, dash: Capgate, key_name: 
     raw = page.locator("#new-key").input_value()
     assert raw.startswith("sk-cg-")
     assert page.get_by_text("shown only once").is_visible()
+    # Claude Code takes the key as ANTHROPIC_AUTH_TOKEN: as ANTHROPIC_API_KEY, interactive
+    # Claude Code asks "use this API key?" and defaults to No.
+    snippet = page.get_by_role("dialog").get_by_label("Shell setup").inner_text()
+    assert f"export ANTHROPIC_AUTH_TOKEN={raw}" in snippet and "ANTHROPIC_API_KEY" not in snippet
+    assert f"export ANTHROPIC_BASE_URL={dash.url}" in snippet
     shot(page, "new-key-shown")
     page.get_by_role("button", name="Done").click()
     page.locator(f'tr[data-name="{key_name}"]').wait_for()
@@ -301,18 +327,60 @@ def test_settings_can_be_changed_in_the_ui(page: Page, dash: Capgate) -> None:
     assert dash.admin("GET", "/admin/settings").json()["timezone"] == "UTC"
 
 
+# Every table, cell, button, link and field of a page inside its card, every card inside
+# the window, and no table scrolled sideways (a scrolled column is out of view too).
+FITS = """() => {
+  const problems = [];
+  const vw = document.documentElement.clientWidth;
+  const shown = (el) => { const r = el.getBoundingClientRect(); return r.width > 0 && r.height > 0; };
+  const name = (el) => `${el.tagName.toLowerCase()}${el.className && typeof el.className === "string"
+    ? "." + el.className.trim().split(/\\s+/).join(".") : ""} "${(el.textContent || "").trim().slice(0, 40)}"`;
+  const within = (r, box) => r.left >= box.left - 1 && r.right <= box.right + 1;
+  for (const card of document.querySelectorAll("#page .panel")) {
+    if (!shown(card)) continue;
+    const box = card.getBoundingClientRect();
+    if (box.left < -1 || box.right > vw + 1) problems.push("card outside the window: " + name(card));
+    for (const wrap of card.querySelectorAll(".table-wrap")) {
+      if (wrap.scrollWidth > wrap.clientWidth + 1) {
+        problems.push(`table scrolls sideways, ${wrap.scrollWidth} > ${wrap.clientWidth} px: ` + name(wrap.querySelector("thead") || wrap));
+      }
+    }
+    for (const el of card.querySelectorAll("table, th, td, button, a, input, select, .badge, [role=progressbar], .num")) {
+      if (!shown(el)) continue;
+      const r = el.getBoundingClientRect();
+      if (!within(r, box) || r.right > vw + 1) problems.push("cut off by its card or the window: " + name(el));
+      const cell = el.parentElement?.closest("td, th");
+      if (cell && !within(r, cell.getBoundingClientRect())) problems.push("sticks out of its cell: " + name(el));
+      if ((el.tagName === "TD" || el.tagName === "TH") && el.scrollWidth > el.clientWidth + 1) {
+        problems.push(`wider than its cell, ${el.scrollWidth} > ${el.clientWidth} px: ` + name(el));
+      }
+    }
+  }
+  return problems;
+}"""
+
+
 @pytest.mark.parametrize("width", [1280, 1024])
 def test_every_page_renders_without_errors(
     browser: Browser, dash: Capgate, page: Page, width: int
 ) -> None:
+    """Every page at 1280 and 1024 px with a team of 50 keys (long names, three limits
+    each): nothing cut off, nothing out of view, no error, no unlabelled field."""
     page.set_viewport_size({"width": width, "height": 800})
     log_in(page, dash)
-    for route in [*PAGES, "keys/alice-laptop", "teams/research"]:
+    entry = dash.ledger(key="alice-laptop")[0]
+    routes = [*PAGES, "keys/alice-laptop", f"keys/{TEAM_KEYS[0]}", "teams/research",
+              f"requests/{entry['request_id']}"]  # fmt: skip
+    for route in routes:
         go(page, dash, route)
         page.locator("#page .panel").first.wait_for()
+        if route in ("keys", "overview", "live", "requests"):
+            page.locator("#page table").first.wait_for()
         assert page.locator("#page [role=alert]").count() == 0, route
         overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 0, f"{route} is wider than the window at {width}px"
+        problems = page.evaluate(FITS)
+        assert problems == [], f"{route} at {width}px: {problems[:8]}"
         unlabelled = page.evaluate(
             """[...document.querySelectorAll('#page input, #page select')].filter(
                 (el) => !el.labels?.length && !el.getAttribute('aria-label')).length"""
@@ -320,6 +388,9 @@ def test_every_page_renders_without_errors(
         assert unlabelled == 0, route
         if width == 1280:
             shot(page, "page-" + route.replace("/", "-"))
+    go(page, dash, "keys")
+    page.locator("#page tbody tr").nth(51).wait_for()
+    shot(page, f"keys-{width}", full=True)
     if width == 1024:
         go(page, dash, "overview")
         shot(page, "overview-1024", full=True)
@@ -368,3 +439,132 @@ def test_edit_limits_models_and_schedules_in_the_ui(
     console.errors.clear()
     dialog.get_by_role("button", name="Cancel").click()
     assert dash.admin("GET", f"/admin/keys/{key_name}").json()["limits"][0]["window"] == "day"
+
+
+def test_keys_list_searches_sorts_and_shows_spend_and_last_use(page: Page, dash: Capgate) -> None:
+    log_in(page, dash)
+    go(page, dash, "keys")
+    rows = page.locator("#page tbody tr")
+    rows.nth(51).wait_for()
+    listed = dash.admin("GET", "/admin/keys").json()["items"]
+    assert rows.count() == len(listed) >= 52
+
+    def names() -> list[str]:
+        return [str(n) for n in rows.evaluate_all("(rows) => rows.map((r) => r.dataset.name)")]
+
+    search = page.get_by_label("Search keys by name, team or user")
+    search.fill("agent-0")
+    assert names() == TEAM_KEYS[:10]
+    search.fill("PLATFORM-infra")  # the team, any case
+    assert names() == TEAM_KEYS[1::2]
+    search.fill("engineer-07.with")  # the user
+    assert names() == [TEAM_KEYS[7]]
+    page.get_by_text("1 of").wait_for()
+    search.fill("")
+
+    # Spend today, biggest first, exactly as the API has it; ties by name.
+    page.get_by_role("button", name="Sort by today").click()
+    by_spend = sorted(listed, key=lambda k: (-Decimal(k["spend"]["today"]), k["name"]))
+    assert names() == [k["name"] for k in by_spend]
+    assert page.locator("th[aria-sort=descending]").inner_text().startswith("Today")
+    top = by_spend[0]
+    assert Decimal(top["spend"]["today"]) > 0
+    first = rows.first
+    shown = first.locator("[data-spend=today]").inner_text()
+    assert Decimal(shown.lstrip("$").replace(",", "")) == Decimal(top["spend"]["today"])
+    assert first.locator("[data-spend=month]").inner_text().lstrip("$").replace(",", "") != ""
+    page.get_by_role("button", name="Sort by today").click()  # again: smallest first
+    assert names()[-1] == top["name"]
+
+    page.get_by_role("button", name="Sort by name").click()
+    assert names() == sorted(k["name"] for k in listed)
+    page.get_by_role("button", name="Sort by name").click()
+    assert names() == sorted((k["name"] for k in listed), reverse=True)
+
+    page.get_by_role("button", name="Sort by last used").click()
+    used = [k for k in listed if k["last_used_at"]]
+    newest = max(used, key=lambda k: k["last_used_at"])
+    assert names()[0] == newest["name"]
+    assert page.locator(f'tr[data-name="{TEAM_KEYS[40]}"]').get_by_text("never").is_visible()
+    assert "ago" in rows.first.inner_text() or "just now" in rows.first.inner_text()
+
+
+def test_find_a_clamped_request_by_its_id(
+    page: Page, dash: Capgate, console: Console, key_name: str
+) -> None:
+    key = dash.create_key(key_name, [{"metric": "cost_usd", "window": "day", "max": "0.10"}])
+    answer = httpx.post(
+        dash.url + "/v1/messages",
+        headers={"x-api-key": key},
+        json={"model": "claude-sonnet-4-6", "max_tokens": 64_000,
+              "messages": [{"role": "user", "content": "long mock:words=20000"}]},
+        timeout=30,
+    )  # fmt: skip
+    assert answer.status_code == 200, answer.text
+    request_id = answer.headers["x-capgate-request-id"]
+    clamped = int(answer.headers["x-capgate-max-tokens"])
+    ask(dash.url, key, text="another mock:words=2")
+    log_in(page, dash)
+    go(page, dash, "requests")
+    page.get_by_label("Request id", exact=True).fill(request_id)
+    page.get_by_role("button", name="Apply").click()
+    page.locator("#page .pager", has_text="1 requests").wait_for()
+    row = page.locator("#page tbody tr")
+    assert row.count() == 1 and f"max_tokens lowered to {clamped:,}" in row.inner_text()
+    row.get_by_role("link").first.click()
+    page.wait_for_url(f"**#/requests/{request_id}")
+    detail = page.locator("#page .kv")
+    detail.wait_for()
+    assert request_id in detail.inner_text()
+    assert page.locator("[data-field=max_tokens_clamped]").inner_text() == (
+        f"lowered to {clamped:,} to fit the budget"
+    )
+    assert "Flags\nnone" in detail.inner_text()
+    shot(page, "request-detail")
+    go(page, dash, "requests/no-such-request")
+    page.locator("#page [role=alert]", has_text="no-such-request").wait_for()
+    assert console.errors == [  # Chromium's own log line for the 404
+        "error: Failed to load resource: the server responded with a status of 404 (Not Found)"
+    ]
+    console.errors.clear()
+
+
+def test_overview_splits_refusals_by_reason(page: Page, dash: Capgate, key_name: str) -> None:
+    only_gpt = dash.create_key(key_name, models=["gpt-*"])
+    assert ask(dash.url, only_gpt).status_code == 403
+    log_in(page, dash)
+    page.locator("[data-reason=model_not_allowed]").wait_for()
+    reasons = dash.admin("GET", "/admin/summary", params={"period": "today"}).json()[
+        "refusals_by_reason"
+    ]
+    shown = page.locator("[data-reason]").evaluate_all(
+        "(els) => els.map((el) => [el.dataset.reason, el.textContent])"
+    )
+    assert [r for r, _ in shown] == list(reasons)
+    assert [int(text.split()[0]) for _, text in shown] == list(reasons.values())
+    assert (
+        page.locator("[data-reason=model_not_allowed]").inner_text().endswith("model not allowed")
+    )
+
+
+def test_chart_axis_amounts_under_a_cent_never_print_the_same(page: Page, dash: Capgate) -> None:
+    log_in(page, dash)
+    labels = page.evaluate(
+        """async () => {
+          const { axisUsdLabels } = await import("/dashboard/static/js/format.js");
+          return [
+            axisUsdLabels([0, 0.005, 0.01, 0.015, 0.02]),
+            axisUsdLabels([0.0042, 0.0043, 0.0044]),
+            axisUsdLabels([0, 0.5, 1, 1.5]),
+            axisUsdLabels([0, 20, 40, 60]),
+            axisUsdLabels([0, 0.000001, 0.000002]),
+          ];
+        }"""
+    )
+    assert labels == [
+        ["$0", "$0.005", "$0.010", "$0.015", "$0.020"],
+        ["$0.0042", "$0.0043", "$0.0044"],
+        ["$0", "$0.50", "$1.00", "$1.50"],
+        ["$0", "$20", "$40", "$60"],
+        ["$0", "$0.000001", "$0.000002"],
+    ]

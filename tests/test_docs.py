@@ -215,3 +215,54 @@ def test_links_resolve(path: Path) -> None:
         ):
             broken.append(target)
     assert not broken, f"broken links in {path.name}: {broken}"
+
+
+# -- architecture ----------------------------------------------------------------------------
+
+ARCHITECTURE = DOCS / "architecture.md"
+_PY_NAME = re.compile(r"[\w*]+\.py\b")
+
+
+def _named_in_architecture() -> list[str]:
+    """File names (and globs such as `translate*.py`) the architecture doc mentions."""
+    return _PY_NAME.findall(ARCHITECTURE.read_text("utf-8"))
+
+
+def _mentioned(name: str, named: list[str]) -> bool:
+    from fnmatch import fnmatch
+
+    return any(fnmatch(name, pattern) for pattern in named)
+
+
+def test_architecture_names_every_module() -> None:
+    """docs/architecture.md stays true to the code: each module of the package is named
+    there (a new module without a line in the map fails here)."""
+    named = _named_in_architecture()
+    package = ROOT / "src" / "capgate"
+    missing = sorted(
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if path.name not in ("__init__.py", "__main__.py") and not _mentioned(path.name, named)
+    )
+    assert not missing, f"modules missing from docs/architecture.md: {missing}"
+
+
+def test_architecture_names_only_modules_that_exist() -> None:
+    package = ROOT / "src" / "capgate"
+    existing = {p.name for p in package.rglob("*.py")} | {
+        p.name for p in (ROOT / "tests").glob("*.py")
+    }
+    from fnmatch import fnmatch
+
+    stale = sorted(
+        {n for n in _named_in_architecture() if not any(fnmatch(e, n) for e in existing)}
+    )
+    assert not stale, f"docs/architecture.md names files that do not exist: {stale}"
+
+
+def test_architecture_lists_every_test_file() -> None:
+    named = _named_in_architecture()
+    missing = sorted(
+        p.name for p in (ROOT / "tests").glob("test_*.py") if not _mentioned(p.name, named)
+    )
+    assert not missing, f"test files missing from docs/architecture.md's table: {missing}"

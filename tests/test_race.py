@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import httpx
+import orjson
 import pytest
 
 from conftest import Capgate, Upstream, gateway_config, start_capgate
@@ -23,24 +24,31 @@ from conftest import Capgate, Upstream, gateway_config, start_capgate
 CONCURRENCY = 200
 
 
-async def _fire(urls: list[str], key: str, n: int, stream_every: int = 2) -> list[tuple[int, str]]:
+def _race_body(i: int, stream: bool, over_every: int | None = None) -> dict[str, Any]:
+    text = f"request {i} mock:words=300 mock:delay_ms=30"
+    if over_every is not None and i % over_every == 0:  # reports far more than was held
+        text += " mock:input_tokens=200000"
+    return {
+        "model": "claude-sonnet-4-6",
+        "max_tokens": 400,
+        "stream": stream,
+        "messages": [{"role": "user", "content": text}],
+    }
+
+
+async def _fire(
+    urls: list[str], key: str, n: int, stream_every: int = 2, over_every: int | None = None
+) -> list[tuple[int, str]]:
     """n requests at once, spread over `urls`; returns (status, request id) for each."""
     timeout = aiohttp.ClientTimeout(total=120)
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
 
         async def one(i: int) -> tuple[int, str]:
-            stream = i % stream_every == 0
-            body: dict[str, Any] = {
-                "model": "claude-sonnet-4-6",
-                "max_tokens": 400,
-                "stream": stream,
-                "messages": [
-                    {"role": "user", "content": f"request {i} mock:words=300 mock:delay_ms=30"}
-                ],
-            }
+            body = _race_body(i, i % stream_every == 0, over_every)
             url = urls[i % len(urls)] + "/v1/messages"
-            async with session.post(url, json=body, headers={"x-api-key": key}) as response:
+            headers = {"x-api-key": key, "content-type": "application/json"}
+            async with session.post(url, data=orjson.dumps(body), headers=headers) as response:
                 await response.read()
                 return response.status, response.headers.get("x-capgate-request-id", "")
 
@@ -98,6 +106,46 @@ def test_dollar_budget_never_overspent(capgate: Capgate, key_name: str) -> None:
     books = _check_books(capgate, key_name, results, budget)
     admitted = books["statuses"][200]
     assert 3 <= admitted < CONCURRENCY
+
+
+def test_over_usage_in_the_race(capgate: Capgate, key_name: str) -> None:
+    """Every fourth request reports 200,000 input tokens (~$0.60) against a worst case of
+    ~$0.013 held: the ledger and the counter record the truth, above the budget, flagged;
+    each admission still fitted its worst case into what was left, so the spend capped at
+    each request's worst case stays within the budget; and once the truth is in, every
+    later request is refused."""
+    budget = Decimal("0.04")
+    key = capgate.create_key(
+        key_name, [{"metric": "cost_usd", "window": "day", "max": str(budget)}]
+    )
+    results = asyncio.run(_fire([capgate.url], key, CONCURRENCY, over_every=4))
+    statuses = Counter(status for status, _ in results)
+    assert set(statuses) <= {200, 402}, statuses
+    entries = capgate.ledger(key=key_name)
+    assert len(entries) == CONCURRENCY  # one entry per request, whatever it reported
+    ok = {e["request_id"]: e for e in entries if e["outcome"] == "ok"}
+    assert len(ok) == statuses[200] >= 3
+    spent = sum(Decimal(e["cost_usd"]) for e in entries)
+    usage = {u["metric"]: u for u in capgate.key_usage(key_name)}["cost_usd"]
+    assert Decimal(usage["used"]) == spent and Decimal(usage["reserved"]) == 0
+    # What each request could have cost (its worst case, the byte bound at Sonnet 4.6's
+    # dearest input rate plus 400 output tokens), and which of them went over it.
+    worst = {}
+    for i, (_, rid) in enumerate(results):
+        body = _race_body(i, i % 2 == 0, 4)
+        bound = len(orjson.dumps(body)) + 1000 + 8
+        worst[rid] = Decimal(-(-(bound * 6_000_000 + 400 * 15_000_000) // 1000)) / 10**9
+    over = [e for e in ok.values() if e["flags"] == ["over_reservation"]]
+    assert over and all(Decimal(e["cost_usd"]) > worst[e["request_id"]] for e in over)
+    assert all(e["flags"] == [] for e in ok.values() if e not in over)
+    assert sum(min(Decimal(e["cost_usd"]), worst[rid]) for rid, e in ok.items()) <= budget
+    assert spent > budget  # the truth, recorded
+    late = httpx.post(
+        capgate.url + "/v1/messages",
+        json=_race_body(1, False),
+        headers={"x-api-key": key},
+    )
+    assert late.status_code == 402, late.text
 
 
 def test_two_processes_share_one_budget(upstream: Upstream, tmp_path: Path) -> None:

@@ -156,7 +156,9 @@ def test_cli_manages_teams(capgate: Capgate, key_name: str) -> None:
         )
 
     team = f"team-{key_name}"
-    done = cli("teams", "create", team, "--limit", "requests=1/day", "--org", "acme")
+    done = cli(
+        "teams", "create", team, "--limit", "requests=1/day", "--org", "acme", "--create-org"
+    )
     assert done.returncode == 0, done.stderr
     assert capgate.admin("GET", f"/admin/teams/{team}").json()["org"] == "acme"
     key = capgate.create_key(key_name, team=team)
@@ -247,3 +249,27 @@ def test_team_windows_use_the_team_timezone(capgate: Capgate, key_name: str) -> 
     local = dt.datetime.fromtimestamp(resets_at, ZoneInfo("Asia/Tokyo"))
     assert (local.hour, local.minute) == (0, 0)
     assert 0 < resets_at - dt.datetime.now(dt.UTC).timestamp() <= 86_400
+
+
+def test_cli_show_lists_members(capgate: Capgate, key_name: str) -> None:
+    env = {**os.environ, "CAPGATE_URL": capgate.url, "CAPGATE_ADMIN_KEY": capgate.admin_key}
+    env["COLUMNS"] = "200"
+
+    def cli(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "capgate", *args],
+            env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    org, team, user = f"o-{key_name}", f"t-{key_name}", f"u-{key_name}"
+    cli("teams", "create", team, "--org", org, "--create-org")
+    cli("users", "create", user)
+    capgate.create_key(f"{key_name}-1", team=team, user=user)
+    capgate.create_key(f"{key_name}-2", team=team)
+    shown = cli("teams", "show", team)
+    assert f"keys: {key_name}-1, {key_name}-2" in shown and f"users: {user}" in shown
+    assert f"org={org}" in shown
+    assert f"keys: {key_name}-1" in cli("users", "show", user)
+    assert f"teams: {team}" in cli("orgs", "show", org)

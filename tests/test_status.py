@@ -96,3 +96,25 @@ def test_me_and_status_show_the_team_above_the_key(capgate: Capgate, key_name: s
         check=False,
     )
     assert done.returncode == 0 and f"team {team}" in done.stdout and "requests/week" in done.stdout
+
+
+def test_status_with_the_admin_key_says_what_it_needs(capgate: Capgate) -> None:
+    """The admin key is not a virtual key: say so, and where an admin looks instead."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("CAPGATE_", "ANTHROPIC_"))}
+    base.pop("OPENAI_API_KEY", None)
+    base["CAPGATE_URL"] = capgate.url
+    for env in (
+        {"CAPGATE_KEY": capgate.admin_key},
+        {"CAPGATE_ADMIN_KEY": capgate.admin_key},
+        {"ANTHROPIC_API_KEY": capgate.admin_key, "CAPGATE_ADMIN_KEY": capgate.admin_key},
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "capgate", "status"],
+            env={**base, **env},
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        message = " ".join(done.stderr.split())
+        assert "needs" in message and "virtual key" in message and "not the admin key" in message
+        assert "capgate keys show NAME" in message
+        assert capgate.admin_key not in done.stderr

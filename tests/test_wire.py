@@ -177,7 +177,7 @@ def test_events_and_data_of() -> None:
         (None, None),
         ("x", None),
         ([], None),
-        ({}, Usage()),
+        ({}, None),  # unreadable: no counts
         ({"input_tokens": 10, "output_tokens": 5}, Usage(10, 5)),
         (
             {
@@ -203,18 +203,27 @@ def test_events_and_data_of() -> None:
         ),
         (
             {
+                "input_tokens": 0,
+                "output_tokens": 0,
                 "cache_creation_input_tokens": 50,
                 "cache_creation": {"ephemeral_1h_input_tokens": 80},
             },
             Usage(0, 0, 0, 0, 80),
         ),
-        ({"cache_creation_input_tokens": 50, "cache_creation": None}, Usage(cache_write_tokens=50)),
-        # nonsense counts are treated as none
         (
-            {"input_tokens": -5, "output_tokens": True, "cache_read_input_tokens": "7"},
-            Usage(),
+            {
+                "input_tokens": 1,
+                "output_tokens": 2.0,  # an integral float is read
+                "cache_creation_input_tokens": 50,
+                "cache_creation": None,
+            },
+            Usage(1, 2, cache_write_tokens=50),
         ),
-        ({"input_tokens": 1.5, "output_tokens": None}, Usage()),
+        # input or output missing, or a nonsense count: the usage cannot be read
+        ({"cache_creation_input_tokens": 50, "cache_creation": None}, None),
+        ({"input_tokens": -5, "output_tokens": True, "cache_read_input_tokens": "7"}, None),
+        ({"input_tokens": 1.5, "output_tokens": None}, None),
+        ({"input_tokens": 1, "output_tokens": 1, "cache_read_input_tokens": "7"}, None),
     ],
 )
 def test_anthropic_usage_of(usage: Any, expected: Usage | None) -> None:
@@ -245,7 +254,8 @@ def test_message_usage_of_a_real_looking_answer() -> None:
         (b"[1, 2]", (None, None)),
         (b'"text"', (None, None)),
         (b'{"model": "m"}', (None, "m")),
-        (b'{"model": 5, "usage": {"input_tokens": 3}}', (Usage(3), None)),
+        (b'{"model": 5, "usage": {"input_tokens": 3, "output_tokens": 0}}', (Usage(3), None)),
+        (b'{"model": "m", "usage": {"input_tokens": 3}}', (None, "m")),  # no output count
         (b'{"type": "error", "error": {"type": "overloaded_error"}}', (None, None)),
     ],
 )
@@ -480,7 +490,7 @@ def test_anthropic_partial_bound_not_fooled_by_text() -> None:
     [
         (None, None),
         ("x", None),
-        ({}, Usage()),
+        ({}, None),
         ({"prompt_tokens": 100, "completion_tokens": 20}, Usage(100, 20)),
         (
             {
@@ -501,13 +511,15 @@ def test_anthropic_partial_bound_not_fooled_by_text() -> None:
             },
             Usage(0, 1, 10),
         ),
-        ({"prompt_tokens": 10, "prompt_tokens_details": None}, Usage(10)),
+        ({"prompt_tokens": 10, "completion_tokens": 0, "prompt_tokens_details": None}, Usage(10)),
+        ({"prompt_tokens": 10, "prompt_tokens_details": None}, None),  # no output count
         # Responses API names
         (
             {"input_tokens": 40, "output_tokens": 8, "input_tokens_details": {"cached_tokens": 16}},
             Usage(24, 8, 16),
         ),
-        ({"prompt_tokens": -1, "completion_tokens": "2"}, Usage()),
+        ({"prompt_tokens": -1, "completion_tokens": "2"}, None),
+        ({"prompt_tokens": 10.0, "completion_tokens": 2.0}, Usage(10, 2)),
     ],
 )
 def test_openai_usage_of(usage: Any, expected: Usage | None) -> None:

@@ -7,19 +7,22 @@ import os
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiohttp import web
 
-from capgate import __version__
+from capgate import __version__, demo_secrets
 from capgate.config import CLI_TYPES, Config, ProviderConfig, sqlite_path
-from capgate.core.limits import Limit, Metric, ScopeKind, usd_to_nano
+from capgate.core.limits import Limit, Metric, ScopeKind, Status, usd_to_nano
 from capgate.core.windows import WindowKind
 from capgate.dashboard.app import Dashboard
+from capgate.demo_secrets import secrets_path
 from capgate.http.admin import AdminAPI
 from capgate.http.auth import admin_digest
 from capgate.http.gateway import Gateway
 from capgate.http.generate import GenerateAPI
-from capgate.keys import display_prefix, key_hash, new_key
+from capgate.keys import display_prefix, key_hash, key_id_of, matches, new_key
+from capgate.logs import logged_admin_routes
 from capgate.mock.server import create_mock_app
 from capgate.providers.base import Provider
 from capgate.providers.cli import cli_provider
@@ -37,9 +40,10 @@ DEMO_KEY = "demo"
 class Built:
     app: web.Application
     store: SQLiteStore
-    generated_admin_key: str | None = None  # shown once when capgate made it
+    generated_admin_key: str | None = None  # shown when capgate made (or kept) it
     demo_key: str | None = None
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what a demo start replaced
+    secrets_file: Path | None = None  # where a demo start keeps its raw keys
 
 
 async def _start_builtin_mock() -> tuple[web.AppRunner, str]:
@@ -51,27 +55,58 @@ async def _start_builtin_mock() -> tuple[web.AppRunner, str]:
     return runner, f"http://127.0.0.1:{port}"
 
 
-async def _admin_digest(store: SQLiteStore, config: Config, demo: bool) -> tuple[bytes, str | None]:
-    """The admin key: from the settings; else the one stored at first start; else (and
-    always in demo mode) a new one, stored as a hash and shown once."""
+async def _admin_digest(
+    store: SQLiteStore, config: Config, demo: bool, kept: dict[str, str], notes: list[str]
+) -> tuple[bytes, str | None]:
+    """The admin key: from the settings; else the one stored at first start; in demo mode
+    the one kept in the secrets file while it still matches (or the database is new); else
+    a new one, stored as a hash and shown (in demo mode also kept in the secrets file)."""
     if config.server.admin_key:
         return admin_digest(config.server.admin_key), None
     stored = await store.get_meta("admin_key_hash")
     if stored and not demo:
         return bytes.fromhex(stored), None
+    raw = kept.get("admin_key")
+    if raw and (not stored or admin_digest(raw).hex() == stored):
+        await store.set_meta("admin_key_hash", admin_digest(raw).hex())  # a new database
+        return admin_digest(raw), raw
+    if stored:
+        why = "it was not in the secrets file" if not raw else "the secrets file held another"
+        notes.append(
+            f"The admin key was REPLACED ({why}): the old one and its dashboard sessions no "
+            "longer work. Export the new CAPGATE_ADMIN_KEY below."
+        )
     raw = "sk-cg-admin-" + secrets.token_urlsafe(32)
     digest = admin_digest(raw)
     await store.set_meta("admin_key_hash", digest.hex())
+    if demo:
+        kept["admin_key"] = raw
     return digest, raw
 
 
-async def _demo_key(store: SQLiteStore) -> str:
-    """A fresh demo key with a small daily budget (replaced at every demo start, since a
-    raw key cannot be shown twice)."""
+async def _demo_key(store: SQLiteStore, kept: dict[str, str], notes: list[str]) -> str:
+    """The demo key kept in the secrets file while it is still the active `demo` key (made
+    again in a new database); else a fresh one with a small daily budget, since a raw key
+    cannot be read back."""
+    raw = kept.get("demo_key")
+    key_id = key_id_of(raw) if raw else None
+    entry = store.key_by_id(key_id) if key_id else None
+    if raw and entry is not None:
+        scope, secret_hash = entry
+        if scope.name == DEMO_KEY and scope.status is Status.ACTIVE and matches(raw, secret_hash):
+            return raw
     names = {scope.name for scope in await store.list_scopes(ScopeKind.KEY)}
     if DEMO_KEY in names:
         await store.delete_scope(ScopeKind.KEY, DEMO_KEY, "demo")
+        why = "it was not in the secrets file" if not raw else "the kept one is no longer active"
+        notes.append(f"The demo key was REPLACED ({why}). Export the new CAPGATE_KEY below.")
+    elif raw and key_id and not names:  # a new database: the kept key is made again
+        return await _create_demo_key(store, kept, key_id, raw)
     key_id, raw = new_key()
+    return await _create_demo_key(store, kept, key_id, raw)
+
+
+async def _create_demo_key(store: SQLiteStore, kept: dict[str, str], key_id: str, raw: str) -> str:
     limits = (
         Limit(Metric.COST_USD, WindowKind.DAY, usd_to_nano("10.00")),
         Limit(Metric.REQUESTS, WindowKind.MINUTE, 60),
@@ -81,6 +116,7 @@ async def _demo_key(store: SQLiteStore) -> str:
         ScopeKind.KEY, DEMO_KEY, fields, scope_id=key_id, secret_hash=key_hash(raw),
         prefix=display_prefix(raw), actor="demo",
     )  # fmt: skip
+    kept["demo_key"] = raw
     return raw
 
 
@@ -116,13 +152,19 @@ async def build(
     configs = {pc.name: pc for pc in provider_configs}
     router = Router(list(config.models), providers, configs, settings)
     gateway = Gateway(store, router, runtime.pricing, settings)
-    digest, generated = await _admin_digest(store, config, demo)
-    admin = AdminAPI(store, digest, runtime=runtime, routing=router.describe)
+    secrets_file = secrets_path(sqlite_path(settings.database_url)) if demo else None
+    kept = demo_secrets.load(secrets_file)
+    notes: list[str] = []
+    digest, generated = await _admin_digest(store, config, demo, kept, notes)
+    admin = AdminAPI(
+        store, digest, runtime=runtime, routing=router.describe,
+        min_clamped_tokens=settings.min_clamped_tokens,
+    )  # fmt: skip
 
     app = web.Application(client_max_size=int(settings.max_request_mb * 1024 * 1024) + 1)
     app.add_routes(gateway.routes())
     app.add_routes(GenerateAPI(gateway, settings).routes())
-    app.add_routes(admin.routes())
+    app.add_routes(logged_admin_routes(admin.routes()))
     app.add_routes(Dashboard(admin.access).routes())
     app.router.add_get("/health", _health)
 
@@ -140,9 +182,10 @@ async def build(
 
     app.on_shutdown.append(end_streams)
     app.on_cleanup.append(shutdown)
-    built = Built(app, store, generated)
+    built = Built(app, store, generated, notes=notes, secrets_file=secrets_file)
     if demo:
-        built.demo_key = await _demo_key(store)
+        built.demo_key = await _demo_key(store, kept, notes)
+        demo_secrets.save(secrets_file, kept)
     return built
 
 

@@ -98,9 +98,13 @@ class PriceConfig(_Strict):
     cache_write: float | str | None = None
     cache_write_1h: float | str | None = None
     cache_read: float | str | None = None
+    context_window: int | None = Field(None, gt=0, le=2**31)  # tokens; bounds hidden input
 
     def as_entry(self) -> dict[str, Any]:
-        return {k: str(v) for k, v in self.model_dump().items() if v is not None}
+        entry: dict[str, Any] = {k: str(v) for k, v in self.model_dump().items() if v is not None}
+        if self.context_window is not None:
+            entry["context_window"] = self.context_window
+        return entry
 
 
 class ServerConfig(_Strict):
@@ -132,6 +136,14 @@ class ServerConfig(_Strict):
     # What /generate and /generate-codex use when the request names no model.
     generate_model: str = "claude-sonnet-4-5"
     generate_codex_model: str = "gpt-5-codex"
+    # Logs go to stderr, one line per request / admin action / upstream failure.
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
 
     @field_validator("credit_weights")
     @classmethod
@@ -246,6 +258,8 @@ ENV_SETTINGS = {
     "CAPGATE_ALLOW_UNPRICED_MODELS": "allow_unpriced_models",
     "CAPGATE_TIMEZONE": "timezone",
     "CAPGATE_LEASE_SECONDS": "lease_seconds",
+    "CAPGATE_LOG_LEVEL": "log_level",
+    "CAPGATE_LOG_FORMAT": "log_format",
 }
 
 

@@ -52,8 +52,12 @@ class PricingTable:
                 prices[alias] = price
         globs: dict[str, Price] = {}
         for name, entry in (overrides or {}).items():
+            fields = dict(entry)
+            bundled = prices.get(name)  # an override keeps the model's known context window
+            if "context_window" not in fields and bundled is not None:
+                fields["context_window"] = bundled.context_window
             try:
-                price = Price.from_per_million(dict(entry))
+                price = Price.from_per_million(fields)
             except (KeyError, ValueError) as exc:
                 raise ValueError(f"pricing.{name}: {exc}") from None
             if any(ch in name for ch in "*?["):

@@ -22,6 +22,7 @@ from typing import Any
 
 from capgate.config import ProviderConfig, RouteConfig, ServerConfig, TargetConfig
 from capgate.errors import InvalidRequest, NotFound
+from capgate.logs import UPSTREAM, Line, scrub
 from capgate.providers.base import Endpoint, Provider
 
 # The endpoint of the other format that a request can be translated to.
@@ -90,14 +91,25 @@ class Breakers:
         health.total_failures += 1
         health.last_error = error[:300]
         health.last_failure_at = time.time()
-        if health.failures >= config.cooldown_after and health.cooling_until <= now:
+        opens = health.failures >= config.cooldown_after and health.cooling_until <= now
+        UPSTREAM.warning(
+            Line("upstream_failed", {"provider": provider, "failures_in_a_row": health.failures,
+                                     "error": scrub(error)})
+        )  # fmt: skip
+        if opens:
             health.cooling_until = now + config.cooldown_s
             health.cooldowns += 1
             self._latest_end = max(self._latest_end, health.cooling_until)
+            UPSTREAM.warning(
+                Line("breaker_open", {"provider": provider, "cooldown_s": config.cooldown_s,
+                                      "failures_in_a_row": health.failures})
+            )  # fmt: skip
 
     def succeeded(self, provider: str) -> None:
         health = self._health[provider]
         if health.failures:
+            if health.failures >= self._configs[provider].cooldown_after:
+                UPSTREAM.warning(Line("breaker_closed", {"provider": provider}))
             health.failures = 0
             health.cooling_until = 0.0
 

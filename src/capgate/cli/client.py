@@ -21,11 +21,24 @@ class AdminClient:
             base_url=self.url, headers={"authorization": f"Bearer {key}"}, timeout=30
         )
 
+    def create_if_missing(self, path: str, name: str) -> bool:
+        """POST `{"name": name}` to `path`; False when it exists already (409)."""
+        response = self._send("POST", path, json={"name": name})
+        if response.status_code == 409:
+            return False
+        self._answer(response)
+        return True
+
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._answer(self._send(method, path, **kwargs))
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
-            response = self._http.request(method, path, **kwargs)
+            return self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             fail(f"cannot reach capgate at {self.url}: {exc}")
+
+    def _answer(self, response: httpx.Response) -> Any:
         if response.status_code >= 400:
             try:
                 message = response.json()["error"]["message"]

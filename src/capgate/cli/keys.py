@@ -10,7 +10,18 @@ from rich.console import Console
 from rich.table import Table
 
 from capgate.cli.client import AdminClient, fail
-from capgate.core.limits import parse_limit_spec
+from capgate.cli.render import (
+    limit_label,
+    listing,
+    print_settings,
+    print_warnings,
+    schedule_text,
+    text,
+    usage_cell,
+    usage_table,
+)
+from capgate.core.limits import parse_limit_spec, parse_metric
+from capgate.core.windows import parse_window
 
 app = typer.Typer(help="Create and manage virtual keys.", no_args_is_help=True)
 console = Console()
@@ -18,7 +29,26 @@ console = Console()
 LimitOpt = Annotated[
     list[str] | None,
     typer.Option(
-        "--limit", "-l", help="[MODEL_GLOB:]METRIC=MAX/WINDOW, e.g. cost=5/day (repeatable)"
+        "--limit",
+        "-l",
+        help="[MODEL_GLOB:]METRIC=MAX/WINDOW, e.g. cost=5/day (repeatable). On update it "
+        "replaces ALL the limits; see --add-limit and --remove-limit",
+    ),
+]
+AddLimitOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--add-limit",
+        help="add a limit, keeping the others (one on the same metric, window and models "
+        "is replaced); same syntax as --limit (repeatable)",
+    ),
+]
+RemoveLimitOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--remove-limit",
+        help="remove the limit [MODEL_GLOB:]METRIC/WINDOW (or its full --limit spec), "
+        "keeping the others (repeatable)",
     ),
 ]
 ModelOpt = Annotated[
@@ -31,6 +61,14 @@ ShortBudgetOpt = Annotated[
         help="clamp: lower max_tokens to what the budget pays for (default); reject: refuse",
     ),
 ]
+HoldOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--unbounded-hold",
+        help="USD to hold for a request whose worst case cannot be bounded (a server tool "
+        "like code execution, ...) instead of refusing it; 'none' to refuse again",
+    ),
+]
 ScheduleOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -39,19 +77,60 @@ ScheduleOpt = Annotated[
         "Europe/Berlin': those models only then (repeatable; replaces the list)",
     ),
 ]
-UrlOpt = Annotated[str | None, typer.Option("--url", help="capgate server (env CAPGATE_URL)")]
+UrlOpt = Annotated[
+    str | None,
+    typer.Option("--url", help="capgate server (env CAPGATE_URL); also before the command"),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
 
 
 def limits_body(specs: list[str] | None) -> list[dict[str, Any]] | None:
-    if specs is None:
-        return None
-    out = []
-    for spec in specs:
-        try:
-            out.append(parse_limit_spec(spec).to_json())
-        except ValueError as exc:
-            fail(str(exc))
+    return None if specs is None else [_limit_json(spec) for spec in specs]
+
+
+def _ident(row: dict[str, Any]) -> tuple[str, str, str | None]:
+    return (row["metric"], row["window"], row.get("model") or None)
+
+
+def _removal(spec: str) -> tuple[str, str, str | None]:
+    """`[MODEL_GLOB:]METRIC/WINDOW` or a whole `--limit` spec: which limit to remove."""
+    if "=" in spec:
+        return _ident(_limit_json(spec))
+    model, _, rest = spec.strip().rpartition(":")
+    metric, slash, window = rest.partition("/")
+    try:
+        if not slash:
+            raise ValueError("")
+        return (parse_metric(metric).value, parse_window(window).value, model or None)
+    except ValueError as exc:
+        fail(
+            f"bad --remove-limit {spec!r}: expected [MODEL_GLOB:]METRIC/WINDOW, e.g. cost/day {exc}"
+        )
+
+
+def _limit_json(spec: str) -> dict[str, Any]:
+    try:
+        return parse_limit_spec(spec).to_json()
+    except ValueError as exc:
+        fail(str(exc))
+
+
+def edited_limits(
+    current: list[dict[str, Any]], add: list[str], remove: list[str]
+) -> list[dict[str, Any]]:
+    """`current` without the limits `remove` names and with those of `add` (replacing
+    one on the same metric, window and models)."""
+    out = list(current)
+    for spec in remove:
+        ident = _removal(spec)
+        kept = [row for row in out if _ident(row) != ident]
+        if len(kept) == len(out):
+            have = ", ".join(limit_label(row) for row in out) or "none"
+            fail(f"--remove-limit {spec}: no such limit (the limits are: {have})")
+        out = kept
+    for spec in add:
+        row = _limit_json(spec)
+        out = [r for r in out if _ident(r) != _ident(row)] + [row]
     return out
 
 
@@ -78,6 +157,7 @@ def scope_body(
     timezone: str | None,
     on_short_budget: str | None,
     schedule: list[str] | None,
+    unbounded_hold: str | None = None,
     **membership: str | None,
 ) -> dict[str, Any]:
     """The admin API body of the options given (left-out options stay as they are)."""
@@ -94,82 +174,115 @@ def scope_body(
     for name, value in given.items():
         if value is not None:
             body[name] = value
+    if unbounded_hold is not None:
+        body["unbounded_hold_usd"] = None if unbounded_hold == "none" else unbounded_hold
     return body
 
 
-def show_limits(usage: list[dict[str, Any]]) -> Table:
-    table = Table("limit", "used", "reserved", "max", "left", "resets", box=None)
-    for row in usage:
-        label = f"{row['metric']}/{row['window']}" + (
-            f" ({row['model']})" if row.get("model") else ""
-        )
-        table.add_row(
-            label,
-            str(row["used"]),
-            str(row["reserved"]),
-            str(row["max"]),
-            str(row["remaining"]),
-            _reset(row["resets_at"]),
-        )
-    return table
+def update_body(
+    client: AdminClient,
+    path: str,
+    body: dict[str, Any],
+    add: list[str] | None,
+    remove: list[str] | None,
+) -> dict[str, Any]:
+    """The PATCH body: with --add-limit / --remove-limit, the scope's limits as they are
+    now, edited."""
+    if add or remove:
+        if "limits" in body:
+            fail(
+                "--limit replaces all the limits: give it alone, or use --add-limit / --remove-limit"
+            )
+        current = client.call("GET", path)["limits"]
+        body = {**body, "limits": edited_limits(current, add or [], remove or [])}
+    if not body:
+        fail("nothing to change: give at least one option")
+    return body
 
 
-def _reset(ts: int) -> str:
-    from datetime import UTC, datetime
+def ensure(client: AdminClient, plural: str, what: str, name: str | None, create: bool) -> None:
+    """With --create-team and the like: create the scope a key or team names, unless it
+    exists already."""
+    if name and create and client.create_if_missing(f"/admin/{plural}", name):
+        console.print(f"Created {what} {name}.", markup=False, highlight=False)
 
-    if ts >= 2**61:
-        return "never"
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+def show_limits(usage: list[dict[str, Any]]) -> Table | str:
+    return usage_table(usage)
+
+
+def print_scope(scope: dict[str, Any]) -> None:
+    """After create or update: what the scope now lets through, and any warnings."""
+    print_settings(console, scope)
+    print_warnings(scope)
+
+
+CreateTeamOpt = Annotated[
+    bool, typer.Option("--create-team", help="create the --team if it does not exist")
+]
+CreateUserOpt = Annotated[
+    bool, typer.Option("--create-user", help="create the --user if it does not exist")
+]
+TeamOpt = Annotated[str | None, typer.Option(help="team name (the team must exist)")]
+UserOpt = Annotated[str | None, typer.Option(help="user name (the user must exist)")]
 
 
 @app.command()
 def create(
     name: str,
-    team: Annotated[str | None, typer.Option(help="team name")] = None,
-    user: Annotated[str | None, typer.Option(help="user name")] = None,
+    team: TeamOpt = None,
+    user: UserOpt = None,
+    create_team: CreateTeamOpt = False,
+    create_user: CreateUserOpt = False,
     limit: LimitOpt = None,
     model: ModelOpt = None,
-    expires: Annotated[str | None, typer.Option(help="expiry, ISO 8601 (e.g. 2026-12-31)")] = None,
+    expires: Annotated[
+        str | None, typer.Option(help="expiry in the future, ISO 8601 (e.g. 2026-12-31)")
+    ] = None,
     timezone: Annotated[str | None, typer.Option(help="IANA timezone for calendar windows")] = None,
     on_short_budget: ShortBudgetOpt = None,
     schedule: ScheduleOpt = None,
+    unbounded_hold: HoldOpt = None,
     url: UrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create a key and print the raw key (shown only this once)."""
     fields = scope_body(
-        limit, model, expires, timezone, on_short_budget, schedule, team=team, user=user
-    )
-    body = {"name": name, **fields}
-    created = AdminClient(url).call("POST", "/admin/keys", json=body)
+        limit, model, expires, timezone, on_short_budget, schedule, unbounded_hold,
+        team=team, user=user,
+    )  # fmt: skip
+    client = AdminClient(url)
+    ensure(client, "teams", "team", team, create_team)
+    ensure(client, "users", "user", user, create_user)
+    created = client.call("POST", "/admin/keys", json={"name": name, **fields})
     if as_json:
         print(json.dumps(created, indent=2))
         return
     console.print(f"Created key [bold]{name}[/bold]. Copy it now; it is not shown again:")
     print(created["key"])
+    print_scope(created)
 
 
 @app.command("list")
 def list_(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
-    """List keys with their status and limits."""
+    """List keys with their status, limits, allowed models and schedules."""
     items = AdminClient(url).call("GET", "/admin/keys")["items"]
     if as_json:
         print(json.dumps(items, indent=2))
         return
-    table = Table("name", "status", "team", "user", "limits", "prefix")
+    table = listing("name", "status", "team", "user", "limits", "models", "schedules", "prefix")
     for key in items:
-        limits = ", ".join(
-            f"{u['metric']}={u['used']}/{u['max']} per {u['window']}" for u in key["usage"]
-        )
         table.add_row(
             key["name"],
             key["status"],
-            key["team"] or "",
-            key["user"] or "",
-            limits,
-            key["prefix"] or "",
+            text(key["team"]),
+            text(key["user"]),
+            ", ".join(usage_cell(u) for u in key["usage"]) or "none",
+            ", ".join(key["models"]) or "all",
+            "; ".join(schedule_text(s) for s in key.get("schedules") or []) or text(None),
+            text(key["prefix"]),
         )
-    console.print(table)
+    console.print(table, markup=False, highlight=False)
 
 
 @app.command()
@@ -179,42 +292,60 @@ def show(name: str, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
     if as_json:
         print(json.dumps(key, indent=2))
         return
+    head = f"{key['name']}  {key['status']}  team={text(key['team'])} user={text(key['user'])}"
+    console.print(head, markup=False, highlight=False)
     console.print(
-        f"[bold]{key['name']}[/bold]  {key['status']}  team={key['team']} user={key['user']}"
+        f"expires: {key['expires_at'] or 'never'}   timezone: {text(key.get('timezone'))}   "
+        f"on short budget: {text(key.get('on_short_budget'))}",
+        markup=False,
+        highlight=False,
     )
-    console.print(
-        f"models: {', '.join(key['models']) or 'all'}   expires: {key['expires_at'] or 'never'}"
-    )
+    print_settings(console, key)
     console.print(show_limits(key["usage"]))
 
 
 @app.command()
 def update(
     name: str,
-    team: Annotated[str | None, typer.Option(help="team name")] = None,
-    user: Annotated[str | None, typer.Option(help="user name")] = None,
+    team: TeamOpt = None,
+    user: UserOpt = None,
+    create_team: CreateTeamOpt = False,
+    create_user: CreateUserOpt = False,
     limit: LimitOpt = None,
+    add_limit: AddLimitOpt = None,
+    remove_limit: RemoveLimitOpt = None,
     model: ModelOpt = None,
-    expires: Annotated[str | None, typer.Option(help="expiry, ISO 8601")] = None,
+    expires: Annotated[str | None, typer.Option(help="expiry in the future, ISO 8601")] = None,
     timezone: Annotated[str | None, typer.Option(help="IANA timezone")] = None,
     on_short_budget: ShortBudgetOpt = None,
     schedule: ScheduleOpt = None,
+    unbounded_hold: HoldOpt = None,
     url: UrlOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Change a key. --limit, --model and --schedule replace the whole list."""
+    """Change a key. --limit, --model and --schedule replace the whole list;
+    --add-limit and --remove-limit change one limit and keep the others."""
     body = scope_body(
-        limit, model, expires, timezone, on_short_budget, schedule, team=team, user=user
-    )
-    if not body:
-        fail("nothing to change: give at least one option")
-    AdminClient(url).call("PATCH", f"/admin/keys/{name}", json=body)
-    console.print(f"Updated key {name}.")
+        limit, model, expires, timezone, on_short_budget, schedule, unbounded_hold,
+        team=team, user=user,
+    )  # fmt: skip
+    client = AdminClient(url)
+    path = f"/admin/keys/{name}"
+    body = update_body(client, path, body, add_limit, remove_limit)
+    ensure(client, "teams", "team", team, create_team)
+    ensure(client, "users", "user", user, create_user)
+    updated = client.call("PATCH", path, json=body)
+    if as_json:
+        print(json.dumps(updated, indent=2))
+        return
+    console.print(f"Updated key {name}.", markup=False, highlight=False)
+    print_scope(updated)
 
 
 def _action(action: str, done: str) -> None:
     def command(name: str, url: UrlOpt = None) -> None:
         AdminClient(url).call("POST", f"/admin/keys/{name}/{action}")
-        console.print(f"Key {name} {done}.")
+        console.print(f"Key {name} {done}.", markup=False, highlight=False)
 
     command.__doc__ = f"{action.capitalize().replace('-', ' ')} a key."
     app.command(action)(command)
@@ -230,4 +361,4 @@ _action("reset-usage", "usage reset")
 def delete(name: str, url: UrlOpt = None) -> None:
     """Delete a key (its ledger entries stay)."""
     AdminClient(url).call("DELETE", f"/admin/keys/{name}")
-    console.print(f"Deleted key {name}.")
+    console.print(f"Deleted key {name}.", markup=False, highlight=False)

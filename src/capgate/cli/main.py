@@ -21,6 +21,24 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _global(
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url",
+            help="capgate server for the commands that talk to one (env CAPGATE_URL); "
+            "also accepted after the command",
+        ),
+    ] = None,
+) -> None:
+    """capgate: an LLM gateway with hard, exact budgets for teams."""
+    if url:  # `capgate --url X keys list` = `capgate keys list --url X`
+        os.environ["CAPGATE_URL"] = url
+
+
 app.add_typer(keys_cli.app, name="keys")
 for _plural, _what, _help in (
     ("users", "user", "Budgets per person: keys join a user with --user."),
@@ -42,16 +60,21 @@ def serve(
         bool, typer.Option("--demo", help="add a built-in mock provider and a demo key")
     ] = False,
     database_url: Annotated[
-        str | None, typer.Option(help="sqlite:///PATH [sqlite:///capgate.db]")
+        str | None, typer.Option(help="sqlite:///PATH (default: sqlite:///capgate.db)")
     ] = None,
+    log_level: Annotated[
+        str | None, typer.Option(help="debug | info | warning | error (default: info); to stderr")
+    ] = None,
+    log_format: Annotated[str | None, typer.Option(help="text | json (default: text)")] = None,
 ) -> None:
-    """Run the gateway, admin API and (later) dashboard on one port."""
+    """Run the gateway, admin API and dashboard on one port."""
     try:
         cfg = with_overrides(
             load_config(config),
             os.environ,
-            {"host": host, "port": port, "database_url": database_url},
-        )
+            {"host": host, "port": port, "database_url": database_url,
+             "log_level": log_level, "log_format": log_format},
+        )  # fmt: skip
     except ConfigError as exc:
         typer.secho(f"capgate: bad configuration: {exc}", fg="red", err=True)
         raise typer.Exit(2) from None

@@ -6,23 +6,35 @@ import json
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
-from capgate.cli.client import AdminClient, fail
+from capgate.cli.client import AdminClient
 from capgate.cli.keys import (
+    AddLimitOpt,
     JsonOpt,
     LimitOpt,
     ModelOpt,
+    RemoveLimitOpt,
     ScheduleOpt,
     ShortBudgetOpt,
     UrlOpt,
     console,
+    ensure,
+    print_scope,
     scope_body,
     show_limits,
+    update_body,
 )
+from capgate.cli.render import listing, print_settings, text, usage_cell
 
-OrgOpt = Annotated[str | None, typer.Option("--org", help="the org this team belongs to")]
-ExpiresOpt = Annotated[str | None, typer.Option(help="expiry, ISO 8601 (e.g. 2026-12-31)")]
+OrgOpt = Annotated[
+    str | None, typer.Option("--org", help="the org this team belongs to (it must exist)")
+]
+CreateOrgOpt = Annotated[
+    bool, typer.Option("--create-org", help="create the --org if it does not exist")
+]
+ExpiresOpt = Annotated[
+    str | None, typer.Option(help="expiry in the future, ISO 8601 (e.g. 2026-12-31)")
+]
 TimezoneOpt = Annotated[str | None, typer.Option(help="IANA timezone for calendar windows")]
 
 
@@ -32,12 +44,17 @@ def scope_app(plural: str, what: str, help_text: str) -> typer.Typer:
     app = typer.Typer(help=help_text, no_args_is_help=True)
     path = f"/admin/{plural}"
 
-    def created(name: str, body: dict[str, Any], url: str | None, as_json: bool) -> None:
-        scope = AdminClient(url).call("POST", path, json={"name": name, **body})
+    def created(
+        name: str, body: dict[str, Any], url: str | None, as_json: bool, create_org: bool = False
+    ) -> None:
+        client = AdminClient(url)
+        ensure(client, "orgs", "org", body.get("org"), create_org)
+        scope = client.call("POST", path, json={"name": name, **body})
         if as_json:
             print(json.dumps(scope, indent=2))
         else:
             console.print(f"Created {what} [bold]{name}[/bold].")
+            print_scope(scope)
 
     if plural == "teams":
 
@@ -45,6 +62,7 @@ def scope_app(plural: str, what: str, help_text: str) -> typer.Typer:
         def create(
             name: str,
             org: OrgOpt = None,
+            create_org: CreateOrgOpt = False,
             limit: LimitOpt = None,
             model: ModelOpt = None,
             expires: ExpiresOpt = None,
@@ -60,13 +78,17 @@ def scope_app(plural: str, what: str, help_text: str) -> typer.Typer:
                 scope_body(limit, model, expires, timezone, on_short_budget, schedule, org=org),
                 url,
                 as_json,
+                create_org,
             )
 
         @app.command()
         def update(
             name: str,
             org: OrgOpt = None,
+            create_org: CreateOrgOpt = False,
             limit: LimitOpt = None,
+            add_limit: AddLimitOpt = None,
+            remove_limit: RemoveLimitOpt = None,
             model: ModelOpt = None,
             expires: ExpiresOpt = None,
             timezone: TimezoneOpt = None,
@@ -74,11 +96,15 @@ def scope_app(plural: str, what: str, help_text: str) -> typer.Typer:
             schedule: ScheduleOpt = None,
             url: UrlOpt = None,
         ) -> None:
-            """Change a team. --limit and --model replace the whole list."""
+            """Change a team. --limit, --model and --schedule replace the whole list;
+            --add-limit and --remove-limit change one limit and keep the others."""
             changed(
                 name,
                 scope_body(limit, model, expires, timezone, on_short_budget, schedule, org=org),
                 url,
+                add_limit,
+                remove_limit,
+                create_org,
             )
 
     else:
@@ -108,6 +134,8 @@ def scope_app(plural: str, what: str, help_text: str) -> typer.Typer:
         def update_plain(
             name: str,
             limit: LimitOpt = None,
+            add_limit: AddLimitOpt = None,
+            remove_limit: RemoveLimitOpt = None,
             model: ModelOpt = None,
             expires: ExpiresOpt = None,
             timezone: TimezoneOpt = None,
@@ -116,16 +144,32 @@ def scope_app(plural: str, what: str, help_text: str) -> typer.Typer:
             url: UrlOpt = None,
         ) -> None:
             changed(
-                name, scope_body(limit, model, expires, timezone, on_short_budget, schedule), url
+                name,
+                scope_body(limit, model, expires, timezone, on_short_budget, schedule),
+                url,
+                add_limit,
+                remove_limit,
             )
 
-        update_plain.__doc__ = f"Change a {what}. --limit and --model replace the whole list."
+        update_plain.__doc__ = (
+            f"Change a {what}. --limit, --model and --schedule replace the whole list; "
+            "--add-limit and --remove-limit change one limit and keep the others."
+        )
 
-    def changed(name: str, body: dict[str, Any], url: str | None) -> None:
-        if not body:
-            fail("nothing to change: give at least one option")
-        AdminClient(url).call("PATCH", f"{path}/{name}", json=body)
-        console.print(f"Updated {what} {name}.")
+    def changed(
+        name: str,
+        body: dict[str, Any],
+        url: str | None,
+        add: list[str] | None,
+        remove: list[str] | None,
+        create_org: bool = False,
+    ) -> None:
+        client = AdminClient(url)
+        body = update_body(client, f"{path}/{name}", body, add, remove)
+        ensure(client, "orgs", "org", body.get("org"), create_org)
+        scope = client.call("PATCH", f"{path}/{name}", json=body)
+        console.print(f"Updated {what} {name}.", markup=False, highlight=False)
+        print_scope(scope)
 
     @app.command("list")
     def list_(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
@@ -133,13 +177,12 @@ def scope_app(plural: str, what: str, help_text: str) -> typer.Typer:
         if as_json:
             print(json.dumps(items, indent=2))
             return
-        table = Table("name", "status", "limits")
+        table = listing("name", "status", *(("org",) if plural == "teams" else ()), "limits")
         for item in items:
-            limits = ", ".join(
-                f"{u['metric']}={u['used']}/{u['max']} per {u['window']}" for u in item["usage"]
-            )
-            table.add_row(item["name"], item["status"], limits)
-        console.print(table)
+            limits = ", ".join(usage_cell(u) for u in item["usage"]) or "none"
+            org = (text(item.get("org")),) if plural == "teams" else ()
+            table.add_row(item["name"], item["status"], *org, limits)
+        console.print(table, markup=False, highlight=False)
 
     list_.__doc__ = f"List {plural} with their status and usage."
 
@@ -149,7 +192,13 @@ def scope_app(plural: str, what: str, help_text: str) -> typer.Typer:
         if as_json:
             print(json.dumps(item, indent=2))
             return
-        console.print(f"[bold]{item['name']}[/bold]  {item['status']}")
+        head = f"{item['name']}  {item['status']}"
+        if plural == "teams":
+            head += f"  org={text(item.get('org'))}"
+        console.print(head, markup=False, highlight=False)
+        print_settings(console, item)
+        for group, names in (item.get("members") or {}).items():
+            console.print(f"{group}: {', '.join(names) or 'none'}", markup=False, highlight=False)
         console.print(show_limits(item["usage"]))
 
     show.__doc__ = f"Show one {what} and its usage against each limit."

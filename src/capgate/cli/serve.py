@@ -1,23 +1,29 @@
-"""Running the server: event loop, listening socket, banner, graceful shutdown."""
+"""Running the server: event loop, listening socket, banner, graceful shutdown.
+
+The port is bound before anything is built: a start that cannot listen (the port is
+taken) changes nothing in the database, so a running demo's keys stay as they are."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import socket
 import sys
 
 from aiohttp import web
 
-from capgate.bootstrap import build
+from capgate.bootstrap import Built, build
+from capgate.cli.client import DEFAULT_URL
 from capgate.config import Config, ConfigError
+from capgate.logs import configure
+
+log = logging.getLogger("capgate.serve")
 
 
 def run(config: Config, *, demo: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logs = configure(config.server.log_level, config.server.log_format)
     try:
         import uvloop
 
@@ -30,28 +36,58 @@ def run(config: Config, *, demo: bool) -> None:
         sys.exit(f"capgate: bad configuration: {exc}")
     except OSError as exc:  # the port is taken, the database cannot be opened, ...
         sys.exit(f"capgate: cannot start: {exc}")
+    finally:
+        logs.stop()  # writes the lines still queued
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket, or OSError (port taken, address not ours)."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+    try:
+        return socket.create_server((host, port), family=family, backlog=1024)
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {reason}") from None
 
 
 async def _serve(config: Config, demo: bool) -> None:
-    built = await build(config, demo=demo)
+    sock = listen(config.server.host, config.server.port)
+    try:
+        built = await build(config, demo=demo)
+    except BaseException:
+        sock.close()
+        raise
     runner = web.AppRunner(built.app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, config.server.host, config.server.port)
+    site = web.SockSite(runner, sock)
     await site.start()
     host, port = runner.addresses[0][:2]
-    _banner(f"http://{host}:{port}", built.generated_admin_key, built.demo_key)
+    if ":" in host:
+        host = f"[{host}]"
+    _banner(f"http://{host}:{port}", built)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    print("capgate: shutting down", file=sys.stderr)
+    log.info("shutting down")
     await runner.cleanup()
 
 
-def _banner(url: str, admin_key: str | None, demo_key: str | None) -> None:
+def _banner(url: str, built: Built) -> None:
     lines = [f"capgate listening on {url}"]
-    if admin_key:
+    if url != DEFAULT_URL:  # the CLI's commands look for the server at DEFAULT_URL
+        lines += ["", "For the capgate CLI (keys, usage, status):", f"  export CAPGATE_URL={url}"]
+    for note in built.notes:
+        lines += ["", f"WARNING: {note}"]
+    admin_key, demo_key = built.generated_admin_key, built.demo_key
+    if admin_key and built.secrets_file is not None:
+        lines += [
+            "",
+            f"Admin key (kept in {built.secrets_file}, owner-only; the same at every --demo start):",
+            f"  export CAPGATE_ADMIN_KEY={admin_key}",
+        ]
+    elif admin_key:
         lines += ["", "Admin key (shown once; keep it):", f"  export CAPGATE_ADMIN_KEY={admin_key}"]
     if demo_key:
         lines += [
@@ -59,9 +95,10 @@ def _banner(url: str, admin_key: str | None, demo_key: str | None) -> None:
             "Demo key (mock provider, $10.00/day, 60 requests/minute):",
             f"  export CAPGATE_KEY={demo_key}",
             "",
-            "Try it:",
+            "Try it with Claude Code:",
+            f"  ANTHROPIC_BASE_URL={url} ANTHROPIC_AUTH_TOKEN=$CAPGATE_KEY claude",
+            "or curl:",
             f"  curl {url}/v1/messages -H \"x-api-key: $CAPGATE_KEY\" -H 'content-type: application/json' \\",
             '    -d \'{"model":"claude-sonnet-4-6","max_tokens":100,"messages":[{"role":"user","content":"hi"}]}\'',
-            f"  ANTHROPIC_BASE_URL={url} ANTHROPIC_API_KEY=$CAPGATE_KEY claude",
         ]
     print("\n".join(lines), flush=True)

@@ -13,13 +13,26 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from capgate.cli.client import DEFAULT_URL, fail
+from capgate.cli.render import limit_label, text
+from capgate.core.limits import format_usd, usd_to_nano
+
+NEEDS_VIRTUAL_KEY = (
+    "capgate status shows one virtual key's own limits, so it needs that key (sk-cg-..., "
+    "from `capgate keys create`) in CAPGATE_KEY (or ANTHROPIC_API_KEY), not the admin key. "
+    "As an admin, see any key with `capgate keys show NAME` or all with `capgate keys list`."
+)
 
 
 def _key() -> str:
+    admin = os.environ.get("CAPGATE_ADMIN_KEY")
     for var in ("CAPGATE_KEY", "ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "OPENAI_API_KEY"):
         value = os.environ.get(var, "")
+        if value.startswith("sk-cg-admin-") or (admin and value == admin):
+            fail(f"{var} holds the admin key. {NEEDS_VIRTUAL_KEY}")
         if value.startswith("sk-cg-"):
             return value
+    if admin:
+        fail(NEEDS_VIRTUAL_KEY)
     fail("set CAPGATE_KEY (or ANTHROPIC_API_KEY) to your capgate key")
 
 
@@ -34,7 +47,7 @@ def _share(row: dict[str, Any]) -> tuple[Decimal, Decimal]:
 
 
 def _dollars(value: Any) -> str:
-    return f"${Decimal(str(value)):,.2f}"
+    return format_usd(usd_to_nano(value))
 
 
 def _count(value: Any) -> str:
@@ -67,21 +80,25 @@ def status(
         typer.echo(response.text)
         return
     console = Console()
-    console.print(f"[bold]{me['key']}[/bold]  {me['status']}  team={me['team']} user={me['user']}")
-    table = Table("scope", "limit", "used", "", "max", "left", "resets", box=None)
+    console.print(
+        f"{me['key']}  {me['status']}  team={text(me['team'])} user={text(me['user'])}",
+        markup=False,
+        highlight=False,
+    )
+    table = Table(box=None)
+    for header in ("scope", "limit", "used", "", "max", "left", "resets"):
+        table.add_column(header, overflow="fold")  # an amount cut with '…' would read wrong
     groups = [("key", me["key"], me["limits"])]
     groups += [(s["kind"], s["name"], s["limits"]) for s in me.get("scopes", [])]
     for kind, name, rows in groups:
         for row in rows:
             used, top = _share(row)
-            label = f"{row['metric']}/{row['window']}" + (
-                f" ({row['model']})" if row.get("model") else ""
-            )
+            label = limit_label(row)
             fmt = _dollars if row["metric"] == "cost_usd" else _count
             bar = ProgressBar(total=float(top) or 1.0, completed=float(min(used, top)), width=24)
             table.add_row(
                 f"{kind} {name}", label, fmt(row["used"]), bar, fmt(row["max"]),
-                fmt(row["remaining"]), row["resets"],
+                fmt(row["remaining"]), text(row.get("resets")),
             )  # fmt: skip
     if not table.row_count:
         console.print("no limits on this key or above it")

@@ -5,13 +5,16 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 from capgate.cli.client import AdminClient, fail
+from capgate.cli.render import text
+from capgate.core.limits import format_usd, usd_to_nano
 
 COLUMNS = (
     "requests",
@@ -53,7 +56,49 @@ def usage(
         for item in items:
             writer.writerow([item[by], *(item[c] for c in COLUMNS)])
     else:
-        table = Table(by, *COLUMNS)
-        for item in items:
-            table.add_row(str(item[by]), *(str(item[c]) for c in COLUMNS))
-        Console().print(table)
+        console = Console()
+        console.print(_table(by, items, console), markup=False, highlight=False)
+
+
+# Short headers, so that the table fits 80 columns (csv and json keep the full names).
+HEADERS = {
+    "requests": "reqs",
+    "refused": "refused",
+    "errors": "errors",
+    "input_tokens": "in",
+    "output_tokens": "out",
+    "cache_read_tokens": "c.read",
+    "cache_write_tokens": "c.write",
+    "cost_usd": "cost",
+}
+
+
+def _table(by: str, items: list[dict[str, Any]], console: Console) -> Table:
+    """Exact counts when they fit the terminal; else counts as 12.3k / 4.6M (the cost
+    always exact; csv and json have every count exact)."""
+    table = _build(by, items, compact=False)
+    if Measurement.get(console, console.options.update_width(10**6), table).maximum > console.width:
+        table = _build(by, items, compact=True)
+    return table
+
+
+def _build(by: str, items: list[dict[str, Any]], *, compact: bool) -> Table:
+    table = Table(box=None, pad_edge=False, collapse_padding=True)
+    longest = max((len(text(item[by])) for item in items), default=len(by))
+    table.add_column(by, overflow="fold", min_width=min(longest, 12))
+    for column in COLUMNS:
+        table.add_column(HEADERS[column], justify="right", no_wrap=True)
+    for item in items:
+        cost = format_usd(usd_to_nano(item["cost_usd"]))
+        counts = (_count(int(item[c]), compact) for c in COLUMNS[:-1])
+        table.add_row(text(item[by]), *counts, cost)
+    return table
+
+
+def _count(value: int, compact: bool) -> str:
+    if not compact or value < 10_000:
+        return f"{value:,}"
+    for size, suffix in ((10**9, "B"), (10**6, "M"), (10**3, "k")):
+        if value >= size:
+            return f"{value / size:.1f}{suffix}"
+    return f"{value:,}"  # pragma: no cover

@@ -92,11 +92,27 @@ def nano_to_decimal_str(nano: int) -> str:
 
 
 def format_usd(nano: int) -> str:
-    """Dollars for people: '$4.90'; small amounts keep their significant digits."""
-    dec = Decimal(nano).scaleb(-9)
-    if nano == 0 or abs(dec) >= Decimal("0.01"):
-        return f"${dec:,.2f}"
-    return "$" + nano_to_decimal_str(nano)
+    """Dollars for people, exact: two decimals when the amount is whole cents ('$4.90',
+    '$1,234.00'), else every digit it has down to the nano-dollar ('$0.0012345',
+    '$12.345'). No two different amounts print the same, so "$0.004 of $0.01 used"
+    never reads as if it fits; `parse_usd` reads it back."""
+    sign = "-" if nano < 0 else ""
+    whole, frac = divmod(abs(nano), NANO_PER_USD)
+    digits = f"{frac:09d}".rstrip("0").ljust(2, "0")
+    return f"{sign}${whole:,}.{digits}"
+
+
+def parse_usd(text: str) -> int:
+    """Nano-dollars of a `format_usd` string ('$1,234.50', '-$0.001') or a plain dollar
+    amount ('5', '0.25')."""
+    body = text.strip()
+    sign = 1
+    if body.startswith("-"):
+        sign, body = -1, body[1:]
+    body = body.removeprefix("$")
+    if not re.fullmatch(r"[0-9]{1,3}(,[0-9]{3})*(\.[0-9]+)?|[0-9]+(\.[0-9]+)?", body):
+        raise ValueError(f"not a dollar amount: {text!r}")
+    return sign * usd_to_nano(body.replace(",", ""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +227,10 @@ class Scope:
     # When the remaining budget cannot pay a request's full max_tokens: lower max_tokens
     # to what it pays for (True, "clamp") or refuse (False, "reject").
     clamp: bool = True
+    # For requests whose worst case cannot be bounded (code execution, server
+    # state on a model whose context window is unknown): hold this many nano-dollars
+    # instead of refusing them. None: refuse.
+    unbounded_hold_nano: int | None = None
     schedules: tuple[Schedule, ...] = ()  # when the models they match may be used
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 

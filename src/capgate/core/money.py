@@ -48,13 +48,15 @@ class Usage:
 
 @dataclass(frozen=True, slots=True)
 class Price:
-    """Pico-dollars per token."""
+    """Pico-dollars per token, and the model's context window (in tokens; None when not
+    known): the most input any request can make it read, its own body or not."""
 
     input: int
     output: int
     cache_write: int
     cache_write_1h: int
     cache_read: int
+    context_window: int | None = None
 
     @classmethod
     def from_per_million(cls, data: dict[str, Any]) -> Price:
@@ -65,6 +67,7 @@ class Price:
             cache_write=per_million_to_pico(cache_write),
             cache_write_1h=per_million_to_pico(data.get("cache_write_1h", cache_write)),
             cache_read=per_million_to_pico(data.get("cache_read", data["input"])),
+            context_window=_context_window(data.get("context_window")),
         )
 
     def cost_nano(self, usage: Usage) -> int:
@@ -81,7 +84,20 @@ class Price:
     def dearest_input(self) -> int:
         return max(self.input, self.cache_write, self.cache_write_1h, self.cache_read)
 
-    def worst_cost_nano(self, input_tokens: int, output_tokens: int) -> int:
-        """An upper bound: every input token at the dearest input-side rate."""
+    def worst_cost_nano(self, input_tokens: int, output_tokens: int, fee_nano: int = 0) -> int:
+        """An upper bound: every input token at the dearest input-side rate, plus fees."""
         pico = input_tokens * self.dearest_input + output_tokens * self.output
-        return -(-pico // PICO_PER_NANO)
+        return -(-pico // PICO_PER_NANO) + fee_nano
+
+
+# The store keeps amounts in 64-bit signed integers (SQLite INTEGER): no single amount
+# may come near that, so sums of many stay far from it too.
+MAX_AMOUNT = 2**62
+
+
+def _context_window(value: Any) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= 2**31:
+        raise ValueError(f"context_window {value!r} must be a positive whole number of tokens")
+    return value

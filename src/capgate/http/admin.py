@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -14,9 +14,18 @@ import orjson
 from aiohttp import web
 
 from capgate.config import Config
-from capgate.core.limits import ScopeKind, Status
-from capgate.errors import CapgateError, InvalidRequest
-from capgate.http.admin_io import int_param, json_response, read_body, time_param
+from capgate.core.affordable import shortfalls
+from capgate.core.limits import Scope, ScopeKind, Status, nano_to_decimal_str
+from capgate.core.windows import WindowKind, window_at
+from capgate.errors import CapgateError, InvalidRequest, NotFound
+from capgate.http.admin_io import (
+    choice_param,
+    int_param,
+    json_response,
+    known_params,
+    read_body,
+    time_param,
+)
 from capgate.http.admin_models import PLURALS, ScopeCreate, ScopeUpdate
 from capgate.http.admin_settings import SettingsRoutes
 from capgate.http.admin_stats import StatsRoutes
@@ -28,7 +37,7 @@ from capgate.keys import display_prefix, key_hash, new_key
 from capgate.runtime import RuntimeSettings
 from capgate.store.base import RequestQuery, ScopeFields
 from capgate.store.sqlite import SQLiteStore
-from capgate.store.sqlite_queries import GROUPS, scope_json
+from capgate.store.sqlite_queries import GROUPS, iso, scope_json
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -36,8 +45,13 @@ CSV_COLUMNS = (
     "id", "created_at", "request_id", "key", "user", "team", "model", "provider",
     "upstream_model", "endpoint", "stream", "status", "outcome", "input_tokens",
     "output_tokens", "cache_read_tokens", "cache_write_tokens", "cost_usd", "latency_ms",
-    "ttft_ms", "attempts", "refusal", "error",
+    "ttft_ms", "attempts", "refusal", "error", "max_tokens_clamped", "flags",
 )  # fmt: skip
+REQUEST_PARAMS = (
+    "key", "team", "user", "model", "provider", "status", "outcome", "request_id", "from",
+    "to", "limit", "cursor", "format",
+)  # fmt: skip
+OUTCOMES = ("ok", "error", "cancelled", "refused", "lease_expired")
 MAX_PAGE = 10_000
 # Headers on every admin answer: JSON that no browser should sniff, frame or cache.
 SECURITY_HEADERS = {
@@ -56,8 +70,10 @@ class AdminAPI:
         default_timezone: str = "UTC",
         runtime: RuntimeSettings | None = None,
         routing: Callable[[], dict[str, Any]] | None = None,
+        min_clamped_tokens: int = 1024,
     ) -> None:
         self.store = store
+        self.min_clamped_tokens = min_clamped_tokens  # for the "cannot pay one request" warning
         self._routing = routing  # the providers' health and the routes, for /admin/routing
         self.runtime = runtime or RuntimeSettings(
             Config.model_validate({"server": {"timezone": default_timezone}})
@@ -91,6 +107,7 @@ class AdminAPI:
         stats, settings = StatsRoutes(self), SettingsRoutes(self)
         out += [
             web.get("/admin/requests", h(self.requests)),
+            web.get("/admin/requests/{request_id}", h(self.request)),
             web.get("/admin/usage", h(self.usage)),
             web.get("/admin/summary", h(stats.summary)),
             web.get("/admin/timeseries", h(stats.timeseries)),
@@ -128,25 +145,26 @@ class AdminAPI:
 
     async def requests(self, request: web.Request) -> web.StreamResponse:
         params = request.query
+        known_params(params, REQUEST_PARAMS)
         fmt = params.get("format", "json")
         if fmt not in ("json", "csv", "ndjson"):
             raise InvalidRequest("format: one of json, csv, ndjson")
         everything = params.get("limit") == "all"
         if everything and fmt == "json":
             raise InvalidRequest("limit: `all` is for format=csv or ndjson")
+        page = MAX_PAGE if everything else min(int_param(params, "limit", 1) or 100, MAX_PAGE)
         query = RequestQuery(
             key=params.get("key") or None,
             team=params.get("team") or None,
             user=params.get("user") or None,
             model=params.get("model") or None,
             provider=params.get("provider") or None,
-            status=int_param(params, "status"),
-            outcome=params.get("outcome") or None,
+            status=int_param(params, "status", 0),
+            outcome=choice_param(params, "outcome", OUTCOMES),
+            request_id=params.get("request_id") or None,
             since=time_param(params, "from"),
             until=time_param(params, "to"),
-            limit=MAX_PAGE + 1
-            if everything
-            else min(int_param(params, "limit") or 100, MAX_PAGE) + 1,
+            limit=page + 1,
             cursor=int_param(params, "cursor"),
         )
         if everything:
@@ -164,6 +182,15 @@ class AdminAPI:
             return web.Response(body=body, content_type="application/x-ndjson", headers=headers)
         headers["content-disposition"] = 'attachment; filename="capgate-requests.csv"'
         return web.Response(text=_csv(items, header=True), content_type="text/csv", headers=headers)
+
+    async def request(self, request: web.Request) -> web.Response:
+        """One ledger entry by the `x-capgate-request-id` its client was answered with."""
+        known_params(request.query, ())
+        request_id = request.match_info["request_id"]
+        found = await self.store.query_requests(RequestQuery(request_id=request_id, limit=1))
+        if not found:
+            raise NotFound(f"no request with id {request_id!r} in the ledger")
+        return json_response(found[0])
 
     async def _export_all(
         self, request: web.Request, query: RequestQuery, fmt: str
@@ -200,6 +227,7 @@ class AdminAPI:
             query = replace(query, cursor=items[MAX_PAGE - 1]["id"])
 
     async def usage(self, request: web.Request) -> web.Response:
+        known_params(request.query, ("group_by", "from", "to"))
         group_by = request.query.get("group_by", "key")
         if group_by not in GROUPS:
             raise InvalidRequest(f"group_by: one of {', '.join(GROUPS)}")
@@ -209,7 +237,8 @@ class AdminAPI:
         return json_response({"items": items, "next_cursor": None})
 
     async def audit(self, request: web.Request) -> web.Response:
-        limit = min(int_param(request.query, "limit") or 100, MAX_PAGE)
+        known_params(request.query, ("limit",))
+        limit = min(int_param(request.query, "limit", 1) or 100, MAX_PAGE)
         return json_response({"items": await self.store.audit(limit), "next_cursor": None})
 
 
@@ -222,6 +251,7 @@ def _csv(items: list[dict[str, Any]], *, header: bool) -> str:
         row = dict(item)
         if row["refusal"] is not None:
             row["refusal"] = row["refusal"]["message"]
+        row["flags"] = ",".join(row["flags"]) or None
         writer.writerow(["" if row[c] is None else row[c] for c in CSV_COLUMNS])
     return out.getvalue()
 
@@ -242,7 +272,22 @@ class _ScopeRoutes:
         for name in ("team", "user", "org"):
             if name in spec.model_fields_set and name not in allowed:
                 raise InvalidRequest(f"{name}: a {self.kind.value} has no {name}")
-        return spec.to_fields()
+        fields = spec.to_fields()
+        if fields.expires_at is not None and fields.expires_at <= self.api.clock():
+            raise InvalidRequest(
+                f"expires_at: {spec.expires_at} is in the past; give a later date or time, "
+                "or pause or revoke the key to stop it now"
+            )
+        return fields
+
+    def _answer(self, scope: Scope, **extra: Any) -> dict[str, Any]:
+        """A created or changed scope, with `warnings` for limits that cannot pay one
+        request of Claude Code on any model the scope may use."""
+        table = self.api.runtime.pricing
+        prices = {m: p for m in table.models() if (p := table.lookup(m)) is not None}
+        minimum = self.api.min_clamped_tokens
+        warnings = [s.message(minimum) for s in shortfalls(scope, prices, minimum)]
+        return {**scope_json(scope), **extra, "warnings": warnings}
 
     async def create(self, request: web.Request) -> web.Response:
         spec: ScopeCreate = await read_body(request, ScopeCreate)
@@ -252,33 +297,55 @@ class _ScopeRoutes:
         store = self.api.store
         if self.kind is not ScopeKind.KEY:
             scope = await store.create_scope(self.kind, spec.name, fields, actor=request["actor"])
-            return json_response(scope_json(scope), status=201)
+            return json_response(self._answer(scope), status=201)
         key_id, raw = new_key()
         scope = await store.create_scope(
             ScopeKind.KEY, spec.name, fields, scope_id=key_id, secret_hash=key_hash(raw),
             prefix=display_prefix(raw), actor=request["actor"],
         )  # fmt: skip
-        return json_response({**scope_json(scope), "key": raw}, status=201)
+        return json_response(self._answer(scope, key=raw), status=201)
 
     async def list(self, request: web.Request) -> web.Response:
+        known_params(request.query, ())
         now = self.api.clock()
         items = []
         for scope in await self.api.store.list_scopes(self.kind):
             usage = await self.api.store.counters(scope, now)
             items.append({**scope_json(scope), "usage": usage})
+        if self.kind is ScopeKind.KEY:
+            await self._add_activity(items, now)
         return json_response({"items": items, "next_cursor": None})
 
+    async def _add_activity(self, items: Iterable[dict[str, Any]], now: float) -> None:
+        """Each key's spend today and this month (calendar, in the default timezone, as on
+        the overview) and when it was last used."""
+        tz = self.api.default_timezone
+        day, month = window_at(WindowKind.DAY, now, tz), window_at(WindowKind.MONTH, now, tz)
+        activity = await self.api.store.key_activity(day.start, month.start)
+        for item in items:
+            today, this_month, last = activity.get(item["id"], (0, 0, None))
+            item["spend"] = {
+                "today": nano_to_decimal_str(today),
+                "month": nano_to_decimal_str(this_month),
+                "timezone": tz,
+            }
+            item["last_used_at"] = iso(last)
+
     async def show(self, request: web.Request) -> web.Response:
-        scope = await self.api.store.get_scope(self.kind, request.match_info["name"])
+        name = request.match_info["name"]
+        scope = await self.api.store.get_scope(self.kind, name)
         usage = await self.api.store.counters(scope, self.api.clock())
-        return json_response({**scope_json(scope), "usage": usage})
+        shown = {**scope_json(scope), "usage": usage}
+        if self.kind in (ScopeKind.TEAM, ScopeKind.USER, ScopeKind.ORG):
+            shown["members"] = await self.api.store.members(self.kind, name)
+        return json_response(shown)
 
     async def update(self, request: web.Request) -> web.Response:
         spec: ScopeUpdate = await read_body(request, ScopeUpdate)
         name = request.match_info["name"]
         fields = self._fields(spec)
         scope = await self.api.store.update_scope(self.kind, name, fields, request["actor"])
-        return json_response(scope_json(scope))
+        return json_response(self._answer(scope))
 
     async def delete(self, request: web.Request) -> web.Response:
         await self.api.store.delete_scope(self.kind, request.match_info["name"], request["actor"])

@@ -3,6 +3,7 @@ messages that name the bad field, query parameters, JSON responses."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import orjson
@@ -34,14 +35,38 @@ async def read_body(request: web.Request, model: type[BaseModel]) -> Any:
         raise InvalidRequest("; ".join(problems)) from None
 
 
-def int_param(params: Any, name: str) -> int | None:
+def known_params(params: Any, allowed: Collection[str]) -> None:
+    """Refuse query parameters a route does not take: a typo (`stauts=402`) would
+    otherwise answer everything as if unfiltered."""
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        names = ", ".join(unknown)
+        raise InvalidRequest(
+            f"unknown query parameter(s): {names} (this route takes: "
+            f"{', '.join(sorted(allowed)) or 'none'})"
+        )
+
+
+def choice_param(params: Any, name: str, choices: Collection[str]) -> str | None:
+    value = params.get(name)
+    if value in (None, ""):
+        return None
+    if value not in choices:
+        raise InvalidRequest(f"{name}: one of {', '.join(choices)}")
+    return str(value)
+
+
+def int_param(params: Any, name: str, minimum: int | None = None) -> int | None:
     value = params.get(name)
     if value in (None, ""):
         return None
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise InvalidRequest(f"{name}: must be a whole number") from None
+    if minimum is not None and number < minimum:
+        raise InvalidRequest(f"{name}: must be at least {minimum}")
+    return number
 
 
 def time_param(params: Any, name: str) -> float | None:

@@ -15,7 +15,8 @@ from pydantic import (
     field_validator,
 )
 
-from capgate.core.limits import Limit, ScopeKind, check_distinct
+from capgate.core.limits import Limit, ScopeKind, check_distinct, usd_to_nano
+from capgate.core.money import MAX_AMOUNT
 from capgate.core.schedules import Schedule
 from capgate.core.windows import zone
 from capgate.store.base import ScopeFields
@@ -98,12 +99,24 @@ class _ScopeFields(BaseModel):
         description="when the budget cannot pay the full max_tokens: lower it to fit "
         "(clamp, the default) or refuse (reject)",
     )
+    unbounded_hold_usd: str | float | None = Field(
+        None,
+        description="keys: dollars to hold for a request whose worst case cannot be "
+        "bounded (a code execution tool, ...) instead of refusing it; null: refuse",
+    )
 
     @field_validator("limits")
     @classmethod
     def _distinct(cls, value: list[LimitIn] | None) -> list[LimitIn] | None:
         if value is not None:
             check_distinct(tuple(x.to_limit() for x in value))
+        return value
+
+    @field_validator("unbounded_hold_usd")
+    @classmethod
+    def _hold(cls, value: str | float | None) -> str | float | None:
+        if value is not None and not 0 < usd_to_nano(value) <= MAX_AMOUNT:
+            raise ValueError("must be a dollar amount above 0")
         return value
 
     @field_validator("timezone")
@@ -121,11 +134,14 @@ class _ScopeFields(BaseModel):
 
     def to_fields(self) -> ScopeFields:
         given = self.model_fields_set
-        clear = frozenset(
+        clear: frozenset[str] = frozenset(
             name
             for name in ("team", "user", "expires_at")
             if name in given and getattr(self, name) is None
         )
+        if "unbounded_hold_usd" in given and self.unbounded_hold_usd is None:
+            clear |= {"unbounded_hold_nano"}
+        hold = self.unbounded_hold_usd
         return ScopeFields(
             limits=None if self.limits is None else tuple(x.to_limit() for x in self.limits),
             models=None if self.models is None else tuple(self.models),
@@ -136,6 +152,7 @@ class _ScopeFields(BaseModel):
             expires_at=parse_time(self.expires_at),
             metadata=self.metadata,
             clamp=None if self.on_short_budget is None else self.on_short_budget == "clamp",
+            unbounded_hold_nano=None if hold is None else usd_to_nano(hold),
             schedules=None
             if self.schedules is None
             else tuple(x.to_schedule() for x in self.schedules),

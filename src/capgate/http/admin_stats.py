@@ -9,7 +9,7 @@ from aiohttp import web
 
 from capgate.core.windows import WindowKind, window_at, zone
 from capgate.errors import InvalidRequest
-from capgate.http.admin_io import int_param, json_response, time_param
+from capgate.http.admin_io import int_param, json_response, known_params, time_param
 from capgate.store.base import RequestQuery
 from capgate.store.sqlite_queries import GROUPS, iso
 from capgate.timeseries import STEPS, auto_step, bucket_starts, fold
@@ -22,6 +22,8 @@ _ROLLING = {"1h": 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400}
 _CALENDAR = {"today": WindowKind.DAY, "week": WindowKind.WEEK, "month": WindowKind.MONTH}
 _SERIES_GROUPS = ("key", "user", "team", "model", "upstream_model", "provider", "outcome")
 MAX_TOP = 20
+SUMMARY_PARAMS = ("period", "from", "to", "tz", "key", "team", "user", "model", "provider")
+SERIES_PARAMS = (*SUMMARY_PARAMS, "step", "group_by", "top")
 
 
 class StatsRoutes:
@@ -64,12 +66,14 @@ class StatsRoutes:
         )
 
     async def summary(self, request: web.Request) -> web.Response:
+        known_params(request.query, SUMMARY_PARAMS)
         since, until, tz = self._range(request.query, "today")
         data = await self.api.store.summary(self._query(request.query, since, until))
         return json_response({"from": iso(since), "to": iso(until), "timezone": tz, **data})
 
     async def timeseries(self, request: web.Request) -> web.Response:
         params = request.query
+        known_params(params, SERIES_PARAMS)
         since, until, tz = self._range(params, "24h")
         step = params.get("step") or auto_step(since, until)
         if step not in STEPS:

@@ -32,7 +32,7 @@ from aiohttp import web
 from capgate.config import CLI_TYPES
 from capgate.core.engine import Amounts, Refusal
 from capgate.core.limits import Metric, nano_to_decimal_str
-from capgate.core.money import Usage
+from capgate.core.money import MAX_AMOUNT, Usage
 from capgate.core.windows import format_reset_iso
 from capgate.errors import CapgateError, UpstreamFailed, UpstreamTimeout
 from capgate.http.dialects import error_response, is_dialect_body
@@ -146,8 +146,11 @@ class Call:
             return
         self.settled = True
         spent = self.spent
+        flags: tuple[str, ...] = ()
         if usage is None:
             cost = self.res.worst.cost_nano  # unknown usage: everything held is charged
+            if outcome == "ok":  # answered, but with no usage capgate could read
+                flags = ("usage_unreadable",)
         else:
             reported = self.answer.cost_nano if self.answer is not None else None
             cost = reported if reported is not None else self.admission.price.cost_nano(usage)
@@ -158,13 +161,17 @@ class Call:
                     input_tokens=usage.input_tokens + spent.input_tokens,
                     output_tokens=usage.output_tokens + spent.output_tokens,
                 )
+            cost = min(cost, MAX_AMOUNT)  # what the store can count (counts are capped too)
+            if _over(usage, cost, self.res.worst):  # the truth is charged, and marked
+                flags = ("over_reservation",)
         self.cost_nano = cost
         self._gateway.settle(
             self.res,
             Outcome(
-                status, outcome, usage, cost, self._ms(), self.ttft_ms, self.attempts, error, model
+                status, outcome, usage, cost, self._ms(), self.ttft_ms, self.attempts, error,
+                model, flags,
             ),
-        )
+        )  # fmt: skip
 
     # -- attempts ----------------------------------------------------------------------
 
@@ -444,6 +451,16 @@ class Call:
             usage = tap.partial_usage(bound)
         reserved_output = self.res.worst.output_tokens - self.spent.output_tokens
         return replace(usage, output_tokens=min(usage.output_tokens, reserved_output))
+
+
+def _over(usage: Usage, cost_nano: int, held: Amounts) -> bool:
+    """Whether an answer used more than its reservation held (a provider that ignored
+    max_tokens, or added input the bound did not foresee)."""
+    return (
+        cost_nano > held.cost_nano
+        or usage.total_input > held.input_tokens
+        or usage.output_tokens > held.output_tokens
+    )
 
 
 def _plus(a: Amounts, b: Amounts, requests: bool = True) -> Amounts:

@@ -25,14 +25,17 @@ from aiohttp import web
 from capgate.config import ServerConfig
 from capgate.core.engine import Amounts, OutputFlex, Refusal, check_access
 from capgate.core.estimate import (
+    Hidden,
     RequestFacts,
     anthropic_facts,
+    cap_server_tools,
+    hidden_costs,
     input_bound,
     openai_chat_facts,
     responses_facts,
 )
 from capgate.core.limits import Metric, Scope
-from capgate.core.money import Price
+from capgate.core.money import MAX_AMOUNT, Price
 from capgate.core.windows import format_reset
 from capgate.errors import (
     CapgateError,
@@ -46,10 +49,12 @@ from capgate.errors import (
 from capgate.http.auth import KeyAuthenticator
 from capgate.http.call import Call, answer_headers, jittered_backoff
 from capgate.http.dialects import CLAUDE_CODE, client_of, client_status, error_response, for_client
+from capgate.logs import AccessLog
 from capgate.pricing import PricingTable
 from capgate.providers.base import Endpoint
 from capgate.routing import Breakers, Route, Router
 from capgate.store.base import Outcome, RequestInfo, Reservation, Store
+from capgate.wire.duplicates import duplicate_key
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +78,8 @@ class Admission:
     max_field: str  # the body field that holds the output bound
     input_bound: int
     output: int  # the output bound, all choices together
+    hidden: Hidden  # input and fees beyond the body (server state, tools)
+    byte_bound: int  # the input bound from the body alone
 
 
 class Gateway:
@@ -95,6 +102,7 @@ class Gateway:
         self._max_bytes = int(settings.max_request_mb * 1024 * 1024)
         self._pending: set[asyncio.Future[None]] = set()
         self._rng = random.Random()
+        self._access = AccessLog()
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -132,9 +140,16 @@ class Gateway:
         except web.HTTPRequestEntityTooLarge:
             raise PayloadTooLarge(self._too_large()) from None
         try:
-            return raw, orjson.loads(raw)
+            body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
+        twice = duplicate_key(raw, body)
+        if twice is not None:  # parsers differ on which one wins: the price could be wrong
+            raise InvalidRequest(
+                f'The request body has the key "{twice}" more than once in one object; '
+                "JSON parsers disagree on which one counts, so capgate refuses it. Send it once."
+            )
+        return raw, body
 
     def _too_large(self) -> str:
         return f"The request body is larger than this gateway's limit of {self._settings.max_request_mb:g} MB."
@@ -193,6 +208,7 @@ class Gateway:
         bound: int,
         price: Price,
         credits: int,
+        fee_nano: int = 0,
     ) -> OutputFlex:
         """How far this request's max_tokens may be lowered to fit a budget."""
         minimum = self._settings.min_clamped_tokens
@@ -203,7 +219,7 @@ class Gateway:
             minimum=min(minimum, max_out),
             choices=facts.choices,
             input_tokens=bound,
-            input_pico=bound * price.dearest_input,
+            input_pico=bound * price.dearest_input + fee_nano * 1000,
             output_pico=price.output,
             credits=credits,
         )
@@ -251,7 +267,9 @@ class Gateway:
             key = await self._auth.authenticate(request.headers)
             raw, body = await self.read_json(request)
         except CapgateError as exc:
-            return self.refused(request, endpoint.dialect, exc, request_id)
+            for_client(exc, client_of(request.headers))
+            self._access.refused(request_id, None, endpoint.value, None, exc)
+            return error_response(endpoint.dialect, exc, request_id)
         admitted = await self.admit(request, endpoint, key, raw, body, started, t0, request_id)
         if isinstance(admitted, Call):
             return await admitted.run()
@@ -279,17 +297,28 @@ class Gateway:
             route = plan.first
             price = self._price(route.upstream_model)
             changed, max_out, field, hide_usage = self._prepare(body, facts, route, endpoint)
-            bound = input_bound(body, len(raw))
+            changed |= cap_server_tools(body, endpoint.value)
+            hidden = hidden_costs(body, endpoint.value)
+            byte_bound = input_bound(body, len(raw))
+            hold = key.unbounded_hold_nano
+            bound, held = _hidden_bound(hidden, byte_bound, price, route.upstream_model, hold)
             output = max_out * facts.choices
             credits = self._credits_for(route.upstream_model)
-            worst = Amounts(1, bound, output, price.worst_cost_nano(bound, output), credits)
+            fee = hidden.fee_nano
+            cost = price.worst_cost_nano(bound, output, fee) if held is None else held
+            worst = _worst(bound, output, cost, credits)
             info = RequestInfo(
                 request_id, key.id, facts.model, route.provider.name, route.upstream_model,
                 endpoint.value, facts.stream, started, client_status(client),
             )  # fmt: skip
-            flex = self._flex(body, facts, max_out, bound, price, credits)
-            countable = endpoint is Endpoint.MESSAGES and route.provider.supports(
-                Endpoint.COUNT_TOKENS
+            flex: OutputFlex | None = self._flex(body, facts, max_out, bound, price, credits, fee)
+            if held is not None:  # a stated hold does not shrink with max_tokens
+                flex = None
+            countable = (
+                endpoint is Endpoint.MESSAGES
+                and hidden.context is None  # a count cannot see what the provider adds
+                and held is None
+                and route.provider.supports(Endpoint.COUNT_TOKENS)
             )
             decision = await self._store.reserve(info, worst, flex, record_refusal=not countable)
             if isinstance(decision, Refusal) and countable:
@@ -307,8 +336,10 @@ class Gateway:
                     error.message = self._claude_code_message(decision, key, max_out)
                 raise error
         except CapgateError as exc:
-            return error_response(dialect, for_client(exc, client), request_id)
-        admission = Admission(info, price, worst, field, bound, output)
+            for_client(exc, client)
+            self._access.refused(request_id, key, endpoint.value, body, exc)
+            return error_response(dialect, exc, request_id)
+        admission = Admission(info, price, worst, field, bound, output, hidden, byte_bound)
         return Call(
             self, request, endpoint, plan, admission, decision, body,
             None if changed else raw, t0, hide_usage,
@@ -357,11 +388,16 @@ class Gateway:
         info. Raises InvalidRequest for an unpriced target."""
         base = call.admission
         price = self._price(route.upstream_model)
-        bound, output = base.input_bound, base.output
+        bound, output, hidden = base.input_bound, base.output, base.hidden
+        held = None
+        if hidden.context is not None or hidden.unbounded is not None:  # this model's own
+            hold = call.res.key.unbounded_hold_nano  # context window, or the key's hold
+            bound, held = _hidden_bound(hidden, base.byte_bound, price, route.upstream_model, hold)
         credits = self._credits_for(route.upstream_model)
-        worst = Amounts(1, bound, output, price.worst_cost_nano(bound, output), credits)
+        cost = price.worst_cost_nano(bound, output, hidden.fee_nano) if held is None else held
+        worst = _worst(bound, output, cost, credits)
         info = replace(base.info, provider=route.provider.name, upstream_model=route.upstream_model)
-        return replace(base, info=info, price=price, worst=worst)
+        return replace(base, info=info, price=price, worst=worst, input_bound=bound)
 
     @staticmethod
     def clamp(body: dict[str, Any], field: str, max_output: int) -> None:
@@ -383,6 +419,8 @@ class Gateway:
     def settle(self, reservation: Reservation, outcome: Outcome, tries: int = 0) -> None:
         """Queue the settlement now; retry with backoff if the store fails (the reservation
         stays held meanwhile, so a failing store never lets money leak)."""
+        if not tries:
+            self._access.finished(reservation, outcome)
         pending = self._store.settle(reservation, outcome)
         self._pending.add(pending)
 
@@ -510,6 +548,43 @@ _COUNTED_FIELDS = frozenset(
     {"model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers"}
 )
 COUNT_MARGIN = 50  # tokens on top of an exact count (+5%)
+
+
+def _hidden_bound(
+    hidden: Hidden, byte_bound: int, price: Price, model: str, hold: int | None
+) -> tuple[int, int | None]:
+    """The input bound once what the provider adds is counted (the model's context window
+    bounds it), and the key's stated hold when nothing bounds the request (None: the
+    worst case is computed). Raises InvalidRequest when nothing bounds it and the key
+    states no hold."""
+    window = price.context_window
+    if hidden.unbounded is not None or (hidden.context is not None and window is None):
+        if hold is not None:
+            return max(byte_bound, window or 0), hold
+        if hidden.unbounded is not None:
+            raise InvalidRequest(
+                f"capgate cannot hold a budget for this request: {hidden.unbounded}. "
+                "(An admin can give the key an unbounded_hold_usd to hold instead.)"
+            )
+        raise InvalidRequest(
+            f"capgate cannot bound the input of this request: it uses {hidden.context}, and "
+            f'the context window of model "{model}" is unknown. An admin can set '
+            f"`context_window` for it under `pricing:` in the capgate config."
+        )
+    if hidden.context is None or window is None:
+        return byte_bound, None
+    return max(byte_bound, window), None
+
+
+def _worst(bound: int, output: int, cost_nano: int, credits: int) -> Amounts:
+    """The worst case to hold, refused when an amount is past what the store can count
+    (an absurd max_tokens times a dear price)."""
+    if max(bound, output, cost_nano) > MAX_AMOUNT:
+        raise InvalidRequest(
+            "The worst case of this request is too large to hold a budget for "
+            f"({output:,} output tokens, {bound:,} input tokens); lower max_tokens."
+        )
+    return Amounts(1, bound, output, cost_nano, credits)
 
 
 def _thinking_budget(body: dict[str, Any]) -> int | None:

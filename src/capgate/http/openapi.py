@@ -21,7 +21,8 @@ _LEDGER_FILTERS = [
     {"name": n, "in": "query", "schema": {"type": t}}
     for n, t in (
         ("key", "string"), ("team", "string"), ("user", "string"), ("model", "string"),
-        ("provider", "string"), ("status", "integer"), ("outcome", "string"), ("from", "string"),
+        ("provider", "string"), ("status", "integer"), ("outcome", "string"),
+        ("request_id", "string"), ("from", "string"),
         ("to", "string"), ("limit", "integer"), ("cursor", "string"), ("format", "string"),
     )
 ]  # fmt: skip
@@ -80,7 +81,10 @@ def openapi_document() -> dict[str, Any]:
         what = kind.value
         note = "; the raw key is in the answer, once" if kind is ScopeKind.KEY else ""
         paths[f"/admin/{plural}"] = {
-            "get": _op(f"List {plural} with their current usage"),
+            "get": _op(
+                f"List {plural} with their current usage"
+                + ("; spend today and this month, last use" if kind is ScopeKind.KEY else "")
+            ),
             "post": _op(f"Create a {what}{note}", body="ScopeCreate", ok="201"),
         }
         paths[f"/admin/{plural}/{{name}}"] = {
@@ -96,7 +100,23 @@ def openapi_document() -> dict[str, Any]:
             }
     paths |= {
         "/admin/requests": {
-            "get": _op("The ledger: one entry per request", params=_LEDGER_FILTERS)
+            "get": _op(
+                "The ledger: one entry per request (an unknown parameter is a 400)",
+                params=_LEDGER_FILTERS,
+            )
+        },
+        "/admin/requests/{request_id}": {
+            "get": _op(
+                "One ledger entry by the x-capgate-request-id its client got (404 if none)",
+                params=[
+                    {
+                        "name": "request_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    },
+                ],
+            )
         },
         "/admin/usage": {
             "get": _op(
@@ -120,7 +140,12 @@ def openapi_document() -> dict[str, Any]:
                 params=_SERIES_PARAMS,
             )
         },
-        "/admin/audit": {"get": _op("Admin changes, newest first")},
+        "/admin/audit": {
+            "get": _op(
+                "Admin changes, newest first",
+                params=[{"name": "limit", "in": "query", "schema": {"type": "integer"}}],
+            )
+        },
         "/admin/routing": {
             "get": _op(
                 "Providers' health as this process sees it (circuit breaker: cooling down "

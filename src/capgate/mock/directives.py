@@ -7,16 +7,20 @@ the gateway under test.
 
 Syntax: ``mock:NAME`` or ``mock:NAME=DIGITS``, anywhere in the text. Unknown names and
 out-of-range values are ignored so a typo degrades to a normal answer instead of an error.
+One directive takes JSON: ``mock:usage=<json>`` (e.g. ``mock:usage={"input_tokens":"10"}``)
+sends that JSON in place of every usage object of the answer, to test usage readers.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 _DIRECTIVE = re.compile(r"\bmock:([a-z_]+)(?:=(\d+))?")
+_USAGE = re.compile(r"\bmock:usage=")
 
 # Caps keep a mistyped directive from hanging a test run or exhausting memory.
 _MAX_DELAY_MS = 60_000
@@ -34,6 +38,15 @@ class Directives:
     cut_stream: bool = False  # stop a stream midway, without its terminal events
     no_usage: bool = False  # leave usage out of the answer
     tool: bool = False  # call the first tool the request defines instead of writing text
+    # Report these counts whatever was read or written (a provider that bills input the
+    # body does not show, or ignores max_tokens).
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    usage_json: str | None = None  # send this JSON as the usage object (mock:usage=...)
+
+    def usage(self, built: Any) -> Any:
+        """The usage object to send: `built`, unless mock:usage replaced it."""
+        return built if self.usage_json is None else json.loads(self.usage_json)
 
 
 def parse_directives(text: str) -> Directives:
@@ -49,11 +62,25 @@ def parse_directives(text: str) -> Directives:
             values["words"] = min(number, _MAX_WORDS)
         elif name in ("cut_stream", "no_usage", "tool") and number is None:
             values[name] = True
+        elif name in ("input_tokens", "output_tokens") and number is not None:
+            values[name] = number
+    for match in _USAGE.finditer(text):
+        try:
+            value, _ = json.JSONDecoder().raw_decode(text, match.end())
+        except ValueError:
+            continue
+        values["usage_json"] = json.dumps(value)
     return Directives(**values)
 
 
 def strip_directives(text: str) -> str:
     """``text`` without its directives, so the echoed answer reads like a normal reply."""
+    for match in reversed(list(_USAGE.finditer(text))):
+        try:
+            _, end = json.JSONDecoder().raw_decode(text, match.end())
+        except ValueError:
+            continue
+        text = text[: match.start()] + text[end:]
     return _DIRECTIVE.sub("", text)
 
 

@@ -60,12 +60,16 @@ class Completion:
 
     @property
     def output_tokens(self) -> int:
-        return len(self.pieces)
+        reported = self.directives.output_tokens  # mock:output_tokens=N: a provider that
+        return len(self.pieces) if reported is None else reported  # ignored max_tokens
 
 
 def complete(body: Mapping[str, Any], limit: int | None) -> Completion:
     """Answer ``body``, cut to at most ``limit`` output tokens when a limit is given."""
     directives = parse_directives(last_user_text(body))
+    read = input_tokens(body)
+    if directives.input_tokens is not None:  # input the body does not show (server state)
+        read = directives.input_tokens
     tool = _tool_to_call(body, directives)
     if tool is not None:
         name, schema = tool
@@ -73,12 +77,12 @@ def complete(body: Mapping[str, Any], limit: int | None) -> Completion:
         pieces = [text[i : i + _ARGUMENT_CHARS] for i in range(0, len(text), _ARGUMENT_CHARS)]
         # A call cut short would be broken JSON; an answer that cannot fit is words.
         if limit is None or len(pieces) <= limit:
-            return Completion(tuple(pieces), input_tokens(body), False, directives, name)
+            return Completion(tuple(pieces), read, False, directives, name)
     pieces = _answer_pieces(body, directives)
     truncated = limit is not None and len(pieces) > limit
     if truncated:
         pieces = pieces[:limit]
-    return Completion(tuple(pieces), input_tokens(body), truncated, directives)
+    return Completion(tuple(pieces), read, truncated, directives)
 
 
 def input_tokens(body: Mapping[str, Any]) -> int:

@@ -47,7 +47,8 @@ def anthropic_message(body: Body) -> JSONObject:
     message = _anthropic_envelope(body, [block])
     message["stop_reason"] = _anthropic_stop_reason(answer)
     if not answer.directives.no_usage:
-        message["usage"] = _anthropic_usage(answer.input_tokens, answer.output_tokens)
+        usage = _anthropic_usage(answer.input_tokens, answer.output_tokens)
+        message["usage"] = answer.directives.usage(usage)
     return message
 
 
@@ -60,7 +61,7 @@ def anthropic_stream(body: Body) -> Iterator[bytes]:
     start = _anthropic_envelope(body, [])
     if with_usage:
         # The real API reports the input up front and a placeholder of one output token.
-        start["usage"] = _anthropic_usage(answer.input_tokens, 1)
+        start["usage"] = answer.directives.usage(_anthropic_usage(answer.input_tokens, 1))
     yield _sse("message_start", {"type": "message_start", "message": start})
     block = {"type": "text", "text": ""} if answer.tool is None else _tool_use(answer, {})
     yield _sse(
@@ -82,7 +83,7 @@ def anthropic_stream(body: Body) -> Iterator[bytes]:
         "delta": {"stop_reason": _anthropic_stop_reason(answer), "stop_sequence": None},
     }
     if with_usage:
-        message_delta["usage"] = {"output_tokens": answer.output_tokens}
+        message_delta["usage"] = answer.directives.usage({"output_tokens": answer.output_tokens})
     yield _sse("message_delta", message_delta)
     yield _sse("message_stop", {"type": "message_stop"})
 
@@ -148,7 +149,7 @@ def openai_chat(body: Body) -> JSONObject:
         {"index": 0, "message": message, "logprobs": None, "finish_reason": _finish_reason(answer)}
     ]
     if not answer.directives.no_usage:
-        completion["usage"] = _openai_chat_usage(answer)
+        completion["usage"] = answer.directives.usage(_openai_chat_usage(answer))
     return completion
 
 
@@ -184,7 +185,8 @@ def openai_chat_stream(body: Body) -> Iterator[bytes]:
         return
     yield chunk({}, _finish_reason(answer))
     if include_usage and not answer.directives.no_usage:
-        yield _sse(None, {**head, "choices": [], "usage": _openai_chat_usage(answer)})
+        usage = answer.directives.usage(_openai_chat_usage(answer))
+        yield _sse(None, {**head, "choices": [], "usage": usage})
     yield b"data: [DONE]\n\n"
 
 
@@ -302,7 +304,9 @@ def _response_object(
     """The response object; ``identity`` is (id, created_at). Usage only once final."""
     response_id, created_at = identity
     final = status != "in_progress"
-    usage = None if not final or answer.directives.no_usage else _responses_usage(answer)
+    usage = None
+    if final and not answer.directives.no_usage:
+        usage = answer.directives.usage(_responses_usage(answer))
     incomplete = {"reason": "max_output_tokens"} if status == "incomplete" else None
     # Request settings are echoed back, with the real API's defaults when absent.
     return {

@@ -85,6 +85,7 @@ class ScopeFields:
     expires_at: float | None = None
     metadata: dict[str, Any] | None = None
     clamp: bool | None = None
+    unbounded_hold_nano: int | None = None
     schedules: tuple[Schedule, ...] | None = None
     clear: frozenset[str] = field(default_factory=frozenset)  # fields to set to null
 
@@ -98,6 +99,7 @@ class RequestQuery:
     provider: str | None = None
     status: int | None = None
     outcome: str | None = None
+    request_id: str | None = None  # the x-capgate-request-id its client was answered with
     since: float | None = None
     until: float | None = None
     limit: int = 100

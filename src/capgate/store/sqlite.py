@@ -249,7 +249,7 @@ class SQLiteStore(ScopeAdmin, DashboardStore):
                         self.owner,
                         now,
                         q.dump_charges(decision.charges),
-                        q.dump_info(info, key, worst),
+                        q.dump_info(info, key, worst, decision.max_output),
                     ),
                 )
                 self._counters.add(
@@ -394,7 +394,9 @@ class SQLiteStore(ScopeAdmin, DashboardStore):
                 ],
             )
             conn.execute("DELETE FROM reservations WHERE id=?", (row["id"],))
-            q.insert_lease_expired(conn, info, key_name, team, user, worst, now)
+            q.insert_lease_expired(
+                conn, info, key_name, team, user, worst, now, q.clamped_of(row["info"])
+            )
         if orphans:
             log.warning("settled %d reservations of dead processes in full", len(orphans))
         return len(orphans)

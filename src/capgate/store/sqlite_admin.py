@@ -18,6 +18,24 @@ from capgate.store import sqlite_queries as q
 from capgate.store.base import ScopeFields
 
 _ACTIONS = {Status.ACTIVE: "resume", Status.PAUSED: "pause", Status.REVOKED: "revoke"}
+_PLURAL = {ScopeKind.USER: "users", ScopeKind.TEAM: "teams", ScopeKind.ORG: "orgs"}
+
+
+def check_references(conn: sqlite3.Connection, fields: ScopeFields) -> None:
+    """A key's team and user and a team's org must exist: a typo (`--team reserach`)
+    would otherwise bind the key to no budget at all, silently."""
+    for kind, name in (
+        (ScopeKind.TEAM, fields.team),
+        (ScopeKind.USER, fields.user),
+        (ScopeKind.ORG, fields.org),
+    ):
+        if name is not None and q.get_scope(conn, kind.value, name) is None:
+            what = kind.value
+            raise InvalidRequest(
+                f'{what}: no {what} named "{name}"; create it first '
+                f"(capgate {_PLURAL[kind]} create {name}, or POST /admin/{_PLURAL[kind]}), "
+                f"or check the spelling"
+            )
 
 
 class ScopeAdmin:
@@ -43,6 +61,7 @@ class ScopeAdmin:
             now = self._clock()
             if q.get_scope(conn, kind.value, name) is not None:
                 raise Conflict(f'a {kind.value} named "{name}" already exists')
+            check_references(conn, fields)
             conn.execute(
                 "INSERT INTO scopes (kind, id, name, secret_hash, prefix, created_at, updated_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -87,6 +106,7 @@ class ScopeAdmin:
     ) -> Scope:
         def op(conn: sqlite3.Connection) -> Scope:
             before = self._existing(conn, kind, name)
+            check_references(conn, fields)
             q.update_scope_row(conn, kind.value, before.id, fields, self._clock())
             return self._changed(conn, kind, name, "update", q.scope_json(before), actor)
 
@@ -147,3 +167,27 @@ class ScopeAdmin:
 
     async def get_scope(self, kind: ScopeKind, name: str) -> Scope:
         return await self._read(lambda conn: self._existing(conn, kind, name))  # type: ignore[no-any-return]
+
+    async def members(self, kind: ScopeKind, name: str) -> dict[str, list[str]]:
+        """Who names a scope: a team's keys and their users, a user's keys, an org's
+        teams (empty for keys and providers)."""
+
+        def op(conn: sqlite3.Connection) -> dict[str, list[str]]:
+            self._existing(conn, kind, name)
+            return {
+                group: [row[0] for row in conn.execute(sql, (name,))]
+                for group, sql in _MEMBERS.get(kind, {}).items()
+            }
+
+        return await self._read(op)  # type: ignore[no-any-return]
+
+
+_MEMBERS = {
+    ScopeKind.TEAM: {
+        "keys": "SELECT name FROM scopes WHERE kind='key' AND team=? ORDER BY name",
+        "users": "SELECT DISTINCT user FROM scopes WHERE kind='key' AND team=? "
+        "AND user IS NOT NULL ORDER BY user",
+    },
+    ScopeKind.USER: {"keys": "SELECT name FROM scopes WHERE kind='key' AND user=? ORDER BY name"},
+    ScopeKind.ORG: {"teams": "SELECT name FROM scopes WHERE kind='team' AND org=? ORDER BY name"},
+}

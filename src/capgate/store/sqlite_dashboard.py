@@ -117,6 +117,15 @@ class DashboardStore:
             lambda conn: insights.series_rows(conn, query, group_by, grain)
         )
 
+    async def key_activity(
+        self, day_start: float, month_start: float
+    ) -> dict[str, tuple[int, int, float | None]]:
+        """Per key id: spend today and this month (nano-dollars) and its last request."""
+        await self.flush()
+        return await self._read(  # type: ignore[no-any-return]
+            lambda conn: insights.key_activity(conn, day_start, month_start)
+        )
+
     async def latest_ids(self) -> tuple[int, int]:
         return await self._read(insights.latest_ids)  # type: ignore[no-any-return]
 

@@ -7,6 +7,7 @@ import sqlite3
 from typing import Any
 
 from capgate.core.limits import nano_to_decimal_str
+from capgate.core.windows import is_rate_window, parse_window
 from capgate.store import sqlite_queries as q
 from capgate.store.base import RequestQuery
 
@@ -39,11 +40,42 @@ def summary(conn: sqlite3.Connection, query: RequestQuery) -> dict[str, Any]:
         "cache_write_tokens": row[6],
         "cost_usd": nano_to_decimal_str(row[7]),
         "keys": row[8],
+        "refusals_by_reason": refusals_by_reason(conn, where, params),
         "latency_ms": {
             "p50": _percentile(conn, ok_where, params, 50),
             "p95": _percentile(conn, ok_where, params, 95),
         },
     }
+
+
+def refusals_by_reason(conn: sqlite3.Connection, where: str, params: list[Any]) -> dict[str, int]:
+    """Refusals counted by why, most first: `budget` and `rate_limit` (a limit reached:
+    a short window or a concurrency cap is a rate limit, any other a budget), or the
+    refusal's code (`paused`, `revoked`, `expired`, `model_not_allowed`,
+    `outside_schedule`, ...)."""
+    refused_where = (where + " AND " if where else " WHERE ") + "outcome = 'refused'"
+    rows = conn.execute(
+        "SELECT json_extract(refusal, '$.code'), json_extract(refusal, '$.limit.metric'), "  # noqa: S608
+        f"json_extract(refusal, '$.limit.window'), COUNT(*) FROM requests{refused_where} "
+        "GROUP BY 1, 2, 3",
+        params,
+    )
+    counts: dict[str, int] = {}
+    for code, metric, window, count in rows:
+        reason = _reason(code, metric, window)
+        counts[reason] = counts.get(reason, 0) + count
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+def _reason(code: str | None, metric: str | None, window: str | None) -> str:
+    if code != "limit_exceeded":
+        return code or "other"
+    if metric == "concurrent":
+        return "rate_limit"
+    try:
+        return "rate_limit" if window and is_rate_window(parse_window(window)) else "budget"
+    except ValueError:
+        return "budget"
 
 
 def _percentile(
@@ -75,6 +107,29 @@ def series_rows(
         (grain, grain, *params),
     )
     return [tuple(row) for row in rows]
+
+
+def key_activity(
+    conn: sqlite3.Connection, day_start: float, month_start: float
+) -> dict[str, tuple[int, int, float | None]]:
+    """Per key id: spend since `day_start` and since `month_start` (nano-dollars), and when
+    its last request was made. One grouped pass over the month's entries (the created_at
+    index), and one index lookup per key (requests_key) for its last request."""
+    out: dict[str, tuple[int, int, float | None]] = {}
+    for key_id, last in conn.execute(
+        "SELECT id, (SELECT created_at FROM requests WHERE key_name = scopes.name "
+        "ORDER BY id DESC LIMIT 1) FROM scopes WHERE kind = 'key'"
+    ):
+        out[key_id] = (0, 0, last)
+    rows = conn.execute(
+        "SELECT key_id, SUM(CASE WHEN created_at >= ? THEN cost_nano ELSE 0 END), "
+        "SUM(cost_nano) FROM requests WHERE created_at >= ? GROUP BY key_id",
+        (day_start, month_start),
+    )
+    for key_id, today, month in rows:
+        last = out.get(key_id, (0, 0, None))[2]
+        out[key_id] = (int(today), int(month), last)
+    return out
 
 
 def latest_ids(conn: sqlite3.Connection) -> tuple[int, int]:

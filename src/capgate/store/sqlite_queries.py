@@ -17,7 +17,8 @@ from capgate.store.base import Outcome, RequestInfo, RequestQuery, ScopeFields
 
 SELECT_SCOPES = (
     "SELECT kind, id, name, status, limits, models, team, user, timezone, expires_at, "
-    "metadata, secret_hash, prefix, created_at, updated_at, clamp, org, schedules FROM scopes"
+    "metadata, secret_hash, prefix, created_at, updated_at, clamp, org, schedules, "
+    "unbounded_hold_nano FROM scopes"
 )
 
 
@@ -42,6 +43,7 @@ def scope_from_row(row: sqlite3.Row) -> Scope:
         models=tuple(orjson.loads(row["models"])),
         expires_at=row["expires_at"],
         clamp=bool(row["clamp"]),
+        unbounded_hold_nano=row["unbounded_hold_nano"],
         schedules=tuple(Schedule.from_json(x) for x in orjson.loads(row["schedules"])),
         extra={
             "team": row["team"],
@@ -72,6 +74,9 @@ def scope_json(scope: Scope) -> dict[str, Any]:
         "schedules": [schedule.to_json() for schedule in scope.schedules],
         "timezone": scope.timezone,
         "on_short_budget": "clamp" if scope.clamp else "reject",
+        "unbounded_hold_usd": None
+        if scope.unbounded_hold_nano is None
+        else nano_to_decimal_str(scope.unbounded_hold_nano),
         "expires_at": iso(scope.expires_at),
         "metadata": extra.get("metadata", {}),
         "created_at": iso(extra.get("created_at")),
@@ -96,6 +101,8 @@ def update_scope_row(
         sets["metadata"] = dumps(fields.metadata)
     if fields.clamp is not None:
         sets["clamp"] = int(fields.clamp)
+    if fields.unbounded_hold_nano is not None:
+        sets["unbounded_hold_nano"] = fields.unbounded_hold_nano
     if fields.schedules is not None:
         sets["schedules"] = dumps([schedule.to_json() for schedule in fields.schedules])
     for name in ("team", "user", "org", "timezone", "expires_at"):
@@ -103,7 +110,7 @@ def update_scope_row(
         if value is not None:
             sets[name] = value
     for name in fields.clear:
-        if name not in {"team", "user", "org", "expires_at"}:
+        if name not in {"team", "user", "org", "expires_at", "unbounded_hold_nano"}:
             raise InvalidRequest(f"{name}: cannot be cleared")
         sets[name] = None
     assignments = ", ".join(f"{column}=?" for column in sets)  # column names are ours, not input
@@ -161,7 +168,7 @@ def load_charges(text: str) -> list[Charge]:
     return [Charge(c, int(w), Metric(m), int(a)) for c, w, m, a in orjson.loads(text)]
 
 
-def dump_info(info: RequestInfo, key: Scope, worst: Amounts) -> str:
+def dump_info(info: RequestInfo, key: Scope, worst: Amounts, max_output: int | None = None) -> str:
     return orjson.dumps(
         {
             "request_id": info.request_id,
@@ -182,8 +189,15 @@ def dump_info(info: RequestInfo, key: Scope, worst: Amounts) -> str:
                 worst.cost_nano,
                 worst.credits,
             ],
+            "max_output": max_output,
         }
     ).decode()
+
+
+def clamped_of(text: str) -> int | None:
+    """The lowered max_tokens a reservation's info records (for its lease_expired entry)."""
+    value = orjson.loads(text).get("max_output")
+    return None if value is None else int(value)
 
 
 def load_info(text: str) -> tuple[RequestInfo, str, str | None, str | None, Amounts]:
@@ -257,6 +271,7 @@ def insert_lease_expired(
     user: str | None,
     worst: Amounts,
     now: float,
+    max_tokens_clamped: int | None = None,
 ) -> None:
     conn.execute(
         _INSERT_ENTRY,
@@ -266,7 +281,7 @@ def insert_lease_expired(
             "lease_expired", worst.input_tokens, worst.output_tokens, 0, 0, worst.cost_nano,
             (now - info.started_at) * 1000, None, 1, None,
             "the serving process stopped before the request settled: charged in full",
-            None, None,
+            max_tokens_clamped, None,
         ),
     )  # fmt: skip
 
@@ -309,6 +324,7 @@ _FILTERS = {
     "provider": "provider = ?",
     "status": "status = ?",
     "outcome": "outcome = ?",
+    "request_id": "request_id = ?",
     "since": "created_at >= ?",
     "until": "created_at < ?",
     "cursor": "id < ?",

@@ -137,6 +137,11 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE requests ADD COLUMN flags TEXT;
     CREATE INDEX requests_request_id ON requests (request_id);
     """,
+    # 8: what a key holds for a request whose worst case cannot be bounded (nano-dollars;
+    #    NULL: such requests are refused).
+    """
+    ALTER TABLE scopes ADD COLUMN unbounded_hold_nano INTEGER;
+    """,
 )
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from capgate.core.money import Usage
-from capgate.wire.answer import answer_usage, count
+from capgate.wire.answer import answer_usage, tokens
 from capgate.wire.sse import EventSplitter, data_of, event_spans
 
 # The smallest framing a content_block_delta event can have; subtracting it from an
@@ -23,19 +23,33 @@ _USAGE_EVENT = re.compile(rb"(?m)^event: message_(?:start|delta)\r?$")
 
 
 def usage_of(usage: Any) -> Usage | None:
+    """The usage object of an answer, or None when it cannot be read (not an object,
+    input or output count missing, a count that is not a whole number >= 0)."""
     if not isinstance(usage, dict):
         return None
-    cache_write = count(usage.get("cache_creation_input_tokens"))
-    cache_write_1h = 0
+    cache_write_1h: int | None = 0
     split = usage.get("cache_creation")
     if isinstance(split, dict):
-        cache_write_1h = count(split.get("ephemeral_1h_input_tokens"))
-        cache_write = max(0, cache_write - cache_write_1h)
+        cache_write_1h = tokens(split.get("ephemeral_1h_input_tokens"), required=False)
+    elif split is not None:
+        return None
+    input_tokens = tokens(usage.get("input_tokens"))
+    output_tokens = tokens(usage.get("output_tokens"))
+    cache_read = tokens(usage.get("cache_read_input_tokens"), required=False)
+    cache_write = tokens(usage.get("cache_creation_input_tokens"), required=False)
+    if (
+        input_tokens is None
+        or output_tokens is None
+        or cache_read is None
+        or cache_write is None
+        or cache_write_1h is None
+    ):
+        return None
     return Usage(
-        input_tokens=count(usage.get("input_tokens")),
-        output_tokens=count(usage.get("output_tokens")),
-        cache_read_tokens=count(usage.get("cache_read_input_tokens")),
-        cache_write_tokens=cache_write,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cache_read_tokens=cache_read,
+        cache_write_tokens=max(0, cache_write - cache_write_1h),
         cache_write_1h_tokens=cache_write_1h,
     )
 

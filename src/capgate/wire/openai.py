@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from capgate.core.money import Usage
-from capgate.wire.answer import answer_usage, count
+from capgate.wire.answer import answer_usage, tokens
 from capgate.wire.sse import EventSplitter, data_of, event_spans
 
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
@@ -16,17 +16,24 @@ _MIN_CHUNK_FRAMING = len(b'data: {"choices":[{"delta":{"content":""}}]}\n\n')
 
 
 def usage_of(usage: Any) -> Usage | None:
+    """Chat Completions or Responses usage, or None when it cannot be read (not an
+    object, input or output count missing, a count that is not a whole number >= 0)."""
     if not isinstance(usage, dict):
         return None
-    prompt = count(usage.get("prompt_tokens", usage.get("input_tokens")))
-    details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
-    cached = count(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    prompt = tokens(usage.get("prompt_tokens", usage.get("input_tokens")))
+    output = tokens(usage.get("completion_tokens", usage.get("output_tokens")))
+    details = usage.get("prompt_tokens_details")
+    if details is None:
+        details = usage.get("input_tokens_details")  # Responses
+    cached: int | None = 0
+    if isinstance(details, dict):
+        cached = tokens(details.get("cached_tokens"), required=False)
+    elif details is not None:
+        return None
+    if prompt is None or output is None or cached is None:
+        return None
     cached = min(cached, prompt)
-    return Usage(
-        input_tokens=prompt - cached,
-        output_tokens=count(usage.get("completion_tokens", usage.get("output_tokens"))),
-        cache_read_tokens=cached,
-    )
+    return Usage(input_tokens=prompt - cached, output_tokens=output, cache_read_tokens=cached)
 
 
 def completion_usage(body: bytes) -> tuple[Usage | None, str | None]:

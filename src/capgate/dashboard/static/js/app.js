@@ -5,6 +5,7 @@ import { h, replace } from "./dom.js";
 import { connect, disconnect } from "./events.js";
 import { live } from "./live.js";
 import { overview } from "./overview.js";
+import { requestDetail } from "./requests-table.js";
 import { requests } from "./requests.js";
 import { scopeDetail } from "./scope-detail.js";
 import { scopes } from "./scopes.js";
@@ -77,7 +78,8 @@ async function route() {
   const page = parts[0] || "overview";
   const params = new URLSearchParams(search);
   const root = document.getElementById("page");
-  const title = KINDS.includes(page) && parts[1] ? parts[1] : TITLES[page] || "Not found";
+  let title = KINDS.includes(page) && parts[1] ? parts[1] : TITLES[page] || "Not found";
+  if (page === "requests" && parts[1]) title = "Request";
   document.getElementById("page-title").textContent = title;
   document.title = `${title} · capgate`;
   for (const link of document.querySelectorAll(".nav a")) {
@@ -89,6 +91,7 @@ async function route() {
   try {
     if (page === "overview") await overview(root, cleanup);
     else if (page === "live") await live(root, cleanup);
+    else if (page === "requests" && parts[1]) await requestDetail(root, cleanup, parts[1]);
     else if (page === "requests") await requests(root, cleanup, params);
     else if (page === "settings") await settings(root, cleanup);
     else if (page === "audit") await audit(root, cleanup);

@@ -3,7 +3,7 @@ import { get } from "./api.js";
 import { h, replace } from "./dom.js";
 import { dateTime } from "./format.js";
 import { on } from "./events.js";
-import { panel, table } from "./ui.js";
+import { clip, panel, table } from "./ui.js";
 
 export async function audit(root, cleanup) {
   const body = h("div");
@@ -11,10 +11,10 @@ export async function audit(root, cleanup) {
   async function load() {
     const data = await get("/admin/audit?limit=200");
     replace(body, table([
-      { label: "When", cell: (a) => dateTime(a.created_at), cls: "nowrap" },
-      { label: "Who", cell: (a) => a.actor },
-      { label: "Action", cell: (a) => h("strong", {}, a.action) },
-      { label: "Target", cell: (a) => h("span", { class: "mono" }, a.target) },
+      { label: "When", width: "120px", cell: (a) => dateTime(a.created_at) },
+      { label: "Who", width: "96px", cell: (a) => clip(a.actor) },
+      { label: "Action", width: "104px", cell: (a) => h("strong", {}, a.action) },
+      { label: "Target", width: "30%", cell: (a) => clip(a.target, { class: "clip mono" }) },
       { label: "Changes", cell: (a) => changes(a), cls: "wrap" },
     ], data.items, { empty: "No admin changes yet." }));
   }

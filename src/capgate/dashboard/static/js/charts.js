@@ -1,6 +1,6 @@
 // Time-series charts with the vendored uPlot (static/vendor, MIT licence).
 import { h } from "./dom.js";
-import { int, usd } from "./format.js";
+import { axisUsdLabels, int, usd } from "./format.js";
 
 const COLORS = ["#4f46e5", "#0ea5e9", "#f59e0b", "#10b981", "#ef4444", "#8b5cf6", "#14b8a6", "#f97316", "#64748b"];
 
@@ -26,7 +26,7 @@ export function timeChart(data, metric, { height = 260 } = {}) {
       {
         stroke: "#667085", grid: { stroke: "#eef0f3" }, ticks: { stroke: "#e4e7ec" },
         size: (u, values) => 22 + 7 * Math.max(3, ...(values || []).map((v) => String(v).length)),
-        values: (u, ticks) => ticks.map((v) => (metric === "cost_usd" ? axisUsd(v) : int(v))),
+        values: (u, ticks) => (metric === "cost_usd" ? axisUsdLabels(ticks) : ticks.map((v) => int(v))),
       },
     ],
     series: [
@@ -55,12 +55,6 @@ export function timeChart(data, metric, { height = 260 } = {}) {
     observer.observe(holder);
   });
   return holder;
-}
-
-function axisUsd(value) {
-  if (value === 0) return "$0";
-  if (value < 0.01) return `$${value.toPrecision(2)}`;
-  return `$${value.toFixed(value < 10 ? 2 : 0)}`;
 }
 
 function chartLabel(data, metric) {

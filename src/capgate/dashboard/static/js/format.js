@@ -66,6 +66,38 @@ export function when(iso) {
   return dateTimeFormat.format(date);
 }
 
+// "3 min ago", "5 h ago", then the date: when a key was last used.
+export function ago(iso) {
+  if (!iso) return "—";
+  const seconds = Math.max(0, (Date.now() - new Date(iso).getTime()) / 1000);
+  if (seconds < 60) return "just now";
+  if (seconds < 3600) return `${Math.floor(seconds / 60)} min ago`;
+  if (seconds < 86400) return `${Math.floor(seconds / 3600)} h ago`;
+  return dateTimeFormat.format(new Date(iso));
+}
+
+// Chart-axis labels for dollar amounts: the fewest decimals (at least two below $10, as
+// money is written) at which every tick prints differently and as itself, so $0.0042 and
+// $0.0043 never both read "$0.00".
+export function axisUsdLabels(ticks) {
+  const finite = ticks.filter((v) => Number.isFinite(v));
+  const largest = Math.max(0, ...finite.map(Math.abs));
+  for (let digits = largest >= 10 ? 0 : 2; digits <= 9; digits++) {
+    const texts = finite.map((v) => v.toFixed(digits));
+    const exact = finite.every((v, i) => Math.abs(Number(texts[i]) - v) <= Math.abs(v) * 1e-9 + 1e-12);
+    if (exact && new Set(texts).size === texts.length) return ticks.map((v) => axisUsd(v, digits));
+  }
+  return ticks.map((v) => axisUsd(v, 9));
+}
+
+function axisUsd(value, digits) {
+  if (!Number.isFinite(value)) return "";
+  if (value === 0) return "$0";
+  const [whole, frac] = Math.abs(value).toFixed(digits).split(".");
+  const grouped = whole.replace(/\B(?=(\d{3})+(?!\d))/g, ",");
+  return `${value < 0 ? "-" : ""}$${grouped}${frac ? "." + frac : ""}`;
+}
+
 export function dateTime(iso) {
   if (!iso) return "—";
   return dateTimeFormat.format(new Date(iso));

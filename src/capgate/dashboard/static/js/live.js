@@ -4,7 +4,7 @@ import { h, replace } from "./dom.js";
 import { on } from "./events.js";
 import { when } from "./format.js";
 import { REQUEST_COLUMNS } from "./requests-table.js";
-import { panel, segmented, tableRow } from "./ui.js";
+import { colgroup, panel, segmented, tableHead, tableRow } from "./ui.js";
 
 const MAX_ROWS = 200;
 
@@ -14,9 +14,8 @@ export async function live(root, cleanup) {
   const body = h("tbody", { id: "live-rows" });
   const audit = h("ul", { class: "audit-feed", id: "live-audit" });
   const empty = h("div", { class: "empty" }, "Waiting for requests… they appear here within a second.");
-  const tableEl = h("div", { class: "table-wrap" }, h("table", { "aria-label": "Live requests" },
-    h("thead", {}, h("tr", {}, REQUEST_COLUMNS.map((c) => h("th", { scope: "col", class: c.num ? "num" : "" }, c.label)))),
-    body));
+  const tableEl = h("div", { class: "table-wrap" }, h("table", { "aria-label": "Live requests", class: "fixed" },
+    colgroup(REQUEST_COLUMNS), tableHead(REQUEST_COLUMNS), body));
   const controls = h("div", { class: "toolbar" },
     segmented([["all", "All"], ["refused", "Refusals only"]], "all", (v) => { onlyRefusals = v === "refused"; }, "Show"),
     segmented([["run", "Running"], ["pause", "Paused"]], "run", (v) => { paused = v === "pause"; }, "Feed"));

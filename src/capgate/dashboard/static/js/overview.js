@@ -35,7 +35,7 @@ export async function overview(root, cleanup) {
     replace(statsEl,
       stat("Spend today", usd(today.cost_usd), `${int(today.requests)} requests`),
       stat("Spend this month", usd(month.cost_usd), `${int(month.requests)} requests`),
-      stat("Refusals today", int(today.refused), today.requests ? percent(today.refused / today.requests) + " of requests" : "no requests yet"),
+      stat("Refusals today", int(today.refused), refusalSub(today)),
       stat("Error rate today", percent(today.error_rate), `${int(today.errors)} failed upstream`),
       stat("Latency p50 / p95", `${ms(today.latency_ms.p50)}`, `p95 ${ms(today.latency_ms.p95)} · today`),
       stat("Active keys today", int(today.keys), `timezone ${today.timezone}`));
@@ -73,7 +73,7 @@ export async function overview(root, cleanup) {
     });
     rows.sort((a, b) => b.share - a.share);
     replace(budgetsEl, table([
-      { label: "Scope", cell: (r) => h("a", { href: `#/${r.kind}/${encodeURIComponent(r.scope.name)}`, class: "truncate", title: r.scope.name }, `${r.kind.slice(0, -1)} ${r.scope.name}`) },
+      { label: "Scope", width: "38%", cell: (r) => h("a", { href: `#/${r.kind}/${encodeURIComponent(r.scope.name)}`, class: "clip", title: r.scope.name }, `${r.kind.slice(0, -1)} ${r.scope.name}`) },
       { label: "Limit", cell: (r) => usageRow(r.usage), cls: "wide" },
     ], rows.slice(0, 8), { empty: "No limits yet. Create a key with a limit to see it here." }));
   }
@@ -87,6 +87,22 @@ export async function overview(root, cleanup) {
   }));
 }
 
+const REASONS = {
+  budget: "budget", rate_limit: "rate limit", paused: "paused", revoked: "revoked",
+  expired: "expired", model_not_allowed: "model not allowed", outside_schedule: "schedule",
+};
+
+// Why requests were refused, most first: "2 budget · 1 rate limit".
+function refusalSub(summary) {
+  if (!summary.requests) return "no requests yet";
+  const reasons = Object.entries(summary.refusals_by_reason || {});
+  if (!reasons.length) return `${percent(0)} of requests`;
+  return h("span", { class: "reasons", "data-reasons": "" }, reasons.map(([reason, count], i) => [
+    i ? " · " : "",
+    h("span", { "data-reason": reason }, `${int(count)} ${REASONS[reason] || reason.replaceAll("_", " ")}`),
+  ]));
+}
+
 function share(usage) {
   const max = Number(usage.max);
   return max > 0 ? Number(usage.used) / max : 0;
@@ -95,13 +111,13 @@ function share(usage) {
 function topTable(group, items) {
   return table([
     { label: group[0].toUpperCase() + group.slice(1), cell: (r) => nameCell(group, r[group]) },
-    { label: "Requests", cell: (r) => int(r.requests), num: true },
-    { label: "Spend", cell: (r) => usd(r.cost_usd), num: true },
+    { label: "Requests", width: "84px", cell: (r) => int(r.requests), num: true },
+    { label: "Spend", width: "112px", cell: (r) => usd(r.cost_usd), num: true },
   ], items.sort((a, b) => compareDecimal(b.cost_usd, a.cost_usd)), { empty: "No requests in this range." });
 }
 
 function nameCell(group, name) {
   if (name === null || name === undefined) return h("span", { class: "muted" }, "(none)");
-  if (group === "key") return h("a", { href: `#/keys/${encodeURIComponent(name)}`, class: "truncate", title: name }, name);
-  return h("a", { href: `#/requests?${new URLSearchParams({ [group]: name })}` }, name);
+  if (group === "key") return h("a", { href: `#/keys/${encodeURIComponent(name)}`, class: "clip", title: name }, name);
+  return h("a", { href: `#/requests?${new URLSearchParams({ [group]: name })}`, class: "clip", title: name }, name);
 }

@@ -1,23 +1,61 @@
-// The columns of a ledger entry, shared by the live feed, the request log and detail pages.
-import { h } from "./dom.js";
-import { int, ms, usd, when } from "./format.js";
-import { outcomeBadge } from "./ui.js";
+// The columns of a ledger entry, shared by the live feed, the request log and detail pages,
+// and the page of one entry (`#/requests/<request id>`).
+import { get } from "./api.js";
+import { h, replace } from "./dom.js";
+import { dateTime, int, ms, usd, when } from "./format.js";
+import { badge, clip, outcomeBadge, panel } from "./ui.js";
 
+// Fixed widths for the short columns; key, model and the note share the rest, cut with an
+// ellipsis when narrow, so the table never grows past its card (1024 px windows included).
 export const REQUEST_COLUMNS = [
-  { label: "Time", cell: (e) => h("time", { datetime: e.created_at, title: e.created_at }, when(e.created_at)) },
-  { label: "Key", cell: (e) => (e.key ? h("a", { href: `#/keys/${encodeURIComponent(e.key)}` }, e.key) : "—") },
-  { label: "Team", cell: (e) => e.team || h("span", { class: "muted" }, "—") },
-  { label: "Model", cell: (e) => h("span", { class: "mono" }, e.model || "—") },
-  { label: "Provider", cell: (e) => e.provider || "—" },
-  { label: "Status", cell: (e) => outcomeBadge(e) },
-  { label: "Tokens in / out", cell: (e) => `${int(e.input_tokens + e.cache_read_tokens + e.cache_write_tokens)} / ${int(e.output_tokens)}`, num: true },
-  { label: "Cost", cell: (e) => usd(e.cost_usd), num: true },
-  { label: "Latency", cell: (e) => ms(e.latency_ms), num: true },
-  { label: "Note", cell: (e) => note(e), cls: "note small" },
+  { label: "Time", width: "104px", cell: (e) => h("a", { href: entryHref(e), title: `${e.created_at} · request ${e.request_id}`, class: "entry-link" }, h("time", { datetime: e.created_at }, when(e.created_at))) },
+  { label: "Key / team", cell: (e) => [e.key ? keyLink(e.key) : clip(null), h("div", { class: "muted small" }, clip(e.team))] },
+  { label: "Model / provider", cell: (e) => [clip(e.model, { class: "clip mono" }), h("div", { class: "muted small" }, clip(e.provider))] },
+  { label: "Status", width: "22%", cell: (e) => [outcomeBadge(e), note(e)] },
+  { label: "Tokens in / out", width: "112px", cell: (e) => `${int(e.input_tokens + e.cache_read_tokens + e.cache_write_tokens)} / ${int(e.output_tokens)}`, num: true },
+  { label: "Cost", width: "100px", cell: (e) => usd(e.cost_usd), num: true },
+  { label: "Latency", width: "72px", cell: (e) => ms(e.latency_ms), num: true },
 ];
 
+function entryHref(entry) {
+  return `#/requests/${encodeURIComponent(entry.request_id)}`;
+}
+
+function keyLink(name) {
+  return h("a", { href: `#/keys/${encodeURIComponent(name)}`, class: "clip", title: name }, name);
+}
+
 function note(entry) {
-  if (entry.refusal) return h("span", { title: entry.refusal.message }, entry.refusal.message);
-  if (entry.error) return h("span", { class: "muted", title: entry.error }, entry.error);
-  return h("span", { class: "muted" }, "—");
+  let text = null;
+  let cls = "muted small";
+  if (entry.refusal) { text = entry.refusal.message; cls = "small"; }
+  else if (entry.error) text = entry.error;
+  else if (entry.max_tokens_clamped !== null && entry.max_tokens_clamped !== undefined) text = `max_tokens lowered to ${int(entry.max_tokens_clamped)}`;
+  if (entry.flags && entry.flags.length) text = [entry.flags.join(", "), text].filter(Boolean).join(" · ");
+  return text ? h("div", { class: cls }, clip(text)) : null;
+}
+
+// One ledger entry in full: found by the request id its client got in x-capgate-request-id.
+export async function requestDetail(root, cleanup, requestId) {
+  const entry = await get(`/admin/requests/${encodeURIComponent(requestId)}`);
+  const rows = [
+    ["Request id", h("span", { class: "mono" }, entry.request_id)],
+    ["Time", h("time", { datetime: entry.created_at }, `${dateTime(entry.created_at)} (${entry.created_at})`)],
+    ["Key", entry.key ? keyLink(entry.key) : "—"],
+    ["Team / user", `${entry.team || "—"} / ${entry.user || "—"}`],
+    ["Model", h("span", { class: "mono" }, entry.model || "—")],
+    ["Provider", `${entry.provider || "—"} · ${entry.upstream_model || "—"}`],
+    ["Endpoint", h("span", { class: "mono" }, `${entry.endpoint}${entry.stream ? " (stream)" : ""}`)],
+    ["Outcome", outcomeBadge(entry)],
+    ["max_tokens", entry.max_tokens_clamped === null ? "as sent (not lowered)" : h("span", { "data-field": "max_tokens_clamped" }, `lowered to ${int(entry.max_tokens_clamped)} to fit the budget`)],
+    ["Flags", entry.flags.length ? h("div", { class: "chips", "data-field": "flags" }, entry.flags.map((f) => badge(f, "warn"))) : "none"],
+    ["Tokens", `${int(entry.input_tokens)} in · ${int(entry.output_tokens)} out · ${int(entry.cache_read_tokens)} cache read · ${int(entry.cache_write_tokens)} cache write`],
+    ["Cost", usd(entry.cost_usd)],
+    ["Latency", `${ms(entry.latency_ms)} · first token ${ms(entry.ttft_ms)} · ${entry.attempts} ${entry.attempts === 1 ? "attempt" : "attempts"}`],
+  ];
+  if (entry.refusal) rows.push(["Refusal", `${entry.refusal.code}: ${entry.refusal.message}`]);
+  if (entry.error) rows.push(["Error", entry.error]);
+  replace(root, panel(`Request ${entry.request_id}`,
+    h("dl", { class: "kv" }, rows.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])),
+    { actions: h("a", { class: "btn btn-small", href: "#/requests" }, "← Request log") }));
 }

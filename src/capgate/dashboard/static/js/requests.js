@@ -1,10 +1,11 @@
-// Request log: filters, paging, and a CSV export of exactly what is filtered.
+// Request log: filters (a request id among them: the x-capgate-request-id its client got),
+// paging, and a CSV export of exactly what is filtered.
 import { get, query } from "./api.js";
 import { field, h, replace, select } from "./dom.js";
 import { REQUEST_COLUMNS } from "./requests-table.js";
 import { errorBox, panel, table } from "./ui.js";
 
-const TEXT_FILTERS = [["key", "Key"], ["team", "Team"], ["user", "User"], ["model", "Model"], ["provider", "Provider"]];
+const TEXT_FILTERS = [["request_id", "Request id"], ["key", "Key"], ["team", "Team"], ["user", "User"], ["model", "Model"], ["provider", "Provider"]];
 const OUTCOMES = [["", "Any outcome"], ["ok", "ok"], ["refused", "refused"], ["error", "error"], ["cancelled", "cancelled"], ["lease_expired", "lease expired"]];
 const PAGE = 50;
 
@@ -12,7 +13,7 @@ export async function requests(root, cleanup, params) {
   const filters = Object.fromEntries(params.entries());
   const inputs = {};
   for (const [name, label] of TEXT_FILTERS) {
-    inputs[name] = h("input", { type: "search", name, value: filters[name] || "", placeholder: "any", autocomplete: "off" });
+    inputs[name] = h("input", { type: "search", name, value: filters[name] || "", placeholder: name === "request_id" ? "x-capgate-request-id" : "any", autocomplete: "off" });
     inputs[name].dataset.label = label;
   }
   inputs.outcome = select(OUTCOMES, filters.outcome || "", { name: "outcome" });

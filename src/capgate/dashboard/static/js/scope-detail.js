@@ -71,8 +71,7 @@ export async function scopeDetail(root, cleanup, params, kind, name) {
 
     async function drawRequests() {
       const page = await get("/admin/requests" + query({ [filter]: name, limit: 20 }));
-      const columns = REQUEST_COLUMNS.filter((c) => c.label.toLowerCase() !== filter);
-      replace(requestsEl, table(columns, page.items, { empty: `No requests for this ${what} yet.` }));
+      replace(requestsEl, table(REQUEST_COLUMNS, page.items, { empty: `No requests for this ${what} yet.` }));
     }
 
     view = { drawRequests };

@@ -113,19 +113,47 @@ export function copyButton(getText, label = "Copy") {
   return button;
 }
 
-// A table from column specs: { label, cell(row) -> node|text, num? }.
-export function table(columns, rows, { empty = "Nothing here yet.", caption = null, rowAttrs = null } = {}) {
+// A table from column specs: { label, cell(row) -> node|text, num?, cls?, width?, head? }.
+// With a `width` on any column the table lays out fixed: it takes its card's width and
+// never more, the columns without a width share what is left, and long text is cut
+// with an ellipsis inside its cell (the whole text in its title) rather than pushing the
+// table past the card.
+export function table(columns, rows, { empty = "Nothing here yet.", caption = null, rowAttrs = null, label = null } = {}) {
   if (!rows.length) return h("div", { class: "empty" }, empty);
   return h("div", { class: "table-wrap" },
-    h("table", {},
+    h("table", { class: fixedLayout(columns) ? "fixed" : null, "aria-label": label },
       caption ? h("caption", { class: "visually-hidden" }, caption) : null,
-      h("thead", {}, h("tr", {}, columns.map((c) => h("th", { scope: "col", class: c.num ? "num" : "" }, c.label)))),
+      colgroup(columns),
+      tableHead(columns),
       h("tbody", {}, rows.map((row) => tableRow(columns, row, rowAttrs)))));
+}
+
+function fixedLayout(columns) {
+  return columns.some((c) => c.width);
+}
+
+export function colgroup(columns) {
+  if (!fixedLayout(columns)) return null;
+  return h("colgroup", {}, columns.map((c) => {
+    const col = h("col");
+    if (c.width) col.style.width = c.width;
+    return col;
+  }));
+}
+
+export function tableHead(columns) {
+  return h("thead", {}, h("tr", {}, columns.map((c) => h("th", { scope: "col", class: c.num ? "num" : "", "aria-sort": c.ariaSort || null }, c.head || c.label))));
 }
 
 export function tableRow(columns, row, rowAttrs = null) {
   return h("tr", rowAttrs ? rowAttrs(row) : {},
     columns.map((c) => h("td", { class: (c.num ? "num " : "") + (c.cls || "") }, c.cell(row))));
+}
+
+// Text cut with an ellipsis when its cell is too narrow; the whole of it on hover.
+export function clip(text, attrs = {}) {
+  const value = text === null || text === undefined || text === "" ? "—" : String(text);
+  return h("span", { class: "clip", title: value, ...attrs }, value);
 }
 
 export function segmented(options, value, onChange, label) {

@@ -1,0 +1,246 @@
+"""Structured logs: the standard `logging` module, one line per event, to stderr (where
+systemd and container runtimes collect them), as text or JSON lines.
+
+Loggers: `capgate.access` (one line per finished or refused request), `capgate.admin`
+(one line per admin action), `capgate.upstream` (upstream failures, circuit-breaker
+changes), `capgate.*` (the rest). A line's fields are only gathered when a handler
+emits it, so a level that is off costs one comparison per request.
+
+Never logged: keys, admin keys, cookies, prompts or answers. An error is logged by its
+kind only (`upstream 503`, `client disconnected`): what follows the first colon may quote
+an upstream's body, which may quote the prompt. The ledger keeps the whole text
+(`GET /admin/requests`), found by the line's request_id.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import sys
+import time
+from collections.abc import Mapping
+from logging.handlers import QueueHandler, QueueListener
+from typing import IO, Any
+
+import orjson
+from aiohttp import web
+
+from capgate.core.limits import Scope, nano_to_decimal_str
+from capgate.errors import CapgateError
+from capgate.store.base import Outcome, Reservation
+
+ACCESS = logging.getLogger("capgate.access")
+ADMIN = logging.getLogger("capgate.admin")
+UPSTREAM = logging.getLogger("capgate.upstream")
+
+# Key-shaped strings (capgate's, OpenAI's, Anthropic's, bearer tokens) in error texts.
+_KEYISH = re.compile(r"(sk-[A-Za-z0-9_*-]{3})[A-Za-z0-9_*-]+|(Bearer\s+)\S+", re.IGNORECASE)
+_MAX_ERROR = 200
+
+
+def scrub(error: str, limit: int = _MAX_ERROR) -> str:
+    """An error fit for a log line: its kind (up to the first colon), short, with
+    key-shaped strings masked."""
+    kind = error.split(":", 1)[0][: limit * 2]
+    return _KEYISH.sub(lambda m: (m.group(1) or m.group(2)) + "…", kind)[:limit]
+
+
+class Line:
+    """A log line's event name and fields, rendered only when a handler emits it: as
+    `event k=v ...` by the text format, as one JSON object by the json format."""
+
+    __slots__ = ("event", "values")
+
+    def __init__(self, event: str, values: Mapping[str, Any] | None = None) -> None:
+        self.event = event
+        self.values = values
+
+    def fields(self) -> Mapping[str, Any]:
+        return self.values or {}
+
+    def __str__(self) -> str:
+        parts = [self.event]
+        for name, value in self.fields().items():
+            if value is None:
+                continue
+            if isinstance(value, str):
+                text = orjson.dumps(value).decode() if _QUOTE.search(value) or not value else value
+            elif isinstance(value, bool):
+                text = "true" if value else "false"
+            else:
+                text = str(value)
+            parts.append(f"{name}={text}")
+        return " ".join(parts)
+
+
+_QUOTE = re.compile(r'[\s="\\]')  # a text value with these is written as a JSON string
+
+
+class _Finished(Line):
+    __slots__ = ("outcome", "res")
+
+    def __init__(self, res: Reservation, outcome: Outcome) -> None:
+        super().__init__("request")
+        self.res, self.outcome = res, outcome
+
+    def fields(self) -> Mapping[str, Any]:
+        info, out = self.res.info, self.outcome
+        return {
+            "request_id": info.request_id,
+            "key": self.res.key.name,
+            "endpoint": info.endpoint,
+            "model": info.model,
+            "provider": info.provider,
+            "upstream_model": out.upstream_model or info.upstream_model,
+            "stream": info.stream,
+            "status": out.status,
+            "outcome": out.outcome,
+            "cost_usd": nano_to_decimal_str(out.cost_nano),
+            "input_tokens": out.usage.input_tokens if out.usage is not None else None,
+            "output_tokens": out.usage.output_tokens if out.usage is not None else None,
+            "latency_ms": round(out.latency_ms, 1),
+            "ttft_ms": round(out.ttft_ms, 1) if out.ttft_ms is not None else None,
+            "attempts": out.attempts,
+            "error": scrub(out.error) if out.error else None,
+        }
+
+
+class _Refused(Line):
+    __slots__ = ("endpoint", "exc", "key", "model", "request_id")
+
+    def __init__(
+        self,
+        request_id: str | None,
+        key: Scope | None,
+        endpoint: str,
+        model: Any,
+        exc: CapgateError,
+    ) -> None:
+        super().__init__("request")
+        self.request_id, self.key, self.endpoint = request_id, key, endpoint
+        self.model, self.exc = model, exc
+
+    def fields(self) -> Mapping[str, Any]:
+        exc = self.exc
+        return {
+            "request_id": self.request_id,
+            "key": self.key.name if self.key is not None else None,
+            "endpoint": self.endpoint,
+            "model": self.model[:100] if isinstance(self.model, str) else None,
+            "status": exc.status,
+            "outcome": "refused",
+            "reason": exc.headers.get("x-capgate-refusal") or exc.kind,
+        }
+
+
+class AccessLog:
+    """The request lines, from where a request ends: its settlement or its refusal."""
+
+    __slots__ = ("_log",)
+
+    def __init__(self, log: logging.Logger = ACCESS) -> None:
+        self._log = log
+
+    def finished(self, res: Reservation, outcome: Outcome) -> None:
+        if self._log.isEnabledFor(logging.INFO):
+            self._log.info(_Finished(res, outcome))
+
+    def refused(
+        self, request_id: str | None, key: Scope | None, endpoint: str, body: Any, exc: CapgateError
+    ) -> None:
+        if self._log.isEnabledFor(logging.INFO):
+            model = body.get("model") if isinstance(body, dict) else None
+            self._log.info(_Refused(request_id, key, endpoint, model, exc))
+
+
+# -- the admin API ----------------------------------------------------------------------
+
+
+def logged_admin_routes(routes: list[web.RouteDef]) -> list[web.RouteDef]:
+    """The admin routes, each also writing one line per call: who, what, which, how it
+    ended. Changes at info, reads at debug (the dashboard polls). Wrapping the routes
+    rather than adding a middleware keeps the gateway's own requests free of it."""
+    return [web.route(r.method, r.path, _logged(r.handler), **r.kwargs) for r in routes]
+
+
+def _logged(handler: Any) -> Any:
+    async def logged(request: web.Request) -> web.StreamResponse:
+        status = 500
+        try:
+            response: web.StreamResponse = await handler(request)
+            status = response.status
+            return response
+        finally:
+            level = logging.DEBUG if request.method in ("GET", "HEAD") else logging.INFO
+            if ADMIN.isEnabledFor(level):
+                resource = request.match_info.route.resource
+                fields = {
+                    "actor": request.get("actor"),
+                    "method": request.method,
+                    "route": resource.canonical if resource is not None else request.path,
+                    "target": request.match_info.get("name"),
+                    "status": status,
+                }
+                ADMIN.log(level, Line("admin", fields))
+
+    return logged
+
+
+# -- setup ------------------------------------------------------------------------------
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, event or message, and the fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "ts": _iso(record.created),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
+        msg = record.msg
+        if isinstance(msg, Line) and not record.args:
+            data["event"] = msg.event
+            data.update((k, v) for k, v in msg.fields().items() if v is not None)
+        else:
+            data["message"] = record.getMessage()
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(data).decode()
+
+
+def _iso(created: float) -> str:
+    return (
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+        + f".{int(created % 1 * 1000):03d}Z"
+    )
+
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class _Deferred(QueueHandler):
+    """Hands records to the writer thread as they are: formatting and the write to stderr
+    happen there, never on the event loop (a stalled stderr reader cannot stall it)."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record
+
+
+def configure(level: str, fmt: str, stream: IO[str] | None = None) -> QueueListener:
+    """Send every log line to stderr (or `stream`) in the chosen format and level, through
+    a writer thread. Stop the returned listener at exit: it writes what is queued."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    # No caller, thread or process lookups for each record: no format here uses them.
+    logging._srcfile = None  # documented in logging's "Optimization" section
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    listener = QueueListener(records, handler)
+    root = logging.getLogger()
+    root.handlers[:] = [_Deferred(records)]
+    root.setLevel(level.upper())
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # our own lines say more
+    listener.start()
+    return listener

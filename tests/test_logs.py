@@ -1,0 +1,217 @@
+"""Structured logs of a real server: one JSON line per request (refusals too), per admin
+action, per upstream failure and breaker change — and never a key, cookie or prompt."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import httpx
+import pytest
+import yaml
+
+from capgate.config import ConfigError, load_config, with_overrides
+from capgate.logs import Line, scrub
+from conftest import ADMIN_KEY, ROOT, Upstream, _stop, gateway_config
+
+SONNET = "claude-sonnet-4-5"
+PROMPT_SECRET = "PROMPT-SECRET-7f3a91"  # in every prompt: must never reach a log line
+
+
+class Server:
+    def __init__(self, url: str, proc: subprocess.Popen[str], log: Path) -> None:
+        self.url, self.proc, self.log = url, proc, log
+        self.admin = httpx.Client(
+            base_url=url, headers={"authorization": f"Bearer {ADMIN_KEY}"}, timeout=30
+        )
+
+    def text(self) -> str:
+        return self.log.read_text("utf-8")
+
+    def lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.text().splitlines() if line.strip()]
+
+    def wait_for(self, event: str, **fields: Any) -> dict[str, Any]:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            for line in self.lines():
+                if line.get("event") == event and all(line.get(k) == v for k, v in fields.items()):
+                    return line
+            time.sleep(0.05)
+        raise AssertionError(f"no {event} line with {fields} in:\n{self.text()}")
+
+
+def serve(tmp_path: Path, config: dict[str, Any], *args: str, **env: str) -> Server:
+    """A capgate subprocess whose stderr (its logs) goes to a file the test reads."""
+    config_path = tmp_path / "capgate.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    log = tmp_path / "stderr.log"
+    with log.open("w") as stderr:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "capgate", "serve", "--config", str(config_path), "--port", "0",
+             "--database-url", f"sqlite:///{tmp_path / 'capgate.db'}", *args],
+            stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=ROOT,
+            env={**_environ(), "CAPGATE_ADMIN_KEY": ADMIN_KEY, **env},
+        )  # fmt: skip
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("capgate listening on "):
+            return Server(line.split()[-1], proc, log)
+    _stop(proc)
+    raise AssertionError("capgate did not start:\n" + log.read_text())
+
+
+def _environ() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("CAPGATE_LOG")}
+
+
+@pytest.fixture
+def json_server(upstream: Upstream, tmp_path: Path) -> Iterator[Server]:
+    config = gateway_config(upstream)
+    config["server"] = {"retries": 0}
+    config["providers"][0].update(cooldown_after=2, cooldown_s=60)
+    server = serve(tmp_path, config, "--log-format", "json")
+    try:
+        yield server
+    finally:
+        server.admin.close()
+        _stop(server.proc)
+
+
+def test_json_lines_for_requests_refusals_admin_actions_and_upstream_failures(
+    json_server: Server, request: pytest.FixtureRequest
+) -> None:
+    server = json_server
+    created = server.admin.post(
+        "/admin/keys",
+        json={"name": "logged", "limits": [{"metric": "requests", "window": "day", "max": 5}]},
+    )
+    assert created.status_code == 201, created.text
+    raw_key = created.json()["key"]
+    admin_line = server.wait_for("admin", method="POST", route="/admin/keys")
+    assert admin_line["actor"] == "admin" and admin_line["status"] == 201
+    assert admin_line["level"] == "info" and admin_line["logger"] == "capgate.admin"
+
+    client = anthropic.Anthropic(base_url=server.url, api_key=raw_key, max_retries=0)
+    request.addfinalizer(client.close)
+    prompt = [{"role": "user", "content": f"hello {PROMPT_SECRET}"}]
+    answer = client.messages.with_raw_response.create(model=SONNET, max_tokens=50, messages=prompt)
+    request_id = answer.headers["x-capgate-request-id"]
+    line = server.wait_for("request", request_id=request_id)
+    assert line["key"] == "logged" and line["model"] == SONNET and line["provider"] == "anthropic"
+    assert line["status"] == 200 and line["outcome"] == "ok" and line["stream"] is False
+    assert line["endpoint"] == "messages" and line["logger"] == "capgate.access"
+    ledger = server.admin.get("/admin/requests", params={"key": "logged"}).json()
+    entry = next(e for e in ledger["items"] if e["request_id"] == request_id)
+    assert line["cost_usd"] == entry["cost_usd"]  # exact, the ledger's own figure
+    assert line["input_tokens"] > 0 and 0 < line["ttft_ms"] <= line["latency_ms"]
+
+    with client.messages.stream(model=SONNET, max_tokens=50, messages=prompt) as stream:
+        streamed_id = stream.response.headers["x-capgate-request-id"]
+        stream.until_done()
+    line = server.wait_for("request", request_id=streamed_id)
+    assert line["stream"] is True and line["ttft_ms"] > 0 and line["outcome"] == "ok"
+
+    # Upstream failures: a warning each, the breaker opens after two, closes on a success.
+    failing = [{"role": "user", "content": f"{PROMPT_SECRET} mock:status=503"}]
+    for _ in range(2):
+        with pytest.raises(anthropic.InternalServerError):
+            client.messages.create(model=SONNET, max_tokens=50, messages=failing)
+    failed = server.wait_for("upstream_failed", provider="anthropic", failures_in_a_row=2)
+    assert failed["level"] == "warning" and failed["error"] == "upstream 503"
+    assert server.wait_for("breaker_open", provider="anthropic")["cooldown_s"] == 60
+    error_line = server.wait_for("request", status=503)
+    assert error_line["outcome"] == "error" and error_line["error"] == "upstream 503"
+    client.messages.create(model=SONNET, max_tokens=50, messages=prompt)
+    assert server.wait_for("breaker_closed", provider="anthropic")["level"] == "warning"
+
+    # The sixth request of the day is refused: its line says why.
+    with pytest.raises(anthropic.APIStatusError) as refused:
+        client.messages.create(model=SONNET, max_tokens=50, messages=prompt)
+    refused_id = refused.value.response.headers["x-capgate-request-id"]
+    line = server.wait_for("request", request_id=refused_id)
+    assert line["outcome"] == "refused" and line["reason"] == "limit_exceeded"
+    assert line["status"] == refused.value.status_code and line["key"] == "logged"
+
+    # A wrong key: refused before any key is known.
+    bad_key = "sk-cg-aaaaaaaaaaaa-WRONG-SECRET-123456"
+    bad = httpx.post(
+        server.url + "/v1/messages",
+        headers={"x-api-key": bad_key, "anthropic-version": "2023-06-01"},
+        json={"model": SONNET, "max_tokens": 5, "messages": prompt},
+    )
+    assert bad.status_code == 401
+    server.wait_for("request", status=401, reason="authentication_error")
+
+    # A dashboard session changes a key: the admin line names the actor and the target.
+    session = httpx.Client(base_url=server.url, timeout=30)
+    login = session.post("/dashboard/login", json={"password": ADMIN_KEY})
+    assert login.status_code == 200, login.text
+    csrf = login.json()
+    cookie = next(iter(session.cookies.values()))
+    paused = session.post(
+        "/admin/keys/logged/pause", headers={csrf["csrf_header"]: csrf["csrf_token"]}
+    )
+    assert paused.status_code == 200, paused.text
+    line = server.wait_for("admin", route="/admin/keys/{name}/pause")
+    assert line["target"] == "logged" and line["actor"] == csrf["actor"] and line["status"] == 200
+    session.close()
+
+    text = server.text()
+    for secret in (raw_key, ADMIN_KEY, bad_key, cookie, csrf["csrf_token"], PROMPT_SECRET,
+                   "up-key-a", "up-key-o"):  # fmt: skip
+        assert secret not in text, f"{secret[:12]}... leaked into the logs"
+    assert all(line["ts"].endswith("Z") for line in server.lines())
+
+
+def test_text_format_and_level_from_the_environment(upstream: Upstream, tmp_path: Path) -> None:
+    server = serve(tmp_path, gateway_config(upstream), CAPGATE_LOG_LEVEL="warning")
+    try:
+        created = server.admin.post("/admin/keys", json={"name": "quiet", "limits": []})
+        with anthropic.Anthropic(
+            base_url=server.url, api_key=created.json()["key"], max_retries=0
+        ) as client:
+            client.messages.create(
+                model=SONNET, max_tokens=5, messages=[{"role": "user", "content": "hi"}]
+            )
+            with pytest.raises(anthropic.InternalServerError):
+                failing = [{"role": "user", "content": "mock:status=500"}]
+                client.messages.create(model=SONNET, max_tokens=5, messages=failing)
+        deadline = time.monotonic() + 10
+        while "upstream_failed" not in server.text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        server.admin.close()
+        _stop(server.proc)
+    text = server.text()
+    assert " WARNING capgate.upstream: upstream_failed provider=anthropic " in text, text
+    assert "capgate.access" not in text and "capgate.admin" not in text  # info: off
+
+
+def test_log_settings_precedence_and_validation(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("server:\n  log_level: error\n  log_format: json\n")
+    from_file = with_overrides(load_config(str(path), {}), {}, {})
+    assert (from_file.server.log_level, from_file.server.log_format) == ("error", "json")
+    env = {"CAPGATE_LOG_LEVEL": "DEBUG", "CAPGATE_LOG_FORMAT": "text"}
+    from_env = with_overrides(load_config(str(path), {}), env, {})
+    assert (from_env.server.log_level, from_env.server.log_format) == ("debug", "text")
+    flags = with_overrides(load_config(str(path), {}), env, {"log_level": "warning"})
+    assert flags.server.log_level == "warning"
+    with pytest.raises(ConfigError, match="log_format"):
+        with_overrides(load_config(None, {}), {"CAPGATE_LOG_FORMAT": "xml"}, {})
+
+
+def test_a_line_renders_as_text_and_hides_what_follows_an_error_colon() -> None:
+    line = Line("request", {"key": "a b", "status": 200, "ttft_ms": None, "model": "m"})
+    assert str(line) == 'request key="a b" status=200 model=m'
+    assert scrub("upstream 400: your prompt hello was bad") == "upstream 400"
+    assert scrub("auth failed for sk-cg-abcdefghijkl-SECRET") == "auth failed for sk-cg-…"
+    assert scrub("Bearer abcdef123 refused") == "Bearer … refused"
