@@ -103,6 +103,7 @@ class LimitExceeded(CapgateError):
             self.retryable = wait <= RETRY_WAIT_MAX
         else:
             self.status = 402
+            headers["x-should-retry"] = "false"
         super().__init__(refusal.message, headers=headers)
         self.refusal = refusal
 
