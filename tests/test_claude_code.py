@@ -87,3 +87,18 @@ def test_claude_code_gives_up_at_once_on_a_wrong_key(capgate: Capgate, tmp_path:
     assert result["is_error"] is True
     assert "capgate: Invalid API key" in result["result"], result
     assert "ANTHROPIC_AUTH_TOKEN" in result["result"] and "/login" not in result["result"]
+
+
+def test_claude_code_is_told_how_to_fit_a_small_budget(
+    capgate: Capgate, key_name: str, tmp_path: Path
+) -> None:
+    """Room left, but less than Claude Code's worst case: the advice is what a Claude Code
+    user can change (its output cap, the model), not max_tokens."""
+    limits = [{"metric": "cost_usd", "window": "day", "max": "0.05"}]
+    key = capgate.create_key(key_name, limits, on_short_budget="reject")
+    result = run_claude(capgate, key, tmp_path, "say hi", "--model", "claude-sonnet-4-6")
+    assert result["is_error"] is True
+    message = result["result"]
+    assert "would be exceeded" in message and "CLAUDE_CODE_MAX_OUTPUT_TOKENS" in message
+    assert "/model" in message and "Lower max_tokens" not in message
+    assert len(capgate.ledger(key=key_name, outcome="refused")) == 1
