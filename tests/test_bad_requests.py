@@ -452,3 +452,88 @@ def test_upstream_unreachable_is_502_and_not_charged(
         assert all(u["reserved"] in (0, "0") for u in usage.values()), usage
     finally:
         server.close()
+
+
+def _status_table() -> dict[int, tuple[str, str, str, str]]:
+    """docs/clients.md's table of error statuses: status -> (Anthropic type, OpenAI type,
+    OpenAI code, x-should-retry: false)."""
+    text = (Path(__file__).parent.parent / "docs" / "clients.md").read_text()
+    table = text[text.index("| status | when | Anthropic `error.type` |") :].split("\n\n")[0]
+    rows: dict[int, tuple[str, str, str, str]] = {}
+    for line in table.splitlines()[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        openai_type, openai_code = (c.strip(" `") for c in cells[3].split("/"))
+        rows[int(cells[0])] = (cells[2].strip("`"), openai_type, openai_code, cells[4])
+    return rows
+
+
+def test_status_table_matches_real_answers(
+    capgate: Capgate, key_name: str, http: httpx.Client
+) -> None:
+    """Each documented status, provoked for real in both dialects: the error types, the
+    `x-should-retry` header and the request id are what the table says."""
+    table = _status_table()
+    spent = capgate.create_key(key_name, [{"metric": "requests", "window": "day", "max": 0}])
+    hourly = capgate.create_key(
+        key_name + "-h", [{"metric": "requests", "window": "hour", "max": 0}]
+    )
+    paused = capgate.create_key(key_name + "-p", LIMITS)
+    assert capgate.admin("POST", f"/admin/keys/{key_name}-p/pause").status_code == 200
+    good = capgate.create_key(key_name + "-g", LIMITS)
+    for dialect in (ANTHROPIC, OPENAI):
+        cases = {
+            400: post(http, dialect, good, json=dialect.body(model=dialect.unpriced_model)),
+            401: post(http, dialect, NOT_A_KEY, json=dialect.body()),
+            402: post(http, dialect, spent, json=dialect.body()),
+            403: post(http, dialect, paused, json=dialect.body()),
+            415: http.post(
+                dialect.path,
+                content=b"{}",
+                headers={"x-api-key": good, "content-type": "text/plain"},
+            ),
+            429: post(http, dialect, hourly, json=dialect.body()),
+        }
+        for status, response in cases.items():
+            dialect.check_error(response, status)
+            a_type, o_type, o_code, no_retry = table[status]
+            error = response.json()["error"]
+            if dialect is ANTHROPIC:
+                assert error["type"] == a_type, (status, error)
+            else:
+                assert (error["type"], error["code"]) == (o_type, o_code), (status, error)
+            assert response.headers.get("x-capgate-request-id"), status
+            says_no_retry = response.headers.get("x-should-retry") == "false"
+            if no_retry == "yes":
+                assert says_no_retry, status
+            elif no_retry == "no":
+                assert not says_no_retry, status
+            else:  # an hour limit frees in more than 60 s: not worth retrying
+                assert no_retry.startswith("only when") and says_no_retry, status
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/models"),
+        ("GET", "/v1/me"),
+        ("POST", "/v1/messages/count_tokens"),
+        ("POST", "/generate"),
+        ("POST", "/v1/responses"),
+    ],
+)
+def test_every_gateway_answer_has_a_request_id(
+    capgate: Capgate, used_key: str, http: httpx.Client, method: str, path: str
+) -> None:
+    body = {"model": ANTHROPIC.model, "messages": [{"role": "user", "content": "hi"}]}
+    if path == "/generate":
+        body = {"userPrompt": "hi"}
+    elif path == "/v1/responses":
+        body = {"model": OPENAI.model, "input": "hi"}
+    kwargs: dict[str, Any] = {"json": body} if method == "POST" else {}
+    wrong = http.request(method, path, headers={"x-api-key": NOT_A_KEY}, **kwargs)
+    assert wrong.status_code == 401
+    assert wrong.headers.get("x-capgate-request-id")
+    assert wrong.headers.get("x-should-retry") == "false"
+    right = http.request(method, path, headers={"x-api-key": used_key}, **kwargs)
+    assert right.status_code == 200, right.text
+    assert right.headers.get("x-capgate-request-id")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -67,3 +68,14 @@ def test_codex_shows_a_spent_budget_at_once(
     )
     refused = capgate.ledger(key=key_name)
     assert len(refused) == 1 and refused[0]["status"] == 400  # one request: not retried
+
+
+def test_codex_shows_a_wrong_key_at_once(capgate: Capgate, tmp_path: Path) -> None:
+    """A mistyped key: capgate's message after one request, not five retries."""
+    started = time.monotonic()
+    events = run_codex(capgate, "sk-cg-mistyped", tmp_path, "say hi")
+    elapsed = time.monotonic() - started
+    failed = [e for e in events if e.get("type") == "turn.failed"]
+    assert failed and "Invalid API key" in failed[0]["error"]["message"], events
+    assert not [e for e in events if "Reconnecting" in json.dumps(e)], events  # no retries
+    assert elapsed < 8, elapsed

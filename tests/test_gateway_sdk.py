@@ -3,7 +3,11 @@ usage and the exact cost in the ledger, streaming and not."""
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from decimal import Decimal
+from typing import Any
 
 import anthropic
 import openai
@@ -155,3 +159,56 @@ def test_count_tokens_passes_through_free(capgate: Capgate, key_name: str) -> No
             )
             assert count.input_tokens > 0
     assert capgate.ledger(key=key_name) == []
+
+
+def within(seconds: float, call: Callable[[], object]) -> BaseException | None:
+    """Run `call` in a daemon thread; the exception it raised, failing if it runs longer
+    (this SDK sleeps for all of a `retry-after`, an hour limit's included)."""
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:  # handed to the test
+            raised.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still retrying after {seconds} s"
+    return raised[0] if raised else None
+
+
+@pytest.mark.parametrize("sdk", ["anthropic", "openai"])
+def test_sdks_do_not_retry_what_cannot_succeed(capgate: Capgate, key_name: str, sdk: str) -> None:
+    """With their default retries, the SDKs give up at once on a refusal that a retry
+    cannot change (an hour limit, a paused key: `x-should-retry: false`): one request in
+    the ledger, and the typed error with capgate's message."""
+    now = time.gmtime()
+    if now.tm_min == 59:  # an hour limit that frees within a minute is rightly retried
+        time.sleep(61 - now.tm_sec)
+    hourly = capgate.create_key(key_name, [{"metric": "requests", "window": "hour", "max": 0}])
+    paused = capgate.create_key(
+        key_name + "-p", [{"metric": "requests", "window": "day", "max": 9}]
+    )
+    assert capgate.admin("POST", f"/admin/keys/{key_name}-p/pause").status_code == 200
+    messages: list[Any] = [{"role": "user", "content": "hi"}]
+    for key, error, text in [
+        (hourly, (anthropic.RateLimitError, openai.RateLimitError), "Hourly request limit"),
+        (paused, (anthropic.PermissionDeniedError, openai.PermissionDeniedError), "paused"),
+    ]:
+
+        def send(key: str = key) -> None:
+            if sdk == "anthropic":
+                with anthropic.Anthropic(base_url=capgate.url, api_key=key) as claude:
+                    claude.messages.create(
+                        model="claude-sonnet-4-6", max_tokens=50, messages=messages
+                    )
+            else:
+                with openai.OpenAI(base_url=capgate.url + "/v1", api_key=key) as gpt:
+                    gpt.chat.completions.create(model="gpt-5-mini", messages=messages)
+
+        exc = within(20, send)
+        assert isinstance(exc, error) and text in str(exc), exc
+    assert len(capgate.ledger(key=key_name, outcome="refused")) == 1  # not retried
+    assert len(capgate.ledger(key=key_name + "-p", outcome="refused")) == 1

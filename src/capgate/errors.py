@@ -14,6 +14,10 @@ their edge; each HTTP surface renders them in its own dialect in one place
      ├── UpstreamFailed         502  provider unreachable or broken answer
      │    └── UpstreamTimeout   504  no (complete) answer in time
      └── StoreUnavailable       503  the ledger cannot be written: fail closed
+
+A refusal that cannot succeed on retry (every 4xx but a short rate limit) is not
+`retryable`: its answer carries `x-should-retry: false`, which Claude Code and the official
+SDKs honour, so they show the message at once instead of retrying for minutes.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ if TYPE_CHECKING:
 class CapgateError(Exception):
     status = 500
     kind = "api_error"  # a neutral error type; dialects map it to their own names
+    retryable = True  # whether the same request may succeed if sent again
 
     def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -38,44 +43,55 @@ class CapgateError(Exception):
 class InvalidRequest(CapgateError):
     status = 400
     kind = "invalid_request_error"
+    retryable = False
 
 
 class AuthenticationFailed(CapgateError):
     status = 401
     kind = "authentication_error"
+    retryable = False
 
 
 class PermissionDenied(CapgateError):
     status = 403
     kind = "permission_error"
+    retryable = False
 
 
 class NotFound(CapgateError):
     status = 404
     kind = "not_found_error"
+    retryable = False
 
 
 class Conflict(CapgateError):
     status = 409
     kind = "conflict_error"
+    retryable = False
 
 
 class PayloadTooLarge(CapgateError):
     status = 413
     kind = "request_too_large"
+    retryable = False
 
 
 class UnsupportedMediaType(CapgateError):
     status = 415
     kind = "invalid_request_error"
+    retryable = False
+
+
+RETRY_WAIT_MAX = 60  # seconds: a rate limit that frees later is shown, not retried
 
 
 class LimitExceeded(CapgateError):
-    """A limit refused the request. Budgets answer 402 and tell clients not to retry
-    (`x-should-retry: false`, honoured by Claude Code and the official SDKs); rate limits
-    over a minute or an hour answer 429 with `retry-after`."""
+    """A limit refused the request. Budgets answer 402 and are not retryable; rate limits
+    over a minute or an hour answer 429 with `retry-after`, retryable when the wait is at
+    most `RETRY_WAIT_MAX` seconds (clients retry for a few minutes at most)."""
 
     kind = "budget_exceeded"
+    retryable = False
 
     def __init__(self, refusal: Refusal, now: float) -> None:
         headers = {"x-capgate-refusal": refusal.code}
@@ -84,6 +100,7 @@ class LimitExceeded(CapgateError):
             self.kind = "rate_limit_error"
             wait = 1 if refusal.resets_at is None else math.ceil(refusal.resets_at - now)
             headers["retry-after"] = str(max(1, wait))
+            self.retryable = wait <= RETRY_WAIT_MAX
         else:
             self.status = 402
             headers["x-should-retry"] = "false"

@@ -1,12 +1,14 @@
 """Errors rendered in the dialect of the endpoint that was called. The one place that
-knows both error shapes."""
+knows both error shapes, and the statuses each known client shows at once."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import orjson
 from aiohttp import web
 
-from capgate.errors import CapgateError
+from capgate.errors import AuthenticationFailed, CapgateError
 
 # Anthropic's error types by the neutral kind (its SDK keys off the status, Claude Code
 # shows the message).
@@ -54,11 +56,64 @@ def admin_body(kind: str, message: str) -> bytes:
 _BODIES = {"anthropic": anthropic_body, "openai": openai_body, "admin": admin_body}
 
 
+CLAUDE_CODE = "claude-code"
+CODEX = "codex"
+
+
+def client_of(headers: Mapping[str, str]) -> str | None:
+    """The known client that sent a request, from its headers: Claude Code sends
+    `x-app: cli` and a `claude-cli/...` user agent, Codex an `originator: codex_...`."""
+    agent = headers.get("user-agent", "")
+    if headers.get("x-app") == "cli" or agent.startswith("claude-cli/"):
+        return CLAUDE_CODE
+    if (headers.get("originator") or agent).startswith("codex"):
+        return CODEX
+    return None
+
+
+def client_status(client: str | None) -> int | None:
+    """The status a refusal is sent with to a client that would otherwise hide it or
+    retry it for minutes (None: the refusal's own status). Codex retries 401, 402, 403
+    and 429 several times and hides a 429's message, but shows a 400's body at once.
+    Claude Code retries 400 eight times (dropping betas) and shows 401 and 403 as
+    "Please run /login", but shows a 429 with `x-should-retry: false` at once as
+    "API Error: Request rejected (429) · <message>"."""
+    if client == CODEX:
+        return 400
+    if client == CLAUDE_CODE:
+        return 429
+    return None
+
+
+def for_client(error: CapgateError, client: str | None) -> CapgateError:
+    """The error as `client` is sent it: a refusal of a known client gets the status that
+    client shows at once (a payload too large keeps 413, which Claude Code explains
+    itself); to Claude Code the message says it comes from capgate."""
+    status = client_status(client)
+    if status is None or error.status >= 500 or error.status == 413:
+        return error
+    if error.status == 429 and error.retryable and client == CLAUDE_CODE:
+        return error  # a short rate limit: Claude Code's retries will get through
+    error.status = status
+    if client == CLAUDE_CODE and not error.message.startswith("capgate"):
+        error.message = f"capgate: {error.message}"
+        if isinstance(error, AuthenticationFailed):
+            error.message += _CLAUDE_CODE_KEY
+    return error
+
+
+_CLAUDE_CODE_KEY = (
+    " Start Claude Code with ANTHROPIC_AUTH_TOKEN set to your capgate key (sk-cg-...)."
+)
+
+
 def error_response(
     dialect: str, error: CapgateError, request_id: str | None = None
 ) -> web.Response:
     body = _BODIES[dialect](error.kind, error.message)
     headers = dict(error.headers)
+    if not error.retryable:
+        headers["x-should-retry"] = "false"  # honoured by Claude Code and the SDKs
     if request_id:
         headers["x-capgate-request-id"] = request_id
     return web.Response(

@@ -15,7 +15,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -48,7 +48,7 @@ from capgate.errors import (
 )
 from capgate.http.auth import KeyAuthenticator
 from capgate.http.call import Call, answer_headers, jittered_backoff
-from capgate.http.dialects import error_response
+from capgate.http.dialects import CLAUDE_CODE, client_of, client_status, error_response, for_client
 from capgate.logs import AccessLog
 from capgate.pricing import PricingTable
 from capgate.providers.base import Endpoint
@@ -251,15 +251,26 @@ class Gateway:
             return None
         return min(bound, count + count // 20 + COUNT_MARGIN)
 
+    def new_request_id(self) -> str:
+        return f"{self._id_prefix}{next(self._ids):x}"
+
+    def refused(
+        self, request: web.Request, dialect: str, error: CapgateError, request_id: str
+    ) -> web.Response:
+        """An error before admission, as the calling client is best sent it."""
+        return error_response(dialect, for_client(error, client_of(request.headers)), request_id)
+
     async def _proxy(self, request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
         started, t0 = self._clock(), time.perf_counter()
+        request_id = self.new_request_id()
         try:
             key = await self._auth.authenticate(request.headers)
             raw, body = await self.read_json(request)
         except CapgateError as exc:
-            self._access.refused(None, None, endpoint.value, None, exc)
-            return error_response(endpoint.dialect, exc)
-        admitted = await self.admit(request, endpoint, key, raw, body, started, t0)
+            for_client(exc, client_of(request.headers))
+            self._access.refused(request_id, None, endpoint.value, None, exc)
+            return error_response(endpoint.dialect, exc, request_id)
+        admitted = await self.admit(request, endpoint, key, raw, body, started, t0, request_id)
         if isinstance(admitted, Call):
             return await admitted.run()
         return admitted
@@ -273,11 +284,13 @@ class Gateway:
         body: Any,
         started: float,
         t0: float,
+        request_id: str | None = None,
     ) -> Call | web.Response:
         """Route a parsed request and reserve its worst case: a Call ready to run, or the
         refusal / error in the endpoint's dialect."""
-        request_id = f"{self._id_prefix}{next(self._ids):x}"
+        request_id = request_id or self.new_request_id()
         dialect = endpoint.dialect
+        client = client_of(request.headers)
         try:
             facts = _FACTS[endpoint](body)
             plan = self._router.plan(facts.model, endpoint)
@@ -296,7 +309,7 @@ class Gateway:
             worst = _worst(bound, output, cost, credits)
             info = RequestInfo(
                 request_id, key.id, facts.model, route.provider.name, route.upstream_model,
-                endpoint.value, facts.stream, started, _refusal_status_for(request.headers),
+                endpoint.value, facts.stream, started, client_status(client),
             )  # fmt: skip
             flex: OutputFlex | None = self._flex(body, facts, max_out, bound, price, credits, fee)
             if held is not None:  # a stated hold does not shrink with max_tokens
@@ -319,10 +332,11 @@ class Gateway:
                 decision = await self._store.reserve(info, worst, flex)
             if isinstance(decision, Refusal):
                 error = _refusal_error(decision, self._clock())
-                if info.refusal_status is not None:
-                    error.status = info.refusal_status
+                if client == CLAUDE_CODE:
+                    error.message = self._claude_code_message(decision, key, max_out)
                 raise error
         except CapgateError as exc:
+            for_client(exc, client)
             self._access.refused(request_id, key, endpoint.value, body, exc)
             return error_response(dialect, exc, request_id)
         admission = Admission(info, price, worst, field, bound, output, hidden, byte_bound)
@@ -330,6 +344,42 @@ class Gateway:
             self, request, endpoint, plan, admission, decision, body,
             None if changed else raw, t0, hide_usage,
         )  # fmt: skip
+
+    def _claude_code_message(self, refusal: Refusal, key: Scope, max_out: int) -> str:
+        """The refusal with what a Claude Code user can do about it (its own words: /model,
+        the environment it starts with) in place of advice for API callers."""
+        if refusal.code in ("model_not_allowed", "outside_schedule"):
+            model = self._allowed_model(key)
+            if model is None:
+                return refusal.message
+            return (
+                f"{refusal.message} In Claude Code use /model {model} "
+                f"(or start it with --model {model})."
+            )
+        limit = refusal.limit
+        if limit is None or refusal.is_rate_limit or refusal.used >= limit.max:
+            return refusal.message
+        if limit.metric not in (Metric.COST_USD, Metric.TOKENS, Metric.OUTPUT_TOKENS):
+            return refusal.message
+        # Claude Code's user cannot set max_tokens: it asks for its own worst case.
+        message = refusal.message.split(_API_FIT_HINT)[0].rstrip()
+        return (
+            f"{message} Claude Code asks for up to {max_out:,} output tokens a request: "
+            "start it with a lower CLAUDE_CODE_MAX_OUTPUT_TOKENS (e.g. 8000), or pick a "
+            "cheaper model with /model."
+        )
+
+    def _allowed_model(self, key: Scope) -> str | None:
+        """A model the key and every scope above it may use, for a hint: a Claude model
+        when there is one."""
+        scopes = (key, *self._store.scopes_above(key))
+        names = [
+            m
+            for m in self._router.listed_models(self._pricing.models())
+            if all(s.allows_model(m) for s in scopes)
+        ]
+        claude = [m for m in names if m.startswith("claude-")]
+        return (claude or names)[0] if names else None
 
     # -- what attempts need ------------------------------------------------------------
 
@@ -395,6 +445,7 @@ class Gateway:
 
     async def count_tokens(self, request: web.Request) -> web.StreamResponse:
         """Free on every provider: authenticated and routed, not budgeted or recorded."""
+        request_id = self.new_request_id()
         try:
             key = await self._auth.authenticate(request.headers)
             raw, body = await self.read_json(request)
@@ -410,13 +461,16 @@ class Gateway:
             answer = await route.provider.send(Endpoint.COUNT_TOKENS, raw, request.headers)
             data = await answer.read()
         except CapgateError as exc:
-            return error_response("anthropic", exc)
-        return web.Response(status=answer.status, body=data, headers=answer_headers(answer, None))
+            return self.refused(request, "anthropic", exc, request_id)
+        headers = answer_headers(answer, None)
+        headers["x-capgate-request-id"] = request_id
+        return web.Response(status=answer.status, body=data, headers=headers)
 
     async def me(self, request: web.Request) -> web.StreamResponse:
         """The caller's own key: its limits with what is used, held and left, and when
         each resets (in the key's timezone too). What `capgate status` prints."""
         dialect = "anthropic" if "anthropic-version" in request.headers else "openai"
+        request_id = self.new_request_id()
         now = self._clock()
         try:
             key = await self._auth.authenticate(request.headers)
@@ -435,7 +489,7 @@ class Gateway:
                     }
                 )
         except CapgateError as exc:
-            return error_response(dialect, exc)
+            return self.refused(request, dialect, exc, request_id)
         for row in usage:
             row["resets"] = format_reset(row["resets_at"], key.timezone)
         payload = {
@@ -450,14 +504,15 @@ class Gateway:
             "limits": usage,
             "scopes": above,  # the user, team and org above the key, with their limits
         }
-        return web.Response(body=orjson.dumps(payload), content_type="application/json")
+        return _json(payload, request_id)
 
     async def models(self, request: web.Request) -> web.StreamResponse:
         dialect = "anthropic" if "anthropic-version" in request.headers else "openai"
+        request_id = self.new_request_id()
         try:
             key = await self._auth.authenticate(request.headers)
         except CapgateError as exc:
-            return error_response(dialect, exc)
+            return self.refused(request, dialect, exc, request_id)
         names = [
             m for m in self._router.listed_models(self._pricing.models()) if key.allows_model(m)
         ]
@@ -474,10 +529,11 @@ class Gateway:
             "first_id": names[0] if names else None,
             "last_id": names[-1] if names else None,
         }
-        return web.Response(body=orjson.dumps(payload), content_type="application/json")
+        return _json(payload, request_id)
 
 
 _MIN_THINKING = 1024  # Anthropic's smallest thinking budget
+_API_FIT_HINT = " Lower max_tokens"  # the engine's advice to API callers, replaced for Claude Code
 # Limits whose room depends on the input size: worth an exact count before refusing.
 _INPUT_SENSITIVE = frozenset({Metric.COST_USD, Metric.TOKENS, Metric.INPUT_TOKENS})
 # What the count endpoint reads of a Messages request.
@@ -542,11 +598,12 @@ def _clamp(body: dict[str, Any], field: str, max_output: int) -> None:
         body["thinking"] = {**body["thinking"], "budget_tokens": max_output - 1}
 
 
-def _refusal_status_for(headers: Mapping[str, str]) -> int | None:
-    """Codex retries 402, 403 and 429 five times over several seconds before it shows the
-    message, and hides it entirely for 429, but shows a 400's body at once: it gets 400."""
-    client = headers.get("originator") or headers.get("user-agent") or ""
-    return 400 if client.startswith("codex") else None
+def _json(payload: dict[str, Any], request_id: str) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(payload),
+        content_type="application/json",
+        headers={"x-capgate-request-id": request_id},
+    )
 
 
 def _refusal_error(refusal: Refusal, now: float) -> CapgateError:

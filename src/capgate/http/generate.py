@@ -19,6 +19,7 @@ from capgate.config import ServerConfig
 from capgate.core.limits import nano_to_decimal_str
 from capgate.errors import CapgateError, InvalidRequest
 from capgate.http.call import Call
+from capgate.http.dialects import error_response
 from capgate.http.gateway import Gateway
 from capgate.providers.base import Endpoint
 
@@ -41,12 +42,13 @@ class GenerateAPI:
         self, request: web.Request, endpoint: Endpoint, default_model: str
     ) -> web.StreamResponse:
         started, t0 = time.time(), time.perf_counter()
+        request_id = self._gateway.new_request_id()
         try:
             key = await self._gateway.authenticate(request)
             _, given = await self._gateway.read_json(request)
             system, prompt, model = _fields(given, default_model)
         except CapgateError as exc:
-            return _error(exc.status, exc.message, exc.headers)
+            return _from_dialect(error_response("admin", exc, request_id))
         body: dict[str, Any] = {"model": model, "max_tokens": self._settings.default_max_tokens}
         if endpoint is Endpoint.MESSAGES:
             if system:
@@ -56,7 +58,9 @@ class GenerateAPI:
             turns = [{"role": "system", "content": system}] if system else []
             body["messages"] = [*turns, {"role": "user", "content": prompt}]
         raw = orjson.dumps(body)
-        admitted = await self._gateway.admit(request, endpoint, key, raw, body, started, t0)
+        admitted = await self._gateway.admit(
+            request, endpoint, key, raw, body, started, t0, request_id
+        )
         if not isinstance(admitted, Call):
             return _from_dialect(admitted)
         answer = await admitted.run()
