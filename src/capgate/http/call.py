@@ -35,7 +35,7 @@ from capgate.core.limits import Metric, nano_to_decimal_str
 from capgate.core.money import MAX_AMOUNT, Usage
 from capgate.core.windows import format_reset_iso
 from capgate.errors import CapgateError, UpstreamFailed, UpstreamTimeout
-from capgate.http.dialects import error_response, is_dialect_body
+from capgate.http.dialects import client_of, error_response, for_client, is_dialect_body
 from capgate.http.translation import Translation, Translator
 from capgate.providers.base import Endpoint, UpstreamAnswer
 from capgate.routing import Plan, Route
@@ -317,6 +317,7 @@ class Call:
             self.answer = None
 
     def _refuse(self, exc: CapgateError) -> web.StreamResponse:
+        exc = for_client(exc, client_of(self.request.headers))  # the status it shows at once
         self.settle(exc.status, "error", Usage(), error=exc.message)
         return error_response(self.endpoint.dialect, exc, self.res.info.request_id)
 
