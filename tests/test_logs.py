@@ -215,3 +215,20 @@ def test_a_line_renders_as_text_and_hides_what_follows_an_error_colon() -> None:
     assert scrub("upstream 400: your prompt hello was bad") == "upstream 400"
     assert scrub("auth failed for sk-cg-abcdefghijkl-SECRET") == "auth failed for sk-cg-…"
     assert scrub("Bearer abcdef123 refused") == "Bearer … refused"
+
+
+def test_a_flagged_entry_is_a_warning_line(json_server: Server) -> None:
+    """Usage above the reservation is charged as reported and flagged; its request line is
+    a warning, so an operator hears of it without opening the dashboard."""
+    created = json_server.admin.post("/admin/keys", json={"name": "over", "limits": []})
+    with anthropic.Anthropic(
+        base_url=json_server.url, api_key=created.json()["key"], max_retries=0
+    ) as client:
+        message = client.messages.create(
+            model=SONNET, max_tokens=5,
+            messages=[{"role": "user", "content": "mock:input_tokens=5000000"}],
+        )  # fmt: skip
+    assert message.usage.input_tokens == 5_000_000
+    line = json_server.wait_for("request", outcome="ok", key="over")
+    assert line["level"] == "warning"
+    assert line["flags"] == ["over_reservation"]

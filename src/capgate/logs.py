@@ -103,6 +103,7 @@ class _Finished(Line):
             "ttft_ms": round(out.ttft_ms, 1) if out.ttft_ms is not None else None,
             "attempts": out.attempts,
             "error": scrub(out.error) if out.error else None,
+            "flags": list(out.flags) if out.flags else None,
         }
 
 
@@ -143,8 +144,11 @@ class AccessLog:
         self._log = log
 
     def finished(self, res: Reservation, outcome: Outcome) -> None:
-        if self._log.isEnabledFor(logging.INFO):
-            self._log.info(_Finished(res, outcome))
+        # A flagged entry (usage above the reservation, unreadable usage) is a warning:
+        # the alert an operator sees before any dashboard is opened.
+        level = logging.WARNING if outcome.flags else logging.INFO
+        if self._log.isEnabledFor(level):
+            self._log.log(level, _Finished(res, outcome))
 
     def refused(
         self, request_id: str | None, key: Scope | None, endpoint: str, body: Any, exc: CapgateError
