@@ -10,11 +10,18 @@ from decimal import Decimal
 from pathlib import Path
 
 import httpx
+import pytest
 
 from conftest import Upstream, gateway_config, start_capgate
 
 
-def test_dead_process_reservations_are_charged_in_full(upstream: Upstream, tmp_path: Path) -> None:
+@pytest.mark.parametrize("over_usage", [False, True], ids=["exact", "over-usage"])
+def test_dead_process_reservations_are_charged_in_full(
+    upstream: Upstream, tmp_path: Path, over_usage: bool
+) -> None:
+    """With over-usage in the mix (answers that report far more input than the body could
+    hold), the books still balance across the kill: one entry per request, counters equal
+    to the ledger, the over-users flagged and charged the truth."""
     config = gateway_config(upstream, server={"lease_seconds": 2})
     first = start_capgate(tmp_path, config)
     key = first.create_key("victim", [{"metric": "cost_usd", "window": "day", "max": 10}])
@@ -24,10 +31,11 @@ def test_dead_process_reservations_are_charged_in_full(upstream: Upstream, tmp_p
         "max_tokens": 50,
         "messages": [{"role": "user", "content": "hi"}],
     }
-    for _ in range(5):
-        assert (
-            httpx.post(first.url + "/v1/messages", json=quick, headers=headers).status_code == 200
-        )
+    for i in range(5):
+        body = quick
+        if over_usage and i % 2 == 0:  # 3 of the 5 report 100,000 input tokens
+            body = {**quick, "messages": [{"role": "user", "content": "mock:input_tokens=100000"}]}
+        assert httpx.post(first.url + "/v1/messages", json=body, headers=headers).status_code == 200
 
     started = threading.Event()
 
@@ -75,6 +83,11 @@ def test_dead_process_reservations_are_charged_in_full(upstream: Upstream, tmp_p
         assert Decimal(cost["reserved"]) == 0
         assert Decimal(cost["used"]) == sum(Decimal(e["cost_usd"]) for e in entries)
         assert Decimal(expired["cost_usd"]) > Decimal("0.015")  # 1000 tokens at $15/M and more
+        flagged = [e for e in entries if "over_reservation" in e["flags"]]
+        assert len(flagged) == (3 if over_usage else 0)
+        for entry in flagged:  # the truth: 100,000 input tokens at $3/M, and the output
+            assert entry["input_tokens"] == 100_000
+            assert Decimal(entry["cost_usd"]) > Decimal("0.3")
     finally:
         second.close()
 
