@@ -190,6 +190,35 @@ def start_capgate(
     return Capgate(match.group(1), db, proc)
 
 
+def kill_during_stream(server: Capgate, body: dict[str, Any], key: str) -> dict[str, str]:
+    """Start a stream through `server` and `kill -9` it once the first bytes arrive (the
+    reservation stays held by a dead process). Returns the answer's headers."""
+    import signal
+
+    started, headers = threading.Event(), {}
+
+    def stream() -> None:
+        try:
+            with httpx.stream(
+                "POST", server.url + "/v1/messages", json=body, headers={"x-api-key": key},
+                timeout=30,
+            ) as response:  # fmt: skip
+                headers.update(response.headers)
+                for _ in response.iter_bytes():
+                    started.set()
+        except httpx.HTTPError:
+            pass  # the server is killed under it
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    assert started.wait(10)
+    server.proc.send_signal(signal.SIGKILL)
+    server.proc.wait(10)
+    thread.join(10)
+    server.close()
+    return headers
+
+
 @pytest.fixture(scope="session")
 def capgate(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Capgate]:
     """One shared gateway; tests create their own keys with unique names."""

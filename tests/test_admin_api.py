@@ -7,8 +7,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import signal
-import threading
 import time
 import uuid
 from collections import defaultdict
@@ -24,7 +22,14 @@ import httpx
 import openai
 import pytest
 
-from conftest import ADMIN_KEY, Capgate, Upstream, gateway_config, start_capgate
+from conftest import (
+    ADMIN_KEY,
+    Capgate,
+    Upstream,
+    gateway_config,
+    kill_during_stream,
+    start_capgate,
+)
 
 HAIKU, SONNET, GPT = "claude-haiku-4-5", "claude-sonnet-4-6", "gpt-5-mini"
 # USD per million tokens, from the bundled table (src/capgate/data/pricing.yaml)
@@ -1078,31 +1083,11 @@ def test_a_clamp_is_kept_when_the_server_dies_mid_request(
     config = gateway_config(upstream, server={"lease_seconds": 2})
     first = start_capgate(tmp_path, config)
     key = first.create_key("clamped", [{"metric": "cost_usd", "window": "day", "max": "0.10"}])
-    started, headers = threading.Event(), {}
-
-    def slow_stream() -> None:
-        body = {
-            "model": SONNET, "max_tokens": 64_000, "stream": True,
-            "messages": [{"role": "user", "content": "slow mock:words=300 mock:stream_delay_ms=100"}],
-        }  # fmt: skip
-        try:
-            with httpx.stream(
-                "POST", first.url + "/v1/messages", json=body, headers={"x-api-key": key},
-                timeout=30,
-            ) as response:  # fmt: skip
-                headers.update(response.headers)
-                for _ in response.iter_bytes():
-                    started.set()
-        except httpx.HTTPError:
-            pass  # the server is killed under it
-
-    thread = threading.Thread(target=slow_stream)
-    thread.start()
-    assert started.wait(10)
-    first.proc.send_signal(signal.SIGKILL)
-    first.proc.wait(10)
-    thread.join(10)
-    first.close()
+    body = {
+        "model": SONNET, "max_tokens": 64_000, "stream": True,
+        "messages": [{"role": "user", "content": "slow mock:words=300 mock:stream_delay_ms=100"}],
+    }  # fmt: skip
+    headers = kill_during_stream(first, body, key)
     clamped = int(headers["x-capgate-max-tokens"])
     assert 1024 <= clamped < 64_000
 

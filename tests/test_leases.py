@@ -3,8 +3,6 @@ lease; when the lease expires, another process settles it in full and flags it."
 
 from __future__ import annotations
 
-import signal
-import threading
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -12,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import Upstream, gateway_config, start_capgate
+from conftest import Upstream, gateway_config, kill_during_stream, start_capgate
 
 
 @pytest.mark.parametrize("over_usage", [False, True], ids=["exact", "over-usage"])
@@ -37,33 +35,13 @@ def test_dead_process_reservations_are_charged_in_full(
             body = {**quick, "messages": [{"role": "user", "content": "mock:input_tokens=100000"}]}
         assert httpx.post(first.url + "/v1/messages", json=body, headers=headers).status_code == 200
 
-    started = threading.Event()
-
-    def slow_stream() -> None:
-        body = {
-            "model": "claude-sonnet-4-6",
-            "max_tokens": 1000,
-            "stream": True,
-            "messages": [
-                {"role": "user", "content": "slow mock:words=200 mock:stream_delay_ms=100"}
-            ],
-        }
-        try:
-            with httpx.stream(
-                "POST", first.url + "/v1/messages", json=body, headers=headers, timeout=30
-            ) as response:
-                for _ in response.iter_bytes():
-                    started.set()
-        except httpx.HTTPError:
-            pass  # the server is killed under it
-
-    thread = threading.Thread(target=slow_stream)
-    thread.start()
-    assert started.wait(10)
-    first.proc.send_signal(signal.SIGKILL)
-    first.proc.wait(10)
-    thread.join(10)
-    first.close()
+    slow = {
+        "model": "claude-sonnet-4-6",
+        "max_tokens": 1000,
+        "stream": True,
+        "messages": [{"role": "user", "content": "slow mock:words=200 mock:stream_delay_ms=100"}],
+    }
+    kill_during_stream(first, slow, key)
 
     second = start_capgate(tmp_path, config, db=first.db)
     try:
