@@ -169,7 +169,7 @@ def _check_capgate(conn: sqlite3.Connection, path: Path) -> int:
         names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     except sqlite3.DatabaseError as exc:
         raise BackupError(f"{path} is not a SQLite database ({exc})") from None
-    if version < 1 or not CAPGATE_TABLES <= names:
+    if version < 1 or not CAPGATE_TABLES.issubset(names):
         raise BackupError(f"{path} is not a capgate database")
     if version > len(MIGRATIONS):
         raise BackupError(
