@@ -180,7 +180,10 @@ def _check_capgate(conn: sqlite3.Connection, path: Path) -> int:
 
 
 def _check_integrity(conn: sqlite3.Connection, path: Path) -> None:
-    problems = [r[0] for r in conn.execute("PRAGMA integrity_check")]
+    try:
+        problems = [r[0] for r in conn.execute("PRAGMA integrity_check")]
+    except sqlite3.DatabaseError as exc:  # too damaged to even list its problems
+        problems = [str(exc)]
     if problems != ["ok"]:
         raise BackupError(f"{path} fails integrity_check: " + "; ".join(problems[:5]))
 
