@@ -27,7 +27,7 @@ from capgate.store.liveness import is_alive, procs_dir
 from capgate.store.sqlite_schema import MIGRATIONS, migrate
 
 PAGES_PER_STEP = 1024  # 4 MiB with 4 KiB pages: a step takes milliseconds
-CAPGATE_TABLES = frozenset({"meta", "scopes", "counters", "requests", "reservations"})
+REQUIRED_TABLES = frozenset({"meta", "scopes", "counters", "requests", "reservations"})
 
 
 class BackupError(Exception):
@@ -169,7 +169,7 @@ def _check_capgate(conn: sqlite3.Connection, path: Path) -> int:
         names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     except sqlite3.DatabaseError as exc:
         raise BackupError(f"{path} is not a SQLite database ({exc})") from None
-    if version < 1 or not CAPGATE_TABLES.issubset(names):
+    if version < 1 or not REQUIRED_TABLES.issubset(names):
         raise BackupError(f"{path} is not a capgate database")
     if version > len(MIGRATIONS):
         raise BackupError(
