@@ -100,16 +100,21 @@ def test_plain_http_has_no_hsts(capgate: Capgate) -> None:
     assert "strict-transport-security" not in response.headers
 
 
-def test_tls_from_the_environment(upstream: Upstream, tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["environment", "config file"])
+def test_tls_from_the_environment_or_the_config_file(
+    upstream: Upstream, tmp_path: Path, where: str
+) -> None:
     cert, key_file = self_signed(tmp_path)
-    server = start_capgate(
-        tmp_path,
-        gateway_config(upstream),
-        env={"CAPGATE_TLS_CERT": str(cert), "CAPGATE_TLS_KEY": str(key_file)},
-    )
+    config = gateway_config(upstream)
+    env = {}
+    if where == "environment":
+        env = {"CAPGATE_TLS_CERT": str(cert), "CAPGATE_TLS_KEY": str(key_file)}
+    else:
+        config["server"] = {"tls_cert": str(cert), "tls_key": str(key_file)}
+    server = start_capgate(tmp_path, config, env=env)
     try:
         assert server.url.startswith("https://")
-        make_key(server, cert, "tls-env")
+        make_key(server, cert, f"tls-{where}")
     finally:
         server.close()
 
