@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from capgate.core.windows import zone
 
@@ -142,6 +149,9 @@ class ServerConfig(_Strict):
     # Logs go to stderr, one line per request / admin action / upstream failure.
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
+    # Serve HTTPS with this certificate chain and private key (PEM files), both or neither.
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
@@ -155,6 +165,12 @@ class ServerConfig(_Strict):
             if weight < 0:
                 raise ValueError(f"credit weight of {glob!r} must not be negative")
         return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together")
+        return self
 
     def credits_for(self, model: str) -> int:
         return next((w for g, w in self.credit_weights.items() if fnmatchcase(model, g)), 1)
@@ -263,6 +279,8 @@ ENV_SETTINGS = {
     "CAPGATE_LEASE_SECONDS": "lease_seconds",
     "CAPGATE_LOG_LEVEL": "log_level",
     "CAPGATE_LOG_FORMAT": "log_format",
+    "CAPGATE_TLS_CERT": "tls_cert",
+    "CAPGATE_TLS_KEY": "tls_key",
 }
 
 
@@ -277,7 +295,8 @@ def with_overrides(config: Config, env: Mapping[str, str], flags: Mapping[str, A
         return config.model_copy(update={"server": ServerConfig.model_validate(server)})
     except ValidationError as exc:
         err = exc.errors()[0]
-        raise ConfigError(f"server.{_location(err['loc'])}: {err['msg']}") from None
+        where = ".".join(("server", _location(err["loc"]))).rstrip(".")
+        raise ConfigError(f"{where}: {err['msg'].removeprefix('Value error, ')}") from None
 
 
 def sqlite_path(database_url: str) -> str:

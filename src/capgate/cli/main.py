@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from capgate import __version__
+from capgate.cli import db as db_cli
 from capgate.cli import keys as keys_cli
 from capgate.cli.scopes import scope_app
 from capgate.cli.status import status
@@ -40,6 +41,7 @@ def _global(
 
 
 app.add_typer(keys_cli.app, name="keys")
+app.add_typer(db_cli.app, name="db")
 for _plural, _what, _help in (
     ("users", "user", "Budgets per person: keys join a user with --user."),
     ("teams", "team", "Budgets per team: keys join a team with --team."),
@@ -66,6 +68,8 @@ def serve(
         str | None, typer.Option(help="debug | info | warning | error (default: info); to stderr")
     ] = None,
     log_format: Annotated[str | None, typer.Option(help="text | json (default: text)")] = None,
+    tls_cert: Annotated[str | None, typer.Option(help="PEM certificate chain: serve HTTPS")] = None,
+    tls_key: Annotated[str | None, typer.Option(help="PEM private key of --tls-cert")] = None,
 ) -> None:
     """Run the gateway, admin API and dashboard on one port."""
     try:
@@ -73,7 +77,8 @@ def serve(
             load_config(config),
             os.environ,
             {"host": host, "port": port, "database_url": database_url,
-             "log_level": log_level, "log_format": log_format},
+             "log_level": log_level, "log_format": log_format,
+             "tls_cert": tls_cert, "tls_key": tls_key},
         )  # fmt: skip
     except ConfigError as exc:
         typer.secho(f"capgate: bad configuration: {exc}", fg="red", err=True)

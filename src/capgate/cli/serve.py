@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 
 from aiohttp import web
@@ -53,21 +54,45 @@ def listen(host: str, port: int) -> socket.socket:
         raise OSError(exc.errno, f"cannot listen on {host}:{port}: {reason}") from None
 
 
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
+    """The server's TLS context (TLS 1.2 or newer), or ConfigError naming the files."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(
+            f"server.tls_cert / tls_key: cannot load {cert} / {key}: {reason}"
+        ) from None
+    return context
+
+
+async def _hsts(request: web.Request, response: web.StreamResponse) -> None:
+    # Browsers that reached capgate over HTTPS stay on HTTPS (a year; not subdomains).
+    response.headers["Strict-Transport-Security"] = "max-age=31536000"
+
+
 async def _serve(config: Config, demo: bool) -> None:
+    cert, key = config.server.tls_cert, config.server.tls_key
+    # Before the port and the database: a bad certificate changes nothing.
+    context = tls_context(cert, key) if cert and key else None
     sock = listen(config.server.host, config.server.port)
     try:
         built = await build(config, demo=demo)
     except BaseException:
         sock.close()
         raise
+    if context is not None:
+        built.app.on_response_prepare.append(_hsts)
     runner = web.AppRunner(built.app, access_log=None)
     await runner.setup()
-    site = web.SockSite(runner, sock)
+    site = web.SockSite(runner, sock, ssl_context=context)
     await site.start()
     host, port = runner.addresses[0][:2]
     if ":" in host:
         host = f"[{host}]"
-    _banner(f"http://{host}:{port}", built)
+    _banner(f"{'https' if context else 'http'}://{host}:{port}", built)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
