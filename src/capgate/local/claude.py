@@ -106,6 +106,8 @@ def parse_lines(
     half-written at the end of a file being written) is counted in `skipped`."""
     for raw in lines:
         if MARKER not in raw:
+            if not raw.endswith(b"\n") and raw.strip():
+                skipped.bad_lines += _unparsable(raw)  # the last line, maybe half-written
             continue
         try:
             data = json.loads(raw)
@@ -115,3 +117,11 @@ def parse_lines(
         entry = entry_from_line(data, project, session)
         if entry is not None:
             yield entry
+
+
+def _unparsable(raw: bytes) -> int:
+    try:
+        json.loads(raw)
+    except ValueError:
+        return 1
+    return 0

@@ -164,7 +164,7 @@ def _table(title: str, rows: list[Row], total: Row, breakdown: bool, compact: bo
     for name in ("input", "output", "c.write", "c.read", "cost"):
         table.add_column(name, justify="right", no_wrap=True)
     for row in rows:
-        models = "\n".join(short_model(m) for m in sorted(row.models))
+        models = "" if breakdown else "\n".join(short_model(m) for m in sorted(row.models))
         table.add_row(row.key, models, *_cells(row.totals, compact))
         if breakdown:
             for name, t in sorted(row.models.items(), key=lambda kv: (-kv[1].cost_nano, kv[0])):
