@@ -196,7 +196,10 @@ def session_titles(rows: list[Row]) -> list[Row]:
 
 def _session_label(row: Row) -> str:
     project = row.project.rstrip("/").rsplit("/", 1)[-1].rsplit("-", 1)[-1] or "-"
-    return f"{project[:14]} {row.key.rsplit('-', 1)[-1][:8]}"
+    session = row.key.rsplit("/", 1)[-1]
+    if session.startswith("rollout-"):  # Codex: rollout-<time>-<uuid>
+        session = session[-36:]
+    return f"{project[:14]} {session[:8]}"
 
 
 def footer(total: Row, skipped: Skipped) -> Text:
