@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from conftest import Capgate, need, which
 
 SPLIT_1H = json.dumps(
