@@ -190,3 +190,21 @@ def test_blocks_and_the_live_view_of_the_active_one(tmp_path: Path) -> None:
     assert block["projection"]["totalTokens"] > 2200
     live = local(tmp_path, "blocks", "--live", "--refresh", "0.1", "--stop-after", "2")
     assert "burn rate 110 tokens/min" in live.stdout and "projection by" in live.stdout
+
+
+def test_unchanged_files_come_from_the_cache_and_changed_ones_are_read(home: Path) -> None:
+    first = json.loads(local(home, "daily", "--json").stdout)["totals"]
+    cache = home / ".cache" / "capgate" / "local-v1.json"
+    version, files = json.loads(cache.read_text())
+    s2 = str(home / ".claude" / "projects" / "-home-dev-api" / "s2.jsonl")
+    files[s2][3][0][6] += 1000  # the cached output tokens of s2's entry
+    cache.write_text(json.dumps([version, files]))
+    cached = json.loads(local(home, "daily", "--json").stdout)["totals"]
+    assert cached["outputTokens"] == first["outputTokens"] + 1000  # read from the cache
+    fresh = json.loads(local(home, "daily", "--json", "--no-cache").stdout)["totals"]
+    assert fresh == first
+    os.utime(s2, ns=(0, 10**18))  # modified: read again
+    assert json.loads(local(home, "daily", "--json").stdout)["totals"] == first
+    cache.write_bytes(b"\x00garbage")  # damaged: rebuilt
+    assert json.loads(local(home, "daily", "--json").stdout)["totals"] == first
+    assert json.loads(cache.read_text())[0] == version

@@ -18,6 +18,7 @@ from rich.live import Live
 from capgate.cli.client import fail
 from capgate.local import render
 from capgate.local.blocks import Block, blocks, burn
+from capgate.local.cache import FileCache, default_path
 from capgate.local.costing import Costing
 from capgate.local.dedup import dedupe
 from capgate.local.files import LocationError, read_entries
@@ -48,6 +49,9 @@ ProjectOpt = Annotated[
 ]
 AgentOpt = Annotated[str, typer.Option("--agent", help="claude | codex | all")]
 BreakdownOpt = Annotated[bool, typer.Option("--breakdown", help="a row per model")]
+NoCacheOpt = Annotated[
+    bool, typer.Option("--no-cache", help="read every file again (no ~/.cache/capgate)")
+]
 
 
 def _zone(name: str | None) -> tzinfo:
@@ -71,14 +75,16 @@ def _day(value: str | None, option: str) -> date | None:
     fail(f"{option}: a date like 2026-12-04 or 20261204")
 
 
-def _load(agent: str) -> tuple[list[Entry], Skipped]:
+def _load(agent: str, use_cache: bool = True) -> tuple[list[Entry], Skipped]:
     if agent not in ("claude", "codex", "all"):
         fail("--agent: one of claude, codex, all")
     skipped = Skipped()
+    cache = FileCache(default_path(os.environ, Path.home()) if use_cache else None)
     try:
-        entries = dedupe(read_entries(os.environ, Path.home(), agent, skipped))
+        entries = dedupe(read_entries(os.environ, Path.home(), agent, skipped, cache))
     except LocationError as exc:
         fail(str(exc))
+    cache.save()
     return entries, skipped
 
 
@@ -86,8 +92,8 @@ def _costing() -> Costing:
     return Costing(PricingTable.load())
 
 
-def _report(kind: str, json_out: bool, query: Query, breakdown: bool) -> None:
-    entries, skipped = _load(query.agent)
+def _report(kind: str, json_out: bool, query: Query, breakdown: bool, cache: bool) -> None:
+    entries, skipped = _load(query.agent, cache)
     costing = _costing()
     if kind == "session":
         rows, total = by_session(entries, costing, query)
@@ -118,6 +124,7 @@ def _command(kind: str, doc: str) -> None:
         project: ProjectOpt = None,
         agent: AgentOpt = "all",
         breakdown: BreakdownOpt = False,
+        no_cache: NoCacheOpt = False,
     ) -> None:
         query = Query(
             zone=_zone(timezone),
@@ -126,7 +133,7 @@ def _command(kind: str, doc: str) -> None:
             agent=agent,
             project=project,
         )
-        _report(kind, json_out, query, breakdown)
+        _report(kind, json_out, query, breakdown, not no_cache)
 
     command.__doc__ = doc
     app.command(kind)(command)

@@ -4,82 +4,81 @@ only lines holding the compact bytes `"usage":{`; a `null` in an identifying fie
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from capgate.local.records import Entry, Skipped
 
 MARKER = b'"usage":{'
 _VERSION = re.compile(r"^\d+\.\d+\.\d+")
-_NOT_NULL_TOP = ("cwd", "costUSD", "version", "sessionId", "requestId", "isApiErrorMessage")
-_NOT_NULL_USAGE = ("speed", "cache_creation_input_tokens", "cache_read_input_tokens")
 
 
 def parse_timestamp(value: Any) -> datetime | None:
     if not isinstance(value, str):
         return None
     try:
-        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        when = datetime.fromisoformat(value)
     except ValueError:
         return None
+    if when.tzinfo is UTC:
+        return when
     if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
+        return when.replace(tzinfo=UTC)
     return when.astimezone(UTC)
 
 
 def _count(value: Any) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        return None
-    return value
+    return value if type(value) is int and value >= 0 else None
 
 
 def entry_from_line(data: Any, project: str, session: str) -> Entry | None:
-    """The entry one parsed line makes, or None when the line is not one."""
-    if not isinstance(data, dict):
+    """The entry one parsed line makes, or None when the line is not one. (Straight-line
+    code: this runs once per answer line of every file.)"""
+    if type(data) is not dict:
         return None
     message = data.get("message")
-    if not isinstance(message, dict):
+    if type(message) is not dict:
         return None
     usage = message.get("usage")
-    if not isinstance(usage, dict):
+    if type(usage) is not dict:
         return None
-    if any(k in data and data[k] is None for k in _NOT_NULL_TOP):
+    get, mget, uget = data.get, message.get, usage.get
+    if None in (
+        get("cwd", 0), get("costUSD", 0), get("version", 0), get("isApiErrorMessage", 0),
+        uget("speed", 0), uget("cache_creation_input_tokens", 0),
+        uget("cache_read_input_tokens", 0), mget("id", 0), mget("model", 0),
+    ):  # fmt: skip
         return None
-    if any(k in usage and usage[k] is None for k in _NOT_NULL_USAGE):
+    session_id, request_id = get("sessionId", 0), get("requestId", 0)
+    mid, model = mget("id", 0), mget("model", 0)
+    if "" in (session_id, request_id, mid, model) or None in (session_id, request_id):
         return None
-    if any(k in message and message[k] is None for k in ("id", "model")):
+    version = get("version")
+    if version is not None and not (type(version) is str and _VERSION.match(version)):
         return None
-    version = data.get("version")
-    if version is not None and not (isinstance(version, str) and _VERSION.match(version)):
-        return None
-    if any(k in data and data[k] == "" for k in ("sessionId", "requestId")):
-        return None
-    if any(k in message and message[k] == "" for k in ("id", "model")):
-        return None
-    when = parse_timestamp(data.get("timestamp"))
-    inp, out = _count(usage.get("input_tokens")), _count(usage.get("output_tokens"))
+    when = parse_timestamp(get("timestamp"))
+    inp, out = _count(uget("input_tokens")), _count(uget("output_tokens"))
     if when is None or inp is None or out is None:
         return None
     write_5m, write_1h = _cache_writes(usage)
-    read = _count(usage.get("cache_read_input_tokens", 0)) or 0
-    model = message.get("model")
     return Entry(
         agent="claude",
         timestamp=when,
         project=project,
         session=session,
-        model=model if isinstance(model, str) else "(unknown)",
+        model=model if type(model) is str else "(unknown)",
         input_tokens=inp,
         output_tokens=out,
         cache_write_tokens=write_5m,
         cache_write_1h_tokens=write_1h,
-        cache_read_tokens=read,
-        message_id=_text(message.get("id")),
-        request_id=_text(data.get("requestId")),
-        sidechain=data.get("isSidechain") is True,
+        cache_read_tokens=_count(uget("cache_read_input_tokens", 0)) or 0,
+        message_id=mid if type(mid) is str else None,
+        request_id=request_id if type(request_id) is str else None,
+        sidechain=get("isSidechain") is True,
         has_speed="speed" in usage,
     )
 
@@ -95,10 +94,6 @@ def _cache_writes(usage: dict[str, Any]) -> tuple[int, int]:
     return _count(usage.get("cache_creation_input_tokens", 0)) or 0, 0
 
 
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
 def parse_lines(
     lines: Iterable[bytes], project: str, session: str, skipped: Skipped
 ) -> Iterable[Entry]:
@@ -110,8 +105,8 @@ def parse_lines(
                 skipped.bad_lines += _unparsable(raw)  # the last line, maybe half-written
             continue
         try:
-            data = json.loads(raw)
-        except ValueError:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
             skipped.bad_lines += 1
             continue
         entry = entry_from_line(data, project, session)
@@ -121,7 +116,7 @@ def parse_lines(
 
 def _unparsable(raw: bytes) -> int:
     try:
-        json.loads(raw)
-    except ValueError:
+        orjson.loads(raw)
+    except orjson.JSONDecodeError:
         return 1
     return 0

@@ -5,16 +5,18 @@ the session's working directory (`session_meta.cwd`)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from capgate.local.claude import parse_timestamp
 from capgate.local.records import Entry, Skipped
 
 FALLBACK_MODEL = "gpt-5"
 _FIELDS = ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning_output_tokens")
+_MARKERS = (b"token_count", b"turn_context", b"session_meta")
 _SPAWN_WINDOW = 20  # a subagent file says so (`thread_spawn`) near its top
 
 
@@ -31,13 +33,13 @@ class _State:
 def parse_lines(lines: Iterable[bytes], session: str, skipped: Skipped) -> Iterator[Entry]:
     state = _State(session=session)
     for number, raw in enumerate(lines):
-        if not raw.strip():
-            continue
         if number < _SPAWN_WINDOW and b"thread_spawn" in raw:
             state.replaying = True
+        if not any(m in raw for m in _MARKERS) and raw.endswith(b"\n"):
+            continue  # a line of conversation: nothing to count in it
         try:
-            data = json.loads(raw)
-        except ValueError:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
             skipped.bad_lines += 1
             continue
         if not isinstance(data, dict):

@@ -8,10 +8,13 @@ included. Codex: `$CODEX_HOME` (default `~/.codex`), `sessions/` and `archived_s
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import mmap
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 from capgate.local import claude, codex
+from capgate.local.cache import FileCache
 from capgate.local.records import Entry, Skipped
 
 
@@ -91,13 +94,78 @@ def _lines(path: Path, skipped: Skipped) -> Iterator[bytes]:
         skipped.unreadable_files.append(str(path))
 
 
+def _marked_lines(path: Path, marker: bytes, skipped: Skipped) -> Iterator[bytes]:
+    """The lines holding `marker`, and an unterminated last line, without making an
+    object of every other line: the file is mapped, not read, so memory stays flat."""
+    try:
+        with path.open("rb") as handle:
+            if os.fstat(handle.fileno()).st_size == 0:
+                return
+            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
+                yield from _find_lines(view, marker)
+    except (OSError, ValueError):
+        skipped.unreadable_files.append(str(path))
+
+
+def _find_lines(view: mmap.mmap, marker: bytes) -> Iterator[bytes]:
+    size, at = len(view), 0
+    while (hit := view.find(marker, at)) >= 0:
+        start = view.rfind(b"\n", 0, hit) + 1
+        end = view.find(b"\n", hit)
+        end = size if end < 0 else end + 1
+        yield view[start:end]
+        at = end
+    if size and view[size - 1 : size] != b"\n":
+        start = view.rfind(b"\n") + 1
+        if start >= at:  # not yielded above: the parser judges it
+            yield view[start:size]
+
+
 def read_entries(
-    env: Mapping[str, str], home: Path, agent: str, skipped: Skipped
+    env: Mapping[str, str], home: Path, agent: str, skipped: Skipped, cache: FileCache
 ) -> Iterator[Entry]:
-    """Every entry of the chosen agent(s), file by file, in path order (not deduplicated)."""
+    """Every entry of the chosen agent(s), file by file, in path order (not deduplicated);
+    files unchanged since the cached run come from `cache`."""
     if agent in ("claude", "all"):
         for path, project, session in claude_files(claude_roots(env, home)):
-            yield from claude.parse_lines(_lines(path, skipped), project, session, skipped)
+            yield from _cached(path, cache, skipped, _claude_parser(path, project, session))
     if agent in ("codex", "all"):
         for path, session in codex_files(env, home):
-            yield from codex.parse_lines(_lines(path, skipped), session, skipped)
+            yield from _cached(path, cache, skipped, _codex_parser(path, session))
+
+
+Parser = Callable[[Skipped], Iterable[Entry]]
+
+
+def _claude_parser(path: Path, project: str, session: str) -> Parser:
+    def parse(skipped: Skipped) -> Iterable[Entry]:
+        lines = _marked_lines(path, claude.MARKER, skipped)
+        return claude.parse_lines(lines, project, session, skipped)
+
+    return parse
+
+
+def _codex_parser(path: Path, session: str) -> Parser:
+    def parse(skipped: Skipped) -> Iterable[Entry]:
+        return codex.parse_lines(_lines(path, skipped), session, skipped)
+
+    return parse
+
+
+def _cached(path: Path, cache: FileCache, skipped: Skipped, parse: Parser) -> list[Entry]:
+    try:
+        stat = path.stat()
+    except OSError:
+        skipped.unreadable_files.append(str(path))
+        return []
+    name = str(path)
+    hit = cache.get(name, stat.st_size, stat.st_mtime_ns)
+    if hit is not None:
+        skipped.bad_lines += hit[1]
+        return hit[0]
+    mine = Skipped()
+    entries = list(parse(mine))
+    skipped.add(mine)
+    if not mine.unreadable_files:
+        cache.put(name, stat.st_size, stat.st_mtime_ns, entries, mine.bad_lines)
+    return entries

@@ -9,7 +9,7 @@ from datetime import datetime
 SYNTHETIC = "<synthetic>"  # Claude Code's own error lines: tokens count, no model, no price
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs twice as much, per answer
 class Entry:
     agent: str  # "claude" | "codex"
     timestamp: datetime  # aware, UTC
