@@ -117,7 +117,13 @@ def main() -> None:
         when = START + timedelta(minutes=rng.randint(0, 90 * 24 * 60))
         if n % 5 == 4:  # a fifth are Codex sessions
             day = when.strftime("%Y/%m/%d")
-            path = args.home / ".codex" / "sessions" / day / f"rollout-{when:%Y-%m-%dT%H-%M-%S}-{n:08d}.jsonl"
+            path = (
+                args.home
+                / ".codex"
+                / "sessions"
+                / day
+                / f"rollout-{when:%Y-%m-%dT%H-%M-%S}-{n:08d}.jsonl"
+            )
             lines: list[str] = []
             while sum(map(len, lines)) < per_file:
                 lines += codex_session(rng, when, 5)
@@ -133,7 +139,9 @@ def main() -> None:
                 sub.parent.mkdir(parents=True, exist_ok=True)
                 replay = [line.replace('"isSidechain":false', '"isSidechain":true')
                           for line in lines[:20]]  # fmt: skip
-                sub.write_text("".join(replay + claude_session(rng, project, session, when, 5, True)))
+                sub.write_text(
+                    "".join(replay + claude_session(rng, project, session, when, 5, True))
+                )
         path.parent.mkdir(parents=True, exist_ok=True)
         body = "".join(lines)
         path.write_text(body)
