@@ -62,6 +62,8 @@ class FileCache:
         return entries, found[2]
 
     def put(self, file: str, size: int, mtime_ns: int, entries: list[Entry], bad: int) -> None:
+        if self.path is None:
+            return  # no cache: nothing to keep
         self._new[file] = (size, mtime_ns, bad, [_to_row(e) for e in entries])
         self._changed = True
 
