@@ -15,6 +15,7 @@ from pathlib import Path
 
 from capgate.local import claude, codex
 from capgate.local.cache import FileCache
+from capgate.local.dedup import dedupe
 from capgate.local.records import Entry, Skipped
 
 
@@ -164,7 +165,9 @@ def _cached(path: Path, cache: FileCache, skipped: Skipped, parse: Parser) -> li
         skipped.bad_lines += hit[1]
         return hit[0]
     mine = Skipped()
-    entries = list(parse(mine))
+    # Most copies of an answer are in one file (a line per content block): dropping them
+    # here keeps memory and the cache small; `dedupe` over all files finishes the job.
+    entries = dedupe(parse(mine))
     skipped.add(mine)
     if not mine.unreadable_files:
         cache.put(name, stat.st_size, stat.st_mtime_ns, entries, mine.bad_lines)
