@@ -208,3 +208,11 @@ def test_unchanged_files_come_from_the_cache_and_changed_ones_are_read(home: Pat
     cache.write_bytes(b"\x00garbage")  # damaged: rebuilt
     assert json.loads(local(home, "daily", "--json").stdout)["totals"] == first
     assert json.loads(cache.read_text())[0] == version
+
+
+def test_the_default_zone_is_the_systems_with_its_summer_time(tmp_path: Path) -> None:
+    project = tmp_path / ".claude" / "projects" / "p"
+    project.mkdir(parents=True)
+    (project / "s.jsonl").write_text(claude_line("m", "r", "2026-07-01T22:30:00Z"))
+    data = json.loads(local(tmp_path, "daily", "--json", TZ="Europe/Berlin").stdout)
+    assert [r["date"] for r in data["daily"]] == ["2026-07-02"]  # 00:30 CEST, not 23:30 CET

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -56,11 +57,22 @@ NoCacheOpt = Annotated[
 
 def _zone(name: str | None) -> tzinfo:
     if not name:
-        return datetime.now().astimezone().tzinfo or UTC
+        return _system_zone()
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
         fail(f"--timezone: unknown time zone {name!r} (an IANA name like Europe/Berlin)")
+
+
+def _system_zone() -> tzinfo:
+    """The system's zone with its rules (DST), not today's offset: `TZ`, else
+    /etc/localtime, else today's offset."""
+    with contextlib.suppress(ZoneInfoNotFoundError, ValueError, OSError):
+        if os.environ.get("TZ"):
+            return ZoneInfo(os.environ["TZ"].removeprefix(":"))
+        with open("/etc/localtime", "rb") as handle:
+            return ZoneInfo.from_file(handle)
+    return datetime.now().astimezone().tzinfo or UTC
 
 
 def _day(value: str | None, option: str) -> date | None:
