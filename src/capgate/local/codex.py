@@ -1,0 +1,115 @@
+"""Codex rollout lines -> `Entry`s. Usage is in `event_msg` lines of type `token_count`:
+`last_token_usage` when present, else the growth of the cumulative `total_token_usage`.
+The model is the latest `turn_context`'s (else `gpt-5`, as ccusage assumes); the project is
+the session's working directory (`session_meta.cwd`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from capgate.local.claude import parse_timestamp
+from capgate.local.records import Entry, Skipped
+
+FALLBACK_MODEL = "gpt-5"
+_FIELDS = ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning_output_tokens")
+_MARKERS = (b"token_count", b"turn_context", b"session_meta")
+_SPAWN_WINDOW = 20  # a subagent file says so (`thread_spawn`) near its top
+
+
+@dataclass(slots=True)
+class _State:
+    session: str
+    project: str = ""
+    model: str | None = None
+    previous: dict[str, int] = field(default_factory=dict)
+    replay_second: str | None = None  # a subagent's replayed parent history: skipped
+    replaying: bool = False
+
+
+def parse_lines(lines: Iterable[bytes], session: str, skipped: Skipped) -> Iterator[Entry]:
+    state = _State(session=session)
+    for number, raw in enumerate(lines):
+        if number < _SPAWN_WINDOW and b"thread_spawn" in raw:
+            state.replaying = True
+        if not any(m in raw for m in _MARKERS) and raw.endswith(b"\n"):
+            continue  # a line of conversation: nothing to count in it
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            skipped.bad_lines += 1
+            continue
+        if not isinstance(data, dict):
+            skipped.bad_lines += 1
+            continue
+        usage = _read(data, state)
+        entry = _entry(data.get("timestamp"), usage, state) if usage else None
+        if entry is not None:
+            yield entry
+
+
+def _read(data: dict[str, Any], state: _State) -> dict[str, int] | None:
+    """Track session facts; the usage of a token_count event (None for other lines)."""
+    payload = data.get("payload")
+    if not isinstance(payload, dict):
+        return None
+    kind = data.get("type")
+    if kind == "session_meta":
+        cwd = payload.get("cwd")
+        state.project = cwd if isinstance(cwd, str) else state.project
+        return None
+    if kind == "turn_context":
+        model = payload.get("model")
+        if isinstance(model, str) and model:
+            state.model = model
+        return None
+    if kind != "event_msg" or payload.get("type") != "token_count":
+        return None
+    info = payload.get("info")
+    if not isinstance(info, dict):
+        return None
+    total, last = _usage(info.get("total_token_usage")), _usage(info.get("last_token_usage"))
+    if state.replaying:  # the parent's replayed turns share one second: a baseline only
+        second = str(data.get("timestamp", ""))[:19]
+        if state.replay_second is None or state.replay_second == second:
+            state.replay_second = second
+            state.previous = total or state.previous
+            return None
+        state.replaying = False
+    if last is None and total is not None:
+        last = {k: max(0, total[k] - state.previous.get(k, 0)) for k in _FIELDS}
+    if total is not None:
+        state.previous = total
+    return last
+
+
+def _usage(value: Any) -> dict[str, int] | None:
+    if not isinstance(value, dict):
+        return None
+    out: dict[str, int] = {}
+    for key in _FIELDS:
+        count = value.get(key, 0)
+        out[key] = count if isinstance(count, int) and not isinstance(count, bool) else 0
+    return out
+
+
+def _entry(stamp: Any, usage: dict[str, int], state: _State) -> Entry | None:
+    """The entry of one token_count event; None when it has no time or no tokens."""
+    when = parse_timestamp(stamp)
+    if when is None or not any(usage.values()):
+        return None
+    cached = min(usage["cached_input_tokens"], usage["input_tokens"])
+    return Entry(
+        agent="codex",
+        timestamp=when,
+        project=state.project,
+        session=state.session,
+        model=state.model or FALLBACK_MODEL,
+        input_tokens=usage["input_tokens"] - cached,
+        output_tokens=usage["output_tokens"],
+        cache_read_tokens=cached,
+        reasoning_tokens=usage["reasoning_output_tokens"],
+    )

@@ -1,0 +1,164 @@
+"""Entries summed into report rows: by local day, week (from Sunday), month, or session.
+Pure: the caller gives entries, prices (a `Costing`) and the zone; nothing is read here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, tzinfo
+
+from capgate.local.costing import Costing
+from capgate.local.records import SYNTHETIC, Entry
+
+PERIODS = ("daily", "weekly", "monthly")
+
+
+@dataclass(slots=True)
+class Totals:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    cache_read_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_nano: int = 0  # of the priced entries
+    entries: int = 0
+    unpriced: set[str] = field(default_factory=set)  # models without a price
+
+    @property
+    def cache_creation_tokens(self) -> int:
+        return self.cache_write_tokens + self.cache_write_1h_tokens
+
+    @property
+    def total_tokens(self) -> int:
+        return (
+            self.input_tokens
+            + self.output_tokens
+            + self.cache_creation_tokens
+            + self.cache_read_tokens
+        )
+
+    def merge(self, other: Totals) -> None:
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.cache_write_tokens += other.cache_write_tokens
+        self.cache_write_1h_tokens += other.cache_write_1h_tokens
+        self.cache_read_tokens += other.cache_read_tokens
+        self.reasoning_tokens += other.reasoning_tokens
+        self.cost_nano += other.cost_nano
+        self.entries += other.entries
+        self.unpriced |= other.unpriced
+
+    def add(self, entry: Entry, cost: int | None) -> None:
+        self.input_tokens += entry.input_tokens
+        self.output_tokens += entry.output_tokens
+        self.cache_write_tokens += entry.cache_write_tokens
+        self.cache_write_1h_tokens += entry.cache_write_1h_tokens
+        self.cache_read_tokens += entry.cache_read_tokens
+        self.reasoning_tokens += entry.reasoning_tokens
+        self.entries += 1
+        if cost is None:
+            self.unpriced.add(entry.model)
+        else:
+            self.cost_nano += cost
+
+
+@dataclass(slots=True)
+class Row:
+    key: str  # the period ('2026-12-04', '2026-11-29', '2026-12') or the session id
+    totals: Totals = field(default_factory=Totals)
+    models: dict[str, Totals] = field(default_factory=dict)  # per model, synthetic left out
+    agents: set[str] = field(default_factory=set)
+    project: str = ""
+    first: datetime | None = None
+    last: datetime | None = None
+
+    def add(self, entry: Entry, cost: int | None) -> None:
+        self.totals.add(entry, cost)
+        self.agents.add(entry.agent)
+        if entry.model != SYNTHETIC:
+            self.models.setdefault(entry.model, Totals()).add(entry, cost)
+        self.project = self.project or entry.project
+        if self.first is None or entry.timestamp < self.first:
+            self.first = entry.timestamp
+        if self.last is None or entry.timestamp > self.last:
+            self.last = entry.timestamp
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    zone: tzinfo
+    since: date | None = None
+    until: date | None = None
+    agent: str = "all"  # claude | codex | all
+    project: str | None = None
+
+    def local_date(self, when: datetime) -> date:
+        return when.astimezone(self.zone).date()
+
+    def keeps_day(self, day: date) -> bool:
+        return (self.since is None or day >= self.since) and (
+            self.until is None or day <= self.until
+        )
+
+    def keeps(self, entry: Entry) -> bool:
+        if self.agent != "all" and entry.agent != self.agent:
+            return False
+        return self.project is None or entry.project == self.project
+
+
+def period_key(kind: str, day: date) -> str:
+    if kind == "daily":
+        return day.isoformat()
+    if kind == "weekly":  # the week's Sunday, as ccusage's default
+        return (day - timedelta(days=(day.weekday() + 1) % 7)).isoformat()
+    if kind == "monthly":
+        return day.isoformat()[:7]
+    raise ValueError(f"not a period: {kind}")
+
+
+def by_period(
+    kind: str, entries: Iterable[Entry], costing: Costing, query: Query
+) -> tuple[list[Row], Row]:
+    """Rows in date order, and the totals row."""
+    return _group(entries, costing, query, lambda e, day: period_key(kind, day), day_filter=True)
+
+
+def by_session(entries: Iterable[Entry], costing: Costing, query: Query) -> tuple[list[Row], Row]:
+    """Rows by session, dearest first; `--since/--until` test the session's last day."""
+    rows, _ = _group(entries, costing, query, lambda e, day: e.session, day_filter=False)
+    rows = [r for r in rows if r.last is not None and query.keeps_day(query.local_date(r.last))]
+    rows.sort(key=lambda r: (-r.totals.cost_nano, r.key))
+    total = Row(key="total")
+    for row in rows:
+        _merge(total, row)
+    return rows, total
+
+
+def _group(
+    entries: Iterable[Entry],
+    costing: Costing,
+    query: Query,
+    key_of: Callable[[Entry, date], str],
+    day_filter: bool,
+) -> tuple[list[Row], Row]:
+    rows: dict[str, Row] = {}
+    total = Row(key="total")
+    for entry in entries:
+        if not query.keeps(entry):
+            continue
+        day = query.local_date(entry.timestamp)
+        if day_filter and not query.keeps_day(day):
+            continue
+        key = key_of(entry, day)
+        cost = costing.cost_nano(entry)
+        rows.setdefault(key, Row(key=key)).add(entry, cost)
+        total.add(entry, cost)
+    return [rows[k] for k in sorted(rows)], total
+
+
+def _merge(into: Row, row: Row) -> None:
+    into.totals.merge(row.totals)
+    into.agents |= row.agents
+    for model, sub in row.models.items():
+        into.models.setdefault(model, Totals()).merge(sub)

@@ -1,0 +1,218 @@
+"""`capgate local` as a user runs it: a real `capgate` process over session files in a
+temporary HOME (hand-made lines for the edge cases), JSON and tables checked."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+WEBAPP = "-home-dev-webapp"
+
+
+def claude_line(mid: str, rid: str, at: str, model: str = "claude-sonnet-4-6", **usage: Any) -> str:
+    body = {"input_tokens": 100, "output_tokens": 10, **usage}
+    data = {
+        "type": "assistant", "sessionId": "s", "requestId": rid, "version": "2.1.330",
+        "timestamp": at, "message": {"id": mid, "model": model, "usage": body},
+    }  # fmt: skip
+    return json.dumps(data, separators=(",", ":")) + "\n"
+
+
+def codex_file(path: Path, cwd: str, model: str, at: str, tokens: tuple[int, int, int]) -> None:
+    inp, cached, out = tokens
+    usage = {"input_tokens": inp, "cached_input_tokens": cached, "output_tokens": out,
+             "reasoning_output_tokens": 0, "total_tokens": inp + out}  # fmt: skip
+    lines = [
+        {"timestamp": at, "type": "session_meta", "payload": {"cwd": cwd}},
+        {"timestamp": at, "type": "turn_context", "payload": {"model": model}},
+        {"timestamp": at, "type": "event_msg",
+         "payload": {"type": "token_count", "info": {"total_token_usage": usage}}},
+    ]  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    """Two Claude Code projects (one with a subagent file), Codex active and archived
+    sessions, an unknown model, duplicates, a bad line, a half-written line and an
+    unreadable file."""
+    projects = tmp_path / ".claude" / "projects"
+    (projects / WEBAPP / "s1" / "subagents").mkdir(parents=True)
+    (projects / WEBAPP / "s1.jsonl").write_text(
+        claude_line("m1", "r1", "2026-12-04T10:00:00Z", output_tokens=5)
+        + claude_line("m1", "r1", "2026-12-04T10:00:01Z", output_tokens=50)  # same answer
+        + 'not json but has "usage":{ in it\n'
+        + claude_line("m2", "r2", "2026-12-04T23:30:00Z", model="claude-nova-9")
+    )
+    (projects / WEBAPP / "s1" / "subagents" / "agent-a.jsonl").write_text(
+        claude_line("m3", "r3", "2026-12-04T11:00:00Z", model="claude-haiku-4-5",
+                    cache_creation={"ephemeral_5m_input_tokens": 0,
+                                    "ephemeral_1h_input_tokens": 1000})
+    )  # fmt: skip
+    (projects / "-home-dev-api").mkdir()
+    (projects / "-home-dev-api" / "s2.jsonl").write_text(
+        claude_line("m4", "r4", "2026-12-05T09:00:00Z") + claude_line("m5", "r5", "2026-12")[:-30]
+    )
+    (projects / "-home-dev-api" / "broken.jsonl").mkdir()  # cannot be read as a file
+    codex = tmp_path / ".codex"
+    rel = Path("2026/12/04/rollout-2026-12-04T12-00-00-abc.jsonl")
+    at = "2026-12-04T12:00:00Z"
+    codex_file(codex / "sessions" / rel, "/home/dev/cli", "gpt-5.4", at, (1000, 400, 100))
+    codex_file(codex / "archived_sessions" / rel, "/x", "gpt-5.4", at, (9, 9, 9))  # older copy
+    codex_file(codex / "archived_sessions" / "old.jsonl", "/home/dev/old", "gpt-5", at, (10, 0, 1))
+    return tmp_path
+
+
+def local(
+    home: Path, *args: str, check: bool = True, **env: str
+) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "capgate", "local", *args],
+        env={"PATH": os.environ.get("PATH", ""), "HOME": str(home), "COLUMNS": "80", **env},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    if check:
+        assert done.returncode == 0, done.stderr
+    return done
+
+
+def test_daily_json_counts_every_answer_once_in_the_chosen_zone(home: Path) -> None:
+    data = json.loads(local(home, "daily", "--json", "--timezone", "UTC").stdout)
+    days = {row["date"]: row for row in data["daily"]}
+    assert sorted(days) == ["2026-12-04", "2026-12-05"]
+    dec4 = days["2026-12-04"]
+    # Claude m1 (kept copy: 50 out), m2 (unknown), subagent m3; Codex abc and old
+    assert dec4["inputTokens"] == 100 + 100 + 100 + 600 + 10
+    assert dec4["outputTokens"] == 50 + 10 + 10 + 100 + 1
+    assert dec4["cacheCreationTokens"] == dec4["cacheCreation1hTokens"] == 1000
+    assert dec4["cacheReadTokens"] == 400
+    assert dec4["agents"] == ["claude", "codex"]
+    assert dec4["unpricedModels"] == ["claude-nova-9"]
+    expected_nano = (
+        (100 * 3000 + 50 * 15000)  # sonnet-4-6
+        + (100 * 1000 + 10 * 5000 + 1000 * 2000)  # haiku-4-5, 1h write at 2x input
+        + (600 * 2500 + 400 * 250 + 100 * 15000)  # gpt-5.4
+        + (10 * 1250 + 1 * 10000)  # gpt-5
+    )  # nano-dollars per token = USD per million tokens x 1000
+    assert round(dec4["totalCost"] * 1e9) == expected_nano
+    assert data["totals"]["unpricedModels"] == ["claude-nova-9"]
+    assert data["skipped"]["badLines"] == 2  # the bad line and the half-written one
+    assert [Path(p).name for p in data["skipped"]["unreadableFiles"]] == ["broken.jsonl"]
+    # in Tokyo (UTC+9), m2 at 23:30 UTC falls on the 5th
+    tokyo = json.loads(local(home, "daily", "--json", "--timezone", "Asia/Tokyo").stdout)
+    assert [r["date"] for r in tokyo["daily"]] == ["2026-12-04", "2026-12-05"]
+    assert tokyo["daily"][1]["modelsUsed"] == ["claude-nova-9", "claude-sonnet-4-6"]
+    assert tokyo["totals"]["totalTokens"] == data["totals"]["totalTokens"]
+
+
+def test_filters_by_agent_project_and_dates(home: Path) -> None:
+    codex = json.loads(local(home, "monthly", "--json", "--agent", "codex").stdout)
+    assert codex["monthly"][0]["month"] == "2026-12"
+    assert codex["monthly"][0]["modelsUsed"] == ["gpt-5", "gpt-5.4"]
+    api = json.loads(
+        local(home, "daily", "--json", "--project", WEBAPP, "--timezone", "UTC").stdout
+    )
+    assert api["totals"]["inputTokens"] == 300
+    late = local(home, "daily", "--json", "--since", "20261205", "--until", "2026-12-05",
+                 "--timezone", "UTC")  # fmt: skip
+    assert [r["date"] for r in json.loads(late.stdout)["daily"]] == ["2026-12-05"]
+
+
+def test_sessions_group_subagents_into_their_parent(home: Path) -> None:
+    data = json.loads(local(home, "session", "--json", "--agent", "claude").stdout)
+    sessions = {s["sessionId"]: s for s in data["sessions"]}
+    assert sorted(sessions) == ["s1", "s2"]
+    assert sessions["s1"]["modelsUsed"] == [
+        "claude-haiku-4-5",
+        "claude-nova-9",
+        "claude-sonnet-4-6",
+    ]
+    assert sessions["s1"]["projectPath"] == WEBAPP
+    assert sessions["s1"]["firstActivity"] == "2026-12-04T10:00:01.000Z"
+
+
+def test_the_table_fits_80_columns_and_names_what_it_could_not_price(home: Path) -> None:
+    for command in ("daily", "weekly", "monthly", "session"):
+        out = local(home, command, "--breakdown").stdout
+        assert max(len(x) for x in out.splitlines()) <= 80, out
+        assert "claude-nova-9" in out and "skipped: 2 unreadable line(s), 1 unreadable" in out
+    assert "└ haiku-4-5" in local(home, "daily", "--breakdown").stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (("daily", "--timezone", "Mars/Olympus"), {}, "unknown time zone 'Mars/Olympus'"),
+        (("daily", "--since", "2026-13-45"), {}, "--since: a date like"),
+        (("daily", "--agent", "gemini"), {}, "--agent: one of claude, codex, all"),
+        (("daily",), {"CLAUDE_CONFIG_DIR": "/nowhere"}, "no Claude Code projects directory"),
+    ],
+)
+def test_bad_input_is_a_clear_error(
+    home: Path, args: tuple[str, ...], env: dict[str, str], message: str
+) -> None:
+    done = local(home, *args, check=False, **env)
+    assert done.returncode != 0 and message in done.stderr and done.stdout == ""
+
+
+def test_claude_config_dir_is_read_alone(
+    home: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    other = tmp_path_factory.mktemp("elsewhere")
+    (other / "projects" / "p").mkdir(parents=True)
+    (other / "projects" / "p" / "x.jsonl").write_text(claude_line("z", "z", "2026-12-01T00:00:00Z"))
+    data = json.loads(local(home, "daily", "--json", "--agent", "claude",
+                            CLAUDE_CONFIG_DIR=str(other)).stdout)  # fmt: skip
+    assert data["totals"]["inputTokens"] == 100
+
+
+def test_blocks_and_the_live_view_of_the_active_one(tmp_path: Path) -> None:
+    now = datetime.now(UTC)
+    stamps = [now - timedelta(minutes=m) for m in (40, 20)]
+    project = tmp_path / ".claude" / "projects" / "p"
+    project.mkdir(parents=True)
+    (project / "s.jsonl").write_text("".join(
+        claude_line(f"m{i}", f"r{i}", t.isoformat().replace("+00:00", "Z"), output_tokens=1000)
+        for i, t in enumerate(stamps)
+    ))  # fmt: skip
+    data = json.loads(local(tmp_path, "blocks", "--json").stdout)
+    (block,) = data["blocks"]
+    assert block["isActive"] and block["entries"] == 2 and block["totalTokens"] == 2200
+    assert block["burnRate"]["tokensPerMinute"] == pytest.approx(2200 / 20, rel=0.01)
+    assert block["projection"]["totalTokens"] > 2200
+    live = local(tmp_path, "blocks", "--live", "--refresh", "0.1", "--stop-after", "2")
+    assert "burn rate 110 tokens/min" in live.stdout and "projection by" in live.stdout
+
+
+def test_unchanged_files_come_from_the_cache_and_changed_ones_are_read(home: Path) -> None:
+    first = json.loads(local(home, "daily", "--json").stdout)["totals"]
+    cache = home / ".cache" / "capgate" / "local-v1.json"
+    version, files = json.loads(cache.read_text())
+    s2 = str(home / ".claude" / "projects" / "-home-dev-api" / "s2.jsonl")
+    files[s2][3][0][6] += 1000  # the cached output tokens of s2's entry
+    cache.write_text(json.dumps([version, files]))
+    cached = json.loads(local(home, "daily", "--json").stdout)["totals"]
+    assert cached["outputTokens"] == first["outputTokens"] + 1000  # read from the cache
+    fresh = json.loads(local(home, "daily", "--json", "--no-cache").stdout)["totals"]
+    assert fresh == first
+    os.utime(s2, ns=(0, 10**18))  # modified: read again
+    assert json.loads(local(home, "daily", "--json").stdout)["totals"] == first
+    cache.write_bytes(b"\x00garbage")  # damaged: rebuilt
+    assert json.loads(local(home, "daily", "--json").stdout)["totals"] == first
+    assert json.loads(cache.read_text())[0] == version
+
+
+def test_the_default_zone_is_the_systems_with_its_summer_time(tmp_path: Path) -> None:
+    project = tmp_path / ".claude" / "projects" / "p"
+    project.mkdir(parents=True)
+    (project / "s.jsonl").write_text(claude_line("m", "r", "2026-07-01T22:30:00Z"))
+    data = json.loads(local(tmp_path, "daily", "--json", TZ="Europe/Berlin").stdout)
+    assert [r["date"] for r in data["daily"]] == ["2026-07-02"]  # 00:30 CEST, not 23:30 CET

@@ -1,0 +1,260 @@
+"""`capgate local`'s pure core: which Claude Code / Codex lines count, deduplication,
+prices from capgate's table, date buckets in a zone, and 5-hour blocks. No I/O."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from capgate.local import claude, codex
+from capgate.local.blocks import blocks, burn
+from capgate.local.costing import Costing
+from capgate.local.dedup import dedupe
+from capgate.local.records import Entry, Skipped
+from capgate.local.report import Query, by_period, by_session
+from capgate.pricing import PricingTable
+
+COSTING = Costing(PricingTable.load())
+UTC_QUERY = Query(zone=UTC)
+
+
+def line(
+    mid: str | None = "m1",
+    rid: str | None = "r1",
+    model: str = "claude-sonnet-4-6",
+    at: str = "2026-12-04T10:00:00.000Z",
+    sidechain: bool = False,
+    **usage: Any,
+) -> bytes:
+    body: dict[str, Any] = {"input_tokens": 10, "output_tokens": 5, **usage}
+    message: dict[str, Any] = {"model": model, "usage": body}
+    if mid is not None:
+        message["id"] = mid
+    data: dict[str, Any] = {
+        "type": "assistant",
+        "sessionId": "s1",
+        "version": "2.1.330",
+        "timestamp": at,
+        "isSidechain": sidechain,
+        "message": message,
+    }
+    if rid is not None:
+        data["requestId"] = rid
+    return json.dumps(data, separators=(",", ":")).encode() + b"\n"
+
+
+def parse(*lines: bytes) -> tuple[list[Entry], Skipped]:
+    skipped = Skipped()
+    return list(claude.parse_lines(lines, "p", "s1", skipped)), skipped
+
+
+def test_only_compact_usage_lines_count_and_bad_ones_are_counted() -> None:
+    spaced = line().replace(b'"usage":{', b'"usage": {')
+    broken = line()[:-40]  # half-written: no newline, not JSON
+    entries, skipped = parse(line(), spaced, b'{"x":1,"usage":{oops}\n', broken)
+    assert len(entries) == 1 and skipped.bad_lines == 2
+
+
+def test_lines_with_nulls_or_bad_versions_are_not_entries() -> None:
+    nulled = json.loads(line())
+    nulled["requestId"] = None
+    versioned = json.loads(line())
+    versioned["version"] = "beta"
+    no_time = json.loads(line())
+    del no_time["timestamp"]
+    lines = [json.dumps(d, separators=(",", ":")).encode() for d in (nulled, versioned, no_time)]
+    entries, skipped = parse(*lines)
+    assert entries == [] and skipped.bad_lines == 0
+
+
+def test_cache_writes_split_5m_and_1h_and_1h_costs_twice_input() -> None:
+    split = {"ephemeral_5m_input_tokens": 100, "ephemeral_1h_input_tokens": 1000}
+    (entry,), _ = parse(
+        line(input_tokens=0, output_tokens=0, cache_creation_input_tokens=1100,
+             cache_creation=split)
+    )  # fmt: skip
+    assert (entry.cache_write_tokens, entry.cache_write_1h_tokens) == (100, 1000)
+    # sonnet-4-6: 5m write $3.75/M, 1h write $6/M (2x input)
+    assert COSTING.cost_nano(entry) == 100 * 3750 + 1000 * 6000
+    (plain,), _ = parse(line(cache_creation_input_tokens=1100))
+    assert (plain.cache_write_tokens, plain.cache_write_1h_tokens) == (1100, 0)
+
+
+def test_a_message_is_counted_once_keeping_the_copy_with_most_tokens() -> None:
+    entries, _ = parse(
+        line(output_tokens=5),
+        line(output_tokens=50),  # a later content block of the same answer
+        line(output_tokens=20),
+        line(mid="m2", rid="r2", output_tokens=1),
+        line(mid=None, rid="r9"),  # no message id: never merged
+        line(mid=None, rid="r9"),
+    )
+    kept = dedupe(entries)
+    assert sorted(e.output_tokens for e in kept) == [1, 5, 5, 50]
+
+
+def test_a_sidechain_replay_under_another_request_is_a_duplicate() -> None:
+    entries, _ = parse(
+        line(rid="r-side", sidechain=True, output_tokens=99),
+        line(rid="r1", output_tokens=5),
+        line(mid="m3", rid="a", sidechain=True),
+        line(mid="m3", rid="b", sidechain=True),
+    )
+    kept = dedupe(entries)
+    assert [(e.message_id, e.sidechain) for e in kept] == [("m1", False), ("m3", True)]
+
+
+@given(st.permutations(list(range(6))))
+def test_dedup_keeps_the_same_answers_whatever_the_order(order: list[int]) -> None:
+    lines = [
+        line(output_tokens=5),
+        line(output_tokens=50),
+        line(rid="r-side", sidechain=True, output_tokens=70),
+        line(mid="m2", rid="r2", output_tokens=7),
+        line(mid="m2", rid="r2", output_tokens=7, speed="standard"),
+        line(mid=None, rid="x"),
+    ]
+    entries, _ = parse(*(lines[i] for i in order))
+    kept = dedupe(entries)
+    assert sorted((e.message_id or "", e.output_tokens) for e in kept) == [
+        ("", 5), ("m1", 50), ("m2", 7)
+    ]  # fmt: skip
+    assert next(e for e in kept if e.message_id == "m2").has_speed
+
+
+def test_unknown_models_are_unpriced_and_synthetic_lines_free() -> None:
+    entries, _ = parse(
+        line(mid="a", model="claude-nova-9"), line(mid="b", model="<synthetic>"), line(mid="c")
+    )
+    rows, total = by_period("daily", dedupe(entries), COSTING, UTC_QUERY)
+    assert total.totals.unpriced == {"claude-nova-9"}
+    assert sorted(rows[0].models) == ["claude-nova-9", "claude-sonnet-4-6"]  # no <synthetic>
+    assert total.totals.cost_nano == 10 * 3000 + 5 * 15000  # only the priced entry
+    assert total.totals.input_tokens == 30  # tokens of all three
+
+
+def test_dated_model_names_use_the_base_price_and_big_requests_the_gateways_price() -> None:
+    (entry,), _ = parse(
+        line(model="claude-sonnet-4-5-20250929", input_tokens=1_000_000, output_tokens=0)
+    )
+    assert COSTING.cost_nano(entry) == 3 * 10**9  # $3: no long-context tier (as the gateway)
+
+
+def test_days_are_local_to_the_chosen_zone() -> None:
+    entries, _ = parse(
+        line(mid="a", at="2026-12-04T22:30:00Z"), line(mid="b", at="2026-12-05T01:30:00Z")
+    )
+    utc_rows, _ = by_period("daily", entries, COSTING, UTC_QUERY)
+    assert [r.key for r in utc_rows] == ["2026-12-04", "2026-12-05"]
+    tokyo = Query(zone=ZoneInfo("Asia/Tokyo"))
+    assert [r.key for r in by_period("daily", entries, COSTING, tokyo)[0]] == ["2026-12-05"]
+    la = Query(zone=ZoneInfo("America/Los_Angeles"), since=date(2026, 12, 4))
+    assert [r.key for r in by_period("daily", entries, COSTING, la)[0]] == ["2026-12-04"]
+    assert [r.key for r in by_period("weekly", entries, COSTING, UTC_QUERY)[0]] == [
+        "2026-11-29"
+    ]  # the week's Sunday
+    assert [r.key for r in by_period("monthly", entries, COSTING, UTC_QUERY)[0]] == ["2026-12"]
+
+
+def test_sessions_are_dearest_first_and_filtered_on_their_last_day() -> None:
+    skipped = Skipped()
+    a = list(claude.parse_lines([line(mid="a", output_tokens=1000)], "p", "cheap", skipped))
+    b = list(claude.parse_lines([line(mid="b", output_tokens=9000)], "p", "dear", skipped))
+    c = list(claude.parse_lines([line(mid="c", at="2026-11-01T00:00:00Z")], "p", "old", skipped))
+    rows, total = by_session(a + b + c, COSTING, Query(zone=UTC, since=date(2026, 12, 1)))
+    assert [r.key for r in rows] == ["dear", "cheap"]
+    assert total.totals.output_tokens == 10_000
+
+
+def codex_lines(*events: dict[str, Any], spawn: bool = False) -> list[bytes]:
+    head = [
+        {"timestamp": "2026-12-04T10:00:00Z", "type": "session_meta",
+         "payload": {"cwd": "/w/api", **({"source": "thread_spawn"} if spawn else {})}},
+    ]  # fmt: skip
+    return [json.dumps(e).encode() + b"\n" for e in head + list(events)]
+
+
+def token_count(at: str, total: dict[str, int], last: dict[str, int] | None = None) -> Any:
+    info: dict[str, Any] = {"total_token_usage": total}
+    if last is not None:
+        info["last_token_usage"] = last
+    return {"timestamp": at, "type": "event_msg", "payload": {"type": "token_count", "info": info}}
+
+
+def usage(i: int, c: int, o: int, r: int = 0) -> dict[str, int]:
+    return {"input_tokens": i, "cached_input_tokens": c, "output_tokens": o,
+            "reasoning_output_tokens": r, "total_tokens": i + o}  # fmt: skip
+
+
+def test_codex_usage_from_last_or_from_the_growth_of_the_total() -> None:
+    lines = codex_lines(
+        {"timestamp": "2026-12-04T10:00:01Z", "type": "turn_context",
+         "payload": {"model": "gpt-5.4"}},
+        token_count("2026-12-04T10:00:02Z", usage(1000, 400, 100, 30), usage(1000, 400, 100, 30)),
+        token_count("2026-12-04T10:00:03Z", usage(1000, 400, 100, 30)),  # no growth: dropped
+        token_count("2026-12-04T10:00:04Z", usage(3000, 1400, 300, 30)),
+        token_count("2026-12-04T10:00:05Z", usage(3100, 9999, 300), usage(100, 500, 0)),
+    )  # fmt: skip
+    lines.append(b'{"timestamp": "2026-12-04T10:0')  # half-written
+    skipped = Skipped()
+    entries = list(codex.parse_lines(lines, "2026/12/04/rollout-x", skipped))
+    assert [(e.input_tokens, e.cache_read_tokens, e.output_tokens) for e in entries] == [
+        (600, 400, 100), (1000, 1000, 200), (0, 100, 0)  # cached clamped to input
+    ]  # fmt: skip
+    assert entries[0].reasoning_tokens == 30 and entries[0].project == "/w/api"
+    assert {e.model for e in entries} == {"gpt-5.4"} and skipped.bad_lines == 1
+    # gpt-5.4: $2.50 in, $0.25 cached, $15 out
+    assert COSTING.cost_nano(entries[0]) == 600 * 2500 + 400 * 250 + 100 * 15000
+
+
+def test_codex_without_a_turn_context_is_gpt_5_and_subagent_replays_are_skipped() -> None:
+    lines = codex_lines(
+        token_count("2026-12-04T10:00:00.100Z", usage(500, 0, 50)),  # replayed parent
+        token_count("2026-12-04T10:00:00.900Z", usage(900, 0, 90)),  # replayed parent
+        token_count("2026-12-04T10:00:07Z", usage(1000, 0, 100)),
+        spawn=True,
+    )
+    entries = list(codex.parse_lines(lines, "s", Skipped()))
+    assert [(e.model, e.input_tokens, e.output_tokens) for e in entries] == [("gpt-5", 100, 10)]
+
+
+def at(hour: int, minute: int = 0, day: int = 4) -> str:
+    return f"2026-12-{day:02d}T{hour:02d}:{minute:02d}:00Z"
+
+
+def test_blocks_start_on_utc_hours_and_split_after_five_hours() -> None:
+    entries, _ = parse(
+        line(mid="a", at=at(11, 0)), line(mid="b", at=at(14, 59)), line(mid="c", at=at(16, 10)),
+        line(mid="d", at=at(23, 30)),  # > 5 h after 16:10: a gap before it
+    )  # fmt: skip
+    now = datetime(2026, 12, 5, 1, 0, tzinfo=UTC)
+    found = blocks(entries, COSTING, now)
+    assert [(b.id, b.totals.entries) for b in found] == [
+        ("2026-12-04T11:00:00.000Z", 2),
+        ("2026-12-04T16:00:00.000Z", 1),
+        ("gap-2026-12-04T21:10:00.000Z", 0),
+        ("2026-12-04T23:00:00.000Z", 1),
+    ]
+    assert [b.active for b in found] == [False, False, False, True]
+
+
+def test_the_active_blocks_burn_rate_and_projection() -> None:
+    entries, _ = parse(
+        line(mid="a", at=at(10, 0), input_tokens=0, output_tokens=1000),
+        line(mid="b", at=at(10, 10), input_tokens=0, output_tokens=1000),
+    )
+    now = datetime(2026, 12, 4, 10, 20, tzinfo=UTC)
+    (block,) = blocks(entries, COSTING, now)
+    pace = burn(block, now)
+    assert pace is not None and block.active
+    assert pace.tokens_per_minute == 200 and pace.remaining_minutes == 280
+    assert pace.projected_tokens == 2000 + 200 * 280
+    assert pace.projected_cost_nano == 2000 * 15000 + 200 * 280 * 15000
+    later = now + timedelta(hours=6)
+    (done,) = blocks(entries, COSTING, later)
+    assert not done.active and burn(done, later) is None
