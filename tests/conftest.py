@@ -190,6 +190,22 @@ def start_capgate(
     return Capgate(match.group(1), db, proc)
 
 
+def self_signed(tmp: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key, made with openssl."""
+    need(shutil.which("openssl") is not None, "openssl (to make a test certificate)")
+    cert, key = tmp / "cert.pem", tmp / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"),
+            *("-addext", "subjectAltName=IP:127.0.0.1"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
 def kill_during_stream(server: Capgate, body: dict[str, Any], key: str) -> dict[str, str]:
     """Start a stream through `server` and `kill -9` it once the first bytes arrive (the
     reservation stays held by a dead process). Returns the answer's headers."""

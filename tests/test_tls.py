@@ -4,7 +4,6 @@ a client that does not trust the certificate, or speaks plain HTTP, gets nowhere
 
 from __future__ import annotations
 
-import shutil
 import ssl
 import subprocess
 import sys
@@ -14,22 +13,15 @@ import anthropic
 import httpx
 import pytest
 
-from conftest import ADMIN_KEY, ROOT, Capgate, Upstream, gateway_config, need, start_capgate
-
-
-def self_signed(tmp: Path) -> tuple[Path, Path]:
-    need(shutil.which("openssl") is not None, "openssl (to make a test certificate)")
-    cert, key = tmp / "cert.pem", tmp / "key.pem"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
-            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"),
-            *("-addext", "subjectAltName=IP:127.0.0.1"),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
+from conftest import (
+    ADMIN_KEY,
+    ROOT,
+    Capgate,
+    Upstream,
+    gateway_config,
+    self_signed,
+    start_capgate,
+)
 
 
 def trusting(cert: Path) -> ssl.SSLContext:

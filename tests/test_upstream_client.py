@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import shutil
 import ssl
-import subprocess
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ import uvloop
 from capgate.errors import UpstreamFailed, UpstreamTimeout
 from capgate.providers import upstream
 from capgate.providers.upstream import HIGH_WATER, Answer, Pool, header_lines
-from conftest import need
+from conftest import self_signed
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -475,23 +473,8 @@ def test_a_slow_reader_pauses_the_upstream(run: Any) -> None:
     run(main())
 
 
-def _self_signed(tmp: Path) -> tuple[Path, Path]:
-    need(shutil.which("openssl") is not None, "openssl (to make a test certificate)")
-    cert, key = tmp / "cert.pem", tmp / "key.pem"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
-            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"),
-            *("-addext", "subjectAltName=IP:127.0.0.1"),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
-
-
 def test_tls_verifies_the_certificate(run: Any, tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_ctx.load_cert_chain(cert, key)
 
