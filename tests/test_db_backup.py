@@ -12,6 +12,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -115,7 +116,11 @@ def test_backup_under_load_is_consistent_and_restores_with_the_same_keys(
         for thread in threads:
             thread.join()
         assert statuses == [200] * 120
-        final = ledger_rows(live.db)
+        # A settlement is queued before an answer's last bytes and commits a moment later
+        # (with the next group of writes): wait for the last ones to reach the file.
+        deadline = time.monotonic() + 10
+        while len(final := ledger_rows(live.db)) < 120 and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert len(final) == 120
         # Taken under load: some copy holds part of the traffic (each request takes 30 ms+).
         assert any(0 < len(ledger_rows(c)) < 120 for c in copies), copies
