@@ -16,6 +16,7 @@ from capgate.cli.local import app as local_app
 from capgate.cli.mcp import mcp
 from capgate.cli.scopes import scope_app
 from capgate.cli.status import status
+from capgate.cli.statusline import statusline
 from capgate.cli.usage import usage
 from capgate.config import ConfigError, load_config, with_overrides
 
@@ -55,6 +56,7 @@ for _plural, _what, _help in (
 app.command()(usage)
 app.command()(status)
 app.command()(mcp)
+app.command()(statusline)
 
 
 @app.command()
