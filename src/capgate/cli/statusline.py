@@ -64,7 +64,7 @@ def _fresh(part: Any, ident: str, now: float, max_age: float) -> str | None:
 
 def budget_text(env: Mapping[str, str], now: float) -> str | None:
     """'$4.20 left today' for the tightest dollar limit; None without a key."""
-    from capgate.core.limits import format_usd, usd_to_nano
+    from capgate.core.limits import usd_to_nano
     from capgate.mcp import budget
 
     key = budget.key_from(env)
@@ -77,7 +77,8 @@ def budget_text(env: Mapping[str, str], now: float) -> str | None:
     row = budget.tightest_dollars(budget.summarize(me, now))
     if row is None:
         return "capgate: no $ limit"
-    text = f"capgate {format_usd(usd_to_nano(row['left']))} left ({row['window']})"
+    cents = usd_to_nano(row["left"]) // 10_000_000  # down: never show more than is left
+    text = f"capgate ${cents // 100:,}.{cents % 100:02d} left ({row['window']})"
     fc = row["forecast"]
     if fc is not None and fc["over"] and fc["runs_out_at"] is not None:
         text += time.strftime(" · out at %H:%M", time.localtime(fc["runs_out_at"]))
