@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -40,14 +41,18 @@ def claude_line(mid: str, at: datetime, session: str, model: str = "claude-sonne
 
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
-    """Two sessions of one project: an older one, and one active a minute ago."""
+    """The project of the directory the server runs in (HOME here): an older session and
+    one active a minute ago; and another project's session, active just now."""
     now = datetime.now(UTC)
-    projects = tmp_path / ".claude" / "projects" / PROJECT
+    projects = tmp_path / ".claude" / "projects" / re.sub(r"[^A-Za-z0-9]", "-", str(tmp_path))
     projects.mkdir(parents=True)
     old = now - timedelta(days=3)
     (projects / "old.jsonl").write_text(
         claude_line("m1", old, "old") + claude_line("m2", old + timedelta(minutes=1), "old")
     )
+    other = tmp_path / ".claude" / "projects" / PROJECT
+    other.mkdir()
+    (other / "elsewhere.jsonl").write_text(claude_line("m9", now, "elsewhere"))
     (projects / "live.jsonl").write_text(
         claude_line("m3", now - timedelta(minutes=30), "live")
         + claude_line("m4", now - timedelta(minutes=1), "live", model="claude-haiku-4-5")
@@ -121,7 +126,7 @@ def test_rows_are_small_unless_asked(home: Path) -> None:
     assert [r["sessionId"] for r in got["sessions"]] == [
         cli_json(home, "session")["sessions"][0]["sessionId"]
     ]
-    assert got["rowsOmitted"] == 1
+    assert got["rowsOmitted"] == 2
     assert "modelBreakdowns" not in got["sessions"][0]
 
 
@@ -129,7 +134,7 @@ def test_session_cost_is_the_latest_session_of_this_project(home: Path) -> None:
     result = over_stdio(home, call("session_cost"))
     got = result.structured_content
     want = next(s for s in cli_json(home, "session")["sessions"] if s["sessionId"] == "live")
-    assert got["sessionId"] == "live" and got["projectPath"] == PROJECT
+    assert got["sessionId"] == "live" and got["projectPath"] == want["projectPath"] != PROJECT
     assert got["totalCost"] == want["totalCost"] > 0
     assert got["modelsUsed"] == ["claude-haiku-4-5", "claude-nova-9", "claude-sonnet-4-6"]
     named = over_stdio(home, call("session_cost", {"session_id": "old"})).structured_content
