@@ -113,14 +113,15 @@ def render(env: Mapping[str, str], now: float) -> str:
     today_id = time.strftime("%Y-%m-%d", time.localtime(now))
     budget = _fresh(cache.get("budget"), budget_id, now, max_age)
     today = _fresh(cache.get("today"), today_id, now, max_age)
+    stale = budget is None or today is None
     if budget is None:
         budget = budget_text(env, now) or ""
         cache["budget"] = {"id": budget_id, "at": now, "text": budget}
     if today is None:
         today = today_text(env)
         cache["today"] = {"id": today_id, "at": now, "text": today}
-    if cache.get("budget", {}).get("at") == now or cache.get("today", {}).get("at") == now:
-        _write(path, cache)  # something was computed again
+    if stale:
+        _write(path, cache)
     return SEPARATOR.join(part for part in (budget, today) if part)
 
 
