@@ -13,8 +13,10 @@ from capgate import __version__
 from capgate.cli import db as db_cli
 from capgate.cli import keys as keys_cli
 from capgate.cli.local import app as local_app
+from capgate.cli.mcp import mcp
 from capgate.cli.scopes import scope_app
 from capgate.cli.status import status
+from capgate.cli.statusline import statusline
 from capgate.cli.usage import usage
 from capgate.config import ConfigError, load_config, with_overrides
 
@@ -53,6 +55,8 @@ for _plural, _what, _help in (
     app.add_typer(scope_app(_plural, _what, _help), name=_plural)
 app.command()(usage)
 app.command()(status)
+app.command()(mcp)
+app.command()(statusline)
 
 
 @app.command()

@@ -21,6 +21,7 @@ from typing import Any
 
 _DIRECTIVE = re.compile(r"\bmock:([a-z_]+)(?:=(\d+))?")
 _USAGE = re.compile(r"\bmock:usage=")
+_TOOL_NAMED = re.compile(r"\bmock:tool=([A-Za-z][A-Za-z0-9_-]*)")  # call the tool named so
 
 # Caps keep a mistyped directive from hanging a test run or exhausting memory.
 _MAX_DELAY_MS = 60_000
@@ -38,6 +39,7 @@ class Directives:
     cut_stream: bool = False  # stop a stream midway, without its terminal events
     no_usage: bool = False  # leave usage out of the answer
     tool: bool = False  # call the first tool the request defines instead of writing text
+    tool_name: str | None = None  # mock:tool=NAME: the tool named NAME (or ending in _NAME)
     # Report these counts whatever was read or written (a provider that bills input the
     # body does not show, or ignores max_tokens).
     input_tokens: int | None = None
@@ -64,6 +66,8 @@ def parse_directives(text: str) -> Directives:
             values[name] = True
         elif name in ("input_tokens", "output_tokens") and number is not None:
             values[name] = number
+    for named in _TOOL_NAMED.findall(text):
+        values.update(tool=True, tool_name=named)
     for match in _USAGE.finditer(text):
         try:
             value, _ = json.JSONDecoder().raw_decode(text, match.end())
@@ -81,7 +85,7 @@ def strip_directives(text: str) -> str:
         except ValueError:
             continue
         text = text[: match.start()] + text[end:]
-    return _DIRECTIVE.sub("", text)
+    return _DIRECTIVE.sub("", _TOOL_NAMED.sub("", text))
 
 
 def conversation(body: Mapping[str, Any]) -> list[Any] | str:

@@ -149,7 +149,8 @@ def _example(schema: object) -> Any:
 
 
 def _tool_to_call(body: Mapping[str, Any], directives: Directives) -> tuple[str, Any] | None:
-    """(name, schema) of the first tool the request defines, when asked to call one."""
+    """(name, schema) of the first tool the request defines (or the one `mock:tool=NAME`
+    names), when asked to call one."""
     if not directives.tool or after_tool_result(body):
         return None
     tools = body.get("tools")
@@ -160,6 +161,9 @@ def _tool_to_call(body: Mapping[str, Any], directives: Directives) -> tuple[str,
         function = tool.get("function")
         spec: Mapping[str, Any] = function if isinstance(function, Mapping) else tool
         name = spec.get("name")
+        wanted = directives.tool_name
+        if wanted is not None and name != wanted and not str(name).endswith("_" + wanted):
+            continue
         if isinstance(name, str) and name:
             return name, spec.get("input_schema", spec.get("parameters"))
     return None

@@ -1,0 +1,127 @@
+"""The MCP server (official `mcp` SDK): the tools, over stdio or streamable HTTP.
+Everything it knows comes from `LocalUsage` (the session files) and `budget` (the
+server's /v1/me); this module only declares the tools and turns errors into tool errors."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Annotated, Any, Literal
+
+from mcp.server import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from pydantic import Field
+
+from capgate import __version__
+from capgate.mcp import budget
+from capgate.mcp.tools import LocalUsage, UsageError
+
+Agent = Literal["claude", "codex", "all"]
+Since = Annotated[str | None, Field(description="from this local date (YYYY-MM-DD)")]
+Until = Annotated[str | None, Field(description="up to this local date, inclusive")]
+Zone = Annotated[str | None, Field(description="IANA zone for dates (default: the system's)")]
+Project = Annotated[str | None, Field(description="only this project")]
+Breakdown = Annotated[bool, Field(description="a row per model inside each row")]
+Last = Annotated[int, Field(ge=0, le=1000, description="at most this many rows (0: all)")]
+
+INSTRUCTIONS = (
+    "What this developer's Claude Code and Codex sessions cost at API prices (from the "
+    "session files on this machine) and, when a capgate key is configured, their capgate "
+    "budgets: used, left, resets and a forecast. Costs are US dollars."
+)
+
+
+def build(
+    usage: LocalUsage, env: Mapping[str, str], clock: Callable[[], float] = time.time
+) -> MCPServer:
+    server: MCPServer = MCPServer(
+        "capgate", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING"
+    )
+
+    def period(kind: str) -> Callable[..., dict[str, Any]]:
+        def report(
+            since: Since = None,
+            until: Until = None,
+            timezone: Zone = None,
+            project: Project = None,
+            agent: Agent = "all",
+            breakdown: Breakdown = False,
+            last: Last = 31,
+        ) -> dict[str, Any]:
+            with _tool_errors():
+                query = usage.query(since, until, timezone, project, agent)
+                return usage.period(kind, query, breakdown, last)
+
+        return report
+
+    for kind, what in (("daily", "local day"), ("weekly", "week (from Sunday)"),
+                       ("monthly", "month")):  # fmt: skip
+        server.tool(
+            name=f"usage_{kind}",
+            description=f"Cost and tokens per {what}, as `capgate local {kind} --json`; "
+            "the most recent rows.",
+        )(period(kind))
+
+    @server.tool(name="usage_session")
+    def usage_session(
+        since: Since = None,
+        until: Until = None,
+        timezone: Zone = None,
+        project: Project = None,
+        agent: Agent = "all",
+        breakdown: Breakdown = False,
+        last: Last = 20,
+    ) -> dict[str, Any]:
+        """Cost and tokens per session, dearest first, as `capgate local session --json`."""
+        with _tool_errors():
+            query = usage.query(since, until, timezone, project, agent)
+            return usage.sessions(query, breakdown, last)
+
+    @server.tool(name="usage_blocks")
+    def usage_blocks(
+        active_only: Annotated[bool, Field(description="only the current block")] = False,
+        last: Last = 10,
+    ) -> dict[str, Any]:
+        """Claude Code's use in 5-hour blocks (as its usage limits count them), with the
+        active block's burn rate and projection, as `capgate local blocks --json`."""
+        with _tool_errors():
+            return usage.blocks(active_only, last)
+
+    @server.tool(name="session_cost")
+    def session_cost(
+        session_id: Annotated[
+            str | None,
+            Field(description="a session id (default: the latest session of this project)"),
+        ] = None,
+    ) -> dict[str, Any]:
+        """The current session's cost so far at API prices, with its tokens and models."""
+        with _tool_errors():
+            return usage.current_session(session_id)
+
+    @server.tool(name="capgate_budget")
+    def capgate_budget() -> dict[str, Any]:
+        """Your capgate limits (key, user, team, org): used, left, when each resets, and a
+        forecast of each window's use at its end at the current pace. Needs CAPGATE_KEY
+        (and CAPGATE_URL)."""
+        key = budget.key_from(env)
+        if key is None:
+            raise ToolError(
+                "no capgate key configured: set CAPGATE_KEY (sk-cg-...) and CAPGATE_URL"
+            )
+        try:
+            me = budget.fetch_me(budget.url_from(env), key)
+        except budget.BudgetError as exc:
+            raise ToolError(str(exc)) from None
+        return budget.summarize(me, clock())
+
+    return server
+
+
+@contextmanager
+def _tool_errors() -> Iterator[None]:
+    """A bad argument or location becomes the tool's error (is_error), with its message."""
+    try:
+        yield
+    except UsageError as exc:
+        raise ToolError(str(exc)) from None
