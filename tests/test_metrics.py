@@ -3,6 +3,7 @@ real SDK traffic (refusals included) through two server processes on one databas
 
 from __future__ import annotations
 
+import socket
 from collections import Counter
 from decimal import Decimal
 from pathlib import Path
@@ -14,7 +15,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import Capgate, Upstream, gateway_config, start_capgate
+from conftest import Capgate, Upstream, gateway_config, need, start_capgate
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
 
@@ -161,11 +162,11 @@ def test_unpriced_model_refusal_counts_as_price(upstream: Upstream, tmp_path: Pa
     server = start_capgate(tmp_path, gateway_config(upstream))
     try:
         key = server.create_key("k")
-        with openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0) as o:
-            with pytest.raises(openai.BadRequestError):
-                o.chat.completions.create(
-                    model="gpt-unpriced-xyz", messages=[{"role": "user", "content": "hi"}]
-                )
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0)
+        with client as o, pytest.raises(openai.BadRequestError):
+            o.chat.completions.create(
+                model="gpt-unpriced-xyz", messages=[{"role": "user", "content": "hi"}]
+            )
         got = scrape(server)
         assert total(got, "capgate_refusals_total", reason="price") == 1
         assert total(got, "capgate_requests_total", outcome="refused", status="400") == 1
@@ -184,6 +185,7 @@ def test_per_key_series_are_bounded(upstream: Upstream, tmp_path: Path) -> None:
                 for _ in range(n):
                     assert _ask(c, "x mock:words=300") == 200
         got = scrape(server)
+        assert not any(name.endswith("_created") for name in got)
         names = {labels["scope"] for labels, _ in got["capgate_limit_used"]}
         assert names == {"big", "_other"}
         used = {u["metric"]: Decimal(str(u["used"])) for u in server.key_usage("small")}
@@ -215,5 +217,38 @@ def test_metrics_off_has_no_route(upstream: Upstream, tmp_path: Path) -> None:
     )
     try:
         assert httpx.get(server.url + "/metrics").status_code == 404
+    finally:
+        server.close()
+
+
+def _lan_address() -> str | None:
+    """This machine's address on a non-loopback interface (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))
+        except OSError:
+            return None
+        address = str(probe.getsockname()[0])
+    return None if address.startswith("127.") else address
+
+
+@pytest.mark.parametrize("token", [None, "scrape-secret"])
+def test_without_token_only_loopback_may_scrape(
+    upstream: Upstream, tmp_path: Path, token: str | None
+) -> None:
+    lan = _lan_address()
+    need(lan is not None, "a non-loopback network interface")
+    env = {"CAPGATE_METRICS_TOKEN": token} if token else {}
+    server = start_capgate(tmp_path, gateway_config(upstream), args=("--host", "0.0.0.0"), env=env)
+    try:
+        port = server.url.rsplit(":", 1)[1]
+        from_lan = httpx.get(
+            f"http://{lan}:{port}/metrics",
+            headers={"authorization": f"Bearer {token}"} if token else {},
+        )
+        assert from_lan.status_code == (200 if token else 403), from_lan.text
+        if token is None:
+            assert "loopback" in from_lan.json()["error"]["message"]
+            assert httpx.get(f"http://127.0.0.1:{port}/metrics").status_code == 200
     finally:
         server.close()

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
@@ -63,6 +63,9 @@ class Metrics:
     """The request counters and histograms of this process, in its own registry."""
 
     def __init__(self) -> None:
+        # No `_created` series beside each counter: half the output for a timestamp that
+        # Prometheus does not need (the library's own switch, process-wide).
+        disable_created_metrics()
         self.registry = CollectorRegistry(auto_describe=False)
         reg = self.registry
         labels = ("endpoint", "status", "outcome", "model", "provider")
