@@ -5,19 +5,22 @@ These counters and histograms are per process: each worker counts the requests i
 (Prometheus sums them over processes). What every process must agree on (scope usage,
 reservations held, ledger totals) is read from the store at scrape time instead.
 
-Cheap on the hot path: the children of each label tuple are made once and cached, so a
-request costs a dict lookup and a few increments. Labels stay bounded: endpoints,
+Cheap on the hot path: a request adds to one row of plain integers kept per label tuple
+(a dict lookup, a few additions, a bisect per histogram), and the families are built
+from the rows only when scraped. Everything runs on the event loop: no locks (the client
+library's own counters take one per increment, ~3x the cost). Labels stay bounded: endpoints,
 statuses, outcomes and providers are few; model names come from clients, so only the
 first `MAX_MODELS` seen get their own series, later ones count as `_other`.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client import CollectorRegistry, disable_created_metrics
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from capgate.errors import AuthenticationFailed, CapgateError, LimitExceeded, StoreUnavailable
@@ -59,41 +62,50 @@ def refusal_reason(exc: CapgateError) -> str:
     return reason_of_code(code) if code else "invalid"
 
 
-class Metrics:
+class _Row:
+    """What the requests of one label tuple added up to."""
+
+    __slots__ = ("cost", "count", "labels", "latency", "tokens", "ttft")
+
+    def __init__(self, labels: tuple[str, str, str, str, str]) -> None:
+        self.labels = labels  # endpoint, status, outcome, model, provider
+        self.count = 0
+        self.cost = 0  # nano-dollars: exact
+        self.tokens = [0, 0, 0, 0]  # input, output, cache_read, cache_write
+        self.latency = _Histogram(LATENCY_BUCKETS)
+        self.ttft = _Histogram(TTFT_BUCKETS)
+
+
+class _Histogram:
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # per bucket, the last is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1  # le: value <= bound
+        self.sum += value
+
+
+_KINDS = ("input", "output", "cache_read", "cache_write")
+
+
+class Metrics(Collector):
     """The request counters and histograms of this process, in its own registry."""
 
     def __init__(self) -> None:
         # No `_created` series beside each counter: half the output for a timestamp that
         # Prometheus does not need (the library's own switch, process-wide).
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=False)
-        reg = self.registry
-        labels = ("endpoint", "status", "outcome", "model", "provider")
-        self._requests = Counter(
-            "capgate_requests", "Requests ended in this process.", labels, registry=reg
-        )
-        self._refusals = Counter(
-            "capgate_refusals", "Requests refused in this process, by reason.",
-            ("endpoint", "reason"), registry=reg,
-        )  # fmt: skip
-        self._tokens = Counter(
-            "capgate_tokens", "Tokens of admitted requests in this process.",
-            ("model", "provider", "kind"), registry=reg,
-        )  # fmt: skip
-        self._latency = Histogram(
-            "capgate_request_duration_seconds", "Admitted requests, start to last byte.",
-            ("endpoint", "provider"), buckets=LATENCY_BUCKETS, registry=reg,
-        )  # fmt: skip
-        self._ttft = Histogram(
-            "capgate_time_to_first_token_seconds", "Admitted requests, start to first token.",
-            ("endpoint", "provider"), buckets=TTFT_BUCKETS, registry=reg,
-        )  # fmt: skip
-        # Cost is kept in exact nano-dollars (a float counter would drift) and shown in dollars.
-        self._cost: dict[tuple[str, str], int] = {}
-        reg.register(_CostCollector(self._cost))
+        self.registry.register(self)
         self._models: set[str] = set()
-        self._finished: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-        self._refused: dict[tuple[str, int, str, str], tuple[Any, Any]] = {}
+        self._finished: dict[tuple[Any, ...], _Row] = {}
+        self._rows: dict[tuple[str, str, str, str, str], _Row] = {}
+        self._refused: dict[tuple[Any, ...], tuple[_Row, list[int]]] = {}
+        self._refusals: dict[tuple[str, str], list[int]] = {}
 
     def _model(self, model: str) -> str:
         if model in self._models:
@@ -103,68 +115,128 @@ class Metrics:
             return model
         return OTHER
 
+    def _row(self, labels: tuple[str, str, str, str, str]) -> _Row:
+        row = self._rows.get(labels)
+        if row is None:
+            row = self._rows[labels] = _Row(labels)
+        return row
+
     def finished(self, res: Reservation, outcome: Outcome) -> None:
         info = res.info
         key = (info.endpoint, outcome.status, outcome.outcome, info.model, info.provider)
-        children = self._finished.get(key)
-        if children is None:
-            children = self._children(key)
-        requests, latency, ttft, tokens, cost_key = children
-        requests.inc()
-        latency.observe(outcome.latency_ms / 1000)
+        row = self._finished.get(key)
+        if row is None:
+            model = self._model(info.model)
+            row = self._row(
+                (info.endpoint, str(outcome.status), outcome.outcome, model, info.provider)
+            )
+            if model != OTHER:  # `_other` tuples are not kept: their models are unbounded
+                self._finished[key] = row
+        row.count += 1
+        row.cost += outcome.cost_nano
+        row.latency.observe(outcome.latency_ms / 1000)
         if outcome.ttft_ms is not None:
-            ttft.observe(outcome.ttft_ms / 1000)
+            row.ttft.observe(outcome.ttft_ms / 1000)
         usage = outcome.usage
         if usage is not None:
-            tokens[0].inc(usage.input_tokens)
-            tokens[1].inc(usage.output_tokens)
-            if usage.cache_read_tokens:
-                tokens[2].inc(usage.cache_read_tokens)
-            if usage.cache_write_tokens or usage.cache_write_1h_tokens:
-                tokens[3].inc(usage.cache_write_tokens + usage.cache_write_1h_tokens)
-        if outcome.cost_nano:
-            self._cost[cost_key] = self._cost.get(cost_key, 0) + outcome.cost_nano
-
-    def _children(self, key: tuple[Any, ...]) -> tuple[Any, ...]:
-        endpoint, status, outcome, model, provider = key
-        model = self._model(model)
-        kinds = ("input", "output", "cache_read", "cache_write")
-        children = (
-            self._requests.labels(endpoint, str(status), outcome, model, provider),
-            self._latency.labels(endpoint, provider),
-            self._ttft.labels(endpoint, provider),
-            tuple(self._tokens.labels(model, provider, kind) for kind in kinds),
-            (model, provider),
-        )
-        if model != OTHER:  # `_other` tuples are not kept: their models are unbounded
-            self._finished[key] = children
-        return children
+            tokens = row.tokens
+            tokens[0] += usage.input_tokens
+            tokens[1] += usage.output_tokens
+            tokens[2] += usage.cache_read_tokens
+            tokens[3] += usage.cache_write_tokens + usage.cache_write_1h_tokens
 
     def refused(self, endpoint: str, model: Any, exc: CapgateError) -> None:
         name = model if isinstance(model, str) else ""
         key = (endpoint, exc.status, name, exc.headers.get("x-capgate-refusal", ""))
-        children = self._refused.get(key)
-        if children is None:
+        found = self._refused.get(key)
+        if found is None:
             label = self._model(name[:100]) if name else ""
-            children = (
-                self._requests.labels(endpoint, str(exc.status), "refused", label, ""),
-                self._refusals.labels(endpoint, refusal_reason(exc)),
-            )
+            reason = (endpoint, refusal_reason(exc))
+            count = self._refusals.setdefault(reason, [0])
+            found = (self._row((endpoint, str(exc.status), "refused", label, "")), count)
             if label != OTHER and len(self._refused) < 10_000:
-                self._refused[key] = children
-        children[0].inc()
-        children[1].inc()
+                self._refused[key] = found
+        found[0].count += 1
+        found[1][0] += 1
 
-
-class _CostCollector(Collector):
-    def __init__(self, cost: dict[tuple[str, str], int]) -> None:
-        self._cost = cost
-
-    def collect(self) -> Iterator[CounterMetricFamily]:
-        family = CounterMetricFamily(
-            "capgate_cost_dollars", "Cost of requests ended in this process, in dollars.",
-            labels=("model", "provider"),
+    def collect(self) -> Iterator[Metric]:
+        rows = list(self._rows.values())
+        requests = CounterMetricFamily(
+            "capgate_requests", "Requests ended in this process.",
+            labels=("endpoint", "status", "outcome", "model", "provider"),
         )  # fmt: skip
-        for (model, provider), nano in list(self._cost.items()):
-            family.add_metric((model, provider), nano / NANO)
-        yield family
+        for row in rows:
+            requests.add_metric(row.labels, row.count)
+        refusals = CounterMetricFamily(
+            "capgate_refusals", "Requests refused in this process, by reason.",
+            labels=("endpoint", "reason"),
+        )  # fmt: skip
+        for labels, count in sorted(self._refusals.items()):
+            refusals.add_metric(labels, count[0])
+        yield from (requests, refusals)
+        yield from _money(rows)
+        yield _histogram(
+            rows, "capgate_request_duration_seconds",
+            "Admitted requests, from arrival to the last byte.", lambda r: r.latency,
+        )  # fmt: skip
+        yield _histogram(
+            rows, "capgate_time_to_first_token_seconds",
+            "Admitted requests, from arrival to the first byte of the answer.", lambda r: r.ttft,
+        )  # fmt: skip
+
+
+def _money(rows: list[_Row]) -> Iterator[Metric]:
+    """Tokens and cost by model and provider."""
+    tokens: dict[tuple[str, str], list[int]] = {}
+    cost: dict[tuple[str, str], int] = {}
+    for row in rows:
+        if row.labels[2] == "refused":
+            continue
+        pair = (row.labels[3], row.labels[4])
+        sums = tokens.setdefault(pair, [0, 0, 0, 0])
+        for i, count in enumerate(row.tokens):
+            sums[i] += count
+        cost[pair] = cost.get(pair, 0) + row.cost
+    family = CounterMetricFamily(
+        "capgate_tokens", "Tokens of admitted requests in this process.",
+        labels=("model", "provider", "kind"),
+    )  # fmt: skip
+    for pair, sums in tokens.items():
+        for kind, count in zip(_KINDS, sums, strict=True):
+            family.add_metric((*pair, kind), count)
+    dollars = CounterMetricFamily(
+        "capgate_cost_dollars", "Cost of requests ended in this process, in dollars.",
+        labels=("model", "provider"),
+    )  # fmt: skip
+    for pair, nano in cost.items():
+        dollars.add_metric(pair, nano / NANO)
+    yield from (family, dollars)
+
+
+def _histogram(rows: list[_Row], name: str, doc: str, pick: Any) -> HistogramMetricFamily:
+    """One histogram by endpoint and provider, summed over the rows of admitted requests."""
+    summed: dict[tuple[str, str], tuple[list[int], list[float]]] = {}
+    bounds: tuple[float, ...] = ()
+    for row in rows:
+        if row.labels[2] == "refused":
+            continue
+        hist: _Histogram = pick(row)
+        bounds = hist.bounds
+        counts, total = summed.setdefault(
+            (row.labels[0], row.labels[4]), ([0] * len(hist.counts), [0.0])
+        )
+        for i, count in enumerate(hist.counts):
+            counts[i] += count
+        total[0] += hist.sum
+    family = HistogramMetricFamily(name, doc, labels=("endpoint", "provider"))
+    for labels, (counts, total) in summed.items():
+        cumulative, buckets = 0, []
+        for bound, count in zip((*bounds, float("inf")), counts, strict=True):
+            cumulative += count
+            buckets.append((_le(bound), cumulative))
+        family.add_metric(labels, buckets, total[0])
+    return family
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(float(bound))
