@@ -252,3 +252,27 @@ def test_without_token_only_loopback_may_scrape(
             assert httpx.get(f"http://127.0.0.1:{port}/metrics").status_code == 200
     finally:
         server.close()
+
+
+def test_upstream_failures_open_the_breaker_in_metrics(upstream: Upstream, tmp_path: Path) -> None:
+    config = gateway_config(upstream)
+    config["providers"][0].update(cooldown_after=2, cooldown_s=60)
+    config["server"] = {"retries": 0}
+    server = start_capgate(tmp_path, config)
+    try:
+        key = server.create_key("k")
+        with anthropic.Anthropic(base_url=server.url, api_key=key, max_retries=0) as c:
+            assert _ask(c) == 200
+            assert [_ask(c, "fail mock:status=503") for _ in range(2)] == [503, 503]
+        got = scrape(server)
+        assert total(got, "capgate_upstream_errors_total", provider="anthropic") == 2
+        assert total(got, "capgate_breaker_open", provider="anthropic") == 1
+        assert total(got, "capgate_breaker_open", provider="openai") == 0
+        name = "capgate_upstream_attempt_duration_seconds_count"
+        assert total(got, name, provider="anthropic", result="ok") == 1
+        assert total(got, name, provider="anthropic", result="error") == 2
+        inf = total(got, "capgate_upstream_attempt_duration_seconds_bucket", le="+Inf", result="ok")
+        assert inf == 1
+        assert total(got, "capgate_requests_total", outcome="error", status="503") == 2
+    finally:
+        server.close()

@@ -32,6 +32,7 @@ NANO = 1_000_000_000
 # Seconds: whole requests (answers can take minutes) and first tokens.
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
+UPSTREAM_BUCKETS = LATENCY_BUCKETS
 
 # Why a request was refused, from the refusal's code (x-capgate-refusal).
 _REASONS = {
@@ -72,11 +73,13 @@ class _Row:
         self.count = 0
         self.cost = 0  # nano-dollars: exact
         self.tokens = [0, 0, 0, 0]  # input, output, cache_read, cache_write
-        self.latency = _Histogram(LATENCY_BUCKETS)
-        self.ttft = _Histogram(TTFT_BUCKETS)
+        self.latency = Buckets(LATENCY_BUCKETS)
+        self.ttft = Buckets(TTFT_BUCKETS)
 
 
-class _Histogram:
+class Buckets:
+    """A histogram's counts per bucket and its sum, as plain numbers (one event loop)."""
+
     __slots__ = ("bounds", "counts", "sum")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
@@ -87,6 +90,11 @@ class _Histogram:
     def observe(self, value: float) -> None:
         self.counts[bisect_left(self.bounds, value)] += 1  # le: value <= bound
         self.sum += value
+
+    def add(self, other: Buckets) -> None:
+        for i, count in enumerate(other.counts):
+            self.counts[i] += count
+        self.sum += other.sum
 
 
 _KINDS = ("input", "output", "cache_read", "cache_write")
@@ -215,26 +223,28 @@ def _money(rows: list[_Row]) -> Iterator[Metric]:
 
 def _histogram(rows: list[_Row], name: str, doc: str, pick: Any) -> HistogramMetricFamily:
     """One histogram by endpoint and provider, summed over the rows of admitted requests."""
-    summed: dict[tuple[str, str], tuple[list[int], list[float]]] = {}
-    bounds: tuple[float, ...] = ()
+    summed: dict[tuple[str, ...], Buckets] = {}
     for row in rows:
         if row.labels[2] == "refused":
             continue
-        hist: _Histogram = pick(row)
-        bounds = hist.bounds
-        counts, total = summed.setdefault(
-            (row.labels[0], row.labels[4]), ([0] * len(hist.counts), [0.0])
-        )
-        for i, count in enumerate(hist.counts):
-            counts[i] += count
-        total[0] += hist.sum
-    family = HistogramMetricFamily(name, doc, labels=("endpoint", "provider"))
-    for labels, (counts, total) in summed.items():
+        hist: Buckets = pick(row)
+        into = summed.get((row.labels[0], row.labels[4]))
+        if into is None:
+            into = summed[(row.labels[0], row.labels[4])] = Buckets(hist.bounds)
+        into.add(hist)
+    return histogram_family(name, doc, ("endpoint", "provider"), summed)
+
+
+def histogram_family(
+    name: str, doc: str, labels: tuple[str, ...], series: dict[tuple[str, ...], Buckets]
+) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, doc, labels=labels)
+    for values, hist in series.items():
         cumulative, buckets = 0, []
-        for bound, count in zip((*bounds, float("inf")), counts, strict=True):
+        for bound, count in zip((*hist.bounds, float("inf")), hist.counts, strict=True):
             cumulative += count
             buckets.append((_le(bound), cumulative))
-        family.add_metric(labels, buckets, total[0])
+        family.add_metric(values, buckets, hist.sum)
     return family
 
 

@@ -29,7 +29,7 @@ from prometheus_client.registry import Collector
 
 from capgate.core.limits import Limit, Scope, ScopeKind
 from capgate.core.limits import Metric as LimitMetric
-from capgate.metrics import NANO, OTHER, Metrics, reason_of_code
+from capgate.metrics import NANO, OTHER, Metrics, histogram_family, reason_of_code
 from capgate.routing import Breakers
 from capgate.store.sqlite import SQLiteStore
 
@@ -198,3 +198,8 @@ class _SharedCollector(Collector):
             state.add_metric(name, 1 if health["state"] == "cooling" else 0)
             in_a_row.add_metric(name, health["failures_in_a_row"])
         yield from (errors, state, in_a_row)
+        yield histogram_family(
+            "capgate_upstream_attempt_duration_seconds",
+            "Upstream attempts in this process, from sending to the end of the relayed answer.",
+            ("provider", "result"), self._breakers.durations(),
+        )  # fmt: skip
