@@ -29,6 +29,8 @@ from prometheus_client.registry import Collector
 
 from capgate.core.limits import Limit, Scope, ScopeKind
 from capgate.core.limits import Metric as LimitMetric
+from capgate.errors import AuthenticationFailed, CapgateError, PermissionDenied
+from capgate.http.dialects import error_response
 from capgate.metrics import NANO, OTHER, Metrics, histogram_family, reason_of_code
 from capgate.routing import Breakers
 from capgate.store.sqlite import SQLiteStore
@@ -74,11 +76,16 @@ class MetricsAPI:
 
     async def scrape(self, request: web.Request) -> web.Response:
         if not self._allowed(request):
-            why = "a valid bearer token (metrics_token)" if self._token else "a loopback client"
-            return web.json_response(
-                {"error": {"type": "permission_error", "message": f"/metrics needs {why}."}},
-                status=401 if self._token else 403,
-            )
+            if self._token is not None:
+                error: CapgateError = AuthenticationFailed(
+                    "/metrics needs the scrape token (metrics_token) as a bearer token."
+                )
+            else:
+                error = PermissionDenied(
+                    "/metrics answers loopback clients only; set metrics_token to scrape "
+                    "it from elsewhere."
+                )
+            return error_response("admin", error)
         now = self._clock()
         stale = time.monotonic() - self._ledger_at >= LEDGER_CACHE_S
         rows, held, totals = await self._store.metrics_rows(now, ledger=stale)
