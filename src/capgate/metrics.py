@@ -19,7 +19,7 @@ from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, disable_created_metrics
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -104,9 +104,6 @@ class Metrics(Collector):
     """The request counters and histograms of this process, in its own registry."""
 
     def __init__(self) -> None:
-        # No `_created` series beside each counter: half the output for a timestamp that
-        # Prometheus does not need (the library's own switch, process-wide).
-        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
         self._models: set[str] = set()
