@@ -88,7 +88,10 @@ class MetricsAPI:
             return error_response("admin", error)
         now = self._clock()
         stale = time.monotonic() - self._ledger_at >= LEDGER_CACHE_S
-        rows, held, totals = await self._store.metrics_rows(now, ledger=stale)
+        try:
+            rows, held, totals = await self._store.metrics_rows(now, ledger=stale)
+        except CapgateError as exc:  # the store cannot be read: 503, not made-up numbers
+            return error_response("admin", exc)
         if totals is not None:
             self._ledger, self._ledger_at = totals, time.monotonic()
         # No await between setting what the collector reads and rendering it.
