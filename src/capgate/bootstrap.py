@@ -22,8 +22,10 @@ from capgate.http.auth import admin_digest
 from capgate.http.gateway import Gateway
 from capgate.http.generate import GenerateAPI
 from capgate.http.health import Health
+from capgate.http.metrics import MetricsAPI
 from capgate.keys import display_prefix, key_hash, key_id_of, matches, new_key
 from capgate.logs import logged_admin_routes
+from capgate.metrics import Metrics
 from capgate.mock.server import create_mock_app
 from capgate.providers.base import Provider
 from capgate.providers.cli import cli_provider
@@ -156,7 +158,8 @@ async def build(
     runtime.watch(store)
     configs = {pc.name: pc for pc in provider_configs}
     router = Router(list(config.models), providers, configs, settings)
-    gateway = Gateway(store, router, runtime.pricing, settings)
+    metrics = Metrics() if settings.metrics_enabled else None
+    gateway = Gateway(store, router, runtime.pricing, settings, metrics=metrics)
     secrets_file = secrets_path(sqlite_path(settings.database_url)) if demo else None
     kept = demo_secrets.load(secrets_file)
     notes: list[str] = []
@@ -172,6 +175,11 @@ async def build(
     app.add_routes(logged_admin_routes(admin.routes()))
     app.add_routes(Dashboard(admin.access).routes())
     app.add_routes(Health(store).routes())
+    if metrics is not None:
+        api = MetricsAPI(
+            metrics, store, router.breakers, settings.metrics_token, settings.metrics_key_series
+        )
+        app.add_routes(api.routes())
 
     async def end_streams(_: web.Application) -> None:
         await admin.events.close()  # open live feeds would hold the shutdown otherwise

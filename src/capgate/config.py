@@ -152,6 +152,12 @@ class ServerConfig(_Strict):
     # Serve HTTPS with this certificate chain and private key (PEM files), both or neither.
     tls_cert: str | None = None
     tls_key: str | None = None
+    # GET /metrics (Prometheus): off removes the route and the per-request counting. With
+    # a token, scrapers must send it as a bearer token; without, only loopback clients may
+    # scrape. Keys beyond the `metrics_key_series` most spending are summed as `_other`.
+    metrics_enabled: bool = True
+    metrics_token: str | None = None
+    metrics_key_series: int = Field(50, ge=0, le=10_000)
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
@@ -281,6 +287,9 @@ ENV_SETTINGS = {
     "CAPGATE_LOG_FORMAT": "log_format",
     "CAPGATE_TLS_CERT": "tls_cert",
     "CAPGATE_TLS_KEY": "tls_key",
+    "CAPGATE_METRICS_ENABLED": "metrics_enabled",
+    "CAPGATE_METRICS_TOKEN": "metrics_token",
+    "CAPGATE_METRICS_KEY_SERIES": "metrics_key_series",
 }
 
 

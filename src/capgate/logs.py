@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Mapping
 from logging.handlers import QueueHandler, QueueListener
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
@@ -29,6 +29,9 @@ from aiohttp import web
 from capgate.core.limits import Scope, nano_to_decimal_str
 from capgate.errors import CapgateError
 from capgate.store.base import Outcome, Reservation
+
+if TYPE_CHECKING:
+    from capgate.metrics import Metrics
 
 ACCESS = logging.getLogger("capgate.access")
 ADMIN = logging.getLogger("capgate.admin")
@@ -136,14 +139,18 @@ class _Refused(Line):
 
 
 class AccessLog:
-    """The request lines, from where a request ends: its settlement or its refusal."""
+    """The request lines, from where a request ends: its settlement or its refusal. The
+    request metrics (`capgate.metrics`) are counted here too, when on."""
 
-    __slots__ = ("_log",)
+    __slots__ = ("_log", "_metrics")
 
-    def __init__(self, log: logging.Logger = ACCESS) -> None:
+    def __init__(self, log: logging.Logger = ACCESS, metrics: Metrics | None = None) -> None:
         self._log = log
+        self._metrics = metrics
 
     def finished(self, res: Reservation, outcome: Outcome) -> None:
+        if self._metrics is not None:
+            self._metrics.finished(res, outcome)
         # A flagged entry (usage above the reservation, unreadable usage) is a warning:
         # the alert an operator sees before any dashboard is opened.
         level = logging.WARNING if outcome.flags else logging.INFO
@@ -153,6 +160,10 @@ class AccessLog:
     def refused(
         self, request_id: str | None, key: Scope | None, endpoint: str, body: Any, exc: CapgateError
     ) -> None:
+        if self._metrics is not None:
+            self._metrics.refused(
+                endpoint, body.get("model") if isinstance(body, dict) else None, exc
+            )
         if self._log.isEnabledFor(logging.INFO):
             model = body.get("model") if isinstance(body, dict) else None
             self._log.info(_Refused(request_id, key, endpoint, model, exc))

@@ -16,13 +16,14 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
 
 from capgate.config import ProviderConfig, RouteConfig, ServerConfig, TargetConfig
 from capgate.errors import InvalidRequest, NotFound
 from capgate.logs import UPSTREAM, Line, scrub
+from capgate.metrics import UPSTREAM_BUCKETS, Buckets
 from capgate.providers.base import Endpoint, Provider
 
 # The endpoint of the other format that a request can be translated to.
@@ -62,6 +63,9 @@ class _Health:
     last_failure_at: float | None = None
     total_failures: int = 0
     cooldowns: int = 0
+    # How long attempts took, from sending to the end of the relayed answer (for /metrics).
+    ok_s: Buckets = field(default_factory=lambda: Buckets(UPSTREAM_BUCKETS))
+    failed_s: Buckets = field(default_factory=lambda: Buckets(UPSTREAM_BUCKETS))
 
 
 class Breakers:
@@ -83,8 +87,10 @@ class Breakers:
         """Whether some provider may be cooling down (cheap: one comparison)."""
         return self._latest_end > self._clock()
 
-    def failed(self, provider: str, error: str) -> None:
+    def failed(self, provider: str, error: str, seconds: float | None = None) -> None:
         health = self._health[provider]
+        if seconds is not None:
+            health.failed_s.observe(seconds)
         config = self._configs[provider]
         now = self._clock()
         health.failures += 1
@@ -105,13 +111,22 @@ class Breakers:
                                       "failures_in_a_row": health.failures})
             )  # fmt: skip
 
-    def succeeded(self, provider: str) -> None:
+    def succeeded(self, provider: str, seconds: float | None = None) -> None:
         health = self._health[provider]
+        if seconds is not None:
+            health.ok_s.observe(seconds)
         if health.failures:
             if health.failures >= self._configs[provider].cooldown_after:
                 UPSTREAM.warning(Line("breaker_closed", {"provider": provider}))
             health.failures = 0
             health.cooling_until = 0.0
+
+    def durations(self) -> dict[tuple[str, ...], Buckets]:
+        """How long upstream attempts took, by (provider, "ok" | "error")."""
+        out: dict[tuple[str, ...], Buckets] = {}
+        for name, health in self._health.items():
+            out[(name, "ok")], out[(name, "error")] = health.ok_s, health.failed_s
+        return out
 
     def state(self) -> list[dict[str, Any]]:
         """Each provider's health, for /admin/routing."""

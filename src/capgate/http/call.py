@@ -184,11 +184,13 @@ class Call:
         try:
             while True:
                 self.attempts += 1
+                began = time.perf_counter()
                 result = await self._attempt(route, deadline)
+                took = time.perf_counter() - began  # the upstream's part, for /metrics
                 if not isinstance(result, Failure):
-                    breakers.succeeded(route.provider.name)
+                    breakers.succeeded(route.provider.name, took)
                     return result
-                breakers.failed(route.provider.name, result.message)
+                breakers.failed(route.provider.name, result.message, took)
                 self._drop()
                 if result.billed_maybe:  # all held so far may be billed: keep it as spent
                     held = self.res.worst

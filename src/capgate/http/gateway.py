@@ -50,6 +50,7 @@ from capgate.http.auth import KeyAuthenticator
 from capgate.http.call import Call, answer_headers, jittered_backoff
 from capgate.http.dialects import CLAUDE_CODE, client_of, client_status, error_response, for_client
 from capgate.logs import AccessLog
+from capgate.metrics import Metrics
 from capgate.pricing import PricingTable
 from capgate.providers.base import Endpoint
 from capgate.routing import Breakers, Route, Router
@@ -90,6 +91,7 @@ class Gateway:
         pricing: PricingTable,
         settings: ServerConfig,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         self._router = router
@@ -102,7 +104,7 @@ class Gateway:
         self._max_bytes = int(settings.max_request_mb * 1024 * 1024)
         self._pending: set[asyncio.Future[None]] = set()
         self._rng = random.Random()
-        self._access = AccessLog()
+        self._access = AccessLog(metrics=metrics)
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -166,7 +168,8 @@ class Gateway:
             return _FREE
         raise InvalidRequest(
             f'Model "{model}" has no known price, so capgate cannot hold a budget for it. '
-            "An admin can price it under `pricing:` in the capgate config."
+            "An admin can price it under `pricing:` in the capgate config.",
+            headers={"x-capgate-refusal": "unpriced_model"},
         )
 
     def _prepare(

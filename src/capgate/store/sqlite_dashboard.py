@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from capgate.core.limits import Limit, Scope
 from capgate.store import sqlite_insights as insights
 from capgate.store import sqlite_queries as q
 from capgate.store.base import RequestQuery
@@ -125,6 +126,19 @@ class DashboardStore:
         return await self._read(  # type: ignore[no-any-return]
             lambda conn: insights.key_activity(conn, day_start, month_start)
         )
+
+    async def metrics_rows(
+        self, now: float, ledger: bool
+    ) -> tuple[list[tuple[Scope, Limit, int, int]], int, dict[str, Any] | None]:
+        """For GET /metrics: every scope's limits as used now, the reservations held, and
+        (when asked) the ledger's totals."""
+        await self.flush()
+
+        def op(conn: sqlite3.Connection) -> Any:
+            totals = insights.ledger_totals(conn) if ledger else None
+            return insights.scope_limits(conn, now), insights.reservations_held(conn), totals
+
+        return await self._read(op)  # type: ignore[no-any-return]
 
     async def latest_ids(self) -> tuple[int, int]:
         return await self._read(insights.latest_ids)  # type: ignore[no-any-return]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from capgate.core.limits import nano_to_decimal_str
-from capgate.core.windows import is_rate_window, parse_window
+from capgate.core.limits import Limit, Scope, nano_to_decimal_str
+from capgate.core.windows import is_rate_window, parse_window, window_at
 from capgate.store import sqlite_queries as q
 from capgate.store.base import RequestQuery
 
@@ -152,3 +152,45 @@ def events_after(
     ]
     rows = conn.execute("SELECT * FROM audit WHERE id > ? ORDER BY id LIMIT ?", (audit_id, limit))
     return entries, [q.audit_json(row) for row in rows]
+
+
+# -- GET /metrics: what every process reads the same ------------------------------------
+
+
+def scope_limits(conn: sqlite3.Connection, now: float) -> list[tuple[Scope, Limit, int, int]]:
+    """Every scope with limits, each limit with its current window's settled and reserved
+    amounts (nano-dollars for cost): one read of all counter instances."""
+    scopes = [q.scope_from_row(r) for r in conn.execute(q.SELECT_SCOPES + " ORDER BY kind, name")]
+    wanted: list[tuple[Scope, Limit, str, int, int | None]] = []
+    for scope in scopes:
+        for limit in scope.limits:
+            window = window_at(limit.window, now, scope.timezone)
+            wanted.append((scope, limit, scope.counter_id(limit), window.start, window.read_from))
+    states = q.read_counters(conn, [(c, start, frm) for _, _, c, start, frm in wanted])
+    out = []
+    for scope, limit, counter, start, _ in wanted:
+        state = states.get((counter, start))
+        out.append((scope, limit, state.settled if state else 0, state.reserved if state else 0))
+    return out
+
+
+def ledger_totals(conn: sqlite3.Connection) -> dict[str, Any]:
+    """The whole ledger's totals: requests by outcome, cost (nano-dollars), tokens by kind,
+    refusals by reason."""
+    outcomes = dict(conn.execute("SELECT outcome, COUNT(*) FROM requests GROUP BY outcome"))
+    row = conn.execute(
+        "SELECT COALESCE(SUM(cost_nano), 0), COALESCE(SUM(input_tokens), 0), "
+        "COALESCE(SUM(output_tokens), 0), COALESCE(SUM(cache_read_tokens), 0), "
+        "COALESCE(SUM(cache_write_tokens), 0) FROM requests"
+    ).fetchone()
+    return {
+        "requests": outcomes,
+        "cost_nano": int(row[0]),
+        "tokens": {"input": row[1], "output": row[2], "cache_read": row[3], "cache_write": row[4]},
+        "refusals": refusals_by_reason(conn, "", []),
+    }
+
+
+def reservations_held(conn: sqlite3.Connection) -> int:
+    """Reservations held now, by every process."""
+    return int(conn.execute("SELECT COUNT(*) FROM reservations").fetchone()[0])
