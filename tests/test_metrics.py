@@ -174,6 +174,24 @@ def test_unpriced_model_refusal_counts_as_price(upstream: Upstream, tmp_path: Pa
         server.close()
 
 
+def test_flagged_entries_are_counted_from_the_ledger(upstream: Upstream, tmp_path: Path) -> None:
+    """An answer that reports more usage than was held is charged the truth and flagged;
+    the ledger-derived counter shows it (every flag has a series, zero included)."""
+    server = start_capgate(tmp_path, gateway_config(upstream))
+    try:
+        key = server.create_key("over")
+        with anthropic.Anthropic(base_url=server.url, api_key=key, max_retries=0) as client:
+            assert _ask(client, "mock:input_tokens=5000000") == 200
+            assert _ask(client) == 200
+        got = scrape(server)  # the first scrape reads the ledger (later ones cache it 5 s)
+        assert total(got, "capgate_ledger_flagged_total", flag="over_reservation") == 1
+        flags = {labels["flag"] for labels, _ in got["capgate_ledger_flagged_total"]}
+        assert flags == {"over_reservation", "usage_unreadable", "late_settlement"}
+        assert total(got, "capgate_ledger_flagged_total", flag="usage_unreadable") == 0
+    finally:
+        server.close()
+
+
 def test_per_key_series_are_bounded(upstream: Upstream, tmp_path: Path) -> None:
     config: dict[str, Any] = gateway_config(upstream, server={"metrics_key_series": 1})
     server = start_capgate(tmp_path, config)

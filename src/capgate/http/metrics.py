@@ -33,6 +33,7 @@ from capgate.errors import AuthenticationFailed, CapgateError, PermissionDenied
 from capgate.http.dialects import error_response
 from capgate.metrics import NANO, OTHER, Metrics, histogram_family, reason_of_code
 from capgate.routing import Breakers
+from capgate.store.base import LEDGER_FLAGS
 from capgate.store.sqlite import SQLiteStore
 
 LEDGER_CACHE_S = 5.0
@@ -190,7 +191,15 @@ class _SharedCollector(Collector):
         )
         for kind, count in totals["tokens"].items():
             tokens.add_metric((kind,), count)
-        yield from (requests, refusals, cost, tokens)
+        flagged = CounterMetricFamily(
+            "capgate_ledger_flagged",
+            "Ledger entries marked for a second look, by flag (over_reservation: usage above "
+            "what was held; usage_unreadable; late_settlement).",
+            labels=("flag",),
+        )
+        for flag in LEDGER_FLAGS:  # every flag, zero included, so an alert rule can rate() it
+            flagged.add_metric((flag,), totals["flagged"].get(flag, 0))
+        yield from (requests, refusals, cost, tokens, flagged)
 
     def _providers(self) -> Iterator[Metric]:
         errors = CounterMetricFamily(

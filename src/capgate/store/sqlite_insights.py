@@ -183,11 +183,18 @@ def ledger_totals(conn: sqlite3.Connection) -> dict[str, Any]:
         "COALESCE(SUM(output_tokens), 0), COALESCE(SUM(cache_read_tokens), 0), "
         "COALESCE(SUM(cache_write_tokens), 0) FROM requests"
     ).fetchone()
+    flagged: dict[str, int] = {}
+    for flags, count in conn.execute(
+        "SELECT flags, COUNT(*) FROM requests WHERE flags IS NOT NULL GROUP BY flags"
+    ):
+        for flag in flags.split(","):
+            flagged[flag] = flagged.get(flag, 0) + count
     return {
         "requests": outcomes,
         "cost_nano": int(row[0]),
         "tokens": {"input": row[1], "output": row[2], "cache_read": row[3], "cache_write": row[4]},
         "refusals": refusals_by_reason(conn, "", []),
+        "flagged": flagged,
     }
 
 
