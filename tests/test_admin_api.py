@@ -1191,3 +1191,29 @@ def test_show_lists_members(capgate: Capgate, key_name: str) -> None:
     assert shown["members"] == {"keys": [f"{key_name}-b", f"{key_name}-c"]}
     assert capgate.admin("GET", f"/admin/orgs/{org}").json()["members"] == {"teams": [team]}
     assert "members" not in capgate.admin("GET", f"/admin/keys/{key_name}-a").json()
+
+
+def test_a_scope_that_is_still_named_cannot_be_deleted(capgate: Capgate, key_name: str) -> None:
+    """Deleting a team, user or org that keys (or teams) still name would leave them bound to
+    no budget under a dangling name: refused with 409 naming them, nothing changed."""
+    org, team, user = f"o-{key_name}", f"t-{key_name}", f"u-{key_name}"
+    for kind, body in (
+        ("orgs", {"name": org}),
+        ("teams", {"name": team, "org": org}),
+        ("users", {"name": user}),
+    ):
+        assert capgate.admin("POST", f"/admin/{kind}", json=body).status_code == 201
+    capgate.create_key(key_name, team=team, user=user)
+    for kind, name, named in (
+        ("teams", team, key_name),
+        ("users", user, key_name),
+        ("orgs", org, team),
+    ):
+        message = admin_error(capgate.admin("DELETE", f"/admin/{kind}/{name}"), 409)
+        assert f'"{named}"' in message, message
+        assert capgate.admin("GET", f"/admin/{kind}/{name}").status_code == 200
+    patched = capgate.admin("PATCH", f"/admin/keys/{key_name}", json={"team": None, "user": None})
+    assert patched.status_code == 200, patched.text
+    assert capgate.admin("DELETE", f"/admin/teams/{team}").status_code in (200, 204)
+    assert capgate.admin("DELETE", f"/admin/users/{user}").status_code in (200, 204)
+    assert capgate.admin("DELETE", f"/admin/orgs/{org}").status_code in (200, 204)

@@ -170,8 +170,13 @@ def test_cli_manages_teams(capgate: Capgate, key_name: str) -> None:
     assert shown.returncode == 0 and "requests/day" in shown.stdout
     assert cli("teams", "pause", team).returncode == 0
     assert post(capgate, key).status_code == 403
+    refused = cli("teams", "delete", team)  # a key still names it: no dangling name
+    assert refused.returncode != 0 and key_name in refused.stderr, refused.stderr
+    assert capgate.admin("GET", f"/admin/teams/{team}").status_code == 200
+    moved = capgate.admin("PATCH", f"/admin/keys/{key_name}", json={"team": None})
+    assert moved.status_code == 200, moved.text
     assert cli("teams", "delete", team).returncode == 0
-    assert post(capgate, key).status_code == 200  # the team name is only a label now
+    assert post(capgate, key).status_code == 200  # the key without a team
 
 
 def test_rolling_window_end_to_end(capgate: Capgate, key_name: str) -> None:

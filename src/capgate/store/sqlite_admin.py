@@ -142,6 +142,7 @@ class ScopeAdmin:
     async def delete_scope(self, kind: ScopeKind, name: str, actor: str = "admin") -> None:
         def op(conn: sqlite3.Connection) -> None:
             scope = self._existing(conn, kind, name)
+            _refuse_if_named(conn, kind, name)
             conn.execute("DELETE FROM scopes WHERE kind=? AND id=?", (kind.value, scope.id))
             conn.execute("UPDATE meta SET v = CAST(v AS INTEGER) + 1 WHERE k='config_version'")
             conn.execute(
@@ -180,6 +181,26 @@ class ScopeAdmin:
             }
 
         return await self._read(op)  # type: ignore[no-any-return]
+
+
+def _refuse_if_named(conn: sqlite3.Connection, kind: ScopeKind, name: str) -> None:
+    """A team, user or org that keys (or teams) still name cannot be deleted: those keys
+    would keep a dangling name, bound to no budget, and a new scope of the same name would
+    silently take them over."""
+    group = "teams" if kind is ScopeKind.ORG else "keys"
+    sql = _MEMBERS.get(kind, {}).get(group)
+    if sql is None:
+        return
+    named = [row[0] for row in conn.execute(sql, (name,))]
+    if named:
+        shown = ", ".join(f'"{n}"' for n in named[:5])
+        more = f" and {len(named) - 5} more" if len(named) > 5 else ""
+        what = kind.value
+        raise Conflict(
+            f'{what} "{name}" is still named by {group} {shown}{more}: move them to another '
+            f'{what} (PATCH /admin/{group}/NAME with {{"{what}": ...}} or null) or delete '
+            f"them first"
+        )
 
 
 _MEMBERS = {
