@@ -147,3 +147,11 @@ class UpstreamTimeout(UpstreamFailed):
 class StoreUnavailable(CapgateError):
     status = 503
     kind = "api_error"
+
+
+def refusal_error(refusal: Refusal, now: float) -> CapgateError:
+    """The error a refusal of the engine is raised as: a limit answers 402 / 429
+    (LimitExceeded), anything else (paused, revoked, expired, model, schedule) 403."""
+    if refusal.code == "limit_exceeded":
+        return LimitExceeded(refusal, now)
+    return PermissionDenied(refusal.message, headers={"x-capgate-refusal": refusal.code})

@@ -23,7 +23,7 @@ import orjson
 from aiohttp import web
 
 from capgate.config import ServerConfig
-from capgate.core.engine import Amounts, OutputFlex, Refusal, check_access
+from capgate.core.engine import Amounts, OutputFlex, Refusal
 from capgate.core.estimate import (
     Hidden,
     RequestFacts,
@@ -36,19 +36,18 @@ from capgate.core.estimate import (
 )
 from capgate.core.limits import Metric, Scope
 from capgate.core.money import MAX_AMOUNT, Price
-from capgate.core.windows import format_reset
 from capgate.errors import (
     CapgateError,
     InvalidRequest,
-    LimitExceeded,
     PayloadTooLarge,
-    PermissionDenied,
     UnsupportedMediaType,
     UpstreamFailed,
+    refusal_error,
 )
 from capgate.http.auth import KeyAuthenticator
-from capgate.http.call import Call, answer_headers, jittered_backoff
+from capgate.http.call import Call, jittered_backoff
 from capgate.http.dialects import CLAUDE_CODE, client_of, client_status, error_response, for_client
+from capgate.http.key_info import KeyInfo
 from capgate.logs import AccessLog
 from capgate.metrics import Metrics
 from capgate.pricing import PricingTable
@@ -109,11 +108,9 @@ class Gateway:
     def routes(self) -> list[web.RouteDef]:
         return [
             web.post("/v1/messages", self.messages),
-            web.post("/v1/messages/count_tokens", self.count_tokens),
             web.post("/v1/chat/completions", self.chat_completions),
             web.post("/v1/responses", self.responses),
-            web.get("/v1/models", self.models),
-            web.get("/v1/me", self.me),
+            *KeyInfo(self, self._store, self._router, self._pricing, self._clock).routes(),
         ]
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
@@ -334,7 +331,7 @@ class Gateway:
                     flex = self._flex(body, facts, max_out, bound, price, credits)
                 decision = await self._store.reserve(info, worst, flex)
             if isinstance(decision, Refusal):
-                error = _refusal_error(decision, self._clock())
+                error = refusal_error(decision, self._clock())
                 if client == CLAUDE_CODE:
                     error.message = self._claude_code_message(decision, key, max_out)
                 raise error
@@ -444,96 +441,6 @@ class Gateway:
                 "%d settlements not written yet; the journal keeps them", len(self._pending)
             )
 
-    # -- other endpoints ---------------------------------------------------------------
-
-    async def count_tokens(self, request: web.Request) -> web.StreamResponse:
-        """Free on every provider: authenticated and routed, not budgeted or recorded."""
-        request_id = self.new_request_id()
-        try:
-            key = await self._auth.authenticate(request.headers)
-            raw, body = await self.read_json(request)
-            facts = anthropic_facts(body)
-            route = self._router.resolve(facts.model, Endpoint.MESSAGES)
-            refusal = check_access((key,), (facts.model, route.upstream_model), self._clock())
-            if refusal is not None:
-                raise _refusal_error(refusal, self._clock())
-            if not route.provider.supports(Endpoint.COUNT_TOKENS):
-                raise InvalidRequest(f'provider "{route.provider.name}" cannot count tokens')
-            if route.upstream_model != facts.model:
-                raw = orjson.dumps({**body, "model": route.upstream_model})
-            answer = await route.provider.send(Endpoint.COUNT_TOKENS, raw, request.headers)
-            data = await answer.read()
-        except CapgateError as exc:
-            return self.refused(request, "anthropic", exc, request_id)
-        headers = answer_headers(answer, None)
-        headers["x-capgate-request-id"] = request_id
-        return web.Response(status=answer.status, body=data, headers=headers)
-
-    async def me(self, request: web.Request) -> web.StreamResponse:
-        """The caller's own key: its limits with what is used, held and left, and when
-        each resets (in the key's timezone too). What `capgate status` prints."""
-        dialect = "anthropic" if "anthropic-version" in request.headers else "openai"
-        request_id = self.new_request_id()
-        now = self._clock()
-        try:
-            key = await self._auth.authenticate(request.headers)
-            usage = await self._store.counters(key, now)
-            above = []
-            for scope in self._store.scopes_above(key):
-                rows = await self._store.counters(scope, now)
-                for row in rows:
-                    row["resets"] = format_reset(row["resets_at"], scope.timezone)
-                above.append(
-                    {
-                        "kind": scope.kind.value,
-                        "name": scope.name,
-                        "status": scope.status.value,
-                        "limits": rows,
-                    }
-                )
-        except CapgateError as exc:
-            return self.refused(request, dialect, exc, request_id)
-        for row in usage:
-            row["resets"] = format_reset(row["resets_at"], key.timezone)
-        payload = {
-            "key": key.name,
-            "status": key.status.value,
-            "team": key.extra.get("team"),
-            "user": key.extra.get("user"),
-            "models": list(key.models),
-            "timezone": key.timezone,
-            "on_short_budget": "clamp" if key.clamp else "reject",
-            "expires_at": key.expires_at,
-            "limits": usage,
-            "scopes": above,  # the user, team and org above the key, with their limits
-        }
-        return _json(payload, request_id)
-
-    async def models(self, request: web.Request) -> web.StreamResponse:
-        dialect = "anthropic" if "anthropic-version" in request.headers else "openai"
-        request_id = self.new_request_id()
-        try:
-            key = await self._auth.authenticate(request.headers)
-        except CapgateError as exc:
-            return self.refused(request, dialect, exc, request_id)
-        names = [
-            m for m in self._router.listed_models(self._pricing.models()) if key.allows_model(m)
-        ]
-        items = [
-            {"id": n, "object": "model", "type": "model", "display_name": n, "owned_by": "capgate",
-             "created": 0, "created_at": "1970-01-01T00:00:00Z"}
-            for n in names
-        ]  # fmt: skip
-        # One shape both SDKs parse: OpenAI's list plus Anthropic's paging fields.
-        payload = {
-            "object": "list",
-            "data": items,
-            "has_more": False,
-            "first_id": names[0] if names else None,
-            "last_id": names[-1] if names else None,
-        }
-        return _json(payload, request_id)
-
 
 _MIN_THINKING = 1024  # Anthropic's smallest thinking budget
 _API_FIT_HINT = " Lower max_tokens"  # the engine's advice to API callers, replaced for Claude Code
@@ -599,17 +506,3 @@ def _clamp(body: dict[str, Any], field: str, max_output: int) -> None:
     budget = _thinking_budget(body)
     if budget is not None and budget >= max_output:
         body["thinking"] = {**body["thinking"], "budget_tokens": max_output - 1}
-
-
-def _json(payload: dict[str, Any], request_id: str) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(payload),
-        content_type="application/json",
-        headers={"x-capgate-request-id": request_id},
-    )
-
-
-def _refusal_error(refusal: Refusal, now: float) -> CapgateError:
-    if refusal.code == "limit_exceeded":
-        return LimitExceeded(refusal, now)
-    return PermissionDenied(refusal.message, headers={"x-capgate-refusal": refusal.code})
