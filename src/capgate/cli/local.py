@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
@@ -22,9 +21,9 @@ from capgate.local.blocks import Block, blocks, burn
 from capgate.local.cache import FileCache, default_path
 from capgate.local.costing import Costing
 from capgate.local.dedup import dedupe
-from capgate.local.files import LocationError, read_entries
+from capgate.local.files import LocationError, read_entries, system_zone
 from capgate.local.records import Entry, Skipped
-from capgate.local.report import Query, by_period, by_session
+from capgate.local.report import Query, by_period, by_session, parse_day
 from capgate.pricing import PricingTable
 
 app = typer.Typer(
@@ -57,34 +56,20 @@ NoCacheOpt = Annotated[
 
 def _zone(name: str | None) -> tzinfo:
     if not name:
-        return _system_zone()
+        return system_zone()
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
         fail(f"--timezone: unknown time zone {name!r} (an IANA name like Europe/Berlin)")
 
 
-def _system_zone() -> tzinfo:
-    """The system's zone with its rules (DST), not today's offset: `TZ`, else
-    /etc/localtime, else today's offset."""
-    with contextlib.suppress(ZoneInfoNotFoundError, ValueError, OSError):
-        if os.environ.get("TZ"):
-            return ZoneInfo(os.environ["TZ"].removeprefix(":"))
-        with open("/etc/localtime", "rb") as handle:
-            return ZoneInfo.from_file(handle)
-    return datetime.now().astimezone().tzinfo or UTC
-
-
 def _day(value: str | None, option: str) -> date | None:
     if value is None:
         return None
-    text = value.replace("-", "")
     try:
-        if len(text) == 8:
-            return datetime.strptime(text, "%Y%m%d").date()
+        return parse_day(value)
     except ValueError:
-        pass
-    fail(f"{option}: a date like 2026-12-04 or 20261204")
+        fail(f"{option}: a date like 2026-12-04 or 20261204")
 
 
 def _load(agent: str, use_cache: bool = True) -> tuple[list[Entry], Skipped]:

@@ -20,12 +20,12 @@ def mcp(
 ) -> None:
     """Serve your local costs and capgate budgets as MCP tools (stdio by default)."""
     try:
-        from capgate.cli.local import _system_zone
+        from capgate.local.files import system_zone
         from capgate.mcp.server import build
         from capgate.mcp.tools import LocalUsage
     except ModuleNotFoundError as exc:  # the SDK is an extra: say how to get it
         fail(f"capgate mcp needs the MCP SDK ({exc.name}): pip install 'capgate[mcp]'")
-    usage = LocalUsage(os.environ, Path.home(), Path.cwd(), _system_zone)
+    usage = LocalUsage(os.environ, Path.home(), Path.cwd(), system_zone)
     server = build(usage, dict(os.environ))
     if http:
         server.run("streamable-http", host=host, port=port)

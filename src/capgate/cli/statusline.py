@@ -88,11 +88,11 @@ def budget_text(env: Mapping[str, str], now: float) -> str | None:
 def today_text(env: Mapping[str, str]) -> str:
     from datetime import date
 
-    from capgate.cli.local import _system_zone
+    from capgate.local.files import system_zone
     from capgate.local.render import cents
     from capgate.mcp.tools import LocalUsage, UsageError
 
-    usage = LocalUsage(env, Path.home(), Path.cwd(), _system_zone)
+    usage = LocalUsage(env, Path.home(), Path.cwd(), system_zone)
     today = date.today().isoformat()
     try:
         report = usage.period("daily", usage.query(today, today, None, None, "all"), False, 1)

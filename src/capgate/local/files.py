@@ -8,15 +8,29 @@ included. Codex: `$CODEX_HOME` (default `~/.codex`), `sessions/` and `archived_s
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from capgate.local import claude, codex
 from capgate.local.cache import FileCache
 from capgate.local.dedup import dedupe
 from capgate.local.records import Entry, Skipped
+
+
+def system_zone() -> tzinfo:
+    """The system's zone with its rules (DST), not today's offset: `TZ`, else
+    /etc/localtime, else today's offset."""
+    with contextlib.suppress(ZoneInfoNotFoundError, ValueError, OSError):
+        if os.environ.get("TZ"):
+            return ZoneInfo(os.environ["TZ"].removeprefix(":"))
+        with open("/etc/localtime", "rb") as handle:
+            return ZoneInfo.from_file(handle)
+    return datetime.now().astimezone().tzinfo or UTC
 
 
 class LocationError(Exception):

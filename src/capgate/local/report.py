@@ -162,3 +162,11 @@ def _merge(into: Row, row: Row) -> None:
     into.agents |= row.agents
     for model, sub in row.models.items():
         into.models.setdefault(model, Totals()).merge(sub)
+
+
+def parse_day(text: str) -> date:
+    """A `--since` / `--until` day: YYYY-MM-DD or YYYYMMDD. ValueError otherwise."""
+    digits = text.replace("-", "")
+    if len(digits) != 8:
+        raise ValueError(text)
+    return datetime.strptime(digits, "%Y%m%d").date()

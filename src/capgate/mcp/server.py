@@ -39,21 +39,23 @@ def build(
         "capgate", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING"
     )
 
-    def period(kind: str) -> Callable[..., dict[str, Any]]:
-        def report(
+    def report(kind: str, default_last: int) -> Callable[..., dict[str, Any]]:
+        def tool(
             since: Since = None,
             until: Until = None,
             timezone: Zone = None,
             project: Project = None,
             agent: Agent = "all",
             breakdown: Breakdown = False,
-            last: Last = 31,
+            last: Last = default_last,
         ) -> dict[str, Any]:
             with _tool_errors():
                 query = usage.query(since, until, timezone, project, agent)
+                if kind == "session":
+                    return usage.sessions(query, breakdown, last)
                 return usage.period(kind, query, breakdown, last)
 
-        return report
+        return tool
 
     for kind, what in (("daily", "local day"), ("weekly", "week (from Sunday)"),
                        ("monthly", "month")):  # fmt: skip
@@ -61,22 +63,12 @@ def build(
             name=f"usage_{kind}",
             description=f"Cost and tokens per {what}, as `capgate local {kind} --json`; "
             "the most recent rows.",
-        )(period(kind))
-
-    @server.tool(name="usage_session")
-    def usage_session(
-        since: Since = None,
-        until: Until = None,
-        timezone: Zone = None,
-        project: Project = None,
-        agent: Agent = "all",
-        breakdown: Breakdown = False,
-        last: Last = 20,
-    ) -> dict[str, Any]:
-        """Cost and tokens per session, dearest first, as `capgate local session --json`."""
-        with _tool_errors():
-            query = usage.query(since, until, timezone, project, agent)
-            return usage.sessions(query, breakdown, last)
+        )(report(kind, 31))
+    server.tool(
+        name="usage_session",
+        description="Cost and tokens per session, dearest first, as "
+        "`capgate local session --json`.",
+    )(report("session", 20))
 
     @server.tool(name="usage_blocks")
     def usage_blocks(

@@ -18,7 +18,7 @@ from capgate.local.costing import Costing
 from capgate.local.dedup import dedupe
 from capgate.local.files import LocationError, read_entries
 from capgate.local.records import Entry, Skipped
-from capgate.local.report import Query, by_period, by_session
+from capgate.local.report import Query, by_period, by_session, parse_day
 from capgate.pricing import PricingTable
 
 AGENTS = ("claude", "codex", "all")
@@ -141,10 +141,7 @@ def _small(out: dict[str, Any], rows_field: str, breakdown: bool) -> dict[str, A
 def _day(value: str | None, name: str) -> date | None:
     if value is None:
         return None
-    text = value.replace("-", "")
     try:
-        if len(text) == 8:
-            return datetime.strptime(text, "%Y%m%d").date()
+        return parse_day(value)
     except ValueError:
-        pass
-    raise UsageError(f"{name}: a date like 2026-12-04 or 20261204, not {value!r}")
+        raise UsageError(f"{name}: a date like 2026-12-04 or 20261204, not {value!r}") from None
