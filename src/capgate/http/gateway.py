@@ -267,9 +267,9 @@ class Gateway:
             key = await self._auth.authenticate(request.headers)
             raw, body = await self.read_json(request)
         except CapgateError as exc:
-            for_client(exc, client_of(request.headers))
-            self._access.refused(request_id, None, endpoint.value, None, exc)
-            return error_response(endpoint.dialect, exc, request_id)
+            response = self.refused(request, endpoint.dialect, exc, request_id)
+            self._access.refused(request_id, None, endpoint.value, None, exc)  # as sent
+            return response
         admitted = await self.admit(request, endpoint, key, raw, body, started, t0, request_id)
         if isinstance(admitted, Call):
             return await admitted.run()
