@@ -24,6 +24,8 @@ import httpx
 import pytest
 import yaml
 
+import pgcluster
+
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_KEY = "sk-cg-admin-test-0123456789abcdef"
 REQUIRE_ALL = os.environ.get("CAPGATE_REQUIRE_ALL") == "1"
@@ -272,3 +274,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _skipped:
         print("\nCAPGATE_REQUIRE_ALL=1 but these tests skipped:\n  " + "\n  ".join(_skipped))
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[pgcluster.Cluster]:
+    """A throwaway PostgreSQL cluster on a loopback port (tests/pgcluster.py). Skips
+    locally when the server binaries are missing; CI installs them, so it never skips."""
+    need(pgcluster.missing() is None, pgcluster.missing() or "")
+    with pgcluster.cluster() as started:
+        yield started
