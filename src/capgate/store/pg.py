@@ -64,7 +64,13 @@ T = TypeVar("T")
 Op = Callable[[asyncpg.Connection], Awaitable[T]]
 
 # Driver and connection errors: the database cannot be used now.
-DRIVER_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+DRIVER_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+)
 # Worth trying again at once: the transaction lost a race, nothing was changed.
 RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 RETRIES = 5
@@ -124,7 +130,7 @@ class PostgresStore:
         self._heartbeat: asyncio.Task[None] | None = None
 
     def _new_lifeline(self) -> Lifeline:
-        return Lifeline(self._connect, self.owner, self._notified, self._reload)
+        return Lifeline(self._connect, self.owner, self._notified, self._reload_quietly)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -150,6 +156,7 @@ class PostgresStore:
                 min_size=1,
                 max_size=self._pool_size,
                 timeout=self._timeout,
+                reset=_no_reset,
                 **self._options(),
             )
             async with self._pool.acquire() as conn:
@@ -278,6 +285,7 @@ class PostgresStore:
         """Load the keys and named scopes (one at a time: concurrent callers share it)."""
         if self._loading is None or self._loading.done():
             self._loading = asyncio.get_running_loop().create_task(self._load())
+            self._loading.add_done_callback(_retrieved)
         await asyncio.shield(self._loading)
 
     async def _load(self) -> None:
@@ -595,6 +603,16 @@ def _released(
                 state = out[(counter, start)]
                 out[(counter, start)] = CounterState(state.settled, state.reserved - c.amount)
     return out
+
+
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    """Pooled connections keep no session state (no LISTEN, SET or session lock: those
+    live on the lifeline), so nothing to reset on release: no round trip for it."""
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # whoever awaited it got it; don't log it again as unretrieved
 
 
 async def _one(conn: asyncpg.Connection, sql: str, *args: Any) -> asyncpg.Record:
