@@ -27,7 +27,8 @@ from aiohttp import web
 
 from capgate.errors import AuthenticationFailed, CapgateError, PermissionDenied
 from capgate.http.auth import AdminAuthenticator, presented_key
-from capgate.store.sqlite_dashboard import DashboardStore, Session
+from capgate.store.records import Session
+from capgate.store.sqlite_dashboard import DashboardStore
 
 COOKIE = "capgate_session"
 CSRF_HEADER = "x-csrf-token"

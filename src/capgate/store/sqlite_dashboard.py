@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -14,17 +13,8 @@ import orjson
 from capgate.core.limits import Limit, Scope
 from capgate.store import sqlite_insights as insights
 from capgate.store import sqlite_queries as q
-from capgate.store.base import RequestQuery
-
-SETTINGS_ROW = "settings"  # meta row: the settings an admin changed at runtime, as JSON
-
-
-@dataclass(frozen=True, slots=True)
-class Session:
-    actor: str
-    key_tag: str
-    created_at: float
-    expires_at: float
+from capgate.store.base import SETTINGS_ROW, RequestQuery
+from capgate.store.records import Session
 
 
 class DashboardStore:
