@@ -281,6 +281,12 @@ MIGRATIONS: tuple[str, ...] = (
         RETURN TRUE;
     END $$;
     """,
+    # 2: failed dashboard logins, for the login throttle (SQLite's migration 9).
+    """
+    CREATE TABLE login_failures (client TEXT NOT NULL, failed_at DOUBLE PRECISION NOT NULL);
+    CREATE INDEX login_failures_client ON login_failures (client, failed_at);
+    CREATE INDEX login_failures_at ON login_failures (failed_at);
+    """,
 )
 
 _CREATE_VERSION = "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)"
