@@ -153,6 +153,15 @@ def ledger_rows(count: int = 240, seed: int = 7) -> list[tuple[Any, ...]]:
                 None if refused else flags,
             )
         )  # fmt: skip
+    # Groups that cost nothing tie on cost: ordered by name (bytes), NULL first.
+    for n, name in enumerate(("b0", "B0", "_0", None), start=count + 1):
+        rows.append(
+            (
+                n, f"free-{n}", DAY0 + 4000 + n, name, name, name, name, name, name, name,
+                "/v1/messages", 0, 200, "ok", 1, 1, 0, 0, 0, 5.0, None, 1, None, None, None,
+                None,
+            )
+        )  # fmt: skip
     return rows
 
 
@@ -162,15 +171,20 @@ async def seed_scopes(store: Any) -> None:
     def limits(*specs: str) -> tuple[Any, ...]:
         return tuple(parse_limit_spec(spec) for spec in specs)
 
-    await store.create_scope(ScopeKind.ORG, "Org", ScopeFields(limits=limits("cost=100/month")))
+    await store.create_scope(
+        ScopeKind.ORG, "Org", ScopeFields(limits=limits("cost=100/month")), scope_id="o1"
+    )
     await store.create_scope(
         ScopeKind.TEAM,
         "research",
         ScopeFields(org="Org", limits=limits("cost=50/day", "requests=100/rolling-5m")),
+        scope_id="t1",
     )
-    await store.create_scope(ScopeKind.TEAM, "Zeta", ScopeFields())
+    await store.create_scope(ScopeKind.TEAM, "Zeta", ScopeFields(), scope_id="t2")
     for user in ("alice", "Bob", "_carol"):
-        await store.create_scope(ScopeKind.USER, user, ScopeFields(limits=limits("cost=7/day")))
+        await store.create_scope(
+            ScopeKind.USER, user, ScopeFields(limits=limits("cost=7/day")), scope_id=f"u-{user}"
+        )
     teams = {"k-alpha": "research", "K-beta": "Zeta", "k_gamma": None, "é-key": "research"}
     users = {"k-alpha": "alice", "K-beta": "Bob", "k_gamma": "_carol", "é-key": "Bob"}
     for key_id, name in _KEYS:
@@ -188,7 +202,10 @@ async def seed_scopes(store: Any) -> None:
             prefix=f"cg-{key_id}",
         )
     await store.create_scope(
-        ScopeKind.PROVIDER, "anthropic", ScopeFields(limits=limits("cost=1000/month"))
+        ScopeKind.PROVIDER,
+        "anthropic",
+        ScopeFields(limits=limits("cost=1000/month")),
+        scope_id="p1",
     )
 
 
@@ -338,10 +355,10 @@ async def admin_script(store: Any) -> list[Any]:
     five = (parse_limit_spec("cost=5/day"),)
     steps: list[Awaitable[Any]] = [
         store.create_scope(team, "research", ScopeFields(org="nope")),  # no such org
-        store.create_scope(org, "Org", ScopeFields()),
-        store.create_scope(team, "research", ScopeFields(org="Org", limits=five)),
+        store.create_scope(org, "Org", ScopeFields(), scope_id="o"),
+        store.create_scope(team, "research", ScopeFields(org="Org", limits=five), scope_id="t"),
         store.create_scope(team, "research", ScopeFields()),  # exists
-        store.create_scope(user, "alice", ScopeFields()),
+        store.create_scope(user, "alice", ScopeFields(), scope_id="u"),
         store.create_scope(key, "k1", ScopeFields(team="research", user="alice"), scope_id="i1"),
         store.create_scope(key, "k2", ScopeFields(team="reserach"), scope_id="i2"),  # typo
         store.create_scope(key, "K0", ScopeFields(team="research"), scope_id="i0"),
