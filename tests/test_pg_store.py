@@ -225,9 +225,8 @@ def test_a_dead_process_journal_is_replayed(db: str, tmp_path: Path) -> None:
                 "ledger": 1_000_000, "counted": 1_000_000, "reserved": 0,
                 "reservations": 0, "entries": 1,
             }  # fmt: skip
-            assert list((tmp_path / "settlements").iterdir()) == [
-                tmp_path / "settlements" / f"{store.owner}.jsonl"
-            ]
+            journals = store._journal.directory
+            assert list(journals.iterdir()) == [journals / f"{store.owner}.jsonl"]
         finally:
             await store.close()
 

@@ -26,7 +26,9 @@ this node's cache once committed.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -54,6 +56,8 @@ from capgate.store import pg_settlement as settlement
 from capgate.store import sqlite_queries as q
 from capgate.store.base import Outcome, RequestInfo, Reservation, StoreHealth
 from capgate.store.liveness import ProcessLock, is_alive
+from capgate.store.pg_admin import PgScopeAdmin
+from capgate.store.pg_dashboard import PgDashboard
 from capgate.store.pg_hot import Checks, SeenStates, charge_args
 from capgate.store.pg_lifeline import Lifeline, liveness_key
 from capgate.store.pg_schema import CONFIG_LOCK, migrate
@@ -89,11 +93,22 @@ _STATES = "SELECT settled, reserved FROM capgate_states($1, $2, $3)"
 _BUMP = "UPDATE meta SET v = (v::BIGINT + 1)::TEXT WHERE k = 'config_version'"
 
 
-def default_state_dir() -> Path:
-    return Path.home() / ".local" / "state" / "capgate"
+def state_dir_of(url: str, state_dir: str | Path | None = None) -> Path:
+    """This machine's directory for a database's journals and liveness files: one per
+    database (host, port, name), under `state_dir` or the user's state directory, so two
+    deployments on one machine never replay each other's journals."""
+    base = Path(state_dir) if state_dir is not None else _user_state_dir()
+    where = _safe(url).split("@")[-1].split("?")[0]
+    digest = hashlib.sha256(where.encode()).hexdigest()[:12]
+    return base / f"pg-{digest}"
 
 
-class PostgresStore:
+def _user_state_dir() -> Path:
+    xdg = os.environ.get("XDG_STATE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "capgate"
+
+
+class PostgresStore(PgScopeAdmin, PgDashboard):
     def __init__(
         self,
         url: str,
@@ -111,7 +126,7 @@ class PostgresStore:
         self._pool_size = pool_size
         self._timeout = statement_timeout_s
         self.owner = uuid.uuid4().hex[:16]  # this node's lease identity
-        self._state = Path(state_dir) if state_dir is not None else default_state_dir()
+        self._state = state_dir_of(url, state_dir)
         self._procs = self._state / "procs"
         self._alive = ProcessLock(self._procs, self.owner)
         self._journal = journal.Journal(self._state / "settlements", self.owner)

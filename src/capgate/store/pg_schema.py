@@ -298,7 +298,8 @@ MIGRATIONS: tuple[str, ...] = (
         status := 'settled';
     END $$;
     """,
-    # 2: failed dashboard logins, for the login throttle (SQLite's migration 9).
+    # 2: failed dashboard logins, shared by every node so the throttle holds across them
+    #    (SQLite's migration 9).
     """
     CREATE TABLE login_failures (client TEXT NOT NULL, failed_at DOUBLE PRECISION NOT NULL);
     CREATE INDEX login_failures_client ON login_failures (client, failed_at);
