@@ -15,9 +15,9 @@ import itertools
 import random
 import sqlite3
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 import orjson
@@ -27,50 +27,14 @@ import pgcluster
 from capgate.core.limits import Scope, ScopeKind, Status, parse_limit_spec
 from capgate.core.windows import window_at
 from capgate.errors import CapgateError
-from capgate.store import pg_feed, pg_queries
+from capgate.store import pg_feed
 from capgate.store.base import RequestQuery, ScopeFields
-from capgate.store.pg_admin import PgScopeAdmin
-from capgate.store.pg_dashboard import PgDashboard
-from capgate.store.pg_schema import CONFIG_LOCK, migrate
+from capgate.store.pg import PostgresStore
 from capgate.store.records import USAGE_GROUPS, scope_json
 from capgate.store.sqlite import SQLiteStore
 
-T = TypeVar("T")
-
 DAY0 = 1_764_979_200.0  # a UTC midnight
 NOW = DAY0 + 2 * 86400 + 13 * 3600 + 17.25
-
-
-class PgAdminStore(PgScopeAdmin, PgDashboard):
-    """The admin side on a pool, with `_write` / `_read` as PostgresStore has them (a
-    configuration change takes the configuration lock first and bumps the version)."""
-
-    def __init__(self, pool: asyncpg.Pool, clock: Callable[[], float]) -> None:
-        self._pool = pool
-        self._clock = clock
-
-    async def _write(
-        self, op: Callable[[pg_queries.Conn], Awaitable[T]], config: bool = False
-    ) -> T:
-        async with self._pool.acquire() as conn, conn.transaction():
-            if config:
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", CONFIG_LOCK)
-            result = await op(conn)
-            if config:
-                await conn.execute(
-                    "UPDATE meta SET v = (v::bigint + 1)::text WHERE k = 'config_version'"
-                )
-            return result
-
-    async def _read(self, op: Callable[[pg_queries.Conn], Awaitable[T]]) -> T:
-        async with (
-            self._pool.acquire() as conn,
-            conn.transaction(isolation="repeatable_read", readonly=True),
-        ):
-            return await op(conn)
-
-    async def flush(self) -> None:
-        return None
 
 
 def icu_database(postgres: pgcluster.Cluster) -> str:
@@ -82,11 +46,10 @@ def icu_database(postgres: pgcluster.Cluster) -> str:
     return postgres.url_of(name)
 
 
-async def open_pg(url: str, clock: Callable[[], float] = lambda: NOW) -> PgAdminStore:
-    pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
-    async with pool.acquire() as conn:
-        await migrate(conn)
-    return PgAdminStore(pool, clock)
+async def open_pg(url: str, state: Path) -> PostgresStore:
+    store = PostgresStore(url, lease_seconds=3600, state_dir=state, clock=lambda: NOW)
+    await store.start()
+    return store
 
 
 async def open_sqlite(path: Path) -> SQLiteStore:
@@ -95,9 +58,17 @@ async def open_sqlite(path: Path) -> SQLiteStore:
     return store
 
 
-async def close(lite: SQLiteStore, pg: PgAdminStore) -> None:
+async def close(lite: SQLiteStore, pg: PostgresStore) -> None:
     await lite.close()
-    await pg._pool.close()
+    await pg.close()
+
+
+async def fetchval(url: str, statement: str) -> Any:
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetchval(statement)
+    finally:
+        await conn.close()
 
 
 # -- the same rows in both ------------------------------------------------------------
@@ -224,14 +195,13 @@ async def counters_and_reservations(store: Any) -> list[tuple[str, int, int, int
     return rows
 
 
-async def seed(lite: SQLiteStore, pg: PgAdminStore, path: Path) -> None:
+async def seed(lite: SQLiteStore, pg: PostgresStore, path: Path) -> None:
     await seed_scopes(lite)
     await seed_scopes(pg)
     rows = ledger_rows()
     counters = await counters_and_reservations(lite)
-    reservations = [
-        (f"res-{n}", lite.owner, NOW - n, "[]", "{}") for n in range(3)
-    ]  # live owner: no sweep
+    # Held by each store's own process, alive: no sweep takes them.
+    held = [(f"res-{n}", NOW - n, "[]", "{}") for n in range(3)]
     names = ", ".join('"user"' if c == "user" else c for c in _COLUMNS)
     conn = sqlite3.connect(path, isolation_level=None)
     with conn:
@@ -242,11 +212,16 @@ async def seed(lite: SQLiteStore, pg: PgAdminStore, path: Path) -> None:
             rows,
         )
         conn.executemany("INSERT INTO counters VALUES (?, ?, ?, ?)", counters)
-        conn.executemany("INSERT INTO reservations VALUES (?, ?, ?, ?, ?)", reservations)
+        conn.executemany(
+            "INSERT INTO reservations (id, created_at, charges, info, owner) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [(*row, lite.owner) for row in held],
+        )
         conn.execute("COMMIT")
     conn.close()
     marks = ", ".join(f"${n}" for n in range(1, len(_COLUMNS) + 1))
-    async with pg._pool.acquire() as pconn:
+    pconn = await asyncpg.connect(pg.url)
+    try:
         await pconn.executemany(f"INSERT INTO requests ({names}) VALUES ({marks})", rows)
         await pconn.execute(
             "SELECT setval(pg_get_serial_sequence('requests', 'id'), $1)", len(rows)
@@ -257,8 +232,12 @@ async def seed(lite: SQLiteStore, pg: PgAdminStore, path: Path) -> None:
             counters,
         )
         await pconn.executemany(
-            "INSERT INTO reservations VALUES ($1, $2, $3, $4, $5)", reservations
+            "INSERT INTO reservations (id, created_at, charges, info, owner) "
+            "VALUES ($1, $2, $3, $4, $5)",
+            [(*row, pg.owner) for row in held],
         )
+    finally:
+        await pconn.close()
 
 
 def shown(scopes: list[Scope]) -> list[dict[str, Any]]:
@@ -285,7 +264,7 @@ QUERIES = (
 def test_reads_equal_sqlite_for_the_same_rows(postgres: pgcluster.Cluster, tmp_path: Path) -> None:
     async def test() -> None:
         path = tmp_path / "s.db"
-        lite, pg = await open_sqlite(path), await open_pg(icu_database(postgres))
+        lite, pg = await open_sqlite(path), await open_pg(icu_database(postgres), tmp_path)
         try:
             await seed(lite, pg, path)
             for kind in ScopeKind:
@@ -390,12 +369,14 @@ async def admin_script(store: Any) -> list[Any]:
 
 def test_admin_changes_equal_sqlite(postgres: pgcluster.Cluster, tmp_path: Path) -> None:
     async def test() -> None:
-        lite, pg = await open_sqlite(tmp_path / "s.db"), await open_pg(icu_database(postgres))
+        lite, pg = (
+            await open_sqlite(tmp_path / "s.db"),
+            await open_pg(icu_database(postgres), tmp_path),
+        )
         try:
             assert await admin_script(pg) == await admin_script(lite)
             assert await pg.audit(1000) == await lite.audit(1000)
-            async with pg._pool.acquire() as conn:
-                version = await conn.fetchval("SELECT v FROM meta WHERE k = 'config_version'")
+            version = await pg.get_meta("config_version")
             assert version == await lite.get_meta("config_version")
             assert version == str(len(await pg.audit(1000)))  # one bump per change, no more
         finally:
@@ -409,7 +390,7 @@ def test_reset_usage_keeps_holds_and_other_scopes(
 ) -> None:
     async def test() -> None:
         path = tmp_path / "s.db"
-        lite, pg = await open_sqlite(path), await open_pg(icu_database(postgres))
+        lite, pg = await open_sqlite(path), await open_pg(icu_database(postgres), tmp_path)
         try:
             await seed(lite, pg, path)
             for store in (lite, pg):
@@ -463,13 +444,15 @@ def test_sessions_settings_meta_and_throttle_equal_sqlite(
     postgres: pgcluster.Cluster, tmp_path: Path
 ) -> None:
     async def test() -> None:
-        lite, pg = await open_sqlite(tmp_path / "s.db"), await open_pg(icu_database(postgres))
+        lite, pg = (
+            await open_sqlite(tmp_path / "s.db"),
+            await open_pg(icu_database(postgres), tmp_path),
+        )
         try:
             got = await small_writes(pg)
             assert got == await small_writes(lite)
             assert got[18:22] == [None, pytest.approx(100.0), None, None]  # the 10th blocks
-            async with pg._pool.acquire() as conn:
-                left = await conn.fetchval("SELECT COUNT(*) FROM login_failures")
+            left = await fetchval(pg.url, "SELECT COUNT(*) FROM login_failures")
             assert left == 1  # 10.0.0.2's, older than the window, goes with the next failure
         finally:
             await close(lite, pg)
@@ -480,10 +463,12 @@ def test_sessions_settings_meta_and_throttle_equal_sqlite(
 # -- two stores on one database -----------------------------------------------------------
 
 
-def test_admin_changes_from_two_stores_stay_consistent(postgres: pgcluster.Cluster) -> None:
+def test_admin_changes_from_two_stores_stay_consistent(
+    postgres: pgcluster.Cluster, tmp_path: Path
+) -> None:
     async def test() -> None:
         url = icu_database(postgres)
-        one, two = await open_pg(url), await open_pg(url)
+        one, two = await open_pg(url, tmp_path / "a"), await open_pg(url, tmp_path / "b")
         try:
             await one.create_scope(ScopeKind.TEAM, "t", ScopeFields())
             # The same name created 20 times at once from both: exactly one wins.
@@ -524,8 +509,8 @@ def test_admin_changes_from_two_stores_stay_consistent(postgres: pgcluster.Clust
             teams = {s.name for s in await two.list_scopes(ScopeKind.TEAM)}
             assert all(k.extra["team"] in teams for k in keys.values())
         finally:
-            await one._pool.close()
-            await two._pool.close()
+            await one.close()
+            await two.close()
 
     asyncio.run(test())
 
@@ -533,10 +518,12 @@ def test_admin_changes_from_two_stores_stay_consistent(postgres: pgcluster.Clust
 # -- the live feed ----------------------------------------------------------------------
 
 
-def test_live_feed_never_passes_an_id_still_in_flight(postgres: pgcluster.Cluster) -> None:
+def test_live_feed_never_passes_an_id_still_in_flight(
+    postgres: pgcluster.Cluster, tmp_path: Path
+) -> None:
     async def test() -> None:
         url = icu_database(postgres)
-        pg = await open_pg(url)
+        pg = await open_pg(url, tmp_path)
         insert = (
             "INSERT INTO requests (request_id, created_at, status, outcome) "
             "VALUES ($1, 1.0, 200, 'ok') RETURNING id"
@@ -544,9 +531,8 @@ def test_live_feed_never_passes_an_id_still_in_flight(postgres: pgcluster.Cluste
         slow = await asyncpg.connect(url)
         fast = await asyncpg.connect(url)
         try:
-            async with pg._pool.acquire() as conn:
-                for n in range(3):
-                    await conn.fetchval(insert, f"r{n}")
+            for n in range(3):
+                await fast.fetchval(insert, f"r{n}")
             assert await pg.latest_ids() == (3, 0)
             held = slow.transaction()
             await held.start()
@@ -575,6 +561,6 @@ def test_live_feed_never_passes_an_id_still_in_flight(postgres: pgcluster.Cluste
         finally:
             await slow.close()
             await fast.close()
-            await pg._pool.close()
+            await pg.close()
 
     asyncio.run(test())
