@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 import pgcluster
@@ -20,6 +21,7 @@ from capgate.core.engine import Amounts, OutputFlex, Refusal
 from capgate.core.limits import Limit, Metric
 from capgate.core.money import Usage
 from capgate.core.windows import WindowKind
+from capgate.errors import StoreUnavailable
 from capgate.store.base import Outcome, RequestInfo, Reservation
 from capgate.store.pg import PostgresStore
 from capgate.store.pg_settlement import ALREADY, LATE
@@ -235,6 +237,44 @@ def test_a_dead_process_journal_is_replayed(db: str, tmp_path: Path) -> None:
             journals = store._journal.directory
             assert list(journals.iterdir()) == [journals / f"{store.owner}.jsonl"]
         finally:
+            await store.close()
+
+    run(test)
+
+
+def test_a_reservation_whose_answer_was_lost_is_given_up(db: str, tmp_path: Path) -> None:
+    """The connection dies after capgate_reserve committed, before its answer arrived: the
+    request is refused (StoreUnavailable) and what it holds is released in the background,
+    with no ledger entry, so nothing stays held for a request never sent."""
+
+    async def test() -> None:
+        key = await add_scope(db, "key", "k", DAY_10_CENTS)
+        store = await started(db, tmp_path)
+        real_run = store._run
+        calls = []
+
+        async def lose_answer(op: Any, **options: Any) -> Any:
+            result = await real_run(op, **options)
+            if not calls:
+                calls.append(result)
+                raise StoreUnavailable("lost") from asyncpg.ConnectionDoesNotExistError("gone")
+            return result
+
+        store._run = lose_answer  # type: ignore[method-assign]
+        try:
+            with pytest.raises(StoreUnavailable):
+                await store.reserve(info(key, 1), WORST)
+            assert calls and calls[0][0] == "ok"  # it had committed
+            deadline = time.monotonic() + 5
+            while (await books(db))["reservations"]:
+                assert time.monotonic() < deadline, "the lost reservation stays held"
+                await asyncio.sleep(0.05)
+            assert await books(db) == {
+                "ledger": 0, "counted": 0, "reserved": 0, "reservations": 0, "entries": 0
+            }  # fmt: skip
+            assert isinstance(await store.reserve(info(key, 2), WORST), Reservation)
+        finally:
+            store._run = real_run  # type: ignore[method-assign]
             await store.close()
 
     run(test)
