@@ -264,7 +264,7 @@ def test_a_reservation_whose_answer_was_lost_is_given_up(db: str, tmp_path: Path
         try:
             with pytest.raises(StoreUnavailable):
                 await store.reserve(info(key, 1), WORST)
-            assert calls and calls[0][0] == "ok"  # it had committed
+            assert calls and calls[0]["r_status"] == ["ok"]  # it had committed
             deadline = time.monotonic() + 5
             while (await books(db))["reservations"]:
                 assert time.monotonic() < deadline, "the lost reservation stays held"

@@ -47,6 +47,7 @@ from capgate.store import pg_settlement as settlement
 from capgate.store.base import Outcome, Reservation, StoreHealth
 from capgate.store.liveness import ProcessLock, is_alive
 from capgate.store.pg_admin import PgScopeAdmin
+from capgate.store.pg_batch import Batcher
 from capgate.store.pg_dashboard import PgDashboard
 from capgate.store.pg_hot import SETTLE_RETRY_MAX_S, PgReserve, SeenStates
 from capgate.store.pg_lifeline import Lifeline, liveness_key
@@ -123,6 +124,9 @@ class PostgresStore(PgReserve, PgScopeAdmin, PgDashboard):
         self._problem: str | None = None
         self._closing = False
         self._heartbeat: asyncio.Task[None] | None = None
+        self._batcher = Batcher(
+            lambda op: self._run(op, transaction=False), lambda: self.owner, self._clock
+        )
 
     def _new_lifeline(self) -> Lifeline:
         return Lifeline(self._connect, self.owner, self._notified, self._reload_quietly)
@@ -410,6 +414,10 @@ class PostgresStore(PgReserve, PgScopeAdmin, PgDashboard):
         )
 
     async def _settle_now(self, res: Reservation, outcome: Outcome) -> str:
+        """Settle in the node's next batch; alone when the batch could not (its
+        reservation gone or moved: late settlement, already settled)."""
+        if await self._batcher.settle(settlement.settle_item(res, outcome)):
+            return settlement.SETTLED
         return await self._run(
             lambda c: settlement.settle(c, res, outcome, self._clock()), transaction=False
         )

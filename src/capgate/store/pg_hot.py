@@ -37,6 +37,7 @@ from capgate.errors import StoreUnavailable
 from capgate.store import pg_settlement as settlement
 from capgate.store import sqlite_queries as q
 from capgate.store.base import RequestInfo, Reservation
+from capgate.store.pg_batch import Batcher, ReserveItem
 
 Instance = tuple[str, int]  # (counter, window_start)
 
@@ -161,6 +162,7 @@ class PgReserve:
     _giving_up: set[asyncio.Task[None]]
     _scopes_of: Callable[[Scope, str], list[Scope]]
     _keys: dict[str, tuple[Scope, bytes]]
+    _batcher: Batcher
 
     async def _run(
         self,
@@ -297,9 +299,21 @@ class PgReserve:
         return fresh
 
     async def _call_reserve(self, args: tuple[Any, ...], res_id: str, charges: str) -> Any:
+        """capgate_reserve's answer: (status, settled, reserved). A plain reservation goes
+        through the node's batcher (pg_batch), a rereserve alone."""
         sql = _RESERVE if len(args) == 14 else _RERESERVE
         try:
-            return await self._run(lambda c: one_row(c, sql, *args), transaction=False)
+            if sql is _RERESERVE:
+                return await self._run(lambda c: one_row(c, sql, *args), transaction=False)
+            item = ReserveItem(
+                args[0],
+                args[1],
+                args[4],
+                args[5],
+                args[6:11],
+                args[11:14],
+            )
+            done = await self._batcher.reserve(item)
         except StoreUnavailable as exc:
             cause = exc.__cause__
             answered = isinstance(cause, asyncpg.PostgresError) and not isinstance(
@@ -314,6 +328,9 @@ class PgReserve:
                 self._giving_up.add(task)
                 task.add_done_callback(self._giving_up.discard)
             raise
+        if done.status == "duplicate":
+            raise StoreUnavailable(f"a reservation {res_id} exists already")
+        return done.status, done.settled, done.reserved
 
     async def _give_up(self, res_id: str, charges: str) -> None:
         delay = 0.2

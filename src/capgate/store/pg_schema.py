@@ -329,6 +329,114 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX login_failures_client ON login_failures (client, failed_at);
     CREATE INDEX login_failures_at ON login_failures (failed_at);
     """,
+    # 3: the hot path batched: each node sends the reservations and settlements that
+    #    arrive while its previous call runs as one call, one transaction, so a budget's
+    #    counter rows are locked (and committed) once per batch instead of once per request.
+    """
+    CREATE FUNCTION capgate_batch(
+        p_owner TEXT, p_now DOUBLE PRECISION,
+        s_id TEXT[], s_charges TEXT[], s_entry JSONB[],
+        sd_item INT[], sd_counter TEXT[], sd_start BIGINT[], sd_reserved BIGINT[],
+        sd_settled BIGINT[],
+        r_version TEXT[], r_id TEXT[], r_charges TEXT[], r_info TEXT[],
+        r_ck_to INT[], ck_counter TEXT[], ck_start BIGINT[], ck_from BIGINT[],
+        ck_amount BIGINT[], ck_max BIGINT[],
+        r_ch_to INT[], ch_counter TEXT[], ch_start BIGINT[], ch_amount BIGINT[],
+        OUT settled_ids TEXT[], OUT r_status TEXT[], OUT r_settled BIGINT[],
+        OUT r_reserved BIGINT[]
+    ) LANGUAGE plpgsql AS $$
+    #variable_conflict use_column
+    DECLARE
+        current TEXT;
+        i INT;
+        k INT;
+        ck0 INT := 1;
+        ch0 INT := 1;
+        st TEXT;
+        ss BIGINT;
+        rr BIGINT;
+    BEGIN
+        PERFORM pg_advisory_xact_lock_shared(%(config_lock)s);
+        SELECT m.v INTO current FROM meta m WHERE m.k = 'config_version';
+        -- Every counter instance of the batch, locked in the one sorted order.
+        INSERT INTO counters (counter, window_start)
+        SELECT DISTINCT w.counter, w.window_start
+        FROM unnest(sd_counter || ch_counter, sd_start || ch_start) AS w (counter, window_start)
+        ORDER BY 1, 2
+        ON CONFLICT DO NOTHING;
+        PERFORM 1 FROM counters c
+        WHERE (c.counter, c.window_start) IN (
+            SELECT * FROM unnest(sd_counter || ch_counter, sd_start || ch_start))
+        ORDER BY c.counter, c.window_start
+        FOR UPDATE;
+        -- Settlements first (they only release): those whose reservation is there with
+        -- the charges given; the others are settled one by one by the caller (late, moved).
+        WITH done AS (
+            DELETE FROM reservations r USING unnest(s_id, s_charges) AS x (id, charges)
+            WHERE r.id = x.id AND r.charges = x.charges
+            RETURNING r.id
+        )
+        SELECT coalesce(array_agg(done.id), '{}') INTO settled_ids FROM done;
+        INSERT INTO requests (
+            request_id, created_at, key_id, key_name, "user", team, model, provider,
+            upstream_model, endpoint, stream, status, outcome, input_tokens, output_tokens,
+            cache_read_tokens, cache_write_tokens, cost_nano, latency_ms, ttft_ms, attempts,
+            refusal, error, max_tokens_clamped, flags)
+        SELECT e.request_id, e.created_at, e.key_id, e.key_name, e."user", e.team, e.model,
+            e.provider, e.upstream_model, e.endpoint, e.stream, e.status, e.outcome,
+            e.input_tokens, e.output_tokens, e.cache_read_tokens, e.cache_write_tokens,
+            e.cost_nano, e.latency_ms, e.ttft_ms, e.attempts, e.refusal, e.error,
+            e.max_tokens_clamped, e.flags
+        FROM unnest(s_id, s_entry) WITH ORDINALITY AS x (id, entry, n)
+        CROSS JOIN LATERAL jsonb_populate_record(NULL::requests, x.entry) AS e
+        WHERE x.id = ANY (settled_ids)
+        ORDER BY x.n;
+        UPDATE counters c SET reserved = c.reserved + d.r, settled = c.settled + d.s
+        FROM (
+            SELECT x.counter, x.start, sum(x.r) AS r, sum(x.s) AS s
+            FROM unnest(sd_item, sd_counter, sd_start, sd_reserved, sd_settled)
+                AS x (item, counter, start, r, s)
+            WHERE s_id[x.item] = ANY (settled_ids)
+            GROUP BY 1, 2
+        ) d
+        WHERE c.counter = d.counter AND c.window_start = d.start;
+        -- Reservations in order, each seeing the ones before it.
+        r_status := '{}';
+        r_settled := '{}';
+        r_reserved := '{}';
+        FOR i IN 1 .. coalesce(cardinality(r_id), 0) LOOP
+            st := CASE WHEN r_version[i] IS DISTINCT FROM current THEN 'stale' ELSE 'ok' END;
+            FOR k IN ck0 .. r_ck_to[i] LOOP
+                SELECT coalesce(sum(c.settled), 0), coalesce(sum(c.reserved), 0)
+                INTO ss, rr
+                FROM counters c
+                WHERE c.counter = ck_counter[k]
+                  AND c.window_start BETWEEN coalesce(ck_from[k], ck_start[k]) AND ck_start[k];
+                r_settled := r_settled || ss;
+                r_reserved := r_reserved || rr;
+                IF st = 'ok' AND ss + rr + ck_amount[k] > ck_max[k] THEN
+                    st := 'full';
+                END IF;
+            END LOOP;
+            IF st = 'ok' THEN
+                INSERT INTO reservations (id, owner, created_at, charges, info)
+                VALUES (r_id[i], p_owner, p_now, r_charges[i], r_info[i])
+                ON CONFLICT DO NOTHING;
+                IF NOT FOUND THEN
+                    st := 'duplicate';
+                ELSE
+                    UPDATE counters c SET reserved = c.reserved + d.amount
+                    FROM unnest(ch_counter[ch0:r_ch_to[i]], ch_start[ch0:r_ch_to[i]],
+                                ch_amount[ch0:r_ch_to[i]]) AS d (counter, window_start, amount)
+                    WHERE c.counter = d.counter AND c.window_start = d.window_start;
+                END IF;
+            END IF;
+            r_status := r_status || st;
+            ck0 := r_ck_to[i] + 1;
+            ch0 := r_ch_to[i] + 1;
+        END LOOP;
+    END $$;
+    """,
 )
 
 _CREATE_VERSION = "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)"
