@@ -278,3 +278,41 @@ def test_a_reservation_whose_answer_was_lost_is_given_up(db: str, tmp_path: Path
             await store.close()
 
     run(test)
+
+
+def test_a_node_takes_its_lock_and_ear_back_after_its_connection_is_killed(
+    db: str, postgres: pgcluster.Cluster, tmp_path: Path
+) -> None:
+    """pg_terminate_backend on every connection: the node's own connection comes back by
+    itself, holds its liveness lock again (a sweeper cannot take it) and hears
+    configuration changes again."""
+
+    async def test() -> None:
+        key = await add_scope(db, "key", "k", DAY_10_CENTS)
+        store = await started(db, tmp_path)
+        try:
+            await asyncio.to_thread(postgres.terminate_backends, db.rsplit("/", 1)[1])
+            deadline = time.monotonic() + 10
+            while True:
+                conn = store._lifeline._conn
+                if conn is not None and not conn.is_closed() and store.health().problem is None:
+                    break
+                assert time.monotonic() < deadline, store.health()
+                await asyncio.sleep(0.05)
+            rows = await sql(
+                db, "SELECT pg_try_advisory_lock($1, $2) AS taken", *store._lifeline.key
+            )
+            assert rows[0]["taken"] is False  # held again by the node
+            await execute(
+                db,
+                "UPDATE scopes SET status='paused'; "
+                "UPDATE meta SET v = (v::bigint + 1)::text WHERE k='config_version'",
+            )
+            deadline = time.monotonic() + 1.0
+            while store.key_by_id(key)[0].status.value != "paused":  # type: ignore[index]
+                assert time.monotonic() < deadline, "NOTIFY not heard after the reconnect"
+                await asyncio.sleep(0.01)
+        finally:
+            await store.close()
+
+    run(test)
