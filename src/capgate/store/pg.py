@@ -6,6 +6,8 @@ SQLite's store on one machine (asyncpg; see docs/dependencies.md for why).
   limits again under those locks and apply the engine's decision, made in Python on
   the states this node saw last (pg_hot). A reservation planned on an older
   configuration is refused by the database ("stale"): the node reloads and plans again.
+  Under load a node's reserves and settles go in batches, one transaction each
+  (pg_batch), so a budget's counter rows are locked and committed once per batch.
 - Settlements are journaled on this machine (`state_dir`) before they are written and
   retried until they commit; the journals of dead processes of this machine are
   replayed at start and on every heartbeat (as SQLiteStore does).

@@ -15,7 +15,9 @@ statement (one round trip, one short transaction):
   now and, if all fit, adds the charges and inserts the reservation;
 - `capgate_settle`: deletes the reservation and, only if it was there, applies the
   settlement's deltas (same lock order) and inserts the ledger entry;
-- `capgate_add_counters`: adds deltas in the same order (sweep, late settlement).
+- `capgate_add_counters`: adds deltas in the same order (sweep, late settlement);
+- `capgate_batch` (migration 3): what a node's reserves and settles would do one call
+  each, for a whole batch of them in one transaction (pg_batch: group commit).
 
 A configuration change bumps `meta.config_version`; a trigger on that row takes the
 configuration lock (exclusive; every reservation holds it shared while it checks the
