@@ -225,7 +225,7 @@ class PostgresStore(PgReserve, PgScopeAdmin, PgDashboard):
     def _acquire(self) -> Any:
         if self._pool is None:
             raise StoreUnavailable("the usage ledger is not open")
-        return self._pool.acquire(timeout=self._timeout)
+        return self._pool.acquire()  # no timeout here: wait_for would cost a task per call
 
     async def _run(self, op: Op[T], *, transaction: bool = True, **options: Any) -> T:
         """`op` on a pooled connection (in a transaction), retried when it lost a race;

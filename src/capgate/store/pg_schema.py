@@ -360,48 +360,62 @@ MIGRATIONS: tuple[str, ...] = (
     BEGIN
         PERFORM pg_advisory_xact_lock_shared(%(config_lock)s);
         SELECT m.v INTO current FROM meta m WHERE m.k = 'config_version';
-        -- Every counter instance of the batch, locked in the one sorted order.
-        INSERT INTO counters (counter, window_start)
-        SELECT DISTINCT w.counter, w.window_start
-        FROM unnest(sd_counter || ch_counter, sd_start || ch_start) AS w (counter, window_start)
-        ORDER BY 1, 2
-        ON CONFLICT DO NOTHING;
-        PERFORM 1 FROM counters c
-        WHERE (c.counter, c.window_start) IN (
-            SELECT * FROM unnest(sd_counter || ch_counter, sd_start || ch_start))
-        ORDER BY c.counter, c.window_start
-        FOR UPDATE;
-        -- Settlements first (they only release): those whose reservation is there with
-        -- the charges given; the others are settled one by one by the caller (late, moved).
-        WITH done AS (
-            DELETE FROM reservations r USING unnest(s_id, s_charges) AS x (id, charges)
-            WHERE r.id = x.id AND r.charges = x.charges
-            RETURNING r.id
-        )
-        SELECT coalesce(array_agg(done.id), '{}') INTO settled_ids FROM done;
-        INSERT INTO requests (
-            request_id, created_at, key_id, key_name, "user", team, model, provider,
-            upstream_model, endpoint, stream, status, outcome, input_tokens, output_tokens,
-            cache_read_tokens, cache_write_tokens, cost_nano, latency_ms, ttft_ms, attempts,
-            refusal, error, max_tokens_clamped, flags)
-        SELECT e.request_id, e.created_at, e.key_id, e.key_name, e."user", e.team, e.model,
-            e.provider, e.upstream_model, e.endpoint, e.stream, e.status, e.outcome,
-            e.input_tokens, e.output_tokens, e.cache_read_tokens, e.cache_write_tokens,
-            e.cost_nano, e.latency_ms, e.ttft_ms, e.attempts, e.refusal, e.error,
-            e.max_tokens_clamped, e.flags
-        FROM unnest(s_id, s_entry) WITH ORDINALITY AS x (id, entry, n)
-        CROSS JOIN LATERAL jsonb_populate_record(NULL::requests, x.entry) AS e
-        WHERE x.id = ANY (settled_ids)
-        ORDER BY x.n;
-        UPDATE counters c SET reserved = c.reserved + d.r, settled = c.settled + d.s
-        FROM (
-            SELECT x.counter, x.start, sum(x.r) AS r, sum(x.s) AS s
-            FROM unnest(sd_item, sd_counter, sd_start, sd_reserved, sd_settled)
-                AS x (item, counter, start, r, s)
-            WHERE s_id[x.item] = ANY (settled_ids)
-            GROUP BY 1, 2
-        ) d
-        WHERE c.counter = d.counter AND c.window_start = d.start;
+        -- Every counter instance of the batch, locked in the one sorted order; those that
+        -- do not exist yet (a new window) are made first.
+        SELECT count(*) INTO k FROM (
+            SELECT 1 FROM counters c
+            WHERE (c.counter, c.window_start) IN (
+                SELECT * FROM unnest(sd_counter || ch_counter, sd_start || ch_start))
+            ORDER BY c.counter, c.window_start
+            FOR UPDATE) x;
+        IF k < (SELECT count(*) FROM (SELECT DISTINCT * FROM unnest(
+                    sd_counter || ch_counter, sd_start || ch_start)) d) THEN
+            INSERT INTO counters (counter, window_start)
+            SELECT DISTINCT w.counter, w.window_start
+            FROM unnest(sd_counter || ch_counter, sd_start || ch_start)
+                AS w (counter, window_start)
+            ORDER BY 1, 2
+            ON CONFLICT DO NOTHING;
+            PERFORM 1 FROM counters c
+            WHERE (c.counter, c.window_start) IN (
+                SELECT * FROM unnest(sd_counter || ch_counter, sd_start || ch_start))
+            ORDER BY c.counter, c.window_start
+            FOR UPDATE;
+        END IF;
+        settled_ids := '{}';
+        IF cardinality(s_id) > 0 THEN
+            -- Settlements first (they only release): those whose reservation is there with
+            -- the charges given; the others are settled one by one by the caller (late, moved).
+            WITH done AS (
+                DELETE FROM reservations r USING unnest(s_id, s_charges) AS x (id, charges)
+                WHERE r.id = x.id AND r.charges = x.charges
+                RETURNING r.id
+            )
+            SELECT coalesce(array_agg(done.id), '{}') INTO settled_ids FROM done;
+            INSERT INTO requests (
+                request_id, created_at, key_id, key_name, "user", team, model, provider,
+                upstream_model, endpoint, stream, status, outcome, input_tokens, output_tokens,
+                cache_read_tokens, cache_write_tokens, cost_nano, latency_ms, ttft_ms, attempts,
+                refusal, error, max_tokens_clamped, flags)
+            SELECT e.request_id, e.created_at, e.key_id, e.key_name, e."user", e.team, e.model,
+                e.provider, e.upstream_model, e.endpoint, e.stream, e.status, e.outcome,
+                e.input_tokens, e.output_tokens, e.cache_read_tokens, e.cache_write_tokens,
+                e.cost_nano, e.latency_ms, e.ttft_ms, e.attempts, e.refusal, e.error,
+                e.max_tokens_clamped, e.flags
+            FROM unnest(s_id, s_entry) WITH ORDINALITY AS x (id, entry, n)
+            CROSS JOIN LATERAL jsonb_populate_record(NULL::requests, x.entry) AS e
+            WHERE x.id = ANY (settled_ids)
+            ORDER BY x.n;
+            UPDATE counters c SET reserved = c.reserved + d.r, settled = c.settled + d.s
+            FROM (
+                SELECT x.counter, x.start, sum(x.r) AS r, sum(x.s) AS s
+                FROM unnest(sd_item, sd_counter, sd_start, sd_reserved, sd_settled)
+                    AS x (item, counter, start, r, s)
+                WHERE s_id[x.item] = ANY (settled_ids)
+                GROUP BY 1, 2
+            ) d
+            WHERE c.counter = d.counter AND c.window_start = d.start;
+        END IF;
         -- Reservations in order, each seeing the ones before it.
         r_status := '{}';
         r_settled := '{}';
