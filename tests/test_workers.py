@@ -203,6 +203,37 @@ def test_two_workers_answer_on_one_port(
     assert {logged[prefix] for prefix in prefixes} == set(workers.values())
 
 
+def _requests_by_pid(text: str) -> dict[str, int]:
+    counts: Counter[str] = Counter()
+    for line in text.splitlines():
+        found = re.match(r"capgate_requests_total\{(.*)\} (\S+)$", line)
+        if found:
+            pid = re.search(r'pid="(\d+)"', found.group(1))
+            assert pid is not None, line  # every per-process series says its worker
+            counts[pid.group(1)] += int(float(found.group(2)))
+    return dict(counts)
+
+
+def test_metrics_on_any_worker_count_every_worker(
+    upstream: Upstream, tmp_path: Path, parents: list[Parent]
+) -> None:
+    """A scrape lands on one worker; it answers every worker's request counters, each
+    series labelled with the pid that counted it, and they add up to all the requests."""
+    parent = Parent(tmp_path, gateway_config(upstream), "--workers", "2")
+    parents.append(parent)
+    workers = {str(pid) for pid in parent.workers().values()}
+    key = parent.server.create_key("counted", [])
+    results = asyncio.run(_fire(parent.url, key, [QUICK] * 30))
+    assert [status for status, _ in results] == [200] * 30
+    time.sleep(2.5)  # each worker publishes its counters every 2 s
+    for _ in range(6):  # new connections: both workers answer some of the scrapes
+        scraped = httpx.get(parent.url + "/metrics", headers={"connection": "close"})
+        assert scraped.status_code == 200
+        by_pid = _requests_by_pid(scraped.text)
+        assert set(by_pid) == workers, by_pid
+        assert sum(by_pid.values()) == 30
+
+
 def test_a_budget_race_across_workers_never_overspends(
     upstream: Upstream, tmp_path: Path, parents: list[Parent]
 ) -> None:

@@ -56,6 +56,7 @@ class Built:
     app: web.Application
     store: SQLiteStore
     keys: Keys
+    metrics: Metrics | None = None  # this process's request metrics, when they are on
 
 
 async def _start_builtin_mock() -> tuple[web.AppRunner, str]:
@@ -225,4 +226,4 @@ async def build(
 
     app.on_shutdown.append(end_streams)
     app.on_cleanup.append(shutdown)
-    return Built(app, store, keys)
+    return Built(app, store, keys, metrics)

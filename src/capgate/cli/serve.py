@@ -7,12 +7,16 @@ taken) changes nothing in the database, so a running demo's keys stay as they ar
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import socket
 import ssl
 import sys
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import orjson
 from aiohttp import web
@@ -23,6 +27,8 @@ from capgate.cli.workers import READY, Supervisor, WorkerFailed
 from capgate.config import Config, ConfigError
 from capgate.errors import StoreUnavailable
 from capgate.logs import configure
+from capgate.metrics import Metrics
+from capgate.worker_metrics import PUBLISH_S, WorkerMetrics, remove
 
 log = logging.getLogger("capgate.serve")
 
@@ -103,6 +109,7 @@ async def _answer(
     demo: bool,
     keys: Keys | None,
     stop: asyncio.Event | None = None,
+    metrics_dir: Path | None = None,
 ) -> None:
     """Build everything and answer on `sock` until SIGTERM / SIGINT (or `stop`). A single
     process prints the banner; a worker (`keys` decided by its parent) says `ready`."""
@@ -113,6 +120,8 @@ async def _answer(
         raise
     if context is not None:
         built.app.on_response_prepare.append(_hsts)
+    if metrics_dir is not None and built.metrics is not None:
+        _share_metrics(built.app, built.metrics, metrics_dir)
     runner = web.AppRunner(built.app, access_log=None)
     await runner.setup()
     site = web.SockSite(runner, sock, ssl_context=context)
@@ -142,6 +151,28 @@ def _url(sock: socket.socket, https: bool) -> str:
 # -- serve --workers N ------------------------------------------------------------------
 
 
+def _share_metrics(app: web.Application, metrics: Metrics, directory: Path) -> None:
+    """/metrics on any worker answers every worker's request counters (worker_metrics.py)."""
+    shared = WorkerMetrics(metrics, directory)
+    metrics.registry.unregister(metrics)
+    metrics.registry.register(shared)
+
+    async def publishing(_: web.Application) -> AsyncIterator[None]:
+        async def loop() -> None:
+            while True:
+                shared.publish()
+                await asyncio.sleep(PUBLISH_S)
+
+        task = asyncio.create_task(loop())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        shared.publish()  # what it counted last, for the scrapes of the others
+
+    app.cleanup_ctx.append(publishing)
+
+
 async def _supervise(config: Config, demo: bool) -> int:
     """The parent: the port first (a taken one fails before the database is opened), then
     the decisions made once (migrations, the admin key, the demo key and its secrets
@@ -152,25 +183,34 @@ async def _supervise(config: Config, demo: bool) -> int:
     if config.server.database_url in ("sqlite:///", "sqlite:///:memory:"):
         raise ConfigError("workers: the workers must share a database file, not one in memory")
     sock = listen(config.server.host, config.server.port)
-    with sock:
-        store = await open_store(config)
-        try:
-            keys = await decide_keys(store, config, demo=demo)
-        finally:
-            await store.close()
-        order = {
-            "config": config.model_dump(mode="json"),
-            "demo": demo,
-            "admin_digest": keys.admin_digest.hex(),
-            "fd": sock.fileno(),
-        }
-        supervisor = Supervisor(
-            config.server.workers, [sys.executable, "-m", "capgate.cli.serve"],
-            orjson.dumps(order), (sock.fileno(),),
-        )  # fmt: skip
-        await supervisor.start()
-        _banner(_url(sock, cert is not None), keys, len(supervisor.pids))
-        return await supervisor.run()
+    metrics_dir = Path(tempfile.mkdtemp(prefix="capgate-metrics-"))  # owner-only
+    try:
+        return await _parent(config, demo, sock, metrics_dir)
+    finally:
+        sock.close()
+        remove(metrics_dir)
+
+
+async def _parent(config: Config, demo: bool, sock: socket.socket, metrics_dir: Path) -> int:
+    store = await open_store(config)  # migrated here, once
+    try:
+        keys = await decide_keys(store, config, demo=demo)
+    finally:
+        await store.close()
+    order = {
+        "config": config.model_dump(mode="json"),
+        "demo": demo,
+        "admin_digest": keys.admin_digest.hex(),
+        "fd": sock.fileno(),
+        "metrics_dir": str(metrics_dir),
+    }
+    supervisor = Supervisor(
+        config.server.workers, [sys.executable, "-m", "capgate.cli.serve"],
+        orjson.dumps(order), (sock.fileno(),),
+    )  # fmt: skip
+    await supervisor.start()
+    _banner(_url(sock, config.server.tls_cert is not None), keys, len(supervisor.pids))
+    return await supervisor.run()
 
 
 def work() -> None:
@@ -183,7 +223,7 @@ def work() -> None:
     keys = Keys(bytes.fromhex(order["admin_digest"]))
     sock = socket.socket(fileno=order["fd"])
     try:
-        asyncio.run(_work(config, sock, keys, bool(order["demo"])))
+        asyncio.run(_work(config, sock, keys, bool(order["demo"]), Path(order["metrics_dir"])))
     except (ConfigError, ValueError) as exc:
         sys.exit(f"capgate: worker {os.getpid()}: bad configuration: {exc}")
     except OSError as exc:
@@ -194,14 +234,16 @@ def work() -> None:
         logs.stop()
 
 
-async def _work(config: Config, sock: socket.socket, keys: Keys, demo: bool) -> None:
+async def _work(
+    config: Config, sock: socket.socket, keys: Keys, demo: bool, metrics_dir: Path
+) -> None:
     cert, key = config.server.tls_cert, config.server.tls_key
     context = tls_context(cert, key) if cert and key else None
     stop = asyncio.Event()
     # The parent holds the other end of stdin: its end-of-file means the parent is gone.
     loop = asyncio.get_running_loop()
     loop.add_reader(0, lambda: None if os.read(0, 512) else stop.set())
-    await _answer(config, sock, context, demo=demo, keys=keys, stop=stop)
+    await _answer(config, sock, context, demo=demo, keys=keys, stop=stop, metrics_dir=metrics_dir)
 
 
 def _banner(url: str, keys: Keys, workers: int = 1) -> None:
