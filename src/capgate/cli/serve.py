@@ -240,9 +240,14 @@ async def _work(
     cert, key = config.server.tls_cert, config.server.tls_key
     context = tls_context(cert, key) if cert and key else None
     stop = asyncio.Event()
-    # The parent holds the other end of stdin: its end-of-file means the parent is gone.
     loop = asyncio.get_running_loop()
-    loop.add_reader(0, lambda: None if os.read(0, 512) else stop.set())
+
+    def parent_gone() -> None:  # the parent holds the other end of stdin until it ends
+        if not os.read(0, 512):
+            loop.remove_reader(0)
+            stop.set()
+
+    loop.add_reader(0, parent_gone)
     await _answer(config, sock, context, demo=demo, keys=keys, stop=stop, metrics_dir=metrics_dir)
 
 

@@ -55,10 +55,10 @@ class Supervisor:
     within_s: float = WITHIN_S
     backoff_s: float = BACKOFF_S
     clock: Callable[[], float] = time.monotonic
-    _slots: list[_Slot] = field(default_factory=list)
-    _deaths: list[float] = field(default_factory=list)
-    _stop: asyncio.Event = field(default_factory=asyncio.Event)
-    _gave_up: str | None = None
+    _slots: list[_Slot] = field(default_factory=list, init=False)
+    _deaths: list[float] = field(default_factory=list, init=False)  # recent, by `clock`
+    _stop: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    _gave_up: str | None = field(default=None, init=False)
 
     @property
     def pids(self) -> list[int]:
