@@ -56,6 +56,7 @@ class Parent:
         config_path.write_text(yaml.safe_dump(config))
         env = {k: v for k, v in os.environ.items() if not k.startswith("CAPGATE_")}
         env |= {"CAPGATE_LOG_FORMAT": "json", "CAPGATE_LOG_LEVEL": "info"}
+        env["TMPDIR"] = str(tmp)  # the parent's metrics directory, even if it is killed
         if admin_key is not None:
             env["CAPGATE_ADMIN_KEY"] = admin_key
         with self.out.open("wb") as out:
@@ -365,6 +366,7 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(
     assert [status for status, _ in results] == [200] * 8
     assert parent.proc.wait(30) == 0
     assert not any(_alive(pid) for pid in workers)
+    assert not list(tmp_path.glob("capgate-metrics-*"))  # the parent cleaned up
     assert "Traceback" not in parent.text()
     # The books, read by a single process on the same database afterwards.
     after = Parent(tmp_path, gateway_config(upstream), db=parent.db)
