@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -110,10 +111,12 @@ class Supervisor:
         proc.stdin.write(self.order + b"\n")  # the pipe stays open: see the module's doc
         with contextlib.suppress(ConnectionError):
             await proc.stdin.drain()
-        if (await proc.stdout.readline()).strip() != READY:
-            await proc.wait()
-            return proc
-        log.info("worker %d started (pid %d)", slot.number, proc.pid)
+        while line := await proc.stdout.readline():  # what it prints before: passed on
+            if line.strip() == READY:
+                log.info("worker %d started (pid %d)", slot.number, proc.pid)
+                return proc
+            sys.stderr.buffer.write(line)
+        await proc.wait()  # it ended before it answered
         return proc
 
     async def _keep(self, slot: _Slot) -> None:
@@ -137,7 +140,10 @@ class Supervisor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
                 return
-            await self._spawn(slot)
+            try:
+                await self._spawn(slot)
+            except OSError as exc:  # no process could be made (EAGAIN, EMFILE): a death too
+                log.error("worker %d could not be started: %s", slot.number, exc)
             if self._stop.is_set():  # stopped while it started: _stop_all may have missed it
                 _terminate(slot.proc)
 
