@@ -32,7 +32,7 @@ from capgate.providers.cli import cli_provider
 from capgate.providers.http import HTTPProvider
 from capgate.routing import Router
 from capgate.runtime import RuntimeSettings
-from capgate.store.base import ScopeFields
+from capgate.store.base import ScopeFields, Store
 from capgate.store.sqlite import SQLiteStore
 
 DEMO_PROVIDER = "demo-mock"
@@ -54,7 +54,7 @@ class Keys:
 @dataclass
 class Built:
     app: web.Application
-    store: SQLiteStore
+    store: Store
     keys: Keys
     metrics: Metrics | None = None  # this process's request metrics, when they are on
 
@@ -69,7 +69,7 @@ async def _start_builtin_mock() -> tuple[web.AppRunner, str]:
 
 
 async def _admin_digest(
-    store: SQLiteStore, config: Config, demo: bool, kept: dict[str, str], notes: list[str]
+    store: Store, config: Config, demo: bool, kept: dict[str, str], notes: list[str]
 ) -> tuple[bytes, str | None]:
     """The admin key: from the settings; else the one stored at first start; in demo mode
     the one kept in the secrets file while it still matches (or the database is new); else
@@ -97,7 +97,7 @@ async def _admin_digest(
     return digest, raw
 
 
-async def _demo_key(store: SQLiteStore, kept: dict[str, str], notes: list[str]) -> str:
+async def _demo_key(store: Store, kept: dict[str, str], notes: list[str]) -> str:
     """The demo key kept in the secrets file while it is still the active `demo` key (made
     again in a new database); else a fresh one with a small daily budget, since a raw key
     cannot be read back."""
@@ -119,7 +119,7 @@ async def _demo_key(store: SQLiteStore, kept: dict[str, str], notes: list[str]) 
     return await _create_demo_key(store, kept, key_id, raw)
 
 
-async def _create_demo_key(store: SQLiteStore, kept: dict[str, str], key_id: str, raw: str) -> str:
+async def _create_demo_key(store: Store, kept: dict[str, str], key_id: str, raw: str) -> str:
     limits = (
         Limit(Metric.COST_USD, WindowKind.DAY, usd_to_nano("10.00")),
         Limit(Metric.REQUESTS, WindowKind.MINUTE, 60),
@@ -133,10 +133,10 @@ async def _create_demo_key(store: SQLiteStore, kept: dict[str, str], key_id: str
     return raw
 
 
-async def open_store(config: Config) -> SQLiteStore:
+async def open_store(config: Config) -> Store:
     """The store, started: migrated, this process's lease and journal claimed."""
     settings = config.server
-    store = SQLiteStore(
+    store: Store = SQLiteStore(
         sqlite_path(settings.database_url),
         lease_seconds=settings.lease_seconds,
         busy_timeout_s=settings.store_busy_timeout_s,
@@ -145,7 +145,7 @@ async def open_store(config: Config) -> SQLiteStore:
     return store
 
 
-async def decide_keys(store: SQLiteStore, config: Config, *, demo: bool) -> Keys:
+async def decide_keys(store: Store, config: Config, *, demo: bool) -> Keys:
     """The admin key, and in demo mode the demo key, kept in the secrets file."""
     secrets_file = secrets_path(sqlite_path(config.server.database_url)) if demo else None
     kept = demo_secrets.load(secrets_file)
