@@ -48,13 +48,23 @@ DEMO_KEY = "demo"
 
 
 @dataclass
-class Built:
-    app: web.Application
-    store: Store
+class Keys:
+    """The admin key and the demo key, decided once per start: by `build`, or by the parent
+    of `serve --workers` before its workers start (each worker is handed the digest)."""
+
+    admin_digest: bytes
     generated_admin_key: str | None = None  # shown when capgate made (or kept) it
     demo_key: str | None = None
     notes: list[str] = field(default_factory=list)  # what a demo start replaced
     secrets_file: Path | None = None  # where a demo start keeps its raw keys
+
+
+@dataclass
+class Built:
+    app: web.Application
+    store: Store
+    keys: Keys
+    metrics: Metrics | None = None  # this process's request metrics, when they are on
 
 
 async def _start_builtin_mock() -> tuple[web.AppRunner, str]:
@@ -131,7 +141,7 @@ async def _create_demo_key(store: Store, kept: dict[str, str], key_id: str, raw:
     return raw
 
 
-def open_store(settings: ServerConfig) -> Store:
+def new_store(settings: ServerConfig) -> Store:
     """The engine `database_url` names (not started)."""
     if is_postgres(settings.database_url):
         return PostgresStore(
@@ -156,14 +166,37 @@ def _local_base(settings: ServerConfig) -> str:
     return sqlite_path(settings.database_url)
 
 
+async def open_store(config: Config) -> Store:
+    """The store, started: migrated, this process's lease and journal claimed."""
+    store = new_store(config.server)
+    await store.start()
+    return store
+
+
+async def decide_keys(store: Store, config: Config, *, demo: bool) -> Keys:
+    """The admin key, and in demo mode the demo key, kept in the secrets file."""
+    secrets_file = secrets_path(_local_base(config.server)) if demo else None
+    kept = demo_secrets.load(secrets_file)
+    notes: list[str] = []
+    digest, generated = await _admin_digest(store, config, demo, kept, notes)
+    demo_key = await _demo_key(store, kept, notes) if demo else None
+    if demo:
+        demo_secrets.save(secrets_file, kept)
+    return Keys(digest, generated, demo_key, notes, secrets_file)
+
+
 async def build(
-    config: Config, *, demo: bool = False, environ: Mapping[str, str] | None = None
+    config: Config,
+    *,
+    demo: bool = False,
+    environ: Mapping[str, str] | None = None,
+    keys: Keys | None = None,
 ) -> Built:
-    """Everything, wired. `environ` is what CLI providers' programs inherit (filtered)."""
+    """Everything, wired. `environ` is what CLI providers' programs inherit (filtered);
+    `keys` were decided by the parent of `serve --workers` (else they are decided here)."""
     settings = config.server
     environ = os.environ if environ is None else environ
-    store = open_store(settings)
-    await store.start()
+    store = await open_store(config)
     runners: list[web.AppRunner] = []
     providers: dict[str, Provider] = {}
     provider_configs = list(config.providers)
@@ -189,12 +222,9 @@ async def build(
     router = Router(list(config.models), providers, configs, settings)
     metrics = Metrics() if settings.metrics_enabled else None
     gateway = Gateway(store, router, runtime.pricing, settings, metrics=metrics)
-    secrets_file = secrets_path(_local_base(settings)) if demo else None
-    kept = demo_secrets.load(secrets_file)
-    notes: list[str] = []
-    digest, generated = await _admin_digest(store, config, demo, kept, notes)
+    keys = keys or await decide_keys(store, config, demo=demo)
     admin = AdminAPI(
-        store, digest, runtime=runtime, routing=router.describe,
+        store, keys.admin_digest, runtime=runtime, routing=router.describe,
         min_clamped_tokens=settings.min_clamped_tokens,
     )  # fmt: skip
 
@@ -224,8 +254,4 @@ async def build(
 
     app.on_shutdown.append(end_streams)
     app.on_cleanup.append(shutdown)
-    built = Built(app, store, generated, notes=notes, secrets_file=secrets_file)
-    if demo:
-        built.demo_key = await _demo_key(store, kept, notes)
-        demo_secrets.save(secrets_file, kept)
-    return built
+    return Built(app, store, keys, metrics)

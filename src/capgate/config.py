@@ -165,6 +165,9 @@ class ServerConfig(_Strict):
     metrics_enabled: bool = True
     metrics_token: str | None = None
     metrics_key_series: int = Field(50, ge=0, le=10_000)
+    # `serve`: worker processes answering on the one port, each with its own store
+    # connection, lease and journal (docs/operations.md#workers).
+    workers: int = Field(1, ge=1, le=64)
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
@@ -300,6 +303,7 @@ ENV_SETTINGS = {
     "CAPGATE_METRICS_ENABLED": "metrics_enabled",
     "CAPGATE_METRICS_TOKEN": "metrics_token",
     "CAPGATE_METRICS_KEY_SERIES": "metrics_key_series",
+    "CAPGATE_WORKERS": "workers",
 }
 
 

@@ -206,7 +206,11 @@ def _logged(handler: Any) -> Any:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, event or message, and the fields."""
+    """One JSON object per line: ts, level, logger, (pid), event or message, and the fields."""
+
+    def __init__(self, pid: int | None = None) -> None:
+        super().__init__()
+        self._pid = pid
 
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, Any] = {
@@ -214,6 +218,8 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
         }
+        if self._pid is not None:
+            data["pid"] = self._pid
         msg = record.msg
         if isinstance(msg, Line) and not record.args:
             data["event"] = msg.event
@@ -243,11 +249,15 @@ class _Deferred(QueueHandler):
         return record
 
 
-def configure(level: str, fmt: str, stream: IO[str] | None = None) -> QueueListener:
+def configure(
+    level: str, fmt: str, stream: IO[str] | None = None, pid: int | None = None
+) -> QueueListener:
     """Send every log line to stderr (or `stream`) in the chosen format and level, through
-    a writer thread. Stop the returned listener at exit: it writes what is queued."""
+    a writer thread. Stop the returned listener at exit: it writes what is queued. With
+    `pid` (`serve --workers`), each line says which process wrote it."""
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    text = TEXT_FORMAT if pid is None else TEXT_FORMAT.replace("%(name)s", f"%(name)s[{pid}]")
+    handler.setFormatter(JsonFormatter(pid) if fmt == "json" else logging.Formatter(text))
     # No caller, thread or process lookups for each record: no format here uses them.
     logging._srcfile = None  # documented in logging's "Optimization" section
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False

@@ -76,6 +76,9 @@ def serve(
     log_format: Annotated[str | None, typer.Option(help="text | json (default: text)")] = None,
     tls_cert: Annotated[str | None, typer.Option(help="PEM certificate chain: serve HTTPS")] = None,
     tls_key: Annotated[str | None, typer.Option(help="PEM private key of --tls-cert")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="worker processes answering on the port (default: 1)")
+    ] = None,
 ) -> None:
     """Run the gateway, admin API and dashboard on one port."""
     try:
@@ -84,7 +87,7 @@ def serve(
             os.environ,
             {"host": host, "port": port, "database_url": database_url,
              "log_level": log_level, "log_format": log_format,
-             "tls_cert": tls_cert, "tls_key": tls_key},
+             "tls_cert": tls_cert, "tls_key": tls_key, "workers": workers},
         )  # fmt: skip
     except ConfigError as exc:
         typer.secho(f"capgate: bad configuration: {exc}", fg="red", err=True)

@@ -1,4 +1,5 @@
-"""Running the server: event loop, listening socket, banner, graceful shutdown.
+"""Running the server: event loop, listening socket, banner, graceful shutdown; with
+`--workers N`, the parent's side (the decisions made once) and the worker's.
 
 The port is bound before anything is built: a start that cannot listen (the port is
 taken) changes nothing in the database, so a running demo's keys stay as they are."""
@@ -6,33 +7,41 @@ taken) changes nothing in the database, so a running demo's keys stay as they ar
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import socket
 import ssl
 import sys
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
 
+import orjson
 from aiohttp import web
 
-from capgate.bootstrap import Built, build
+from capgate.bootstrap import Keys, build, decide_keys, open_store
 from capgate.cli.client import DEFAULT_URL
+from capgate.cli.workers import READY, Supervisor, WorkerFailed
 from capgate.config import Config, ConfigError
 from capgate.errors import StoreUnavailable
 from capgate.logs import configure
+from capgate.metrics import Metrics
+from capgate.worker_metrics import PUBLISH_S, WorkerMetrics, remove
 
 log = logging.getLogger("capgate.serve")
 
 
 def run(config: Config, *, demo: bool) -> None:
-    logs = configure(config.server.log_level, config.server.log_format)
+    workers = config.server.workers
+    logs = configure(
+        config.server.log_level, config.server.log_format, pid=os.getpid() if workers > 1 else None
+    )
     try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:  # not on this platform: the stdlib loop works, a little slower
-        pass
-    try:
+        if workers > 1:
+            sys.exit(asyncio.run(_supervise(config, demo)))
+        _use_uvloop()
         asyncio.run(_serve(config, demo))
     except (ConfigError, ValueError) as exc:
         sys.exit(f"capgate: bad configuration: {exc}")
@@ -40,8 +49,19 @@ def run(config: Config, *, demo: bool) -> None:
         sys.exit(f"capgate: cannot start: {exc}")
     except StoreUnavailable as exc:  # the database cannot be written
         sys.exit(f"capgate: cannot start: {exc.message}")
+    except WorkerFailed as exc:
+        sys.exit(f"capgate: {exc}")
     finally:
         logs.stop()  # writes the lines still queued
+
+
+def _use_uvloop() -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # not on this platform: the stdlib loop works, a little slower
+        pass
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -78,41 +98,170 @@ async def _serve(config: Config, demo: bool) -> None:
     # Before the port and the database: a bad certificate changes nothing.
     context = tls_context(cert, key) if cert and key else None
     sock = listen(config.server.host, config.server.port)
+    await _answer(config, sock, context, demo=demo, keys=None)
+
+
+async def _answer(
+    config: Config,
+    sock: socket.socket,
+    context: ssl.SSLContext | None,
+    *,
+    demo: bool,
+    keys: Keys | None,
+    stop: asyncio.Event | None = None,
+    metrics_dir: Path | None = None,
+) -> None:
+    """Build everything and answer on `sock` until SIGTERM / SIGINT (or `stop`). A single
+    process prints the banner; a worker (`keys` decided by its parent) says `ready`."""
     try:
-        built = await build(config, demo=demo)
+        built = await build(config, demo=demo, keys=keys)
     except BaseException:
         sock.close()
         raise
     if context is not None:
         built.app.on_response_prepare.append(_hsts)
+    if metrics_dir is not None and built.metrics is not None:
+        _share_metrics(built.app, built.metrics, metrics_dir)
     runner = web.AppRunner(built.app, access_log=None)
     await runner.setup()
     site = web.SockSite(runner, sock, ssl_context=context)
     await site.start()
-    host, port = runner.addresses[0][:2]
-    if ":" in host:
-        host = f"[{host}]"
-    _banner(f"{'https' if context else 'http'}://{host}:{port}", built)
-    stop = asyncio.Event()
+    stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if keys is None:
+        _banner(_url(sock, context is not None), built.keys)
+    else:
+        sys.stdout.write(READY.decode() + "\n")
+        sys.stdout.flush()
+        os.dup2(2, 1)  # nothing reads this worker's stdout any more: what it prints is a log
     await stop.wait()
     log.info("shutting down")
     await runner.cleanup()
 
 
-def _banner(url: str, built: Built) -> None:
-    lines = [f"capgate listening on {url}"]
+def _url(sock: socket.socket, https: bool) -> str:
+    host, port = sock.getsockname()[:2]
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{'https' if https else 'http'}://{host}:{port}"
+
+
+# -- serve --workers N ------------------------------------------------------------------
+
+
+def _share_metrics(app: web.Application, metrics: Metrics, directory: Path) -> None:
+    """/metrics on any worker answers every worker's request counters (worker_metrics.py)."""
+    shared = WorkerMetrics(metrics, directory)
+    metrics.registry.unregister(metrics)
+    metrics.registry.register(shared)
+
+    async def publishing(_: web.Application) -> AsyncIterator[None]:
+        async def loop() -> None:
+            while True:
+                shared.publish()
+                await asyncio.sleep(PUBLISH_S)
+
+        task = asyncio.create_task(loop())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        shared.publish()  # what it counted last, for the scrapes of the others
+
+    app.cleanup_ctx.append(publishing)
+
+
+async def _supervise(config: Config, demo: bool) -> int:
+    """The parent: the port first (a taken one fails before the database is opened), then
+    the decisions made once (migrations, the admin key, the demo key and its secrets
+    file), then the workers (cli/workers.py). The exit status."""
+    cert, key = config.server.tls_cert, config.server.tls_key
+    if cert and key:
+        tls_context(cert, key)  # checked here; each worker loads its own
+    if config.server.database_url in ("sqlite:///", "sqlite:///:memory:"):
+        raise ConfigError("workers: the workers must share a database file, not one in memory")
+    sock = listen(config.server.host, config.server.port)
+    metrics_dir = Path(tempfile.mkdtemp(prefix="capgate-metrics-"))  # owner-only
+    try:
+        return await _parent(config, demo, sock, metrics_dir)
+    finally:
+        sock.close()
+        remove(metrics_dir)
+
+
+async def _parent(config: Config, demo: bool, sock: socket.socket, metrics_dir: Path) -> int:
+    store = await open_store(config)  # migrated here, once
+    try:
+        keys = await decide_keys(store, config, demo=demo)
+    finally:
+        await store.close()
+    order = {
+        "config": config.model_dump(mode="json"),
+        "demo": demo,
+        "admin_digest": keys.admin_digest.hex(),
+        "fd": sock.fileno(),
+        "metrics_dir": str(metrics_dir),
+    }
+    supervisor = Supervisor(
+        config.server.workers, [sys.executable, "-m", "capgate.cli.serve"],
+        orjson.dumps(order), (sock.fileno(),),
+    )  # fmt: skip
+    await supervisor.start()
+    _banner(_url(sock, config.server.tls_cert is not None), keys, len(supervisor.pids))
+    return await supervisor.run()
+
+
+def work() -> None:
+    """A worker of `serve --workers`: its orders on stdin, the listening socket inherited."""
+    order = orjson.loads(sys.stdin.buffer.readline())
+    config = Config.model_validate(order["config"])
+    logs = configure(config.server.log_level, config.server.log_format, pid=os.getpid())
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # clients that hang up mid-write
+    _use_uvloop()
+    keys = Keys(bytes.fromhex(order["admin_digest"]))
+    sock = socket.socket(fileno=order["fd"])
+    try:
+        asyncio.run(_work(config, sock, keys, bool(order["demo"]), Path(order["metrics_dir"])))
+    except (ConfigError, ValueError) as exc:
+        sys.exit(f"capgate: worker {os.getpid()}: bad configuration: {exc}")
+    except OSError as exc:
+        sys.exit(f"capgate: worker {os.getpid()} cannot start: {exc}")
+    except StoreUnavailable as exc:
+        sys.exit(f"capgate: worker {os.getpid()} cannot start: {exc.message}")
+    finally:
+        logs.stop()
+
+
+async def _work(
+    config: Config, sock: socket.socket, keys: Keys, demo: bool, metrics_dir: Path
+) -> None:
+    cert, key = config.server.tls_cert, config.server.tls_key
+    context = tls_context(cert, key) if cert and key else None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def parent_gone() -> None:  # the parent holds the other end of stdin until it ends
+        if not os.read(0, 512):
+            loop.remove_reader(0)
+            stop.set()
+
+    loop.add_reader(0, parent_gone)
+    await _answer(config, sock, context, demo=demo, keys=keys, stop=stop, metrics_dir=metrics_dir)
+
+
+def _banner(url: str, keys: Keys, workers: int = 1) -> None:
+    lines = [f"capgate listening on {url}" + (f" ({workers} workers)" if workers > 1 else "")]
     if url != DEFAULT_URL:  # the CLI's commands look for the server at DEFAULT_URL
         lines += ["", "For the capgate CLI (keys, usage, status):", f"  export CAPGATE_URL={url}"]
-    for note in built.notes:
+    for note in keys.notes:
         lines += ["", f"WARNING: {note}"]
-    admin_key, demo_key = built.generated_admin_key, built.demo_key
-    if admin_key and built.secrets_file is not None:
+    admin_key, demo_key = keys.generated_admin_key, keys.demo_key
+    if admin_key and keys.secrets_file is not None:
         lines += [
             "",
-            f"Admin key (kept in {built.secrets_file}, owner-only; the same at every --demo start):",
+            f"Admin key (kept in {keys.secrets_file}, owner-only; the same at every --demo start):",
             f"  export CAPGATE_ADMIN_KEY={admin_key}",
         ]
     elif admin_key:
@@ -130,3 +279,7 @@ def _banner(url: str, built: Built) -> None:
             '    -d \'{"model":"claude-sonnet-4-6","max_tokens":100,"messages":[{"role":"user","content":"hi"}]}\'',
         ]
     print("\n".join(lines), flush=True)
+
+
+if __name__ == "__main__":  # a worker, started by `serve --workers` (cli/workers.py)
+    work()
