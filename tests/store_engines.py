@@ -8,13 +8,13 @@ processes or nodes sharing it). The stores run in the test's own event loop, no 
 from __future__ import annotations
 
 import asyncio
-import importlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
 from capgate.store.base import Store
+from capgate.store.pg import PostgresStore
 from capgate.store.sqlite import SQLiteStore
 
 ENGINES = ("sqlite", "postgres")
@@ -27,12 +27,9 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> MakeStore:
     if request.param == "sqlite":
         path = str(tmp_path / "capgate.db")
         return lambda: SQLiteStore(path)
-    try:
-        pg = importlib.import_module("capgate.store.pg")
-    except ImportError:
-        pytest.skip("PostgreSQL store not built yet")
     url = request.getfixturevalue("postgres").new_database()
-    return lambda: pg.PostgresStore(url)
+    state = str(tmp_path / "state")  # the journals: per test, not the user's state dir
+    return lambda: PostgresStore(url, state_dir=state)
 
 
 def run(make: MakeStore, test: Callable[[Store], Awaitable[None]]) -> None:
