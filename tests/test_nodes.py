@@ -164,6 +164,7 @@ class Answer:
     request_id: str
     body: bytes
     seconds: float
+    started: float = 0.0  # time.monotonic() when it was sent
 
     def error_type(self) -> str:
         """The error's type in the Anthropic dialect ({"type": "error", "error": {...}})."""
@@ -189,6 +190,23 @@ def worst_case_nano(body: dict[str, Any]) -> int:
     return -(-(bound * 6_000_000 + MAX_TOKENS * 15_000_000) // 1000)
 
 
+async def post_one(
+    session: aiohttp.ClientSession, url: str, key: str, body: dict[str, Any], node: int, k: int
+) -> Answer:
+    """One request; a failed connection is status 0."""
+    headers = {"x-api-key": key, "content-type": "application/json"}
+    started = time.monotonic()
+    try:
+        async with session.post(
+            url + "/v1/messages", data=orjson.dumps(body), headers=headers
+        ) as response:
+            data = await response.read()
+            rid = response.headers.get("x-capgate-request-id", "")
+            return Answer(node, k, response.status, rid, data, time.monotonic() - started, started)
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        return Answer(node, k, 0, "", repr(exc).encode(), time.monotonic() - started, started)
+
+
 async def _fire_async(
     urls: list[str],
     keys: list[str],
@@ -200,22 +218,13 @@ async def _fire_async(
     async with aiohttp.ClientSession(
         timeout=aiohttp.ClientTimeout(total=timeout), connector=connector
     ) as session:
-
-        async def one(i: int) -> Answer:
-            node, key = i % len(urls), i % len(keys)
-            headers = {"x-api-key": keys[key], "content-type": "application/json"}
-            started = time.monotonic()
-            try:
-                async with session.post(
-                    urls[node] + "/v1/messages", data=orjson.dumps(body(i)), headers=headers
-                ) as response:
-                    data = await response.read()
-                    rid = response.headers.get("x-capgate-request-id", "")
-                    return Answer(node, key, response.status, rid, data, time.monotonic() - started)
-            except (TimeoutError, aiohttp.ClientError) as exc:
-                return Answer(node, key, 0, "", repr(exc).encode(), time.monotonic() - started)
-
-        return await asyncio.gather(*(one(i) for i in range(n)))
+        return await asyncio.gather(
+            *(
+                post_one(session, urls[i % len(urls)], keys[i % len(keys)], body(i),
+                         i % len(urls), i % len(keys))
+                for i in range(n)
+            )
+        )  # fmt: skip
 
 
 def fire(
@@ -465,3 +474,139 @@ def test_a_node_killed_under_load_is_charged_by_the_others(
 def _in_flight(node: Capgate, name: str) -> bool:
     usage = usage_of(node, f"/admin/keys/{name}")["cost_usd"]
     return Decimal(usage["reserved"]) > 0
+
+
+# --- PostgreSQL stopped, connections killed -------------------------------------------------
+
+
+class Load(threading.Thread):
+    """Batches of concurrent requests over every node, one batch after the other, until
+    `stop`: what a team's clients keep sending while the database has trouble."""
+
+    def __init__(self, urls: list[str], key: str, per_batch: int = 24) -> None:
+        super().__init__(daemon=True)
+        self.urls, self.key, self.per_batch = urls, key, per_batch
+        self.answers: list[Answer] = []
+        self.stopping = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        asyncio.run(self._run())
+
+    async def _run(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0)
+        timeout = aiohttp.ClientTimeout(total=60)
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+            i = 0
+            while not self.stopping.is_set():
+                batch = [
+                    post_one(session, self.urls[j % len(self.urls)], self.key,
+                             request_body(j, "mock:words=20 mock:delay_ms=20"),
+                             j % len(self.urls), 0)
+                    for j in range(i, i + self.per_batch)
+                ]  # fmt: skip
+                self.answers.extend(await asyncio.gather(*batch))
+                i += self.per_batch
+
+    def stop(self) -> list[Answer]:
+        self.stopping.set()
+        self.join(90)
+        assert not self.is_alive()
+        return self.answers
+
+    def wait_answers(self, count: int, within: float = 30) -> None:
+        deadline = time.monotonic() + within
+        while len(self.answers) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(self.answers) >= count
+
+
+def check_books_after_trouble(nodes: Nodes, name: str, answers: list[Answer]) -> None:
+    """Nothing lost, nothing doubled: exactly one `ok` entry per 200 answer (settlements
+    that could not be written were retried until they landed), no entry for a request
+    refused with 503, the counter equal to the ledger, nothing left reserved."""
+    deadline = time.monotonic() + 30
+    while True:  # settlements retried while the database was away land now
+        nodes.settle_all()
+        cost = usage_of(nodes.first, f"/admin/keys/{name}")["cost_usd"]
+        if Decimal(cost["reserved"]) == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert Decimal(cost["reserved"]) == 0, cost
+    entries = nodes.first.ledger(key=name)
+    ids = [e["request_id"] for e in entries]
+    assert len(ids) == len(set(ids)), "a request was counted twice"
+    ok = {e["request_id"] for e in entries if e["outcome"] == "ok"}
+    answered = {a.request_id for a in answers if a.status == 200}
+    assert ok == answered, (len(ok), len(answered))
+    assert Counter(e["outcome"] for e in entries) == {"ok": len(ok)}
+    assert Decimal(cost["used"]) == spent(entries)
+    for node in nodes.nodes:  # every node tells the same, and none was restarted
+        assert node.proc.poll() is None
+        assert usage_of(node, f"/admin/keys/{name}")["cost_usd"] == cost
+
+
+def check_refusals(answers: list[Answer]) -> None:
+    """A request refused for the database's absence is told so at once, in its dialect."""
+    refused = [a for a in answers if a.status != 200]
+    assert {a.status for a in refused} <= {503}, Counter(a.status for a in refused)
+    for answer in refused:
+        assert answer.error_type() == "api_error"  # the Anthropic dialect's 503
+        assert answer.seconds < 2.0, answer.seconds
+
+
+@pytest.mark.slow
+def test_postgres_stopped_and_started_under_load(
+    postgres: pgcluster.Cluster, request: pytest.FixtureRequest, upstream: Upstream, tmp_path: Path
+) -> None:
+    with running_nodes("postgres", request, tmp_path, gateway_config(upstream)) as nodes:
+        name = "pg-stopped"
+        key = nodes.create_key(name, [{"metric": "cost_usd", "window": "day", "max": 100}])
+        load = Load(nodes.urls, key)
+        try:
+            load.wait_answers(100)
+            postgres.stop()
+            down = time.monotonic()
+            time.sleep(3)
+            up = time.monotonic()
+            postgres.start()
+            time.sleep(1)  # the nodes reconnect by themselves
+            recovered = len(load.answers)
+            load.wait_answers(recovered + 200)
+        finally:
+            if not postgres.running():
+                postgres.start()
+            answers = load.stop()
+        while_down = [a for a in answers if a.started > down + 0.5 and a.started + a.seconds < up]
+        assert while_down and all(a.status == 503 for a in while_down), Counter(
+            a.status for a in while_down
+        )
+        check_refusals(answers)
+        assert all(a.status == 200 for a in answers[recovered + 100 :])  # back to normal
+        check_books_after_trouble(nodes, name, answers)
+
+
+def test_connections_killed_under_load(
+    postgres: pgcluster.Cluster, request: pytest.FixtureRequest, upstream: Upstream, tmp_path: Path
+) -> None:
+    """pg_terminate_backend on every connection of the nodes, three times, while their
+    transactions run: refusals at most (fast, 503), reconnection, the books exact."""
+    with running_nodes("postgres", request, tmp_path, gateway_config(upstream)) as nodes:
+        name = "pg-terminated"
+        key = nodes.create_key(name, [{"metric": "cost_usd", "window": "day", "max": 100}])
+        database = nodes.database_url.rsplit("/", 1)[1]
+        load = Load(nodes.urls, key)
+        try:
+            killed = 0
+            for round_ in range(3):
+                load.wait_answers(100 * (round_ + 1))
+                killed += postgres.terminate_backends(database)
+            assert killed >= NODES  # each node had at least one connection killed
+            recovered = len(load.answers)
+            time.sleep(1)
+            load.wait_answers(recovered + 200)
+        finally:
+            answers = load.stop()
+        check_refusals(answers)
+        assert all(a.status == 200 for a in answers[recovered + 100 :])
+        check_books_after_trouble(nodes, name, answers)
