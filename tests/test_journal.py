@@ -28,6 +28,7 @@ from capgate.core.engine import Amounts
 from capgate.core.limits import Limit, Metric, ScopeKind
 from capgate.core.money import Usage
 from capgate.core.windows import WindowKind
+from capgate.http.admin_json import entry_json, limit_usage_json
 from capgate.keys import key_hash, new_key
 from capgate.store import journal
 from capgate.store.base import Outcome, RequestInfo, RequestQuery, Reservation, ScopeFields
@@ -68,10 +69,11 @@ async def _reserve(store: SQLiteStore, key_id: str, n: int) -> Reservation:
 
 
 async def _books(store: SQLiteStore) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
-    entries = await store.query_requests(RequestQuery(key="k"))
+    entries = [entry_json(e) for e in await store.query_requests(RequestQuery(key="k"))]
     key = store.key_by_id(_only_key(store))
     assert key is not None
-    usage = {row["metric"]: row for row in await store.counters(key[0], time.time())}
+    rows = [limit_usage_json(u) for u in await store.counters(key[0], time.time())]
+    usage = {row["metric"]: row for row in rows}
     return entries, usage
 
 

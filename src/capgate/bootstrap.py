@@ -32,7 +32,7 @@ from capgate.providers.cli import cli_provider
 from capgate.providers.http import HTTPProvider
 from capgate.routing import Router
 from capgate.runtime import RuntimeSettings
-from capgate.store.base import ScopeFields
+from capgate.store.base import ScopeFields, Store
 from capgate.store.sqlite import SQLiteStore
 
 DEMO_PROVIDER = "demo-mock"
@@ -42,7 +42,7 @@ DEMO_KEY = "demo"
 @dataclass
 class Built:
     app: web.Application
-    store: SQLiteStore
+    store: Store
     generated_admin_key: str | None = None  # shown when capgate made (or kept) it
     demo_key: str | None = None
     notes: list[str] = field(default_factory=list)  # what a demo start replaced
@@ -59,7 +59,7 @@ async def _start_builtin_mock() -> tuple[web.AppRunner, str]:
 
 
 async def _admin_digest(
-    store: SQLiteStore, config: Config, demo: bool, kept: dict[str, str], notes: list[str]
+    store: Store, config: Config, demo: bool, kept: dict[str, str], notes: list[str]
 ) -> tuple[bytes, str | None]:
     """The admin key: from the settings; else the one stored at first start; in demo mode
     the one kept in the secrets file while it still matches (or the database is new); else
@@ -87,7 +87,7 @@ async def _admin_digest(
     return digest, raw
 
 
-async def _demo_key(store: SQLiteStore, kept: dict[str, str], notes: list[str]) -> str:
+async def _demo_key(store: Store, kept: dict[str, str], notes: list[str]) -> str:
     """The demo key kept in the secrets file while it is still the active `demo` key (made
     again in a new database); else a fresh one with a small daily budget, since a raw key
     cannot be read back."""
@@ -109,7 +109,7 @@ async def _demo_key(store: SQLiteStore, kept: dict[str, str], notes: list[str]) 
     return await _create_demo_key(store, kept, key_id, raw)
 
 
-async def _create_demo_key(store: SQLiteStore, kept: dict[str, str], key_id: str, raw: str) -> str:
+async def _create_demo_key(store: Store, kept: dict[str, str], key_id: str, raw: str) -> str:
     limits = (
         Limit(Metric.COST_USD, WindowKind.DAY, usd_to_nano("10.00")),
         Limit(Metric.REQUESTS, WindowKind.MINUTE, 60),
@@ -129,7 +129,7 @@ async def build(
     """Everything, wired. `environ` is what CLI providers' programs inherit (filtered)."""
     settings = config.server
     environ = os.environ if environ is None else environ
-    store = SQLiteStore(
+    store: Store = SQLiteStore(
         sqlite_path(settings.database_url),
         lease_seconds=settings.lease_seconds,
         busy_timeout_s=settings.store_busy_timeout_s,

@@ -2,7 +2,9 @@
 
 They work on the file itself (not through a server), so they find the database the way
 `serve` does: `--database-url`, `CAPGATE_DATABASE_URL`, the config file's
-`server.database_url`, then `sqlite:///capgate.db`.
+`server.database_url`, then `sqlite:///capgate.db`. They are for SQLite only: a PostgreSQL
+database is backed up and restored with PostgreSQL's own tools (`pg_dump`, `pg_restore`;
+docs/deployment.md), which these commands say and stop.
 """
 
 from __future__ import annotations
@@ -31,10 +33,22 @@ DatabaseOption = Annotated[
 ]
 
 
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
 def _database(config: str | None, database_url: str | None) -> Path:
     try:
         cfg = with_overrides(load_config(config), os.environ, {"database_url": database_url})
-        return Path(sqlite_path(cfg.server.database_url))
+        url = cfg.server.database_url
+        if url.startswith(POSTGRES_SCHEMES):
+            typer.secho(
+                "error: `capgate db backup` and `restore` copy a SQLite file; this database "
+                "is PostgreSQL: use pg_dump and pg_restore (see docs/deployment.md)",
+                fg="red",
+                err=True,
+            )
+            raise typer.Exit(2)
+        return Path(sqlite_path(url))
     except ConfigError as exc:
         typer.secho(f"capgate: bad configuration: {exc}", fg="red", err=True)
         raise typer.Exit(2) from None

@@ -26,7 +26,7 @@ from capgate.http.sessions import (
     csrf_token,
     set_session_cookie,
 )
-from capgate.store.sqlite_queries import iso
+from capgate.store.records import iso
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -125,14 +125,14 @@ class Dashboard:
         client = request.remote or "?"
         try:
             _same_origin(request)
-            self.access.throttle.check(client)
+            await self.access.throttle.check(client)
             body: Login = await read_body(request, Login)
             try:
                 self.access.check_key(body.password)
             except AuthenticationFailed:
-                self.access.throttle.failed(client)
+                await self.access.throttle.failed(client)
                 raise AuthenticationFailed("Wrong admin key.") from None
-            self.access.throttle.succeeded(client)
+            await self.access.throttle.succeeded(client)
             token, session = await self.access.open_session()
         except CapgateError as exc:
             return _secure(error_response("admin", exc))

@@ -26,6 +26,7 @@ from capgate.http.admin_io import (
     read_body,
     time_param,
 )
+from capgate.http.admin_json import audit_json, entry_json, limit_usage_json, usage_json
 from capgate.http.admin_models import PLURALS, ScopeCreate, ScopeUpdate
 from capgate.http.admin_settings import SettingsRoutes
 from capgate.http.admin_stats import StatsRoutes
@@ -35,9 +36,8 @@ from capgate.http.openapi import openapi_document
 from capgate.http.sessions import AdminAccess
 from capgate.keys import display_prefix, key_hash, new_key
 from capgate.runtime import RuntimeSettings
-from capgate.store.base import RequestQuery, ScopeFields
-from capgate.store.sqlite import SQLiteStore
-from capgate.store.sqlite_queries import GROUPS, iso, scope_json
+from capgate.store.base import RequestQuery, ScopeFields, Store
+from capgate.store.records import USAGE_GROUPS, KeyActivity, LedgerEntry, iso, scope_json
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -64,7 +64,7 @@ SECURITY_HEADERS = {
 class AdminAPI:
     def __init__(
         self,
-        store: SQLiteStore,
+        store: Store,
         admin_digest: bytes,
         clock: Callable[[], float] = time.time,
         default_timezone: str = "UTC",
@@ -169,11 +169,12 @@ class AdminAPI:
         )
         if everything:
             return await self._export_all(request, query, fmt)
-        items = await self.store.query_requests(query)
+        entries = await self.store.query_requests(query)
         next_cursor = None
-        if len(items) == query.limit:
-            items = items[:-1]
-            next_cursor = str(items[-1]["id"])
+        if len(entries) == query.limit:
+            entries = entries[:-1]
+            next_cursor = str(entries[-1].id)
+        items = [entry_json(entry) for entry in entries]
         if fmt == "json":
             return json_response({"items": items, "next_cursor": next_cursor})
         headers = {"x-next-cursor": next_cursor} if next_cursor else {}
@@ -190,7 +191,7 @@ class AdminAPI:
         found = await self.store.query_requests(RequestQuery(request_id=request_id, limit=1))
         if not found:
             raise NotFound(f"no request with id {request_id!r} in the ledger")
-        return json_response(found[0])
+        return json_response(entry_json(found[0]))
 
     async def _export_all(
         self, request: web.Request, query: RequestQuery, fmt: str
@@ -206,17 +207,18 @@ class AdminAPI:
         await response.prepare(request)
         first = True
         async for page in self._pages(query):
+            items = [entry_json(entry) for entry in page]
             if fmt == "csv":
-                await response.write(_csv(page, header=first).encode())
+                await response.write(_csv(items, header=first).encode())
             else:
-                await response.write(b"".join(orjson.dumps(item) + b"\n" for item in page))
+                await response.write(b"".join(orjson.dumps(item) + b"\n" for item in items))
             first = False
         if first and fmt == "csv":
             await response.write(_csv([], header=True).encode())
         await response.write_eof()
         return response
 
-    async def _pages(self, query: RequestQuery) -> AsyncIterator[list[dict[str, Any]]]:
+    async def _pages(self, query: RequestQuery) -> AsyncIterator[list[LedgerEntry]]:
         while True:
             items = await self.store.query_requests(query)
             if not items:
@@ -224,22 +226,24 @@ class AdminAPI:
             yield items[:MAX_PAGE]
             if len(items) <= MAX_PAGE:
                 return
-            query = replace(query, cursor=items[MAX_PAGE - 1]["id"])
+            query = replace(query, cursor=items[MAX_PAGE - 1].id)
 
     async def usage(self, request: web.Request) -> web.Response:
         known_params(request.query, ("group_by", "from", "to"))
         group_by = request.query.get("group_by", "key")
-        if group_by not in GROUPS:
-            raise InvalidRequest(f"group_by: one of {', '.join(GROUPS)}")
-        items = await self.store.usage(
+        if group_by not in USAGE_GROUPS:
+            raise InvalidRequest(f"group_by: one of {', '.join(USAGE_GROUPS)}")
+        rows = await self.store.usage(
             group_by, time_param(request.query, "from"), time_param(request.query, "to")
         )
+        items = [usage_json(row, group_by) for row in rows]
         return json_response({"items": items, "next_cursor": None})
 
     async def audit(self, request: web.Request) -> web.Response:
         known_params(request.query, ("limit",))
         limit = min(int_param(request.query, "limit", 1) or 100, MAX_PAGE)
-        return json_response({"items": await self.store.audit(limit), "next_cursor": None})
+        items = [audit_json(entry) for entry in await self.store.audit(limit)]
+        return json_response({"items": items, "next_cursor": None})
 
 
 def _csv(items: list[dict[str, Any]], *, header: bool) -> str:
@@ -311,7 +315,7 @@ class _ScopeRoutes:
         items = []
         for scope in await self.api.store.list_scopes(self.kind):
             usage = await self.api.store.counters(scope, now)
-            items.append({**scope_json(scope), "usage": usage})
+            items.append({**scope_json(scope), "usage": [limit_usage_json(u) for u in usage]})
         if self.kind is ScopeKind.KEY:
             await self._add_activity(items, now)
         return json_response({"items": items, "next_cursor": None})
@@ -323,19 +327,19 @@ class _ScopeRoutes:
         day, month = window_at(WindowKind.DAY, now, tz), window_at(WindowKind.MONTH, now, tz)
         activity = await self.api.store.key_activity(day.start, month.start)
         for item in items:
-            today, this_month, last = activity.get(item["id"], (0, 0, None))
+            found = activity.get(item["id"], KeyActivity())
             item["spend"] = {
-                "today": nano_to_decimal_str(today),
-                "month": nano_to_decimal_str(this_month),
+                "today": nano_to_decimal_str(found.today_nano),
+                "month": nano_to_decimal_str(found.month_nano),
                 "timezone": tz,
             }
-            item["last_used_at"] = iso(last)
+            item["last_used_at"] = iso(found.last_used_at)
 
     async def show(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         scope = await self.api.store.get_scope(self.kind, name)
         usage = await self.api.store.counters(scope, self.api.clock())
-        shown = {**scope_json(scope), "usage": usage}
+        shown = {**scope_json(scope), "usage": [limit_usage_json(u) for u in usage]}
         if self.kind in (ScopeKind.TEAM, ScopeKind.USER, ScopeKind.ORG):
             shown["members"] = await self.api.store.members(self.kind, name)
         return json_response(shown)

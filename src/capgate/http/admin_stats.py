@@ -10,8 +10,9 @@ from aiohttp import web
 from capgate.core.windows import WindowKind, window_at, zone
 from capgate.errors import InvalidRequest
 from capgate.http.admin_io import int_param, json_response, known_params, time_param
+from capgate.http.admin_json import summary_json
 from capgate.store.base import RequestQuery
-from capgate.store.sqlite_queries import GROUPS, iso
+from capgate.store.records import USAGE_GROUPS, iso
 from capgate.timeseries import STEPS, auto_step, bucket_starts, fold
 
 if TYPE_CHECKING:
@@ -69,7 +70,9 @@ class StatsRoutes:
         known_params(request.query, SUMMARY_PARAMS)
         since, until, tz = self._range(request.query, "today")
         data = await self.api.store.summary(self._query(request.query, since, until))
-        return json_response({"from": iso(since), "to": iso(until), "timezone": tz, **data})
+        return json_response(
+            {"from": iso(since), "to": iso(until), "timezone": tz, **summary_json(data)}
+        )
 
     async def timeseries(self, request: web.Request) -> web.Response:
         params = request.query
@@ -81,15 +84,19 @@ class StatsRoutes:
         group_by = params.get("group_by") or None
         if group_by is not None and group_by not in _SERIES_GROUPS:
             raise InvalidRequest(f"group_by: one of {', '.join(_SERIES_GROUPS)}")
-        assert group_by is None or group_by in GROUPS
+        assert group_by is None or group_by in USAGE_GROUPS
         top = min(max(int_param(params, "top") or 5, 1), MAX_TOP)
         try:
             starts = bucket_starts(step, since, until, tz)
         except ValueError as exc:
             raise InvalidRequest(f"step: {exc}") from None
-        rows = await self.api.store.series_rows(
+        found = await self.api.store.series_rows(
             self._query(params, since, until), group_by, STEPS[step][1]
         )
+        rows = [
+            (r.bucket, r.group, r.requests, r.cost_nano, r.tokens, r.refused, r.errors)
+            for r in found
+        ]
         return json_response(
             {
                 "from": iso(since),

@@ -1,10 +1,10 @@
 """`GET /admin/events`: the live feed, as Server-Sent Events.
 
-Several processes may serve one SQLite file, and any of them may have admitted a request,
-so the feed reads the database rather than listening in-process: while at least one
-client is connected, one poller per process reads the ledger and audit rows above its
-cursor every `POLL_SECONDS` on the store's reader thread, and hands each new row to every
-connection. Ids grow in commit order, so reading by increasing id misses nothing.
+Several processes (and nodes) may serve one database, and any of them may have admitted
+a request, so the feed reads the store rather than listening in-process: while at least
+one client is connected, one poller per process reads the ledger and audit entries above
+its cursor every `POLL_SECONDS` (`EventSource.events_after`), and hands each new one to
+every connection. Ids grow in commit order, so reading by increasing id misses nothing.
 
 Each event's `id:` is the cursor after it (`<ledger id>-<audit id>`); a client that
 reconnects with `Last-Event-ID` gets what it missed (up to `BACKFILL` rows). A comment
@@ -17,10 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 from aiohttp import web
+
+from capgate.http.admin_json import audit_json, entry_json
+from capgate.store.base import EventSource
+from capgate.store.records import EventBatch
 
 POLL_SECONDS = 0.3
 HEARTBEAT_SECONDS = 15.0
@@ -28,14 +32,6 @@ BACKFILL = 1000
 QUEUE_MAX = 5000
 
 log = logging.getLogger(__name__)
-
-Rows = tuple[list[dict[str, Any]], list[dict[str, Any]]]
-
-
-class EventSource(Protocol):
-    async def latest_ids(self) -> tuple[int, int]: ...
-    async def events_after(self, request_id: int, audit_id: int, limit: int = 500) -> Rows: ...
-
 
 _REQUEST_FIELDS = (
     "id", "created_at", "request_id", "key", "user", "team", "model", "provider",
@@ -45,20 +41,22 @@ _REQUEST_FIELDS = (
 )  # fmt: skip
 
 
-def format_events(rows: Rows, cursor: tuple[int, int]) -> tuple[list[bytes], tuple[int, int]]:
-    """SSE frames for new ledger and audit rows (each kind oldest first), and the cursor
-    after them."""
+def format_events(
+    batch: EventBatch, cursor: tuple[int, int]
+) -> tuple[list[bytes], tuple[int, int]]:
+    """SSE frames for new ledger and audit entries (each kind oldest first), and the
+    cursor after them."""
     request_id, audit_id = cursor
     frames = []
-    entries, audits = rows
-    for entry in entries:
-        request_id = max(request_id, entry["id"])
-        data = {name: entry[name] for name in _REQUEST_FIELDS}
-        data["tokens"] = entry["input_tokens"] + entry["output_tokens"]
+    for entry in batch.entries:
+        request_id = max(request_id, entry.id)
+        shown = entry_json(entry)
+        data = {name: shown[name] for name in _REQUEST_FIELDS}
+        data["tokens"] = entry.input_tokens + entry.output_tokens
         frames.append(_frame("request", data, (request_id, audit_id)))
-    for item in audits:
-        audit_id = max(audit_id, item["id"])
-        frames.append(_frame("audit", item, (request_id, audit_id)))
+    for item in batch.audit:
+        audit_id = max(audit_id, item.id)
+        frames.append(_frame("audit", audit_json(item), (request_id, audit_id)))
     return frames, (request_id, audit_id)
 
 
@@ -142,12 +140,12 @@ class EventHub:
     ) -> None:
         """What a reconnecting client missed, up to where the live frames take over."""
         since = (max(since[0], until[0] - BACKFILL), max(since[1], until[1] - BACKFILL))
-        entries, audits = await self._source.events_after(*since, limit=BACKFILL)
-        rows = (
-            [e for e in entries if e["id"] <= until[0]],
-            [a for a in audits if a["id"] <= until[1]],
+        batch = await self._source.events_after(*since, limit=BACKFILL)
+        missed = EventBatch(
+            tuple(e for e in batch.entries if e.id <= until[0]),
+            tuple(a for a in batch.audit if a.id <= until[1]),
         )
-        frames, _ = format_events(rows, since)
+        frames, _ = format_events(missed, since)
         for frame in frames:
             await response.write(frame)
 

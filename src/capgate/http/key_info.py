@@ -15,11 +15,13 @@ from capgate.core.engine import check_access
 from capgate.core.estimate import anthropic_facts
 from capgate.core.windows import format_reset
 from capgate.errors import CapgateError, InvalidRequest, refusal_error
+from capgate.http.admin_json import limit_usage_json
 from capgate.http.call import answer_headers
 from capgate.pricing import PricingTable
 from capgate.providers.base import Endpoint
 from capgate.routing import Router
 from capgate.store.base import Store
+from capgate.store.records import LimitUsage
 
 if TYPE_CHECKING:
     from capgate.http.gateway import Gateway
@@ -78,12 +80,10 @@ class KeyInfo:
         now = self._clock()
         try:
             key = await self._gateway.authenticate(request)
-            usage = await self._store.counters(key, now)
+            usage = _limits(await self._store.counters(key, now), key.timezone)
             above = []
             for scope in self._store.scopes_above(key):
-                rows = await self._store.counters(scope, now)
-                for row in rows:
-                    row["resets"] = format_reset(row["resets_at"], scope.timezone)
+                rows = _limits(await self._store.counters(scope, now), scope.timezone)
                 above.append(
                     {
                         "kind": scope.kind.value,
@@ -94,8 +94,6 @@ class KeyInfo:
                 )
         except CapgateError as exc:
             return self._gateway.refused(request, dialect, exc, request_id)
-        for row in usage:
-            row["resets"] = format_reset(row["resets_at"], key.timezone)
         payload = {
             "key": key.name,
             "status": key.status.value,
@@ -134,6 +132,16 @@ class KeyInfo:
             "last_id": names[-1] if names else None,
         }
         return _json(payload, request_id)
+
+
+def _limits(usage: list[LimitUsage], timezone: str) -> list[dict[str, Any]]:
+    """Each limit as the admin API shows it, with when it resets in `timezone` too."""
+    out = []
+    for item in usage:
+        shown = limit_usage_json(item)
+        shown["resets"] = format_reset(item.resets_at, timezone)
+        out.append(shown)
+    return out
 
 
 def _json(payload: dict[str, Any], request_id: str) -> web.Response:

@@ -20,32 +20,31 @@ import hmac
 import time
 from collections.abc import Callable, Iterator
 from ipaddress import ip_address
-from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from capgate.core.limits import Limit, Scope, ScopeKind
 from capgate.core.limits import Metric as LimitMetric
+from capgate.core.limits import Scope, ScopeKind
 from capgate.errors import AuthenticationFailed, CapgateError, PermissionDenied
 from capgate.http.dialects import error_response
 from capgate.metrics import NANO, OTHER, Metrics, histogram_family, reason_of_code
 from capgate.routing import Breakers
-from capgate.store.base import LEDGER_FLAGS
-from capgate.store.sqlite import SQLiteStore
+from capgate.store.base import LEDGER_FLAGS, LedgerReader
+from capgate.store.records import LedgerTotals, LimitUsage
 
 LEDGER_CACHE_S = 5.0
 _LIMIT_LABELS = ("scope_kind", "scope", "metric", "window", "model")
-_Rows = list[tuple[Scope, Limit, int, int]]
+_Rows = tuple[tuple[Scope, LimitUsage], ...]
 
 
 class MetricsAPI:
     def __init__(
         self,
         metrics: Metrics,
-        store: SQLiteStore,
+        store: LedgerReader,
         breakers: Breakers,
         token: str | None,
         key_series: int,
@@ -57,7 +56,7 @@ class MetricsAPI:
         self._clock = clock
         self._shared = _SharedCollector(breakers, key_series)
         metrics.registry.register(self._shared)
-        self._ledger: dict[str, Any] | None = None
+        self._ledger: LedgerTotals | None = None
         self._ledger_at = -LEDGER_CACHE_S
 
     def routes(self) -> list[web.RouteDef]:
@@ -90,14 +89,15 @@ class MetricsAPI:
         now = self._clock()
         stale = time.monotonic() - self._ledger_at >= LEDGER_CACHE_S
         try:
-            rows, held, totals = await self._store.metrics_rows(now, ledger=stale)
+            snapshot = await self._store.metrics_snapshot(now, ledger=stale)
         except CapgateError as exc:  # the store cannot be read: 503, not made-up numbers
             return error_response("admin", exc)
-        if totals is not None:
-            self._ledger, self._ledger_at = totals, time.monotonic()
+        if snapshot.ledger is not None:
+            self._ledger, self._ledger_at = snapshot.ledger, time.monotonic()
         # No await between setting what the collector reads and rendering it.
         shared = self._shared
-        shared.rows, shared.held, shared.ledger = rows, held, self._ledger
+        shared.rows, shared.held = snapshot.limits, snapshot.reservations_held
+        shared.ledger = self._ledger
         body = generate_latest(self._metrics.registry)
         return web.Response(body=body, headers={"content-type": CONTENT_TYPE_LATEST})
 
@@ -108,9 +108,9 @@ class _SharedCollector(Collector):
     def __init__(self, breakers: Breakers, key_series: int) -> None:
         self._breakers = breakers
         self._key_series = key_series
-        self.rows: _Rows = []
+        self.rows: _Rows = ()
         self.held = 0
-        self.ledger: dict[str, Any] | None = None
+        self.ledger: LedgerTotals | None = None
 
     def collect(self) -> Iterator[Metric]:
         yield from self._limits()
@@ -144,14 +144,15 @@ class _SharedCollector(Collector):
     def _grouped(self) -> dict[tuple[str, ...], tuple[int, int, int]]:
         """(used, reserved, max) per series: keys beyond the top spenders summed as _other."""
         spend: dict[str, int] = {}
-        for scope, limit, settled, reserved in self.rows:
-            if scope.kind is ScopeKind.KEY and limit.metric is LimitMetric.COST_USD:
-                spend[scope.id] = max(spend.get(scope.id, 0), settled + reserved)
-        keys = {s.id for s, _, _, _ in self.rows if s.kind is ScopeKind.KEY}
+        for scope, usage in self.rows:
+            if scope.kind is ScopeKind.KEY and usage.limit.metric is LimitMetric.COST_USD:
+                spend[scope.id] = max(spend.get(scope.id, 0), usage.used + usage.reserved)
+        keys = {s.id for s, _ in self.rows if s.kind is ScopeKind.KEY}
         ranked = sorted(keys, key=lambda k: -spend.get(k, 0))
         shown = set(ranked[: self._key_series])
         out: dict[tuple[str, ...], tuple[int, int, int]] = {}
-        for scope, limit, settled, reserved in self.rows:
+        for scope, usage in self.rows:
+            limit, settled, reserved = usage.limit, usage.used, usage.reserved
             name = scope.name
             if scope.kind is ScopeKind.KEY and scope.id not in shown:
                 name = OTHER
@@ -173,23 +174,28 @@ class _SharedCollector(Collector):
         requests = CounterMetricFamily(
             "capgate_ledger_requests", "Ledger entries of every process, by outcome.", labels=("outcome",)
         )  # fmt: skip
-        for outcome, count in sorted(totals["requests"].items()):
+        for outcome, count in sorted(totals.requests.items()):
             requests.add_metric((outcome,), count)
         refusals = CounterMetricFamily(
             "capgate_ledger_refusals", "Refusals in the ledger, by reason.", labels=("reason",)
         )
         reasons: dict[str, int] = {}
-        for code, count in totals["refusals"].items():
+        for code, count in totals.refusals.items():
             reason = reason_of_code(code)
             reasons[reason] = reasons.get(reason, 0) + count
         for reason, count in sorted(reasons.items()):
             refusals.add_metric((reason,), count)
         cost = CounterMetricFamily("capgate_ledger_cost_dollars", "Cost in the ledger, in dollars.")
-        cost.add_metric((), totals["cost_nano"] / NANO)
+        cost.add_metric((), totals.cost_nano / NANO)
         tokens = CounterMetricFamily(
             "capgate_ledger_tokens", "Tokens in the ledger, by kind.", labels=("kind",)
         )
-        for kind, count in totals["tokens"].items():
+        for kind, count in (
+            ("input", totals.input_tokens),
+            ("output", totals.output_tokens),
+            ("cache_read", totals.cache_read_tokens),
+            ("cache_write", totals.cache_write_tokens),
+        ):
             tokens.add_metric((kind,), count)
         flagged = CounterMetricFamily(
             "capgate_ledger_flagged",
@@ -198,7 +204,7 @@ class _SharedCollector(Collector):
             labels=("flag",),
         )
         for flag in LEDGER_FLAGS:  # every flag, zero included, so an alert rule can rate() it
-            flagged.add_metric((flag,), totals["flagged"].get(flag, 0))
+            flagged.add_metric((flag,), totals.flagged.get(flag, 0))
         yield from (requests, refusals, cost, tokens, flagged)
 
     def _providers(self) -> Iterator[Metric]:

@@ -3,7 +3,9 @@
 A session starts when someone logs in to the dashboard with the admin key. Its token is
 32 random bytes in an HttpOnly, SameSite=Strict cookie (Secure when the request came over
 https); the database stores only the token's SHA-256, so sessions are shared by every
-process on the file and a copy of the database opens none. A session lasts
+process and node on the database and a copy of the database opens none. Failed logins
+are counted in the database too (`SessionStore.login_failed`), so the throttle holds
+across processes and nodes. A session lasts
 `SESSION_HOURS`, or until logout, or until the admin key changes.
 
 Cookie-authenticated requests that change something must also send `x-csrf-token`, an
@@ -19,7 +21,6 @@ import hmac
 import math
 import secrets
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,7 +28,8 @@ from aiohttp import web
 
 from capgate.errors import AuthenticationFailed, CapgateError, PermissionDenied
 from capgate.http.auth import AdminAuthenticator, presented_key
-from capgate.store.sqlite_dashboard import DashboardStore, Session
+from capgate.store.base import SessionStore
+from capgate.store.records import Session
 
 COOKIE = "capgate_session"
 CSRF_HEADER = "x-csrf-token"
@@ -56,41 +58,26 @@ def key_tag(digest: bytes) -> str:
 
 
 class LoginThrottle:
-    """At most `max_failures` failed logins per client address in `window` seconds."""
+    """At most `LOGIN_MAX_FAILURES` failed logins per client address in `LOGIN_WINDOW_S`
+    seconds (store/base.py), counted in the store."""
 
-    def __init__(
-        self,
-        max_failures: int = 10,
-        window: float = 600.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._max = max_failures
-        self._window = window
+    def __init__(self, store: SessionStore, clock: Callable[[], float] = time.time) -> None:
+        self._store = store
         self._clock = clock
-        self._failures: dict[str, deque[float]] = {}
 
-    def check(self, client: str) -> None:
-        recent = self._recent(client)
-        if len(recent) >= self._max:
-            wait = math.ceil(recent[0] + self._window - self._clock())
+    async def check(self, client: str) -> None:
+        wait = await self._store.login_blocked(client, self._clock())
+        if wait is not None:
             raise TooManyAttempts(
                 "Too many failed logins from this address; try again later.",
-                headers={"retry-after": str(max(1, wait))},
+                headers={"retry-after": str(max(1, math.ceil(wait)))},
             )
 
-    def failed(self, client: str) -> None:
-        self._recent(client).append(self._clock())
-        if len(self._failures) > 10_000:  # bounded: addresses come from the network
-            self._failures = {c: d for c, d in self._failures.items() if d}
+    async def failed(self, client: str) -> None:
+        await self._store.login_failed(client, self._clock())
 
-    def succeeded(self, client: str) -> None:
-        self._failures.pop(client, None)
-
-    def _recent(self, client: str) -> deque[float]:
-        recent = self._failures.setdefault(client, deque())
-        while recent and recent[0] <= self._clock() - self._window:
-            recent.popleft()
-        return recent
+    async def succeeded(self, client: str) -> None:
+        await self._store.login_succeeded(client)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,11 +88,11 @@ class Caller:
 
 
 class AdminAccess:
-    def __init__(self, store: DashboardStore, digest: bytes) -> None:
+    def __init__(self, store: SessionStore, digest: bytes) -> None:
         self._store = store
         self._key = AdminAuthenticator(digest)
         self._tag = key_tag(digest)
-        self.throttle = LoginThrottle()
+        self.throttle = LoginThrottle(store)
 
     def check_key(self, raw: str) -> None:
         self._key.check_key(raw)

@@ -1,8 +1,33 @@
-"""The store port: what the gateway, admin API and CLI need from persistence.
+"""The store port: everything the gateway, admin API, dashboard, metrics and CLI need
+from persistence. Nothing outside `capgate.store` knows which engine runs; only the
+composition root (`bootstrap.py`) names one (`sqlite.py`; PostgreSQL: `pg.py`).
 
-One adapter per module (`sqlite.py` today, PostgreSQL next). Every method that changes
-budgets is one atomic transaction; the limit decisions themselves come from
-`capgate.core.engine`, so adapters only read counters and apply the engine's answer.
+The port is a few Protocols, one per kind of consumer, and `Store`, which is all of them:
+
+- `HotPath` (the gateway): the key cache, reserve, rereserve, settle, health;
+- `ScopeStore` (admin API, CLI, /v1/me): keys, users, teams, orgs, providers, their
+  counters and members; every change writes an audit entry;
+- `LedgerReader` (admin API, dashboard, /metrics): the ledger and the audit log read back;
+- `EventSource` (the live feed): ledger and audit entries above a cursor;
+- `SessionStore` (dashboard login): sessions and the login throttle, shared by every
+  process and node;
+- `SettingsStore` (runtime settings, the admin key): the settings row and `meta`.
+
+Reads return the typed records of `store/records.py`. Errors, from `capgate.errors`:
+`NotFound` (no such scope), `Conflict` (exists already, or still named), `InvalidRequest`
+(bad references or fields; nothing changed), `StoreUnavailable` (the database cannot be
+reached or written now; nothing changed, except that `settle` keeps retrying).
+
+Every method that changes budgets is one atomic transaction; the limit decisions come
+from `capgate.core.engine`, so adapters only read counters and apply the engine's answer.
+Every admin change bumps `meta.config_version`, so every process and node reloads its key
+cache before its next reservation.
+
+Tables every engine has (same names and columns; see `sqlite_schema.py`): meta, scopes,
+counters, processes, reservations, requests (the ledger), audit, sessions, and
+login_failures (migration 9): `client TEXT NOT NULL, failed_at REAL NOT NULL`, one row
+per failed dashboard login, indexed on (client, failed_at) and on (failed_at); rows older
+than `LOGIN_WINDOW_S` are deleted whenever a failure is recorded, so it stays small.
 """
 
 from __future__ import annotations
@@ -15,6 +40,24 @@ from capgate.core.engine import Amounts, Charge, Headroom, OutputFlex, Refusal
 from capgate.core.limits import Limit, Scope, ScopeKind, Status
 from capgate.core.money import Usage
 from capgate.core.schedules import Schedule
+from capgate.store.records import (
+    AuditEntry,
+    EventBatch,
+    KeyActivity,
+    LedgerEntry,
+    LimitUsage,
+    MetricsSnapshot,
+    SeriesRow,
+    Session,
+    Summary,
+    UsageRow,
+)
+
+# The `meta` row that holds the settings an admin changed at runtime (a JSON object).
+SETTINGS_ROW = "settings"
+# Dashboard logins: at most this many failures per client address in this many seconds.
+LOGIN_MAX_FAILURES = 10
+LOGIN_WINDOW_S = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +144,9 @@ class ScopeFields:
 
 @dataclass(frozen=True, slots=True)
 class RequestQuery:
+    """Which ledger entries to read: every filter given must match (AND); `since` is
+    inclusive, `until` exclusive (created_at, Unix seconds)."""
+
     key: str | None = None
     team: str | None = None
     user: str | None = None
@@ -115,20 +161,22 @@ class RequestQuery:
     cursor: int | None = None  # entries older than this id
 
 
-class Store(Protocol):
-    async def start(self) -> None: ...
-    async def close(self) -> None: ...
+class HotPath(Protocol):
+    """What the gateway needs on every request."""
+
     async def flush(self) -> None:
-        """Wait until every write submitted so far is committed."""
+        """Wait until every write submitted so far by this process is committed."""
 
     def key_by_id(self, key_id: str) -> tuple[Scope, bytes] | None:
-        """The cached key and its hash (no I/O; may be slightly stale, reserve is not)."""
+        """The cached key and its secret's hash; None if unknown (no I/O; may be slightly
+        stale, reserve is not)."""
 
     def scopes_above(self, key: Scope) -> list[Scope]:
-        """The user, team and org scopes a key's requests also count against (cached)."""
+        """The user, team and org scopes a key's requests also count against, innermost
+        first (cached, no I/O; a team or user named but not created is left out)."""
 
     async def refresh(self) -> None:
-        """Reload the cache if another process changed the configuration."""
+        """Reload the key cache now if another process or node changed the configuration."""
 
     async def reserve(
         self,
@@ -137,21 +185,37 @@ class Store(Protocol):
         flex: OutputFlex | None = None,
         extra_scopes: tuple[Scope, ...] = (),
         record_refusal: bool = True,
-    ) -> Reservation | Refusal: ...
+    ) -> Reservation | Refusal:
+        """In one transaction, against the current configuration (never the cache): check
+        access and every limit of the key, its user, team, org and provider (and
+        `extra_scopes`) and hold `worst` on all of them, or on none. A Refusal is written
+        to the ledger as a `refused` entry (unless `record_refusal` is False) and returned;
+        a deleted key is refused `revoked`. `flex`: the budget may lower max_tokens when
+        every scope clamps. The reservation's id is `info.request_id` (unique)."""
 
     async def rereserve(
         self, old: Reservation, info: RequestInfo, worst: Amounts, flex: OutputFlex | None = None
     ) -> Reservation | Refusal:
         """Atomically release `old` and reserve `worst` for `info` (a fallback to another
-        target, priced differently). Refused: `old` stays held, unchanged."""
+        target, priced differently). Refused (nothing written to the ledger): `old` stays
+        held, unchanged. `old` already settled by a sweep: Refusal `lease_expired`."""
 
     def settle(self, reservation: Reservation, outcome: Outcome) -> asyncio.Future[None]:
         """Keep the settlement durably at once (before the answer's last bytes are sent)
-        and write it, retrying until it commits, exactly once; the awaitable completes
-        then. A settlement whose reservation was swept reconciles that entry."""
+        and write it, retrying until it commits, exactly once: the reservation's hold is
+        replaced by the actual amounts and one ledger entry is written; the awaitable
+        completes then. Settling twice changes nothing the second time. A settlement whose
+        reservation was swept (`lease_expired`) corrects that entry to the real usage and
+        flags it `late_settlement`."""
 
     def health(self) -> StoreHealth:
         """Whether the store can be written now, and the settlements waiting (no I/O)."""
+
+
+class ScopeStore(Protocol):
+    """Keys, users, teams, orgs and providers. Every change is one transaction that bumps
+    the config version and writes one audit entry (action, target "<kind>:<name>", the
+    scope's `scope_json` before and after)."""
 
     async def create_scope(
         self,
@@ -163,19 +227,154 @@ class Store(Protocol):
         secret_hash: bytes | None = None,
         prefix: str | None = None,
         actor: str = "admin",
-    ) -> Scope: ...
+    ) -> Scope:
+        """Create a scope (a random id unless `scope_id`). Conflict: the name is taken;
+        InvalidRequest: its team, user or org does not exist. Audit action `create`."""
+
     async def update_scope(
         self, kind: ScopeKind, name: str, fields: ScopeFields, actor: str = "admin"
-    ) -> Scope: ...
+    ) -> Scope:
+        """Change the fields given (None: unchanged; `fields.clear`: set to null).
+        NotFound, InvalidRequest as for create. Audit action `update`."""
+
     async def set_status(
         self, kind: ScopeKind, name: str, status: Status, actor: str = "admin"
-    ) -> Scope: ...
-    async def reset_usage(self, kind: ScopeKind, name: str, actor: str = "admin") -> None: ...
-    async def delete_scope(self, kind: ScopeKind, name: str, actor: str = "admin") -> None: ...
-    async def list_scopes(self, kind: ScopeKind) -> list[Scope]: ...
-    async def get_scope(self, kind: ScopeKind, name: str) -> Scope: ...
-    async def counters(self, scope: Scope, now: float) -> list[dict[str, Any]]: ...
-    async def query_requests(self, query: RequestQuery) -> list[dict[str, Any]]: ...
+    ) -> Scope:
+        """Pause, resume or revoke. InvalidRequest: a revoked scope cannot come back.
+        NotFound. Audit action `pause`, `resume` or `revoke`."""
+
+    async def reset_usage(self, kind: ScopeKind, name: str, actor: str = "admin") -> None:
+        """Set the settled amounts of every counter of the scope to 0 (what requests in
+        flight hold stays reserved). NotFound. Audit action `reset-usage`."""
+
+    async def delete_scope(self, kind: ScopeKind, name: str, actor: str = "admin") -> None:
+        """Delete the scope (its counters and ledger entries stay). NotFound; Conflict
+        while keys (or, for an org, teams) still name it. Audit action `delete`, no after."""
+
+    async def list_scopes(self, kind: ScopeKind) -> list[Scope]:
+        """Every scope of `kind`, ordered by name."""
+
+    async def get_scope(self, kind: ScopeKind, name: str) -> Scope:
+        """The scope, read from the database (not the cache). NotFound."""
+
+    async def members(self, kind: ScopeKind, name: str) -> dict[str, list[str]]:
+        """Who names a scope, each list ordered by name: a team's {"keys", "users"} (the
+        distinct users of its keys), a user's {"keys"}, an org's {"teams"}; {} for keys
+        and providers. NotFound."""
+
+    async def counters(self, scope: Scope, now: float) -> list[LimitUsage]:
+        """Each limit of `scope`, in its order, as it stands at `now` in its current window
+        (in the scope's timezone; a rolling window sums its buckets), including every
+        settlement this process submitted before the call."""
+
+
+class LedgerReader(Protocol):
+    """The ledger and the audit log, read back. Each read includes every settlement this
+    process submitted before the call."""
+
+    async def query_requests(self, query: RequestQuery) -> list[LedgerEntry]:
+        """The entries `query` selects, newest first (by id, descending), at most
+        `query.limit`; `query.cursor`: only ids below it."""
+
     async def usage(
         self, group_by: str, since: float | None, until: float | None
-    ) -> list[dict[str, Any]]: ...
+    ) -> list[UsageRow]:
+        """The ledger in [since, until) summed per `group_by` (one of
+        `records.USAGE_GROUPS`; KeyError otherwise), by cost descending then group
+        ascending, the None group first."""
+
+    async def audit(self, limit: int = 100) -> list[AuditEntry]:
+        """The newest `limit` audit entries, newest first."""
+
+    async def summary(self, query: RequestQuery) -> Summary:
+        """Totals of the entries `query` selects (filters key, team, user, model, provider,
+        since, until; the others are ignored)."""
+
+    async def series_rows(
+        self, query: RequestQuery, group_by: str | None, grain: int
+    ) -> list[SeriesRow]:
+        """The entries `query` selects (filters as for summary) summed per `grain` seconds
+        (bucket = floor(created_at / grain) * grain) and per `group_by` (one of
+        `USAGE_GROUPS` but `day`, or None: one group, None). Unordered."""
+
+    async def key_activity(self, day_start: float, month_start: float) -> dict[str, KeyActivity]:
+        """Per key id, every key there is: spend since `day_start` and since `month_start`
+        (nano-dollars, by the entries' key_id) and when its last entry was created (by
+        key name; None if never)."""
+
+    async def metrics_snapshot(self, now: float, ledger: bool) -> MetricsSnapshot:
+        """Every scope's limits at `now`, the reservations held, and (when `ledger`) the
+        ledger's totals (None otherwise)."""
+
+
+class EventSource(Protocol):
+    """The live feed's reads. Ids grow in commit order, so a reader that reads by
+    increasing id from a cursor misses nothing committed later."""
+
+    async def latest_ids(self) -> tuple[int, int]:
+        """The highest ledger id and audit id (0 when empty)."""
+
+    async def events_after(self, request_id: int, audit_id: int, limit: int = 500) -> EventBatch:
+        """Ledger entries with id > `request_id` and audit entries with id > `audit_id`,
+        each oldest first, at most `limit` of each."""
+
+
+class SessionStore(Protocol):
+    """Dashboard logins, shared by every process and node on the database."""
+
+    async def create_session(
+        self, token_hash: bytes, actor: str, key_tag: str, ttl_seconds: float
+    ) -> Session:
+        """Store a new session (expired ones are deleted on the way)."""
+
+    async def get_session(self, token_hash: bytes) -> Session | None:
+        """The live session with this token hash, or None (unknown or expired)."""
+
+    async def delete_session(self, token_hash: bytes) -> None:
+        """End the session (nothing happens if there is none)."""
+
+    async def login_blocked(self, client: str, now: float) -> float | None:
+        """Seconds until `client` may try again when it failed `LOGIN_MAX_FAILURES` times
+        or more in (now - LOGIN_WINDOW_S, now]: the oldest of those failures plus the
+        window, minus now (> 0). None: it may try."""
+
+    async def login_failed(self, client: str, now: float) -> None:
+        """Record a failed login of `client` at `now`; delete every failure older than
+        the window (of any client)."""
+
+    async def login_succeeded(self, client: str) -> None:
+        """Forget `client`'s failures."""
+
+
+class SettingsStore(Protocol):
+    """The runtime settings and named values (`meta`)."""
+
+    async def get_settings(self) -> dict[str, Any]:
+        """The settings an admin changed at runtime ({} when none)."""
+
+    async def put_settings(
+        self,
+        settings: dict[str, Any],
+        before: dict[str, Any],
+        after: dict[str, Any],
+        actor: str = "admin",
+    ) -> None:
+        """Store the overrides, bump the config version and write the audit entry (action
+        and target `settings`; `before` and `after` are the effective settings)."""
+
+    async def get_meta(self, name: str) -> str | None:
+        """A named value (e.g. `admin_key_hash`), or None."""
+
+    async def set_meta(self, name: str, value: str) -> None:
+        """Set a named value (insert or replace)."""
+
+
+class Store(HotPath, ScopeStore, LedgerReader, EventSource, SessionStore, SettingsStore, Protocol):
+    """The whole port: what `bootstrap.py` builds and hands out, in parts, to consumers."""
+
+    async def start(self) -> None:
+        """Open the database, apply the migrations (safe when several processes start at
+        once), load the key cache. StoreUnavailable with what to do when it cannot."""
+
+    async def close(self) -> None:
+        """Stop background work, keep what is unwritten for the next start, close."""

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from capgate.core.engine import (
     Amounts,
@@ -33,14 +33,14 @@ from capgate.core.engine import (
     plan_settle,
     tightest,
 )
-from capgate.core.limits import Limit, Metric, Scope, ScopeKind, nano_to_decimal_str
-from capgate.core.windows import window_at
+from capgate.core.limits import Scope, ScopeKind
 from capgate.errors import StoreUnavailable
 from capgate.store import journal
 from capgate.store import sqlite_queries as q
 from capgate.store import sqlite_settlement as settlement
 from capgate.store.base import Outcome, RequestInfo, RequestQuery, Reservation, StoreHealth
 from capgate.store.liveness import ProcessLock, is_alive, procs_dir
+from capgate.store.records import AuditEntry, LedgerEntry, UsageRow
 from capgate.store.sqlite_admin import ScopeAdmin
 from capgate.store.sqlite_counters import CounterCache
 from capgate.store.sqlite_dashboard import DashboardStore
@@ -48,6 +48,7 @@ from capgate.store.sqlite_schema import migrate
 from capgate.store.sqlite_writer import SQLiteWriter, WriterClosed
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CHECKPOINT_SECONDS = 1.0
 # Under steady load a PASSIVE checkpoint never catches up with the writes, so the WAL never
@@ -179,14 +180,15 @@ class SQLiteStore(ScopeAdmin, DashboardStore):
     async def flush(self) -> None:
         await self._write(lambda conn: None)
 
-    async def _write(self, op: Callable[[sqlite3.Connection], Any], hot: bool = False) -> Any:
+    async def _write(self, op: Callable[[sqlite3.Connection], T], hot: bool = False) -> T:
         try:
-            return await self._writer.submit(op, hot)
+            result: T = await self._writer.submit(op, hot)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"the usage ledger is unavailable: {exc}") from exc
+        return result
 
-    async def _read(self, op: Callable[[sqlite3.Connection], Any]) -> Any:
-        def run() -> Any:
+    async def _read(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        def run() -> T:
             conn = getattr(self._reader_local, "conn", None)
             if conn is None:
                 conn = self._reader_local.conn = self._connect()
@@ -253,7 +255,7 @@ class SQLiteStore(ScopeAdmin, DashboardStore):
         extra_scopes: tuple[Scope, ...] = (),
         record_refusal: bool = True,
     ) -> Reservation | Refusal:
-        return await self._write(  # type: ignore[no-any-return]
+        return await self._write(
             lambda conn: self._reserve(conn, info, worst, flex, extra_scopes, record_refusal),
             hot=True,
         )
@@ -311,7 +313,7 @@ class SQLiteStore(ScopeAdmin, DashboardStore):
     async def rereserve(
         self, old: Reservation, info: RequestInfo, worst: Amounts, flex: OutputFlex | None = None
     ) -> Reservation | Refusal:
-        return await self._write(  # type: ignore[no-any-return]
+        return await self._write(
             lambda conn: self._rereserve(conn, old, info, worst, flex), hot=True
         )
 
@@ -488,45 +490,22 @@ class SQLiteStore(ScopeAdmin, DashboardStore):
         processes (after `_replay`, in the same transaction)."""
         return settlement.sweep(conn, self.owner, self._lease, self._clock(), self._procs)
 
-    async def counters(self, scope: Scope, now: float) -> list[dict[str, Any]]:
-        """Each limit of `scope` with its current window's used, reserved and reset."""
-        await self.flush()  # include every settlement queued before this call
-
-        def op(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-            out = []
-            for limit in scope.limits:
-                window = window_at(limit.window, now, scope.timezone)
-                counter = scope.counter_id(limit)
-                wanted = [(counter, window.start, window.read_from)]
-                state = q.read_counters(conn, wanted).get((counter, window.start))
-                out.append(
-                    _limit_status(
-                        limit,
-                        state.settled if state else 0,
-                        state.reserved if state else 0,
-                        window.resets_at,
-                    )
-                )
-            return out
-
-        return await self._read(op)  # type: ignore[no-any-return]
-
-    async def query_requests(self, query: RequestQuery) -> list[dict[str, Any]]:
+    async def query_requests(self, query: RequestQuery) -> list[LedgerEntry]:
         await self.flush()  # see every entry committed before this call
-        return await self._read(lambda conn: q.select_requests(conn, query))  # type: ignore[no-any-return]
+        return await self._read(lambda conn: q.select_requests(conn, query))
 
     async def usage(
         self, group_by: str, since: float | None, until: float | None
-    ) -> list[dict[str, Any]]:
+    ) -> list[UsageRow]:
         await self.flush()
-        return await self._read(lambda conn: q.usage_by(conn, group_by, since, until))  # type: ignore[no-any-return]
+        return await self._read(lambda conn: q.usage_by(conn, group_by, since, until))
 
     async def get_meta(self, name: str) -> str | None:
         def op(conn: sqlite3.Connection) -> str | None:
             row = conn.execute("SELECT v FROM meta WHERE k=?", (name,)).fetchone()
             return None if row is None else str(row[0])
 
-        return await self._read(op)  # type: ignore[no-any-return]
+        return await self._read(op)
 
     async def set_meta(self, name: str, value: str) -> None:
         await self._write(
@@ -536,21 +515,8 @@ class SQLiteStore(ScopeAdmin, DashboardStore):
             )
         )
 
-    async def audit(self, limit: int = 100) -> list[dict[str, Any]]:
-        return await self._read(lambda conn: q.select_audit(conn, limit))  # type: ignore[no-any-return]
-
-
-def _limit_status(limit: Limit, settled: int, reserved: int, resets_at: int) -> dict[str, Any]:
-    out = limit.to_json()
-    if limit.metric is Metric.COST_USD:
-        out.update(used=nano_to_decimal_str(settled), reserved=nano_to_decimal_str(reserved))
-        out["remaining"] = nano_to_decimal_str(max(0, limit.max - settled - reserved))
-    else:
-        out.update(
-            used=settled, reserved=reserved, remaining=max(0, limit.max - settled - reserved)
-        )
-    out["resets_at"] = resets_at
-    return out
+    async def audit(self, limit: int = 100) -> list[AuditEntry]:
+        return await self._read(lambda conn: q.select_audit(conn, limit))
 
 
 def checkpoint(conn: sqlite3.Connection) -> tuple[str, int]:

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
-from collections.abc import Callable
 from typing import Any
 
 from capgate.core.limits import Scope, ScopeKind, Status
 from capgate.errors import Conflict, InvalidRequest, NotFound
+from capgate.store import sqlite_insights as insights
 from capgate.store import sqlite_queries as q
 from capgate.store.base import ScopeFields
+from capgate.store.records import LimitUsage, scope_json
+from capgate.store.sqlite_writer import SQLitePart
 
 _ACTIONS = {Status.ACTIVE: "resume", Status.PAUSED: "pause", Status.REVOKED: "revoke"}
 _PLURAL = {ScopeKind.USER: "users", ScopeKind.TEAM: "teams", ScopeKind.ORG: "orgs"}
@@ -38,13 +40,8 @@ def check_references(conn: sqlite3.Connection, fields: ScopeFields) -> None:
             )
 
 
-class ScopeAdmin:
-    """Mixed into SQLiteStore, which provides these."""
-
-    _clock: Callable[[], float]
-    _write: Callable[..., Any]
-    _read: Callable[..., Any]
-    _load: Callable[[sqlite3.Connection], None]
+class ScopeAdmin(SQLitePart):
+    """Mixed into SQLiteStore."""
 
     async def create_scope(
         self,
@@ -71,7 +68,7 @@ class ScopeAdmin:
             q.update_scope_row(conn, kind.value, created.id, fields, now)
             return self._changed(conn, kind, name, "create", None, actor)
 
-        return await self._write(op)  # type: ignore[no-any-return]
+        return await self._write(op)
 
     def _changed(
         self,
@@ -85,7 +82,7 @@ class ScopeAdmin:
         """After an admin change: bump the version, reload, write the audit entry."""
         conn.execute("UPDATE meta SET v = CAST(v AS INTEGER) + 1 WHERE k='config_version'")
         scope = q.get_scope(conn, kind.value, name)
-        after = q.scope_json(scope) if scope is not None else None
+        after = scope_json(scope) if scope is not None else None
         conn.execute(
             "INSERT INTO audit (created_at, actor, action, target, before, after) VALUES (?,?,?,?,?,?)",
             (self._clock(), actor, action, f"{kind.value}:{name}", q.dumps(before), q.dumps(after)),
@@ -108,9 +105,9 @@ class ScopeAdmin:
             before = self._existing(conn, kind, name)
             check_references(conn, fields)
             q.update_scope_row(conn, kind.value, before.id, fields, self._clock())
-            return self._changed(conn, kind, name, "update", q.scope_json(before), actor)
+            return self._changed(conn, kind, name, "update", scope_json(before), actor)
 
-        return await self._write(op)  # type: ignore[no-any-return]
+        return await self._write(op)
 
     async def set_status(
         self, kind: ScopeKind, name: str, status: Status, actor: str = "admin"
@@ -123,9 +120,9 @@ class ScopeAdmin:
                 "UPDATE scopes SET status=?, updated_at=? WHERE kind=? AND id=?",
                 (status.value, self._clock(), kind.value, before.id),
             )
-            return self._changed(conn, kind, name, _ACTIONS[status], q.scope_json(before), actor)
+            return self._changed(conn, kind, name, _ACTIONS[status], scope_json(before), actor)
 
-        return await self._write(op)  # type: ignore[no-any-return]
+        return await self._write(op)
 
     async def reset_usage(self, kind: ScopeKind, name: str, actor: str = "admin") -> None:
         def op(conn: sqlite3.Connection) -> None:
@@ -135,7 +132,7 @@ class ScopeAdmin:
                 "UPDATE counters SET settled=0 WHERE counter >= ? AND counter < ?",
                 (f"{kind.value}:{scope.id}:", f"{kind.value}:{scope.id};"),
             )
-            self._changed(conn, kind, name, "reset-usage", q.scope_json(scope), actor)
+            self._changed(conn, kind, name, "reset-usage", scope_json(scope), actor)
 
         await self._write(op)
 
@@ -152,7 +149,7 @@ class ScopeAdmin:
                     actor,
                     "delete",
                     f"{kind.value}:{name}",
-                    q.dumps(q.scope_json(scope)),
+                    q.dumps(scope_json(scope)),
                 ),
             )
             self._load(conn)
@@ -164,10 +161,15 @@ class ScopeAdmin:
             rows = conn.execute(q.SELECT_SCOPES + " WHERE kind=? ORDER BY name", (kind.value,))
             return [q.scope_from_row(r) for r in rows]
 
-        return await self._read(op)  # type: ignore[no-any-return]
+        return await self._read(op)
 
     async def get_scope(self, kind: ScopeKind, name: str) -> Scope:
-        return await self._read(lambda conn: self._existing(conn, kind, name))  # type: ignore[no-any-return]
+        return await self._read(lambda conn: self._existing(conn, kind, name))
+
+    async def counters(self, scope: Scope, now: float) -> list[LimitUsage]:
+        await self.flush()  # include every settlement queued before this call
+        rows = await self._read(lambda conn: insights.limit_usage(conn, [scope], now))
+        return [usage for _, usage in rows]
 
     async def members(self, kind: ScopeKind, name: str) -> dict[str, list[str]]:
         """Who names a scope: a team's keys and their users, a user's keys, an org's
@@ -180,7 +182,7 @@ class ScopeAdmin:
                 for group, sql in _MEMBERS.get(kind, {}).items()
             }
 
-        return await self._read(op)  # type: ignore[no-any-return]
+        return await self._read(op)
 
 
 def _refuse_if_named(conn: sqlite3.Connection, kind: ScopeKind, name: str) -> None:

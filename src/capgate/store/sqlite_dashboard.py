@@ -1,39 +1,30 @@
 """What the dashboard needs from the SQLite store, mixed into `SQLiteStore`: login sessions
-(shared by every process on the file), the runtime settings row, and the read-only queries
-behind the overview, the charts and the live feed."""
+and the login throttle (shared by every process on the file), the runtime settings row,
+and the read-only queries behind the overview, the charts, /metrics and the live feed."""
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from capgate.core.limits import Limit, Scope
 from capgate.store import sqlite_insights as insights
 from capgate.store import sqlite_queries as q
-from capgate.store.base import RequestQuery
+from capgate.store.base import LOGIN_MAX_FAILURES, LOGIN_WINDOW_S, SETTINGS_ROW, RequestQuery
+from capgate.store.records import (
+    EventBatch,
+    KeyActivity,
+    MetricsSnapshot,
+    SeriesRow,
+    Session,
+    Summary,
+)
+from capgate.store.sqlite_writer import SQLitePart
 
-SETTINGS_ROW = "settings"  # meta row: the settings an admin changed at runtime, as JSON
 
-
-@dataclass(frozen=True, slots=True)
-class Session:
-    actor: str
-    key_tag: str
-    created_at: float
-    expires_at: float
-
-
-class DashboardStore:
-    """Mixed into SQLiteStore, which provides these."""
-
-    _clock: Callable[[], float]
-    _write: Callable[..., Any]
-    _read: Callable[..., Any]
-    flush: Callable[[], Awaitable[None]]
+class DashboardStore(SQLitePart):
+    """Mixed into SQLiteStore."""
 
     # -- sessions ----------------------------------------------------------------------
 
@@ -51,7 +42,7 @@ class DashboardStore:
             )
             return session
 
-        return await self._write(op)  # type: ignore[no-any-return]
+        return await self._write(op)
 
     async def get_session(self, token_hash: bytes) -> Session | None:
         """The live session with this token hash, or None (unknown or expired)."""
@@ -64,11 +55,40 @@ class DashboardStore:
             ).fetchone()
             return None if row is None else Session(*row)
 
-        return await self._read(op)  # type: ignore[no-any-return]
+        return await self._read(op)
 
     async def delete_session(self, token_hash: bytes) -> None:
         await self._write(
             lambda conn: conn.execute("DELETE FROM sessions WHERE token_hash = ?", (token_hash,))
+        )
+
+    # -- login throttle (see base.SessionStore) ----------------------------------------
+
+    async def login_blocked(self, client: str, now: float) -> float | None:
+        def op(conn: sqlite3.Connection) -> float | None:
+            count, oldest = conn.execute(
+                "SELECT COUNT(*), MIN(failed_at) FROM login_failures "
+                "WHERE client = ? AND failed_at > ? AND failed_at <= ?",
+                (client, now - LOGIN_WINDOW_S, now),
+            ).fetchone()
+            if count < LOGIN_MAX_FAILURES:
+                return None
+            return max(float(oldest) + LOGIN_WINDOW_S - now, 0.001)
+
+        return await self._read(op)
+
+    async def login_failed(self, client: str, now: float) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM login_failures WHERE failed_at <= ?", (now - LOGIN_WINDOW_S,))
+            conn.execute(
+                "INSERT INTO login_failures (client, failed_at) VALUES (?, ?)", (client, now)
+            )
+
+        await self._write(op)
+
+    async def login_succeeded(self, client: str) -> None:
+        await self._write(
+            lambda conn: conn.execute("DELETE FROM login_failures WHERE client = ?", (client,))
         )
 
     # -- runtime settings --------------------------------------------------------------
@@ -78,7 +98,7 @@ class DashboardStore:
             row = conn.execute("SELECT v FROM meta WHERE k = ?", (SETTINGS_ROW,)).fetchone()
             return {} if row is None else dict(orjson.loads(row[0]))
 
-        return await self._read(op)  # type: ignore[no-any-return]
+        return await self._read(op)
 
     async def put_settings(
         self,
@@ -106,46 +126,34 @@ class DashboardStore:
 
     # -- insights ----------------------------------------------------------------------
 
-    async def summary(self, query: RequestQuery) -> dict[str, Any]:
+    async def summary(self, query: RequestQuery) -> Summary:
         await self.flush()  # include every settlement queued before this call
-        return await self._read(lambda conn: insights.summary(conn, query))  # type: ignore[no-any-return]
+        return await self._read(lambda conn: insights.summary(conn, query))
 
     async def series_rows(
         self, query: RequestQuery, group_by: str | None, grain: int
-    ) -> list[tuple[int, str | None, int, int, int, int, int]]:
+    ) -> list[SeriesRow]:
         await self.flush()
-        return await self._read(  # type: ignore[no-any-return]
-            lambda conn: insights.series_rows(conn, query, group_by, grain)
-        )
+        return await self._read(lambda conn: insights.series_rows(conn, query, group_by, grain))
 
-    async def key_activity(
-        self, day_start: float, month_start: float
-    ) -> dict[str, tuple[int, int, float | None]]:
-        """Per key id: spend today and this month (nano-dollars) and its last request."""
+    async def key_activity(self, day_start: float, month_start: float) -> dict[str, KeyActivity]:
         await self.flush()
-        return await self._read(  # type: ignore[no-any-return]
-            lambda conn: insights.key_activity(conn, day_start, month_start)
-        )
+        return await self._read(lambda conn: insights.key_activity(conn, day_start, month_start))
 
-    async def metrics_rows(
-        self, now: float, ledger: bool
-    ) -> tuple[list[tuple[Scope, Limit, int, int]], int, dict[str, Any] | None]:
-        """For GET /metrics: every scope's limits as used now, the reservations held, and
-        (when asked) the ledger's totals."""
+    async def metrics_snapshot(self, now: float, ledger: bool) -> MetricsSnapshot:
         await self.flush()
 
-        def op(conn: sqlite3.Connection) -> Any:
+        def op(conn: sqlite3.Connection) -> MetricsSnapshot:
             totals = insights.ledger_totals(conn) if ledger else None
-            return insights.scope_limits(conn, now), insights.reservations_held(conn), totals
+            limits = tuple(insights.scope_limits(conn, now))
+            return MetricsSnapshot(limits, insights.reservations_held(conn), totals)
 
-        return await self._read(op)  # type: ignore[no-any-return]
+        return await self._read(op)
 
     async def latest_ids(self) -> tuple[int, int]:
-        return await self._read(insights.latest_ids)  # type: ignore[no-any-return]
+        return await self._read(insights.latest_ids)
 
-    async def events_after(
-        self, request_id: int, audit_id: int, limit: int = 500
-    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        return await self._read(  # type: ignore[no-any-return]
+    async def events_after(self, request_id: int, audit_id: int, limit: int = 500) -> EventBatch:
+        return await self._read(
             lambda conn: insights.events_after(conn, request_id, audit_id, limit)
         )

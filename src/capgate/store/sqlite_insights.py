@@ -6,15 +6,24 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from capgate.core.limits import Limit, Scope, nano_to_decimal_str
-from capgate.core.windows import is_rate_window, parse_window, window_at
+from capgate.core.limits import Scope
+from capgate.core.windows import window_at
 from capgate.store import sqlite_queries as q
 from capgate.store.base import RequestQuery
+from capgate.store.records import (
+    EventBatch,
+    KeyActivity,
+    LedgerTotals,
+    LimitUsage,
+    SeriesRow,
+    Summary,
+    count_reasons,
+)
 
 _FILTERS = ("key", "team", "user", "model", "provider", "since", "until")
 
 
-def summary(conn: sqlite3.Connection, query: RequestQuery) -> dict[str, Any]:
+def summary(conn: sqlite3.Connection, query: RequestQuery) -> Summary:
     """Totals of the entries `query` selects, the error rate of admitted requests and the
     nearest-rank p50 / p95 latency of successful ones."""
     where, params = q.where_clause(query, _FILTERS)
@@ -26,33 +35,20 @@ def summary(conn: sqlite3.Connection, query: RequestQuery) -> dict[str, Any]:
         f"COALESCE(SUM(cost_nano), 0), COUNT(DISTINCT key_name) FROM requests{where}",
         params,
     ).fetchone()
-    requests, refused, errors = row[0], row[1], row[2]
-    admitted = requests - refused
     ok_where = (where + " AND " if where else " WHERE ") + "outcome = 'ok'"
-    return {
-        "requests": requests,
-        "refused": refused,
-        "errors": errors,
-        "error_rate": round(errors / admitted, 6) if admitted else 0.0,
-        "input_tokens": row[3],
-        "output_tokens": row[4],
-        "cache_read_tokens": row[5],
-        "cache_write_tokens": row[6],
-        "cost_usd": nano_to_decimal_str(row[7]),
-        "keys": row[8],
-        "refusals_by_reason": refusals_by_reason(conn, where, params),
-        "latency_ms": {
-            "p50": _percentile(conn, ok_where, params, 50),
-            "p95": _percentile(conn, ok_where, params, 95),
-        },
-    }
+    requests, refused, errors, input_tokens, output_tokens, cache_read, cache_write, cost, keys = (
+        row
+    )
+    return Summary(
+        requests, refused, errors, input_tokens, output_tokens, cache_read, cache_write, cost, keys,
+        refusals_by_reason=refusals_by_reason(conn, where, params),
+        latency_p50_ms=_percentile(conn, ok_where, params, 50),
+        latency_p95_ms=_percentile(conn, ok_where, params, 95),
+    )  # fmt: skip
 
 
 def refusals_by_reason(conn: sqlite3.Connection, where: str, params: list[Any]) -> dict[str, int]:
-    """Refusals counted by why, most first: `budget` and `rate_limit` (a limit reached:
-    a short window or a concurrency cap is a rate limit, any other a budget), or the
-    refusal's code (`paused`, `revoked`, `expired`, `model_not_allowed`,
-    `outside_schedule`, ...)."""
+    """Refusals counted by `records.refusal_reason`, most first."""
     refused_where = (where + " AND " if where else " WHERE ") + "outcome = 'refused'"
     rows = conn.execute(
         "SELECT json_extract(refusal, '$.code'), json_extract(refusal, '$.limit.metric'), "  # noqa: S608
@@ -60,22 +56,7 @@ def refusals_by_reason(conn: sqlite3.Connection, where: str, params: list[Any]) 
         "GROUP BY 1, 2, 3",
         params,
     )
-    counts: dict[str, int] = {}
-    for code, metric, window, count in rows:
-        reason = _reason(code, metric, window)
-        counts[reason] = counts.get(reason, 0) + count
-    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
-
-
-def _reason(code: str | None, metric: str | None, window: str | None) -> str:
-    if code != "limit_exceeded":
-        return code or "other"
-    if metric == "concurrent":
-        return "rate_limit"
-    try:
-        return "rate_limit" if window and is_rate_window(parse_window(window)) else "budget"
-    except ValueError:
-        return "budget"
+    return count_reasons(list(rows))
 
 
 def _percentile(
@@ -94,7 +75,7 @@ def _percentile(
 
 def series_rows(
     conn: sqlite3.Connection, query: RequestQuery, group_by: str | None, grain: int
-) -> list[tuple[int, str | None, int, int, int, int, int]]:
+) -> list[SeriesRow]:
     """Entries summed per `grain` seconds (UTC-aligned) and group: (bucket start, group,
     requests, cost in nano-dollars, tokens, refused, errors)."""
     column = q.GROUPS[group_by] if group_by else "NULL"
@@ -106,29 +87,29 @@ def series_rows(
         f"FROM requests{where} GROUP BY b, grp",
         (grain, grain, *params),
     )
-    return [tuple(row) for row in rows]
+    return [SeriesRow(*row) for row in rows]
 
 
 def key_activity(
     conn: sqlite3.Connection, day_start: float, month_start: float
-) -> dict[str, tuple[int, int, float | None]]:
+) -> dict[str, KeyActivity]:
     """Per key id: spend since `day_start` and since `month_start` (nano-dollars), and when
     its last request was made. One grouped pass over the month's entries (the created_at
     index), and one index lookup per key (requests_key) for its last request."""
-    out: dict[str, tuple[int, int, float | None]] = {}
+    out: dict[str, KeyActivity] = {}
     for key_id, last in conn.execute(
         "SELECT id, (SELECT created_at FROM requests WHERE key_name = scopes.name "
         "ORDER BY id DESC LIMIT 1) FROM scopes WHERE kind = 'key'"
     ):
-        out[key_id] = (0, 0, last)
+        out[key_id] = KeyActivity(last_used_at=last)
     rows = conn.execute(
         "SELECT key_id, SUM(CASE WHEN created_at >= ? THEN cost_nano ELSE 0 END), "
         "SUM(cost_nano) FROM requests WHERE created_at >= ? GROUP BY key_id",
         (day_start, month_start),
     )
     for key_id, today, month in rows:
-        last = out.get(key_id, (0, 0, None))[2]
-        out[key_id] = (int(today), int(month), last)
+        last = out.get(key_id, KeyActivity()).last_used_at
+        out[key_id] = KeyActivity(int(today), int(month), last)
     return out
 
 
@@ -140,41 +121,49 @@ def latest_ids(conn: sqlite3.Connection) -> tuple[int, int]:
 
 def events_after(
     conn: sqlite3.Connection, request_id: int, audit_id: int, limit: int
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+) -> EventBatch:
     """Ledger entries and audit entries with ids above the cursor, oldest first. Ids grow
     in commit order (every write holds SQLite's one write lock), so nothing committed
     later can appear below a cursor already read."""
-    entries = [
-        q.entry_json(row)
-        for row in conn.execute(
-            "SELECT * FROM requests WHERE id > ? ORDER BY id LIMIT ?", (request_id, limit)
-        )
-    ]
-    rows = conn.execute("SELECT * FROM audit WHERE id > ? ORDER BY id LIMIT ?", (audit_id, limit))
-    return entries, [q.audit_json(row) for row in rows]
+    entries = conn.execute(
+        "SELECT * FROM requests WHERE id > ? ORDER BY id LIMIT ?", (request_id, limit)
+    )
+    audits = conn.execute("SELECT * FROM audit WHERE id > ? ORDER BY id LIMIT ?", (audit_id, limit))
+    return EventBatch(
+        tuple(q.entry_from_row(row) for row in entries),
+        tuple(q.audit_from_row(row) for row in audits),
+    )
 
 
 # -- GET /metrics: what every process reads the same ------------------------------------
 
 
-def scope_limits(conn: sqlite3.Connection, now: float) -> list[tuple[Scope, Limit, int, int]]:
-    """Every scope with limits, each limit with its current window's settled and reserved
-    amounts (nano-dollars for cost): one read of all counter instances."""
+def scope_limits(conn: sqlite3.Connection, now: float) -> list[tuple[Scope, LimitUsage]]:
+    """Every scope's limits as they stand in their current windows (see `limit_usage`)."""
     scopes = [q.scope_from_row(r) for r in conn.execute(q.SELECT_SCOPES + " ORDER BY kind, name")]
-    wanted: list[tuple[Scope, Limit, str, int, int | None]] = []
+    return limit_usage(conn, scopes, now)
+
+
+def limit_usage(
+    conn: sqlite3.Connection, scopes: list[Scope], now: float
+) -> list[tuple[Scope, LimitUsage]]:
+    """Each limit of each scope with its current window's settled and reserved amounts
+    (nano-dollars for cost) and reset time: one read of all the counter instances."""
+    wanted = []
     for scope in scopes:
         for limit in scope.limits:
             window = window_at(limit.window, now, scope.timezone)
-            wanted.append((scope, limit, scope.counter_id(limit), window.start, window.read_from))
-    states = q.read_counters(conn, [(c, start, frm) for _, _, c, start, frm in wanted])
+            wanted.append((scope, limit, scope.counter_id(limit), window))
+    states = q.read_counters(conn, [(c, w.start, w.read_from) for _, _, c, w in wanted])
     out = []
-    for scope, limit, counter, start, _ in wanted:
-        state = states.get((counter, start))
-        out.append((scope, limit, state.settled if state else 0, state.reserved if state else 0))
+    for scope, limit, counter, window in wanted:
+        state = states.get((counter, window.start))
+        used, reserved = (state.settled, state.reserved) if state else (0, 0)
+        out.append((scope, LimitUsage(limit, used, reserved, window.resets_at)))
     return out
 
 
-def ledger_totals(conn: sqlite3.Connection) -> dict[str, Any]:
+def ledger_totals(conn: sqlite3.Connection) -> LedgerTotals:
     """The whole ledger's totals: requests by outcome, cost (nano-dollars), tokens by kind,
     refusals by reason."""
     outcomes = dict(conn.execute("SELECT outcome, COUNT(*) FROM requests GROUP BY outcome"))
@@ -189,13 +178,16 @@ def ledger_totals(conn: sqlite3.Connection) -> dict[str, Any]:
     ):
         for flag in flags.split(","):
             flagged[flag] = flagged.get(flag, 0) + count
-    return {
-        "requests": outcomes,
-        "cost_nano": int(row[0]),
-        "tokens": {"input": row[1], "output": row[2], "cache_read": row[3], "cache_write": row[4]},
-        "refusals": refusals_by_reason(conn, "", []),
-        "flagged": flagged,
-    }
+    return LedgerTotals(
+        requests=outcomes,
+        cost_nano=int(row[0]),
+        input_tokens=int(row[1]),
+        output_tokens=int(row[2]),
+        cache_read_tokens=int(row[3]),
+        cache_write_tokens=int(row[4]),
+        refusals=refusals_by_reason(conn, "", []),
+        flagged=flagged,
+    )
 
 
 def reservations_held(conn: sqlite3.Connection) -> int:

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from capgate.core.engine import Amounts, Charge, CounterState, Refusal
-from capgate.core.limits import Limit, Metric, Scope, ScopeKind, Status, nano_to_decimal_str
+from capgate.core.limits import Limit, Metric, Scope, ScopeKind, Status
 from capgate.core.schedules import Schedule
 from capgate.errors import InvalidRequest, refusal_status
 from capgate.store.base import Outcome, RequestInfo, RequestQuery, ScopeFields
+from capgate.store.records import AuditEntry, LedgerEntry, UsageRow
 
 SELECT_SCOPES = (
     "SELECT kind, id, name, status, limits, models, team, user, timezone, expires_at, "
@@ -24,12 +24,6 @@ SELECT_SCOPES = (
 
 def dumps(value: Any) -> str | None:
     return None if value is None else orjson.dumps(value).decode()
-
-
-def iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def scope_from_row(row: sqlite3.Row) -> Scope:
@@ -55,33 +49,6 @@ def scope_from_row(row: sqlite3.Row) -> Scope:
             "updated_at": row["updated_at"],
         },
     )
-
-
-def scope_json(scope: Scope) -> dict[str, Any]:
-    """A scope as the admin API shows it."""
-    extra = scope.extra
-    return {
-        "name": scope.name,
-        "id": scope.id,
-        "kind": scope.kind.value,
-        "prefix": extra.get("prefix"),
-        "status": scope.status.value,
-        "team": extra.get("team"),
-        "user": extra.get("user"),
-        "org": extra.get("org"),
-        "limits": [limit.to_json() for limit in scope.limits],
-        "models": list(scope.models),
-        "schedules": [schedule.to_json() for schedule in scope.schedules],
-        "timezone": scope.timezone,
-        "on_short_budget": "clamp" if scope.clamp else "reject",
-        "unbounded_hold_usd": None
-        if scope.unbounded_hold_nano is None
-        else nano_to_decimal_str(scope.unbounded_hold_nano),
-        "expires_at": iso(scope.expires_at),
-        "metadata": extra.get("metadata", {}),
-        "created_at": iso(extra.get("created_at")),
-        "updated_at": iso(extra.get("updated_at")),
-    }
 
 
 def get_scope(conn: sqlite3.Connection, kind: str, name: str) -> Scope | None:
@@ -286,34 +253,35 @@ def insert_lease_expired(
     )  # fmt: skip
 
 
-def entry_json(row: sqlite3.Row) -> dict[str, Any]:
-    return {
-        "id": row["id"],
-        "request_id": row["request_id"],
-        "created_at": iso(row["created_at"]),
-        "key": row["key_name"],
-        "user": row["user"],
-        "team": row["team"],
-        "model": row["model"],
-        "provider": row["provider"],
-        "upstream_model": row["upstream_model"],
-        "endpoint": row["endpoint"],
-        "stream": bool(row["stream"]),
-        "status": row["status"],
-        "outcome": row["outcome"],
-        "input_tokens": row["input_tokens"],
-        "output_tokens": row["output_tokens"],
-        "cache_read_tokens": row["cache_read_tokens"],
-        "cache_write_tokens": row["cache_write_tokens"],
-        "cost_usd": nano_to_decimal_str(row["cost_nano"]),
-        "latency_ms": None if row["latency_ms"] is None else round(row["latency_ms"], 3),
-        "ttft_ms": None if row["ttft_ms"] is None else round(row["ttft_ms"], 3),
-        "attempts": row["attempts"],
-        "refusal": None if row["refusal"] is None else orjson.loads(row["refusal"]),
-        "error": row["error"],
-        "max_tokens_clamped": row["max_tokens_clamped"],
-        "flags": row["flags"].split(",") if row["flags"] else [],
-    }
+def entry_from_row(row: sqlite3.Row) -> LedgerEntry:
+    return LedgerEntry(
+        id=row["id"],
+        request_id=row["request_id"],
+        created_at=row["created_at"],
+        key_id=row["key_id"],
+        key_name=row["key_name"],
+        user=row["user"],
+        team=row["team"],
+        model=row["model"],
+        provider=row["provider"],
+        upstream_model=row["upstream_model"],
+        endpoint=row["endpoint"],
+        stream=bool(row["stream"]),
+        status=row["status"],
+        outcome=row["outcome"],
+        input_tokens=row["input_tokens"],
+        output_tokens=row["output_tokens"],
+        cache_read_tokens=row["cache_read_tokens"],
+        cache_write_tokens=row["cache_write_tokens"],
+        cost_nano=row["cost_nano"],
+        latency_ms=row["latency_ms"],
+        ttft_ms=row["ttft_ms"],
+        attempts=row["attempts"],
+        refusal=None if row["refusal"] is None else orjson.loads(row["refusal"]),
+        error=row["error"],
+        max_tokens_clamped=row["max_tokens_clamped"],
+        flags=tuple(row["flags"].split(",")) if row["flags"] else (),
+    )
 
 
 _FILTERS = {
@@ -341,16 +309,16 @@ def where_clause(query: RequestQuery, names: Iterable[str]) -> tuple[str, list[A
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
-def select_requests(conn: sqlite3.Connection, query: RequestQuery) -> list[dict[str, Any]]:
+def select_requests(conn: sqlite3.Connection, query: RequestQuery) -> list[LedgerEntry]:
     where, params = where_clause(query, _FILTERS)
     rows = conn.execute(
         f"SELECT * FROM requests{where} ORDER BY id DESC LIMIT ?",  # noqa: S608 - fixed clauses
         (*params, query.limit),
     )
-    return [entry_json(row) for row in rows]
+    return [entry_from_row(row) for row in rows]
 
 
-GROUPS = {
+GROUPS = {  # records.USAGE_GROUPS, as SQL
     "key": "key_name",
     "user": "user",
     "team": "team",
@@ -364,7 +332,7 @@ GROUPS = {
 
 def usage_by(
     conn: sqlite3.Connection, group_by: str, since: float | None, until: float | None
-) -> list[dict[str, Any]]:
+) -> list[UsageRow]:
     column = GROUPS[group_by]
     where, params = where_clause(RequestQuery(since=since, until=until), ("since", "until"))
     rows = conn.execute(
@@ -376,33 +344,27 @@ def usage_by(
         params,
     )
     return [
-        {
-            group_by: row["grp"],
-            "requests": row["requests"],
-            "refused": row["refused"],
-            "errors": row["errors"],
-            "input_tokens": row["input_tokens"],
-            "output_tokens": row["output_tokens"],
-            "cache_read_tokens": row["cache_read_tokens"],
-            "cache_write_tokens": row["cache_write_tokens"],
-            "cost_usd": nano_to_decimal_str(row["cost_nano"]),
-        }
+        UsageRow(
+            row["grp"], row["requests"], row["refused"], row["errors"], row["input_tokens"],
+            row["output_tokens"], row["cache_read_tokens"], row["cache_write_tokens"],
+            row["cost_nano"],
+        )
         for row in rows
-    ]
+    ]  # fmt: skip
 
 
-def select_audit(conn: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
+def select_audit(conn: sqlite3.Connection, limit: int) -> list[AuditEntry]:
     rows = conn.execute("SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,))
-    return [audit_json(row) for row in rows]
+    return [audit_from_row(row) for row in rows]
 
 
-def audit_json(row: sqlite3.Row) -> dict[str, Any]:
-    return {
-        "id": row["id"],
-        "created_at": iso(row["created_at"]),
-        "actor": row["actor"],
-        "action": row["action"],
-        "target": row["target"],
-        "before": None if row["before"] is None else orjson.loads(row["before"]),
-        "after": None if row["after"] is None else orjson.loads(row["after"]),
-    }
+def audit_from_row(row: sqlite3.Row) -> AuditEntry:
+    return AuditEntry(
+        id=row["id"],
+        created_at=row["created_at"],
+        actor=row["actor"],
+        action=row["action"],
+        target=row["target"],
+        before=None if row["before"] is None else orjson.loads(row["before"]),
+        after=None if row["after"] is None else orjson.loads(row["after"]),
+    )

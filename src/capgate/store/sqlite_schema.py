@@ -142,6 +142,13 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE scopes ADD COLUMN unbounded_hold_nano INTEGER;
     """,
+    # 9: failed dashboard logins, shared by every process (and node) so the throttle holds
+    #    across them; rows older than the throttle's window are deleted as failures come.
+    """
+    CREATE TABLE login_failures (client TEXT NOT NULL, failed_at REAL NOT NULL);
+    CREATE INDEX login_failures_client ON login_failures (client, failed_at);
+    CREATE INDEX login_failures_at ON login_failures (failed_at);
+    """,
 )
 
 

@@ -47,7 +47,9 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -307,3 +309,22 @@ def _resolve_all(results: Results) -> None:
             fut.set_exception(exc)
         else:
             fut.set_result(value)
+
+
+class SQLitePart:
+    """What `SQLiteStore` gives the parts mixed into it (scope admin, dashboard): its
+    clock, and its ops run by the writer (in a write transaction) or the reader thread."""
+
+    _clock: Callable[[], float]
+
+    async def _write(self, op: Callable[[sqlite3.Connection], T], hot: bool = False) -> T:
+        raise NotImplementedError
+
+    async def _read(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        raise NotImplementedError
+
+    def _load(self, conn: sqlite3.Connection) -> None:
+        raise NotImplementedError
+
+    async def flush(self) -> None:
+        raise NotImplementedError
