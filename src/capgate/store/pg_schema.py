@@ -182,7 +182,8 @@ MIGRATIONS: tuple[str, ...] = (
     -- the fresh ones to plan again with) or 'gone' (rereserve: the reservation to
     -- release was settled meanwhile, by a sweep). Checks are aligned arrays, one per
     -- limit; the charges one per counter instance. With p_release_id (rereserve), that
-    -- reservation is released in the same transaction, and the checks see it released.
+    -- reservation is released in the same transaction, and the checks see it released
+    -- (the states returned do not: they are the table's).
     CREATE FUNCTION capgate_reserve(
         p_version TEXT,
         p_id TEXT, p_owner TEXT, p_now DOUBLE PRECISION, p_charges TEXT, p_info TEXT,
@@ -192,9 +193,11 @@ MIGRATIONS: tuple[str, ...] = (
         p_release_start BIGINT[] DEFAULT '{}', p_release_amount BIGINT[] DEFAULT '{}',
         OUT status TEXT, OUT settled BIGINT[], OUT reserved BIGINT[]
     ) LANGUAGE plpgsql AS $$
+    #variable_conflict use_column
     DECLARE
         i INT;
         j INT;
+        held BIGINT[];
     BEGIN
         PERFORM pg_advisory_xact_lock_shared(%(config_lock)s);
         IF (SELECT v FROM meta WHERE k = 'config_version') IS DISTINCT FROM p_version THEN
@@ -224,16 +227,17 @@ MIGRATIONS: tuple[str, ...] = (
         END IF;
         SELECT s.settled, s.reserved INTO settled, reserved
         FROM capgate_states(p_counter, p_start, p_from) s;
+        held := reserved;  -- as it will be once the released reservation is gone
         FOR i IN 1 .. coalesce(cardinality(p_counter), 0) LOOP
             FOR j IN 1 .. coalesce(cardinality(p_release_counter), 0) LOOP
                 IF p_release_counter[j] = p_counter[i] AND p_release_start[j]
                    BETWEEN coalesce(p_from[i], p_start[i]) AND p_start[i] THEN
-                    reserved[i] := reserved[i] - p_release_amount[j];
+                    held[i] := held[i] - p_release_amount[j];
                 END IF;
             END LOOP;
         END LOOP;
         FOR i IN 1 .. coalesce(cardinality(p_counter), 0) LOOP
-            IF settled[i] + reserved[i] + p_amount[i] > p_max[i] THEN
+            IF settled[i] + held[i] + p_amount[i] > p_max[i] THEN
                 status := 'full';
                 RETURN;
             END IF;
@@ -257,28 +261,41 @@ MIGRATIONS: tuple[str, ...] = (
     END $$;
 
     -- Settle: delete the reservation; only if it was there, apply the deltas and insert
-    -- the ledger entry. Returns whether it was there.
+    -- the ledger entry (none when p_entry is NULL: a reservation given up before its
+    -- request was sent). 'settled', 'gone' (no such reservation), or 'moved' with the
+    -- charges the row holds when they are not p_charges (a rereserve whose answer was
+    -- lost committed): nothing changed, the caller plans the deltas again from those.
     CREATE FUNCTION capgate_settle(
-        p_id TEXT, p_counter TEXT[], p_start BIGINT[], p_reserved BIGINT[], p_settled BIGINT[],
-        p_entry JSONB
-    ) RETURNS BOOLEAN LANGUAGE plpgsql AS $$
+        p_id TEXT, p_charges TEXT,
+        p_counter TEXT[], p_start BIGINT[], p_reserved BIGINT[], p_settled BIGINT[],
+        p_entry JSONB, OUT status TEXT, OUT charges TEXT
+    ) LANGUAGE plpgsql AS $$
+    #variable_conflict use_column
     BEGIN
-        DELETE FROM reservations WHERE id = p_id;
+        SELECT r.charges INTO charges FROM reservations r WHERE r.id = p_id FOR UPDATE;
         IF NOT FOUND THEN
-            RETURN FALSE;
+            status := 'gone';
+            RETURN;
         END IF;
+        IF charges <> p_charges THEN
+            status := 'moved';
+            RETURN;
+        END IF;
+        DELETE FROM reservations WHERE id = p_id;
         PERFORM capgate_add_counters(p_counter, p_start, p_reserved, p_settled);
-        INSERT INTO requests (
-            request_id, created_at, key_id, key_name, "user", team, model, provider,
-            upstream_model, endpoint, stream, status, outcome, input_tokens, output_tokens,
-            cache_read_tokens, cache_write_tokens, cost_nano, latency_ms, ttft_ms, attempts,
-            refusal, error, max_tokens_clamped, flags)
-        SELECT request_id, created_at, key_id, key_name, "user", team, model, provider,
-            upstream_model, endpoint, stream, status, outcome, input_tokens, output_tokens,
-            cache_read_tokens, cache_write_tokens, cost_nano, latency_ms, ttft_ms, attempts,
-            refusal, error, max_tokens_clamped, flags
-        FROM jsonb_populate_record(NULL::requests, p_entry);
-        RETURN TRUE;
+        IF p_entry IS NOT NULL THEN
+            INSERT INTO requests (
+                request_id, created_at, key_id, key_name, "user", team, model, provider,
+                upstream_model, endpoint, stream, status, outcome, input_tokens, output_tokens,
+                cache_read_tokens, cache_write_tokens, cost_nano, latency_ms, ttft_ms, attempts,
+                refusal, error, max_tokens_clamped, flags)
+            SELECT request_id, created_at, key_id, key_name, "user", team, model, provider,
+                upstream_model, endpoint, stream, status, outcome, input_tokens, output_tokens,
+                cache_read_tokens, cache_write_tokens, cost_nano, latency_ms, ttft_ms, attempts,
+                refusal, error, max_tokens_clamped, flags
+            FROM jsonb_populate_record(NULL::requests, p_entry);
+        END IF;
+        status := 'settled';
     END $$;
     """,
 )

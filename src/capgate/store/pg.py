@@ -1,0 +1,614 @@
+"""The PostgreSQL store: several gateway nodes on one database, with the same guarantees as
+SQLite's store on one machine (asyncpg; see docs/dependencies.md for why).
+
+- Reserve and settle are each one statement, one short transaction: PL/pgSQL functions
+  (pg_schema) that lock counter instances in one sorted order (no deadlock), check the
+  limits again under those locks and apply the engine's decision, made in Python on
+  the states this node saw last (pg_hot). A reservation planned on an older
+  configuration is refused by the database ("stale"): the node reloads and plans again.
+- Settlements are journaled on this machine (`state_dir`) before they are written and
+  retried until they commit; the journals of dead processes of this machine are
+  replayed at start and on every heartbeat (as SQLiteStore does).
+- Each node holds a liveness lock and LISTENs for configuration changes on a connection
+  of its own (pg_lifeline); its heartbeat renews its lease and sweeps the reservations
+  of dead nodes (pg_settlement.sweep).
+- Any driver or connection error becomes StoreUnavailable at once (the gateway refuses
+  in the client's dialect); the pool and the lifeline reconnect by themselves.
+
+The admin side (scope admin, queries, dashboard) is mixed in from pg_admin & co; they use
+`_write(op)` and `_read(op)`: `op` is `async def op(conn: asyncpg.Connection)`, run on a
+pooled connection inside a transaction. `_write(op, config=True)` is for a change of
+keys, limits, status or settings: it takes the configuration lock first, bumps
+`meta.config_version` after `op` (the trigger sends NOTIFY capgate_config), and reloads
+this node's cache once committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import asyncpg
+
+from capgate.core.engine import (
+    Amounts,
+    Applicable,
+    CounterState,
+    OutputFlex,
+    Refusal,
+    check_access,
+    counters_for,
+    plan_reserve,
+    plan_settle,
+    tightest,
+)
+from capgate.core.limits import Scope, ScopeKind
+from capgate.errors import StoreUnavailable
+from capgate.store import journal
+from capgate.store import pg_settlement as settlement
+from capgate.store import sqlite_queries as q
+from capgate.store.base import Outcome, RequestInfo, Reservation, StoreHealth
+from capgate.store.liveness import ProcessLock, is_alive
+from capgate.store.pg_hot import Checks, SeenStates, charge_args
+from capgate.store.pg_lifeline import Lifeline, liveness_key
+from capgate.store.pg_schema import CONFIG_LOCK, migrate
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Op = Callable[[asyncpg.Connection], Awaitable[T]]
+
+# Driver and connection errors: the database cannot be used now.
+DRIVER_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# Worth trying again at once: the transaction lost a race, nothing was changed.
+RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+RETRIES = 5
+MAX_PLANS = 10  # plans of one reservation against changing counters before giving up
+SETTLE_RETRY_MAX_S = 5.0
+
+_RESERVE = (
+    "SELECT status, settled, reserved FROM capgate_reserve("
+    "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+)
+_RERESERVE = (
+    "SELECT status, settled, reserved FROM capgate_reserve("
+    "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+)
+_STATES = "SELECT settled, reserved FROM capgate_states($1, $2, $3)"
+_BUMP = "UPDATE meta SET v = (v::BIGINT + 1)::TEXT WHERE k = 'config_version'"
+
+
+def default_state_dir() -> Path:
+    return Path.home() / ".local" / "state" / "capgate"
+
+
+class PostgresStore:
+    def __init__(
+        self,
+        url: str,
+        *,
+        lease_seconds: float = 30.0,
+        pool_size: int = 10,
+        state_dir: str | Path | None = None,
+        statement_timeout_s: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.url = url
+        self._clock = clock
+        self._lease = lease_seconds
+        self._beat_every = lease_seconds / 6
+        self._pool_size = pool_size
+        self._timeout = statement_timeout_s
+        self.owner = uuid.uuid4().hex[:16]  # this node's lease identity
+        self._state = Path(state_dir) if state_dir is not None else default_state_dir()
+        self._procs = self._state / "procs"
+        self._alive = ProcessLock(self._procs, self.owner)
+        self._journal = journal.Journal(self._state / "settlements", self.owner)
+        self._pool: asyncpg.Pool | None = None
+        self._lifeline = self._new_lifeline()
+        self._keys: dict[str, tuple[Scope, bytes]] = {}
+        self._named: dict[tuple[ScopeKind, str], Scope] = {}
+        self._version = ""
+        self._loading: asyncio.Task[None] | None = None
+        self._seen = SeenStates()
+        self._retries: dict[str, asyncio.TimerHandle | None] = {}
+        self._settling: set[asyncio.Task[Any]] = set()
+        self._giving_up: set[asyncio.Task[None]] = set()
+        self._problem: str | None = None
+        self._closing = False
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    def _new_lifeline(self) -> Lifeline:
+        return Lifeline(self._connect, self.owner, self._notified, self._reload)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def _connect(self) -> asyncpg.Connection:
+        return await asyncpg.connect(self.url, timeout=self._timeout, **self._options())
+
+    def _options(self) -> dict[str, Any]:
+        return {
+            "command_timeout": self._timeout,
+            "server_settings": {"application_name": f"capgate-{self.owner}"},
+        }
+
+    async def start(self) -> None:
+        """Migrate, load the keys, take this node's liveness lock and this machine's
+        journal, replay the journals of dead processes, renew the lease and sweep.
+        Raises StoreUnavailable with what to do."""
+        try:
+            self._state.mkdir(parents=True, exist_ok=True)
+            self._alive.acquire()
+            self._journal.open()
+            self._pool = await asyncpg.create_pool(
+                self.url,
+                min_size=1,
+                max_size=self._pool_size,
+                timeout=self._timeout,
+                **self._options(),
+            )
+            async with self._pool.acquire() as conn:
+                await migrate(cast(asyncpg.Connection, conn))
+            while not await self._lifeline.open():  # two owner ids of one lock key
+                self._journal.close()
+                self._alive.release()
+                self.owner = uuid.uuid4().hex[:16]
+                self._alive = ProcessLock(self._procs, self.owner)
+                self._journal = journal.Journal(self._state / "settlements", self.owner)
+                self._alive.acquire()
+                self._journal.open()
+                self._lifeline = self._new_lifeline()
+            await self._reload()
+            await self._beat()
+        except (*DRIVER_ERRORS, StoreUnavailable) as exc:
+            await self._abort()
+            raise StoreUnavailable(
+                f"cannot use the PostgreSQL database {_safe(self.url)} ({exc}); check that "
+                f"it is running and reachable, the URL's user and password, and that the "
+                f"state directory {self._state} can be written"
+            ) from exc
+        self._lifeline.start()
+        self._heartbeat = asyncio.create_task(self._heartbeat_loop())
+
+    async def _abort(self) -> None:
+        await self._lifeline.close()
+        if self._pool is not None:
+            self._pool.terminate()
+        self._journal.close()
+        self._alive.release()
+
+    async def close(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
+        if self._settling:  # settlements under way: let them land (the journal keeps them)
+            await asyncio.wait(list(self._settling), timeout=self._timeout)
+        self._closing = True
+        for task in list(self._giving_up):
+            task.cancel()
+        for retry in self._retries.values():
+            if retry is not None:
+                retry.cancel()  # the journal keeps them for the next start
+        try:
+            await self._write(lambda c: c.execute("DELETE FROM processes WHERE id=$1", self.owner))
+        except StoreUnavailable:
+            log.warning("could not unregister node %s", self.owner)
+        await self._lifeline.close()
+        if self._pool is not None:
+            try:
+                await asyncio.wait_for(self._pool.close(), self._timeout)
+            except TimeoutError:
+                self._pool.terminate()
+        self._journal.close()
+        self._alive.release()  # last: from now on others may replay what the journal kept
+
+    async def flush(self) -> None:
+        """Wait for the settlements under way (each write commits before it returns)."""
+        while self._settling:
+            await asyncio.wait(list(self._settling))
+
+    # -- transactions ------------------------------------------------------------------
+
+    def _acquire(self) -> Any:
+        if self._pool is None:
+            raise StoreUnavailable("the usage ledger is not open")
+        return self._pool.acquire(timeout=self._timeout)
+
+    async def _run(self, op: Op[T], *, transaction: bool = True, **options: Any) -> T:
+        """`op` on a pooled connection (in a transaction), retried when it lost a race;
+        driver errors as StoreUnavailable."""
+        for attempt in range(RETRIES):
+            try:
+                async with self._acquire() as proxy:
+                    conn = cast(asyncpg.Connection, proxy)
+                    if not transaction:
+                        result = await op(conn)
+                    else:
+                        async with conn.transaction(**options):
+                            result = await op(conn)
+                self._problem = None
+                return result
+            except RETRYABLE:
+                if attempt == RETRIES - 1:
+                    raise StoreUnavailable("the usage ledger is too busy; try again") from None
+                await asyncio.sleep(0.005 * 2**attempt)
+            except DRIVER_ERRORS as exc:
+                self._problem = f"the usage ledger is unavailable: {exc}"
+                raise StoreUnavailable(self._problem) from exc
+        raise AssertionError("unreachable")
+
+    async def _write(self, op: Op[T], config: bool = False) -> T:
+        """Run `op` in a write transaction. `config`: a change of keys, limits, status or
+        settings (see the module's docstring)."""
+        if not config:
+            return await self._run(op)
+
+        async def change(conn: asyncpg.Connection) -> T:
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", CONFIG_LOCK)
+            result = await op(conn)
+            await conn.execute(_BUMP)
+            return result
+
+        result = await self._run(change)
+        await self._reload()
+        return result
+
+    async def _read(self, op: Op[T]) -> T:
+        """Run `op` in a read-only transaction that sees one snapshot."""
+        return await self._run(op, isolation="repeatable_read", readonly=True)
+
+    # -- configuration cache -----------------------------------------------------------
+
+    def _notified(self, version: str) -> None:
+        if version != self._version:
+            asyncio.get_running_loop().create_task(self._reload_quietly())
+
+    async def _reload_quietly(self) -> None:
+        try:
+            await self._reload()
+        except StoreUnavailable as exc:
+            log.warning("could not reload the configuration: %s", exc)
+
+    async def _reload(self) -> None:
+        """Load the keys and named scopes (one at a time: concurrent callers share it)."""
+        if self._loading is None or self._loading.done():
+            self._loading = asyncio.get_running_loop().create_task(self._load())
+        await asyncio.shield(self._loading)
+
+    async def _load(self) -> None:
+        async def op(conn: asyncpg.Connection) -> tuple[str, list[Any]]:
+            version = await conn.fetchval("SELECT v FROM meta WHERE k='config_version'")
+            return str(version), await conn.fetch(SELECT_SCOPES)
+
+        version, rows = await self._read(op)
+        keys: dict[str, tuple[Scope, bytes]] = {}
+        named: dict[tuple[ScopeKind, str], Scope] = {}
+        for row in rows:
+            scope = q.scope_from_row(cast(Any, row))
+            if scope.kind is ScopeKind.KEY:
+                keys[scope.id] = (scope, row["secret_hash"])
+            else:
+                named[(scope.kind, scope.name)] = scope
+        self._keys, self._named, self._version = keys, named, version
+
+    def key_by_id(self, key_id: str) -> tuple[Scope, bytes] | None:
+        return self._keys.get(key_id)
+
+    async def refresh(self) -> None:
+        version = await self._run(
+            lambda c: c.fetchval("SELECT v FROM meta WHERE k='config_version'"),
+            transaction=False,
+        )
+        if version != self._version:
+            await self._reload()
+
+    def scopes_above(self, key: Scope) -> list[Scope]:
+        """The user, team and org scopes a key's requests also count against (cached)."""
+        return self._scopes_of(key, "")[1:]
+
+    def _scopes_of(self, key: Scope, provider: str) -> list[Scope]:
+        """Every scope a request of `key` to `provider` counts against, innermost first
+        (as SQLiteStore._scopes_of)."""
+        scopes = [key]
+        named = self._named
+        user = key.extra.get("user")
+        if user and (found := named.get((ScopeKind.USER, user))) is not None:
+            scopes.append(found)
+        team = key.extra.get("team")
+        if team and (found := named.get((ScopeKind.TEAM, team))) is not None:
+            scopes.append(found)
+            org = found.extra.get("org")
+            if org and (found := named.get((ScopeKind.ORG, org))) is not None:
+                scopes.append(found)
+        if (found := named.get((ScopeKind.PROVIDER, provider))) is not None:
+            scopes.append(found)
+        return scopes
+
+    # -- the hot path ------------------------------------------------------------------
+
+    async def reserve(
+        self,
+        info: RequestInfo,
+        worst: Amounts,
+        flex: OutputFlex | None = None,
+        extra_scopes: tuple[Scope, ...] = (),
+        record_refusal: bool = True,
+    ) -> Reservation | Refusal:
+        return await self._reserve(info, worst, flex, extra_scopes, record_refusal, None)
+
+    async def rereserve(
+        self, old: Reservation, info: RequestInfo, worst: Amounts, flex: OutputFlex | None = None
+    ) -> Reservation | Refusal:
+        """Release `old` and reserve `worst` for `info` in one transaction. Refused:
+        nothing changes, the old one stays."""
+        return await self._reserve(info, worst, flex, (), False, old)
+
+    async def _reserve(
+        self,
+        info: RequestInfo,
+        worst: Amounts,
+        flex: OutputFlex | None,
+        extra_scopes: tuple[Scope, ...],
+        record_refusal: bool,
+        old: Reservation | None,
+    ) -> Reservation | Refusal:
+        fresh: dict[tuple[str, int], CounterState] | None = None  # states the database just gave
+        for _ in range(MAX_PLANS):
+            now = self._clock()
+            entry = self._keys.get(info.key_id)
+            if entry is None:  # deleted since the caller authenticated
+                deleted = Refusal("revoked", "This key has been deleted.", "key", info.key_id)
+                return await self._refused(info, None, deleted, now, record_refusal)
+            key = entry[0]
+            scopes = (*self._scopes_of(key, info.provider), *extra_scopes)
+            models = (info.model, info.upstream_model)
+            refusal = check_access(scopes, models, now)
+            if refusal is not None:
+                return await self._refused(info, key, refusal, now, record_refusal)
+            applicable = counters_for(scopes, models, now)
+            states = fresh if fresh is not None else self._seen.get(applicable)
+            if old is not None:
+                states = _released(states, applicable, old)
+            clamp = flex if all(scope.clamp for scope in scopes) else None
+            decision = plan_reserve(applicable, states, worst, clamp)
+            if isinstance(decision, Refusal):
+                if fresh is not None:  # planned on what the database just said: true
+                    return await self._refused(info, key, decision, now, record_refusal)
+                fresh = await self._fresh_states(Checks.of(applicable, worst))
+                continue
+            held = worst
+            if decision.max_output is not None and flex is not None:
+                held = flex.amounts(decision.max_output)
+            checks = Checks.of(applicable, held)
+            charges_text = q.dump_charges(decision.charges)
+            args = (
+                self._version, info.request_id, self.owner, now, charges_text,
+                q.dump_info(info, key, held, decision.max_output), *checks.args(),
+                *charge_args(decision.charges),
+            )  # fmt: skip
+            if old is not None:
+                args = (*args, old.id, *charge_args(old.charges))
+            status, settled, reserved = await self._call_reserve(
+                args, info.request_id, charges_text
+            )
+            settled, reserved = settled or [], reserved or []
+            if status == "stale":
+                await self._reload()
+                fresh = None
+                continue
+            if status == "gone":
+                return Refusal(
+                    "lease_expired",
+                    "This request's reservation was settled by another process (lease expired).",
+                    "key",
+                    old.key.name if old is not None else key.name,
+                )
+            seen = checks.states(settled, reserved)
+            if status == "full":
+                fresh = seen
+                self._seen.update(seen)
+                continue
+            self._seen.charged(seen, decision.charges)
+            if old is not None:
+                seen = _released(seen, applicable, old)
+                self._seen.settled(plan_settle(old.charges, Amounts()))
+            headroom = tightest(applicable, seen)
+            return Reservation(
+                info.request_id, info, decision.charges, held, key, decision.max_output, headroom
+            )
+        raise StoreUnavailable("the budget's counters change too fast to reserve; try again")
+
+    async def _fresh_states(self, checks: Checks) -> dict[tuple[str, int], CounterState]:
+        wanted = checks.args()[:3]
+        settled, reserved = await self._run(lambda c: _one(c, _STATES, *wanted), transaction=False)
+        fresh = checks.states(settled, reserved)
+        self._seen.update(fresh)
+        return fresh
+
+    async def _call_reserve(self, args: tuple[Any, ...], res_id: str, charges: str) -> Any:
+        sql = _RESERVE if len(args) == 14 else _RERESERVE
+        try:
+            return await self._run(lambda c: _one(c, sql, *args), transaction=False)
+        except StoreUnavailable as exc:
+            cause = exc.__cause__
+            answered = isinstance(cause, asyncpg.PostgresError) and not isinstance(
+                cause, asyncpg.PostgresConnectionError
+            )
+            if not answered and sql is _RESERVE:
+                # The answer was lost: the reservation may have committed. Give it up
+                # (release it, no ledger entry) once the database can be reached, so
+                # that nothing stays held for a request that was refused. (A rereserve's
+                # old reservation is settled by the caller; settle follows the row.)
+                task = asyncio.ensure_future(self._give_up(res_id, charges))
+                self._giving_up.add(task)
+                task.add_done_callback(self._giving_up.discard)
+            raise
+
+    async def _give_up(self, res_id: str, charges: str) -> None:
+        delay = 0.2
+        while not self._closing:
+            try:
+                await self._run(lambda c: settlement.release(c, res_id, charges), transaction=False)
+                return
+            except StoreUnavailable:
+                await asyncio.sleep(delay)
+                delay = min(SETTLE_RETRY_MAX_S, delay * 2)
+
+    async def _refused(
+        self,
+        info: RequestInfo,
+        key: Scope | None,
+        refusal: Refusal,
+        now: float,
+        record: bool,
+    ) -> Refusal:
+        if record:
+            row = settlement.refusal_row(info, key, refusal, now)
+            await self._run(lambda c: c.execute(settlement.INSERT_ENTRY, row), transaction=False)
+        return refusal
+
+    def _background(self, work: Awaitable[Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(work)
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+        return task
+
+    def settle(self, reservation: Reservation, outcome: Outcome) -> asyncio.Future[None]:
+        """Journal the settlement (before the answer's last bytes are sent), then write it,
+        again and again until it commits. The future completes then."""
+        generation = self._journal.append(reservation, outcome)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._try_settle(reservation, outcome, generation, done, 0)
+        return done
+
+    def _try_settle(
+        self,
+        res: Reservation,
+        outcome: Outcome,
+        generation: int | None,
+        done: asyncio.Future[None],
+        tries: int,
+    ) -> None:
+        if res.id in self._retries:
+            self._retries[res.id] = None
+        if self._closing:
+            if not done.done():
+                done.set_exception(StoreUnavailable("settlement kept in the journal"))
+            return
+        task = self._background(self._settle_now(res, outcome))
+
+        def written(task: asyncio.Task[str]) -> None:
+            exc = task.exception()
+            if exc is None:
+                self._retries.pop(res.id, None)
+                self._journal.done(generation)
+                if task.result() == settlement.SETTLED:
+                    actual = settlement.actual_of(res, outcome)
+                    self._seen.settled(plan_settle(res.charges, actual))
+                if not done.done():
+                    done.set_result(None)
+                return
+            if self._closing:
+                if not done.done():
+                    done.set_exception(exc)
+                return
+            delay = min(SETTLE_RETRY_MAX_S, 0.2 * 2**tries)
+            log.error("settlement of %s not written (%s); retrying in %.1f s", res.id, exc, delay)
+            self._retries[res.id] = asyncio.get_running_loop().call_later(
+                delay, self._try_settle, res, outcome, generation, done, tries + 1
+            )
+
+        task.add_done_callback(written)
+
+    def health(self) -> StoreHealth:
+        """Whether writes can be made now, and the settlements still to be written."""
+        problem = self._problem or self._lifeline.problem
+        return StoreHealth(problem, self._journal.waiting, len(self._retries))
+
+    # -- leases ------------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._beat_every)
+            try:
+                await self._beat()
+            except Exception:
+                log.exception("heartbeat failed")
+
+    async def _beat(self) -> None:
+        """Replay the journals of dead processes of this machine, then renew this node's
+        lease and sweep the reservations of dead nodes."""
+        await self._replay()
+        await self._run(
+            lambda c: settlement.sweep(c, self.owner, self._lease, self._clock(), liveness_key),
+            transaction=False,
+        )
+
+    async def _settle_now(self, res: Reservation, outcome: Outcome) -> str:
+        return await self._run(
+            lambda c: settlement.settle(c, res, outcome, self._clock()), transaction=False
+        )
+
+    async def _replay(self) -> None:
+        """Settle what dead processes of this machine journaled (exactly once: see
+        pg_settlement); a journal replayed in full is deleted."""
+        for owner, paths in journal.owners(self._journal.directory).items():
+            if owner == self.owner or is_alive(self._procs, owner):
+                continue
+            counts: dict[str, int] = {}
+            for path in paths:
+                for res, outcome in journal.read(path):
+                    result = await self._settle_now(res, outcome)
+                    counts[result] = counts.get(result, 0) + 1
+                path.unlink(missing_ok=True)
+            log.warning("replayed the settlement journal of process %s: %s", owner, counts)
+
+
+SELECT_SCOPES = (
+    'SELECT kind, id, name, status, limits, models, team, "user", timezone, expires_at, '
+    "metadata, secret_hash, prefix, created_at, updated_at, clamp, org, schedules, "
+    "unbounded_hold_nano FROM scopes"
+)
+
+
+def _released(
+    states: dict[tuple[str, int], CounterState],
+    applicable: Sequence[Applicable],
+    old: Reservation,
+) -> dict[tuple[str, int], CounterState]:
+    """`states` as they are once `old` is released (a rereserve plans on those)."""
+    out = dict(states)
+    first = {
+        (a.counter, a.window.start): a.window.read_from
+        if a.window.read_from is not None
+        else a.window.start
+        for a in applicable
+    }
+    for (counter, start), read_from in first.items():
+        for c in old.charges:
+            if c.counter == counter and read_from <= c.window_start <= start:
+                state = out[(counter, start)]
+                out[(counter, start)] = CounterState(state.settled, state.reserved - c.amount)
+    return out
+
+
+async def _one(conn: asyncpg.Connection, sql: str, *args: Any) -> asyncpg.Record:
+    """The one row a function call answers."""
+    row = await conn.fetchrow(sql, *args)
+    if row is None:
+        raise asyncpg.InterfaceError(f"no row from {sql.split('(')[0]}")
+    return row
+
+
+def _safe(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    head, sep, tail = url.rpartition("@")
+    if not sep:
+        return url
+    scheme, _, userinfo = head.partition("://")
+    return f"{scheme}://{userinfo.split(':', 1)[0]}@{tail}"

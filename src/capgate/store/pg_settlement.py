@@ -1,0 +1,244 @@
+"""Settling reservations in PostgreSQL: the request's own settlement, a late one, the sweep
+of dead nodes' reservations. The same rules as `sqlite_settlement` (read its docstring):
+settling deletes the reservation row in the transaction that writes the ledger entry, so
+"row gone" means "already settled", by this settlement before or by a sweep; a settlement
+that finds its row swept reconciles the `lease_expired` entry to the real usage, flagged
+`late_settlement`.
+
+The ledger rows are built here as dicts with the `requests` columns (the same values
+`sqlite_queries.insert_entry` / `insert_refusal` / `insert_lease_expired` write) and
+inserted as one jsonb parameter.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import asyncpg
+import orjson
+
+from capgate.core.engine import Amounts, CounterDelta, Refusal, plan_settle
+from capgate.core.limits import Scope
+from capgate.errors import refusal_status
+from capgate.store import sqlite_queries as q
+from capgate.store.base import Outcome, RequestInfo, Reservation
+
+log = logging.getLogger(__name__)
+
+SETTLED, LATE, ALREADY = "settled", "late", "already"
+
+_COLUMNS = (
+    'request_id, created_at, key_id, key_name, "user", team, model, provider, '
+    "upstream_model, endpoint, stream, status, outcome, input_tokens, output_tokens, "
+    "cache_read_tokens, cache_write_tokens, cost_nano, latency_ms, ttft_ms, attempts, "
+    "refusal, error, max_tokens_clamped, flags"
+)
+INSERT_ENTRY = (
+    f"INSERT INTO requests ({_COLUMNS}) SELECT {_COLUMNS} "  # noqa: S608 - fixed columns
+    "FROM jsonb_populate_record(NULL::requests, $1::jsonb)"
+)
+_NAMES = tuple(name.strip().strip('"') for name in _COLUMNS.split(","))
+
+
+def _row(*values: Any) -> str:
+    return orjson.dumps(dict(zip(_NAMES, values, strict=True))).decode()
+
+
+def entry_row(
+    info: RequestInfo,
+    key: Scope,
+    outcome: Outcome,
+    actual: Amounts,
+    max_tokens_clamped: int | None = None,
+) -> str:
+    """The ledger entry of a settled request (as `sqlite_queries.insert_entry`)."""
+    usage = outcome.usage
+    if usage is None:
+        tokens = (actual.input_tokens, actual.output_tokens, 0, 0)
+        error: str | None = outcome.error or "no usage reported: charged the full reservation"
+    else:
+        cache_write = usage.cache_write_tokens + usage.cache_write_1h_tokens
+        tokens = (usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, cache_write)
+        error = outcome.error
+    return _row(
+        info.request_id, info.started_at, info.key_id, key.name, key.extra.get("user"),
+        key.extra.get("team"), info.model, info.provider,
+        outcome.upstream_model or info.upstream_model, info.endpoint, int(info.stream),
+        outcome.status, outcome.outcome, *tokens, actual.cost_nano, outcome.latency_ms,
+        outcome.ttft_ms, outcome.attempts, None, error, max_tokens_clamped,
+        ",".join(outcome.flags) or None,
+    )  # fmt: skip
+
+
+def refusal_row(info: RequestInfo, key: Scope | None, refusal: Refusal, now: float) -> str:
+    """The ledger entry of a refused request (as `sqlite_queries.insert_refusal`)."""
+    status = info.refusal_status or refusal_status(refusal)
+    return _row(
+        info.request_id, info.started_at, info.key_id, key.name if key else None,
+        key.extra.get("user") if key else None, key.extra.get("team") if key else None,
+        info.model, info.provider, info.upstream_model, info.endpoint, int(info.stream),
+        status, "refused", 0, 0, 0, 0, 0, (now - info.started_at) * 1000, None, 0,
+        q.dumps(refusal.to_json()), None, None, None,
+    )  # fmt: skip
+
+
+def lease_expired_row(info_text: str, now: float) -> tuple[str, Amounts]:
+    """The `lease_expired` entry of a swept reservation, from its stored info (as
+    `sqlite_queries.insert_lease_expired`), and the worst case it charges."""
+    info, key_name, team, user, worst = q.load_info(info_text)
+    row = _row(
+        info.request_id, info.started_at, info.key_id, key_name, user, team, info.model,
+        info.provider, info.upstream_model, info.endpoint, int(info.stream), 0,
+        "lease_expired", worst.input_tokens, worst.output_tokens, 0, 0, worst.cost_nano,
+        (now - info.started_at) * 1000, None, 1, None,
+        "the serving process stopped before the request settled: charged in full",
+        q.clamped_of(info_text), None,
+    )  # fmt: skip
+    return row, worst
+
+
+def delta_arrays(
+    deltas: Iterable[CounterDelta],
+) -> tuple[list[str], list[int], list[int], list[int]]:
+    """(counter, window_start, reserved, settled) deltas as the functions take them."""
+    out: tuple[list[str], list[int], list[int], list[int]] = ([], [], [], [])
+    for d in deltas:
+        out[0].append(d.counter)
+        out[1].append(d.window_start)
+        out[2].append(d.reserved)
+        out[3].append(d.settled)
+    return out
+
+
+_SETTLE = "SELECT status, charges FROM capgate_settle($1, $2, $3, $4, $5, $6, $7)"
+_ADD = "SELECT capgate_add_counters($1, $2, $3, $4)"
+
+
+def actual_of(res: Reservation, outcome: Outcome) -> Amounts:
+    if outcome.usage is None:  # no usage reported: charge the whole reservation
+        return res.worst
+    return Amounts.of_usage(outcome.usage, outcome.cost_nano, res.worst.credits)
+
+
+async def settle(conn: asyncpg.Connection, res: Reservation, outcome: Outcome, now: float) -> str:
+    """Settle `res` with `outcome` in one transaction: SETTLED, LATE or ALREADY."""
+    actual = actual_of(res, outcome)
+    entry = entry_row(res.info, res.key, outcome, actual, res.max_output)
+    charges = q.dump_charges(res.charges)
+    deltas = delta_arrays(plan_settle(res.charges, actual))
+    for _ in range(3):
+        status, held = await _one(conn, _SETTLE, res.id, charges, *deltas, entry)
+        if status == "settled":
+            return SETTLED
+        if status == "gone":
+            return await _late(conn, res, outcome, actual, now)
+        # 'moved': the row holds other charges (a rereserve committed whose answer was
+        # lost): release those instead.
+        charges = held
+        deltas = delta_arrays(plan_settle(q.load_charges(held), actual))
+    raise RuntimeError(f"reservation {res.id} keeps changing under its settlement")
+
+
+async def release(conn: asyncpg.Connection, res_id: str, charges_text: str) -> bool:
+    """Give up a reservation whose request was never sent (its reserve's answer was lost):
+    release what it holds, write no ledger entry. Whether it was there."""
+    deltas = delta_arrays(plan_settle(q.load_charges(charges_text), Amounts()))
+    status, _ = await _one(conn, _SETTLE, res_id, charges_text, *deltas, None)
+    return bool(status == "settled")  # 'moved': another reservation of that id, not ours
+
+
+async def _one(conn: asyncpg.Connection, sql: str, *args: Any) -> asyncpg.Record:
+    row = await conn.fetchrow(sql, *args)
+    if row is None:
+        raise asyncpg.InterfaceError("capgate_settle answered no row")
+    return row
+
+
+async def _late(
+    conn: asyncpg.Connection, res: Reservation, outcome: Outcome, actual: Amounts, now: float
+) -> str:
+    async with conn.transaction():
+        row_id = await conn.fetchval(
+            "SELECT id FROM requests WHERE request_id=$1 AND outcome='lease_expired' "
+            "ORDER BY id DESC LIMIT 1 FOR UPDATE",
+            res.info.request_id,
+        )
+        if row_id is None:
+            log.info("reservation %s was already settled", res.id)
+            return ALREADY
+        # The sweep charged the worst case held; move each counter from that to the truth.
+        swept = plan_settle(res.charges, res.worst)
+        real = plan_settle(res.charges, actual)
+        moves = [
+            CounterDelta(r.counter, r.window_start, 0, r.settled - s.settled)
+            for r, s in zip(real, swept, strict=True)
+        ]
+        await conn.execute(_ADD, *delta_arrays(moves))
+        await conn.execute("DELETE FROM requests WHERE id=$1", row_id)
+        flags = (*outcome.flags, "late_settlement")
+        late = Outcome(
+            outcome.status, outcome.outcome, outcome.usage, outcome.cost_nano,
+            outcome.latency_ms, outcome.ttft_ms, outcome.attempts, outcome.error,
+            outcome.upstream_model, flags,
+        )  # fmt: skip
+        await conn.execute(INSERT_ENTRY, entry_row(res.info, res.key, late, actual, res.max_output))
+    log.warning("late settlement of %s: its lease_expired entry now has the real usage", res.id)
+    return LATE
+
+
+async def sweep(
+    conn: asyncpg.Connection, owner: str, lease: float, now: float, lock_key: Any
+) -> int:
+    """Renew `owner`'s lease; settle in full the reservations of dead nodes: their lease
+    expired *and* their liveness lock (`lock_key(owner)`, a session advisory lock each
+    node holds on its own connection) can be taken - a node that only could not write its
+    heartbeat still holds it. One transaction; returns how many were swept."""
+    async with conn.transaction():
+        await conn.execute(
+            "INSERT INTO processes (id, heartbeat_at) VALUES ($1, $2) "
+            "ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+            owner,
+            now,
+        )
+        alive: dict[str, bool] = {owner: True}
+
+        async def living(other: str) -> bool:
+            if other not in alive:
+                # Held until this transaction ends: a node coming back waits for the sweep.
+                taken = await conn.fetchval(
+                    "SELECT pg_try_advisory_xact_lock($1, $2)", *lock_key(other)
+                )
+                alive[other] = not taken
+            return alive[other]
+
+        expired = await conn.fetch(
+            "SELECT id FROM processes WHERE heartbeat_at < $1 ORDER BY id", now - lease
+        )
+        for (other,) in expired:
+            if await living(other):
+                log.warning("node %s has not renewed its lease but is alive: kept", other)
+            else:
+                await conn.execute("DELETE FROM processes WHERE id=$1", other)
+        orphans = await conn.fetch(
+            "SELECT id, owner, charges, info FROM reservations "
+            "WHERE owner NOT IN (SELECT id FROM processes) ORDER BY id FOR UPDATE"
+        )
+        dead, entries, deltas = [], [], []
+        for row in orphans:
+            if await living(row["owner"]):
+                continue
+            entry, worst = lease_expired_row(row["info"], now)
+            deltas += plan_settle(q.load_charges(row["charges"]), worst)
+            dead.append(row["id"])
+            entries.append(entry)
+        swept = len(dead)
+        if swept:
+            # One call: every counter locked in the one sorted order (see pg_schema).
+            await conn.execute(_ADD, *delta_arrays(deltas))
+            await conn.execute("DELETE FROM reservations WHERE id = ANY($1)", dead)
+            await conn.executemany(INSERT_ENTRY, [(entry,) for entry in entries])
+    if swept:
+        log.warning("settled %d reservations of dead nodes in full", swept)
+    return swept
