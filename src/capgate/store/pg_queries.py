@@ -1,0 +1,275 @@
+"""SQL and row mapping for the PostgreSQL store's admin side: scopes, the ledger and the
+audit log read back. Each function runs on a connection its caller holds (inside the
+caller's transaction when it writes).
+
+What keeps the answers equal to SQLite's for the same rows:
+- text is ordered by code point (`COLLATE "C"`, SQLite's BINARY), whatever the database's
+  locale, and NULL first in ascending order (SQLite's rule);
+- sums are cast back to BIGINT (PostgreSQL sums BIGINT into NUMERIC);
+- the `day` of an entry is computed from its created_at as SQLite's `'unixepoch'` does
+  (rounded to the millisecond first; see `DAY`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import asyncpg
+import orjson
+from asyncpg.pool import PoolConnectionProxy
+
+from capgate.core.limits import Limit, Scope, ScopeKind, Status
+from capgate.core.schedules import Schedule
+from capgate.errors import InvalidRequest
+from capgate.store.base import RequestQuery, ScopeFields
+from capgate.store.records import AuditEntry, LedgerEntry, UsageRow
+
+# A connection of the pool, or one opened alone (tests, `db copy`).
+Conn = asyncpg.Connection | PoolConnectionProxy
+
+SELECT_SCOPES = (
+    'SELECT kind, id, name, status, limits, models, team, "user", timezone, expires_at, '
+    "metadata, secret_hash, prefix, created_at, updated_at, clamp, org, schedules, "
+    "unbounded_hold_nano FROM scopes"
+)
+
+# SQLite's `strftime('%Y-%m-%d', created_at, 'unixepoch')`: SQLite turns the seconds into
+# a Julian day number in milliseconds, `(int)(s * 1000.0 + 210866760000000.0 + 0.5)`, in
+# double precision; the same arithmetic here gives the same day also within half a
+# millisecond of midnight.
+DAY = (
+    "to_char(DATE '1970-01-01' + ((floor(created_at * 1000.0::float8 + 210866760000000.0::float8 "
+    "+ 0.5::float8)::bigint - 210866760000000) / 86400000)::int, 'YYYY-MM-DD')"
+)
+
+GROUPS = {
+    "key": "key_name",
+    "user": '"user"',
+    "team": "team",
+    "model": "model",
+    "upstream_model": "upstream_model",
+    "provider": "provider",
+    "outcome": "outcome",
+    "day": DAY,
+}
+
+# Counts as SQLite's `SUM(outcome = 'refused')` gives them (integers, 0 when none match).
+REFUSED = "COALESCE(SUM(CASE WHEN outcome = 'refused' THEN 1 ELSE 0 END), 0)::bigint"
+ERRORS = (
+    "COALESCE(SUM(CASE WHEN outcome IN ('error', 'lease_expired') THEN 1 ELSE 0 END), 0)::bigint"
+)
+
+
+def dumps(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+def scope_from_row(row: asyncpg.Record) -> Scope:
+    return Scope(
+        kind=ScopeKind(row["kind"]),
+        id=row["id"],
+        name=row["name"],
+        limits=tuple(Limit.from_json(x) for x in orjson.loads(row["limits"])),
+        status=Status(row["status"]),
+        timezone=row["timezone"],
+        models=tuple(orjson.loads(row["models"])),
+        expires_at=row["expires_at"],
+        clamp=bool(row["clamp"]),
+        unbounded_hold_nano=row["unbounded_hold_nano"],
+        schedules=tuple(Schedule.from_json(x) for x in orjson.loads(row["schedules"])),
+        extra={
+            "team": row["team"],
+            "user": row["user"],
+            "org": row["org"],
+            "metadata": orjson.loads(row["metadata"]),
+            "prefix": row["prefix"],
+            "created_at": row["created_at"],
+            "updated_at": row["updated_at"],
+        },
+    )
+
+
+async def get_scope(conn: Conn, kind: str, name: str, lock: bool = False) -> Scope | None:
+    """The scope, or None. `lock`: hold its row until the transaction ends (an admin
+    change reads, checks and writes it with no other change in between)."""
+    sql = SELECT_SCOPES + " WHERE kind = $1 AND name = $2" + (" FOR UPDATE" if lock else "")
+    row = await conn.fetchrow(sql, kind, name)
+    return None if row is None else scope_from_row(row)
+
+
+async def update_scope_row(
+    conn: Conn, kind: str, scope_id: str, fields: ScopeFields, now: float
+) -> None:
+    sets: dict[str, Any] = {"updated_at": now}
+    if fields.limits is not None:
+        sets["limits"] = dumps([limit.to_json() for limit in fields.limits])
+    if fields.models is not None:
+        sets["models"] = dumps(list(fields.models))
+    if fields.metadata is not None:
+        sets["metadata"] = dumps(fields.metadata)
+    if fields.clamp is not None:
+        sets["clamp"] = int(fields.clamp)
+    if fields.unbounded_hold_nano is not None:
+        sets["unbounded_hold_nano"] = fields.unbounded_hold_nano
+    if fields.schedules is not None:
+        sets["schedules"] = dumps([schedule.to_json() for schedule in fields.schedules])
+    for name in ("team", "user", "org", "timezone", "expires_at"):
+        value = getattr(fields, name)
+        if value is not None:
+            sets[name] = value
+    for name in fields.clear:
+        if name not in {"team", "user", "org", "expires_at", "unbounded_hold_nano"}:
+            raise InvalidRequest(f"{name}: cannot be cleared")
+        sets[name] = None
+    # Column names are ours, not input; values go as parameters.
+    assignments = ", ".join(f'"{column}" = ${n}' for n, column in enumerate(sets, start=1))
+    n = len(sets)
+    await conn.execute(
+        f"UPDATE scopes SET {assignments} WHERE kind = ${n + 1} AND id = ${n + 2}",  # noqa: S608
+        *sets.values(),
+        kind,
+        scope_id,
+    )
+
+
+async def insert_audit(
+    conn: Conn,
+    now: float,
+    actor: str,
+    action: str,
+    target: str,
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+) -> None:
+    await conn.execute(
+        "INSERT INTO audit (created_at, actor, action, target, before, after) "
+        "VALUES ($1, $2, $3, $4, $5, $6)",
+        now,
+        actor,
+        action,
+        target,
+        dumps(before),
+        dumps(after),
+    )
+
+
+def entry_from_row(row: asyncpg.Record) -> LedgerEntry:
+    refusal, flags = row["refusal"], row["flags"]
+    return LedgerEntry(
+        id=row["id"],
+        request_id=row["request_id"],
+        created_at=row["created_at"],
+        key_id=row["key_id"],
+        key_name=row["key_name"],
+        user=row["user"],
+        team=row["team"],
+        model=row["model"],
+        provider=row["provider"],
+        upstream_model=row["upstream_model"],
+        endpoint=row["endpoint"],
+        stream=bool(row["stream"]),
+        status=row["status"],
+        outcome=row["outcome"],
+        input_tokens=row["input_tokens"],
+        output_tokens=row["output_tokens"],
+        cache_read_tokens=row["cache_read_tokens"],
+        cache_write_tokens=row["cache_write_tokens"],
+        cost_nano=row["cost_nano"],
+        latency_ms=row["latency_ms"],
+        ttft_ms=row["ttft_ms"],
+        attempts=row["attempts"],
+        refusal=None if refusal is None else orjson.loads(refusal),
+        error=row["error"],
+        max_tokens_clamped=row["max_tokens_clamped"],
+        flags=tuple(flags.split(",")) if flags else (),
+    )
+
+
+def audit_from_row(row: asyncpg.Record) -> AuditEntry:
+    before, after = row["before"], row["after"]
+    return AuditEntry(
+        id=row["id"],
+        created_at=row["created_at"],
+        actor=row["actor"],
+        action=row["action"],
+        target=row["target"],
+        before=None if before is None else orjson.loads(before),
+        after=None if after is None else orjson.loads(after),
+    )
+
+
+_FILTERS = {
+    "key": "key_name = ",
+    "team": "team = ",
+    "user": '"user" = ',
+    "model": "model = ",
+    "provider": "provider = ",
+    "status": "status = ",
+    "outcome": "outcome = ",
+    "request_id": "request_id = ",
+    "since": "created_at >= ",
+    "until": "created_at < ",
+    "cursor": "id < ",
+}
+
+
+def where_clause(
+    query: RequestQuery, names: Iterable[str], first: int = 1
+) -> tuple[str, list[Any]]:
+    """` WHERE ...` for the filters of `query` among `names` that are set, with their
+    parameters numbered from `$first`."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    for name in names:
+        value = getattr(query, name)
+        if value is not None:
+            params.append(float(value) if name in ("since", "until") else value)
+            clauses.append(f"{_FILTERS[name]}${first + len(clauses)}")
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+async def select_requests(conn: Conn, query: RequestQuery) -> list[LedgerEntry]:
+    where, params = where_clause(query, _FILTERS)
+    rows = await conn.fetch(
+        f"SELECT * FROM requests{where} ORDER BY id DESC LIMIT ${len(params) + 1}",  # noqa: S608
+        *params,
+        query.limit,
+    )
+    return [entry_from_row(row) for row in rows]
+
+
+async def usage_by(
+    conn: Conn, group_by: str, since: float | None, until: float | None
+) -> list[UsageRow]:
+    column = GROUPS[group_by]
+    where, params = where_clause(RequestQuery(since=since, until=until), ("since", "until"))
+    rows = await conn.fetch(
+        f"SELECT {column} AS grp, COUNT(*) AS requests, {REFUSED} AS refused, "  # noqa: S608 - column from GROUPS
+        f"{ERRORS} AS errors, SUM(input_tokens)::bigint AS input_tokens, "
+        "SUM(output_tokens)::bigint AS output_tokens, "
+        "SUM(cache_read_tokens)::bigint AS cache_read_tokens, "
+        "SUM(cache_write_tokens)::bigint AS cache_write_tokens, "
+        f"SUM(cost_nano)::bigint AS cost_nano FROM requests{where} GROUP BY grp "
+        f'ORDER BY cost_nano DESC, ({column}) COLLATE "C" NULLS FIRST',
+        *params,
+    )
+    return [
+        UsageRow(
+            group=row["grp"],
+            requests=row["requests"],
+            refused=row["refused"],
+            errors=row["errors"],
+            input_tokens=row["input_tokens"],
+            output_tokens=row["output_tokens"],
+            cache_read_tokens=row["cache_read_tokens"],
+            cache_write_tokens=row["cache_write_tokens"],
+            cost_nano=row["cost_nano"],
+        )
+        for row in rows
+    ]
+
+
+async def select_audit(conn: Conn, limit: int) -> list[AuditEntry]:
+    rows = await conn.fetch("SELECT * FROM audit ORDER BY id DESC LIMIT $1", limit)
+    return [audit_from_row(row) for row in rows]
