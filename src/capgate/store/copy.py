@@ -10,7 +10,8 @@ the ledger's cost, the counters' settled and reserved amounts) against the sourc
 it commits. Anything that does not match rolls it all back: the target is left as empty
 as it was.
 
-Not copied: `processes` (each node's liveness row; the target's nodes write their own).
+Not copied: `processes` (each node's liveness row; the target's nodes write their own),
+and `login_failures` when the target has no such table (recent failed dashboard logins).
 Reservations are copied with the counters that hold them, so the books stay balanced: on
 the target, the nodes sweep them like those of any dead process (charged in full). Stop
 every server on the source before the final copy, so that none is in flight.
@@ -33,6 +34,9 @@ from capgate.store.backup import server_holding
 from capgate.store.sqlite_schema import MIGRATIONS
 
 SKIPPED = frozenset({"processes"})
+# Copied when the target has the table, else left out: the throttle's recent failed
+# dashboard logins matter for minutes only.
+OPTIONAL = frozenset({"login_failures"})
 # The tables that must be empty on the target (meta holds defaults the migrations wrote).
 MUST_BE_EMPTY = ("scopes", "counters", "reservations", "requests", "audit", "sessions")
 IDENTITY = ("requests", "audit")  # id columns the target numbers itself after the copy
@@ -80,7 +84,6 @@ async def copy_to_postgres(source: str | Path, target_url: str) -> CopyResult:
         db.execute("BEGIN")  # one read transaction: one moment of the file
         try:
             tables = _source_tables(db, source)
-            expected = _totals(db, tables)
             try:
                 conn = await asyncpg.connect(target_url)
             except (OSError, asyncpg.PostgresError) as exc:
@@ -89,6 +92,8 @@ async def copy_to_postgres(source: str | Path, target_url: str) -> CopyResult:
                 version = await pg_schema.migrate(conn)
                 async with conn.transaction():
                     await _check_empty(conn)
+                    tables = [t for t in tables if await _wanted(conn, t)]
+                    expected = _totals(db, tables)
                     for table in tables:
                         await _copy_table(db, conn, table)
                     for table in IDENTITY:
@@ -223,6 +228,10 @@ async def _copy_table(db: sqlite3.Connection, conn: asyncpg.Connection, table: s
             for row in batch
         ]
         await conn.copy_records_to_table(table, records=records, columns=columns)
+
+
+async def _wanted(conn: asyncpg.Connection, table: str) -> bool:
+    return table not in OPTIONAL or bool(await _target_columns(conn, table))
 
 
 def _same(value: Any) -> Any:
