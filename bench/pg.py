@@ -91,7 +91,7 @@ def pin_cluster(cluster: pgcluster.Cluster, cpus: str | None) -> None:
     postmaster = int((cluster.data / "postmaster.pid").read_text().split()[0])
     for pid in tree_pids(postmaster):
         taskset = ["taskset", "-a", "-cp", cpus, str(pid)]  # from PATH, as procs.Pinning
-        subprocess.run(taskset, capture_output=True, check=False)  # noqa: S607
+        subprocess.run(taskset, capture_output=True, check=False)
 
 
 def run_setup(
