@@ -93,7 +93,7 @@ class Cluster:
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
 
     def _bin(self, args: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(  # our own arguments
+        return subprocess.run(
             args,
             user=self._user,
             cwd=self.root,
@@ -140,7 +140,7 @@ class Cluster:
 
     def sql(self, statement: str, database: str = "postgres") -> str:
         """Run one statement with psql; its output, unaligned and without headers."""
-        result = subprocess.run(  # our own arguments
+        result = subprocess.run(
             [self._psql, "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", self.url_of(database)],
             input=statement,
             capture_output=True,

@@ -59,6 +59,14 @@ async def sql(url: str, statement: str, *args: Any) -> list[asyncpg.Record]:
         await conn.close()
 
 
+async def execute(url: str, statements: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(statements)
+    finally:
+        await conn.close()
+
+
 async def books(url: str) -> dict[str, int]:
     """What the ledger and the counters say of cost, and what is still held."""
     rows = await sql(

@@ -12,7 +12,14 @@ from pathlib import Path
 from aiohttp import web
 
 from capgate import demo_secrets
-from capgate.config import CLI_TYPES, Config, ProviderConfig, sqlite_path
+from capgate.config import (
+    CLI_TYPES,
+    Config,
+    ProviderConfig,
+    ServerConfig,
+    is_postgres,
+    sqlite_path,
+)
 from capgate.core.limits import Limit, Metric, ScopeKind, Status, usd_to_nano
 from capgate.core.windows import WindowKind
 from capgate.dashboard.app import Dashboard
@@ -33,6 +40,7 @@ from capgate.providers.http import HTTPProvider
 from capgate.routing import Router
 from capgate.runtime import RuntimeSettings
 from capgate.store.base import ScopeFields, Store
+from capgate.store.pg import PostgresStore, state_dir_of
 from capgate.store.sqlite import SQLiteStore
 
 DEMO_PROVIDER = "demo-mock"
@@ -123,17 +131,38 @@ async def _create_demo_key(store: Store, kept: dict[str, str], key_id: str, raw:
     return raw
 
 
+def open_store(settings: ServerConfig) -> Store:
+    """The engine `database_url` names (not started)."""
+    if is_postgres(settings.database_url):
+        return PostgresStore(
+            settings.database_url,
+            lease_seconds=settings.lease_seconds,
+            pool_size=settings.pg_pool_size,
+            state_dir=settings.state_dir,
+            statement_timeout_s=settings.pg_statement_timeout_s,
+        )
+    return SQLiteStore(
+        sqlite_path(settings.database_url),
+        lease_seconds=settings.lease_seconds,
+        busy_timeout_s=settings.store_busy_timeout_s,
+    )
+
+
+def _local_base(settings: ServerConfig) -> str:
+    """Where files kept beside the database go (the demo secrets): beside the SQLite
+    file, or in the state directory for PostgreSQL."""
+    if is_postgres(settings.database_url):
+        return str(state_dir_of(settings.database_url, settings.state_dir) / "capgate")
+    return sqlite_path(settings.database_url)
+
+
 async def build(
     config: Config, *, demo: bool = False, environ: Mapping[str, str] | None = None
 ) -> Built:
     """Everything, wired. `environ` is what CLI providers' programs inherit (filtered)."""
     settings = config.server
     environ = os.environ if environ is None else environ
-    store: Store = SQLiteStore(
-        sqlite_path(settings.database_url),
-        lease_seconds=settings.lease_seconds,
-        busy_timeout_s=settings.store_busy_timeout_s,
-    )
+    store = open_store(settings)
     await store.start()
     runners: list[web.AppRunner] = []
     providers: dict[str, Provider] = {}
@@ -160,7 +189,7 @@ async def build(
     router = Router(list(config.models), providers, configs, settings)
     metrics = Metrics() if settings.metrics_enabled else None
     gateway = Gateway(store, router, runtime.pricing, settings, metrics=metrics)
-    secrets_file = secrets_path(sqlite_path(settings.database_url)) if demo else None
+    secrets_file = secrets_path(_local_base(settings)) if demo else None
     kept = demo_secrets.load(secrets_file)
     notes: list[str] = []
     digest, generated = await _admin_digest(store, config, demo, kept, notes)

@@ -132,6 +132,13 @@ class ServerConfig(_Strict):
     # How long a write waits for SQLite's write lock (held by another process) before it
     # fails: a reservation is refused with 503, a settlement is retried.
     store_busy_timeout_s: float = Field(10.0, gt=0)
+    # PostgreSQL (database_url postgresql://...): connections per node, how long one
+    # statement (or a connection attempt) may take before the request is refused with 503,
+    # and this machine's directory for the settlement journals (None: the user's state
+    # directory, ~/.local/state/capgate).
+    pg_pool_size: int = Field(10, ge=1, le=1000)
+    pg_statement_timeout_s: float = Field(5.0, gt=0)
+    state_dir: str | None = None
     # Credits a request of a model costs, by glob over the routed model name; the first
     # match wins, a model none matches costs 1.
     credit_weights: dict[str, int] = Field(
@@ -283,6 +290,9 @@ ENV_SETTINGS = {
     "CAPGATE_ALLOW_UNPRICED_MODELS": "allow_unpriced_models",
     "CAPGATE_TIMEZONE": "timezone",
     "CAPGATE_LEASE_SECONDS": "lease_seconds",
+    "CAPGATE_PG_POOL_SIZE": "pg_pool_size",
+    "CAPGATE_PG_STATEMENT_TIMEOUT_S": "pg_statement_timeout_s",
+    "CAPGATE_STATE_DIR": "state_dir",
     "CAPGATE_LOG_LEVEL": "log_level",
     "CAPGATE_LOG_FORMAT": "log_format",
     "CAPGATE_TLS_CERT": "tls_cert",
@@ -308,9 +318,14 @@ def with_overrides(config: Config, env: Mapping[str, str], flags: Mapping[str, A
         raise ConfigError(f"{where}: {err['msg'].removeprefix('Value error, ')}") from None
 
 
+def is_postgres(database_url: str) -> bool:
+    return database_url.startswith(("postgresql://", "postgres://"))
+
+
 def sqlite_path(database_url: str) -> str:
     if not database_url.startswith("sqlite:///"):
         raise ConfigError(
-            f"database_url {database_url!r}: only sqlite:///PATH is supported in this version"
+            f"database_url: {database_url.split('://')[0]}://...: use sqlite:///PATH or "
+            "postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
         )
     return database_url.removeprefix("sqlite:///")

@@ -26,7 +26,9 @@ this node's cache once committed.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -54,6 +56,8 @@ from capgate.store import pg_settlement as settlement
 from capgate.store import sqlite_queries as q
 from capgate.store.base import Outcome, RequestInfo, Reservation, StoreHealth
 from capgate.store.liveness import ProcessLock, is_alive
+from capgate.store.pg_admin import PgScopeAdmin
+from capgate.store.pg_dashboard import PgDashboard
 from capgate.store.pg_hot import Checks, SeenStates, charge_args
 from capgate.store.pg_lifeline import Lifeline, liveness_key
 from capgate.store.pg_schema import CONFIG_LOCK, migrate
@@ -64,7 +68,13 @@ T = TypeVar("T")
 Op = Callable[[asyncpg.Connection], Awaitable[T]]
 
 # Driver and connection errors: the database cannot be used now.
-DRIVER_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+DRIVER_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+)
 # Worth trying again at once: the transaction lost a race, nothing was changed.
 RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 RETRIES = 5
@@ -83,11 +93,22 @@ _STATES = "SELECT settled, reserved FROM capgate_states($1, $2, $3)"
 _BUMP = "UPDATE meta SET v = (v::BIGINT + 1)::TEXT WHERE k = 'config_version'"
 
 
-def default_state_dir() -> Path:
-    return Path.home() / ".local" / "state" / "capgate"
+def state_dir_of(url: str, state_dir: str | Path | None = None) -> Path:
+    """This machine's directory for a database's journals and liveness files: one per
+    database (host, port, name), under `state_dir` or the user's state directory, so two
+    deployments on one machine never replay each other's journals."""
+    base = Path(state_dir) if state_dir is not None else _user_state_dir()
+    where = _safe(url).split("@")[-1].split("?")[0]
+    digest = hashlib.sha256(where.encode()).hexdigest()[:12]
+    return base / f"pg-{digest}"
 
 
-class PostgresStore:
+def _user_state_dir() -> Path:
+    xdg = os.environ.get("XDG_STATE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "capgate"
+
+
+class PostgresStore(PgScopeAdmin, PgDashboard):
     def __init__(
         self,
         url: str,
@@ -105,7 +126,7 @@ class PostgresStore:
         self._pool_size = pool_size
         self._timeout = statement_timeout_s
         self.owner = uuid.uuid4().hex[:16]  # this node's lease identity
-        self._state = Path(state_dir) if state_dir is not None else default_state_dir()
+        self._state = state_dir_of(url, state_dir)
         self._procs = self._state / "procs"
         self._alive = ProcessLock(self._procs, self.owner)
         self._journal = journal.Journal(self._state / "settlements", self.owner)
@@ -124,7 +145,7 @@ class PostgresStore:
         self._heartbeat: asyncio.Task[None] | None = None
 
     def _new_lifeline(self) -> Lifeline:
-        return Lifeline(self._connect, self.owner, self._notified, self._reload)
+        return Lifeline(self._connect, self.owner, self._notified, self._reload_quietly)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -150,6 +171,7 @@ class PostgresStore:
                 min_size=1,
                 max_size=self._pool_size,
                 timeout=self._timeout,
+                reset=_no_reset,
                 **self._options(),
             )
             async with self._pool.acquire() as conn:
@@ -278,6 +300,7 @@ class PostgresStore:
         """Load the keys and named scopes (one at a time: concurrent callers share it)."""
         if self._loading is None or self._loading.done():
             self._loading = asyncio.get_running_loop().create_task(self._load())
+            self._loading.add_done_callback(_retrieved)
         await asyncio.shield(self._loading)
 
     async def _load(self) -> None:
@@ -595,6 +618,16 @@ def _released(
                 state = out[(counter, start)]
                 out[(counter, start)] = CounterState(state.settled, state.reserved - c.amount)
     return out
+
+
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    """Pooled connections keep no session state (no LISTEN, SET or session lock: those
+    live on the lifeline), so nothing to reset on release: no round trip for it."""
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # whoever awaited it got it; don't log it again as unretrieved
 
 
 async def _one(conn: asyncpg.Connection, sql: str, *args: Any) -> asyncpg.Record:

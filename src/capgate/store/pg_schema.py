@@ -298,6 +298,13 @@ MIGRATIONS: tuple[str, ...] = (
         status := 'settled';
     END $$;
     """,
+    # 2: failed dashboard logins, shared by every node so the throttle holds across them
+    #    (SQLite's migration 9).
+    """
+    CREATE TABLE login_failures (client TEXT NOT NULL, failed_at DOUBLE PRECISION NOT NULL);
+    CREATE INDEX login_failures_client ON login_failures (client, failed_at);
+    CREATE INDEX login_failures_at ON login_failures (failed_at);
+    """,
 )
 
 _CREATE_VERSION = "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)"
