@@ -335,13 +335,16 @@ def test_concurrent_limit_holds_across_nodes(trio: Nodes) -> None:
     """1,000 slow requests at once against `concurrent=3`: three run, wherever they land."""
 
     def slow(i: int) -> dict[str, Any]:
-        return request_body(i, "mock:words=20 mock:delay_ms=1500")
+        return request_body(i, "mock:words=20 mock:delay_ms=8000")
 
     for number in rounds():
         name = f"concurrent-{number}"
         key = trio.create_key(name, [{"metric": "concurrent", "window": "total", "max": 3}])
         answers = fire(trio.urls, [key], body=slow)
         check_books(trio, [name], answers, refused=429)
+        # No slot was freed while the burst was decided (else a 4th could fairly run).
+        first_done = min(a.started + a.seconds for a in answers if a.status == 200)
+        assert max(a.started + a.seconds for a in answers if a.status == 429) < first_done
         assert Counter(a.status for a in answers) == {200: 3, 429: REQUESTS - 3}
         held = usage_of(trio.first, f"/admin/keys/{name}")["concurrent"]
         assert held["used"] == 0 and held["reserved"] == 0
