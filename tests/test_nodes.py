@@ -13,7 +13,9 @@ seconds on a 2-core machine (the client and three nodes share the cores), so eac
 runs rounds until `ROUNDS` or until `ROUND_SECONDS` have passed, whichever comes first,
 and never fewer than `MIN_ROUNDS`: the whole count on a fast machine, a bounded file on a
 slow one (NODES_ROUND_SECONDS=600 in the environment runs all 20 anywhere). Each round
-uses a fresh key, so each is a race of its own.
+uses a fresh key, so each is a race of its own. The whole file takes 2-3 minutes on the
+2-core development machine; the tests marked `slow` (about 20 s each) stay in the default
+run (`bin/test -m "not slow"` leaves them out locally).
 """
 
 from __future__ import annotations
@@ -331,6 +333,7 @@ def test_team_budget_holds_across_nodes(trio: Nodes) -> None:
         served_by_every_node(answers)
 
 
+@pytest.mark.slow
 def test_concurrent_limit_holds_across_nodes(trio: Nodes) -> None:
     """1,000 slow requests at once against `concurrent=3`: three run, wherever they land."""
 
@@ -355,7 +358,7 @@ def test_requests_per_minute_hold_across_nodes(trio: Nodes) -> None:
     for number in rounds():
         name = f"rpm-{number}"
         key = trio.create_key(name, [{"metric": "requests", "window": "minute", "max": limit}])
-        if time.time() % 60 > 50:  # keep the burst inside one calendar minute
+        if time.time() % 60 > 54:  # keep the burst (a few seconds) inside one minute
             time.sleep(61 - time.time() % 60)
         minute = int(time.time() // 60)
         answers = fire(trio.urls, [key])
