@@ -7,6 +7,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import httpx
 import pytest
 
 import pgcluster
-from conftest import ROOT, Capgate, Upstream, gateway_config, start_capgate
+from conftest import ROOT, Capgate, Upstream, gateway_config, kill_during_stream, start_capgate
 from test_nodes import start_node
 
 TABLES = ("meta", "scopes", "counters", "reservations", "requests", "audit", "sessions")
@@ -205,5 +206,44 @@ def test_a_copied_database_serves_on_postgres(
         cost = {u["metric"]: u for u in node.key_usage("dollars")}["cost_usd"]
         spent = sum(Decimal(e["cost_usd"]) for e in node.ledger(key="dollars"))
         assert Decimal(cost["used"]) == spent
+    finally:
+        node.close()
+
+
+def test_reservations_of_a_dead_server_are_charged_on_postgres(
+    upstream: Upstream, postgres: pgcluster.Cluster, tmp_path: Path
+) -> None:
+    """A SQLite server killed mid-stream leaves a reservation and the counters holding it;
+    the copy keeps both, and the first PostgreSQL node charges it in full (lease_expired):
+    the books balance there as they would have on SQLite."""
+    server = start_capgate(tmp_path, gateway_config(upstream))
+    key = server.create_key("cut", [{"metric": "cost_usd", "window": "day", "max": 10}])
+    assert ask(server, key).status_code == 200
+    slow = {
+        "model": "claude-sonnet-4-6",
+        "max_tokens": 1000,
+        "stream": True,
+        "messages": [{"role": "user", "content": "mock:words=200 mock:stream_delay_ms=100"}],
+    }
+    kill_during_stream(server, slow, key)
+    assert sqlite_facts(server.db)["rows"]["reservations"] == 1
+    target = postgres.new_database("dead")
+    done = copy(server.db, target)
+    assert done.returncode == 0, done.stderr
+    assert "1 settlement journal file(s)" in done.stdout  # the dead server left its journal
+    node = start_node(tmp_path, gateway_config(upstream), target)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            entries = node.ledger(key="cut")
+            if any(e["outcome"] == "lease_expired" for e in entries):
+                break
+            time.sleep(0.3)
+        assert sorted(e["outcome"] for e in entries) == ["lease_expired", "ok"]
+        expired = next(e for e in entries if e["outcome"] == "lease_expired")
+        assert expired["output_tokens"] == 1000  # the whole max_tokens
+        cost = {u["metric"]: u for u in node.key_usage("cut")}["cost_usd"]
+        assert Decimal(cost["reserved"]) == 0
+        assert Decimal(cost["used"]) == sum(Decimal(e["cost_usd"]) for e in entries)
     finally:
         node.close()
