@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 import pgcluster
@@ -20,6 +21,7 @@ from capgate.core.engine import Amounts, OutputFlex, Refusal
 from capgate.core.limits import Limit, Metric
 from capgate.core.money import Usage
 from capgate.core.windows import WindowKind
+from capgate.errors import StoreUnavailable
 from capgate.store.base import Outcome, RequestInfo, Reservation
 from capgate.store.pg import PostgresStore
 from capgate.store.pg_settlement import ALREADY, LATE
@@ -157,14 +159,21 @@ def test_a_config_change_reaches_every_node(db: str, tmp_path: Path) -> None:
             )
             refused = await b.reserve(info(key, 2), WORST)
             assert isinstance(refused, Refusal) and refused.code == "paused"
-            b._lifeline._on_notify = b._notified
+            # and a refusal from a cache that is now old is not given: resumed meanwhile
             await execute(
                 db,
                 "UPDATE scopes SET status='active'; "
                 "UPDATE meta SET v = (v::bigint + 1)::text WHERE k='config_version'",
             )
+            assert isinstance(await b.reserve(info(key, 3), WORST), Reservation)
+            b._lifeline._on_notify = b._notified
+            await execute(
+                db,
+                "UPDATE scopes SET status='paused'; "
+                "UPDATE meta SET v = (v::bigint + 1)::text WHERE k='config_version'",
+            )
             deadline = time.monotonic() + 1.0
-            while b.key_by_id(key)[0].status.value != "active":  # type: ignore[index]
+            while b.key_by_id(key)[0].status.value != "paused":  # type: ignore[index]
                 assert time.monotonic() < deadline, "NOTIFY not followed within a second"
                 await asyncio.sleep(0.01)
         finally:
@@ -227,6 +236,82 @@ def test_a_dead_process_journal_is_replayed(db: str, tmp_path: Path) -> None:
             }  # fmt: skip
             journals = store._journal.directory
             assert list(journals.iterdir()) == [journals / f"{store.owner}.jsonl"]
+        finally:
+            await store.close()
+
+    run(test)
+
+
+def test_a_reservation_whose_answer_was_lost_is_given_up(db: str, tmp_path: Path) -> None:
+    """The connection dies after capgate_reserve committed, before its answer arrived: the
+    request is refused (StoreUnavailable) and what it holds is released in the background,
+    with no ledger entry, so nothing stays held for a request never sent."""
+
+    async def test() -> None:
+        key = await add_scope(db, "key", "k", DAY_10_CENTS)
+        store = await started(db, tmp_path)
+        real_run = store._run
+        calls = []
+
+        async def lose_answer(op: Any, **options: Any) -> Any:
+            result = await real_run(op, **options)
+            if not calls:
+                calls.append(result)
+                raise StoreUnavailable("lost") from asyncpg.ConnectionDoesNotExistError("gone")
+            return result
+
+        store._run = lose_answer  # type: ignore[method-assign]
+        try:
+            with pytest.raises(StoreUnavailable):
+                await store.reserve(info(key, 1), WORST)
+            assert calls and calls[0]["r_status"] == ["ok"]  # it had committed
+            deadline = time.monotonic() + 5
+            while (await books(db))["reservations"]:
+                assert time.monotonic() < deadline, "the lost reservation stays held"
+                await asyncio.sleep(0.05)
+            assert await books(db) == {
+                "ledger": 0, "counted": 0, "reserved": 0, "reservations": 0, "entries": 0
+            }  # fmt: skip
+            assert isinstance(await store.reserve(info(key, 2), WORST), Reservation)
+        finally:
+            store._run = real_run  # type: ignore[method-assign]
+            await store.close()
+
+    run(test)
+
+
+def test_a_node_takes_its_lock_and_ear_back_after_its_connection_is_killed(
+    db: str, postgres: pgcluster.Cluster, tmp_path: Path
+) -> None:
+    """pg_terminate_backend on every connection: the node's own connection comes back by
+    itself, holds its liveness lock again (a sweeper cannot take it) and hears
+    configuration changes again."""
+
+    async def test() -> None:
+        key = await add_scope(db, "key", "k", DAY_10_CENTS)
+        store = await started(db, tmp_path)
+        try:
+            await asyncio.to_thread(postgres.terminate_backends, db.rsplit("/", 1)[1])
+            deadline = time.monotonic() + 10
+            while True:
+                conn = store._lifeline._conn
+                if conn is not None and not conn.is_closed() and store.health().problem is None:
+                    break
+                assert time.monotonic() < deadline, store.health()
+                await asyncio.sleep(0.05)
+            rows = await sql(
+                db, "SELECT pg_try_advisory_lock($1, $2) AS taken", *store._lifeline.key
+            )
+            assert rows[0]["taken"] is False  # held again by the node
+            await execute(
+                db,
+                "UPDATE scopes SET status='paused'; "
+                "UPDATE meta SET v = (v::bigint + 1)::text WHERE k='config_version'",
+            )
+            deadline = time.monotonic() + 1.0
+            while store.key_by_id(key)[0].status.value != "paused":  # type: ignore[index]
+                assert time.monotonic() < deadline, "NOTIFY not heard after the reconnect"
+                await asyncio.sleep(0.01)
         finally:
             await store.close()
 

@@ -6,6 +6,8 @@ SQLite's store on one machine (asyncpg; see docs/dependencies.md for why).
   limits again under those locks and apply the engine's decision, made in Python on
   the states this node saw last (pg_hot). A reservation planned on an older
   configuration is refused by the database ("stale"): the node reloads and plans again.
+  Under load a node's reserves and settles go in batches, one transaction each
+  (pg_batch), so a budget's counter rows are locked and committed once per batch.
 - Settlements are journaled on this machine (`state_dir`) before they are written and
   retried until they commit; the journals of dead processes of this machine are
   replayed at start and on every heartbeat (as SQLiteStore does).
@@ -31,35 +33,27 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import asyncpg
 
 from capgate.core.engine import (
-    Amounts,
-    Applicable,
-    CounterState,
-    OutputFlex,
-    Refusal,
-    check_access,
-    counters_for,
-    plan_reserve,
     plan_settle,
-    tightest,
 )
 from capgate.core.limits import Scope, ScopeKind
 from capgate.errors import StoreUnavailable
 from capgate.store import journal
 from capgate.store import pg_settlement as settlement
-from capgate.store import sqlite_queries as q
-from capgate.store.base import Outcome, RequestInfo, Reservation, StoreHealth
+from capgate.store.base import Outcome, Reservation, StoreHealth
 from capgate.store.liveness import ProcessLock, is_alive
 from capgate.store.pg_admin import PgScopeAdmin
+from capgate.store.pg_batch import Batcher
 from capgate.store.pg_dashboard import PgDashboard
-from capgate.store.pg_hot import Checks, SeenStates, charge_args
+from capgate.store.pg_hot import SETTLE_RETRY_MAX_S, PgReserve, SeenStates
 from capgate.store.pg_lifeline import Lifeline, liveness_key
+from capgate.store.pg_queries import SELECT_SCOPES, scope_from_row
 from capgate.store.pg_schema import CONFIG_LOCK, migrate
 
 log = logging.getLogger(__name__)
@@ -78,18 +72,7 @@ DRIVER_ERRORS = (
 # Worth trying again at once: the transaction lost a race, nothing was changed.
 RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 RETRIES = 5
-MAX_PLANS = 10  # plans of one reservation against changing counters before giving up
-SETTLE_RETRY_MAX_S = 5.0
 
-_RESERVE = (
-    "SELECT status, settled, reserved FROM capgate_reserve("
-    "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
-)
-_RERESERVE = (
-    "SELECT status, settled, reserved FROM capgate_reserve("
-    "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
-)
-_STATES = "SELECT settled, reserved FROM capgate_states($1, $2, $3)"
 _BUMP = "UPDATE meta SET v = (v::BIGINT + 1)::TEXT WHERE k = 'config_version'"
 
 
@@ -108,7 +91,7 @@ def _user_state_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "capgate"
 
 
-class PostgresStore(PgScopeAdmin, PgDashboard):
+class PostgresStore(PgReserve, PgScopeAdmin, PgDashboard):
     def __init__(
         self,
         url: str,
@@ -143,6 +126,9 @@ class PostgresStore(PgScopeAdmin, PgDashboard):
         self._problem: str | None = None
         self._closing = False
         self._heartbeat: asyncio.Task[None] | None = None
+        self._batcher = Batcher(
+            lambda op: self._run(op, transaction=False), lambda: self.owner, self._clock
+        )
 
     def _new_lifeline(self) -> Lifeline:
         return Lifeline(self._connect, self.owner, self._notified, self._reload_quietly)
@@ -312,7 +298,7 @@ class PostgresStore(PgScopeAdmin, PgDashboard):
         keys: dict[str, tuple[Scope, bytes]] = {}
         named: dict[tuple[ScopeKind, str], Scope] = {}
         for row in rows:
-            scope = q.scope_from_row(cast(Any, row))
+            scope = scope_from_row(row)
             if scope.kind is ScopeKind.KEY:
                 keys[scope.id] = (scope, row["secret_hash"])
             else:
@@ -351,149 +337,6 @@ class PostgresStore(PgScopeAdmin, PgDashboard):
         if (found := named.get((ScopeKind.PROVIDER, provider))) is not None:
             scopes.append(found)
         return scopes
-
-    # -- the hot path ------------------------------------------------------------------
-
-    async def reserve(
-        self,
-        info: RequestInfo,
-        worst: Amounts,
-        flex: OutputFlex | None = None,
-        extra_scopes: tuple[Scope, ...] = (),
-        record_refusal: bool = True,
-    ) -> Reservation | Refusal:
-        return await self._reserve(info, worst, flex, extra_scopes, record_refusal, None)
-
-    async def rereserve(
-        self, old: Reservation, info: RequestInfo, worst: Amounts, flex: OutputFlex | None = None
-    ) -> Reservation | Refusal:
-        """Release `old` and reserve `worst` for `info` in one transaction. Refused:
-        nothing changes, the old one stays."""
-        return await self._reserve(info, worst, flex, (), False, old)
-
-    async def _reserve(
-        self,
-        info: RequestInfo,
-        worst: Amounts,
-        flex: OutputFlex | None,
-        extra_scopes: tuple[Scope, ...],
-        record_refusal: bool,
-        old: Reservation | None,
-    ) -> Reservation | Refusal:
-        fresh: dict[tuple[str, int], CounterState] | None = None  # states the database just gave
-        for _ in range(MAX_PLANS):
-            now = self._clock()
-            entry = self._keys.get(info.key_id)
-            if entry is None:  # deleted since the caller authenticated
-                deleted = Refusal("revoked", "This key has been deleted.", "key", info.key_id)
-                return await self._refused(info, None, deleted, now, record_refusal)
-            key = entry[0]
-            scopes = (*self._scopes_of(key, info.provider), *extra_scopes)
-            models = (info.model, info.upstream_model)
-            refusal = check_access(scopes, models, now)
-            if refusal is not None:
-                return await self._refused(info, key, refusal, now, record_refusal)
-            applicable = counters_for(scopes, models, now)
-            states = fresh if fresh is not None else self._seen.get(applicable)
-            if old is not None:
-                states = _released(states, applicable, old)
-            clamp = flex if all(scope.clamp for scope in scopes) else None
-            decision = plan_reserve(applicable, states, worst, clamp)
-            if isinstance(decision, Refusal):
-                if fresh is not None:  # planned on what the database just said: true
-                    return await self._refused(info, key, decision, now, record_refusal)
-                fresh = await self._fresh_states(Checks.of(applicable, worst))
-                continue
-            held = worst
-            if decision.max_output is not None and flex is not None:
-                held = flex.amounts(decision.max_output)
-            checks = Checks.of(applicable, held)
-            charges_text = q.dump_charges(decision.charges)
-            args = (
-                self._version, info.request_id, self.owner, now, charges_text,
-                q.dump_info(info, key, held, decision.max_output), *checks.args(),
-                *charge_args(decision.charges),
-            )  # fmt: skip
-            if old is not None:
-                args = (*args, old.id, *charge_args(old.charges))
-            status, settled, reserved = await self._call_reserve(
-                args, info.request_id, charges_text
-            )
-            settled, reserved = settled or [], reserved or []
-            if status == "stale":
-                await self._reload()
-                fresh = None
-                continue
-            if status == "gone":
-                return Refusal(
-                    "lease_expired",
-                    "This request's reservation was settled by another process (lease expired).",
-                    "key",
-                    old.key.name if old is not None else key.name,
-                )
-            seen = checks.states(settled, reserved)
-            if status == "full":
-                fresh = seen
-                self._seen.update(seen)
-                continue
-            self._seen.charged(seen, decision.charges)
-            if old is not None:
-                seen = _released(seen, applicable, old)
-                self._seen.settled(plan_settle(old.charges, Amounts()))
-            headroom = tightest(applicable, seen)
-            return Reservation(
-                info.request_id, info, decision.charges, held, key, decision.max_output, headroom
-            )
-        raise StoreUnavailable("the budget's counters change too fast to reserve; try again")
-
-    async def _fresh_states(self, checks: Checks) -> dict[tuple[str, int], CounterState]:
-        wanted = checks.args()[:3]
-        settled, reserved = await self._run(lambda c: _one(c, _STATES, *wanted), transaction=False)
-        fresh = checks.states(settled, reserved)
-        self._seen.update(fresh)
-        return fresh
-
-    async def _call_reserve(self, args: tuple[Any, ...], res_id: str, charges: str) -> Any:
-        sql = _RESERVE if len(args) == 14 else _RERESERVE
-        try:
-            return await self._run(lambda c: _one(c, sql, *args), transaction=False)
-        except StoreUnavailable as exc:
-            cause = exc.__cause__
-            answered = isinstance(cause, asyncpg.PostgresError) and not isinstance(
-                cause, asyncpg.PostgresConnectionError
-            )
-            if not answered and sql is _RESERVE:
-                # The answer was lost: the reservation may have committed. Give it up
-                # (release it, no ledger entry) once the database can be reached, so
-                # that nothing stays held for a request that was refused. (A rereserve's
-                # old reservation is settled by the caller; settle follows the row.)
-                task = asyncio.ensure_future(self._give_up(res_id, charges))
-                self._giving_up.add(task)
-                task.add_done_callback(self._giving_up.discard)
-            raise
-
-    async def _give_up(self, res_id: str, charges: str) -> None:
-        delay = 0.2
-        while not self._closing:
-            try:
-                await self._run(lambda c: settlement.release(c, res_id, charges), transaction=False)
-                return
-            except StoreUnavailable:
-                await asyncio.sleep(delay)
-                delay = min(SETTLE_RETRY_MAX_S, delay * 2)
-
-    async def _refused(
-        self,
-        info: RequestInfo,
-        key: Scope | None,
-        refusal: Refusal,
-        now: float,
-        record: bool,
-    ) -> Refusal:
-        if record:
-            row = settlement.refusal_row(info, key, refusal, now)
-            await self._run(lambda c: c.execute(settlement.INSERT_ENTRY, row), transaction=False)
-        return refusal
 
     def _background(self, work: Awaitable[Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(work)
@@ -573,6 +416,10 @@ class PostgresStore(PgScopeAdmin, PgDashboard):
         )
 
     async def _settle_now(self, res: Reservation, outcome: Outcome) -> str:
+        """Settle in the node's next batch; alone when the batch could not (its
+        reservation gone or moved: late settlement, already settled)."""
+        if await self._batcher.settle(settlement.settle_item(res, outcome)):
+            return settlement.SETTLED
         return await self._run(
             lambda c: settlement.settle(c, res, outcome, self._clock()), transaction=False
         )
@@ -592,34 +439,6 @@ class PostgresStore(PgScopeAdmin, PgDashboard):
             log.warning("replayed the settlement journal of process %s: %s", owner, counts)
 
 
-SELECT_SCOPES = (
-    'SELECT kind, id, name, status, limits, models, team, "user", timezone, expires_at, '
-    "metadata, secret_hash, prefix, created_at, updated_at, clamp, org, schedules, "
-    "unbounded_hold_nano FROM scopes"
-)
-
-
-def _released(
-    states: dict[tuple[str, int], CounterState],
-    applicable: Sequence[Applicable],
-    old: Reservation,
-) -> dict[tuple[str, int], CounterState]:
-    """`states` as they are once `old` is released (a rereserve plans on those)."""
-    out = dict(states)
-    first = {
-        (a.counter, a.window.start): a.window.read_from
-        if a.window.read_from is not None
-        else a.window.start
-        for a in applicable
-    }
-    for (counter, start), read_from in first.items():
-        for c in old.charges:
-            if c.counter == counter and read_from <= c.window_start <= start:
-                state = out[(counter, start)]
-                out[(counter, start)] = CounterState(state.settled, state.reserved - c.amount)
-    return out
-
-
 async def _no_reset(conn: asyncpg.Connection) -> None:
     """Pooled connections keep no session state (no LISTEN, SET or session lock: those
     live on the lifeline), so nothing to reset on release: no round trip for it."""
@@ -628,14 +447,6 @@ async def _no_reset(conn: asyncpg.Connection) -> None:
 def _retrieved(task: asyncio.Task[Any]) -> None:
     if not task.cancelled():
         task.exception()  # whoever awaited it got it; don't log it again as unretrieved
-
-
-async def _one(conn: asyncpg.Connection, sql: str, *args: Any) -> asyncpg.Record:
-    """The one row a function call answers."""
-    row = await conn.fetchrow(sql, *args)
-    if row is None:
-        raise asyncpg.InterfaceError(f"no row from {sql.split('(')[0]}")
-    return row
 
 
 def _safe(url: str) -> str:

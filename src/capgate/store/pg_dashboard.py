@@ -6,6 +6,7 @@ and `meta`."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import orjson
@@ -81,7 +82,7 @@ class PgDashboard(PgHost):
     @property
     def _horizon(self) -> pg_feed.FeedHorizon:
         if self._feed_horizon is None:
-            self._feed_horizon = pg_feed.FeedHorizon(self._clock)
+            self._feed_horizon = pg_feed.FeedHorizon(time.monotonic)
         return self._feed_horizon
 
     async def latest_ids(self) -> tuple[int, int]:
@@ -152,7 +153,7 @@ class PgDashboard(PgHost):
             )
             if row is None or row[0] < LOGIN_MAX_FAILURES:
                 return None
-            return float(row[1] + LOGIN_WINDOW_S - now)
+            return max(float(row[1]) + LOGIN_WINDOW_S - now, 0.001)
 
         return await self._read(op)
 

@@ -15,7 +15,9 @@ statement (one round trip, one short transaction):
   now and, if all fit, adds the charges and inserts the reservation;
 - `capgate_settle`: deletes the reservation and, only if it was there, applies the
   settlement's deltas (same lock order) and inserts the ledger entry;
-- `capgate_add_counters`: adds deltas in the same order (sweep, late settlement).
+- `capgate_add_counters`: adds deltas in the same order (sweep, late settlement);
+- `capgate_batch` (migration 3): what a node's reserves and settles would do one call
+  each, for a whole batch of them in one transaction (pg_batch: group commit).
 
 A configuration change bumps `meta.config_version`; a trigger on that row takes the
 configuration lock (exclusive; every reservation holds it shared while it checks the
@@ -146,7 +148,8 @@ MIGRATIONS: tuple[str, ...] = (
     -- (counter, window_start) order.
     CREATE FUNCTION capgate_add_counters(
         p_counter TEXT[], p_start BIGINT[], p_reserved BIGINT[], p_settled BIGINT[]
-    ) RETURNS void LANGUAGE sql AS $$
+    ) RETURNS void LANGUAGE plpgsql AS $$
+    BEGIN
         INSERT INTO counters AS c (counter, window_start, reserved, settled)
         SELECT d.counter, d.window_start, sum(d.reserved), sum(d.settled)
         FROM unnest(p_counter, p_start, p_reserved, p_settled)
@@ -154,17 +157,21 @@ MIGRATIONS: tuple[str, ...] = (
         GROUP BY d.counter, d.window_start
         ORDER BY d.counter, d.window_start
         ON CONFLICT (counter, window_start) DO UPDATE
-        SET reserved = c.reserved + excluded.reserved, settled = c.settled + excluded.settled
-    $$;
+        SET reserved = c.reserved + excluded.reserved, settled = c.settled + excluded.settled;
+    END $$;
 
     -- The state of counter instances: one instance when p_from is NULL, else the sum of
     -- the buckets p_from..p_start (rolling windows). Aligned with the arguments.
+    -- (PL/pgSQL, not SQL: its plans are kept per connection, not made at every call.)
     CREATE FUNCTION capgate_states(
         p_counter TEXT[], p_start BIGINT[], p_from BIGINT[],
         OUT settled BIGINT[], OUT reserved BIGINT[]
-    ) LANGUAGE sql STABLE AS $$
+    ) LANGUAGE plpgsql STABLE AS $$
+    #variable_conflict use_column
+    BEGIN
         SELECT coalesce(array_agg(s.settled ORDER BY w.n), '{}'),
                coalesce(array_agg(s.reserved ORDER BY w.n), '{}')
+        INTO settled, reserved
         FROM unnest(p_counter, p_start, p_from) WITH ORDINALITY
             AS w (counter, window_start, read_from, n)
         CROSS JOIN LATERAL (
@@ -173,8 +180,8 @@ MIGRATIONS: tuple[str, ...] = (
             FROM counters c
             WHERE c.counter = w.counter
               AND c.window_start BETWEEN coalesce(w.read_from, w.window_start) AND w.window_start
-        ) s
-    $$;
+        ) s;
+    END $$;
 
     -- Reserve: 'stale' (the node planned on an older configuration: nothing changed),
     -- 'ok' (charged, the reservation inserted; the states are those seen before the
@@ -198,32 +205,48 @@ MIGRATIONS: tuple[str, ...] = (
         i INT;
         j INT;
         held BIGINT[];
+        locked INT;
+        old RECORD;
     BEGIN
         PERFORM pg_advisory_xact_lock_shared(%(config_lock)s);
         IF (SELECT v FROM meta WHERE k = 'config_version') IS DISTINCT FROM p_version THEN
             status := 'stale';
             RETURN;
         END IF;
-        -- Lock every counter instance charged or released, in the one sorted order.
-        INSERT INTO counters (counter, window_start)
-        SELECT DISTINCT w.counter, w.window_start
-        FROM unnest(p_charge_counter || p_release_counter, p_charge_start || p_release_start)
-            AS w (counter, window_start)
-        ORDER BY 1, 2
-        ON CONFLICT DO NOTHING;
-        PERFORM 1 FROM counters c
-        WHERE (c.counter, c.window_start) IN (
-            SELECT * FROM unnest(p_charge_counter || p_release_counter,
-                                 p_charge_start || p_release_start)
-        )
-        ORDER BY c.counter, c.window_start
-        FOR UPDATE;
         IF p_release_id IS NOT NULL THEN
-            PERFORM 1 FROM reservations WHERE id = p_release_id FOR UPDATE;
+            SELECT * INTO old FROM reservations WHERE id = p_release_id FOR UPDATE;
             IF NOT FOUND THEN
                 status := 'gone';
                 RETURN;
             END IF;
+            DELETE FROM reservations WHERE id = p_release_id;  -- undone below if refused
+        END IF;
+        -- Written before the counters are locked, so that they are held for less time
+        -- (deleted again when refused).
+        INSERT INTO reservations (id, owner, created_at, charges, info)
+        VALUES (p_id, p_owner, p_now, p_charges, p_info);
+        -- Lock every counter instance charged or released, in the one sorted order;
+        -- those that do not exist yet (a new window) are made first.
+        SELECT count(*) INTO locked FROM (
+            SELECT 1 FROM counters c
+            WHERE (c.counter, c.window_start) IN (
+                SELECT * FROM unnest(p_charge_counter || p_release_counter,
+                                     p_charge_start || p_release_start))
+            ORDER BY c.counter, c.window_start
+            FOR UPDATE) x;
+        IF locked < cardinality(p_charge_counter) + cardinality(p_release_counter) THEN
+            INSERT INTO counters (counter, window_start)
+            SELECT DISTINCT w.counter, w.window_start
+            FROM unnest(p_charge_counter || p_release_counter,
+                        p_charge_start || p_release_start) AS w (counter, window_start)
+            ORDER BY 1, 2
+            ON CONFLICT DO NOTHING;
+            PERFORM 1 FROM counters c
+            WHERE (c.counter, c.window_start) IN (
+                SELECT * FROM unnest(p_charge_counter || p_release_counter,
+                                     p_charge_start || p_release_start))
+            ORDER BY c.counter, c.window_start
+            FOR UPDATE;
         END IF;
         SELECT s.settled, s.reserved INTO settled, reserved
         FROM capgate_states(p_counter, p_start, p_from) s;
@@ -239,11 +262,15 @@ MIGRATIONS: tuple[str, ...] = (
         FOR i IN 1 .. coalesce(cardinality(p_counter), 0) LOOP
             IF settled[i] + held[i] + p_amount[i] > p_max[i] THEN
                 status := 'full';
+                DELETE FROM reservations WHERE id = p_id;
+                IF p_release_id IS NOT NULL THEN  -- the old one stays, unchanged
+                    INSERT INTO reservations (id, owner, created_at, charges, info)
+                    VALUES (old.id, old.owner, old.created_at, old.charges, old.info);
+                END IF;
                 RETURN;
             END IF;
         END LOOP;
         IF p_release_id IS NOT NULL THEN
-            DELETE FROM reservations WHERE id = p_release_id;
             UPDATE counters c SET reserved = c.reserved - d.amount
             FROM (SELECT r.counter, r.window_start, sum(r.amount) AS amount
                   FROM unnest(p_release_counter, p_release_start, p_release_amount)
@@ -251,8 +278,6 @@ MIGRATIONS: tuple[str, ...] = (
                   GROUP BY 1, 2) d
             WHERE c.counter = d.counter AND c.window_start = d.window_start;
         END IF;
-        INSERT INTO reservations (id, owner, created_at, charges, info)
-        VALUES (p_id, p_owner, p_now, p_charges, p_info);
         UPDATE counters c SET reserved = c.reserved + d.amount
         FROM unnest(p_charge_counter, p_charge_start, p_charge_amount)
             AS d (counter, window_start, amount)
@@ -282,7 +307,6 @@ MIGRATIONS: tuple[str, ...] = (
             RETURN;
         END IF;
         DELETE FROM reservations WHERE id = p_id;
-        PERFORM capgate_add_counters(p_counter, p_start, p_reserved, p_settled);
         IF p_entry IS NOT NULL THEN
             INSERT INTO requests (
                 request_id, created_at, key_id, key_name, "user", team, model, provider,
@@ -295,6 +319,8 @@ MIGRATIONS: tuple[str, ...] = (
                 refusal, error, max_tokens_clamped, flags
             FROM jsonb_populate_record(NULL::requests, p_entry);
         END IF;
+        -- Last: the counters stay locked for as short a time as can be.
+        PERFORM capgate_add_counters(p_counter, p_start, p_reserved, p_settled);
         status := 'settled';
     END $$;
     """,
@@ -304,6 +330,114 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE login_failures (client TEXT NOT NULL, failed_at DOUBLE PRECISION NOT NULL);
     CREATE INDEX login_failures_client ON login_failures (client, failed_at);
     CREATE INDEX login_failures_at ON login_failures (failed_at);
+    """,
+    # 3: the hot path batched: each node sends the reservations and settlements that
+    #    arrive while its previous call runs as one call, one transaction, so a budget's
+    #    counter rows are locked (and committed) once per batch instead of once per request.
+    """
+    CREATE FUNCTION capgate_batch(
+        p_owner TEXT, p_now DOUBLE PRECISION,
+        s_id TEXT[], s_charges TEXT[], s_entry JSONB[],
+        sd_item INT[], sd_counter TEXT[], sd_start BIGINT[], sd_reserved BIGINT[],
+        sd_settled BIGINT[],
+        r_version TEXT[], r_id TEXT[], r_charges TEXT[], r_info TEXT[],
+        r_ck_to INT[], ck_counter TEXT[], ck_start BIGINT[], ck_from BIGINT[],
+        ck_amount BIGINT[], ck_max BIGINT[],
+        r_ch_to INT[], ch_counter TEXT[], ch_start BIGINT[], ch_amount BIGINT[],
+        OUT settled_ids TEXT[], OUT r_status TEXT[], OUT r_settled BIGINT[],
+        OUT r_reserved BIGINT[]
+    ) LANGUAGE plpgsql AS $$
+    #variable_conflict use_column
+    DECLARE
+        current TEXT;
+        i INT;
+        k INT;
+        ck0 INT := 1;
+        ch0 INT := 1;
+        st TEXT;
+        ss BIGINT;
+        rr BIGINT;
+    BEGIN
+        PERFORM pg_advisory_xact_lock_shared(%(config_lock)s);
+        SELECT m.v INTO current FROM meta m WHERE m.k = 'config_version';
+        -- Every counter instance of the batch, locked in the one sorted order.
+        INSERT INTO counters (counter, window_start)
+        SELECT DISTINCT w.counter, w.window_start
+        FROM unnest(sd_counter || ch_counter, sd_start || ch_start) AS w (counter, window_start)
+        ORDER BY 1, 2
+        ON CONFLICT DO NOTHING;
+        PERFORM 1 FROM counters c
+        WHERE (c.counter, c.window_start) IN (
+            SELECT * FROM unnest(sd_counter || ch_counter, sd_start || ch_start))
+        ORDER BY c.counter, c.window_start
+        FOR UPDATE;
+        -- Settlements first (they only release): those whose reservation is there with
+        -- the charges given; the others are settled one by one by the caller (late, moved).
+        WITH done AS (
+            DELETE FROM reservations r USING unnest(s_id, s_charges) AS x (id, charges)
+            WHERE r.id = x.id AND r.charges = x.charges
+            RETURNING r.id
+        )
+        SELECT coalesce(array_agg(done.id), '{}') INTO settled_ids FROM done;
+        INSERT INTO requests (
+            request_id, created_at, key_id, key_name, "user", team, model, provider,
+            upstream_model, endpoint, stream, status, outcome, input_tokens, output_tokens,
+            cache_read_tokens, cache_write_tokens, cost_nano, latency_ms, ttft_ms, attempts,
+            refusal, error, max_tokens_clamped, flags)
+        SELECT e.request_id, e.created_at, e.key_id, e.key_name, e."user", e.team, e.model,
+            e.provider, e.upstream_model, e.endpoint, e.stream, e.status, e.outcome,
+            e.input_tokens, e.output_tokens, e.cache_read_tokens, e.cache_write_tokens,
+            e.cost_nano, e.latency_ms, e.ttft_ms, e.attempts, e.refusal, e.error,
+            e.max_tokens_clamped, e.flags
+        FROM unnest(s_id, s_entry) WITH ORDINALITY AS x (id, entry, n)
+        CROSS JOIN LATERAL jsonb_populate_record(NULL::requests, x.entry) AS e
+        WHERE x.id = ANY (settled_ids)
+        ORDER BY x.n;
+        UPDATE counters c SET reserved = c.reserved + d.r, settled = c.settled + d.s
+        FROM (
+            SELECT x.counter, x.start, sum(x.r) AS r, sum(x.s) AS s
+            FROM unnest(sd_item, sd_counter, sd_start, sd_reserved, sd_settled)
+                AS x (item, counter, start, r, s)
+            WHERE s_id[x.item] = ANY (settled_ids)
+            GROUP BY 1, 2
+        ) d
+        WHERE c.counter = d.counter AND c.window_start = d.start;
+        -- Reservations in order, each seeing the ones before it.
+        r_status := '{}';
+        r_settled := '{}';
+        r_reserved := '{}';
+        FOR i IN 1 .. coalesce(cardinality(r_id), 0) LOOP
+            st := CASE WHEN r_version[i] IS DISTINCT FROM current THEN 'stale' ELSE 'ok' END;
+            FOR k IN ck0 .. r_ck_to[i] LOOP
+                SELECT coalesce(sum(c.settled), 0), coalesce(sum(c.reserved), 0)
+                INTO ss, rr
+                FROM counters c
+                WHERE c.counter = ck_counter[k]
+                  AND c.window_start BETWEEN coalesce(ck_from[k], ck_start[k]) AND ck_start[k];
+                r_settled := r_settled || ss;
+                r_reserved := r_reserved || rr;
+                IF st = 'ok' AND ss + rr + ck_amount[k] > ck_max[k] THEN
+                    st := 'full';
+                END IF;
+            END LOOP;
+            IF st = 'ok' THEN
+                INSERT INTO reservations (id, owner, created_at, charges, info)
+                VALUES (r_id[i], p_owner, p_now, r_charges[i], r_info[i])
+                ON CONFLICT DO NOTHING;
+                IF NOT FOUND THEN
+                    st := 'duplicate';
+                ELSE
+                    UPDATE counters c SET reserved = c.reserved + d.amount
+                    FROM unnest(ch_counter[ch0:r_ch_to[i]], ch_start[ch0:r_ch_to[i]],
+                                ch_amount[ch0:r_ch_to[i]]) AS d (counter, window_start, amount)
+                    WHERE c.counter = d.counter AND c.window_start = d.window_start;
+                END IF;
+            END IF;
+            r_status := r_status || st;
+            ck0 := r_ck_to[i] + 1;
+            ch0 := r_ch_to[i] + 1;
+        END LOOP;
+    END $$;
     """,
 )
 

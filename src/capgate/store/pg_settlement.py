@@ -24,6 +24,7 @@ from capgate.core.limits import Scope
 from capgate.errors import refusal_status
 from capgate.store import sqlite_queries as q
 from capgate.store.base import Outcome, RequestInfo, Reservation
+from capgate.store.pg_batch import SettleItem
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,17 @@ def actual_of(res: Reservation, outcome: Outcome) -> Amounts:
     if outcome.usage is None:  # no usage reported: charge the whole reservation
         return res.worst
     return Amounts.of_usage(outcome.usage, outcome.cost_nano, res.worst.credits)
+
+
+def settle_item(res: Reservation, outcome: Outcome) -> SettleItem:
+    """`res` settled with `outcome`, for the node's batcher (pg_batch)."""
+    actual = actual_of(res, outcome)
+    return SettleItem(
+        res.id,
+        q.dump_charges(res.charges),
+        delta_arrays(plan_settle(res.charges, actual)),
+        entry_row(res.info, res.key, outcome, actual, res.max_output),
+    )
 
 
 async def settle(conn: asyncpg.Connection, res: Reservation, outcome: Outcome, now: float) -> str:
