@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import orjson
 import pytest
 
@@ -32,6 +33,8 @@ from capgate.store.base import RequestQuery, ScopeFields
 from capgate.store.pg import PostgresStore
 from capgate.store.records import USAGE_GROUPS, scope_json
 from capgate.store.sqlite import SQLiteStore
+from conftest import ADMIN_KEY, Capgate, Upstream, gateway_config, start_capgate
+from test_dashboard_api import Feed, ask, login
 
 DAY0 = 1_764_979_200.0  # a UTC midnight
 NOW = DAY0 + 2 * 86400 + 13 * 3600 + 17.25
@@ -564,3 +567,70 @@ def test_live_feed_never_passes_an_id_still_in_flight(
             await pg.close()
 
     asyncio.run(test())
+
+
+# -- two gateway nodes on one database, through HTTP -----------------------------------
+
+
+def _node(tmp_path: Path, upstream: Upstream, url: str, name: str) -> Capgate:
+    return start_capgate(
+        tmp_path,
+        gateway_config(upstream),
+        args=("--database-url", url),
+        env={"CAPGATE_STATE_DIR": str(tmp_path / name)},
+    )
+
+
+def _shared_metrics(node: Capgate) -> list[str]:
+    """The /metrics lines read from the database (not this process's own counters)."""
+    text = httpx.get(node.url + "/metrics", timeout=10).text
+    return sorted(
+        line
+        for line in text.splitlines()
+        if line.startswith(("capgate_limit_", "capgate_reservations_held", "capgate_ledger_"))
+    )
+
+
+def test_the_admin_side_across_two_nodes(
+    postgres: pgcluster.Cluster, upstream: Upstream, tmp_path: Path
+) -> None:
+    url = postgres.new_database()
+    one, two = _node(tmp_path, upstream, url, "one"), _node(tmp_path, upstream, url, "two")
+    feed = Feed(one.url, {"authorization": f"Bearer {ADMIN_KEY}"})
+    try:
+        team = two.admin("POST", "/admin/teams", json={"name": "t1", "limits": [
+            {"metric": "requests", "window": "day", "max": 3}]})  # fmt: skip
+        assert team.status_code == 201, team.text
+        key = one.create_key("k1", team="t1")  # the team two made, checked on one
+        assert ask(two.url, key).status_code == 200
+        assert ask(one.url, key).status_code == 200
+        # One's feed shows what two recorded and changed.
+        feed.wait_for(lambda e: e[0] == "request" and e[1]["key"] == "k1")
+        feed.wait_for(lambda e: e[0] == "audit" and e[1]["target"] == "team:t1")
+        assert two.admin("DELETE", "/admin/teams/t1").status_code == 409  # k1 names it
+        for path in ("/admin/requests", "/admin/usage?group_by=key", "/admin/summary",
+                     "/admin/audit", "/admin/keys/k1", "/admin/teams/t1", "/admin/keys"):  # fmt: skip
+            assert one.admin("GET", path).json() == two.admin("GET", path).json(), path
+        assert _shared_metrics(one) == _shared_metrics(two)
+        used = [line for line in _shared_metrics(one) if line.startswith("capgate_limit_used")]
+        assert any('scope="t1"' in line and line.endswith(" 2.0") for line in used), used
+        # A dashboard session opened on one works on two; failures count on both.
+        client, _ = login(one.url)
+        cookie = client.cookies["capgate_session"]
+        client.close()
+        with httpx.Client(base_url=two.url, trust_env=False, timeout=30) as other:
+            other.cookies.set("capgate_session", cookie)
+            assert other.get("/admin/keys").status_code == 200
+        for node in (one, two) * 5:
+            with httpx.Client(base_url=node.url, trust_env=False, timeout=30) as http:
+                assert http.post("/dashboard/login", json={"password": "x"}).status_code == 401
+        with httpx.Client(base_url=one.url, trust_env=False, timeout=30) as http:
+            assert http.post("/dashboard/login", json={"password": ADMIN_KEY}).status_code == 429
+        # A runtime setting changed on one is what two shows.
+        changed = one.admin("PATCH", "/admin/settings", json={"timezone": "Europe/Berlin"})
+        assert changed.status_code == 200, changed.text
+        assert two.admin("GET", "/admin/settings").json()["timezone"] == "Europe/Berlin"
+    finally:
+        feed.close()
+        one.close()
+        two.close()
