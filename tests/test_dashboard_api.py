@@ -237,6 +237,27 @@ def test_failed_logins_are_throttled(own: Capgate) -> None:
         assert own.admin("GET", "/admin/keys").status_code == 200
 
 
+def test_failed_logins_count_across_processes(
+    own: Capgate, upstream: Upstream, tmp_path: Path
+) -> None:
+    """Failures are counted in the database: guessing on one process then another of the
+    same database does not double the tries."""
+    other = start_capgate(tmp_path, gateway_config(upstream), db=own.db)
+    try:
+        with (
+            httpx.Client(base_url=own.url, trust_env=False) as first,
+            httpx.Client(base_url=other.url, trust_env=False) as second,
+        ):
+            for n in range(10):
+                http = first if n % 2 else second
+                assert http.post("/dashboard/login", json={"password": "guess"}).status_code == 401
+            for http in (first, second):
+                blocked = http.post("/dashboard/login", json={"password": ADMIN_KEY})
+                assert blocked.status_code == 429 and int(blocked.headers["retry-after"]) > 0
+    finally:
+        other.close()
+
+
 # -- the live feed -------------------------------------------------------------------------
 
 

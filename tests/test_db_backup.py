@@ -192,6 +192,15 @@ def test_backup_refuses_to_overwrite_and_needs_a_database(tmp_path: Path) -> Non
     assert not list(tmp_path.glob(".*tmp*"))
 
 
+def test_backup_and_restore_of_a_postgresql_database_point_to_pg_dump(tmp_path: Path) -> None:
+    for command in ("backup", "restore"):
+        target = tmp_path / f"{command}.db"
+        done = db_cli(command, str(target), "--database-url", "postgresql://u@127.0.0.1/capgate")
+        assert done.returncode == 2, done.stderr
+        assert "PostgreSQL" in done.stderr and "pg_dump" in done.stderr
+        assert not target.exists() and list(tmp_path.iterdir()) == []
+
+
 def make_db(path: Path, version: int) -> None:
     """A capgate database at an older schema version, with a key-shaped row in it."""
     conn = sqlite3.connect(path, isolation_level=None)

@@ -19,7 +19,7 @@ from capgate.core.limits import Metric
 from capgate.core.windows import WindowKind
 from capgate.http.admin import CSV_COLUMNS, AdminAPI
 from capgate.http.gateway import Gateway
-from capgate.store.sqlite_queries import GROUPS
+from capgate.store.records import USAGE_GROUPS
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -138,7 +138,7 @@ def test_every_gateway_endpoint_is_documented() -> None:
     [
         ("metrics", [m.value for m in Metric]),
         ("windows", [w.value for w in WindowKind]),
-        ("usage groups", list(GROUPS)),
+        ("usage groups", list(USAGE_GROUPS)),
         ("ledger fields", list(CSV_COLUMNS)),
     ],
 )

@@ -4,8 +4,11 @@ the same answers on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
+from dataclasses import fields
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +29,7 @@ from capgate.store.base import (
     Store,
 )
 from capgate.store.records import (
+    LEDGER_COLUMNS,
     EventBatch,
     KeyActivity,
     LedgerEntry,
@@ -33,6 +37,7 @@ from capgate.store.records import (
     UsageRow,
     scope_json,
 )
+from capgate.store.sqlite_schema import migrate
 from store_engines import MakeStore, make_store, run, run_two
 
 __all__ = ["make_store"]  # the fixture, parametrized over the engines
@@ -84,6 +89,14 @@ async def entry(
 def used(rows: list[LimitUsage], metric: Metric) -> tuple[int, int]:
     (found,) = [u for u in rows if u.limit.metric is metric]
     return found.used, found.reserved
+
+
+def test_a_ledger_entry_has_every_column_of_the_ledger(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "schema.db", isolation_level=None)
+    migrate(conn)
+    columns = tuple(row[1] for row in conn.execute("PRAGMA table_info(requests)"))
+    conn.close()
+    assert columns == LEDGER_COLUMNS == tuple(f.name for f in fields(LedgerEntry))
 
 
 # -- the hot path ---------------------------------------------------------------------------

@@ -42,7 +42,7 @@ def _database(config: str | None, database_url: str | None) -> Path:
         if url.startswith(POSTGRES_SCHEMES):
             typer.secho(
                 "error: `capgate db backup` and `restore` copy a SQLite file; this database "
-                "is PostgreSQL: use pg_dump and pg_restore (see docs/deployment.md)",
+                "is PostgreSQL: use pg_dump and pg_restore (docs/operations.md, Backup and restore)",
                 fg="red",
                 err=True,
             )

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from capgate.core.limits import Scope
 from capgate.errors import AuthenticationFailed
 from capgate.keys import key_id_of, matches
-from capgate.store.base import Store
+from capgate.store.base import HotPath
 
 _REFRESH_EVERY = 0.05  # at most one cache refresh per 50 ms, shared by concurrent misses
 
@@ -28,7 +28,7 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
 
 
 class KeyAuthenticator:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: HotPath) -> None:
         self._store = store
         self._refreshing: asyncio.Future[None] | None = None
         self._last_refresh = 0.0

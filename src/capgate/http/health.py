@@ -11,11 +11,11 @@ from __future__ import annotations
 from aiohttp import web
 
 from capgate import __version__
-from capgate.store.base import Store
+from capgate.store.base import HotPath
 
 
 class Health:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: HotPath) -> None:
         self._store = store
 
     def routes(self) -> list[web.RouteDef]:
