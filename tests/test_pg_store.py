@@ -157,14 +157,21 @@ def test_a_config_change_reaches_every_node(db: str, tmp_path: Path) -> None:
             )
             refused = await b.reserve(info(key, 2), WORST)
             assert isinstance(refused, Refusal) and refused.code == "paused"
-            b._lifeline._on_notify = b._notified
+            # and a refusal from a cache that is now old is not given: resumed meanwhile
             await execute(
                 db,
                 "UPDATE scopes SET status='active'; "
                 "UPDATE meta SET v = (v::bigint + 1)::text WHERE k='config_version'",
             )
+            assert isinstance(await b.reserve(info(key, 3), WORST), Reservation)
+            b._lifeline._on_notify = b._notified
+            await execute(
+                db,
+                "UPDATE scopes SET status='paused'; "
+                "UPDATE meta SET v = (v::bigint + 1)::text WHERE k='config_version'",
+            )
             deadline = time.monotonic() + 1.0
-            while b.key_by_id(key)[0].status.value != "active":  # type: ignore[index]
+            while b.key_by_id(key)[0].status.value != "paused":  # type: ignore[index]
                 assert time.monotonic() < deadline, "NOTIFY not followed within a second"
                 await asyncio.sleep(0.01)
         finally:

@@ -89,7 +89,10 @@ _RERESERVE = (
     "SELECT status, settled, reserved FROM capgate_reserve("
     "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
 )
-_STATES = "SELECT settled, reserved FROM capgate_states($1, $2, $3)"
+_STATES = (
+    "SELECT s.settled, s.reserved, (SELECT v FROM meta WHERE k = 'config_version') "
+    "FROM capgate_states($1, $2, $3) s"
+)
 _BUMP = "UPDATE meta SET v = (v::BIGINT + 1)::TEXT WHERE k = 'config_version'"
 
 
@@ -380,19 +383,31 @@ class PostgresStore(PgScopeAdmin, PgDashboard):
         record_refusal: bool,
         old: Reservation | None,
     ) -> Reservation | Refusal:
-        fresh: dict[tuple[str, int], CounterState] | None = None  # states the database just gave
+        # A refusal must be true: one planned on the cached configuration is given only
+        # once that configuration was seen current (`verified`), one planned on the
+        # cached counter states only once they were read afresh (`fresh`, read together
+        # with the configuration's version).
+        fresh: dict[tuple[str, int], CounterState] | None = None
+        verified = False
         for _ in range(MAX_PLANS):
             now = self._clock()
             entry = self._keys.get(info.key_id)
-            if entry is None:  # deleted since the caller authenticated
-                deleted = Refusal("revoked", "This key has been deleted.", "key", info.key_id)
-                return await self._refused(info, None, deleted, now, record_refusal)
-            key = entry[0]
-            scopes = (*self._scopes_of(key, info.provider), *extra_scopes)
-            models = (info.model, info.upstream_model)
-            refusal = check_access(scopes, models, now)
+            key = entry[0] if entry is not None else None
+            if key is None:  # deleted since the caller authenticated
+                refusal: Refusal | None = Refusal(
+                    "revoked", "This key has been deleted.", "key", info.key_id
+                )
+            else:
+                scopes = (*self._scopes_of(key, info.provider), *extra_scopes)
+                models = (info.model, info.upstream_model)
+                refusal = check_access(scopes, models, now)
             if refusal is not None:
-                return await self._refused(info, key, refusal, now, record_refusal)
+                if verified:
+                    return await self._refused(info, key, refusal, now, record_refusal)
+                await self.refresh()
+                verified = True
+                continue
+            assert key is not None
             applicable = counters_for(scopes, models, now)
             states = fresh if fresh is not None else self._seen.get(applicable)
             if old is not None:
@@ -403,6 +418,7 @@ class PostgresStore(PgScopeAdmin, PgDashboard):
                 if fresh is not None:  # planned on what the database just said: true
                     return await self._refused(info, key, decision, now, record_refusal)
                 fresh = await self._fresh_states(Checks.of(applicable, worst))
+                verified = fresh is not None
                 continue
             held = worst
             if decision.max_output is not None and flex is not None:
@@ -422,7 +438,7 @@ class PostgresStore(PgScopeAdmin, PgDashboard):
             settled, reserved = settled or [], reserved or []
             if status == "stale":
                 await self._reload()
-                fresh = None
+                fresh, verified = None, True
                 continue
             if status == "gone":
                 return Refusal(
@@ -432,8 +448,8 @@ class PostgresStore(PgScopeAdmin, PgDashboard):
                     old.key.name if old is not None else key.name,
                 )
             seen = checks.states(settled, reserved)
-            if status == "full":
-                fresh = seen
+            if status == "full":  # checked on the current configuration, too
+                fresh, verified = seen, True
                 self._seen.update(seen)
                 continue
             self._seen.charged(seen, decision.charges)
@@ -446,9 +462,16 @@ class PostgresStore(PgScopeAdmin, PgDashboard):
             )
         raise StoreUnavailable("the budget's counters change too fast to reserve; try again")
 
-    async def _fresh_states(self, checks: Checks) -> dict[tuple[str, int], CounterState]:
+    async def _fresh_states(self, checks: Checks) -> dict[tuple[str, int], CounterState] | None:
+        """The counter states as they are now; None when the configuration moved (then
+        reloaded: plan again)."""
         wanted = checks.args()[:3]
-        settled, reserved = await self._run(lambda c: _one(c, _STATES, *wanted), transaction=False)
+        settled, reserved, version = await self._run(
+            lambda c: _one(c, _STATES, *wanted), transaction=False
+        )
+        if version != self._version:
+            await self._reload()
+            return None
         fresh = checks.states(settled, reserved)
         self._seen.update(fresh)
         return fresh

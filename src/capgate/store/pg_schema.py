@@ -146,7 +146,8 @@ MIGRATIONS: tuple[str, ...] = (
     -- (counter, window_start) order.
     CREATE FUNCTION capgate_add_counters(
         p_counter TEXT[], p_start BIGINT[], p_reserved BIGINT[], p_settled BIGINT[]
-    ) RETURNS void LANGUAGE sql AS $$
+    ) RETURNS void LANGUAGE plpgsql AS $$
+    BEGIN
         INSERT INTO counters AS c (counter, window_start, reserved, settled)
         SELECT d.counter, d.window_start, sum(d.reserved), sum(d.settled)
         FROM unnest(p_counter, p_start, p_reserved, p_settled)
@@ -154,17 +155,21 @@ MIGRATIONS: tuple[str, ...] = (
         GROUP BY d.counter, d.window_start
         ORDER BY d.counter, d.window_start
         ON CONFLICT (counter, window_start) DO UPDATE
-        SET reserved = c.reserved + excluded.reserved, settled = c.settled + excluded.settled
-    $$;
+        SET reserved = c.reserved + excluded.reserved, settled = c.settled + excluded.settled;
+    END $$;
 
     -- The state of counter instances: one instance when p_from is NULL, else the sum of
     -- the buckets p_from..p_start (rolling windows). Aligned with the arguments.
+    -- (PL/pgSQL, not SQL: its plans are kept per connection, not made at every call.)
     CREATE FUNCTION capgate_states(
         p_counter TEXT[], p_start BIGINT[], p_from BIGINT[],
         OUT settled BIGINT[], OUT reserved BIGINT[]
-    ) LANGUAGE sql STABLE AS $$
+    ) LANGUAGE plpgsql STABLE AS $$
+    #variable_conflict use_column
+    BEGIN
         SELECT coalesce(array_agg(s.settled ORDER BY w.n), '{}'),
                coalesce(array_agg(s.reserved ORDER BY w.n), '{}')
+        INTO settled, reserved
         FROM unnest(p_counter, p_start, p_from) WITH ORDINALITY
             AS w (counter, window_start, read_from, n)
         CROSS JOIN LATERAL (
@@ -173,8 +178,8 @@ MIGRATIONS: tuple[str, ...] = (
             FROM counters c
             WHERE c.counter = w.counter
               AND c.window_start BETWEEN coalesce(w.read_from, w.window_start) AND w.window_start
-        ) s
-    $$;
+        ) s;
+    END $$;
 
     -- Reserve: 'stale' (the node planned on an older configuration: nothing changed),
     -- 'ok' (charged, the reservation inserted; the states are those seen before the
@@ -198,32 +203,48 @@ MIGRATIONS: tuple[str, ...] = (
         i INT;
         j INT;
         held BIGINT[];
+        locked INT;
+        old RECORD;
     BEGIN
         PERFORM pg_advisory_xact_lock_shared(%(config_lock)s);
         IF (SELECT v FROM meta WHERE k = 'config_version') IS DISTINCT FROM p_version THEN
             status := 'stale';
             RETURN;
         END IF;
-        -- Lock every counter instance charged or released, in the one sorted order.
-        INSERT INTO counters (counter, window_start)
-        SELECT DISTINCT w.counter, w.window_start
-        FROM unnest(p_charge_counter || p_release_counter, p_charge_start || p_release_start)
-            AS w (counter, window_start)
-        ORDER BY 1, 2
-        ON CONFLICT DO NOTHING;
-        PERFORM 1 FROM counters c
-        WHERE (c.counter, c.window_start) IN (
-            SELECT * FROM unnest(p_charge_counter || p_release_counter,
-                                 p_charge_start || p_release_start)
-        )
-        ORDER BY c.counter, c.window_start
-        FOR UPDATE;
         IF p_release_id IS NOT NULL THEN
-            PERFORM 1 FROM reservations WHERE id = p_release_id FOR UPDATE;
+            SELECT * INTO old FROM reservations WHERE id = p_release_id FOR UPDATE;
             IF NOT FOUND THEN
                 status := 'gone';
                 RETURN;
             END IF;
+            DELETE FROM reservations WHERE id = p_release_id;  -- undone below if refused
+        END IF;
+        -- Written before the counters are locked, so that they are held for less time
+        -- (deleted again when refused).
+        INSERT INTO reservations (id, owner, created_at, charges, info)
+        VALUES (p_id, p_owner, p_now, p_charges, p_info);
+        -- Lock every counter instance charged or released, in the one sorted order;
+        -- those that do not exist yet (a new window) are made first.
+        SELECT count(*) INTO locked FROM (
+            SELECT 1 FROM counters c
+            WHERE (c.counter, c.window_start) IN (
+                SELECT * FROM unnest(p_charge_counter || p_release_counter,
+                                     p_charge_start || p_release_start))
+            ORDER BY c.counter, c.window_start
+            FOR UPDATE) x;
+        IF locked < cardinality(p_charge_counter) + cardinality(p_release_counter) THEN
+            INSERT INTO counters (counter, window_start)
+            SELECT DISTINCT w.counter, w.window_start
+            FROM unnest(p_charge_counter || p_release_counter,
+                        p_charge_start || p_release_start) AS w (counter, window_start)
+            ORDER BY 1, 2
+            ON CONFLICT DO NOTHING;
+            PERFORM 1 FROM counters c
+            WHERE (c.counter, c.window_start) IN (
+                SELECT * FROM unnest(p_charge_counter || p_release_counter,
+                                     p_charge_start || p_release_start))
+            ORDER BY c.counter, c.window_start
+            FOR UPDATE;
         END IF;
         SELECT s.settled, s.reserved INTO settled, reserved
         FROM capgate_states(p_counter, p_start, p_from) s;
@@ -239,11 +260,15 @@ MIGRATIONS: tuple[str, ...] = (
         FOR i IN 1 .. coalesce(cardinality(p_counter), 0) LOOP
             IF settled[i] + held[i] + p_amount[i] > p_max[i] THEN
                 status := 'full';
+                DELETE FROM reservations WHERE id = p_id;
+                IF p_release_id IS NOT NULL THEN  -- the old one stays, unchanged
+                    INSERT INTO reservations (id, owner, created_at, charges, info)
+                    VALUES (old.id, old.owner, old.created_at, old.charges, old.info);
+                END IF;
                 RETURN;
             END IF;
         END LOOP;
         IF p_release_id IS NOT NULL THEN
-            DELETE FROM reservations WHERE id = p_release_id;
             UPDATE counters c SET reserved = c.reserved - d.amount
             FROM (SELECT r.counter, r.window_start, sum(r.amount) AS amount
                   FROM unnest(p_release_counter, p_release_start, p_release_amount)
@@ -251,8 +276,6 @@ MIGRATIONS: tuple[str, ...] = (
                   GROUP BY 1, 2) d
             WHERE c.counter = d.counter AND c.window_start = d.window_start;
         END IF;
-        INSERT INTO reservations (id, owner, created_at, charges, info)
-        VALUES (p_id, p_owner, p_now, p_charges, p_info);
         UPDATE counters c SET reserved = c.reserved + d.amount
         FROM unnest(p_charge_counter, p_charge_start, p_charge_amount)
             AS d (counter, window_start, amount)
@@ -282,7 +305,6 @@ MIGRATIONS: tuple[str, ...] = (
             RETURN;
         END IF;
         DELETE FROM reservations WHERE id = p_id;
-        PERFORM capgate_add_counters(p_counter, p_start, p_reserved, p_settled);
         IF p_entry IS NOT NULL THEN
             INSERT INTO requests (
                 request_id, created_at, key_id, key_name, "user", team, model, provider,
@@ -295,6 +317,8 @@ MIGRATIONS: tuple[str, ...] = (
                 refusal, error, max_tokens_clamped, flags
             FROM jsonb_populate_record(NULL::requests, p_entry);
         END IF;
+        -- Last: the counters stay locked for as short a time as can be.
+        PERFORM capgate_add_counters(p_counter, p_start, p_reserved, p_settled);
         status := 'settled';
     END $$;
     """,
