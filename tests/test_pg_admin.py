@@ -14,6 +14,7 @@ import asyncio
 import itertools
 import random
 import sqlite3
+import time
 import uuid
 from collections.abc import Awaitable
 from pathlib import Path
@@ -25,11 +26,13 @@ import orjson
 import pytest
 
 import pgcluster
+from capgate.core.engine import Amounts
 from capgate.core.limits import Scope, ScopeKind, Status, parse_limit_spec
+from capgate.core.money import Usage
 from capgate.core.windows import window_at
 from capgate.errors import CapgateError
 from capgate.store import pg_feed
-from capgate.store.base import RequestQuery, ScopeFields
+from capgate.store.base import Outcome, RequestInfo, RequestQuery, Reservation, ScopeFields
 from capgate.store.pg import PostgresStore
 from capgate.store.records import USAGE_GROUPS, scope_json
 from capgate.store.sqlite import SQLiteStore
@@ -634,3 +637,67 @@ def test_the_admin_side_across_two_nodes(
         feed.close()
         one.close()
         two.close()
+
+
+def test_admin_changes_under_load_from_another_node(
+    postgres: pgcluster.Cluster, tmp_path: Path
+) -> None:
+    """Node one reserves and settles without pause while node two pauses, resumes, resets
+    and changes the limits of the same key and team: no deadlock, no error on either
+    side, every request one ledger entry, nothing left held."""
+
+    async def test() -> None:
+        url = postgres.new_database()
+        one = PostgresStore(url, state_dir=tmp_path / "one")
+        two = PostgresStore(url, state_dir=tmp_path / "two")
+        await one.start()
+        await two.start()
+        try:
+            day = (parse_limit_spec("cost=1000/day"), parse_limit_spec("requests=100000/day"))
+            await two.create_scope(ScopeKind.TEAM, "t", ScopeFields(limits=day))
+            key = await two.create_scope(
+                ScopeKind.KEY, "k", ScopeFields(team="t", limits=day), scope_id="kid"
+            )
+            worst = Amounts(1, 1000, 2000, 30_000_000)
+            used = Outcome(200, "ok", Usage(100, 50), 1_000_000, 12.5, 3.0)
+            stop = asyncio.Event()
+
+            async def requests(lane: int) -> int:
+                n = 0
+                while not stop.is_set():
+                    n += 1
+                    request = RequestInfo(
+                        f"r{lane}-{n}", key.id, "m", "anthropic", "m", "messages", False, NOW
+                    )
+                    held = await one.reserve(request, worst)
+                    if isinstance(held, Reservation):
+                        await one.settle(held, used)
+                return n
+
+            async def changes() -> None:
+                for n in range(12):
+                    await two.set_status(ScopeKind.KEY, "k", Status.PAUSED)
+                    await two.reset_usage(ScopeKind.TEAM, "t")
+                    await two.set_status(ScopeKind.KEY, "k", Status.ACTIVE)
+                    await two.reset_usage(ScopeKind.KEY, "k")
+                    limits = (parse_limit_spec(f"cost={1000 + n}/day"), day[1])
+                    await two.update_scope(ScopeKind.TEAM, "t", ScopeFields(limits=limits))
+                stop.set()
+
+            lanes = asyncio.gather(*(requests(lane) for lane in range(8)))
+            await changes()
+            made = sum(await lanes)
+            await one.flush()
+            entries = await one.query_requests(RequestQuery(limit=100_000))
+            assert len(entries) == made and made > 50
+            assert {e.outcome for e in entries} <= {"ok", "refused"}
+            assert any(e.outcome == "refused" for e in entries)  # while paused
+            assert (await one.metrics_snapshot(NOW, ledger=False)).reservations_held == 0
+            for usage in await two.counters(await two.get_scope(ScopeKind.KEY, "k"), time.time()):
+                assert usage.reserved == 0
+            assert len(await two.audit(1000)) == 2 + 5 * 12  # every change, once
+        finally:
+            await one.close()
+            await two.close()
+
+    asyncio.run(test())
