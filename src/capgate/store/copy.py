@@ -41,6 +41,7 @@ OPTIONAL = frozenset({"login_failures"})
 MUST_BE_EMPTY = ("scopes", "counters", "reservations", "requests", "audit", "sessions")
 IDENTITY = ("requests", "audit")  # id columns the target numbers itself after the copy
 BATCH = 5000  # rows per COPY round trip
+CONNECT_TIMEOUT_S = 10
 
 _CONVERT: dict[str, Callable[[Any], Any]] = {
     "bigint": int,
@@ -85,8 +86,8 @@ async def copy_to_postgres(source: str | Path, target_url: str) -> CopyResult:
         try:
             tables = _source_tables(db, source)
             try:
-                conn = await asyncpg.connect(target_url)
-            except (OSError, asyncpg.PostgresError) as exc:
+                conn = await asyncpg.connect(target_url, timeout=CONNECT_TIMEOUT_S)
+            except (OSError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 raise CopyError(f"cannot connect to the target: {exc}") from None
             try:
                 version = await pg_schema.migrate(conn)
@@ -101,8 +102,8 @@ async def copy_to_postgres(source: str | Path, target_url: str) -> CopyResult:
                     copied = await _pg_totals(conn, tables)
                     if copied != expected:
                         raise CopyError(_mismatch(expected, copied))
-            except asyncpg.PostgresError as exc:
-                raise CopyError(f"the target refused the copy: {exc}") from None
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                raise CopyError(f"the copy failed, nothing was committed: {exc}") from None
             finally:
                 await conn.close()
         finally:
