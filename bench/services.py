@@ -98,7 +98,15 @@ def sigpipe_disposition(pid: int) -> str:
     return "caught" if masks.get("SigCgt", 0) & bit else "DEFAULT"
 
 
-def start_worker(pin: Pinning, tmp: Path, config: Path, i: int, port: int, life: int = 0) -> Proc:
+def start_worker(
+    pin: Pinning,
+    tmp: Path,
+    config: Path,
+    i: int,
+    port: int,
+    life: int = 0,
+    database_url: str | None = None,
+) -> Proc:
     args = pin.wrap(
         "proxy",
         [
@@ -111,7 +119,7 @@ def start_worker(pin: Pinning, tmp: Path, config: Path, i: int, port: int, life:
             "--port",
             str(port),
             "--database-url",
-            f"sqlite:///{tmp / 'capgate.db'}",
+            database_url or f"sqlite:///{tmp / 'capgate.db'}",
         ],
     )
     proc = Proc(
@@ -125,11 +133,14 @@ def start_worker(pin: Pinning, tmp: Path, config: Path, i: int, port: int, life:
     return proc
 
 
-def start_capgate(pin: Pinning, tmp: Path, config: Path, workers: int) -> list[Proc]:
+def start_capgate(
+    pin: Pinning, tmp: Path, config: Path, workers: int, database_url: str | None = None
+) -> list[Proc]:
     base = free_port_run(workers) if workers > 1 else 0
     # one after the other: the first creates the schema
     return [
-        start_worker(pin, tmp, config, i, base + i if workers > 1 else 0) for i in range(workers)
+        start_worker(pin, tmp, config, i, base + i if workers > 1 else 0, 0, database_url)
+        for i in range(workers)
     ]
 
 

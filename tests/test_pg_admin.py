@@ -14,24 +14,30 @@ import asyncio
 import itertools
 import random
 import sqlite3
+import time
 import uuid
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import orjson
 import pytest
 
 import pgcluster
+from capgate.core.engine import Amounts
 from capgate.core.limits import Scope, ScopeKind, Status, parse_limit_spec
+from capgate.core.money import Usage
 from capgate.core.windows import window_at
 from capgate.errors import CapgateError
 from capgate.store import pg_feed
-from capgate.store.base import RequestQuery, ScopeFields
+from capgate.store.base import Outcome, RequestInfo, RequestQuery, Reservation, ScopeFields
 from capgate.store.pg import PostgresStore
 from capgate.store.records import USAGE_GROUPS, scope_json
 from capgate.store.sqlite import SQLiteStore
+from conftest import ADMIN_KEY, Capgate, Upstream, gateway_config, start_capgate
+from test_dashboard_api import Feed, ask, login
 
 DAY0 = 1_764_979_200.0  # a UTC midnight
 NOW = DAY0 + 2 * 86400 + 13 * 3600 + 17.25
@@ -562,5 +568,136 @@ def test_live_feed_never_passes_an_id_still_in_flight(
             await slow.close()
             await fast.close()
             await pg.close()
+
+    asyncio.run(test())
+
+
+# -- two gateway nodes on one database, through HTTP -----------------------------------
+
+
+def _node(tmp_path: Path, upstream: Upstream, url: str, name: str) -> Capgate:
+    return start_capgate(
+        tmp_path,
+        gateway_config(upstream),
+        args=("--database-url", url),
+        env={"CAPGATE_STATE_DIR": str(tmp_path / name)},
+    )
+
+
+def _shared_metrics(node: Capgate) -> list[str]:
+    """The /metrics lines read from the database (not this process's own counters)."""
+    text = httpx.get(node.url + "/metrics", timeout=10).text
+    return sorted(
+        line
+        for line in text.splitlines()
+        if line.startswith(("capgate_limit_", "capgate_reservations_held", "capgate_ledger_"))
+    )
+
+
+def test_the_admin_side_across_two_nodes(
+    postgres: pgcluster.Cluster, upstream: Upstream, tmp_path: Path
+) -> None:
+    url = postgres.new_database()
+    one, two = _node(tmp_path, upstream, url, "one"), _node(tmp_path, upstream, url, "two")
+    feed = Feed(one.url, {"authorization": f"Bearer {ADMIN_KEY}"})
+    try:
+        team = two.admin("POST", "/admin/teams", json={"name": "t1", "limits": [
+            {"metric": "requests", "window": "day", "max": 3}]})  # fmt: skip
+        assert team.status_code == 201, team.text
+        key = one.create_key("k1", team="t1")  # the team two made, checked on one
+        assert ask(two.url, key).status_code == 200
+        assert ask(one.url, key).status_code == 200
+        # One's feed shows what two recorded and changed.
+        feed.wait_for(lambda e: e[0] == "request" and e[1]["key"] == "k1")
+        feed.wait_for(lambda e: e[0] == "audit" and e[1]["target"] == "team:t1")
+        assert two.admin("DELETE", "/admin/teams/t1").status_code == 409  # k1 names it
+        for path in ("/admin/requests", "/admin/usage?group_by=key", "/admin/summary",
+                     "/admin/audit", "/admin/keys/k1", "/admin/teams/t1", "/admin/keys"):  # fmt: skip
+            assert one.admin("GET", path).json() == two.admin("GET", path).json(), path
+        assert _shared_metrics(one) == _shared_metrics(two)
+        used = [line for line in _shared_metrics(one) if line.startswith("capgate_limit_used")]
+        assert any('scope="t1"' in line and line.endswith(" 2.0") for line in used), used
+        # A dashboard session opened on one works on two; failures count on both.
+        client, _ = login(one.url)
+        cookie = client.cookies["capgate_session"]
+        client.close()
+        with httpx.Client(base_url=two.url, trust_env=False, timeout=30) as other:
+            other.cookies.set("capgate_session", cookie)
+            assert other.get("/admin/keys").status_code == 200
+        for node in (one, two) * 5:
+            with httpx.Client(base_url=node.url, trust_env=False, timeout=30) as http:
+                assert http.post("/dashboard/login", json={"password": "x"}).status_code == 401
+        with httpx.Client(base_url=one.url, trust_env=False, timeout=30) as http:
+            assert http.post("/dashboard/login", json={"password": ADMIN_KEY}).status_code == 429
+        # A runtime setting changed on one is what two shows.
+        changed = one.admin("PATCH", "/admin/settings", json={"timezone": "Europe/Berlin"})
+        assert changed.status_code == 200, changed.text
+        assert two.admin("GET", "/admin/settings").json()["timezone"] == "Europe/Berlin"
+    finally:
+        feed.close()
+        one.close()
+        two.close()
+
+
+def test_admin_changes_under_load_from_another_node(
+    postgres: pgcluster.Cluster, tmp_path: Path
+) -> None:
+    """Node one reserves and settles without pause while node two pauses, resumes, resets
+    and changes the limits of the same key and team: no deadlock, no error on either
+    side, every request one ledger entry, nothing left held."""
+
+    async def test() -> None:
+        url = postgres.new_database()
+        one = PostgresStore(url, state_dir=tmp_path / "one")
+        two = PostgresStore(url, state_dir=tmp_path / "two")
+        await one.start()
+        await two.start()
+        try:
+            day = (parse_limit_spec("cost=1000/day"), parse_limit_spec("requests=100000/day"))
+            await two.create_scope(ScopeKind.TEAM, "t", ScopeFields(limits=day))
+            key = await two.create_scope(
+                ScopeKind.KEY, "k", ScopeFields(team="t", limits=day), scope_id="kid"
+            )
+            worst = Amounts(1, 1000, 2000, 30_000_000)
+            used = Outcome(200, "ok", Usage(100, 50), 1_000_000, 12.5, 3.0)
+            stop = asyncio.Event()
+
+            async def requests(lane: int) -> int:
+                n = 0
+                while not stop.is_set():
+                    n += 1
+                    request = RequestInfo(
+                        f"r{lane}-{n}", key.id, "m", "anthropic", "m", "messages", False, NOW
+                    )
+                    held = await one.reserve(request, worst)
+                    if isinstance(held, Reservation):
+                        await one.settle(held, used)
+                return n
+
+            async def changes() -> None:
+                for n in range(12):
+                    await two.set_status(ScopeKind.KEY, "k", Status.PAUSED)
+                    await two.reset_usage(ScopeKind.TEAM, "t")
+                    await two.set_status(ScopeKind.KEY, "k", Status.ACTIVE)
+                    await two.reset_usage(ScopeKind.KEY, "k")
+                    limits = (parse_limit_spec(f"cost={1000 + n}/day"), day[1])
+                    await two.update_scope(ScopeKind.TEAM, "t", ScopeFields(limits=limits))
+                stop.set()
+
+            lanes = asyncio.gather(*(requests(lane) for lane in range(8)))
+            await changes()
+            made = sum(await lanes)
+            await one.flush()
+            entries = await one.query_requests(RequestQuery(limit=100_000))
+            assert len(entries) == made and made > 50
+            assert {e.outcome for e in entries} <= {"ok", "refused"}
+            assert any(e.outcome == "refused" for e in entries)  # while paused
+            assert (await one.metrics_snapshot(NOW, ledger=False)).reservations_held == 0
+            for usage in await two.counters(await two.get_scope(ScopeKind.KEY, "k"), time.time()):
+                assert usage.reserved == 0
+            assert len(await two.audit(1000)) == 2 + 5 * 12  # every change, once
+        finally:
+            await one.close()
+            await two.close()
 
     asyncio.run(test())

@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from capgate.cli.db_copy import copy_command
 from capgate.config import ConfigError, load_config, sqlite_path, with_overrides
 from capgate.store.backup import BackupError, backup, restore
 
@@ -99,3 +100,6 @@ def restore_command(
         f"restored {path} to {result.database}: schema version {result.schema_version}"
         f"{migrated}, {result.requests} ledger entries"
     )
+
+
+app.command("copy")(copy_command)  # cli/db_copy.py: SQLite -> PostgreSQL

@@ -7,17 +7,18 @@ would never see 10. So a reader stops before a missing id (a gap) until that id 
 to be final: committed, or never to be (its transaction rolled back, or the sequence
 skipped it after a crash).
 
-The horizon says which ids are final. From time to time it notes a snapshot: the highest
-id visible then (M) and the first transaction id not yet started then (xmax). Every id at
-or below M that was invisible then belongs to a transaction running then; once every
-transaction older than xmax has ended (the current snapshot's xmin has reached it) and a
-short grace has passed (an INSERT takes its id a moment before its transaction id),
-every id up to M is final. Gaps at or below that mark are skipped; rows above a younger
-gap wait (under a second in practice, as long as the transaction holding the id).
+The horizon says which ids are final. Each look (at most every NOTE_EVERY_S) notes a
+snapshot: the highest id visible then (M) and the first transaction id not yet started
+then (xmax). Every id at or below M that was invisible then belongs to a transaction
+running then; once every transaction older than xmax has ended (the current snapshot's
+xmin has reached it) and a short grace has passed (an INSERT takes its id a moment before
+its transaction id), every id up to M is final. Gaps at or below that mark are skipped;
+rows above a younger gap wait: about a second after the transaction holding the id ends.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,6 +27,8 @@ from capgate.store.records import EventBatch
 
 GRACE_S = 0.5  # a noted snapshot is trusted no sooner than this
 MAX_WAIT_S = 30.0  # nor later than this, whatever runs (a stuck transaction)
+NOTE_EVERY_S = 0.1  # a snapshot noted at most this often
+MAX_NOTES = 400  # the oldest are dropped beyond (the mark then moves by the next one)
 TABLES = ("requests", "audit")
 
 _SNAPSHOT = (
@@ -48,25 +51,26 @@ class FeedHorizon:
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
         self.final: tuple[int, int] | None = None  # None: not known yet
-        self._noted: _Noted | None = None
+        self._noted: deque[_Noted] = deque(maxlen=MAX_NOTES)  # oldest first
         self.highest = (0, 0)  # as of the last look
 
     async def look(self, conn: q.Conn) -> None:
-        """Note the current snapshot, and move the final mark when the noted one is due."""
+        """Note the current snapshot, and move the final mark past the noted ones due."""
         row = await conn.fetchrow(_SNAPSHOT)
         assert row is not None
         highest, xmin, xmax = (int(row[0]), int(row[1])), int(row[2]), int(row[3])
         self.highest = highest
         now = self._clock()
         noted = self._noted
-        if noted is not None:
-            age = now - noted.at
-            if (age >= GRACE_S and xmin >= noted.xmax) or age >= MAX_WAIT_S:
-                old = self.final or (0, 0)
-                self.final = (max(old[0], noted.highest[0]), max(old[1], noted.highest[1]))
-                noted = None
-        if noted is None:
-            self._noted = _Noted(highest, xmax, now)
+        while noted:
+            age = now - noted[0].at
+            if not ((age >= GRACE_S and xmin >= noted[0].xmax) or age >= MAX_WAIT_S):
+                break
+            done = noted.popleft().highest
+            old = self.final or (0, 0)
+            self.final = (max(old[0], done[0]), max(old[1], done[1]))
+        if not noted or now - noted[-1].at >= NOTE_EVERY_S:
+            noted.append(_Noted(highest, xmax, now))
 
 
 async def contiguous_end(conn: q.Conn, table: str, after: int, limit: int = 10_000) -> int:
