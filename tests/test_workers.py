@@ -49,8 +49,10 @@ class Parent:
         *args: str,
         db: Path | None = None,
         admin_key: str | None = ADMIN_KEY,  # None: the one capgate makes, from the banner
+        database_url: str | None = None,  # default: sqlite:///<db>
     ) -> None:
         self.db = db or tmp / "capgate.db"
+        database_url = database_url or f"sqlite:///{self.db}"
         self.out = tmp / f"out-{time.monotonic_ns()}.log"
         config_path = tmp / f"capgate-{time.monotonic_ns()}.yaml"
         config_path.write_text(yaml.safe_dump(config))
@@ -62,7 +64,7 @@ class Parent:
         with self.out.open("wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "capgate", "serve", "--config", str(config_path),
-                 "--database-url", f"sqlite:///{self.db}", "--port", "0", *args],
+                 "--database-url", database_url, "--port", "0", *args],
                 stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
             )  # fmt: skip
         found = self.wait_for(r"capgate listening on (\S+)", 60)
@@ -260,13 +262,27 @@ def test_metrics_on_any_worker_count_every_worker(
         assert sum(by_pid.values()) == len(results)
 
 
+def _database_url(engine: str, request: pytest.FixtureRequest) -> str | None:
+    """None: the SQLite file beside the test; a fresh PostgreSQL database otherwise."""
+    if engine == "sqlite":
+        return None
+    return str(request.getfixturevalue("postgres").new_database())
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
 def test_a_budget_race_across_workers_never_overspends(
-    upstream: Upstream, tmp_path: Path, parents: list[Parent]
+    upstream: Upstream,
+    tmp_path: Path,
+    parents: list[Parent],
+    engine: str,
+    request: pytest.FixtureRequest,
 ) -> None:
     """200 requests at once against a budget that pays for ~3 worst cases: never more than
     the budget, counter == ledger, one entry per request, nothing held; both workers
-    decided some."""
-    parent = Parent(tmp_path, gateway_config(upstream), "--workers", "2")
+    decided some. On either engine."""
+    config = gateway_config(upstream, server={"state_dir": str(tmp_path / "state")})
+    database_url = _database_url(engine, request)
+    parent = Parent(tmp_path, config, "--workers", "2", database_url=database_url)
     parents.append(parent)
     budget = Decimal("0.04")
     key = parent.server.create_key(
@@ -291,14 +307,23 @@ def test_a_budget_race_across_workers_never_overspends(
     assert statuses[200] >= 3
 
 
+@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
 def test_a_killed_worker_is_replaced_and_its_reservations_swept(
-    upstream: Upstream, tmp_path: Path, parents: list[Parent]
+    upstream: Upstream,
+    tmp_path: Path,
+    parents: list[Parent],
+    engine: str,
+    request: pytest.FixtureRequest,
 ) -> None:
     """`kill -9` of the worker serving slow streams: the parent starts another (a new
     pid), the port keeps answering, and after the lease the dead worker's reservations
-    are charged in full (`lease_expired`) by a live one; the books balance."""
-    config = gateway_config(upstream, server={"lease_seconds": 2})
-    parent = Parent(tmp_path, config, "--workers", "2")
+    are charged in full (`lease_expired`) by a live one; the books balance. On either
+    engine."""
+    config = gateway_config(
+        upstream, server={"lease_seconds": 2, "state_dir": str(tmp_path / "state")}
+    )
+    database_url = _database_url(engine, request)
+    parent = Parent(tmp_path, config, "--workers", "2", database_url=database_url)
     parents.append(parent)
     key = parent.server.create_key("victim", [{"metric": "cost_usd", "window": "day", "max": 10}])
     asyncio.run(_fire(parent.url, key, [QUICK] * 20))  # in the log: which prefix is whose
