@@ -36,7 +36,7 @@ BUDGET = [{"metric": "cost_usd", "window": "day", "max": 10}]
 ENGINES = ["sqlite", "postgres"]
 
 
-def ask(server: Capgate, key: str, words: int = 20) -> httpx.Response:
+def ask(server: Capgate, key: str, words: int = 40) -> httpx.Response:
     body = {
         "model": "claude-sonnet-4-6",
         "max_tokens": 1000,
@@ -61,8 +61,9 @@ def ask_chat(server: Capgate, key: str) -> httpx.Response:
     )
 
 
-def check_refused_at_once(server: Capgate, key: str) -> None:
-    """A fail-closed key while the store is down: 503 at once, in each dialect."""
+def check_refused_at_once(server: Capgate, key: str, within: float) -> None:
+    """A fail-closed key while the store is down: 503 at once (`within` seconds: on
+    SQLite, the write lock's busy timeout and the writer's retries), in each dialect."""
     began = time.monotonic()
     answer = ask(server, key)
     assert answer.status_code == 503, answer.text
@@ -71,7 +72,7 @@ def check_refused_at_once(server: Capgate, key: str) -> None:
     chat = ask_chat(server, key)
     assert chat.status_code == 503, chat.text
     assert chat.json()["error"]["message"]
-    assert time.monotonic() - began < 5
+    assert time.monotonic() - began < 2 * within
 
 
 def check_books(server: Capgate, name: str, answers: list[httpx.Response]) -> None:
@@ -98,6 +99,10 @@ def check_books(server: Capgate, name: str, answers: list[httpx.Response]) -> No
     assert Decimal(usage_of["cost_usd"]["used"]) > Decimal("0.001")  # past the limit: by design
     assert Decimal(usage_of["requests"]["used"]) == len(answers)
     assert Decimal(usage_of["requests"]["reserved"]) == 0
+
+
+def journals_lines(journals: dict[Path, bytes]) -> int:
+    return sum(len(data.splitlines()) for data in journals.values())
 
 
 def wait_for(check: Callable[[], bool], within: float) -> None:
@@ -179,7 +184,7 @@ def test_a_fail_open_key_answers_while_the_store_is_down_and_is_charged_once(
             answers = [ask(server, open_key) for _ in range(3)]
             assert [a.status_code for a in answers] == [200, 200, 200], answers[0].text
             assert all(a.headers["x-capgate-fail-open"] == "true" for a in answers)
-            check_refused_at_once(server, closed_key)
+            check_refused_at_once(server, closed_key, 4.0 if kind == "sqlite" else 1.0)
             store.up()
             wait_for(lambda: len(server.ledger(key="open")) >= 4, within=30)
             refused = [e for e in server.ledger(key="open") if e["outcome"] == "refused"]
@@ -205,10 +210,14 @@ def test_fail_open_settlements_of_a_killed_process_are_replayed_once(
         finally:
             first.close()
             store.up()
-        for _ in range(2):  # a restart replays the journal; the next finds nothing to do
+        journals = {p: p.read_bytes() for p in tmp_path.rglob("*.jsonl")}
+        assert len(journals) == 1 and journals_lines(journals) == 2, journals
+        for _ in range(2):  # a restart replays the journal; the same journal again: no change
+            for path, data in journals.items():
+                path.write_bytes(data)
             server = store.start()
             try:
-                wait_for(lambda: len(server.ledger(key="open")) >= 2, within=30)  # noqa: B023
+                wait_for(lambda: not any(p.exists() for p in journals), within=30)
                 check_books(server, "open", answers)
             finally:
                 server.close()
