@@ -10,6 +10,7 @@ with the `postgres` fixture.
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ import pytest
 
 import pgcluster
 from conftest import Capgate, Upstream, gateway_config, start_capgate
+from test_cli import run_cli
 from test_nodes import start_node
 from test_store_outage import WriteLock
 
@@ -190,6 +192,8 @@ def test_a_fail_open_key_answers_while_the_store_is_down_and_is_charged_once(
             refused = [e for e in server.ledger(key="open") if e["outcome"] == "refused"]
             assert len(refused) == 1  # the 402 before the outage
             check_books(server, "open", answers)
+            scraped = httpx.get(server.url + "/metrics", timeout=10).text
+            assert 'capgate_fail_open_requests_total{endpoint="messages"} 3.0' in scraped
         finally:
             server.close()
 
@@ -221,3 +225,27 @@ def test_fail_open_settlements_of_a_killed_process_are_replayed_once(
                 check_books(server, "open", answers)
             finally:
                 server.close()
+
+
+def test_the_cli_sets_and_clears_fail_open_and_each_change_is_audited(
+    capgate: Capgate, key_name: str
+) -> None:
+    created = run_cli(capgate, "keys", "create", key_name, "--fail-open", "--json")
+    assert created.returncode == 0, created.stderr
+    assert json.loads(created.stdout)["fail_open"] is True
+    shown = run_cli(capgate, "keys", "show", key_name)
+    assert "fail open: yes" in shown.stdout, shown.stdout
+    updated = run_cli(capgate, "keys", "update", key_name, "--no-fail-open", "--json")
+    assert updated.returncode == 0, updated.stderr
+    assert json.loads(updated.stdout)["fail_open"] is False
+    audit = [
+        e for e in capgate.admin("GET", "/admin/audit").json()["items"]
+        if e["target"] == f"key:{key_name}"
+    ]  # fmt: skip
+    assert [(e["action"], e["after"]["fail_open"]) for e in audit] == [
+        ("update", False),
+        ("create", True),
+    ]
+    assert audit[0]["before"]["fail_open"] is True
+    bad = capgate.admin("PATCH", f"/admin/keys/{key_name}", json={"fail_open": "maybe"})
+    assert bad.status_code == 400 and "fail_open" in bad.text, bad.text
