@@ -189,8 +189,8 @@ class Metrics(Collector):
             "store could not be reached.",
             labels=("endpoint",),
         )
-        for endpoint, count in sorted(self._fail_open.items()):
-            fail_open.add_metric((endpoint,), count)
+        for endpoint, forwarded in sorted(self._fail_open.items()):
+            fail_open.add_metric((endpoint,), forwarded)
         yield from (requests, refusals, fail_open)
         yield from _money(rows)
         yield _histogram(
