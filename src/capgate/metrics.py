@@ -113,6 +113,7 @@ class Metrics(Collector):
         self._rows: dict[tuple[str, str, str, str, str], _Row] = {}
         self._refused: dict[tuple[Any, ...], tuple[_Row, list[int]]] = {}
         self._refusals: dict[tuple[str, str], list[int]] = {}
+        self._fail_open: dict[str, int] = {}  # per endpoint
 
     def _model(self, model: str) -> str:
         if model in self._models:
@@ -130,6 +131,8 @@ class Metrics(Collector):
 
     def finished(self, res: Reservation, outcome: Outcome) -> None:
         info = res.info
+        if res.fail_open:
+            self._fail_open[info.endpoint] = self._fail_open.get(info.endpoint, 0) + 1
         key = (info.endpoint, outcome.status, outcome.outcome, info.model, info.provider)
         row = self._finished.get(key)
         if row is None:
@@ -180,7 +183,15 @@ class Metrics(Collector):
         )  # fmt: skip
         for labels, count in sorted(self._refusals.items()):
             refusals.add_metric(labels, count[0])
-        yield from (requests, refusals)
+        fail_open = CounterMetricFamily(
+            "capgate_fail_open_requests",
+            "Requests of fail_open keys forwarded un-reserved in this process while the "
+            "store could not be reached.",
+            labels=("endpoint",),
+        )
+        for endpoint, forwarded in sorted(self._fail_open.items()):
+            fail_open.add_metric((endpoint,), forwarded)
+        yield from (requests, refusals, fail_open)
         yield from _money(rows)
         yield _histogram(
             rows, "capgate_request_duration_seconds",

@@ -69,6 +69,15 @@ HoldOpt = Annotated[
         "like code execution, ...) instead of refusing it; 'none' to refuse again",
     ),
 ]
+FailOpenOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--fail-open/--no-fail-open",
+        help="while the store cannot be reached: forward the key's requests un-reserved and "
+        "record their usage when it is back, even past a limit (--fail-open), or refuse "
+        "them (--no-fail-open, the default)",
+    ),
+]
 ScheduleOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -243,6 +252,7 @@ def create(
     on_short_budget: ShortBudgetOpt = None,
     schedule: ScheduleOpt = None,
     unbounded_hold: HoldOpt = None,
+    fail_open: FailOpenOpt = None,
     url: UrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -251,6 +261,8 @@ def create(
         limit, model, expires, timezone, on_short_budget, schedule, unbounded_hold,
         team=team, user=user,
     )  # fmt: skip
+    if fail_open is not None:
+        fields["fail_open"] = fail_open
     client = AdminClient(url)
     ensure(client, "teams", "team", team, create_team)
     ensure(client, "users", "user", user, create_user)
@@ -296,7 +308,8 @@ def show(name: str, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
     console.print(head, markup=False, highlight=False)
     console.print(
         f"expires: {key['expires_at'] or 'never'}   timezone: {text(key.get('timezone'))}   "
-        f"on short budget: {text(key.get('on_short_budget'))}",
+        f"on short budget: {text(key.get('on_short_budget'))}   "
+        f"fail open: {'yes' if key.get('fail_open') else 'no'}",
         markup=False,
         highlight=False,
     )
@@ -320,6 +333,7 @@ def update(
     on_short_budget: ShortBudgetOpt = None,
     schedule: ScheduleOpt = None,
     unbounded_hold: HoldOpt = None,
+    fail_open: FailOpenOpt = None,
     url: UrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -329,6 +343,8 @@ def update(
         limit, model, expires, timezone, on_short_budget, schedule, unbounded_hold,
         team=team, user=user,
     )  # fmt: skip
+    if fail_open is not None:
+        body["fail_open"] = fail_open
     client = AdminClient(url)
     path = f"/admin/keys/{name}"
     body = update_body(client, path, body, add_limit, remove_limit)

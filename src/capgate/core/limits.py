@@ -232,6 +232,9 @@ class Scope:
     # instead of refusing them. None: refuse.
     unbounded_hold_nano: int | None = None
     schedules: tuple[Schedule, ...] = ()  # when the models they match may be used
+    # A key's requests are forwarded un-reserved while the store cannot be reached (and
+    # settled when it is back); False: refused at once (fail closed).
+    fail_open: bool = False
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def counter_id(self, limit: Limit) -> str:

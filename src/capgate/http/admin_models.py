@@ -104,6 +104,12 @@ class _ScopeFields(BaseModel):
         description="keys: dollars to hold for a request whose worst case cannot be "
         "bounded (a code execution tool, ...) instead of refusing it; null: refuse",
     )
+    fail_open: bool | None = Field(
+        None,
+        description="keys: while the store cannot be reached, forward the key's requests "
+        "un-reserved and record their usage when it is back, even past a limit (true), "
+        "or refuse them (false, the default)",
+    )
 
     @field_validator("limits")
     @classmethod
@@ -153,6 +159,7 @@ class _ScopeFields(BaseModel):
             metadata=self.metadata,
             clamp=None if self.on_short_budget is None else self.on_short_budget == "clamp",
             unbounded_hold_nano=None if hold is None else usd_to_nano(hold),
+            fail_open=self.fail_open,
             schedules=None
             if self.schedules is None
             else tuple(x.to_schedule() for x in self.schedules),

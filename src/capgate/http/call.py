@@ -60,6 +60,8 @@ def answer_headers(answer: UpstreamAnswer, res: Reservation | None) -> dict[str,
     headers = dict(answer.headers)
     if res is not None:
         headers["x-capgate-request-id"] = res.info.request_id
+        if res.fail_open:  # admitted while the store could not be reached: nothing held
+            headers["x-capgate-fail-open"] = "true"
         if res.max_output is not None:  # tell the client its max_tokens was lowered
             headers["x-capgate-max-tokens"] = str(res.max_output)
         room = res.headroom
@@ -229,9 +231,12 @@ class Call:
             admission = self._gateway.admission(self, route)
         except CapgateError as exc:
             return f'fallback to "{route.provider.name}" ({route.upstream_model}) impossible: {exc.message}'
-        decision = await self._gateway.store.rereserve(
-            self.res, admission.info, _plus(admission.worst, self.spent, requests=False)
-        )
+        worst = _plus(admission.worst, self.spent, requests=False)
+        store = self._gateway.store
+        if self.res.fail_open:  # nothing is held to move: the next target goes un-reserved too
+            decision = store.admit_unreserved(admission.info, worst)
+        else:
+            decision = await store.rereserve(self.res, admission.info, worst)
         if isinstance(decision, Refusal):
             return f'fallback to "{route.provider.name}" ({route.upstream_model}) refused: {decision.message}'
         self.admission, self.res = admission, decision

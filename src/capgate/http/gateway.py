@@ -40,6 +40,7 @@ from capgate.errors import (
     CapgateError,
     InvalidRequest,
     PayloadTooLarge,
+    StoreUnavailable,
     UnsupportedMediaType,
     UpstreamFailed,
     refusal_error,
@@ -320,7 +321,7 @@ class Gateway:
                 and held is None
                 and route.provider.supports(Endpoint.COUNT_TOKENS)
             )
-            decision = await self._store.reserve(info, worst, flex, record_refusal=not countable)
+            decision = await self._reserve(key, info, worst, flex, record_refusal=not countable)
             if isinstance(decision, Refusal) and countable:
                 # Near the limit the byte bound is too loose: ask the provider's free
                 # count endpoint for the real input size, and try once more with it.
@@ -329,7 +330,7 @@ class Gateway:
                     bound = counted
                     worst = Amounts(1, bound, output, price.worst_cost_nano(bound, output), credits)
                     flex = self._flex(body, facts, max_out, bound, price, credits)
-                decision = await self._store.reserve(info, worst, flex)
+                decision = await self._reserve(key, info, worst, flex)
             if isinstance(decision, Refusal):
                 error = refusal_error(decision, self._clock())
                 if client == CLAUDE_CODE:
@@ -344,6 +345,30 @@ class Gateway:
             self, request, endpoint, plan, admission, decision, body,
             None if changed else raw, t0, hide_usage,
         )  # fmt: skip
+
+    async def _reserve(
+        self,
+        key: Scope,
+        info: RequestInfo,
+        worst: Amounts,
+        flex: OutputFlex | None,
+        record_refusal: bool = True,
+    ) -> Reservation | Refusal:
+        """The store's reservation; when the store cannot be reached, a key set fail_open
+        goes on un-reserved (its static checks only; settled when the store is back), any
+        other is refused at once (StoreUnavailable)."""
+        try:
+            return await self._store.reserve(info, worst, flex, record_refusal=record_refusal)
+        except StoreUnavailable as exc:
+            if not key.fail_open:
+                raise
+            decision = self._store.admit_unreserved(info, worst)
+            if not isinstance(decision, Refusal):
+                log.warning(
+                    "request %s of key %s forwarded fail-open, un-reserved: %s",
+                    info.request_id, key.name, exc.message,
+                )  # fmt: skip
+            return decision
 
     def _claude_code_message(self, refusal: Refusal, key: Scope, max_out: int) -> str:
         """The refusal with what a Claude Code user can do about it (its own words: /model,

@@ -200,7 +200,7 @@ class _SharedCollector(Collector):
         flagged = CounterMetricFamily(
             "capgate_ledger_flagged",
             "Ledger entries marked for a second look, by flag (over_reservation: usage above "
-            "what was held; usage_unreadable; late_settlement).",
+            "what was held; usage_unreadable; late_settlement; fail_open).",
             labels=("flag",),
         )
         for flag in LEDGER_FLAGS:  # every flag, zero included, so an alert rule can rate() it

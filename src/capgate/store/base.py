@@ -33,10 +33,19 @@ than `LOGIN_WINDOW_S` are deleted whenever a failure is recorded, so it stays sm
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from capgate.core.engine import Amounts, Charge, Headroom, OutputFlex, Refusal
+from capgate.core.engine import (
+    Amounts,
+    Charge,
+    Headroom,
+    OutputFlex,
+    Refusal,
+    check_access,
+    counters_for,
+)
 from capgate.core.limits import Limit, Scope, ScopeKind, Status
 from capgate.core.money import Usage
 from capgate.core.schedules import Schedule
@@ -86,6 +95,9 @@ class Reservation:
     key: Scope  # the key as it was when the reservation was made
     max_output: int | None = None  # the lowered max_tokens, when the budget clamped it
     headroom: Headroom | None = None  # the tightest limit as it stood at admission
+    # Admitted while the store could not be reached, for a key set `fail_open`: nothing
+    # is held (`charges` name the counters with amount 0); its settlement adds the usage.
+    fail_open: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +124,8 @@ LEDGER_FLAGS: dict[str, str] = {
     "usage_unreadable": "the answer's usage could not be read: charged the reservation",
     "late_settlement": "settled after its reservation had been swept as lease_expired: "
     "the entry was reconciled to the real usage",
+    "fail_open": "admitted un-reserved while the store could not be reached (the key is "
+    "set fail_open): its usage was added when the store was back, even past a limit",
 }
 
 
@@ -139,6 +153,7 @@ class ScopeFields:
     clamp: bool | None = None
     unbounded_hold_nano: int | None = None
     schedules: tuple[Schedule, ...] | None = None
+    fail_open: bool | None = None
     clear: frozenset[str] = field(default_factory=frozenset)  # fields to set to null
 
 
@@ -200,16 +215,45 @@ class HotPath(Protocol):
         target, priced differently). Refused (nothing written to the ledger): `old` stays
         held, unchanged. `old` already settled by a sweep: Refusal `lease_expired`."""
 
+    def admit_unreserved(self, info: RequestInfo, worst: Amounts) -> Reservation | Refusal:
+        """For a key set `fail_open` when `reserve` raised StoreUnavailable: the checks
+        that need no database (status, expiry, models, schedules of the cached key and the
+        scopes above it), and a Reservation that holds nothing (`fail_open`), or the
+        Refusal (not written anywhere). No I/O; see `unreserved`."""
+
     def settle(self, reservation: Reservation, outcome: Outcome) -> asyncio.Future[None]:
         """Keep the settlement durably at once (before the answer's last bytes are sent)
         and write it, retrying until it commits, exactly once: the reservation's hold is
         replaced by the actual amounts and one ledger entry is written; the awaitable
         completes then. Settling twice changes nothing the second time. A settlement whose
         reservation was swept (`lease_expired`) corrects that entry to the real usage and
-        flags it `late_settlement`."""
+        flags it `late_settlement`. A `fail_open` reservation (no row was ever held) adds
+        its usage to the counters its charges name, once per request id (a ledger entry
+        with that id means settled), flagged `fail_open`."""
 
     def health(self) -> StoreHealth:
         """Whether the store can be written now, and the settlements waiting (no I/O)."""
+
+
+def unreserved(
+    info: RequestInfo, worst: Amounts, scopes: Sequence[Scope], now: float
+) -> Reservation | Refusal:
+    """A request admitted without the store (`HotPath.admit_unreserved`): `scopes` are the
+    cached ones it counts against, the key first. The charges name the counter instances
+    a reservation would have held now, with amount 0, so settling adds the usage there
+    and releases nothing."""
+    models = (info.model, info.upstream_model)
+    refusal = check_access(scopes, models, now)
+    if refusal is not None:
+        return refusal
+    charges: dict[tuple[str, int], Charge] = {}  # two limits on one counter: charge once
+    for a in counters_for(scopes, models, now):
+        charges.setdefault(
+            (a.counter, a.window.start), Charge(a.counter, a.window.start, a.limit.metric, 0)
+        )
+    return Reservation(
+        info.request_id, info, tuple(charges.values()), worst, scopes[0], fail_open=True
+    )
 
 
 class ScopeStore(Protocol):

@@ -191,6 +191,7 @@ def encode(res: Reservation, outcome: Outcome) -> bytes:
         "worst": [res.worst.requests, res.worst.input_tokens, res.worst.output_tokens,
                   res.worst.cost_nano, res.worst.credits],
         "max_output": res.max_output,
+        "fail_open": res.fail_open,
         "outcome": [
             outcome.status, outcome.outcome, outcome.cost_nano, outcome.latency_ms,
             outcome.ttft_ms, outcome.attempts, outcome.error, outcome.upstream_model,
@@ -211,8 +212,9 @@ def decode(line: bytes) -> tuple[Reservation, Outcome]:
     key = Scope(ScopeKind.KEY, key_id, key_name, extra=extra)
     charges = tuple(Charge(c, int(w), Metric(m), int(a)) for c, w, m, a in d["charges"])
     res = Reservation(
-        d["id"], RequestInfo(*d["info"]), charges, Amounts(*d["worst"]), key, d["max_output"]
-    )
+        d["id"], RequestInfo(*d["info"]), charges, Amounts(*d["worst"]), key, d["max_output"],
+        fail_open=bool(d.get("fail_open", False)),
+    )  # fmt: skip
     status, outcome, cost, latency, ttft, attempts, error, model, flags = d["outcome"]
     usage = None if d["usage"] is None else Usage(*d["usage"])
     return res, Outcome(

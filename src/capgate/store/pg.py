@@ -40,13 +40,15 @@ from typing import Any, TypeVar, cast
 import asyncpg
 
 from capgate.core.engine import (
+    Amounts,
+    Refusal,
     plan_settle,
 )
 from capgate.core.limits import Scope, ScopeKind
 from capgate.errors import StoreUnavailable
 from capgate.store import journal
 from capgate.store import pg_settlement as settlement
-from capgate.store.base import Outcome, Reservation, StoreHealth
+from capgate.store.base import Outcome, RequestInfo, Reservation, StoreHealth, unreserved
 from capgate.store.liveness import ProcessLock, is_alive
 from capgate.store.pg_admin import PgScopeAdmin
 from capgate.store.pg_batch import Batcher
@@ -337,6 +339,12 @@ class PostgresStore(PgReserve, PgScopeAdmin, PgDashboard):
         if (found := named.get((ScopeKind.PROVIDER, provider))) is not None:
             scopes.append(found)
         return scopes
+
+    def admit_unreserved(self, info: RequestInfo, worst: Amounts) -> Reservation | Refusal:
+        entry = self._keys.get(info.key_id)
+        if entry is None:
+            return Refusal("revoked", "This key has been deleted.", "key", info.key_id)
+        return unreserved(info, worst, self._scopes_of(entry[0], info.provider), self._clock())
 
     def _background(self, work: Awaitable[Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(work)

@@ -31,7 +31,7 @@ Conn = asyncpg.Connection | PoolConnectionProxy
 SELECT_SCOPES = (
     'SELECT kind, id, name, status, limits, models, team, "user", timezone, expires_at, '
     "metadata, secret_hash, prefix, created_at, updated_at, clamp, org, schedules, "
-    "unbounded_hold_nano FROM scopes"
+    "unbounded_hold_nano, fail_open FROM scopes"
 )
 
 # SQLite's `strftime('%Y-%m-%d', created_at, 'unixepoch')`: SQLite turns the seconds into
@@ -77,6 +77,7 @@ def scope_from_row(row: asyncpg.Record) -> Scope:
         expires_at=row["expires_at"],
         clamp=bool(row["clamp"]),
         unbounded_hold_nano=row["unbounded_hold_nano"],
+        fail_open=bool(row["fail_open"]),
         schedules=tuple(Schedule.from_json(x) for x in orjson.loads(row["schedules"])),
         extra={
             "team": row["team"],
@@ -112,6 +113,8 @@ async def update_scope_row(
         sets["clamp"] = int(fields.clamp)
     if fields.unbounded_hold_nano is not None:
         sets["unbounded_hold_nano"] = fields.unbounded_hold_nano
+    if fields.fail_open is not None:
+        sets["fail_open"] = int(fields.fail_open)
     if fields.schedules is not None:
         sets["schedules"] = dumps([schedule.to_json() for schedule in fields.schedules])
     for name in ("team", "user", "org", "timezone", "expires_at"):

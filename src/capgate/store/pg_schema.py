@@ -453,6 +453,11 @@ MIGRATIONS: tuple[str, ...] = (
         END LOOP;
     END $$;
     """,
+    # 4: a key whose requests go through un-reserved while the store cannot be reached
+    #    (1; settled when it is back) instead of being refused (0, the default).
+    """
+    ALTER TABLE scopes ADD COLUMN fail_open BIGINT NOT NULL DEFAULT 0;
+    """,
 )
 
 _CREATE_VERSION = "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)"

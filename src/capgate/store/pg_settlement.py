@@ -25,6 +25,7 @@ from capgate.errors import refusal_status
 from capgate.store import sqlite_queries as q
 from capgate.store.base import Outcome, RequestInfo, Reservation
 from capgate.store.pg_batch import SettleItem
+from capgate.store.sqlite_settlement import fail_open_outcome
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,8 @@ def settle_item(res: Reservation, outcome: Outcome) -> SettleItem:
 async def settle(conn: asyncpg.Connection, res: Reservation, outcome: Outcome, now: float) -> str:
     """Settle `res` with `outcome` in one transaction: SETTLED, LATE or ALREADY."""
     actual = actual_of(res, outcome)
+    if res.fail_open:
+        return await _unreserved(conn, res, outcome, actual, now)
     entry = entry_row(res.info, res.key, outcome, actual, res.max_output)
     charges = q.dump_charges(res.charges)
     deltas = delta_arrays(plan_settle(res.charges, actual))
@@ -198,6 +201,28 @@ async def _late(
         await conn.execute(INSERT_ENTRY, entry_row(res.info, res.key, late, actual, res.max_output))
     log.warning("late settlement of %s: its lease_expired entry now has the real usage", res.id)
     return LATE
+
+
+# Two int4 keys: a space apart from the one-bigint locks (migrations, config, liveness).
+_FAIL_OPEN_LOCK = "SELECT pg_advisory_xact_lock(1667330151, hashtext($1))"
+
+
+async def _unreserved(
+    conn: asyncpg.Connection, res: Reservation, outcome: Outcome, actual: Amounts, now: float
+) -> str:
+    """A request admitted fail-open: no reservation row ever existed, so its ledger entry
+    is what says it was settled (one per request id), checked under a lock on that id so
+    two nodes replaying it at once write it once."""
+    async with conn.transaction():
+        await conn.execute(_FAIL_OPEN_LOCK, res.info.request_id)
+        if await conn.fetchval(
+            "SELECT 1 FROM requests WHERE request_id=$1 LIMIT 1", res.info.request_id
+        ):
+            return ALREADY
+        await conn.execute(_ADD, *delta_arrays(plan_settle(res.charges, actual)))
+        entry = entry_row(res.info, res.key, fail_open_outcome(outcome), actual)
+        await conn.execute(INSERT_ENTRY, entry)
+    return SETTLED
 
 
 async def sweep(

@@ -224,6 +224,7 @@ def scope_json(scope: Scope) -> dict[str, Any]:
         "unbounded_hold_usd": None
         if scope.unbounded_hold_nano is None
         else nano_to_decimal_str(scope.unbounded_hold_nano),
+        "fail_open": scope.fail_open,
         "expires_at": iso(scope.expires_at),
         "metadata": extra.get("metadata", {}),
         "created_at": iso(extra.get("created_at")),

@@ -38,7 +38,14 @@ from capgate.errors import StoreUnavailable
 from capgate.store import journal
 from capgate.store import sqlite_queries as q
 from capgate.store import sqlite_settlement as settlement
-from capgate.store.base import Outcome, RequestInfo, RequestQuery, Reservation, StoreHealth
+from capgate.store.base import (
+    Outcome,
+    RequestInfo,
+    RequestQuery,
+    Reservation,
+    StoreHealth,
+    unreserved,
+)
 from capgate.store.liveness import ProcessLock, is_alive, procs_dir
 from capgate.store.records import AuditEntry, LedgerEntry, UsageRow
 from capgate.store.sqlite_admin import ScopeAdmin
@@ -376,6 +383,12 @@ class SQLiteStore(ScopeAdmin, DashboardStore):
         if (found := named.get((ScopeKind.PROVIDER, provider))) is not None:
             scopes.append(found)
         return scopes
+
+    def admit_unreserved(self, info: RequestInfo, worst: Amounts) -> Reservation | Refusal:
+        entry = self._keys.get(info.key_id)
+        if entry is None:
+            return Refusal("revoked", "This key has been deleted.", "key", info.key_id)
+        return unreserved(info, worst, self._scopes_of(entry[0], info.provider), self._clock())
 
     def settle(self, reservation: Reservation, outcome: Outcome) -> asyncio.Future[None]:
         """Journal the settlement (before the answer's last bytes are sent), then write it,

@@ -18,7 +18,7 @@ from capgate.store.records import AuditEntry, LedgerEntry, UsageRow
 SELECT_SCOPES = (
     "SELECT kind, id, name, status, limits, models, team, user, timezone, expires_at, "
     "metadata, secret_hash, prefix, created_at, updated_at, clamp, org, schedules, "
-    "unbounded_hold_nano FROM scopes"
+    "unbounded_hold_nano, fail_open FROM scopes"
 )
 
 
@@ -38,6 +38,7 @@ def scope_from_row(row: sqlite3.Row) -> Scope:
         expires_at=row["expires_at"],
         clamp=bool(row["clamp"]),
         unbounded_hold_nano=row["unbounded_hold_nano"],
+        fail_open=bool(row["fail_open"]),
         schedules=tuple(Schedule.from_json(x) for x in orjson.loads(row["schedules"])),
         extra={
             "team": row["team"],
@@ -70,6 +71,8 @@ def update_scope_row(
         sets["clamp"] = int(fields.clamp)
     if fields.unbounded_hold_nano is not None:
         sets["unbounded_hold_nano"] = fields.unbounded_hold_nano
+    if fields.fail_open is not None:
+        sets["fail_open"] = int(fields.fail_open)
     if fields.schedules is not None:
         sets["schedules"] = dumps([schedule.to_json() for schedule in fields.schedules])
     for name in ("team", "user", "org", "timezone", "expires_at"):

@@ -149,6 +149,11 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX login_failures_client ON login_failures (client, failed_at);
     CREATE INDEX login_failures_at ON login_failures (failed_at);
     """,
+    # 10: a key whose requests go through un-reserved while the store cannot be reached
+    #     (1; settled when it is back) instead of being refused (0, the default).
+    """
+    ALTER TABLE scopes ADD COLUMN fail_open INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 

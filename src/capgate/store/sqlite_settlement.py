@@ -8,6 +8,9 @@ settlement that arrives after it (a process that was only stalled, a journal rep
 after the sweep) corrects that entry to the real usage and moves the counters by the
 difference, flagged `late_settlement`. The corrected entry is no longer `lease_expired`,
 so a second late settlement finds nothing to correct.
+
+A request admitted fail-open (the store could not be reached; the key allows it) never
+had a row: its settlement is known done by its ledger entry (by request id) instead.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 
 from capgate.core.engine import Amounts, plan_settle
@@ -38,6 +42,8 @@ def settle(
         actual = res.worst
     else:
         actual = Amounts.of_usage(outcome.usage, outcome.cost_nano, res.worst.credits)
+    if res.fail_open:
+        return _unreserved(conn, add, res, outcome, actual, now)
     if conn.execute("DELETE FROM reservations WHERE id=?", (res.id,)).rowcount == 0:
         return _late(conn, add, res, outcome, actual, now)
     deltas = plan_settle(res.charges, actual)
@@ -80,6 +86,33 @@ def _late(
     q.insert_entry(conn, res.info, res.key, late, actual, now, res.max_output)
     log.warning("late settlement of %s: its lease_expired entry now has the real usage", res.id)
     return LATE
+
+
+def _unreserved(
+    conn: sqlite3.Connection,
+    add: AddCounters,
+    res: Reservation,
+    outcome: Outcome,
+    actual: Amounts,
+    now: float,
+) -> str:
+    """A request admitted fail-open: no reservation row ever existed, so its ledger entry
+    is what says it was settled (one per request id: it had no refusal entry either)."""
+    if conn.execute(
+        "SELECT 1 FROM requests WHERE request_id=? LIMIT 1", (res.info.request_id,)
+    ).fetchone():
+        return ALREADY
+    deltas = plan_settle(res.charges, actual)  # the charges hold 0: usage only
+    add(conn, [(d.counter, d.window_start, d.reserved, d.settled) for d in deltas])
+    q.insert_entry(conn, res.info, res.key, fail_open_outcome(outcome), actual, now)
+    return SETTLED
+
+
+def fail_open_outcome(outcome: Outcome) -> Outcome:
+    """`outcome` with the `fail_open` flag."""
+    if "fail_open" in outcome.flags:
+        return outcome
+    return replace(outcome, flags=(*outcome.flags, "fail_open"))
 
 
 def sweep(conn: sqlite3.Connection, owner: str, lease: float, now: float, procs: Path) -> int:
