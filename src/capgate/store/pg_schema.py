@@ -368,34 +368,11 @@ MIGRATIONS: tuple[str, ...] = (
         IF n_res > 0 THEN
             PERFORM pg_advisory_xact_lock_shared(%(config_lock)s);
             SELECT m.v INTO current FROM meta m WHERE m.k = 'config_version';
-            -- Every counter instance of the batch, locked in the one sorted order; those
-            -- that do not exist yet (a new window) are made first.
-            PERFORM 1 FROM counters c
-            WHERE (c.counter, c.window_start) IN (
-                SELECT * FROM unnest(sd_counter || ch_counter, sd_start || ch_start))
-            ORDER BY c.counter, c.window_start
-            FOR UPDATE;
-            GET DIAGNOSTICS k = ROW_COUNT;
-            IF k < (SELECT count(*) FROM (SELECT DISTINCT * FROM unnest(
-                        sd_counter || ch_counter, sd_start || ch_start)) d) THEN
-                INSERT INTO counters (counter, window_start)
-                SELECT DISTINCT w.counter, w.window_start
-                FROM unnest(sd_counter || ch_counter, sd_start || ch_start)
-                    AS w (counter, window_start)
-                ORDER BY 1, 2
-                ON CONFLICT DO NOTHING;
-                PERFORM 1 FROM counters c
-                WHERE (c.counter, c.window_start) IN (
-                    SELECT * FROM unnest(sd_counter || ch_counter, sd_start || ch_start))
-                ORDER BY c.counter, c.window_start
-                FOR UPDATE;
-            END IF;
         END IF;
         IF cardinality(s_id) > 0 THEN
             -- Settlements first (they only release): those whose reservation is there with
             -- the charges given; the others are settled one by one by the caller (late,
-            -- moved). Without reservations in the batch, the counters' upsert below is the
-            -- only statement that locks counters: it locks them in the sorted order.
+            -- moved). Reservation rows are locked before counters, as everywhere.
             WITH done AS (
                 DELETE FROM reservations r USING unnest(s_id, s_charges) AS x (id, charges)
                 WHERE r.id = x.id AND r.charges = x.charges
@@ -416,16 +393,25 @@ MIGRATIONS: tuple[str, ...] = (
             CROSS JOIN LATERAL jsonb_populate_record(NULL::requests, x.entry) AS e
             WHERE x.id = ANY (settled_ids)
             ORDER BY x.n;
-            INSERT INTO counters AS c (counter, window_start, reserved, settled)
-            SELECT x.counter, x.start, sum(x.r), sum(x.s)
+        END IF;
+        -- Every counter instance of the batch, in one statement, in the one sorted order
+        -- (the lock order of every writer of counters: no deadlock): made when missing,
+        -- locked, and the settlements' deltas added; those the reservations charge stay
+        -- locked for their checks below.
+        INSERT INTO counters AS c (counter, window_start, reserved, settled)
+        SELECT d.counter, d.start, sum(d.r), sum(d.s)
+        FROM (
+            SELECT x.counter, x.start, x.r, x.s
             FROM unnest(sd_item, sd_counter, sd_start, sd_reserved, sd_settled)
                 AS x (item, counter, start, r, s)
             WHERE s_id[x.item] = ANY (settled_ids)
-            GROUP BY 1, 2
-            ORDER BY 1, 2
-            ON CONFLICT (counter, window_start) DO UPDATE
-            SET reserved = c.reserved + excluded.reserved, settled = c.settled + excluded.settled;
-        END IF;
+            UNION ALL
+            SELECT w.counter, w.start, 0, 0 FROM unnest(ch_counter, ch_start) AS w (counter, start)
+        ) d
+        GROUP BY 1, 2
+        ORDER BY 1, 2
+        ON CONFLICT (counter, window_start) DO UPDATE
+        SET reserved = c.reserved + excluded.reserved, settled = c.settled + excluded.settled;
         -- Reservations in order, each seeing the ones before it: its checks' states in
         -- one statement, then (all fit) its row and its charges.
         FOR i IN 1 .. n_res LOOP
