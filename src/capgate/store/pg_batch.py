@@ -83,11 +83,13 @@ class Batcher:
         self._start()
         return future
 
-    def settle(self, item: SettleItem) -> asyncio.Future[bool]:
+    def settle(self, item: SettleItem, wait: bool = True) -> asyncio.Future[bool]:
         """True: settled by the batch. False: its reservation was not there with those
         charges (settled already, swept, or moved): the caller settles it alone. Sent with
-        the next reservation, or after `settle_delay` without one."""
+        the next reservation, or after `settle_delay` without one (at once: `wait` False)."""
         future = self._enqueue(item)
+        if not wait:
+            self._start()
         if self._running:  # a call is under way: the next batch takes it when it ends
             return future
         if self._later is None:
