@@ -66,14 +66,10 @@ def server_cpu(cluster_root: Path | None) -> float:
     return total
 
 
-async def run(
-    url: str, root: Path | None, seconds: float, concs: list[int], gap: float
-) -> None:
+async def run(url: str, root: Path | None, seconds: float, concs: list[int], gap: float) -> None:
     team = await add_scope(url, "team", "bench", tuple(Limit.from_json(x) for x in TEAM))
     del team
-    key = await add_scope(
-        url, "key", "bench", tuple(Limit.from_json(x) for x in KEY), team="bench"
-    )
+    key = await add_scope(url, "key", "bench", tuple(Limit.from_json(x) for x in KEY), team="bench")
     with tempfile.TemporaryDirectory() as state:
         store = node(url, Path(state), pool_size=16)
         await store.start()
