@@ -169,7 +169,10 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--concurrency", default="1,64")
     p.add_argument(
-        "--gap", type=float, default=0.0003, help="seconds between a worker's requests [0.0003]"
+        "--gap",
+        type=float,
+        default=0.0003,
+        help="seconds between a worker's requests [0.0003]; an asyncio timer, which epoll rounds up to 1 ms when nothing else wakes the loop",
     )
     p.add_argument("--url", default=None, help="an existing database (else a throwaway one)")
     args = p.parse_args()
