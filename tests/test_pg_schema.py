@@ -62,3 +62,14 @@ def test_tables_mirror_sqlite_column_for_column(
         db,
     )
     assert "boolean" not in kinds and "integer" not in kinds.split(",")
+
+
+def test_the_batch_function_plans_once_per_connection(postgres: pgcluster.Cluster) -> None:
+    """capgate_batch's statements take array arguments: left to choose, PostgreSQL made
+    custom plans for them again at every call, which cost more than running them
+    (docs/performance.md)."""
+    url = postgres.new_database()
+    asyncio.run(_migrate_many(url, 1))
+    db = url.rsplit("/", 1)[1]
+    config = postgres.sql("SELECT proconfig FROM pg_proc WHERE proname = 'capgate_batch'", db)
+    assert config == "{plan_cache_mode=force_generic_plan}"

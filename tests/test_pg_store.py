@@ -86,6 +86,47 @@ def test_reserve_settle_and_refuse_keep_the_books(db: str, tmp_path: Path) -> No
     run(test)
 
 
+def test_a_settlement_rides_with_the_next_reservation(db: str, tmp_path: Path) -> None:
+    """At one request at a time, a settlement waits (journaled) for the next reservation
+    and commits in its transaction: one call of capgate_batch per request, not two; alone,
+    it goes after the delay."""
+
+    async def test() -> None:
+        key = await add_scope(db, "key", "k", DAY_10_CENTS)
+        store = await started(db, tmp_path)
+        batches: list[list[str]] = []
+        send = store._batcher._send
+
+        async def spy(batch: list[Any]) -> None:
+            batches.append([type(item).__name__ for item, _ in batch])
+            await send(batch)
+
+        store._batcher._send = spy  # type: ignore[method-assign]
+        store._batcher._settle_delay = 0.5  # a slow machine cannot send it alone first
+        try:
+            first = await store.reserve(info(key, 1), WORST)
+            assert isinstance(first, Reservation)
+            settling = store.settle(first, USED)
+            await asyncio.sleep(0.05)  # the answer goes out, the next request comes in
+            assert not settling.done()  # waiting for company, held meanwhile
+            second = await store.reserve(info(key, 2), WORST)
+            assert isinstance(second, Reservation)
+            await settling
+            assert batches == [["ReserveItem"], ["SettleItem", "ReserveItem"]]
+            t0 = time.monotonic()
+            await store.settle(second, USED)  # no reservation follows: sent after the delay
+            assert 0.4 < time.monotonic() - t0 < 5
+            assert batches[-1] == ["SettleItem"]
+            assert await books(db) == {
+                "ledger": 2_000_000, "counted": 2_000_000, "reserved": 0,
+                "reservations": 0, "entries": 2,
+            }  # fmt: skip
+        finally:
+            await store.close()
+
+    run(test)
+
+
 def test_a_plan_on_old_states_is_checked_again(db: str, tmp_path: Path) -> None:
     """Node A's states are old (node B spent meanwhile): A's plan admits, the database
     refuses it, A plans again on the fresh states and refuses, truly."""

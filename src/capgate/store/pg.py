@@ -423,10 +423,11 @@ class PostgresStore(PgReserve, PgScopeAdmin, PgDashboard):
             transaction=False,
         )
 
-    async def _settle_now(self, res: Reservation, outcome: Outcome) -> str:
-        """Settle in the node's next batch; alone when the batch could not (its
-        reservation gone or moved: late settlement, already settled)."""
-        if await self._batcher.settle(settlement.settle_item(res, outcome)):
+    async def _settle_now(self, res: Reservation, outcome: Outcome, wait: bool = True) -> str:
+        """Settle in the node's next batch (`wait`: with the next reservation, see
+        pg_batch); alone when the batch could not (its reservation gone or moved: late
+        settlement, already settled)."""
+        if await self._batcher.settle(settlement.settle_item(res, outcome), wait):
             return settlement.SETTLED
         return await self._run(
             lambda c: settlement.settle(c, res, outcome, self._clock()), transaction=False
@@ -441,7 +442,7 @@ class PostgresStore(PgReserve, PgScopeAdmin, PgDashboard):
             counts: dict[str, int] = {}
             for path in paths:
                 for res, outcome in journal.read(path):
-                    result = await self._settle_now(res, outcome)
+                    result = await self._settle_now(res, outcome, wait=False)
                     counts[result] = counts.get(result, 0) + 1
                 path.unlink(missing_ok=True)
             log.warning("replayed the settlement journal of process %s: %s", owner, counts)
