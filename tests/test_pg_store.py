@@ -332,11 +332,13 @@ def test_a_node_takes_its_lock_and_ear_back_after_its_connection_is_killed(
         key = await add_scope(db, "key", "k", DAY_10_CENTS)
         store = await started(db, tmp_path)
         try:
+            before = store._lifeline._conn
             await asyncio.to_thread(postgres.terminate_backends, db.rsplit("/", 1)[1])
             deadline = time.monotonic() + 10
-            while True:
+            while True:  # a new connection: the node noticed the old one die and reopened
                 conn = store._lifeline._conn
-                if conn is not None and not conn.is_closed() and store.health().problem is None:
+                reopened = conn is not None and conn is not before and not conn.is_closed()
+                if reopened and store.health().problem is None:
                     break
                 assert time.monotonic() < deadline, store.health()
                 await asyncio.sleep(0.05)
