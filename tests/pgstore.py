@@ -95,9 +95,20 @@ async def crash(store: PostgresStore) -> None:
     for retry in store._retries.values():
         if retry is not None:
             retry.cancel()
+    backend = None
     if store._lifeline._conn is not None:
+        backend = store._lifeline._conn.get_server_pid()
         store._lifeline._conn.terminate()
     if store._pool is not None:
         store._pool.terminate()
     store._journal.close()
     store._alive.release()
+    # The server frees the liveness lock once its backend has seen the socket close and
+    # exited, not when our side closes it: wait for that, as a sweeper would see it.
+    deadline = time.monotonic() + 10
+    while backend is not None:
+        rows = await sql(store.url, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", backend)
+        if rows[0][0] == 0:
+            break
+        assert time.monotonic() < deadline, "the crashed node's backend did not exit"
+        await asyncio.sleep(0.02)
