@@ -40,15 +40,14 @@ from typing import Any, TypeVar, cast
 import asyncpg
 
 from capgate.core.engine import (
-    Amounts,
-    Refusal,
     plan_settle,
 )
 from capgate.core.limits import Scope, ScopeKind
 from capgate.errors import StoreUnavailable
 from capgate.store import journal
 from capgate.store import pg_settlement as settlement
-from capgate.store.base import Outcome, RequestInfo, Reservation, StoreHealth, unreserved
+from capgate.store.base import Outcome, Reservation, StoreHealth
+from capgate.store.keycache import KeyCache
 from capgate.store.liveness import ProcessLock, is_alive
 from capgate.store.pg_admin import PgScopeAdmin
 from capgate.store.pg_batch import Batcher
@@ -93,7 +92,7 @@ def _user_state_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "capgate"
 
 
-class PostgresStore(PgReserve, PgScopeAdmin, PgDashboard):
+class PostgresStore(KeyCache, PgReserve, PgScopeAdmin, PgDashboard):
     def __init__(
         self,
         url: str,
@@ -297,18 +296,7 @@ class PostgresStore(PgReserve, PgScopeAdmin, PgDashboard):
             return str(version), await conn.fetch(SELECT_SCOPES)
 
         version, rows = await self._read(op)
-        keys: dict[str, tuple[Scope, bytes]] = {}
-        named: dict[tuple[ScopeKind, str], Scope] = {}
-        for row in rows:
-            scope = scope_from_row(row)
-            if scope.kind is ScopeKind.KEY:
-                keys[scope.id] = (scope, row["secret_hash"])
-            else:
-                named[(scope.kind, scope.name)] = scope
-        self._keys, self._named, self._version = keys, named, version
-
-    def key_by_id(self, key_id: str) -> tuple[Scope, bytes] | None:
-        return self._keys.get(key_id)
+        self._install(rows, scope_from_row, version)
 
     async def refresh(self) -> None:
         version = await self._run(
@@ -317,34 +305,6 @@ class PostgresStore(PgReserve, PgScopeAdmin, PgDashboard):
         )
         if version != self._version:
             await self._reload()
-
-    def scopes_above(self, key: Scope) -> list[Scope]:
-        """The user, team and org scopes a key's requests also count against (cached)."""
-        return self._scopes_of(key, "")[1:]
-
-    def _scopes_of(self, key: Scope, provider: str) -> list[Scope]:
-        """Every scope a request of `key` to `provider` counts against, innermost first
-        (as SQLiteStore._scopes_of)."""
-        scopes = [key]
-        named = self._named
-        user = key.extra.get("user")
-        if user and (found := named.get((ScopeKind.USER, user))) is not None:
-            scopes.append(found)
-        team = key.extra.get("team")
-        if team and (found := named.get((ScopeKind.TEAM, team))) is not None:
-            scopes.append(found)
-            org = found.extra.get("org")
-            if org and (found := named.get((ScopeKind.ORG, org))) is not None:
-                scopes.append(found)
-        if (found := named.get((ScopeKind.PROVIDER, provider))) is not None:
-            scopes.append(found)
-        return scopes
-
-    def admit_unreserved(self, info: RequestInfo, worst: Amounts) -> Reservation | Refusal:
-        entry = self._keys.get(info.key_id)
-        if entry is None:
-            return Refusal("revoked", "This key has been deleted.", "key", info.key_id)
-        return unreserved(info, worst, self._scopes_of(entry[0], info.provider), self._clock())
 
     def _background(self, work: Awaitable[Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(work)

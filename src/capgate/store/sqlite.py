@@ -44,8 +44,8 @@ from capgate.store.base import (
     RequestQuery,
     Reservation,
     StoreHealth,
-    unreserved,
 )
+from capgate.store.keycache import KeyCache
 from capgate.store.liveness import ProcessLock, is_alive, procs_dir
 from capgate.store.records import AuditEntry, LedgerEntry, UsageRow
 from capgate.store.sqlite_admin import ScopeAdmin
@@ -69,7 +69,7 @@ WAL_RESTART_WAIT_MS = 200
 SETTLE_RETRY_MAX_S = 5.0
 
 
-class SQLiteStore(ScopeAdmin, DashboardStore):
+class SQLiteStore(KeyCache, ScopeAdmin, DashboardStore):
     def __init__(
         self,
         path: str,
@@ -234,20 +234,7 @@ class SQLiteStore(ScopeAdmin, DashboardStore):
 
     def _load(self, conn: sqlite3.Connection) -> None:
         version = conn.execute("SELECT v FROM meta WHERE k='config_version'").fetchone()[0]
-        keys: dict[str, tuple[Scope, bytes]] = {}
-        named: dict[tuple[ScopeKind, str], Scope] = {}
-        for row in conn.execute(q.SELECT_SCOPES):
-            scope = q.scope_from_row(row)
-            if scope.kind is ScopeKind.KEY:
-                keys[scope.id] = (scope, row["secret_hash"])
-            else:
-                named[(scope.kind, scope.name)] = scope
-        self._keys = keys  # reference swaps: readers see the old or the new dict
-        self._named = named
-        self._version = version
-
-    def key_by_id(self, key_id: str) -> tuple[Scope, bytes] | None:
-        return self._keys.get(key_id)
+        self._install(conn.execute(q.SELECT_SCOPES), q.scope_from_row, version)
 
     async def refresh(self) -> None:
         await self.flush()  # the writer reloads inside the transaction if needed
@@ -360,35 +347,6 @@ class SQLiteStore(ScopeAdmin, DashboardStore):
             self._counters.restore(snapshot)
             conn.execute("RELEASE rereserve")
             raise
-
-    def scopes_above(self, key: Scope) -> list[Scope]:
-        """The user, team and org scopes a key's requests also count against (cached)."""
-        return self._scopes_of(key, "")[1:]
-
-    def _scopes_of(self, key: Scope, provider: str) -> list[Scope]:
-        """Every scope a request of `key` to `provider` counts against, innermost first:
-        the key, its user, its team, the team's org, the provider. A team or user named on
-        a key but not created is only a label."""
-        scopes = [key]
-        named = self._named
-        user = key.extra.get("user")
-        if user and (found := named.get((ScopeKind.USER, user))) is not None:
-            scopes.append(found)
-        team = key.extra.get("team")
-        if team and (found := named.get((ScopeKind.TEAM, team))) is not None:
-            scopes.append(found)
-            org = found.extra.get("org")
-            if org and (found := named.get((ScopeKind.ORG, org))) is not None:
-                scopes.append(found)
-        if (found := named.get((ScopeKind.PROVIDER, provider))) is not None:
-            scopes.append(found)
-        return scopes
-
-    def admit_unreserved(self, info: RequestInfo, worst: Amounts) -> Reservation | Refusal:
-        entry = self._keys.get(info.key_id)
-        if entry is None:
-            return Refusal("revoked", "This key has been deleted.", "key", info.key_id)
-        return unreserved(info, worst, self._scopes_of(entry[0], info.provider), self._clock())
 
     def settle(self, reservation: Reservation, outcome: Outcome) -> asyncio.Future[None]:
         """Journal the settlement (before the answer's last bytes are sent), then write it,
