@@ -7,11 +7,11 @@ path then looks keys up and walks a key's scopes without touching the database.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from capgate.core.engine import Amounts, Refusal
 from capgate.core.limits import Scope, ScopeKind
 from capgate.store.base import RequestInfo, Reservation, unreserved
+from capgate.store.rows import Row, scope_from_row
 
 
 class KeyCache:
@@ -22,9 +22,7 @@ class KeyCache:
     _named: dict[tuple[ScopeKind, str], Scope]  # users, teams, orgs, providers
     _version: str
 
-    def _install(
-        self, rows: Iterable[Any], scope_from_row: Callable[[Any], Scope], version: str
-    ) -> None:
+    def _install(self, rows: Iterable[Row], version: str) -> None:
         """Replace the cache with the scopes of `rows` (the engine's SELECT_SCOPES)."""
         keys: dict[str, tuple[Scope, bytes]] = {}
         named: dict[tuple[ScopeKind, str], Scope] = {}

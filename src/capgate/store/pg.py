@@ -54,7 +54,7 @@ from capgate.store.pg_batch import Batcher
 from capgate.store.pg_dashboard import PgDashboard
 from capgate.store.pg_hot import SETTLE_RETRY_MAX_S, PgReserve, SeenStates
 from capgate.store.pg_lifeline import Lifeline, liveness_key
-from capgate.store.pg_queries import SELECT_SCOPES, scope_from_row
+from capgate.store.pg_queries import SELECT_SCOPES
 from capgate.store.pg_schema import CONFIG_LOCK, migrate
 
 log = logging.getLogger(__name__)
@@ -296,7 +296,7 @@ class PostgresStore(KeyCache, PgReserve, PgScopeAdmin, PgDashboard):
             return str(version), await conn.fetch(SELECT_SCOPES)
 
         version, rows = await self._read(op)
-        self._install(rows, scope_from_row, version)
+        self._install(rows, version)
 
     async def refresh(self) -> None:
         version = await self._run(

@@ -19,6 +19,7 @@ from capgate.errors import Conflict, InvalidRequest, NotFound
 from capgate.store import pg_queries as q
 from capgate.store.base import ScopeFields
 from capgate.store.records import LimitUsage, scope_json
+from capgate.store.rows import scope_from_row
 
 T = TypeVar("T")
 
@@ -182,7 +183,7 @@ class PgScopeAdmin(PgHost):
             rows = await conn.fetch(
                 q.SELECT_SCOPES + ' WHERE kind = $1 ORDER BY name COLLATE "C"', kind.value
             )
-            return [q.scope_from_row(r) for r in rows]
+            return [scope_from_row(r) for r in rows]
 
         return await self._read(op)
 

@@ -234,7 +234,7 @@ class SQLiteStore(KeyCache, ScopeAdmin, DashboardStore):
 
     def _load(self, conn: sqlite3.Connection) -> None:
         version = conn.execute("SELECT v FROM meta WHERE k='config_version'").fetchone()[0]
-        self._install(conn.execute(q.SELECT_SCOPES), q.scope_from_row, version)
+        self._install(conn.execute(q.SELECT_SCOPES), version)
 
     async def refresh(self) -> None:
         await self.flush()  # the writer reloads inside the transaction if needed
