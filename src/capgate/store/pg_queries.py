@@ -19,10 +19,9 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from capgate.core.limits import Scope
-from capgate.errors import InvalidRequest
 from capgate.store.base import RequestQuery, ScopeFields
 from capgate.store.records import AuditEntry, LedgerEntry, UsageRow
-from capgate.store.rows import audit_from_row, dumps, entry_from_row, scope_from_row
+from capgate.store.rows import audit_from_row, dumps, entry_from_row, scope_from_row, scope_sets
 
 # A connection of the pool, or one opened alone (tests, `db copy`).
 Conn = asyncpg.Connection | PoolConnectionProxy
@@ -71,29 +70,7 @@ async def get_scope(conn: Conn, kind: str, name: str, lock: bool = False) -> Sco
 async def update_scope_row(
     conn: Conn, kind: str, scope_id: str, fields: ScopeFields, now: float
 ) -> None:
-    sets: dict[str, Any] = {"updated_at": now}
-    if fields.limits is not None:
-        sets["limits"] = dumps([limit.to_json() for limit in fields.limits])
-    if fields.models is not None:
-        sets["models"] = dumps(list(fields.models))
-    if fields.metadata is not None:
-        sets["metadata"] = dumps(fields.metadata)
-    if fields.clamp is not None:
-        sets["clamp"] = int(fields.clamp)
-    if fields.unbounded_hold_nano is not None:
-        sets["unbounded_hold_nano"] = fields.unbounded_hold_nano
-    if fields.fail_open is not None:
-        sets["fail_open"] = int(fields.fail_open)
-    if fields.schedules is not None:
-        sets["schedules"] = dumps([schedule.to_json() for schedule in fields.schedules])
-    for name in ("team", "user", "org", "timezone", "expires_at"):
-        value = getattr(fields, name)
-        if value is not None:
-            sets[name] = value
-    for name in fields.clear:
-        if name not in {"team", "user", "org", "expires_at", "unbounded_hold_nano"}:
-            raise InvalidRequest(f"{name}: cannot be cleared")
-        sets[name] = None
+    sets = scope_sets(fields, now)
     # Column names are ours, not input; values go as parameters.
     assignments = ", ".join(f'"{column}" = ${n}' for n, column in enumerate(sets, start=1))
     n = len(sets)

@@ -12,8 +12,8 @@ import orjson
 from capgate.core.engine import Amounts, Refusal
 from capgate.core.limits import Limit, Scope, ScopeKind, Status
 from capgate.core.schedules import Schedule
-from capgate.errors import refusal_status
-from capgate.store.base import Outcome, RequestInfo
+from capgate.errors import InvalidRequest, refusal_status
+from capgate.store.base import Outcome, RequestInfo, ScopeFields
 from capgate.store.records import AuditEntry, LedgerEntry
 
 
@@ -51,6 +51,35 @@ def scope_from_row(row: Row) -> Scope:
             "updated_at": row["updated_at"],
         },
     )
+
+
+def scope_sets(fields: ScopeFields, now: float) -> dict[str, Any]:
+    """The columns an update of a scope sets, and their values (InvalidRequest when a
+    field may not be cleared). Column names are ours, not input."""
+    sets: dict[str, Any] = {"updated_at": now}
+    if fields.limits is not None:
+        sets["limits"] = dumps([limit.to_json() for limit in fields.limits])
+    if fields.models is not None:
+        sets["models"] = dumps(list(fields.models))
+    if fields.metadata is not None:
+        sets["metadata"] = dumps(fields.metadata)
+    if fields.clamp is not None:
+        sets["clamp"] = int(fields.clamp)
+    if fields.unbounded_hold_nano is not None:
+        sets["unbounded_hold_nano"] = fields.unbounded_hold_nano
+    if fields.fail_open is not None:
+        sets["fail_open"] = int(fields.fail_open)
+    if fields.schedules is not None:
+        sets["schedules"] = dumps([schedule.to_json() for schedule in fields.schedules])
+    for name in ("team", "user", "org", "timezone", "expires_at"):
+        value = getattr(fields, name)
+        if value is not None:
+            sets[name] = value
+    for name in fields.clear:
+        if name not in {"team", "user", "org", "expires_at", "unbounded_hold_nano"}:
+            raise InvalidRequest(f"{name}: cannot be cleared")
+        sets[name] = None
+    return sets
 
 
 def entry_from_row(row: Row) -> LedgerEntry:

@@ -10,17 +10,16 @@ import orjson
 
 from capgate.core.engine import Amounts, Charge, CounterState, Refusal
 from capgate.core.limits import Metric, Scope
-from capgate.errors import InvalidRequest
 from capgate.store.base import Outcome, RequestInfo, RequestQuery, ScopeFields
 from capgate.store.records import AuditEntry, LedgerEntry, UsageRow
 from capgate.store.rows import (
     audit_from_row,
-    dumps,
     entry_from_row,
     entry_values,
     lease_expired_values,
     refusal_values,
     scope_from_row,
+    scope_sets,
 )
 
 SELECT_SCOPES = (
@@ -38,29 +37,7 @@ def get_scope(conn: sqlite3.Connection, kind: str, name: str) -> Scope | None:
 def update_scope_row(
     conn: sqlite3.Connection, kind: str, scope_id: str, fields: ScopeFields, now: float
 ) -> None:
-    sets: dict[str, Any] = {"updated_at": now}
-    if fields.limits is not None:
-        sets["limits"] = dumps([limit.to_json() for limit in fields.limits])
-    if fields.models is not None:
-        sets["models"] = dumps(list(fields.models))
-    if fields.metadata is not None:
-        sets["metadata"] = dumps(fields.metadata)
-    if fields.clamp is not None:
-        sets["clamp"] = int(fields.clamp)
-    if fields.unbounded_hold_nano is not None:
-        sets["unbounded_hold_nano"] = fields.unbounded_hold_nano
-    if fields.fail_open is not None:
-        sets["fail_open"] = int(fields.fail_open)
-    if fields.schedules is not None:
-        sets["schedules"] = dumps([schedule.to_json() for schedule in fields.schedules])
-    for name in ("team", "user", "org", "timezone", "expires_at"):
-        value = getattr(fields, name)
-        if value is not None:
-            sets[name] = value
-    for name in fields.clear:
-        if name not in {"team", "user", "org", "expires_at", "unbounded_hold_nano"}:
-            raise InvalidRequest(f"{name}: cannot be cleared")
-        sets[name] = None
+    sets = scope_sets(fields, now)
     assignments = ", ".join(f"{column}=?" for column in sets)  # column names are ours, not input
     conn.execute(
         f"UPDATE scopes SET {assignments} WHERE kind=? AND id=?",  # noqa: S608
