@@ -15,7 +15,7 @@ from capgate.core.limits import Scope, ScopeKind, Status
 from capgate.errors import Conflict, InvalidRequest, NotFound
 from capgate.store import sqlite_insights as insights
 from capgate.store import sqlite_queries as q
-from capgate.store.base import ScopeFields
+from capgate.store.base import ScopeFields, refuse_if_named
 from capgate.store.records import LimitUsage, scope_json
 from capgate.store.rows import dumps, scope_from_row
 from capgate.store.sqlite_writer import SQLitePart
@@ -194,16 +194,7 @@ def _refuse_if_named(conn: sqlite3.Connection, kind: ScopeKind, name: str) -> No
     sql = _MEMBERS.get(kind, {}).get(group)
     if sql is None:
         return
-    named = [row[0] for row in conn.execute(sql, (name,))]
-    if named:
-        shown = ", ".join(f'"{n}"' for n in named[:5])
-        more = f" and {len(named) - 5} more" if len(named) > 5 else ""
-        what = kind.value
-        raise Conflict(
-            f'{what} "{name}" is still named by {group} {shown}{more}: move them to another '
-            f'{what} (PATCH /admin/{group}/NAME with {{"{what}": ...}} or null) or delete '
-            f"them first"
-        )
+    refuse_if_named(kind, name, group, [row[0] for row in conn.execute(sql, (name,))])
 
 
 _MEMBERS = {
