@@ -52,10 +52,11 @@ from capgate.store.liveness import ProcessLock, is_alive
 from capgate.store.pg_admin import PgScopeAdmin
 from capgate.store.pg_batch import Batcher
 from capgate.store.pg_dashboard import PgDashboard
-from capgate.store.pg_hot import SETTLE_RETRY_MAX_S, PgReserve, SeenStates
+from capgate.store.pg_hot import PgReserve, SeenStates
 from capgate.store.pg_lifeline import Lifeline, liveness_key
 from capgate.store.pg_queries import SELECT_SCOPES
 from capgate.store.pg_schema import CONFIG_LOCK, migrate
+from capgate.store.settling import SettleRetry
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def _user_state_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "capgate"
 
 
-class PostgresStore(KeyCache, PgReserve, PgScopeAdmin, PgDashboard):
+class PostgresStore(KeyCache, SettleRetry, PgReserve, PgScopeAdmin, PgDashboard):
     def __init__(
         self,
         url: str,
@@ -312,52 +313,14 @@ class PostgresStore(KeyCache, PgReserve, PgScopeAdmin, PgDashboard):
         task.add_done_callback(self._settling.discard)
         return task
 
-    def settle(self, reservation: Reservation, outcome: Outcome) -> asyncio.Future[None]:
-        """Journal the settlement (before the answer's last bytes are sent), then write it,
-        again and again until it commits. The future completes then."""
-        generation = self._journal.append(reservation, outcome)
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._try_settle(reservation, outcome, generation, done, 0)
-        return done
+    def _write_settlement(self, res: Reservation, outcome: Outcome) -> asyncio.Future[Any]:
+        if self._closing:  # the journal keeps it
+            raise StoreUnavailable("settlement kept in the journal")
+        return self._background(self._settle_now(res, outcome))
 
-    def _try_settle(
-        self,
-        res: Reservation,
-        outcome: Outcome,
-        generation: int | None,
-        done: asyncio.Future[None],
-        tries: int,
-    ) -> None:
-        if res.id in self._retries:
-            self._retries[res.id] = None
-        if self._closing:
-            if not done.done():
-                done.set_exception(StoreUnavailable("settlement kept in the journal"))
-            return
-        task = self._background(self._settle_now(res, outcome))
-
-        def written(task: asyncio.Task[str]) -> None:
-            exc = task.exception()
-            if exc is None:
-                self._retries.pop(res.id, None)
-                self._journal.done(generation)
-                if task.result() == settlement.SETTLED:
-                    actual = settlement.actual_of(res, outcome)
-                    self._seen.settled(plan_settle(res.charges, actual))
-                if not done.done():
-                    done.set_result(None)
-                return
-            if self._closing:
-                if not done.done():
-                    done.set_exception(exc)
-                return
-            delay = min(SETTLE_RETRY_MAX_S, 0.2 * 2**tries)
-            log.error("settlement of %s not written (%s); retrying in %.1f s", res.id, exc, delay)
-            self._retries[res.id] = asyncio.get_running_loop().call_later(
-                delay, self._try_settle, res, outcome, generation, done, tries + 1
-            )
-
-        task.add_done_callback(written)
+    def _settled(self, res: Reservation, outcome: Outcome, result: Any) -> None:
+        if result == settlement.SETTLED:
+            self._seen.settled(plan_settle(res.charges, settlement.actual_of(res, outcome)))
 
     def health(self) -> StoreHealth:
         """Whether writes can be made now, and the settlements still to be written."""

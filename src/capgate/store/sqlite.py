@@ -48,6 +48,7 @@ from capgate.store.base import (
 from capgate.store.keycache import KeyCache
 from capgate.store.liveness import ProcessLock, is_alive, procs_dir
 from capgate.store.records import AuditEntry, LedgerEntry, UsageRow
+from capgate.store.settling import SettleRetry
 from capgate.store.sqlite_admin import ScopeAdmin
 from capgate.store.sqlite_counters import CounterCache
 from capgate.store.sqlite_dashboard import DashboardStore
@@ -65,11 +66,9 @@ CHECKPOINT_SECONDS = 1.0
 # over; journal_size_limit then cuts the file back to this size.
 WAL_RESTART_FRAMES = 16384
 WAL_RESTART_WAIT_MS = 200
-# A settlement that could not be written is tried again after 0.2 s, doubling up to this.
-SETTLE_RETRY_MAX_S = 5.0
 
 
-class SQLiteStore(KeyCache, ScopeAdmin, DashboardStore):
+class SQLiteStore(KeyCache, SettleRetry, ScopeAdmin, DashboardStore):
     def __init__(
         self,
         path: str,
@@ -348,50 +347,11 @@ class SQLiteStore(KeyCache, ScopeAdmin, DashboardStore):
             conn.execute("RELEASE rereserve")
             raise
 
-    def settle(self, reservation: Reservation, outcome: Outcome) -> asyncio.Future[None]:
-        """Journal the settlement (before the answer's last bytes are sent), then write it,
-        again and again until it commits. The future completes then."""
-        generation = self._journal.append(reservation, outcome)
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._try_settle(reservation, outcome, generation, done, 0)
-        return done
-
-    def _try_settle(
-        self,
-        res: Reservation,
-        outcome: Outcome,
-        generation: int | None,
-        done: asyncio.Future[None],
-        tries: int,
-    ) -> None:
-        if res.id in self._retries:
-            self._retries[res.id] = None
+    def _write_settlement(self, res: Reservation, outcome: Outcome) -> asyncio.Future[Any]:
         try:
-            fut = self._writer.submit_soon(lambda conn: self._settle(conn, res, outcome))
+            return self._writer.submit_soon(lambda conn: self._settle(conn, res, outcome))
         except WriterClosed as exc:  # shutting down: the journal keeps it
-            if not done.done():
-                done.set_exception(StoreUnavailable(f"settlement kept in the journal: {exc}"))
-            return
-
-        def written(fut: asyncio.Future[Any]) -> None:
-            exc = fut.exception()
-            if exc is None:
-                self._retries.pop(res.id, None)
-                self._journal.done(generation)
-                if not done.done():
-                    done.set_result(None)
-                return
-            if self._closing:
-                if not done.done():
-                    done.set_exception(exc)
-                return
-            delay = min(SETTLE_RETRY_MAX_S, 0.2 * 2**tries)
-            log.error("settlement of %s not written (%s); retrying in %.1f s", res.id, exc, delay)
-            self._retries[res.id] = asyncio.get_running_loop().call_later(
-                delay, self._try_settle, res, outcome, generation, done, tries + 1
-            )
-
-        fut.add_done_callback(written)
+            raise StoreUnavailable(f"settlement kept in the journal: {exc}") from exc
 
     def _settle(self, conn: sqlite3.Connection, res: Reservation, outcome: Outcome) -> str:
         result = settlement.settle(conn, self._counters.add, res, outcome, self._clock())
