@@ -49,6 +49,7 @@ from capgate.core.engine import (
 from capgate.core.limits import Limit, Scope, ScopeKind, Status
 from capgate.core.money import Usage
 from capgate.core.schedules import Schedule
+from capgate.errors import Conflict
 from capgate.store.records import (
     AuditEntry,
     EventBatch,
@@ -254,6 +255,20 @@ def unreserved(
     return Reservation(
         info.request_id, info, tuple(charges.values()), worst, scopes[0], fail_open=True
     )
+
+
+def refuse_if_named(kind: ScopeKind, name: str, group: str, named: list[str]) -> None:
+    """Conflict when `named` (the names of the `group`, keys or teams, that still name the
+    team, user or org `name`) is not empty: deleting it would leave them a dangling name."""
+    if named:
+        shown = ", ".join(f'"{n}"' for n in named[:5])
+        more = f" and {len(named) - 5} more" if len(named) > 5 else ""
+        what = kind.value
+        raise Conflict(
+            f'{what} "{name}" is still named by {group} {shown}{more}: move them to another '
+            f'{what} (PATCH /admin/{group}/NAME with {{"{what}": ...}} or null) or delete '
+            f"them first"
+        )
 
 
 class ScopeStore(Protocol):

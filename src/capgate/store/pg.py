@@ -40,23 +40,23 @@ from typing import Any, TypeVar, cast
 import asyncpg
 
 from capgate.core.engine import (
-    Amounts,
-    Refusal,
     plan_settle,
 )
 from capgate.core.limits import Scope, ScopeKind
 from capgate.errors import StoreUnavailable
 from capgate.store import journal
 from capgate.store import pg_settlement as settlement
-from capgate.store.base import Outcome, RequestInfo, Reservation, StoreHealth, unreserved
+from capgate.store.base import Outcome, Reservation, StoreHealth
+from capgate.store.keycache import KeyCache
 from capgate.store.liveness import ProcessLock, is_alive
 from capgate.store.pg_admin import PgScopeAdmin
 from capgate.store.pg_batch import Batcher
 from capgate.store.pg_dashboard import PgDashboard
-from capgate.store.pg_hot import SETTLE_RETRY_MAX_S, PgReserve, SeenStates
+from capgate.store.pg_hot import PgReserve, SeenStates
 from capgate.store.pg_lifeline import Lifeline, liveness_key
-from capgate.store.pg_queries import SELECT_SCOPES, scope_from_row
+from capgate.store.pg_queries import SELECT_SCOPES
 from capgate.store.pg_schema import CONFIG_LOCK, migrate
+from capgate.store.settling import SettleRetry
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def _user_state_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "capgate"
 
 
-class PostgresStore(PgReserve, PgScopeAdmin, PgDashboard):
+class PostgresStore(KeyCache, SettleRetry, PgReserve, PgScopeAdmin, PgDashboard):
     def __init__(
         self,
         url: str,
@@ -297,18 +297,7 @@ class PostgresStore(PgReserve, PgScopeAdmin, PgDashboard):
             return str(version), await conn.fetch(SELECT_SCOPES)
 
         version, rows = await self._read(op)
-        keys: dict[str, tuple[Scope, bytes]] = {}
-        named: dict[tuple[ScopeKind, str], Scope] = {}
-        for row in rows:
-            scope = scope_from_row(row)
-            if scope.kind is ScopeKind.KEY:
-                keys[scope.id] = (scope, row["secret_hash"])
-            else:
-                named[(scope.kind, scope.name)] = scope
-        self._keys, self._named, self._version = keys, named, version
-
-    def key_by_id(self, key_id: str) -> tuple[Scope, bytes] | None:
-        return self._keys.get(key_id)
+        self._install(rows, version)
 
     async def refresh(self) -> None:
         version = await self._run(
@@ -318,86 +307,20 @@ class PostgresStore(PgReserve, PgScopeAdmin, PgDashboard):
         if version != self._version:
             await self._reload()
 
-    def scopes_above(self, key: Scope) -> list[Scope]:
-        """The user, team and org scopes a key's requests also count against (cached)."""
-        return self._scopes_of(key, "")[1:]
-
-    def _scopes_of(self, key: Scope, provider: str) -> list[Scope]:
-        """Every scope a request of `key` to `provider` counts against, innermost first
-        (as SQLiteStore._scopes_of)."""
-        scopes = [key]
-        named = self._named
-        user = key.extra.get("user")
-        if user and (found := named.get((ScopeKind.USER, user))) is not None:
-            scopes.append(found)
-        team = key.extra.get("team")
-        if team and (found := named.get((ScopeKind.TEAM, team))) is not None:
-            scopes.append(found)
-            org = found.extra.get("org")
-            if org and (found := named.get((ScopeKind.ORG, org))) is not None:
-                scopes.append(found)
-        if (found := named.get((ScopeKind.PROVIDER, provider))) is not None:
-            scopes.append(found)
-        return scopes
-
-    def admit_unreserved(self, info: RequestInfo, worst: Amounts) -> Reservation | Refusal:
-        entry = self._keys.get(info.key_id)
-        if entry is None:
-            return Refusal("revoked", "This key has been deleted.", "key", info.key_id)
-        return unreserved(info, worst, self._scopes_of(entry[0], info.provider), self._clock())
-
     def _background(self, work: Awaitable[Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(work)
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
         return task
 
-    def settle(self, reservation: Reservation, outcome: Outcome) -> asyncio.Future[None]:
-        """Journal the settlement (before the answer's last bytes are sent), then write it,
-        again and again until it commits. The future completes then."""
-        generation = self._journal.append(reservation, outcome)
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._try_settle(reservation, outcome, generation, done, 0)
-        return done
+    def _write_settlement(self, res: Reservation, outcome: Outcome) -> asyncio.Future[Any]:
+        if self._closing:  # the journal keeps it
+            raise StoreUnavailable("settlement kept in the journal")
+        return self._background(self._settle_now(res, outcome))
 
-    def _try_settle(
-        self,
-        res: Reservation,
-        outcome: Outcome,
-        generation: int | None,
-        done: asyncio.Future[None],
-        tries: int,
-    ) -> None:
-        if res.id in self._retries:
-            self._retries[res.id] = None
-        if self._closing:
-            if not done.done():
-                done.set_exception(StoreUnavailable("settlement kept in the journal"))
-            return
-        task = self._background(self._settle_now(res, outcome))
-
-        def written(task: asyncio.Task[str]) -> None:
-            exc = task.exception()
-            if exc is None:
-                self._retries.pop(res.id, None)
-                self._journal.done(generation)
-                if task.result() == settlement.SETTLED:
-                    actual = settlement.actual_of(res, outcome)
-                    self._seen.settled(plan_settle(res.charges, actual))
-                if not done.done():
-                    done.set_result(None)
-                return
-            if self._closing:
-                if not done.done():
-                    done.set_exception(exc)
-                return
-            delay = min(SETTLE_RETRY_MAX_S, 0.2 * 2**tries)
-            log.error("settlement of %s not written (%s); retrying in %.1f s", res.id, exc, delay)
-            self._retries[res.id] = asyncio.get_running_loop().call_later(
-                delay, self._try_settle, res, outcome, generation, done, tries + 1
-            )
-
-        task.add_done_callback(written)
+    def _settled(self, res: Reservation, outcome: Outcome, result: Any) -> None:
+        if result == settlement.SETTLED:
+            self._seen.settled(plan_settle(res.charges, settlement.actual_of(res, outcome)))
 
     def health(self) -> StoreHealth:
         """Whether writes can be made now, and the settlements still to be written."""

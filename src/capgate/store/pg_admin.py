@@ -17,8 +17,9 @@ from capgate.core.limits import Scope, ScopeKind, Status
 from capgate.core.windows import window_at
 from capgate.errors import Conflict, InvalidRequest, NotFound
 from capgate.store import pg_queries as q
-from capgate.store.base import ScopeFields
+from capgate.store.base import ScopeFields, refuse_if_named
 from capgate.store.records import LimitUsage, scope_json
+from capgate.store.rows import scope_from_row
 
 T = TypeVar("T")
 
@@ -182,7 +183,7 @@ class PgScopeAdmin(PgHost):
             rows = await conn.fetch(
                 q.SELECT_SCOPES + ' WHERE kind = $1 ORDER BY name COLLATE "C"', kind.value
             )
-            return [q.scope_from_row(r) for r in rows]
+            return [scope_from_row(r) for r in rows]
 
         return await self._read(op)
 
@@ -235,16 +236,7 @@ async def _refuse_if_named(conn: q.Conn, kind: ScopeKind, name: str) -> None:
     sql = _MEMBERS.get(kind, {}).get(group)
     if sql is None:
         return
-    named = [row[0] for row in await conn.fetch(sql, name)]
-    if named:
-        shown = ", ".join(f'"{n}"' for n in named[:5])
-        more = f" and {len(named) - 5} more" if len(named) > 5 else ""
-        what = kind.value
-        raise Conflict(
-            f'{what} "{name}" is still named by {group} {shown}{more}: move them to another '
-            f'{what} (PATCH /admin/{group}/NAME with {{"{what}": ...}} or null) or delete '
-            f"them first"
-        )
+    refuse_if_named(kind, name, group, [row[0] for row in await conn.fetch(sql, name)])
 
 
 _MEMBERS = {

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from capgate.store import pg_queries as q
 from capgate.store.records import EventBatch
+from capgate.store.rows import audit_from_row, entry_from_row
 
 GRACE_S = 0.5  # a noted snapshot is trusted no sooner than this
 MAX_WAIT_S = 30.0  # nor later than this, whatever runs (a stuck transaction)
@@ -115,8 +116,8 @@ async def events_after(
     keep_entries = _until_gap([row["id"] for row in entries], request_id, final[0])
     keep_audit = _until_gap([row["id"] for row in audits], audit_id, final[1])
     return EventBatch(
-        tuple(q.entry_from_row(row) for row in entries[:keep_entries]),
-        tuple(q.audit_from_row(row) for row in audits[:keep_audit]),
+        tuple(entry_from_row(row) for row in entries[:keep_entries]),
+        tuple(audit_from_row(row) for row in audits[:keep_audit]),
     )
 
 

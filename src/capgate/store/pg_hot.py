@@ -38,6 +38,7 @@ from capgate.store import pg_settlement as settlement
 from capgate.store import sqlite_queries as q
 from capgate.store.base import RequestInfo, Reservation
 from capgate.store.pg_batch import Batcher, ReserveItem
+from capgate.store.settling import SETTLE_RETRY_MAX_S
 
 Instance = tuple[str, int]  # (counter, window_start)
 
@@ -56,7 +57,6 @@ _STATES = (
     "SELECT s.settled, s.reserved, (SELECT v FROM meta WHERE k = 'config_version') "
     "FROM capgate_states($1, $2, $3) s"
 )
-SETTLE_RETRY_MAX_S = 5.0
 
 T = TypeVar("T")
 

@@ -19,6 +19,7 @@ from capgate.store.records import (
     Summary,
     count_reasons,
 )
+from capgate.store.rows import scope_from_row
 
 _FILTERS = ("key", "team", "user", "model", "provider", "since", "until")
 
@@ -130,7 +131,7 @@ async def scope_limits(conn: q.Conn, now: float) -> list[tuple[Scope, LimitUsage
     counter instances."""
     rows = await conn.fetch(q.SELECT_SCOPES + ' ORDER BY kind COLLATE "C", name COLLATE "C"')
     wanted: list[tuple[Scope, Limit, str, Any]] = []
-    for scope in (q.scope_from_row(r) for r in rows):
+    for scope in (scope_from_row(r) for r in rows):
         for limit in scope.limits:
             window = window_at(limit.window, now, scope.timezone)
             wanted.append((scope, limit, scope.counter_id(limit), window))

@@ -16,14 +16,12 @@ from collections.abc import Iterable
 from typing import Any
 
 import asyncpg
-import orjson
 from asyncpg.pool import PoolConnectionProxy
 
-from capgate.core.limits import Limit, Scope, ScopeKind, Status
-from capgate.core.schedules import Schedule
-from capgate.errors import InvalidRequest
+from capgate.core.limits import Scope
 from capgate.store.base import RequestQuery, ScopeFields
 from capgate.store.records import AuditEntry, LedgerEntry, UsageRow
+from capgate.store.rows import audit_from_row, dumps, entry_from_row, scope_from_row, scope_sets
 
 # A connection of the pool, or one opened alone (tests, `db copy`).
 Conn = asyncpg.Connection | PoolConnectionProxy
@@ -61,36 +59,6 @@ ERRORS = (
 )
 
 
-def dumps(value: Any) -> str | None:
-    return None if value is None else orjson.dumps(value).decode()
-
-
-def scope_from_row(row: asyncpg.Record) -> Scope:
-    return Scope(
-        kind=ScopeKind(row["kind"]),
-        id=row["id"],
-        name=row["name"],
-        limits=tuple(Limit.from_json(x) for x in orjson.loads(row["limits"])),
-        status=Status(row["status"]),
-        timezone=row["timezone"],
-        models=tuple(orjson.loads(row["models"])),
-        expires_at=row["expires_at"],
-        clamp=bool(row["clamp"]),
-        unbounded_hold_nano=row["unbounded_hold_nano"],
-        fail_open=bool(row["fail_open"]),
-        schedules=tuple(Schedule.from_json(x) for x in orjson.loads(row["schedules"])),
-        extra={
-            "team": row["team"],
-            "user": row["user"],
-            "org": row["org"],
-            "metadata": orjson.loads(row["metadata"]),
-            "prefix": row["prefix"],
-            "created_at": row["created_at"],
-            "updated_at": row["updated_at"],
-        },
-    )
-
-
 async def get_scope(conn: Conn, kind: str, name: str, lock: bool = False) -> Scope | None:
     """The scope, or None. `lock`: hold its row until the transaction ends (an admin
     change reads, checks and writes it with no other change in between)."""
@@ -102,29 +70,7 @@ async def get_scope(conn: Conn, kind: str, name: str, lock: bool = False) -> Sco
 async def update_scope_row(
     conn: Conn, kind: str, scope_id: str, fields: ScopeFields, now: float
 ) -> None:
-    sets: dict[str, Any] = {"updated_at": now}
-    if fields.limits is not None:
-        sets["limits"] = dumps([limit.to_json() for limit in fields.limits])
-    if fields.models is not None:
-        sets["models"] = dumps(list(fields.models))
-    if fields.metadata is not None:
-        sets["metadata"] = dumps(fields.metadata)
-    if fields.clamp is not None:
-        sets["clamp"] = int(fields.clamp)
-    if fields.unbounded_hold_nano is not None:
-        sets["unbounded_hold_nano"] = fields.unbounded_hold_nano
-    if fields.fail_open is not None:
-        sets["fail_open"] = int(fields.fail_open)
-    if fields.schedules is not None:
-        sets["schedules"] = dumps([schedule.to_json() for schedule in fields.schedules])
-    for name in ("team", "user", "org", "timezone", "expires_at"):
-        value = getattr(fields, name)
-        if value is not None:
-            sets[name] = value
-    for name in fields.clear:
-        if name not in {"team", "user", "org", "expires_at", "unbounded_hold_nano"}:
-            raise InvalidRequest(f"{name}: cannot be cleared")
-        sets[name] = None
+    sets = scope_sets(fields, now)
     # Column names are ours, not input; values go as parameters.
     assignments = ", ".join(f'"{column}" = ${n}' for n, column in enumerate(sets, start=1))
     n = len(sets)
@@ -154,51 +100,6 @@ async def insert_audit(
         target,
         dumps(before),
         dumps(after),
-    )
-
-
-def entry_from_row(row: asyncpg.Record) -> LedgerEntry:
-    refusal, flags = row["refusal"], row["flags"]
-    return LedgerEntry(
-        id=row["id"],
-        request_id=row["request_id"],
-        created_at=row["created_at"],
-        key_id=row["key_id"],
-        key_name=row["key_name"],
-        user=row["user"],
-        team=row["team"],
-        model=row["model"],
-        provider=row["provider"],
-        upstream_model=row["upstream_model"],
-        endpoint=row["endpoint"],
-        stream=bool(row["stream"]),
-        status=row["status"],
-        outcome=row["outcome"],
-        input_tokens=row["input_tokens"],
-        output_tokens=row["output_tokens"],
-        cache_read_tokens=row["cache_read_tokens"],
-        cache_write_tokens=row["cache_write_tokens"],
-        cost_nano=row["cost_nano"],
-        latency_ms=row["latency_ms"],
-        ttft_ms=row["ttft_ms"],
-        attempts=row["attempts"],
-        refusal=None if refusal is None else orjson.loads(refusal),
-        error=row["error"],
-        max_tokens_clamped=row["max_tokens_clamped"],
-        flags=tuple(flags.split(",")) if flags else (),
-    )
-
-
-def audit_from_row(row: asyncpg.Record) -> AuditEntry:
-    before, after = row["before"], row["after"]
-    return AuditEntry(
-        id=row["id"],
-        created_at=row["created_at"],
-        actor=row["actor"],
-        action=row["action"],
-        target=row["target"],
-        before=None if before is None else orjson.loads(before),
-        after=None if after is None else orjson.loads(after),
     )
 
 

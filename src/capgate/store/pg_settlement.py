@@ -21,10 +21,10 @@ import orjson
 
 from capgate.core.engine import Amounts, CounterDelta, Refusal, plan_settle
 from capgate.core.limits import Scope
-from capgate.errors import refusal_status
 from capgate.store import sqlite_queries as q
 from capgate.store.base import Outcome, RequestInfo, Reservation
 from capgate.store.pg_batch import SettleItem
+from capgate.store.rows import entry_values, lease_expired_values, refusal_values
 from capgate.store.sqlite_settlement import fail_open_outcome
 
 log = logging.getLogger(__name__)
@@ -56,48 +56,20 @@ def entry_row(
     max_tokens_clamped: int | None = None,
 ) -> str:
     """The ledger entry of a settled request (as `sqlite_queries.insert_entry`)."""
-    usage = outcome.usage
-    if usage is None:
-        tokens = (actual.input_tokens, actual.output_tokens, 0, 0)
-        error: str | None = outcome.error or "no usage reported: charged the full reservation"
-    else:
-        cache_write = usage.cache_write_tokens + usage.cache_write_1h_tokens
-        tokens = (usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, cache_write)
-        error = outcome.error
-    return _row(
-        info.request_id, info.started_at, info.key_id, key.name, key.extra.get("user"),
-        key.extra.get("team"), info.model, info.provider,
-        outcome.upstream_model or info.upstream_model, info.endpoint, int(info.stream),
-        outcome.status, outcome.outcome, *tokens, actual.cost_nano, outcome.latency_ms,
-        outcome.ttft_ms, outcome.attempts, None, error, max_tokens_clamped,
-        ",".join(outcome.flags) or None,
-    )  # fmt: skip
+    return _row(*entry_values(info, key, outcome, actual, max_tokens_clamped))
 
 
 def refusal_row(info: RequestInfo, key: Scope | None, refusal: Refusal, now: float) -> str:
     """The ledger entry of a refused request (as `sqlite_queries.insert_refusal`)."""
-    status = info.refusal_status or refusal_status(refusal)
-    return _row(
-        info.request_id, info.started_at, info.key_id, key.name if key else None,
-        key.extra.get("user") if key else None, key.extra.get("team") if key else None,
-        info.model, info.provider, info.upstream_model, info.endpoint, int(info.stream),
-        status, "refused", 0, 0, 0, 0, 0, (now - info.started_at) * 1000, None, 0,
-        q.dumps(refusal.to_json()), None, None, None,
-    )  # fmt: skip
+    return _row(*refusal_values(info, key, refusal, now))
 
 
 def lease_expired_row(info_text: str, now: float) -> tuple[str, Amounts]:
     """The `lease_expired` entry of a swept reservation, from its stored info (as
     `sqlite_queries.insert_lease_expired`), and the worst case it charges."""
     info, key_name, team, user, worst = q.load_info(info_text)
-    row = _row(
-        info.request_id, info.started_at, info.key_id, key_name, user, team, info.model,
-        info.provider, info.upstream_model, info.endpoint, int(info.stream), 0,
-        "lease_expired", worst.input_tokens, worst.output_tokens, 0, 0, worst.cost_nano,
-        (now - info.started_at) * 1000, None, 1, None,
-        "the serving process stopped before the request settled: charged in full",
-        q.clamped_of(info_text), None,
-    )  # fmt: skip
+    values = lease_expired_values(info, key_name, team, user, worst, now, q.clamped_of(info_text))
+    row = _row(*values)
     return row, worst
 
 

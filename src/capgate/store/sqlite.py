@@ -44,10 +44,11 @@ from capgate.store.base import (
     RequestQuery,
     Reservation,
     StoreHealth,
-    unreserved,
 )
+from capgate.store.keycache import KeyCache
 from capgate.store.liveness import ProcessLock, is_alive, procs_dir
 from capgate.store.records import AuditEntry, LedgerEntry, UsageRow
+from capgate.store.settling import SettleRetry
 from capgate.store.sqlite_admin import ScopeAdmin
 from capgate.store.sqlite_counters import CounterCache
 from capgate.store.sqlite_dashboard import DashboardStore
@@ -65,11 +66,9 @@ CHECKPOINT_SECONDS = 1.0
 # over; journal_size_limit then cuts the file back to this size.
 WAL_RESTART_FRAMES = 16384
 WAL_RESTART_WAIT_MS = 200
-# A settlement that could not be written is tried again after 0.2 s, doubling up to this.
-SETTLE_RETRY_MAX_S = 5.0
 
 
-class SQLiteStore(ScopeAdmin, DashboardStore):
+class SQLiteStore(KeyCache, SettleRetry, ScopeAdmin, DashboardStore):
     def __init__(
         self,
         path: str,
@@ -234,20 +233,7 @@ class SQLiteStore(ScopeAdmin, DashboardStore):
 
     def _load(self, conn: sqlite3.Connection) -> None:
         version = conn.execute("SELECT v FROM meta WHERE k='config_version'").fetchone()[0]
-        keys: dict[str, tuple[Scope, bytes]] = {}
-        named: dict[tuple[ScopeKind, str], Scope] = {}
-        for row in conn.execute(q.SELECT_SCOPES):
-            scope = q.scope_from_row(row)
-            if scope.kind is ScopeKind.KEY:
-                keys[scope.id] = (scope, row["secret_hash"])
-            else:
-                named[(scope.kind, scope.name)] = scope
-        self._keys = keys  # reference swaps: readers see the old or the new dict
-        self._named = named
-        self._version = version
-
-    def key_by_id(self, key_id: str) -> tuple[Scope, bytes] | None:
-        return self._keys.get(key_id)
+        self._install(conn.execute(q.SELECT_SCOPES), version)
 
     async def refresh(self) -> None:
         await self.flush()  # the writer reloads inside the transaction if needed
@@ -361,79 +347,11 @@ class SQLiteStore(ScopeAdmin, DashboardStore):
             conn.execute("RELEASE rereserve")
             raise
 
-    def scopes_above(self, key: Scope) -> list[Scope]:
-        """The user, team and org scopes a key's requests also count against (cached)."""
-        return self._scopes_of(key, "")[1:]
-
-    def _scopes_of(self, key: Scope, provider: str) -> list[Scope]:
-        """Every scope a request of `key` to `provider` counts against, innermost first:
-        the key, its user, its team, the team's org, the provider. A team or user named on
-        a key but not created is only a label."""
-        scopes = [key]
-        named = self._named
-        user = key.extra.get("user")
-        if user and (found := named.get((ScopeKind.USER, user))) is not None:
-            scopes.append(found)
-        team = key.extra.get("team")
-        if team and (found := named.get((ScopeKind.TEAM, team))) is not None:
-            scopes.append(found)
-            org = found.extra.get("org")
-            if org and (found := named.get((ScopeKind.ORG, org))) is not None:
-                scopes.append(found)
-        if (found := named.get((ScopeKind.PROVIDER, provider))) is not None:
-            scopes.append(found)
-        return scopes
-
-    def admit_unreserved(self, info: RequestInfo, worst: Amounts) -> Reservation | Refusal:
-        entry = self._keys.get(info.key_id)
-        if entry is None:
-            return Refusal("revoked", "This key has been deleted.", "key", info.key_id)
-        return unreserved(info, worst, self._scopes_of(entry[0], info.provider), self._clock())
-
-    def settle(self, reservation: Reservation, outcome: Outcome) -> asyncio.Future[None]:
-        """Journal the settlement (before the answer's last bytes are sent), then write it,
-        again and again until it commits. The future completes then."""
-        generation = self._journal.append(reservation, outcome)
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._try_settle(reservation, outcome, generation, done, 0)
-        return done
-
-    def _try_settle(
-        self,
-        res: Reservation,
-        outcome: Outcome,
-        generation: int | None,
-        done: asyncio.Future[None],
-        tries: int,
-    ) -> None:
-        if res.id in self._retries:
-            self._retries[res.id] = None
+    def _write_settlement(self, res: Reservation, outcome: Outcome) -> asyncio.Future[Any]:
         try:
-            fut = self._writer.submit_soon(lambda conn: self._settle(conn, res, outcome))
+            return self._writer.submit_soon(lambda conn: self._settle(conn, res, outcome))
         except WriterClosed as exc:  # shutting down: the journal keeps it
-            if not done.done():
-                done.set_exception(StoreUnavailable(f"settlement kept in the journal: {exc}"))
-            return
-
-        def written(fut: asyncio.Future[Any]) -> None:
-            exc = fut.exception()
-            if exc is None:
-                self._retries.pop(res.id, None)
-                self._journal.done(generation)
-                if not done.done():
-                    done.set_result(None)
-                return
-            if self._closing:
-                if not done.done():
-                    done.set_exception(exc)
-                return
-            delay = min(SETTLE_RETRY_MAX_S, 0.2 * 2**tries)
-            log.error("settlement of %s not written (%s); retrying in %.1f s", res.id, exc, delay)
-            self._retries[res.id] = asyncio.get_running_loop().call_later(
-                delay, self._try_settle, res, outcome, generation, done, tries + 1
-            )
-
-        fut.add_done_callback(written)
+            raise StoreUnavailable(f"settlement kept in the journal: {exc}") from exc
 
     def _settle(self, conn: sqlite3.Connection, res: Reservation, outcome: Outcome) -> str:
         result = settlement.settle(conn, self._counters.add, res, outcome, self._clock())

@@ -15,8 +15,9 @@ from capgate.core.limits import Scope, ScopeKind, Status
 from capgate.errors import Conflict, InvalidRequest, NotFound
 from capgate.store import sqlite_insights as insights
 from capgate.store import sqlite_queries as q
-from capgate.store.base import ScopeFields
+from capgate.store.base import ScopeFields, refuse_if_named
 from capgate.store.records import LimitUsage, scope_json
+from capgate.store.rows import dumps, scope_from_row
 from capgate.store.sqlite_writer import SQLitePart
 
 _ACTIONS = {Status.ACTIVE: "resume", Status.PAUSED: "pause", Status.REVOKED: "revoke"}
@@ -85,7 +86,7 @@ class ScopeAdmin(SQLitePart):
         after = scope_json(scope) if scope is not None else None
         conn.execute(
             "INSERT INTO audit (created_at, actor, action, target, before, after) VALUES (?,?,?,?,?,?)",
-            (self._clock(), actor, action, f"{kind.value}:{name}", q.dumps(before), q.dumps(after)),
+            (self._clock(), actor, action, f"{kind.value}:{name}", dumps(before), dumps(after)),
         )
         self._load(conn)
         if scope is None:
@@ -149,7 +150,7 @@ class ScopeAdmin(SQLitePart):
                     actor,
                     "delete",
                     f"{kind.value}:{name}",
-                    q.dumps(scope_json(scope)),
+                    dumps(scope_json(scope)),
                 ),
             )
             self._load(conn)
@@ -159,7 +160,7 @@ class ScopeAdmin(SQLitePart):
     async def list_scopes(self, kind: ScopeKind) -> list[Scope]:
         def op(conn: sqlite3.Connection) -> list[Scope]:
             rows = conn.execute(q.SELECT_SCOPES + " WHERE kind=? ORDER BY name", (kind.value,))
-            return [q.scope_from_row(r) for r in rows]
+            return [scope_from_row(r) for r in rows]
 
         return await self._read(op)
 
@@ -193,16 +194,7 @@ def _refuse_if_named(conn: sqlite3.Connection, kind: ScopeKind, name: str) -> No
     sql = _MEMBERS.get(kind, {}).get(group)
     if sql is None:
         return
-    named = [row[0] for row in conn.execute(sql, (name,))]
-    if named:
-        shown = ", ".join(f'"{n}"' for n in named[:5])
-        more = f" and {len(named) - 5} more" if len(named) > 5 else ""
-        what = kind.value
-        raise Conflict(
-            f'{what} "{name}" is still named by {group} {shown}{more}: move them to another '
-            f'{what} (PATCH /admin/{group}/NAME with {{"{what}": ...}} or null) or delete '
-            f"them first"
-        )
+    refuse_if_named(kind, name, group, [row[0] for row in conn.execute(sql, (name,))])
 
 
 _MEMBERS = {

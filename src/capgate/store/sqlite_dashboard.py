@@ -10,7 +10,6 @@ from typing import Any
 import orjson
 
 from capgate.store import sqlite_insights as insights
-from capgate.store import sqlite_queries as q
 from capgate.store.base import LOGIN_MAX_FAILURES, LOGIN_WINDOW_S, SETTINGS_ROW, RequestQuery
 from capgate.store.records import (
     EventBatch,
@@ -20,6 +19,7 @@ from capgate.store.records import (
     Session,
     Summary,
 )
+from capgate.store.rows import dumps
 from capgate.store.sqlite_writer import SQLitePart
 
 
@@ -119,7 +119,7 @@ class DashboardStore(SQLitePart):
             conn.execute(
                 "INSERT INTO audit (created_at, actor, action, target, before, after) "
                 "VALUES (?,?,?,?,?,?)",
-                (self._clock(), actor, "settings", "settings", q.dumps(before), q.dumps(after)),
+                (self._clock(), actor, "settings", "settings", dumps(before), dumps(after)),
             )
 
         await self._write(op)

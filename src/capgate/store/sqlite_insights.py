@@ -19,6 +19,7 @@ from capgate.store.records import (
     Summary,
     count_reasons,
 )
+from capgate.store.rows import audit_from_row, entry_from_row, scope_from_row
 
 _FILTERS = ("key", "team", "user", "model", "provider", "since", "until")
 
@@ -130,8 +131,8 @@ def events_after(
     )
     audits = conn.execute("SELECT * FROM audit WHERE id > ? ORDER BY id LIMIT ?", (audit_id, limit))
     return EventBatch(
-        tuple(q.entry_from_row(row) for row in entries),
-        tuple(q.audit_from_row(row) for row in audits),
+        tuple(entry_from_row(row) for row in entries),
+        tuple(audit_from_row(row) for row in audits),
     )
 
 
@@ -140,7 +141,7 @@ def events_after(
 
 def scope_limits(conn: sqlite3.Connection, now: float) -> list[tuple[Scope, LimitUsage]]:
     """Every scope's limits as they stand in their current windows (see `limit_usage`)."""
-    scopes = [q.scope_from_row(r) for r in conn.execute(q.SELECT_SCOPES + " ORDER BY kind, name")]
+    scopes = [scope_from_row(r) for r in conn.execute(q.SELECT_SCOPES + " ORDER BY kind, name")]
     return limit_usage(conn, scopes, now)
 
 

@@ -9,47 +9,24 @@ from typing import Any
 import orjson
 
 from capgate.core.engine import Amounts, Charge, CounterState, Refusal
-from capgate.core.limits import Limit, Metric, Scope, ScopeKind, Status
-from capgate.core.schedules import Schedule
-from capgate.errors import InvalidRequest, refusal_status
+from capgate.core.limits import Metric, Scope
 from capgate.store.base import Outcome, RequestInfo, RequestQuery, ScopeFields
 from capgate.store.records import AuditEntry, LedgerEntry, UsageRow
+from capgate.store.rows import (
+    audit_from_row,
+    entry_from_row,
+    entry_values,
+    lease_expired_values,
+    refusal_values,
+    scope_from_row,
+    scope_sets,
+)
 
 SELECT_SCOPES = (
     "SELECT kind, id, name, status, limits, models, team, user, timezone, expires_at, "
     "metadata, secret_hash, prefix, created_at, updated_at, clamp, org, schedules, "
     "unbounded_hold_nano, fail_open FROM scopes"
 )
-
-
-def dumps(value: Any) -> str | None:
-    return None if value is None else orjson.dumps(value).decode()
-
-
-def scope_from_row(row: sqlite3.Row) -> Scope:
-    return Scope(
-        kind=ScopeKind(row["kind"]),
-        id=row["id"],
-        name=row["name"],
-        limits=tuple(Limit.from_json(x) for x in orjson.loads(row["limits"])),
-        status=Status(row["status"]),
-        timezone=row["timezone"],
-        models=tuple(orjson.loads(row["models"])),
-        expires_at=row["expires_at"],
-        clamp=bool(row["clamp"]),
-        unbounded_hold_nano=row["unbounded_hold_nano"],
-        fail_open=bool(row["fail_open"]),
-        schedules=tuple(Schedule.from_json(x) for x in orjson.loads(row["schedules"])),
-        extra={
-            "team": row["team"],
-            "user": row["user"],
-            "org": row["org"],
-            "metadata": orjson.loads(row["metadata"]),
-            "prefix": row["prefix"],
-            "created_at": row["created_at"],
-            "updated_at": row["updated_at"],
-        },
-    )
 
 
 def get_scope(conn: sqlite3.Connection, kind: str, name: str) -> Scope | None:
@@ -60,29 +37,7 @@ def get_scope(conn: sqlite3.Connection, kind: str, name: str) -> Scope | None:
 def update_scope_row(
     conn: sqlite3.Connection, kind: str, scope_id: str, fields: ScopeFields, now: float
 ) -> None:
-    sets: dict[str, Any] = {"updated_at": now}
-    if fields.limits is not None:
-        sets["limits"] = dumps([limit.to_json() for limit in fields.limits])
-    if fields.models is not None:
-        sets["models"] = dumps(list(fields.models))
-    if fields.metadata is not None:
-        sets["metadata"] = dumps(fields.metadata)
-    if fields.clamp is not None:
-        sets["clamp"] = int(fields.clamp)
-    if fields.unbounded_hold_nano is not None:
-        sets["unbounded_hold_nano"] = fields.unbounded_hold_nano
-    if fields.fail_open is not None:
-        sets["fail_open"] = int(fields.fail_open)
-    if fields.schedules is not None:
-        sets["schedules"] = dumps([schedule.to_json() for schedule in fields.schedules])
-    for name in ("team", "user", "org", "timezone", "expires_at"):
-        value = getattr(fields, name)
-        if value is not None:
-            sets[name] = value
-    for name in fields.clear:
-        if name not in {"team", "user", "org", "expires_at", "unbounded_hold_nano"}:
-            raise InvalidRequest(f"{name}: cannot be cleared")
-        sets[name] = None
+    sets = scope_sets(fields, now)
     assignments = ", ".join(f"{column}=?" for column in sets)  # column names are ours, not input
     conn.execute(
         f"UPDATE scopes SET {assignments} WHERE kind=? AND id=?",  # noqa: S608
@@ -196,41 +151,13 @@ def insert_entry(
     now: float,
     max_tokens_clamped: int | None = None,
 ) -> None:
-    usage = outcome.usage
-    if usage is None:
-        tokens = (actual.input_tokens, actual.output_tokens, 0, 0)
-        error: str | None = outcome.error or "no usage reported: charged the full reservation"
-    else:
-        cache_write = usage.cache_write_tokens + usage.cache_write_1h_tokens
-        tokens = (usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, cache_write)
-        error = outcome.error
-    conn.execute(
-        _INSERT_ENTRY,
-        (
-            info.request_id, info.started_at, info.key_id, key.name, key.extra.get("user"),
-            key.extra.get("team"), info.model, info.provider,
-            outcome.upstream_model or info.upstream_model, info.endpoint, int(info.stream),
-            outcome.status, outcome.outcome, *tokens, actual.cost_nano, outcome.latency_ms,
-            outcome.ttft_ms, outcome.attempts, None, error, max_tokens_clamped,
-            ",".join(outcome.flags) or None,
-        ),
-    )  # fmt: skip
+    conn.execute(_INSERT_ENTRY, entry_values(info, key, outcome, actual, max_tokens_clamped))
 
 
 def insert_refusal(
     conn: sqlite3.Connection, info: RequestInfo, key: Scope | None, refusal: Refusal, now: float
 ) -> None:
-    status = info.refusal_status or refusal_status(refusal)
-    conn.execute(
-        _INSERT_ENTRY,
-        (
-            info.request_id, info.started_at, info.key_id, key.name if key else None,
-            key.extra.get("user") if key else None, key.extra.get("team") if key else None,
-            info.model, info.provider, info.upstream_model, info.endpoint, int(info.stream),
-            status, "refused", 0, 0, 0, 0, 0, (now - info.started_at) * 1000, None, 0,
-            dumps(refusal.to_json()), None, None, None,
-        ),
-    )  # fmt: skip
+    conn.execute(_INSERT_ENTRY, refusal_values(info, key, refusal, now))
 
 
 def insert_lease_expired(
@@ -243,48 +170,8 @@ def insert_lease_expired(
     now: float,
     max_tokens_clamped: int | None = None,
 ) -> None:
-    conn.execute(
-        _INSERT_ENTRY,
-        (
-            info.request_id, info.started_at, info.key_id, key_name, user, team, info.model,
-            info.provider, info.upstream_model, info.endpoint, int(info.stream), 0,
-            "lease_expired", worst.input_tokens, worst.output_tokens, 0, 0, worst.cost_nano,
-            (now - info.started_at) * 1000, None, 1, None,
-            "the serving process stopped before the request settled: charged in full",
-            max_tokens_clamped, None,
-        ),
-    )  # fmt: skip
-
-
-def entry_from_row(row: sqlite3.Row) -> LedgerEntry:
-    return LedgerEntry(
-        id=row["id"],
-        request_id=row["request_id"],
-        created_at=row["created_at"],
-        key_id=row["key_id"],
-        key_name=row["key_name"],
-        user=row["user"],
-        team=row["team"],
-        model=row["model"],
-        provider=row["provider"],
-        upstream_model=row["upstream_model"],
-        endpoint=row["endpoint"],
-        stream=bool(row["stream"]),
-        status=row["status"],
-        outcome=row["outcome"],
-        input_tokens=row["input_tokens"],
-        output_tokens=row["output_tokens"],
-        cache_read_tokens=row["cache_read_tokens"],
-        cache_write_tokens=row["cache_write_tokens"],
-        cost_nano=row["cost_nano"],
-        latency_ms=row["latency_ms"],
-        ttft_ms=row["ttft_ms"],
-        attempts=row["attempts"],
-        refusal=None if row["refusal"] is None else orjson.loads(row["refusal"]),
-        error=row["error"],
-        max_tokens_clamped=row["max_tokens_clamped"],
-        flags=tuple(row["flags"].split(",")) if row["flags"] else (),
-    )
+    values = lease_expired_values(info, key_name, team, user, worst, now, max_tokens_clamped)
+    conn.execute(_INSERT_ENTRY, values)
 
 
 _FILTERS = {
@@ -359,15 +246,3 @@ def usage_by(
 def select_audit(conn: sqlite3.Connection, limit: int) -> list[AuditEntry]:
     rows = conn.execute("SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,))
     return [audit_from_row(row) for row in rows]
-
-
-def audit_from_row(row: sqlite3.Row) -> AuditEntry:
-    return AuditEntry(
-        id=row["id"],
-        created_at=row["created_at"],
-        actor=row["actor"],
-        action=row["action"],
-        target=row["target"],
-        before=None if row["before"] is None else orjson.loads(row["before"]),
-        after=None if row["after"] is None else orjson.loads(row["after"]),
-    )
