@@ -28,7 +28,9 @@ from conftest import Capgate, Upstream, gateway_config, start_capgate
 # A short lease and lock wait, so an outage of a few seconds outlasts both (and the five
 # tries the gateway used to make: ~9 s of waits with a 0.5 s lock wait).
 SERVER = {"lease_seconds": 2, "store_busy_timeout_s": 0.5}
-BUDGET = [{"metric": "cost_usd", "window": "day", "max": 10}]
+# A total window: a test that spans midnight UTC would read the next day's counters
+# (empty) while its requests count in the day they were admitted.
+BUDGET = [{"metric": "cost_usd", "window": "total", "max": 10}]
 
 
 class WriteLock:
