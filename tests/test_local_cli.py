@@ -13,6 +13,10 @@ from typing import Any
 
 import pytest
 
+from capgate.local import files
+from capgate.local.cache import FileCache
+from capgate.local.records import Skipped
+
 WEBAPP = "-home-dev-webapp"
 
 
@@ -216,3 +220,24 @@ def test_the_default_zone_is_the_systems_with_its_summer_time(tmp_path: Path) ->
     (project / "s.jsonl").write_text(claude_line("m", "r", "2026-07-01T22:30:00Z"))
     data = json.loads(local(tmp_path, "daily", "--json", TZ="Europe/Berlin").stdout)
     assert [r["date"] for r in data["daily"]] == ["2026-07-02"]  # 00:30 CEST, not 23:30 CET
+
+
+def test_parallel_reading_gives_what_one_process_reads(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files shared among forked processes (here even tiny ones): the same entries in the
+    same order, the same bad lines and unreadable files, the same cache."""
+    monkeypatch.setattr(files, "PARALLEL_MIN_BYTES", 0)
+    assert files._can_fork()  # else the test would compare one process with itself
+    env = {"HOME": str(home)}
+    results = []
+    for workers in (1, 3):
+        skipped, cache = Skipped(), FileCache(home / f"cache-{workers}.json")
+        entries = list(files.read_entries(env, home, "all", skipped, cache, workers))
+        cache.save()
+        results.append((entries, skipped, (home / f"cache-{workers}.json").read_bytes()))
+    (one, one_skipped, one_cache), (three, three_skipped, three_cache) = results
+    assert len(one) == 6 and one == three
+    assert one_skipped == three_skipped and one_skipped.bad_lines == 2
+    assert len(one_skipped.unreadable_files) == 1
+    assert one_cache == three_cache

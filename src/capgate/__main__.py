@@ -1,5 +1,5 @@
 """`python -m capgate`: the same as the `capgate` command."""
 
-from capgate.cli.main import main
+from capgate.cli.entry import main
 
 main()

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
-from typing import Any, NoReturn
+from typing import Any
 
 import httpx
-import typer
+
+from capgate.cli.errors import fail
+
+__all__ = ["DEFAULT_URL", "AdminClient", "fail"]
 
 DEFAULT_URL = "http://127.0.0.1:4000"
 
@@ -50,8 +53,3 @@ class AdminClient:
         if response.headers.get("content-type", "").startswith("application/json"):
             return response.json()
         return response.text
-
-
-def fail(message: str) -> NoReturn:
-    typer.secho(f"error: {message}", fg="red", err=True)
-    raise typer.Exit(1)

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.live import Live
 
-from capgate.cli.client import fail
+from capgate.cli.errors import fail
 from capgate.local import render
 from capgate.local.blocks import Block, blocks, burn
 from capgate.local.cache import FileCache, default_path
@@ -78,7 +78,9 @@ def _load(agent: str, use_cache: bool = True) -> tuple[list[Entry], Skipped]:
     skipped = Skipped()
     cache = FileCache(default_path(os.environ, Path.home()) if use_cache else None)
     try:
-        entries = dedupe(read_entries(os.environ, Path.home(), agent, skipped, cache))
+        entries = dedupe(
+            read_entries(os.environ, Path.home(), agent, skipped, cache, os.cpu_count() or 1)
+        )
     except LocationError as exc:
         fail(str(exc))
     cache.save()

@@ -25,7 +25,7 @@ def default_path(env: Mapping[str, str], home: Path) -> Path:
     return base / "capgate" / f"local-v{VERSION}.json"
 
 
-def _to_row(e: Entry) -> Row:
+def to_row(e: Entry) -> Row:
     micros = (e.timestamp - _EPOCH) // _MICRO
     return (e.agent, micros, e.project, e.session, e.model, e.input_tokens, e.output_tokens,
             e.cache_write_tokens, e.cache_write_1h_tokens, e.cache_read_tokens,
@@ -35,7 +35,7 @@ def _to_row(e: Entry) -> Row:
 _MICRO = datetime(1970, 1, 1, 0, 0, 0, 1, tzinfo=UTC) - _EPOCH
 
 
-def _from_row(r: Row) -> Entry:
+def from_row(r: Row) -> Entry:
     return Entry(r[0], _EPOCH + r[1] * _MICRO, *r[2:])
 
 
@@ -55,16 +55,17 @@ class FileCache:
         if found is None or found[0] != size or found[1] != mtime_ns:
             return None
         try:
-            entries = [_from_row(r) for r in found[3]]
+            entries = [from_row(r) for r in found[3]]
         except (TypeError, IndexError, ValueError, OverflowError):
             return None  # damaged: read the file again
         self._new[file] = found
         return entries, found[2]
 
-    def put(self, file: str, size: int, mtime_ns: int, entries: list[Entry], bad: int) -> None:
+    def put_rows(self, file: str, size: int, mtime_ns: int, rows: list[Row], bad: int) -> None:
+        """Keep what `file` held: its entries as `to_row` rows, and its bad lines."""
         if self.path is None:
-            return  # no cache: nothing to keep
-        self._new[file] = (size, mtime_ns, bad, [_to_row(e) for e in entries])
+            return
+        self._new[file] = (size, mtime_ns, bad, rows)
         self._changed = True
 
     def save(self) -> None:

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import contextlib
 import mmap
+import multiprocessing
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+import sys
+import threading
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from capgate.local import claude, codex
-from capgate.local.cache import FileCache
+from capgate.local.cache import FileCache, Row, from_row, to_row
 from capgate.local.dedup import dedupe
 from capgate.local.records import Entry, Skipped
 
@@ -137,52 +141,106 @@ def _find_lines(view: mmap.mmap, marker: bytes) -> Iterator[bytes]:
 
 
 def read_entries(
-    env: Mapping[str, str], home: Path, agent: str, skipped: Skipped, cache: FileCache
+    env: Mapping[str, str],
+    home: Path,
+    agent: str,
+    skipped: Skipped,
+    cache: FileCache,
+    workers: int = 1,
 ) -> Iterator[Entry]:
     """Every entry of the chosen agent(s), file by file, in path order (not deduplicated);
-    files unchanged since the cached run come from `cache`."""
+    files unchanged since the cached run come from `cache`. `workers` > 1: the files to
+    read are parsed by that many processes (forked: Linux only) when there are at least
+    `PARALLEL_MIN_BYTES` of them."""
+    jobs: list[Job] = []
     if agent in ("claude", "all"):
         for path, project, session in claude_files(claude_roots(env, home)):
-            yield from _cached(path, cache, skipped, _claude_parser(path, project, session))
+            jobs.append((str(path), "claude", project, session))
     if agent in ("codex", "all"):
         for path, session in codex_files(env, home):
-            yield from _cached(path, cache, skipped, _codex_parser(path, session))
+            jobs.append((str(path), "codex", "", session))
+    found: list[tuple[list[Entry], int] | None] = []
+    todo: list[tuple[int, Job, int, int]] = []  # (index, job, size, mtime)
+    for job in jobs:
+        try:
+            stat = os.stat(job[0])
+        except OSError:
+            skipped.unreadable_files.append(job[0])
+            found.append(([], 0))
+            continue
+        hit = cache.get(job[0], stat.st_size, stat.st_mtime_ns)
+        if hit is None:
+            todo.append((len(found), job, stat.st_size, stat.st_mtime_ns))
+        found.append(hit)
+    parsed = _parse_all([t[1] for t in todo], [t[2] for t in todo], workers)
+    for (index, job, size, mtime), (rows, bad, unreadable) in zip(todo, parsed, strict=True):
+        skipped.bad_lines += bad
+        if unreadable:
+            skipped.unreadable_files.append(job[0])
+        else:
+            cache.put_rows(job[0], size, mtime, rows, bad)
+        found[index] = ([from_row(r) for r in rows], 0)
+    for result in found:
+        if result is not None:
+            entries, bad = result
+            skipped.bad_lines += bad
+            yield from entries
 
 
-Parser = Callable[[Skipped], Iterable[Entry]]
+# (file, "claude" | "codex", project, session)
+Job = tuple[str, str, str, str]
+# A file's entries as cache rows, its bad lines, and whether it could not be read.
+Parsed = tuple[list[Row], int, bool]
+# Below this many bytes to read, starting processes costs more than it saves.
+PARALLEL_MIN_BYTES = 32 * 2**20
 
 
-def _claude_parser(path: Path, project: str, session: str) -> Parser:
-    def parse(skipped: Skipped) -> Iterable[Entry]:
-        lines = _marked_lines(path, claude.MARKER, skipped)
-        return claude.parse_lines(lines, project, session, skipped)
+def _parse_all(jobs: list[Job], sizes: list[int], workers: int) -> list[Parsed]:
+    """Each job's result, in order. In parallel: the files are shared by size among
+    `workers` processes, the first share parsed here while forked ones parse the others."""
+    if workers < 2 or len(jobs) < 2 or sum(sizes) < PARALLEL_MIN_BYTES or not _can_fork():
+        return [_parse_file(job) for job in jobs]
+    shares: list[list[int]] = [[] for _ in range(min(workers, len(jobs)))]
+    loads = [0] * len(shares)
+    for index in sorted(range(len(jobs)), key=lambda i: -sizes[i]):  # largest first
+        least = loads.index(min(loads))
+        shares[least].append(index)
+        loads[least] += sizes[index]
+    results: list[Parsed | None] = [None] * len(jobs)
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(len(shares) - 1, mp_context=context) as pool:
+        others = [pool.submit(_parse_files, [jobs[i] for i in share]) for share in shares[1:]]
+        for index in shares[0]:
+            results[index] = _parse_file(jobs[index])
+        for share, future in zip(shares[1:], others, strict=True):
+            for index, parsed in zip(share, future.result(), strict=True):
+                results[index] = parsed
+    return [r for r in results if r is not None]
 
-    return parse
+
+def _parse_files(jobs: list[Job]) -> list[Parsed]:
+    return [_parse_file(job) for job in jobs]
 
 
-def _codex_parser(path: Path, session: str) -> Parser:
-    def parse(skipped: Skipped) -> Iterable[Entry]:
-        return codex.parse_lines(_lines(path, skipped), session, skipped)
+def _can_fork() -> bool:
+    """Forking is safe here: Linux, and no other thread that could hold a lock."""
+    return (
+        sys.platform == "linux"
+        and "fork" in multiprocessing.get_all_start_methods()
+        and threading.active_count() == 1
+    )
 
-    return parse
 
-
-def _cached(path: Path, cache: FileCache, skipped: Skipped, parse: Parser) -> list[Entry]:
-    try:
-        stat = path.stat()
-    except OSError:
-        skipped.unreadable_files.append(str(path))
-        return []
-    name = str(path)
-    hit = cache.get(name, stat.st_size, stat.st_mtime_ns)
-    if hit is not None:
-        skipped.bad_lines += hit[1]
-        return hit[0]
+def _parse_file(job: Job) -> Parsed:
+    """One file's entries, deduplicated within the file (most copies of an answer are in
+    one file: a line per content block; `dedupe` over all files finishes the job), as
+    rows: plain tuples cost little to send between processes and are what the cache keeps."""
+    path, kind, project, session = job
     mine = Skipped()
-    # Most copies of an answer are in one file (a line per content block): dropping them
-    # here keeps memory and the cache small; `dedupe` over all files finishes the job.
-    entries = dedupe(parse(mine))
-    skipped.add(mine)
-    if not mine.unreadable_files:
-        cache.put(name, stat.st_size, stat.st_mtime_ns, entries, mine.bad_lines)
-    return entries
+    if kind == "claude":
+        lines = _marked_lines(Path(path), claude.MARKER, mine)
+        parsed = claude.parse_lines(lines, project, session, mine)
+    else:
+        parsed = codex.parse_lines(_lines(Path(path), mine), session, mine)
+    rows = [to_row(e) for e in dedupe(parsed)]
+    return rows, mine.bad_lines, bool(mine.unreadable_files)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, tzinfo
+from typing import Any
 
 from capgate.local.costing import Costing
 from capgate.local.records import SYNTHETIC, Entry
@@ -142,18 +143,70 @@ def _group(
     key_of: Callable[[Entry, date], str],
     day_filter: bool,
 ) -> tuple[list[Row], Row]:
-    rows: dict[str, Row] = {}
-    total = Row(key="total")
+    # Summed per (row, model, agent) first, in plain lists (this runs once per answer),
+    # then made rows: the same sums as adding each entry to its row, its model and the total.
+    sums: dict[tuple[str, str, str], list[int]] = {}
+    unpriced: set[tuple[str, str, str]] = set()
+    spans: dict[str, list[Any]] = {}  # row key -> [project, first, last]
+    days: dict[
+        int, date
+    ] = {}  # local date per UTC quarter hour (every zone's offset is whole quarters)
     for entry in entries:
         if not query.keeps(entry):
             continue
-        day = query.local_date(entry.timestamp)
+        when = entry.timestamp
+        quarter = int(when.timestamp()) // 900
+        day = days.get(quarter)
+        if day is None:
+            day = days[quarter] = query.local_date(when)
         if day_filter and not query.keeps_day(day):
             continue
         key = key_of(entry, day)
         cost = costing.cost_nano(entry)
-        rows.setdefault(key, Row(key=key)).add(entry, cost)
-        total.add(entry, cost)
+        group = (key, entry.model, entry.agent)
+        acc = sums.get(group)
+        if acc is None:
+            acc = sums[group] = [0, 0, 0, 0, 0, 0, 0, 0]
+        acc[0] += entry.input_tokens
+        acc[1] += entry.output_tokens
+        acc[2] += entry.cache_write_tokens
+        acc[3] += entry.cache_write_1h_tokens
+        acc[4] += entry.cache_read_tokens
+        acc[5] += entry.reasoning_tokens
+        acc[7] += 1
+        if cost is None:
+            unpriced.add(group)
+        else:
+            acc[6] += cost
+        span = spans.get(key)
+        if span is None:
+            spans[key] = [entry.project, when, when]
+        else:
+            span[0] = span[0] or entry.project
+            if when < span[1]:
+                span[1] = when
+            if when > span[2]:
+                span[2] = when
+    rows: dict[str, Row] = {}
+    total = Row(key="total")
+    for group in sorted(sums):
+        key, model, agent = group
+        inp, out, write, write_1h, read, reasoning, cost, count = sums[group]
+        part = Totals(inp, out, write, write_1h, read, reasoning, cost, count)
+        if group in unpriced:
+            part.unpriced.add(model)
+        row = rows.get(key)
+        if row is None:
+            project, first, last = spans[key]
+            row = rows[key] = Row(key=key, project=project, first=first, last=last)
+        for into in (row, total):
+            into.totals.merge(part)
+            into.agents.add(agent)
+            if model != SYNTHETIC:
+                into.models.setdefault(model, Totals()).merge(part)
+    if rows:
+        total.first = min(r.first for r in rows.values() if r.first is not None)
+        total.last = max(r.last for r in rows.values() if r.last is not None)
     return [rows[k] for k in sorted(rows)], total
 
 
