@@ -494,9 +494,10 @@ def cached_decision(
         if not glob_match(model, limit.get("model")):
             continue
         resets = limit.get("resets_at")
-        since = issued if resets is None or now < float(resets) else float(resets)
-        used = 0 if since > issued else _metric_value(limit["metric"], limit.get("used", 0))
-        mine = [q for q in queued if float(q.get("at") or 0) >= since]
+        reset = resets is not None and now >= float(resets)  # the window restarted since
+        used = 0 if reset else _metric_value(limit["metric"], limit.get("used", 0))
+        # still queued = not counted by the server (its `used`), unless from an old window
+        mine = [q for q in queued if not reset or float(q.get("at") or 0) >= float(resets)]
         calls = [
             c
             for q in mine
@@ -748,11 +749,9 @@ class Hook:
         if not (self.worth_sending(report) or prompts):
             return
         cache = self.held.get("cache") or {}
-        at = (
-            float(cache.get("issued_at") or 0)
-            + time.time()
-            - float(self.held.get("received_at") or time.time())
-        )
+        at = time.time()  # in the server's clock when the cache says how far off ours is
+        if cache.get("issued_at") and self.held.get("received_at"):
+            at += float(cache["issued_at"]) - float(self.held["received_at"])
         enqueue(
             self.folder, {"at": at, "report": report, "calls": report["calls"], "prompts": prompts}
         )

@@ -295,6 +295,34 @@ def is_ours(path: str) -> bool:
         return False
 
 
+def write_install(
+    files: list[Any], watchdog_source: bytes, *, root: str = "/", log: object = print
+) -> dict[str, Any]:
+    """Write `plan`'s files and their pristine copies (root-only) under `root`, and the
+    manifest the watchdog and uninstall read. Returns the manifest."""
+    say = log if callable(log) else print
+    created: list[Any] = []
+    make_dirs(under(root, HOOK_DIR + "/pristine"), created)
+    os.chmod(under(root, HOOK_DIR), 0o755)  # noqa: S103 - the hook runs as the user
+    os.chmod(under(root, HOOK_DIR + "/pristine"), 0o700)
+    manifest: dict[str, Any] = {"files": [], "dirs": created, "timer": None}
+    for path, data, mode, uid, gid in files:
+        target = under(root, path)
+        make_dirs(os.path.dirname(target), created)
+        write_file(target, data, mode, uid, gid)
+        copy = under(root, HOOK_DIR + "/pristine/" + pristine_name(path))
+        write_file(copy, data, 0o600, 0, 0)
+        manifest["files"].append(
+            {"path": target, "sha256": sha256(data), "mode": mode, "uid": uid, "gid": gid,
+             "copy": copy}
+        )  # fmt: skip
+        say(f"wrote {target}")
+    write_file(under(root, HOOK_DIR + "/pristine/watchdog.py"), watchdog_source, 0o700, 0, 0)
+    data = json.dumps(manifest, indent=2).encode()
+    write_file(under(root, HOOK_DIR + "/pristine/manifest.json"), data, 0o600, 0, 0)
+    return manifest
+
+
 def install(
     server: str,
     code: str,
@@ -329,23 +357,7 @@ def install(
     systemd = system == "Linux" and os.path.isdir(under(root, "/run/systemd/system"))
     files = plan(server=server, enrolled=enrolled, agents=agents, os_user=os_user, group=group,
                  python=python, clients=clients, system=system, systemd=systemd)  # fmt: skip
-    created: list[Any] = []
-    make_dirs(under(root, HOOK_DIR + "/pristine"), created)
-    os.chmod(under(root, HOOK_DIR), 0o755)  # noqa: S103 - the hook runs as the user
-    os.chmod(under(root, HOOK_DIR + "/pristine"), 0o700)
-    manifest: dict[str, Any] = {"files": [], "dirs": created, "python": python, "timer": None}
-    for path, data, mode, uid, gid in files:
-        target = under(root, path)
-        make_dirs(os.path.dirname(target), created)
-        write_file(target, data, mode, uid, gid)
-        copy = under(root, HOOK_DIR + "/pristine/" + pristine_name(path))
-        write_file(copy, data, 0o600, 0, 0)
-        manifest["files"].append(
-            {"path": target, "sha256": sha256(data), "mode": mode, "uid": uid, "gid": gid,
-             "copy": copy}
-        )  # fmt: skip
-        say(f"wrote {target}")
-    write_file(under(root, HOOK_DIR + "/pristine/watchdog.py"), clients["watchdog.py"], 0o700, 0, 0)
+    manifest = write_install(files, clients["watchdog.py"], root=root, log=say)
     manifest["timer"] = start_timer(root, system, systemd, say)
     data = json.dumps(manifest, indent=2).encode()
     write_file(under(root, HOOK_DIR + "/pristine/manifest.json"), data, 0o600, 0, 0)
