@@ -115,4 +115,6 @@ def _limits(answer: dict[str, Any]) -> Table | str:
 
 
 # hooksrv's admin commands (code, codes, machines, kill, resume) join this group here:
-# from capgate.cli.hook_admin import register; register(app)
+from capgate.cli.hook_admin import register  # noqa: E402 - the admin commands (hooksrv)
+
+register(app)

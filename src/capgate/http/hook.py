@@ -193,7 +193,7 @@ class HookAPI:
         await self._touch(key, body.hook_version)
         if body.report is not None:
             await self.record(key, body.report, ())
-        lease = g.lease_id(body.agent, body.session_id, body.prompt_id)
+        lease = g.lease_id(key.id, body.agent, body.session_id, body.prompt_id)
         lock, users = self._locks.get(lease, (asyncio.Lock(), 0))
         self._locks[lease] = (lock, users + 1)  # a retried gate waits for the first
         try:
@@ -425,7 +425,7 @@ class HookAPI:
         refusal = Refusal(
             "limit_exceeded", "", kind, name, s.usage.limit, s.usage.used, s.usage.resets_at
         )
-        return g.block_message(refusal, [s], Amounts(), timezone_of(scopes), ())
+        return g.block_message(refusal, [s], Amounts(), timezone_of(scopes), None)
 
     # -- reports ----------------------------------------------------------------------
 
@@ -456,9 +456,11 @@ class HookAPI:
             outcome = Outcome(200, "ok", call.usage, cost, 0.0, flags=flags, requests=0)
             items.append((unheld(info, Amounts(), scopes, now), outcome))
         done = await self.store.record_unheld(items) if items else []
-        ended = {g.lease_id(report.agent, report.session_id, p) for p in report.ended_prompts}
+        ended = {
+            g.lease_id(key.id, report.agent, report.session_id, p) for p in report.ended_prompts
+        }
         ended |= {
-            g.lease_id(report.agent, report.session_id, c.prompt_id)
+            g.lease_id(key.id, report.agent, report.session_id, c.prompt_id)
             for c in report.calls
             if c.prompt_id
         }
