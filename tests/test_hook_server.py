@@ -640,3 +640,38 @@ def test_the_client_files_are_served_with_their_hash(servers: Pair, tmp_path: Pa
         assert got.headers["x-capgate-sha256"] == hashlib.sha256(data).hexdigest()
     for bad in ("/hook/client/..%2Fkeys.py", "/hook/client/nope.py", "/hook/client/hook.txt"):
         assert httpx.get(servers.one.url + bad).status_code == 404
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
+def test_a_lease_outlives_the_process_that_made_it(
+    engine: str, request: pytest.FixtureRequest, upstream: Upstream, tmp_path: Path
+) -> None:
+    """`kill -9` of the process that holds a prompt's lease: the others' sweep (which
+    charges a dead process's gateway requests in full) leaves it alone; a report through
+    another process settles it as the prompt it is."""
+    import signal
+
+    config = gateway_config(upstream, server={"lease_seconds": 1, "hook_lease_s": 600})
+    args: tuple[str, ...] = ()
+    if engine == "postgres":
+        args = ("--database-url", request.getfixturevalue("postgres").new_database())
+    one = start_capgate(tmp_path, config, args=args)
+    two = start_capgate(tmp_path, config, db=one.db, args=args)
+    try:
+        m = machine(two, limits=[{"metric": "requests", "window": "day", "max": 10}])
+        assert m.gate(one, "s", "p")["decision"] == "allow"
+        one.proc.send_signal(signal.SIGKILL)
+        one.proc.wait(10)
+        deadline = time.time() + 6  # many sweeps of the survivor (every lease / 6 seconds)
+        while time.time() < deadline:
+            assert [e["outcome"] for e in two.ledger(user=m.user)] == []
+            time.sleep(0.5)
+        assert usage(two, m.user)["requests"] == (0, 1)
+        m.report(two, "s", [call("after-kill", "p", input=10)])
+        assert usage(two, m.user)["requests"] == (1, 0)
+        lease = lease_id(m.key_id, "claude", "s", "p")
+        (entry,) = two.ledger(request_id=lease)
+        assert entry["outcome"] == "ok"
+    finally:
+        two.close()
+        one.close()
