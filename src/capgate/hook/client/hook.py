@@ -281,6 +281,7 @@ def _claude_call(line: dict[str, Any], prompt: str | None) -> dict[str, Any] | N
     if not key:
         return None
     split = usage.get("cache_creation")
+    write_1h = _count(split.get("ephemeral_1h_input_tokens")) if isinstance(split, dict) else 0
     return {
         "id": key,
         "message_id": mid,
@@ -289,10 +290,8 @@ def _claude_call(line: dict[str, Any], prompt: str | None) -> dict[str, Any] | N
         "input": _count(usage.get("input_tokens")),
         "output": _count(usage.get("output_tokens")),
         "cache_read": _count(usage.get("cache_read_input_tokens")),
-        "cache_write": _count(usage.get("cache_creation_input_tokens")),
-        "cache_write_1h": _count(split.get("ephemeral_1h_input_tokens"))
-        if isinstance(split, dict)
-        else 0,
+        "cache_write": max(write_1h, _count(usage.get("cache_creation_input_tokens"))),
+        "cache_write_1h": write_1h,  # a part of cache_write, as the server requires
     }
 
 
