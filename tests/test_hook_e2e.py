@@ -216,7 +216,7 @@ def test_a_tool_turn_and_a_subagent_are_counted_once(machine: Machine) -> None:
 @pytest.mark.parametrize(
     ("limit", "words"),
     [
-        ({"metric": "requests", "window": "day", "max": 0, "model": "claude-sonnet-*"}, "request"),
+        ({"metric": "requests", "window": "day", "max": 0, "model": "claude-sonnet-*"}, "prompt"),
         ({"metric": "credits", "window": "day", "max": 1}, "credit"),
         ({"metric": "cost_usd", "window": "day", "max": "0.000001"}, "$"),
     ],
@@ -311,7 +311,9 @@ def test_offline_cached_limits_then_reports_delivered_once(
     config = gateway_config(upstream)
     server = start_capgate(tmp_path / "srv", config) if _mkdir(tmp_path / "srv") else None
     assert server is not None
-    machine = start_machine(tmp_path, server, mock, [{"metric": "requests", "window": "day", "max": 2}])
+    machine = start_machine(
+        tmp_path, server, mock, [{"metric": "requests", "window": "day", "max": 2}]
+    )
     try:
         first = machine.claude("say hi")
         assert first["is_error"] is False and "capgate mock" in first["result"], first
@@ -343,9 +345,7 @@ def _mkdir(path: Path) -> bool:
     return True
 
 
-def test_no_cache_and_no_server_blocks(
-    server: Capgate, mock: MockUpstream, tmp_path: Path
-) -> None:
+def test_no_cache_and_no_server_blocks(server: Capgate, mock: MockUpstream, tmp_path: Path) -> None:
     machine = start_machine(tmp_path, server, mock, [])
     try:
         config = "/etc/capgate-hook/config.json"
@@ -362,7 +362,9 @@ def test_no_cache_and_no_server_blocks(
 def test_watchdog_restores_a_tampered_hook_and_uninstall_leaves_etc_as_it_was(
     server: Capgate, mock: MockUpstream, tmp_path: Path
 ) -> None:
-    machine = start_machine(tmp_path, server, mock, [{"metric": "requests", "window": "day", "max": 0}])
+    machine = start_machine(
+        tmp_path, server, mock, [{"metric": "requests", "window": "day", "max": 0}]
+    )
     try:
         tamper = "echo 'print(\"{}\")' > /etc/capgate-hook/hook.py"
         assert machine.overlay.run(["sh", "-c", tamper]).returncode == 0
@@ -446,3 +448,44 @@ def test_codex_exec_is_admitted_counted_and_blocked(machine: Machine) -> None:
                    for e in events), events  # fmt: skip
     assert len([r for r in machine.mock.requests() if r.path == "/v1/responses"]) == responses
     assert usage == [] or usage[0].get("usage", {}).get("input_tokens", 0) == 0
+
+
+# -- what a person sees: interactive Claude Code in a terminal ---------------------------------
+
+
+@pytest.mark.slow
+def test_interactive_claude_code_shows_the_refusal(machine: Machine) -> None:
+    """In tmux: the refusal's message is shown, the prompt is not sent (0 requests), and
+    no command line or token is on the screen."""
+    from test_claude_code_interactive import Terminal
+
+    claude = which("claude")
+    need(shutil.which("tmux") is not None, "tmux is not installed (.ci/run installs it)")
+    need(claude is not None, "the Claude Code CLI is not installed (bin/test installs it)")
+    assert claude is not None
+    machine.set_limits([{"metric": "requests", "window": "day", "max": 0}])
+    before = len([r for r in machine.mock.requests() if r.path.startswith("/v1/messages")])
+    terminal = Terminal(f"capgate-hook-{os.getpid()}-{time.monotonic_ns()}")
+    env = machine.env(TERM="xterm-256color")
+    command = " ".join(
+        machine.overlay.command(
+            ["env", "-i", *(f"{k}={v}" for k, v in env.items()), claude, "--model", SONNET],
+            cwd=machine.home / "work",
+        )
+    )
+    try:
+        terminal.tmux("new-session", "-d", "-x", "200", "-y", "50", "-s", terminal.session,
+                      "-c", str(machine.home / "work"), command)  # fmt: skip
+        terminal.wait_for("Claude Code v")
+        terminal.type("say hi")
+        screen = terminal.wait_for("blocked by hook", "daily prompt limit")
+        artifacts = Path(__file__).parent / "artifacts"
+        artifacts.mkdir(exist_ok=True)
+        (artifacts / "hook-refusal-interactive.txt").write_text(screen)
+        assert f'user "{machine.person}"' in screen
+        assert "cgh-" not in screen and "/etc/capgate-hook" not in screen
+        time.sleep(1)
+        after = len([r for r in machine.mock.requests() if r.path.startswith("/v1/messages")])
+        assert after == before
+    finally:
+        terminal.tmux("kill-server")
