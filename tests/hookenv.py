@@ -59,8 +59,9 @@ class EtcOverlay:
         """`args` run inside the namespace (in `cwd`: joining resets the folder to /)."""
         assert self.holder is not None
         join = ["-U", "--preserve-credentials"] if self.user_ns else []
-        where = [f"--wd={cwd}"] if cwd else []
-        return ["nsenter", "-t", str(self.holder.pid), *join, "-m", *where, "--", *args]
+        # (not nsenter --wd: that folder is opened outside, and getcwd() inside fails)
+        where = ["sh", "-c", 'cd "$0" && exec "$@"', str(cwd)] if cwd else []
+        return ["nsenter", "-t", str(self.holder.pid), *join, "-m", "--", *where, *args]
 
     def run(self, args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
         kwargs.setdefault("capture_output", True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -250,41 +251,54 @@ def test_a_schedule_blocks_the_model_outside_its_hours(machine: Machine) -> None
 
 
 def test_a_user_cannot_switch_the_gate_off(machine: Machine) -> None:
-    """User settings `disableAllHooks` and a user hook of their own: the managed gate still
-    refuses, and the user's hook does not even run."""
-    machine.set_limits([{"metric": "requests", "window": "day", "max": 0}])
+    """A user hook of their own does not run (managed hooks only), and `disableAllHooks` in
+    the user's settings and on the command line does not stop the managed gate."""
     marker = machine.home / "user-hook-ran"
-    settings = {
-        "disableAllHooks": True,
-        "hooks": {"UserPromptSubmit": [{"hooks": [
-            {"type": "command", "command": f"touch {marker}"}]}]},
-    }  # fmt: skip
+    own_hook = {"hooks": {"UserPromptSubmit": [{"hooks": [
+        {"type": "command", "command": f"touch {marker}"}]}]}}  # fmt: skip
     user_settings = machine.home / ".claude" / "settings.json"
     user_settings.parent.mkdir(exist_ok=True)
-    user_settings.write_text(json.dumps(settings))
     try:
+        machine.set_limits([{"metric": "cost_usd", "window": "day", "max": 50}])
+        user_settings.write_text(json.dumps(own_hook))
+        result = machine.claude("say hi")
+        assert "capgate mock" in result["result"], result
+        assert not marker.exists()  # the user's hook did not run
+        machine.set_limits([{"metric": "requests", "window": "day", "max": 0}])
+        user_settings.write_text(json.dumps({"disableAllHooks": True}))
         result = machine.claude("say hi", "--settings", '{"disableAllHooks": true}')
         assert "blocked by hook" in result["result"], result
         assert machine.requests(session_of(result)) == []
-        assert not marker.exists()
     finally:
         user_settings.unlink()
 
 
-def test_kill_mid_session_stops_the_next_tool_call(machine: Machine) -> None:
-    """The prompt is admitted; the admin kills the person while the model is answering; the
-    tool it asked for is denied and the turn ends (no request after it)."""
+def test_kill_mid_session_stops_the_next_tool_call_and_logs_out(machine: Machine) -> None:
+    """The prompt is admitted; the admin kills the person (with logout) while the model is
+    answering; the tool it asked for is denied and the turn ends (no request after it), and
+    the hook runs `claude auth logout` (a stand-in on PATH records it)."""
     machine.set_limits([{"metric": "cost_usd", "window": "day", "max": 50}])
+    bin_dir, said = machine.home / "bin", machine.home / "logout-args"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "claude").write_text(f'#!/bin/sh\necho "$@" >> {said}\n')
+    (bin_dir / "claude").chmod(0o755)
     killer = _Later(2.0, lambda: machine.server.admin(
-        "POST", f"/admin/users/{machine.person}/kill", json={"logout": False}))  # fmt: skip
+        "POST", f"/admin/users/{machine.person}/kill", json={"logout": True}))  # fmt: skip
     try:
-        result = machine.claude("list files mock:tool=Glob mock:delay_ms=5000", "--tools", "Glob")
+        result = machine.claude(
+            "list files mock:tool=Glob mock:delay_ms=5000", "--tools", "Glob",
+            PATH=f"{bin_dir}:{os.environ.get('PATH', '')}",
+        )  # fmt: skip
     finally:
         killer.join()
         machine.server.admin("POST", f"/admin/users/{machine.person}/resume")
     assert result.get("terminal_reason") == "hook_stopped", result
     assert [d["tool_name"] for d in result.get("permission_denials", [])] == ["Glob"]
     assert len(machine.requests(session_of(result))) == 1
+    deadline = time.monotonic() + 5
+    while not said.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert said.read_text() == "auth logout\n"  # once: the tool check, not again at Stop
 
 
 class _Later:
@@ -430,7 +444,9 @@ def test_codex_exec_is_admitted_counted_and_blocked(machine: Machine) -> None:
             [codex, "exec", "--skip-git-repo-check", "--json", "--disable", "plugins", prompt],
             env=env, cwd=machine.home / "work", stdin=subprocess_devnull(),
         )  # fmt: skip
-        return [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
+        events = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
+        assert events, f"no JSON from codex (rc={done.returncode}):\n{done.stdout}\n{done.stderr}"
+        return events
 
     machine.set_limits([{"metric": "cost_usd", "window": "day", "max": 50}])
     before = len([e for e in machine.ledger() if e["endpoint"] == "hook/call"])
@@ -467,7 +483,7 @@ def test_interactive_claude_code_shows_the_refusal(machine: Machine) -> None:
     before = len([r for r in machine.mock.requests() if r.path.startswith("/v1/messages")])
     terminal = Terminal(f"capgate-hook-{os.getpid()}-{time.monotonic_ns()}")
     env = machine.env(TERM="xterm-256color")
-    command = " ".join(
+    command = shlex.join(
         machine.overlay.command(
             ["env", "-i", *(f"{k}={v}" for k, v in env.items()), claude, "--model", SONNET],
             cwd=machine.home / "work",
