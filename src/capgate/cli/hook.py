@@ -114,7 +114,7 @@ def _limits(answer: dict[str, Any]) -> Table | str:
     return table
 
 
-# the admin's commands (code, codes, machines, kill, resume): cli/hook_admin.py
-from capgate.cli.hook_admin import register  # noqa: E402 - after the group exists
+# hooksrv's admin commands (code, codes, machines, kill, resume) join this group here:
+from capgate.cli.hook_admin import register  # noqa: E402 - the admin commands (hooksrv)
 
 register(app)

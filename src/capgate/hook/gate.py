@@ -23,9 +23,10 @@ _DATED = re.compile(r"-(\d{8}|\d{4}-\d{2}-\d{2}|latest)$")
 _ALIASES = ("opus", "sonnet", "haiku")
 
 
-def lease_id(agent: str, session: str, prompt: str) -> str:
-    """A prompt's lease (and prompt entry) id: the same for a retried gate."""
-    digest = hashlib.sha256(f"{agent}|{session}|{prompt}".encode()).hexdigest()
+def lease_id(machine: str, agent: str, session: str, prompt: str) -> str:
+    """A prompt's lease (and prompt entry) id: the same for a retried gate of the same
+    machine (its key id), and another machine's prompt can never take it."""
+    digest = hashlib.sha256(f"{machine}|{agent}|{session}|{prompt}".encode()).hexdigest()
     return HOOK_LEASE_PREFIX + digest[:32]
 
 
@@ -165,10 +166,10 @@ def block_message(
     standing: Sequence[Standing],
     worst: Amounts,
     timezone: str,
-    alternatives: Sequence[str],
+    alternatives: Sequence[str] | None,
 ) -> str:
     """What a refused prompt shows: which limit, used / max, when it resets, and what is
-    left on the other models."""
+    left on the other models (`alternatives`; None: not looked for)."""
     limit = refusal.limit
     if limit is None:  # paused, revoked, expired, a model not allowed, a schedule
         text = f"capgate: {refusal.message}"
@@ -199,7 +200,7 @@ def block_message(
         text = f"capgate: {detail}; {resets_text(limit, refusal.resets_at, timezone)}."
     if alternatives:
         text += " " + " ".join(f"{a}." for a in alternatives)
-    elif refusal.limit is not None and refusal.limit.model is None:
+    elif alternatives is not None and refusal.limit is not None and refusal.limit.model is None:
         text += " No other model fits either."
     return text
 

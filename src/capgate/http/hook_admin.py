@@ -26,7 +26,7 @@ MAX_TTL_S = 7 * 86_400.0
 class CodeCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     user: str = Field(min_length=1, max_length=200)
-    ttl_s: float = Field(DEFAULT_TTL_S, ge=60, le=MAX_TTL_S)
+    ttl_s: float = Field(DEFAULT_TTL_S, ge=1, le=MAX_TTL_S)
     agents: list[str] = Field(default_factory=lambda: ["claude", "codex"], min_length=1)
 
     @field_validator("agents")
