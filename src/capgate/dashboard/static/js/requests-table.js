@@ -53,6 +53,8 @@ export async function requestDetail(root, cleanup, requestId) {
     ["Cost", usd(entry.cost_usd)],
     ["Latency", `${ms(entry.latency_ms)} · first token ${ms(entry.ttft_ms)} · ${entry.attempts} ${entry.attempts === 1 ? "attempt" : "attempts"}`],
   ];
+  if (entry.session) rows.push(["Session id", h("span", { class: "mono", "data-field": "session" }, entry.session)]);
+  if (entry.prompt) rows.push(["Prompt id", h("span", { class: "mono", "data-field": "prompt" }, entry.prompt)]);
   if (entry.refusal) rows.push(["Refusal", `${entry.refusal.code}: ${entry.refusal.message}`]);
   if (entry.error) rows.push(["Error", entry.error]);
   replace(root, panel(`Request ${entry.request_id}`,

@@ -1,0 +1,35 @@
+// Admin actions in words for the live feed: "admin killed user:alice (and logs Claude Code
+// out)", "hook enrolled the machine key:alice@laptop". Unknown actions read as they are.
+
+const VERBS = {
+  "hook-enrol": "enrolled the machine",
+  "hook-tamper": "found the hook's files changed, restored them, on",
+  kill: "killed",
+  "hook-kill": "killed",
+  "hook-code": "created an install code for",
+  "hook-code-create": "created an install code for",
+  "hook-code-delete": "deleted an install code of",
+};
+
+export function auditVerb(item) {
+  return VERBS[item.action] || item.action;
+}
+
+// What the words above leave out: whose machine, which files, whether a kill logs out.
+export function auditDetail(item) {
+  const after = item.after || {};
+  if (item.action === "hook-enrol") {
+    const hook = after.metadata?.hook || after;
+    const parts = [after.user ? `for ${after.user}` : null, hook.hostname ? `host ${hook.hostname}` : null, hook.os_user ? `OS user ${hook.os_user}` : null];
+    return parts.filter(Boolean).join(", ");
+  }
+  if (item.action === "hook-tamper") {
+    const files = after.files || after.tamper_files || [];
+    return files.length ? files.join(", ") : "";
+  }
+  if (VERBS[item.action] === "killed") {
+    const logout = after.metadata?.hook_logout ?? after.logout;
+    return logout ? "and logs their Claude Code out" : "";
+  }
+  return "";
+}
