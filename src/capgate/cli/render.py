@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from capgate.core.limits import format_usd, usd_to_nano
+from capgate.core.windows import format_reset
 
 DASH = "-"
 
@@ -88,6 +89,16 @@ def reset(ts: int | None) -> str:
     if ts >= 2**61:
         return "never"
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def reset_in(ts: float | None, timezone: str) -> str:
+    """When a window resets, in the person's timezone: '2026-12-06 00:00 Europe/Berlin'."""
+    if ts is None:
+        return "never"
+    try:
+        return format_reset(int(ts), timezone)
+    except (KeyError, ValueError):  # a timezone this machine does not know: UTC then
+        return format_reset(int(ts))
 
 
 def print_settings(console: Console, scope: dict[str, Any]) -> None:
