@@ -6,20 +6,18 @@ delete a code; and the live feed with the hook's prompts, refusals and the kill.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 
-from conftest import ROOT, Capgate, Upstream, gateway_config, start_capgate
+from conftest import Capgate, Upstream, gateway_config, start_capgate
 from test_dashboard_browser import ARTIFACTS, FITS, Console, browser  # noqa: F401
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
-DOC_IMAGES = ROOT / "docs" / "images"
 LIMITS = [
     {"metric": "requests", "window": "day", "max": 20},
     {"metric": "cost_usd", "window": "month", "max": "5"},
@@ -94,11 +92,9 @@ def gate(server: Capgate, token: str, prompt: str, session: str = "s-1") -> dict
     return dict(answer.json())
 
 
-def shot(page: Page, name: str, doc: bool = False) -> None:
-    path = ARTIFACTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=not doc)
-    if doc:
-        shutil.copyfile(path, DOC_IMAGES / f"{name}.png")
+def shot(page: Page, name: str, full: bool = True) -> None:
+    """Into tests/artifacts/ (docs/images/hooks.png and hook-code.png are copies of these)."""
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=full)
 
 
 def test_install_code_enrol_kill_resume_revoke(
@@ -124,7 +120,7 @@ def test_install_code_enrol_kill_resume_revoke(
     assert f"capgate hook install --server {hookdash.url} --code {code}" in install
     curl = page.locator("#install-curl").inner_text()
     assert f"curl -fsSL {hookdash.url}/hook/install" in curl and code in curl
-    shot(page, "hook-code", doc=True)
+    shot(page, "hook-code", full=False)
     page.get_by_role("button", name="Done").click()
 
     listed = hookdash.admin("GET", "/admin/hook/codes").json()
@@ -164,7 +160,7 @@ def test_install_code_enrol_kill_resume_revoke(
     refused = gate(hookdash, machine["token"], "p-2")
     assert refused["decision"] == "block" and refused["logout"] is True
     assert page.evaluate(FITS) == []
-    shot(page, "hooks", doc=True)
+    shot(page, "hooks")
 
     # Resume: active, the mark gone, prompts admitted again.
     card.locator("[data-action=resume]").first.click()
