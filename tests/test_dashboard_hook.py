@@ -198,7 +198,9 @@ def test_install_code_enrol_kill_resume_revoke(
         timeout=30,
     )  # fmt: skip
     assert late.status_code == 401
-    # Chromium logs nothing for these: the refused calls were made outside the page.
+    # The machine is a key too: the keys list marks it and links here.
+    page.goto(f"{hookdash.url}/dashboard#/keys")
+    page.locator(f'tr[data-name="{machine["machine"]}"] a.badge', has_text="hook").wait_for()
 
 
 def test_live_feed_shows_prompts_refusals_and_the_kill(
