@@ -2,7 +2,7 @@
 // and its two install commands are shown once (capgate keeps only the code's hash).
 import { api } from "./api.js";
 import { field, h, select } from "./dom.js";
-import { dateTime } from "./format.js";
+import { dateTime, isoTime } from "./format.js";
 import { badge, clip, confirmAction, copyButton, modal, panel, table, toast } from "./ui.js";
 
 const TTLS = [["3600", "1 hour"], ["86400", "24 hours"], ["259200", "3 days"], ["604800", "7 days"]];
@@ -15,15 +15,15 @@ export function codesPanel(codes, users, reload) {
     await showCode(created);
     await reload();
   });
-  const sorted = [...codes].sort((a, b) => String(b.created_at).localeCompare(String(a.created_at)));
+  const sorted = [...codes].sort((a, b) => String(isoTime(b.created_at)).localeCompare(String(isoTime(a.created_at))));
   return panel("Install codes", [
     h("p", { class: "muted intro" },
       "A code enrols one machine, once, before it expires. Create a user for the person first (with the limits that apply to all of their machines)."),
     table([
       { label: "Code", width: "96px", cell: (c) => clip(c.id, { class: "clip mono" }) },
       { label: "Person", cell: (c) => clip(c.user) },
-      { label: "Created", width: "112px", cell: (c) => h("span", { title: c.created_at }, dateTime(c.created_at)) },
-      { label: "Expires", width: "112px", cell: (c) => h("span", { title: c.expires_at }, dateTime(c.expires_at)) },
+      { label: "Created", width: "112px", cell: (c) => when(c.created_at) },
+      { label: "Expires", width: "112px", cell: (c) => when(c.expires_at) },
       { label: "State", width: "80px", cell: (c) => badge(c.state) },
       { label: "Machine", cell: (c) => (c.machine ? clip(c.machine, { class: "clip mono" }) : h("span", { class: "muted" }, c.used_at ? "—" : "not used")) },
       { label: "Actions", width: "84px", cell: (c) => deleteButton(c, reload) },
@@ -33,6 +33,11 @@ export function codesPanel(codes, users, reload) {
       label: "Install codes",
     }),
   ], { actions: create });
+}
+
+function when(value) {
+  const iso = isoTime(value);
+  return h("span", { title: iso || "" }, dateTime(iso));
 }
 
 function deleteButton(code, reload) {
@@ -100,7 +105,7 @@ function showCode(created) {
     return {
       body: [
         h("div", { class: "callout" },
-          `Copy it now: it is shown only once, works once, and expires ${dateTime(created.expires_at)}. Run one of the commands below as root on the developer's machine.`),
+          `Copy it now: it is shown only once, works once, and expires ${dateTime(isoTime(created.expires_at))}. Run one of the commands below as root on the developer's machine.`),
         h("div", { class: "secret" }, input, copyButton(() => created.code)),
         command("Where capgate is installed", "install-capgate", install.capgate),
         command("Anywhere else (needs only python3 and curl)", "install-curl", install.curl),

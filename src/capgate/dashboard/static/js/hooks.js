@@ -3,7 +3,7 @@
 import { api, get } from "./api.js";
 import { h, replace } from "./dom.js";
 import { on } from "./events.js";
-import { ago, dateTime } from "./format.js";
+import { ago, dateTime, isoTime } from "./format.js";
 import { codesPanel } from "./hook-codes.js";
 import { statusActions } from "./scopes.js";
 import { badge, clip, confirmAction, modal, panel, table, toast, usageBars } from "./ui.js";
@@ -41,12 +41,6 @@ export async function hooks(root, cleanup) {
 // The admin API answers hook lists as arrays (or {items}: both are read).
 function items(answer) {
   return Array.isArray(answer) ? answer : answer.items || [];
-}
-
-// Times from the hook routes may be Unix seconds or ISO 8601 text: ISO for the formatters.
-export function isoTime(value) {
-  if (value === null || value === undefined || value === "") return null;
-  return typeof value === "number" ? new Date(value * 1000).toISOString() : value;
 }
 
 function people(users, machines, codes, reload) {
