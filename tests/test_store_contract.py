@@ -4,9 +4,10 @@ the same answers on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,16 +18,18 @@ from capgate.core.limits import Limit, Metric, Scope, ScopeKind, Status
 from capgate.core.money import Usage
 from capgate.core.windows import WindowKind, parse_window, window_at
 from capgate.errors import Conflict, InvalidRequest, NotFound, refusal_status
-from capgate.keys import display_prefix, key_hash, new_key
+from capgate.keys import display_prefix, hook_display, key_hash, new_hook_token, new_key
 from capgate.store.base import (
     LOGIN_MAX_FAILURES,
     LOGIN_WINDOW_S,
+    Enrolment,
     Outcome,
     RequestInfo,
     RequestQuery,
     Reservation,
     ScopeFields,
     Store,
+    unheld,
 )
 from capgate.store.records import (
     LEDGER_COLUMNS,
@@ -569,5 +572,181 @@ def test_settings_and_meta(make_store: MakeStore) -> None:
         await one.set_meta("admin_key_hash", "ab" * 32)
         await two.set_meta("admin_key_hash", "cd" * 32)  # replaces
         assert await one.get_meta("admin_key_hash") == "cd" * 32
+
+    run_two(make_store, test)
+
+
+# -- hook mode ------------------------------------------------------------------------------
+
+
+def enrolment(hostname: str = "laptop") -> Enrolment:
+    key_id, raw = new_hook_token()
+    return Enrolment(
+        hostname, "linux", "dev", ("claude",), "1.0", key_id, key_hash(raw), hook_display(raw)
+    )
+
+
+async def hook_user(store: Store, name: str = "alice", *limits: Limit) -> Scope:
+    return await store.create_scope(ScopeKind.USER, name, ScopeFields(limits=limits))
+
+
+def test_install_codes_are_single_use_and_expire(make_store: MakeStore) -> None:
+    async def test(store: Store) -> None:
+        await hook_user(store)
+        with pytest.raises(NotFound):
+            await store.create_hook_code(b"\x01" * 32, "nobody", time.time() + 60, ())
+        code = await store.create_hook_code(b"\xab" * 32, "alice", time.time() + 60, ("claude",))
+        assert (code.id, code.user, code.agents) == ("abababab", "alice", ("claude",))
+        old = await store.create_hook_code(b"\xcd" * 32, "alice", time.time() - 1, ())
+        (listed, listed_old) = sorted(await store.list_hook_codes(), key=lambda c: c.id)
+        assert listed.state(time.time()) == "open" and listed_old.id == old.id
+        assert listed_old.state(time.time()) == "expired"
+
+        first = enrolment()
+        enrolled = await store.enrol_hook_machine(b"\xab" * 32, first)
+        assert enrolled is not None
+        machine, used_code = enrolled
+        assert (machine.name, machine.id, machine.extra["user"]) == (
+            "alice@laptop",
+            first.key_id,
+            "alice",
+        )
+        assert machine.extra["metadata"]["hook"]["hostname"] == "laptop"
+        assert store.key_by_id(first.key_id) is not None  # in the cache at once
+        assert used_code.used_at is not None and used_code.machine == first.key_id
+        assert await store.enrol_hook_machine(b"\xab" * 32, enrolment()) is None  # used
+        assert await store.enrol_hook_machine(b"\xcd" * 32, enrolment()) is None  # expired
+        assert await store.enrol_hook_machine(b"\xee" * 32, enrolment()) is None  # unknown
+        (state,) = [c for c in await store.list_hook_codes() if c.id == "abababab"]
+        assert state.state(time.time()) == "used"
+        (audit, *_) = await store.audit(10)
+        assert (audit.action, audit.target, audit.actor) == (
+            "hook-enrol",
+            "key:alice@laptop",
+            "hook",
+        )
+
+        again = await store.create_hook_code(b"\x02" * 32, "alice", time.time() + 60, ())
+        second = await store.enrol_hook_machine(b"\x02" * 32, enrolment("laptop"))
+        assert second is not None and second[0].name == "alice@laptop-2"
+        (m1, m2) = sorted(await store.list_hook_machines(), key=lambda m: m.key_id != first.key_id)
+        assert (m1.key_id, m1.hook_version, m1.tampered_at) == (first.key_id, "1.0", None)
+        assert m2.last_seen is not None
+
+        await store.delete_hook_code(again.id)
+        with pytest.raises(NotFound):
+            await store.delete_hook_code(again.id)
+        assert {c.id for c in await store.list_hook_codes()} == {"abababab", old.id}
+
+    run(make_store, test)
+
+
+def test_an_install_code_is_redeemed_once_by_two_processes_at_once(make_store: MakeStore) -> None:
+    async def test(one: Store, two: Store) -> None:
+        await hook_user(one)
+        for n in range(5):
+            code = bytes([n]) * 32
+            await one.create_hook_code(code, "alice", time.time() + 60, ())
+            got = await asyncio.gather(
+                one.enrol_hook_machine(code, enrolment(f"h{n}")),
+                two.enrol_hook_machine(code, enrolment(f"h{n}")),
+            )
+            assert sum(g is not None for g in got) == 1, got
+        assert len(await two.list_hook_machines()) == 5
+        assert len([k for k in await one.list_scopes(ScopeKind.KEY)]) == 5
+
+    run_two(make_store, test)
+
+
+def test_machines_are_touched_and_marked_tampered(make_store: MakeStore) -> None:
+    async def test(store: Store) -> None:
+        await hook_user(store)
+        await store.create_hook_code(b"\x03" * 32, "alice", time.time() + 60, ())
+        e = enrolment()
+        assert await store.enrol_hook_machine(b"\x03" * 32, e) is not None
+        (before,) = await store.list_hook_machines()
+        await store.touch_hook_machine(e.key_id, "1.0")  # within a minute, same version
+        assert (await store.list_hook_machines())[0].last_seen == before.last_seen
+        await store.touch_hook_machine(e.key_id, "1.1")  # a new version is written at once
+        (after,) = await store.list_hook_machines()
+        assert after.hook_version == "1.1" and after.last_seen is not None
+        assert before.last_seen is not None and after.last_seen >= before.last_seen
+        await store.mark_hook_tampered(e.key_id, ("/etc/capgate-hook/hook.py",))
+        (marked,) = await store.list_hook_machines()
+        assert marked.tampered_at is not None
+        assert marked.tamper_files == ("/etc/capgate-hook/hook.py",)
+        (audit, *_) = await store.audit(5)
+        assert (audit.action, audit.target) == ("hook-tamper", "key:alice@laptop")
+        with pytest.raises(NotFound):
+            await store.mark_hook_tampered("nosuchkey", ())
+
+    run(make_store, test)
+
+
+def test_a_lease_is_settled_by_id_from_another_process_once(make_store: MakeStore) -> None:
+    async def test(one: Store, two: Store) -> None:
+        limits = (
+            Limit(Metric.REQUESTS, WindowKind.DAY, 10),
+            Limit(Metric.CREDITS, WindowKind.DAY, 100),
+            Limit(Metric.TOKENS, WindowKind.DAY, 1_000_000),
+        )
+        key = await make_key(one, "alice@laptop", *limits)
+        lease = "hp-" + "0" * 32
+        request = replace(info(lease, key), session="s1", prompt="p1")
+        await admitted(one, request, Amounts(1, 20_000, 2_000, 5_000, 3))
+        rows = await two.counters(key, time.time())
+        assert [(u.used, u.reserved) for u in rows] == [(0, 1), (0, 3), (0, 22_000)]
+        assert await two.lease_held(lease)
+        assert await two.leases_before(time.time() + 1) == [lease]
+        assert await two.leases_before(time.time() - 60) == []
+        prompt = Outcome(200, "ok", None, 0, 5.0)
+        assert await two.settle_lease(lease, prompt) is True
+        assert await one.settle_lease(lease, prompt) is False  # gone: settled once
+        assert not await one.lease_held(lease)
+        rows = await one.counters(key, time.time())
+        assert [(u.used, u.reserved) for u in rows] == [(1, 0), (3, 0), (0, 0)]
+        (got,) = await one.query_requests(RequestQuery())
+        assert (got.request_id, got.session, got.prompt, got.outcome) == (lease, "s1", "p1", "ok")
+        assert (got.input_tokens, got.cost_nano, got.key_name) == (0, 0, "alice@laptop")
+
+    run_two(make_store, test)
+
+
+def test_reported_calls_count_once_even_past_a_limit(make_store: MakeStore) -> None:
+    async def test(one: Store, two: Store) -> None:
+        limits = (
+            Limit(Metric.REQUESTS, WindowKind.DAY, 10),
+            Limit(Metric.COST_USD, WindowKind.DAY, 1_000),
+        )
+        key = await make_key(one, "m", *limits)
+        await one.set_status(ScopeKind.KEY, "m", Status.PAUSED)  # the call happened anyway
+        (scope, _) = one.key_by_id(key.id) or (key, b"")
+
+        def call(request_id: str, flags: tuple[str, ...]) -> tuple[Reservation, Outcome]:
+            request = replace(info(request_id, key), session="s", prompt="p")
+            outcome = Outcome(
+                200, "ok", Usage(100, 10, 5, 3, 2), 7_000, 0.0, flags=flags, requests=0
+            )
+            return unheld(request, Amounts(), [scope], time.time()), outcome
+
+        got = await one.record_unheld(
+            [call("hc-1", ("hook_report",)), call("hc-2", ("hook_report",))]
+        )
+        assert got == [True, True]
+        again = await asyncio.gather(
+            two.record_unheld(
+                [call("hc-1", ("hook_report", "otel")), call("hc-3", ("hook_report",))]
+            ),
+            one.record_unheld([call("hc-2", ("hook_report",)), call("hc-2", ("hook_report",))]),
+        )
+        assert again == [[False, True], [False, False]]
+        rows = await two.counters(key, time.time())
+        assert [(u.used, u.reserved) for u in rows] == [(0, 0), (21_000, 0)]  # past $0.000001
+        entries = await two.query_requests(RequestQuery())
+        assert sorted(e.request_id for e in entries) == ["hc-1", "hc-2", "hc-3"]
+        assert {e.flags for e in entries} == {("hook_report",)}
+        assert {(e.input_tokens, e.cache_read_tokens, e.cache_write_tokens) for e in entries} == {
+            (100, 5, 5)
+        }
 
     run_two(make_store, test)

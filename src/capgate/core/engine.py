@@ -53,8 +53,8 @@ class Amounts:
         return self.cost_nano
 
     @classmethod
-    def of_usage(cls, usage: Usage, cost_nano: int, credits: int = 0) -> Amounts:
-        return cls(1, usage.total_input, usage.output_tokens, cost_nano, credits)
+    def of_usage(cls, usage: Usage, cost_nano: int, credits: int = 0, requests: int = 1) -> Amounts:
+        return cls(requests, usage.total_input, usage.output_tokens, cost_nano, credits)
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,8 @@ def entry_json(entry: LedgerEntry) -> dict[str, Any]:
         "error": entry.error,
         "max_tokens_clamped": entry.max_tokens_clamped,
         "flags": list(entry.flags),
+        "session": entry.session,
+        "prompt": entry.prompt,
     }
 
 

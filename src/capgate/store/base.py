@@ -53,6 +53,8 @@ from capgate.errors import Conflict
 from capgate.store.records import (
     AuditEntry,
     EventBatch,
+    HookCode,
+    HookMachine,
     KeyActivity,
     LedgerEntry,
     LimitUsage,
@@ -85,6 +87,9 @@ class RequestInfo:
     # Refusals answer this status instead of 402/403/429 (for clients that would retry
     # those before showing the message; see `capgate.errors.refusal_status`).
     refusal_status: int | None = None
+    # Hook mode (`capgate.hook`): the agent's session and prompt the entry belongs to.
+    session: str | None = None
+    prompt: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +121,9 @@ class Outcome:
     upstream_model: str | None = None
     # Marks for a second look, written to the ledger's `flags` (see LEDGER_FLAGS).
     flags: tuple[str, ...] = ()
+    # What the entry counts against `requests` limits: 1; 0 for a model call reported by
+    # a hook (in hook mode requests and credits count prompts, see `capgate.hook`).
+    requests: int = 1
 
 
 # Flags a ledger entry can carry, and what each means.
@@ -127,7 +135,13 @@ LEDGER_FLAGS: dict[str, str] = {
     "the entry was reconciled to the real usage",
     "fail_open": "admitted un-reserved while the store could not be reached (the key is "
     "set fail_open): its usage was added when the store was back, even past a limit",
+    "hook_report": "a model call a hook machine reported after it happened (hook mode): "
+    "its usage was added once per provider request id, even past a limit",
+    "otel": "reported through OpenTelemetry (`POST /v1/logs`) rather than a transcript",
 }
+# The flags that mark an entry written without a reservation: its ledger entry (by
+# request id) is what says it was counted.
+UNHELD_FLAGS = ("fail_open", "hook_report")
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,12 +257,19 @@ def unreserved(
     cached ones it counts against, the key first. The charges name the counter instances
     a reservation would have held now, with amount 0, so settling adds the usage there
     and releases nothing."""
-    models = (info.model, info.upstream_model)
-    refusal = check_access(scopes, models, now)
+    refusal = check_access(scopes, (info.model, info.upstream_model), now)
     if refusal is not None:
         return refusal
+    return unheld(info, worst, scopes, now)
+
+
+def unheld(info: RequestInfo, worst: Amounts, scopes: Sequence[Scope], now: float) -> Reservation:
+    """A Reservation that holds nothing, for usage that is added whatever the limits say
+    (fail-open, a model call a hook reports after the fact): its charges name the counter
+    instances of every limit that applies now, with amount 0. Settled through the
+    un-held path: once per request id."""
     charges: dict[tuple[str, int], Charge] = {}  # two limits on one counter: charge once
-    for a in counters_for(scopes, models, now):
+    for a in counters_for(scopes, (info.model, info.upstream_model), now):
         charges.setdefault(
             (a.counter, a.window.start), Charge(a.counter, a.window.start, a.limit.metric, 0)
         )
@@ -428,7 +449,91 @@ class SettingsStore(Protocol):
         """Set a named value (insert or replace)."""
 
 
-class Store(HotPath, ScopeStore, LedgerReader, EventSource, SessionStore, SettingsStore, Protocol):
+@dataclass(frozen=True, slots=True)
+class Enrolment:
+    """A machine redeeming an install code: what it says of itself, and its new key (the
+    token's id, SHA-256 and display prefix; see `keys.new_hook_token`)."""
+
+    hostname: str
+    os: str
+    os_user: str
+    agents: tuple[str, ...]
+    hook_version: str | None
+    key_id: str
+    secret_hash: bytes
+    prefix: str
+
+
+# A hook's prompt lease has this id prefix (`hp-` + 32 hex): the process sweep leaves it
+# to the server's lease expiry (`HookStore.settle_lease`), which any process may run.
+HOOK_LEASE_PREFIX = "hp-"
+
+
+class HookStore(Protocol):
+    """Hook mode (`capgate.hook`): install codes, enrolled machines, prompt leases and the
+    model calls machines report. Times are the store's clock (the server's), never a
+    client's."""
+
+    async def create_hook_code(
+        self,
+        code_hash: bytes,
+        user: str,
+        expires_at: float,
+        agents: tuple[str, ...],
+        actor: str = "admin",
+    ) -> HookCode:
+        """Store a new install code for `user` (only its hash). NotFound: no such user.
+        Audit action `hook-code`, target `user:<user>`."""
+
+    async def list_hook_codes(self) -> list[HookCode]:
+        """Every install code, newest first."""
+
+    async def delete_hook_code(self, code_id: str, actor: str = "admin") -> None:
+        """Delete the code whose id (first hex digits of its hash) is `code_id`. NotFound;
+        Conflict when the id names several. Audit action `hook-code-delete`."""
+
+    async def enrol_hook_machine(
+        self, code_hash: bytes, enrolment: Enrolment
+    ) -> tuple[Scope, HookCode] | None:
+        """In one transaction: redeem the code (unused and unexpired; single use: it is
+        marked used with the machine's key id) and record the machine: its key scope
+        named `<user>@<hostname>` (`-2`, `-3`... when taken), `user` = the code's user,
+        `metadata.hook` = what it said of itself, and its `hook_machines` row. Audit action
+        `hook-enrol`, target `key:<name>`. None: the code is unknown, used or expired
+        (nothing changed)."""
+
+    async def touch_hook_machine(self, key_id: str, hook_version: str | None) -> None:
+        """The machine was seen now: `last_seen` (written when it is a minute old or the
+        version changed, so not once per prompt)."""
+
+    async def mark_hook_tampered(self, key_id: str, files: tuple[str, ...]) -> None:
+        """The machine's watchdog restored `files`: `tampered_at` = now. Audit action
+        `hook-tamper`, target `key:<name>`, actor `hook`. NotFound: not a machine."""
+
+    async def list_hook_machines(self) -> list[HookMachine]:
+        """Every enrolled machine's facts, by key id."""
+
+    async def settle_lease(self, lease_id: str, outcome: Outcome) -> bool:
+        """Settle a held reservation from its stored row, from any process or node: the
+        hold is released, `outcome`'s amounts (requests = `outcome.requests`, the held
+        credits) counted, one ledger entry written. False: the row is gone (settled
+        already): nothing changed."""
+
+    async def lease_held(self, lease_id: str) -> bool:
+        """Whether the reservation `lease_id` is still held."""
+
+    async def leases_before(self, before: float) -> list[str]:
+        """The ids of hook prompt leases (`HOOK_LEASE_PREFIX`) made before `before`."""
+
+    async def record_unheld(self, items: Sequence[tuple[Reservation, Outcome]]) -> list[bool]:
+        """In one transaction, settle un-held reservations (`unheld`) through the path
+        fail-open uses: each request id counted once (True), or found counted already
+        (False). Added even past a limit."""
+
+
+class Store(
+    HotPath, ScopeStore, LedgerReader, EventSource, SessionStore, SettingsStore, HookStore, Protocol
+):
     """The whole port: what `bootstrap.py` builds and hands out, in parts, to consumers."""
 
     async def start(self) -> None:

@@ -38,7 +38,10 @@ SKIPPED = frozenset({"processes"})
 # dashboard logins matter for minutes only.
 OPTIONAL = frozenset({"login_failures"})
 # The tables that must be empty on the target (meta holds defaults the migrations wrote).
-MUST_BE_EMPTY = ("scopes", "counters", "reservations", "requests", "audit", "sessions")
+MUST_BE_EMPTY = (
+    "scopes", "counters", "reservations", "requests", "audit", "sessions", "hook_codes",
+    "hook_machines",
+)  # fmt: skip
 IDENTITY = ("requests", "audit")  # id columns the target numbers itself after the copy
 BATCH = 5000  # rows per COPY round trip
 CONNECT_TIMEOUT_S = 10

@@ -462,6 +462,29 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE scopes ADD COLUMN fail_open BIGINT NOT NULL DEFAULT 0;
     """,
+    # 5: hook mode (SQLite's migration 11): install codes, enrolled machines' changing
+    #    facts, the agent's session and prompt on ledger entries.
+    """
+    CREATE TABLE hook_codes (
+        code_hash BYTEA PRIMARY KEY,
+        "user" TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL,
+        used_at DOUBLE PRECISION,
+        machine TEXT,
+        actor TEXT NOT NULL,
+        agents TEXT NOT NULL DEFAULT '[]'
+    );
+    CREATE TABLE hook_machines (
+        key_id TEXT PRIMARY KEY,
+        last_seen DOUBLE PRECISION,
+        hook_version TEXT,
+        tampered_at DOUBLE PRECISION,
+        tamper_files TEXT
+    );
+    ALTER TABLE requests ADD COLUMN session TEXT;
+    ALTER TABLE requests ADD COLUMN prompt TEXT;
+    """,
 )
 
 _CREATE_VERSION = "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 import asyncpg
@@ -35,7 +36,7 @@ _COLUMNS = (
     'request_id, created_at, key_id, key_name, "user", team, model, provider, '
     "upstream_model, endpoint, stream, status, outcome, input_tokens, output_tokens, "
     "cache_read_tokens, cache_write_tokens, cost_nano, latency_ms, ttft_ms, attempts, "
-    "refusal, error, max_tokens_clamped, flags"
+    "refusal, error, max_tokens_clamped, flags, session, prompt"
 )
 INSERT_ENTRY = (
     f"INSERT INTO requests ({_COLUMNS}) SELECT {_COLUMNS} "  # noqa: S608 - fixed columns
@@ -87,13 +88,13 @@ def delta_arrays(
 
 
 _SETTLE = "SELECT status, charges FROM capgate_settle($1, $2, $3, $4, $5, $6, $7)"
-_ADD = "SELECT capgate_add_counters($1, $2, $3, $4)"
+ADD_COUNTERS = "SELECT capgate_add_counters($1, $2, $3, $4)"
 
 
 def actual_of(res: Reservation, outcome: Outcome) -> Amounts:
     if outcome.usage is None:  # no usage reported: charge the whole reservation
         return res.worst
-    return Amounts.of_usage(outcome.usage, outcome.cost_nano, res.worst.credits)
+    return Amounts.of_usage(outcome.usage, outcome.cost_nano, res.worst.credits, outcome.requests)
 
 
 def settle_item(res: Reservation, outcome: Outcome) -> SettleItem:
@@ -162,14 +163,10 @@ async def _late(
             CounterDelta(r.counter, r.window_start, 0, r.settled - s.settled)
             for r, s in zip(real, swept, strict=True)
         ]
-        await conn.execute(_ADD, *delta_arrays(moves))
+        await conn.execute(ADD_COUNTERS, *delta_arrays(moves))
         await conn.execute("DELETE FROM requests WHERE id=$1", row_id)
         flags = (*outcome.flags, "late_settlement")
-        late = Outcome(
-            outcome.status, outcome.outcome, outcome.usage, outcome.cost_nano,
-            outcome.latency_ms, outcome.ttft_ms, outcome.attempts, outcome.error,
-            outcome.upstream_model, flags,
-        )  # fmt: skip
+        late = replace(outcome, flags=flags)
         await conn.execute(INSERT_ENTRY, entry_row(res.info, res.key, late, actual, res.max_output))
     log.warning("late settlement of %s: its lease_expired entry now has the real usage", res.id)
     return LATE
@@ -191,7 +188,7 @@ async def _unreserved(
             "SELECT 1 FROM requests WHERE request_id=$1 LIMIT 1", res.info.request_id
         ):
             return ALREADY
-        await conn.execute(_ADD, *delta_arrays(plan_settle(res.charges, actual)))
+        await conn.execute(ADD_COUNTERS, *delta_arrays(plan_settle(res.charges, actual)))
         entry = entry_row(res.info, res.key, fail_open_outcome(outcome), actual)
         await conn.execute(INSERT_ENTRY, entry)
     return SETTLED
@@ -232,7 +229,8 @@ async def sweep(
                 await conn.execute("DELETE FROM processes WHERE id=$1", other)
         orphans = await conn.fetch(
             "SELECT id, owner, charges, info FROM reservations "
-            "WHERE owner NOT IN (SELECT id FROM processes) ORDER BY id FOR UPDATE"
+            "WHERE owner NOT IN (SELECT id FROM processes) AND id NOT LIKE 'hp-%' "
+            "ORDER BY id FOR UPDATE"
         )
         dead, entries, deltas = [], [], []
         for row in orphans:
@@ -245,7 +243,7 @@ async def sweep(
         swept = len(dead)
         if swept:
             # One call: every counter locked in the one sorted order (see pg_schema).
-            await conn.execute(_ADD, *delta_arrays(deltas))
+            await conn.execute(ADD_COUNTERS, *delta_arrays(deltas))
             await conn.execute("DELETE FROM reservations WHERE id = ANY($1)", dead)
             await conn.executemany(INSERT_ENTRY, [(entry,) for entry in entries])
     if swept:

@@ -25,7 +25,8 @@ LEDGER_COLUMNS: tuple[str, ...] = (
     "id", "request_id", "created_at", "key_id", "key_name", "user", "team", "model",
     "provider", "upstream_model", "endpoint", "stream", "status", "outcome", "input_tokens",
     "output_tokens", "cache_read_tokens", "cache_write_tokens", "cost_nano", "latency_ms",
-    "ttft_ms", "attempts", "refusal", "error", "max_tokens_clamped", "flags",
+    "ttft_ms", "attempts", "refusal", "error", "max_tokens_clamped", "flags", "session",
+    "prompt",
 )  # fmt: skip
 
 
@@ -61,6 +62,8 @@ class LedgerEntry:
     error: str | None
     max_tokens_clamped: int | None
     flags: tuple[str, ...]
+    session: str | None = None  # hook mode: the agent's session and prompt
+    prompt: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,3 +258,35 @@ def count_reasons(rows: list[tuple[str | None, str | None, str | None, int]]) ->
         reason = refusal_reason(code, metric, window)
         counts[reason] = counts.get(reason, 0) + count
     return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+@dataclass(frozen=True, slots=True)
+class HookCode:
+    """A hook install code (table `hook_codes`), never the code itself: `id` is the first
+    8 hex digits of its SHA-256."""
+
+    id: str
+    user: str
+    created_at: float
+    expires_at: float
+    used_at: float | None
+    machine: str | None  # the key id of the machine that redeemed it
+    actor: str
+    agents: tuple[str, ...]
+
+    def state(self, now: float) -> str:
+        if self.used_at is not None:
+            return "used"
+        return "expired" if now >= self.expires_at else "open"
+
+
+@dataclass(frozen=True, slots=True)
+class HookMachine:
+    """An enrolled machine's changing facts (table `hook_machines`); the rest of it is its
+    key scope (name, user, status, metadata.hook)."""
+
+    key_id: str
+    last_seen: float | None
+    hook_version: str | None
+    tampered_at: float | None
+    tamper_files: tuple[str, ...]

@@ -52,6 +52,7 @@ from capgate.store.settling import SettleRetry
 from capgate.store.sqlite_admin import ScopeAdmin
 from capgate.store.sqlite_counters import CounterCache
 from capgate.store.sqlite_dashboard import DashboardStore
+from capgate.store.sqlite_hook import SQLiteHook
 from capgate.store.sqlite_schema import migrate
 from capgate.store.sqlite_writer import SQLiteWriter, WriterClosed
 
@@ -68,7 +69,7 @@ WAL_RESTART_FRAMES = 16384
 WAL_RESTART_WAIT_MS = 200
 
 
-class SQLiteStore(KeyCache, SettleRetry, ScopeAdmin, DashboardStore):
+class SQLiteStore(KeyCache, SettleRetry, ScopeAdmin, DashboardStore, SQLiteHook):
     def __init__(
         self,
         path: str,

@@ -115,6 +115,8 @@ def dump_info(info: RequestInfo, key: Scope, worst: Amounts, max_output: int | N
                 worst.credits,
             ],
             "max_output": max_output,
+            "session": info.session,
+            "prompt": info.prompt,
         }
     ).decode()
 
@@ -129,7 +131,7 @@ def load_info(text: str) -> tuple[RequestInfo, str, str | None, str | None, Amou
     d = orjson.loads(text)
     info = RequestInfo(
         d["request_id"], d["key_id"], d["model"], d["provider"], d["upstream_model"],
-        d["endpoint"], d["stream"], d["started_at"],
+        d["endpoint"], d["stream"], d["started_at"], None, d.get("session"), d.get("prompt"),
     )  # fmt: skip
     return info, d["key_name"], d["team"], d["user"], Amounts(*d["worst"])
 
@@ -138,7 +140,8 @@ _INSERT_ENTRY = (
     "INSERT INTO requests (request_id, created_at, key_id, key_name, user, team, model, "
     "provider, upstream_model, endpoint, stream, status, outcome, input_tokens, output_tokens, "
     "cache_read_tokens, cache_write_tokens, cost_nano, latency_ms, ttft_ms, attempts, refusal, "
-    "error, max_tokens_clamped, flags) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    "error, max_tokens_clamped, flags, session, prompt) "
+    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 
 

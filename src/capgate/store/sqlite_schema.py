@@ -154,6 +154,31 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE scopes ADD COLUMN fail_open INTEGER NOT NULL DEFAULT 0;
     """,
+    # 11: hook mode. Install codes (only the SHA-256 of a code is kept; single use: `used_at`
+    #     and the machine's key id are set when it is redeemed), the facts of enrolled
+    #     machines that change often (not in the key scope: no config bump per prompt), and
+    #     the agent's session and prompt on ledger entries.
+    """
+    CREATE TABLE hook_codes (
+        code_hash BLOB PRIMARY KEY,
+        user TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        used_at REAL,
+        machine TEXT,
+        actor TEXT NOT NULL,
+        agents TEXT NOT NULL DEFAULT '[]'
+    );
+    CREATE TABLE hook_machines (
+        key_id TEXT PRIMARY KEY,
+        last_seen REAL,
+        hook_version TEXT,
+        tampered_at REAL,
+        tamper_files TEXT
+    );
+    ALTER TABLE requests ADD COLUMN session TEXT;
+    ALTER TABLE requests ADD COLUMN prompt TEXT;
+    """,
 )
 
 

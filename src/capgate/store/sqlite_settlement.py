@@ -10,7 +10,10 @@ difference, flagged `late_settlement`. The corrected entry is no longer `lease_e
 so a second late settlement finds nothing to correct.
 
 A request admitted fail-open (the store could not be reached; the key allows it) never
-had a row: its settlement is known done by its ledger entry (by request id) instead.
+had a row: its settlement is known done by its ledger entry (by request id) instead. The
+model calls a hook machine reports (hook mode) take the same path, flagged `hook_report`.
+A hook's prompt lease (id `hp-...`) is not swept with its process: the server's lease
+expiry settles it (`HookStore.settle_lease`), from any process.
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from capgate.core.engine import Amounts, plan_settle
+from capgate.core.limits import Scope, ScopeKind
+from capgate.core.money import Usage
 from capgate.store import sqlite_queries as q
-from capgate.store.base import Outcome, Reservation
+from capgate.store.base import UNHELD_FLAGS, Outcome, RequestInfo, Reservation
 from capgate.store.liveness import forget, is_alive
 
 log = logging.getLogger(__name__)
@@ -41,7 +46,9 @@ def settle(
     if outcome.usage is None:  # no usage reported: charge the whole reservation
         actual = res.worst
     else:
-        actual = Amounts.of_usage(outcome.usage, outcome.cost_nano, res.worst.credits)
+        actual = Amounts.of_usage(
+            outcome.usage, outcome.cost_nano, res.worst.credits, outcome.requests
+        )
     if res.fail_open:
         return _unreserved(conn, add, res, outcome, actual, now)
     if conn.execute("DELETE FROM reservations WHERE id=?", (res.id,)).rowcount == 0:
@@ -79,10 +86,7 @@ def _late(
     )
     conn.execute("DELETE FROM requests WHERE id=?", (row[0],))
     flags = (*outcome.flags, "late_settlement")
-    late = Outcome(
-        outcome.status, outcome.outcome, outcome.usage, outcome.cost_nano, outcome.latency_ms,
-        outcome.ttft_ms, outcome.attempts, outcome.error, outcome.upstream_model, flags,
-    )  # fmt: skip
+    late = replace(outcome, flags=flags)
     q.insert_entry(conn, res.info, res.key, late, actual, now, res.max_output)
     log.warning("late settlement of %s: its lease_expired entry now has the real usage", res.id)
     return LATE
@@ -108,9 +112,45 @@ def _unreserved(
     return SETTLED
 
 
+def settle_by_id(
+    conn: sqlite3.Connection, add: AddCounters, res_id: str, outcome: Outcome, now: float
+) -> bool:
+    """Settle the reservation `res_id` from its stored row (any process may: a hook's
+    prompt lease): release its hold, count `outcome` (no usage: zero tokens), write its
+    entry. False: the row is gone, settled already."""
+    row = conn.execute("SELECT charges, info FROM reservations WHERE id=?", (res_id,)).fetchone()
+    if row is None:
+        return False
+    conn.execute("DELETE FROM reservations WHERE id=?", (res_id,))
+    charges = q.load_charges(row["charges"])
+    info, key, worst = stored_reservation(row["info"])
+    actual = lease_amounts(outcome, worst)
+    add(
+        conn,
+        [(d.counter, d.window_start, d.reserved, d.settled) for d in plan_settle(charges, actual)],
+    )
+    q.insert_entry(conn, info, key, outcome, actual, now)
+    return True
+
+
+def stored_reservation(info_text: str) -> tuple[RequestInfo, Scope, Amounts]:
+    """A reservation row's info: the request, its key (name, user, team) and what it held."""
+    info, key_name, team, user, worst = q.load_info(info_text)
+    key = Scope(ScopeKind.KEY, info.key_id, key_name, extra={"user": user, "team": team})
+    return info, key, worst
+
+
+def lease_amounts(outcome: Outcome, worst: Amounts) -> Amounts:
+    """What a lease settled by id counts: `outcome`'s usage (none: zero) and requests, the
+    credits it held."""
+    usage = outcome.usage or Usage()
+    return Amounts.of_usage(usage, outcome.cost_nano, worst.credits, outcome.requests)
+
+
 def fail_open_outcome(outcome: Outcome) -> Outcome:
-    """`outcome` with the `fail_open` flag."""
-    if "fail_open" in outcome.flags:
+    """`outcome` with the `fail_open` flag, unless it carries another un-held flag
+    (`hook_report`: a call a hook reported)."""
+    if any(flag in outcome.flags for flag in UNHELD_FLAGS):
         return outcome
     return replace(outcome, flags=(*outcome.flags, "fail_open"))
 
@@ -142,7 +182,7 @@ def sweep(conn: sqlite3.Connection, owner: str, lease: float, now: float, procs:
             forget(procs, other)
     orphans = conn.execute(
         "SELECT id, owner, charges, info FROM reservations "
-        "WHERE owner NOT IN (SELECT id FROM processes)"
+        "WHERE owner NOT IN (SELECT id FROM processes) AND id NOT LIKE 'hp-%'"
     ).fetchall()
     swept = 0
     for row in orphans:
