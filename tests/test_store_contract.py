@@ -699,6 +699,9 @@ def test_a_lease_is_settled_by_id_from_another_process_once(make_store: MakeStor
         assert await two.lease_held(lease)
         assert await two.leases_before(time.time() + 1) == [lease]
         assert await two.leases_before(time.time() - 60) == []
+        assert await two.session_leases(key.id, "s1") == [lease]
+        assert await two.session_leases(key.id, "s2") == []
+        assert await two.session_leases("other", "s1") == []
         prompt = Outcome(200, "ok", None, 0, 5.0)
         assert await two.settle_lease(lease, prompt) is True
         assert await one.settle_lease(lease, prompt) is False  # gone: settled once

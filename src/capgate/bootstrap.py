@@ -29,6 +29,8 @@ from capgate.http.auth import admin_digest
 from capgate.http.gateway import Gateway
 from capgate.http.generate import GenerateAPI
 from capgate.http.health import Health
+from capgate.http.hook import HookAPI
+from capgate.http.hook_extra import HookExtras
 from capgate.http.metrics import MetricsAPI
 from capgate.keys import display_prefix, key_hash, key_id_of, matches, new_key
 from capgate.logs import logged_admin_routes
@@ -225,8 +227,10 @@ async def build(
     keys = keys or await decide_keys(store, config, demo=demo)
     admin = AdminAPI(
         store, keys.admin_digest, runtime=runtime, routing=router.describe,
-        min_clamped_tokens=settings.min_clamped_tokens,
+        min_clamped_tokens=settings.min_clamped_tokens, public_url=settings.public_url,
     )  # fmt: skip
+    hook = HookAPI(store, runtime.pricing, settings)
+    hook_extras = HookExtras(hook)
 
     app = web.Application(client_max_size=int(settings.max_request_mb * 1024 * 1024) + 1)
     app.add_routes(gateway.routes())
@@ -234,6 +238,9 @@ async def build(
     app.add_routes(logged_admin_routes(admin.routes()))
     app.add_routes(Dashboard(admin.access).routes())
     app.add_routes(Health(store).routes())
+    app.add_routes(hook.routes())
+    app.add_routes(hook_extras.routes())
+    app.on_startup.append(hook_extras.start)  # the lease expiry
     if metrics is not None:
         api = MetricsAPI(
             metrics, store, router.breakers, settings.metrics_token, settings.metrics_key_series
@@ -245,6 +252,7 @@ async def build(
 
     async def shutdown(_: web.Application) -> None:
         await runtime.close()
+        await hook_extras.close()
         await gateway.drain()
         for provider in providers.values():
             await provider.close()

@@ -168,6 +168,16 @@ class ServerConfig(_Strict):
     # `serve`: worker processes answering on the one port, each with its own store
     # connection, lease and journal (docs/operations.md#workers).
     workers: int = Field(1, ge=1, le=64)
+    # Hook mode (docs/budgets.md#hook-mode-what-is-guaranteed): what a prompt's lease holds
+    # until its model calls are reported (input and output tokens, priced at the model's
+    # rates), how long a lease is held at most, how long a machine may enforce its cached
+    # limits while it cannot reach the server, and the URL install commands name (None:
+    # the URL the admin's request came to).
+    hook_estimate_input_tokens: int = Field(20_000, ge=0, le=10_000_000)
+    hook_estimate_output_tokens: int = Field(2_000, ge=0, le=10_000_000)
+    hook_lease_s: float = Field(900.0, gt=0)
+    hook_offline_s: float = Field(86_400.0, ge=0)
+    public_url: str | None = Field(None, pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
@@ -304,6 +314,7 @@ ENV_SETTINGS = {
     "CAPGATE_METRICS_TOKEN": "metrics_token",
     "CAPGATE_METRICS_KEY_SERIES": "metrics_key_series",
     "CAPGATE_WORKERS": "workers",
+    "CAPGATE_PUBLIC_URL": "public_url",
 }
 
 

@@ -103,5 +103,9 @@ class PricingTable:
                 self._credits[model] = credits
         return credits
 
+    def weights(self) -> dict[str, int]:
+        """The credit weights by model glob, in order."""
+        return dict(self._weights)
+
     def models(self) -> list[str]:
         return sorted(self._prices)

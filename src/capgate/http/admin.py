@@ -32,6 +32,7 @@ from capgate.http.admin_settings import SettingsRoutes
 from capgate.http.admin_stats import StatsRoutes
 from capgate.http.dialects import error_response
 from capgate.http.events import EventHub
+from capgate.http.hook_admin import HookAdminRoutes, clear_logout
 from capgate.http.openapi import openapi_document
 from capgate.http.sessions import AdminAccess
 from capgate.keys import display_prefix, key_hash, new_key
@@ -71,8 +72,10 @@ class AdminAPI:
         runtime: RuntimeSettings | None = None,
         routing: Callable[[], dict[str, Any]] | None = None,
         min_clamped_tokens: int = 1024,
+        public_url: str | None = None,
     ) -> None:
         self.store = store
+        self.public_url = public_url  # what hook install commands name (None: the request's)
         self.min_clamped_tokens = min_clamped_tokens  # for the "cannot pay one request" warning
         self._routing = routing  # the providers' health and the routes, for /admin/routing
         self.runtime = runtime or RuntimeSettings(
@@ -117,6 +120,7 @@ class AdminAPI:
             web.patch("/admin/settings", h(settings.update)),
             web.get("/admin/events", h(self.events.stream)),
         ]
+        out += HookAdminRoutes(self.store, self.clock, self.public_url).routes(h)
         return out
 
     async def routing(self, request: web.Request) -> web.StreamResponse:
@@ -359,6 +363,8 @@ class _ScopeRoutes:
         async def handler(request: web.Request) -> web.Response:
             name = request.match_info["name"]
             scope = await self.api.store.set_status(self.kind, name, status, request["actor"])
+            if self.kind is ScopeKind.USER and status is Status.ACTIVE:
+                scope = await clear_logout(self.api.store, scope, request["actor"])
             return json_response(scope_json(scope))
 
         return handler

@@ -525,6 +525,9 @@ class HookStore(Protocol):
     async def leases_before(self, before: float) -> list[str]:
         """The ids of hook prompt leases (`HOOK_LEASE_PREFIX`) made before `before`."""
 
+    async def session_leases(self, key_id: str, session: str) -> list[str]:
+        """The ids of the hook prompt leases held for `session` of the machine `key_id`."""
+
     async def record_unheld(self, items: Sequence[tuple[Reservation, Outcome]]) -> list[bool]:
         """In one transaction, settle un-held reservations (`unheld`) through the path
         fail-open uses: each request id counted once (True), or found counted already

@@ -191,6 +191,18 @@ class PgHook(PgHost):
 
         return await self._read(op)
 
+    async def session_leases(self, key_id: str, session: str) -> list[str]:
+        async def op(conn: q.Conn) -> list[str]:
+            rows = await conn.fetch(
+                "SELECT id FROM reservations WHERE starts_with(id, $1) "
+                "AND (info::jsonb) ->> 'key_id' = $2 AND (info::jsonb) ->> 'session' = $3 "
+                "ORDER BY id",
+                HOOK_LEASE_PREFIX, key_id, session,
+            )  # fmt: skip
+            return [row["id"] for row in rows]
+
+        return await self._read(op)
+
     async def record_unheld(self, items: Sequence[tuple[Reservation, Outcome]]) -> list[bool]:
         async def op(conn: q.Conn) -> list[bool]:
             now = self._clock()

@@ -192,6 +192,19 @@ class SQLiteHook(SQLitePart):
         await self.flush()
         return await self._read(op)
 
+    async def session_leases(self, key_id: str, session: str) -> list[str]:
+        def op(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                "SELECT id FROM reservations WHERE id LIKE ? "
+                "AND json_extract(info, '$.key_id') = ? AND json_extract(info, '$.session') = ? "
+                "ORDER BY id",
+                (HOOK_LEASE_PREFIX + "%", key_id, session),
+            )
+            return [row[0] for row in rows]
+
+        await self.flush()
+        return await self._read(op)
+
     async def record_unheld(self, items: Sequence[tuple[Reservation, Outcome]]) -> list[bool]:
         def op(conn: sqlite3.Connection) -> list[bool]:
             now = self._clock()
