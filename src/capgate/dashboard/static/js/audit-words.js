@@ -1,5 +1,5 @@
-// Admin actions in words for the live feed: "admin killed user:alice (and logs Claude Code
-// out)", "hook enrolled the machine key:alice@laptop". Unknown actions read as they are.
+// Admin actions in words for the live feed: "admin killed user:alice and logs their Claude
+// Code out", "hook enrolled the machine key:alice@laptop". Other actions read as they are.
 
 const VERBS = {
   "hook-enrol": "enrolled the machine",
@@ -11,7 +11,20 @@ const VERBS = {
   "hook-code-delete": "deleted an install code of",
 };
 
+// The kill switch is written as an update of the person (metadata.hook_logout set, then
+// a pause); resuming clears the mark.
+function killMark(item) {
+  if (item.action !== "update" || !String(item.target).startsWith("user:")) return null;
+  const was = item.before?.metadata?.hook_logout;
+  const now = item.after?.metadata?.hook_logout;
+  if (was === now) return null;
+  return now === undefined ? "cleared" : "set";
+}
+
 export function auditVerb(item) {
+  const mark = killMark(item);
+  if (mark === "set") return "killed";
+  if (mark === "cleared") return "cleared the kill's logout mark of";
   return VERBS[item.action] || item.action;
 }
 
@@ -27,7 +40,7 @@ export function auditDetail(item) {
     const files = after.files || after.tamper_files || [];
     return files.length ? files.join(", ") : "";
   }
-  if (VERBS[item.action] === "killed") {
+  if (auditVerb(item) === "killed") {
     const logout = after.metadata?.hook_logout ?? after.logout;
     return logout ? "and logs their Claude Code out" : "";
   }

@@ -114,7 +114,8 @@ function lastSeen(machine) {
 function state(machine) {
   const tampered = isoTime(machine.tampered_at);
   if (tampered) {
-    return [badge("tampered"), h("div", { class: "muted small", title: tampered }, `restored ${dateTime(tampered)}`)];
+    const files = (machine.tamper_files || []).join(", ");
+    return [h("span", { title: files ? `restored: ${files}` : "restored" }, badge("tampered")), h("div", { class: "muted small", title: tampered }, `restored ${dateTime(tampered)}`)];
   }
   const installed = isoTime(machine.installed_at);
   return [badge("installed"), h("div", { class: "muted small", title: installed || "" }, dateTime(installed))];
