@@ -6,8 +6,10 @@ import json
 import os
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 
@@ -202,8 +204,13 @@ def test_status_on_a_hook_machine_shows_the_persons_limits(
         texts = (f" {row['used_text']} ", f" {row['max_text']} ", f" {row['left_text']} ")
         assert any(all(t in f"{line} " for t in texts) for line in shown), (row, out)
     prompts = next(line for line in lines if "prompts a day" in line and " all " in line)
-    assert " 1 " in prompts and " 20 " in prompts and " 19 " in prompts, prompts
-    assert "Europe/Berlin" in prompts  # resets at the person's midnight
+    # the admitted prompt holds its one until it is reported ("in flight"): left counts it
+    assert "in flight" in out and "(Europe/Berlin)" in out
+    assert prompts.split()[5:7] == ["0", "1"] and " 20 " in prompts and " 19 " in prompts, prompts
+    day = next(r for r in truth["limits"] if r["metric"] == "requests" and not r["model"])
+    midnight = datetime.fromtimestamp(day["resets_at"], ZoneInfo("Europe/Berlin"))
+    assert midnight.strftime("%H:%M") == "00:00"  # the person's midnight, in their timezone
+    assert prompts.rstrip().endswith(midnight.strftime("%Y-%m-%d %H:%M")), prompts
     assert any("dollars a month" in line and "$5" in line for line in lines), out
     assert any("credits a week" in line for line in lines), out
     assert any("claude-opus-*" in line for line in lines), out

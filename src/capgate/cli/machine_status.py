@@ -21,6 +21,7 @@ from rich.table import Table
 
 from capgate.cli.client import fail
 from capgate.cli.render import amount, reset_in, text
+from capgate.core.limits import format_usd
 
 HOOK_DIR = Path("/etc/capgate-hook")
 # What a limit counts, in hook mode's words: requests are prompts there.
@@ -102,39 +103,72 @@ def fetch(machine: Machine, url: str | None) -> httpx.Response:
 
 
 def show(me: dict[str, Any], console: Console | None = None) -> None:
-    """The person, this machine, and the limits table."""
+    """The person, this machine, the limits table and the models allowed now."""
     console = console or Console()
+    timezone = me.get("timezone") or "UTC"
     console.print(
         f"{text(me.get('user'))}  {text(me.get('status'))}  machine={text(me.get('machine'))} "
-        f"timezone={text(me.get('timezone'))}",
+        f"timezone={timezone}",
         markup=False,
         highlight=False,
     )
-    table = limits_table(me.get("limits") or [], me.get("timezone") or "UTC")
+    table = limits_table(me.get("limits") or [], timezone)
     console.print(table if table.row_count else "no limits for this person or machine")
+    for line in _models(me.get("models")):
+        console.print(line, markup=False, highlight=False)
 
 
 def limits_table(rows: list[dict[str, Any]], timezone: str) -> Table:
-    """One line per limit: scope, model, what and per when, used, a bar, max, left, resets."""
+    """One line per limit: scope, model, what and per when, used (and what prompts in
+    flight hold, when any do), a bar, max, left, and when it resets in `timezone`."""
+    held = any(isinstance(r.get("held"), int) and r["held"] > 0 for r in rows)
     table = Table(box=None)
-    for header in ("scope", "model", "limit", "used", "", "max", "left", "resets"):
+    headers = ["scope", "model", "limit", "used", *(["in flight"] if held else []), "",
+               "max", "left", f"resets ({timezone})"]  # fmt: skip
+    for header in headers:
         table.add_column(header, overflow="fold")  # an amount cut with '…' would read wrong
     for row in rows:
         metric = str(row.get("metric"))
         window = str(row.get("window"))
         what = f"{METRIC_WORDS.get(metric, metric)} {WINDOW_WORDS.get(window, window)}"
         table.add_row(
-            text(row.get("scope")), row.get("model") or "all", what,
-            _shown(row, "used"), _bar(row), _shown(row, "max"), _shown(row, "left"),
-            reset_in(row.get("resets_at"), timezone),
+            text(row.get("scope")), row.get("model") or "all", what, _shown(row, "used"),
+            *([_held(row)] if held else []), _bar(row), _shown(row, "max"),
+            _shown(row, "left"), reset_in(row.get("resets_at"), timezone, zone_name=False),
         )  # fmt: skip
     return table
 
 
+def _models(models: Any) -> list[str]:
+    """`models: ...` when the person may use only some; what a schedule blocks now."""
+    if not isinstance(models, dict):
+        return []
+    lines = []
+    if models.get("allowed"):
+        lines.append("models: " + ", ".join(map(str, models["allowed"])))
+    for model, reason in (models.get("blocked") or {}).items():
+        lines.append(f"blocked now: {model} ({reason})")
+    return lines
+
+
+def _held(row: dict[str, Any]) -> str:
+    """What the prompts in flight hold (their estimate until their calls are reported)."""
+    held = row.get("held")
+    if not isinstance(held, int) or held <= 0:
+        return "-"
+    return format_usd(held) if row.get("metric") == "cost_usd" else f"{held:,}"
+
+
 def _shown(row: dict[str, Any], name: str) -> str:
-    """The server's text for an amount (`$1.23`, `14`), else the amount formatted here."""
+    """The server's text for an amount (`$1.23`, `14`), else the amount formatted here
+    (amounts in the metric's unit: nano-dollars for cost)."""
     shown = row.get(f"{name}_text")
-    return str(shown) if shown is not None else amount(str(row.get("metric")), row.get(name))
+    if shown is not None:
+        return str(shown)
+    value = row.get(name)
+    if row.get("metric") == "cost_usd" and isinstance(value, int):
+        return format_usd(value)
+    return amount(str(row.get("metric")), value)
 
 
 def _bar(row: dict[str, Any]) -> ProgressBar:
@@ -144,4 +178,4 @@ def _bar(row: dict[str, Any]) -> ProgressBar:
         top = Decimal(str(row.get("max") or 0))
     except InvalidOperation:
         used, top = Decimal(0), Decimal(0)
-    return ProgressBar(total=float(top) or 1.0, completed=float(min(used, top)), width=24)
+    return ProgressBar(total=float(top) or 1.0, completed=float(min(used, top)), width=16)
