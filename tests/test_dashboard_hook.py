@@ -142,8 +142,16 @@ def test_install_code_enrol_kill_resume_revoke(
     page.locator(f'tr[data-code="{mine["id"]}"]', has_text="used").wait_for()
     assert page.evaluate("window.__sameDocument") == 7
 
-    # A prompt admitted: the person's bars count it.
+    # A prompt admitted and ended: the person's bars count it.
     assert gate(hookdash, machine["token"], "p-1")["decision"] == "allow"
+    ended = httpx.post(
+        hookdash.url + "/hook/v1/report",
+        headers={"authorization": f"Bearer {machine['token']}"},
+        json={"agent": "claude", "session_id": "s-1", "calls": [], "ended_prompts": ["p-1"],
+              "session_end": False},
+        timeout=30,
+    )  # fmt: skip
+    assert ended.status_code == 200, ended.text
     page.reload()
     card = page.locator(f'[data-person="{name}"]')
     card.get_by_role("progressbar", name="Requests daily: 1 / 20").wait_for()
@@ -215,23 +223,43 @@ def test_live_feed_shows_prompts_refusals_and_the_kill(
     audit = page.locator("#live-audit")
     audit.locator("li", has_text="enrolled the machine").first.wait_for()
 
+    # A prompt admitted, then its model call reported: both arrive in the feed.
     assert gate(hookdash, machine["token"], "p-live-1", session="sess-live")["decision"] == "allow"
-    prompt = page.locator("#live-rows tr", has_text=machine["machine"]).first
+    call = {"id": f"req-{key_name}", "message_id": f"msg-{key_name}", "prompt_id": "p-live-1",
+            "model": "claude-sonnet-4-6", "input": 1200, "output": 300, "cache_read": 5000,
+            "cache_write": 2000, "cache_write_1h": 0}  # fmt: skip
+    reported = httpx.post(
+        hookdash.url + "/hook/v1/report",
+        headers={"authorization": f"Bearer {machine['token']}"},
+        json={"agent": "claude", "session_id": "sess-live", "calls": [call],
+              "ended_prompts": [], "session_end": False},
+        timeout=30,
+    )  # fmt: skip
+    assert reported.status_code == 200 and reported.json()["recorded"] == 1, reported.text
+    rows = page.locator("#live-rows tr", has_text=machine["machine"])
+    prompt = rows.filter(has_text="prompt").first
     prompt.wait_for(timeout=3000)
-    assert "prompt" in prompt.inner_text() and "claude-sonnet-4-6" in prompt.inner_text()
+    assert "claude-sonnet-4-6" in prompt.inner_text()
+    model_call = rows.filter(has_text="model call").first
+    model_call.wait_for(timeout=3000)
+    calls = [e for e in hookdash.ledger(key=machine["machine"]) if e["endpoint"] == "hook/call"]
+    assert len(calls) == 1 and f"${calls[0]['cost_usd']}" in model_call.inner_text()
+    assert "8,200 / 300" in model_call.inner_text()  # input + cache read + cache write / output
 
     killed = hookdash.admin("POST", f"/admin/users/{name}/kill", json={"logout": True})
     assert killed.status_code == 200, killed.text
     audit.locator("li", has_text=f"killed user:{name}").wait_for()
     assert "logs their Claude Code out" in audit.locator("li", has_text="killed").first.inner_text()
     assert gate(hookdash, machine["token"], "p-live-2", session="sess-live")["decision"] == "block"
-    refusal = page.locator("#live-rows tr", has_text="prompt refused").first
+    refusal = rows.filter(has_text="prompt refused").first
     refusal.wait_for(timeout=3000)
-    assert machine["machine"] in refusal.inner_text()
+    assert "paused by an administrator" in refusal.inner_text()
     shot(page, "live-hook")
 
     # The admitted prompt's page: its session and prompt ids (never the prompt's text).
-    prompt.get_by_role("link").first.click()
+    (admitted,) = [e for e in hookdash.ledger(key=machine["machine"]) if e["prompt"] == "p-live-1"
+                   and e["endpoint"] == "hook/prompt"]  # fmt: skip
+    page.locator(f'#live-rows a[href="#/requests/{admitted["request_id"]}"]').click()
     detail = page.locator("#page .kv")
     detail.wait_for()
     assert page.locator("[data-field=session]").inner_text() == "sess-live"
