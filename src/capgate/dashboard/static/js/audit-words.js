@@ -1,5 +1,5 @@
 // Admin actions in words for the live feed: "admin killed user:alice and logs their Claude
-// Code out", "hook enrolled the machine key:alice@laptop". Other actions read as they are.
+// Code out", "hook enrolled the machine key:alice@laptop"; unknown actions read as they are.
 
 const VERBS = {
   "hook-enrol": "enrolled the machine",
@@ -9,6 +9,8 @@ const VERBS = {
   "hook-code": "created an install code for",
   "hook-code-create": "created an install code for",
   "hook-code-delete": "deleted an install code of",
+  create: "created", update: "changed", delete: "deleted", pause: "paused", resume: "resumed",
+  revoke: "revoked", "reset-usage": "reset the usage of", settings: "changed the",
 };
 
 // The kill switch is written as an update of the person (metadata.hook_logout set, then
