@@ -237,10 +237,10 @@ def test_live_feed_shows_prompts_refusals_and_the_kill(
     )  # fmt: skip
     assert reported.status_code == 200 and reported.json()["recorded"] == 1, reported.text
     rows = page.locator("#live-rows tr", has_text=machine["machine"])
-    prompt = rows.filter(has_text="prompt").first
+    prompt = rows.filter(has=page.locator(".badge", has_text="prompt")).first
     prompt.wait_for(timeout=3000)
     assert "claude-sonnet-4-6" in prompt.inner_text()
-    model_call = rows.filter(has_text="model call").first
+    model_call = rows.filter(has=page.locator(".badge", has_text="model call")).first
     model_call.wait_for(timeout=3000)
     calls = [e for e in hookdash.ledger(key=machine["machine"]) if e["endpoint"] == "hook/call"]
     assert len(calls) == 1 and f"${calls[0]['cost_usd']}" in model_call.inner_text()
@@ -251,7 +251,7 @@ def test_live_feed_shows_prompts_refusals_and_the_kill(
     audit.locator("li", has_text=f"killed user:{name}").wait_for()
     assert "logs their Claude Code out" in audit.locator("li", has_text="killed").first.inner_text()
     assert gate(hookdash, machine["token"], "p-live-2", session="sess-live")["decision"] == "block"
-    refusal = rows.filter(has_text="prompt refused").first
+    refusal = rows.filter(has=page.locator(".badge", has_text="prompt refused")).first
     refusal.wait_for(timeout=3000)
     assert "paused by an administrator" in refusal.inner_text()
     shot(page, "live-hook")
