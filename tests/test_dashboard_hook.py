@@ -209,6 +209,9 @@ def test_install_code_enrol_kill_resume_revoke(
     # The machine is a key too: the keys list marks it and links here.
     page.goto(f"{hookdash.url}/dashboard#/keys")
     page.locator(f'tr[data-name="{machine["machine"]}"] a.badge', has_text="hook").wait_for()
+    # And the person's page lists their machines.
+    page.goto(f"{hookdash.url}/dashboard#/users/{name}")
+    page.locator(f'#page tr[data-machine="{machine["machine"]}"]', has_text="revoked").wait_for()
 
 
 def test_live_feed_shows_prompts_refusals_and_the_kill(
@@ -270,7 +273,8 @@ def test_live_feed_shows_prompts_refusals_and_the_kill(
 
 @pytest.mark.parametrize("width", [1280, 1024])
 def test_the_hook_page_fits(page: Page, hookdash: Capgate, width: int, key_name: str) -> None:
-    """With long names: nothing cut off, nothing out of view, every field labelled."""
+    """With long names: nothing cut off, nothing out of view, every field labelled; the
+    person's own page too."""
     name = f"engineer-{key_name}.with-a-long-address@example-corporation.com"
     person(hookdash, name)
     for host in ("build-agent-with-a-long-hostname.eu-central.internal", "laptop"):
@@ -290,3 +294,7 @@ def test_the_hook_page_fits(page: Page, hookdash: Capgate, width: int, key_name:
     assert unlabelled == 0
     page.get_by_role("dialog").get_by_role("button", name="Cancel").click()
     shot(page, f"hooks-{width}")
+    page.goto(f"{hookdash.url}/dashboard#/users/{name}")
+    page.locator("#page tr[data-machine]").nth(1).wait_for()
+    page.wait_for_load_state("networkidle")
+    assert page.evaluate(FITS) == []

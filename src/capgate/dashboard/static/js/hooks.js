@@ -60,6 +60,15 @@ function people(users, machines, codes, reload) {
   return names.map((name) => person(known.get(name) || { name, status: "active", usage: [], metadata: {} }, byUser.get(name), reload));
 }
 
+// A user's page: their hook machines, when they have any.
+export async function userMachines(name, reload) {
+  const machines = items(await get("/admin/hook/machines")).filter((m) => m.user === name);
+  if (!machines.length) return null;
+  return panel("Hook machines", machinesTable(machines, reload), {
+    flush: true, actions: h("a", { href: "#/hooks", class: "btn btn-small" }, "All hook machines"),
+  });
+}
+
 function person(user, machines, reload) {
   const name = user.name;
   const actions = h("div", { class: "row actions" });
