@@ -55,21 +55,23 @@ class EtcOverlay:
         need(False, "no private mount namespace with an /etc overlay: " + "; ".join(reasons))
         raise AssertionError("unreachable")
 
-    def command(self, args: list[str]) -> list[str]:
-        """`args` run inside the namespace."""
+    def command(self, args: list[str], cwd: Path | str | None = None) -> list[str]:
+        """`args` run inside the namespace (in `cwd`: joining resets the folder to /)."""
         assert self.holder is not None
         join = ["-U", "--preserve-credentials"] if self.user_ns else []
-        return ["nsenter", "-t", str(self.holder.pid), *join, "-m", "--", *args]
+        # (not nsenter --wd: that folder is opened outside, and getcwd() inside fails)
+        where = ["sh", "-c", 'cd "$0" && exec "$@"', str(cwd)] if cwd else []
+        return ["nsenter", "-t", str(self.holder.pid), *join, "-m", "--", *where, *args]
 
     def run(self, args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
         kwargs.setdefault("capture_output", True)
         kwargs.setdefault("text", True)
         kwargs.setdefault("timeout", 120)
         kwargs.setdefault("check", False)
-        return subprocess.run(self.command(args), **kwargs)
+        return subprocess.run(self.command(args, kwargs.pop("cwd", None)), **kwargs)
 
     def popen(self, args: list[str], **kwargs: Any) -> subprocess.Popen[str]:
-        return subprocess.Popen(self.command(args), text=True, **kwargs)
+        return subprocess.Popen(self.command(args, kwargs.pop("cwd", None)), text=True, **kwargs)
 
     def changes(self) -> list[str]:
         """What this namespace changed under /etc: files written, files deleted (overlay

@@ -19,7 +19,10 @@ import pgcluster
 from conftest import ROOT, Capgate, Upstream, gateway_config, kill_during_stream, start_capgate
 from test_nodes import start_node
 
-TABLES = ("meta", "scopes", "counters", "reservations", "requests", "audit", "sessions")
+TABLES = (
+    "meta", "scopes", "counters", "reservations", "requests", "audit", "sessions", "hook_codes",
+    "hook_machines",
+)  # fmt: skip
 
 
 def copy(source: Path, target: str) -> subprocess.CompletedProcess[str]:
@@ -62,7 +65,29 @@ def traffic(server: Capgate) -> dict[str, str]:
     assert 200 in statuses and 402 in statuses  # the budget ran out on the way
     assert server.admin("POST", "/admin/keys/paused/pause").status_code == 200
     assert ask(server, keys["paused"]).status_code == 403
+    hook_mode(server)
     return keys
+
+
+def hook_mode(server: Capgate) -> None:
+    """A machine of ada's enrolled with an install code (another code left open), a
+    prompt gated and its call reported: hook rows and ledger entries with a session."""
+    code = server.admin("POST", "/admin/hook/codes", json={"user": "ada"}).json()["code"]
+    server.admin("POST", "/admin/hook/codes", json={"user": "ada"})
+    body = {"code": code, "hostname": "box", "os": "linux", "os_user": "ada", "agents": ["claude"]}
+    token = httpx.post(server.url + "/hook/v1/enrol", json=body).json()["token"]
+    auth = {"authorization": f"Bearer {token}"}
+    gate = {"agent": "claude", "session_id": "s", "prompt_id": "p", "model": "claude-sonnet-4-6"}
+    assert (
+        httpx.post(server.url + "/hook/v1/gate", json=gate, headers=auth).json()["decision"]
+        == "allow"
+    )
+    calls = [{"id": "r1", "prompt_id": "p", "model": "claude-sonnet-4-6", "input": 5, "output": 7}]
+    report = {"agent": "claude", "session_id": "s", "calls": calls}
+    assert (
+        httpx.post(server.url + "/hook/v1/report", json=report, headers=auth).json()["recorded"]
+        == 1
+    )
 
 
 def sqlite_facts(db: Path) -> dict[str, Any]:
@@ -74,7 +99,8 @@ def sqlite_facts(db: Path) -> dict[str, Any]:
             "counters": conn.execute("SELECT sum(settled), sum(reserved) FROM counters").fetchone(),
             "max_id": conn.execute("SELECT max(id) FROM requests").fetchone()[0],
             "ledger": conn.execute(
-                "SELECT id, request_id, key_name, outcome, cost_nano, flags FROM requests ORDER BY id"
+                "SELECT id, request_id, key_name, outcome, cost_nano, flags, session, prompt "
+                "FROM requests ORDER BY id"
             ).fetchall(),
             "hashes": conn.execute(
                 "SELECT name, hex(secret_hash) FROM scopes WHERE kind = 'key' ORDER BY name"
@@ -97,7 +123,7 @@ def pg_facts(cluster: pgcluster.Cluster, db: str) -> dict[str, Any]:
         "cost": int(one("SELECT sum(cost_nano) FROM requests")),
         "counters": tuple(int(v) for v in one("SELECT sum(settled), sum(reserved) FROM counters").split("|")),
         "max_id": int(one("SELECT max(id) FROM requests")),
-        "ledger": rows("SELECT id, request_id, key_name, outcome, cost_nano, coalesce(flags, '') FROM requests ORDER BY id"),
+        "ledger": rows("SELECT id, request_id, key_name, outcome, cost_nano, coalesce(flags, ''), coalesce(session, ''), coalesce(prompt, '') FROM requests ORDER BY id"),
         "hashes": rows("SELECT name, upper(encode(secret_hash, 'hex')) FROM scopes WHERE kind = 'key' ORDER BY name"),
         "meta": rows("SELECT k, v FROM meta ORDER BY k"),
     }  # fmt: skip
@@ -139,6 +165,8 @@ def test_copy_is_complete_and_checked(
     source, copied = as_text(sqlite_facts(db)), pg_facts(postgres, name)
     assert copied == source
     assert copied["rows"]["requests"] >= 16 and copied["rows"]["audit"] >= 5
+    assert (copied["rows"]["hook_codes"], copied["rows"]["hook_machines"]) == (2, 1)
+    assert ("p", "s") in {(row[-1], row[-2]) for row in copied["ledger"]}  # session, prompt
     # The identity goes on past the copied ids.
     assert (
         int(postgres.sql("SELECT nextval(pg_get_serial_sequence('requests', 'id'))", name))

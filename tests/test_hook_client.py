@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from capgate.hook.client import hook, install, watchdog
+from conftest import need
 
 CLIENT = Path(hook.__file__).parent
 PYTHON = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
@@ -401,3 +402,64 @@ def test_watchdog_restores_and_uninstall_removes_only_what_was_written(tmp_path:
     after = tree(root)
     assert after.pop("etc/codex/requirements.toml")[1] == "# the admin's own now\n"
     assert after == before
+
+
+def test_http_over_a_bare_socket(tmp_path: Path) -> None:
+    """The hook's own HTTP/1.1 (no http.client: its imports cost more than the rest): a
+    path prefix, the Host header, the body, a chunked answer."""
+    import http.server
+    import threading
+
+    seen: dict[str, Any] = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            seen.update(path=self.path, host=self.headers["Host"],
+                        body=self.rfile.read(int(self.headers["Content-Length"])))  # fmt: skip
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for part in (b'{"decision":', b' "allow"}'):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+            self.wfile.write(b"0\r\n\r\n")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}/capgate"
+        config = {"server": base, "token": "cgh-x"}
+        answer = hook.call(config, "POST", "/hook/v1/gate", {"a": 1}, 5)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert answer == {"decision": "allow"}
+    assert seen == {"path": "/capgate/hook/v1/gate",
+                    "host": f"127.0.0.1:{server.server_address[1]}", "body": b'{"a": 1}'}  # fmt: skip
+    with pytest.raises(hook.Offline, match="cannot reach"):
+        hook.call(
+            {"server": f"http://127.0.0.1:{closed_port()}", "token": "t"}, "GET", "/", None, 1
+        )
+
+
+def test_install_needs_root(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "capgate", "hook", "install", "--server", "http://x",
+               "--code", "cgi-x"]  # fmt: skip
+    if os.geteuid() == 0:
+        need(shutil.which("setpriv") is not None, "setpriv (util-linux) is not installed")
+        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+    done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=tmp_path,
+                          env={**os.environ, "HOME": str(tmp_path)})  # fmt: skip
+    assert done.returncode == 1
+    assert "run as root" in done.stderr
+    installer = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", PYTHON, "-",
+         "--server", "http://x", "--code", "cgi-x"] if os.geteuid() == 0 else
+        [PYTHON, "-", "--server", "http://x", "--code", "cgi-x"],
+        input=(CLIENT / "install.py").read_text(), capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert installer.returncode == 1 and "run as root" in installer.stderr

@@ -640,3 +640,86 @@ def test_the_client_files_are_served_with_their_hash(servers: Pair, tmp_path: Pa
         assert got.headers["x-capgate-sha256"] == hashlib.sha256(data).hexdigest()
     for bad in ("/hook/client/..%2Fkeys.py", "/hook/client/nope.py", "/hook/client/hook.txt"):
         assert httpx.get(servers.one.url + bad).status_code == 404
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
+def test_a_lease_outlives_the_process_that_made_it(
+    engine: str, request: pytest.FixtureRequest, upstream: Upstream, tmp_path: Path
+) -> None:
+    """`kill -9` of the process that holds a prompt's lease: the others' sweep (which
+    charges a dead process's gateway requests in full) leaves it alone; a report through
+    another process settles it as the prompt it is."""
+    import signal
+
+    config = gateway_config(upstream, server={"lease_seconds": 1, "hook_lease_s": 600})
+    args: tuple[str, ...] = ()
+    if engine == "postgres":
+        args = ("--database-url", request.getfixturevalue("postgres").new_database())
+    one = start_capgate(tmp_path, config, args=args)
+    two = start_capgate(tmp_path, config, db=one.db, args=args)
+    try:
+        m = machine(two, limits=[{"metric": "requests", "window": "day", "max": 10}])
+        assert m.gate(one, "s", "p")["decision"] == "allow"
+        one.proc.send_signal(signal.SIGKILL)
+        one.proc.wait(10)
+        deadline = time.time() + 6  # many sweeps of the survivor (every lease / 6 seconds)
+        while time.time() < deadline:
+            assert [e["outcome"] for e in two.ledger(user=m.user)] == []
+            time.sleep(0.5)
+        assert usage(two, m.user)["requests"] == (0, 1)
+        m.report(two, "s", [call("after-kill", "p", input=10)])
+        assert usage(two, m.user)["requests"] == (1, 0)
+        lease = lease_id(m.key_id, "claude", "s", "p")
+        (entry,) = two.ledger(request_id=lease)
+        assert entry["outcome"] == "ok"
+    finally:
+        two.close()
+        one.close()
+
+
+def test_the_admin_cli_makes_codes_lists_machines_kills_and_resumes(servers: Pair) -> None:
+    import os
+    import subprocess
+    import sys
+
+    one, two = servers.one, servers.two
+    user = person(one, limits=[{"metric": "requests", "window": "day", "max": 5}])
+    env = {
+        **os.environ,
+        "CAPGATE_ADMIN_KEY": one.admin_key,
+        "CAPGATE_URL": one.url,
+        "COLUMNS": "200",
+    }
+
+    def cli(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "capgate", "hook", *args], env=env, capture_output=True,
+            text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    shown = cli("code", "--user", user, "--ttl", "2h", "--claude")
+    (code,) = [w for w in shown.split() if w.startswith("cgi-")][:1]
+    assert f"capgate hook install --server {one.url} --code {code}" in shown
+    assert (
+        f"curl -fsSL {one.url}/hook/install | sudo python3 - --server {one.url} --code {code}"
+        in shown
+    )
+    enrolled = enrol(two, code, hostname="cli-box")
+    assert enrolled.status_code == 200, enrolled.text
+    got = enrolled.json()
+    m = Machine(got["token"], got["machine"], got["user"])
+    codes = cli("codes", "--json")
+    import json
+
+    (listed,) = [c for c in json.loads(codes) if c["user"] == user]
+    assert (listed["state"], listed["agents"], listed["machine"]) == ("used", ["claude"], m.name)
+    assert code not in codes
+    assert m.name in cli("machines")
+    assert f"User {user} killed and logged out" in cli("kill", user, "--logout")
+    blocked = m.gate(two, "s", "p")
+    assert (blocked["decision"], blocked["logout"]) == ("block", True)
+    assert f"User {user} resumed." in cli("resume", user)
+    after = m.gate(one, "s", "p2")
+    assert (after["decision"], after["logout"]) == ("allow", False)

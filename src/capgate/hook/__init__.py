@@ -5,6 +5,7 @@ machines, enforced by managed hooks that ask the server before every prompt
 The pure parts live here: `gate.py` (lease ids, the model decided, the worst case a
 prompt holds, the refusal message), `report.py` (reports validated and priced),
 `otlp.py` (Claude Code's OpenTelemetry log records as calls), `bodies.py` (the other
-request bodies), `view.py` (limit rows and the offline cache). `http/hook.py` serves
+request bodies), `view.py` (limit rows and the offline cache), `person.py` (status,
+logout, timezone; why a turn stops). `http/hook.py` serves
 them; `client/` holds the files the server hands to machines (hook, watchdog,
 installer)."""

@@ -18,12 +18,21 @@ from aiohttp import web
 
 from capgate.config import ServerConfig
 from capgate.core.engine import Amounts, Refusal, check_access
-from capgate.core.limits import Limit, Metric, Scope, ScopeKind, Status
+from capgate.core.limits import Scope, Status
 from capgate.core.money import Usage
 from capgate.core.schedules import closed_schedules
 from capgate.errors import AuthenticationFailed, CapgateError, InvalidRequest, PayloadTooLarge
 from capgate.hook import gate as g
 from capgate.hook.bodies import Gate, parse_check, parse_enrol, parse_gate, parse_tamper
+from capgate.hook.person import (
+    logout_of,
+    metadata_of,
+    refusal_of,
+    status_of,
+    stop_reason,
+    switch_reason,
+    timezone_of,
+)
 from capgate.hook.report import Report, cost_nano, parse_report
 from capgate.hook.view import cache_document, limit_row
 from capgate.http.admin_io import json_response
@@ -128,7 +137,7 @@ class HookAPI:
         if entry is None and self.clock() - self._refreshed > 0.05:
             await self._refresh()
             entry = self.store.key_by_id(key_id)
-        if entry is None or not matches(raw, entry[1]) or "hook" not in _metadata(entry[0]):
+        if entry is None or not matches(raw, entry[1]) or "hook" not in metadata_of(entry[0]):
             raise AuthenticationFailed("Invalid hook token: this machine is not enrolled.")
         if entry[0].status is Status.REVOKED:
             raise AuthenticationFailed("This machine has been revoked by an administrator.")
@@ -218,7 +227,7 @@ class HookAPI:
         if done:
             if done[0].outcome != "refused" or done[0].refusal is None:
                 return await self._answer(key, agent, "allow", None, lease, done[0].model, now)
-            refusal = _refusal_of(done[0].refusal)
+            refusal = refusal_of(done[0].refusal)
             message = await self.refused_message(key, agent, refusal, done[0].model or model, now)
             return await self._answer(key, agent, "block", message, None, done[0].model, now)
         for earlier in await self.store.session_leases(key.id, body.session_id):
@@ -322,7 +331,7 @@ class HookAPI:
 
     async def cache(self, key: Scope, now: float) -> dict[str, Any]:
         scopes = self.scopes(key)
-        agents = _metadata(key)["hook"].get("agents") or ["claude"]
+        agents = metadata_of(key)["hook"].get("agents") or ["claude"]
         names = self.pricing.models()
         family = [m for a in agents for m in g.family_models(a, names)]
         allowed = [m for m in family if all(s.allows_model(m) for s in scopes)]
@@ -368,10 +377,10 @@ class HookAPI:
         names = self.pricing.models()
         model = g.resolve(body.agent, body.model, names, self.pricing.lookup) or body.model
         standing = await self.standing(key, now)
-        message = self.stop_reason(scopes, model, standing, now)
+        message = stop_reason(scopes, model, standing, now)
         if message is None and body.to_model is not None:
             target = g.resolve(body.agent, body.to_model, names, self.pricing.lookup)
-            message = self.switch_reason(scopes, target or body.to_model, standing, now)
+            message = switch_reason(scopes, target or body.to_model, standing, self.worst, now)
         cache = await self.cache(key, now)
         return json_response(
             {
@@ -381,51 +390,6 @@ class HookAPI:
                 "cache": cache,
             }
         )
-
-    def stop_reason(
-        self, scopes: Sequence[Scope], model: str | None, standing: Sequence[g.Standing], now: float
-    ) -> str | None:
-        """Why a running turn must stop now: a scope paused, revoked or expired; its model
-        not allowed now; a cost or token limit that applies already used up."""
-        refusal = (
-            check_access(scopes, (model, model), now) if model else status_refusal(scopes, now)
-        )
-        if refusal is not None:
-            return f"capgate: {refusal.message}"
-        spent = (Metric.COST_USD, Metric.TOKENS, Metric.INPUT_TOKENS, Metric.OUTPUT_TOKENS)
-        for s in standing:
-            limit = s.usage.limit
-            applies = model is None or limit.applies_to(model)
-            if limit.metric in spent and applies and s.usage.used >= limit.max:
-                return self._limit_message(s, scopes)
-        return None
-
-    def switch_reason(
-        self, scopes: Sequence[Scope], target: str, standing: Sequence[g.Standing], now: float
-    ) -> str | None:
-        """Why a switch to `target` is refused: not allowed now, or its caps used up (one
-        more prompt of it does not fit)."""
-        refusal = check_access(scopes, (target, target), now)
-        if refusal is not None:
-            return f"capgate: {refusal.message}"
-        worst = self.worst(target)
-        for s in standing:
-            limit = s.usage.limit
-            if not limit.applies_to(target):
-                continue
-            prompt_metric = limit.metric in (Metric.REQUESTS, Metric.CREDITS)
-            if (prompt_metric and s.usage.remaining < worst.of(limit.metric)) or (
-                s.usage.used >= limit.max
-            ):
-                return self._limit_message(s, scopes)
-        return None
-
-    def _limit_message(self, s: g.Standing, scopes: Sequence[Scope]) -> str:
-        kind, _, name = s.scope.partition(":")
-        refusal = Refusal(
-            "limit_exceeded", "", kind, name, s.usage.limit, s.usage.used, s.usage.resets_at
-        )
-        return g.block_message(refusal, [s], Amounts(), timezone_of(scopes), None)
 
     # -- reports ----------------------------------------------------------------------
 
@@ -500,58 +464,3 @@ class HookAPI:
         await self._touch(key, version)
         await self.store.mark_hook_tampered(key.id, files)
         return json_response({"recorded": True})
-
-
-# -- small pure helpers -------------------------------------------------------------------
-
-
-def _metadata(scope: Scope) -> dict[str, Any]:
-    metadata = scope.extra.get("metadata") or {}
-    return metadata if isinstance(metadata, dict) else {}
-
-
-def _refusal_of(data: dict[str, Any]) -> Refusal:
-    """A refusal as the ledger keeps it (a retried gate answers it again)."""
-    limit = Limit.from_json(data["limit"]) if data.get("limit") else None
-    return Refusal(
-        str(data["code"]), str(data["message"]), str(data["scope"]), str(data["name"]), limit,
-        int(data.get("used") or 0), data.get("resets_at"),
-    )  # fmt: skip
-
-
-def status_refusal(scopes: Sequence[Scope], now: float) -> Refusal | None:
-    """Status and expiry only (the model is not known)."""
-    for scope in scopes:
-        label = f'{scope.kind.value} "{scope.name}"'
-        if scope.status is Status.REVOKED:
-            return Refusal(
-                "revoked", f"The {label} has been revoked.", scope.kind.value, scope.name
-            )
-        if scope.status is Status.PAUSED:
-            msg = f"The {label} is paused by an administrator; ask them to resume it."
-            return Refusal("paused", msg, scope.kind.value, scope.name)
-        if scope.expires_at is not None and now >= scope.expires_at:
-            return Refusal("expired", f"The {label} has expired.", scope.kind.value, scope.name)
-    return None
-
-
-def status_of(scopes: Sequence[Scope], now: float) -> str:
-    if any(
-        s.status is Status.REVOKED or (s.expires_at is not None and now >= s.expires_at)
-        for s in scopes
-    ):
-        return "revoked"
-    return "paused" if any(s.status is Status.PAUSED for s in scopes) else "active"
-
-
-def logout_of(scopes: Sequence[Scope]) -> bool:
-    """An admin killed the person with logout: the hook logs the agent out."""
-    return any(
-        s.status is not Status.ACTIVE and bool(_metadata(s).get("hook_logout")) for s in scopes
-    )
-
-
-def timezone_of(scopes: Sequence[Scope]) -> str:
-    """The person's timezone (their user scope's), else the machine key's."""
-    user = next((s for s in scopes if s.kind is ScopeKind.USER), None)
-    return (user or scopes[0]).timezone

@@ -11,7 +11,9 @@ The port is a few Protocols, one per kind of consumer, and `Store`, which is all
 - `EventSource` (the live feed): ledger and audit entries above a cursor;
 - `SessionStore` (dashboard login): sessions and the login throttle, shared by every
   process and node;
-- `SettingsStore` (runtime settings, the admin key): the settings row and `meta`.
+- `SettingsStore` (runtime settings, the admin key): the settings row and `meta`;
+- `HookStore` (hook mode, `http/hook.py`): install codes, enrolled machines, prompt
+  leases settled by id from any process, the model calls machines report.
 
 Reads return the typed records of `store/records.py`. Errors, from `capgate.errors`:
 `NotFound` (no such scope), `Conflict` (exists already, or still named), `InvalidRequest`
@@ -27,7 +29,9 @@ Tables every engine has (same names and columns; see `sqlite_schema.py`): meta, 
 counters, processes, reservations, requests (the ledger), audit, sessions, and
 login_failures (migration 9): `client TEXT NOT NULL, failed_at REAL NOT NULL`, one row
 per failed dashboard login, indexed on (client, failed_at) and on (failed_at); rows older
-than `LOGIN_WINDOW_S` are deleted whenever a failure is recorded, so it stays small.
+than `LOGIN_WINDOW_S` are deleted whenever a failure is recorded, so it stays small;
+hook_codes and hook_machines (SQLite migration 11, PostgreSQL 5), and the ledger's
+`session` and `prompt` columns (hook entries).
 """
 
 from __future__ import annotations
