@@ -723,3 +723,23 @@ def test_the_admin_cli_makes_codes_lists_machines_kills_and_resumes(servers: Pai
     assert f"User {user} resumed." in cli("resume", user)
     after = m.gate(one, "s", "p2")
     assert (after["decision"], after["logout"]) == ("allow", False)
+
+
+def test_a_gate_retried_through_both_processes_at_once_holds_one_lease(servers: Pair) -> None:
+    """A hook that timed out and retried, its two tries answered by two processes at the
+    same moment: both allowed, one lease."""
+    one, two = servers.one, servers.two
+    m = machine(one, limits=[{"metric": "requests", "window": "day", "max": 100}])
+    for round_ in range(10):
+
+        def tries(
+            n: int, session: str = f"s{round_}", prompt: str = f"p{round_}"
+        ) -> dict[str, Any]:
+            return m.gate(one if n % 2 else two, session, prompt)
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(tries, range(8)))
+        assert {(a["decision"], a["lease"]) for a in answers} == {
+            ("allow", lease_id(m.key_id, "claude", f"s{round_}", f"p{round_}"))
+        }
+    assert usage(two, m.user)["requests"] == (0, 10)
