@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from capgate.core.limits import format_usd, usd_to_nano
+from capgate.core.windows import format_reset
 
 DASH = "-"
 
@@ -88,6 +89,18 @@ def reset(ts: int | None) -> str:
     if ts >= 2**61:
         return "never"
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def reset_in(ts: float | None, timezone: str, zone_name: bool = True) -> str:
+    """When a window resets, in the person's timezone: '2026-12-06 00:00 Europe/Berlin'
+    (without the zone's name when a header gives it)."""
+    if ts is None:
+        return "never"
+    try:
+        shown = format_reset(int(ts), timezone)
+    except ValueError:  # a timezone this machine does not know: UTC then
+        shown = format_reset(int(ts))
+    return shown if zone_name or shown.startswith("never") else shown.rsplit(" ", 1)[0]
 
 
 def print_settings(console: Console, scope: dict[str, Any]) -> None:

@@ -1,10 +1,12 @@
-"""`capgate status`: a developer's own limits, from the server's truth (GET /v1/me)."""
+"""`capgate status`: a developer's own limits, from the server's truth: GET /v1/me with
+their virtual key, or, on a hook machine with no key given, GET /hook/v1/status with the
+machine's token (cli/machine_status.py)."""
 
 from __future__ import annotations
 
 import os
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import httpx
 import typer
@@ -12,6 +14,7 @@ from rich.console import Console
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
+from capgate.cli import machine_status
 from capgate.cli.client import DEFAULT_URL, fail
 from capgate.cli.render import limit_label, text
 from capgate.core.limits import format_usd, usd_to_nano
@@ -23,7 +26,8 @@ NEEDS_VIRTUAL_KEY = (
 )
 
 
-def _key() -> str:
+def _key() -> str | None:
+    """The developer's virtual key from the environment, None when none is given."""
     admin = os.environ.get("CAPGATE_ADMIN_KEY")
     for var in ("CAPGATE_KEY", "ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "OPENAI_API_KEY"):
         value = os.environ.get(var, "")
@@ -31,9 +35,16 @@ def _key() -> str:
             fail(f"{var} holds the admin key. {NEEDS_VIRTUAL_KEY}")
         if value.startswith("sk-cg-"):
             return value
-    if admin:
+    return None
+
+
+def _no_key() -> NoReturn:
+    if os.environ.get("CAPGATE_ADMIN_KEY"):
         fail(NEEDS_VIRTUAL_KEY)
-    fail("set CAPGATE_KEY (or ANTHROPIC_API_KEY) to your capgate key")
+    fail(
+        "set CAPGATE_KEY (or ANTHROPIC_API_KEY) to your capgate key (on a machine enrolled in "
+        f"hook mode, capgate status reads {machine_status.hook_dir()}/ instead)"
+    )
 
 
 def _url() -> str:
@@ -57,15 +68,31 @@ def _count(value: Any) -> str:
 def status(
     url: Annotated[
         str | None,
-        typer.Option("--url", help="capgate server (env CAPGATE_URL or ANTHROPIC_BASE_URL)"),
+        typer.Option(
+            "--url",
+            help="capgate server (env CAPGATE_URL or ANTHROPIC_BASE_URL; on a hook machine "
+            "the server it was enrolled with)",
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
-    """Show your own key's limits: used, left and when each resets."""
+    """Show your own limits (your key's, or on a hook machine your person's): used, left
+    and when each resets."""
+    key = _key()
+    if key is None:
+        machine = machine_status.installed()
+        if machine is None:
+            _no_key()
+        answer = machine_status.fetch(machine, url)
+        if as_json:
+            typer.echo(answer.text)
+        else:
+            machine_status.show(answer.json())
+        return
     base = (url or _url()).rstrip("/")
     try:
         response = httpx.get(
-            base + "/v1/me", headers={"authorization": f"Bearer {_key()}"}, timeout=15
+            base + "/v1/me", headers={"authorization": f"Bearer {key}"}, timeout=15
         )
     except httpx.HTTPError as exc:
         fail(f"cannot reach capgate at {base}: {exc}")

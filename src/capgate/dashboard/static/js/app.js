@@ -3,6 +3,7 @@ import { ApiError, api, get, setSession, whenLoggedOut } from "./api.js";
 import { audit } from "./audit.js";
 import { h, replace } from "./dom.js";
 import { connect, disconnect } from "./events.js";
+import { hooks } from "./hooks.js";
 import { live } from "./live.js";
 import { overview } from "./overview.js";
 import { requestDetail } from "./requests-table.js";
@@ -15,7 +16,8 @@ import { errorBox } from "./ui.js";
 const KINDS = ["keys", "users", "teams", "orgs", "providers"];
 const TITLES = {
   overview: "Overview", live: "Live feed", requests: "Request log", keys: "Keys", users: "Users",
-  teams: "Teams", orgs: "Orgs", providers: "Provider budgets", settings: "Settings", audit: "Audit log",
+  teams: "Teams", orgs: "Orgs", providers: "Provider budgets", hooks: "Hook machines", settings: "Settings",
+  audit: "Audit log",
 };
 
 const loginView = document.getElementById("login");
@@ -93,6 +95,7 @@ async function route() {
     else if (page === "live") await live(root, cleanup);
     else if (page === "requests" && parts[1]) await requestDetail(root, cleanup, parts[1]);
     else if (page === "requests") await requests(root, cleanup, params);
+    else if (page === "hooks") await hooks(root, cleanup);
     else if (page === "settings") await settings(root, cleanup);
     else if (page === "audit") await audit(root, cleanup);
     else if (KINDS.includes(page) && parts[1]) await scopeDetail(root, cleanup, params, page, parts[1]);

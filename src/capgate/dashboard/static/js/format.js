@@ -98,6 +98,12 @@ function axisUsd(value, digits) {
   return `${value < 0 ? "-" : ""}$${grouped}${frac ? "." + frac : ""}`;
 }
 
+// A time as the API gives it, Unix seconds (the hook routes) or ISO 8601 text: ISO text.
+export function isoTime(value) {
+  if (value === null || value === undefined || value === "") return null;
+  return typeof value === "number" ? new Date(value * 1000).toISOString() : value;
+}
+
 export function dateTime(iso) {
   if (!iso) return "—";
   return dateTimeFormat.format(new Date(iso));

@@ -1,5 +1,7 @@
-// Live feed: requests and refusals as they happen, and admin actions, without reloading.
+// Live feed: requests and refusals as they happen (hook mode's prompts, refusals and model
+// calls among them), and admin actions, without reloading.
 import { get } from "./api.js";
+import { auditDetail, auditVerb } from "./audit-words.js";
 import { h, replace } from "./dom.js";
 import { on } from "./events.js";
 import { when } from "./format.js";
@@ -36,7 +38,8 @@ export async function live(root, cleanup) {
   function addAudit(item) {
     audit.prepend(h("li", {},
       h("time", { datetime: item.created_at }, when(item.created_at)), " ",
-      h("strong", {}, item.actor), ` ${item.action} `, h("span", { class: "mono" }, item.target)));
+      h("strong", {}, item.actor), ` ${auditVerb(item)} `, h("span", { class: "mono" }, item.target),
+      auditDetail(item) ? h("span", { class: "muted" }, ` ${auditDetail(item)}`) : null));
     while (audit.children.length > 50) audit.lastElementChild.remove();
   }
 

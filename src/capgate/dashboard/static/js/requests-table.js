@@ -14,8 +14,14 @@ export const REQUEST_COLUMNS = [
   { label: "Status", width: "22%", cell: (e) => [outcomeBadge(e), note(e)] },
   { label: "Tokens in / out", width: "112px", cell: (e) => `${int(e.input_tokens + e.cache_read_tokens + e.cache_write_tokens)} / ${int(e.output_tokens)}`, num: true },
   { label: "Cost", width: "100px", cell: (e) => usd(e.cost_usd), num: true },
-  { label: "Latency", width: "72px", cell: (e) => ms(e.latency_ms), num: true },
+  { label: "Latency", width: "72px", cell: (e) => (isHook(e) ? "—" : ms(e.latency_ms)), num: true },
 ];
+
+// Hook mode's entries (prompts and reported model calls) did not pass through capgate:
+// they have no latency of capgate's.
+function isHook(entry) {
+  return String(entry.endpoint).startsWith("hook/");
+}
 
 function entryHref(entry) {
   return `#/requests/${encodeURIComponent(entry.request_id)}`;
@@ -53,6 +59,8 @@ export async function requestDetail(root, cleanup, requestId) {
     ["Cost", usd(entry.cost_usd)],
     ["Latency", `${ms(entry.latency_ms)} · first token ${ms(entry.ttft_ms)} · ${entry.attempts} ${entry.attempts === 1 ? "attempt" : "attempts"}`],
   ];
+  if (entry.session) rows.push(["Session id", h("span", { class: "mono", "data-field": "session" }, entry.session)]);
+  if (entry.prompt) rows.push(["Prompt id", h("span", { class: "mono", "data-field": "prompt" }, entry.prompt)]);
   if (entry.refusal) rows.push(["Refusal", `${entry.refusal.code}: ${entry.refusal.message}`]);
   if (entry.error) rows.push(["Error", entry.error]);
   replace(root, panel(`Request ${entry.request_id}`,

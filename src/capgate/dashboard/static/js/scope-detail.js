@@ -6,6 +6,7 @@ import { dateTime, usd, int } from "./format.js";
 import { on } from "./events.js";
 import { REQUEST_COLUMNS } from "./requests-table.js";
 import { SINGULAR, scopeForm } from "./scope-form.js";
+import { userMachines } from "./hooks.js";
 import { statusActions } from "./scopes.js";
 import { badge, confirmAction, panel, segmented, table, toast, usageBars } from "./ui.js";
 
@@ -50,10 +51,12 @@ export async function scopeDetail(root, cleanup, params, kind, name) {
     const controls = h("div", { class: "toolbar" },
       segmented([["cost_usd", "Spend"], ["requests", "Requests"]], metric, (v) => { metric = v; drawTrend(); }, "Chart metric"),
       segmented([["24h", "24 hours"], ["7d", "7 days"], ["30d", "30 days"]], range, (v) => { range = v; drawTrend(); }, "Time range"));
+    const machines = kind === "users" ? await userMachines(name, render) : null;
     replace(root, head,
       h("div", { class: "grid grid-2" },
         panel("Limits and usage", usageBars(scope.usage)),
         panel("Details", details(kind, scope))),
+      machines,
       filter ? panel(`Trend of this ${what}`, trend, { actions: controls }) : null,
       filter ? panel("Recent requests", requestsEl, {
         flush: true,

@@ -115,7 +115,9 @@ function columns(kind, reload, state, onSort) {
     head: sortHead(state, onSort, ["name", "Name"], ["status", "Status"]),
     cell: (s) => [
       h("a", { href: `#/${kind}/${encodeURIComponent(s.name)}`, class: "clip strong", title: s.name }, s.name),
-      h("div", { class: "row name-meta" }, badge(s.status), s.prefix ? h("span", { class: "mono muted small clip" }, s.prefix) : null),
+      h("div", { class: "row name-meta" }, badge(s.status),
+        s.metadata?.hook ? h("a", { href: "#/hooks", class: "badge badge-idle", title: "A machine in hook mode: see Hook machines" }, "hook") : null,
+        s.prefix ? h("span", { class: "mono muted small clip" }, s.prefix) : null),
     ],
   }];
   if (kind === "keys") {

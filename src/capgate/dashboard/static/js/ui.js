@@ -20,7 +20,12 @@ export function badge(text, kind = text) {
   return h("span", { class: `badge badge-${kind}` }, text);
 }
 
+// Hook mode's ledger entries: a prompt the gate admitted or refused, and a model call reported.
+const HOOK_ENTRIES = { "hook/prompt": "prompt", "hook/call": "model call" };
+
 export function outcomeBadge(entry) {
+  const hook = HOOK_ENTRIES[entry.endpoint];
+  if (hook) return entry.outcome === "ok" ? badge(hook, hook === "prompt" ? "prompt" : "call") : badge(`${hook} ${entry.outcome}`, entry.outcome);
   const text = entry.outcome === "ok" ? String(entry.status) : `${entry.outcome} ${entry.status || ""}`.trim();
   return badge(text, entry.outcome);
 }
