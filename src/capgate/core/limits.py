@@ -14,6 +14,7 @@ from decimal import Context, Decimal, InvalidOperation
 from fnmatch import fnmatchcase
 from typing import Any
 
+from capgate.core.money import MAX_AMOUNT
 from capgate.core.schedules import Schedule
 from capgate.core.windows import Window, WindowKind, parse_window
 
@@ -71,6 +72,7 @@ def _decimal(value: Any, what: str) -> Decimal:
     return dec
 
 
+_UNIT = {True: "nano-dollars", False: "of the metric's unit"}
 _EXACT = Context(prec=80)  # enough digits that no realistic amount is ever rounded
 
 
@@ -151,6 +153,10 @@ class Limit:
             max_ = int(dec)
         if max_ < 0:
             raise ValueError("max must not be negative")
+        if max_ > MAX_AMOUNT:  # the store counts in 64-bit integers
+            raise ValueError(
+                f"max is too large (at most {MAX_AMOUNT:,} {_UNIT[metric is Metric.COST_USD]})"
+            )
         model = data.get("model")
         if model is not None and (not isinstance(model, str) or not model):
             raise ValueError("model must be a non-empty glob string")

@@ -163,7 +163,7 @@ class AdminAPI:
             user=params.get("user") or None,
             model=params.get("model") or None,
             provider=params.get("provider") or None,
-            status=int_param(params, "status", 0),
+            status=int_param(params, "status", 0, maximum=999),
             outcome=choice_param(params, "outcome", OUTCOMES),
             request_id=params.get("request_id") or None,
             since=time_param(params, "from"),

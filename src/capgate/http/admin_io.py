@@ -10,6 +10,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from capgate.core.bounds import MAX_INT
 from capgate.errors import InvalidRequest
 from capgate.http.admin_models import parse_time
 
@@ -56,16 +57,24 @@ def choice_param(params: Any, name: str, choices: Collection[str]) -> str | None
     return str(value)
 
 
-def int_param(params: Any, name: str, minimum: int | None = None) -> int | None:
+def int_param(
+    params: Any, name: str, minimum: int | None = None, maximum: int = MAX_INT
+) -> int | None:
+    """A whole-number query parameter within [minimum, maximum] (at most what the
+    store's 64-bit columns hold), or InvalidRequest naming it."""
     value = params.get(name)
     if value in (None, ""):
         return None
     try:
-        number = int(value)
+        number = int(value) if len(value) <= 40 else None
     except ValueError:
-        raise InvalidRequest(f"{name}: must be a whole number") from None
+        number = None
+    if number is None:
+        raise InvalidRequest(f"{name}: must be a whole number")
     if minimum is not None and number < minimum:
         raise InvalidRequest(f"{name}: must be at least {minimum}")
+    if number > maximum:
+        raise InvalidRequest(f"{name}: must be at most {maximum}")
     return number
 
 

@@ -15,6 +15,7 @@ from pydantic import (
     field_validator,
 )
 
+from capgate.core.bounds import check_time
 from capgate.core.limits import Limit, ScopeKind, check_distinct, usd_to_nano
 from capgate.core.money import MAX_AMOUNT
 from capgate.core.schedules import Schedule
@@ -51,19 +52,24 @@ def parse_time(value: str | float | int | None) -> float | None:
     """ISO 8601 (date or date-time; naive means UTC) or Unix seconds."""
     if value is None or value == "":
         return None
+    if isinstance(value, bool):  # JSON true is not 1970-01-01T00:00:01Z
+        raise ValueError(f"not a date or time: {value!r}")
     if isinstance(value, int | float):
-        return float(value)
+        return check_time(float(value))
     try:
-        return float(value)
-    except ValueError:
-        pass
+        return check_time(float(value))
+    except ValueError as exc:
+        if "out of range" in str(exc):
+            raise
+    if len(value) > 64:
+        raise ValueError("not a date or time (use ISO 8601, e.g. 2026-12-31)")
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise ValueError(f"not a date or time: {value!r} (use ISO 8601, e.g. 2026-12-31)") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
+    return check_time(parsed.timestamp())
 
 
 class ScheduleIn(BaseModel):
@@ -91,7 +97,7 @@ class _ScopeFields(BaseModel):
     schedules: list[ScheduleIn] | None = Field(
         None, description="when the models they match may be used; replaces the list"
     )
-    expires_at: str | float | None = None
+    expires_at: StrictStr | StrictFloat | StrictInt | None = None
     timezone: str | None = Field(None, description="IANA name for calendar windows")
     metadata: dict[str, Any] | None = None
     on_short_budget: Literal["clamp", "reject"] | None = Field(

@@ -17,14 +17,21 @@ _REFRESH_EVERY = 0.05  # at most one cache refresh per 50 ms, shared by concurre
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
+    """The credential a request carries, as ASCII: every capgate key and token is, and a
+    byte that is not (undecodable, kept as a surrogate) becomes `?`, so the credential
+    is simply wrong (401), never a string that cannot be hashed (500)."""
     key = headers.get("x-api-key")
     if key:
-        return key.strip()
+        return _ascii(key.strip())
     auth = headers.get("authorization", "")
     scheme, _, token = auth.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
+        return _ascii(token.strip())
     return None
+
+
+def _ascii(text: str) -> str:
+    return text if text.isascii() else text.encode("ascii", "replace").decode()
 
 
 class KeyAuthenticator:

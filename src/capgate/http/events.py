@@ -22,6 +22,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from capgate.core.bounds import MAX_INT
+from capgate.errors import InvalidRequest
 from capgate.http.admin_json import audit_json, entry_json
 from capgate.store.base import EventSource
 from capgate.store.records import EventBatch
@@ -72,6 +74,8 @@ def parse_cursor(value: str | None) -> tuple[int, int] | None:
     first, _, second = value.partition("-")
     if not (first.isdigit() and second.isdigit()):
         return None
+    if max(len(first), len(second)) > 19 or max(int(first), int(second)) > MAX_INT:
+        raise InvalidRequest("Last-Event-ID: not an event id this feed sent")
     return int(first), int(second)
 
 
@@ -98,6 +102,7 @@ class EventHub:
     async def stream(self, request: web.Request) -> web.StreamResponse:
         if self._closed:
             raise web.HTTPServiceUnavailable()
+        resume = parse_cursor(request.headers.get("last-event-id"))  # a 400 before the stream
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE_MAX)
         live_from = await self._subscribe(queue)
         response = web.StreamResponse(
@@ -110,7 +115,6 @@ class EventHub:
         try:
             await response.prepare(request)
             await response.write(b"retry: 2000\n: capgate live feed\n\n")
-            resume = parse_cursor(request.headers.get("last-event-id"))
             if resume is not None:
                 await self._backfill(response, resume, live_from)
             await self._relay(response, queue)

@@ -110,6 +110,7 @@ class AdminAccess:
             )
         if request.method not in SAFE_METHODS:
             sent = request.headers.get(CSRF_HEADER, "")
+            sent = sent if sent.isascii() else ""  # an undecodable byte: simply wrong
             assert caller.token is not None
             if not hmac.compare_digest(sent.encode(), csrf_token(caller.token).encode()):
                 raise PermissionDenied(
@@ -119,7 +120,7 @@ class AdminAccess:
 
     async def session_of(self, request: web.Request) -> Caller | None:
         token = request.cookies.get(COOKIE)
-        if not token or len(token) > 200:
+        if not token or len(token) > 200 or not token.isascii():
             return None
         session = await self._store.get_session(token_hash(token))
         if session is None or not hmac.compare_digest(session.key_tag, self._tag):
