@@ -143,21 +143,28 @@ def counters_for(scopes: Iterable[Scope], models: Sequence[str], now: float) -> 
     return out
 
 
+def check_standing(scope: Scope, now: float) -> Refusal | None:
+    """Whether `scope` may be used at all: not revoked, paused or expired."""
+    label = f'{scope.kind.value} "{scope.name}"'
+    if scope.status is Status.REVOKED:
+        return Refusal("revoked", f"The {label} has been revoked.", scope.kind.value, scope.name)
+    if scope.status is Status.PAUSED:
+        msg = f"The {label} is paused by an administrator; ask them to resume it."
+        return Refusal("paused", msg, scope.kind.value, scope.name)
+    if scope.expires_at is not None and now >= scope.expires_at:
+        return Refusal("expired", f"The {label} has expired.", scope.kind.value, scope.name)
+    return None
+
+
 def check_access(scopes: Sequence[Scope], models: Sequence[str], now: float) -> Refusal | None:
     """Status, expiry and allowed models, checked before any budget. A model is allowed
     when the name asked for or the model it is routed to matches an allowed glob."""
     model = models[0]
     for scope in scopes:
         label = f'{scope.kind.value} "{scope.name}"'
-        if scope.status is Status.REVOKED:
-            return Refusal(
-                "revoked", f"The {label} has been revoked.", scope.kind.value, scope.name
-            )
-        if scope.status is Status.PAUSED:
-            msg = f"The {label} is paused by an administrator; ask them to resume it."
-            return Refusal("paused", msg, scope.kind.value, scope.name)
-        if scope.expires_at is not None and now >= scope.expires_at:
-            return Refusal("expired", f"The {label} has expired.", scope.kind.value, scope.name)
+        standing = check_standing(scope, now)
+        if standing is not None:
+            return standing
         if not any(scope.allows_model(m) for m in models):
             allowed = ", ".join(scope.models)
             msg = f'Model "{model}" is not allowed for {label} (allowed: {allowed}).'

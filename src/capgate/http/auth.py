@@ -40,7 +40,11 @@ class KeyAuthenticator:
         self._refreshing: asyncio.Future[None] | None = None
         self._last_refresh = 0.0
 
-    async def authenticate(self, headers: Mapping[str, str]) -> Scope:
+    async def authenticate(self, headers: Mapping[str, str], *, fresh: bool = False) -> Scope:
+        """The key `headers` present. `fresh`: reload the cache first if an admin changed
+        anything (in any process) since, as a reservation does; at most every 50 ms."""
+        if fresh:
+            await self._refresh()
         raw = presented_key(headers)
         if raw is None:
             raise AuthenticationFailed(

@@ -23,7 +23,7 @@ import orjson
 from aiohttp import web
 
 from capgate.config import ServerConfig
-from capgate.core.engine import Amounts, OutputFlex, Refusal
+from capgate.core.engine import Amounts, OutputFlex, Refusal, check_standing
 from capgate.core.estimate import (
     Hidden,
     RequestFacts,
@@ -125,8 +125,17 @@ class Gateway:
 
     # -- admission ---------------------------------------------------------------------
 
-    async def authenticate(self, request: web.Request) -> Scope:
-        return await self._auth.authenticate(request.headers)
+    async def authenticate(self, request: web.Request, *, standing: bool = False) -> Scope:
+        """The caller's key. With `standing` (for the routes that reserve nothing): read
+        as the store has it now, and refused when revoked, paused or expired, with the
+        status and message a request to the gateway would get."""
+        if not standing:
+            return await self._auth.authenticate(request.headers)
+        key = await self._auth.authenticate(request.headers, fresh=True)
+        refusal = check_standing(key, self._clock())
+        if refusal is not None:
+            raise refusal_error(refusal, self._clock())
+        return key
 
     async def read_json(self, request: web.Request) -> tuple[bytes, Any]:
         if request.content_type != "application/json":

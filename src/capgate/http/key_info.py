@@ -53,7 +53,7 @@ class KeyInfo:
         """Free on every provider: authenticated and routed, not budgeted or recorded."""
         request_id = self._gateway.new_request_id()
         try:
-            key = await self._gateway.authenticate(request)
+            key = await self._gateway.authenticate(request, standing=True)
             raw, body = await self._gateway.read_json(request)
             facts = anthropic_facts(body)
             route = self._router.resolve(facts.model, Endpoint.MESSAGES)
@@ -79,7 +79,7 @@ class KeyInfo:
         request_id = self._gateway.new_request_id()
         now = self._clock()
         try:
-            key = await self._gateway.authenticate(request)
+            key = await self._gateway.authenticate(request, standing=True)
             usage = _limits(await self._store.counters(key, now), key.timezone)
             above = []
             for scope in self._store.scopes_above(key):
@@ -112,7 +112,7 @@ class KeyInfo:
         dialect = "anthropic" if "anthropic-version" in request.headers else "openai"
         request_id = self._gateway.new_request_id()
         try:
-            key = await self._gateway.authenticate(request)
+            key = await self._gateway.authenticate(request, standing=True)
         except CapgateError as exc:
             return self._gateway.refused(request, dialect, exc, request_id)
         names = [
