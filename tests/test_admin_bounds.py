@@ -84,7 +84,9 @@ def test_a_last_event_id_past_64_bits_is_400(capgate: Capgate) -> None:
 def _raw(capgate: Capgate, header: bytes, path: bytes = b"/admin/keys") -> tuple[int, bytes]:
     """A request with `header` as sent (bytes no HTTP client library would send)."""
     url = urlsplit(capgate.url)
-    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+    # From an address of its own: wrong admin keys are throttled per address.
+    source = ("127.0.2.1", 0)
+    with socket.create_connection((url.hostname, url.port), 10, source) as sock:
         sock.sendall(
             b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n" + header + b"\r\nConnection: close\r\n\r\n"
         )

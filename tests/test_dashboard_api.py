@@ -213,7 +213,7 @@ def test_sessions_are_shared_and_die_with_the_admin_key(upstream: Upstream, tmp_
         # The same database with another admin key: the old session opens nothing.
         third = start_capgate(
             tmp_path, gateway_config(upstream), db=first.db,
-            env={"CAPGATE_ADMIN_KEY": "sk-cg-admin-rotated-0123456789"},
+            env={"CAPGATE_ADMIN_KEY": "sk-cg-admin-rotated-0123456789abcdef"},
         )  # fmt: skip
         try:
             with httpx.Client(base_url=third.url, trust_env=False) as rotated:

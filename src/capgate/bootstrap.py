@@ -26,6 +26,7 @@ from capgate.dashboard.app import Dashboard
 from capgate.demo_secrets import secrets_path
 from capgate.http.admin import AdminAPI
 from capgate.http.auth import admin_digest
+from capgate.http.client_address import parse_networks
 from capgate.http.gateway import Gateway
 from capgate.http.generate import GenerateAPI
 from capgate.http.health import Health
@@ -228,6 +229,7 @@ async def build(
     admin = AdminAPI(
         store, keys.admin_digest, runtime=runtime, routing=router.describe,
         min_clamped_tokens=settings.min_clamped_tokens, public_url=settings.public_url,
+        trusted_proxies=parse_networks(settings.trusted_proxies),
     )  # fmt: skip
     hook = HookAPI(store, runtime.pricing, settings)
     hook_extras = HookExtras(hook)

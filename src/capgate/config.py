@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from capgate.core.windows import zone
+from capgate.http.client_address import parse_networks
 
 ProviderType = Literal[
     "anthropic", "openai", "openai-compatible", "mock", "claude-cli", "codex-cli"
@@ -178,6 +179,9 @@ class ServerConfig(_Strict):
     hook_lease_s: float = Field(900.0, gt=0)
     hook_offline_s: float = Field(86_400.0, ge=0)
     public_url: str | None = Field(None, pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
+    # Reverse proxies (addresses or CIDR networks) whose X-Forwarded-For is believed for
+    # the failed-login throttles (docs/security.md); none: the TCP peer is the client.
+    trusted_proxies: list[str] = Field(default_factory=list)
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
@@ -190,6 +194,12 @@ class ServerConfig(_Strict):
         for glob, weight in value.items():
             if weight < 0:
                 raise ValueError(f"credit weight of {glob!r} must not be negative")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        parse_networks(value)
         return value
 
     @model_validator(mode="after")

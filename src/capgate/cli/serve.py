@@ -26,6 +26,7 @@ from capgate.cli.client import DEFAULT_URL
 from capgate.cli.workers import READY, Supervisor, WorkerFailed
 from capgate.config import Config, ConfigError
 from capgate.errors import StoreUnavailable
+from capgate.http.auth import admin_key_problem
 from capgate.logs import configure
 from capgate.metrics import Metrics
 from capgate.worker_metrics import PUBLISH_S, WorkerMetrics, remove
@@ -34,6 +35,9 @@ log = logging.getLogger("capgate.serve")
 
 
 def run(config: Config, *, demo: bool) -> None:
+    weak = config.server.admin_key and admin_key_problem(config.server.admin_key)
+    if weak:  # before the port, the database or a log line
+        sys.exit(f"capgate: bad configuration: server.admin_key (CAPGATE_ADMIN_KEY): {weak}")
     workers = config.server.workers
     logs = configure(
         config.server.log_level, config.server.log_format, pid=os.getpid() if workers > 1 else None

@@ -122,7 +122,7 @@ class Dashboard:
         )
 
     async def login(self, request: web.Request) -> web.Response:
-        client = request.remote or "?"
+        client = self.access.client_of(request)
         try:
             _same_origin(request)
             await self.access.throttle.check(client)

@@ -30,6 +30,7 @@ from capgate.http.admin_json import audit_json, entry_json, limit_usage_json, us
 from capgate.http.admin_models import PLURALS, ScopeCreate, ScopeUpdate
 from capgate.http.admin_settings import SettingsRoutes
 from capgate.http.admin_stats import StatsRoutes
+from capgate.http.client_address import Network
 from capgate.http.dialects import error_response
 from capgate.http.events import EventHub
 from capgate.http.hook_admin import HookAdminRoutes, clear_logout
@@ -73,6 +74,7 @@ class AdminAPI:
         routing: Callable[[], dict[str, Any]] | None = None,
         min_clamped_tokens: int = 1024,
         public_url: str | None = None,
+        trusted_proxies: tuple[Network, ...] = (),
     ) -> None:
         self.store = store
         self.public_url = public_url  # what hook install commands name (None: the request's)
@@ -81,7 +83,7 @@ class AdminAPI:
         self.runtime = runtime or RuntimeSettings(
             Config.model_validate({"server": {"timezone": default_timezone}})
         )
-        self.access = AdminAccess(store, admin_digest)
+        self.access = AdminAccess(store, admin_digest, trusted_proxies)
         self.events = EventHub(store)
         self.clock = clock
 

@@ -75,6 +75,27 @@ class KeyAuthenticator:
             self._refreshing = None
 
 
+ADMIN_KEY_MIN_LENGTH = 32
+ADMIN_KEY_MIN_DISTINCT = 10  # different characters: no `aaaa...`, `abab...`, `1234...`
+
+
+def admin_key_problem(admin_key: str) -> str | None:
+    """Why `admin_key` is too easy to guess to be the admin key (None: it is not). The
+    keys capgate generates (`sk-cg-admin-` and 43 random URL-safe characters) pass."""
+    if len(admin_key) < ADMIN_KEY_MIN_LENGTH:
+        return (
+            f"the admin key is {len(admin_key)} characters long; it must have at least "
+            f"{ADMIN_KEY_MIN_LENGTH} (make one with: python3 -c "
+            "'import secrets; print(\"sk-cg-admin-\" + secrets.token_urlsafe(32))')"
+        )
+    if len(set(admin_key)) < ADMIN_KEY_MIN_DISTINCT:
+        return (
+            f"the admin key has only {len(set(admin_key))} different characters; it must "
+            f"have at least {ADMIN_KEY_MIN_DISTINCT} (use a random one)"
+        )
+    return None
+
+
 def admin_digest(admin_key: str) -> bytes:
     return hashlib.sha256(admin_key.encode()).digest()
 

@@ -28,6 +28,7 @@ from aiohttp import web
 
 from capgate.errors import AuthenticationFailed, CapgateError, PermissionDenied
 from capgate.http.auth import AdminAuthenticator, presented_key
+from capgate.http.client_address import Network, client_address
 from capgate.store.base import SessionStore
 from capgate.store.records import Session
 
@@ -69,7 +70,8 @@ class LoginThrottle:
         wait = await self._store.login_blocked(client, self._clock())
         if wait is not None:
             raise TooManyAttempts(
-                "Too many failed logins from this address; try again later.",
+                "Admin API: too many failed logins or admin keys from this address; "
+                "try again later.",
                 headers={"retry-after": str(max(1, math.ceil(wait)))},
             )
 
@@ -88,20 +90,37 @@ class Caller:
 
 
 class AdminAccess:
-    def __init__(self, store: SessionStore, digest: bytes) -> None:
+    def __init__(
+        self, store: SessionStore, digest: bytes, trusted_proxies: tuple[Network, ...] = ()
+    ) -> None:
         self._store = store
         self._key = AdminAuthenticator(digest)
         self._tag = key_tag(digest)
+        self._trusted = trusted_proxies
         self.throttle = LoginThrottle(store)
 
     def check_key(self, raw: str) -> None:
         self._key.check_key(raw)
 
+    def client_of(self, request: web.Request) -> str:
+        """Whose failures a failed login or admin key counts against."""
+        return client_address(request, self._trusted)
+
     async def authenticate(self, request: web.Request) -> Caller:
-        """The caller of an admin route, or AuthenticationFailed / PermissionDenied. A
-        request with an admin key header is judged by it alone."""
+        """The caller of an admin route, or AuthenticationFailed / PermissionDenied /
+        TooManyAttempts. A request with an admin key header is judged by it alone, and
+        a wrong one counts as a failed login of its address (the dashboard's throttle,
+        kept in the store: shared by every process; counted apart from the dashboard's, so
+        that guesses at one door do not lock the admin out of the other): once blocked,
+        no key is tried."""
         if presented_key(request.headers) is not None:
-            self._key.check(request.headers)
+            client = "api " + self.client_of(request)  # apart from dashboard logins
+            await self.throttle.check(client)
+            try:
+                self._key.check(request.headers)
+            except AuthenticationFailed:
+                await self.throttle.failed(client)
+                raise
             return Caller(ADMIN_ACTOR)
         caller = await self.session_of(request)
         if caller is None:
