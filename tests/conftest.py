@@ -253,7 +253,8 @@ _counter = iter(range(1, 1_000_000))
 @pytest.fixture
 def key_name(request: pytest.FixtureRequest) -> str:
     """A key name unique within the session."""
-    return f"{request.node.name[:40]}-{next(_counter)}".replace("[", "-").replace("]", "")
+    name = f"{request.node.name[:40]}-{next(_counter)}"
+    return re.sub(r"[^A-Za-z0-9._@-]", "-", name)  # the names' alphabet (docs/security.md)
 
 
 def which(tool: str) -> str | None:

@@ -113,7 +113,9 @@ def test_every_cli_command_and_option_is_documented(path: tuple[str, ...], comma
 
 
 def mentions_route(method: str, path: str) -> bool:
-    """`METHOD /path` in the reference, not just as the start of a longer path."""
+    """`METHOD /path` in the reference, not just as the start of a longer path (a
+    parameter's regex, `{name:[^/]+}`, is written as `{name}`)."""
+    path = re.sub(r"\{(\w+):[^}]*\}", r"{\1}", path)
     pattern = re.escape(f"{method} {path}") + r"(?![\w/{.-])"
     return re.search(pattern, reference()) is not None
 

@@ -55,6 +55,9 @@ REQUEST_PARAMS = (
 )  # fmt: skip
 OUTCOMES = ("ok", "error", "cancelled", "refused", "lease_expired")
 MAX_PAGE = 10_000
+# Any name but a slash: names made before the alphabet (core/bounds.py) may hold `{`, `}`,
+# spaces, ...; aiohttp's default `{name}` stops at braces, so those were unreachable.
+NAME_SEGMENT = "/{name:[^/]+}"
 # Headers on every admin answer: JSON that no browser should sniff, frame or cache.
 SECURITY_HEADERS = {
     "x-content-type-options": "nosniff",
@@ -97,17 +100,18 @@ class AdminAPI:
         out = [web.get("/admin/openapi.json", self.openapi)]
         for kind, plural in PLURALS.items():
             base = f"/admin/{plural}"
+            one = base + NAME_SEGMENT
             scopes = _ScopeRoutes(self, kind)
             out += [
                 web.post(base, h(scopes.create)),
                 web.get(base, h(scopes.list)),
-                web.get(base + "/{name}", h(scopes.show)),
-                web.patch(base + "/{name}", h(scopes.update)),
-                web.delete(base + "/{name}", h(scopes.delete)),
-                web.post(base + "/{name}/pause", h(scopes.status(Status.PAUSED))),
-                web.post(base + "/{name}/resume", h(scopes.status(Status.ACTIVE))),
-                web.post(base + "/{name}/revoke", h(scopes.status(Status.REVOKED))),
-                web.post(base + "/{name}/reset-usage", h(scopes.reset_usage)),
+                web.get(one, h(scopes.show)),
+                web.patch(one, h(scopes.update)),
+                web.delete(one, h(scopes.delete)),
+                web.post(one + "/pause", h(scopes.status(Status.PAUSED))),
+                web.post(one + "/resume", h(scopes.status(Status.ACTIVE))),
+                web.post(one + "/revoke", h(scopes.status(Status.REVOKED))),
+                web.post(one + "/reset-usage", h(scopes.reset_usage)),
             ]
         stats, settings = StatsRoutes(self), SettingsRoutes(self)
         out += [

@@ -15,7 +15,7 @@ from pydantic import (
     field_validator,
 )
 
-from capgate.core.bounds import check_time
+from capgate.core.bounds import MAX_NAME, NAME_CHARS, check_name, check_time
 from capgate.core.limits import Limit, ScopeKind, check_distinct, usd_to_nano
 from capgate.core.money import MAX_AMOUNT
 from capgate.core.schedules import Schedule
@@ -174,7 +174,15 @@ class _ScopeFields(BaseModel):
 
 
 class ScopeCreate(_ScopeFields):
-    name: str = Field(min_length=1, max_length=200, pattern=r"^[^/\s][^/]*$")
+    name: str = Field(
+        description=f"1 to {MAX_NAME} of: letters, digits and . _ @ - (docs/security.md)",
+        pattern=f"^[{NAME_CHARS}]{{1,{MAX_NAME}}}$",
+    )
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name(cls, value: Any) -> Any:
+        return check_name(value) if isinstance(value, str) else value
 
 
 class ScopeUpdate(_ScopeFields):

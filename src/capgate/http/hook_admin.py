@@ -85,7 +85,7 @@ class HookAdminRoutes:
             web.get("/admin/hook/codes", guard(self.codes)),
             web.delete("/admin/hook/codes/{id}", guard(self.delete_code)),
             web.get("/admin/hook/machines", guard(self.machines)),
-            web.post("/admin/users/{name}/kill", guard(self.kill)),
+            web.post("/admin/users/{name:[^/]+}/kill", guard(self.kill)),  # any name
         ]
 
     def url(self, request: web.Request) -> str:

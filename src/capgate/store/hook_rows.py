@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import orjson
 
+from capgate.core.bounds import MAX_NAME
 from capgate.errors import Conflict, NotFound
 from capgate.store.base import Enrolment
 from capgate.store.records import HookCode, HookMachine
@@ -48,9 +49,15 @@ def machine_metadata(enrolment: Enrolment, now: float) -> dict[str, object]:
     }
 
 
+def machine_base(user: str, hostname: str) -> str:
+    """`<user>@<hostname>`, cut so that it fits a name with a `-NNN` (core/bounds.py)."""
+    return f"{user}@{hostname}"[: MAX_NAME - 4]
+
+
 def machine_name(user: str, hostname: str, taken: set[str]) -> str:
-    """`<user>@<hostname>`, or with `-2`, `-3`... when that key name is taken."""
-    base = f"{user}@{hostname}"
+    """`<user>@<hostname>` (`machine_base`), or with `-2`, `-3`... when that key name is
+    taken."""
+    base = machine_base(user, hostname)
     if base not in taken:
         return base
     n = 2

@@ -18,6 +18,7 @@ from capgate.store.hook_rows import (
     code_json,
     hook_code_from_row,
     hook_machine_from_row,
+    machine_base,
     machine_metadata,
     machine_name,
     one_code,
@@ -101,7 +102,7 @@ class PgHook(PgHost):
             code = hook_code_from_row(row)
             names = await conn.fetch(
                 "SELECT name FROM scopes WHERE kind='key' AND starts_with(name, $1)",
-                f"{code.user}@{enrolment.hostname}",
+                machine_base(code.user, enrolment.hostname),
             )
             name = machine_name(code.user, enrolment.hostname, {r["name"] for r in names})
             await conn.execute(

@@ -16,6 +16,7 @@ from capgate.store.hook_rows import (
     code_json,
     hook_code_from_row,
     hook_machine_from_row,
+    machine_base,
     machine_metadata,
     machine_name,
     one_code,
@@ -103,7 +104,7 @@ class SQLiteHook(SQLitePart):
                 r[0]
                 for r in conn.execute(
                     "SELECT name FROM scopes WHERE kind='key' AND name LIKE ?",
-                    (f"{code.user}@{enrolment.hostname}%",),
+                    (machine_base(code.user, enrolment.hostname) + "%",),
                 )
             }
             name = machine_name(code.user, enrolment.hostname, taken)
