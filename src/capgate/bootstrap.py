@@ -27,6 +27,7 @@ from capgate.demo_secrets import secrets_path
 from capgate.http.admin import AdminAPI
 from capgate.http.auth import admin_digest
 from capgate.http.client_address import parse_networks
+from capgate.http.edge import json_errors
 from capgate.http.gateway import Gateway
 from capgate.http.generate import GenerateAPI
 from capgate.http.health import Health
@@ -234,7 +235,9 @@ async def build(
     hook = HookAPI(store, runtime.pricing, settings)
     hook_extras = HookExtras(hook)
 
-    app = web.Application(client_max_size=int(settings.max_request_mb * 1024 * 1024) + 1)
+    app = web.Application(
+        client_max_size=int(settings.max_request_mb * 1024 * 1024) + 1, middlewares=[json_errors]
+    )
     app.add_routes(gateway.routes())
     app.add_routes(GenerateAPI(gateway, settings).routes())
     app.add_routes(logged_admin_routes(admin.routes()))

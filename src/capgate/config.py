@@ -182,6 +182,13 @@ class ServerConfig(_Strict):
     # Reverse proxies (addresses or CIDR networks) whose X-Forwarded-For is believed for
     # the failed-login throttles (docs/security.md); none: the TCP peer is the client.
     trusted_proxies: list[str] = Field(default_factory=list)
+    # The HTTP edge (docs/security.md#connections): a request's head must arrive within
+    # `header_timeout_s` of connecting; an idle keep-alive connection is closed after
+    # `idle_timeout_s`; at most `max_connections` at once (an extra one closes the idle
+    # one that waited longest).
+    header_timeout_s: float = Field(10.0, gt=0, le=3600)
+    idle_timeout_s: float = Field(75.0, gt=0, le=86_400)
+    max_connections: int = Field(4096, ge=16, le=1_000_000)
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod

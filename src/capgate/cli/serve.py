@@ -27,6 +27,7 @@ from capgate.cli.workers import READY, Supervisor, WorkerFailed
 from capgate.config import Config, ConfigError
 from capgate.errors import StoreUnavailable
 from capgate.http.auth import admin_key_problem
+from capgate.http.edge import EdgeRunner, connection_cap
 from capgate.logs import configure
 from capgate.metrics import Metrics
 from capgate.worker_metrics import PUBLISH_S, WorkerMetrics, remove
@@ -126,7 +127,11 @@ async def _answer(
         built.app.on_response_prepare.append(_hsts)
     if metrics_dir is not None and built.metrics is not None:
         _share_metrics(built.app, built.metrics, metrics_dir)
-    runner = web.AppRunner(built.app, access_log=None)
+    server = config.server
+    runner = EdgeRunner(
+        built.app, access_log=None, max_connections=connection_cap(server.max_connections),
+        header_timeout_s=server.header_timeout_s, idle_timeout_s=server.idle_timeout_s,
+    )  # fmt: skip
     await runner.setup()
     site = web.SockSite(runner, sock, ssl_context=context)
     await site.start()

@@ -107,6 +107,16 @@ _CLAUDE_CODE_KEY = (
 )
 
 
+def dialect_of_path(path: str) -> str:
+    """The error dialect of an answer aiohttp makes before any route runs (a request it
+    cannot parse, no such route): the client's when the path names its API."""
+    if path.startswith(("/v1/messages", "/anthropic/")):
+        return "anthropic"
+    if path.startswith("/v1/"):
+        return "openai"
+    return "admin"
+
+
 def error_response(
     dialect: str, error: CapgateError, request_id: str | None = None
 ) -> web.Response:

@@ -1,0 +1,215 @@
+"""The HTTP edge, below the routes: what aiohttp answers by itself, and how long a
+connection may hold a file descriptor without asking for anything.
+
+- A request aiohttp cannot parse (broken chunking, two Content-Lengths, a header line
+  over 8 KiB, a NUL in a header) is answered 400 in JSON, in the dialect its path names
+  (`dialect_of_path`), with one log line that names the kind of error and never the
+  request's bytes. A router 404 / 405 is JSON the same way (`json_errors`).
+- The head of a request must arrive within `header_timeout_s` of connecting, and an idle
+  keep-alive connection is closed after `idle_timeout_s`: a client that trickles header
+  bytes cannot keep its connection.
+- At most `max_connections` at once (and never more than the open-file limit allows):
+  one more connection closes the longest-waiting idle one, so `/health` and real clients
+  still get in while slow clients hold the rest; when every connection is busy with a
+  request, the new one is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+
+from capgate.errors import CapgateError
+from capgate.http.dialects import dialect_of_path, error_response
+
+log = logging.getLogger("capgate.http")
+
+FD_HEADROOM = 128  # descriptors kept for the database, logs, upstream connections
+
+
+class _Refused(CapgateError):
+    """An error aiohttp found before any route ran; its status as aiohttp chose it."""
+
+    kind = "invalid_request_error"
+    retryable = False
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, headers=headers)
+        self.status = status
+        if status == 404:
+            self.kind = "not_found_error"
+
+
+_REASONS = {
+    404: "No such route.",
+    405: "This route does not take that method.",
+    413: "The request body is too large.",
+}
+
+
+@web.middleware
+async def json_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """aiohttp's own 4xx (router 404 / 405, ...) in the path's dialect, as JSON."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        message = _REASONS.get(exc.status, exc.reason)
+        return error_response(dialect_of_path(request.path), _Refused(exc.status, message, headers))
+
+
+class _Connection(RequestHandler):
+    """One client connection (aiohttp's handler) with the edge's rules."""
+
+    def __init__(self, manager: EdgeServer, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._edge = manager
+        self._path: str | None = None  # of the request being read, for the error dialect
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._head_timer = self._loop.call_later(self._edge.header_timeout_s, self._head_late)
+        self._edge.admit(self)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        super().connection_lost(exc)
+
+    def _head_late(self) -> None:
+        self._head_timer = None
+        if self.waiting:  # no whole request head yet
+            self.force_close()
+
+    @property
+    def waiting(self) -> bool:
+        """Waiting for a request (none in progress): may be closed without losing one."""
+        waiter = self._waiter
+        return waiter is not None and not waiter.done()
+
+    def data_received(self, data: bytes) -> None:
+        if data[:1].isupper():  # a request line, maybe: its path names the dialect
+            line = data[: data.find(b"\r")] if b"\r" in data[:4096] else data[:4096]
+            parts = line.split(b" ", 2)
+            self._path = parts[1].split(b"?")[0].decode("latin-1") if len(parts) > 1 else None
+        super().data_received(data)
+        if self._head_timer is not None and not self.waiting:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """aiohttp's error answer, as JSON: a 4xx (the request could not be parsed) with
+        one log line naming only the kind of error, a 5xx with its traceback."""
+        if status >= 500:
+            log.error("unhandled error answering %s", request.path, exc_info=exc)
+            text = "capgate: internal error (logged)."
+        else:
+            kind = type(exc).__name__ if exc is not None else "error"
+            log.warning("refused a malformed HTTP request from %s (%s)", request.remote, kind)
+            text = f"Malformed HTTP request ({kind})."
+        if request.writer.output_size > 0:  # an answer has begun: the connection is broken
+            raise ConnectionError("cannot send an error after the answer has begun")
+        dialect = dialect_of_path(self._path or "/")
+        response = error_response(dialect, _Refused(status, text))
+        response.force_close()
+        return response
+
+
+class EdgeServer(web.Server):
+    """aiohttp's server with `_Connection`s and the connection cap."""
+
+    def __init__(
+        self,
+        handler: Any,
+        *,
+        max_connections: int,
+        header_timeout_s: float,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(handler, **kwargs)
+        self.max_connections = max_connections
+        self.header_timeout_s = header_timeout_s
+
+    def __call__(self) -> RequestHandler:
+        return _Connection(self, loop=self._loop, **self._kwargs)
+
+    def admit(self, new: _Connection) -> None:
+        """Keep at most `max_connections`: close the idle one that has waited longest,
+        else (all busy) the new one."""
+        if len(self._connections) <= self.max_connections:
+            return
+        for other in self._connections:  # in the order they came: oldest first
+            if other is not new and isinstance(other, _Connection) and other.waiting:
+                other.force_close()
+                return
+        new.force_close()
+
+
+class EdgeRunner(web.AppRunner):
+    """An AppRunner whose server is an `EdgeServer`."""
+
+    def __init__(
+        self,
+        app: web.Application,
+        *,
+        max_connections: int,
+        header_timeout_s: float,
+        idle_timeout_s: float,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(app, keepalive_timeout=idle_timeout_s, **kwargs)
+        self._max_connections = max_connections
+        self._header_timeout_s = header_timeout_s
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        edge = EdgeServer(
+            server.request_handler,
+            request_factory=server.request_factory,
+            handler_cancellation=server.handler_cancellation,
+            loop=server._loop,
+            max_connections=self._max_connections,
+            header_timeout_s=self._header_timeout_s,
+            **server._kwargs,
+        )  # fmt: skip
+        return edge
+
+
+def connection_cap(wanted: int) -> int:
+    """`wanted`, or fewer when the open-file limit cannot hold that many (raising the
+    soft limit toward the hard one first)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = wanted + FD_HEADROOM
+    if soft != resource.RLIM_INFINITY and soft < need:
+        target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return wanted
+    capped = max(16, soft - FD_HEADROOM)
+    log.warning(
+        "server.max_connections %d is above what the open-file limit (%d) allows: %d",
+        wanted, soft, capped,
+    )  # fmt: skip
+    return capped
