@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
@@ -213,3 +214,26 @@ def test_an_idle_keep_alive_connection_is_closed(edge: Server) -> None:
         while sock.recv(65536):
             pass
         assert 2 < time.monotonic() - started < 6  # idle_timeout_s: 3
+
+
+@pytest.mark.parametrize(
+    ("path", "dialect"),
+    [("/v1/messages", "anthropic"), ("/v1/chat/completions", "openai"), ("/admin/keys", "admin")],
+)
+def test_a_body_that_is_not_its_content_encoding_is_a_400(
+    edge: Server, path: str, dialect: str
+) -> None:
+    """Found by tests/test_fuzz.py: a 500 before."""
+    made = httpx.post(
+        f"http://{edge.host}:{edge.port}/admin/keys", json={"name": f"gz-{dialect}"},
+        headers={"authorization": f"Bearer {ADMIN_KEY}"}, timeout=30,
+    )  # fmt: skip
+    key = made.json()["key"]
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {ADMIN_KEY if path.startswith('/admin') else key}\r\n"
+        "Content-Encoding: gzip\r\nContent-Length: 2\r\n\r\n"
+    )
+    status, _, body = _exchange(edge, head.encode() + b"[]")
+    assert status == 400, body
+    assert "Content-Encoding" in _shape(dialect, body)["error"]["message"]

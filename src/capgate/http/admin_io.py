@@ -8,6 +8,8 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.web_protocol import RequestPayloadError
 from pydantic import BaseModel, ValidationError
 
 from capgate.core.bounds import MAX_INT
@@ -27,13 +29,22 @@ async def read_body(request: web.Request, model: type[BaseModel]) -> Any:
     if request.content_type != "application/json":
         raise InvalidRequest("Content-Type must be application/json.")
     try:
-        return model.model_validate_json(await request.read())
+        raw = await request.read()
+    except (BadHttpMessage, RequestPayloadError):
+        raise InvalidRequest(undecodable_body(request)) from None
+    try:
+        return model.model_validate_json(raw)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
             where = ".".join(str(p) for p in err["loc"]) or "body"
             problems.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
         raise InvalidRequest("; ".join(problems)) from None
+
+
+def undecodable_body(request: web.Request) -> str:
+    encoding = request.headers.get("content-encoding", "")[:40]
+    return f"The request body could not be read as its Content-Encoding ({encoding!r}) says."
 
 
 def known_params(params: Any, allowed: Collection[str]) -> None:

@@ -45,6 +45,8 @@ class _Refused(CapgateError):
         self.status = status
         if status == 404:
             self.kind = "not_found_error"
+        elif status >= 500:
+            self.kind = "api_error"
 
 
 _REASONS = {

@@ -21,6 +21,8 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.web_protocol import RequestPayloadError
 
 from capgate.config import ServerConfig
 from capgate.core.engine import Amounts, OutputFlex, Refusal, check_standing
@@ -45,6 +47,7 @@ from capgate.errors import (
     UpstreamFailed,
     refusal_error,
 )
+from capgate.http.admin_io import undecodable_body
 from capgate.http.auth import KeyAuthenticator
 from capgate.http.call import Call, jittered_backoff
 from capgate.http.dialects import CLAUDE_CODE, client_of, client_status, error_response, for_client
@@ -148,6 +151,8 @@ class Gateway:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise PayloadTooLarge(self._too_large()) from None
+        except (BadHttpMessage, RequestPayloadError):  # not what its Content-Encoding says
+            raise InvalidRequest(undecodable_body(request)) from None
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
