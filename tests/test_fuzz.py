@@ -8,7 +8,7 @@
   5xx, every error in the endpoint's dialect, and a refused input moves no counter and
   writes no ledger entry.
 
-Bounded for the default run (about `CAPGATE_FUZZ_EXAMPLES`, default 150, examples per
+Bounded for the default run (about `CAPGATE_FUZZ_EXAMPLES`, default 400, examples per
 test; well under a minute together). Run more with e.g. `CAPGATE_FUZZ_EXAMPLES=5000`.
 """
 
@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from conftest import ADMIN_KEY, Capgate
 
-EXAMPLES = int(os.environ.get("CAPGATE_FUZZ_EXAMPLES", "150"))
+EXAMPLES = int(os.environ.get("CAPGATE_FUZZ_EXAMPLES", "400"))
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,
