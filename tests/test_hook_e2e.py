@@ -469,19 +469,16 @@ def test_codex_exec_is_admitted_counted_and_blocked(machine: Machine) -> None:
 # -- what a person sees: interactive Claude Code in a terminal ---------------------------------
 
 
-@pytest.mark.slow
-def test_interactive_claude_code_shows_the_refusal(machine: Machine) -> None:
-    """In tmux: the refusal's message is shown, the prompt is not sent (0 requests), and
-    no command line or token is on the screen."""
+@pytest.fixture
+def terminal(machine: Machine) -> Iterator[Any]:
+    """Interactive Claude Code in tmux, inside the machine's namespace."""
     from test_claude_code_interactive import Terminal
 
     claude = which("claude")
     need(shutil.which("tmux") is not None, "tmux is not installed (.ci/run installs it)")
     need(claude is not None, "the Claude Code CLI is not installed (bin/test installs it)")
     assert claude is not None
-    machine.set_limits([{"metric": "requests", "window": "day", "max": 0}])
-    before = len([r for r in machine.mock.requests() if r.path.startswith("/v1/messages")])
-    terminal = Terminal(f"capgate-hook-{os.getpid()}-{time.monotonic_ns()}")
+    started = Terminal(f"capgate-hook-{os.getpid()}-{time.monotonic_ns()}")
     env = machine.env(TERM="xterm-256color")
     command = shlex.join(
         machine.overlay.command(
@@ -490,18 +487,43 @@ def test_interactive_claude_code_shows_the_refusal(machine: Machine) -> None:
         )
     )
     try:
-        terminal.tmux("new-session", "-d", "-x", "200", "-y", "50", "-s", terminal.session,
-                      "-c", str(machine.home / "work"), command)  # fmt: skip
-        terminal.wait_for("Claude Code v")
-        terminal.type("say hi")
-        screen = terminal.wait_for("blocked by hook", "daily prompt limit")
-        artifacts = Path(__file__).parent / "artifacts"
-        artifacts.mkdir(exist_ok=True)
-        (artifacts / "hook-refusal-interactive.txt").write_text(screen)
-        assert f'user "{machine.person}"' in screen
-        assert "cgh-" not in screen and "/etc/capgate-hook" not in screen
-        time.sleep(1)
-        after = len([r for r in machine.mock.requests() if r.path.startswith("/v1/messages")])
-        assert after == before
+        started.tmux("new-session", "-d", "-x", "200", "-y", "50", "-s", started.session,
+                     "-c", str(machine.home / "work"), command)  # fmt: skip
+        started.wait_for("Claude Code v")
+        yield started
     finally:
-        terminal.tmux("kill-server")
+        started.tmux("kill-server")
+
+
+def model_requests(machine: Machine) -> int:
+    return len([r for r in machine.mock.requests() if r.path.startswith("/v1/messages")])
+
+
+@pytest.mark.slow
+def test_interactive_claude_code_shows_the_refusal(machine: Machine, terminal: Any) -> None:
+    """In tmux: the refusal's message is shown, the prompt is not sent (0 requests), and
+    no command line or token is on the screen."""
+    machine.set_limits([{"metric": "requests", "window": "day", "max": 0}])
+    before = model_requests(machine)
+    terminal.type("say hi")
+    screen = terminal.wait_for("blocked by hook", "daily prompt limit")
+    artifacts = Path(__file__).parent / "artifacts"
+    artifacts.mkdir(exist_ok=True)
+    (artifacts / "hook-refusal-interactive.txt").write_text(screen)
+    assert f'user "{machine.person}"' in screen
+    assert "cgh-" not in screen and "/etc/capgate-hook" not in screen
+    time.sleep(1)
+    assert model_requests(machine) == before
+
+
+@pytest.mark.slow
+def test_interactive_model_switch_past_a_cap_is_refused(machine: Machine, terminal: Any) -> None:
+    """`/model` to a model whose cap is used up: PreModelSwitch refuses it with the
+    server's reason; the session stays on its model."""
+    machine.set_limits([{"metric": "requests", "window": "day", "max": 0,
+                         "model": "claude-opus-*"}])  # fmt: skip
+    terminal.type("/model claude-opus-5-5")
+    screen = terminal.wait_for("was blocked by a PreModelSwitch hook")
+    artifacts = Path(__file__).parent / "artifacts"
+    (artifacts / "hook-model-switch-interactive.txt").write_text(screen)
+    assert "claude-opus" in screen.split("PreModelSwitch hook", 1)[1]
