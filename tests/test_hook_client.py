@@ -463,3 +463,18 @@ def test_install_needs_root(tmp_path: Path) -> None:
         input=(CLIENT / "install.py").read_text(), capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert installer.returncode == 1 and "run as root" in installer.stderr
+
+
+def test_a_long_transcript_is_reported_in_parts_the_server_accepts(tmp_path: Path) -> None:
+    """The server takes at most 1000 calls a report: 2500 new calls make three."""
+    folder = hook_folder(tmp_path, f"http://127.0.0.1:{closed_port()}")
+    transcript = tmp_path / "long.jsonl"
+    write_lines(transcript, [user("p1")] + [
+        assistant(f"req_{i}", f"m{i}", "claude-sonnet-4-6", 0, input_tokens=1) for i in range(2500)
+    ])  # fmt: skip
+    stop = {"hook_event_name": "Stop", "session_id": "s", "prompt_id": "p1",
+            "transcript_path": str(transcript)}  # fmt: skip
+    assert run_hook(folder, tmp_path, stop) == ""
+    queue = tmp_path / "state" / "capgate-hook" / "queue"
+    sizes = sorted(len(json.loads(p.read_text())["report"]["calls"]) for p in queue.iterdir())
+    assert sizes == [500, 1000, 1000]

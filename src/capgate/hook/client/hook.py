@@ -35,6 +35,7 @@ DEADLINE_S = 7.0  # the managed settings allow 10 s: answer (even a refusal) wel
 GATING = ("UserPromptSubmit", "PreToolUse", "PreModelSwitch", "PreCompact")
 REPORTING = ("Stop", "SubagentStop", "SessionEnd", "StopFailure")
 CALL_FIELDS = ("input", "output", "cache_read", "cache_write", "cache_write_1h")
+MAX_CALLS = 1000  # per report (the server refuses more)
 SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
@@ -713,6 +714,10 @@ class Hook:
                     )
                 calls = claude_usage(transcript, self.event, self.state, sent)
         self.state["sent"] += [c["id"] for c in calls]
+        while len(calls) > MAX_CALLS:  # the server takes <= 1000 a report: the rest, queued
+            extra, calls = calls[:MAX_CALLS], calls[MAX_CALLS:]
+            self.queue({"agent": self.agent, "session_id": self.session, "calls": extra,
+                        "ended_prompts": [], "session_end": False}, [])  # fmt: skip
         ended = [self.prompt_id()] if self.name == "Stop" and self.prompt_id() else []
         body: dict[str, Any] = {
             "agent": self.agent,
