@@ -157,6 +157,9 @@ def test_model_guess_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         ("PreToolUse", "claude", {"continue": False, "stopReason": "M", "hookSpecificOutput": {
             "hookEventName": "PreToolUse", "permissionDecision": "deny",
             "permissionDecisionReason": "M"}}),
+        ("PreToolUse", "codex", {"hookSpecificOutput": {  # Codex refuses continue:false
+            "hookEventName": "PreToolUse", "permissionDecision": "deny",
+            "permissionDecisionReason": "M"}}),
         ("PreModelSwitch", "claude", {"hookSpecificOutput": {"hookEventName": "PreModelSwitch",
             "permissionDecision": "deny", "permissionDecisionReason": "M"}}),
         ("PreCompact", "claude", {"decision": "block", "reason": "M"}),

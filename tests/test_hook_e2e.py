@@ -426,7 +426,8 @@ def test_the_curl_installer_served_by_the_server(
 # -- Codex -------------------------------------------------------------------------------------
 
 
-def test_codex_exec_is_admitted_counted_and_blocked(machine: Machine) -> None:
+def codex_run(machine: Machine, prompt: str) -> tuple[list[dict[str, Any]], str]:
+    """`codex exec --json` on the machine against the mock: its events and its stderr."""
     codex = which("codex")
     need(codex is not None, "the Codex CLI is not installed (bin/test installs it)")
     assert codex is not None
@@ -438,32 +439,57 @@ def test_codex_exec_is_admitted_counted_and_blocked(machine: Machine) -> None:
     )
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(machine.home), "CODEX_HOME": str(home),
            "OPENAI_API_KEY": "subscription"}  # fmt: skip
+    done = machine.overlay.run(
+        [codex, "exec", "--skip-git-repo-check", "--json", "--disable", "plugins", prompt],
+        env=env, cwd=machine.home / "work", stdin=subprocess_devnull(),
+    )  # fmt: skip
+    events = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
+    assert events, f"no JSON from codex (rc={done.returncode}):\n{done.stdout}\n{done.stderr}"
+    assert not [
+        e
+        for e in events
+        if e.get("type") == "item.completed" and "hook" in e["item"].get("message", "")
+    ], events  # no hook config warning
+    return events, done.stderr
 
-    def run(prompt: str) -> list[dict[str, Any]]:
-        done = machine.overlay.run(
-            [codex, "exec", "--skip-git-repo-check", "--json", "--disable", "plugins", prompt],
-            env=env, cwd=machine.home / "work", stdin=subprocess_devnull(),
-        )  # fmt: skip
-        events = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
-        assert events, f"no JSON from codex (rc={done.returncode}):\n{done.stdout}\n{done.stderr}"
-        return events
 
+def responses(machine: Machine) -> int:
+    return len([r for r in machine.mock.requests() if r.path == "/v1/responses"])
+
+
+def test_codex_exec_is_admitted_counted_and_blocked(machine: Machine) -> None:
     machine.set_limits([{"metric": "cost_usd", "window": "day", "max": 50}])
     before = len([e for e in machine.ledger() if e["endpoint"] == "hook/call"])
-    events = run("say hi")
+    events, _ = codex_run(machine, "say hi")
     assert any(e.get("type") == "item.completed" for e in events), events
     calls = [e for e in machine.ledger() if e["endpoint"] == "hook/call"]
     codex_calls = [e for e in calls if e["provider"] == "codex"]
     assert len(calls) == before + 1 and codex_calls, calls
     assert codex_calls[0]["model"] == "gpt-5-mini" and codex_calls[0]["input_tokens"] > 0
     machine.set_limits([{"metric": "requests", "window": "day", "max": 0}])
-    responses = len([r for r in machine.mock.requests() if r.path == "/v1/responses"])
-    events = run("say hi again")
-    usage = [e for e in events if e.get("type") == "turn.completed"]
+    sent = responses(machine)
+    events, _ = codex_run(machine, "say hi again")
     assert not any(e.get("type") == "item.completed" and e["item"].get("type") == "agent_message"
                    for e in events), events  # fmt: skip
-    assert len([r for r in machine.mock.requests() if r.path == "/v1/responses"]) == responses
-    assert usage == [] or usage[0].get("usage", {}).get("input_tokens", 0) == 0
+    assert responses(machine) == sent
+
+
+def test_codex_kill_mid_turn_denies_the_tool(machine: Machine) -> None:
+    """Codex refuses `continue:false` from PreToolUse, so its tool is denied (the model
+    sees why and answers once more): the command never runs."""
+    machine.set_limits([{"metric": "cost_usd", "window": "day", "max": 50}])
+    killer = _Later(2.0, lambda: machine.server.admin(
+        "POST", f"/admin/users/{machine.person}/kill", json={"logout": False}))  # fmt: skip
+    sent = responses(machine)
+    try:
+        events, stderr = codex_run(machine, "run it mock:tool mock:delay_ms=4000")
+    finally:
+        killer.join()
+        machine.server.admin("POST", f"/admin/users/{machine.person}/resume")
+    assert not [e for e in events if e.get("item", {}).get("type") == "command_execution"]
+    assert "Command blocked by PreToolUse hook: capgate: " in stderr
+    assert f'"{machine.person}" is paused' in stderr
+    assert responses(machine) == sent + 2
 
 
 # -- what a person sees: interactive Claude Code in a terminal ---------------------------------

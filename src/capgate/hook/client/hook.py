@@ -63,6 +63,14 @@ def refusal(event: str, agent: str, message: str) -> dict[str, Any]:
                 "suppressOriginalPrompt": True,
             },
         }
+    if event == "PreToolUse" and agent == "codex":  # Codex refuses continue / stopReason
+        return {
+            "hookSpecificOutput": {
+                "hookEventName": "PreToolUse",
+                "permissionDecision": "deny",
+                "permissionDecisionReason": message,
+            }
+        }
     if event == "PreToolUse":  # deny the tool AND end the turn: no model request after it
         return {
             "continue": False,
