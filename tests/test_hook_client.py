@@ -481,3 +481,15 @@ def test_a_long_transcript_is_reported_in_parts_the_server_accepts(tmp_path: Pat
     queue = tmp_path / "state" / "capgate-hook" / "queue"
     sizes = sorted(len(json.loads(p.read_text())["report"]["calls"]) for p in queue.iterdir())
     assert sizes == [500, 1000, 1000]
+
+
+def test_an_admins_own_codex_requirements_are_never_replaced(tmp_path: Path) -> None:
+    """--codex with a requirements.toml capgate did not write: a clear error before the
+    install code is spent; capgate's own file may be replaced."""
+    path = tmp_path / "etc" / "codex" / "requirements.toml"
+    path.parent.mkdir(parents=True)
+    path.write_text('allowed_approval_policies = ["never"]\n')
+    with pytest.raises(install.InstallError, match="was not written by capgate"):
+        install.install("http://127.0.0.1:9", "cgi-x", ["codex"], "root", root=str(tmp_path))
+    path.write_text(install.codex_requirements("/usr/bin/python3"))
+    install.check_codex_free(str(tmp_path))  # capgate's own: fine

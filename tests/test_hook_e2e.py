@@ -395,6 +395,10 @@ def test_watchdog_restores_a_tampered_hook_and_uninstall_leaves_etc_as_it_was(
         assert status.returncode == 0, status.stderr
         files = json.loads(status.stdout)["files"]
         assert {f["state"] for f in files} == {"intact"}
+        shown = machine.capgate("hook", "status")
+        assert shown.returncode == 0, shown.stderr
+        assert f"user {machine.person}" in shown.stdout and "requests / day" in shown.stdout
+        assert "cgh-" not in shown.stdout
         done = machine.capgate("hook", "uninstall")
         assert done.returncode == 0, done.stderr
         assert machine.overlay.changes() == []
