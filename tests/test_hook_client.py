@@ -299,7 +299,10 @@ def test_hook_offline_refuses_without_a_cache_and_uses_one_when_it_has_it(tmp_pa
     limit["max"] = "100"
     hook.write_json(str(state / "cache.json"), cached([limit]))
     assert run_hook(folder, tmp_path, {**event, "prompt_id": "p3"}) == ""  # admitted offline
-    assert len(list((state / "queue").iterdir())) == 2  # and its prompt queued for later
+    queued = sorted((state / "queue").iterdir())
+    assert len(queued) == 2  # and its prompt queued for later, for the server to count
+    (offline,) = json.loads(queued[-1].read_text())["report"]["offline_prompts"]
+    assert offline["prompt_id"] == "p3" and offline["at"] > 0
 
 
 # -- what the installer writes, the watchdog, uninstall -----------------------------------------

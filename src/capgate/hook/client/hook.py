@@ -758,7 +758,7 @@ class Hook:
             answer = call(self.config, "POST", "/hook/v1/gate", body, self.deadline.left() - 1)
         except Offline as exc:
             why = cached_decision(self.held, model, True, self.folder)
-            prompt = [] if why else [{"model": model or "", "id": self.prompt_id()}]
+            prompt = [] if why else [{"model": model or "", "prompt_id": self.prompt_id()}]
             self.queue(report, prompt)
             self.save()
             if why:
@@ -830,6 +830,8 @@ class Hook:
         at = time.time()  # in the server's clock when the cache says how far off ours is
         if cache.get("issued_at") and self.held.get("received_at"):
             at += float(cache["issued_at"]) - float(self.held["received_at"])
+        if prompts:  # admitted from the cache: for the server to count them (contract ext.)
+            report = dict(report, offline_prompts=[dict(p, at=at) for p in prompts])
         enqueue(
             self.folder, {"at": at, "report": report, "calls": report["calls"], "prompts": prompts}
         )
