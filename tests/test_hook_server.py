@@ -675,3 +675,71 @@ def test_a_lease_outlives_the_process_that_made_it(
     finally:
         two.close()
         one.close()
+
+
+def test_the_admin_cli_makes_codes_lists_machines_kills_and_resumes(servers: Pair) -> None:
+    import os
+    import subprocess
+    import sys
+
+    one, two = servers.one, servers.two
+    user = person(one, limits=[{"metric": "requests", "window": "day", "max": 5}])
+    env = {
+        **os.environ,
+        "CAPGATE_ADMIN_KEY": one.admin_key,
+        "CAPGATE_URL": one.url,
+        "COLUMNS": "200",
+    }
+
+    def cli(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "capgate", "hook", *args], env=env, capture_output=True,
+            text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    shown = cli("code", "--user", user, "--ttl", "2h", "--claude")
+    (code,) = [w for w in shown.split() if w.startswith("cgi-")][:1]
+    assert f"capgate hook install --server {one.url} --code {code}" in shown
+    assert (
+        f"curl -fsSL {one.url}/hook/install | sudo python3 - --server {one.url} --code {code}"
+        in shown
+    )
+    enrolled = enrol(two, code, hostname="cli-box")
+    assert enrolled.status_code == 200, enrolled.text
+    got = enrolled.json()
+    m = Machine(got["token"], got["machine"], got["user"])
+    codes = cli("codes", "--json")
+    import json
+
+    (listed,) = [c for c in json.loads(codes) if c["user"] == user]
+    assert (listed["state"], listed["agents"], listed["machine"]) == ("used", ["claude"], m.name)
+    assert code not in codes
+    assert m.name in cli("machines")
+    assert f"User {user} killed and logged out" in cli("kill", user, "--logout")
+    blocked = m.gate(two, "s", "p")
+    assert (blocked["decision"], blocked["logout"]) == ("block", True)
+    assert f"User {user} resumed." in cli("resume", user)
+    after = m.gate(one, "s", "p2")
+    assert (after["decision"], after["logout"]) == ("allow", False)
+
+
+def test_a_gate_retried_through_both_processes_at_once_holds_one_lease(servers: Pair) -> None:
+    """A hook that timed out and retried, its two tries answered by two processes at the
+    same moment: both allowed, one lease."""
+    one, two = servers.one, servers.two
+    m = machine(one, limits=[{"metric": "requests", "window": "day", "max": 100}])
+    for round_ in range(10):
+
+        def tries(
+            n: int, session: str = f"s{round_}", prompt: str = f"p{round_}"
+        ) -> dict[str, Any]:
+            return m.gate(one if n % 2 else two, session, prompt)
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(tries, range(8)))
+        assert {(a["decision"], a["lease"]) for a in answers} == {
+            ("allow", lease_id(m.key_id, "claude", f"s{round_}", f"p{round_}"))
+        }
+    assert usage(two, m.user)["requests"] == (0, 10)

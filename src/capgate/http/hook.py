@@ -21,7 +21,13 @@ from capgate.core.engine import Amounts, Refusal, check_access
 from capgate.core.limits import Scope, Status
 from capgate.core.money import Usage
 from capgate.core.schedules import closed_schedules
-from capgate.errors import AuthenticationFailed, CapgateError, InvalidRequest, PayloadTooLarge
+from capgate.errors import (
+    AuthenticationFailed,
+    CapgateError,
+    InvalidRequest,
+    PayloadTooLarge,
+    StoreUnavailable,
+)
 from capgate.hook import gate as g
 from capgate.hook.bodies import Gate, parse_check, parse_enrol, parse_gate, parse_tamper
 from capgate.hook.person import (
@@ -247,7 +253,14 @@ class HookAPI:
             )
             message = await self.refused_message(key, agent, refusal, model, now)
             return await self._answer(key, agent, "block", message, None, model, now)
-        decision = await self.store.reserve(info, worst)
+        try:
+            decision = await self.store.reserve(info, worst)
+        except StoreUnavailable:
+            # The same gate retried through another process at the same moment made the
+            # lease first (its id is taken): the same answer; anything else is a 503.
+            if await self.store.lease_held(lease):
+                return await self._answer(key, agent, "allow", None, lease, model, now)
+            raise
         if isinstance(decision, Reservation):
             return await self._answer(key, agent, "allow", None, lease, model, now)
         message = await self.refused_message(key, agent, decision, model, now)

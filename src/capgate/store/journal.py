@@ -184,8 +184,8 @@ def encode(res: Reservation, outcome: Outcome) -> bytes:
         "id": res.id,
         "info": [
             info.request_id, info.key_id, info.model, info.provider, info.upstream_model,
-            info.endpoint, info.stream, info.started_at, info.refusal_status, info.session,
-            info.prompt,
+            info.endpoint, info.stream, info.started_at, info.refusal_status,
+            *(() if info.session is None else (info.session, info.prompt)),
         ],
         "key": [key.id, key.name, key.extra.get("user"), key.extra.get("team")],
         "charges": [[c.counter, c.window_start, c.metric.value, c.amount] for c in res.charges],
@@ -198,7 +198,7 @@ def encode(res: Reservation, outcome: Outcome) -> bytes:
             outcome.ttft_ms, outcome.attempts, outcome.error, outcome.upstream_model,
             list(outcome.flags),
         ],
-        "requests": outcome.requests,
+        **({} if outcome.requests == 1 else {"requests": outcome.requests}),
         "usage": None if usage is None else [
             usage.input_tokens, usage.output_tokens, usage.cache_read_tokens,
             usage.cache_write_tokens, usage.cache_write_1h_tokens,

@@ -94,6 +94,7 @@ def load_charges(text: str) -> list[Charge]:
 
 
 def dump_info(info: RequestInfo, key: Scope, worst: Amounts, max_output: int | None = None) -> str:
+    hook = {} if info.session is None else {"session": info.session, "prompt": info.prompt}
     return orjson.dumps(
         {
             "request_id": info.request_id,
@@ -115,8 +116,7 @@ def dump_info(info: RequestInfo, key: Scope, worst: Amounts, max_output: int | N
                 worst.credits,
             ],
             "max_output": max_output,
-            "session": info.session,
-            "prompt": info.prompt,
+            **hook,  # hook mode's leases only: gateway reservations stay as they were
         }
     ).decode()
 
