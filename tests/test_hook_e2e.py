@@ -196,6 +196,20 @@ def test_a_prompt_is_admitted_and_counted_exactly(machine: Machine) -> None:
     assert "hook_report" in call["flags"]
 
 
+def test_bare_mode_late_lines_are_counted_once(machine: Machine) -> None:
+    """`--bare` writes a turn's last transcript line after Stop (HOOKS.md §5): the hook
+    waits for it briefly, and the call is counted once, with its exact tokens."""
+    machine.set_limits([{"metric": "cost_usd", "window": "day", "max": 50}])
+    usage = {"input_tokens": 4321, "output_tokens": 65}
+    result = machine.claude("say hi bare mock:usage=" + json.dumps(usage), "--bare")
+    assert "capgate mock" in result["result"], result
+    session = session_of(result)
+    assert len(machine.requests(session)) == 1
+    calls = [e for e in machine.ledger() if e["endpoint"] == "hook/call"
+             and (e["input_tokens"], e["output_tokens"]) == (4321, 65)]  # fmt: skip
+    assert len(calls) == 1, calls
+
+
 def test_a_tool_turn_and_a_subagent_are_counted_once(machine: Machine) -> None:
     """`mock:tool` makes the model call the Agent tool: a subagent with its own calls in its
     own file. Each model request the mock answered is one ledger entry, no more."""

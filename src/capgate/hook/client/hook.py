@@ -726,7 +726,11 @@ class Hook:
             extra, calls = calls[:MAX_CALLS], calls[MAX_CALLS:]
             self.queue({"agent": self.agent, "session_id": self.session, "calls": extra,
                         "ended_prompts": [], "session_end": False}, [])  # fmt: skip
+        open_prompts = self.state.setdefault("open", [])
         ended = [self.prompt_id()] if self.name == "Stop" and self.prompt_id() else []
+        if self.name == "SessionEnd":  # every prompt admitted and not yet seen to end
+            ended = [p for p in open_prompts if p]
+        self.state["open"] = [p for p in open_prompts if p not in ended]
         body: dict[str, Any] = {
             "agent": self.agent,
             "session_id": self.session,
@@ -759,6 +763,8 @@ class Hook:
         except Offline as exc:
             why = cached_decision(self.held, model, True, self.folder)
             prompt = [] if why else [{"model": model or "", "prompt_id": self.prompt_id()}]
+            if not why:
+                self.state["open"] = [*self.state.get("open", [])[-50:], self.prompt_id()]
             self.queue(report, prompt)
             self.save()
             if why:
@@ -767,6 +773,8 @@ class Hook:
         except Refused as exc:
             self.save()
             return refusal(self.name, self.agent, "capgate: " + str(exc))
+        if answer.get("decision") == "allow":
+            self.state["open"] = [*self.state.get("open", [])[-50:], self.prompt_id()]
         self.save()
         self.online(answer)
         if answer.get("decision") == "allow":
