@@ -210,6 +210,23 @@ def test_bare_mode_late_lines_are_counted_once(machine: Machine) -> None:
     assert len(calls) == 1, calls
 
 
+def test_without_a_transcript_opentelemetry_counts_the_call(machine: Machine) -> None:
+    """`--no-session-persistence` writes no transcript; the managed settings' OpenTelemetry
+    env sends each call to the server's /v1/logs with the machine's token instead."""
+    machine.set_limits([{"metric": "cost_usd", "window": "day", "max": 50}])
+    usage = {"input_tokens": 5432, "output_tokens": 76}
+    result = machine.claude(
+        "say hi otel mock:usage=" + json.dumps(usage), "--no-session-persistence"
+    )
+    assert "capgate mock" in result["result"], result
+    deadline, calls = time.monotonic() + 15, []
+    while not calls and time.monotonic() < deadline:
+        calls = [e for e in machine.ledger() if e["endpoint"] == "hook/call"
+                 and (e["input_tokens"], e["output_tokens"]) == (5432, 76)]  # fmt: skip
+        time.sleep(0.5)
+    assert len(calls) == 1 and "otel" in calls[0]["flags"], calls
+
+
 def test_a_tool_turn_and_a_subagent_are_counted_once(machine: Machine) -> None:
     """`mock:tool` makes the model call the Agent tool: a subagent with its own calls in its
     own file. Each model request the mock answered is one ledger entry, no more."""
