@@ -496,3 +496,35 @@ def test_an_admins_own_codex_requirements_are_never_replaced(tmp_path: Path) -> 
         install.install("http://127.0.0.1:9", "cgi-x", ["codex"], "root", root=str(tmp_path))
     path.write_text(install.codex_requirements("/usr/bin/python3"))
     install.check_codex_free(str(tmp_path))  # capgate's own: fine
+
+
+@pytest.mark.parametrize("name", ["hook.py", "install.py", "watchdog.py"])
+def test_the_client_files_are_python_3_8_and_stdlib_only(name: str) -> None:
+    """They run on the developer's system python3 (>= 3.8), with nothing installed."""
+    import ast
+
+    tree = ast.parse((CLIENT / name).read_text(), feature_version=(3, 8))
+    imported = {
+        alias.name.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in (
+            node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")]
+        )
+    }
+    assert imported <= set(sys.stdlib_module_names) | {"__future__"}, imported
+
+
+def test_the_hook_imports_little(tmp_path: Path) -> None:
+    """Importing is most of the hook's time (HOOKS.md §7): no http.client (email, ssl), no
+    typing, no subprocess on a gate to an http:// server."""
+    folder = hook_folder(tmp_path, f"http://127.0.0.1:{closed_port()}")
+    event = {"hook_event_name": "UserPromptSubmit", "session_id": "s", "prompt_id": "p"}
+    done = subprocess.run(
+        [PYTHON, "-I", "-X", "importtime", str(folder / "hook.py"), "claude"],
+        input=json.dumps(event), capture_output=True, text=True, check=False,
+        env={"HOME": str(tmp_path), "XDG_STATE_HOME": str(tmp_path / "state")},
+    )  # fmt: skip
+    assert '"decision": "block"' in done.stdout  # it ran: the server is down, no cache
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()}
+    assert not imported & {"http.client", "email", "ssl", "socket", "typing", "subprocess"}
