@@ -186,7 +186,10 @@ def test_flagged_entries_are_counted_from_the_ledger(upstream: Upstream, tmp_pat
         got = scrape(server)  # the first scrape reads the ledger (later ones cache it 5 s)
         assert total(got, "capgate_ledger_flagged_total", flag="over_reservation") == 1
         flags = {labels["flag"] for labels, _ in got["capgate_ledger_flagged_total"]}
-        assert flags == {"over_reservation", "usage_unreadable", "late_settlement", "fail_open"}
+        assert flags == {
+            "over_reservation", "usage_unreadable", "late_settlement", "fail_open", "hook_report",
+            "otel",
+        }  # fmt: skip
         assert total(got, "capgate_ledger_flagged_total", flag="usage_unreadable") == 0
     finally:
         server.close()
