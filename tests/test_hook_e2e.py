@@ -11,6 +11,7 @@ import os
 import shlex
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -137,13 +138,15 @@ def make_home(folder: Path) -> Path:
     return home
 
 
-def start_machine(tmp: Path, server: Capgate, mock: MockUpstream, limits: list[Any]) -> Machine:
+def start_machine(
+    tmp: Path, server: Capgate, mock: MockUpstream, limits: list[Any], os_user: str = "root"
+) -> Machine:
     overlay = EtcOverlay(tmp / "overlay").start()
     person = new_person(server, limits)
     machine = Machine(overlay, make_home(tmp), person, server, mock)
     done = machine.capgate(
         "hook", "install", "--server", server.url, "--code", install_code(server, person),
-        "--claude", "--codex", "--os-user", "root",
+        "--claude", "--codex", "--os-user", os_user,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Restart running Claude Code" in done.stdout
@@ -433,6 +436,45 @@ def test_watchdog_restores_a_tampered_hook_and_uninstall_leaves_etc_as_it_was(
         done = machine.capgate("hook", "uninstall")
         assert done.returncode == 0, done.stderr
         assert machine.overlay.changes() == []
+    finally:
+        machine.overlay.close()
+
+
+def test_the_token_is_readable_by_the_developer_only(
+    server: Capgate, mock: MockUpstream, tmp_path: Path
+) -> None:
+    """The hook runs as the developer: the token (root, 0640, the developer's group) is
+    theirs to read; another user's hook fails closed, saying why."""
+    need(shutil.which("setpriv") is not None, "setpriv (util-linux) is not installed")
+    need(os.geteuid() == 0, "switching users needs root")
+    import grp
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    machine = start_machine(tmp_path, server, mock, [], os_user="nobody")
+    try:
+        stat = machine.overlay.run(["stat", "-c", "%a %U %G", "/etc/capgate-hook/token"])
+        assert stat.stdout.split() == ["640", "root", grp.getgrgid(nobody.pw_gid).gr_name]
+        event = json.dumps({"hook_event_name": "UserPromptSubmit", "session_id": "s1",
+                            "prompt_id": "p1", "cwd": "/"})  # fmt: skip
+        shared = tempfile.TemporaryDirectory(prefix="capgate-hook-users-")  # others may enter
+        state = Path(shared.name)
+        state.chmod(0o777)
+        answers = {}
+        for uid, gid in ((nobody.pw_uid, nobody.pw_gid), (nobody.pw_uid - 1, nobody.pw_uid - 1)):
+            done = machine.overlay.run(
+                ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
+                 "/usr/bin/python3", "-I", "/etc/capgate-hook/hook.py", "claude"],
+                input=event, env={"HOME": "/", "XDG_STATE_HOME": str(state / str(uid)),
+                                  "ANTHROPIC_MODEL": SONNET},
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            answers[uid] = done.stdout
+        assert answers[nobody.pw_uid] == ""  # admitted
+        other = json.loads(answers[nobody.pw_uid - 1])
+        assert other["decision"] == "block" and "PermissionError" in other["reason"]
+        assert "/etc/capgate-hook/token" in other["reason"]
+        shared.cleanup()
     finally:
         machine.overlay.close()
 
