@@ -50,6 +50,7 @@ from capgate.core.limits import Limit, Scope, ScopeKind, Status
 from capgate.core.money import Usage
 from capgate.core.schedules import Schedule
 from capgate.errors import Conflict
+from capgate.store.alerting import AlertStore
 from capgate.store.records import (
     AuditEntry,
     EventBatch,
@@ -428,7 +429,16 @@ class SettingsStore(Protocol):
         """Set a named value (insert or replace)."""
 
 
-class Store(HotPath, ScopeStore, LedgerReader, EventSource, SessionStore, SettingsStore, Protocol):
+class Store(
+    HotPath,
+    ScopeStore,
+    LedgerReader,
+    EventSource,
+    SessionStore,
+    SettingsStore,
+    AlertStore,
+    Protocol,
+):
     """The whole port: what `bootstrap.py` builds and hands out, in parts, to consumers."""
 
     async def start(self) -> None:

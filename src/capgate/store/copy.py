@@ -39,7 +39,8 @@ SKIPPED = frozenset({"processes"})
 OPTIONAL = frozenset({"login_failures"})
 # The tables that must be empty on the target (meta holds defaults the migrations wrote).
 MUST_BE_EMPTY = ("scopes", "counters", "reservations", "requests", "audit", "sessions")
-IDENTITY = ("requests", "audit")  # id columns the target numbers itself after the copy
+# id columns the target numbers itself after the copy
+IDENTITY = ("requests", "audit", "alert_deliveries")
 BATCH = 5000  # rows per COPY round trip
 CONNECT_TIMEOUT_S = 10
 
