@@ -18,6 +18,7 @@ from capgate.core.affordable import shortfalls
 from capgate.core.limits import Scope, ScopeKind, Status, nano_to_decimal_str
 from capgate.core.windows import WindowKind, window_at
 from capgate.errors import CapgateError, InvalidRequest, NotFound
+from capgate.http.admin_alerts import AlertRoutes
 from capgate.http.admin_io import (
     choice_param,
     int_param,
@@ -117,6 +118,7 @@ class AdminAPI:
             web.patch("/admin/settings", h(settings.update)),
             web.get("/admin/events", h(self.events.stream)),
         ]
+        out += AlertRoutes(self).routes(h)
         return out
 
     async def routing(self, request: web.Request) -> web.StreamResponse:
