@@ -1,0 +1,336 @@
+"""Budget alerts end to end (docs/operations.md#alerts): real capgate servers (two
+processes on one SQLite file), the real mock upstream, and a real webhook receiver (an
+aiohttp server on an ephemeral loopback port, in a thread of the test)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+
+from capgate.alerts.payload import verify
+from conftest import Capgate, Upstream, gateway_config, start_capgate
+
+PRICE = {"input": "1000", "output": "1000"}  # $0.001 a token: whole numbers of dollars
+MODEL = "claude-alerts-test"
+TOKEN_NANO = 1_000_000  # what a token costs at PRICE
+FAST = {
+    "alerts_interval_s": 0.2,
+    "alerts_retry_base_s": 0.3,
+    "alerts_allow_private_targets": True,  # the receiver is on loopback
+}
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+@dataclass
+class Receiver:
+    """A webhook receiver that answers `fail_first` requests with 500, then 200."""
+
+    fail_first: int = 0
+    got: list[Received] = field(default_factory=list)
+    url: str = ""
+    _loop: asyncio.AbstractEventLoop | None = None
+    _runner: web.AppRunner | None = None
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        self.got.append(Received(dict(request.headers), await request.read()))
+        if len(self.got) <= self.fail_first:
+            return web.Response(status=500, text="not yet")
+        return web.Response(text="ok")
+
+    def start(self) -> None:
+        ready = threading.Event()
+
+        def serve() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            app = web.Application()
+            app.router.add_post("/{tail:.*}", self._handle)
+            self._runner = web.AppRunner(app, access_log=None)
+            loop.run_until_complete(self._runner.setup())
+            site = web.TCPSite(self._runner, "127.0.0.1", 0)
+            loop.run_until_complete(site.start())
+            self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self._runner.cleanup())
+            loop.close()
+
+        self._thread = threading.Thread(target=serve, daemon=True)
+        self._thread.start()
+        assert ready.wait(10)
+
+    def stop(self) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def bodies(self, type_: str | None = None) -> list[Any]:
+        out = [r.json() for r in list(self.got)]
+        return [b for b in out if type_ is None or b.get("type") == type_]
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def eventually(check: Callable[[], Any], timeout: float = 20) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.1)
+
+
+def alerts_config(upstream: Upstream, **extra: Any) -> dict[str, Any]:
+    config = gateway_config(upstream, pricing={MODEL: PRICE})
+    config["server"] = {**FAST, **extra}
+    return config
+
+
+def add_webhook(server: Capgate, name: str, url: str, **fields: Any) -> dict[str, Any]:
+    response = server.admin(
+        "POST", "/admin/alerts/webhooks", json={"name": name, "url": url, **fields}
+    )
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+def nano(dollars: str) -> int:
+    return int(Decimal(dollars) * 10**9)
+
+
+def usd(amount: int) -> str:
+    return str(Decimal(amount) / 10**9)
+
+
+def cost_used(server: Capgate, key: str) -> int:
+    [usage] = [u for u in server.key_usage(key) if u["metric"] == "cost_usd"]
+    return nano(usage["used"])
+
+
+async def _burst(urls: list[str], key: str, n: int, words: int = 100) -> list[int]:
+    """n requests at once, spread over `urls`, each on its own connection."""
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    text = f"hi mock:words={words}"
+    messages = [{"role": "user", "content": text}]
+    body = orjson.dumps({"model": MODEL, "max_tokens": words, "messages": messages})
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(60)) as s:
+
+        async def one(url: str) -> int:
+            headers = {"x-api-key": key, "content-type": "application/json"}
+            async with s.post(url + "/v1/messages", data=body, headers=headers) as r:
+                await r.read()
+                return r.status
+
+        return await asyncio.gather(*(one(urls[i % len(urls)]) for i in range(n)))
+
+
+def test_200_concurrent_requests_on_two_processes_deliver_each_threshold_once(
+    upstream: Upstream, receiver: Receiver, tmp_path: Path
+) -> None:
+    config = alerts_config(upstream)
+    first = start_capgate(tmp_path, config)
+    second = start_capgate(tmp_path, config, db=first.db)
+    try:
+        hook = add_webhook(first, "ops", receiver.url + "/hook")
+        secret = hook["secret"]
+        assert secret.startswith("whsec_")
+        assert "secret" not in first.admin("GET", "/admin/alerts/webhooks").json()["items"][0]
+        # The key's budget: 1000 of the burst's requests. Filled to 74 % first, then 200
+        # requests at once cross 80 % (each holds its worst case while it runs, so some
+        # are refused near the end: what they add is about (100 - 74) / 2.3 %).
+        key = first.create_key("burst", [{"metric": "requests", "window": "day", "max": 10**6}])
+        assert asyncio.run(_burst([first.url], key, 1)) == [200]
+        cost = nano(first.ledger(key="burst")[0]["cost_usd"])
+        budget = cost * 1000
+        patch = {"limits": [{"metric": "cost_usd", "window": "day", "max": usd(budget)}]}
+        assert first.admin("PATCH", "/admin/keys/burst", json=patch).status_code == 200
+        while (used := cost_used(first, "burst")) < budget * 74 // 100:
+            words = max(1, (budget * 74 // 100 - used) // TOKEN_NANO - 30)
+            assert asyncio.run(_burst([first.url], key, 1, words)) == [200]
+        assert used < budget * 80 // 100
+
+        statuses = asyncio.run(_burst([first.url, second.url], key, 200))
+        assert statuses.count(200) >= 20, statuses
+        used = cost_used(first, "burst")
+        assert budget * 80 // 100 <= used < budget, (used, budget)
+
+        def thresholds() -> list[int]:
+            return sorted(b["data"]["threshold_percent"] for b in receiver.bodies("threshold"))
+
+        assert eventually(lambda: thresholds() == [50, 80]), thresholds()
+        time.sleep(2)  # ten more rounds of both processes' watchers: nothing more comes
+        assert thresholds() == [50, 80]
+        [at_80] = [r for r in receiver.got if r.json()["data"]["threshold_percent"] == 80]
+        body = at_80.json()
+        assert body["scope"] == {"kind": "key", "name": "burst"}
+        assert body["data"]["metric"] == "cost_usd" and body["data"]["window"] == "day"
+        assert "80%" in body["text"]
+        # The signature verifies with the webhook's secret, not with another.
+        signature = at_80.headers["X-Capgate-Signature"]
+        assert verify(secret, signature, at_80.body, time.time())
+        assert not verify("whsec_not-the-secret-0000", signature, at_80.body, time.time())
+        assert not verify(secret, signature, at_80.body + b" ", time.time())  # body changed
+        # The delivery log shows both, delivered at the first attempt.
+        log = first.admin("GET", "/admin/alerts/deliveries").json()["items"]
+        assert sorted((d["status"], d["attempts"]) for d in log) == [("delivered", 1)] * 2
+        assert second.admin("GET", "/admin/alerts/deliveries").json()["items"] == log
+    finally:
+        second.close()
+        first.close()
+
+
+def test_a_failing_receiver_gets_the_alert_on_retry(
+    upstream: Upstream, receiver: Receiver, tmp_path: Path
+) -> None:
+    receiver.fail_first = 2
+    server = start_capgate(tmp_path, alerts_config(upstream))
+    try:
+        add_webhook(server, "flaky", receiver.url)
+        key = server.create_key(
+            "small", [{"metric": "cost_usd", "window": "total", "max": "0.001"}]
+        )
+        assert asyncio.run(_burst([server.url], key, 1)) == [200]  # well past 100 %
+
+        def delivered() -> list[dict[str, Any]]:
+            items = server.admin("GET", "/admin/alerts/deliveries?status=delivered").json()["items"]
+            return list(items)
+
+        done = eventually(lambda: len(delivered()) == 3 and delivered())
+        assert done, server.admin("GET", "/admin/alerts/deliveries").json()
+        # 50, 80 and 100 % are each one delivery; two of the first attempts failed (500).
+        assert sum(d["attempts"] for d in done) == 5
+        assert any(d["attempts"] > 1 and d["last_status"] == 200 for d in done)
+        ids = [r.headers["X-Capgate-Delivery"] for r in receiver.got]
+        assert len(ids) == 5 and len(set(ids)) == 3  # the retries are the same deliveries
+    finally:
+        server.close()
+
+
+def test_refusal_rate_provider_down_slack_and_report(
+    upstream: Upstream, receiver: Receiver, tmp_path: Path
+) -> None:
+    config = alerts_config(upstream)
+    config["providers"].append(
+        {"name": "dead", "type": "anthropic", "base_url": "http://127.0.0.1:9", "api_key": "x",
+         "cooldown_after": 2, "cooldown_s": 60}
+    )  # fmt: skip
+    config["models"].insert(0, {"match": "claude-dead-*", "targets": [{"provider": "dead"}]})
+    config["pricing"]["claude-dead-1"] = PRICE
+    server = start_capgate(tmp_path, config)
+    try:
+        add_webhook(
+            server, "slack", receiver.url + "/slack", format="slack", events=["provider_down"]
+        )
+        add_webhook(server, "json", receiver.url + "/json", report="daily")
+        rule = {"type": "refusal_rate", "scope": "key:limited", "percent": 50, "minutes": 5}
+        created = server.admin("POST", "/admin/alerts/rules", json={**rule, "min_requests": 4})
+        assert created.status_code == 201, created.text
+        rules = server.admin("GET", "/admin/alerts/rules").json()
+        assert [r["id"] for r in rules["items"]] == [created.json()["id"]]
+        assert rules["defaults"][0]["percents"] == [50, 80, 100]
+
+        key = server.create_key("limited", [{"metric": "requests", "window": "minute", "max": 1}])
+        statuses = asyncio.run(_burst([server.url], key, 6))
+        assert sorted(statuses) == [200] + [429] * 5
+        [refusal] = eventually(lambda: receiver.bodies("refusal_rate"))
+        assert refusal["scope"] == {"kind": "key", "name": "limited"}
+        assert (refusal["data"]["requests"], refusal["data"]["refused"]) == (6, 5)
+
+        dead = server.create_key("dead-user")
+        for _ in range(2):
+            answer = asyncio.run(_burst_model(server.url, dead, "claude-dead-1"))
+            assert answer >= 500
+        slack = eventually(lambda: [r for r in receiver.got if r.headers.get("Content-Type") and
+                                    b'"text"' in r.body and b"dead" in r.body])  # fmt: skip
+        assert slack, [r.body for r in receiver.got]
+        assert (
+            list(slack[0].json()) == ["text"]
+            and 'provider "dead" is down' in slack[0].json()["text"]
+        )
+        # The provider-down alert goes to the Slack webhook only (its events), the report to
+        # the report webhook only; the report covers yesterday.
+        [report] = eventually(lambda: receiver.bodies("report"))
+        assert report["data"]["period"] == "daily" and report["data"]["teams"] == []
+        assert not [b for b in receiver.bodies("provider_down")]  # the JSON one did not want it
+        audit = server.admin("GET", "/admin/audit").json()["items"]
+        targets = {(a["action"], a["target"]) for a in audit}
+        assert ("create", "alert-webhook:slack") in targets
+        assert ("create", f"alert-rule:{created.json()['id']}") in targets
+        assert not any("whsec_" in orjson.dumps(a).decode() for a in audit)  # no secrets
+    finally:
+        server.close()
+
+
+async def _burst_model(url: str, key: str, model: str) -> int:
+    body = {"model": model, "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
+    async with aiohttp.ClientSession() as s:
+        headers = {"x-api-key": key}
+        async with s.post(url + "/v1/messages", json=body, headers=headers) as r:
+            await r.read()
+            return r.status
+
+
+def test_private_targets_are_refused_without_the_setting(
+    upstream: Upstream, receiver: Receiver, tmp_path: Path
+) -> None:
+    server = start_capgate(tmp_path, alerts_config(upstream, alerts_allow_private_targets=False))
+    try:
+        for url in (receiver.url, "http://10.1.2.3/hook", "http://localhost:9/x", "http://[::1]/x"):
+            refused = server.admin("POST", "/admin/alerts/webhooks", json={"name": "p", "url": url})
+            assert refused.status_code == 400, url
+            assert "alerts_allow_private_targets" in refused.json()["error"]["message"]
+        assert server.admin("GET", "/admin/alerts/webhooks").json()["items"] == []
+        # Allowed by the admin at runtime: accepted, and delivered.
+        allow = {"alerts_allow_private_targets": True}
+        assert server.admin("PATCH", "/admin/settings", json=allow).status_code == 200
+        add_webhook(server, "local", receiver.url)
+        key = server.create_key("k", [{"metric": "cost_usd", "window": "total", "max": "0.001"}])
+        assert asyncio.run(_burst([server.url], key, 1)) == [200]
+        assert eventually(lambda: len(receiver.got) == 3)
+        # Forbidden again: a new alert's delivery to the loopback target fails, unsent.
+        assert (
+            server.admin(
+                "PATCH", "/admin/settings", json={"alerts_allow_private_targets": None}
+            ).status_code
+            == 200
+        )
+        other = server.create_key("k2", [{"metric": "cost_usd", "window": "total", "max": "0.001"}])
+        assert asyncio.run(_burst([server.url], other, 1)) == [200]
+
+        def failed() -> list[dict[str, Any]]:
+            return list(
+                server.admin("GET", "/admin/alerts/deliveries?status=failed").json()["items"]
+            )
+
+        found = eventually(lambda: len(failed()) == 3 and failed())
+        assert found and all("private" in d["last_error"] for d in found)
+        assert len(receiver.got) == 3
+    finally:
+        server.close()
