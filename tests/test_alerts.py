@@ -5,6 +5,10 @@ aiohttp server on an ephemeral loopback port, in a thread of the test)."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -333,5 +337,48 @@ def test_private_targets_are_refused_without_the_setting(
         found = eventually(lambda: len(failed()) == 2 and failed())
         assert found and all("private" in d["last_error"] for d in found)
         assert len(receiver.got) == 2
+    finally:
+        server.close()
+
+
+def cli(server: Capgate, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CAPGATE_URL": server.url, "CAPGATE_ADMIN_KEY": server.admin_key}
+    return subprocess.run(
+        [sys.executable, "-m", "capgate", "alerts", *args],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_the_cli_manages_rules_and_webhooks(
+    upstream: Upstream, receiver: Receiver, tmp_path: Path
+) -> None:
+    server = start_capgate(tmp_path, alerts_config(upstream))
+    try:
+        added = cli(server, "add-webhook", "team-eng", receiver.url, "--format", "slack",
+                    "--scope", "team:eng", "--report", "weekly")  # fmt: skip
+        assert added.returncode == 0, added.stderr
+        assert "signing secret (shown once): whsec_" in added.stdout
+        listed = json.loads(cli(server, "webhooks", "--json").stdout)
+        assert [(w["name"], w["format"], w["scope"], w["report"]) for w in listed] == [
+            ("team-eng", "slack", "team:eng", "weekly")
+        ]
+        rule = cli(server, "add-rule", "--scope", "team:eng", "--type", "threshold",
+                   "--percents", "90,75", "--metric", "*")  # fmt: skip
+        assert rule.returncode == 0, rule.stderr
+        rule_id = rule.stdout.split()[1]
+        shown = json.loads(cli(server, "rules", "--json").stdout)
+        assert shown["items"] == [
+            {"id": rule_id, "type": "threshold", "scope": "team:eng", "percents": [75, 90],
+             "metric": None}
+        ]  # fmt: skip
+        bad = cli(server, "add-rule", "--scope", "team:eng", "--type", "threshold",
+                  "--percents", "0")  # fmt: skip
+        assert bad.returncode == 1 and "percents" in bad.stderr
+        assert cli(server, "remove-rule", rule_id).returncode == 0
+        assert json.loads(cli(server, "rules", "--json").stdout)["items"] == []
+        missing = cli(server, "remove-webhook", "nope")
+        assert missing.returncode == 1 and "404" in missing.stderr
+        assert cli(server, "remove-webhook", "team-eng").returncode == 0
+        assert json.loads(cli(server, "deliveries", "--json", "--status", "failed").stdout) == []
     finally:
         server.close()

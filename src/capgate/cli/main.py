@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from capgate import __version__
+from capgate.cli import alerts as alerts_cli
 from capgate.cli import db as db_cli
 from capgate.cli import keys as keys_cli
 from capgate.cli.local import app as local_app
@@ -45,6 +46,7 @@ def _global(
 
 app.add_typer(keys_cli.app, name="keys")
 app.add_typer(db_cli.app, name="db")
+app.add_typer(alerts_cli.app, name="alerts")
 app.add_typer(local_app, name="local")
 for _plural, _what, _help in (
     ("users", "user", "Budgets per person: keys join a user with --user."),
