@@ -3,6 +3,8 @@ backoff): which alerts rules fire and how they are named, the signature, the che
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from capgate.alerts.payload import alert_body, render, sign, verify
@@ -17,7 +19,7 @@ from capgate.alerts.rules import (
 )
 from capgate.alerts.sender import MAX_BACKOFF_S, backoff
 from capgate.alerts.setup import AlertSetup, parse_webhook
-from capgate.alerts.targets import check_url
+from capgate.alerts.targets import GuardedResolver, PrivateTarget, check_url
 from capgate.core.limits import Limit, Metric, Scope, ScopeKind, usd_to_nano
 from capgate.core.windows import NEVER, WindowKind, parse_window
 from capgate.store.records import LimitUsage
@@ -170,3 +172,15 @@ def test_target_urls_are_http() -> None:
 def test_backoff_doubles_and_is_bounded() -> None:
     assert [backoff(n, 10) for n in (1, 2, 3, 4)] == [10, 20, 40, 80]
     assert backoff(40, 10) == MAX_BACKOFF_S
+
+
+def test_names_resolving_to_private_addresses_are_refused_when_sending() -> None:
+    async def resolve() -> None:
+        resolver = GuardedResolver()
+        try:
+            with pytest.raises(PrivateTarget, match="private address"):
+                await resolver.resolve("localhost", 80)
+        finally:
+            await resolver.close()
+
+    asyncio.run(resolve())
