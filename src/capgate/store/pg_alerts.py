@@ -55,6 +55,18 @@ class PgAlerts(PgHost):
     async def take_deliveries(
         self, owner: str, now: float, lease_until: float, limit: int = 20
     ) -> list[AlertDelivery]:
+        async def due(conn: q.Conn) -> bool:  # a read first: most ticks find nothing
+            return bool(
+                await conn.fetchval(
+                    "SELECT EXISTS (SELECT 1 FROM alert_deliveries WHERE status = 'pending' "
+                    "AND next_at <= $1 AND (locked_by = $2 OR locked_until <= $1))",
+                    now, owner,
+                )
+            )  # fmt: skip
+
+        if not await self._read(due):
+            return []
+
         async def op(conn: q.Conn) -> list[AlertDelivery]:
             rows = await conn.fetch(
                 f"UPDATE alert_deliveries SET locked_by = $1, locked_until = $2 "  # noqa: S608

@@ -53,6 +53,18 @@ class AlertStoreSQLite(SQLitePart):
     async def take_deliveries(
         self, owner: str, now: float, lease_until: float, limit: int = 20
     ) -> list[AlertDelivery]:
+        # Read first: a write transaction every few seconds per process would take the
+        # write lock from requests (and drop the writer's counter cache) for nothing.
+        due = await self._read(
+            lambda conn: conn.execute(
+                "SELECT 1 FROM alert_deliveries WHERE status = 'pending' AND next_at <= ? "
+                "AND (locked_by = ? OR locked_until <= ?) LIMIT 1",
+                (now, owner, now),
+            ).fetchone()
+        )
+        if due is None:
+            return []
+
         def op(conn: sqlite3.Connection) -> list[AlertDelivery]:
             rows = conn.execute(
                 f"UPDATE alert_deliveries SET locked_by = ?, locked_until = ? "  # noqa: S608
