@@ -125,7 +125,9 @@ class Sender:
             refused = isinstance(exc.os_error, PrivateTarget)  # not worth retrying
             return None, f"cannot connect: {exc.os_error}", refused
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            return None, f"{type(exc).__name__}: {exc}", False
+            # The URL may be a credential (Slack's are): never in the log or the error.
+            shown = str(exc).replace(hook.url, "<webhook url>")
+            return None, f"{type(exc).__name__}: {shown}".rstrip(": "), False
 
     async def close(self) -> None:
         """Stop sending: what is under way stays pending (its lease runs out)."""
