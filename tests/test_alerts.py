@@ -256,15 +256,22 @@ def test_refusal_rate_provider_down_slack_and_report(
         created = server.admin("POST", "/admin/alerts/rules", json={**rule, "min_requests": 4})
         assert created.status_code == 201, created.text
         rules = server.admin("GET", "/admin/alerts/rules").json()
-        assert [r["id"] for r in rules["items"]] == [created.json()["id"]]
+        assert [r["id"] for r in rules["items"]] == [created.json()["id"]]  # before spend_rate
         assert rules["defaults"][0]["percents"] == [50, 80, 100]
 
+        spend = {"type": "spend_rate", "scope": "key:limited", "factor": 3, "floor_usd": "0.05"}
+        assert server.admin("POST", "/admin/alerts/rules", json=spend).status_code == 201
         key = server.create_key("limited", [{"metric": "requests", "window": "minute", "max": 1}])
         statuses = asyncio.run(_burst([server.url], key, 6))
         assert sorted(statuses) == [200] + [429] * 5
         [refusal] = eventually(lambda: receiver.bodies("refusal_rate"))
         assert refusal["scope"] == {"kind": "key", "name": "limited"}
         assert (refusal["data"]["requests"], refusal["data"]["refused"]) == (6, 5)
+        # Its one answered request ($0.1 and a bit) is all its spend of the week: far above
+        # 3x its average hour, and above the $0.05 floor.
+        [spent] = eventually(lambda: receiver.bodies("spend_rate"))
+        assert spent["scope"] == {"kind": "key", "name": "limited"}
+        assert nano(spent["data"]["last_hour_usd"]) > nano("0.1")
 
         dead = server.create_key("dead-user")
         for _ in range(2):
@@ -283,7 +290,7 @@ def test_refusal_rate_provider_down_slack_and_report(
         [down] = eventually(lambda: receiver.bodies("provider_down"))
         assert down["scope"] == {"kind": "provider", "name": "dead"}
         time.sleep(1)
-        assert len(slack()) == 1 and len(receiver.got) == 4  # nothing twice
+        assert len(slack()) == 1 and len(receiver.got) == 5  # nothing twice
         audit = server.admin("GET", "/admin/audit").json()["items"]
         targets = {(a["action"], a["target"]) for a in audit}
         assert ("create", "alert-webhook:slack") in targets

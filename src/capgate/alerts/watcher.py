@@ -98,9 +98,9 @@ class AlertWatcher:
                 alert = r.refusal_alert(rule, scope, summary.requests, summary.refused, now)
                 found += [alert] if alert else []
             for rule in r.rules_of(scope, "spend_rate", setup.rules, defaults):
-                hour = await self._store.summary(_query(scope, now - 3600))
+                hour = await self._spend(scope, now - 3600, now)
                 week = await self._week_spend(scope, now)
-                alert = r.spend_alert(rule, scope, hour.cost_nano, week, now)
+                alert = r.spend_alert(rule, scope, hour, week, now)
                 found += [alert] if alert else []
         down = [x for x in (*defaults, *setup.rules) if x.type == "provider_down"]
         return found + r.provider_alerts(down, self._breakers(), now)
@@ -108,9 +108,17 @@ class AlertWatcher:
     async def _week_spend(self, scope: str, now: float) -> int:
         read_at, spend = self._week.get(scope, (0.0, 0))
         if now - read_at >= WEEK_CACHE_S:
-            spend = (await self._store.summary(_query(scope, now - WEEK_S))).cost_nano
+            spend = await self._spend(scope, now - WEEK_S, now)
             self._week[scope] = (now, spend)
         return spend
+
+    async def _spend(self, scope: str, since: float, until: float) -> int:
+        """A scope's spend in [since, until): one grouped sum (no latency percentiles,
+        which `summary` would sort the whole week's entries for)."""
+        kind = r.scope_kind(scope)
+        rows = await self._store.usage(kind.value if kind else "team", since, until)
+        name = scope.partition(":")[2]
+        return sum(row.cost_nano for row in rows if kind is None or row.group == name)
 
     async def _fire(self, alert: r.Alert, webhooks: Sequence[Webhook], now: float) -> None:
         """Claim `alert` once per process (the store decides between processes)."""
