@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import asyncio
 
-from capgate.store.alerting import AlertClaim, DeliveryAttempt, NewDelivery
+import pytest
+
+from capgate.errors import Conflict
+from capgate.store.alerting import AlertChange, AlertClaim, DeliveryAttempt, NewDelivery
 from capgate.store.base import Store
 from store_engines import MakeStore, make_store, run, run_two
 
@@ -92,17 +95,24 @@ def test_expired_claims_and_old_deliveries_are_pruned(make_store: MakeStore) -> 
     run(make_store, test)
 
 
-def test_alert_config_is_stored_and_audited(make_store: MakeStore) -> None:
-    async def test(store: Store) -> None:
-        assert await store.get_alert_config() == {}
+def test_alert_config_is_stored_audited_and_never_overwritten_blindly(
+    make_store: MakeStore,
+) -> None:
+    async def test(first: Store, second: Store) -> None:
+        assert await first.get_alert_config() == {}
         config = {"rules": [{"id": "r1", "type": "threshold"}], "webhooks": []}
-        await store.put_alert_config(
-            config, None, {"id": "r1"}, "alert-rule:r1", "alert-rule-create", "ops"
-        )
-        assert await store.get_alert_config() == config
-        [entry, *_] = await store.audit(1)
+        change = AlertChange("create", "alert-rule:r1", None, {"id": "r1"})
+        await first.put_alert_config(config, {}, change, "ops")
+        assert await second.get_alert_config() == config
+        [entry, *_] = await second.audit(1)
         assert (entry.actor, entry.action, entry.target, entry.after) == (
-            "ops", "alert-rule-create", "alert-rule:r1", {"id": "r1"},
+            "ops", "create", "alert-rule:r1", {"id": "r1"},
         )  # fmt: skip
+        # Made from what was stored before the first change: refused, nothing written.
+        other = {"rules": [], "webhooks": [{"name": "h"}]}
+        with pytest.raises(Conflict):
+            await second.put_alert_config(other, {}, change, "ops")
+        assert await first.get_alert_config() == config
+        assert len(await first.audit(10)) == 1
 
-    run(make_store, test)
+    run_two(make_store, test)

@@ -6,6 +6,7 @@ once: when the webhook is created)."""
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -17,7 +18,7 @@ from capgate.alerts.setup import AlertSetup, parse_webhook
 from capgate.alerts.targets import check_url
 from capgate.errors import Conflict, InvalidRequest, NotFound
 from capgate.http.admin_io import choice_param, int_param, json_response, known_params
-from capgate.store.alerting import DELIVERY_STATUSES, AlertDelivery
+from capgate.store.alerting import DELIVERY_STATUSES, AlertChange, AlertDelivery
 
 if TYPE_CHECKING:
     from capgate.http.admin import AdminAPI
@@ -76,6 +77,23 @@ class AlertRoutes:
     async def _setup(self) -> AlertSetup:
         return AlertSetup.from_json(await self.api.store.get_alert_config())
 
+    async def _change(
+        self, request: web.Request, edit: Callable[[AlertSetup], tuple[AlertSetup, AlertChange]]
+    ) -> None:
+        """Read, `edit` (raises to refuse), write if nobody changed it meanwhile; again
+        if somebody did (another admin, another process or node)."""
+        for attempt in range(3):
+            stored = await self.api.store.get_alert_config()
+            new, change = edit(AlertSetup.from_json(stored))
+            try:
+                await self.api.store.put_alert_config(
+                    new.to_json(), stored, change, request["actor"]
+                )
+                return
+            except Conflict:
+                if attempt == 2:
+                    raise
+
     async def rules(self, request: web.Request) -> web.Response:
         known_params(request.query, ())
         setup = await self._setup()
@@ -98,25 +116,26 @@ class AlertRoutes:
             rule = parse_rule({**body, "id": secrets.token_hex(4)})
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from None
-        setup = await self._setup()
-        new = AlertSetup((*setup.rules, rule), setup.webhooks)
-        await self.api.store.put_alert_config(
-            new.to_json(), None, rule.to_json(), f"alert-rule:{rule.id}", "create",
-            request["actor"],
-        )  # fmt: skip
+
+        def edit(setup: AlertSetup) -> tuple[AlertSetup, AlertChange]:
+            change = AlertChange("create", f"alert-rule:{rule.id}", None, rule.to_json())
+            return AlertSetup((*setup.rules, rule), setup.webhooks), change
+
+        await self._change(request, edit)
         return json_response(rule.to_json(), status=201)
 
     async def remove_rule(self, request: web.Request) -> web.Response:
         rule_id = request.match_info["id"]
-        setup = await self._setup()
-        gone = [r for r in setup.rules if r.id == rule_id]
-        if not gone:
-            raise NotFound(f"no alert rule {rule_id}")
-        new = AlertSetup(tuple(r for r in setup.rules if r.id != rule_id), setup.webhooks)
-        await self.api.store.put_alert_config(
-            new.to_json(), gone[0].to_json(), None, f"alert-rule:{rule_id}", "delete",
-            request["actor"],
-        )  # fmt: skip
+
+        def edit(setup: AlertSetup) -> tuple[AlertSetup, AlertChange]:
+            gone = [r for r in setup.rules if r.id == rule_id]
+            if not gone:
+                raise NotFound(f"no alert rule {rule_id}")
+            kept = tuple(r for r in setup.rules if r.id != rule_id)
+            change = AlertChange("delete", f"alert-rule:{rule_id}", gone[0].to_json(), None)
+            return AlertSetup(kept, setup.webhooks), change
+
+        await self._change(request, edit)
         return web.Response(status=204)
 
     async def webhooks(self, request: web.Request) -> web.Response:
@@ -141,27 +160,31 @@ class AlertRoutes:
             hook = parse_webhook(body)
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from None
-        setup = await self._setup()
-        if setup.webhook(hook.name) is not None:
-            raise Conflict(f'a webhook named "{hook.name}" exists; delete it first')
-        new = AlertSetup(setup.rules, (*setup.webhooks, hook))
-        await self.api.store.put_alert_config(
-            new.to_json(), None, hook.to_json(secret=False), f"alert-webhook:{hook.name}",
-            "create", request["actor"],
-        )  # fmt: skip
+
+        def edit(setup: AlertSetup) -> tuple[AlertSetup, AlertChange]:
+            if setup.webhook(hook.name) is not None:
+                raise Conflict(f'a webhook named "{hook.name}" exists; delete it first')
+            after = hook.to_json(secret=False)
+            change = AlertChange("create", f"alert-webhook:{hook.name}", None, after)
+            return AlertSetup(setup.rules, (*setup.webhooks, hook)), change
+
+        await self._change(request, edit)
         return json_response(hook.to_json(), status=201)
 
     async def remove_webhook(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        setup = await self._setup()
-        hook = setup.webhook(name)
-        if hook is None:
-            raise NotFound(f'no webhook named "{name}"')
-        new = AlertSetup(setup.rules, tuple(w for w in setup.webhooks if w.name != name))
-        await self.api.store.put_alert_config(
-            new.to_json(), hook.to_json(secret=False), None, f"alert-webhook:{name}", "delete",
-            request["actor"],
-        )  # fmt: skip
+
+        def edit(setup: AlertSetup) -> tuple[AlertSetup, AlertChange]:
+            hook = setup.webhook(name)
+            if hook is None:
+                raise NotFound(f'no webhook named "{name}"')
+            kept = tuple(w for w in setup.webhooks if w.name != name)
+            change = AlertChange(
+                "delete", f"alert-webhook:{name}", hook.to_json(secret=False), None
+            )
+            return AlertSetup(setup.rules, kept), change
+
+        await self._change(request, edit)
         return web.Response(status=204)
 
     async def deliveries(self, request: web.Request) -> web.Response:

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 ALERTS_ROW = "alerts"  # the meta row holding the per-scope rules and the webhooks
 DELIVERY_STATUSES = ("pending", "delivered", "failed")
+CHANGED = "the alerts' configuration was changed meanwhile; read it again and retry"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +70,17 @@ class DeliveryAttempt:
     at: float
 
 
+@dataclass(frozen=True, slots=True)
+class AlertChange:
+    """What the audit log says of a change of the alerts' configuration: `target` e.g.
+    "alert-rule:ID", `before` / `after` the rule or webhook (never a secret)."""
+
+    action: str
+    target: str
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+
+
 class AlertStore(Protocol):
     """Alert claims, deliveries and the alerts' configuration, shared by every process
     and node on the database."""
@@ -101,11 +113,10 @@ class AlertStore(Protocol):
     async def put_alert_config(
         self,
         config: dict[str, Any],
-        before: dict[str, Any] | None,
-        after: dict[str, Any] | None,
-        target: str,
-        action: str,
+        expected: dict[str, Any],
+        change: AlertChange,
         actor: str = "admin",
     ) -> None:
-        """Store the rules and webhooks and write the audit entry (`target` e.g.
-        "alert-rule:ID"; `before` / `after`: what changed, secrets left out)."""
+        """Store the rules and webhooks and write the audit entry, in one transaction,
+        if the stored ones are still `expected` (what `config` was made from); Conflict
+        otherwise (another admin changed them meanwhile: nothing is written)."""

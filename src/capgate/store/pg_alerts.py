@@ -9,9 +9,12 @@ from typing import Any
 
 import orjson
 
+from capgate.errors import Conflict
 from capgate.store import pg_queries as q
 from capgate.store.alerting import (
     ALERTS_ROW,
+    CHANGED,
+    AlertChange,
     AlertClaim,
     AlertDelivery,
     DeliveryAttempt,
@@ -126,17 +129,22 @@ class PgAlerts(PgHost):
     async def put_alert_config(
         self,
         config: dict[str, Any],
-        before: dict[str, Any] | None,
-        after: dict[str, Any] | None,
-        target: str,
-        action: str,
+        expected: dict[str, Any],
+        change: AlertChange,
         actor: str = "admin",
     ) -> None:
         async def op(conn: q.Conn) -> None:
+            # Under the configuration lock (`config=True`): one change at a time.
+            value = await conn.fetchval("SELECT v FROM meta WHERE k = $1", ALERTS_ROW)
+            if ({} if value is None else orjson.loads(value)) != expected:
+                raise Conflict(CHANGED)
             await conn.execute(
                 "INSERT INTO meta (k, v) VALUES ($1, $2) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
                 ALERTS_ROW, orjson.dumps(config).decode(),
             )  # fmt: skip
-            await q.insert_audit(conn, self._clock(), actor, action, target, before, after)
+            await q.insert_audit(
+                conn, self._clock(), actor, change.action, change.target, change.before,
+                change.after,
+            )  # fmt: skip
 
-        await self._write(op)
+        await self._write(op, config=True)

@@ -8,8 +8,11 @@ from typing import Any
 
 import orjson
 
+from capgate.errors import Conflict
 from capgate.store.alerting import (
     ALERTS_ROW,
+    CHANGED,
+    AlertChange,
     AlertClaim,
     AlertDelivery,
     DeliveryAttempt,
@@ -126,13 +129,14 @@ class AlertStoreSQLite(SQLitePart):
     async def put_alert_config(
         self,
         config: dict[str, Any],
-        before: dict[str, Any] | None,
-        after: dict[str, Any] | None,
-        target: str,
-        action: str,
+        expected: dict[str, Any],
+        change: AlertChange,
         actor: str = "admin",
     ) -> None:
         def op(conn: sqlite3.Connection) -> None:
+            row = conn.execute("SELECT v FROM meta WHERE k = ?", (ALERTS_ROW,)).fetchone()
+            if ({} if row is None else orjson.loads(row[0])) != expected:
+                raise Conflict(CHANGED)
             conn.execute(
                 "INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v=excluded.v",
                 (ALERTS_ROW, orjson.dumps(config).decode()),
@@ -140,7 +144,10 @@ class AlertStoreSQLite(SQLitePart):
             conn.execute(
                 "INSERT INTO audit (created_at, actor, action, target, before, after) "
                 "VALUES (?,?,?,?,?,?)",
-                (self._clock(), actor, action, target, dumps(before), dumps(after)),
-            )
+                (
+                    self._clock(), actor, change.action, change.target, dumps(change.before),
+                    dumps(change.after),
+                ),
+            )  # fmt: skip
 
         await self._write(op)
