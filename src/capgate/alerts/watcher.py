@@ -144,7 +144,7 @@ class AlertWatcher:
     async def _reports(self, webhooks: Sequence[Webhook], tz: str, now: float) -> None:
         """Each report webhook's spend per team over the last full day or week."""
         for hook in webhooks:
-            if hook.report is None:
+            if hook.report is None or "report" not in hook.events:
                 continue
             kind = WindowKind.DAY if hook.report == "daily" else WindowKind.WEEK
             until = window_at(kind, now, tz).start
