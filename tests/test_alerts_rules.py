@@ -14,6 +14,7 @@ from capgate.alerts.rules import (
     parse_rule,
     provider_alerts,
     refusal_alert,
+    rules_of,
     spend_alert,
     threshold_alerts,
 )
@@ -76,6 +77,17 @@ def test_a_scopes_own_rule_replaces_the_default_and_metrics_are_chosen() -> None
     assert [a.data["metric"] for a in threshold_alerts(rows, (own,), DEFAULTS, 1000)] == [
         "requests"
     ]
+
+
+def test_default_rate_rules_are_about_all_traffic_and_own_rules_replace_defaults() -> None:
+    defaults = parse_defaults(
+        [{"type": "refusal_rate", "percent": 10}, {"type": "provider_down"}, {"type": "threshold"}]
+    )
+    own = parse_rule({"type": "provider_down", "scope": "*", "id": "p", "every_minutes": 5})
+    assert [r.percent for r in rules_of("*", "refusal_rate", (), defaults)] == [10]
+    assert rules_of("team:eng", "refusal_rate", (), defaults) == []  # not per scope
+    assert len(rules_of("team:eng", "threshold", (), defaults)) == 1  # thresholds are
+    assert rules_of("*", "provider_down", (own,), defaults) == [own]
 
 
 def test_rate_rules() -> None:

@@ -163,9 +163,12 @@ def scope_label(scope: Scope) -> str:
 
 
 def rules_of(scope: str, type_: str, rules: Sequence[Rule], defaults: Sequence[Rule]) -> list[Rule]:
-    """The rules of `type_` for `scope`: its own, else the server's defaults."""
+    """The rules of `type_` for `scope`: its own, else the server's defaults. Defaults
+    other than thresholds are about all traffic (`*`): a scope has only its own."""
     own = [r for r in rules if r.scope == scope and r.type == type_]
-    return own or [r for r in defaults if r.type == type_]
+    if own or (type_ != "threshold" and scope != ALL):
+        return own
+    return [r for r in defaults if r.type == type_]
 
 
 def threshold_alerts(

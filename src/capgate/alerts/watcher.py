@@ -102,7 +102,7 @@ class AlertWatcher:
                 week = await self._week_spend(scope, now)
                 alert = r.spend_alert(rule, scope, hour, week, now)
                 found += [alert] if alert else []
-        down = [x for x in (*defaults, *setup.rules) if x.type == "provider_down"]
+        down = r.rules_of(r.ALL, "provider_down", setup.rules, defaults)
         return found + r.provider_alerts(down, self._breakers(), now)
 
     async def _week_spend(self, scope: str, now: float) -> int:
