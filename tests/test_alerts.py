@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -23,7 +24,8 @@ import pytest
 from aiohttp import web
 
 from capgate.alerts.payload import verify
-from conftest import Capgate, Upstream, gateway_config, start_capgate
+from conftest import Capgate, Upstream, gateway_config, need, start_capgate
+from test_dashboard_browser import CHROMIUM, log_in, sync_playwright
 
 PRICE = {"input": "1000", "output": "1000"}  # $0.001 a token: whole numbers of dollars
 MODEL = "claude-alerts-test"
@@ -387,5 +389,41 @@ def test_the_cli_manages_rules_and_webhooks(
         assert missing.returncode == 1 and "404" in missing.stderr
         assert cli(server, "remove-webhook", "team-eng").returncode == 0
         assert json.loads(cli(server, "deliveries", "--json", "--status", "failed").stdout) == []
+    finally:
+        server.close()
+
+
+def test_the_dashboard_shows_webhooks_and_deliveries(
+    upstream: Upstream, receiver: Receiver, tmp_path: Path
+) -> None:
+    need(sync_playwright is not None, "playwright is not installed (pip install -e '.[dev]')")
+    need(Path(CHROMIUM).exists() or shutil.which("chromium") is not None, "chromium")
+    receiver.fail_first = 1
+    server = start_capgate(tmp_path, alerts_config(upstream))
+    try:
+        add_webhook(server, "ops-room", receiver.url, format="slack")
+        key = server.create_key("shown", [{"metric": "cost_usd", "window": "total", "max": "1.00"}])
+        assert asyncio.run(_burst([server.url], key, 1, 850)) == [200]
+        assert eventually(lambda: len(receiver.got) == 3)  # one failed, then both delivered
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"),
+                args=["--no-sandbox", "--disable-dev-shm-usage"],
+            )
+            try:
+                page = browser.new_page()
+                errors: list[str] = []
+                page.on("pageerror", lambda error: errors.append(str(error)))
+                log_in(page, server)
+                page.goto(f"{server.url}/dashboard#/alerts")
+                page.get_by_role("cell", name="ops-room").first.wait_for()
+                rows = page.locator("section", has_text="Deliveries").locator("tbody tr")
+                assert rows.count() == 2
+                text = rows.all_inner_texts()
+                assert all("delivered" in row and "HTTP 200" in row for row in text), text
+                assert any("reached 80% of its total cost_usd limit" in row for row in text)
+                assert errors == []
+            finally:
+                browser.close()
     finally:
         server.close()
