@@ -157,12 +157,31 @@ async def _burst(urls: list[str], key: str, n: int, words: int = 100) -> list[in
         return await asyncio.gather(*(one(urls[i % len(urls)]) for i in range(n)))
 
 
+def two_servers(
+    engine: str, config: dict[str, Any], tmp_path: Path, request: pytest.FixtureRequest
+) -> tuple[Capgate, Capgate]:
+    """Two processes on one SQLite file, or two nodes on one PostgreSQL database."""
+    if engine == "sqlite":
+        first = start_capgate(tmp_path, config)
+        return first, start_capgate(tmp_path, config, db=first.db)
+    url = request.getfixturevalue("postgres").new_database()
+    nodes = []
+    for n in range(2):
+        env = {"CAPGATE_STATE_DIR": str(tmp_path / f"state-{n}")}
+        nodes.append(start_capgate(tmp_path, config, args=("--database-url", url), env=env))
+    return nodes[0], nodes[1]
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
 def test_200_concurrent_requests_on_two_processes_deliver_each_threshold_once(
-    upstream: Upstream, receiver: Receiver, tmp_path: Path
+    engine: str,
+    upstream: Upstream,
+    receiver: Receiver,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
     config = alerts_config(upstream)
-    first = start_capgate(tmp_path, config)
-    second = start_capgate(tmp_path, config, db=first.db)
+    first, second = two_servers(engine, config, tmp_path, request)
     try:
         hook = add_webhook(first, "ops", receiver.url + "/hook")
         secret = hook["secret"]
