@@ -187,14 +187,15 @@ def test_200_concurrent_requests_on_two_processes_deliver_each_threshold_once(
         secret = hook["secret"]
         assert secret.startswith("whsec_")
         assert "secret" not in first.admin("GET", "/admin/alerts/webhooks").json()["items"][0]
-        # The key's budget: 1000 of the burst's requests. Filled to 74 % first, then 200
-        # requests at once cross 80 % (each holds its worst case while it runs, so some
-        # are refused near the end: what they add is about (100 - 74) / 2.3 %).
-        key = first.create_key("burst", [{"metric": "requests", "window": "day", "max": 10**6}])
+        # The key's budget: 1000 of the burst's requests, in a total window (no reset if
+        # the test spans midnight). Filled to 74 % first, then 200 requests at once cross
+        # 80 % (each holds its worst case while it runs, so some are refused near the
+        # end: what they add is about (100 - 74) / 2.3 %).
+        key = first.create_key("burst", [{"metric": "requests", "window": "total", "max": 10**6}])
         assert asyncio.run(_burst([first.url], key, 1)) == [200]
         cost = nano(first.ledger(key="burst")[0]["cost_usd"])
         budget = cost * 1000
-        patch = {"limits": [{"metric": "cost_usd", "window": "day", "max": usd(budget)}]}
+        patch = {"limits": [{"metric": "cost_usd", "window": "total", "max": usd(budget)}]}
         assert first.admin("PATCH", "/admin/keys/burst", json=patch).status_code == 200
         while (used := cost_used(first, "burst")) < budget * 74 // 100:
             words = max(1, (budget * 74 // 100 - used) // TOKEN_NANO - 30)
@@ -215,7 +216,7 @@ def test_200_concurrent_requests_on_two_processes_deliver_each_threshold_once(
         [at_80] = [r for r in receiver.got if r.json()["data"]["threshold_percent"] == 80]
         body = at_80.json()
         assert body["scope"] == {"kind": "key", "name": "burst"}
-        assert body["data"]["metric"] == "cost_usd" and body["data"]["window"] == "day"
+        assert body["data"]["metric"] == "cost_usd" and body["data"]["window"] == "total"
         assert "80%" in body["text"]
         # The signature verifies with the webhook's secret, not with another.
         signature = at_80.headers["X-Capgate-Signature"]
@@ -282,9 +283,9 @@ def test_refusal_rate_provider_down_slack_and_report(
 
         spend = {"type": "spend_rate", "scope": "key:limited", "factor": 3, "floor_usd": "0.05"}
         assert server.admin("POST", "/admin/alerts/rules", json=spend).status_code == 201
-        key = server.create_key("limited", [{"metric": "requests", "window": "minute", "max": 1}])
+        key = server.create_key("limited", [{"metric": "requests", "window": "total", "max": 1}])
         statuses = asyncio.run(_burst([server.url], key, 6))
-        assert sorted(statuses) == [200] + [429] * 5
+        assert sorted(statuses) == [200] + [402] * 5
         [refusal] = eventually(lambda: receiver.bodies("refusal_rate"))
         assert refusal["scope"] == {"kind": "key", "name": "limited"}
         assert (refusal["data"]["requests"], refusal["data"]["refused"]) == (6, 5)
