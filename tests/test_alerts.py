@@ -5,6 +5,7 @@ aiohttp server on an ephemeral loopback port, in a thread of the test)."""
 from __future__ import annotations
 
 import asyncio
+import calendar
 import json
 import os
 import shutil
@@ -308,7 +309,10 @@ def test_refusal_rate_provider_down_slack_and_report(
         # The JSON webhook takes every event (and the report of yesterday); the Slack one
         # only provider_down, in Slack's shape.
         [report] = eventually(lambda: receiver.bodies("report"))
-        assert report["data"]["period"] == "daily" and report["data"]["teams"] == []
+        to = calendar.timegm(time.strptime(report["data"]["to"], "%Y-%m-%dT%H:%M:%SZ"))
+        assert report["data"]["period"] == "daily" and to % 86400 == 0  # the last UTC midnight
+        assert 0 <= time.time() - to < 86400 + 60
+        assert isinstance(report["data"]["teams"], list) and "total_usd" in report["data"]
         [down] = eventually(lambda: receiver.bodies("provider_down"))
         assert down["scope"] == {"kind": "provider", "name": "dead"}
         time.sleep(1)
