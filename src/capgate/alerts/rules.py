@@ -21,7 +21,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from capgate.core.limits import Limit, Metric, Scope, ScopeKind, format_usd, usd_to_nano
+from capgate.core.limits import (
+    Limit,
+    Metric,
+    Scope,
+    ScopeKind,
+    format_usd,
+    nano_to_decimal_str,
+    usd_to_nano,
+)
 from capgate.core.windows import NEVER, Rolling, WindowKind
 from capgate.store.records import LimitUsage
 
@@ -57,7 +65,7 @@ class Rule:
             out |= {"percent": self.percent, "minutes": self.minutes}
             out["min_requests"] = self.min_requests
         elif self.type == "spend_rate":
-            out |= {"factor": self.factor, "floor_usd": format_usd(self.floor_nano)[1:]}
+            out |= {"factor": self.factor, "floor_usd": nano_to_decimal_str(self.floor_nano)}
         else:
             out |= {"provider": self.provider, "every_minutes": self.every_minutes}
         return out
@@ -228,7 +236,7 @@ def _threshold(scope: Scope, usage: LimitUsage, pct: int, now: float) -> Alert:
 def _amount(limit: Limit, amount: int) -> str | int:
     """Dollars as an exact decimal string, other metrics as integers."""
     if limit.metric is Metric.COST_USD:
-        return format_usd(amount)[1:].replace(",", "")
+        return nano_to_decimal_str(amount)
     return amount
 
 
@@ -263,8 +271,8 @@ def spend_alert(rule: Rule, scope: str, last_hour: int, week: int, now: float) -
         f"the average hour of the last 7 days ({format_usd(int(average))})"
     )
     data = {
-        "last_hour_usd": format_usd(last_hour)[1:].replace(",", ""),
-        "average_hour_usd": format_usd(int(average))[1:].replace(",", ""),
+        "last_hour_usd": nano_to_decimal_str(last_hour),
+        "average_hour_usd": nano_to_decimal_str(int(average)),
         "factor": rule.factor,
     }
     key = f"spend_rate:{scope}:{rule.id}:{hour}"

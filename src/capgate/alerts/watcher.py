@@ -17,7 +17,7 @@ from capgate.alerts import rules as r
 from capgate.alerts.payload import alert_body, iso, render
 from capgate.alerts.sender import LEASE_S, Sender
 from capgate.alerts.setup import AlertSetup, Webhook
-from capgate.core.limits import ScopeKind, format_usd
+from capgate.core.limits import ScopeKind, format_usd, nano_to_decimal_str
 from capgate.core.windows import WindowKind, window_at
 from capgate.store.alerting import AlertClaim, AlertStore, NewDelivery
 from capgate.store.base import LedgerReader, RequestQuery
@@ -182,12 +182,14 @@ def _report(period: str, since: int, until: int, rows: Sequence[Any], now: float
             "team": row.group,
             "requests": row.requests,
             "refused": row.refused,
-            "cost_usd": format_usd(row.cost_nano)[1:].replace(",", ""),
+            "cost_usd": nano_to_decimal_str(row.cost_nano),
         }
         for row in rows
     ]
     total = sum(row.cost_nano for row in rows)
-    parts = ", ".join(f"{t['team'] or '(no team)'} ${t['cost_usd']}" for t in teams[:10])
+    parts = ", ".join(
+        f"{row.group or '(no team)'} {format_usd(row.cost_nano)}" for row in rows[:10]
+    )
     text = f"{period} spend report {iso(since)[:10]}: {format_usd(total)} in all" + (
         f"; {parts}" if parts else ""
     )
@@ -201,7 +203,7 @@ def _report(period: str, since: int, until: int, rows: Sequence[Any], now: float
             "period": period,
             "from": iso(since),
             "to": iso(until),
-            "total_usd": format_usd(total)[1:].replace(",", ""),
+            "total_usd": nano_to_decimal_str(total),
             "teams": teams,
         },
     }

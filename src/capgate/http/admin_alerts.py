@@ -6,7 +6,7 @@ once: when the webhook is created)."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from capgate.http.admin import AdminAPI
 
 MAX_DELIVERIES = 1000
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:
@@ -62,7 +63,8 @@ class AlertRoutes:
     def __init__(self, api: AdminAPI) -> None:
         self.api = api
 
-    def routes(self, guard: Any) -> list[web.RouteDef]:
+    def routes(self, guard: Callable[[Handler], Handler]) -> list[web.RouteDef]:
+        """The routes, each wrapped by `guard` (the admin API's authentication)."""
         base = "/admin/alerts"
         return [
             web.get(base + "/rules", guard(self.rules)),
