@@ -9,6 +9,7 @@ import calendar
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -451,3 +452,33 @@ def test_the_dashboard_shows_webhooks_and_deliveries(
                 browser.close()
     finally:
         server.close()
+
+
+def test_a_pending_delivery_survives_its_process(
+    upstream: Upstream, receiver: Receiver, tmp_path: Path
+) -> None:
+    """The process that claimed an alert dies after a failed attempt: another process on
+    the database sends it when it is due, once."""
+    receiver.fail_first = 2
+    config = alerts_config(upstream, alerts_retry_base_s=3)
+    first = start_capgate(tmp_path, config)
+    second = None
+    try:
+        add_webhook(first, "ops", receiver.url)
+        key = first.create_key("dies", [{"metric": "cost_usd", "window": "total", "max": "1.00"}])
+        assert asyncio.run(_burst([first.url], key, 1, 850)) == [200]
+        assert eventually(lambda: len(receiver.got) == 2)  # 50 and 80 %: both failed (500)
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait(10)
+        first.close()
+        second = start_capgate(tmp_path, config, db=first.db)
+        assert eventually(lambda: len(receiver.got) == 4)
+        time.sleep(1)
+        ids = [r.headers["X-Capgate-Delivery"] for r in receiver.got]
+        assert len(ids) == 4 and sorted(ids[:2]) == sorted(ids[2:])  # the same two, once more
+        log = second.admin("GET", "/admin/alerts/deliveries").json()["items"]
+        assert [(d["status"], d["attempts"]) for d in log] == [("delivered", 2)] * 2
+    finally:
+        if second is not None:
+            second.close()
+        first.close()
