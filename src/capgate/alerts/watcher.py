@@ -17,10 +17,11 @@ from capgate.alerts import rules as r
 from capgate.alerts.payload import alert_body, iso, render
 from capgate.alerts.sender import LEASE_S, Sender
 from capgate.alerts.setup import AlertSetup, Webhook
-from capgate.core.limits import ScopeKind, format_usd, nano_to_decimal_str
+from capgate.core.limits import format_usd, nano_to_decimal_str
 from capgate.core.windows import WindowKind, window_at
 from capgate.store.alerting import AlertClaim, AlertStore, NewDelivery
-from capgate.store.base import LedgerReader, RequestQuery
+from capgate.store.base import LedgerReader
+from capgate.store.records import UsageRow
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +95,9 @@ class AlertWatcher:
         found = r.threshold_alerts(snapshot.limits, setup.rules, defaults, now)
         for scope in {r.ALL, *(rule.scope for rule in setup.rules)}:
             for rule in r.rules_of(scope, "refusal_rate", setup.rules, defaults):
-                summary = await self._store.summary(_query(scope, now - rule.minutes * 60))
-                alert = r.refusal_alert(rule, scope, summary.requests, summary.refused, now)
+                rows = await self._rows(scope, now - rule.minutes * 60, now)
+                requests, refused = sum(x.requests for x in rows), sum(x.refused for x in rows)
+                alert = r.refusal_alert(rule, scope, requests, refused, now)
                 found += [alert] if alert else []
             for rule in r.rules_of(scope, "spend_rate", setup.rules, defaults):
                 hour = await self._spend(scope, now - 3600, now)
@@ -113,12 +115,15 @@ class AlertWatcher:
         return spend
 
     async def _spend(self, scope: str, since: float, until: float) -> int:
-        """A scope's spend in [since, until): one grouped sum (no latency percentiles,
-        which `summary` would sort the whole week's entries for)."""
+        return sum(row.cost_nano for row in await self._rows(scope, since, until))
+
+    async def _rows(self, scope: str, since: float, until: float) -> list[UsageRow]:
+        """The ledger's sums in [since, until) of a key, user or team (or of all): one
+        grouped pass (`summary` would also sort the entries for latency percentiles)."""
         kind = r.scope_kind(scope)
-        rows = await self._store.usage(kind.value if kind else "team", since, until)
+        rows = await self._store.usage(kind.value if kind else "outcome", since, until)
         name = scope.partition(":")[2]
-        return sum(row.cost_nano for row in rows if kind is None or row.group == name)
+        return [row for row in rows if kind is None or row.group == name]
 
     async def _fire(self, alert: r.Alert, webhooks: Sequence[Webhook], now: float) -> None:
         """Claim `alert` once per process (the store decides between processes)."""
@@ -163,17 +168,6 @@ class AlertWatcher:
         if now - self._pruned_at >= PRUNE_EVERY_S:
             await self._store.prune_alerts(now, KEEP_DELIVERIES_S)
             self._pruned_at = now
-
-
-def _query(scope: str, since: float) -> RequestQuery:
-    """The ledger entries of a key, user or team (or all) since `since`."""
-    kind, name = r.scope_kind(scope), scope.partition(":")[2]
-    return RequestQuery(
-        key=name if kind is ScopeKind.KEY else None,
-        user=name if kind is ScopeKind.USER else None,
-        team=name if kind is ScopeKind.TEAM else None,
-        since=since,
-    )
 
 
 def _report(period: str, since: int, until: int, rows: Sequence[Any], now: float) -> dict[str, Any]:
