@@ -408,6 +408,14 @@ def test_the_cli_manages_rules_and_webhooks(
         bad = cli(server, "add-rule", "--scope", "team:eng", "--type", "threshold",
                   "--percents", "0")  # fmt: skip
         assert bad.returncode == 1 and "percents" in bad.stderr
+        # A signed test delivery, in the webhook's format (Slack: text only).
+        tested = cli(server, "test-webhook", "team-eng")
+        assert tested.returncode == 0 and "queued" in tested.stdout, tested.stderr
+        got = eventually(lambda: [r for r in receiver.got if b"a test of the webhook" in r.body])
+        assert got and list(got[0].json()) == ["text"]
+        assert verify(added.stdout.split()[-1], got[0].headers["X-Capgate-Signature"],
+                      got[0].body, time.time())  # fmt: skip
+        assert cli(server, "test-webhook", "nope").returncode == 1
         assert cli(server, "remove-rule", rule_id).returncode == 0
         assert json.loads(cli(server, "rules", "--json").stdout)["items"] == []
         missing = cli(server, "remove-webhook", "nope")

@@ -142,6 +142,15 @@ def remove_webhook(
     print(f"webhook {name} removed")
 
 
+@app.command("test-webhook")
+def test_webhook(
+    name: Annotated[str, typer.Argument(help="the webhook's name")], url: UrlOpt = None
+) -> None:
+    """Send the webhook a signed test delivery (see `capgate alerts deliveries`)."""
+    answer = AdminClient(url).call("POST", f"/admin/alerts/webhooks/{name}/test")
+    print(f"test delivery {answer['id']} queued for webhook {name}")
+
+
 @app.command("deliveries")
 def deliveries(
     status: Annotated[

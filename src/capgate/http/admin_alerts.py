@@ -12,18 +12,25 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from capgate.alerts.payload import iso
+from capgate.alerts.payload import iso, render
 from capgate.alerts.rules import parse_defaults, parse_rule
 from capgate.alerts.setup import AlertSetup, parse_webhook
 from capgate.alerts.targets import check_url
 from capgate.errors import Conflict, InvalidRequest, NotFound
 from capgate.http.admin_io import choice_param, int_param, json_response, known_params
-from capgate.store.alerting import DELIVERY_STATUSES, AlertChange, AlertDelivery
+from capgate.store.alerting import (
+    DELIVERY_STATUSES,
+    AlertChange,
+    AlertClaim,
+    AlertDelivery,
+    NewDelivery,
+)
 
 if TYPE_CHECKING:
     from capgate.http.admin import AdminAPI
 
 MAX_DELIVERIES = 1000
+TEST_KEEP_S = 86400.0  # a test's claim is forgotten after a day
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -73,6 +80,7 @@ class AlertRoutes:
             web.get(base + "/webhooks", guard(self.webhooks)),
             web.post(base + "/webhooks", guard(self.add_webhook)),
             web.delete(base + "/webhooks/{name}", guard(self.remove_webhook)),
+            web.post(base + "/webhooks/{name}/test", guard(self.test_webhook)),
             web.get(base + "/deliveries", guard(self.deliveries)),
         ]
 
@@ -188,6 +196,27 @@ class AlertRoutes:
 
         await self._change(request, edit)
         return web.Response(status=204)
+
+    async def test_webhook(self, request: web.Request) -> web.Response:
+        """Queue a signed test delivery to the webhook: the next tick of any process
+        sends it, as it would an alert (the delivery log shows how it went)."""
+        name = request.match_info["name"]
+        hook = (await self._setup()).webhook(name)
+        if hook is None:
+            raise NotFound(f'no webhook named "{name}"')
+        now = self.api.clock()
+        body: dict[str, Any] = {
+            "id": f"test:{secrets.token_hex(8)}",
+            "type": "test",
+            "created_at": iso(now),
+            "text": f'a test of the webhook "{name}"',
+            "scope": None,
+            "data": {},
+        }
+        delivery = NewDelivery(name, render(body, hook.format))
+        claim = AlertClaim(str(body["id"]), now + TEST_KEEP_S, (delivery,), "admin", now)
+        await self.api.store.claim_alert(claim, now)
+        return json_response({"id": body["id"]}, status=202)
 
     async def deliveries(self, request: web.Request) -> web.Response:
         known_params(request.query, ("limit", "status"))

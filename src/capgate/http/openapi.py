@@ -225,6 +225,9 @@ def _alert_paths() -> dict[str, Any]:
         "/admin/alerts/webhooks/{name}": {
             "delete": _op("Remove a webhook; audit-logged", params=path("name"), ok="204")
         },
+        "/admin/alerts/webhooks/{name}/test": {
+            "post": _op("Queue a signed test delivery to a webhook", params=path("name"), ok="202")
+        },
         "/admin/alerts/deliveries": {
             "get": _op("The webhook delivery log, newest first", params=query)
         },
