@@ -96,6 +96,8 @@ def test_rate_rules() -> None:
     assert refusal_alert(rule, "key:k", 20, 10, 1000) is None  # not above 50 %
     alert = refusal_alert(rule, "key:k", 20, 11, 1000)
     assert alert and alert.scope == ("key", "k") and alert.key.endswith(":600")
+    by_provider = parse_rule({"type": "refusal_rate", "scope": "provider:anthropic"})
+    assert refusal_alert(by_provider, "provider:anthropic", 40, 30, 1000) is not None
     spend = parse_rule({"type": "spend_rate", "scope": "*", "factor": 3, "floor_usd": "2"})
     week = usd_to_nano("168")  # $1 an hour on average
     assert spend_alert(spend, "*", usd_to_nano("3"), week, 7200) is None  # not above 3x

@@ -105,8 +105,11 @@ def parse_rule(data: Mapping[str, Any], *, default: bool = False) -> Rule:
     scope = ALL if default else str(data.get("scope", ""))
     if scope != ALL and not _SCOPE.match(scope):
         raise ValueError('scope: "KIND:NAME" (key, user, team, org or provider) or "*"')
-    if kind in ("refusal_rate", "spend_rate") and scope.startswith(("org:", "provider:")):
-        raise ValueError(f"scope: a {kind} rule is for a key, user or team, or * (all traffic)")
+    if kind in ("refusal_rate", "spend_rate") and scope.startswith("org:"):
+        # The ledger names each request's key, user, team and provider, not its org.
+        raise ValueError(
+            f"scope: a {kind} rule is for a key, user, team or provider, or * (all traffic)"
+        )
     if kind == "provider_down" and scope != ALL:
         raise ValueError('scope: a provider_down rule is server-wide ("*")')
     rule_id = "default" if default else str(data.get("id", "default"))

@@ -118,7 +118,8 @@ class AlertWatcher:
         return sum(row.cost_nano for row in await self._rows(scope, since, until))
 
     async def _rows(self, scope: str, since: float, until: float) -> list[UsageRow]:
-        """The ledger's sums in [since, until) of a key, user or team (or of all): one
+        """The ledger's sums in [since, until) of a key, user, team or provider (or of
+        all): one
         grouped pass (`summary` would also sort the entries for latency percentiles)."""
         kind = r.scope_kind(scope)
         rows = await self._store.usage(kind.value if kind else "outcome", since, until)
