@@ -95,9 +95,7 @@ def _user_state_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "capgate"
 
 
-class PostgresStore(
-    KeyCache, SettleRetry, PgReserve, PgScopeAdmin, PgDashboard, PgHook, PgAlerts
-):
+class PostgresStore(KeyCache, SettleRetry, PgReserve, PgScopeAdmin, PgDashboard, PgHook, PgAlerts):
     def __init__(
         self,
         url: str,

@@ -70,9 +70,7 @@ WAL_RESTART_FRAMES = 16384
 WAL_RESTART_WAIT_MS = 200
 
 
-class SQLiteStore(
-    KeyCache, SettleRetry, ScopeAdmin, DashboardStore, SQLiteHook, AlertStoreSQLite
-):
+class SQLiteStore(KeyCache, SettleRetry, ScopeAdmin, DashboardStore, SQLiteHook, AlertStoreSQLite):
     def __init__(
         self,
         path: str,
