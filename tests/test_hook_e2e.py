@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -347,6 +348,49 @@ class _Later:
 
 
 # -- offline, tampering, uninstall, the curl installer ----------------------------------------
+
+
+@pytest.mark.slow
+def test_twenty_prompts_at_once_keep_the_stated_bound(
+    server: Capgate, mock: MockUpstream, tmp_path: Path
+) -> None:
+    """20 `claude -p` of one person at once against a dollar budget that pays for three
+    prompts' estimates. Each admitted prompt makes one call dearer than the estimate. The
+    bound of docs/budgets.md: spend <= limit + sum over admitted prompts of (call - estimate)
+    (each prompt can finish the call it is in); the refused ones sent nothing."""
+    usage = {"input_tokens": 30_000, "output_tokens": 1_000}
+    call = expected_cost(SONNET, Usage(30_000, 1_000))  # $0.105
+    estimate = expected_cost(SONNET, Usage(20_000, 2_000))  # the default lease: $0.09
+    limit = Decimal("0.30")
+    machine = start_machine(tmp_path, server, mock, [
+        {"metric": "cost_usd", "window": "day", "max": str(limit)}])  # fmt: skip
+    try:
+        prompt = "race mock:usage=" + json.dumps(usage)
+        with ThreadPoolExecutor(20) as pool:
+            results = list(pool.map(lambda _: machine.claude(prompt), range(20)))
+        admitted = [r for r in results if "capgate mock" in str(r.get("result"))]
+        blocked = [r for r in results if str(r.get("result")).startswith(
+            "UserPromptSubmit operation blocked by hook:")]  # fmt: skip
+        assert len(admitted) + len(blocked) == 20, results
+        assert 1 <= len(admitted) < 20
+        for result in blocked:
+            assert machine.requests(session_of(result)) == []
+        deadline, calls = time.monotonic() + 15, []
+        while time.monotonic() < deadline:
+            calls = [e for e in machine.ledger() if e["endpoint"] == "hook/call"]
+            if len(calls) >= len(admitted):
+                break
+            time.sleep(0.3)
+        assert (
+            len(calls)
+            == len(admitted)
+            == sum(len(machine.requests(session_of(r))) for r in admitted)
+        )
+        spent = sum(Decimal(e["cost_usd"]) for e in calls)
+        assert spent == call * len(admitted)
+        assert spent <= limit + len(admitted) * (call - estimate), (spent, len(admitted))
+    finally:
+        machine.overlay.close()
 
 
 @pytest.mark.slow
