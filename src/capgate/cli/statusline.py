@@ -1,9 +1,9 @@
 """`capgate statusline`: one line for Claude Code's status bar: the capgate budget left
 (the dollar limit with the least left, from /v1/me with CAPGATE_KEY, or on a hook machine
 from /hook/v1/status with its token) and today's local cost at API prices (from the
-session files). It runs on every status refresh, so both
-are cached in one small file for CAPGATE_STATUSLINE_TTL seconds (default 30) and a cache
-hit imports nothing of capgate beyond this module (`python -X importtime`: ~5 ms).
+session files). It runs on every status refresh, so both are cached in one small file
+for CAPGATE_STATUSLINE_TTL seconds (default 30) and a cache hit imports nothing of
+capgate beyond this module (`python -X importtime`: ~5 ms).
 Never fails: a problem shows in the line itself; the key or token is never written
 anywhere."""
 

@@ -61,7 +61,7 @@ def hook_machine(env: Mapping[str, str]) -> HookMachine | None:
     except PermissionError:
         raise BudgetError(
             f"cannot read {token_path}: only root and the group of the OS user the hook was "
-            "installed for may read it. Run capgate status as that user (or with sudo).",
+            "installed for may read it. Run it as that user (or with sudo).",
             "capgate: token unreadable",
         ) from None
     except OSError as exc:
@@ -108,7 +108,13 @@ def me_from(env: Mapping[str, str], timeout: float = 5.0) -> dict[str, Any]:
             f"this machine in hook mode: {hook_dir(env)}/ has no config.json and token)",
             brief="",
         )
-    return me_of_hook(fetch_hook_status(machine, timeout))
+    status = fetch_hook_status(machine, timeout)
+    try:
+        return me_of_hook(status)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise BudgetError(
+            f"capgate at {machine.server} sent a status this version cannot read"
+        ) from None
 
 
 def fetch_me(url: str, key: str, timeout: float = 5.0) -> dict[str, Any]:
