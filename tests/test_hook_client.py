@@ -330,7 +330,12 @@ def test_managed_settings_cannot_be_switched_off_and_fail_closed() -> None:
     assert settings["hooks"]["SessionEnd"][0]["hooks"][0]["timeout"] == 10
     env = settings["env"]
     assert env["OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"] == "http://capgate.example:4000/v1/logs"
-    assert env["OTEL_EXPORTER_OTLP_HEADERS"] == "Authorization=Bearer cgh-abc-secret"
+    # the drop-in is 0644: no token in it; Claude Code asks the hook for the OTLP header
+    assert "cgh-" not in files[install.CLAUDE_DROP_IN][0].decode()
+    assert files[install.CLAUDE_DROP_IN][1] == 0o644
+    assert "OTEL_EXPORTER_OTLP_HEADERS" not in env
+    helper = settings["otelHeadersHelper"]
+    assert helper == "/usr/bin/python3 -I /etc/capgate-hook/hook.py otel-headers"
     requirements = tomllib.loads(files[install.CODEX_REQUIREMENTS][0].decode())
     assert requirements["allow_managed_hooks_only"] is True
     assert requirements["features"]["hooks"] is True

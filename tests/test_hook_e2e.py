@@ -215,7 +215,11 @@ def test_bare_mode_late_lines_are_counted_once(machine: Machine) -> None:
 
 def test_without_a_transcript_opentelemetry_counts_the_call(machine: Machine) -> None:
     """`--no-session-persistence` writes no transcript; the managed settings' OpenTelemetry
-    env sends each call to the server's /v1/logs with the machine's token instead."""
+    env sends each call to the server's /v1/logs with the machine's token instead. The
+    settings file (0644) holds no token: Claude Code gets the header from its
+    `otelHeadersHelper`, the hook reading the 0640 token file (/v1/logs refuses no token)."""
+    settings = machine.overlay.run(["cat", "/etc/claude-code/managed-settings.d/50-capgate.json"])
+    assert "otelHeadersHelper" in settings.stdout and "cgh-" not in settings.stdout
     machine.set_limits([{"metric": "cost_usd", "window": "day", "max": 50}])
     usage = {"input_tokens": 5432, "output_tokens": 76}
     result = machine.claude(

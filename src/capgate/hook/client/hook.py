@@ -15,7 +15,8 @@ before every prompt, and importing is most of its cost (docs/hook-mode.md).
 - The server is the truth. Unreachable, the hook enforces the last limits it was given (the
   cache) counting what it queued since, and queues its reports for later (the server drops
   duplicates). No cache, or any error of its own: a gating event is refused (fail closed).
-- The machine's token is read from the `token` file next to this one and never printed.
+- The machine's token is read from the `token` file next to this one and never printed,
+  except by `hook.py otel-headers`, Claude Code's `otelHeadersHelper`, to Claude Code.
 """
 
 from __future__ import annotations
@@ -881,7 +882,19 @@ def logout(config: dict[str, Any], agent: str, folder: str, wanted: bool) -> Non
         pass
 
 
+def otel_headers(folder: str = HERE) -> int:
+    """`hook.py otel-headers`: Claude Code's `otelHeadersHelper` (managed settings). Prints
+    the OTLP header with the machine's token, read from the 0640 token file, so the
+    world-readable settings file holds no token."""
+    with open(os.path.join(folder, "token"), encoding="utf-8") as f:
+        token = f.read().strip()
+    sys.stdout.write(json.dumps({"Authorization": "Bearer " + token}))
+    return 0
+
+
 def main(argv: list[Any]) -> int:
+    if len(argv) > 1 and argv[1] == "otel-headers":
+        return otel_headers()
     agent = argv[1] if len(argv) > 1 and argv[1] in ("claude", "codex") else "claude"
     event: dict[str, Any] = {}
     try:
