@@ -763,7 +763,8 @@ class Hook:
             answer = call(self.config, "POST", "/hook/v1/gate", body, self.deadline.left() - 1)
         except Offline as exc:
             why = cached_decision(self.held, model, True, self.folder)
-            prompt = [] if why else [{"model": model or "", "prompt_id": self.prompt_id()}]
+            admitted = {"model": model or "", "model_source": source, "prompt_id": self.prompt_id()}
+            prompt = [] if why else [admitted]
             if not why:
                 self.state["open"] = [*self.state.get("open", [])[-50:], self.prompt_id()]
             self.queue(report, prompt)
@@ -840,7 +841,8 @@ class Hook:
         if cache.get("issued_at") and self.held.get("received_at"):
             at += float(cache["issued_at"]) - float(self.held["received_at"])
         if prompts:  # admitted from the cache: for the server to count them (contract ext.)
-            report = dict(report, offline_prompts=[dict(p, at=at) for p in prompts])
+            listed = [dict(p, at=at) for p in prompts if p.get("prompt_id")]
+            report = dict(report, offline_prompts=listed)
         enqueue(
             self.folder, {"at": at, "report": report, "calls": report["calls"], "prompts": prompts}
         )
