@@ -387,6 +387,12 @@ def test_offline_cached_limits_then_reports_delivered_once(
         calls = [e for e in machine.ledger() if e["endpoint"] == "hook/call"]
         ids = [e["request_id"] for e in calls]
         assert len(ids) == len(set(ids)) == 4, calls  # 1 + 1 queued + 2: none twice
+        # the prompt admitted offline is counted once too (the refused one not at all)
+        prompts = [e for e in machine.ledger() if e["endpoint"] == "hook/prompt"]
+        assert len({e["request_id"] for e in prompts}) == len(prompts) == 4, prompts
+        (offline,) = [e for e in prompts if e["session"] == session_of(second)]
+        assert offline["flags"] == ["offline"] and offline["model"] == SONNET, offline
+        assert not [e for e in prompts if e["session"] == session_of(third)]
     finally:
         machine.overlay.close()
         server.close()
