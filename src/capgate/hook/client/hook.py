@@ -6,7 +6,8 @@ event's JSON on stdin. One file, standard library only, Python >= 3.8, few impor
 before every prompt, and importing is most of its cost (docs/hook-mode.md).
 
 - UserPromptSubmit: report the usage new in the transcript, ask `POST /hook/v1/gate`, block
-  with the server's message. PreToolUse / PreModelSwitch / PreCompact: report, ask
+  with the server's message. A background task's result (`<task-notification>`) is no new
+  prompt: it is checked (`/hook/v1/check`) like a tool call. PreToolUse / PreModelSwitch / PreCompact: report, ask
   `/hook/v1/check`, stop the turn / refuse the switch / refuse the compaction.
   Stop / SubagentStop / SessionEnd: report only, never block.
 - Usage comes from the transcript (Claude Code: assistant lines, subagent files included,
@@ -37,6 +38,7 @@ GATING = ("UserPromptSubmit", "PreToolUse", "PreModelSwitch", "PreCompact")
 REPORTING = ("Stop", "SubagentStop", "SessionEnd", "StopFailure")
 CALL_FIELDS = ("input", "output", "cache_read", "cache_write", "cache_write_1h")
 MAX_CALLS = 1000  # per report (the server refuses more)
+NOTIFICATION = "<task-notification>"  # how a background task's result starts
 SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
@@ -693,12 +695,18 @@ class Hook:
             self.save()
             return None
         report = self.report()
-        if self.name == "UserPromptSubmit":
+        if self.name == "UserPromptSubmit" and not self.notification():
             return self.gate(report)
         if self.name in GATING:
             return self.check(report)
         self.send_report(report)
         return None
+
+    def notification(self) -> bool:
+        """A background task's result handed back to the model (HOOKS.md §2): the person
+        typed nothing, so it is checked like a tool call, not gated as a new prompt."""
+        prompt = self.event.get("prompt")
+        return isinstance(prompt, str) and prompt.startswith(NOTIFICATION)
 
     def remember_model(self, model: object) -> None:
         if isinstance(model, str) and model:
