@@ -699,14 +699,36 @@ class Hook:
             return self.gate(report)
         if self.name in GATING:
             return self.check(report)
+        self.remember_tasks()
         self.send_report(report)
         return None
 
     def notification(self) -> bool:
         """A background task's result handed back to the model (HOOKS.md §2): the person
-        typed nothing, so it is checked like a tool call, not gated as a new prompt."""
+        typed nothing, so it is checked like a tool call, not gated as a new prompt. Only
+        for a task this session was seen to run in the background (Stop's
+        `background_tasks`, SubagentStop's `agent_id`), once: a typed prompt that starts
+        with `<task-notification>` is still a prompt."""
         prompt = self.event.get("prompt")
-        return isinstance(prompt, str) and prompt.startswith(NOTIFICATION)
+        if not isinstance(prompt, str) or not prompt.startswith(NOTIFICATION):
+            return False
+        start = prompt.find("<task-id>") + len("<task-id>")
+        task = prompt[start : prompt.find("</task-id>", start)].strip()
+        tasks = self.state.get("tasks") or []
+        if start < len("<task-id>") or task not in tasks:
+            return False
+        self.state["tasks"] = [t for t in tasks if t != task]
+        return True
+
+    def remember_tasks(self) -> None:
+        """The background tasks (and subagents) a Stop / SubagentStop names: their results
+        may come back as task notifications."""
+        found = [t.get("id") for t in self.event.get("background_tasks") or []
+                 if isinstance(t, dict)]  # fmt: skip
+        found.append(self.event.get("agent_id"))
+        known = self.state.get("tasks") or []
+        known += [t for t in found if isinstance(t, str) and t and t not in known]
+        self.state["tasks"] = known[-200:]
 
     def remember_model(self, model: object) -> None:
         if isinstance(model, str) and model:
