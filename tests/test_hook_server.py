@@ -506,6 +506,24 @@ def test_a_check_stops_a_turn_over_its_dollars_and_refuses_a_switch(servers: Pai
     )
 
 
+def test_a_task_notification_is_checked_not_gated(servers: Pair) -> None:
+    """A background task's result (UserPromptSubmit, `<task-notification>`) is a check: no
+    lease, no prompt entry, the prompt limit untouched; stopped when the person is killed."""
+    one, two = servers.one, servers.two
+    m = machine(one, limits=[{"metric": "requests", "window": "day", "max": 1}])
+    assert m.gate(one, "s-task", "p1")["decision"] == "allow"
+    m.report(two, "s-task", [call("task-1", "p1", input=10)], ended_prompts=["p1"])
+    body = {"session_id": "s-task", "prompt_id": "n1", "event": "UserPromptSubmit",
+            "model": SONNET}  # fmt: skip
+    assert m.check(two, **body)["decision"] == "allow"  # the one prompt of the day is used
+    assert usage(one, m.user)["requests"] == (1, 0)
+    assert one.ledger(request_id=lease_id(m.key_id, "claude", "s-task", "n1")) == []
+    assert one.admin("POST", f"/admin/users/{m.user}/kill", json={}).status_code == 200
+    time.sleep(1.1)  # a check sees a kill made through another process within a second
+    stopped = m.check(two, **body)
+    assert stopped["decision"] == "stop" and "paused" in stopped["message"]
+
+
 def test_status_rows_and_tamper(servers: Pair) -> None:
     one, two = servers.one, servers.two
     m = machine(
