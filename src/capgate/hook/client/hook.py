@@ -7,8 +7,8 @@ before every prompt, and importing is most of its cost (docs/hook-mode.md).
 
 - UserPromptSubmit: report the usage new in the transcript, ask `POST /hook/v1/gate`, block
   with the server's message. A background task's result (`<task-notification>`) is no new
-  prompt: it is checked (`/hook/v1/check`) like a tool call. PreToolUse / PreModelSwitch / PreCompact: report, ask
-  `/hook/v1/check`, stop the turn / refuse the switch / refuse the compaction.
+  prompt: it is checked like a tool call. PreToolUse / PreModelSwitch / PreCompact: report,
+  ask `/hook/v1/check`, stop the turn / refuse the switch / refuse the compaction.
   Stop / SubagentStop / SessionEnd: report only, never block.
 - Usage comes from the transcript (Claude Code: assistant lines, subagent files included,
   counted once per request id) or the rollout file (Codex: `token_usage_record` lines), read
