@@ -305,6 +305,33 @@ def test_hook_offline_refuses_without_a_cache_and_uses_one_when_it_has_it(tmp_pa
     assert offline["prompt_id"] == "p3" and offline["at"] > 0
 
 
+def test_a_background_tasks_result_is_no_new_prompt(tmp_path: Path) -> None:
+    """Offline with a cache: the result of a task the session ran in the background is
+    admitted without counting a prompt; the same notification again, or a typed one naming
+    a task the session never ran, is gated (and counted) as a prompt."""
+    folder = hook_folder(tmp_path, f"http://127.0.0.1:{closed_port()}")
+    state = tmp_path / "state" / "capgate-hook"
+    limit = {"label": "Daily prompts", "metric": "requests", "window": "day", "model": None,
+             "max": "10", "used": "0", "resets_at": None}  # fmt: skip
+    hook.write_json(str(state / "cache.json"), cached([limit]))
+    base = {"session_id": "s1", "model": "claude-sonnet-4-6"}
+    stop = {**base, "hook_event_name": "Stop", "prompt_id": "p1",
+            "background_tasks": [{"id": "t1", "type": "subagent", "status": "running"}]}  # fmt: skip
+    assert run_hook(folder, tmp_path, stop) == ""
+
+    def notify(prompt_id: str, task: str) -> list[str]:
+        text = f"<task-notification>\n<task-id>{task}</task-id>\n<status>completed</status>"
+        event = {**base, "hook_event_name": "UserPromptSubmit", "prompt_id": prompt_id,
+                 "prompt": text}  # fmt: skip
+        assert run_hook(folder, tmp_path, event) == ""  # admitted offline
+        items = [json.loads(q.read_text()) for q in (state / "queue").iterdir()]
+        return sorted(p["prompt_id"] for i in items for p in i["report"].get("offline_prompts", []))
+
+    assert notify("n1", "t1") == []  # the background task's result: not a prompt
+    assert notify("n2", "t1") == ["n2"]  # the same task again: a prompt
+    assert notify("n3", "t7") == ["n2", "n3"]  # a task the session never ran: a prompt
+
+
 # -- what the installer writes, the watchdog, uninstall -----------------------------------------
 
 
@@ -330,7 +357,12 @@ def test_managed_settings_cannot_be_switched_off_and_fail_closed() -> None:
     assert settings["hooks"]["SessionEnd"][0]["hooks"][0]["timeout"] == 10
     env = settings["env"]
     assert env["OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"] == "http://capgate.example:4000/v1/logs"
-    assert env["OTEL_EXPORTER_OTLP_HEADERS"] == "Authorization=Bearer cgh-abc-secret"
+    # the drop-in is 0644: no token in it; Claude Code asks the hook for the OTLP header
+    assert "cgh-" not in files[install.CLAUDE_DROP_IN][0].decode()
+    assert files[install.CLAUDE_DROP_IN][1] == 0o644
+    assert "OTEL_EXPORTER_OTLP_HEADERS" not in env
+    helper = settings["otelHeadersHelper"]
+    assert helper == "/usr/bin/python3 -I /etc/capgate-hook/hook.py otel-headers"
     requirements = tomllib.loads(files[install.CODEX_REQUIREMENTS][0].decode())
     assert requirements["allow_managed_hooks_only"] is True
     assert requirements["features"]["hooks"] is True

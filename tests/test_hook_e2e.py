@@ -103,6 +103,11 @@ class Machine:
     def ledger(self, **params: Any) -> list[dict[str, Any]]:
         return self.server.ledger(user=self.person, **params)
 
+    def used(self) -> dict[str, int]:
+        """The person's usage by metric (settled + held)."""
+        shown = self.server.admin("GET", f"/admin/users/{self.person}").json()
+        return {u["metric"]: u["used"] + u["reserved"] for u in shown["usage"]}
+
     def set_limits(self, limits: list[dict[str, Any]], **fields: Any) -> None:
         response = self.server.admin(
             "PATCH", f"/admin/users/{self.person}", json={"limits": limits, **fields}
@@ -216,7 +221,11 @@ def test_bare_mode_late_lines_are_counted_once(machine: Machine) -> None:
 
 def test_without_a_transcript_opentelemetry_counts_the_call(machine: Machine) -> None:
     """`--no-session-persistence` writes no transcript; the managed settings' OpenTelemetry
-    env sends each call to the server's /v1/logs with the machine's token instead."""
+    env sends each call to the server's /v1/logs with the machine's token instead. The
+    settings file (0644) holds no token: Claude Code gets the header from its
+    `otelHeadersHelper`, the hook reading the 0640 token file (/v1/logs refuses no token)."""
+    settings = machine.overlay.run(["cat", "/etc/claude-code/managed-settings.d/50-capgate.json"])
+    assert "otelHeadersHelper" in settings.stdout and "cgh-" not in settings.stdout
     machine.set_limits([{"metric": "cost_usd", "window": "day", "max": 50}])
     usage = {"input_tokens": 5432, "output_tokens": 76}
     result = machine.claude(
@@ -247,6 +256,35 @@ def test_a_tool_turn_and_a_subagent_are_counted_once(machine: Machine) -> None:
     ]  # fmt: skip
     assert len(calls) == len(requests), (calls, len(requests))
     assert len({e["request_id"] for e in calls}) == len(calls)
+
+
+def test_a_background_subagents_result_is_not_a_new_prompt(machine: Machine) -> None:
+    """A background subagent's result comes back as a UserPromptSubmit whose prompt starts
+    with `<task-notification>` (HOOKS.md §2): checked, not gated. The user's prompt is one
+    prompt entry (one request, its credits), the notification none, every call once."""
+    machine.set_limits([{"metric": "requests", "window": "day", "max": 50},
+                        {"metric": "credits", "window": "day", "max": 500}])  # fmt: skip
+    before = machine.used()
+    result = machine.claude("use a tool mock:tool", CLAUDE_CODE_DISABLE_BACKGROUND_TASKS="")
+    session = session_of(result)
+    (transcript,) = (machine.home / ".claude" / "projects").glob(f"*/{session}.jsonl")
+    lines = [json.loads(line) for line in transcript.read_text().splitlines()]
+    users = [x for x in lines if x.get("type") == "user" and isinstance(x.get("promptId"), str)]
+    notified = [x for x in users if (x.get("origin") or {}).get("kind") == "task-notification"]
+    assert notified, "the subagent did not run in the background"
+    typed = {x["promptId"] for x in users} - {x["promptId"] for x in notified}
+    requests = machine.requests(session)
+    time.sleep(0.5)
+    mine = [e for e in machine.ledger() if e["session"] == session]
+    prompts = [e for e in mine if e["endpoint"] == "hook/prompt"]
+    assert [(e["prompt"], e["outcome"]) for e in prompts] == [(typed.pop(), "ok")], prompts
+    assert not typed
+    calls = [e for e in mine if e["endpoint"] == "hook/call"]
+    assert len(calls) == len(requests) >= 3, (calls, len(requests))
+    assert len({e["request_id"] for e in calls}) == len(calls)
+    after = machine.used()
+    assert after["requests"] - before["requests"] == 1  # one prompt: the user's
+    assert after["credits"] - before["credits"] == 3  # sonnet's weight (default settings)
 
 
 @pytest.mark.parametrize(
@@ -427,6 +465,12 @@ def test_offline_cached_limits_then_reports_delivered_once(
         calls = [e for e in machine.ledger() if e["endpoint"] == "hook/call"]
         ids = [e["request_id"] for e in calls]
         assert len(ids) == len(set(ids)) == 4, calls  # 1 + 1 queued + 2: none twice
+        # the prompt admitted offline is counted once too (the refused one not at all)
+        prompts = [e for e in machine.ledger() if e["endpoint"] == "hook/prompt"]
+        assert len({e["request_id"] for e in prompts}) == len(prompts) == 4, prompts
+        (offline,) = [e for e in prompts if e["session"] == session_of(second)]
+        assert offline["flags"] == ["offline"] and offline["model"] == SONNET, offline
+        assert not [e for e in prompts if e["session"] == session_of(third)]
     finally:
         machine.overlay.close()
         server.close()

@@ -450,6 +450,40 @@ def test_a_lease_expires_and_a_session_end_settles_its_prompts(servers: Pair) ->
     assert usage(one, m.user)["requests"] == (3, 0)
 
 
+def test_prompts_admitted_offline_are_counted_once_even_past_a_limit(servers: Pair) -> None:
+    """A queued report lists the prompts the hook admitted from its cache: each becomes the
+    prompt entry the gate would have made (its `hp-` id, 1 request, its model's credits,
+    flag `offline`), once, even past the limit; a prompt also gated online counts once."""
+    one, two = servers.one, servers.two
+    m = machine(one, limits=[
+        {"metric": "requests", "window": "day", "max": 2},
+        {"metric": "credits", "window": "day", "max": 100},
+    ])  # fmt: skip
+    assert m.gate(one, "s-off", "p0")["decision"] == "allow"  # online, then the server fell
+    at = time.time() - 60
+    offline = [{"prompt_id": p, "model": SONNET, "model_source": "transcript", "at": at}
+               for p in ("p0", "p1", "p2", "p3")]  # fmt: skip
+    queued = {"calls": [call("req_off", "p1", input=10, output=2)], "offline_prompts": offline}
+    assert m.report(two, "s-off", **queued) == {"recorded": 1, "duplicates": 0}
+    assert m.report(one, "s-off", **queued) == {"recorded": 0, "duplicates": 1}  # resent
+    m.report(two, "s-off", [], session_end=True)  # p0's lease: the one count of p0
+    assert usage(one, m.user)["requests"] == (4, 0)  # past the limit of 2: they happened
+    assert usage(one, m.user)["credits"] == (12, 0)
+    prompts = [e for e in one.ledger(user=m.user) if e["endpoint"] == "hook/prompt"]
+    assert sorted(e["prompt"] for e in prompts) == ["p0", "p1", "p2", "p3"]
+    for entry in prompts:
+        assert entry["request_id"] == lease_id(m.key_id, "claude", "s-off", entry["prompt"])
+        assert (entry["model"], entry["outcome"], entry["input_tokens"]) == (SONNET, "ok", 0)
+        assert entry["flags"] == ([] if entry["prompt"] == "p0" else ["offline"])
+    assert m.gate(one, "s-off", "p3")["decision"] == "allow"  # counted: the same answer
+    assert m.gate(two, "s-off", "p4")["decision"] == "block"  # 4 of 2 prompts used
+    bad = {"agent": "claude", "session_id": "s-off", "calls": [call("req_x", "p9", input=1)],
+           "offline_prompts": [{"prompt_id": "p9", "at": "yesterday"}]}  # fmt: skip
+    refused = m.post(one, "/hook/v1/report", bad)
+    assert refused.status_code == 400 and "offline_prompts[0].at" in refused.text
+    assert one.ledger(request_id="hc-req_x") == []
+
+
 def test_a_check_stops_a_turn_over_its_dollars_and_refuses_a_switch(servers: Pair) -> None:
     one, two = servers.one, servers.two
     m = machine(one, limits=[
@@ -470,6 +504,24 @@ def test_a_check_stops_a_turn_over_its_dollars_and_refuses_a_switch(servers: Pai
         f'capgate: The daily dollar limit of user "{m.user}" is reached: $0.21 of $0.20 used; '
         f"resets {today_reset()}."
     )
+
+
+def test_a_task_notification_is_checked_not_gated(servers: Pair) -> None:
+    """A background task's result (UserPromptSubmit, `<task-notification>`) is a check: no
+    lease, no prompt entry, the prompt limit untouched; stopped when the person is killed."""
+    one, two = servers.one, servers.two
+    m = machine(one, limits=[{"metric": "requests", "window": "day", "max": 1}])
+    assert m.gate(one, "s-task", "p1")["decision"] == "allow"
+    m.report(two, "s-task", [call("task-1", "p1", input=10)], ended_prompts=["p1"])
+    body = {"session_id": "s-task", "prompt_id": "n1", "event": "UserPromptSubmit",
+            "model": SONNET}  # fmt: skip
+    assert m.check(two, **body)["decision"] == "allow"  # the one prompt of the day is used
+    assert usage(one, m.user)["requests"] == (1, 0)
+    assert one.ledger(request_id=lease_id(m.key_id, "claude", "s-task", "n1")) == []
+    assert one.admin("POST", f"/admin/users/{m.user}/kill", json={}).status_code == 200
+    time.sleep(1.1)  # a check sees a kill made through another process within a second
+    stopped = m.check(two, **body)
+    assert stopped["decision"] == "stop" and "paused" in stopped["message"]
 
 
 def test_status_rows_and_tamper(servers: Pair) -> None:

@@ -64,6 +64,8 @@ REFRESH_EVERY_S = 1.0  # a check sees a kill made by another process within this
 # A prompt's lease, settled: one prompt, its credits (held), no tokens, no cost.
 PROMPT_DONE = Outcome(200, "ok", Usage(), 0, 0.0)
 SURE_SOURCES = (None, "event", "transcript")  # a model named by these is not a guess
+# A prompt the hook admitted offline: one prompt, its credits (`unheld`'s worst), no tokens.
+OFFLINE_PROMPT = Outcome(200, "ok", Usage(), 0, 0.0, flags=("offline",))
 
 
 class InvalidCode(CapgateError):
@@ -429,6 +431,7 @@ class HookAPI:
             outcome = Outcome(200, "ok", call.usage, cost, 0.0, flags=flags, requests=0)
             items.append((unheld(info, Amounts(), scopes, now), outcome))
         done = await self.store.record_unheld(items) if items else []
+        await self.record_offline(key, report, scopes, now)
         ended = {
             g.lease_id(key.id, report.agent, report.session_id, p) for p in report.ended_prompts
         }
@@ -443,6 +446,31 @@ class HookAPI:
             await self.store.settle_lease(lease, PROMPT_DONE)
         recorded = sum(done)
         return recorded, len(done) - recorded
+
+    async def record_offline(
+        self, key: Scope, report: Report, scopes: list[Scope], now: float
+    ) -> None:
+        """Count each prompt the hook admitted from its cache once, as the gate would have
+        (its `hp-` id, requests 1, its model's credits), even past a limit, flag `offline`.
+        A prompt whose lease is still held is counted by that lease; one with an entry
+        (gated online, or listed in an earlier report) is not counted again."""
+        items = []
+        for prompt in report.offline_prompts:
+            lease = g.lease_id(key.id, report.agent, report.session_id, prompt.prompt_id)
+            if await self.store.lease_held(lease):
+                continue
+            model = self.decide(report.agent, prompt.model, prompt.model_source, scopes)
+            # in the window it was made in, believed at most `hook_offline_s` back
+            oldest = now - self.settings.hook_offline_s
+            at = now if prompt.at is None else min(now, max(float(prompt.at), oldest))
+            info = RequestInfo(
+                lease, key.id, model, g.AGENTS[report.agent], model, "hook/prompt", False, at,
+                None, report.session_id, prompt.prompt_id,
+            )  # fmt: skip
+            worst = Amounts(credits=self.pricing.credits_for(model))
+            items.append((unheld(info, worst, scopes, at), OFFLINE_PROMPT))
+        if items:
+            await self.store.record_unheld(items)
 
     # -- status, tamper ---------------------------------------------------------------
 

@@ -143,10 +143,13 @@ LEDGER_FLAGS: dict[str, str] = {
     "hook_report": "a model call a hook machine reported after it happened (hook mode): "
     "its usage was added once per provider request id, even past a limit",
     "otel": "reported through OpenTelemetry (`POST /v1/logs`) rather than a transcript",
+    "offline": "a prompt a hook machine admitted from its cached limits while the server "
+    "was unreachable (hook mode): counted once when its queued report arrived, even past "
+    "a limit",
 }
 # The flags that mark an entry written without a reservation: its ledger entry (by
 # request id) is what says it was counted.
-UNHELD_FLAGS = ("fail_open", "hook_report")
+UNHELD_FLAGS = ("fail_open", "hook_report", "offline")
 
 
 @dataclass(frozen=True, slots=True)
