@@ -450,6 +450,106 @@ def test_a_lease_expires_and_a_session_end_settles_its_prompts(servers: Pair) ->
     assert usage(one, m.user)["requests"] == (3, 0)
 
 
+# What a model missing from the price table costs: per token kind, the dearest rate of its
+# agent's family in the bundled table, nano-dollars per token (claude-opus-4-0's for
+# claude-*, gpt-5.4-pro's for gpt-*; no gpt-* model has a cheaper cache rate).
+CLAUDE_CEILING = {
+    "input": 15_000,
+    "output": 75_000,
+    "cache_read": 1_500,
+    "5m": 18_750,
+    "1h": 30_000,
+}
+GPT_CEILING = {"input": 30_000, "output": 180_000, "cache_read": 30_000}
+CACHED_CALL = {"input": 1000, "output": 500, "cache_read": 2000, "cache_write": 3000,
+               "cache_write_1h": 1000}  # fmt: skip
+
+
+def claude_cost(ceiling: dict[str, int]) -> int:
+    """CACHED_CALL's cost at `ceiling` (2,000 of its cache writes for 5 minutes, 1,000 for
+    an hour)."""
+    return (
+        1000 * ceiling["input"] + 500 * ceiling["output"] + 2000 * ceiling["cache_read"]
+        + 2000 * ceiling["5m"] + 1000 * ceiling["1h"]
+    )  # fmt: skip
+
+
+def test_a_call_of_an_unpriced_model_is_charged_at_its_familys_dearest_rates(
+    servers: Pair,
+) -> None:
+    """A model the price table does not know is not free: each call is charged at the
+    dearest rates of its agent's family, per token kind, and flagged `unpriced_model`."""
+    one, two = servers.one, servers.two
+    m = machine(one, limits=[{"metric": "cost_usd", "window": "day", "max": "100"}])
+    new_claude = {**call("nova-1", "p1", **CACHED_CALL), "model": "claude-nova-9"}
+    assert m.report(two, "s", [new_claude]) == {"recorded": 1, "duplicates": 0}
+    codex = {"agent": "codex", "session_id": "t", "calls": [
+        {"id": "resp_1", "prompt_id": "turn1", "model": "gpt-9-nova", "input": 1000,
+         "output": 100, "cache_read": 4000},
+    ]}  # fmt: skip
+    assert m.post(one, "/hook/v1/report", codex).status_code == 200
+    claude_nano = claude_cost(CLAUDE_CEILING)
+    assert claude_nano == 123_000_000
+    gpt_nano = (
+        1000 * GPT_CEILING["input"] + 100 * GPT_CEILING["output"] + 4000 * GPT_CEILING["cache_read"]
+    )
+    assert gpt_nano == 168_000_000
+    got = {
+        e["request_id"]: (e["model"], e["provider"], e["cost_usd"], e["flags"])
+        for e in one.ledger(user=m.user)
+    }
+    assert got == {
+        "hc-nova-1": ("claude-nova-9", "claude-code", "0.123", ["hook_report", "unpriced_model"]),
+        "hc-resp_1": ("gpt-9-nova", "codex", "0.168", ["hook_report", "unpriced_model"]),
+    }
+    assert usage(two, m.user)["cost_usd"] == (claude_nano + gpt_nano, 0)
+    # A priced model's call is not flagged.
+    m.report(one, "s", [call("priced-1", "p1", input=10)])
+    (priced,) = two.ledger(request_id="hc-priced-1")
+    assert (priced["cost_usd"], priced["flags"]) == ("0.00003", ["hook_report"])
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
+def test_a_prompt_of_an_unpriced_model_holds_the_dearest_rates_and_is_logged(
+    engine: str, request: pytest.FixtureRequest, upstream: Upstream, tmp_path: Path
+) -> None:
+    """With unpriced models allowed, the gate holds such a prompt's estimate at the dearest
+    rates of the agent's family (not $0), and the server logs one line naming the model
+    (never a token). An admin price ("claude-reader-x", cache reads dearer than any other)
+    shows that the dearest rate is taken per token kind."""
+    config = gateway_config(upstream, server={"allow_unpriced_models": True})
+    config["pricing"] = {"claude-reader-x": {"input": "1", "output": "2", "cache_read": "5"}}
+    args: tuple[str, ...] = ()
+    if engine == "postgres":
+        args = ("--database-url", request.getfixturevalue("postgres").new_database())
+    log = tmp_path / "server.log"
+    server = start_capgate(tmp_path, config, args=args, log=log)
+    try:
+        m = machine(server, limits=[{"metric": "cost_usd", "window": "day", "max": "1"}])
+        answer = m.gate(server, "s", "p1", model="claude-nova-9")
+        assert (answer["decision"], answer["model"]) == ("allow", "claude-nova-9"), answer
+        held = 20_000 * CLAUDE_CEILING["input"] + 2_000 * CLAUDE_CEILING["output"]
+        assert usage(server, m.user)["cost_usd"] == (0, held) and held == 450_000_000
+        # A second prompt would hold as much again: over the $1 limit with the first.
+        assert m.gate(server, "s-2", "p1", model="claude-nova-9")["decision"] == "allow"
+        third = m.gate(server, "s-3", "p1", model="claude-nova-9")
+        assert third["decision"] == "block", third
+        new_claude = {**call("nova-2", "p1", **CACHED_CALL), "model": "claude-nova-9"}
+        m.report(server, "s", [new_claude])
+        nano = claude_cost({**CLAUDE_CEILING, "cache_read": 5_000})
+        assert nano == 130_000_000
+        (entry,) = server.ledger(request_id="hc-nova-2")
+        assert (entry["cost_usd"], entry["flags"]) == ("0.13", ["hook_report", "unpriced_model"])
+        assert usage(server, m.user)["cost_usd"] == (nano, held)  # the first prompt settled
+    finally:
+        server.close()
+    lines = [line for line in log.read_text().splitlines() if "hook_unpriced_model" in line]
+    assert len(lines) == 4, lines  # three gates, one report
+    assert all("model=claude-nova-9" in line and m.user in line for line in lines)
+    assert "at=report" in lines[-1]
+    assert m.token not in log.read_text() and m.token[16:] not in log.read_text()
+
+
 def test_a_check_stops_a_turn_over_its_dollars_and_refuses_a_switch(servers: Pair) -> None:
     one, two = servers.one, servers.two
     m = machine(one, limits=[

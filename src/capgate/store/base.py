@@ -142,6 +142,9 @@ LEDGER_FLAGS: dict[str, str] = {
     "hook_report": "a model call a hook machine reported after it happened (hook mode): "
     "its usage was added once per provider request id, even past a limit",
     "otel": "reported through OpenTelemetry (`POST /v1/logs`) rather than a transcript",
+    "unpriced_model": "a model call a hook reported for a model with no price in capgate's "
+    "table: charged at the dearest rates of its agent's family (claude-* for Claude Code, "
+    "gpt-* for Codex), per token kind",
 }
 # The flags that mark an entry written without a reservation: its ledger entry (by
 # request id) is what says it was counted.
