@@ -572,6 +572,68 @@ def test_a_check_stops_a_turn_over_its_dollars_and_refuses_a_switch(servers: Pai
     )
 
 
+def audit_of(server: Capgate, target: str) -> list[dict[str, Any]]:
+    """The audit entries about `target`, oldest first."""
+    items = server.admin("GET", "/admin/audit", params={"limit": 1000}).json()["items"]
+    return sorted((a for a in items if a["target"] == target), key=lambda a: a["id"])
+
+
+def test_a_kill_is_one_audit_entry_and_a_resume_another(servers: Pair) -> None:
+    """Killing a person is one change (paused and marked in one transaction): one audit
+    entry `kill` with the person before and after; resuming is one `resume` entry that
+    clears the mark. Through either process, on both engines."""
+    one, two = servers.one, servers.two
+    m = machine(one, metadata={"team_lead": "ann"})
+    target = f"user:{m.user}"
+    before = audit_of(two, target)
+    killed = one.admin("POST", f"/admin/users/{m.user}/kill", json={"logout": True})
+    assert killed.status_code == 200, killed.text
+    assert (killed.json()["status"], killed.json()["metadata"]) == (
+        "paused",
+        {"team_lead": "ann", "hook_logout": True},
+    )
+    (kill,) = audit_of(two, target)[len(before) :]
+    assert (kill["action"], kill["actor"]) == ("kill", "admin")
+    assert (kill["before"]["status"], kill["before"]["metadata"]) == (
+        "active",
+        {"team_lead": "ann"},
+    )
+    assert (kill["after"]["status"], kill["after"]["metadata"]) == (
+        "paused",
+        {"team_lead": "ann", "hook_logout": True},
+    )
+    blocked = m.gate(two, "s", "p1")
+    assert (blocked["decision"], blocked["logout"]) == ("block", True)
+
+    resumed = two.admin("POST", f"/admin/users/{m.user}/resume")
+    assert resumed.status_code == 200, resumed.text
+    assert resumed.json()["metadata"] == {"team_lead": "ann"}
+    (resume,) = audit_of(one, target)[len(before) + 1 :]
+    assert resume["action"] == "resume"
+    assert (resume["before"]["status"], resume["before"]["metadata"]["hook_logout"]) == (
+        "paused",
+        True,
+    )
+    assert (resume["after"]["status"], resume["after"]["metadata"]) == (
+        "active",
+        {"team_lead": "ann"},
+    )
+    after = m.gate(one, "s", "p2")
+    assert (after["decision"], after["logout"]) == ("allow", False)
+
+    # A kill without logout; an unknown or revoked person: refused, nothing written.
+    quiet = two.admin("POST", f"/admin/users/{m.user}/kill", json={"logout": False})
+    assert quiet.json()["metadata"] == {"team_lead": "ann", "hook_logout": False}
+    assert [a["action"] for a in audit_of(one, target)[len(before) :]] == ["kill", "resume", "kill"]
+    missing = one.admin("POST", "/admin/users/nobody-here/kill", json={"logout": True})
+    assert missing.status_code == 404 and audit_of(one, "user:nobody-here") == []
+    assert one.admin("POST", f"/admin/users/{m.user}/revoke").status_code == 200
+    again = one.admin("POST", f"/admin/users/{m.user}/kill", json={"logout": True})
+    assert again.status_code == 400, again.text
+    assert two.admin("GET", f"/admin/users/{m.user}").json()["status"] == "revoked"
+    assert audit_of(two, target)[-1]["action"] == "revoke"
+
+
 def test_status_rows_and_tamper(servers: Pair) -> None:
     one, two = servers.one, servers.two
     m = machine(

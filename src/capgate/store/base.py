@@ -520,6 +520,17 @@ class HookStore(Protocol):
     async def list_hook_machines(self) -> list[HookMachine]:
         """Every enrolled machine's facts, by key id."""
 
+    async def kill_user(self, name: str, logout: bool, actor: str = "admin") -> Scope:
+        """The kill switch, in one transaction: pause the user and mark whether their
+        machines log the agent out (`metadata.hook_logout`). One audit entry: action
+        `kill`, target `user:<name>`, the scope before and after. NotFound;
+        InvalidRequest: the user is revoked."""
+
+    async def resume_user(self, name: str, actor: str = "admin") -> Scope:
+        """Resume a paused (or killed) user and clear the logout mark, in one transaction.
+        One audit entry: action `resume`, before and after. NotFound; InvalidRequest: the
+        user is revoked."""
+
     async def settle_lease(self, lease_id: str, outcome: Outcome) -> bool:
         """Settle a held reservation from its stored row, from any process or node: the
         hold is released, `outcome`'s amounts (requests = `outcome.requests`, the held
