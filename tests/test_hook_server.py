@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from capgate.core.limits import usd_to_nano
+from capgate.core.limits import format_usd, usd_to_nano
 from capgate.core.windows import WindowKind, format_reset, window_at
 from capgate.hook.gate import lease_id
 from conftest import Capgate, Upstream, gateway_config, start_capgate
@@ -667,6 +667,72 @@ def test_status_rows_and_tamper(servers: Pair) -> None:
     ]
     audit = one.admin("GET", "/admin/audit", params={"limit": 50}).json()["items"]
     assert any(a["action"] == "hook-tamper" and a["target"] == f"key:{m.name}" for a in audit)
+
+
+# -- one budget over both doors ------------------------------------------------------------
+
+
+def ask_gateway(server: Capgate, key: str, max_tokens: int, text: str) -> httpx.Response:
+    body = {"model": SONNET, "max_tokens": max_tokens,
+            "messages": [{"role": "user", "content": text}]}  # fmt: skip
+    return httpx.post(
+        server.url + "/v1/messages", json=body, headers={"x-api-key": key}, timeout=30
+    )
+
+
+def test_one_user_budget_over_the_gateway_and_hook_machines(servers: Pair) -> None:
+    """A person with a gateway key (`user` set) and an enrolled machine has one dollar
+    budget: spending through the gateway (the real gateway, the mock upstream) lowers what
+    the hook gate admits, and calls the hook reports lower what the gateway admits. The
+    person's counters are the sum of the ledger over both kinds of entries."""
+    one, two = servers.one, servers.two
+    m = machine(one, limits=[
+        {"metric": "cost_usd", "window": "day", "max": "0.30"},
+        {"metric": "requests", "window": "day", "max": 100},
+    ])  # fmt: skip
+    key = one.create_key(f"gw-{m.user}", user=m.user)
+
+    # The gateway spends 8,000 output tokens of sonnet: $0.12, and a little input.
+    spent = ask_gateway(one, key, 8000, "mock:words=8000")
+    assert spent.status_code == 200, spent.text
+    (gateway_entry,) = one.ledger(user=m.user)  # read where it was settled: committed
+    gateway_nano = usd_to_nano(gateway_entry["cost_usd"])
+    assert 120_000_000 < gateway_nano < 121_000_000
+    # Two hook prompts ($0.09 each) would fit $0.30; after the gateway's $0.12 one does.
+    assert m.gate(two, "s1", "p1")["decision"] == "allow"
+    second = m.gate(one, "s2", "p1")
+    assert second["decision"] == "block"
+    assert second["message"].startswith(
+        f'capgate: The daily dollar limit of user "{m.user}" is reached: '
+        f"{format_usd(gateway_nano)} of $0.30 used, $0.09 held by prompts in flight"
+    )
+
+    # The hook reports the prompt's call: 55,000 input tokens, $0.165. The gateway request
+    # it admitted in full before ($0.03 of output at most, left: $0.18 - $0.09 held) now
+    # does not fit, nor can it be clamped to 1,024 tokens: refused.
+    assert m.report(one, "s1", [call("big", "p1", input=55_000)])["recorded"] == 1
+    refused = ask_gateway(two, key, 2000, "mock:words=5")
+    assert refused.status_code == 402, refused.text
+    assert f'user "{m.user}"' in refused.json()["error"]["message"]
+    small = ask_gateway(two, key, 5, "mock:words=5")  # what still fits is admitted
+    assert small.status_code == 200, small.text
+
+    entries = two.ledger(user=m.user)
+    kinds = {(e["endpoint"], e["outcome"]) for e in entries}
+    assert kinds == {
+        ("messages", "ok"), ("messages", "refused"), ("hook/prompt", "ok"),
+        ("hook/prompt", "refused"), ("hook/call", "ok"),
+    }, kinds  # fmt: skip
+    cost_used, cost_held = usage(one, m.user)["cost_usd"]
+    assert cost_held == 0
+    assert cost_used == sum(usd_to_nano(e["cost_usd"]) for e in entries)
+    assert cost_used == gateway_nano + 165_000_000 + usd_to_nano(
+        next(e for e in entries if e["request_id"] == small.headers["x-capgate-request-id"])[
+            "cost_usd"
+        ]
+    )
+    admitted = [e for e in entries if e["outcome"] == "ok" and e["endpoint"] != "hook/call"]
+    assert usage(one, m.user)["requests"] == (len(admitted), 0) and len(admitted) == 3
 
 
 # -- doors and bad input --------------------------------------------------------------------
