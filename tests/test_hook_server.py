@@ -710,7 +710,7 @@ def test_one_user_budget_over_the_gateway_and_hook_machines(servers: Pair) -> No
     # The hook reports the prompt's call: 55,000 input tokens, $0.165. The gateway request
     # it admitted in full before ($0.03 of output at most, left: $0.18 - $0.09 held) now
     # does not fit, nor can it be clamped to 1,024 tokens: refused.
-    assert m.report(one, "s1", [call("big", "p1", input=55_000)])["recorded"] == 1
+    assert m.report(one, "s1", [call("both-doors-1", "p1", input=55_000)])["recorded"] == 1
     refused = ask_gateway(two, key, 2000, "mock:words=5")
     assert refused.status_code == 402, refused.text
     assert f'user "{m.user}"' in refused.json()["error"]["message"]
@@ -970,4 +970,6 @@ def test_a_gate_retried_through_both_processes_at_once_holds_one_lease(servers: 
         assert {(a["decision"], a["lease"]) for a in answers} == {
             ("allow", lease_id(m.key_id, "claude", f"s{round_}", f"p{round_}"))
         }
-    assert usage(two, m.user)["requests"] == (0, 10)
+    # One lease per prompt: held, or settled as its prompt by the expiry (LEASE_S) when
+    # the rounds take longer on a busy machine.
+    assert sum(usage(two, m.user)["requests"]) == 10
