@@ -12,6 +12,7 @@ from pathlib import Path
 from aiohttp import web
 
 from capgate import demo_secrets
+from capgate.alerts.watcher import AlertWatcher
 from capgate.config import (
     CLI_TYPES,
     Config,
@@ -251,6 +252,8 @@ async def build(
         await admin.events.close()  # open live feeds would hold the shutdown otherwise
 
     async def shutdown(_: web.Application) -> None:
+        if alerts is not None:
+            await alerts.close()
         await runtime.close()
         await hook_extras.close()
         await gateway.drain()
@@ -259,6 +262,15 @@ async def build(
         for runner in runners:
             await runner.cleanup()
         await store.close()
+
+    # Alerts: a background task per process, off the request path (docs/operations.md).
+    alerts = None
+    if settings.alerts_enabled:
+        alerts = AlertWatcher(
+            store, router.breakers.state, runtime.effective, settings.alerts_interval_s,
+            settings.alerts_max_attempts, settings.alerts_retry_base_s,
+        )  # fmt: skip
+        alerts.start()
 
     app.on_shutdown.append(end_streams)
     app.on_cleanup.append(shutdown)

@@ -24,6 +24,8 @@ from pydantic import (
     model_validator,
 )
 
+from capgate.alerts.rules import DEFAULT_RULES as DEFAULT_ALERT_RULES
+from capgate.alerts.rules import parse_defaults
 from capgate.core.windows import zone
 
 ProviderType = Literal[
@@ -178,6 +180,19 @@ class ServerConfig(_Strict):
     hook_lease_s: float = Field(900.0, gt=0)
     hook_offline_s: float = Field(86_400.0, ge=0)
     public_url: str | None = Field(None, pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
+    # Alerts (docs/operations.md#alerts): each process looks at the store's counters every
+    # `alerts_interval_s` and claims what crossed a rule; webhooks are retried with backoff
+    # from `alerts_retry_base_s`, at most `alerts_max_attempts` times. `alert_rules` are the
+    # server's default rules and `alerts_allow_private_targets` lets webhooks point at
+    # private or loopback addresses: both also runtime settings (PATCH /admin/settings).
+    alerts_enabled: bool = True
+    alerts_interval_s: float = Field(5.0, gt=0, le=3600)
+    alerts_max_attempts: int = Field(8, ge=1, le=100)
+    alerts_retry_base_s: float = Field(10.0, gt=0, le=3600)
+    alerts_allow_private_targets: bool = False
+    alert_rules: list[dict[str, Any]] = Field(
+        default_factory=lambda: [dict(rule) for rule in DEFAULT_ALERT_RULES]
+    )
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
@@ -200,6 +215,12 @@ class ServerConfig(_Strict):
 
     def credits_for(self, model: str) -> int:
         return next((w for g, w in self.credit_weights.items() if fnmatchcase(model, g)), 1)
+
+    @field_validator("alert_rules")
+    @classmethod
+    def _alert_rules(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        parse_defaults(value)
+        return value
 
     @field_validator("timezone")
     @classmethod
@@ -315,6 +336,9 @@ ENV_SETTINGS = {
     "CAPGATE_METRICS_KEY_SERIES": "metrics_key_series",
     "CAPGATE_WORKERS": "workers",
     "CAPGATE_PUBLIC_URL": "public_url",
+    "CAPGATE_ALERTS_ENABLED": "alerts_enabled",
+    "CAPGATE_ALERTS_INTERVAL_S": "alerts_interval_s",
+    "CAPGATE_ALERTS_ALLOW_PRIVATE_TARGETS": "alerts_allow_private_targets",
 }
 
 

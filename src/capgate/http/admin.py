@@ -18,6 +18,7 @@ from capgate.core.affordable import shortfalls
 from capgate.core.limits import Scope, ScopeKind, Status, nano_to_decimal_str
 from capgate.core.windows import WindowKind, window_at
 from capgate.errors import CapgateError, InvalidRequest, NotFound
+from capgate.http.admin_alerts import AlertRoutes
 from capgate.http.admin_io import (
     choice_param,
     int_param,
@@ -121,6 +122,7 @@ class AdminAPI:
             web.get("/admin/events", h(self.events.stream)),
         ]
         out += HookAdminRoutes(self.store, self.clock, self.public_url).routes(h)
+        out += AlertRoutes(self).routes(h)
         return out
 
     async def routing(self, request: web.Request) -> web.StreamResponse:

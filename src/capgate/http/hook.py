@@ -44,7 +44,7 @@ from capgate.hook.person import (
 from capgate.hook.report import Report, parse_report
 from capgate.hook.view import cache_document, limit_row
 from capgate.http.admin_io import json_response
-from capgate.http.auth import presented_key
+from capgate.http.auth import CacheRefresher, presented_key
 from capgate.http.dialects import error_response
 from capgate.keys import hook_display, hook_token_id_of, key_hash, matches, new_hook_token
 from capgate.logs import Line
@@ -120,7 +120,7 @@ class HookAPI:
         self.settings = settings
         self.clock = clock
         self._touched: dict[str, tuple[float, str | None]] = {}
-        self._refreshed = 0.0
+        self._refresher = CacheRefresher(store)
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
     def routes(self) -> list[web.RouteDef]:
@@ -145,18 +145,14 @@ class HookAPI:
                 "Send this machine's capgate hook token (cgh-...) as Authorization: Bearer."
             )
         entry = self.store.key_by_id(key_id)
-        if entry is None and self.clock() - self._refreshed > 0.05:
-            await self._refresh()
+        if entry is None:  # maybe enrolled a moment ago, through another process
+            await self._refresher.refresh()
             entry = self.store.key_by_id(key_id)
         if entry is None or not matches(raw, entry[1]) or "hook" not in metadata_of(entry[0]):
             raise AuthenticationFailed("Invalid hook token: this machine is not enrolled.")
         if entry[0].status is Status.REVOKED:
             raise AuthenticationFailed("This machine has been revoked by an administrator.")
         return entry[0]
-
-    async def _refresh(self) -> None:
-        self._refreshed = self.clock()
-        await self.store.refresh()
 
     async def _touch(self, key: Scope, version: str | None) -> None:
         now = self.clock()
@@ -409,8 +405,8 @@ class HookAPI:
         await self._touch(key, None)
         if body.report is not None:
             await self.record(key, body.report, ())
-        if self.clock() - self._refreshed >= REFRESH_EVERY_S:
-            await self._refresh()  # a kill made through another process
+        if self._refresher.age >= REFRESH_EVERY_S:
+            await self._refresher.refresh()  # a kill made through another process
             entry = self.store.key_by_id(key.id)
             key = entry[0] if entry is not None else key
         now = self.clock()

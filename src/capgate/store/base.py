@@ -54,6 +54,7 @@ from capgate.core.limits import Limit, Scope, ScopeKind, Status
 from capgate.core.money import Usage
 from capgate.core.schedules import Schedule
 from capgate.errors import Conflict
+from capgate.store.alerting import AlertStore
 from capgate.store.records import (
     AuditEntry,
     EventBatch,
@@ -553,7 +554,15 @@ class HookStore(Protocol):
 
 
 class Store(
-    HotPath, ScopeStore, LedgerReader, EventSource, SessionStore, SettingsStore, HookStore, Protocol
+    HotPath,
+    ScopeStore,
+    LedgerReader,
+    EventSource,
+    SessionStore,
+    SettingsStore,
+    HookStore,
+    AlertStore,
+    Protocol,
 ):
     """The whole port: what `bootstrap.py` builds and hands out, in parts, to consumers."""
 

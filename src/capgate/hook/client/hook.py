@@ -35,6 +35,7 @@ DEADLINE_S = 7.0  # the managed settings allow 10 s: answer (even a refusal) wel
 GATING = ("UserPromptSubmit", "PreToolUse", "PreModelSwitch", "PreCompact")
 REPORTING = ("Stop", "SubagentStop", "SessionEnd", "StopFailure")
 CALL_FIELDS = ("input", "output", "cache_read", "cache_write", "cache_write_1h")
+MAX_CALLS = 1000  # per report (the server refuses more)
 SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
@@ -61,6 +62,14 @@ def refusal(event: str, agent: str, message: str) -> dict[str, Any]:
                 "hookEventName": "UserPromptSubmit",
                 "suppressOriginalPrompt": True,
             },
+        }
+    if event == "PreToolUse" and agent == "codex":  # Codex refuses continue / stopReason
+        return {
+            "hookSpecificOutput": {
+                "hookEventName": "PreToolUse",
+                "permissionDecision": "deny",
+                "permissionDecisionReason": message,
+            }
         }
     if event == "PreToolUse":  # deny the tool AND end the turn: no model request after it
         return {
@@ -713,7 +722,15 @@ class Hook:
                     )
                 calls = claude_usage(transcript, self.event, self.state, sent)
         self.state["sent"] += [c["id"] for c in calls]
+        while len(calls) > MAX_CALLS:  # the server takes <= 1000 a report: the rest, queued
+            extra, calls = calls[:MAX_CALLS], calls[MAX_CALLS:]
+            self.queue({"agent": self.agent, "session_id": self.session, "calls": extra,
+                        "ended_prompts": [], "session_end": False}, [])  # fmt: skip
+        open_prompts = self.state.setdefault("open", [])
         ended = [self.prompt_id()] if self.name == "Stop" and self.prompt_id() else []
+        if self.name == "SessionEnd":  # every prompt admitted and not yet seen to end
+            ended = [p for p in open_prompts if p]
+        self.state["open"] = [p for p in open_prompts if p not in ended]
         body: dict[str, Any] = {
             "agent": self.agent,
             "session_id": self.session,
@@ -745,7 +762,9 @@ class Hook:
             answer = call(self.config, "POST", "/hook/v1/gate", body, self.deadline.left() - 1)
         except Offline as exc:
             why = cached_decision(self.held, model, True, self.folder)
-            prompt = [] if why else [{"model": model or "", "id": self.prompt_id()}]
+            prompt = [] if why else [{"model": model or "", "prompt_id": self.prompt_id()}]
+            if not why:
+                self.state["open"] = [*self.state.get("open", [])[-50:], self.prompt_id()]
             self.queue(report, prompt)
             self.save()
             if why:
@@ -754,6 +773,8 @@ class Hook:
         except Refused as exc:
             self.save()
             return refusal(self.name, self.agent, "capgate: " + str(exc))
+        if answer.get("decision") == "allow":
+            self.state["open"] = [*self.state.get("open", [])[-50:], self.prompt_id()]
         self.save()
         self.online(answer)
         if answer.get("decision") == "allow":
@@ -817,6 +838,8 @@ class Hook:
         at = time.time()  # in the server's clock when the cache says how far off ours is
         if cache.get("issued_at") and self.held.get("received_at"):
             at += float(cache["issued_at"]) - float(self.held["received_at"])
+        if prompts:  # admitted from the cache: for the server to count them (contract ext.)
+            report = dict(report, offline_prompts=[dict(p, at=at) for p in prompts])
         enqueue(
             self.folder, {"at": at, "report": report, "calls": report["calls"], "prompts": prompts}
         )

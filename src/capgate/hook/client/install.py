@@ -168,8 +168,9 @@ def codex_requirements(python: str) -> str:
     lines = [MARKER, "allow_managed_hooks_only = true", "", "[features]", "hooks = true", "",
              "[hooks]", f'managed_dir = "{HOOK_DIR}"']  # fmt: skip
     for event in CODEX_EVENTS:
+        timeout = 3 if event == "SessionEnd" else 10  # Codex clamps SessionEnd to 3 s
         lines += ["", f"[[hooks.{event}]]", f"[[hooks.{event}.hooks]]", 'type = "command"',
-                  f"command = {json.dumps(command)}", "timeout = 10"]  # fmt: skip
+                  f"command = {json.dumps(command)}", f"timeout = {timeout}"]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
