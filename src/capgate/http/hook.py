@@ -8,6 +8,8 @@ OpenTelemetry, the served client files and the lease expiry are in `hook_extra.p
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -19,7 +21,7 @@ from aiohttp import web
 from capgate.config import ServerConfig
 from capgate.core.engine import Amounts, Refusal, check_access
 from capgate.core.limits import Scope, Status
-from capgate.core.money import Usage
+from capgate.core.money import Price, Usage
 from capgate.core.schedules import closed_schedules
 from capgate.errors import (
     AuthenticationFailed,
@@ -39,12 +41,13 @@ from capgate.hook.person import (
     switch_reason,
     timezone_of,
 )
-from capgate.hook.report import Report, cost_nano, parse_report
+from capgate.hook.report import Report, parse_report
 from capgate.hook.view import cache_document, limit_row
 from capgate.http.admin_io import json_response
 from capgate.http.auth import CacheRefresher, presented_key
 from capgate.http.dialects import error_response
 from capgate.keys import hook_display, hook_token_id_of, key_hash, matches, new_hook_token
+from capgate.logs import Line
 from capgate.pricing import PricingTable
 from capgate.store.base import (
     Enrolment,
@@ -57,6 +60,8 @@ from capgate.store.base import (
 )
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+log = logging.getLogger(__name__)
 
 MAX_BODY = 5 * 1024 * 1024
 TOUCH_EVERY_S = 60.0  # last_seen written at most this often per machine (and process)
@@ -224,7 +229,7 @@ class HookAPI:
         now = self.clock()
         scopes = self.scopes(key)
         model = self.decide(agent, body.model, body.model_source, scopes)
-        worst = self.worst(model)
+        worst = self.worst(agent, model)
         if await self.store.lease_held(lease):  # a retried gate: the same answer
             return await self._answer(key, agent, "allow", None, lease, model, now)
         done = await self.store.query_requests(RequestQuery(request_id=lease, limit=1))
@@ -251,6 +256,8 @@ class HookAPI:
             )
             message = await self.refused_message(key, agent, refusal, model, now)
             return await self._answer(key, agent, "block", message, None, model, now)
+        if self.pricing.lookup(model) is None:
+            self._unpriced(key, agent, model, "gate")
         try:
             decision = await self.store.reserve(info, worst)
         except StoreUnavailable:
@@ -284,9 +291,31 @@ class HookAPI:
         found = allowed or models
         return found[0] if found else None
 
-    def worst(self, model: str) -> Amounts:
+    def price(self, agent: str, model: str) -> tuple[Price | None, bool]:
+        """What `model`'s tokens cost, and whether it is missing from the price table:
+        then the dearest rates of the agent's family, so a new model is never free."""
+        price = self.pricing.lookup(model)
+        if price is not None:
+            return price, False
+        return g.family_ceiling(agent, self.pricing.models(), self.pricing.lookup), True
+
+    def _unpriced(self, key: Scope, agent: str, model: str, where: str) -> None:
+        log.warning(
+            Line(
+                "hook_unpriced_model",
+                {
+                    "model": model,
+                    "agent": agent,
+                    "machine": key.name,
+                    "at": where,
+                    "charged_as": f"the dearest {g.PRICE_FAMILIES[agent]}* rates",
+                },
+            )
+        )
+
+    def worst(self, agent: str, model: str) -> Amounts:
         return g.prompt_worst(
-            self.pricing.lookup(model),
+            self.price(agent, model)[0],
             self.pricing.credits_for(model),
             self.settings.hook_estimate_input_tokens,
             self.settings.hook_estimate_output_tokens,
@@ -305,6 +334,7 @@ class HookAPI:
         scopes = self.scopes(key)
         standing = await self.standing(key, now)
         alternatives: list[str] = []
+        worst = functools.partial(self.worst, agent)
         if refusal.code in ("limit_exceeded", "model_not_allowed", "outside_schedule", "unpriced"):
             candidates = g.dearest(
                 g.family_models(agent, self.pricing.models()), self.pricing.lookup
@@ -313,12 +343,10 @@ class HookAPI:
                 model,
                 candidates,
                 standing,
-                self.worst,
+                worst,
                 lambda m: check_access(scopes, (m, m), now) is None,
             )
-        return g.block_message(
-            refusal, standing, self.worst(model), timezone_of(scopes), alternatives
-        )
+        return g.block_message(refusal, standing, worst(model), timezone_of(scopes), alternatives)
 
     async def _answer(
         self,
@@ -391,7 +419,8 @@ class HookAPI:
         message = stop_reason(scopes, model, standing, now)
         if message is None and body.to_model is not None:
             target = g.resolve(body.agent, body.to_model, names, self.pricing.lookup)
-            message = switch_reason(scopes, target or body.to_model, standing, self.worst, now)
+            worst = functools.partial(self.worst, body.agent)
+            message = switch_reason(scopes, target or body.to_model, standing, worst, now)
         cache = await self.cache(key, now)
         return json_response(
             {
@@ -422,16 +451,23 @@ class HookAPI:
         provider = g.AGENTS[report.agent]
         flags = ("hook_report", *extra_flags)
         items = []
+        unpriced = set()
         for call in report.calls:
             info = RequestInfo(
                 g.call_request_id(call.id), key.id, call.model, provider, call.model,
                 "hook/call", False, now, None, report.session_id, call.prompt_id,
             )  # fmt: skip
-            cost = cost_nano(call, self.pricing.lookup) or 0
-            outcome = Outcome(200, "ok", call.usage, cost, 0.0, flags=flags, requests=0)
+            price, missing = self.price(report.agent, call.model)
+            cost = 0 if price is None else price.cost_nano(call.usage)
+            marks = (*flags, "unpriced_model") if missing else flags
+            outcome = Outcome(200, "ok", call.usage, cost, 0.0, flags=marks, requests=0)
             items.append((unheld(info, Amounts(), scopes, now), outcome))
+            if missing:
+                unpriced.add(call.model)
         done = await self.store.record_unheld(items) if items else []
         await self.record_offline(key, report, scopes, now)
+        for model in sorted(unpriced):
+            self._unpriced(key, report.agent, model, "report")
         ended = {
             g.lease_id(key.id, report.agent, report.session_id, p) for p in report.ended_prompts
         }

@@ -146,6 +146,9 @@ LEDGER_FLAGS: dict[str, str] = {
     "offline": "a prompt a hook machine admitted from its cached limits while the server "
     "was unreachable (hook mode): counted once when its queued report arrived, even past "
     "a limit",
+    "unpriced_model": "a model call a hook reported for a model with no price in capgate's "
+    "table: charged at the dearest rates of its agent's family (claude-* for Claude Code, "
+    "gpt-* for Codex), per token kind",
 }
 # The flags that mark an entry written without a reservation: its ledger entry (by
 # request id) is what says it was counted.
@@ -520,6 +523,17 @@ class HookStore(Protocol):
 
     async def list_hook_machines(self) -> list[HookMachine]:
         """Every enrolled machine's facts, by key id."""
+
+    async def kill_user(self, name: str, logout: bool, actor: str = "admin") -> Scope:
+        """The kill switch, in one transaction: pause the user and mark whether their
+        machines log the agent out (`metadata.hook_logout`). One audit entry: action
+        `kill`, target `user:<name>`, the scope before and after. NotFound;
+        InvalidRequest: the user is revoked."""
+
+    async def resume_user(self, name: str, actor: str = "admin") -> Scope:
+        """Resume a paused (or killed) user and clear the logout mark, in one transaction.
+        One audit entry: action `resume`, before and after. NotFound; InvalidRequest: the
+        user is revoked."""
 
     async def settle_lease(self, lease_id: str, outcome: Outcome) -> bool:
         """Settle a held reservation from its stored row, from any process or node: the
