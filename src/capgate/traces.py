@@ -79,7 +79,7 @@ class _Request:
             self.admission.end()
             self.admission = None
 
-    def refused(self, reason: str, status: int) -> None:
+    def refused(self, reason: str) -> None:
         self.span.set_attributes({"capgate.outcome": "refused", "capgate.refusal": reason})
         if self.admission is not None:
             self.admission.set_attribute("capgate.refusal", reason)
@@ -154,7 +154,7 @@ class TracedAccessLog(AccessLog):
         if isinstance(model, str):
             attributes["gen_ai.request.model"] = model[:100]
         current.span.set_attributes(attributes)
-        current.refused(exc.headers.get("x-capgate-refusal") or exc.kind, exc.status)
+        current.refused(exc.headers.get("x-capgate-refusal") or exc.kind)
 
 
 class TracedCall(Call):
