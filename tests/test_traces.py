@@ -19,7 +19,6 @@ from typing import Any
 import httpx
 import pytest
 from aiohttp import web
-from conftest import Capgate, Upstream, gateway_config, start_capgate
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -28,6 +27,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from capgate.keys import key_id_of
+from conftest import Capgate, Upstream, gateway_config, start_capgate
 
 PROMPT = "zebra-prompt-4711 never in a span"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -190,9 +190,7 @@ def test_a_request_is_a_server_span_with_its_admission_attempts_and_settlement(
             "/v1/messages", json=_messages("claude-haiku-4-5"), headers={"x-api-key": poor}
         )
         assert refused.status_code in (402, 403, 429), refused.text
-    ids = [
-        r.headers["x-capgate-request-id"] for r in (plain, streamed, fallback, refused)
-    ]
+    ids = [r.headers["x-capgate-request-id"] for r in (plain, streamed, fallback, refused)]
     spans = receiver.wait_for(ids)
     assert {"service.name": "capgate"}.items() <= receiver.resources[0].items()
     servers = _servers(spans)
