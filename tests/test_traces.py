@@ -299,3 +299,14 @@ def test_with_tracing_off_opentelemetry_is_never_imported(tmp_path: Path, on: bo
         assert "capgate.traces" in loaded and "opentelemetry.sdk.trace" in loaded
     else:
         assert loaded == []
+
+
+def test_tracing_on_without_the_extra_says_how_to_install_it(tmp_path: Path) -> None:
+    """OpenTelemetry missing (made unimportable here): the start stops with the pip line."""
+    blocked = "import sys; sys.modules['opentelemetry'] = None\n" + _PROBE
+    run = subprocess.run(
+        [sys.executable, "-c", blocked, str(tmp_path / "probe.db"), "http://127.0.0.1:9"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode != 0
+    assert "pip install 'capgate[otel]'" in run.stderr
