@@ -7,11 +7,10 @@ it is built, not per request).
 
 A request is one SERVER span, continuing the client's W3C `traceparent`, with children:
 
-    POST /v1/messages            request id, key id, model, provider, upstream model,
-    ├─ capgate.admission         status, outcome, tokens, cost
-    ├─ capgate.attempt           (authentication, body, routing, the reservation)
-    ├─ capgate.attempt           one per upstream attempt: provider, model, its status
-    └─ capgate.settlement        from the queued settlement until the store commits it
+    POST /v1/messages       request id, key id, models, provider, status, outcome, tokens, cost
+    ├─ capgate.admission    authentication, body, routing, the reservation
+    ├─ capgate.attempt      one per upstream attempt: provider, model, its status
+    └─ capgate.settlement   from the queued settlement until the store commits it
 
 Spans carry ids, names, statuses, token counts and cost; never a prompt, an answer, an
 error text (an upstream's may quote the prompt) or a key. Spans are exported by the SDK's
