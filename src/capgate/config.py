@@ -193,6 +193,11 @@ class ServerConfig(_Strict):
     alert_rules: list[dict[str, Any]] = Field(
         default_factory=lambda: [dict(rule) for rule in DEFAULT_ALERT_RULES]
     )
+    # OpenTelemetry traces (docs/operations.md#traces), off unless an OTLP/HTTP endpoint
+    # is given (`pip install 'capgate[otel]'`): a span per gateway request, sampled at
+    # this ratio (a client's sampled traceparent is followed).
+    otel_endpoint: str | None = Field(None, pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
+    otel_sample_ratio: float = Field(1.0, ge=0, le=1)
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
@@ -339,6 +344,8 @@ ENV_SETTINGS = {
     "CAPGATE_ALERTS_ENABLED": "alerts_enabled",
     "CAPGATE_ALERTS_INTERVAL_S": "alerts_interval_s",
     "CAPGATE_ALERTS_ALLOW_PRIVATE_TARGETS": "alerts_allow_private_targets",
+    "CAPGATE_OTEL_ENDPOINT": "otel_endpoint",
+    "CAPGATE_OTEL_SAMPLE_RATIO": "otel_sample_ratio",
 }
 
 
