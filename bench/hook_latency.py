@@ -95,12 +95,25 @@ def main() -> None:
             tool = {"hook_event_name": "PreToolUse", "session_id": "bench", "prompt_id": "p1",
                     "tool_name": "Glob", "transcript_path": str(transcript)}  # fmt: skip
             check = [timed(hook, json.dumps(tool), env) for _ in range(runs)]
+            token = (tmp / "capgate-hook" / "token").read_text().strip()
+            server = []  # the server's share: the same gate asked from this process
+            with httpx.Client(headers={"authorization": f"Bearer {token}"}) as client:
+                for i in range(runs):
+                    body = {"agent": "claude", "session_id": "bench-direct",
+                            "prompt_id": f"d{i}", "model": "claude-sonnet-4-6",
+                            "model_source": "env"}  # fmt: skip
+                    started = time.perf_counter()
+                    client.post(url + "/hook/v1/gate", json=body).raise_for_status()
+                    server.append((time.perf_counter() - started) * 1000)
         finally:
             proc.terminate()
             proc.wait(10)
     print(f"python3 -I -c pass       median {statistics.median(bare):6.1f} ms")
     print(f"hook UserPromptSubmit    median {statistics.median(gate):6.1f} ms  "
           f"(min {min(gate):.1f}, max {max(gate):.1f}, {runs} runs)")  # fmt: skip
+    print(
+        f"server: one gate request median {statistics.median(server):6.1f} ms (from a warm client)"
+    )
     print(f"hook PreToolUse          median {statistics.median(check):6.1f} ms  "
           f"(min {min(check):.1f}, max {max(check):.1f}, {runs} runs)")  # fmt: skip
 

@@ -41,13 +41,17 @@ def need(condition: bool, reason: str) -> None:
 
 
 def _spawn(
-    args: list[str], pattern: str, env: dict[str, str] | None = None, timeout: float = 20
+    args: list[str],
+    pattern: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 20,
+    stderr: IO[str] | int = subprocess.STDOUT,
 ) -> tuple[subprocess.Popen[str], re.Match[str]]:
     """Start a process and wait for the line that says where it listens."""
     proc = subprocess.Popen(
         args,
         stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stderr=stderr,
         text=True,
         env={**os.environ, **(env or {})},
         cwd=ROOT,
@@ -179,16 +183,21 @@ def start_capgate(
     db: Path | None = None,
     args: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
+    log: Path | None = None,
 ) -> Capgate:
+    """A capgate server subprocess; with `log`, its log lines (stderr) go to that file."""
     config_path = tmp_path / f"capgate-{time.monotonic_ns()}.yaml"
     config_path.write_text(yaml.safe_dump(config))
     db = db or tmp_path / "capgate.db"
-    proc, match = _spawn(
-        [sys.executable, "-m", "capgate", "serve", "--config", str(config_path), "--port", "0",
-         "--database-url", f"sqlite:///{db}", *args],
-        r"capgate listening on (\S+)",
-        env={"CAPGATE_ADMIN_KEY": ADMIN_KEY, **(env or {})},
-    )  # fmt: skip
+    with contextlib.ExitStack() as files:  # the child keeps its own copy of the descriptor
+        stderr = files.enter_context(log.open("w")) if log else subprocess.STDOUT
+        proc, match = _spawn(
+            [sys.executable, "-m", "capgate", "serve", "--config", str(config_path), "--port", "0",
+             "--database-url", f"sqlite:///{db}", *args],
+            r"capgate listening on (\S+)",
+            env={"CAPGATE_ADMIN_KEY": ADMIN_KEY, **(env or {})},
+            stderr=stderr,
+        )  # fmt: skip
     return Capgate(match.group(1), db, proc)
 
 

@@ -463,7 +463,7 @@ def test_settings_change_prices_weights_and_timezone_at_runtime(
         assert response.status_code == 200, response.text
         assert response.json()["sources"] == dict.fromkeys(
             ("pricing", "credit_weights", "timezone"), "dashboard"
-        )
+        ) | dict.fromkeys(("alert_rules", "alerts_allow_private_targets"), "config")
         assert ask(own.url, key).status_code == 200  # haiku: 4 credits of 5
         assert ask(own.url, key).status_code == 402  # another 4 do not fit
         answer = ask(own.url, key, unpriced, "hi mock:words=4")  # priced now; 1 credit fits

@@ -26,7 +26,7 @@ ARTIFACTS = ROOT / "tests" / "artifacts"
 HAIKU = "claude-haiku-4-5"
 TEAM_KEYS = [f"agent-{i:02d}-nightly-evaluation-runner-for-the-research-cluster" for i in range(50)]
 PAGES = ["overview", "live", "requests", "keys", "users", "teams", "orgs", "providers",
-         "hooks", "settings", "audit"]  # fmt: skip
+         "hooks", "settings", "audit", "alerts"]  # fmt: skip
 
 try:
     from playwright.sync_api import Browser, Page, sync_playwright

@@ -157,6 +157,9 @@ def test_model_guess_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         ("PreToolUse", "claude", {"continue": False, "stopReason": "M", "hookSpecificOutput": {
             "hookEventName": "PreToolUse", "permissionDecision": "deny",
             "permissionDecisionReason": "M"}}),
+        ("PreToolUse", "codex", {"hookSpecificOutput": {  # Codex refuses continue:false
+            "hookEventName": "PreToolUse", "permissionDecision": "deny",
+            "permissionDecisionReason": "M"}}),
         ("PreModelSwitch", "claude", {"hookSpecificOutput": {"hookEventName": "PreModelSwitch",
             "permissionDecision": "deny", "permissionDecisionReason": "M"}}),
         ("PreCompact", "claude", {"decision": "block", "reason": "M"}),
@@ -296,7 +299,37 @@ def test_hook_offline_refuses_without_a_cache_and_uses_one_when_it_has_it(tmp_pa
     limit["max"] = "100"
     hook.write_json(str(state / "cache.json"), cached([limit]))
     assert run_hook(folder, tmp_path, {**event, "prompt_id": "p3"}) == ""  # admitted offline
-    assert len(list((state / "queue").iterdir())) == 2  # and its prompt queued for later
+    queued = sorted((state / "queue").iterdir())
+    assert len(queued) == 2  # and its prompt queued for later, for the server to count
+    (offline,) = json.loads(queued[-1].read_text())["report"]["offline_prompts"]
+    assert offline["prompt_id"] == "p3" and offline["at"] > 0
+
+
+def test_a_background_tasks_result_is_no_new_prompt(tmp_path: Path) -> None:
+    """Offline with a cache: the result of a task the session ran in the background is
+    admitted without counting a prompt; the same notification again, or a typed one naming
+    a task the session never ran, is gated (and counted) as a prompt."""
+    folder = hook_folder(tmp_path, f"http://127.0.0.1:{closed_port()}")
+    state = tmp_path / "state" / "capgate-hook"
+    limit = {"label": "Daily prompts", "metric": "requests", "window": "day", "model": None,
+             "max": "10", "used": "0", "resets_at": None}  # fmt: skip
+    hook.write_json(str(state / "cache.json"), cached([limit]))
+    base = {"session_id": "s1", "model": "claude-sonnet-4-6"}
+    stop = {**base, "hook_event_name": "Stop", "prompt_id": "p1",
+            "background_tasks": [{"id": "t1", "type": "subagent", "status": "running"}]}  # fmt: skip
+    assert run_hook(folder, tmp_path, stop) == ""
+
+    def notify(prompt_id: str, task: str) -> list[str]:
+        text = f"<task-notification>\n<task-id>{task}</task-id>\n<status>completed</status>"
+        event = {**base, "hook_event_name": "UserPromptSubmit", "prompt_id": prompt_id,
+                 "prompt": text}  # fmt: skip
+        assert run_hook(folder, tmp_path, event) == ""  # admitted offline
+        items = [json.loads(q.read_text()) for q in (state / "queue").iterdir()]
+        return sorted(p["prompt_id"] for i in items for p in i["report"].get("offline_prompts", []))
+
+    assert notify("n1", "t1") == []  # the background task's result: not a prompt
+    assert notify("n2", "t1") == ["n2"]  # the same task again: a prompt
+    assert notify("n3", "t7") == ["n2", "n3"]  # a task the session never ran: a prompt
 
 
 # -- what the installer writes, the watchdog, uninstall -----------------------------------------
@@ -324,7 +357,12 @@ def test_managed_settings_cannot_be_switched_off_and_fail_closed() -> None:
     assert settings["hooks"]["SessionEnd"][0]["hooks"][0]["timeout"] == 10
     env = settings["env"]
     assert env["OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"] == "http://capgate.example:4000/v1/logs"
-    assert env["OTEL_EXPORTER_OTLP_HEADERS"] == "Authorization=Bearer cgh-abc-secret"
+    # the drop-in is 0644: no token in it; Claude Code asks the hook for the OTLP header
+    assert "cgh-" not in files[install.CLAUDE_DROP_IN][0].decode()
+    assert files[install.CLAUDE_DROP_IN][1] == 0o644
+    assert "OTEL_EXPORTER_OTLP_HEADERS" not in env
+    helper = settings["otelHeadersHelper"]
+    assert helper == "/usr/bin/python3 -I /etc/capgate-hook/hook.py otel-headers"
     requirements = tomllib.loads(files[install.CODEX_REQUIREMENTS][0].decode())
     assert requirements["allow_managed_hooks_only"] is True
     assert requirements["features"]["hooks"] is True
@@ -463,3 +501,62 @@ def test_install_needs_root(tmp_path: Path) -> None:
         input=(CLIENT / "install.py").read_text(), capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert installer.returncode == 1 and "run as root" in installer.stderr
+
+
+def test_a_long_transcript_is_reported_in_parts_the_server_accepts(tmp_path: Path) -> None:
+    """The server takes at most 1000 calls a report: 2500 new calls make three."""
+    folder = hook_folder(tmp_path, f"http://127.0.0.1:{closed_port()}")
+    transcript = tmp_path / "long.jsonl"
+    write_lines(transcript, [user("p1")] + [
+        assistant(f"req_{i}", f"m{i}", "claude-sonnet-4-6", 0, input_tokens=1) for i in range(2500)
+    ])  # fmt: skip
+    stop = {"hook_event_name": "Stop", "session_id": "s", "prompt_id": "p1",
+            "transcript_path": str(transcript)}  # fmt: skip
+    assert run_hook(folder, tmp_path, stop) == ""
+    queue = tmp_path / "state" / "capgate-hook" / "queue"
+    sizes = sorted(len(json.loads(p.read_text())["report"]["calls"]) for p in queue.iterdir())
+    assert sizes == [500, 1000, 1000]
+
+
+def test_an_admins_own_codex_requirements_are_never_replaced(tmp_path: Path) -> None:
+    """--codex with a requirements.toml capgate did not write: a clear error before the
+    install code is spent; capgate's own file may be replaced."""
+    path = tmp_path / "etc" / "codex" / "requirements.toml"
+    path.parent.mkdir(parents=True)
+    path.write_text('allowed_approval_policies = ["never"]\n')
+    with pytest.raises(install.InstallError, match="was not written by capgate"):
+        install.install("http://127.0.0.1:9", "cgi-x", ["codex"], "root", root=str(tmp_path))
+    path.write_text(install.codex_requirements("/usr/bin/python3"))
+    install.check_codex_free(str(tmp_path))  # capgate's own: fine
+
+
+@pytest.mark.parametrize("name", ["hook.py", "install.py", "watchdog.py"])
+def test_the_client_files_are_python_3_8_and_stdlib_only(name: str) -> None:
+    """They run on the developer's system python3 (>= 3.8), with nothing installed."""
+    import ast
+
+    tree = ast.parse((CLIENT / name).read_text(), feature_version=(3, 8))
+    imported = {
+        alias.name.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in (
+            node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")]
+        )
+    }
+    assert imported <= set(sys.stdlib_module_names) | {"__future__"}, imported
+
+
+def test_the_hook_imports_little(tmp_path: Path) -> None:
+    """Importing is most of the hook's time (HOOKS.md §7): no http.client (email, ssl), no
+    typing, no subprocess on a gate to an http:// server."""
+    folder = hook_folder(tmp_path, f"http://127.0.0.1:{closed_port()}")
+    event = {"hook_event_name": "UserPromptSubmit", "session_id": "s", "prompt_id": "p"}
+    done = subprocess.run(
+        [PYTHON, "-I", "-X", "importtime", str(folder / "hook.py"), "claude"],
+        input=json.dumps(event), capture_output=True, text=True, check=False,
+        env={"HOME": str(tmp_path), "XDG_STATE_HOME": str(tmp_path / "state")},
+    )  # fmt: skip
+    assert '"decision": "block"' in done.stdout  # it ran: the server is down, no cache
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()}
+    assert not imported & {"http.client", "email", "ssl", "socket", "typing", "subprocess"}

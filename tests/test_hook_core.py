@@ -74,6 +74,25 @@ def test_a_prompt_holds_its_estimate_at_the_model_rates() -> None:
     assert g.prompt_worst(None, 1, 10, 10) == Amounts(1, 10, 10, 0, 1)
 
 
+def test_an_unpriced_model_costs_the_dearest_rate_of_its_family_per_token_kind() -> None:
+    def rates(i: int, o: int, r: int, w: int, h: int) -> Price:
+        return Price(input=i, output=o, cache_read=r, cache_write=w, cache_write_1h=h)
+
+    table = {
+        "claude-a": rates(3, 15, 1, 4, 6),
+        "claude-b": rates(5, 10, 2, 3, 9),
+        "gpt-x": rates(2, 8, 1, 2, 2),
+        "o9": rates(90, 90, 90, 90, 90),  # a Codex model, but not gpt-*
+    }
+    assert g.family_ceiling("claude", table, table.get) == rates(5, 15, 2, 4, 9)
+    assert g.family_ceiling("codex", table, table.get) == table["gpt-x"]
+    assert g.family_ceiling("codex", ["claude-a"], table.get) is None
+    opus = TABLE.lookup("claude-opus-4-0")
+    assert opus is not None and g.family_ceiling("claude", TABLE.models(), TABLE.lookup) == (
+        Price(opus.input, opus.output, opus.cache_write, opus.cache_write_1h, opus.cache_read)
+    )
+
+
 def standing(scope: str, limit: Limit, used: int, held: int) -> g.Standing:
     return g.Standing(scope, LimitUsage(limit, used, held, DAY_END))
 

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from capgate.core.limits import usd_to_nano
+from capgate.core.limits import format_usd, usd_to_nano
 from capgate.core.windows import WindowKind, format_reset, window_at
 from capgate.hook.gate import lease_id
 from conftest import Capgate, Upstream, gateway_config, start_capgate
@@ -450,6 +450,140 @@ def test_a_lease_expires_and_a_session_end_settles_its_prompts(servers: Pair) ->
     assert usage(one, m.user)["requests"] == (3, 0)
 
 
+def test_prompts_admitted_offline_are_counted_once_even_past_a_limit(servers: Pair) -> None:
+    """A queued report lists the prompts the hook admitted from its cache: each becomes the
+    prompt entry the gate would have made (its `hp-` id, 1 request, its model's credits,
+    flag `offline`), once, even past the limit; a prompt also gated online counts once."""
+    one, two = servers.one, servers.two
+    m = machine(one, limits=[
+        {"metric": "requests", "window": "day", "max": 2},
+        {"metric": "credits", "window": "day", "max": 100},
+    ])  # fmt: skip
+    assert m.gate(one, "s-off", "p0")["decision"] == "allow"  # online, then the server fell
+    at = time.time() - 60
+    offline = [{"prompt_id": p, "model": SONNET, "model_source": "transcript", "at": at}
+               for p in ("p0", "p1", "p2", "p3")]  # fmt: skip
+    queued = {"calls": [call("req_off", "p1", input=10, output=2)], "offline_prompts": offline}
+    assert m.report(two, "s-off", **queued) == {"recorded": 1, "duplicates": 0}
+    assert m.report(one, "s-off", **queued) == {"recorded": 0, "duplicates": 1}  # resent
+    m.report(two, "s-off", [], session_end=True)  # p0's lease: the one count of p0
+    assert usage(one, m.user)["requests"] == (4, 0)  # past the limit of 2: they happened
+    assert usage(one, m.user)["credits"] == (12, 0)
+    prompts = [e for e in one.ledger(user=m.user) if e["endpoint"] == "hook/prompt"]
+    assert sorted(e["prompt"] for e in prompts) == ["p0", "p1", "p2", "p3"]
+    for entry in prompts:
+        assert entry["request_id"] == lease_id(m.key_id, "claude", "s-off", entry["prompt"])
+        assert (entry["model"], entry["outcome"], entry["input_tokens"]) == (SONNET, "ok", 0)
+        assert entry["flags"] == ([] if entry["prompt"] == "p0" else ["offline"])
+    assert m.gate(one, "s-off", "p3")["decision"] == "allow"  # counted: the same answer
+    assert m.gate(two, "s-off", "p4")["decision"] == "block"  # 4 of 2 prompts used
+    bad = {"agent": "claude", "session_id": "s-off", "calls": [call("req_x", "p9", input=1)],
+           "offline_prompts": [{"prompt_id": "p9", "at": "yesterday"}]}  # fmt: skip
+    refused = m.post(one, "/hook/v1/report", bad)
+    assert refused.status_code == 400 and "offline_prompts[0].at" in refused.text
+    assert one.ledger(request_id="hc-req_x") == []
+
+
+# What a model missing from the price table costs: per token kind, the dearest rate of its
+# agent's family in the bundled table, nano-dollars per token (claude-opus-4-0's for
+# claude-*, gpt-5.4-pro's for gpt-*; no gpt-* model has a cheaper cache rate).
+CLAUDE_CEILING = {
+    "input": 15_000,
+    "output": 75_000,
+    "cache_read": 1_500,
+    "5m": 18_750,
+    "1h": 30_000,
+}
+GPT_CEILING = {"input": 30_000, "output": 180_000, "cache_read": 30_000}
+CACHED_CALL = {"input": 1000, "output": 500, "cache_read": 2000, "cache_write": 3000,
+               "cache_write_1h": 1000}  # fmt: skip
+
+
+def claude_cost(ceiling: dict[str, int]) -> int:
+    """CACHED_CALL's cost at `ceiling` (2,000 of its cache writes for 5 minutes, 1,000 for
+    an hour)."""
+    return (
+        1000 * ceiling["input"] + 500 * ceiling["output"] + 2000 * ceiling["cache_read"]
+        + 2000 * ceiling["5m"] + 1000 * ceiling["1h"]
+    )  # fmt: skip
+
+
+def test_a_call_of_an_unpriced_model_is_charged_at_its_familys_dearest_rates(
+    servers: Pair,
+) -> None:
+    """A model the price table does not know is not free: each call is charged at the
+    dearest rates of its agent's family, per token kind, and flagged `unpriced_model`."""
+    one, two = servers.one, servers.two
+    m = machine(one, limits=[{"metric": "cost_usd", "window": "day", "max": "100"}])
+    new_claude = {**call("nova-1", "p1", **CACHED_CALL), "model": "claude-nova-9"}
+    assert m.report(two, "s", [new_claude]) == {"recorded": 1, "duplicates": 0}
+    codex = {"agent": "codex", "session_id": "t", "calls": [
+        {"id": "resp_1", "prompt_id": "turn1", "model": "gpt-9-nova", "input": 1000,
+         "output": 100, "cache_read": 4000},
+    ]}  # fmt: skip
+    assert m.post(one, "/hook/v1/report", codex).status_code == 200
+    claude_nano = claude_cost(CLAUDE_CEILING)
+    assert claude_nano == 123_000_000
+    gpt_nano = (
+        1000 * GPT_CEILING["input"] + 100 * GPT_CEILING["output"] + 4000 * GPT_CEILING["cache_read"]
+    )
+    assert gpt_nano == 168_000_000
+    got = {
+        e["request_id"]: (e["model"], e["provider"], e["cost_usd"], e["flags"])
+        for e in one.ledger(user=m.user)
+    }
+    assert got == {
+        "hc-nova-1": ("claude-nova-9", "claude-code", "0.123", ["hook_report", "unpriced_model"]),
+        "hc-resp_1": ("gpt-9-nova", "codex", "0.168", ["hook_report", "unpriced_model"]),
+    }
+    assert usage(two, m.user)["cost_usd"] == (claude_nano + gpt_nano, 0)
+    # A priced model's call is not flagged.
+    m.report(one, "s", [call("priced-1", "p1", input=10)])
+    (priced,) = two.ledger(request_id="hc-priced-1")
+    assert (priced["cost_usd"], priced["flags"]) == ("0.00003", ["hook_report"])
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
+def test_a_prompt_of_an_unpriced_model_holds_the_dearest_rates_and_is_logged(
+    engine: str, request: pytest.FixtureRequest, upstream: Upstream, tmp_path: Path
+) -> None:
+    """With unpriced models allowed, the gate holds such a prompt's estimate at the dearest
+    rates of the agent's family (not $0), and the server logs one line naming the model
+    (never a token). An admin price ("claude-reader-x", cache reads dearer than any other)
+    shows that the dearest rate is taken per token kind."""
+    config = gateway_config(upstream, server={"allow_unpriced_models": True})
+    config["pricing"] = {"claude-reader-x": {"input": "1", "output": "2", "cache_read": "5"}}
+    args: tuple[str, ...] = ()
+    if engine == "postgres":
+        args = ("--database-url", request.getfixturevalue("postgres").new_database())
+    log = tmp_path / "server.log"
+    server = start_capgate(tmp_path, config, args=args, log=log)
+    try:
+        m = machine(server, limits=[{"metric": "cost_usd", "window": "day", "max": "1"}])
+        answer = m.gate(server, "s", "p1", model="claude-nova-9")
+        assert (answer["decision"], answer["model"]) == ("allow", "claude-nova-9"), answer
+        held = 20_000 * CLAUDE_CEILING["input"] + 2_000 * CLAUDE_CEILING["output"]
+        assert usage(server, m.user)["cost_usd"] == (0, held) and held == 450_000_000
+        # A second prompt would hold as much again: over the $1 limit with the first.
+        assert m.gate(server, "s-2", "p1", model="claude-nova-9")["decision"] == "allow"
+        third = m.gate(server, "s-3", "p1", model="claude-nova-9")
+        assert third["decision"] == "block", third
+        new_claude = {**call("nova-2", "p1", **CACHED_CALL), "model": "claude-nova-9"}
+        m.report(server, "s", [new_claude])
+        nano = claude_cost({**CLAUDE_CEILING, "cache_read": 5_000})
+        assert nano == 130_000_000
+        (entry,) = server.ledger(request_id="hc-nova-2")
+        assert (entry["cost_usd"], entry["flags"]) == ("0.13", ["hook_report", "unpriced_model"])
+        assert usage(server, m.user)["cost_usd"] == (nano, held)  # the first prompt settled
+    finally:
+        server.close()
+    lines = [line for line in log.read_text().splitlines() if "hook_unpriced_model" in line]
+    assert len(lines) == 4, lines  # three gates, one report
+    assert all("model=claude-nova-9" in line and m.user in line for line in lines)
+    assert "at=report" in lines[-1]
+    assert m.token not in log.read_text() and m.token[16:] not in log.read_text()
+
+
 def test_a_check_stops_a_turn_over_its_dollars_and_refuses_a_switch(servers: Pair) -> None:
     one, two = servers.one, servers.two
     m = machine(one, limits=[
@@ -470,6 +604,86 @@ def test_a_check_stops_a_turn_over_its_dollars_and_refuses_a_switch(servers: Pai
         f'capgate: The daily dollar limit of user "{m.user}" is reached: $0.21 of $0.20 used; '
         f"resets {today_reset()}."
     )
+
+
+def test_a_task_notification_is_checked_not_gated(servers: Pair) -> None:
+    """A background task's result (UserPromptSubmit, `<task-notification>`) is a check: no
+    lease, no prompt entry, the prompt limit untouched; stopped when the person is killed."""
+    one, two = servers.one, servers.two
+    m = machine(one, limits=[{"metric": "requests", "window": "day", "max": 1}])
+    assert m.gate(one, "s-task", "p1")["decision"] == "allow"
+    m.report(two, "s-task", [call("task-1", "p1", input=10)], ended_prompts=["p1"])
+    body = {"session_id": "s-task", "prompt_id": "n1", "event": "UserPromptSubmit",
+            "model": SONNET}  # fmt: skip
+    assert m.check(two, **body)["decision"] == "allow"  # the one prompt of the day is used
+    assert usage(one, m.user)["requests"] == (1, 0)
+    assert one.ledger(request_id=lease_id(m.key_id, "claude", "s-task", "n1")) == []
+    assert one.admin("POST", f"/admin/users/{m.user}/kill", json={}).status_code == 200
+    time.sleep(1.1)  # a check sees a kill made through another process within a second
+    stopped = m.check(two, **body)
+    assert stopped["decision"] == "stop" and "paused" in stopped["message"]
+
+
+def audit_of(server: Capgate, target: str) -> list[dict[str, Any]]:
+    """The audit entries about `target`, oldest first."""
+    items = server.admin("GET", "/admin/audit", params={"limit": 1000}).json()["items"]
+    return sorted((a for a in items if a["target"] == target), key=lambda a: a["id"])
+
+
+def test_a_kill_is_one_audit_entry_and_a_resume_another(servers: Pair) -> None:
+    """Killing a person is one change (paused and marked in one transaction): one audit
+    entry `kill` with the person before and after; resuming is one `resume` entry that
+    clears the mark. Through either process, on both engines."""
+    one, two = servers.one, servers.two
+    m = machine(one, metadata={"team_lead": "ann"})
+    target = f"user:{m.user}"
+    before = audit_of(two, target)
+    killed = one.admin("POST", f"/admin/users/{m.user}/kill", json={"logout": True})
+    assert killed.status_code == 200, killed.text
+    assert (killed.json()["status"], killed.json()["metadata"]) == (
+        "paused",
+        {"team_lead": "ann", "hook_logout": True},
+    )
+    (kill,) = audit_of(two, target)[len(before) :]
+    assert (kill["action"], kill["actor"]) == ("kill", "admin")
+    assert (kill["before"]["status"], kill["before"]["metadata"]) == (
+        "active",
+        {"team_lead": "ann"},
+    )
+    assert (kill["after"]["status"], kill["after"]["metadata"]) == (
+        "paused",
+        {"team_lead": "ann", "hook_logout": True},
+    )
+    blocked = m.gate(two, "s", "p1")
+    assert (blocked["decision"], blocked["logout"]) == ("block", True)
+
+    resumed = two.admin("POST", f"/admin/users/{m.user}/resume")
+    assert resumed.status_code == 200, resumed.text
+    assert resumed.json()["metadata"] == {"team_lead": "ann"}
+    (resume,) = audit_of(one, target)[len(before) + 1 :]
+    assert resume["action"] == "resume"
+    assert (resume["before"]["status"], resume["before"]["metadata"]["hook_logout"]) == (
+        "paused",
+        True,
+    )
+    assert (resume["after"]["status"], resume["after"]["metadata"]) == (
+        "active",
+        {"team_lead": "ann"},
+    )
+    after = m.gate(one, "s", "p2")
+    assert (after["decision"], after["logout"]) == ("allow", False)
+
+    # A kill without logout; an unknown or revoked person: refused, nothing written.
+    quiet = two.admin("POST", f"/admin/users/{m.user}/kill", json={"logout": False})
+    assert quiet.json()["metadata"] == {"team_lead": "ann", "hook_logout": False}
+    assert [a["action"] for a in audit_of(one, target)[len(before) :]] == ["kill", "resume", "kill"]
+    missing = one.admin("POST", "/admin/users/nobody-here/kill", json={"logout": True})
+    assert missing.status_code == 404 and audit_of(one, "user:nobody-here") == []
+    assert one.admin("POST", f"/admin/users/{m.user}/revoke").status_code == 200
+    again = one.admin("POST", f"/admin/users/{m.user}/kill", json={"logout": True})
+    assert again.status_code == 400, again.text
+    assert two.admin("GET", f"/admin/users/{m.user}").json()["status"] == "revoked"
+    assert audit_of(two, target)[-1]["action"] == "revoke"
 
 
 def test_status_rows_and_tamper(servers: Pair) -> None:
@@ -505,6 +719,72 @@ def test_status_rows_and_tamper(servers: Pair) -> None:
     ]
     audit = one.admin("GET", "/admin/audit", params={"limit": 50}).json()["items"]
     assert any(a["action"] == "hook-tamper" and a["target"] == f"key:{m.name}" for a in audit)
+
+
+# -- one budget over both doors ------------------------------------------------------------
+
+
+def ask_gateway(server: Capgate, key: str, max_tokens: int, text: str) -> httpx.Response:
+    body = {"model": SONNET, "max_tokens": max_tokens,
+            "messages": [{"role": "user", "content": text}]}  # fmt: skip
+    return httpx.post(
+        server.url + "/v1/messages", json=body, headers={"x-api-key": key}, timeout=30
+    )
+
+
+def test_one_user_budget_over_the_gateway_and_hook_machines(servers: Pair) -> None:
+    """A person with a gateway key (`user` set) and an enrolled machine has one dollar
+    budget: spending through the gateway (the real gateway, the mock upstream) lowers what
+    the hook gate admits, and calls the hook reports lower what the gateway admits. The
+    person's counters are the sum of the ledger over both kinds of entries."""
+    one, two = servers.one, servers.two
+    m = machine(one, limits=[
+        {"metric": "cost_usd", "window": "day", "max": "0.30"},
+        {"metric": "requests", "window": "day", "max": 100},
+    ])  # fmt: skip
+    key = one.create_key(f"gw-{m.user}", user=m.user)
+
+    # The gateway spends 8,000 output tokens of sonnet: $0.12, and a little input.
+    spent = ask_gateway(one, key, 8000, "mock:words=8000")
+    assert spent.status_code == 200, spent.text
+    (gateway_entry,) = one.ledger(user=m.user)  # read where it was settled: committed
+    gateway_nano = usd_to_nano(gateway_entry["cost_usd"])
+    assert 120_000_000 < gateway_nano < 121_000_000
+    # Two hook prompts ($0.09 each) would fit $0.30; after the gateway's $0.12 one does.
+    assert m.gate(two, "s1", "p1")["decision"] == "allow"
+    second = m.gate(one, "s2", "p1")
+    assert second["decision"] == "block"
+    assert second["message"].startswith(
+        f'capgate: The daily dollar limit of user "{m.user}" is reached: '
+        f"{format_usd(gateway_nano)} of $0.30 used, $0.09 held by prompts in flight"
+    )
+
+    # The hook reports the prompt's call: 55,000 input tokens, $0.165. The gateway request
+    # it admitted in full before ($0.03 of output at most, left: $0.18 - $0.09 held) now
+    # does not fit, nor can it be clamped to 1,024 tokens: refused.
+    assert m.report(one, "s1", [call("both-doors-1", "p1", input=55_000)])["recorded"] == 1
+    refused = ask_gateway(two, key, 2000, "mock:words=5")
+    assert refused.status_code == 402, refused.text
+    assert f'user "{m.user}"' in refused.json()["error"]["message"]
+    small = ask_gateway(two, key, 5, "mock:words=5")  # what still fits is admitted
+    assert small.status_code == 200, small.text
+
+    entries = two.ledger(user=m.user)
+    kinds = {(e["endpoint"], e["outcome"]) for e in entries}
+    assert kinds == {
+        ("messages", "ok"), ("messages", "refused"), ("hook/prompt", "ok"),
+        ("hook/prompt", "refused"), ("hook/call", "ok"),
+    }, kinds  # fmt: skip
+    cost_used, cost_held = usage(one, m.user)["cost_usd"]
+    assert cost_held == 0
+    assert cost_used == sum(usd_to_nano(e["cost_usd"]) for e in entries)
+    assert cost_used == gateway_nano + 165_000_000 + usd_to_nano(
+        next(e for e in entries if e["request_id"] == small.headers["x-capgate-request-id"])[
+            "cost_usd"
+        ]
+    )
+    admitted = [e for e in entries if e["outcome"] == "ok" and e["endpoint"] != "hook/call"]
+    assert usage(one, m.user)["requests"] == (len(admitted), 0) and len(admitted) == 3
 
 
 # -- doors and bad input --------------------------------------------------------------------
@@ -742,4 +1022,6 @@ def test_a_gate_retried_through_both_processes_at_once_holds_one_lease(servers: 
         assert {(a["decision"], a["lease"]) for a in answers} == {
             ("allow", lease_id(m.key_id, "claude", f"s{round_}", f"p{round_}"))
         }
-    assert usage(two, m.user)["requests"] == (0, 10)
+    # One lease per prompt: held, or settled as its prompt by the expiry (LEASE_S) when
+    # the rounds take longer on a busy machine.
+    assert sum(usage(two, m.user)["requests"]) == 10

@@ -8,7 +8,14 @@ from typing import Any
 
 import pytest
 
-from capgate.mcp.budget import forecast, key_from, summarize, tightest_dollars, url_from
+from capgate.mcp.budget import (
+    forecast,
+    key_from,
+    me_of_hook,
+    summarize,
+    tightest_dollars,
+    url_from,
+)
 
 DEC = datetime(2026, 12, 1, tzinfo=UTC).timestamp()  # a 31-day month
 DAY = 86400
@@ -87,3 +94,36 @@ def test_the_key_is_a_virtual_key_never_the_admin_key() -> None:
     )
     assert key_from({"ANTHROPIC_API_KEY": "sk-ant-real"}) is None
     assert url_from({"ANTHROPIC_BASE_URL": "http://gw:4000/v1/"}) == "http://gw:4000"
+
+
+def test_a_hook_machines_status_is_summarized_as_v1_me() -> None:
+    """GET /hook/v1/status (amounts in the metric's unit: nano-dollars) in /v1/me's shape:
+    the machine's own limits as the key's, the person's as a scope; `held` is reserved."""
+    status = {
+        "user": "ana", "machine": "ana@box", "timezone": "Europe/Berlin", "status": "active",
+        "limits": [
+            {"scope": "user:ana", "metric": "cost_usd", "window": "month", "model": None,
+             "max": 5 * 10**9, "used": 10**9, "held": 90_000_001, "left": 3_909_999_999,
+             "resets_at": DEC + 31 * DAY},
+            {"scope": "key:ana@box", "metric": "requests", "window": "total",
+             "model": "claude-opus-*", "max": 9, "used": 2, "held": 0, "left": 7,
+             "resets_at": None},
+        ],
+    }  # fmt: skip
+    summary = summarize(me_of_hook(status), DEC + 10 * DAY)
+    assert summary["key"] == summary["machine"] == "ana@box" and summary["user"] == "ana"
+    own, money = summary["limits"]
+    assert own == {"scope": "key ana@box", "metric": "requests", "window": "total", "max": 9,
+                   "used": 2, "reserved": 0, "left": 7, "resets": "never (total limit)",
+                   "forecast": None, "model": "claude-opus-*"}  # fmt: skip
+    assert (money["scope"], money["max"], money["used"], money["reserved"], money["left"]) == (
+        "user ana",
+        "5",
+        "1",
+        "0.090000001",
+        "3.909999999",
+    )
+    assert money["resets"] == "2027-01-01 01:00 Europe/Berlin"
+    # $1.090000001 in the 10 days and 1 hour since Berlin's month began (23:00 UTC), over
+    # its 31 days, floored to the nano-dollar
+    assert money["forecast"]["at_reset"] == "3.364979256"  # 1090000001 * 744 // 241

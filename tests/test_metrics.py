@@ -188,7 +188,7 @@ def test_flagged_entries_are_counted_from_the_ledger(upstream: Upstream, tmp_pat
         flags = {labels["flag"] for labels, _ in got["capgate_ledger_flagged_total"]}
         assert flags == {
             "over_reservation", "usage_unreadable", "late_settlement", "fail_open", "hook_report",
-            "otel",
+            "otel", "offline", "unpriced_model",
         }  # fmt: skip
         assert total(got, "capgate_ledger_flagged_total", flag="usage_unreadable") == 0
     finally:

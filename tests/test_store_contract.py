@@ -683,6 +683,41 @@ def test_machines_are_touched_and_marked_tampered(make_store: MakeStore) -> None
     run(make_store, test)
 
 
+def test_a_kill_and_a_resume_are_one_change_each(make_store: MakeStore) -> None:
+    async def test(one: Store, two: Store) -> None:
+        user = await one.create_scope(ScopeKind.USER, "bob", ScopeFields(metadata={"x": 1}))
+        key = await make_key(one, "bob@laptop", user="bob")
+        killed = await one.kill_user("bob", True, "carol")
+        assert (killed.status, killed.extra["metadata"]) == (
+            Status.PAUSED,
+            {"x": 1, "hook_logout": True},
+        )
+        await two.refresh()  # the other process sees the kill whole
+        entry = two.key_by_id(key.id)
+        assert entry is not None
+        (above,) = two.scopes_above(entry[0])
+        assert (above.status, above.extra["metadata"]["hook_logout"]) == (Status.PAUSED, True)
+        resumed = await two.resume_user("bob", "dave")
+        assert (resumed.status, resumed.extra["metadata"]) == (Status.ACTIVE, {"x": 1})
+        assert await one.get_scope(ScopeKind.USER, "bob") == resumed
+        log = [a for a in await one.audit(10) if a.target == "user:bob"]
+        assert [(a.actor, a.action) for a in log] == [
+            ("dave", "resume"), ("carol", "kill"), ("admin", "create"),
+        ]  # fmt: skip
+        assert log[1].before == scope_json(user) and log[1].after == scope_json(killed)
+        assert log[0].before == scope_json(killed) and log[0].after == scope_json(resumed)
+        with pytest.raises(NotFound):
+            await one.kill_user("nobody", True)
+        await one.set_status(ScopeKind.USER, "bob", Status.REVOKED)
+        with pytest.raises(InvalidRequest):
+            await two.kill_user("bob", False)
+        with pytest.raises(InvalidRequest):
+            await two.resume_user("bob")
+        assert [a.action for a in await one.audit(2)] == ["revoke", "resume"]
+
+    run_two(make_store, test)
+
+
 def test_a_lease_is_settled_by_id_from_another_process_once(make_store: MakeStore) -> None:
     async def test(one: Store, two: Store) -> None:
         limits = (

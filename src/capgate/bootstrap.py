@@ -8,13 +8,16 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from capgate import demo_secrets
+from capgate.alerts.watcher import AlertWatcher
 from capgate.config import (
     CLI_TYPES,
     Config,
+    ConfigError,
     ProviderConfig,
     ServerConfig,
     is_postgres,
@@ -46,6 +49,9 @@ from capgate.runtime import RuntimeSettings
 from capgate.store.base import ScopeFields, Store
 from capgate.store.pg import PostgresStore, state_dir_of
 from capgate.store.sqlite import SQLiteStore
+
+if TYPE_CHECKING:
+    from capgate.traces import Traces
 
 DEMO_PROVIDER = "demo-mock"
 DEMO_KEY = "demo"
@@ -189,6 +195,21 @@ async def decide_keys(store: Store, config: Config, *, demo: bool) -> Keys:
     return Keys(digest, generated, demo_key, notes, secrets_file)
 
 
+def _traces(settings: ServerConfig) -> Traces | None:
+    """OpenTelemetry tracing when `otel_endpoint` is set. Its module (and OpenTelemetry)
+    is imported only then: with tracing off, the server never loads it."""
+    if settings.otel_endpoint is None:
+        return None
+    try:
+        from capgate.traces import Traces  # the optional extra capgate[otel]
+    except ImportError as exc:
+        raise ConfigError(
+            f"otel_endpoint is set, but OpenTelemetry cannot be imported ({exc.name}): "
+            "pip install 'capgate[otel]'"
+        ) from None
+    return Traces(settings.otel_endpoint, settings.otel_sample_ratio)
+
+
 async def build(
     config: Config,
     *,
@@ -225,7 +246,8 @@ async def build(
     configs = {pc.name: pc for pc in provider_configs}
     router = Router(list(config.models), providers, configs, settings)
     metrics = Metrics() if settings.metrics_enabled else None
-    gateway = Gateway(store, router, runtime.pricing, settings, metrics=metrics)
+    traces = _traces(settings)
+    gateway = Gateway(store, router, runtime.pricing, settings, metrics=metrics, traces=traces)
     keys = keys or await decide_keys(store, config, demo=demo)
     admin = AdminAPI(
         store, keys.admin_digest, runtime=runtime, routing=router.describe,
@@ -256,14 +278,27 @@ async def build(
         await admin.events.close()  # open live feeds would hold the shutdown otherwise
 
     async def shutdown(_: web.Application) -> None:
+        if alerts is not None:
+            await alerts.close()
         await runtime.close()
         await hook_extras.close()
         await gateway.drain()
+        if traces is not None:  # after the drain: settlements end their spans
+            await traces.close()
         for provider in providers.values():
             await provider.close()
         for runner in runners:
             await runner.cleanup()
         await store.close()
+
+    # Alerts: a background task per process, off the request path (docs/operations.md).
+    alerts = None
+    if settings.alerts_enabled:
+        alerts = AlertWatcher(
+            store, router.breakers.state, runtime.effective, settings.alerts_interval_s,
+            settings.alerts_max_attempts, settings.alerts_retry_base_s,
+        )  # fmt: skip
+        alerts.start()
 
     app.on_shutdown.append(end_streams)
     app.on_cleanup.append(shutdown)

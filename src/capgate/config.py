@@ -24,6 +24,8 @@ from pydantic import (
     model_validator,
 )
 
+from capgate.alerts.rules import DEFAULT_RULES as DEFAULT_ALERT_RULES
+from capgate.alerts.rules import parse_defaults
 from capgate.core.windows import zone
 from capgate.http.client_address import parse_networks
 
@@ -189,6 +191,24 @@ class ServerConfig(_Strict):
     header_timeout_s: float = Field(10.0, gt=0, le=3600)
     idle_timeout_s: float = Field(75.0, gt=0, le=86_400)
     max_connections: int = Field(4096, ge=16, le=1_000_000)
+    # Alerts (docs/operations.md#alerts): each process looks at the store's counters every
+    # `alerts_interval_s` and claims what crossed a rule; webhooks are retried with backoff
+    # from `alerts_retry_base_s`, at most `alerts_max_attempts` times. `alert_rules` are the
+    # server's default rules and `alerts_allow_private_targets` lets webhooks point at
+    # private or loopback addresses: both also runtime settings (PATCH /admin/settings).
+    alerts_enabled: bool = True
+    alerts_interval_s: float = Field(5.0, gt=0, le=3600)
+    alerts_max_attempts: int = Field(8, ge=1, le=100)
+    alerts_retry_base_s: float = Field(10.0, gt=0, le=3600)
+    alerts_allow_private_targets: bool = False
+    alert_rules: list[dict[str, Any]] = Field(
+        default_factory=lambda: [dict(rule) for rule in DEFAULT_ALERT_RULES]
+    )
+    # OpenTelemetry traces (docs/operations.md#traces), off unless an OTLP/HTTP endpoint
+    # is given (`pip install 'capgate[otel]'`): a span per gateway request, sampled at
+    # this ratio (a client's sampled traceparent is followed).
+    otel_endpoint: str | None = Field(None, pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
+    otel_sample_ratio: float = Field(1.0, ge=0, le=1)
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
@@ -217,6 +237,12 @@ class ServerConfig(_Strict):
 
     def credits_for(self, model: str) -> int:
         return next((w for g, w in self.credit_weights.items() if fnmatchcase(model, g)), 1)
+
+    @field_validator("alert_rules")
+    @classmethod
+    def _alert_rules(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        parse_defaults(value)
+        return value
 
     @field_validator("timezone")
     @classmethod
@@ -332,6 +358,11 @@ ENV_SETTINGS = {
     "CAPGATE_METRICS_KEY_SERIES": "metrics_key_series",
     "CAPGATE_WORKERS": "workers",
     "CAPGATE_PUBLIC_URL": "public_url",
+    "CAPGATE_ALERTS_ENABLED": "alerts_enabled",
+    "CAPGATE_ALERTS_INTERVAL_S": "alerts_interval_s",
+    "CAPGATE_ALERTS_ALLOW_PRIVATE_TARGETS": "alerts_allow_private_targets",
+    "CAPGATE_OTEL_ENDPOINT": "otel_endpoint",
+    "CAPGATE_OTEL_SAMPLE_RATIO": "otel_sample_ratio",
 }
 
 

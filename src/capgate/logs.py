@@ -14,6 +14,7 @@ an upstream's body, which may quote the prompt. The ledger keeps the whole text
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import re
@@ -148,7 +149,10 @@ class AccessLog:
         self._log = log
         self._metrics = metrics
 
-    def finished(self, res: Reservation, outcome: Outcome) -> None:
+    def finished(
+        self, res: Reservation, outcome: Outcome, pending: asyncio.Future[None] | None = None
+    ) -> None:
+        """`pending` is the queued settlement (a traced request's span waits for it)."""
         if self._metrics is not None:
             self._metrics.finished(res, outcome)
         # A flagged entry (usage above the reservation, unreadable usage) is a warning:

@@ -1,5 +1,5 @@
-"""Settings an admin may change while the server runs: price overrides, credit weights and
-the default timezone of new scopes.
+"""Settings an admin may change while the server runs: price overrides, credit weights,
+the default timezone of new scopes, and the alerts' default rules and private targets.
 
 The config file gives each its starting value; the dashboard (`PATCH /admin/settings`)
 stores overrides in the database, field by field. Every process polls that row, so an
@@ -15,13 +15,16 @@ import logging
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from capgate.alerts.rules import parse_defaults
 from capgate.config import Config
 from capgate.core.windows import zone
 from capgate.pricing import PricingTable
 
 log = logging.getLogger(__name__)
 
-FIELDS = ("pricing", "credit_weights", "timezone")
+FIELDS = (
+    "pricing", "credit_weights", "timezone", "alert_rules", "alerts_allow_private_targets"
+)  # fmt: skip
 POLL_SECONDS = 1.0
 
 
@@ -35,6 +38,8 @@ class RuntimeSettings:
             "pricing": {name: p.as_entry() for name, p in config.pricing.items()},
             "credit_weights": dict(config.server.credit_weights),
             "timezone": config.server.timezone,
+            "alert_rules": list(config.server.alert_rules),
+            "alerts_allow_private_targets": config.server.alerts_allow_private_targets,
         }
         self._stored: dict[str, Any] = {}
         self.pricing = self._table(self._base)
@@ -72,6 +77,7 @@ class RuntimeSettings:
         except ValueError as exc:
             raise ValueError(f"timezone: {exc}") from None
         self._table(effective)  # raises on a bad price or weight
+        parse_defaults(effective["alert_rules"])  # raises on a bad rule
         return stored
 
     def apply(self, stored: Mapping[str, Any]) -> None:

@@ -7,9 +7,7 @@ progress bar, the max, what is left and when it resets, in the person's timezone
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -22,8 +20,8 @@ from rich.table import Table
 from capgate.cli.client import fail
 from capgate.cli.render import amount, reset_in, text
 from capgate.core.limits import format_usd
+from capgate.mcp import budget
 
-HOOK_DIR = Path("/etc/capgate-hook")
 # What a limit counts, in hook mode's words: requests are prompts there.
 METRIC_WORDS = {
     "requests": "prompts",
@@ -38,46 +36,20 @@ WINDOW_WORDS = {"minute": "a minute", "hour": "an hour", "day": "a day", "week":
                 "month": "a month", "total": "in total"}  # fmt: skip
 
 
-@dataclass(frozen=True)
-class Machine:
-    """This machine's enrolment: the server it reports to and its token (`cgh-...`)."""
-
-    server: str
-    token: str
-    name: str | None
+Machine = budget.HookMachine  # this machine's enrolment: its server and token (cgh-...)
 
 
 def hook_dir() -> Path:
-    return Path(os.environ.get("CAPGATE_HOOK_DIR") or HOOK_DIR)
+    return budget.hook_dir(os.environ)
 
 
 def installed() -> Machine | None:
     """The enrolment in the hook directory, or None when hook mode is not installed here
-    (no config.json or no token)."""
-    base = hook_dir()
-    config_path, token_path = base / "config.json", base / "token"
-    if not config_path.is_file() or not token_path.exists():
-        return None
+    (no config.json or no token). Read as the MCP budget tool and the status line read it."""
     try:
-        config = json.loads(config_path.read_text("utf-8"))
-    except (OSError, ValueError) as exc:
-        fail(f"cannot read {config_path}: {exc}")
-    try:
-        token = token_path.read_text("utf-8").strip()
-    except PermissionError:
-        fail(
-            f"cannot read {token_path}: only root and the group of the OS user the hook was "
-            "installed for may read it. Run capgate status as that user (or with sudo)."
-        )
-    except OSError as exc:
-        fail(f"cannot read {token_path}: {exc}")
-    server = config.get("server") if isinstance(config, dict) else None
-    if not isinstance(server, str) or not server.startswith(("http://", "https://")):
-        fail(f'{config_path} names no server ("server": "https://..."); reinstall the hook')
-    if not token:
-        fail(f"{token_path} is empty; reinstall the hook with a new install code")
-    name = config.get("machine")
-    return Machine(server.rstrip("/"), token, name if isinstance(name, str) else None)
+        return budget.hook_machine(os.environ)
+    except budget.BudgetError as exc:
+        fail(str(exc))
 
 
 def fetch(machine: Machine, url: str | None) -> httpx.Response:

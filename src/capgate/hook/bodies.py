@@ -12,7 +12,8 @@ from capgate.hook.report import AGENT_NAMES, Report, agent_of, parse_report, tex
 from capgate.keys import CODE_PREFIX
 
 MODEL_SOURCES = ("event", "transcript", "cmdline", "env", "settings")
-CHECK_EVENTS = ("PreToolUse", "PreModelSwitch", "PreCompact")
+# UserPromptSubmit: a background task's result (`<task-notification>`), not a new prompt.
+CHECK_EVENTS = ("PreToolUse", "PreModelSwitch", "PreCompact", "UserPromptSubmit")
 MAX_FILES = 100
 _HOST_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 

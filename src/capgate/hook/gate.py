@@ -18,6 +18,8 @@ from capgate.store.records import LimitUsage
 
 # Agent -> the ledger's provider for its entries.
 AGENTS = {"claude": "claude-code", "codex": "codex"}
+# Agent -> the names whose prices bound what a model missing from the price table costs.
+PRICE_FAMILIES = {"claude": "claude-", "codex": "gpt-"}
 CALL_PREFIX = "hc-"
 _DATED = re.compile(r"-(\d{8}|\d{4}-\d{2}-\d{2}|latest)$")
 _ALIASES = ("opus", "sonnet", "haiku")
@@ -57,6 +59,26 @@ def dearest(models: Iterable[str], price_of: Callable[[str], Price | None]) -> l
         key=lambda t: (-t[0], -t[1], t[2]),
     )
     return [m for _, _, m in ranked]
+
+
+def family_ceiling(
+    agent: str, names: Iterable[str], price_of: Callable[[str], Price | None]
+) -> Price | None:
+    """What a model with no price is charged for `agent`: per token kind, the dearest rate
+    of its family in the table (`claude-*` for Claude Code, `gpt-*` for Codex), so a model
+    the table does not know yet is never cheaper than any it knows. None: no such model."""
+    prices = [
+        p for n in names if n.startswith(PRICE_FAMILIES[agent]) and (p := price_of(n)) is not None
+    ]
+    if not prices:
+        return None
+    return Price(
+        input=max(p.input for p in prices),
+        output=max(p.output for p in prices),
+        cache_write=max(p.cache_write for p in prices),
+        cache_write_1h=max(p.cache_write_1h for p in prices),
+        cache_read=max(p.cache_read for p in prices),
+    )
 
 
 def resolve(

@@ -28,12 +28,24 @@ class Call:
 
 
 @dataclass(frozen=True, slots=True)
+class OfflinePrompt:
+    """A prompt the hook admitted from its cache while the server was unreachable: the
+    server counts it once (as the gate would have), when the queued report arrives."""
+
+    prompt_id: str
+    model: str | None  # the hook's guess, None when it had none
+    model_source: str | None
+    at: float | None  # when, on the server's clock (the hook's estimate)
+
+
+@dataclass(frozen=True, slots=True)
 class Report:
     agent: str
     session_id: str
     calls: tuple[Call, ...]
     ended_prompts: tuple[str, ...]
     session_end: bool
+    offline_prompts: tuple[OfflinePrompt, ...] = ()
 
 
 def text(value: Any, where: str, *, optional: bool = False) -> str | None:
@@ -84,6 +96,21 @@ def parse_call(item: Any, where: str) -> Call:
     return Call(ident, prompt, model, usage)
 
 
+def parse_offline(item: Any, where: str) -> OfflinePrompt:
+    if not isinstance(item, dict):
+        raise InvalidRequest(f"{where}: expected an object")
+    prompt = text(item.get("prompt_id"), f"{where}.prompt_id")
+    assert prompt is not None
+    model = item.get("model") or None  # "" from hooks that had no guess
+    at = item.get("at")
+    if at is not None and (isinstance(at, bool) or not isinstance(at, int | float)):
+        raise InvalidRequest(f"{where}.at: expected a time in Unix seconds")
+    source = text(item.get("model_source"), f"{where}.model_source", optional=True)
+    return OfflinePrompt(
+        prompt, text(model, f"{where}.model", optional=True), source, None if at is None else at
+    )
+
+
 def parse_report(body: Any, where: str = "report") -> Report:
     """The report, or InvalidRequest naming the first bad field (nothing is recorded)."""
     if not isinstance(body, dict):
@@ -100,6 +127,9 @@ def parse_report(body: Any, where: str = "report") -> Report:
     cost_state = body.get("cost_state")
     if cost_state is not None and not isinstance(cost_state, dict):
         raise InvalidRequest(f"{where}.cost_state: expected an object")
+    offline = body.get("offline_prompts", [])
+    if not isinstance(offline, list) or len(offline) > MAX_CALLS:
+        raise InvalidRequest(f"{where}.offline_prompts: expected a list of at most {MAX_CALLS}")
     session = text(body.get("session_id"), f"{where}.session_id")
     assert session is not None
     return Report(
@@ -108,6 +138,7 @@ def parse_report(body: Any, where: str = "report") -> Report:
         tuple(parse_call(c, f"{where}.calls[{i}]") for i, c in enumerate(calls)),
         tuple(str(text(p, f"{where}.ended_prompts[{i}]")) for i, p in enumerate(ended)),
         session_end,
+        tuple(parse_offline(p, f"{where}.offline_prompts[{i}]") for i, p in enumerate(offline)),
     )
 
 

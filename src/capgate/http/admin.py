@@ -18,6 +18,7 @@ from capgate.core.affordable import shortfalls
 from capgate.core.limits import Scope, ScopeKind, Status, nano_to_decimal_str
 from capgate.core.windows import WindowKind, window_at
 from capgate.errors import CapgateError, InvalidRequest, NotFound
+from capgate.http.admin_alerts import AlertRoutes
 from capgate.http.admin_io import (
     choice_param,
     int_param,
@@ -33,7 +34,7 @@ from capgate.http.admin_stats import StatsRoutes
 from capgate.http.client_address import Network
 from capgate.http.dialects import error_response
 from capgate.http.events import EventHub
-from capgate.http.hook_admin import HookAdminRoutes, clear_logout
+from capgate.http.hook_admin import HookAdminRoutes
 from capgate.http.openapi import openapi_document
 from capgate.http.sessions import AdminAccess
 from capgate.keys import display_prefix, key_hash, new_key
@@ -127,6 +128,7 @@ class AdminAPI:
             web.get("/admin/events", h(self.events.stream)),
         ]
         out += HookAdminRoutes(self.store, self.clock, self.public_url).routes(h)
+        out += AlertRoutes(self).routes(h)
         return out
 
     async def routing(self, request: web.Request) -> web.StreamResponse:
@@ -368,9 +370,11 @@ class _ScopeRoutes:
     def status(self, status: Status) -> Handler:
         async def handler(request: web.Request) -> web.Response:
             name = request.match_info["name"]
-            scope = await self.api.store.set_status(self.kind, name, status, request["actor"])
-            if self.kind is ScopeKind.USER and status is Status.ACTIVE:
-                scope = await clear_logout(self.api.store, scope, request["actor"])
+            store, actor = self.api.store, request["actor"]
+            if self.kind is ScopeKind.USER and status is Status.ACTIVE:  # and a kill's mark
+                scope = await store.resume_user(name, actor)
+            else:
+                scope = await store.set_status(self.kind, name, status, actor)
             return json_response(scope_json(scope))
 
         return handler

@@ -1,5 +1,5 @@
-"""`GET|PATCH /admin/settings`: price overrides, credit weights and the default timezone,
-changed while the server runs (see `capgate.runtime`)."""
+"""`GET|PATCH /admin/settings`: price overrides, credit weights, the default timezone and
+the alerts' defaults, changed while the server runs (see `capgate.runtime`)."""
 
 from __future__ import annotations
 
@@ -43,6 +43,13 @@ class SettingsUpdate(BaseModel):
     )
     timezone: str | None = Field(
         None, description="IANA name: the default timezone of new scopes and of the overview"
+    )
+
+    alert_rules: list[dict[str, Any]] | None = Field(
+        None, description="the server's default alert rules; null: the config file's"
+    )
+    alerts_allow_private_targets: bool | None = Field(
+        None, description="webhooks may point at private or loopback addresses"
     )
 
     def changes(self) -> dict[str, Any]:

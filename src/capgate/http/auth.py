@@ -34,17 +34,45 @@ def _ascii(text: str) -> str:
     return text if text.isascii() else text.encode("ascii", "replace").decode()
 
 
-class KeyAuthenticator:
+class CacheRefresher:
+    """Reloads the store's key cache on demand (a key or machine created a moment ago by
+    another process): at most once per `_REFRESH_EVERY`, and callers that arrive while a
+    reload runs wait for that one."""
+
     def __init__(self, store: HotPath) -> None:
         self._store = store
         self._refreshing: asyncio.Future[None] | None = None
         self._last_refresh = 0.0
 
+    @property
+    def age(self) -> float:
+        """Seconds since the last reload ended."""
+        return time.monotonic() - self._last_refresh
+
+    async def refresh(self) -> None:
+        if self._refreshing is not None:
+            await asyncio.shield(self._refreshing)
+            return
+        if self.age < _REFRESH_EVERY:
+            return
+        self._refreshing = asyncio.ensure_future(self._store.refresh())
+        try:
+            await asyncio.shield(self._refreshing)
+        finally:
+            self._last_refresh = time.monotonic()
+            self._refreshing = None
+
+
+class KeyAuthenticator:
+    def __init__(self, store: HotPath) -> None:
+        self._store = store
+        self._refresher = CacheRefresher(store)
+
     async def authenticate(self, headers: Mapping[str, str], *, fresh: bool = False) -> Scope:
         """The key `headers` present. `fresh`: reload the cache first if an admin changed
         anything (in any process) since, as a reservation does; at most every 50 ms."""
         if fresh:
-            await self._refresh()
+            await self._refresher.refresh()
         raw = presented_key(headers)
         if raw is None:
             raise AuthenticationFailed(
@@ -55,24 +83,11 @@ class KeyAuthenticator:
             raise AuthenticationFailed("Invalid API key: this is not a capgate key.")
         entry = self._store.key_by_id(key_id)
         if entry is None:  # maybe created a moment ago, by another process
-            await self._refresh()
+            await self._refresher.refresh()
             entry = self._store.key_by_id(key_id)
         if entry is None or not matches(raw, entry[1]):
             raise AuthenticationFailed("Invalid API key.")
         return entry[0]
-
-    async def _refresh(self) -> None:
-        if self._refreshing is not None:
-            await asyncio.shield(self._refreshing)
-            return
-        if time.monotonic() - self._last_refresh < _REFRESH_EVERY:
-            return
-        self._refreshing = asyncio.ensure_future(self._store.refresh())
-        try:
-            await asyncio.shield(self._refreshing)
-        finally:
-            self._last_refresh = time.monotonic()
-            self._refreshing = None
 
 
 ADMIN_KEY_MIN_LENGTH = 32

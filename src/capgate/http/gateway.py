@@ -17,7 +17,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
@@ -60,6 +60,9 @@ from capgate.routing import Breakers, Route, Router
 from capgate.store.base import Outcome, RequestInfo, Reservation, Store
 from capgate.wire.duplicates import duplicate_key
 
+if TYPE_CHECKING:  # only imported when tracing is on (it imports OpenTelemetry)
+    from capgate.traces import Traces
+
 log = logging.getLogger(__name__)
 
 _FREE = Price(0, 0, 0, 0, 0)  # for unpriced models when the admin allows them
@@ -95,6 +98,7 @@ class Gateway:
         settings: ServerConfig,
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
+        traces: Traces | None = None,
     ) -> None:
         self._store = store
         self._router = router
@@ -107,13 +111,17 @@ class Gateway:
         self._max_bytes = int(settings.max_request_mb * 1024 * 1024)
         self._pending: set[asyncio.Future[None]] = set()
         self._rng = random.Random()
-        self._access = AccessLog(metrics=metrics)
+        # Tracing on or off is decided here, once: no check per request when it is off.
+        self._traces = traces
+        self._access = AccessLog(metrics=metrics) if traces is None else traces.access(metrics)
+        self._call = Call if traces is None else traces.call_class
 
     def routes(self) -> list[web.RouteDef]:
+        wrap = _untraced if self._traces is None else self._traces.wrap
         return [
-            web.post("/v1/messages", self.messages),
-            web.post("/v1/chat/completions", self.chat_completions),
-            web.post("/v1/responses", self.responses),
+            web.post("/v1/messages", wrap(self.messages, "/v1/messages")),
+            web.post("/v1/chat/completions", wrap(self.chat_completions, "/v1/chat/completions")),
+            web.post("/v1/responses", wrap(self.responses, "/v1/responses")),
             *KeyInfo(self, self._store, self._router, self._pricing, self._clock).routes(),
         ]
 
@@ -355,7 +363,7 @@ class Gateway:
             self._access.refused(request_id, key, endpoint.value, body, exc)
             return error_response(dialect, exc, request_id)
         admission = Admission(info, price, worst, field, bound, output, hidden, byte_bound)
-        return Call(
+        return self._call(
             self, request, endpoint, plan, admission, decision, body,
             None if changed else raw, t0, hide_usage,
         )  # fmt: skip
@@ -459,8 +467,8 @@ class Gateway:
         """Hand the settlement to the store, which journals it at once and retries it
         until it commits (the reservation stays held meanwhile, so a failing store never
         lets money leak, and an answered request is never lost)."""
-        self._access.finished(reservation, outcome)
         pending = self._store.settle(reservation, outcome)
+        self._access.finished(reservation, outcome, pending)
         self._pending.add(pending)
 
         def done(fut: asyncio.Future[None]) -> None:
@@ -479,6 +487,10 @@ class Gateway:
             log.warning(
                 "%d settlements not written yet; the journal keeps them", len(self._pending)
             )
+
+
+def _untraced(handler: Callable[[web.Request], Any], route: str) -> Any:
+    return handler
 
 
 _MIN_THINKING = 1024  # Anthropic's smallest thinking budget

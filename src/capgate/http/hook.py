@@ -8,6 +8,8 @@ OpenTelemetry, the served client files and the lease expiry are in `hook_extra.p
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -19,7 +21,7 @@ from aiohttp import web
 from capgate.config import ServerConfig
 from capgate.core.engine import Amounts, Refusal, check_access
 from capgate.core.limits import Scope, Status
-from capgate.core.money import Usage
+from capgate.core.money import Price, Usage
 from capgate.core.schedules import closed_schedules
 from capgate.errors import (
     AuthenticationFailed,
@@ -39,12 +41,13 @@ from capgate.hook.person import (
     switch_reason,
     timezone_of,
 )
-from capgate.hook.report import Report, cost_nano, parse_report
+from capgate.hook.report import Report, parse_report
 from capgate.hook.view import cache_document, limit_row
 from capgate.http.admin_io import json_response
-from capgate.http.auth import presented_key
+from capgate.http.auth import CacheRefresher, presented_key
 from capgate.http.dialects import error_response
 from capgate.keys import hook_display, hook_token_id_of, key_hash, matches, new_hook_token
+from capgate.logs import Line
 from capgate.pricing import PricingTable
 from capgate.store.base import (
     Enrolment,
@@ -58,12 +61,16 @@ from capgate.store.base import (
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+log = logging.getLogger(__name__)
+
 MAX_BODY = 5 * 1024 * 1024
 TOUCH_EVERY_S = 60.0  # last_seen written at most this often per machine (and process)
 REFRESH_EVERY_S = 1.0  # a check sees a kill made by another process within this time
 # A prompt's lease, settled: one prompt, its credits (held), no tokens, no cost.
 PROMPT_DONE = Outcome(200, "ok", Usage(), 0, 0.0)
 SURE_SOURCES = (None, "event", "transcript")  # a model named by these is not a guess
+# A prompt the hook admitted offline: one prompt, its credits (`unheld`'s worst), no tokens.
+OFFLINE_PROMPT = Outcome(200, "ok", Usage(), 0, 0.0, flags=("offline",))
 
 
 class InvalidCode(CapgateError):
@@ -115,7 +122,7 @@ class HookAPI:
         self.settings = settings
         self.clock = clock
         self._touched: dict[str, tuple[float, str | None]] = {}
-        self._refreshed = 0.0
+        self._refresher = CacheRefresher(store)
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
     def routes(self) -> list[web.RouteDef]:
@@ -140,18 +147,14 @@ class HookAPI:
                 "Send this machine's capgate hook token (cgh-...) as Authorization: Bearer."
             )
         entry = self.store.key_by_id(key_id)
-        if entry is None and self.clock() - self._refreshed > 0.05:
-            await self._refresh()
+        if entry is None:  # maybe enrolled a moment ago, through another process
+            await self._refresher.refresh()
             entry = self.store.key_by_id(key_id)
         if entry is None or not matches(raw, entry[1]) or "hook" not in metadata_of(entry[0]):
             raise AuthenticationFailed("Invalid hook token: this machine is not enrolled.")
         if entry[0].status is Status.REVOKED:
             raise AuthenticationFailed("This machine has been revoked by an administrator.")
         return entry[0]
-
-    async def _refresh(self) -> None:
-        self._refreshed = self.clock()
-        await self.store.refresh()
 
     async def _touch(self, key: Scope, version: str | None) -> None:
         now = self.clock()
@@ -226,7 +229,7 @@ class HookAPI:
         now = self.clock()
         scopes = self.scopes(key)
         model = self.decide(agent, body.model, body.model_source, scopes)
-        worst = self.worst(model)
+        worst = self.worst(agent, model)
         if await self.store.lease_held(lease):  # a retried gate: the same answer
             return await self._answer(key, agent, "allow", None, lease, model, now)
         done = await self.store.query_requests(RequestQuery(request_id=lease, limit=1))
@@ -253,6 +256,8 @@ class HookAPI:
             )
             message = await self.refused_message(key, agent, refusal, model, now)
             return await self._answer(key, agent, "block", message, None, model, now)
+        if self.pricing.lookup(model) is None:
+            self._unpriced(key, agent, model, "gate")
         try:
             decision = await self.store.reserve(info, worst)
         except StoreUnavailable:
@@ -286,9 +291,31 @@ class HookAPI:
         found = allowed or models
         return found[0] if found else None
 
-    def worst(self, model: str) -> Amounts:
+    def price(self, agent: str, model: str) -> tuple[Price | None, bool]:
+        """What `model`'s tokens cost, and whether it is missing from the price table:
+        then the dearest rates of the agent's family, so a new model is never free."""
+        price = self.pricing.lookup(model)
+        if price is not None:
+            return price, False
+        return g.family_ceiling(agent, self.pricing.models(), self.pricing.lookup), True
+
+    def _unpriced(self, key: Scope, agent: str, model: str, where: str) -> None:
+        log.warning(
+            Line(
+                "hook_unpriced_model",
+                {
+                    "model": model,
+                    "agent": agent,
+                    "machine": key.name,
+                    "at": where,
+                    "charged_as": f"the dearest {g.PRICE_FAMILIES[agent]}* rates",
+                },
+            )
+        )
+
+    def worst(self, agent: str, model: str) -> Amounts:
         return g.prompt_worst(
-            self.pricing.lookup(model),
+            self.price(agent, model)[0],
             self.pricing.credits_for(model),
             self.settings.hook_estimate_input_tokens,
             self.settings.hook_estimate_output_tokens,
@@ -307,6 +334,7 @@ class HookAPI:
         scopes = self.scopes(key)
         standing = await self.standing(key, now)
         alternatives: list[str] = []
+        worst = functools.partial(self.worst, agent)
         if refusal.code in ("limit_exceeded", "model_not_allowed", "outside_schedule", "unpriced"):
             candidates = g.dearest(
                 g.family_models(agent, self.pricing.models()), self.pricing.lookup
@@ -315,12 +343,10 @@ class HookAPI:
                 model,
                 candidates,
                 standing,
-                self.worst,
+                worst,
                 lambda m: check_access(scopes, (m, m), now) is None,
             )
-        return g.block_message(
-            refusal, standing, self.worst(model), timezone_of(scopes), alternatives
-        )
+        return g.block_message(refusal, standing, worst(model), timezone_of(scopes), alternatives)
 
     async def _answer(
         self,
@@ -381,8 +407,8 @@ class HookAPI:
         await self._touch(key, None)
         if body.report is not None:
             await self.record(key, body.report, ())
-        if self.clock() - self._refreshed >= REFRESH_EVERY_S:
-            await self._refresh()  # a kill made through another process
+        if self._refresher.age >= REFRESH_EVERY_S:
+            await self._refresher.refresh()  # a kill made through another process
             entry = self.store.key_by_id(key.id)
             key = entry[0] if entry is not None else key
         now = self.clock()
@@ -393,7 +419,8 @@ class HookAPI:
         message = stop_reason(scopes, model, standing, now)
         if message is None and body.to_model is not None:
             target = g.resolve(body.agent, body.to_model, names, self.pricing.lookup)
-            message = switch_reason(scopes, target or body.to_model, standing, self.worst, now)
+            worst = functools.partial(self.worst, body.agent)
+            message = switch_reason(scopes, target or body.to_model, standing, worst, now)
         cache = await self.cache(key, now)
         return json_response(
             {
@@ -424,15 +451,23 @@ class HookAPI:
         provider = g.AGENTS[report.agent]
         flags = ("hook_report", *extra_flags)
         items = []
+        unpriced = set()
         for call in report.calls:
             info = RequestInfo(
                 g.call_request_id(call.id), key.id, call.model, provider, call.model,
                 "hook/call", False, now, None, report.session_id, call.prompt_id,
             )  # fmt: skip
-            cost = cost_nano(call, self.pricing.lookup) or 0
-            outcome = Outcome(200, "ok", call.usage, cost, 0.0, flags=flags, requests=0)
+            price, missing = self.price(report.agent, call.model)
+            cost = 0 if price is None else price.cost_nano(call.usage)
+            marks = (*flags, "unpriced_model") if missing else flags
+            outcome = Outcome(200, "ok", call.usage, cost, 0.0, flags=marks, requests=0)
             items.append((unheld(info, Amounts(), scopes, now), outcome))
+            if missing:
+                unpriced.add(call.model)
         done = await self.store.record_unheld(items) if items else []
+        await self.record_offline(key, report, scopes, now)
+        for model in sorted(unpriced):
+            self._unpriced(key, report.agent, model, "report")
         ended = {
             g.lease_id(key.id, report.agent, report.session_id, p) for p in report.ended_prompts
         }
@@ -447,6 +482,31 @@ class HookAPI:
             await self.store.settle_lease(lease, PROMPT_DONE)
         recorded = sum(done)
         return recorded, len(done) - recorded
+
+    async def record_offline(
+        self, key: Scope, report: Report, scopes: list[Scope], now: float
+    ) -> None:
+        """Count each prompt the hook admitted from its cache once, as the gate would have
+        (its `hp-` id, requests 1, its model's credits), even past a limit, flag `offline`.
+        A prompt whose lease is still held is counted by that lease; one with an entry
+        (gated online, or listed in an earlier report) is not counted again."""
+        items = []
+        for prompt in report.offline_prompts:
+            lease = g.lease_id(key.id, report.agent, report.session_id, prompt.prompt_id)
+            if await self.store.lease_held(lease):
+                continue
+            model = self.decide(report.agent, prompt.model, prompt.model_source, scopes)
+            # in the window it was made in, believed at most `hook_offline_s` back
+            oldest = now - self.settings.hook_offline_s
+            at = now if prompt.at is None else min(now, max(float(prompt.at), oldest))
+            info = RequestInfo(
+                lease, key.id, model, g.AGENTS[report.agent], model, "hook/prompt", False, at,
+                None, report.session_id, prompt.prompt_id,
+            )  # fmt: skip
+            worst = Amounts(credits=self.pricing.credits_for(model))
+            items.append((unheld(info, worst, scopes, at), OFFLINE_PROMPT))
+        if items:
+            await self.store.record_unheld(items)
 
     # -- status, tamper ---------------------------------------------------------------
 

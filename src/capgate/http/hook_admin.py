@@ -1,7 +1,7 @@
 """The admin side of hook mode (`/admin/hook/...`, `/admin/users/{name}/kill`): install
 codes (shown once), enrolled machines, the kill switch. Revoking a machine is the
 existing `POST /admin/keys/{name}/revoke`; resuming a killed person the existing
-`POST /admin/users/{name}/resume` (which clears the logout mark, `clear_logout`)."""
+`POST /admin/users/{name}/resume` (which clears the logout mark: `Store.resume_user`)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from capgate.core.limits import Scope, ScopeKind, Status
+from capgate.core.limits import ScopeKind
 from capgate.http.admin_io import json_response, known_params, read_body
 from capgate.keys import key_hash, new_install_code
-from capgate.store.base import ScopeFields, Store
+from capgate.store.base import Store
 from capgate.store.records import HookCode, scope_json
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -60,15 +60,6 @@ def install_commands(url: str, code: str) -> dict[str, str]:
         "capgate": f"capgate hook install --server {url} --code {code}",
         "curl": f"curl -fsSL {url}/hook/install | sudo python3 - --server {url} --code {code}",
     }
-
-
-async def clear_logout(store: Store, scope: Scope, actor: str) -> Scope:
-    """A resumed person's machines stop logging the agent out."""
-    metadata = dict(scope.extra.get("metadata") or {})
-    if "hook_logout" not in metadata:
-        return scope
-    del metadata["hook_logout"]
-    return await store.update_scope(scope.kind, scope.name, ScopeFields(metadata=metadata), actor)
 
 
 class HookAdminRoutes:
@@ -150,11 +141,8 @@ class HookAdminRoutes:
 
     async def kill(self, request: web.Request) -> web.Response:
         """Pause the person (every gate and check of their machines refuses from now on)
-        and mark whether their machines log the agent out."""
+        and mark whether their machines log the agent out: one change, one audit entry."""
         spec: Kill = await read_body(request, Kill)
         name, actor = request.match_info["name"], request["actor"]
-        scope = await self.store.get_scope(ScopeKind.USER, name)
-        metadata = {**(scope.extra.get("metadata") or {}), "hook_logout": spec.logout}
-        await self.store.update_scope(ScopeKind.USER, name, ScopeFields(metadata=metadata), actor)
-        scope = await self.store.set_status(ScopeKind.USER, name, Status.PAUSED, actor)
+        scope = await self.store.kill_user(name, spec.logout, actor)
         return json_response(scope_json(scope))

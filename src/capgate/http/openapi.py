@@ -178,6 +178,7 @@ def openapi_document() -> dict[str, Any]:
             }
         },
     }
+    paths |= _alert_paths()
     return {
         "openapi": "3.1.0",
         "info": {"title": "capgate admin API", "version": __version__},
@@ -193,5 +194,41 @@ def openapi_document() -> dict[str, Any]:
                     "description": "a dashboard login; changes also need the x-csrf-token header",
                 },
             },
+        },
+    }
+
+
+def _alert_paths() -> dict[str, Any]:
+    """/admin/alerts/...: bodies are JSON objects (docs/configuration.md#alert-rules)."""
+
+    def path(name: str) -> list[dict[str, Any]]:
+        return [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}]
+
+    query = [
+        {"name": "status", "in": "query", "schema": {"enum": ["pending", "delivered", "failed"]}},
+        {"name": "limit", "in": "query", "schema": {"type": "integer"}},
+    ]
+    return {
+        "/admin/alerts/rules": {
+            "get": _op("Alert rules: the server's defaults and each scope's"),
+            "post": _op("Add an alert rule to a scope (answers its id); audit-logged", ok="201"),
+        },
+        "/admin/alerts/rules/{id}": {
+            "delete": _op("Remove an alert rule; audit-logged", params=path("id"), ok="204")
+        },
+        "/admin/alerts/webhooks": {
+            "get": _op("Alert webhooks, without their secrets"),
+            "post": _op(
+                "Add a webhook; its signing secret is in the answer, once; audit-logged", ok="201"
+            ),
+        },
+        "/admin/alerts/webhooks/{name}": {
+            "delete": _op("Remove a webhook; audit-logged", params=path("name"), ok="204")
+        },
+        "/admin/alerts/webhooks/{name}/test": {
+            "post": _op("Queue a signed test delivery to a webhook", params=path("name"), ok="202")
+        },
+        "/admin/alerts/deliveries": {
+            "get": _op("The webhook delivery log, newest first", params=query)
         },
     }

@@ -27,8 +27,9 @@ Last = Annotated[int, Field(ge=0, le=1000, description="at most this many rows (
 
 INSTRUCTIONS = (
     "What this developer's Claude Code and Codex sessions cost at API prices (from the "
-    "session files on this machine) and, when a capgate key is configured, their capgate "
-    "budgets: used, left, resets and a forecast. Costs are US dollars."
+    "session files on this machine) and, when a capgate key is configured or the machine "
+    "is enrolled in capgate's hook mode, their capgate budgets: used, left, resets and a "
+    "forecast. Costs are US dollars."
 )
 
 
@@ -95,14 +96,9 @@ def build(
     def capgate_budget() -> dict[str, Any]:
         """Your capgate limits (key, user, team, org): used, left, when each resets, and a
         forecast of each window's use at its end at the current pace. Needs CAPGATE_KEY
-        (and CAPGATE_URL)."""
-        key = budget.key_from(env)
-        if key is None:
-            raise ToolError(
-                "no capgate key configured: set CAPGATE_KEY (sk-cg-...) and CAPGATE_URL"
-            )
+        (and CAPGATE_URL), or this machine enrolled in capgate's hook mode."""
         try:
-            me = budget.fetch_me(budget.url_from(env), key)
+            me = budget.me_from(env)
         except budget.BudgetError as exc:
             raise ToolError(str(exc)) from None
         return budget.summarize(me, clock())

@@ -54,6 +54,7 @@ from capgate.core.limits import Limit, Scope, ScopeKind, Status
 from capgate.core.money import Usage
 from capgate.core.schedules import Schedule
 from capgate.errors import Conflict
+from capgate.store.alerting import AlertStore
 from capgate.store.records import (
     AuditEntry,
     EventBatch,
@@ -142,10 +143,16 @@ LEDGER_FLAGS: dict[str, str] = {
     "hook_report": "a model call a hook machine reported after it happened (hook mode): "
     "its usage was added once per provider request id, even past a limit",
     "otel": "reported through OpenTelemetry (`POST /v1/logs`) rather than a transcript",
+    "offline": "a prompt a hook machine admitted from its cached limits while the server "
+    "was unreachable (hook mode): counted once when its queued report arrived, even past "
+    "a limit",
+    "unpriced_model": "a model call a hook reported for a model with no price in capgate's "
+    "table: charged at the dearest rates of its agent's family (claude-* for Claude Code, "
+    "gpt-* for Codex), per token kind",
 }
 # The flags that mark an entry written without a reservation: its ledger entry (by
 # request id) is what says it was counted.
-UNHELD_FLAGS = ("fail_open", "hook_report")
+UNHELD_FLAGS = ("fail_open", "hook_report", "offline")
 
 
 @dataclass(frozen=True, slots=True)
@@ -517,6 +524,17 @@ class HookStore(Protocol):
     async def list_hook_machines(self) -> list[HookMachine]:
         """Every enrolled machine's facts, by key id."""
 
+    async def kill_user(self, name: str, logout: bool, actor: str = "admin") -> Scope:
+        """The kill switch, in one transaction: pause the user and mark whether their
+        machines log the agent out (`metadata.hook_logout`). One audit entry: action
+        `kill`, target `user:<name>`, the scope before and after. NotFound;
+        InvalidRequest: the user is revoked."""
+
+    async def resume_user(self, name: str, actor: str = "admin") -> Scope:
+        """Resume a paused (or killed) user and clear the logout mark, in one transaction.
+        One audit entry: action `resume`, before and after. NotFound; InvalidRequest: the
+        user is revoked."""
+
     async def settle_lease(self, lease_id: str, outcome: Outcome) -> bool:
         """Settle a held reservation from its stored row, from any process or node: the
         hold is released, `outcome`'s amounts (requests = `outcome.requests`, the held
@@ -539,7 +557,15 @@ class HookStore(Protocol):
 
 
 class Store(
-    HotPath, ScopeStore, LedgerReader, EventSource, SessionStore, SettingsStore, HookStore, Protocol
+    HotPath,
+    ScopeStore,
+    LedgerReader,
+    EventSource,
+    SessionStore,
+    SettingsStore,
+    HookStore,
+    AlertStore,
+    Protocol,
 ):
     """The whole port: what `bootstrap.py` builds and hands out, in parts, to consumers."""
 

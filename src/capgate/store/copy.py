@@ -40,9 +40,10 @@ OPTIONAL = frozenset({"login_failures"})
 # The tables that must be empty on the target (meta holds defaults the migrations wrote).
 MUST_BE_EMPTY = (
     "scopes", "counters", "reservations", "requests", "audit", "sessions", "hook_codes",
-    "hook_machines",
+    "hook_machines", "alert_claims", "alert_deliveries",
 )  # fmt: skip
-IDENTITY = ("requests", "audit")  # id columns the target numbers itself after the copy
+# id columns the target numbers itself after the copy
+IDENTITY = ("requests", "audit", "alert_deliveries")
 BATCH = 5000  # rows per COPY round trip
 CONNECT_TIMEOUT_S = 10
 

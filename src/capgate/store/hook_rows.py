@@ -6,7 +6,8 @@ from __future__ import annotations
 import orjson
 
 from capgate.core.bounds import MAX_NAME
-from capgate.errors import Conflict, NotFound
+from capgate.core.limits import Scope, Status
+from capgate.errors import Conflict, InvalidRequest, NotFound
 from capgate.store.base import Enrolment
 from capgate.store.records import HookCode, HookMachine
 from capgate.store.rows import Row
@@ -77,3 +78,18 @@ def one_code(code_id: str, found: int) -> None:
 def code_json(code: HookCode) -> dict[str, object]:
     """What the audit log keeps of a code (never the code)."""
     return {"id": code.id, "user": code.user, "expires_at": code.expires_at}
+
+
+def switched_metadata(user: Scope, logout: bool | None) -> dict[str, object] | None:
+    """A person's metadata after a kill (`logout` marked: whether their machines log the
+    agent out) or a resume (`logout` None: the mark cleared); None: unchanged. A revoked
+    person cannot come back (InvalidRequest)."""
+    if user.status is Status.REVOKED:
+        raise InvalidRequest(f'user "{user.name}" is revoked; revocation is final')
+    metadata = dict(user.extra.get("metadata") or {})
+    if logout is not None:
+        return {**metadata, "hook_logout": logout}
+    if "hook_logout" not in metadata:
+        return None
+    del metadata["hook_logout"]
+    return metadata

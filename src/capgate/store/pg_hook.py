@@ -9,11 +9,11 @@ from collections.abc import Sequence
 import orjson
 
 from capgate.core.engine import plan_settle
-from capgate.core.limits import Scope, ScopeKind
+from capgate.core.limits import Scope, ScopeKind, Status
 from capgate.errors import NotFound
 from capgate.store import pg_queries as q
 from capgate.store import pg_settlement as settlement
-from capgate.store.base import HOOK_LEASE_PREFIX, Enrolment, Outcome, Reservation
+from capgate.store.base import HOOK_LEASE_PREFIX, Enrolment, Outcome, Reservation, ScopeFields
 from capgate.store.hook_rows import (
     code_json,
     hook_code_from_row,
@@ -22,6 +22,7 @@ from capgate.store.hook_rows import (
     machine_metadata,
     machine_name,
     one_code,
+    switched_metadata,
 )
 from capgate.store.pg_admin import PgHost
 from capgate.store.records import HookCode, HookMachine, scope_json
@@ -154,6 +155,37 @@ class PgHook(PgHost):
             return [hook_machine_from_row(row) for row in rows]
 
         return await self._read(op)
+
+    async def kill_user(self, name: str, logout: bool, actor: str = "admin") -> Scope:
+        return await self._switch_user(name, Status.PAUSED, logout, "kill", actor)
+
+    async def resume_user(self, name: str, actor: str = "admin") -> Scope:
+        return await self._switch_user(name, Status.ACTIVE, None, "resume", actor)
+
+    async def _switch_user(
+        self, name: str, status: Status, logout: bool | None, action: str, actor: str
+    ) -> Scope:
+        """The status and the logout mark together, with one audit entry."""
+
+        async def op(conn: q.Conn) -> Scope:
+            before = await q.get_scope(conn, ScopeKind.USER.value, name)
+            if before is None:
+                raise NotFound(f'no user named "{name}"')
+            metadata = switched_metadata(before, logout)
+            now = self._clock()
+            await q.update_scope_row(conn, "user", before.id, ScopeFields(metadata=metadata), now)
+            await conn.execute(
+                "UPDATE scopes SET status = $1 WHERE kind = 'user' AND id = $2",
+                status.value, before.id,
+            )  # fmt: skip
+            after = await q.get_scope(conn, ScopeKind.USER.value, name)
+            assert after is not None
+            await q.insert_audit(
+                conn, now, actor, action, f"user:{name}", scope_json(before), scope_json(after)
+            )
+            return after
+
+        return await self._write(op, config=True)
 
     async def settle_lease(self, lease_id: str, outcome: Outcome) -> bool:
         async def op(conn: q.Conn) -> bool:

@@ -7,11 +7,11 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
-from capgate.core.limits import Scope, ScopeKind
+from capgate.core.limits import Scope, ScopeKind, Status
 from capgate.errors import NotFound
 from capgate.store import sqlite_queries as q
 from capgate.store import sqlite_settlement as settlement
-from capgate.store.base import HOOK_LEASE_PREFIX, Enrolment, Outcome, Reservation
+from capgate.store.base import HOOK_LEASE_PREFIX, Enrolment, Outcome, Reservation, ScopeFields
 from capgate.store.hook_rows import (
     code_json,
     hook_code_from_row,
@@ -20,6 +20,7 @@ from capgate.store.hook_rows import (
     machine_metadata,
     machine_name,
     one_code,
+    switched_metadata,
 )
 from capgate.store.records import HookCode, HookMachine, scope_json
 from capgate.store.rows import dumps
@@ -165,6 +166,41 @@ class SQLiteHook(SQLitePart):
 
         await self.flush()
         return await self._read(op)
+
+    async def kill_user(self, name: str, logout: bool, actor: str = "admin") -> Scope:
+        return await self._switch_user(name, Status.PAUSED, logout, "kill", actor)
+
+    async def resume_user(self, name: str, actor: str = "admin") -> Scope:
+        return await self._switch_user(name, Status.ACTIVE, None, "resume", actor)
+
+    async def _switch_user(
+        self, name: str, status: Status, logout: bool | None, action: str, actor: str
+    ) -> Scope:
+        """The status and the logout mark together, with one audit entry."""
+
+        def op(conn: sqlite3.Connection) -> Scope:
+            before = q.get_scope(conn, ScopeKind.USER.value, name)
+            if before is None:
+                raise NotFound(f'no user named "{name}"')
+            metadata = switched_metadata(before, logout)
+            now = self._clock()
+            q.update_scope_row(conn, "user", before.id, ScopeFields(metadata=metadata), now)
+            conn.execute(
+                "UPDATE scopes SET status=? WHERE kind='user' AND id=?", (status.value, before.id)
+            )
+            conn.execute("UPDATE meta SET v = CAST(v AS INTEGER) + 1 WHERE k='config_version'")
+            after = q.get_scope(conn, ScopeKind.USER.value, name)
+            assert after is not None
+            conn.execute(
+                "INSERT INTO audit (created_at, actor, action, target, before, after) "
+                "VALUES (?,?,?,?,?,?)",
+                (now, actor, action, f"user:{name}", dumps(scope_json(before)),
+                 dumps(scope_json(after))),
+            )  # fmt: skip
+            self._load(conn)
+            return after
+
+        return await self._write(op)
 
     async def settle_lease(self, lease_id: str, outcome: Outcome) -> bool:
         def op(conn: sqlite3.Connection) -> bool:

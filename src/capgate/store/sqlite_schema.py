@@ -179,6 +179,33 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE requests ADD COLUMN session TEXT;
     ALTER TABLE requests ADD COLUMN prompt TEXT;
     """,
+    # 12: alerts: each alert's claim, inserted once by whichever process fires it first
+    #     (forgotten once `expires_at`, the end of its window, has passed), and the
+    #     webhook deliveries queued in the same transaction, leased to one sender at a time.
+    """
+    CREATE TABLE alert_claims (
+        key TEXT PRIMARY KEY,
+        claimed_at REAL NOT NULL,
+        expires_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX alert_claims_expiry ON alert_claims (expires_at);
+    CREATE TABLE alert_deliveries (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        claim TEXT NOT NULL,
+        webhook TEXT NOT NULL,
+        body TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'pending',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        next_at REAL NOT NULL,
+        locked_by TEXT,
+        locked_until REAL NOT NULL DEFAULT 0,
+        last_status INTEGER,
+        last_error TEXT,
+        delivered_at REAL
+    );
+    CREATE INDEX alert_deliveries_due ON alert_deliveries (status, next_at);
+    """,
 )
 
 

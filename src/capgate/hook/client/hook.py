@@ -6,8 +6,9 @@ event's JSON on stdin. One file, standard library only, Python >= 3.8, few impor
 before every prompt, and importing is most of its cost (docs/hook-mode.md).
 
 - UserPromptSubmit: report the usage new in the transcript, ask `POST /hook/v1/gate`, block
-  with the server's message. PreToolUse / PreModelSwitch / PreCompact: report, ask
-  `/hook/v1/check`, stop the turn / refuse the switch / refuse the compaction.
+  with the server's message. A background task's result (`<task-notification>`) is no new
+  prompt: it is checked like a tool call. PreToolUse / PreModelSwitch / PreCompact: report,
+  ask `/hook/v1/check`, stop the turn / refuse the switch / refuse the compaction.
   Stop / SubagentStop / SessionEnd: report only, never block.
 - Usage comes from the transcript (Claude Code: assistant lines, subagent files included,
   counted once per request id) or the rollout file (Codex: `token_usage_record` lines), read
@@ -15,7 +16,8 @@ before every prompt, and importing is most of its cost (docs/hook-mode.md).
 - The server is the truth. Unreachable, the hook enforces the last limits it was given (the
   cache) counting what it queued since, and queues its reports for later (the server drops
   duplicates). No cache, or any error of its own: a gating event is refused (fail closed).
-- The machine's token is read from the `token` file next to this one and never printed.
+- The machine's token is read from the `token` file next to this one and never printed,
+  except by `hook.py otel-headers`, Claude Code's `otelHeadersHelper`, to Claude Code.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ DEADLINE_S = 7.0  # the managed settings allow 10 s: answer (even a refusal) wel
 GATING = ("UserPromptSubmit", "PreToolUse", "PreModelSwitch", "PreCompact")
 REPORTING = ("Stop", "SubagentStop", "SessionEnd", "StopFailure")
 CALL_FIELDS = ("input", "output", "cache_read", "cache_write", "cache_write_1h")
+MAX_CALLS = 1000  # per report (the server refuses more)
+NOTIFICATION = "<task-notification>"  # how a background task's result starts
 SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
@@ -61,6 +65,14 @@ def refusal(event: str, agent: str, message: str) -> dict[str, Any]:
                 "hookEventName": "UserPromptSubmit",
                 "suppressOriginalPrompt": True,
             },
+        }
+    if event == "PreToolUse" and agent == "codex":  # Codex refuses continue / stopReason
+        return {
+            "hookSpecificOutput": {
+                "hookEventName": "PreToolUse",
+                "permissionDecision": "deny",
+                "permissionDecisionReason": message,
+            }
         }
     if event == "PreToolUse":  # deny the tool AND end the turn: no model request after it
         return {
@@ -683,12 +695,40 @@ class Hook:
             self.save()
             return None
         report = self.report()
-        if self.name == "UserPromptSubmit":
+        if self.name == "UserPromptSubmit" and not self.notification():
             return self.gate(report)
         if self.name in GATING:
             return self.check(report)
+        self.remember_tasks()
         self.send_report(report)
         return None
+
+    def notification(self) -> bool:
+        """A background task's result handed back to the model (HOOKS.md §2): the person
+        typed nothing, so it is checked like a tool call, not gated as a new prompt. Only
+        for a task this session was seen to run in the background (Stop's
+        `background_tasks`, SubagentStop's `agent_id`), once: a typed prompt that starts
+        with `<task-notification>` is still a prompt."""
+        prompt = self.event.get("prompt")
+        if not isinstance(prompt, str) or not prompt.startswith(NOTIFICATION):
+            return False
+        start = prompt.find("<task-id>") + len("<task-id>")
+        task = prompt[start : prompt.find("</task-id>", start)].strip()
+        tasks = self.state.get("tasks") or []
+        if start < len("<task-id>") or task not in tasks:
+            return False
+        self.state["tasks"] = [t for t in tasks if t != task]
+        return True
+
+    def remember_tasks(self) -> None:
+        """The background tasks (and subagents) a Stop / SubagentStop names: their results
+        may come back as task notifications."""
+        found = [t.get("id") for t in self.event.get("background_tasks") or []
+                 if isinstance(t, dict)]  # fmt: skip
+        found.append(self.event.get("agent_id"))
+        known = self.state.get("tasks") or []
+        known += [t for t in found if isinstance(t, str) and t and t not in known]
+        self.state["tasks"] = known[-200:]
 
     def remember_model(self, model: object) -> None:
         if isinstance(model, str) and model:
@@ -713,7 +753,15 @@ class Hook:
                     )
                 calls = claude_usage(transcript, self.event, self.state, sent)
         self.state["sent"] += [c["id"] for c in calls]
+        while len(calls) > MAX_CALLS:  # the server takes <= 1000 a report: the rest, queued
+            extra, calls = calls[:MAX_CALLS], calls[MAX_CALLS:]
+            self.queue({"agent": self.agent, "session_id": self.session, "calls": extra,
+                        "ended_prompts": [], "session_end": False}, [])  # fmt: skip
+        open_prompts = self.state.setdefault("open", [])
         ended = [self.prompt_id()] if self.name == "Stop" and self.prompt_id() else []
+        if self.name == "SessionEnd":  # every prompt admitted and not yet seen to end
+            ended = [p for p in open_prompts if p]
+        self.state["open"] = [p for p in open_prompts if p not in ended]
         body: dict[str, Any] = {
             "agent": self.agent,
             "session_id": self.session,
@@ -745,7 +793,10 @@ class Hook:
             answer = call(self.config, "POST", "/hook/v1/gate", body, self.deadline.left() - 1)
         except Offline as exc:
             why = cached_decision(self.held, model, True, self.folder)
-            prompt = [] if why else [{"model": model or "", "id": self.prompt_id()}]
+            admitted = {"model": model or "", "model_source": source, "prompt_id": self.prompt_id()}
+            prompt = [] if why else [admitted]
+            if not why:
+                self.state["open"] = [*self.state.get("open", [])[-50:], self.prompt_id()]
             self.queue(report, prompt)
             self.save()
             if why:
@@ -754,6 +805,8 @@ class Hook:
         except Refused as exc:
             self.save()
             return refusal(self.name, self.agent, "capgate: " + str(exc))
+        if answer.get("decision") == "allow":
+            self.state["open"] = [*self.state.get("open", [])[-50:], self.prompt_id()]
         self.save()
         self.online(answer)
         if answer.get("decision") == "allow":
@@ -817,6 +870,9 @@ class Hook:
         at = time.time()  # in the server's clock when the cache says how far off ours is
         if cache.get("issued_at") and self.held.get("received_at"):
             at += float(cache["issued_at"]) - float(self.held["received_at"])
+        if prompts:  # admitted from the cache: for the server to count them (contract ext.)
+            listed = [dict(p, at=at) for p in prompts if p.get("prompt_id")]
+            report = dict(report, offline_prompts=listed)
         enqueue(
             self.folder, {"at": at, "report": report, "calls": report["calls"], "prompts": prompts}
         )
@@ -858,7 +914,19 @@ def logout(config: dict[str, Any], agent: str, folder: str, wanted: bool) -> Non
         pass
 
 
+def otel_headers(folder: str = HERE) -> int:
+    """`hook.py otel-headers`: Claude Code's `otelHeadersHelper` (managed settings). Prints
+    the OTLP header with the machine's token, read from the 0640 token file, so the
+    world-readable settings file holds no token."""
+    with open(os.path.join(folder, "token"), encoding="utf-8") as f:
+        token = f.read().strip()
+    sys.stdout.write(json.dumps({"Authorization": "Bearer " + token}))
+    return 0
+
+
 def main(argv: list[Any]) -> int:
+    if len(argv) > 1 and argv[1] == "otel-headers":
+        return otel_headers()
     agent = argv[1] if len(argv) > 1 and argv[1] in ("claude", "codex") else "claude"
     event: dict[str, Any] = {}
     try:

@@ -135,8 +135,10 @@ def client_files(server: str, local: str | None = None) -> dict[str, Any]:
 # -- what is written --------------------------------------------------------------------------
 
 
-def claude_settings(python: str, server: str, token: str) -> dict[str, Any]:
-    """The managed drop-in: only managed hooks run, failures block, telemetry to capgate."""
+def claude_settings(python: str, server: str) -> dict[str, Any]:
+    """The managed drop-in: only managed hooks run, failures block, telemetry to capgate.
+    It is world-readable, so it holds no token: Claude Code asks `otelHeadersHelper` (the
+    hook in its `otel-headers` mode, reading the 0640 token file) for the OTLP header."""
     hook = {"type": "command", "command": python, "args": ["-I", HOOK_DIR + "/hook.py", "claude"]}
     hooks: dict[str, Any] = {}
     for event, matcher, blocks in CLAUDE_EVENTS:
@@ -150,12 +152,12 @@ def claude_settings(python: str, server: str, token: str) -> dict[str, Any]:
     return {
         "allowManagedHooksOnly": True,
         "hooks": hooks,
+        "otelHeadersHelper": f"{python} -I {HOOK_DIR}/hook.py otel-headers",
         "env": {
             "CLAUDE_CODE_ENABLE_TELEMETRY": "1",
             "OTEL_LOGS_EXPORTER": "otlp",
             "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json",
             "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": server.rstrip("/") + "/v1/logs",
-            "OTEL_EXPORTER_OTLP_HEADERS": "Authorization=Bearer " + token,
             "OTEL_METRICS_EXPORTER": "none",
             "OTEL_LOGS_EXPORT_INTERVAL": "5000",
         },
@@ -168,8 +170,9 @@ def codex_requirements(python: str) -> str:
     lines = [MARKER, "allow_managed_hooks_only = true", "", "[features]", "hooks = true", "",
              "[hooks]", f'managed_dir = "{HOOK_DIR}"']  # fmt: skip
     for event in CODEX_EVENTS:
+        timeout = 3 if event == "SessionEnd" else 10  # Codex clamps SessionEnd to 3 s
         lines += ["", f"[[hooks.{event}]]", f"[[hooks.{event}.hooks]]", 'type = "command"',
-                  f"command = {json.dumps(command)}", "timeout = 10"]  # fmt: skip
+                  f"command = {json.dumps(command)}", f"timeout = {timeout}"]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -238,7 +241,7 @@ def plan(
     ]
     if "claude" in agents:
         path = CLAUDE_DROP_IN_MAC if system == "Darwin" else CLAUDE_DROP_IN
-        settings = claude_settings(python, server, token)
+        settings = claude_settings(python, server)
         files.append((path, json.dumps(settings, indent=2).encode() + b"\n", 0o644, 0, 0))
     if "codex" in agents:
         files.append((CODEX_REQUIREMENTS, codex_requirements(python).encode(), 0o644, 0, 0))

@@ -131,7 +131,11 @@ def run(pristine: str) -> list[Any]:
 
 def main() -> int:
     here = os.path.dirname(os.path.abspath(__file__))
-    restored = run(pristine_dir(here))
+    try:
+        restored = run(pristine_dir(here))
+    except FileNotFoundError as exc:
+        print(f"capgate hook watchdog: not installed here ({exc.filename})", file=sys.stderr)
+        return 1
     for path in restored:
         print("restored " + path)
     return 0

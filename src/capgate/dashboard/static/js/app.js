@@ -1,5 +1,6 @@
 // The dashboard's entry point: login, the shell, and a hash router over the pages.
 import { ApiError, api, get, setSession, whenLoggedOut } from "./api.js";
+import { alerts } from "./alerts.js";
 import { audit } from "./audit.js";
 import { h, replace } from "./dom.js";
 import { connect, disconnect } from "./events.js";
@@ -17,7 +18,7 @@ const KINDS = ["keys", "users", "teams", "orgs", "providers"];
 const TITLES = {
   overview: "Overview", live: "Live feed", requests: "Request log", keys: "Keys", users: "Users",
   teams: "Teams", orgs: "Orgs", providers: "Provider budgets", hooks: "Hook machines", settings: "Settings",
-  audit: "Audit log",
+  audit: "Audit log", alerts: "Alerts",
 };
 
 const loginView = document.getElementById("login");
@@ -98,6 +99,7 @@ async function route() {
     else if (page === "hooks") await hooks(root, cleanup);
     else if (page === "settings") await settings(root, cleanup);
     else if (page === "audit") await audit(root, cleanup);
+    else if (page === "alerts") await alerts(root, cleanup);
     else if (KINDS.includes(page) && parts[1]) await scopeDetail(root, cleanup, params, page, parts[1]);
     else if (KINDS.includes(page)) await scopes(root, cleanup, params, page);
     else replace(root, h("div", { class: "empty" }, "No such page."));

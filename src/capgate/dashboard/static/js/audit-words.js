@@ -13,8 +13,8 @@ const VERBS = {
   revoke: "revoked", "reset-usage": "reset the usage of", settings: "changed the",
 };
 
-// The kill switch is written as an update of the person (metadata.hook_logout set, then
-// a pause); resuming clears the mark.
+// The kill switch is one `kill` entry; servers before it wrote an update of the person
+// (metadata.hook_logout set, then a pause), which still reads as a kill here.
 function killMark(item) {
   if (item.action !== "update" || !String(item.target).startsWith("user:")) return null;
   const was = item.before?.metadata?.hook_logout;
