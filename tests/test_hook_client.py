@@ -305,6 +305,31 @@ def test_hook_offline_refuses_without_a_cache_and_uses_one_when_it_has_it(tmp_pa
     assert offline["prompt_id"] == "p3" and offline["at"] > 0
 
 
+def test_a_stop_ends_its_prompts_lease_only_once_a_call_of_it_was_reported(
+    tmp_path: Path,
+) -> None:
+    """A Stop whose prompt's call is not in the transcript yet (a busy machine writes it
+    late) must not free the prompt's lease: its cost would be counted only after another
+    prompt was admitted on the freed estimate. The Stop after the line is there ends it."""
+    folder = hook_folder(tmp_path, f"http://127.0.0.1:{closed_port()}")
+    state = tmp_path / "state" / "capgate-hook"
+    transcript = tmp_path / "s.jsonl"
+    write_lines(transcript, [user("p1")])
+    stop = {"hook_event_name": "Stop", "session_id": "s1", "prompt_id": "p1",
+            "transcript_path": str(transcript)}  # fmt: skip
+
+    def reports() -> list[dict[str, Any]]:
+        return [json.loads(q.read_text())["report"] for q in sorted((state / "queue").glob("*"))]
+
+    assert run_hook(folder, tmp_path, stop) == ""
+    assert reports() == []  # nothing counted, nothing ended
+    write_lines(transcript, [assistant("req_1", "m1", "claude-sonnet-4-6", 0, **USAGE)])
+    assert run_hook(folder, tmp_path, stop) == ""
+    (report,) = reports()
+    assert [c["id"] for c in report["calls"]] == ["req_1"]
+    assert report["ended_prompts"] == ["p1"]
+
+
 def test_a_background_tasks_result_is_no_new_prompt(tmp_path: Path) -> None:
     """Offline with a cache: the result of a task the session ran in the background is
     admitted without counting a prompt; the same notification again, or a typed one naming
@@ -324,7 +349,7 @@ def test_a_background_tasks_result_is_no_new_prompt(tmp_path: Path) -> None:
         event = {**base, "hook_event_name": "UserPromptSubmit", "prompt_id": prompt_id,
                  "prompt": text}  # fmt: skip
         assert run_hook(folder, tmp_path, event) == ""  # admitted offline
-        items = [json.loads(q.read_text()) for q in (state / "queue").iterdir()]
+        items = [json.loads(q.read_text()) for q in (state / "queue").glob("*")]
         return sorted(p["prompt_id"] for i in items for p in i["report"].get("offline_prompts", []))
 
     assert notify("n1", "t1") == []  # the background task's result: not a prompt

@@ -426,7 +426,11 @@ def test_twenty_prompts_at_once_keep_the_stated_bound(
         )
         spent = sum(Decimal(e["cost_usd"]) for e in calls)
         assert spent == call * len(admitted)
-        assert spent <= limit + len(admitted) * (call - estimate), (spent, len(admitted))
+        story = sorted(
+            (e["created_at"], e["endpoint"], e["outcome"], e["session"], e["flags"])
+            for e in machine.ledger()
+        )
+        assert spent <= limit + len(admitted) * (call - estimate), (spent, story)
     finally:
         machine.overlay.close()
 

@@ -758,10 +758,17 @@ class Hook:
             self.queue({"agent": self.agent, "session_id": self.session, "calls": extra,
                         "ended_prompts": [], "session_end": False}, [])  # fmt: skip
         open_prompts = self.state.setdefault("open", [])
-        ended = [self.prompt_id()] if self.name == "Stop" and self.prompt_id() else []
+        counted = self.state.setdefault("counted", [])  # open prompts with a call reported
+        counted += [c["prompt_id"] for c in calls if c.get("prompt_id") not in (None, *counted)]
+        # A Stop ends its prompt's lease only once a call of it was reported: a line still
+        # unwritten (a busy machine) must not free the lease before its cost is counted.
+        # The rest end with the session (or the session's next prompt, or the lease's age).
+        prompt = self.prompt_id()
+        ended = [prompt] if self.name == "Stop" and prompt and prompt in counted else []
         if self.name == "SessionEnd":  # every prompt admitted and not yet seen to end
             ended = [p for p in open_prompts if p]
         self.state["open"] = [p for p in open_prompts if p not in ended]
+        self.state["counted"] = [p for p in counted if p in self.state["open"]]
         body: dict[str, Any] = {
             "agent": self.agent,
             "session_id": self.session,
