@@ -81,6 +81,17 @@ class AlertChange:
     after: dict[str, Any] | None
 
 
+# The delivery log's columns as `AlertDelivery` takes them, and a row of them as one.
+DELIVERY_COLUMNS = (
+    "id, claim, webhook, body, status, attempts, created_at, next_at, last_status, "
+    "last_error, delivered_at"
+)
+
+
+def delivery_from_row(row: Any) -> AlertDelivery:
+    return AlertDelivery(*tuple(row))
+
+
 class AlertStore(Protocol):
     """Alert claims, deliveries and the alerts' configuration, shared by every process
     and node on the database."""

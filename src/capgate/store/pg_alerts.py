@@ -14,21 +14,14 @@ from capgate.store import pg_queries as q
 from capgate.store.alerting import (
     ALERTS_ROW,
     CHANGED,
+    DELIVERY_COLUMNS,
     AlertChange,
     AlertClaim,
     AlertDelivery,
     DeliveryAttempt,
+    delivery_from_row,
 )
 from capgate.store.pg_admin import PgHost
-
-COLUMNS = (
-    "id, claim, webhook, body, status, attempts, created_at, next_at, last_status, "
-    "last_error, delivered_at"
-)
-
-
-def delivery_from_row(row: Any) -> AlertDelivery:
-    return AlertDelivery(*tuple(row))
 
 
 class PgAlerts(PgHost):
@@ -75,7 +68,7 @@ class PgAlerts(PgHost):
                 f"UPDATE alert_deliveries SET locked_by = $1, locked_until = $2 "  # noqa: S608
                 f"WHERE id IN (SELECT id FROM alert_deliveries WHERE status = 'pending' "
                 f"AND next_at <= $3 AND (locked_by = $1 OR locked_until <= $3) "
-                f"ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED) RETURNING {COLUMNS}",
+                f"ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED) RETURNING {DELIVERY_COLUMNS}",
                 owner, lease_until, now, limit,
             )  # fmt: skip
             return sorted((delivery_from_row(r) for r in rows), key=lambda d: d.id)
@@ -101,7 +94,7 @@ class PgAlerts(PgHost):
     ) -> list[AlertDelivery]:
         async def op(conn: q.Conn) -> list[AlertDelivery]:
             rows = await conn.fetch(
-                f"SELECT {COLUMNS} FROM alert_deliveries "  # noqa: S608 - constants
+                f"SELECT {DELIVERY_COLUMNS} FROM alert_deliveries "  # noqa: S608 - constants
                 "WHERE $1::text IS NULL OR status = $1 ORDER BY id DESC LIMIT $2",
                 status, limit,
             )  # fmt: skip

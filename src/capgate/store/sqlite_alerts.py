@@ -12,22 +12,15 @@ from capgate.errors import Conflict
 from capgate.store.alerting import (
     ALERTS_ROW,
     CHANGED,
+    DELIVERY_COLUMNS,
     AlertChange,
     AlertClaim,
     AlertDelivery,
     DeliveryAttempt,
+    delivery_from_row,
 )
 from capgate.store.rows import dumps
 from capgate.store.sqlite_writer import SQLitePart
-
-COLUMNS = (
-    "id, claim, webhook, body, status, attempts, created_at, next_at, last_status, "
-    "last_error, delivered_at"
-)
-
-
-def delivery_from_row(row: Any) -> AlertDelivery:
-    return AlertDelivery(*tuple(row))
 
 
 class AlertStoreSQLite(SQLitePart):
@@ -73,7 +66,7 @@ class AlertStoreSQLite(SQLitePart):
                 f"UPDATE alert_deliveries SET locked_by = ?, locked_until = ? "  # noqa: S608
                 f"WHERE id IN (SELECT id FROM alert_deliveries WHERE status = 'pending' "
                 f"AND next_at <= ? AND (locked_by = ? OR locked_until <= ?) "
-                f"ORDER BY id LIMIT ?) RETURNING {COLUMNS}",
+                f"ORDER BY id LIMIT ?) RETURNING {DELIVERY_COLUMNS}",
                 (owner, lease_until, now, owner, now, limit),
             ).fetchall()
             return sorted((delivery_from_row(r) for r in rows), key=lambda d: d.id)
@@ -100,7 +93,7 @@ class AlertStoreSQLite(SQLitePart):
         def op(conn: sqlite3.Connection) -> list[AlertDelivery]:
             where, args = ("WHERE status = ?", (status,)) if status else ("", ())
             rows = conn.execute(
-                f"SELECT {COLUMNS} FROM alert_deliveries {where} "  # noqa: S608 - constants
+                f"SELECT {DELIVERY_COLUMNS} FROM alert_deliveries {where} "  # noqa: S608 - constants
                 "ORDER BY id DESC LIMIT ?",
                 (*args, limit),
             ).fetchall()
