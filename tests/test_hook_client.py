@@ -510,22 +510,29 @@ def test_http_over_a_bare_socket(tmp_path: Path) -> None:
 
 
 def test_install_needs_root(tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "capgate", "hook", "install", "--server", "http://x",
-               "--code", "cgi-x"]  # fmt: skip
-    if os.geteuid() == 0:
-        need(shutil.which("setpriv") is not None, "setpriv (util-linux) is not installed")
-        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
-    done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=tmp_path,
-                          env={**os.environ, "HOME": str(tmp_path)})  # fmt: skip
+    """`capgate hook install` and the served installer refuse to run but as root. The CLI
+    runs with its effective uid faked (its package may sit where another user cannot read,
+    e.g. a clone in a 0700 temporary folder); the installer, read from stdin by the system
+    interpreter, really runs as nobody when the tests run as root."""
+    fake = (
+        "import os, sys; os.geteuid = lambda: 65534; "
+        "sys.argv = ['capgate', 'hook', 'install', '--server', 'http://x', '--code', 'cgi-x']; "
+        "from capgate.cli.entry import main; main()"
+    )
+    done = subprocess.run([sys.executable, "-c", fake], capture_output=True, text=True,
+                          check=False, cwd=tmp_path, env={**os.environ, "HOME": str(tmp_path)})  # fmt: skip
     assert done.returncode == 1
     assert "run as root" in done.stderr
+    if os.geteuid() == 0:
+        need(shutil.which("setpriv") is not None, "setpriv (util-linux) is not installed")
     installer = subprocess.run(
         ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", PYTHON, "-",
          "--server", "http://x", "--code", "cgi-x"] if os.geteuid() == 0 else
         [PYTHON, "-", "--server", "http://x", "--code", "cgi-x"],
         input=(CLIENT / "install.py").read_text(), capture_output=True, text=True, check=False,
+        cwd="/",
     )  # fmt: skip
-    assert installer.returncode == 1 and "run as root" in installer.stderr
+    assert installer.returncode == 1 and "run as root" in installer.stderr, installer
 
 
 def test_a_long_transcript_is_reported_in_parts_the_server_accepts(tmp_path: Path) -> None:
