@@ -56,6 +56,7 @@ from capgate.store.pg_dashboard import PgDashboard
 from capgate.store.pg_hook import PgHook
 from capgate.store.pg_hot import PgReserve, SeenStates
 from capgate.store.pg_lifeline import Lifeline, liveness_key
+from capgate.store.pg_routing import PgRouting
 from capgate.store.pg_queries import SELECT_SCOPES
 from capgate.store.pg_schema import CONFIG_LOCK, migrate
 from capgate.store.settling import SettleRetry
@@ -95,7 +96,9 @@ def _user_state_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "capgate"
 
 
-class PostgresStore(KeyCache, SettleRetry, PgReserve, PgScopeAdmin, PgDashboard, PgHook, PgAlerts):
+class PostgresStore(
+    KeyCache, SettleRetry, PgReserve, PgScopeAdmin, PgDashboard, PgHook, PgAlerts, PgRouting
+):
     def __init__(
         self,
         url: str,

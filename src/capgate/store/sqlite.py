@@ -54,6 +54,7 @@ from capgate.store.sqlite_alerts import AlertStoreSQLite
 from capgate.store.sqlite_counters import CounterCache
 from capgate.store.sqlite_dashboard import DashboardStore
 from capgate.store.sqlite_hook import SQLiteHook
+from capgate.store.sqlite_routing import SQLiteRouting
 from capgate.store.sqlite_schema import migrate
 from capgate.store.sqlite_writer import SQLiteWriter, WriterClosed
 
@@ -70,7 +71,9 @@ WAL_RESTART_FRAMES = 16384
 WAL_RESTART_WAIT_MS = 200
 
 
-class SQLiteStore(KeyCache, SettleRetry, ScopeAdmin, DashboardStore, SQLiteHook, AlertStoreSQLite):
+class SQLiteStore(
+    KeyCache, SettleRetry, ScopeAdmin, DashboardStore, SQLiteHook, AlertStoreSQLite, SQLiteRouting
+):
     def __init__(
         self,
         path: str,
