@@ -38,6 +38,7 @@ from capgate.http.hook import HookAPI
 from capgate.http.hook_extra import HookExtras
 from capgate.http.metrics import MetricsAPI
 from capgate.keys import display_prefix, key_hash, key_id_of, matches, new_key
+from capgate.live_routing import LiveRouting
 from capgate.logs import logged_admin_routes
 from capgate.metrics import Metrics
 from capgate.mock.server import create_mock_app
@@ -46,6 +47,7 @@ from capgate.providers.cli import cli_provider
 from capgate.providers.http import HTTPProvider
 from capgate.routing import Router
 from capgate.runtime import RuntimeSettings
+from capgate.secret_box import load_key
 from capgate.store.base import ScopeFields, Store
 from capgate.store.pg import PostgresStore, state_dir_of
 from capgate.store.sqlite import SQLiteStore
@@ -221,6 +223,7 @@ async def build(
     `keys` were decided by the parent of `serve --workers` (else they are decided here)."""
     settings = config.server
     environ = os.environ if environ is None else environ
+    box = load_key(environ, settings.secret_key_file)  # a bad key stops the start here
     store = await open_store(config)
     runners: list[web.AppRunner] = []
     providers: dict[str, Provider] = {}
@@ -245,6 +248,10 @@ async def build(
     runtime.watch(store)
     configs = {pc.name: pc for pc in provider_configs}
     router = Router(list(config.models), providers, configs, settings)
+    # Providers and routes an admin added at runtime, after the file's (live_routing.py).
+    live = LiveRouting(configs, providers, list(config.models), router, box)
+    await live.refresh(store)
+    live.watch(store)
     metrics = Metrics() if settings.metrics_enabled else None
     traces = _traces(settings)
     gateway = Gateway(store, router, runtime.pricing, settings, metrics=metrics, traces=traces)
@@ -252,7 +259,7 @@ async def build(
     admin = AdminAPI(
         store, keys.admin_digest, runtime=runtime, routing=router.describe,
         min_clamped_tokens=settings.min_clamped_tokens, public_url=settings.public_url,
-        trusted_proxies=parse_networks(settings.trusted_proxies),
+        trusted_proxies=parse_networks(settings.trusted_proxies), live=live,
     )  # fmt: skip
     hook = HookAPI(store, runtime.pricing, settings)
     hook_extras = HookExtras(hook)
@@ -283,6 +290,7 @@ async def build(
         await runtime.close()
         await hook_extras.close()
         await gateway.drain()
+        await live.close()
         if traces is not None:  # after the drain: settlements end their spans
             await traces.close()
         for provider in providers.values():

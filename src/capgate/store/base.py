@@ -56,7 +56,6 @@ from capgate.core.money import Usage
 from capgate.core.schedules import Schedule
 from capgate.errors import Conflict
 from capgate.store.alerting import AlertStore
-from capgate.store.routing_rows import RoutingStore
 from capgate.store.records import (
     AuditEntry,
     EventBatch,
@@ -71,6 +70,7 @@ from capgate.store.records import (
     Summary,
     UsageRow,
 )
+from capgate.store.routing_rows import RoutingStore
 
 # The `meta` row that holds the settings an admin changed at runtime (a JSON object).
 SETTINGS_ROW = "settings"

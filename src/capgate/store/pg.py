@@ -56,8 +56,8 @@ from capgate.store.pg_dashboard import PgDashboard
 from capgate.store.pg_hook import PgHook
 from capgate.store.pg_hot import PgReserve, SeenStates
 from capgate.store.pg_lifeline import Lifeline, liveness_key
-from capgate.store.pg_routing import PgRouting
 from capgate.store.pg_queries import SELECT_SCOPES
+from capgate.store.pg_routing import PgRouting
 from capgate.store.pg_schema import CONFIG_LOCK, migrate
 from capgate.store.settling import SettleRetry
 

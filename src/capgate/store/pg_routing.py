@@ -34,7 +34,7 @@ _BUMP = (
     "INSERT INTO meta (k, v) VALUES ($1, '1') "
     "ON CONFLICT (k) DO UPDATE SET v = (meta.v::BIGINT + 1)::TEXT"
 )
-_ROUTES = f"SELECT {ROUTE_COLUMNS} FROM runtime_routes ORDER BY created_at, match"
+_ROUTES = f"SELECT {ROUTE_COLUMNS} FROM runtime_routes ORDER BY created_at, match"  # noqa: S608
 
 
 async def _routes(conn: q.Conn) -> list[StoredRoute]:
@@ -43,14 +43,16 @@ async def _routes(conn: q.Conn) -> list[StoredRoute]:
 
 async def _provider(conn: q.Conn, name: str, lock: str = "") -> StoredProvider | None:
     row = await conn.fetchrow(
-        f"SELECT {PROVIDER_COLUMNS} FROM runtime_providers WHERE name = $1 {lock}", name
+        f"SELECT {PROVIDER_COLUMNS} FROM runtime_providers WHERE name = $1 {lock}",  # noqa: S608
+        name,
     )
     return None if row is None else provider_from_row(row)
 
 
 async def _route(conn: q.Conn, match: str) -> StoredRoute | None:
     row = await conn.fetchrow(
-        f"SELECT {ROUTE_COLUMNS} FROM runtime_routes WHERE match = $1 FOR UPDATE", match
+        f"SELECT {ROUTE_COLUMNS} FROM runtime_routes WHERE match = $1 FOR UPDATE",  # noqa: S608
+        match,
     )
     return None if row is None else route_from_row(row)
 
@@ -58,7 +60,7 @@ async def _route(conn: q.Conn, match: str) -> StoredRoute | None:
 class PgRouting(PgHost):
     """Mixed into PostgresStore."""
 
-    async def _changed(
+    async def _routing_changed(
         self, conn: q.Conn, actor: str, action: str, target: str,
         before: dict[str, Any] | None, after: dict[str, Any] | None,
     ) -> None:  # fmt: skip
@@ -76,7 +78,7 @@ class PgRouting(PgHost):
         async def op(conn: q.Conn) -> RuntimeRouting:
             value = await conn.fetchval("SELECT v FROM meta WHERE k = $1", VERSION_ROW)
             rows = await conn.fetch(
-                f"SELECT {PROVIDER_COLUMNS} FROM runtime_providers ORDER BY created_at, name"
+                f"SELECT {PROVIDER_COLUMNS} FROM runtime_providers ORDER BY created_at, name"  # noqa: S608
             )
             providers = tuple(provider_from_row(r) for r in rows)
             return RuntimeRouting(int(value or 0), providers, tuple(await _routes(conn)))
@@ -90,7 +92,7 @@ class PgRouting(PgHost):
             before = await _provider(conn, provider.name, "FOR UPDATE")
             if create:
                 inserted = await conn.fetchval(
-                    f"INSERT INTO runtime_providers ({PROVIDER_COLUMNS}) VALUES "
+                    f"INSERT INTO runtime_providers ({PROVIDER_COLUMNS}) VALUES "  # noqa: S608
                     "($1,$2,$3,$4,$5,$6,$7,$8,$9) ON CONFLICT DO NOTHING RETURNING true",
                     *values,
                 )
@@ -105,8 +107,8 @@ class PgRouting(PgHost):
                     *values[:7], now,
                 )  # fmt: skip
             action = "provider-create" if create else "provider-update"
-            await self._changed(conn, actor, action, f"provider:{provider.name}",
-                                before and before.audit_json(), provider.audit_json())  # fmt: skip
+            await self._routing_changed(conn, actor, action, f"provider:{provider.name}",
+                                before.audit_json() if before else None, provider.audit_json())  # fmt: skip
 
         await self._write(op)
 
@@ -119,7 +121,7 @@ class PgRouting(PgHost):
             if users:
                 raise Conflict(in_use(name, users))
             await conn.execute("DELETE FROM runtime_providers WHERE name = $1", name)
-            await self._changed(conn, actor, "provider-delete", f"provider:{name}",
+            await self._routing_changed(conn, actor, "provider-delete", f"provider:{name}",
                                 before.audit_json(), None)  # fmt: skip
 
         await self._write(op)
@@ -141,7 +143,7 @@ class PgRouting(PgHost):
             now, settings = self._clock(), dumps(route.settings)
             if create:
                 inserted = await conn.fetchval(
-                    f"INSERT INTO runtime_routes ({ROUTE_COLUMNS}) VALUES ($1,$2,$3,$4) "
+                    f"INSERT INTO runtime_routes ({ROUTE_COLUMNS}) VALUES ($1,$2,$3,$4) "  # noqa: S608
                     "ON CONFLICT DO NOTHING RETURNING true",
                     route.match, settings, now, now,
                 )  # fmt: skip
@@ -153,8 +155,8 @@ class PgRouting(PgHost):
                     route.match, settings, now,
                 )  # fmt: skip
             action = "route-create" if create else "route-update"
-            await self._changed(conn, actor, action, f"route:{route.match}",
-                                before and before.audit_json(), route.audit_json())  # fmt: skip
+            await self._routing_changed(conn, actor, action, f"route:{route.match}",
+                                before.audit_json() if before else None, route.audit_json())  # fmt: skip
 
         await self._write(op)
 
@@ -164,7 +166,7 @@ class PgRouting(PgHost):
             if before is None:
                 raise NotFound(f"no runtime route for {match!r}")
             await conn.execute("DELETE FROM runtime_routes WHERE match = $1", match)
-            await self._changed(conn, actor, "route-delete", f"route:{match}",
+            await self._routing_changed(conn, actor, "route-delete", f"route:{match}",
                                 before.audit_json(), None)  # fmt: skip
 
         await self._write(op)
@@ -172,7 +174,7 @@ class PgRouting(PgHost):
     async def reseal_provider_secrets(self, reseal: Reseal, actor: str) -> int:
         async def op(conn: q.Conn) -> int:
             rows = await conn.fetch(
-                f"SELECT {PROVIDER_COLUMNS} FROM runtime_providers WHERE secret IS NOT NULL "
+                f"SELECT {PROVIDER_COLUMNS} FROM runtime_providers WHERE secret IS NOT NULL "  # noqa: S608
                 "ORDER BY name FOR UPDATE"
             )
             providers = [provider_from_row(r) for r in rows]
@@ -183,7 +185,7 @@ class PgRouting(PgHost):
                     provider.name, sealed.ciphertext, sealed.nonce, sealed.key_id,
                 )  # fmt: skip
             names = [p.name for p in providers]
-            await self._changed(conn, actor, "secret-key-rotate", "providers", None,
+            await self._routing_changed(conn, actor, "secret-key-rotate", "providers", None,
                                 {"providers": names})  # fmt: skip
             return len(providers)
 

@@ -33,20 +33,22 @@ _BUMP = (
 
 
 def _routes(conn: sqlite3.Connection) -> list[StoredRoute]:
-    rows = conn.execute(f"SELECT {ROUTE_COLUMNS} FROM runtime_routes ORDER BY created_at, match")
+    rows = conn.execute(f"SELECT {ROUTE_COLUMNS} FROM runtime_routes ORDER BY created_at, match")  # noqa: S608
     return [route_from_row(r) for r in rows]
 
 
 def _provider(conn: sqlite3.Connection, name: str) -> StoredProvider | None:
     row = conn.execute(
-        f"SELECT {PROVIDER_COLUMNS} FROM runtime_providers WHERE name = ?", (name,)
+        f"SELECT {PROVIDER_COLUMNS} FROM runtime_providers WHERE name = ?",  # noqa: S608
+        (name,),
     ).fetchone()
     return None if row is None else provider_from_row(row)
 
 
 def _route(conn: sqlite3.Connection, match: str) -> StoredRoute | None:
     row = conn.execute(
-        f"SELECT {ROUTE_COLUMNS} FROM runtime_routes WHERE match = ?", (match,)
+        f"SELECT {ROUTE_COLUMNS} FROM runtime_routes WHERE match = ?",  # noqa: S608
+        (match,),
     ).fetchone()
     return None if row is None else route_from_row(row)
 
@@ -54,7 +56,7 @@ def _route(conn: sqlite3.Connection, match: str) -> StoredRoute | None:
 class SQLiteRouting(SQLitePart):
     """Mixed into SQLiteStore."""
 
-    def _audit(
+    def _routing_changed(
         self, conn: sqlite3.Connection, actor: str, action: str, target: str,
         before: object, after: object,
     ) -> None:  # fmt: skip
@@ -78,7 +80,7 @@ class SQLiteRouting(SQLitePart):
             try:
                 row = conn.execute("SELECT v FROM meta WHERE k = ?", (VERSION_ROW,)).fetchone()
                 providers = conn.execute(
-                    f"SELECT {PROVIDER_COLUMNS} FROM runtime_providers ORDER BY created_at, name"
+                    f"SELECT {PROVIDER_COLUMNS} FROM runtime_providers ORDER BY created_at, name"  # noqa: S608
                 )
                 found = tuple(provider_from_row(p) for p in providers)
                 return RuntimeRouting(int(row[0]) if row else 0, found, tuple(_routes(conn)))
@@ -98,7 +100,7 @@ class SQLiteRouting(SQLitePart):
             values = provider_values(provider, now)
             if before is None:
                 conn.execute(
-                    f"INSERT INTO runtime_providers ({PROVIDER_COLUMNS}) "
+                    f"INSERT INTO runtime_providers ({PROVIDER_COLUMNS}) "  # noqa: S608
                     "VALUES (?,?,?,?,?,?,?,?,?)",
                     values,
                 )
@@ -110,8 +112,8 @@ class SQLiteRouting(SQLitePart):
                 )
             action = "provider-create" if before is None else "provider-update"
             after = provider.audit_json()
-            self._audit(conn, actor, action, f"provider:{provider.name}",
-                        before and before.audit_json(), after)  # fmt: skip
+            self._routing_changed(conn, actor, action, f"provider:{provider.name}",
+                        before.audit_json() if before else None, after)  # fmt: skip
 
         await self._write(op)
 
@@ -124,7 +126,7 @@ class SQLiteRouting(SQLitePart):
             if users:
                 raise Conflict(in_use(name, users))
             conn.execute("DELETE FROM runtime_providers WHERE name = ?", (name,))
-            self._audit(conn, actor, "provider-delete", f"provider:{name}",
+            self._routing_changed(conn, actor, "provider-delete", f"provider:{name}",
                         before.audit_json(), None)  # fmt: skip
 
         await self._write(op)
@@ -145,7 +147,7 @@ class SQLiteRouting(SQLitePart):
             now, settings = self._clock(), dumps(route.settings)
             if before is None:
                 conn.execute(
-                    f"INSERT INTO runtime_routes ({ROUTE_COLUMNS}) VALUES (?,?,?,?)",
+                    f"INSERT INTO runtime_routes ({ROUTE_COLUMNS}) VALUES (?,?,?,?)",  # noqa: S608
                     (route.match, settings, now, now),
                 )
             else:
@@ -154,8 +156,8 @@ class SQLiteRouting(SQLitePart):
                     (settings, now, route.match),
                 )
             action = "route-create" if before is None else "route-update"
-            self._audit(conn, actor, action, f"route:{route.match}",
-                        before and before.audit_json(), route.audit_json())  # fmt: skip
+            self._routing_changed(conn, actor, action, f"route:{route.match}",
+                        before.audit_json() if before else None, route.audit_json())  # fmt: skip
 
         await self._write(op)
 
@@ -165,14 +167,16 @@ class SQLiteRouting(SQLitePart):
             if before is None:
                 raise NotFound(f"no runtime route for {match!r}")
             conn.execute("DELETE FROM runtime_routes WHERE match = ?", (match,))
-            self._audit(conn, actor, "route-delete", f"route:{match}", before.audit_json(), None)
+            self._routing_changed(
+                conn, actor, "route-delete", f"route:{match}", before.audit_json(), None
+            )
 
         await self._write(op)
 
     async def reseal_provider_secrets(self, reseal: Reseal, actor: str) -> int:
         def op(conn: sqlite3.Connection) -> int:
             rows = conn.execute(
-                f"SELECT {PROVIDER_COLUMNS} FROM runtime_providers WHERE secret IS NOT NULL"
+                f"SELECT {PROVIDER_COLUMNS} FROM runtime_providers WHERE secret IS NOT NULL"  # noqa: S608
             ).fetchall()
             providers = [provider_from_row(r) for r in rows]
             for provider in providers:
@@ -182,7 +186,9 @@ class SQLiteRouting(SQLitePart):
                     (sealed.ciphertext, sealed.nonce, sealed.key_id, provider.name),
                 )
             names = [p.name for p in providers]
-            self._audit(conn, actor, "secret-key-rotate", "providers", None, {"providers": names})
+            self._routing_changed(
+                conn, actor, "secret-key-rotate", "providers", None, {"providers": names}
+            )
             return len(providers)
 
         return await self._write(op)
