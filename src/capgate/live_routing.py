@@ -26,8 +26,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from capgate.config import ProviderConfig, RouteConfig, _location
-from capgate.errors import Conflict, InvalidRequest, NotFound
-from capgate.providers.base import Provider
+from capgate.errors import Conflict, InvalidRequest, NotFound, UpstreamFailed
+from capgate.providers.base import Endpoint, Provider, UpstreamAnswer
 from capgate.providers.http import HTTPProvider
 from capgate.routing import Router
 from capgate.secret_box import SecretBox, SecretUnreadable, fingerprint
@@ -67,13 +67,36 @@ def checked(model: type[ProviderConfig] | type[RouteConfig], data: dict[str, Any
         raise InvalidRequest("; ".join(problems)) from None
 
 
+class Unusable:
+    """A runtime provider that cannot be built (its key does not decrypt, its name is
+    the config file's): its routes stay, and fail with the reason instead of going
+    silently to another provider or sending a wrong key."""
+
+    def __init__(self, config: ProviderConfig, problem: str) -> None:
+        self.name: str = config.name
+        self.type: str = config.type
+        self.dialects = config.dialects
+        self._problem = problem
+
+    def supports(self, endpoint: Endpoint) -> bool:
+        return endpoint.dialect in self.dialects
+
+    async def send(
+        self, endpoint: Endpoint, body: bytes, client_headers: Mapping[str, str]
+    ) -> UpstreamAnswer:
+        raise UpstreamFailed(f'provider "{self.name}" is unusable: {self._problem}', sent=False)
+
+    async def close(self) -> None:
+        pass
+
+
 @dataclass
 class _Built:
     """A runtime provider as this process built it."""
 
     row: StoredProvider
-    config: ProviderConfig | None  # None: unusable (see problem)
-    provider: Provider | None
+    config: ProviderConfig
+    provider: Provider  # Unusable when `problem`
     problem: str | None = None
 
 
@@ -129,8 +152,7 @@ class LiveRouting:
             await asyncio.gather(self._watcher, return_exceptions=True)
         await asyncio.gather(*self._closing, return_exceptions=True)
         for built in self._state.providers.values():
-            if built.provider is not None:
-                await built.provider.close()
+            await built.provider.close()
 
     def _apply(self, stored: RuntimeRouting) -> None:
         old = self._state.providers
@@ -140,7 +162,7 @@ class LiveRouting:
             state.providers[row.name] = kept if kept and kept.row == row else self._build(row)
         providers, configs = dict(self._providers), dict(self._configs)
         for name, built in state.providers.items():
-            if built.provider is not None and built.config is not None:
+            if name not in self._configs:  # the file wins
                 providers[name], configs[name] = built.provider, built.config
         taken = {r.match for r in self._routes}
         routes = list(self._routes)
@@ -155,7 +177,7 @@ class LiveRouting:
         self._router.adopt(routes, providers, configs)
         self._state = state
         for name, built in old.items():
-            if built.provider is not None and state.providers.get(name) is not built:
+            if state.providers.get(name) is not built:
                 task = asyncio.ensure_future(built.provider.close())
                 self._closing.add(task)
                 task.add_done_callback(self._closing.discard)
@@ -167,15 +189,16 @@ class LiveRouting:
             return "the config file has a route with this match (the file wins)"
         missing = sorted(p for p in route.providers() if p not in providers)
         if missing:
-            return f"provider(s) {', '.join(missing)} unusable or missing"
+            return f"no provider named {', '.join(missing)}"
         return None
 
     def _build(self, row: StoredProvider) -> _Built:
+        data: dict[str, Any] = {"name": row.name, "type": row.type, **row.settings}
+        shell = ProviderConfig.model_construct(**data)
         if row.name in self._configs:
             problem = "the config file has a provider with this name (the file wins)"
             log.error("runtime provider %r is not used: %s", row.name, problem)
-            return _Built(row, None, None, problem)
-        data: dict[str, Any] = {"name": row.name, "type": row.type, **row.settings}
+            return _Built(row, shell, Unusable(shell, problem), problem)
         try:
             if row.secret is not None:
                 if self.box is None:
@@ -188,7 +211,7 @@ class LiveRouting:
         except (SecretUnreadable, ValidationError) as exc:
             problem = str(exc).splitlines()[0]
             log.error("runtime provider %r is not used: %s", row.name, problem)
-            return _Built(row, None, None, problem)
+            return _Built(row, shell, Unusable(shell, problem), problem)
         return _Built(row, config, HTTPProvider(config))
 
     # -- what the admin API shows ------------------------------------------------------

@@ -185,8 +185,9 @@ class PgRouting(PgHost):
                     provider.name, sealed.ciphertext, sealed.nonce, sealed.key_id,
                 )  # fmt: skip
             names = [p.name for p in providers]
-            await self._routing_changed(conn, actor, "secret-key-rotate", "providers", None,
-                                {"providers": names})  # fmt: skip
+            # No version bump: running nodes keep the keys they opened (see SQLite's).
+            await q.insert_audit(conn, self._clock(), actor, "secret-key-rotate", "providers",
+                                 None, {"providers": names})  # fmt: skip
             return len(providers)
 
         return await self._write(op)

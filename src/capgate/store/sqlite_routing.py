@@ -186,9 +186,14 @@ class SQLiteRouting(SQLitePart):
                     (sealed.ciphertext, sealed.nonce, sealed.key_id, provider.name),
                 )
             names = [p.name for p in providers]
-            self._routing_changed(
-                conn, actor, "secret-key-rotate", "providers", None, {"providers": names}
-            )
+            # No version bump: running processes keep the keys they opened; restarted with
+            # the new key, they open the new ciphertexts.
+            conn.execute(
+                "INSERT INTO audit (created_at, actor, action, target, before, after) "
+                "VALUES (?,?,?,?,?,?)",
+                (self._clock(), actor, "secret-key-rotate", "providers", None,
+                 dumps({"providers": names})),
+            )  # fmt: skip
             return len(providers)
 
         return await self._write(op)
