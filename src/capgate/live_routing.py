@@ -173,7 +173,10 @@ class LiveRouting:
                 state.route_problems[route.match] = problem
                 log.error("runtime route %r is not used: %s", route.match, problem)
                 continue
-            routes.append(RouteConfig.model_validate({"match": route.match, **route.settings}))
+            try:
+                routes.append(RouteConfig.model_validate({"match": route.match, **route.settings}))
+            except ValidationError as exc:  # written by a newer version?
+                state.route_problems[route.match] = str(exc).splitlines()[0]
         self._router.adopt(routes, providers, configs)
         self._state = state
         for name, built in old.items():

@@ -1,0 +1,229 @@
+"""Providers and routes defined at runtime (issue #18.3): two real capgate processes on one
+database, a real mock upstream in this process (to see which API key reached it), the
+admin API and the CLI. Their API keys are sealed with AES-GCM and never shown again."""
+
+from __future__ import annotations
+
+import base64
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from capgate.mock.runner import MockUpstream
+from conftest import ADMIN_KEY, Capgate, Upstream, gateway_config, start_capgate
+
+PROVIDERS = "/admin/routing/providers"
+ROUTES = "/admin/routing/routes"
+
+
+def new_key() -> str:
+    return base64.b64encode(os.urandom(32)).decode()
+
+
+@pytest.fixture(scope="module")
+def mock() -> Iterator[MockUpstream]:
+    with MockUpstream() as server:
+        yield server
+
+
+@pytest.fixture
+def secret_key() -> str:
+    return new_key()
+
+
+@pytest.fixture
+def pair(
+    upstream: Upstream, tmp_path: Path, secret_key: str
+) -> Iterator[tuple[Capgate, Capgate, list[Path]]]:
+    """Two processes on one SQLite file, with the same secret key; their logs."""
+    env = {"CAPGATE_SECRET_KEY": secret_key}
+    logs = [tmp_path / "first.log", tmp_path / "second.log"]
+    first = start_capgate(tmp_path, gateway_config(upstream), env=env, log=logs[0])
+    try:
+        second = start_capgate(tmp_path, gateway_config(upstream), db=first.db, env=env,
+                               log=logs[1])  # fmt: skip
+        try:
+            yield first, second, logs
+        finally:
+            second.close()
+    finally:
+        first.close()
+
+
+def ask(server: Capgate, key: str, model: str = "house-model") -> httpx.Response:
+    return httpx.post(
+        server.url + "/v1/messages",
+        json={"model": model, "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]},
+        headers={"x-api-key": key},
+        timeout=30,
+    )
+
+
+def until(check: Any, seconds: float = 3.0) -> float:
+    """Seconds until `check()` is truthy (fails after `seconds`)."""
+    start = time.monotonic()
+    while not check():
+        assert time.monotonic() - start < seconds, "not within the time allowed"
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def test_a_runtime_provider_serves_in_the_other_process_and_its_key_never_shows(
+    pair: tuple[Capgate, Capgate, list[Path]], mock: MockUpstream
+) -> None:
+    first, second, logs = pair
+    key = first.create_key("rt-user")
+    created = first.admin(
+        "POST", PROVIDERS,
+        json={"name": "rt-a", "type": "anthropic", "base_url": mock.url, "api_key": "rt-key-1"},
+    )  # fmt: skip
+    assert created.status_code == 201, created.text
+    shown = created.json()
+    assert shown["source"] == "runtime" and shown["api_key_fingerprint"].startswith("sha256:")
+    route = first.admin(
+        "POST", ROUTES, json={"match": "house-model", "targets": [{"provider": "rt-a"}]}
+    )
+    assert route.status_code == 201, route.text
+    made, seen = time.monotonic(), len(mock.requests())
+
+    # The OTHER process serves it within a second (its poll), with the stored key (until
+    # then, the model goes to the default provider, not this mock).
+    until(lambda: ask(second, key).status_code == 200 and len(mock.requests()) > seen)
+    assert time.monotonic() - made < 1.8
+    assert mock.last_request().headers["x-api-key"] == "rt-key-1"
+    assert first.ledger(key="rt-user")[0]["provider"] == "rt-a"
+
+    # A new key, set through the second process: the first sends it from then on.
+    changed = second.admin("PATCH", PROVIDERS + "/rt-a", json={"api_key": "rt-key-2"})
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["api_key_fingerprint"] != shown["api_key_fingerprint"]
+    until(lambda: ask(first, key).status_code == 200
+          and mock.last_request().headers["x-api-key"] == "rt-key-2")  # fmt: skip
+    # A PATCH without api_key keeps it.
+    assert second.admin("PATCH", PROVIDERS + "/rt-a", json={"timeout_s": 60}).status_code == 200
+    until(lambda: ask(first, key).status_code == 200)
+    assert mock.last_request().headers["x-api-key"] == "rt-key-2"
+
+    # Both keys were written to the database (and its WAL), neither in clear.
+    files = [p for p in first.db.parent.glob(first.db.name + "*") if p.is_file()]
+    stored = b"".join(p.read_bytes() for p in files)
+    assert b"rt-key-1" not in stored and b"rt-key-2" not in stored
+    with sqlite3.connect(first.db) as conn:
+        row = conn.execute("SELECT secret, key_id FROM runtime_providers").fetchone()
+    assert len(row[0]) == len("rt-key-2") + 16 and row[1]  # ciphertext + GCM tag, key id
+
+    # Removing a provider a route uses is refused, naming the route; then both go.
+    refused = first.admin("DELETE", PROVIDERS + "/rt-a")
+    assert refused.status_code == 409 and "house-model" in refused.json()["error"]["message"]
+    assert first.admin("DELETE", ROUTES + "/house-model").status_code == 204
+    assert first.admin("DELETE", PROVIDERS + "/rt-a").status_code == 204
+
+    def served_elsewhere() -> bool:
+        before = len(mock.requests())
+        return ask(second, key).status_code == 200 and len(mock.requests()) == before
+
+    until(served_elsewhere)
+    assert first.ledger(key="rt-user")[0]["provider"] == "anthropic"  # the default again
+
+    # The key is in no answer, log line, or the database file in clear.
+    answers = [
+        first.admin("GET", PROVIDERS).text, second.admin("GET", PROVIDERS).text,
+        first.admin("GET", "/admin/audit").text, first.admin("GET", "/admin/routing").text,
+    ]  # fmt: skip
+    for secret in ("rt-key-1", "rt-key-2"):
+        assert all(secret not in text for text in answers)
+        assert all(secret not in log.read_text() for log in logs)
+
+
+def error_of(response: httpx.Response, status: int) -> str:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    return str(response.json()["error"]["message"])
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"base_url": "ftp://files.example.com/v1"}, "base_url"),
+        ({"base_url": "https://user:pw@api.example.com"}, "base_url"),
+        ({"base_url": "https://api.example.com/#x"}, "base_url"),
+        ({"base_url": "api.example.com"}, "base_url"),
+        ({"type": "gopher"}, "type"),
+        ({"type": "claude-cli", "command": "/bin/sh"}, "command"),
+        ({"type": "claude-cli"}, "type"),
+        ({"headers": {"x-team": "a\r\nx-evil: 1"}}, "headers"),
+        ({"headers": {"host": "evil.example.com"}}, "headers"),
+        ({"api_key": "two\nlines"}, "api_key"),
+        ({"timeout_s": 0}, "timeout_s"),
+        ({"name": "bad name"}, "name"),
+    ],
+)
+def test_bad_providers_are_400_admin_json_and_change_nothing(
+    capgate_with_key: Capgate, body: dict[str, Any], field: str
+) -> None:
+    server = capgate_with_key
+    audit = server.admin("GET", "/admin/audit").json()["items"]
+    full = {"name": "bad-one", "type": "openai", "base_url": "https://api.example.com/v1", **body}
+    message = error_of(server.admin("POST", PROVIDERS, json=full), 400)
+    assert message.startswith(field), message
+    assert [p["name"] for p in server.admin("GET", PROVIDERS).json()["items"]] == [
+        "anthropic", "openai"
+    ]  # fmt: skip
+    assert server.admin("GET", "/admin/audit").json()["items"] == audit
+
+
+def test_bad_routes_and_config_entries_are_refused(capgate_with_key: Capgate) -> None:
+    server = capgate_with_key
+    missing = {"match": "x-*", "targets": [{"provider": "nowhere"}]}
+    message = error_of(server.admin("POST", ROUTES, json=missing), 400)
+    assert message == "targets[0].provider: no provider named 'nowhere'"
+    empty = error_of(server.admin("POST", ROUTES, json={"match": "x-*", "targets": []}), 400)
+    assert empty.startswith("targets")
+    # The config file's entries are read-only, and their names cannot be reused.
+    taken = {"name": "openai", "type": "openai", "base_url": "https://api.example.com/v1"}
+    assert "config file" in error_of(server.admin("POST", PROVIDERS, json=taken), 409)
+    patch = server.admin("PATCH", PROVIDERS + "/openai", json={"timeout_s": 5})
+    assert "config file" in error_of(patch, 409)
+    assert "config file" in error_of(server.admin("DELETE", PROVIDERS + "/anthropic"), 409)
+    assert "config file" in error_of(server.admin("DELETE", ROUTES + "/claude-*"), 409)
+    route = {"match": "gpt-*", "targets": [{"provider": "anthropic"}]}
+    assert "config file" in error_of(server.admin("POST", ROUTES, json=route), 409)
+    routes = server.admin("GET", ROUTES).json()["items"]
+    assert [(r["match"], r["source"]) for r in routes] == [
+        ("claude-*", "config"), ("gpt-*", "config"), ("o*", "config")
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def capgate_with_key(
+    upstream: Upstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Capgate]:
+    server = start_capgate(
+        tmp_path_factory.mktemp("rt"), gateway_config(upstream),
+        env={"CAPGATE_SECRET_KEY": new_key()},
+    )  # fmt: skip
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def test_without_a_secret_key_an_api_key_is_refused_never_stored(
+    capgate: Capgate, mock: MockUpstream
+) -> None:
+    body = {"name": "nokey-a", "type": "mock", "base_url": mock.url, "api_key": "nk-secret"}
+    message = error_of(capgate.admin("POST", PROVIDERS, json=body), 400)
+    assert message.startswith("api_key:") and "CAPGATE_SECRET_KEY" in message
+    assert b"nk-secret" not in capgate.db.read_bytes()
+    del body["api_key"]
+    made = capgate.admin("POST", PROVIDERS, json=body)
+    assert made.status_code == 201 and made.json()["api_key_fingerprint"] is None
+    assert capgate.admin("DELETE", PROVIDERS + "/nokey-a").status_code == 204
