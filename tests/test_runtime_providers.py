@@ -227,3 +227,119 @@ def test_without_a_secret_key_an_api_key_is_refused_never_stored(
     made = capgate.admin("POST", PROVIDERS, json=body)
     assert made.status_code == 201 and made.json()["api_key_fingerprint"] is None
     assert capgate.admin("DELETE", PROVIDERS + "/nokey-a").status_code == 204
+
+
+def add_two(server: Capgate, mock: MockUpstream) -> None:
+    for name, secret in (("rt-one", "one-secret"), ("rt-two", "two-secret")):
+        body = {"name": name, "type": "anthropic", "base_url": mock.url, "api_key": secret}
+        assert server.admin("POST", PROVIDERS, json=body).status_code == 201
+        route = {"match": f"{name}-model", "targets": [{"provider": name, "model": "house-model"}]}
+        assert server.admin("POST", ROUTES, json=route).status_code == 201
+
+
+def test_a_ciphertext_moved_to_another_provider_is_refused_not_sent(
+    upstream: Upstream, mock: MockUpstream, tmp_path: Path, secret_key: str
+) -> None:
+    env = {"CAPGATE_SECRET_KEY": secret_key}
+    server = start_capgate(tmp_path, gateway_config(upstream), env=env)
+    add_two(server, mock)
+    server.close()
+    with sqlite3.connect(server.db) as conn:  # swap the two sealed keys
+        rows = dict(
+            (name, (secret, nonce))
+            for name, secret, nonce in conn.execute(
+                "SELECT name, secret, nonce FROM runtime_providers"
+            )
+        )
+        for name, other in (("rt-one", "rt-two"), ("rt-two", "rt-one")):
+            conn.execute(
+                "UPDATE runtime_providers SET secret = ?, nonce = ? WHERE name = ?",
+                (*rows[other], name),
+            )
+    server = start_capgate(tmp_path, gateway_config(upstream), db=server.db, env=env)
+    try:
+        listed = {p["name"]: p for p in server.admin("GET", PROVIDERS).json()["items"]}
+        assert "does not decrypt" in listed["rt-one"]["problem"]
+        assert "does not decrypt" in listed["rt-two"]["problem"]
+        key = server.create_key("swap-user")
+        seen = len(mock.requests())
+        answer = ask(server, key, "rt-one-model")
+        assert answer.status_code == 502 and "does not decrypt" in answer.text
+        assert len(mock.requests()) == seen  # nothing sent, neither key
+    finally:
+        server.close()
+
+
+def capgate_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "capgate", *args], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "CAPGATE_ADMIN_KEY": ADMIN_KEY, **env},
+    )  # fmt: skip
+
+
+def test_rotate_key_reseals_every_secret_and_the_old_key_is_unused(
+    upstream: Upstream, mock: MockUpstream, tmp_path: Path, secret_key: str
+) -> None:
+    server = start_capgate(
+        tmp_path, gateway_config(upstream), env={"CAPGATE_SECRET_KEY": secret_key}
+    )
+    add_two(server, mock)
+    server.close()
+    new_file = tmp_path / "new.key"
+    new_file.write_text(capgate_cli("secrets", "new-key", env={}).stdout)
+    url = f"sqlite:///{server.db}"
+    done = capgate_cli("secrets", "rotate-key", "--new-key-file", str(new_file),
+                       "--database-url", url, env={"CAPGATE_SECRET_KEY": secret_key})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "re-encrypted 2 provider API key(s)" in done.stdout
+    with sqlite3.connect(server.db) as conn:
+        key_ids = {r[0] for r in conn.execute("SELECT key_id FROM runtime_providers")}
+    assert len(key_ids) == 1 and key_ids.pop() in done.stdout
+    # With the old key the provider is unusable; with the new one it sends its own key.
+    old = start_capgate(tmp_path, gateway_config(upstream), db=server.db,
+                        env={"CAPGATE_SECRET_KEY": secret_key})  # fmt: skip
+    try:
+        listed = {p["name"]: p for p in old.admin("GET", PROVIDERS).json()["items"]}
+        assert "sealed with key" in listed["rt-two"]["problem"]
+    finally:
+        old.close()
+    new = start_capgate(tmp_path, gateway_config(upstream), db=server.db,
+                        env={"CAPGATE_SECRET_KEY_FILE": str(new_file)})  # fmt: skip
+    try:
+        key = new.create_key("rot-user")
+        assert ask(new, key, "rt-two-model").status_code == 200
+        assert mock.last_request().headers["x-api-key"] == "two-secret"
+        audit = new.admin("GET", "/admin/audit").json()["items"]
+        assert any(a["action"] == "secret-key-rotate" for a in audit)
+    finally:
+        new.close()
+    # Rotating again with the old key as "current" fails and changes nothing.
+    again = capgate_cli("secrets", "rotate-key", "--new-key-file", str(new_file),
+                        "--database-url", url, env={"CAPGATE_SECRET_KEY": new_key()})  # fmt: skip
+    assert again.returncode == 1 and "nothing was changed" in again.stderr
+
+
+def test_the_cli_adds_changes_and_removes_providers_and_routes(
+    capgate_with_key: Capgate, mock: MockUpstream
+) -> None:
+    env = {"CAPGATE_URL": capgate_with_key.url, "CLI_UP_KEY": "cli-secret"}
+    steps = [
+        ("routing", "providers", "add", "cli-p", "--type", "mock", "--base-url", mock.url,
+         "--api-key-env", "CLI_UP_KEY", "--set", "timeout_s=90"),
+        ("routing", "routes", "add", "org/cli-*", "--target", "cli-p:house-model@2"),
+        ("routing", "routes", "set", "org/cli-*", "--retries", "0"),
+        ("routing", "providers", "set", "cli-p", "--remove-api-key"),
+    ]  # fmt: skip
+    for step in steps:
+        done = capgate_cli(*step, env=env)
+        assert done.returncode == 0, (step, done.stderr)
+    listed = capgate_cli("routing", "providers", "list", "--json", env=env)
+    item = next(p for p in __import__("json").loads(listed.stdout) if p["name"] == "cli-p")
+    assert item["timeout_s"] == 90 and item["api_key_fingerprint"] is None
+    route = capgate_with_key.admin("GET", ROUTES + "/org/cli-*").json()
+    assert route["targets"] == [{"provider": "cli-p", "model": "house-model", "weight": 2}]
+    assert route["retries"] == 0
+    refused = capgate_cli("routing", "providers", "remove", "cli-p", env=env)
+    assert refused.returncode != 0 and "org/cli-*" in refused.stderr
+    for step in (("routes", "remove", "org/cli-*"), ("providers", "remove", "cli-p")):
+        assert capgate_cli("routing", *step, env=env).returncode == 0
