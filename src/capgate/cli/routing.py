@@ -1,5 +1,6 @@
 """`capgate routing providers|routes ...`: upstream providers and routes defined at
-runtime, through the admin API (`/admin/routing/...`; docs/providers.md#at-runtime).
+runtime, through the admin API (`/admin/routing/...`;
+docs/configuration.md#providers-and-routes-at-runtime).
 An API key is read from an environment variable, never from the command line (which
 shell history and `ps` would keep)."""
 

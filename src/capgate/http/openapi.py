@@ -10,6 +10,7 @@ from pydantic.json_schema import models_json_schema
 from capgate import __version__
 from capgate.core.limits import ScopeKind
 from capgate.http.admin_models import PLURALS, ScopeCreate, ScopeUpdate
+from capgate.http.admin_routing import ProviderBody, RouteBody
 from capgate.http.admin_settings import SettingsUpdate
 
 _ERROR = {
@@ -63,7 +64,13 @@ def _op(
 @cache
 def openapi_document() -> dict[str, Any]:
     _, schemas = models_json_schema(
-        [(ScopeCreate, "validation"), (ScopeUpdate, "validation"), (SettingsUpdate, "validation")],
+        [
+            (ScopeCreate, "validation"),
+            (ScopeUpdate, "validation"),
+            (SettingsUpdate, "validation"),
+            (ProviderBody, "validation"),
+            (RouteBody, "validation"),
+        ],
         ref_template="#/components/schemas/{model}",
     )
     components = dict(schemas.get("$defs", {}))
@@ -179,6 +186,7 @@ def openapi_document() -> dict[str, Any]:
         },
     }
     paths |= _alert_paths()
+    paths |= _routing_paths()
     return {
         "openapi": "3.1.0",
         "info": {"title": "capgate admin API", "version": __version__},
@@ -232,3 +240,42 @@ def _alert_paths() -> dict[str, Any]:
             "get": _op("The webhook delivery log, newest first", params=query)
         },
     }
+
+
+def _routing_paths() -> dict[str, Any]:
+    """/admin/routing/...: upstream providers and routes defined at runtime."""
+    name = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}]
+    match = [{"name": "match", "in": "path", "required": True, "schema": {"type": "string"}}]
+    return {
+        "/admin/routing/providers": {
+            "get": _op(
+                "Every upstream provider, the config file's and the runtime ones (`source`); "
+                "API keys as `api_key_fingerprint` only"
+            ),
+            "post": _op(
+                "Add a runtime provider (its api_key is stored encrypted; validated first)",
+                body="ProviderBody", ok="201",
+            ),
+        },
+        "/admin/routing/providers/{name}": {
+            "get": _op("One provider", params=name),
+            "patch": _op(
+                "Change a runtime provider (api_key omitted: kept; null: removed); the config "
+                "file's are read-only (409)",
+                body="ProviderBody", params=name,
+            ),
+            "delete": _op(
+                "Remove a runtime provider (409 while a route uses it, naming the route)",
+                params=name, ok="204",
+            ),
+        },
+        "/admin/routing/routes": {
+            "get": _op("Every route in the order they are matched: the config file's first"),
+            "post": _op("Add a runtime route (its targets must exist)", body="RouteBody", ok="201"),
+        },
+        "/admin/routing/routes/{match}": {
+            "get": _op("One route (the match may hold slashes)", params=match),
+            "patch": _op("Change a runtime route", body="RouteBody", params=match),
+            "delete": _op("Remove a runtime route", params=match, ok="204"),
+        },
+    }  # fmt: skip
