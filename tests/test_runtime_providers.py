@@ -4,6 +4,7 @@ admin API and the CLI. Their API keys are sealed with AES-GCM and never shown ag
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import sqlite3
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
@@ -39,17 +41,27 @@ def secret_key() -> str:
     return new_key()
 
 
-@pytest.fixture
+@pytest.fixture(params=["sqlite", "postgres"])
 def pair(
-    upstream: Upstream, tmp_path: Path, secret_key: str
+    request: pytest.FixtureRequest, upstream: Upstream, tmp_path: Path, secret_key: str
 ) -> Iterator[tuple[Capgate, Capgate, list[Path]]]:
-    """Two processes on one SQLite file, with the same secret key; their logs."""
+    """Two processes on one SQLite file, or two nodes on one PostgreSQL database, with the
+    same secret key; their logs. `first.db` is the SQLite file (unused on PostgreSQL)."""
     env = {"CAPGATE_SECRET_KEY": secret_key}
+    args: list[tuple[str, ...]] = [(), ()]
+    if request.param == "postgres":
+        url = request.getfixturevalue("postgres").new_database()
+        request.node.pg_url = url
+        args = [("--database-url", url)] * 2
+        states = [{"CAPGATE_STATE_DIR": str(tmp_path / f"state{i}")} for i in (1, 2)]
+    else:
+        states = [{}, {}]
     logs = [tmp_path / "first.log", tmp_path / "second.log"]
-    first = start_capgate(tmp_path, gateway_config(upstream), env=env, log=logs[0])
+    first = start_capgate(tmp_path, gateway_config(upstream), env={**env, **states[0]},
+                          log=logs[0], args=args[0])  # fmt: skip
     try:
-        second = start_capgate(tmp_path, gateway_config(upstream), db=first.db, env=env,
-                               log=logs[1])  # fmt: skip
+        second = start_capgate(tmp_path, gateway_config(upstream), db=first.db,
+                               env={**env, **states[1]}, log=logs[1], args=args[1])  # fmt: skip
         try:
             yield first, second, logs
         finally:
@@ -76,8 +88,27 @@ def until(check: Any, seconds: float = 3.0) -> float:
     return time.monotonic() - start
 
 
+def stored_rows(db: Path, pg_url: str | None) -> list[tuple[Any, ...]]:
+    """(secret, key_id, settings, fingerprint) of every runtime provider, as stored."""
+    query = "SELECT secret, key_id, settings, fingerprint FROM runtime_providers"
+    if pg_url is None:
+        with sqlite3.connect(db) as conn:
+            return [tuple(r) for r in conn.execute(query)]
+
+    async def read() -> list[tuple[Any, ...]]:
+        conn = await asyncpg.connect(pg_url)
+        try:
+            return [
+                (bytes(r[0]), r[1], r[2].encode(), r[3].encode()) for r in await conn.fetch(query)
+            ]
+        finally:
+            await conn.close()
+
+    return asyncio.run(read())
+
+
 def test_a_runtime_provider_serves_in_the_other_process_and_its_key_never_shows(
-    pair: tuple[Capgate, Capgate, list[Path]], mock: MockUpstream
+    request: pytest.FixtureRequest, pair: tuple[Capgate, Capgate, list[Path]], mock: MockUpstream
 ) -> None:
     first, second, logs = pair
     key = first.create_key("rt-user")
@@ -112,13 +143,16 @@ def test_a_runtime_provider_serves_in_the_other_process_and_its_key_never_shows(
     until(lambda: ask(first, key).status_code == 200)
     assert mock.last_request().headers["x-api-key"] == "rt-key-2"
 
-    # Both keys were written to the database (and its WAL), neither in clear.
-    files = [p for p in first.db.parent.glob(first.db.name + "*") if p.is_file()]
-    stored = b"".join(p.read_bytes() for p in files)
-    assert b"rt-key-1" not in stored and b"rt-key-2" not in stored
-    with sqlite3.connect(first.db) as conn:
-        row = conn.execute("SELECT secret, key_id FROM runtime_providers").fetchone()
-    assert len(row[0]) == len("rt-key-2") + 16 and row[1]  # ciphertext + GCM tag, key id
+    # Both keys were written to the database, neither in clear.
+    pg_url = getattr(request.node, "pg_url", None)
+    if pg_url is None:  # the SQLite file and its WAL, byte for byte
+        files = [p for p in first.db.parent.glob(first.db.name + "*") if p.is_file()]
+        stored = b"".join(p.read_bytes() for p in files)
+        assert b"rt-key-1" not in stored and b"rt-key-2" not in stored
+    rows = stored_rows(first.db, pg_url)
+    ((secret, key_id, settings, shown),) = rows
+    assert b"rt-key" not in bytes(secret) and b"rt-key" not in f"{settings}{shown}".encode()
+    assert len(secret) == len("rt-key-2") + 16 and key_id  # ciphertext + GCM tag, key id
 
     # Removing a provider a route uses is refused, naming the route; then both go.
     refused = first.admin("DELETE", PROVIDERS + "/rt-a")
