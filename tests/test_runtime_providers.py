@@ -377,3 +377,34 @@ def test_the_cli_adds_changes_and_removes_providers_and_routes(
     assert refused.returncode != 0 and "org/cli-*" in refused.stderr
     for step in (("routes", "remove", "org/cli-*"), ("providers", "remove", "cli-p")):
         assert capgate_cli("routing", *step, env=env).returncode == 0
+
+
+def test_a_stream_in_flight_finishes_on_the_provider_it_started_with(
+    capgate_with_key: Capgate, mock: MockUpstream
+) -> None:
+    server = capgate_with_key
+    body = {"name": "rt-live", "type": "mock", "base_url": mock.url, "api_key": "live-key-1"}
+    assert server.admin("POST", PROVIDERS, json=body).status_code == 201
+    route = {"match": "live-model", "targets": [{"provider": "rt-live", "model": "house-model"}]}
+    assert server.admin("POST", ROUTES, json=route).status_code == 201
+    key = server.create_key("live-user")
+    request = {
+        "model": "live-model", "max_tokens": 200, "stream": True,
+        "messages": [{"role": "user", "content": "mock:words=30 mock:stream_delay_ms=60"}],
+    }  # fmt: skip
+    lines: list[str] = []
+    with httpx.stream("POST", server.url + "/v1/messages", json=request,
+                      headers={"x-api-key": key}, timeout=30) as answer:  # fmt: skip
+        assert answer.status_code == 200
+        for line in answer.iter_lines():
+            lines.append(line)
+            if line == "event: content_block_delta" and "edited" not in lines:
+                # Mid-stream: the provider is replaced, the old one closed.
+                edit = server.admin("PATCH", PROVIDERS + "/rt-live", json={"api_key": "live-key-2"})
+                assert edit.status_code == 200
+                lines.append("edited")
+    assert "edited" in lines and "event: message_stop" in lines  # the stream ran to its end
+    (entry,) = server.ledger(key="live-user")
+    assert entry["outcome"] == "ok" and entry["output_tokens"] == 30
+    assert ask(server, key, "live-model").status_code == 200
+    assert mock.last_request().headers["x-api-key"] == "live-key-2"
