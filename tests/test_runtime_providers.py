@@ -128,9 +128,10 @@ def test_a_runtime_provider_serves_in_the_other_process_and_its_key_never_shows(
     # The OTHER process serves it within a second (its poll), with the stored key (until
     # then, the model goes to the default provider, not this mock).
     until(lambda: ask(second, key).status_code == 200 and len(mock.requests()) > seen)
-    assert time.monotonic() - made < 1.8
+    assert time.monotonic() - made < 3  # a poll a second; slack for a loaded machine
     assert mock.last_request().headers["x-api-key"] == "rt-key-1"
-    assert first.ledger(key="rt-user")[0]["provider"] == "rt-a"
+    # The entry is written just after the answer (settlements are grouped): wait for it.
+    until(lambda: first.ledger(key="rt-user")[0]["provider"] == "rt-a")
 
     # A new key, set through the second process: the first sends it from then on.
     changed = second.admin("PATCH", PROVIDERS + "/rt-a", json={"api_key": "rt-key-2"})
@@ -165,7 +166,7 @@ def test_a_runtime_provider_serves_in_the_other_process_and_its_key_never_shows(
         return ask(second, key).status_code == 200 and len(mock.requests()) == before
 
     until(served_elsewhere)
-    assert first.ledger(key="rt-user")[0]["provider"] == "anthropic"  # the default again
+    until(lambda: first.ledger(key="rt-user")[0]["provider"] == "anthropic")  # the default
 
     # The key is in no answer, log line, or the database file in clear.
     answers = [
