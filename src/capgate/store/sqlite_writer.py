@@ -30,6 +30,10 @@ request at a time, that halves the transactions per request). The store has writ
 one to its journal before submitting it (`journal.py`), so a process that dies then loses
 nothing. A `flush()` commits everything pending first.
 
+`stats` counts where the time goes (groups, ops, lock waits, busy retries, time inside
+transactions): a few integer additions and clock reads per group, never per op; the store
+logs them when it closes (docs/performance.md reads them to compare process counts).
+
 `problem()` says when the store cannot be written: the last group failed, or groups have
 waited on the thread for the lock for more than a second (the readiness probe asks).
 
@@ -47,6 +51,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -58,6 +63,40 @@ Group = list[tuple[Op, "asyncio.Future[Any]", bool]]  # (op, its future, hot)
 Results = list[tuple["asyncio.Future[Any]", Any, "BaseException | None"]]
 _MAX_GROUP = 512
 SETTLE_DELAY = 0.002  # seconds a settlement waits for a group to ride along with
+
+
+@dataclass(slots=True)
+class WriterStats:
+    """Cumulative, for this process's writer. Times in seconds (`time.perf_counter`)."""
+
+    groups: int = 0  # transactions committed
+    ops: int = 0  # ops in them
+    on_thread: int = 0  # groups sent to the thread: another connection held the lock
+    busy_tries: int = 0  # BEGIN IMMEDIATE refused because the lock was held
+    lock_wait_s: float = 0.0  # the thread's waits for the lock
+    in_transaction_s: float = 0.0  # from BEGIN (lock held) to the end of COMMIT
+    commit_s: float = 0.0  # of which the COMMIT statements (the WAL writes)
+    # Filled in by the store (sqlite.py): transactions that kept the counters and keys
+    # read before (`PRAGMA data_version` unchanged) or read them again, config reloads,
+    # and the WAL checkpoints run from the reader thread.
+    cache_kept: int = 0
+    cache_reread: int = 0
+    config_reloads: int = 0
+    checkpoints: int = 0
+    checkpoint_s: float = 0.0
+
+    def line(self) -> str:
+        ops = self.ops or 1
+        return (
+            f"groups={self.groups} ops={self.ops} ops_per_group={self.ops / (self.groups or 1):.1f} "
+            f"on_thread={self.on_thread} busy_tries={self.busy_tries} "
+            f"lock_wait_us_per_op={self.lock_wait_s / ops * 1e6:.1f} "
+            f"transaction_us_per_op={self.in_transaction_s / ops * 1e6:.1f} "
+            f"commit_us_per_op={self.commit_s / ops * 1e6:.1f} "
+            f"cache_kept={self.cache_kept} cache_reread={self.cache_reread} "
+            f"config_reloads={self.config_reloads} checkpoints={self.checkpoints} "
+            f"checkpoint_ms={self.checkpoint_s * 1e3:.0f}"
+        )
 
 
 class WriterClosed(RuntimeError):
@@ -98,6 +137,7 @@ class SQLiteWriter:
         self._with_thread = 0  # groups handed to the thread and not yet resolved
         self._thread_since: float | None = None  # when the thread last delivered, if busy
         self._last_error: str | None = None  # why the last group failed; None: it committed
+        self.stats = WriterStats()
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -156,6 +196,7 @@ class SQLiteWriter:
             _resolve_all(results)
 
     def _to_thread(self, group: Group) -> None:
+        self.stats.on_thread += 1
         if not self._with_thread:
             self._thread_since = time.monotonic()
         self._with_thread += 1
@@ -227,10 +268,12 @@ class SQLiteWriter:
         """BEGIN IMMEDIATE: at once or _Busy; or, waiting, trying again every 0.1-1 ms
         until the busy timeout (then _Busy)."""
         self._set_timeout(conn, 0)
-        deadline, pause = 0.0, 0.0001
+        deadline, pause, since = 0.0, 0.0001, 0.0
         while True:
             try:
                 conn.execute("BEGIN IMMEDIATE")
+                if since:
+                    self.stats.lock_wait_s += time.perf_counter() - since
                 # The statements after it wait as before: on the thread, the busy timeout
                 # (COMMIT needs no lock in WAL mode, but a file that is not in WAL might).
                 self._set_timeout(conn, self._timeout_ms if wait else 0)
@@ -238,10 +281,14 @@ class SQLiteWriter:
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc):
                     raise
+                self.stats.busy_tries += 1
                 now = time.monotonic()
                 if not deadline:
                     deadline = now + self._timeout_ms / 1000
+                    since = time.perf_counter()
                 if not wait or now >= deadline:
+                    if since:
+                        self.stats.lock_wait_s += time.perf_counter() - since
                     raise _Busy from exc
             time.sleep(pause)
             pause = min(pause * 2, 0.001)
@@ -256,6 +303,7 @@ class SQLiteWriter:
     ) -> Results:
         results: Results = []
         self._begin(conn, wait)
+        began = time.perf_counter()
         try:
             self._before_group(conn, not isolate)
             for op, fut, hot in group:
@@ -282,6 +330,7 @@ class SQLiteWriter:
                     conn.execute("RELEASE op")
                     results.append((fut, value, None))
             self._before_commit(conn)
+            committing = time.perf_counter()
             conn.execute("COMMIT")
         except BaseException as exc:
             if conn.in_transaction:
@@ -290,6 +339,11 @@ class SQLiteWriter:
             if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
                 raise _Busy from exc  # rolled back: the thread reruns it, waiting
             raise
+        stats, done = self.stats, time.perf_counter()
+        stats.groups += 1
+        stats.ops += len(group)
+        stats.in_transaction_s += done - began
+        stats.commit_s += done - committing
         return results
 
 
