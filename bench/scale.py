@@ -17,6 +17,7 @@ lock waits, busy retries, counter re-reads after another process's commit, check
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sqlite3
 import sys
@@ -176,6 +177,7 @@ def run_scaling(
     """Every setup on every engine, in turn, `args.scale_rounds` times."""
     points: list[ScalePoint] = []
     problems: list[str] = []
+    os.environ["CAPGATE_LOG_LEVEL"] = "debug"  # the store's counts, logged at its close
     engines = ["sqlite"] + (["postgres"] if args.scale_pg and not pgcluster.missing() else [])
     if args.scale_pg and pgcluster.missing():
         problems.append(f"postgres skipped: {pgcluster.missing()}")

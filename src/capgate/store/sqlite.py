@@ -175,7 +175,7 @@ class SQLiteStore(KeyCache, SettleRetry, ScopeAdmin, DashboardStore, SQLiteHook,
             if retry is not None:
                 retry.cancel()  # the journal keeps them for the next start
         await self._writer.close()
-        log.info("sqlite store %s: %s", self.owner, self._writer.stats.line())
+        log.debug("sqlite store %s: %s", self.owner, self._writer.stats.line())
         self._journal.close()
         self._alive.release()  # last: from now on others may replay what the journal kept
         self._reader.submit(self._close_reader).result()
