@@ -248,7 +248,7 @@ def print_scaling(points: list[ScalePoint], floor_rps: float | None) -> None:
     print("\nstore: per request, summed over the processes of a point (warm-up included):")
     print("  groups/req, busy = BEGIN refused because the other process held the lock,")
     print("  reread = transactions that re-read counters and keys (another process wrote),")
-    print("  wait = us per op waiting for the lock on the writer thread.")
+    print("  wait = us per op waiting for the lock; txn = us per op inside transactions.")
 
 
 def _store_note(got: list[ScalePoint]) -> str:

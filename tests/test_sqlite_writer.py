@@ -127,6 +127,39 @@ async def _test_a_lock_held_elsewhere_makes_the_group_wait_on_the_loop_in_order(
         await harness.writer.close()
 
 
+async def _test_a_lock_held_past_the_busy_timeout_fails_the_waiting_ops(tmp_path: Path) -> None:
+    path = tmp_path / "w.db"
+    h = Harness(path)
+
+    def connect() -> sqlite3.Connection:
+        conn = _connect(path)
+        conn.execute("PRAGMA busy_timeout=300")  # how long the writer's ops wait
+        return conn
+
+    writer = SQLiteWriter(connect, h._before)
+    writer.start(asyncio.get_running_loop())
+    other = _connect(path)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        first = writer.submit(h.insert(1))
+        await asyncio.sleep(0.05)
+        second = writer.submit(h.insert(2))  # queued behind the first
+        assert "waiting" in (writer.problem(stalled_after=0.01) or "")
+        started = time.monotonic()
+        for fut in (first, second):
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                await asyncio.wait_for(fut, 5)
+        assert 0.1 < time.monotonic() - started < 2
+        assert "locked" in (writer.problem() or "")
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert await writer.submit(h.insert(3)) == 3  # the lock is free again: back to normal
+    assert writer.problem() is None
+    assert h.committed() == [3]
+    await writer.close()
+
+
 async def _test_a_failing_op_is_undone_alone(harness: Harness) -> None:
     harness.writer.start(asyncio.get_running_loop())
 
@@ -168,6 +201,10 @@ def test_a_settlement_waits_for_the_next_group_but_not_for_long(tmp_path: Path) 
 
 def test_a_lock_held_elsewhere_makes_the_group_wait_on_the_loop_in_order(harness: Harness) -> None:
     asyncio.run(_test_a_lock_held_elsewhere_makes_the_group_wait_on_the_loop_in_order(harness))
+
+
+def test_a_lock_held_past_the_busy_timeout_fails_the_waiting_ops(tmp_path: Path) -> None:
+    asyncio.run(_test_a_lock_held_past_the_busy_timeout_fails_the_waiting_ops(tmp_path))
 
 
 def test_a_failing_op_is_undone_alone(harness: Harness) -> None:
