@@ -40,7 +40,6 @@ from procs import (
     proc_status,
     tree_pids,
 )
-from scale import ScalePoint, as_json, print_scaling, run_scaling
 from report import (
     MODELS,
     Point,
@@ -50,6 +49,7 @@ from report import (
     print_table,
     print_ttfb,
 )
+from scale import ScalePoint, as_json, print_scaling, run_scaling
 from services import (
     ADMIN_KEY,
     BENCH,

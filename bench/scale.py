@@ -12,11 +12,10 @@ SQLite, what each process's store counted (`sqlite store ...` line at its exit):
 lock waits, busy retries, counter re-reads after another process's commit, checkpoints.
 """
 
-# ruff: noqa: S603 - runs fixed local programs and fetches only loopback http:// URLs
-
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
 import sqlite3
@@ -98,7 +97,9 @@ def prepare(
 def _start(pin: Pinning, logs: Path, config: Path, urls: list[str], n: int) -> list[Proc]:
     if len(urls) == 1:
         return start_capgate(pin, logs, config, n, database_url=urls[0])
-    return [start_capgate(pin, logs / str(i), config, 1, database_url=u)[0] for i, u in enumerate(urls)]
+    return [
+        start_capgate(pin, logs / str(i), config, 1, database_url=u)[0] for i, u in enumerate(urls)
+    ]
 
 
 def _store_stats(procs: list[Proc]) -> dict[str, float]:
@@ -140,7 +141,9 @@ def measure_setup(
     try:
         ports = [capgate_port(p) for p in procs]
         for port in ports:
-            msg = sanity(f"http://{HOST}:{port}{PATHS['openai']}", body.read_bytes(), key, False, name)
+            msg = sanity(
+                f"http://{HOST}:{port}{PATHS['openai']}", body.read_bytes(), key, False, name
+            )
             if msg:
                 raise RuntimeError(msg)
         addrs = [f"{HOST}:{p}" for p in ports] if n > 1 else None
@@ -185,7 +188,7 @@ def run_scaling(
         cm = pgcluster.cluster() if engine == "postgres" else None
         cluster = cm.__enter__() if cm is not None else None
         try:
-            pg_pids = (lambda: _pg_pids(cluster)) if cluster is not None else list
+            pg_pids = functools.partial(_pg_pids, cluster) if cluster is not None else list
             stores = prepare(pin, tmp, config, engine, cluster)
             for round_ in range(1, args.scale_rounds + 1):
                 order = SETUPS if round_ % 2 else SETUPS[::-1]  # alternate the order
@@ -241,7 +244,11 @@ def print_scaling(points: list[ScalePoint], floor_rps: float | None) -> None:
                 f"{cpu:7.0f}  {vs1:>5} {vse:>7} {cpu1:>8}  {_store_note(got)}"
             )
     if floor_rps:
-        one64 = [p.rps for p in points if p.setup == "1 process" and p.conc == 64 and p.engine == "sqlite"]
+        one64 = [
+            p.rps
+            for p in points
+            if p.setup == "1 process" and p.conc == 64 and p.engine == "sqlite"
+        ]
         if one64:
             print(f"\none process, SQLite, c=64: {_median(one64) / floor_rps:.2f} of the floor "
                   f"({floor_rps:,.0f} req/s in this run)")  # fmt: skip
