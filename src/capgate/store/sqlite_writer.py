@@ -198,6 +198,8 @@ class SQLiteWriter:
                 self._wait(ops, exc)
                 return
             ops = ops[_MAX_GROUP:]
+            if self._waiting_since is not None:  # progress: a later refusal is a new wait
+                self._waited()
             _resolve_all(results)
 
     def _wait(self, ops: Group, busy: _Busy) -> None:
@@ -227,8 +229,6 @@ class SQLiteWriter:
         self._retry = None
         ops, self._waiting = self._waiting, []
         self._commit_all(ops)
-        if not self._waiting and self._waiting_since is not None:
-            self._waited()
 
     def _waited(self) -> None:
         self.stats.lock_wait_s += time.perf_counter() - self._waited_from
