@@ -49,6 +49,7 @@ from report import (
     print_table,
     print_ttfb,
 )
+from scale import ScalePoint, as_json, print_scaling, run_scaling
 from services import (
     ADMIN_KEY,
     BENCH,
@@ -107,6 +108,19 @@ def parse_args() -> argparse.Namespace:
         help="capgate processes on consecutive ports, one SQLite file [1]",
     )
     p.add_argument(
+        "--scaling",
+        action="store_true",
+        help="also the scaling table: 1 process, 2 sharing a store, 2 with a store each, "
+        "on SQLite and PostgreSQL (bench/scale.py)",
+    )
+    p.add_argument("--scale-rounds", type=int, default=2, help="rounds of the scaling table [2]")
+    p.add_argument(
+        "--scale-concurrency", default="1,64", help="concurrency of the scaling table [1,64]"
+    )
+    p.add_argument(
+        "--scale-engines", default="sqlite,postgres", help="engines of the scaling table"
+    )
+    p.add_argument(
         "--ttfb-requests",
         type=int,
         default=None,
@@ -139,6 +153,8 @@ def parse_args() -> argparse.Namespace:
         args.warmup = 1 if args.quick else 3
     args.ttfb_requests = args.ttfb_requests or (150 if args.quick else 300)
     args.conc = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    args.scale_conc = [int(c) for c in args.scale_concurrency.split(",") if c.strip()]
+    args.scale_pg = "postgres" in args.scale_engines
     args.fmts = [f.strip() for f in args.formats.split(",") if f.strip()]
     args.stream_flags = [
         s.strip() in ("yes", "true", "1") for s in args.streams.split(",") if s.strip()
@@ -388,6 +404,15 @@ def main() -> int:
                 if lite is not None:
                     lite.stop()
 
+        scale_points: list[ScalePoint] = []
+        if args.scaling:
+            log("bench: scaling table (bench/scale.py) ...")
+            body = tmp / "body-openai-whole.json"
+            body.write_bytes(body_for("openai", False))
+            (tmp / "scaling").mkdir()
+            scale_points, scale_problems = run_scaling(pin, tmp / "scaling", config, body, args)
+            problems += scale_problems
+
         # --- report --------------------------------------------------------------------
         print()
         print(
@@ -408,6 +433,14 @@ def main() -> int:
                 "(orjson, pooled client, reads usage; no keys, budgets or ledger), same CPU."
             )
         print_ttfb(ttfbs)
+        if scale_points:
+            print()
+            floor64 = [
+                p.rps for p in points
+                if (p.target, p.fmt, p.stream, p.conc) == ("floor", "openai", False, 64)
+            ]  # fmt: skip
+            print_scaling(scale_points, floor64[0] if floor64 else None)
+            print()
         rss = sum(int(m.get("VmRSS", 0)) for m in memory)
         hwm = sum(int(m.get("VmHWM", 0)) for m in memory)
         print(
@@ -454,7 +487,7 @@ def main() -> int:
             )
         all_points = points + lite_points
         bad = [p for p in all_points if any(v for k, v in p.errors.items() if k != "status")]
-        issues = capgate_problems(workers)
+        issues = capgate_problems(workers) + [p for p in problems if p.startswith("capgate")]
         print_problems(bad, sigpipe, crashes, issues)
         print(f"total time {time.monotonic() - t_start:.0f} s")
 
@@ -484,6 +517,7 @@ def main() -> int:
             "capgate_deaths": crashes,
             "sigpipe": sigpipe,
             "litellm": lite_info or None,
+            "scaling": as_json(scale_points),
         }
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""The SQLite writer: grouped commits on the event loop, the thread when the lock is taken.
+"""The SQLite writer: grouped commits on the event loop, waiting there when the lock is taken.
 
 The budget guarantees rest on it (tests/test_race.py, test_scopes.py, test_leases.py run
 it end to end); these pin down its own contract: one transaction per loop turn, results
@@ -95,7 +95,7 @@ async def _test_a_settlement_waits_for_the_next_group_but_not_for_long(tmp_path:
         await h.writer.close()
 
 
-async def _test_a_lock_held_elsewhere_sends_the_group_to_the_thread_in_order(
+async def _test_a_lock_held_elsewhere_makes_the_group_wait_on_the_loop_in_order(
     harness: Harness,
 ) -> None:
     loop = asyncio.get_running_loop()
@@ -107,7 +107,7 @@ async def _test_a_lock_held_elsewhere_sends_the_group_to_the_thread_in_order(
         await asyncio.sleep(0)  # the loop turn ends: the group tries, finds the lock taken
         second = harness.writer.submit(harness.insert(2))  # must not overtake the first
         ticks = 0
-        for _ in range(10):  # the loop keeps running while the thread waits
+        for _ in range(10):  # the loop keeps running while the group waits
             await asyncio.sleep(0.01)
             ticks += 1
         assert ticks == 10 and not first.done() and not second.done()
@@ -115,15 +115,49 @@ async def _test_a_lock_held_elsewhere_sends_the_group_to_the_thread_in_order(
         other.execute("COMMIT")
         assert await asyncio.gather(first, second) == [1, 2]
         assert harness.committed() == [0, 1, 2]
-        assert "capgate-sqlite-writer" in harness.threads
-        # Lock free again: back on the loop.
+        # The groups waited on the loop, never in a thread (a thread would hold the lock
+        # while it waits for the GIL).
         await harness.writer.submit(harness.insert(3))
-        assert harness.threads[-1] == "MainThread"
+        assert set(harness.threads) == {"MainThread"}
+        assert harness.writer.stats.waited == 1 and harness.writer.stats.busy_tries >= 2
     finally:
         if other.in_transaction:
             other.execute("ROLLBACK")
         other.close()
         await harness.writer.close()
+
+
+async def _test_a_lock_held_past_the_busy_timeout_fails_the_waiting_ops(tmp_path: Path) -> None:
+    path = tmp_path / "w.db"
+    h = Harness(path)
+
+    def connect() -> sqlite3.Connection:
+        conn = _connect(path)
+        conn.execute("PRAGMA busy_timeout=300")  # how long the writer's ops wait
+        return conn
+
+    writer = SQLiteWriter(connect, h._before)
+    writer.start(asyncio.get_running_loop())
+    other = _connect(path)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        first = writer.submit(h.insert(1))
+        await asyncio.sleep(0.05)
+        second = writer.submit(h.insert(2))  # queued behind the first
+        assert "waiting" in (writer.problem(stalled_after=0.01) or "")
+        started = time.monotonic()
+        for fut in (first, second):
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                await asyncio.wait_for(fut, 5)
+        assert 0.1 < time.monotonic() - started < 2
+        assert "locked" in (writer.problem() or "")
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert await writer.submit(h.insert(3)) == 3  # the lock is free again: back to normal
+    assert writer.problem() is None
+    assert h.committed() == [3]
+    await writer.close()
 
 
 async def _test_a_failing_op_is_undone_alone(harness: Harness) -> None:
@@ -165,8 +199,12 @@ def test_a_settlement_waits_for_the_next_group_but_not_for_long(tmp_path: Path) 
     asyncio.run(_test_a_settlement_waits_for_the_next_group_but_not_for_long(tmp_path))
 
 
-def test_a_lock_held_elsewhere_sends_the_group_to_the_thread_in_order(harness: Harness) -> None:
-    asyncio.run(_test_a_lock_held_elsewhere_sends_the_group_to_the_thread_in_order(harness))
+def test_a_lock_held_elsewhere_makes_the_group_wait_on_the_loop_in_order(harness: Harness) -> None:
+    asyncio.run(_test_a_lock_held_elsewhere_makes_the_group_wait_on_the_loop_in_order(harness))
+
+
+def test_a_lock_held_past_the_busy_timeout_fails_the_waiting_ops(tmp_path: Path) -> None:
+    asyncio.run(_test_a_lock_held_past_the_busy_timeout_fails_the_waiting_ops(tmp_path))
 
 
 def test_a_failing_op_is_undone_alone(harness: Harness) -> None:

@@ -178,6 +178,7 @@ class SQLiteStore(
             if retry is not None:
                 retry.cancel()  # the journal keeps them for the next start
         await self._writer.close()
+        log.debug("sqlite store %s: %s", self.owner, self._writer.stats.line())
         self._journal.close()
         self._alive.release()  # last: from now on others may replay what the journal kept
         self._reader.submit(self._close_reader).result()
@@ -226,10 +227,14 @@ class SQLiteStore(
         unchanged = version == self._data_version and not self._cold_ran
         self._data_version, self._cold_ran = version, False
         self._counters.begin(batched, keep=unchanged)
+        stats = self._writer.stats
         if unchanged:
+            stats.cache_kept += 1
             return
+        stats.cache_reread += 1
         row = conn.execute("SELECT v FROM meta WHERE k='config_version'").fetchone()
         if row[0] != self._version:
+            stats.config_reloads += 1
             self._load(conn)
 
     def _before_cold_op(self, conn: sqlite3.Connection) -> None:
@@ -375,10 +380,14 @@ class SQLiteStore(
         `checkpoint`)."""
         while True:
             await asyncio.sleep(CHECKPOINT_SECONDS)
+            began = time.perf_counter()
             try:
                 await self._read(checkpoint)
             except Exception:
                 log.exception("WAL checkpoint failed")
+            stats = self._writer.stats
+            stats.checkpoints += 1
+            stats.checkpoint_s += time.perf_counter() - began
 
     async def _heartbeat_loop(self) -> None:
         while True:

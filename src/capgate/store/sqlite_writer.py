@@ -7,19 +7,18 @@ so a caller never sees a result that is not durable. Grouping turns N commits in
 under load, and `BEGIN IMMEDIATE` holds SQLite's single write lock for the whole group,
 so ops are atomic across processes sharing the file too.
 
-Where a group runs (measured in docs/performance.md):
-
-- **On the event loop, when the lock is free** (the common case). The group runs at the
-  end of the loop turn that submitted it, with the lock taken *without waiting*
-  (`busy_timeout=0`): a transaction of a few statements costs less than handing it to a
-  thread, which on a busy core means two context switches and a GIL hand-over per group.
-- **On the writer thread, when another process holds the lock.** The thread waits for
-  it (up to the connection's busy timeout) without blocking the loop, trying again every
-  0.1-1 ms: SQLite's own busy handler sleeps 1, 2, 5, ... up to 100 ms between tries, and
-  against another process that commits every millisecond it keeps losing the race (two
-  processes on one file: p99 of 1.3 s with it). While a group is with the thread, later
-  groups follow it there, so commits keep their submission order (a `flush()` never
-  overtakes an earlier write).
+Where a group runs (measured in docs/performance.md): **on the event loop**, always. The
+group runs at the end of the loop turn that submitted it, with the lock taken *without
+waiting* (`busy_timeout=0`). When another process holds the lock, the group waits on the
+loop, not in a thread: it tries again at the next loop turn, then every ~1 ms (up to the
+connection's busy timeout), and later groups queue behind it, so commits keep their
+submission order (a `flush()` never overtakes an earlier write) and the next try carries
+them all. Not a thread: a thread holds SQLite's lock while it waits for the GIL between
+statements (the event loop keeps it up to 5 ms at a time), so with two busy processes on
+one file each transaction on a thread held the lock ~3x longer and the other process
+queued behind it (measured: docs/performance.md, "Several processes"). SQLite's own busy
+handler sleeps 1, 2, 5, ... up to 100 ms between tries and keeps losing the race against a
+process that commits every millisecond.
 
 Hot ops (reservations, settlements) change counters through the store's counter cache
 (`sqlite_counters.py`): read once per transaction, written once at its commit.
@@ -30,8 +29,12 @@ request at a time, that halves the transactions per request). The store has writ
 one to its journal before submitting it (`journal.py`), so a process that dies then loses
 nothing. A `flush()` commits everything pending first.
 
+`stats` counts where the time goes (groups, ops, lock waits, busy retries, time inside
+transactions): a few integer additions and clock reads per group, never per op; the
+store logs them at `debug` when it closes (`bench/run --scaling` reads them).
+
 `problem()` says when the store cannot be written: the last group failed, or groups have
-waited on the thread for the lock for more than a second (the readiness probe asks).
+waited for the lock for more than a second (the readiness probe asks).
 
 An op must leave no partial writes when it raises before writing, or else raise only
 before its first write; when one raises, the group is undone and rerun with each op in a
@@ -42,11 +45,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import sqlite3
-import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -60,12 +62,46 @@ _MAX_GROUP = 512
 SETTLE_DELAY = 0.002  # seconds a settlement waits for a group to ride along with
 
 
+@dataclass(slots=True)
+class WriterStats:
+    """Cumulative, for this process's writer. Times in seconds (`time.perf_counter`)."""
+
+    groups: int = 0  # transactions committed
+    ops: int = 0  # ops in them
+    waited: int = 0  # times ops found the lock held and waited for it
+    busy_tries: int = 0  # BEGIN IMMEDIATE refused because the lock was held
+    lock_wait_s: float = 0.0  # from a group's first refusal to its commit
+    in_transaction_s: float = 0.0  # from BEGIN (lock held) to the end of COMMIT
+    commit_s: float = 0.0  # of which the COMMIT statements (the WAL writes)
+    # Filled in by the store (sqlite.py): transactions that kept the counters and keys
+    # read before (`PRAGMA data_version` unchanged) or read them again, config reloads,
+    # and the WAL checkpoints run from the reader thread.
+    cache_kept: int = 0
+    cache_reread: int = 0
+    config_reloads: int = 0
+    checkpoints: int = 0
+    checkpoint_s: float = 0.0
+
+    def line(self) -> str:
+        ops = self.ops or 1
+        return (
+            f"groups={self.groups} ops={self.ops} ops_per_group={self.ops / (self.groups or 1):.1f} "
+            f"waited={self.waited} busy_tries={self.busy_tries} "
+            f"lock_wait_us_per_op={self.lock_wait_s / ops * 1e6:.1f} "
+            f"transaction_us_per_op={self.in_transaction_s / ops * 1e6:.1f} "
+            f"commit_us_per_op={self.commit_s / ops * 1e6:.1f} "
+            f"cache_kept={self.cache_kept} cache_reread={self.cache_reread} "
+            f"config_reloads={self.config_reloads} checkpoints={self.checkpoints} "
+            f"checkpoint_ms={self.checkpoint_s * 1e3:.0f}"
+        )
+
+
 class WriterClosed(RuntimeError):
     pass
 
 
 class _Busy(Exception):
-    """The write lock is held by another connection: run the group on the thread."""
+    """The write lock is held by another connection: the group waits and tries again."""
 
 
 class SQLiteWriter:
@@ -85,26 +121,29 @@ class SQLiteWriter:
         self._before_cold_op = before_cold_op  # before each op not submitted as hot
         self._before_commit = before_commit
         self._settle_delay = settle_delay
-        self._queue: queue.SimpleQueue[Group | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._conn: sqlite3.Connection | None = None  # the loop's or the thread's, never both
-        self._timeout_ms = 0  # how long the thread waits for the lock
-        self._timeout_now = -1  # the connection's busy_timeout now
+        self._conn: sqlite3.Connection | None = None
+        self._timeout_ms = 0  # how long ops wait for the lock before they fail
         self._closed = False
         self._pending: Group = []
         self._flush_now: asyncio.Handle | None = None
         self._flush_later: asyncio.TimerHandle | None = None
-        self._with_thread = 0  # groups handed to the thread and not yet resolved
-        self._thread_since: float | None = None  # when the thread last delivered, if busy
+        # Ops that found the lock held, in submission order, waiting for it.
+        self._waiting: Group = []
+        self._waiting_since: float | None = None  # time.monotonic() of the first refusal
+        self._waited_from = 0.0  # the same, by time.perf_counter(), for `stats`
+        self._tries = 0  # refusals in the current wait
+        self._retry: asyncio.Handle | None = None
+        self._drained = asyncio.Event()  # no op waiting for the lock
+        self._drained.set()
         self._last_error: str | None = None  # why the last group failed; None: it committed
+        self.stats = WriterStats()
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._conn = self._connect()
         self._timeout_ms = self._conn.execute("PRAGMA busy_timeout").fetchone()[0]
-        self._thread = threading.Thread(target=self._run, name="capgate-sqlite-writer", daemon=True)
-        self._thread.start()
+        self._conn.execute("PRAGMA busy_timeout=0")  # never wait inside SQLite: see above
 
     # -- submitting ----------------------------------------------------------------------
 
@@ -142,80 +181,92 @@ class SQLiteWriter:
             self._flush_later.cancel()
             self._flush_later = None
         group, self._pending = self._pending, []
-        while group:
-            part, group = group[:_MAX_GROUP], group[_MAX_GROUP:]
-            if self._with_thread:  # keep the order: follow the groups already there
-                self._to_thread(part)
-                continue
-            assert self._conn is not None
+        if self._waiting:  # keep the order: behind the ops already waiting for the lock
+            self._waiting += group
+            return
+        self._commit_all(group)
+
+    def _commit_all(self, ops: Group) -> None:
+        """Commit `ops` in groups of at most _MAX_GROUP; from the first that finds the lock
+        held, the rest wait for it."""
+        assert self._conn is not None
+        while ops:
+            part = ops[:_MAX_GROUP]
             try:
-                results = self._commit_group(self._conn, part, wait=False)
-            except _Busy:
-                self._to_thread(part)
-                continue
+                results = self._commit_group(self._conn, part)
+            except _Busy as exc:
+                self._wait(ops, exc)
+                return
+            ops = ops[_MAX_GROUP:]
+            if self._waiting_since is not None:  # progress: a later refusal is a new wait
+                self._waited()
             _resolve_all(results)
 
-    def _to_thread(self, group: Group) -> None:
-        if not self._with_thread:
-            self._thread_since = time.monotonic()
-        self._with_thread += 1
-        self._queue.put(group)
+    def _wait(self, ops: Group, busy: _Busy) -> None:
+        """`ops` try again at the next loop turn, then every ~1 ms (an asyncio timer's
+        resolution), until the busy timeout; then they fail with the busy error."""
+        assert self._loop is not None
+        now = time.monotonic()
+        if self._waiting_since is None:
+            self._waiting_since, self._waited_from, self._tries = now, time.perf_counter(), 0
+            self._drained.clear()
+            self.stats.waited += 1
+        elif now - self._waiting_since >= self._timeout_ms / 1000:
+            error: BaseException = busy.__cause__ or busy
+            log.error("store transaction failed: %s", error)
+            self._last_error = str(error) or type(error).__name__
+            self._waited()
+            _resolve_all([(fut, None, error) for _, fut, _ in ops])
+            return
+        self._waiting = ops
+        self._tries += 1
+        if self._tries == 1:
+            self._retry = self._loop.call_soon(self._try_again)
+        else:
+            self._retry = self._loop.call_later(0.001, self._try_again)
 
-    def _from_thread(self, results: Results) -> None:
-        self._with_thread -= 1
-        self._thread_since = time.monotonic() if self._with_thread else None
-        _resolve_all(results)
+    def _try_again(self) -> None:
+        self._retry = None
+        ops, self._waiting = self._waiting, []
+        self._commit_all(ops)
+
+    def _waited(self) -> None:
+        self.stats.lock_wait_s += time.perf_counter() - self._waited_from
+        self._waiting_since = None
+        self._drained.set()
 
     def problem(self, stalled_after: float = 1.0) -> str | None:
         """Why writes cannot be made now, or None."""
-        since = self._thread_since
+        since = self._waiting_since
         if since is not None and time.monotonic() - since > stalled_after:
             return f"waiting {time.monotonic() - since:.1f} s for the database's write lock"
         return self._last_error
 
     async def close(self) -> None:
-        if self._thread is None or self._closed:
+        if self._conn is None or self._closed:
             return
         self._flush()
         self._closed = True
-        self._queue.put(None)
-        await asyncio.to_thread(self._thread.join)
-        if self._conn is not None:
-            self._conn.close()
+        await self._drained.wait()  # bounded by the busy timeout
+        self._conn.close()
 
     # -- running a group -----------------------------------------------------------------
 
-    def _run(self) -> None:
-        """The thread: groups another process's lock kept from the loop, in order. The
-        loop does not touch the connection while any group is here."""
-        while True:
-            group = self._queue.get()
-            if group is None:
-                return
-            assert self._conn is not None and self._loop is not None
-            results = self._commit_group(self._conn, group, wait=True)
-            try:
-                self._loop.call_soon_threadsafe(self._from_thread, results)
-            except RuntimeError:  # the loop is gone (shutdown); the commit stands
-                log.warning("store results dropped: event loop closed")
-
-    def _commit_group(self, conn: sqlite3.Connection, group: Group, wait: bool) -> Results:
-        """Commit `group`; every op's result or exception. Raises _Busy only when not
-        waiting and the lock is taken, before anything ran."""
+    def _commit_group(self, conn: sqlite3.Connection, group: Group) -> Results:
+        """Commit `group`; every op's result or exception. Raises _Busy when the lock is
+        taken, with nothing committed."""
         try:
             try:
-                results = self._run_group(conn, group, isolate=False, wait=wait)
+                results = self._run_group(conn, group, isolate=False)
             except _OpFailed:
                 # Some op raised: undo the whole group and run it again with each op in a
                 # savepoint, so the failing one is undone alone. Savepoints cost four
                 # statements per request, so the common path does without them.
-                results = self._run_group(conn, group, isolate=True, wait=wait)
-        except _Busy as exc:
-            if not wait:
-                raise
-            error: BaseException = exc.__cause__ or exc
-        except Exception as exc:  # noqa: BLE001 - lock timeout, disk I/O, a bug: nothing committed, every waiter learns why
-            error = exc
+                results = self._run_group(conn, group, isolate=True)
+        except _Busy:
+            raise
+        except Exception as exc:  # noqa: BLE001 - disk I/O, a bug: nothing committed, every waiter learns why
+            error: BaseException = exc
         else:
             self._last_error = None
             return results
@@ -223,39 +274,20 @@ class SQLiteWriter:
         self._last_error = str(error) or type(error).__name__
         return [(fut, None, error) for _, fut, _ in group]
 
-    def _begin(self, conn: sqlite3.Connection, wait: bool) -> None:
-        """BEGIN IMMEDIATE: at once or _Busy; or, waiting, trying again every 0.1-1 ms
-        until the busy timeout (then _Busy)."""
-        self._set_timeout(conn, 0)
-        deadline, pause = 0.0, 0.0001
-        while True:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                # The statements after it wait as before: on the thread, the busy timeout
-                # (COMMIT needs no lock in WAL mode, but a file that is not in WAL might).
-                self._set_timeout(conn, self._timeout_ms if wait else 0)
-                return
-            except sqlite3.OperationalError as exc:
-                if not _is_busy(exc):
-                    raise
-                now = time.monotonic()
-                if not deadline:
-                    deadline = now + self._timeout_ms / 1000
-                if not wait or now >= deadline:
-                    raise _Busy from exc
-            time.sleep(pause)
-            pause = min(pause * 2, 0.001)
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        """BEGIN IMMEDIATE at once, or _Busy."""
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc):
+                raise
+            self.stats.busy_tries += 1
+            raise _Busy from exc
 
-    def _set_timeout(self, conn: sqlite3.Connection, ms: int) -> None:
-        if ms != self._timeout_now:
-            conn.execute(f"PRAGMA busy_timeout={ms}")
-            self._timeout_now = ms
-
-    def _run_group(
-        self, conn: sqlite3.Connection, group: Group, isolate: bool, wait: bool
-    ) -> Results:
+    def _run_group(self, conn: sqlite3.Connection, group: Group, isolate: bool) -> Results:
         results: Results = []
-        self._begin(conn, wait)
+        self._begin(conn)
+        began = time.perf_counter()
         try:
             self._before_group(conn, not isolate)
             for op, fut, hot in group:
@@ -266,7 +298,7 @@ class SQLiteWriter:
                         results.append((fut, op(conn), None))
                     except sqlite3.OperationalError as exc:
                         if _is_busy(exc):
-                            raise  # not the op's fault: the whole group goes elsewhere
+                            raise  # not the op's fault: the whole group waits
                         raise _OpFailed from exc
                     except Exception as exc:
                         raise _OpFailed from exc
@@ -282,14 +314,20 @@ class SQLiteWriter:
                     conn.execute("RELEASE op")
                     results.append((fut, value, None))
             self._before_commit(conn)
+            committing = time.perf_counter()
             conn.execute("COMMIT")
         except BaseException as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             self._after_rollback()
             if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
-                raise _Busy from exc  # rolled back: the thread reruns it, waiting
+                raise _Busy from exc  # rolled back: it waits and runs again
             raise
+        stats, done = self.stats, time.perf_counter()
+        stats.groups += 1
+        stats.ops += len(group)
+        stats.in_transaction_s += done - began
+        stats.commit_s += done - committing
         return results
 
 
