@@ -50,6 +50,7 @@ from capgate.store.base import Outcome, Reservation, StoreHealth
 from capgate.store.keycache import KeyCache
 from capgate.store.liveness import ProcessLock, is_alive
 from capgate.store.pg_admin import PgScopeAdmin
+from capgate.store.pg_admins import PgAdmins
 from capgate.store.pg_alerts import PgAlerts
 from capgate.store.pg_batch import Batcher
 from capgate.store.pg_dashboard import PgDashboard
@@ -95,7 +96,9 @@ def _user_state_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "capgate"
 
 
-class PostgresStore(KeyCache, SettleRetry, PgReserve, PgScopeAdmin, PgDashboard, PgHook, PgAlerts):
+class PostgresStore(
+    KeyCache, SettleRetry, PgReserve, PgScopeAdmin, PgDashboard, PgHook, PgAlerts, PgAdmins
+):
     def __init__(
         self,
         url: str,
