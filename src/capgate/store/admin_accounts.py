@@ -82,7 +82,7 @@ def token_json(token: AdminToken) -> dict[str, Any]:
 
 
 ADMIN_COLUMNS = "name, role, teams, status, password_hash, created_at, updated_at"
-TOKEN_COLUMNS = (
+GRANT_COLUMNS = (
     "id, admin, label, prefix, created_at, expires_at, revoked_at, rotated_at, old_until"
 )
 

@@ -11,7 +11,7 @@ from capgate.errors import Conflict, InvalidRequest, NotFound
 from capgate.store import pg_queries as q
 from capgate.store.admin_accounts import (
     ADMIN_COLUMNS,
-    TOKEN_COLUMNS,
+    GRANT_COLUMNS,
     Admin,
     AdminToken,
     TokenMatch,
@@ -29,7 +29,7 @@ def _admin(row: Any) -> Admin:
 
 
 def _token(row: Any) -> AdminToken:
-    return AdminToken(*(row[c.strip()] for c in TOKEN_COLUMNS.split(",")))
+    return AdminToken(*(row[c.strip()] for c in GRANT_COLUMNS.split(",")))
 
 
 async def _admin_row(conn: q.Conn, name: str) -> Admin | None:
@@ -46,7 +46,7 @@ async def _admin_of(conn: q.Conn, name: str) -> Admin:
 
 async def _admin_token(conn: q.Conn, admin: str, token_id: str) -> AdminToken:
     row = await conn.fetchrow(
-        f"SELECT {TOKEN_COLUMNS} FROM admin_tokens WHERE admin = $1 AND id = $2",  # noqa: S608
+        f"SELECT {GRANT_COLUMNS} FROM admin_tokens WHERE admin = $1 AND id = $2",  # noqa: S608
         admin,
         token_id,
     )
@@ -174,7 +174,7 @@ class PgAdmins(PgHost):
     async def list_admin_tokens(self, admin: str) -> list[AdminToken]:
         async def op(conn: q.Conn) -> list[AdminToken]:
             rows = await conn.fetch(
-                f"SELECT {TOKEN_COLUMNS} FROM admin_tokens WHERE admin = $1 "  # noqa: S608 - constant columns
+                f"SELECT {GRANT_COLUMNS} FROM admin_tokens WHERE admin = $1 "  # noqa: S608 - constant columns
                 "ORDER BY created_at DESC, id",
                 admin,
             )
@@ -185,7 +185,7 @@ class PgAdmins(PgHost):
     async def find_admin_token(self, token_hash: bytes) -> TokenMatch | None:
         async def op(conn: q.Conn) -> TokenMatch | None:
             row = await conn.fetchrow(
-                f"SELECT {TOKEN_COLUMNS}, token_hash = $1 AS current FROM admin_tokens "  # noqa: S608 - constant columns
+                f"SELECT {GRANT_COLUMNS}, token_hash = $1 AS current FROM admin_tokens "  # noqa: S608 - constant columns
                 "WHERE token_hash = $1 OR old_hash = $1",
                 token_hash,
             )

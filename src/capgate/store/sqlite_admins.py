@@ -11,7 +11,7 @@ import orjson
 from capgate.errors import Conflict, InvalidRequest, NotFound
 from capgate.store.admin_accounts import (
     ADMIN_COLUMNS,
-    TOKEN_COLUMNS,
+    GRANT_COLUMNS,
     Admin,
     AdminToken,
     TokenMatch,
@@ -141,7 +141,7 @@ class AdminsSQLite(SQLitePart):
     @staticmethod
     def _admin_token(conn: sqlite3.Connection, admin: str, token_id: str) -> AdminToken:
         row = conn.execute(
-            f"SELECT {TOKEN_COLUMNS} FROM admin_tokens WHERE admin = ? AND id = ?",  # noqa: S608 - constant columns
+            f"SELECT {GRANT_COLUMNS} FROM admin_tokens WHERE admin = ? AND id = ?",  # noqa: S608 - constant columns
             (admin, token_id),
         ).fetchone()
         if row is None:
@@ -176,7 +176,7 @@ class AdminsSQLite(SQLitePart):
             lambda conn: [
                 _token(row)
                 for row in conn.execute(
-                    f"SELECT {TOKEN_COLUMNS} FROM admin_tokens WHERE admin = ? "  # noqa: S608 - constant columns
+                    f"SELECT {GRANT_COLUMNS} FROM admin_tokens WHERE admin = ? "  # noqa: S608 - constant columns
                     "ORDER BY created_at DESC, id",
                     (admin,),
                 )
@@ -186,7 +186,7 @@ class AdminsSQLite(SQLitePart):
     async def find_admin_token(self, token_hash: bytes) -> TokenMatch | None:
         def op(conn: sqlite3.Connection) -> TokenMatch | None:
             row = conn.execute(
-                f"SELECT {TOKEN_COLUMNS}, token_hash = ? FROM admin_tokens "  # noqa: S608 - constant columns
+                f"SELECT {GRANT_COLUMNS}, token_hash = ? FROM admin_tokens "  # noqa: S608 - constant columns
                 "WHERE token_hash = ? OR old_hash = ?",
                 (token_hash, token_hash, token_hash),
             ).fetchone()
