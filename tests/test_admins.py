@@ -431,15 +431,25 @@ def test_admin_changes_record_the_acting_admin(cast: Team) -> None:
 
 
 def test_name_logins_are_throttled(upstream: Upstream, tmp_path: Path) -> None:
-    server = start_capgate(tmp_path, gateway_config(upstream))
+    """Ten wrong passwords for one name, each from another address (behind a trusted
+    proxy): the name is blocked, even from a fresh address with the right password; the
+    address throttle alone would not have stopped it; other names and the API key work."""
+    config = gateway_config(upstream, server={"trusted_proxies": ["127.0.0.1"]})
+    server = start_capgate(tmp_path, config)
     try:
-        post(server, "/admin/admins", {"name": "target", "role": "viewer", "password": PASSWORD})
+        for name in ("target", "other"):
+            post(server, "/admin/admins", {"name": name, "role": "viewer", "password": PASSWORD})
         url = server.url + "/dashboard/login"
-        for _ in range(10):
-            wrong = httpx.post(url, json={"name": "target", "password": "guess guess guess"})
-            assert wrong.status_code == 401
-        right = httpx.post(url, json={"name": "target", "password": PASSWORD})
+
+        def login(name: str, password: str, address: str) -> httpx.Response:
+            body = {"name": name, "password": password}
+            return httpx.post(url, json=body, headers={"x-forwarded-for": address})
+
+        for n in range(10):
+            assert login("target", "guess guess guess", f"10.0.0.{n}").status_code == 401
+        right = login("target", PASSWORD, "10.0.1.1")
         assert right.status_code == 429 and "retry-after" in right.headers
+        assert login("other", PASSWORD, "10.0.1.2").status_code == 200
         assert server.admin("GET", "/admin/me").status_code == 200  # the API door is apart
     finally:
         server.close()
