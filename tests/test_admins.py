@@ -209,6 +209,25 @@ def test_the_owner_and_the_admin_key_may_call_everything(cast: Team) -> None:
                     assert response.status_code != 403, (method, path, response.status_code)
 
 
+def test_roles_and_teams_are_checked(cast: Team) -> None:
+    s = cast.server
+    for body, problem in (
+        ({"name": "x1", "role": "team-admin"}, "at least one team"),
+        ({"name": "x2", "role": "team-admin", "teams": ["nope"]}, 'no team named "nope"'),
+        ({"name": "x3", "role": "viewer", "teams": ["red"]}, "only a team-admin has teams"),
+        ({"name": "x4", "role": "root"}, "role"),
+        ({"name": "Bad Name", "role": "viewer"}, "name"),
+    ):
+        response = s.admin("POST", "/admin/admins", json=body)
+        assert response.status_code == 400, (body, response.text)
+        assert problem in response.json()["error"]["message"], (body, response.text)
+    post(s, "/admin/admins", {"name": "mover", "role": "team-admin", "teams": ["red"]})
+    bad = s.admin("PATCH", "/admin/admins/mover", json={"role": "viewer", "teams": ["red"]})
+    assert bad.status_code == 400
+    moved = s.admin("PATCH", "/admin/admins/mover", json={"role": "viewer"}).json()
+    assert (moved["role"], moved["teams"]) == ("viewer", [])
+
+
 def test_the_admin_key_is_the_owners_break_glass(cast: Team) -> None:
     me = cast.server.admin("GET", "/admin/me").json()
     assert me == {"name": "admin", "role": "owner", "teams": [], "break_glass": True}
@@ -257,6 +276,7 @@ def test_a_team_admin_sees_only_their_teams(cast: Team) -> None:
         for path in ("/admin/keys/blue-key", "/admin/teams/blue", "/admin/users/bob"):
             assert c.get(path).status_code == 404, path
         assert c.get("/admin/keys/red-key").status_code == 200
+        assert c.get("/admin/users/alice").json()["members"]["keys"] == ["red-key"]
         assert c.get("/admin/teams/red").status_code == 200
         rows = c.get("/admin/requests", params={"limit": 1000}).json()["items"]
         assert rows and {r["team"] for r in rows} == {"red"}
@@ -360,7 +380,11 @@ def test_tokens_expire_are_revoked_and_rotate_with_grace(cast: Team) -> None:
 
 def test_a_disabled_admin_is_cut_off(cast: Team) -> None:
     token = make_admin(cast.server, "temp", "admin")
-    client = httpx.Client(base_url=cast.server.url, trust_env=False, timeout=30)
+    with httpx.Client(base_url=cast.server.url, trust_env=False, timeout=30) as client:
+        _cut_off(cast, client, token)
+
+
+def _cut_off(cast: Team, client: httpx.Client, token: str) -> None:
     assert (
         client.post("/dashboard/login", json={"name": "temp", "password": PASSWORD}).status_code
         == 200
@@ -372,14 +396,17 @@ def test_a_disabled_admin_is_cut_off(cast: Team) -> None:
     assert bearer.status_code == 401 and "disabled" in bearer.text
     bad = client.post("/dashboard/login", json={"name": "temp", "password": PASSWORD})
     assert bad.status_code == 401
-    client.close()
 
 
 # -- dashboard login, passwords, audit -----------------------------------------------------
 
 
 def test_dashboard_login_by_name_and_password(cast: Team) -> None:
-    client = httpx.Client(base_url=cast.server.url, trust_env=False, timeout=30)
+    with httpx.Client(base_url=cast.server.url, trust_env=False, timeout=30) as client:
+        _login_by_name(cast, client)
+
+
+def _login_by_name(cast: Team, client: httpx.Client) -> None:
     wrong = client.post("/dashboard/login", json={"name": "lead", "password": "not it at all!"})
     assert wrong.status_code == 401
     response = client.post("/dashboard/login", json={"name": "lead", "password": PASSWORD})
@@ -393,7 +420,6 @@ def test_dashboard_login_by_name_and_password(cast: Team) -> None:
     assert made.status_code == 201
     audit = cast.server.admin("GET", "/admin/audit").json()["items"]
     assert any(a["target"] == "key:red-dash" and a["actor"] == "lead" for a in audit)
-    client.close()
 
 
 def test_passwords_are_long_hashed_and_never_shown(cast: Team) -> None:
@@ -453,3 +479,41 @@ def test_name_logins_are_throttled(upstream: Upstream, tmp_path: Path) -> None:
         assert server.admin("GET", "/admin/me").status_code == 200  # the API door is apart
     finally:
         server.close()
+
+
+def test_the_cli_makes_admins_and_tokens(cast: Team) -> None:
+    """`capgate admins ...` against the server: a password from stdin (never an
+    argument), a token printed once and working, its rotation and revocation."""
+    import subprocess
+    import sys
+
+    def cli(*args: str, stdin: str = "", key: str = ADMIN_KEY) -> str:
+        env = {"CAPGATE_URL": cast.server.url, "CAPGATE_ADMIN_KEY": key, "PATH": "/usr/bin:/bin"}
+        done = subprocess.run(
+            [sys.executable, "-m", "capgate", *args], input=stdin, capture_output=True,
+            text=True, env=env, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, (args, done.stdout, done.stderr)
+        return done.stdout
+
+    made = cli("admins", "create", "cli-lead", "--role", "team-admin", "--team", "red",
+               "--password-stdin", stdin=PASSWORD + "\n")  # fmt: skip
+    assert "cli-lead  role=team-admin  teams=red  status=active" in made
+    assert "cli-lead" in cli("admins", "list")
+    token = cli("admins", "token", "create", "cli-lead", "--label", "ci", "--days", "1")
+    raw = next(line for line in token.splitlines() if line.startswith("cga-"))
+    assert "red-key" in cli("keys", "list", key=raw) and "blue-key" not in cli(
+        "keys", "list", key=raw
+    )
+    token_id = token.split()[0]
+    rotated = cli("admins", "token", "rotate", "cli-lead", token_id, "--grace", "0")
+    new = next(line for line in rotated.splitlines() if line.startswith("cga-"))
+    assert new != raw and "red-key" in cli("keys", "list", key=new)
+    cli("admins", "token", "revoke", "cli-lead", token_id)
+    assert "revoked" in cli("admins", "token", "list", "cli-lead")
+    cli("admins", "set", "cli-lead", "--role", "viewer")
+    cli("admins", "passwd", "cli-lead", "--password-stdin", stdin=PASSWORD + "!\n")
+    cli("admins", "disable", "cli-lead")
+    assert "status=disabled" in cli("admins", "list")
+    cli("admins", "remove", "cli-lead")
+    assert "cli-lead" not in cli("admins", "list")

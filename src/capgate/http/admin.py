@@ -379,6 +379,14 @@ class _ScopeRoutes:
         shown = {**scope_json(scope), "usage": [limit_usage_json(u) for u in usage]}
         if self.kind in (ScopeKind.TEAM, ScopeKind.USER, ScopeKind.ORG):
             shown["members"] = await self.api.store.members(self.kind, name)
+            if self.kind is ScopeKind.USER and request["caller"].teams is not None:
+                keys = {
+                    k.name
+                    for k in await _ScopeRoutes(self.api, ScopeKind.KEY)._visible(request["caller"])
+                }
+                shown["members"]["keys"] = [
+                    k for k in shown["members"].get("keys", []) if k in keys
+                ]
         return json_response(shown)
 
     async def update(self, request: web.Request) -> web.Response:

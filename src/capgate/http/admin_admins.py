@@ -169,8 +169,11 @@ class AdminRoutes:
         role = spec.role or before.role
         teams = None
         if spec.role is not None or spec.teams is not None:
-            given = spec.teams if spec.teams is not None else list(before.teams)
-            teams = await self._teams(role, given if role == "team-admin" else [])
+            if spec.teams is not None:
+                given = spec.teams
+            else:  # a new role: a team admin keeps their teams, other roles have none
+                given = list(before.teams) if role == "team-admin" else []
+            teams = await self._teams(role, given)
         changed = await self.store.update_admin(
             before.name, role=spec.role, teams=teams, status=spec.status, actor=request["actor"]
         )
