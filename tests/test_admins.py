@@ -463,7 +463,8 @@ def test_name_logins_are_throttled(upstream: Upstream, tmp_path: Path) -> None:
     proxy): the name is blocked, even from a fresh address with the right password; the
     address throttle alone would not have stopped it; other names and the API key work."""
     config = gateway_config(upstream, server={"trusted_proxies": ["127.0.0.1"]})
-    server = start_capgate(tmp_path, config)
+    log = tmp_path / "server.log"
+    server = start_capgate(tmp_path, config, args=("--log-level", "debug"), log=log)
     try:
         for name in ("target", "other"):
             post(server, "/admin/admins", {"name": name, "role": "viewer", "password": PASSWORD})
@@ -479,8 +480,15 @@ def test_name_logins_are_throttled(upstream: Upstream, tmp_path: Path) -> None:
         assert right.status_code == 429 and "retry-after" in right.headers
         assert login("other", PASSWORD, "10.0.1.2").status_code == 200
         assert server.admin("GET", "/admin/me").status_code == 200  # the API door is apart
+        token = post(server, "/admin/admins/other/tokens", {})["token"]
+        auth = {"authorization": f"Bearer {token}"}
+        assert httpx.get(server.url + "/admin/me", headers=auth).status_code == 200
     finally:
         server.close()
+    written = log.read_text()
+    assert "/admin/admins/{name}/tokens" in written  # the calls were logged ...
+    assert PASSWORD not in written and token not in written  # ... never a secret
+    assert "scrypt$" not in written
 
 
 def test_the_cli_makes_admins_and_tokens(cast: Team) -> None:
