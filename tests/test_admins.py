@@ -527,3 +527,18 @@ def test_the_cli_makes_admins_and_tokens(cast: Team) -> None:
     assert "status=disabled" in cli("admins", "list")
     cli("admins", "remove", "cli-lead")
     assert "cli-lead" not in cli("admins", "list")
+
+
+def test_an_admin_key_that_looks_like_a_token_still_works(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    key = "cga-" + "0123456789abcdefghijklmnopqrstuvwxyz"
+    server = start_capgate(tmp_path, gateway_config(upstream), env={"CAPGATE_ADMIN_KEY": key})
+    try:
+        auth = {"authorization": f"Bearer {key}"}
+        me = httpx.get(server.url + "/admin/me", headers=auth)
+        assert me.status_code == 200 and me.json()["break_glass"] is True
+        wrong = httpx.get(server.url + "/admin/me", headers={"authorization": "Bearer cga-nope"})
+        assert wrong.status_code == 401
+    finally:
+        server.close()

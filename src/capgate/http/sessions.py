@@ -161,8 +161,10 @@ class AdminAccess:
             await self.throttle.check(client)
             try:
                 if raw.startswith(TOKEN_PREFIX):
-                    return await self._token_caller(raw)
-                self._key.check(request.headers)
+                    named = await self._token_caller(raw)
+                    if named is not None:
+                        return named
+                self._key.check(request.headers)  # also an admin key that looks like a token
             except TokenRefused:
                 raise
             except AuthenticationFailed:
@@ -184,12 +186,12 @@ class AdminAccess:
                 )
         return caller
 
-    async def _token_caller(self, raw: str) -> Caller:
-        """The named admin whose API token `raw` is: refused when unknown, revoked,
-        expired, its admin disabled, or it is a rotated secret past its grace period."""
+    async def _token_caller(self, raw: str) -> Caller | None:
+        """The named admin whose API token `raw` is (None: no such token): refused when
+        revoked, expired, its admin disabled, or a rotated secret past its grace period."""
         found = await self._store.find_admin_token(admin_token_hash(raw))
         if found is None:
-            raise AuthenticationFailed("Admin API: invalid admin token.")
+            return None
         token, now = found.token, self._clock()
         if token.revoked_at is not None:
             raise TokenRefused(
