@@ -169,7 +169,7 @@ def test_the_docs_show_the_table() -> None:
 def _fill(path: str) -> str:
     return (
         path.replace("{name}", "nobody").replace("{id}", "0").replace("{request_id}", "none")
-        .replace("{path}", "app.css")
+        .replace("{path}", "app.css").replace("{match}", "no-such-route")
     )  # fmt: skip
 
 
