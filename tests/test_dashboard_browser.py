@@ -26,7 +26,7 @@ ARTIFACTS = ROOT / "tests" / "artifacts"
 HAIKU = "claude-haiku-4-5"
 TEAM_KEYS = [f"agent-{i:02d}-nightly-evaluation-runner-for-the-research-cluster" for i in range(50)]
 PAGES = ["overview", "live", "requests", "keys", "users", "teams", "orgs", "providers",
-         "hooks", "upstreams", "settings", "audit", "alerts"]  # fmt: skip
+         "hooks", "upstreams", "settings", "audit", "alerts", "admins"]  # fmt: skip
 
 try:
     from playwright.sync_api import Browser, Page, sync_playwright
@@ -610,3 +610,39 @@ def test_chart_axis_amounts_under_a_cent_never_print_the_same(page: Page, dash: 
         ["$0", "$20", "$40", "$60"],
         ["$0", "$0.000001", "$0.000002"],
     ]
+
+
+def test_an_owner_makes_a_team_admin_who_sees_only_their_team(page: Page, dash: Capgate) -> None:
+    """The Admins page (owners), then a login by name and password: a team admin's pages
+    and keys are their team's only, and every page they see loads without an error."""
+    log_in(page, dash)
+    go(page, dash, "admins")
+    page.get_by_role("button", name="New admin").click()
+    page.get_by_label("Name", exact=True).fill("lead-ui")
+    page.locator("#admin-role").select_option("team-admin")
+    page.get_by_label("Teams").fill("research")
+    page.get_by_label("Password (12 characters or more)").fill("a long enough password")
+    page.get_by_role("button", name="Create").click()
+    page.locator('tr[data-name="lead-ui"]').wait_for()
+    shot(page, "admins")
+    page.get_by_role("button", name="Sign out").click()
+    page.locator("#login-name").fill("lead-ui")
+    page.get_by_label("Password or admin key").fill("a long enough password")
+    page.get_by_role("button", name="Sign in").click()
+    page.locator(".stat").first.wait_for()
+    assert "team-admin" in page.locator("#whoami").inner_text()
+    visible = page.evaluate(
+        "[...document.querySelectorAll('.nav a')].filter((a) => !a.parentElement.hidden)"
+        ".map((a) => a.dataset.page)"
+    )
+    assert visible == ["overview", "live", "requests", "keys", "users", "teams"]
+    go(page, dash, "keys")
+    page.locator('tr[data-name="alice-laptop"]').wait_for()
+    names = page.evaluate(
+        "[...document.querySelectorAll('#page tr[data-name]')].map((r) => r.dataset.name)"
+    )
+    assert "ci-bot" not in names and len(names) == 1 + len(TEAM_KEYS) // 2
+    for route in visible:
+        go(page, dash, route)
+        page.locator("#page .panel").first.wait_for()
+        assert page.locator("#page [role=alert]").count() == 0, route

@@ -81,6 +81,16 @@ def _calls(request_id: str) -> list[Call]:
          {"json": {"retries": 0}}),
         ("delete", "/admin/routing/routes/{match}", "/admin/routing/routes/org/rt-*", {}),
         ("delete", "/admin/routing/providers/{name}", "/admin/routing/providers/rt", {}),
+        ("get", "/admin/me", "/admin/me", {}),
+        ("post", "/admin/admins", "/admin/admins", {"json": {"name": "ann", "role": "team-admin",
+         "teams": ["research"], "password": "a long enough password"}}),
+        ("get", "/admin/admins", "/admin/admins", {}),
+        ("get", "/admin/admins/{name}", "/admin/admins/ann", {}),
+        ("patch", "/admin/admins/{name}", "/admin/admins/ann", {"json": {"status": "disabled"}}),
+        ("post", "/admin/admins/{name}/password", "/admin/admins/ann/password",
+         {"json": {"password": "another long password"}}),
+        ("post", "/admin/admins/{name}/tokens", "/admin/admins/ann/tokens", {"json": {}}),
+        ("get", "/admin/admins/{name}/tokens", "/admin/admins/ann/tokens", {}),
     ]  # fmt: skip
     for plural, name in reversed(names.items()):
         one = f"/admin/{plural}/{{name}}"
@@ -119,7 +129,7 @@ def test_every_operation_answers_what_the_document_says(server: Capgate) -> None
     # Rule/id-bearing routes need the id the server gave: filled in as they are created.
     calls = _calls(request_id)
     seen: set[tuple[str, str]] = set()
-    rule_id = code_id = None
+    rule_id = code_id = token_id = None
     for method, template, path, kwargs in calls:
         answer = _check(server, document, method, template, path, kwargs)
         seen.add((method, template))
@@ -127,7 +137,16 @@ def test_every_operation_answers_what_the_document_says(server: Capgate) -> None
             rule_id = answer["id"]
         if template == "/admin/hook/codes" and method == "post":
             code_id = answer["id"]
-    assert rule_id is not None and code_id is not None
+        if template == "/admin/admins/{name}/tokens" and method == "post":
+            token_id = answer["id"]
+    assert rule_id is not None and code_id is not None and token_id is not None
+    tokens = "/admin/admins/{name}/tokens/{id}/"
+    for action, body in (("rotate", {"json": {"grace_s": 5}}), ("revoke", {})):
+        here = f"/admin/admins/ann/tokens/{token_id}/{action}"
+        _check(server, document, "post", tokens + action, here, body)
+        seen.add(("post", tokens + action))
+    _check(server, document, "delete", "/admin/admins/{name}", "/admin/admins/ann", {})
+    seen.add(("delete", "/admin/admins/{name}"))
     _check(
         server, document, "delete", "/admin/alerts/rules/{id}", f"/admin/alerts/rules/{rule_id}", {}
     )

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from capgate import __version__
+from capgate.cli import admins as admins_cli
 from capgate.cli import alerts as alerts_cli
 from capgate.cli import db as db_cli
 from capgate.cli import hook as hook_cli
@@ -50,6 +51,7 @@ def _global(
 app.add_typer(keys_cli.app, name="keys")
 app.add_typer(db_cli.app, name="db")
 app.add_typer(alerts_cli.app, name="alerts")
+app.add_typer(admins_cli.app, name="admins")
 app.add_typer(local_app, name="local")
 app.add_typer(hook_cli.app, name="hook")
 app.add_typer(routing_cli.app, name="routing")

@@ -11,6 +11,7 @@ import hashlib
 import hmac
 from functools import cache
 from importlib import resources
+from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -22,11 +23,13 @@ from capgate.http.dialects import error_response
 from capgate.http.sessions import (
     CSRF_HEADER,
     AdminAccess,
+    Caller,
+    caller_of,
     clear_session_cookie,
     csrf_token,
     set_session_cookie,
 )
-from capgate.store.records import iso
+from capgate.store.records import Session, iso
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -54,7 +57,8 @@ _TYPES = {
 
 class Login(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    password: str = Field(min_length=1, max_length=1000, description="the admin key")
+    name: str | None = Field(None, max_length=200, description="a named admin; none: admin key")
+    password: str = Field(min_length=1, max_length=1000, description="the password or admin key")
 
 
 @cache
@@ -109,24 +113,19 @@ class Dashboard:
         caller = await self.access.session_of(request)
         if caller is None or caller.session is None or caller.token is None:
             return _secure(json_response({"authenticated": False}))
-        return _secure(
-            json_response(
-                {
-                    "authenticated": True,
-                    "actor": caller.actor,
-                    "csrf_token": csrf_token(caller.token),
-                    "csrf_header": CSRF_HEADER,
-                    "expires_at": iso(caller.session.expires_at),
-                }
-            )
-        )
+        return _secure(json_response(_signed_in(caller.token, caller.session, caller)))
 
     async def login(self, request: web.Request) -> web.Response:
+        """With the admin key (no `name`), or a named admin's name and password. Failures
+        count against the address, and a named admin's also against the name (so many
+        addresses guessing one password are throttled too)."""
         client = self.access.client_of(request)
         try:
             _same_origin(request)
             await self.access.throttle.check(client)
             body: Login = await read_body(request, Login)
+            if body.name is not None:
+                return await self._login_named(request, client, body.name, body.password)
             try:
                 self.access.check_key(body.password)
             except AuthenticationFailed:
@@ -136,15 +135,24 @@ class Dashboard:
             token, session = await self.access.open_session()
         except CapgateError as exc:
             return _secure(error_response("admin", exc))
-        response = json_response(
-            {
-                "authenticated": True,
-                "actor": session.actor,
-                "csrf_token": csrf_token(token),
-                "csrf_header": CSRF_HEADER,
-                "expires_at": iso(session.expires_at),
-            }
-        )
+        response = json_response(_signed_in(token, session, Caller(session.actor)))
+        set_session_cookie(response, request, token)
+        return _secure(response)
+
+    async def _login_named(
+        self, request: web.Request, client: str, name: str, password: str
+    ) -> web.Response:
+        by_name = "admin-name " + name
+        await self.access.throttle.check(by_name)
+        admin = await self.access.check_password(name, password)
+        if admin is None:
+            await self.access.throttle.failed(client)
+            await self.access.throttle.failed(by_name)
+            raise AuthenticationFailed("Wrong name or password.")
+        await self.access.throttle.succeeded(client)
+        await self.access.throttle.succeeded(by_name)
+        token, session = await self.access.open_session(admin.name)
+        response = json_response(_signed_in(token, session, caller_of(admin, session, token)))
         set_session_cookie(response, request, token)
         return _secure(response)
 
@@ -158,6 +166,18 @@ class Dashboard:
         response = web.Response(status=204)
         clear_session_cookie(response, request)
         return _secure(response)
+
+
+def _signed_in(token: str, session: Session, caller: Caller) -> dict[str, Any]:
+    return {
+        "authenticated": True,
+        "actor": session.actor,
+        "role": caller.role,
+        "teams": sorted(caller.team_list),
+        "csrf_token": csrf_token(token),
+        "csrf_header": CSRF_HEADER,
+        "expires_at": iso(session.expires_at),
+    }
 
 
 def _secure(response: web.Response) -> web.Response:

@@ -18,6 +18,7 @@ from capgate.core.affordable import shortfalls
 from capgate.core.limits import Scope, ScopeKind, Status, nano_to_decimal_str
 from capgate.core.windows import WindowKind, window_at
 from capgate.errors import CapgateError, InvalidRequest, NotFound
+from capgate.http.admin_admins import AdminRoutes
 from capgate.http.admin_alerts import AlertRoutes
 from capgate.http.admin_io import (
     choice_param,
@@ -37,7 +38,8 @@ from capgate.http.dialects import error_response
 from capgate.http.events import EventHub
 from capgate.http.hook_admin import HookAdminRoutes
 from capgate.http.openapi import openapi_document
-from capgate.http.sessions import AdminAccess
+from capgate.http.roles import ledger_team, permit, team_users
+from capgate.http.sessions import AdminAccess, Caller
 from capgate.keys import display_prefix, key_hash, new_key
 from capgate.live_routing import LiveRouting
 from capgate.runtime import RuntimeSettings
@@ -129,13 +131,18 @@ class AdminAPI:
             web.get("/admin/routing", h(self.routing)),
             web.get("/admin/settings", h(settings.show)),
             web.patch("/admin/settings", h(settings.update)),
-            web.get("/admin/events", h(self.events.stream)),
+            web.get("/admin/events", h(self.live_feed)),
         ]
         out += HookAdminRoutes(self.store, self.clock, self.public_url).routes(h)
         out += AlertRoutes(self).routes(h)
         if self.live is not None:
             out += RoutingRoutes(self.store, self.live).routes(h)
+        out += AdminRoutes(self).routes(h)
         return out
+
+    async def live_feed(self, request: web.Request) -> web.StreamResponse:
+        """The live feed; a team admin's shows only their teams' requests."""
+        return await self.events.stream(request, request["caller"].teams)
 
     async def routing(self, request: web.Request) -> web.StreamResponse:
         """Each provider's health as this process sees it (cooling down or not, recent
@@ -146,7 +153,9 @@ class AdminAPI:
         async def guarded(request: web.Request) -> web.StreamResponse:
             try:
                 caller = await self.access.authenticate(request)
+                await permit(request, caller, self.store)
                 request["actor"] = caller.actor
+                request["caller"] = caller
                 response = await handler(request)
             except CapgateError as exc:
                 response = error_response("admin", exc)
@@ -173,7 +182,7 @@ class AdminAPI:
         page = MAX_PAGE if everything else min(int_param(params, "limit", 1) or 100, MAX_PAGE)
         query = RequestQuery(
             key=params.get("key") or None,
-            team=params.get("team") or None,
+            team=ledger_team(request["caller"], params.get("team") or None),
             user=params.get("user") or None,
             model=params.get("model") or None,
             provider=params.get("provider") or None,
@@ -207,7 +216,7 @@ class AdminAPI:
         known_params(request.query, ())
         request_id = request.match_info["request_id"]
         found = await self.store.query_requests(RequestQuery(request_id=request_id, limit=1))
-        if not found:
+        if not found or not request["caller"].sees_team(found[0].team):
             raise NotFound(f"no request with id {request_id!r} in the ledger")
         return json_response(entry_json(found[0]))
 
@@ -331,12 +340,28 @@ class _ScopeRoutes:
         known_params(request.query, ())
         now = self.api.clock()
         items = []
-        for scope in await self.api.store.list_scopes(self.kind):
+        for scope in await self._visible(request["caller"]):
             usage = await self.api.store.counters(scope, now)
             items.append({**scope_json(scope), "usage": [limit_usage_json(u) for u in usage]})
         if self.kind is ScopeKind.KEY:
             await self._add_activity(items, now)
         return json_response({"items": items, "next_cursor": None})
+
+    async def _visible(self, caller: Caller) -> Iterable[Scope]:
+        """The scopes of this kind `caller` may see: a team admin's teams, their keys,
+        and those keys' users."""
+        scopes = await self.api.store.list_scopes(self.kind)
+        teams = caller.teams
+        if teams is None:
+            return scopes
+        if self.kind is ScopeKind.KEY:
+            return [s for s in scopes if s.extra.get("team") in teams]
+        if self.kind is ScopeKind.TEAM:
+            return [s for s in scopes if s.name in teams]
+        if self.kind is ScopeKind.USER:
+            users = await team_users(self.api.store, teams)
+            return [s for s in scopes if s.name in users]
+        return []
 
     async def _add_activity(self, items: Iterable[dict[str, Any]], now: float) -> None:
         """Each key's spend today and this month (calendar, in the default timezone, as on
@@ -360,6 +385,14 @@ class _ScopeRoutes:
         shown = {**scope_json(scope), "usage": [limit_usage_json(u) for u in usage]}
         if self.kind in (ScopeKind.TEAM, ScopeKind.USER, ScopeKind.ORG):
             shown["members"] = await self.api.store.members(self.kind, name)
+            if self.kind is ScopeKind.USER and request["caller"].teams is not None:
+                keys = {
+                    k.name
+                    for k in await _ScopeRoutes(self.api, ScopeKind.KEY)._visible(request["caller"])
+                }
+                shown["members"]["keys"] = [
+                    k for k in shown["members"].get("keys", []) if k in keys
+                ]
         return json_response(shown)
 
     async def update(self, request: web.Request) -> web.Response:

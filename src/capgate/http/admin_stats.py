@@ -11,6 +11,7 @@ from capgate.core.windows import WindowKind, window_at, zone
 from capgate.errors import InvalidRequest
 from capgate.http.admin_io import int_param, json_response, known_params, time_param
 from capgate.http.admin_json import summary_json
+from capgate.http.roles import ledger_team
 from capgate.store.base import RequestQuery
 from capgate.store.records import USAGE_GROUPS, iso
 from capgate.timeseries import STEPS, auto_step, bucket_starts, fold
@@ -55,10 +56,11 @@ class StatsRoutes:
         return since, until, tz
 
     @staticmethod
-    def _query(params: Any, since: float, until: float) -> RequestQuery:
+    def _query(request: web.Request, since: float, until: float) -> RequestQuery:
+        params = request.query
         return RequestQuery(
             key=params.get("key") or None,
-            team=params.get("team") or None,
+            team=ledger_team(request["caller"], params.get("team") or None),
             user=params.get("user") or None,
             model=params.get("model") or None,
             provider=params.get("provider") or None,
@@ -69,7 +71,7 @@ class StatsRoutes:
     async def summary(self, request: web.Request) -> web.Response:
         known_params(request.query, SUMMARY_PARAMS)
         since, until, tz = self._range(request.query, "today")
-        data = await self.api.store.summary(self._query(request.query, since, until))
+        data = await self.api.store.summary(self._query(request, since, until))
         return json_response(
             {"from": iso(since), "to": iso(until), "timezone": tz, **summary_json(data)}
         )
@@ -91,7 +93,7 @@ class StatsRoutes:
         except ValueError as exc:
             raise InvalidRequest(f"step: {exc}") from None
         found = await self.api.store.series_rows(
-            self._query(params, since, until), group_by, STEPS[step][1]
+            self._query(request, since, until), group_by, STEPS[step][1]
         )
         rows = [
             (r.bucket, r.group, r.requests, r.cost_nano, r.tokens, r.refused, r.errors)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -43,9 +44,22 @@ _REQUEST_FIELDS = (
 )  # fmt: skip
 
 
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One SSE frame, and what decides who may see it: a ledger entry's team (a team
+    admin sees only their teams' entries), or an audit entry (only unscoped admins)."""
+
+    data: bytes
+    team: str | None = None
+    audit: bool = False
+
+    def visible_to(self, teams: frozenset[str] | None) -> bool:
+        return teams is None or (not self.audit and self.team in teams)
+
+
 def format_events(
     batch: EventBatch, cursor: tuple[int, int]
-) -> tuple[list[bytes], tuple[int, int]]:
+) -> tuple[list[Frame], tuple[int, int]]:
     """SSE frames for new ledger and audit entries (each kind oldest first), and the
     cursor after them."""
     request_id, audit_id = cursor
@@ -55,10 +69,10 @@ def format_events(
         shown = entry_json(entry)
         data = {name: shown[name] for name in _REQUEST_FIELDS}
         data["tokens"] = entry.input_tokens + entry.output_tokens
-        frames.append(_frame("request", data, (request_id, audit_id)))
+        frames.append(Frame(_frame("request", data, (request_id, audit_id)), entry.team))
     for item in batch.audit:
         audit_id = max(audit_id, item.id)
-        frames.append(_frame("audit", audit_json(item), (request_id, audit_id)))
+        frames.append(Frame(_frame("audit", audit_json(item), (request_id, audit_id)), audit=True))
     return frames, (request_id, audit_id)
 
 
@@ -89,7 +103,8 @@ class EventHub:
         self._source = source
         self._poll = poll_seconds
         self._heartbeat = heartbeat_seconds
-        self._queues: set[asyncio.Queue[bytes | None]] = set()
+        # Each client's queue, and the teams it may see (None: every event).
+        self._queues: dict[asyncio.Queue[bytes | None], frozenset[str] | None] = {}
         self._cursor = (0, 0)
         self._poller: asyncio.Task[None] | None = None
         self._starting: asyncio.Lock | None = None
@@ -99,12 +114,15 @@ class EventHub:
     def listeners(self) -> int:
         return len(self._queues)
 
-    async def stream(self, request: web.Request) -> web.StreamResponse:
+    async def stream(
+        self, request: web.Request, teams: frozenset[str] | None = None
+    ) -> web.StreamResponse:
+        """The feed; `teams`: only these teams' ledger entries, no audit entries."""
         if self._closed:
             raise web.HTTPServiceUnavailable()
         resume = parse_cursor(request.headers.get("last-event-id"))  # a 400 before the stream
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE_MAX)
-        live_from = await self._subscribe(queue)
+        live_from = await self._subscribe(queue, teams)
         response = web.StreamResponse(
             headers={
                 "content-type": "text/event-stream",
@@ -116,12 +134,12 @@ class EventHub:
             await response.prepare(request)
             await response.write(b"retry: 2000\n: capgate live feed\n\n")
             if resume is not None:
-                await self._backfill(response, resume, live_from)
+                await self._backfill(response, resume, live_from, teams)
             await self._relay(response, queue)
         except ConnectionResetError:  # the client went away
             pass
         finally:
-            self._queues.discard(queue)
+            self._queues.pop(queue, None)
             if not self._queues:
                 await self._stop_poller()
         return response
@@ -140,7 +158,11 @@ class EventHub:
             await response.write(frame)
 
     async def _backfill(
-        self, response: web.StreamResponse, since: tuple[int, int], until: tuple[int, int]
+        self,
+        response: web.StreamResponse,
+        since: tuple[int, int],
+        until: tuple[int, int],
+        teams: frozenset[str] | None,
     ) -> None:
         """What a reconnecting client missed, up to where the live frames take over."""
         since = (max(since[0], until[0] - BACKFILL), max(since[1], until[1] - BACKFILL))
@@ -151,9 +173,12 @@ class EventHub:
         )
         frames, _ = format_events(missed, since)
         for frame in frames:
-            await response.write(frame)
+            if frame.visible_to(teams):
+                await response.write(frame.data)
 
-    async def _subscribe(self, queue: asyncio.Queue[bytes | None]) -> tuple[int, int]:
+    async def _subscribe(
+        self, queue: asyncio.Queue[bytes | None], teams: frozenset[str] | None
+    ) -> tuple[int, int]:
         """Join the poller (starting it if needed); returns the cursor from which this
         queue receives every event."""
         if self._starting is None:
@@ -162,7 +187,7 @@ class EventHub:
             if self._poller is None:
                 self._cursor = await self._source.latest_ids()
                 self._poller = asyncio.create_task(self._run())
-            self._queues.add(queue)
+            self._queues[queue] = teams
             return self._cursor
 
     async def _stop_poller(self) -> None:
@@ -184,12 +209,14 @@ class EventHub:
             for frame in frames:
                 self._publish(frame)
 
-    def _publish(self, frame: bytes) -> None:
-        for queue in list(self._queues):
+    def _publish(self, frame: Frame) -> None:
+        for queue, teams in list(self._queues.items()):
+            if not frame.visible_to(teams):
+                continue
             try:
-                queue.put_nowait(frame)
+                queue.put_nowait(frame.data)
             except asyncio.QueueFull:  # a stuck client: end its stream; it will reconnect
-                self._queues.discard(queue)
+                self._queues.pop(queue, None)
                 queue.get_nowait()
                 queue.put_nowait(None)
 

@@ -9,6 +9,13 @@ from pydantic.json_schema import models_json_schema
 
 from capgate import __version__
 from capgate.core.limits import ScopeKind
+from capgate.http.admin_admins import (
+    AdminCreate,
+    AdminUpdate,
+    PasswordSet,
+    TokenCreate,
+    TokenRotate,
+)
 from capgate.http.admin_models import PLURALS, ScopeCreate, ScopeUpdate
 from capgate.http.admin_routing import ProviderBody, RouteBody
 from capgate.http.admin_settings import SettingsUpdate
@@ -57,7 +64,7 @@ def _op(
 ) -> dict[str, Any]:
     op: dict[str, Any] = {
         "summary": summary,
-        "security": [{"adminKey": []}, {"dashboardSession": []}],
+        "security": [{"adminKey": []}, {"adminToken": []}, {"dashboardSession": []}],
         "responses": {ok: {"description": "ok"}, "default": _ERROR},
     }
     if params:
@@ -77,6 +84,8 @@ def openapi_document() -> dict[str, Any]:
             (ScopeCreate, "validation"), (ScopeUpdate, "validation"),
             (SettingsUpdate, "validation"), (CodeCreate, "validation"), (Kill, "validation"),
             (ProviderBody, "validation"), (RouteBody, "validation"),
+            (AdminCreate, "validation"), (AdminUpdate, "validation"), (PasswordSet, "validation"),
+            (TokenCreate, "validation"), (TokenRotate, "validation"),
         ],
         ref_template="#/components/schemas/{model}",
     )  # fmt: skip
@@ -193,7 +202,7 @@ def openapi_document() -> dict[str, Any]:
             }
         },
     }
-    paths |= _alert_paths() | _hook_paths() | _routing_paths()
+    paths |= _alert_paths() | _hook_paths() | _routing_paths() | _admin_paths()
     paths["/admin/openapi.json"] = {
         "get": {**_op("This document (OpenAPI 3.1)"), "security": []},
     }
@@ -206,6 +215,11 @@ def openapi_document() -> dict[str, Any]:
             "schemas": components,
             "securitySchemes": {
                 "adminKey": {"type": "http", "scheme": "bearer"},
+                "adminToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "a named admin's API token (cga-...); its role decides",
+                },
                 "dashboardSession": {
                     "type": "apiKey",
                     "in": "cookie",
@@ -316,6 +330,54 @@ def _hook_paths() -> dict[str, Any]:
                 body="Kill",
                 params=_NAME,
             )
+        },
+    }
+
+
+def _admin_paths() -> dict[str, Any]:
+    """Named admins and their API tokens (who may call each: docs/security.md)."""
+    token = [*_NAME, {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
+    return {
+        "/admin/me": {"get": _op("Who this credential is: name, role, teams, break_glass")},
+        "/admin/admins": {
+            "get": _op("Named admins (owners only)"),
+            "post": _op(
+                "Create an admin (owners only); audit-logged", body="AdminCreate", ok="201"
+            ),
+        },
+        "/admin/admins/{name}": {
+            "get": _op("Show an admin", params=_NAME),
+            "patch": _op(
+                "Change an admin's role, teams or status", body="AdminUpdate", params=_NAME
+            ),
+            "delete": _op("Delete an admin with their tokens and sessions", params=_NAME, ok="204"),
+        },
+        "/admin/admins/{name}/password": {
+            "post": _op(
+                "Set an admin's password; ends their sessions",
+                body="PasswordSet",
+                params=_NAME,
+                ok="204",
+            ),
+        },
+        "/admin/admins/{name}/tokens": {
+            "get": _op("An admin's API tokens, without their secrets", params=_NAME),
+            "post": _op(
+                "Make an API token; its secret is in the answer, once",
+                body="TokenCreate",
+                params=_NAME,
+                ok="201",
+            ),
+        },
+        "/admin/admins/{name}/tokens/{id}/revoke": {
+            "post": _op("Revoke an API token at once", params=token)
+        },
+        "/admin/admins/{name}/tokens/{id}/rotate": {
+            "post": _op(
+                "A new secret; the old one works grace_s seconds more",
+                body="TokenRotate",
+                params=token,
+            ),
         },
     }
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from capgate.core.limits import Metric, ScopeKind, Status
+from capgate.store.admin_accounts import ADMIN_STATUSES, ROLES
 
 JSON = dict[str, Any]
 
@@ -306,6 +307,38 @@ HOOK_MACHINE: JSON = obj(
         "status": {"enum": [s.value for s in Status]},
     }
 )
+ADMIN: JSON = obj(
+    {
+        "name": STR,
+        "role": {"enum": list(ROLES)},
+        "teams": array(STR),
+        "status": {"enum": list(ADMIN_STATUSES)},
+        "has_password": BOOL,
+        "created_at": TIME,
+        "updated_at": TIME,
+    }
+)
+ADMIN_TOKEN: JSON = obj(
+    {
+        "id": STR,
+        "admin": STR,
+        "label": STR,
+        "prefix": STR,
+        "created_at": TIME,
+        "expires_at": null(TIME),
+        "revoked_at": null(TIME),
+        "rotated_at": null(TIME),
+        "old_valid_until": null(TIME),
+    }
+)
+NEW_ADMIN_TOKEN: JSON = {
+    **ADMIN_TOKEN,
+    "properties": {
+        **ADMIN_TOKEN["properties"],
+        "token": {**STR, "description": "the token (cga-...): in this answer, once"},
+    },
+    "required": [*ADMIN_TOKEN["required"], "token"],
+}
 NO_CONTENT = None  # a 204: no body
 
 PROVIDER_ITEM: JSON = obj(
@@ -390,6 +423,19 @@ ANSWERS: dict[tuple[str, str], JSON | None] = {
     ("get", "/admin/routing/routes/{match}"): ROUTE_ITEM,
     ("patch", "/admin/routing/routes/{match}"): ROUTE_ITEM,
     ("delete", "/admin/routing/routes/{match}"): NO_CONTENT,
+    ("get", "/admin/me"): obj(
+        {"name": STR, "role": {"enum": list(ROLES)}, "teams": array(STR), "break_glass": BOOL}
+    ),
+    ("get", "/admin/admins"): page(ADMIN),
+    ("post", "/admin/admins"): ADMIN,
+    ("get", "/admin/admins/{name}"): ADMIN,
+    ("patch", "/admin/admins/{name}"): ADMIN,
+    ("delete", "/admin/admins/{name}"): NO_CONTENT,
+    ("post", "/admin/admins/{name}/password"): NO_CONTENT,
+    ("get", "/admin/admins/{name}/tokens"): page(ADMIN_TOKEN),
+    ("post", "/admin/admins/{name}/tokens"): NEW_ADMIN_TOKEN,
+    ("post", "/admin/admins/{name}/tokens/{id}/revoke"): ADMIN_TOKEN,
+    ("post", "/admin/admins/{name}/tokens/{id}/rotate"): NEW_ADMIN_TOKEN,
 }
 # Other forms of an answer, chosen by a query parameter (`format=`).
 EXPORTS: dict[tuple[str, str], dict[str, JSON]] = {

@@ -8,6 +8,13 @@ are counted in the database too (`SessionStore.login_failed`), so the throttle h
 across processes and nodes. A session lasts
 `SESSION_HOURS`, or until logout, or until the admin key changes.
 
+Named admins (`capgate admins`, store/admin_accounts.py) log in with their name and
+password instead (scrypt, checked off the event loop; failures counted per address and
+per name), or send one of their API tokens (`Authorization: Bearer cga-...`). Their
+session's actor is their name, and their role and teams are read again on every request,
+so a disabled or changed admin is cut off at once. The admin key stays the owner's
+break-glass credential (actor `admin`, or `admin@dashboard` for its sessions).
+
 Cookie-authenticated requests that change something must also send `x-csrf-token`, an
 HMAC of the session token that the page reads from `GET /dashboard/session`: another
 site can make the browser send the cookie (SameSite already stops most of that) but can
@@ -16,6 +23,7 @@ never read the token. Bearer requests need none, since no browser adds that head
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import math
@@ -23,14 +31,18 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from aiohttp import web
 
 from capgate.errors import AuthenticationFailed, CapgateError, PermissionDenied
 from capgate.http.auth import AdminAuthenticator, presented_key
 from capgate.http.client_address import Network, client_address
+from capgate.passwords import TOKEN_PREFIX, verify_password
+from capgate.passwords import token_hash as admin_token_hash
+from capgate.store.admin_accounts import Admin, AdminStore
 from capgate.store.base import SessionStore
-from capgate.store.records import Session
+from capgate.store.records import Session, iso
 
 COOKIE = "capgate_session"
 CSRF_HEADER = "x-csrf-token"
@@ -38,6 +50,11 @@ SESSION_HOURS = 12
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 ADMIN_ACTOR = "admin"
 SESSION_ACTOR = "admin@dashboard"
+
+
+class TokenRefused(AuthenticationFailed):
+    """A real admin token that may not be used (revoked, expired, rotated): not a guess,
+    so not counted against the address."""
 
 
 class TooManyAttempts(CapgateError):
@@ -82,18 +99,43 @@ class LoginThrottle:
         await self._store.login_succeeded(client)
 
 
+class AccessStore(SessionStore, AdminStore, Protocol):
+    """What admin access needs of the store."""
+
+
 @dataclass(frozen=True, slots=True)
 class Caller:
     actor: str
     session: Session | None = None
     token: str | None = None  # the session token, for cookie callers
+    role: str = "owner"  # the admin key's callers are the owner
+    team_list: tuple[str, ...] = ()  # a team admin's teams
+    named: bool = False  # a named admin (not the admin key)
+
+    @property
+    def teams(self) -> frozenset[str] | None:
+        """The teams a team admin is confined to; None: every team."""
+        return frozenset(self.team_list) if self.role == "team-admin" else None
+
+    def sees_team(self, team: str | None) -> bool:
+        teams = self.teams
+        return teams is None or team in teams
+
+
+def caller_of(admin: Admin, session: Session | None = None, token: str | None = None) -> Caller:
+    return Caller(admin.name, session, token, admin.role, admin.teams, named=True)
 
 
 class AdminAccess:
     def __init__(
-        self, store: SessionStore, digest: bytes, trusted_proxies: tuple[Network, ...] = ()
+        self,
+        store: AccessStore,
+        digest: bytes,
+        trusted_proxies: tuple[Network, ...] = (),
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
+        self._clock = clock
         self._key = AdminAuthenticator(digest)
         self._tag = key_tag(digest)
         self._trusted = trusted_proxies
@@ -113,11 +155,18 @@ class AdminAccess:
         kept in the store: shared by every process; counted apart from the dashboard's, so
         that guesses at one door do not lock the admin out of the other): once blocked,
         no key is tried."""
-        if presented_key(request.headers) is not None:
+        raw = presented_key(request.headers)
+        if raw is not None:
             client = "api " + self.client_of(request)  # apart from dashboard logins
             await self.throttle.check(client)
             try:
-                self._key.check(request.headers)
+                if raw.startswith(TOKEN_PREFIX):
+                    named = await self._token_caller(raw)
+                    if named is not None:
+                        return named
+                self._key.check(request.headers)  # also an admin key that looks like a token
+            except TokenRefused:
+                raise
             except AuthenticationFailed:
                 await self.throttle.failed(client)
                 raise
@@ -137,6 +186,29 @@ class AdminAccess:
                 )
         return caller
 
+    async def _token_caller(self, raw: str) -> Caller | None:
+        """The named admin whose API token `raw` is (None: no such token): refused when
+        revoked, expired, its admin disabled, or a rotated secret past its grace period."""
+        found = await self._store.find_admin_token(admin_token_hash(raw))
+        if found is None:
+            return None
+        token, now = found.token, self._clock()
+        if token.revoked_at is not None:
+            raise TokenRefused(
+                f"Admin API: this admin token was revoked on {iso(token.revoked_at)}."
+            )
+        if token.expires_at is not None and token.expires_at <= now:
+            raise TokenRefused(f"Admin API: this admin token expired on {iso(token.expires_at)}.")
+        if found.old and (token.old_until is None or token.old_until <= now):
+            raise TokenRefused(
+                f"Admin API: this admin token was rotated on {iso(token.rotated_at)}; "
+                f"use its new secret (prefix {token.prefix})."
+            )
+        admin = await self._store.get_admin(token.admin)
+        if admin is None or admin.status != "active":
+            raise TokenRefused("Admin API: this admin token's admin is disabled.")
+        return caller_of(admin)
+
     async def session_of(self, request: web.Request) -> Caller | None:
         token = request.cookies.get(COOKIE)
         if not token or len(token) > 200 or not token.isascii():
@@ -144,12 +216,25 @@ class AdminAccess:
         session = await self._store.get_session(token_hash(token))
         if session is None or not hmac.compare_digest(session.key_tag, self._tag):
             return None
-        return Caller(session.actor, session, token)
+        if session.actor == SESSION_ACTOR:  # opened with the admin key
+            return Caller(session.actor, session, token)
+        admin = await self._store.get_admin(session.actor)
+        if admin is None or admin.status != "active":
+            return None
+        return caller_of(admin, session, token)
 
-    async def open_session(self) -> tuple[str, Session]:
+    async def check_password(self, name: str, password: str) -> Admin | None:
+        """The active admin `name` when `password` is theirs (scrypt, off the event loop);
+        None otherwise. The same work is done for unknown names."""
+        admin = await self._store.get_admin(name)
+        stored = admin.password_hash if admin is not None else None
+        ok = await asyncio.to_thread(verify_password, password, stored)
+        return admin if ok and admin is not None and admin.status == "active" else None
+
+    async def open_session(self, actor: str = SESSION_ACTOR) -> tuple[str, Session]:
         token = secrets.token_urlsafe(32)
         session = await self._store.create_session(
-            token_hash(token), SESSION_ACTOR, self._tag, SESSION_HOURS * 3600
+            token_hash(token), actor, self._tag, SESSION_HOURS * 3600
         )
         return token, session
 

@@ -55,6 +55,7 @@ from capgate.core.limits import Limit, Scope, ScopeKind, Status
 from capgate.core.money import Usage
 from capgate.core.schedules import Schedule
 from capgate.errors import Conflict
+from capgate.store.admin_accounts import AdminStore
 from capgate.store.alerting import AlertStore
 from capgate.store.records import (
     AuditEntry,
@@ -568,6 +569,7 @@ class Store(
     HookStore,
     AlertStore,
     RoutingStore,
+    AdminStore,
     Protocol,
 ):
     """The whole port: what `bootstrap.py` builds and hands out, in parts, to consumers."""

@@ -50,6 +50,7 @@ from capgate.store.base import Outcome, Reservation, StoreHealth
 from capgate.store.keycache import KeyCache
 from capgate.store.liveness import ProcessLock, is_alive
 from capgate.store.pg_admin import PgScopeAdmin
+from capgate.store.pg_admins import PgAdmins
 from capgate.store.pg_alerts import PgAlerts
 from capgate.store.pg_batch import Batcher
 from capgate.store.pg_dashboard import PgDashboard
@@ -97,7 +98,15 @@ def _user_state_dir() -> Path:
 
 
 class PostgresStore(
-    KeyCache, SettleRetry, PgReserve, PgScopeAdmin, PgDashboard, PgHook, PgAlerts, PgRouting
+    KeyCache,
+    SettleRetry,
+    PgReserve,
+    PgScopeAdmin,
+    PgDashboard,
+    PgHook,
+    PgAlerts,
+    PgRouting,
+    PgAdmins,
 ):
     def __init__(
         self,

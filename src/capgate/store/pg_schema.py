@@ -511,6 +511,33 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX alert_deliveries_due ON alert_deliveries (status, next_at);
     """,
+    # 7: named admins and their API tokens (SQLite's migration 13).
+    """
+    CREATE TABLE admins (
+        name TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        teams TEXT NOT NULL DEFAULT '[]',
+        status TEXT NOT NULL DEFAULT 'active',
+        password_hash TEXT,
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE admin_tokens (
+        id TEXT PRIMARY KEY,
+        admin TEXT NOT NULL,
+        label TEXT NOT NULL DEFAULT '',
+        prefix TEXT NOT NULL,
+        token_hash BYTEA NOT NULL UNIQUE,
+        created_at DOUBLE PRECISION NOT NULL,
+        expires_at DOUBLE PRECISION,
+        revoked_at DOUBLE PRECISION,
+        rotated_at DOUBLE PRECISION,
+        old_hash BYTEA,
+        old_until DOUBLE PRECISION
+    );
+    CREATE INDEX admin_tokens_admin ON admin_tokens (admin);
+    CREATE INDEX admin_tokens_old ON admin_tokens (old_hash);
+    """,
     # 9: providers and routes defined at runtime (SQLite's migration 15).
     """
     CREATE TABLE runtime_providers (

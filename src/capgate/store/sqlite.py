@@ -50,6 +50,7 @@ from capgate.store.liveness import ProcessLock, is_alive, procs_dir
 from capgate.store.records import AuditEntry, LedgerEntry, UsageRow
 from capgate.store.settling import SettleRetry
 from capgate.store.sqlite_admin import ScopeAdmin
+from capgate.store.sqlite_admins import AdminsSQLite
 from capgate.store.sqlite_alerts import AlertStoreSQLite
 from capgate.store.sqlite_counters import CounterCache
 from capgate.store.sqlite_dashboard import DashboardStore
@@ -72,7 +73,14 @@ WAL_RESTART_WAIT_MS = 200
 
 
 class SQLiteStore(
-    KeyCache, SettleRetry, ScopeAdmin, DashboardStore, SQLiteHook, AlertStoreSQLite, SQLiteRouting
+    KeyCache,
+    SettleRetry,
+    ScopeAdmin,
+    DashboardStore,
+    SQLiteHook,
+    AlertStoreSQLite,
+    SQLiteRouting,
+    AdminsSQLite,
 ):
     def __init__(
         self,

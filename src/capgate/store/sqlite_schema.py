@@ -206,6 +206,35 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX alert_deliveries_due ON alert_deliveries (status, next_at);
     """,
+    # 13: named admins (role, teams, the password's scrypt hash) and their API tokens
+    #     (only a token's SHA-256; after a rotation the previous one in `old_hash`, valid
+    #     until `old_until`). Sessions name the admin as their actor.
+    """
+    CREATE TABLE admins (
+        name TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        teams TEXT NOT NULL DEFAULT '[]',
+        status TEXT NOT NULL DEFAULT 'active',
+        password_hash TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE admin_tokens (
+        id TEXT PRIMARY KEY,
+        admin TEXT NOT NULL,
+        label TEXT NOT NULL DEFAULT '',
+        prefix TEXT NOT NULL,
+        token_hash BLOB NOT NULL UNIQUE,
+        created_at REAL NOT NULL,
+        expires_at REAL,
+        revoked_at REAL,
+        rotated_at REAL,
+        old_hash BLOB,
+        old_until REAL
+    );
+    CREATE INDEX admin_tokens_admin ON admin_tokens (admin);
+    CREATE INDEX admin_tokens_old ON admin_tokens (old_hash);
+    """,
     # 15: providers and routes an admin defined at runtime (store/routing_rows.py); an API
     #     key only as AES-GCM ciphertext, its nonce and the id of the key that sealed it.
     """

@@ -1,5 +1,6 @@
 // The dashboard's entry point: login, the shell, and a hash router over the pages.
 import { ApiError, api, get, setSession, whenLoggedOut } from "./api.js";
+import { admins } from "./admins.js";
 import { alerts } from "./alerts.js";
 import { audit } from "./audit.js";
 import { h, replace } from "./dom.js";
@@ -9,6 +10,7 @@ import { live } from "./live.js";
 import { overview } from "./overview.js";
 import { requestDetail } from "./requests-table.js";
 import { requests } from "./requests.js";
+import { canSee, setRole } from "./role.js";
 import { scopeDetail } from "./scope-detail.js";
 import { scopes } from "./scopes.js";
 import { settings } from "./settings.js";
@@ -19,7 +21,7 @@ const KINDS = ["keys", "users", "teams", "orgs", "providers"];
 const TITLES = {
   overview: "Overview", live: "Live feed", requests: "Request log", keys: "Keys", users: "Users",
   teams: "Teams", orgs: "Orgs", providers: "Provider budgets", hooks: "Hook machines", settings: "Settings", upstreams: "Upstreams",
-  audit: "Audit log", alerts: "Alerts",
+  audit: "Audit log", alerts: "Alerts", admins: "Admins",
 };
 
 const loginView = document.getElementById("login");
@@ -39,7 +41,10 @@ function showLogin(message) {
 
 function startSession(session) {
   setSession(session);
-  document.getElementById("whoami").textContent = session.actor;
+  setRole(session.role);
+  const teams = session.teams && session.teams.length ? ` · ${session.teams.join(", ")}` : "";
+  document.getElementById("whoami").textContent = `${session.actor} (${session.role || "owner"}${teams})`;
+  for (const link of document.querySelectorAll(".nav a")) link.parentElement.hidden = !canSee(link.dataset.page);
   loginView.hidden = true;
   shell.hidden = false;
   connect();
@@ -52,7 +57,9 @@ document.getElementById("login-form").addEventListener("submit", async (event) =
   const button = event.target.querySelector("button[type=submit]");
   button.disabled = true;
   try {
-    const session = await api("POST", "/dashboard/login", { password: input.value });
+    const name = document.getElementById("login-name").value.trim();
+    const body = name ? { name, password: input.value } : { password: input.value };
+    const session = await api("POST", "/dashboard/login", body);
     input.value = "";
     startSession(session);
   } catch (error) {
@@ -80,6 +87,11 @@ async function route() {
   const [path, search = ""] = location.hash.replace(/^#\/?/, "").split("?");
   const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
   const page = parts[0] || "overview";
+  if (!canSee(page)) { // a page of another role (say, after signing in as someone else)
+    location.hash = "#/overview";
+    return;
+  }
+  document.body.dataset.page = page;
   const params = new URLSearchParams(search);
   const root = document.getElementById("page");
   let title = KINDS.includes(page) && parts[1] ? parts[1] : TITLES[page] || "Not found";
@@ -102,6 +114,7 @@ async function route() {
     else if (page === "upstreams") await upstreams(root, cleanup);
     else if (page === "audit") await audit(root, cleanup);
     else if (page === "alerts") await alerts(root, cleanup);
+    else if (page === "admins") await admins(root, cleanup);
     else if (KINDS.includes(page) && parts[1]) await scopeDetail(root, cleanup, params, page, parts[1]);
     else if (KINDS.includes(page)) await scopes(root, cleanup, params, page);
     else replace(root, h("div", { class: "empty" }, "No such page."));

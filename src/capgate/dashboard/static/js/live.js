@@ -1,6 +1,7 @@
 // Live feed: requests and refusals as they happen (hook mode's prompts, refusals and model
 // calls among them), and admin actions, without reloading.
 import { get } from "./api.js";
+import { scoped } from "./role.js";
 import { auditDetail, auditVerb } from "./audit-words.js";
 import { h, replace } from "./dom.js";
 import { on } from "./events.js";
@@ -45,7 +46,7 @@ export async function live(root, cleanup) {
 
   const recent = await get("/admin/requests?limit=25");
   for (const entry of recent.items.reverse()) add(entry, false);
-  const log = await get("/admin/audit?limit=10");
+  const log = scoped() ? { items: [] } : await get("/admin/audit?limit=10");
   for (const item of log.items.reverse()) addAudit(item);
   if (!log.items.length) audit.append(h("li", { class: "muted" }, "No admin actions yet."));
   cleanup(on("request", (entry) => add(entry, true)));

@@ -4,6 +4,7 @@ import { timeChart } from "./charts.js";
 import { h, replace, select, field } from "./dom.js";
 import { compareDecimal, int, ms, percent, usd } from "./format.js";
 import { on } from "./events.js";
+import { scoped } from "./role.js";
 import { errorBox, panel, segmented, stat, table, usageRow } from "./ui.js";
 
 const RANGES = [["1h", "1 hour"], ["24h", "24 hours"], ["7d", "7 days"], ["30d", "30 days"]];
@@ -54,6 +55,7 @@ export async function overview(root, cleanup) {
   }
 
   async function drawTops() {
+    if (scoped()) return; // a team admin: usage sums span every team
     const since = Math.floor(Date.now() / 1000 - SPANS[state.range]);
     const lists = [["key", "Top keys"], ["model", "Top models"], ["team", "Top teams"], ["user", "Top users"]];
     const answers = await Promise.all(lists.map(([group]) => get(`/admin/usage${query({ group_by: group, from: since })}`)));
@@ -63,7 +65,7 @@ export async function overview(root, cleanup) {
   }
 
   async function drawBudgets() {
-    const kinds = ["orgs", "teams", "users", "providers", "keys"];
+    const kinds = scoped() ? ["teams", "users", "keys"] : ["orgs", "teams", "users", "providers", "keys"];
     const answers = await Promise.all(kinds.map((kind) => get(`/admin/${kind}`)));
     const rows = [];
     answers.forEach((answer, i) => {
