@@ -14,6 +14,8 @@ from aiohttp import web
 
 from capgate import demo_secrets
 from capgate.alerts.watcher import AlertWatcher
+from capgate.bodylog.redact import Redactor, compile_custom
+from capgate.bodylog.service import BodyLog
 from capgate.config import (
     CLI_TYPES,
     Config,
@@ -247,7 +249,16 @@ async def build(
     router = Router(list(config.models), providers, configs, settings)
     metrics = Metrics() if settings.metrics_enabled else None
     traces = _traces(settings)
-    gateway = Gateway(store, router, runtime.pricing, settings, metrics=metrics, traces=traces)
+    body_log = BodyLog(
+        store, store.scopes_above, Redactor(compile_custom(settings.redact_patterns)),
+        settings.body_log_max_bytes, settings.body_retention_days, settings.log_bodies,
+    )  # fmt: skip
+    if metrics is not None:
+        metrics.body_log = body_log.results
+    gateway = Gateway(
+        store, router, runtime.pricing, settings, metrics=metrics, traces=traces,
+        body_log=body_log,
+    )  # fmt: skip
     keys = keys or await decide_keys(store, config, demo=demo)
     admin = AdminAPI(
         store, keys.admin_digest, runtime=runtime, routing=router.describe,
@@ -283,6 +294,7 @@ async def build(
         await runtime.close()
         await hook_extras.close()
         await gateway.drain()
+        await body_log.close()  # after the drain: the last requests' bodies are queued
         if traces is not None:  # after the drain: settlements end their spans
             await traces.close()
         for provider in providers.values():
@@ -299,6 +311,7 @@ async def build(
             settings.alerts_max_attempts, settings.alerts_retry_base_s,
         )  # fmt: skip
         alerts.start()
+    body_log.start()  # the writer and the retention job (hourly)
 
     app.on_shutdown.append(end_streams)
     app.on_cleanup.append(shutdown)

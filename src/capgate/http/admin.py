@@ -19,6 +19,7 @@ from capgate.core.limits import Scope, ScopeKind, Status, nano_to_decimal_str
 from capgate.core.windows import WindowKind, window_at
 from capgate.errors import CapgateError, InvalidRequest, NotFound
 from capgate.http.admin_alerts import AlertRoutes
+from capgate.http.admin_bodies import BodyRoutes
 from capgate.http.admin_io import (
     choice_param,
     int_param,
@@ -118,6 +119,7 @@ class AdminAPI:
         out += [
             web.get("/admin/requests", h(self.requests)),
             web.get("/admin/requests/{request_id}", h(self.request)),
+            *BodyRoutes(self.store).routes(h),
             web.get("/admin/usage", h(self.usage)),
             web.get("/admin/summary", h(stats.summary)),
             web.get("/admin/timeseries", h(stats.timeseries)),
@@ -141,6 +143,7 @@ class AdminAPI:
             try:
                 caller = await self.access.authenticate(request)
                 request["actor"] = caller.actor
+                request["caller"] = caller  # for checks beyond "an admin" (may_read_bodies)
                 response = await handler(request)
             except CapgateError as exc:
                 response = error_response("admin", exc)

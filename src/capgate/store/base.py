@@ -55,6 +55,7 @@ from capgate.core.money import Usage
 from capgate.core.schedules import Schedule
 from capgate.errors import Conflict
 from capgate.store.alerting import AlertStore
+from capgate.store.bodies import BodyStore
 from capgate.store.records import (
     AuditEntry,
     EventBatch,
@@ -180,6 +181,7 @@ class ScopeFields:
     unbounded_hold_nano: int | None = None
     schedules: tuple[Schedule, ...] | None = None
     fail_open: bool | None = None
+    log_bodies: bool | None = None
     clear: frozenset[str] = field(default_factory=frozenset)  # fields to set to null
 
 
@@ -565,6 +567,7 @@ class Store(
     SettingsStore,
     HookStore,
     AlertStore,
+    BodyStore,
     Protocol,
 ):
     """The whole port: what `bootstrap.py` builds and hands out, in parts, to consumers."""

@@ -52,6 +52,7 @@ from capgate.store.liveness import ProcessLock, is_alive
 from capgate.store.pg_admin import PgScopeAdmin
 from capgate.store.pg_alerts import PgAlerts
 from capgate.store.pg_batch import Batcher
+from capgate.store.pg_bodies import PgBodies
 from capgate.store.pg_dashboard import PgDashboard
 from capgate.store.pg_hook import PgHook
 from capgate.store.pg_hot import PgReserve, SeenStates
@@ -95,7 +96,9 @@ def _user_state_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "capgate"
 
 
-class PostgresStore(KeyCache, SettleRetry, PgReserve, PgScopeAdmin, PgDashboard, PgHook, PgAlerts):
+class PostgresStore(
+    KeyCache, SettleRetry, PgReserve, PgScopeAdmin, PgDashboard, PgHook, PgAlerts, PgBodies
+):
     def __init__(
         self,
         url: str,

@@ -511,6 +511,21 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX alert_deliveries_due ON alert_deliveries (status, next_at);
     """,
+    # 10: prompt and answer logging (SQLite's migration 16): a scope's opt-in, and the
+    #     redacted bodies of a request by its request id.
+    """
+    ALTER TABLE scopes ADD COLUMN log_bodies BIGINT NOT NULL DEFAULT 0;
+    CREATE TABLE request_bodies (
+        request_id TEXT PRIMARY KEY,
+        created_at DOUBLE PRECISION NOT NULL,
+        request TEXT NOT NULL,
+        answer TEXT,
+        request_bytes BIGINT NOT NULL,
+        answer_bytes BIGINT NOT NULL,
+        truncated BIGINT NOT NULL DEFAULT 0
+    );
+    CREATE INDEX request_bodies_at ON request_bodies (created_at);
+    """,
 )
 
 _CREATE_VERSION = "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)"

@@ -51,6 +51,7 @@ from capgate.store.records import AuditEntry, LedgerEntry, UsageRow
 from capgate.store.settling import SettleRetry
 from capgate.store.sqlite_admin import ScopeAdmin
 from capgate.store.sqlite_alerts import AlertStoreSQLite
+from capgate.store.sqlite_bodies import BodiesSQLite
 from capgate.store.sqlite_counters import CounterCache
 from capgate.store.sqlite_dashboard import DashboardStore
 from capgate.store.sqlite_hook import SQLiteHook
@@ -70,7 +71,9 @@ WAL_RESTART_FRAMES = 16384
 WAL_RESTART_WAIT_MS = 200
 
 
-class SQLiteStore(KeyCache, SettleRetry, ScopeAdmin, DashboardStore, SQLiteHook, AlertStoreSQLite):
+class SQLiteStore(
+    KeyCache, SettleRetry, ScopeAdmin, DashboardStore, SQLiteHook, AlertStoreSQLite, BodiesSQLite
+):
     def __init__(
         self,
         path: str,

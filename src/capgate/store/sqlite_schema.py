@@ -206,6 +206,22 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX alert_deliveries_due ON alert_deliveries (status, next_at);
     """,
+    # 16: prompt and answer logging, off unless a scope opts in (`log_bodies`): the
+    #     redacted bodies of a request, by its request id (store/bodies.py), deleted by
+    #     age in batches.
+    """
+    ALTER TABLE scopes ADD COLUMN log_bodies INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE request_bodies (
+        request_id TEXT PRIMARY KEY,
+        created_at REAL NOT NULL,
+        request TEXT NOT NULL,
+        answer TEXT,
+        request_bytes INTEGER NOT NULL,
+        answer_bytes INTEGER NOT NULL,
+        truncated INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX request_bodies_at ON request_bodies (created_at);
+    """,
 )
 
 

@@ -1,0 +1,64 @@
+"""`GET /admin/requests/{request_id}/body`: a request's logged body and answer, redacted
+(capgate.bodylog), for the callers allowed to read prompts.
+
+Who may read them is decided in one place, `may_read_bodies`: prompts and answers are
+more sensitive than the ledger's numbers, so a role that may read the ledger need not
+read them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from capgate.errors import NotFound, PermissionDenied
+from capgate.http.admin_io import json_response, known_params
+from capgate.http.sessions import ADMIN_ACTOR, SESSION_ACTOR, Caller
+from capgate.store.bodies import BodyRecord, BodyStore
+from capgate.store.records import iso
+
+# Today the admin key and a dashboard session opened with it; with named admins and
+# roles, the owner and admin roles only.
+BODY_READERS = frozenset({ADMIN_ACTOR, SESSION_ACTOR})
+
+
+def may_read_bodies(caller: Caller | None) -> bool:
+    """Whether `caller` may read logged prompts and answers."""
+    return caller is not None and caller.actor in BODY_READERS
+
+
+def body_json(body: BodyRecord) -> dict[str, Any]:
+    return {
+        "request_id": body.request_id,
+        "logged": True,
+        "created_at": iso(body.created_at),
+        "request": body.request,
+        "answer": body.answer,
+        "request_bytes": body.request_bytes,
+        "answer_bytes": body.answer_bytes,
+        "truncated": body.truncated,
+    }
+
+
+class BodyRoutes:
+    def __init__(self, store: BodyStore) -> None:
+        self._store = store
+
+    def routes(self, guard: Any) -> list[web.RouteDef]:
+        return [web.get("/admin/requests/{request_id}/body", guard(self.body))]
+
+    async def body(self, request: web.Request) -> web.Response:
+        known_params(request.query, ())
+        if not may_read_bodies(request.get("caller")):
+            raise PermissionDenied(
+                "Admin API: this caller may not read logged prompts and answers."
+            )
+        request_id = request.match_info["request_id"]
+        found = await self._store.read_body(request_id)
+        if found is None:
+            raise NotFound(
+                f"no logged body for request {request_id!r}: its scopes did not log bodies "
+                "then, or it is older than the retention"
+            )
+        return json_response(body_json(found))
