@@ -63,7 +63,8 @@ BUILT_IN: tuple[Rule, ...] = (
             r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){0,8}\.[A-Za-z]{2,24}\b"
         ),
     ),
-    Rule("card", re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])"), luhn=True),
+    # Digits inside a word (hex ids, hashes) are not card numbers.
+    Rule("card", re.compile(r"(?<![\w-])\d(?:[ -]?\d){12,18}(?![\w-])"), luhn=True),
 )
 
 

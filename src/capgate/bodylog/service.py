@@ -113,6 +113,12 @@ class BodyLog:
             capture = await self._queue.get()
             try:
                 await self.write(capture)
+            except Exception as exc:  # the writer must outlive any one body: count, go on
+                self.results["failed"] += 1
+                log.warning(
+                    "body log: body of request %s not logged: %s",
+                    capture.request_id, type(exc).__name__,
+                )  # fmt: skip
             finally:
                 self._queue.task_done()
 
