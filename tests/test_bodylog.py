@@ -52,7 +52,9 @@ def wait_for(check: Callable[[], Any], within: float = 10) -> Any:
 def messages(server: Capgate, key: str, text: str = PROMPT, **extra: Any) -> httpx.Response:
     body = {"model": "claude-sonnet-4-6", "max_tokens": 200, **extra}
     body["messages"] = [{"role": "user", "content": text}]
-    return httpx.post(server.url + "/v1/messages", json=body, headers={"x-api-key": key}, timeout=30)
+    return httpx.post(
+        server.url + "/v1/messages", json=body, headers={"x-api-key": key}, timeout=30
+    )
 
 
 def chat_stream(server: Capgate, key: str, text: str = PROMPT) -> tuple[str, str]:
@@ -127,8 +129,11 @@ def test_a_team_that_opts_in_logs_the_streams_of_its_keys(server: Capgate) -> No
     request_id, sent = chat_stream(server, member)
     body = logged(server, request_id)
     assert body is not None
-    assert body["answer"] == sent.replace(EMAIL, "[REDACTED:email]")  # the events as sent
-    assert "data: [DONE]" in body["answer"] and "[REDACTED:email]" in body["answer"]
+    # The text the client assembled from the events, redacted.
+    assert body["answer"].endswith(
+        "You said: please mail [REDACTED:email] my [REDACTED:anthropic_key] and [REDACTED:card]"
+    ), body["answer"]
+    assert "data:" not in body["answer"] and body["answer_bytes"] == len(sent.encode())
     assert '"stream":true' in body["request"] and EMAIL not in body["request"]
     other_id, _ = chat_stream(server, outsider)
     # Written in order: once a later logged request is in, the outsider's would be too.
@@ -166,9 +171,11 @@ def test_only_callers_allowed_to_read_prompts_get_them(server: Capgate) -> None:
         assert refused.status_code == 401, refused.text
         assert "private words" not in refused.text
     client, _ = login(server.url)  # the dashboard's session may
-    with client:
+    try:
         shown = client.get(path)
         assert shown.status_code == 200 and "private words" in shown.json()["request"]
+    finally:
+        client.close()
     assert may_read_bodies(Caller(ADMIN_ACTOR)) and may_read_bodies(Caller(SESSION_ACTOR))
     assert not may_read_bodies(Caller("viewer:alice")) and not may_read_bodies(None)
 
@@ -232,3 +239,25 @@ def test_the_retention_job_deletes_old_bodies(upstream: Upstream, tmp_path: Path
         assert {e["request_id"] for e in again.ledger(key="logs-old")} == set(ids)
     finally:
         again.close()
+
+
+def test_a_streamed_tool_call_is_logged_as_its_call(server: Capgate) -> None:
+    key = server.create_key("logs-tools", log_bodies=True)
+    body = {
+        "model": "claude-sonnet-4-6", "max_tokens": 300, "stream": True,
+        "messages": [{"role": "user", "content": "mock:tool look it up"}],
+        "tools": [{
+            "name": "lookup", "description": "find",
+            "input_schema": {"type": "object", "properties": {"q": {"type": "string"}}},
+        }],
+    }  # fmt: skip
+    with httpx.stream(
+        "POST", server.url + "/v1/messages", json=body, headers={"x-api-key": key}, timeout=30
+    ) as response:
+        assert response.status_code == 200
+        sent = b"".join(response.iter_bytes())
+        request_id = response.headers["x-capgate-request-id"]
+    logged_body = logged(server, request_id)
+    assert logged_body is not None and "event: content_block_delta" in sent.decode()
+    assert logged_body["answer"].startswith("[tool_use lookup] {"), logged_body["answer"]
+    assert logged_body["answer_bytes"] == len(sent) and '"tools"' in logged_body["request"]

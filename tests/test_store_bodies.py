@@ -23,7 +23,9 @@ def test_bodies_are_written_once_and_read_by_another_store(make_store: MakeStore
         await first.write_body(body("req_a", 2000.0, "second"))  # the first one stays
         await first.write_body(BodyRecord("req_b", 1001.0, "{}", None, 2, 0, True))
         assert await second.read_body("req_a") == body("req_a", 1000.0)
-        assert await second.read_body("req_b") == BodyRecord("req_b", 1001.0, "{}", None, 2, 0, True)
+        assert await second.read_body("req_b") == BodyRecord(
+            "req_b", 1001.0, "{}", None, 2, 0, True
+        )
 
     run_two(make_store, test)
 

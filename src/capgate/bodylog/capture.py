@@ -2,10 +2,10 @@
 each kept up to a cap (plus a margin, so that a secret cut by the cap is still redacted
 whole) while counting the full size. Pure; the service redacts, cuts and writes it.
 
-A streamed answer is kept as the raw events the client received (Anthropic's or OpenAI's
-server-sent events, after translation when there was one), not as assembled text: it is
-exactly what the client got for every endpoint and dialect, costs one append per block
-on the request path (no parsing), and tool calls, thinking and errors stay visible.
+A streamed answer is kept as the events the client received (after translation when
+there was one), up to STREAM_FACTOR times the cap: one append per block on the request
+path, no parsing there. The service assembles their text in the background
+(`assemble.py`), where a secret split over several deltas is whole again.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 MARGIN = 512  # bytes kept past the cap: redacted with the rest, then cut off
+STREAM_FACTOR = 16  # events are ~20 times their text: this much kept to assemble the cap
 
 
 @dataclass(slots=True)
@@ -25,6 +26,7 @@ class BodyCapture:
     answer_kept: int = 0
     answer_bytes: int = 0
     created_at: float = 0.0
+    stream: str | None = None  # the endpoint whose events the answer is, when streamed
 
     @classmethod
     def of(cls, request_id: str, raw: bytes, cap: int, now: float) -> BodyCapture:
@@ -33,7 +35,7 @@ class BodyCapture:
     def feed(self, block: bytes) -> None:
         """A part of the answer, as sent to the client."""
         self.answer_bytes += len(block)
-        room = self.cap + MARGIN - self.answer_kept
+        room = self.cap * (STREAM_FACTOR if self.stream else 1) + MARGIN - self.answer_kept
         if room > 0:
             kept = block[:room]
             self.answer_parts.append(kept)

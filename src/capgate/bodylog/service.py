@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from capgate.bodylog.assemble import assemble
 from capgate.bodylog.capture import BodyCapture, cut
 from capgate.bodylog.redact import Redactor
 from capgate.core.limits import Scope
@@ -79,7 +80,16 @@ class BodyLog:
         )
         answer: str | None = None
         cut_answer = False
-        if capture.answer_parts:
+        if capture.answer_parts and capture.stream is not None:
+            text = self._redact(assemble(capture.stream, capture.answer))
+            answer, cut_answer = cut(text, cap, len(text.encode()))
+            if capture.answer_kept < capture.answer_bytes and not cut_answer:
+                answer += (
+                    f"\n[TRUNCATED: assembled from the first {capture.answer_kept} of the "
+                    f"stream's {capture.answer_bytes} bytes]"
+                )
+                cut_answer = True
+        elif capture.answer_parts:
             answer, cut_answer = cut(
                 self._redact(capture.answer.decode("utf-8", "replace")), cap, capture.answer_bytes
             )

@@ -420,6 +420,8 @@ class Call:
         # headers included). If more may still come, the final events go out at once.
         tail = b""
         capture = self.capture
+        if capture is not None:  # its text is assembled from the events the client gets
+            capture.stream = self.endpoint.value
         try:
             await response.prepare(self.request)
             chunk: bytes | None = first

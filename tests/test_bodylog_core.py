@@ -130,3 +130,58 @@ def test_a_secret_across_the_cap_is_redacted_whole() -> None:
     capture = BodyCapture.of("req_2", raw, 1024, 1.0)
     text, was_cut = cut(REDACT(capture.request.decode()), 1024, capture.request_bytes)
     assert was_cut and "SSSS" not in text and "sk-ant" not in text
+
+
+def _sse(*events: dict[str, object]) -> bytes:
+    import orjson
+
+    return b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in events)
+
+
+def test_a_secret_split_over_deltas_is_assembled_and_redacted() -> None:
+    from capgate.bodylog.assemble import assemble
+
+    deltas = ["mail bob.se", "cret@exa", "mple.com now"]
+    raw = _sse(
+        {"type": "message_start", "message": {"id": "m"}},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text"}},
+        *({"type": "content_block_delta", "delta": {"type": "text_delta", "text": d}} for d in deltas),
+        {"type": "content_block_start", "index": 1,
+         "content_block": {"type": "tool_use", "name": "lookup"}},
+        {"type": "content_block_delta", "delta": {"type": "input_json_delta", "partial_json": '{"q":'}},
+        {"type": "content_block_delta", "delta": {"type": "input_json_delta", "partial_json": ' "x"}'}},
+        {"type": "message_stop"},
+    )  # fmt: skip
+    raw += b'data: {"type": "content_block_delta", "delta": {"text": "cut by the ca'
+    text = assemble("messages", raw)
+    assert text == 'mail bob.secret@example.com now\n[tool_use lookup] {"q": "x"}'
+    assert REDACT(text).startswith("mail [REDACTED:email] now")
+    assert "bob.secret" not in REDACT(text) and "[REDACTED" not in REDACT(raw.decode())
+
+
+def test_chat_and_responses_streams_are_assembled() -> None:
+    from capgate.bodylog.assemble import assemble
+
+    chat = (
+        _sse(
+            {"choices": [{"delta": {"role": "assistant", "content": ""}}]},
+            {"choices": [{"delta": {"content": "Hel"}}]},
+            {"choices": [{"delta": {"content": "lo"}}]},
+            {
+                "choices": [
+                    {"delta": {"tool_calls": [{"function": {"name": "f", "arguments": "{}"}}]}}
+                ]
+            },
+            {"choices": [], "usage": {"prompt_tokens": 3}},
+        )
+        + b"data: [DONE]\n\n"
+    )
+    assert assemble("chat", chat) == "Hello\n[tool_call f] {}"
+    responses = _sse(
+        {"type": "response.created", "response": {}},
+        {"type": "response.output_text.delta", "delta": "Hi "},
+        {"type": "response.output_text.delta", "delta": "there"},
+        {"type": "response.output_item.added", "item": {"type": "function_call", "name": "g"}},
+        {"type": "response.function_call_arguments.delta", "delta": '{"a":1}'},
+    )
+    assert assemble("responses", responses) == 'Hi there\n[function_call g] {"a":1}'
