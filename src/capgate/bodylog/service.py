@@ -123,7 +123,7 @@ class BodyLog:
             capture = await self._queue.get()
             try:
                 await self.write(capture)
-            except Exception as exc:  # the writer must outlive any one body: count, go on
+            except Exception as exc:  # noqa: BLE001 - the writer outlives any one body (only its type is logged: an error may quote it)
                 self.results["failed"] += 1
                 log.warning(
                     "body log: body of request %s not logged: %s",
