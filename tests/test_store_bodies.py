@@ -66,6 +66,7 @@ def test_log_bodies_is_off_by_default_kept_and_audited(make_store: MakeStore) ->
         above = store.scopes_above(cached[0])
         assert [s.log_bodies for s in above] == [True]
         entry = (await store.audit(1))[0]
+        assert entry.before is not None and entry.after is not None
         assert (entry.before["log_bodies"], entry.after["log_bodies"]) == (False, True)
 
     run(make_store, test)
