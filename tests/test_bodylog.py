@@ -21,6 +21,9 @@ from capgate.http.admin_bodies import may_read_bodies
 from capgate.http.sessions import ADMIN_ACTOR, SESSION_ACTOR, Caller
 from conftest import Capgate, Upstream, gateway_config, start_capgate
 from test_dashboard_api import login
+from test_dashboard_browser import Page, browser, console, go, log_in, page, shot
+
+__all__ = ["browser", "console", "page"]
 
 CAP = 16_384
 EMAIL = "bob.secret@example.com"
@@ -74,7 +77,8 @@ def chat_stream(server: Capgate, key: str, text: str = PROMPT) -> tuple[str, str
 def logged(server: Capgate, request_id: str, within: float = 10) -> dict[str, Any] | None:
     def read() -> dict[str, Any] | None:
         answer = server.admin("GET", f"/admin/requests/{request_id}/body")
-        return answer.json() if answer.status_code == 200 else None
+        found = answer.json() if answer.status_code == 200 else None
+        return found if found and found["logged"] else None
 
     return wait_for(read, within)  # type: ignore[no-any-return]
 
@@ -94,8 +98,11 @@ def test_nothing_is_logged_by_default(server: Capgate) -> None:
     logging_key = server.create_key("after-plain", log_bodies=True)
     second = messages(server, logging_key, "hello")
     assert logged(server, second.headers["x-capgate-request-id"]) is not None
-    refused = server.admin("GET", f"/admin/requests/{request_id}/body")
-    assert refused.status_code == 404 and "no logged body" in refused.json()["error"]["message"]
+    not_logged = server.admin("GET", f"/admin/requests/{request_id}/body")
+    assert not_logged.status_code == 200
+    assert not_logged.json() == {"request_id": request_id, "logged": False}
+    unknown = server.admin("GET", "/admin/requests/req_nope/body")
+    assert unknown.status_code == 404 and "no request" in unknown.json()["error"]["message"]
     assert request_id not in [row[0] for row in rows(server)]
 
 
@@ -139,7 +146,7 @@ def test_a_team_that_opts_in_logs_the_streams_of_its_keys(server: Capgate) -> No
     # Written in order: once a later logged request is in, the outsider's would be too.
     later_id, _ = chat_stream(server, member, "later")
     assert logged(server, later_id) is not None
-    assert server.admin("GET", f"/admin/requests/{other_id}/body").status_code == 404
+    assert server.admin("GET", f"/admin/requests/{other_id}/body").json()["logged"] is False
     off = server.admin("PATCH", "/admin/teams/logged-team", json={"log_bodies": False})
     assert off.status_code == 200
     audit = server.admin("GET", "/admin/audit", params={"limit": 1}).json()["items"][0]
@@ -234,7 +241,7 @@ def test_the_retention_job_deletes_old_bodies(upstream: Upstream, tmp_path: Path
     try:
         gone = wait_for(lambda: len(rows(again)) == 1)
         assert gone and [row[0] for row in rows(again)] == [ids[2]]
-        assert again.admin("GET", f"/admin/requests/{ids[0]}/body").status_code == 404
+        assert again.admin("GET", f"/admin/requests/{ids[0]}/body").json()["logged"] is False
         # The ledger keeps the requests: only the bodies go.
         assert {e["request_id"] for e in again.ledger(key="logs-old")} == set(ids)
     finally:
@@ -261,3 +268,30 @@ def test_a_streamed_tool_call_is_logged_as_its_call(server: Capgate) -> None:
     assert logged_body is not None and "event: content_block_delta" in sent.decode()
     assert logged_body["answer"].startswith("[tool_use lookup] {"), logged_body["answer"]
     assert logged_body["answer_bytes"] == len(sent) and '"tools"' in logged_body["request"]
+
+
+@pytest.fixture
+def dash(server: Capgate) -> Capgate:
+    return server  # the browser fixtures' server
+
+
+def test_the_dashboard_request_detail_shows_the_body_or_not_logged(
+    page: Page, server: Capgate
+) -> None:
+    key = server.create_key("logs-dash", log_bodies=True)
+    shown_id = messages(server, key, "dashboard canary " + EMAIL).headers["x-capgate-request-id"]
+    plain = server.create_key("plain-dash")
+    plain_id = messages(server, plain, "not kept").headers["x-capgate-request-id"]
+    assert logged(server, shown_id) is not None
+    log_in(page, server)
+    go(page, server, f"requests/{shown_id}")
+    request_body = page.locator("[data-field=request-body]")
+    request_body.wait_for()
+    assert "dashboard canary [REDACTED:email]" in request_body.inner_text()
+    assert "[REDACTED:email]" in page.locator("[data-field=answer-body]").inner_text()
+    assert EMAIL not in page.content()
+    shot(page, "request-detail-body")
+    go(page, server, f"requests/{plain_id}")
+    page.locator("[data-state=not-logged]", has_text="Not logged").wait_for()
+    go(page, server, "keys/logs-dash")
+    page.locator("[data-field=log-bodies]").wait_for()

@@ -8,13 +8,14 @@ read them.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from capgate.errors import NotFound, PermissionDenied
 from capgate.http.admin_io import json_response, known_params
 from capgate.http.sessions import ADMIN_ACTOR, SESSION_ACTOR, Caller
+from capgate.store.base import LedgerReader, RequestQuery
 from capgate.store.bodies import BodyRecord, BodyStore
 from capgate.store.records import iso
 
@@ -41,8 +42,12 @@ def body_json(body: BodyRecord) -> dict[str, Any]:
     }
 
 
+class _Store(BodyStore, LedgerReader, Protocol):
+    pass
+
+
 class BodyRoutes:
-    def __init__(self, store: BodyStore) -> None:
+    def __init__(self, store: _Store) -> None:
         self._store = store
 
     def routes(self, guard: Any) -> list[web.RouteDef]:
@@ -56,9 +61,10 @@ class BodyRoutes:
             )
         request_id = request.match_info["request_id"]
         found = await self._store.read_body(request_id)
-        if found is None:
-            raise NotFound(
-                f"no logged body for request {request_id!r}: its scopes did not log bodies "
-                "then, or it is older than the retention"
-            )
-        return json_response(body_json(found))
+        if found is not None:
+            return json_response(body_json(found))
+        if not await self._store.query_requests(RequestQuery(request_id=request_id, limit=1)):
+            raise NotFound(f"no request with id {request_id!r} in the ledger")
+        # A request that was not logged: its scopes did not log bodies then, or it is
+        # older than the retention. Not an error: most requests are not logged.
+        return json_response({"request_id": request_id, "logged": False})

@@ -121,8 +121,8 @@ def openapi_document() -> dict[str, Any]:
         "/admin/requests/{request_id}/body": {
             "get": _op(
                 "The request's logged body and answer, redacted, when its scopes log bodies "
-                "(log_bodies); 404 if not logged or past the retention; 403 for a caller "
-                "that may not read prompts",
+                "(log_bodies), else logged: false; 404 for an unknown request id; 403 for a "
+                "caller that may not read prompts",
                 params=[
                     {
                         "name": "request_id",
@@ -131,7 +131,7 @@ def openapi_document() -> dict[str, Any]:
                         "schema": {"type": "string"},
                     },
                 ],
-            )  # fmt: skip
+            )
         },
         "/admin/usage": {
             "get": _op(
