@@ -20,6 +20,7 @@ import pytest
 from capgate.http.admin_bodies import may_read_bodies
 from capgate.http.sessions import ADMIN_ACTOR, SESSION_ACTOR, Caller
 from conftest import Capgate, Upstream, gateway_config, start_capgate
+from test_cli import run_cli
 from test_dashboard_api import login
 from test_dashboard_browser import Page, browser, console, go, log_in, page, shot
 
@@ -295,3 +296,16 @@ def test_the_dashboard_request_detail_shows_the_body_or_not_logged(
     page.locator("[data-state=not-logged]", has_text="Not logged").wait_for()
     go(page, server, "keys/logs-dash")
     page.locator("[data-field=log-bodies]").wait_for()
+
+
+def test_the_cli_turns_a_keys_logging_on_and_off(server: Capgate) -> None:
+    import json
+
+    created = run_cli(server, "keys", "create", "logs-cli", "--log-bodies", "--json")
+    assert created.returncode == 0, created.stderr
+    assert json.loads(created.stdout)["log_bodies"] is True
+    assert "logs bodies: yes" in run_cli(server, "keys", "show", "logs-cli").stdout
+    off = run_cli(server, "keys", "update", "logs-cli", "--no-log-bodies")
+    assert off.returncode == 0, off.stderr
+    assert server.admin("GET", "/admin/keys/logs-cli").json()["log_bodies"] is False
+    assert "logs bodies: no" in run_cli(server, "keys", "show", "logs-cli").stdout
