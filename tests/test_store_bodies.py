@@ -57,10 +57,11 @@ def test_log_bodies_is_off_by_default_kept_and_audited(make_store: MakeStore) ->
         key = await store.create_scope(
             ScopeKind.KEY, "k", ScopeFields(team="eng"), secret_hash=b"x" * 32, prefix="p"
         )
-        assert key.log_bodies is False
+        assert key.log_bodies is False and store.named_log_bodies is False
         changed = await store.update_scope(ScopeKind.TEAM, "eng", ScopeFields(log_bodies=True))
         assert changed.log_bodies is True
         assert (await store.get_scope(ScopeKind.TEAM, "eng")).log_bodies is True
+        assert store.named_log_bodies is True  # the gateway's first, cheap check
         cached = store.key_by_id(key.id)  # the key cache, as the gateway reads it
         assert cached is not None
         above = store.scopes_above(cached[0])

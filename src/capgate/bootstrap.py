@@ -250,7 +250,7 @@ async def build(
     metrics = Metrics() if settings.metrics_enabled else None
     traces = _traces(settings)
     body_log = BodyLog(
-        store, store.scopes_above, Redactor(compile_custom(settings.redact_patterns)),
+        store, Redactor(compile_custom(settings.redact_patterns)),
         settings.body_log_max_bytes, settings.body_retention_days, settings.log_bodies,
     )  # fmt: skip
     if metrics is not None:

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from capgate.bodylog.assemble import assemble
 from capgate.bodylog.capture import BodyCapture, cut
@@ -33,11 +34,18 @@ RETENTION_BATCH = 1000  # rows per delete: no transaction holds the write lock f
 DAY_S = 86_400.0
 
 
+class _Store(BodyStore, Protocol):
+    """The body store and the key cache's view of which scopes log bodies."""
+
+    named_log_bodies: bool
+
+    def scopes_above(self, key: Scope) -> list[Scope]: ...
+
+
 class BodyLog:
     def __init__(
         self,
-        store: BodyStore,
-        scopes_above: Callable[[Scope], list[Scope]],
+        store: _Store,
         redactor: Redactor,
         max_bytes: int,
         retention_days: float,
@@ -45,7 +53,6 @@ class BodyLog:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
-        self._scopes_above = scopes_above
         self._redact = redactor
         self.max_bytes = max_bytes
         self._retention_s = retention_days * DAY_S
@@ -59,7 +66,8 @@ class BodyLog:
         """Whether a request of `key` logs its body (see the module's docstring)."""
         if self._everything or key.log_bodies:
             return True
-        return any(scope.log_bodies for scope in self._scopes_above(key))
+        store = self._store
+        return store.named_log_bodies and any(s.log_bodies for s in store.scopes_above(key))
 
     def capture(self, request_id: str, raw: bytes) -> BodyCapture:
         return BodyCapture.of(request_id, raw, self.max_bytes, self._clock())

@@ -207,6 +207,10 @@ class RequestQuery:
 class HotPath(Protocol):
     """What the gateway needs on every request."""
 
+    # Whether any cached user, team or org scope sets `log_bodies` (capgate.bodylog):
+    # when none does, a request's own key alone says whether it is logged.
+    named_log_bodies: bool
+
     async def flush(self) -> None:
         """Wait until every write submitted so far by this process is committed."""
 
