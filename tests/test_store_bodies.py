@@ -4,6 +4,8 @@ by age in bounded batches, seen by another process or node; the opt-in kept, aud
 
 from __future__ import annotations
 
+from typing import Any
+
 from capgate.core.limits import ScopeKind
 from capgate.store.base import ScopeFields, Store
 from capgate.store.bodies import BodyRecord
@@ -71,3 +73,97 @@ def test_log_bodies_is_off_by_default_kept_and_audited(make_store: MakeStore) ->
         assert (entry.before["log_bodies"], entry.after["log_bodies"]) == (False, True)
 
     run(make_store, test)
+
+
+# -- ledger pruning: old entries folded into daily sums, every total the same -----------
+
+
+async def _totals(store: Store) -> dict[str, object]:
+    """Every read that sums the ledger, as it must be the same after a fold (latencies
+    and flags excepted: they are the kept entries' only)."""
+    from dataclasses import replace
+
+    from capgate.store.base import RequestQuery
+    from capgate.store.records import USAGE_GROUPS
+    from test_store_contract import BASE
+
+    def day_sums(rows: list[Any]) -> dict[tuple[int, str | None], list[int]]:
+        out: dict[tuple[int, str | None], list[int]] = {}
+        for r in rows:
+            acc = out.setdefault((r.bucket, r.group), [0] * 5)
+            for i, v in enumerate((r.requests, r.cost_nano, r.tokens, r.refused, r.errors)):
+                acc[i] += v
+        return out
+
+    out: dict[str, object] = {}
+    for group in USAGE_GROUPS:
+        out[f"usage {group}"] = await store.usage(group, None, None)
+    # A folded day counts whole in a range that holds its UTC midnight: ranges of whole
+    # days (what the dashboard's calendar periods and `day` groups are) stay exact.
+    day1 = BASE // 86400 * 86400
+    out["usage key from day 2"] = await store.usage("key", day1 + 86400, None)
+    out["usage key on day 1"] = await store.usage("key", day1, day1 + 86400)
+    for name, query in (
+        ("all", RequestQuery()),
+        ("k2", RequestQuery(key="k2")),
+        ("team t", RequestQuery(team="t")),
+        ("model m-b", RequestQuery(model="m-b")),
+        ("day 2", RequestQuery(since=day1 + 86400, until=day1 + 2 * 86400)),
+    ):
+        summary = await store.summary(query)
+        out[f"summary {name}"] = replace(summary, latency_p50_ms=None, latency_p95_ms=None)
+        rows = await store.series_rows(query, "key", 86400)
+        out[f"series {name}"] = day_sums(rows)
+    snap = await store.metrics_snapshot(BASE, ledger=True)
+    assert snap.ledger is not None
+    out["metrics"] = replace(snap.ledger, flagged={})
+    return out
+
+
+def test_folding_old_days_keeps_every_total(make_store: MakeStore) -> None:
+    from capgate.store.base import RequestQuery
+    from test_store_contract import BASE, _ledger
+
+    async def test(store: Store) -> None:
+        await _ledger(store)  # 8 entries over two days: ok, error, a refusal (paused)
+        before = await _totals(store)
+        cutoff = BASE + 3 * 86400
+        old = await store.old_entries(cutoff, 1000)
+        assert len(old) == 8 and [e.id for e in old] == sorted(e.id for e in old)
+        ids = [e.id for e in old]
+        assert await store.fold_entries(ids[:3], cutoff) == 3
+        assert await store.fold_entries(ids, cutoff) == 5  # the first three are gone
+        assert await store.fold_entries(ids, cutoff) == 0
+        assert await store.query_requests(RequestQuery()) == []
+        after = await _totals(store)
+        for name, value in before.items():
+            assert after[name] == value, name
+
+    run(make_store, test)
+
+
+def test_two_processes_folding_at_once_fold_each_entry_once(make_store: MakeStore) -> None:
+    import asyncio
+
+    from capgate.store.base import RequestQuery
+    from test_store_contract import BASE, _ledger
+
+    async def test(first: Store, second: Store) -> None:
+        await _ledger(first)
+        before = await _totals(first)
+        cutoff = BASE + 3 * 86400
+        ids = [e.id for e in await first.old_entries(cutoff, 1000)]
+        folded = await asyncio.gather(
+            *(
+                store.fold_entries(ids[i::2] + ids, cutoff)
+                for store in (first, second)
+                for i in (0, 1)
+            )
+        )
+        assert sum(folded) == 8
+        assert await second.query_requests(RequestQuery()) == []
+        assert await _totals(second) == before
+        # An entry newer than the cutoff is never folded.
+        assert await first.fold_entries(ids, BASE) == 0
+
+    run_two(make_store, test)

@@ -56,6 +56,7 @@ from capgate.core.schedules import Schedule
 from capgate.errors import Conflict
 from capgate.store.alerting import AlertStore
 from capgate.store.bodies import BodyStore
+from capgate.store.ledger_daily import LedgerPruning
 from capgate.store.records import (
     AuditEntry,
     EventBatch,
@@ -572,6 +573,7 @@ class Store(
     HookStore,
     AlertStore,
     BodyStore,
+    LedgerPruning,
     Protocol,
 ):
     """The whole port: what `bootstrap.py` builds and hands out, in parts, to consumers."""

@@ -53,6 +53,7 @@ from capgate.store.pg_admin import PgScopeAdmin
 from capgate.store.pg_alerts import PgAlerts
 from capgate.store.pg_batch import Batcher
 from capgate.store.pg_bodies import PgBodies
+from capgate.store.pg_daily import PgDaily
 from capgate.store.pg_dashboard import PgDashboard
 from capgate.store.pg_hook import PgHook
 from capgate.store.pg_hot import PgReserve, SeenStates
@@ -97,7 +98,15 @@ def _user_state_dir() -> Path:
 
 
 class PostgresStore(
-    KeyCache, SettleRetry, PgReserve, PgScopeAdmin, PgDashboard, PgHook, PgAlerts, PgBodies
+    KeyCache,
+    SettleRetry,
+    PgReserve,
+    PgScopeAdmin,
+    PgDashboard,
+    PgHook,
+    PgAlerts,
+    PgBodies,
+    PgDaily,
 ):
     def __init__(
         self,
