@@ -46,6 +46,7 @@ from capgate.mock.server import create_mock_app
 from capgate.providers.base import Provider
 from capgate.providers.cli import cli_provider
 from capgate.providers.http import HTTPProvider
+from capgate.retention import LedgerPruner
 from capgate.routing import Router
 from capgate.runtime import RuntimeSettings
 from capgate.store.base import ScopeFields, Store
@@ -295,6 +296,8 @@ async def build(
         await hook_extras.close()
         await gateway.drain()
         await body_log.close()  # after the drain: the last requests' bodies are queued
+        if pruner is not None:
+            await pruner.close()
         if traces is not None:  # after the drain: settlements end their spans
             await traces.close()
         for provider in providers.values():
@@ -312,6 +315,10 @@ async def build(
         )  # fmt: skip
         alerts.start()
     body_log.start()  # the writer and the retention job (hourly)
+    pruner = None
+    if settings.ledger_retention_days is not None:
+        pruner = LedgerPruner(store, settings.ledger_retention_days, settings.ledger_archive_dir)
+        pruner.start()
 
     app.on_shutdown.append(end_streams)
     app.on_cleanup.append(shutdown)

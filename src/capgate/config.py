@@ -218,6 +218,12 @@ class ServerConfig(_Strict):
     body_log_max_bytes: int = Field(65_536, ge=1024, le=16 * 1024 * 1024)
     body_retention_days: float = Field(30.0, gt=0, le=36_500)
     redact_patterns: dict[str, str] = Field(default_factory=dict)
+    # Ledger pruning (docs/operations.md#ledger-retention): entries of whole days older
+    # than this are summed per day and deleted (None: kept for ever), archived first to
+    # `ledger_archive_dir` when it is set. At least 35 days: the current month's and
+    # day's spend are read from the entries.
+    ledger_retention_days: int | None = Field(None, ge=35, le=36_500)
+    ledger_archive_dir: str | None = None
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
