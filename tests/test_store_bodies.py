@@ -138,6 +138,10 @@ def test_folding_old_days_keeps_every_total(make_store: MakeStore) -> None:
         after = await _totals(store)
         for name, value in before.items():
             assert after[name] == value, name
+        # A key whose entries were all folded was last used on its last folded day.
+        k2 = await store.get_scope(ScopeKind.KEY, "k2")
+        last = (await store.key_activity(cutoff, cutoff))[k2.id].last_used_at
+        assert last == (BASE + 86400) // 86400 * 86400
 
     run(make_store, test)
 

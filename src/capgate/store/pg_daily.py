@@ -1,7 +1,8 @@
 """Ledger pruning's SQL on PostgreSQL (store/ledger_daily.py): the folded days' sums for
-the reads that sum the ledger, and one fold batch. A batch's entries are taken FOR UPDATE
-SKIP LOCKED and deleted in the transaction that adds their sums, so two nodes folding at
-once never fold an entry twice."""
+the reads that sum the ledger, and one fold batch. A batch's entries are deleted in the
+transaction that adds their sums, and only what DELETE ... RETURNING gave back is summed,
+so two nodes folding at once never fold an entry twice (FOR UPDATE SKIP LOCKED only
+spares one the wait for the other's rows)."""
 
 from __future__ import annotations
 

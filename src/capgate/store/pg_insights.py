@@ -113,8 +113,9 @@ async def key_activity(
     its last request was made."""
     out: dict[str, KeyActivity] = {}
     for key_id, last in await conn.fetch(
-        "SELECT id, (SELECT created_at FROM requests WHERE key_name = scopes.name "
-        "ORDER BY id DESC LIMIT 1) FROM scopes WHERE kind = 'key'"
+        "SELECT id, COALESCE((SELECT created_at FROM requests WHERE key_name = scopes.name "
+        "ORDER BY id DESC LIMIT 1), (SELECT MAX(created_at) FROM ledger_daily "
+        "WHERE key_name = scopes.name)) FROM scopes WHERE kind = 'key'"
     ):
         out[key_id] = KeyActivity(0, 0, last)
     rows = await conn.fetch(

@@ -104,8 +104,9 @@ def key_activity(
     index), and one index lookup per key (requests_key) for its last request."""
     out: dict[str, KeyActivity] = {}
     for key_id, last in conn.execute(
-        "SELECT id, (SELECT created_at FROM requests WHERE key_name = scopes.name "
-        "ORDER BY id DESC LIMIT 1) FROM scopes WHERE kind = 'key'"
+        "SELECT id, COALESCE((SELECT created_at FROM requests WHERE key_name = scopes.name "
+        "ORDER BY id DESC LIMIT 1), (SELECT MAX(created_at) FROM ledger_daily "
+        "WHERE key_name = scopes.name)) FROM scopes WHERE kind = 'key'"
     ):
         out[key_id] = KeyActivity(last_used_at=last)
     rows = conn.execute(
