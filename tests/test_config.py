@@ -117,7 +117,45 @@ BAD_CONFIGS = [
     pytest.param(
         dump({"pricing": {"m": {"input": "1"}}}), ["pricing.m.output"], id="price-missing-output"
     ),
+    pytest.param(
+        dump({"providers": [{**GOOD_PROVIDER, "base_url": "ftp://files.example.com/v1"}]}),
+        ["providers[0].base_url", "http:// or https://"],
+        id="ftp-base-url",
+    ),
+    pytest.param(
+        dump({"providers": [{**GOOD_PROVIDER, "headers": {"x-a": "1\r\nx-b: 2"}}]}),
+        ["providers[0].headers", "line break"],
+        id="header-smuggling",
+    ),
+    pytest.param(
+        dump({"server": {"secret_key_file": "/nonexistent/capgate.key"}}),
+        ["secret_key_file", "cannot read"],
+        id="missing-secret-key-file",
+    ),
 ]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "words"),
+    [
+        ("base_url", "ftp://h/x", "http:// or https://"),
+        ("base_url", "https://u:p@h", "credentials"),
+        ("base_url", "https://h/v1?x=1", "query"),
+        ("base_url", "https://h/v1#f", "fragment"),
+        ("base_url", "https:///v1", "host"),
+        ("base_url", "https://h:99999", "valid URL"),
+        ("base_url", "http://h /v1", "spaces"),
+        ("headers", {"bad name": "v"}, "header name"),
+        ("headers", {"Content-Length": "1"}, "capgate sets"),
+        ("headers", {"x": "a\nb"}, "line break"),
+        ("api_key", " padded ", "printable"),
+    ],
+)
+def test_provider_fields_are_checked_at_load(field: str, value: Any, words: str) -> None:
+    with pytest.raises(ConfigError, match=rf"providers\[0\]\.{field}: .*{words}"):
+        parse_config({"providers": [{**GOOD_PROVIDER, field: value}]}, {})
+    fine = {**GOOD_PROVIDER, "base_url": "https://[::1]:8443/v1/", "headers": {"X-Team": "a b"}}
+    assert parse_config({"providers": [fine]}, {}).providers[0].url == "https://[::1]:8443/v1"
 
 
 @pytest.mark.parametrize(("text", "words"), BAD_CONFIGS)

@@ -26,7 +26,7 @@ ARTIFACTS = ROOT / "tests" / "artifacts"
 HAIKU = "claude-haiku-4-5"
 TEAM_KEYS = [f"agent-{i:02d}-nightly-evaluation-runner-for-the-research-cluster" for i in range(50)]
 PAGES = ["overview", "live", "requests", "keys", "users", "teams", "orgs", "providers",
-         "hooks", "settings", "audit", "alerts"]  # fmt: skip
+         "hooks", "upstreams", "settings", "audit", "alerts"]  # fmt: skip
 
 try:
     from playwright.sync_api import Browser, Page, sync_playwright
@@ -54,7 +54,10 @@ def browser() -> Iterator[Browser]:
 @pytest.fixture(scope="module")
 def dash(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Capgate]:
     """A server of the module's own, with a little history to show."""
-    server = start_capgate(tmp_path_factory.mktemp("dash"), gateway_config(upstream))
+    server = start_capgate(
+        tmp_path_factory.mktemp("dash"), gateway_config(upstream),
+        env={"CAPGATE_SECRET_KEY": "ab" * 32},  # runtime providers' keys (Upstreams page)
+    )  # fmt: skip
     try:
         server.admin("POST", "/admin/orgs", json={"name": "acme", "limits": [
             {"metric": "cost_usd", "window": "month", "max": "200"}]})  # fmt: skip
@@ -325,6 +328,45 @@ def test_settings_can_be_changed_in_the_ui(page: Page, dash: Capgate) -> None:
     page.get_by_role("button", name="Use the config file's").click()
     page.get_by_text("changed here").wait_for(state="detached")
     assert dash.admin("GET", "/admin/settings").json()["timezone"] == "UTC"
+
+
+def test_a_provider_and_route_are_added_edited_and_removed_in_the_ui(
+    page: Page, dash: Capgate
+) -> None:
+    log_in(page, dash)
+    go(page, dash, "upstreams")
+    page.locator("#add-provider").click()
+    form = page.locator("#provider-form")
+    form.get_by_label("Name").fill("ui-upstream")
+    form.get_by_label("Type").select_option("openai-compatible")
+    form.get_by_label("API key").fill("ui-secret-1")
+    form.get_by_label("Base URL").fill("https://llm.example.com/v1")
+    page.get_by_role("button", name="Add provider", exact=True).last.click()
+    row = page.locator('tr[data-provider="ui-upstream"]')
+    row.get_by_text("sha256:").wait_for()
+    assert "ui-secret-1" not in page.content()
+    # Edit: the key field is empty (write-only); left empty, the key stays.
+    row.locator('[data-action="edit-provider"]').click()
+    assert page.locator("#provider-form").get_by_label("API key").input_value() == ""
+    page.locator("#provider-form").get_by_label("Timeout (s)").fill("90")
+    page.get_by_role("button", name="Save", exact=True).click()
+    page.locator("#provider-form").wait_for(state="detached")
+    shown = dash.admin("GET", "/admin/routing/providers/ui-upstream").json()
+    assert shown["timeout_s"] == 90 and shown["api_key_fingerprint"].startswith("sha256:")
+    # A route to it, then both removed (the route first: a used provider is kept).
+    page.locator("#add-route").click()
+    page.locator("#route-form").get_by_label("Model name or glob").fill("ui-model-*")
+    page.locator("#route-form").get_by_label("Provider").select_option("ui-upstream")
+    page.get_by_role("button", name="Add route", exact=True).last.click()
+    page.locator('tr[data-route="ui-model-*"]').wait_for()
+    shot(page, "upstreams", full=True)
+    for selector, action in (('tr[data-route="ui-model-*"]', "remove-route"),
+                             ('tr[data-provider="ui-upstream"]', "remove-provider")):  # fmt: skip
+        page.locator(selector).locator(f'[data-action="{action}"]').click()
+        page.locator('[data-confirm="yes"]').click()
+        page.locator(selector).wait_for(state="detached")
+    assert all(p["name"] != "ui-upstream" for p in
+               dash.admin("GET", "/admin/routing/providers").json()["items"])  # fmt: skip
 
 
 # Every table, cell, button, link and field of a page inside its card, every card inside

@@ -19,6 +19,8 @@ from capgate.core.limits import Metric
 from capgate.core.windows import WindowKind
 from capgate.http.admin import CSV_COLUMNS, AdminAPI
 from capgate.http.gateway import Gateway
+from capgate.live_routing import LiveRouting
+from capgate.routing import Router
 from capgate.store.records import USAGE_GROUPS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,7 +123,8 @@ def mentions_route(method: str, path: str) -> bool:
 
 
 def test_every_admin_route_is_documented() -> None:
-    routes = AdminAPI(store=None, admin_digest=b"x").routes()  # type: ignore[arg-type]
+    live = LiveRouting({}, {}, [], Router([], {}, {}), None)
+    routes = AdminAPI(store=None, admin_digest=b"x", live=live).routes()  # type: ignore[arg-type]
     assert routes
     missing = [f"{r.method} {r.path}" for r in routes if not mentions_route(r.method, r.path)]
     assert not missing, f"admin routes missing from {REFERENCE.name}: {missing}"

@@ -40,6 +40,7 @@ from capgate.http.hook import HookAPI
 from capgate.http.hook_extra import HookExtras
 from capgate.http.metrics import MetricsAPI
 from capgate.keys import display_prefix, key_hash, key_id_of, matches, new_key
+from capgate.live_routing import LiveRouting
 from capgate.logs import logged_admin_routes
 from capgate.metrics import Metrics
 from capgate.mock.server import create_mock_app
@@ -49,6 +50,7 @@ from capgate.providers.http import HTTPProvider
 from capgate.retention import LedgerPruner
 from capgate.routing import Router
 from capgate.runtime import RuntimeSettings
+from capgate.secret_box import load_key
 from capgate.store.base import ScopeFields, Store
 from capgate.store.pg import PostgresStore, state_dir_of
 from capgate.store.sqlite import SQLiteStore
@@ -224,6 +226,7 @@ async def build(
     `keys` were decided by the parent of `serve --workers` (else they are decided here)."""
     settings = config.server
     environ = os.environ if environ is None else environ
+    box = load_key(environ, settings.secret_key_file)  # a bad key stops the start here
     store = await open_store(config)
     runners: list[web.AppRunner] = []
     providers: dict[str, Provider] = {}
@@ -248,6 +251,10 @@ async def build(
     runtime.watch(store)
     configs = {pc.name: pc for pc in provider_configs}
     router = Router(list(config.models), providers, configs, settings)
+    # Providers and routes an admin added at runtime, after the file's (live_routing.py).
+    live = LiveRouting(configs, providers, list(config.models), router, box)
+    await live.refresh(store)
+    live.watch(store)
     metrics = Metrics() if settings.metrics_enabled else None
     traces = _traces(settings)
     body_log = BodyLog(
@@ -264,7 +271,7 @@ async def build(
     admin = AdminAPI(
         store, keys.admin_digest, runtime=runtime, routing=router.describe,
         min_clamped_tokens=settings.min_clamped_tokens, public_url=settings.public_url,
-        trusted_proxies=parse_networks(settings.trusted_proxies),
+        trusted_proxies=parse_networks(settings.trusted_proxies), live=live,
     )  # fmt: skip
     hook = HookAPI(store, runtime.pricing, settings)
     hook_extras = HookExtras(hook)
@@ -295,6 +302,7 @@ async def build(
         await runtime.close()
         await hook_extras.close()
         await gateway.drain()
+        await live.close()
         await body_log.close()  # after the drain: the last requests' bodies are queued
         if pruner is not None:
             await pruner.close()

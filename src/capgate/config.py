@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -44,6 +45,58 @@ class ConfigError(ValueError):
     """The configuration cannot be used; the message says which key and why."""
 
 
+# An HTTP header name (RFC 9110 token) and value (no control characters but tab), and the
+# headers capgate writes itself: a provider's `headers` may not set those.
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}$")
+_HEADER_VALUE = re.compile(r"^[^\x00-\x08\x0a-\x1f\x7f]{0,8192}$")
+_OWN_HEADERS = frozenset(
+    {"host", "content-length", "transfer-encoding", "connection", "content-type", "upgrade"}
+)
+
+
+def check_base_url(url: str) -> str:
+    """An upstream's base URL: http(s) with a host, no credentials, query or fragment
+    (they would be sent nowhere, or somewhere unexpected). ValueError says what is wrong."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises on a bad port
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL ({exc})") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"must start with http:// or https:// (got {parts.scheme or 'none'}://)")
+    if not parts.hostname:
+        raise ValueError("must name a host (http://HOST[:PORT][/PATH])")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not hold credentials (user:password@): use api_key or headers")
+    if parts.query or url.rstrip().endswith("?"):
+        raise ValueError("must not hold a query string (?...)")
+    if parts.fragment or "#" in url:
+        raise ValueError("must not hold a fragment (#...)")
+    if any(c.isspace() or ord(c) < 32 for c in url):
+        raise ValueError("must not hold spaces or control characters")
+    del port
+    return url
+
+
+def check_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """Extra headers sent upstream: valid names and values, none capgate sets itself."""
+    for name, value in headers.items():
+        if not _HEADER_NAME.match(name):
+            raise ValueError(f"{name!r}: not a valid header name")
+        if name.lower() in _OWN_HEADERS:
+            raise ValueError(f"{name!r}: capgate sets this header itself")
+        if not _HEADER_VALUE.match(value):
+            raise ValueError(f"{name!r}: the value holds a line break or control character")
+    return dict(headers)
+
+
+def check_api_key(key: str) -> str:
+    """An upstream API key: sent in a header, so one line of printable characters."""
+    if not key or len(key) > 4096 or not _HEADER_VALUE.match(key) or key != key.strip():
+        raise ValueError("must be 1-4096 printable characters, no spaces around it")
+    return key
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -70,6 +123,21 @@ class ProviderConfig(_Strict):
     env: dict[str, str] = {}
     max_concurrency: int = Field(4, ge=1)
     max_output_mb: float = Field(16.0, gt=0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        return None if value is None else check_base_url(value)
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        return check_headers(value)
+
+    @field_validator("api_key")
+    @classmethod
+    def _api_key(cls, value: str | None) -> str | None:
+        return check_api_key(value) if value else value  # "": none (`${KEY:-}` unset)
 
     @property
     def url(self) -> str:
@@ -123,6 +191,9 @@ class ServerConfig(_Strict):
     port: int = Field(4000, ge=0, le=65535)
     database_url: str = "sqlite:///capgate.db"
     admin_key: str | None = None
+    # The AES-256 key (32 bytes, base64 or hex) that encrypts the provider API keys stored
+    # at runtime, read from this file; the environment's CAPGATE_SECRET_KEY wins over it.
+    secret_key_file: str | None = None
     max_request_mb: float = Field(32.0, gt=0)
     default_max_tokens: int = Field(4096, ge=1)  # set when a client sends no max_tokens
     # A budget that cannot pay a request's max_tokens lowers it (keys with
@@ -361,6 +432,7 @@ ENV_SETTINGS = {
     "CAPGATE_PORT": "port",
     "CAPGATE_DATABASE_URL": "database_url",
     "CAPGATE_ADMIN_KEY": "admin_key",
+    "CAPGATE_SECRET_KEY_FILE": "secret_key_file",
     "CAPGATE_MAX_REQUEST_MB": "max_request_mb",
     "CAPGATE_DEFAULT_MAX_TOKENS": "default_max_tokens",
     "CAPGATE_MIN_CLAMPED_TOKENS": "min_clamped_tokens",

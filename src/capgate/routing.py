@@ -80,15 +80,25 @@ class Breakers:
         self._health = {name: _Health() for name in configs}
         self._latest_end = 0.0  # when the last cooldown started so far ends
 
+    def adopt(self, configs: Mapping[str, ProviderConfig]) -> None:
+        """The providers changed at runtime: new ones start healthy, kept ones keep their
+        health, removed ones are forgotten (a request still in flight on one reports to
+        nobody)."""
+        self._configs.update(configs)
+        self._health = {name: self._health.get(name) or _Health() for name in configs}
+
     def cooling(self, provider: str) -> bool:
-        return self._health[provider].cooling_until > self._clock()
+        health = self._health.get(provider)
+        return health is not None and health.cooling_until > self._clock()
 
     def any_cooling(self) -> bool:
         """Whether some provider may be cooling down (cheap: one comparison)."""
         return self._latest_end > self._clock()
 
     def failed(self, provider: str, error: str, seconds: float | None = None) -> None:
-        health = self._health[provider]
+        health = self._health.get(provider)
+        if health is None:  # removed at runtime while this request was in flight
+            return
         if seconds is not None:
             health.failed_s.observe(seconds)
         config = self._configs[provider]
@@ -112,7 +122,9 @@ class Breakers:
             )  # fmt: skip
 
     def succeeded(self, provider: str, seconds: float | None = None) -> None:
-        health = self._health[provider]
+        health = self._health.get(provider)
+        if health is None:
+            return
         if seconds is not None:
             health.ok_s.observe(seconds)
         if health.failures:
@@ -170,6 +182,20 @@ class Router:
         # Plans that involve no random pick, by (model, endpoint): valid while no provider
         # is cooling down (cooldowns reorder them). Bounded: model names come from clients.
         self._fixed: dict[tuple[str, Endpoint], Plan] = {}
+
+    def adopt(
+        self,
+        routes: list[RouteConfig],
+        providers: Mapping[str, Provider],
+        configs: Mapping[str, ProviderConfig],
+    ) -> None:
+        """Serve from these routes and providers from the next plan on (runtime changes;
+        `capgate.live_routing`). Plans already made keep their provider objects."""
+        self.breakers.adopt(configs)
+        self._routes = routes
+        self._providers = dict(providers)
+        self._configs = dict(configs)
+        self._fixed = {}
 
     def plan(self, model: str, endpoint: Endpoint) -> Plan:
         cooling = self.breakers.any_cooling()

@@ -14,6 +14,8 @@ from capgate.cli import alerts as alerts_cli
 from capgate.cli import db as db_cli
 from capgate.cli import hook as hook_cli
 from capgate.cli import keys as keys_cli
+from capgate.cli import routing as routing_cli
+from capgate.cli import secrets as secrets_cli
 from capgate.cli.local import app as local_app
 from capgate.cli.mcp import mcp
 from capgate.cli.scopes import scope_app
@@ -50,6 +52,8 @@ app.add_typer(db_cli.app, name="db")
 app.add_typer(alerts_cli.app, name="alerts")
 app.add_typer(local_app, name="local")
 app.add_typer(hook_cli.app, name="hook")
+app.add_typer(routing_cli.app, name="routing")
+app.add_typer(secrets_cli.app, name="secrets")
 for _plural, _what, _help in (
     ("users", "user", "Budgets per person: keys join a user with --user."),
     ("teams", "team", "Budgets per team: keys join a team with --team."),

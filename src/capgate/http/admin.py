@@ -30,6 +30,7 @@ from capgate.http.admin_io import (
 )
 from capgate.http.admin_json import audit_json, entry_json, limit_usage_json, usage_json
 from capgate.http.admin_models import PLURALS, ScopeCreate, ScopeUpdate
+from capgate.http.admin_routing import RoutingRoutes
 from capgate.http.admin_settings import SettingsRoutes
 from capgate.http.admin_stats import StatsRoutes
 from capgate.http.client_address import Network
@@ -39,6 +40,7 @@ from capgate.http.hook_admin import HookAdminRoutes
 from capgate.http.openapi import openapi_document
 from capgate.http.sessions import AdminAccess
 from capgate.keys import display_prefix, key_hash, new_key
+from capgate.live_routing import LiveRouting
 from capgate.runtime import RuntimeSettings
 from capgate.store.base import RequestQuery, ScopeFields, Store
 from capgate.store.records import USAGE_GROUPS, KeyActivity, LedgerEntry, iso, scope_json
@@ -80,8 +82,10 @@ class AdminAPI:
         min_clamped_tokens: int = 1024,
         public_url: str | None = None,
         trusted_proxies: tuple[Network, ...] = (),
+        live: LiveRouting | None = None,
     ) -> None:
         self.store = store
+        self.live = live  # runtime providers and routes (None: not offered)
         self.public_url = public_url  # what hook install commands name (None: the request's)
         self.min_clamped_tokens = min_clamped_tokens  # for the "cannot pay one request" warning
         self._routing = routing  # the providers' health and the routes, for /admin/routing
@@ -131,6 +135,8 @@ class AdminAPI:
         ]
         out += HookAdminRoutes(self.store, self.clock, self.public_url).routes(h)
         out += AlertRoutes(self).routes(h)
+        if self.live is not None:
+            out += RoutingRoutes(self.store, self.live).routes(h)
         return out
 
     async def routing(self, request: web.Request) -> web.StreamResponse:

@@ -489,7 +489,9 @@ class Pool:
         )
 
     def put_back(self, conn: _Connection, reuse: bool) -> None:
-        if reuse:
+        if reuse and self.closed:  # replaced at runtime while this answer was read
+            conn._close()
+        elif reuse:
             conn.idle_since = conn._loop.time()
             self._idle.append(conn)
         self._free_slot()

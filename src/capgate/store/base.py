@@ -31,7 +31,8 @@ login_failures (migration 9): `client TEXT NOT NULL, failed_at REAL NOT NULL`, o
 per failed dashboard login, indexed on (client, failed_at) and on (failed_at); rows older
 than `LOGIN_WINDOW_S` are deleted whenever a failure is recorded, so it stays small;
 hook_codes and hook_machines (SQLite migration 11, PostgreSQL 5), and the ledger's
-`session` and `prompt` columns (hook entries).
+`session` and `prompt` columns (hook entries); runtime_providers and runtime_routes
+(SQLite migration 15, PostgreSQL 9; `store/routing_rows.py`).
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ from capgate.store.records import (
     Summary,
     UsageRow,
 )
+from capgate.store.routing_rows import RoutingStore
 
 # The `meta` row that holds the settings an admin changed at runtime (a JSON object).
 SETTINGS_ROW = "settings"
@@ -574,6 +576,7 @@ class Store(
     AlertStore,
     BodyStore,
     LedgerPruning,
+    RoutingStore,
     Protocol,
 ):
     """The whole port: what `bootstrap.py` builds and hands out, in parts, to consumers."""

@@ -59,6 +59,7 @@ from capgate.store.pg_hook import PgHook
 from capgate.store.pg_hot import PgReserve, SeenStates
 from capgate.store.pg_lifeline import Lifeline, liveness_key
 from capgate.store.pg_queries import SELECT_SCOPES
+from capgate.store.pg_routing import PgRouting
 from capgate.store.pg_schema import CONFIG_LOCK, migrate
 from capgate.store.settling import SettleRetry
 
@@ -107,6 +108,7 @@ class PostgresStore(
     PgAlerts,
     PgBodies,
     PgDaily,
+    PgRouting,
 ):
     def __init__(
         self,

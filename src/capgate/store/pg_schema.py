@@ -511,6 +511,27 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX alert_deliveries_due ON alert_deliveries (status, next_at);
     """,
+    # 9: providers and routes defined at runtime (SQLite's migration 15).
+    """
+    CREATE TABLE runtime_providers (
+        name TEXT PRIMARY KEY,
+        type TEXT NOT NULL,
+        settings TEXT NOT NULL,
+        secret BYTEA,
+        nonce BYTEA,
+        key_id TEXT,
+        fingerprint TEXT,
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE runtime_routes (
+        match TEXT PRIMARY KEY,
+        settings TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL
+    );
+    INSERT INTO meta VALUES ('routing_version', '0');
+    """,
     # 10: prompt and answer logging (SQLite's migration 16): a scope's opt-in, and the
     #     redacted bodies of a request by its request id; ledger pruning's daily sums.
     """

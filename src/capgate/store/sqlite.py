@@ -57,6 +57,7 @@ from capgate.store.sqlite_counters import CounterCache
 from capgate.store.sqlite_daily import DailySQLite
 from capgate.store.sqlite_dashboard import DashboardStore
 from capgate.store.sqlite_hook import SQLiteHook
+from capgate.store.sqlite_routing import SQLiteRouting
 from capgate.store.sqlite_schema import migrate
 from capgate.store.sqlite_writer import SQLiteWriter, WriterClosed
 
@@ -82,6 +83,7 @@ class SQLiteStore(
     AlertStoreSQLite,
     BodiesSQLite,
     DailySQLite,
+    SQLiteRouting,
 ):
     def __init__(
         self,

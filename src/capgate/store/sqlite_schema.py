@@ -206,6 +206,28 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX alert_deliveries_due ON alert_deliveries (status, next_at);
     """,
+    # 15: providers and routes an admin defined at runtime (store/routing_rows.py); an API
+    #     key only as AES-GCM ciphertext, its nonce and the id of the key that sealed it.
+    """
+    CREATE TABLE runtime_providers (
+        name TEXT PRIMARY KEY,
+        type TEXT NOT NULL,
+        settings TEXT NOT NULL,
+        secret BLOB,
+        nonce BLOB,
+        key_id TEXT,
+        fingerprint TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE runtime_routes (
+        match TEXT PRIMARY KEY,
+        settings TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    INSERT INTO meta VALUES ('routing_version', '0');
+    """,
     # 16: prompt and answer logging, off unless a scope opts in (`log_bodies`): the
     #     redacted bodies of a request, by its request id (store/bodies.py), deleted by
     #     age in batches. Ledger pruning: entries older than the retention summed per UTC

@@ -12,12 +12,13 @@ import { requests } from "./requests.js";
 import { scopeDetail } from "./scope-detail.js";
 import { scopes } from "./scopes.js";
 import { settings } from "./settings.js";
+import { upstreams } from "./upstreams.js";
 import { errorBox } from "./ui.js";
 
 const KINDS = ["keys", "users", "teams", "orgs", "providers"];
 const TITLES = {
   overview: "Overview", live: "Live feed", requests: "Request log", keys: "Keys", users: "Users",
-  teams: "Teams", orgs: "Orgs", providers: "Provider budgets", hooks: "Hook machines", settings: "Settings",
+  teams: "Teams", orgs: "Orgs", providers: "Provider budgets", hooks: "Hook machines", settings: "Settings", upstreams: "Upstreams",
   audit: "Audit log", alerts: "Alerts",
 };
 
@@ -98,6 +99,7 @@ async function route() {
     else if (page === "requests") await requests(root, cleanup, params);
     else if (page === "hooks") await hooks(root, cleanup);
     else if (page === "settings") await settings(root, cleanup);
+    else if (page === "upstreams") await upstreams(root, cleanup);
     else if (page === "audit") await audit(root, cleanup);
     else if (page === "alerts") await alerts(root, cleanup);
     else if (KINDS.includes(page) && parts[1]) await scopeDetail(root, cleanup, params, page, parts[1]);
