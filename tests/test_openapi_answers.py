@@ -46,6 +46,7 @@ def _calls(request_id: str) -> list[Call]:
     calls += [
         ("get", "/admin/requests", "/admin/requests", {"params": {"limit": 5}}),
         ("get", "/admin/requests/{request_id}", f"/admin/requests/{request_id}", {}),
+        ("get", "/admin/requests/{request_id}/body", f"/admin/requests/{request_id}/body", {}),
         ("get", "/admin/usage", "/admin/usage", {"params": {"group_by": "model"}}),
         ("get", "/admin/summary", "/admin/summary", {}),
         ("get", "/admin/timeseries", "/admin/timeseries", {"params": {"group_by": "key"}}),

@@ -14,6 +14,8 @@ from aiohttp import web
 
 from capgate import demo_secrets
 from capgate.alerts.watcher import AlertWatcher
+from capgate.bodylog.redact import Redactor, compile_custom
+from capgate.bodylog.service import BodyLog
 from capgate.config import (
     CLI_TYPES,
     Config,
@@ -45,6 +47,7 @@ from capgate.mock.server import create_mock_app
 from capgate.providers.base import Provider
 from capgate.providers.cli import cli_provider
 from capgate.providers.http import HTTPProvider
+from capgate.retention import LedgerPruner
 from capgate.routing import Router
 from capgate.runtime import RuntimeSettings
 from capgate.secret_box import load_key
@@ -254,7 +257,16 @@ async def build(
     live.watch(store)
     metrics = Metrics() if settings.metrics_enabled else None
     traces = _traces(settings)
-    gateway = Gateway(store, router, runtime.pricing, settings, metrics=metrics, traces=traces)
+    body_log = BodyLog(
+        store, Redactor(compile_custom(settings.redact_patterns)),
+        settings.body_log_max_bytes, settings.body_retention_days, settings.log_bodies,
+    )  # fmt: skip
+    if metrics is not None:
+        metrics.body_log = body_log.results
+    gateway = Gateway(
+        store, router, runtime.pricing, settings, metrics=metrics, traces=traces,
+        body_log=body_log,
+    )  # fmt: skip
     keys = keys or await decide_keys(store, config, demo=demo)
     admin = AdminAPI(
         store, keys.admin_digest, runtime=runtime, routing=router.describe,
@@ -291,6 +303,9 @@ async def build(
         await hook_extras.close()
         await gateway.drain()
         await live.close()
+        await body_log.close()  # after the drain: the last requests' bodies are queued
+        if pruner is not None:
+            await pruner.close()
         if traces is not None:  # after the drain: settlements end their spans
             await traces.close()
         for provider in providers.values():
@@ -307,6 +322,11 @@ async def build(
             settings.alerts_max_attempts, settings.alerts_retry_base_s,
         )  # fmt: skip
         alerts.start()
+    body_log.start()  # the writer and the retention job (hourly)
+    pruner = None
+    if settings.ledger_retention_days is not None:
+        pruner = LedgerPruner(store, settings.ledger_retention_days, settings.ledger_archive_dir)
+        pruner.start()
 
     app.on_shutdown.append(end_streams)
     app.on_cleanup.append(shutdown)

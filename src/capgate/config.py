@@ -27,6 +27,7 @@ from pydantic import (
 
 from capgate.alerts.rules import DEFAULT_RULES as DEFAULT_ALERT_RULES
 from capgate.alerts.rules import parse_defaults
+from capgate.bodylog.redact import compile_custom
 from capgate.core.windows import zone
 from capgate.http.client_address import parse_networks
 
@@ -280,6 +281,20 @@ class ServerConfig(_Strict):
     # this ratio (a client's sampled traceparent is followed).
     otel_endpoint: str | None = Field(None, pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
     otel_sample_ratio: float = Field(1.0, ge=0, le=1)
+    # Prompt and answer logging (docs/security.md#prompt-and-answer-logging): off unless a
+    # scope sets `log_bodies` (or `log_bodies` here, for every request); each part kept up
+    # to `body_log_max_bytes`, redacted by the built-in rules and `redact_patterns`
+    # (name -> regex), deleted after `body_retention_days`.
+    log_bodies: bool = False
+    body_log_max_bytes: int = Field(65_536, ge=1024, le=16 * 1024 * 1024)
+    body_retention_days: float = Field(30.0, gt=0, le=36_500)
+    redact_patterns: dict[str, str] = Field(default_factory=dict)
+    # Ledger pruning (docs/operations.md#ledger-retention): entries of whole days older
+    # than this are summed per day and deleted (None: kept for ever), archived first to
+    # `ledger_archive_dir` when it is set. At least 35 days: the current month's and
+    # day's spend are read from the entries.
+    ledger_retention_days: int | None = Field(None, ge=35, le=36_500)
+    ledger_archive_dir: str | None = None
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
@@ -319,6 +334,12 @@ class ServerConfig(_Strict):
     @classmethod
     def _tz(cls, value: str) -> str:
         zone(value)
+        return value
+
+    @field_validator("redact_patterns")
+    @classmethod
+    def _redact(cls, value: dict[str, str]) -> dict[str, str]:
+        compile_custom(value)
         return value
 
 

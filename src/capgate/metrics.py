@@ -114,6 +114,7 @@ class Metrics(Collector):
         self._refused: dict[tuple[Any, ...], tuple[_Row, list[int]]] = {}
         self._refusals: dict[tuple[str, str], list[int]] = {}
         self._fail_open: dict[str, int] = {}  # per endpoint
+        self.body_log: dict[str, int] = {}  # the body log's results (capgate.bodylog)
 
     def _model(self, model: str) -> str:
         if model in self._models:
@@ -191,7 +192,15 @@ class Metrics(Collector):
         )
         for endpoint, forwarded in sorted(self._fail_open.items()):
             fail_open.add_metric((endpoint,), forwarded)
-        yield from (requests, refusals, fail_open)
+        body_log = CounterMetricFamily(
+            "capgate_body_log_writes",
+            "Logged request bodies in this process: written, failed (the store could not "
+            "take them) or dropped (too many waiting).",
+            labels=("result",),
+        )
+        for result, n in sorted(self.body_log.items()):
+            body_log.add_metric((result,), n)
+        yield from (requests, refusals, fail_open, body_log)
         yield from _money(rows)
         yield _histogram(
             rows, "capgate_request_duration_seconds",

@@ -78,6 +78,14 @@ FailOpenOpt = Annotated[
         "them (--no-fail-open, the default)",
     ),
 ]
+LogBodiesOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--log-bodies/--no-log-bodies",
+        help="log the key's request bodies and answers, redacted (--log-bodies), or not "
+        "(--no-log-bodies, the default); docs/security.md",
+    ),
+]
 ScheduleOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -253,6 +261,7 @@ def create(
     schedule: ScheduleOpt = None,
     unbounded_hold: HoldOpt = None,
     fail_open: FailOpenOpt = None,
+    log_bodies: LogBodiesOpt = None,
     url: UrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -263,6 +272,8 @@ def create(
     )  # fmt: skip
     if fail_open is not None:
         fields["fail_open"] = fail_open
+    if log_bodies is not None:
+        fields["log_bodies"] = log_bodies
     client = AdminClient(url)
     ensure(client, "teams", "team", team, create_team)
     ensure(client, "users", "user", user, create_user)
@@ -309,7 +320,8 @@ def show(name: str, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
     console.print(
         f"expires: {key['expires_at'] or 'never'}   timezone: {text(key.get('timezone'))}   "
         f"on short budget: {text(key.get('on_short_budget'))}   "
-        f"fail open: {'yes' if key.get('fail_open') else 'no'}",
+        f"fail open: {'yes' if key.get('fail_open') else 'no'}   "
+        f"logs bodies: {'yes' if key.get('log_bodies') else 'no'}",
         markup=False,
         highlight=False,
     )
@@ -334,6 +346,7 @@ def update(
     schedule: ScheduleOpt = None,
     unbounded_hold: HoldOpt = None,
     fail_open: FailOpenOpt = None,
+    log_bodies: LogBodiesOpt = None,
     url: UrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -345,6 +358,8 @@ def update(
     )  # fmt: skip
     if fail_open is not None:
         body["fail_open"] = fail_open
+    if log_bodies is not None:
+        body["log_bodies"] = log_bodies
     client = AdminClient(url)
     path = f"/admin/keys/{name}"
     body = update_body(client, path, body, add_limit, remove_limit)

@@ -241,6 +241,9 @@ class Scope:
     # A key's requests are forwarded un-reserved while the store cannot be reached (and
     # settled when it is back); False: refused at once (fail closed).
     fail_open: bool = False
+    # Its requests' bodies and answers are logged, redacted (a request is logged when
+    # any of the scopes it counts against says so).
+    log_bodies: bool = False
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def counter_id(self, limit: Limit) -> str:

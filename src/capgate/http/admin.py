@@ -20,6 +20,7 @@ from capgate.core.windows import WindowKind, window_at
 from capgate.errors import CapgateError, InvalidRequest, NotFound
 from capgate.http.admin_admins import AdminRoutes
 from capgate.http.admin_alerts import AlertRoutes
+from capgate.http.admin_bodies import BodyRoutes
 from capgate.http.admin_io import (
     choice_param,
     int_param,
@@ -124,6 +125,7 @@ class AdminAPI:
         out += [
             web.get("/admin/requests", h(self.requests)),
             web.get("/admin/requests/{request_id}", h(self.request)),
+            *BodyRoutes(self.store).routes(h),
             web.get("/admin/usage", h(self.usage)),
             web.get("/admin/summary", h(stats.summary)),
             web.get("/admin/timeseries", h(stats.timeseries)),

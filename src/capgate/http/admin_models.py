@@ -117,6 +117,13 @@ class _ScopeFields(BaseModel):
         "or refuse them (false, the default)",
     )
 
+    log_bodies: bool | None = Field(
+        None,
+        description="keys, users, teams, orgs: log the bodies and answers of the requests "
+        "that count against this scope, redacted (docs/security.md); false, the default: "
+        "nothing is logged",
+    )
+
     @field_validator("limits")
     @classmethod
     def _distinct(cls, value: list[LimitIn] | None) -> list[LimitIn] | None:
@@ -166,6 +173,7 @@ class _ScopeFields(BaseModel):
             clamp=None if self.on_short_budget is None else self.on_short_budget == "clamp",
             unbounded_hold_nano=None if hold is None else usd_to_nano(hold),
             fail_open=self.fail_open,
+            log_bodies=self.log_bodies,
             schedules=None
             if self.schedules is None
             else tuple(x.to_schedule() for x in self.schedules),

@@ -29,6 +29,7 @@ from urllib.parse import quote
 import orjson
 from aiohttp import web
 
+from capgate.bodylog.capture import BodyCapture
 from capgate.config import CLI_TYPES
 from capgate.core.engine import Amounts, Refusal
 from capgate.core.limits import Metric, nano_to_decimal_str
@@ -100,6 +101,10 @@ class Failure:
 
 class Call:
     """One admitted request, from forwarding to settlement."""
+
+    # Set by the gateway when the request logs its body: the answer sent is kept in it,
+    # and it is handed to the body log when the call ends.
+    capture: BodyCapture | None = None
 
     def __init__(
         self,
@@ -223,6 +228,8 @@ class Call:
                 if self.answer is not None:
                     self.answer.close()
                 self.settle(499, "cancelled", None, error="interrupted before settlement")
+            if self.capture is not None:
+                self._gateway.log_body(self.capture)
 
     async def _move_to(self, route: Route) -> str | None:
         """Re-reserve for `route` (plus what failed attempts may have cost). Returns why
@@ -351,6 +358,8 @@ class Call:
         self.settle(
             answer.status, "error", Usage(), error=f"upstream {answer.status}: {message[:500]}"
         )
+        if self.capture is not None:
+            self.capture.feed(data)
         dialect = self.endpoint.dialect
         if not is_dialect_body(dialect, data):
             err = CapgateError(f"The provider answered {answer.status}: {message}")
@@ -378,6 +387,8 @@ class Call:
             except CapgateError as exc:
                 return Failure(502, exc.message, billed_maybe=True)
         self.settle(answer.status, "ok", usage, model)
+        if self.capture is not None:
+            self.capture.feed(data)
         return web.Response(
             status=answer.status, body=data, headers=answer_headers(answer, self.res)
         )
@@ -408,6 +419,9 @@ class Call:
         # is a system call; a short stream that arrived whole leaves in a single one,
         # headers included). If more may still come, the final events go out at once.
         tail = b""
+        capture = self.capture
+        if capture is not None:  # its text is assembled from the events the client gets
+            capture.stream = self.endpoint.value
         try:
             await response.prepare(self.request)
             chunk: bytes | None = first
@@ -420,6 +434,8 @@ class Call:
                         block = translator.feed(block)
                     if tap.finished:  # the usage is known: settle before the last bytes
                         self.settle(answer.status, "ok", tap.usage(), tap.model)
+                    if capture is not None:
+                        capture.feed(block)
                     if tap.finished and getattr(answer, "complete", False):
                         tail += block
                     elif block:
@@ -430,6 +446,8 @@ class Call:
                     answer.status, "error", self._partial(tap), tap.model, "stream ended early"
                 )
             rest = translator.finish() if translator is not None else tap.splitter.rest()
+            if capture is not None:
+                capture.feed(rest)
             await response.write_eof(tail + rest)
         except UpstreamFailed as exc:  # charge_all: it surely generated more than we saw
             usage = None if exc.charge_all else self._partial(tap)

@@ -24,6 +24,8 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.web_protocol import RequestPayloadError
 
+from capgate.bodylog.capture import BodyCapture
+from capgate.bodylog.service import BodyLog
 from capgate.config import ServerConfig
 from capgate.core.engine import Amounts, OutputFlex, Refusal, check_standing
 from capgate.core.estimate import (
@@ -100,8 +102,10 @@ class Gateway:
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
         traces: Traces | None = None,
+        body_log: BodyLog | None = None,
     ) -> None:
         self._store = store
+        self._body_log = body_log  # prompt and answer logging (capgate.bodylog)
         self._router = router
         self._pricing = pricing
         self._settings = settings
@@ -366,10 +370,14 @@ class Gateway:
             self._access.refused(request_id, key, endpoint.value, body, exc)
             return error_response(dialect, exc, request_id)
         admission = Admission(info, price, worst, field, bound, output, hidden, byte_bound)
-        return self._call(
+        call = self._call(
             self, request, endpoint, plan, admission, decision, body,
             None if changed else raw, t0, hide_usage,
         )  # fmt: skip
+        body_log = self._body_log
+        if body_log is not None and body_log.wanted(decision.key):
+            call.capture = body_log.capture(request_id, raw)
+        return call
 
     async def _reserve(
         self,
@@ -463,6 +471,11 @@ class Gateway:
     @property
     def store(self) -> Store:
         return self._store
+
+    def log_body(self, capture: BodyCapture) -> None:
+        """A finished request's capture, for the background writer (never waits)."""
+        if self._body_log is not None:
+            self._body_log.submit(capture)
 
     # -- settlement --------------------------------------------------------------------
 

@@ -142,6 +142,21 @@ def openapi_document() -> dict[str, Any]:
                 ],
             )
         },
+        "/admin/requests/{request_id}/body": {
+            "get": _op(
+                "The request's logged body and answer, redacted, when its scopes log bodies "
+                "(log_bodies), else logged: false; 404 for an unknown request id; 403 for a "
+                "caller that may not read prompts",
+                params=[
+                    {
+                        "name": "request_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    },
+                ],
+            )
+        },
         "/admin/usage": {
             "get": _op(
                 "Usage summed by key, user, team, model, upstream_model, provider, outcome or day",

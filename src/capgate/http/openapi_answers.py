@@ -90,6 +90,7 @@ SCOPE: JSON = obj(
         "on_short_budget": {"enum": ["clamp", "reject"]},
         "unbounded_hold_usd": null(MONEY),
         "fail_open": BOOL,
+        "log_bodies": BOOL,
         "expires_at": null(STR),
         "metadata": ANY_OBJECT,
         "created_at": TIME,
@@ -341,6 +342,20 @@ NEW_ADMIN_TOKEN: JSON = {
 }
 NO_CONTENT = None  # a 204: no body
 
+# A request's logged body (http/admin_bodies.py); only `request_id` and `logged: false`
+# when it was not logged.
+LOGGED_BODY: JSON = obj(
+    {"request_id": STR, "logged": BOOL},
+    {
+        "created_at": TIME,
+        "request": STR,
+        "answer": null(STR),
+        "request_bytes": INT,
+        "answer_bytes": INT,
+        "truncated": BOOL,
+    },
+)
+
 PROVIDER_ITEM: JSON = obj(
     {
         "name": STR,
@@ -390,6 +405,7 @@ def scope_answers(plural: str, kind: ScopeKind) -> dict[tuple[str, str], JSON | 
 ANSWERS: dict[tuple[str, str], JSON | None] = {
     ("get", "/admin/requests"): page(LEDGER_ENTRY),
     ("get", "/admin/requests/{request_id}"): LEDGER_ENTRY,
+    ("get", "/admin/requests/{request_id}/body"): LOGGED_BODY,
     ("get", "/admin/usage"): page(USAGE_ROW),
     ("get", "/admin/summary"): SUMMARY,
     ("get", "/admin/timeseries"): TIMESERIES,

@@ -91,6 +91,8 @@ RULES: dict[tuple[str, str], Rule] = {
     **_scope_rules(),
     ("GET", "/admin/requests"): Rule(READ, "ledger"),
     ("GET", "/admin/requests/{request_id}"): Rule(READ, "ledger"),
+    # Logged prompts and answers: more than the ledger's numbers (http/admin_bodies.py).
+    ("GET", "/admin/requests/{request_id}/body"): Rule(WRITE),
     ("GET", "/admin/usage"): Rule(READ),
     ("GET", "/admin/summary"): Rule(READ, "ledger"),
     ("GET", "/admin/timeseries"): Rule(READ, "ledger"),

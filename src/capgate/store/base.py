@@ -57,6 +57,8 @@ from capgate.core.schedules import Schedule
 from capgate.errors import Conflict
 from capgate.store.admin_accounts import AdminStore
 from capgate.store.alerting import AlertStore
+from capgate.store.bodies import BodyStore
+from capgate.store.ledger_daily import LedgerPruning
 from capgate.store.records import (
     AuditEntry,
     EventBatch,
@@ -183,6 +185,7 @@ class ScopeFields:
     unbounded_hold_nano: int | None = None
     schedules: tuple[Schedule, ...] | None = None
     fail_open: bool | None = None
+    log_bodies: bool | None = None
     clear: frozenset[str] = field(default_factory=frozenset)  # fields to set to null
 
 
@@ -207,6 +210,10 @@ class RequestQuery:
 
 class HotPath(Protocol):
     """What the gateway needs on every request."""
+
+    # Whether any cached user, team or org scope sets `log_bodies` (capgate.bodylog):
+    # when none does, a request's own key alone says whether it is logged.
+    named_log_bodies: bool
 
     async def flush(self) -> None:
         """Wait until every write submitted so far by this process is committed."""
@@ -568,6 +575,8 @@ class Store(
     SettingsStore,
     HookStore,
     AlertStore,
+    BodyStore,
+    LedgerPruning,
     RoutingStore,
     AdminStore,
     Protocol,

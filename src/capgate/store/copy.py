@@ -41,6 +41,7 @@ OPTIONAL = frozenset({"login_failures"})
 MUST_BE_EMPTY = (
     "scopes", "counters", "reservations", "requests", "audit", "sessions", "hook_codes",
     "hook_machines", "alert_claims", "alert_deliveries", "runtime_providers", "runtime_routes",
+    "request_bodies", "ledger_daily",
 )  # fmt: skip
 # id columns the target numbers itself after the copy
 IDENTITY = ("requests", "audit", "alert_deliveries")

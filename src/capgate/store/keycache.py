@@ -21,6 +21,9 @@ class KeyCache:
     _keys: dict[str, tuple[Scope, bytes]]
     _named: dict[tuple[ScopeKind, str], Scope]  # users, teams, orgs, providers
     _version: str
+    # Whether a user, team or org logs bodies: when none does, a key's own flag decides
+    # alone (the body log's check costs one attribute read per request).
+    named_log_bodies: bool = False
 
     def _install(self, rows: Iterable[Row], version: str) -> None:
         """Replace the cache with the scopes of `rows` (the engine's SELECT_SCOPES)."""
@@ -34,6 +37,7 @@ class KeyCache:
                 named[(scope.kind, scope.name)] = scope
         # Reference swaps: readers see the old or the new dict.
         self._keys, self._named, self._version = keys, named, version
+        self.named_log_bodies = any(scope.log_bodies for scope in named.values())
 
     def key_by_id(self, key_id: str) -> tuple[Scope, bytes] | None:
         return self._keys.get(key_id)

@@ -53,6 +53,8 @@ from capgate.store.pg_admin import PgScopeAdmin
 from capgate.store.pg_admins import PgAdmins
 from capgate.store.pg_alerts import PgAlerts
 from capgate.store.pg_batch import Batcher
+from capgate.store.pg_bodies import PgBodies
+from capgate.store.pg_daily import PgDaily
 from capgate.store.pg_dashboard import PgDashboard
 from capgate.store.pg_hook import PgHook
 from capgate.store.pg_hot import PgReserve, SeenStates
@@ -105,6 +107,8 @@ class PostgresStore(
     PgDashboard,
     PgHook,
     PgAlerts,
+    PgBodies,
+    PgDaily,
     PgRouting,
     PgAdmins,
 ):

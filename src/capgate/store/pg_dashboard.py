@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from capgate.store import pg_feed, pg_insights
+from capgate.store import pg_daily, pg_feed, pg_insights
 from capgate.store import pg_queries as q
 from capgate.store.base import LOGIN_MAX_FAILURES, LOGIN_WINDOW_S, SETTINGS_ROW, RequestQuery
 from capgate.store.pg_admin import PgHost
@@ -47,7 +47,7 @@ class PgDashboard(PgHost):
         if group_by not in q.GROUPS:
             raise KeyError(group_by)  # before any I/O, as the port says
         await self.flush()
-        return await self._read(lambda conn: q.usage_by(conn, group_by, since, until))
+        return await self._read(lambda conn: pg_daily.usage_by(conn, group_by, since, until))
 
     async def audit(self, limit: int = 100) -> list[AuditEntry]:
         return await self._read(lambda conn: q.select_audit(conn, limit))

@@ -9,8 +9,10 @@ from typing import Any
 
 from capgate.core.limits import Limit, Scope
 from capgate.core.windows import window_at
+from capgate.store import pg_daily
 from capgate.store import pg_queries as q
 from capgate.store.base import RequestQuery
+from capgate.store.ledger_daily import add_summary, add_totals
 from capgate.store.records import (
     KeyActivity,
     LedgerTotals,
@@ -38,7 +40,7 @@ async def summary(conn: q.Conn, query: RequestQuery) -> Summary:
     )
     assert row is not None
     ok_where = (where + " AND " if where else " WHERE ") + "outcome = 'ok'"
-    return Summary(
+    kept = Summary(
         requests=row[0],
         refused=row[1],
         errors=row[2],
@@ -52,6 +54,9 @@ async def summary(conn: q.Conn, query: RequestQuery) -> Summary:
         latency_p50_ms=await _percentile(conn, ok_where, params, 50),
         latency_p95_ms=await _percentile(conn, ok_where, params, 95),
     )
+    folded, reasons = await pg_daily.sums(conn, where, params)  # days pruned from the ledger
+    names = len(await pg_daily.key_names(conn, where, params)) if folded.requests else None
+    return add_summary(kept, folded, reasons, names)
 
 
 async def refusals_by_reason(conn: q.Conn, where: str, params: list[Any]) -> dict[str, int]:
@@ -97,7 +102,8 @@ async def series_rows(
         grain,
         *params,
     )
-    return [SeriesRow(*row) for row in rows]
+    folded = await pg_daily.series(conn, query, _FILTERS, group_by, grain)
+    return [SeriesRow(*row) for row in rows] + folded
 
 
 async def key_activity(
@@ -107,8 +113,9 @@ async def key_activity(
     its last request was made."""
     out: dict[str, KeyActivity] = {}
     for key_id, last in await conn.fetch(
-        "SELECT id, (SELECT created_at FROM requests WHERE key_name = scopes.name "
-        "ORDER BY id DESC LIMIT 1) FROM scopes WHERE kind = 'key'"
+        "SELECT id, COALESCE((SELECT created_at FROM requests WHERE key_name = scopes.name "
+        "ORDER BY id DESC LIMIT 1), (SELECT MAX(created_at) FROM ledger_daily "
+        "WHERE key_name = scopes.name)) FROM scopes WHERE kind = 'key'"
     ):
         out[key_id] = KeyActivity(0, 0, last)
     rows = await conn.fetch(
@@ -171,7 +178,7 @@ async def ledger_totals(conn: q.Conn) -> LedgerTotals:
     ):
         for flag in flags.split(","):
             flagged[flag] = flagged.get(flag, 0) + count
-    return LedgerTotals(
+    kept = LedgerTotals(
         requests=outcomes,
         cost_nano=row[0],
         input_tokens=row[1],
@@ -181,6 +188,8 @@ async def ledger_totals(conn: q.Conn) -> LedgerTotals:
         refusals=await refusals_by_reason(conn, "", []),
         flagged=flagged,
     )
+    folded, reasons = await pg_daily.sums(conn, "", [])  # days pruned from the ledger
+    return add_totals(kept, await pg_daily.outcomes(conn), folded, reasons)
 
 
 async def reservations_held(conn: q.Conn) -> int:

@@ -559,6 +559,40 @@ MIGRATIONS: tuple[str, ...] = (
     );
     INSERT INTO meta VALUES ('routing_version', '0');
     """,
+    # 10: prompt and answer logging (SQLite's migration 16): a scope's opt-in, and the
+    #     redacted bodies of a request by its request id; ledger pruning's daily sums.
+    """
+    ALTER TABLE scopes ADD COLUMN log_bodies BIGINT NOT NULL DEFAULT 0;
+    CREATE TABLE request_bodies (
+        request_id TEXT PRIMARY KEY,
+        created_at DOUBLE PRECISION NOT NULL,
+        request TEXT NOT NULL,
+        answer TEXT,
+        request_bytes BIGINT NOT NULL,
+        answer_bytes BIGINT NOT NULL,
+        truncated BIGINT NOT NULL DEFAULT 0
+    );
+    CREATE INDEX request_bodies_at ON request_bodies (created_at);
+    CREATE TABLE ledger_daily (
+        created_at DOUBLE PRECISION NOT NULL,
+        key_id TEXT,
+        key_name TEXT,
+        "user" TEXT,
+        team TEXT,
+        model TEXT,
+        upstream_model TEXT,
+        provider TEXT,
+        outcome TEXT NOT NULL,
+        reason TEXT NOT NULL DEFAULT '',
+        requests BIGINT NOT NULL,
+        input_tokens BIGINT NOT NULL,
+        output_tokens BIGINT NOT NULL,
+        cache_read_tokens BIGINT NOT NULL,
+        cache_write_tokens BIGINT NOT NULL,
+        cost_nano BIGINT NOT NULL
+    );
+    CREATE INDEX ledger_daily_at ON ledger_daily (created_at);
+    """,
 )
 
 _CREATE_VERSION = "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)"

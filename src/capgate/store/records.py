@@ -228,6 +228,7 @@ def scope_json(scope: Scope) -> dict[str, Any]:
         if scope.unbounded_hold_nano is None
         else nano_to_decimal_str(scope.unbounded_hold_nano),
         "fail_open": scope.fail_open,
+        "log_bodies": scope.log_bodies,
         "expires_at": iso(scope.expires_at),
         "metadata": extra.get("metadata", {}),
         "created_at": iso(extra.get("created_at")),

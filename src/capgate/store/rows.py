@@ -40,6 +40,7 @@ def scope_from_row(row: Row) -> Scope:
         clamp=bool(row["clamp"]),
         unbounded_hold_nano=row["unbounded_hold_nano"],
         fail_open=bool(row["fail_open"]),
+        log_bodies=bool(row["log_bodies"]),
         schedules=tuple(Schedule.from_json(x) for x in orjson.loads(row["schedules"])),
         extra={
             "team": row["team"],
@@ -69,6 +70,8 @@ def scope_sets(fields: ScopeFields, now: float) -> dict[str, Any]:
         sets["unbounded_hold_nano"] = fields.unbounded_hold_nano
     if fields.fail_open is not None:
         sets["fail_open"] = int(fields.fail_open)
+    if fields.log_bodies is not None:
+        sets["log_bodies"] = int(fields.log_bodies)
     if fields.schedules is not None:
         sets["schedules"] = dumps([schedule.to_json() for schedule in fields.schedules])
     for name in ("team", "user", "org", "timezone", "expires_at"):

@@ -36,6 +36,7 @@ from capgate.core.engine import (
 from capgate.core.limits import Scope, ScopeKind
 from capgate.errors import StoreUnavailable
 from capgate.store import journal
+from capgate.store import sqlite_daily as daily
 from capgate.store import sqlite_queries as q
 from capgate.store import sqlite_settlement as settlement
 from capgate.store.base import (
@@ -52,7 +53,9 @@ from capgate.store.settling import SettleRetry
 from capgate.store.sqlite_admin import ScopeAdmin
 from capgate.store.sqlite_admins import AdminsSQLite
 from capgate.store.sqlite_alerts import AlertStoreSQLite
+from capgate.store.sqlite_bodies import BodiesSQLite
 from capgate.store.sqlite_counters import CounterCache
+from capgate.store.sqlite_daily import DailySQLite
 from capgate.store.sqlite_dashboard import DashboardStore
 from capgate.store.sqlite_hook import SQLiteHook
 from capgate.store.sqlite_routing import SQLiteRouting
@@ -79,6 +82,8 @@ class SQLiteStore(
     DashboardStore,
     SQLiteHook,
     AlertStoreSQLite,
+    BodiesSQLite,
+    DailySQLite,
     SQLiteRouting,
     AdminsSQLite,
 ):
@@ -451,7 +456,7 @@ class SQLiteStore(
         self, group_by: str, since: float | None, until: float | None
     ) -> list[UsageRow]:
         await self.flush()
-        return await self._read(lambda conn: q.usage_by(conn, group_by, since, until))
+        return await self._read(lambda conn: daily.usage_by(conn, group_by, since, until))
 
     async def get_meta(self, name: str) -> str | None:
         def op(conn: sqlite3.Connection) -> str | None:

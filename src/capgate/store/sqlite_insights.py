@@ -8,8 +8,10 @@ from typing import Any
 
 from capgate.core.limits import Scope
 from capgate.core.windows import window_at
+from capgate.store import sqlite_daily as daily
 from capgate.store import sqlite_queries as q
 from capgate.store.base import RequestQuery
+from capgate.store.ledger_daily import add_summary, add_totals
 from capgate.store.records import (
     EventBatch,
     KeyActivity,
@@ -40,12 +42,15 @@ def summary(conn: sqlite3.Connection, query: RequestQuery) -> Summary:
     requests, refused, errors, input_tokens, output_tokens, cache_read, cache_write, cost, keys = (
         row
     )
-    return Summary(
+    kept = Summary(
         requests, refused, errors, input_tokens, output_tokens, cache_read, cache_write, cost, keys,
         refusals_by_reason=refusals_by_reason(conn, where, params),
         latency_p50_ms=_percentile(conn, ok_where, params, 50),
         latency_p95_ms=_percentile(conn, ok_where, params, 95),
     )  # fmt: skip
+    folded, reasons = daily.sums(conn, where, params)  # days pruned from the ledger
+    names = len(daily.key_names(conn, where, params)) if folded.requests else None
+    return add_summary(kept, folded, reasons, names)
 
 
 def refusals_by_reason(conn: sqlite3.Connection, where: str, params: list[Any]) -> dict[str, int]:
@@ -88,7 +93,7 @@ def series_rows(
         f"FROM requests{where} GROUP BY b, grp",
         (grain, grain, *params),
     )
-    return [SeriesRow(*row) for row in rows]
+    return [SeriesRow(*row) for row in rows] + daily.series(conn, where, params, group_by, grain)
 
 
 def key_activity(
@@ -99,8 +104,9 @@ def key_activity(
     index), and one index lookup per key (requests_key) for its last request."""
     out: dict[str, KeyActivity] = {}
     for key_id, last in conn.execute(
-        "SELECT id, (SELECT created_at FROM requests WHERE key_name = scopes.name "
-        "ORDER BY id DESC LIMIT 1) FROM scopes WHERE kind = 'key'"
+        "SELECT id, COALESCE((SELECT created_at FROM requests WHERE key_name = scopes.name "
+        "ORDER BY id DESC LIMIT 1), (SELECT MAX(created_at) FROM ledger_daily "
+        "WHERE key_name = scopes.name)) FROM scopes WHERE kind = 'key'"
     ):
         out[key_id] = KeyActivity(last_used_at=last)
     rows = conn.execute(
@@ -179,7 +185,7 @@ def ledger_totals(conn: sqlite3.Connection) -> LedgerTotals:
     ):
         for flag in flags.split(","):
             flagged[flag] = flagged.get(flag, 0) + count
-    return LedgerTotals(
+    kept = LedgerTotals(
         requests=outcomes,
         cost_nano=int(row[0]),
         input_tokens=int(row[1]),
@@ -189,6 +195,8 @@ def ledger_totals(conn: sqlite3.Connection) -> LedgerTotals:
         refusals=refusals_by_reason(conn, "", []),
         flagged=flagged,
     )
+    folded, reasons = daily.sums(conn, "", [])  # days pruned from the ledger
+    return add_totals(kept, daily.outcomes(conn), folded, reasons)
 
 
 def reservations_held(conn: sqlite3.Connection) -> int:

@@ -257,6 +257,42 @@ MIGRATIONS: tuple[str, ...] = (
     );
     INSERT INTO meta VALUES ('routing_version', '0');
     """,
+    # 16: prompt and answer logging, off unless a scope opts in (`log_bodies`): the
+    #     redacted bodies of a request, by its request id (store/bodies.py), deleted by
+    #     age in batches. Ledger pruning: entries older than the retention summed per UTC
+    #     day and group (store/ledger_daily.py).
+    """
+    ALTER TABLE scopes ADD COLUMN log_bodies INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE request_bodies (
+        request_id TEXT PRIMARY KEY,
+        created_at REAL NOT NULL,
+        request TEXT NOT NULL,
+        answer TEXT,
+        request_bytes INTEGER NOT NULL,
+        answer_bytes INTEGER NOT NULL,
+        truncated INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX request_bodies_at ON request_bodies (created_at);
+    CREATE TABLE ledger_daily (
+        created_at REAL NOT NULL,
+        key_id TEXT,
+        key_name TEXT,
+        user TEXT,
+        team TEXT,
+        model TEXT,
+        upstream_model TEXT,
+        provider TEXT,
+        outcome TEXT NOT NULL,
+        reason TEXT NOT NULL DEFAULT '',
+        requests INTEGER NOT NULL,
+        input_tokens INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL,
+        cache_read_tokens INTEGER NOT NULL,
+        cache_write_tokens INTEGER NOT NULL,
+        cost_nano INTEGER NOT NULL
+    );
+    CREATE INDEX ledger_daily_at ON ledger_daily (created_at);
+    """,
 )
 
 

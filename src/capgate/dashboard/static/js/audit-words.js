@@ -42,6 +42,9 @@ export function auditDetail(item) {
     const files = after.files || after.tamper_files || [];
     return files.length ? files.join(", ") : "";
   }
+  if (item.action === "update" && item.before && (item.before.log_bodies ?? false) !== (after.log_bodies ?? false)) {
+    return after.log_bodies ? "and turned prompt logging on" : "and turned prompt logging off";
+  }
   if (auditVerb(item) === "killed") {
     const logout = after.metadata?.hook_logout ?? after.logout;
     return logout ? "and logs their Claude Code out" : "";

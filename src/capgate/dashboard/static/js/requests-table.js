@@ -1,6 +1,6 @@
 // The columns of a ledger entry, shared by the live feed, the request log and detail pages,
 // and the page of one entry (`#/requests/<request id>`).
-import { get } from "./api.js";
+import { ApiError, get } from "./api.js";
 import { h, replace } from "./dom.js";
 import { dateTime, int, ms, usd, when } from "./format.js";
 import { badge, clip, outcomeBadge, panel } from "./ui.js";
@@ -63,7 +63,42 @@ export async function requestDetail(root, cleanup, requestId) {
   if (entry.prompt) rows.push(["Prompt id", h("span", { class: "mono", "data-field": "prompt" }, entry.prompt)]);
   if (entry.refusal) rows.push(["Refusal", `${entry.refusal.code}: ${entry.refusal.message}`]);
   if (entry.error) rows.push(["Error", entry.error]);
+  const bodies = h("div", { "data-field": "body-log" }, h("p", { class: "muted small" }, "Loading…"));
   replace(root, panel(`Request ${entry.request_id}`,
     h("dl", { class: "kv" }, rows.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])),
-    { actions: h("a", { class: "btn btn-small", href: "#/requests" }, "← Request log") }));
+    { actions: h("a", { class: "btn btn-small", href: "#/requests" }, "← Request log") }),
+    panel("Prompt and answer", bodies));
+  await showBody(bodies, entry.request_id);
+}
+
+// The logged body and answer (redacted), when the request's scopes log bodies and this
+// session may read them; otherwise why not.
+async function showBody(el, requestId) {
+  let body;
+  try {
+    body = await get(`/admin/requests/${encodeURIComponent(requestId)}/body`);
+  } catch (error) {
+    const why = error instanceof ApiError && error.status === 403
+      ? "Not shown: this login may not read logged prompts and answers."
+      : `Not shown: ${error.message}`;
+    replace(el, h("p", { class: "muted", "data-state": "not-shown" }, why));
+    return;
+  }
+  if (!body.logged) {
+    replace(el, h("p", { class: "muted", "data-state": "not-logged" }, "Not logged: none of this request's scopes (key, user, team, org) had log_bodies on, or it is older than the retention."));
+    return;
+  }
+  const sizes = `${int(body.request_bytes)} bytes sent · ${int(body.answer_bytes)} bytes answered${body.truncated ? " · cut at the size cap" : ""} · redacted`;
+  replace(el,
+    h("p", { class: "muted small" }, sizes),
+    h("h3", {}, "Request"), h("pre", { class: "body-log", "data-field": "request-body" }, pretty(body.request)),
+    h("h3", {}, "Answer"), h("pre", { class: "body-log", "data-field": "answer-body" }, body.answer === null ? "(no answer was sent)" : pretty(body.answer)));
+}
+
+function pretty(text) {
+  try {
+    return JSON.stringify(JSON.parse(text), null, 2);
+  } catch {
+    return text; // cut at the cap, or a stream's assembled text
+  }
 }

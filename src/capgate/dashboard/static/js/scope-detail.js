@@ -102,6 +102,7 @@ function details(kind, scope) {
     ["Timezone", scope.timezone],
     ["Short budget", scope.on_short_budget === "clamp" ? "lower max_tokens to fit" : "refuse"],
   );
+  if (kind !== "providers") rows.push(["Prompt logging", scope.log_bodies ? h("span", { "data-field": "log-bodies" }, "on: bodies and answers kept, redacted") : "off"]);
   if (kind === "keys") rows.push(["Expires", scope.expires_at ? dateTime(scope.expires_at) : "never"]);
   rows.push(["Created", dateTime(scope.created_at)], ["Updated", dateTime(scope.updated_at)]);
   return h("dl", { class: "kv" }, rows.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));

@@ -25,6 +25,7 @@ export function scopeForm(kind, existing = null) {
   const timezone = h("input", { name: "timezone", value: existing?.timezone || "", placeholder: "server default", list: "tz-list", autocomplete: "off" });
   const expires = h("input", { name: "expires_at", type: "datetime-local", value: toLocal(existing?.expires_at) });
   const short = select([["clamp", "Lower max_tokens to fit (clamp)"], ["reject", "Refuse the request (reject)"]], existing?.on_short_budget || "clamp", { name: "on_short_budget" });
+  const logs = kind === "providers" ? null : select([["false", "No (the default)"], ["true", "Yes, redacted (see Security in the docs)"]], existing?.log_bodies ? "true" : "false", { name: "log_bodies" });
   const error = h("p", { class: "form-error", role: "alert", hidden: true });
 
   const form = h("form", { class: "form-grid", id: "scope-form", novalidate: true },
@@ -36,6 +37,7 @@ export function scopeForm(kind, existing = null) {
     field("Timezone of calendar windows", timezone),
     kind === "keys" ? field("Expires", expires, "Optional.") : null,
     field("When the budget cannot pay max_tokens", short, null, "full"),
+    logs ? field("Log prompts and answers", logs, `Every request that counts against this ${what} keeps its body and answer, redacted, for the retention period.`, "full") : null,
     error, timezoneList(), windowList());
 
   return modal(existing ? `Edit ${what} "${existing.name}"` : `New ${what}`, (close) => {
@@ -49,6 +51,7 @@ export function scopeForm(kind, existing = null) {
         schedules: schedules.values(),
         on_short_budget: short.value,
       };
+      if (logs && (existing || logs.value === "true")) body.log_bodies = logs.value === "true";
       if (!existing) body.name = name.value.trim();
       if (timezone.value.trim()) body.timezone = timezone.value.trim();
       for (const [member, input] of Object.entries(members)) {
