@@ -16,8 +16,8 @@ from capgate.local.records import Entry, Skipped
 
 FALLBACK_MODEL = "gpt-5"
 _FIELDS = ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning_output_tokens")
-_MARKERS = (b"token_count", b"turn_context", b"session_meta")
-_SPAWN_WINDOW = 20  # a subagent file says so (`thread_spawn`) near its top
+MARKERS = (b"token_count", b"turn_context", b"session_meta")  # the lines to parse
+SPAWN_WINDOW = 20  # a subagent file says so (`thread_spawn`) in one of its first lines
 
 
 @dataclass(slots=True)
@@ -33,9 +33,9 @@ class _State:
 def parse_lines(lines: Iterable[bytes], session: str, skipped: Skipped) -> Iterator[Entry]:
     state = _State(session=session)
     for number, raw in enumerate(lines):
-        if number < _SPAWN_WINDOW and b"thread_spawn" in raw:
+        if number < SPAWN_WINDOW and b"thread_spawn" in raw:
             state.replaying = True
-        if not any(m in raw for m in _MARKERS) and raw.endswith(b"\n"):
+        if not any(m in raw for m in MARKERS) and raw.endswith(b"\n"):
             continue  # a line of conversation: nothing to count in it
         try:
             data = orjson.loads(raw)
