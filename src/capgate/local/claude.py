@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -17,6 +18,11 @@ from capgate.local.records import Entry, Skipped
 
 MARKER = b'"usage":{'
 _VERSION = re.compile(r"^\d+\.\d+\.\d+")
+
+
+@lru_cache(maxsize=64)  # a machine's files hold a few versions, each on many lines
+def _good_version(version: str) -> bool:
+    return _VERSION.match(version) is not None
 
 
 def parse_timestamp(value: Any) -> datetime | None:
@@ -66,7 +72,7 @@ def row_from_line(data: Any, project: str, session: str) -> Row | None:
     if "" in (session_id, request_id, mid, model) or None in (session_id, request_id):
         return None
     version = get("version")
-    if version is not None and not (type(version) is str and _VERSION.match(version)):
+    if version is not None and not (type(version) is str and _good_version(version)):
         return None
     when = parse_timestamp(get("timestamp"))
     inp, out = _count(uget("input_tokens")), _count(uget("output_tokens"))
@@ -152,18 +158,20 @@ def parse_rows(lines: Iterable[bytes], project: str, session: str, skipped: Skip
             continue
         rows.append(row)
         usage = data["message"]["usage"]
-        if row[11] is not None and (row[11], row[12]) not in firsts and _plain(usage):
+        if row[11] is not None and (row[11], row[12]) not in firsts and _whole(usage):
             firsts[row[11], row[12]] = (usage, row[13])
     return dedupe_rows(rows)
 
 
-def _plain(usage: dict[str, Any]) -> bool:
-    """No float or bool in the usage (nor in its `cache_creation`): a copy equal to it
-    (`1.0 == 1 == True`) then counts at most its tokens."""
-    for value in usage.values():
-        kind = type(value)
-        if kind is float or kind is bool:
-            return False
-        if kind is dict and not _plain(value):
-            return False
-    return True
+def _whole(usage: dict[str, Any]) -> bool:
+    """The cache counts are whole numbers (`_count` reads a float or bool as 0): a copy
+    equal to this usage (`7.0 == 7 == 7`) then counts at most its tokens."""
+    split = usage.get("cache_creation")
+    if isinstance(split, dict):
+        write = (
+            type(split.get("ephemeral_5m_input_tokens", 0)) is int
+            and type(split.get("ephemeral_1h_input_tokens", 0)) is int
+        )
+    else:
+        write = type(usage.get("cache_creation_input_tokens", 0)) is int
+    return write and type(usage.get("cache_read_input_tokens", 0)) is int
