@@ -1,4 +1,5 @@
-"""Entries summed into report rows: by local day, week (from Sunday), month, or session.
+"""Entries summed into report rows: by local day, week (from Sunday, or a chosen day),
+month, or session; a period report per project (`by_project`).
 Pure: the caller gives entries, prices (a `Costing`) and the zone; nothing is read here."""
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from capgate.local.costing import Costing
 from capgate.local.records import SYNTHETIC, Entry
 
 PERIODS = ("daily", "weekly", "monthly")
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+SUNDAY = 6  # `date.weekday()`'s number: weeks start on Sunday unless asked (as ccusage's)
 
 
 @dataclass(slots=True)
@@ -93,6 +96,7 @@ class Query:
     until: date | None = None
     agent: str = "all"  # claude | codex | all
     project: str | None = None
+    week_start: int = SUNDAY  # the first day of a week, as `date.weekday()` numbers it
 
     def local_date(self, when: datetime) -> date:
         return when.astimezone(self.zone).date()
@@ -108,11 +112,11 @@ class Query:
         return self.project is None or entry.project == self.project
 
 
-def period_key(kind: str, day: date) -> str:
+def period_key(kind: str, day: date, week_start: int = SUNDAY) -> str:
     if kind == "daily":
         return day.isoformat()
-    if kind == "weekly":  # the week's Sunday, as ccusage's default
-        return (day - timedelta(days=(day.weekday() + 1) % 7)).isoformat()
+    if kind == "weekly":  # the week's first day
+        return (day - timedelta(days=(day.weekday() - week_start) % 7)).isoformat()
     if kind == "monthly":
         return day.isoformat()[:7]
     raise ValueError(f"not a period: {kind}")
@@ -122,7 +126,28 @@ def by_period(
     kind: str, entries: Iterable[Entry], costing: Costing, query: Query
 ) -> tuple[list[Row], Row]:
     """Rows in date order, and the totals row."""
-    return _group(entries, costing, query, lambda e, day: period_key(kind, day), day_filter=True)
+    start = query.week_start
+    return _group(
+        entries, costing, query, lambda e, day: period_key(kind, day, start), day_filter=True
+    )
+
+
+def by_project(
+    kind: str, entries: Iterable[Entry], costing: Costing, query: Query
+) -> tuple[dict[str, list[Row]], Row]:
+    """`by_period` for each project apart (projects in name order), and the totals row
+    of them all."""
+    parts: dict[str, list[Entry]] = {}
+    for entry in entries:
+        parts.setdefault(entry.project, []).append(entry)
+    projects: dict[str, list[Row]] = {}
+    total = Row(key="total")
+    for name in sorted(parts):
+        rows, part = by_period(kind, parts[name], costing, query)
+        if rows:
+            projects[name] = rows
+            _merge(total, part)
+    return projects, total
 
 
 def by_session(entries: Iterable[Entry], costing: Costing, query: Query) -> tuple[list[Row], Row]:
