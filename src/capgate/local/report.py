@@ -127,9 +127,7 @@ def by_period(
 ) -> tuple[list[Row], Row]:
     """Rows in date order, and the totals row."""
     start = query.week_start
-    return _group(
-        entries, costing, query, lambda e, day: period_key(kind, day, start), day_filter=True
-    )
+    return _group(entries, costing, query, lambda day: period_key(kind, day, start))
 
 
 def by_project(
@@ -152,7 +150,7 @@ def by_project(
 
 def by_session(entries: Iterable[Entry], costing: Costing, query: Query) -> tuple[list[Row], Row]:
     """Rows by session, dearest first; `--since/--until` test the session's last day."""
-    rows, _ = _group(entries, costing, query, lambda e, day: e.session, day_filter=False)
+    rows, _ = _group(entries, costing, query, None)
     rows = [r for r in rows if r.last is not None and query.keeps_day(query.local_date(r.last))]
     rows.sort(key=lambda r: (-r.totals.cost_nano, r.key))
     total = Row(key="total")
@@ -165,28 +163,32 @@ def _group(
     entries: Iterable[Entry],
     costing: Costing,
     query: Query,
-    key_of: Callable[[Entry, date], str],
-    day_filter: bool,
+    day_key: Callable[[date], str] | None,
 ) -> tuple[list[Row], Row]:
+    """Rows keyed by `day_key(local date)` (only the days `query` keeps), or by session
+    (`day_key` None: every day)."""
     # Summed per (row, model, agent) first, in plain lists (this runs once per answer),
     # then made rows: the same sums as adding each entry to its row, its model and the total.
     sums: dict[tuple[str, str, str], list[int]] = {}
     unpriced: set[tuple[str, str, str]] = set()
     spans: dict[str, list[Any]] = {}  # row key -> [project, first, last]
-    days: dict[
-        int, date
-    ] = {}  # local date per UTC quarter hour (every zone's offset is whole quarters)
+    # Per UTC quarter hour (every zone's offset is whole quarters): (row key or None when
+    # the day is filtered out; "" by session).
+    quarters: dict[int, str | None] = {}
+    agent, project = query.agent, query.project
     for entry in entries:
-        if not query.keeps(entry):
+        if (agent != "all" and entry.agent != agent) or (
+            project is not None and entry.project != project
+        ):
             continue
         when = entry.timestamp
         quarter = int(when.timestamp()) // 900
-        day = days.get(quarter)
-        if day is None:
-            day = days[quarter] = query.local_date(when)
-        if day_filter and not query.keeps_day(day):
+        key = quarters.get(quarter, "?")
+        if key == "?":
+            key = quarters[quarter] = _quarter_key(query, when, day_key)
+        if key is None:
             continue
-        key = key_of(entry, day)
+        key = key or entry.session
         cost = costing.cost_nano(entry)
         group = (key, entry.model, entry.agent)
         acc = sums.get(group)
@@ -233,6 +235,13 @@ def _group(
         total.first = min(r.first for r in rows.values() if r.first is not None)
         total.last = max(r.last for r in rows.values() if r.last is not None)
     return [rows[k] for k in sorted(rows)], total
+
+
+def _quarter_key(query: Query, when: datetime, day_key: Callable[[date], str] | None) -> str | None:
+    if day_key is None:
+        return ""
+    day = query.local_date(when)
+    return day_key(day) if query.keeps_day(day) else None
 
 
 def _merge(into: Row, row: Row) -> None:
