@@ -155,12 +155,14 @@ def variants() -> list[bytes]:
         json.dumps(nulled, separators=(",", ":")).encode() + b"\n",
         b'{"bad":"usage":{\n',
         line(output_tokens=5)[:-20],  # half-written last line
+        line(mid="m4").replace(b'"usage":{', b'"usage": {')[:-1],  # JSON, but not compact
     ]
 
 
-@given(st.lists(st.sampled_from(range(18)), max_size=12))
+@given(st.lists(st.sampled_from(range(19)), max_size=12))
 @example([4, 5]).via("a loose copy first")
 @example([10, 0]).via("a sidechain copy first")
+@example([18]).via("an unterminated line without the marker")
 def test_rows_of_a_file_are_its_deduplicated_entries(picks: list[int]) -> None:
     """The one-pass reader (`parse_rows`, which skips copies that cannot win) gives what
     parsing every line and deduplicating gives."""
@@ -170,6 +172,10 @@ def test_rows_of_a_file_are_its_deduplicated_entries(picks: list[int]) -> None:
     rows = claude.parse_rows(lines, "p", "s1", fast)
     expected = [to_row(e) for e in dedupe(claude.parse_lines(lines, "p", "s1", slow))]
     assert rows == expected and fast.bad_lines == slow.bad_lines
+    found = [raw for raw in lines if claude.MARKER in raw or not raw.endswith(b"\n")]
+    marked = Skipped()  # as the file reader finds them: `marked`
+    assert claude.parse_rows(found, "p", "s1", marked, marked=True) == expected
+    assert marked.bad_lines == slow.bad_lines
 
 
 LINE_PARTS = [b"a", b"token_count", b"turn_context", b"session_meta", b"thread_spawn", b"x" * 5]

@@ -127,8 +127,12 @@ def _unparsable(raw: bytes) -> int:
     return 0
 
 
-def parse_rows(lines: Iterable[bytes], project: str, session: str, skipped: Skipped) -> list[Row]:
+def parse_rows(
+    lines: Iterable[bytes], project: str, session: str, skipped: Skipped, marked: bool = False
+) -> list[Row]:
     """`dedupe(parse_lines(...))` as cache rows: the same rows, with less work per line.
+    `marked`: every line that ends in a newline holds `MARKER` (the caller found them by
+    it), so only an unterminated one is searched for it again.
     Most answer lines repeat an earlier line's answer (a line per content block, all with
     the answer's usage): a line under the ids of an earlier entry of this file, with the
     same usage and chain as that entry's, cannot outrank it (`dedupe` would drop it) and is
@@ -137,7 +141,7 @@ def parse_rows(lines: Iterable[bytes], project: str, session: str, skipped: Skip
     firsts: dict[tuple[str, str | None], tuple[Any, bool]] = {}  # ids -> (usage, sidechain)
     loads = orjson.loads
     for raw in lines:
-        if MARKER not in raw:
+        if (not marked or raw[-1:] != b"\n") and MARKER not in raw:
             if not raw.endswith(b"\n") and raw.strip():
                 skipped.bad_lines += _unparsable(raw)
             continue

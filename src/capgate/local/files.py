@@ -252,7 +252,7 @@ def _parse_file(job: Job) -> Parsed:
     mine = Skipped()
     if kind == "claude":
         lines = _marked_lines(Path(path), (claude.MARKER,), mine)
-        rows = claude.parse_rows(lines, project, session, mine)
+        rows = claude.parse_rows(lines, project, session, mine, marked=True)
     else:  # Codex entries have no message id: nothing to deduplicate
         lines = _marked_lines(Path(path), codex.MARKERS, mine, codex.SPAWN_WINDOW)
         rows = [to_row(e) for e in codex.parse_lines(lines, session, mine)]
