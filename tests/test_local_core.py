@@ -302,6 +302,25 @@ def test_codex_without_a_turn_context_is_gpt_5_and_subagent_replays_are_skipped(
     assert [(e.model, e.input_tokens, e.output_tokens) for e in entries] == [("gpt-5", 100, 10)]
 
 
+def test_codex_rows_from_the_marked_lines_are_those_of_every_line() -> None:
+    """The file reader hands Codex's parser its first lines and then only the lines with a
+    marker (`marked`): the same entries and bad lines as reading every line."""
+    talk = b'{"type":"response_item","payload":{"type":"message","content":"hi"}}\n'
+    events = [token_count(f"2026-12-04T10:{m:02d}:00Z", usage(100 * m, 10, m)) for m in range(30)]
+    lines = [talk, b"not json\n", *codex_lines(*events, spawn=True)]
+    lines = [x for line in lines for x in (line, talk)]  # conversation between events
+    lines.append(b'{"timestamp": "2026-12-04T11:0')  # half-written
+    found = [
+        raw for number, raw in enumerate(lines)
+        if number < codex.SPAWN_WINDOW or any(m in raw for m in codex.MARKERS)
+        or not raw.endswith(b"\n")
+    ]  # fmt: skip
+    every, marked = Skipped(), Skipped()
+    expected = [to_row(e) for e in codex.parse_lines(lines, "s", every)]
+    assert list(codex.parse_rows(found, "s", marked, marked=True)) == expected
+    assert len(expected) == 29 and marked.bad_lines == every.bad_lines == 1  # half-written
+
+
 def at(hour: int, minute: int = 0, day: int = 4) -> str:
     return f"2026-12-{day:02d}T{hour:02d}:{minute:02d}:00Z"
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from capgate.local import claude, codex
-from capgate.local.cache import FileCache, Row, from_row, to_row
+from capgate.local.cache import FileCache, Row, from_row
 from capgate.local.records import Entry, Skipped
 
 
@@ -255,5 +255,5 @@ def _parse_file(job: Job) -> Parsed:
         rows = claude.parse_rows(lines, project, session, mine, marked=True)
     else:  # Codex entries have no message id: nothing to deduplicate
         lines = _marked_lines(Path(path), codex.MARKERS, mine, codex.SPAWN_WINDOW)
-        rows = [to_row(e) for e in codex.parse_lines(lines, session, mine)]
+        rows = list(codex.parse_rows(lines, session, mine, marked=True))
     return rows, mine.bad_lines, bool(mine.unreadable_files)
