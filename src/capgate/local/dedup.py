@@ -14,7 +14,6 @@ from capgate.local.records import Entry
 
 T = TypeVar("T")
 Rank = tuple[bool, int, bool]  # (main chain, tokens, has speed): the greatest copy is kept
-_UNUSED: Rank = (True, 0, False)
 
 
 def _rank(entry: Entry) -> Rank:
@@ -43,34 +42,37 @@ def _kept(
     rank: Callable[[T], Rank],
 ) -> list[T]:
     kept: list[T | None] = []
-    ranks: list[Rank] = []  # of each item kept (unused for those without a message id)
     slots: dict[tuple[str | None, str | None], int] = {}  # (message id, request id) -> index
-    by_message: dict[str | None, list[int]] = {}
+    firsts: dict[str, int] = {}  # message id -> the index of its first request's copy
+    shared: dict[str, list[int]] = {}  # message ids under several request ids -> indexes
     for item in items:
         key = ids(item)
-        if key[0] is None:
+        message = key[0]
+        if message is None:
             kept.append(item)
-            ranks.append(_UNUSED)
             continue
         slot = slots.get(key)
         if slot is not None:
-            new = rank(item)
-            if new > ranks[slot]:
-                kept[slot], ranks[slot] = item, new
+            old = kept[slot]
+            if old is not None and rank(item) > rank(old):
+                kept[slot] = item
             continue
-        slots[key] = len(kept)
-        by_message.setdefault(key[0], []).append(len(kept))
+        index = slots[key] = len(kept)
         kept.append(item)
-        ranks.append(rank(item))
-    for indexes in by_message.values():
-        if len(indexes) > 1:
-            _drop_sidechain_replays(kept, ranks, indexes)
+        first = firsts.setdefault(message, index)
+        if first != index:
+            shared.setdefault(message, [first]).append(index)
+    for indexes in shared.values():
+        _drop_sidechain_replays(kept, rank, indexes)
     return [e for e in kept if e is not None]
 
 
-def _drop_sidechain_replays(kept: list[T | None], ranks: list[Rank], indexes: list[int]) -> None:
+def _drop_sidechain_replays(
+    kept: list[T | None], rank: Callable[[T], Rank], indexes: list[int]
+) -> None:
     """One message id under several request ids: the sidechain copies are replays. Keep
     every main-chain copy; if all are sidechain copies, keep the best one."""
+    ranks = {i: rank(item) for i in indexes if (item := kept[i]) is not None}
     main = [i for i in indexes if ranks[i][0]]
     side = [i for i in indexes if not ranks[i][0]]
     survivors = set(main)
