@@ -126,6 +126,42 @@ def test_filters_by_agent_project_and_dates(home: Path) -> None:
     assert [r["date"] for r in json.loads(late.stdout)["daily"]] == ["2026-12-05"]
 
 
+def test_weeks_start_on_the_chosen_day_and_rows_come_in_the_chosen_order(home: Path) -> None:
+    def keys(*args: str) -> list[str]:
+        data = json.loads(local(home, *args, "--json", "--timezone", "UTC").stdout)
+        return [r.get("week") or r.get("date") for r in data[args[0]]]
+
+    # use on Friday 2026-12-04 and Saturday 2026-12-05
+    assert keys("weekly") == ["2026-11-29"]  # Sunday
+    assert keys("weekly", "--start-of-week", "monday") == ["2026-11-30"]
+    assert keys("weekly", "--start-of-week", "Saturday") == ["2026-11-28", "2026-12-05"]
+    assert keys("weekly", "--start-of-week", "saturday", "--order", "desc") == [
+        "2026-12-05", "2026-11-28"
+    ]  # fmt: skip
+    assert keys("daily", "--order", "desc") == ["2026-12-05", "2026-12-04"]
+    assert keys("daily", "--order", "asc") == ["2026-12-04", "2026-12-05"]
+    table = local(home, "daily", "--order", "desc", "--timezone", "UTC").stdout
+    assert table.index("2026-12-05") < table.index("2026-12-04")
+
+
+def test_instances_report_each_project_apart(home: Path) -> None:
+    plain = json.loads(local(home, "daily", "--json", "--timezone", "UTC").stdout)
+    data = json.loads(local(home, "daily", "--json", "--instances", "--timezone", "UTC").stdout)
+    projects = data["projects"]
+    assert sorted(projects) == ["-home-dev-api", WEBAPP, "/home/dev/cli", "/home/dev/old"]
+    assert [r["date"] for r in projects[WEBAPP]] == ["2026-12-04"]
+    assert projects[WEBAPP][0]["inputTokens"] == 300  # m1, m2 and the subagent's m3
+    assert [r["date"] for r in projects["-home-dev-api"]] == ["2026-12-05"]
+    assert data["totals"] == plain["totals"] and data["skipped"] == plain["skipped"]
+    for field in ("inputTokens", "outputTokens", "cacheReadTokens", "totalTokens"):
+        assert sum(r[field] for rows in projects.values() for r in rows) == sum(
+            r[field] for r in plain["daily"]
+        )
+    table = local(home, "daily", "--instances", "--timezone", "UTC").stdout
+    assert f"project {WEBAPP}" in table and "project /home/dev/cli" in table
+    assert max(len(x) for x in table.splitlines()) <= 80
+
+
 def test_sessions_group_subagents_into_their_parent(home: Path) -> None:
     data = json.loads(local(home, "session", "--json", "--agent", "claude").stdout)
     sessions = {s["sessionId"]: s for s in data["sessions"]}
@@ -153,6 +189,8 @@ def test_the_table_fits_80_columns_and_names_what_it_could_not_price(home: Path)
         (("daily", "--timezone", "Mars/Olympus"), {}, "unknown time zone 'Mars/Olympus'"),
         (("daily", "--since", "2026-13-45"), {}, "--since: a date like"),
         (("daily", "--agent", "gemini"), {}, "--agent: one of claude, codex, all"),
+        (("daily", "--order", "newest"), {}, "--order: asc (oldest first) or desc"),
+        (("weekly", "--start-of-week", "funday"), {}, "--start-of-week: a day of the week"),
         (("daily",), {"CLAUDE_CONFIG_DIR": "/nowhere"}, "no Claude Code projects directory"),
     ],
 )

@@ -1,18 +1,22 @@
 """`capgate local`'s pure core: which Claude Code / Codex lines count, deduplication,
-prices from capgate's table, date buckets in a zone, and 5-hour blocks. No I/O."""
+prices from capgate's table, date buckets in a zone, and 5-hour blocks. No I/O
+but for the line finder, on temporary files."""
 
 from __future__ import annotations
 
 import json
+import tempfile
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
-from capgate.local import claude, codex
+from capgate.local import claude, codex, files
 from capgate.local.blocks import blocks, burn
+from capgate.local.cache import to_row
 from capgate.local.costing import Costing
 from capgate.local.dedup import dedupe
 from capgate.local.records import Entry, Skipped
@@ -127,6 +131,81 @@ def test_dedup_keeps_the_same_answers_whatever_the_order(order: list[int]) -> No
     assert next(e for e in kept if e.message_id == "m2").has_speed
 
 
+def variants() -> list[bytes]:
+    """Lines to shuffle: copies of answers that tie, outrank or lose to each other, a usage
+    that equals another only loosely (`5.0 == 5`, `True == 1`), lines that are no entry."""
+    nulled = json.loads(line(output_tokens=900))
+    nulled["cwd"] = None
+    return [
+        line(output_tokens=5),
+        line(output_tokens=5),
+        line(output_tokens=50),
+        line(output_tokens=5.0),  # not an entry (output must be a whole number)
+        line(cache_read_input_tokens=7.0),  # an entry whose read tokens count as 0 ...
+        line(cache_read_input_tokens=7),  # ... which this copy outranks
+        line(cache_read_input_tokens=True),
+        line(cache_read_input_tokens=1),
+        line(speed="fast", output_tokens=5),
+        line(sidechain=True, output_tokens=80),
+        line(sidechain=True, output_tokens=5),  # outranked by a main-chain copy that ties
+        line(rid="r-side", sidechain=True, output_tokens=5),
+        line(mid="m2", rid="r2", output_tokens=3),
+        line(mid="m2", rid=None, output_tokens=3),
+        line(mid=None, rid="x"),
+        json.dumps(nulled, separators=(",", ":")).encode() + b"\n",
+        b'{"bad":"usage":{\n',
+        line(output_tokens=5)[:-20],  # half-written last line
+        line(mid="m4").replace(b'"usage":{', b'"usage": {')[:-1],  # JSON, but not compact
+    ]
+
+
+@given(st.lists(st.sampled_from(range(19)), max_size=12))
+@example([4, 5]).via("a loose copy first")
+@example([10, 0]).via("a sidechain copy first")
+@example([18]).via("an unterminated line without the marker")
+def test_rows_of_a_file_are_its_deduplicated_entries(picks: list[int]) -> None:
+    """The one-pass reader (`parse_rows`, which skips copies that cannot win) gives what
+    parsing every line and deduplicating gives."""
+    pool = variants()
+    lines = [pool[i] for i in picks]
+    fast, slow = Skipped(), Skipped()
+    rows = claude.parse_rows(lines, "p", "s1", fast)
+    expected = [to_row(e) for e in dedupe(claude.parse_lines(lines, "p", "s1", slow))]
+    assert rows == expected and fast.bad_lines == slow.bad_lines
+    found = [raw for raw in lines if claude.MARKER in raw or not raw.endswith(b"\n")]
+    marked = Skipped()  # as the file reader finds them: `marked`
+    assert claude.parse_rows(found, "p", "s1", marked, marked=True) == expected
+    assert marked.bad_lines == slow.bad_lines
+
+
+LINE_PARTS = [b"a", b"token_count", b"turn_context", b"session_meta", b"thread_spawn", b"x" * 5]
+
+
+@given(
+    st.lists(st.lists(st.sampled_from(LINE_PARTS), max_size=3), max_size=30),
+    st.booleans(),
+    st.sampled_from([0, 1, 20]),
+)
+def test_marked_lines_are_the_lines_a_full_read_would_parse(
+    parts: list[list[bytes]], ends_in_newline: bool, whole: int
+) -> None:
+    lines = [b"".join(p) + b"\n" for p in parts]
+    if lines and not ends_in_newline:
+        lines[-1] = lines[-1][:-1]
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "f.jsonl"
+        path.write_bytes(b"".join(lines))
+        with path.open("rb") as handle:
+            lines = list(handle)  # as reading it line by line gives them
+        for markers in ((b"token_count",), codex.MARKERS):
+            got = list(files._marked_lines(path, markers, Skipped(), whole))
+            expected = [
+                raw for number, raw in enumerate(lines)
+                if number < whole or any(m in raw for m in markers) or not raw.endswith(b"\n")
+            ]  # fmt: skip
+            assert got == expected
+
+
 def test_unknown_models_are_unpriced_and_synthetic_lines_free() -> None:
     entries, _ = parse(
         line(mid="a", model="claude-nova-9"), line(mid="b", model="<synthetic>"), line(mid="c")
@@ -221,6 +300,25 @@ def test_codex_without_a_turn_context_is_gpt_5_and_subagent_replays_are_skipped(
     )
     entries = list(codex.parse_lines(lines, "s", Skipped()))
     assert [(e.model, e.input_tokens, e.output_tokens) for e in entries] == [("gpt-5", 100, 10)]
+
+
+def test_codex_rows_from_the_marked_lines_are_those_of_every_line() -> None:
+    """The file reader hands Codex's parser its first lines and then only the lines with a
+    marker (`marked`): the same entries and bad lines as reading every line."""
+    talk = b'{"type":"response_item","payload":{"type":"message","content":"hi"}}\n'
+    events = [token_count(f"2026-12-04T10:{m:02d}:00Z", usage(100 * m, 10, m)) for m in range(30)]
+    lines = [talk, b"not json\n", *codex_lines(*events, spawn=True)]
+    lines = [x for line in lines for x in (line, talk)]  # conversation between events
+    lines.append(b'{"timestamp": "2026-12-04T11:0')  # half-written
+    found = [
+        raw for number, raw in enumerate(lines)
+        if number < codex.SPAWN_WINDOW or any(m in raw for m in codex.MARKERS)
+        or not raw.endswith(b"\n")
+    ]  # fmt: skip
+    every, marked = Skipped(), Skipped()
+    expected = [to_row(e) for e in codex.parse_lines(lines, "s", every)]
+    assert list(codex.parse_rows(found, "s", marked, marked=True)) == expected
+    assert len(expected) == 29 and marked.bad_lines == every.bad_lines == 1  # half-written
 
 
 def at(hour: int, minute: int = 0, day: int = 4) -> str:

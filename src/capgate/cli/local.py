@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import typer
 from rich.console import Console
 from rich.live import Live
+from rich.text import Text
 
 from capgate.cli.errors import fail
 from capgate.local import render
@@ -23,7 +24,16 @@ from capgate.local.costing import Costing
 from capgate.local.dedup import dedupe
 from capgate.local.files import LocationError, read_entries, system_zone
 from capgate.local.records import Entry, Skipped
-from capgate.local.report import Query, by_period, by_session, parse_day
+from capgate.local.report import (
+    SUNDAY,
+    WEEKDAYS,
+    Query,
+    Row,
+    by_period,
+    by_project,
+    by_session,
+    parse_day,
+)
 from capgate.pricing import PricingTable
 
 app = typer.Typer(
@@ -51,6 +61,9 @@ AgentOpt = Annotated[str, typer.Option("--agent", help="claude | codex | all")]
 BreakdownOpt = Annotated[bool, typer.Option("--breakdown", help="a row per model")]
 NoCacheOpt = Annotated[
     bool, typer.Option("--no-cache", help="read every file again (no ~/.cache/capgate)")
+]
+OrderOpt = Annotated[
+    str, typer.Option("--order", help="asc (oldest first, the default) or desc (newest first)")
 ]
 
 
@@ -91,7 +104,8 @@ def _costing() -> Costing:
     return Costing(PricingTable.load())
 
 
-def _report(kind: str, json_out: bool, query: Query, breakdown: bool, cache: bool) -> None:
+def _report(kind: str, json_out: bool, query: Query, breakdown: bool, cache: bool,
+            order: str = "asc", instances: bool = False) -> None:  # fmt: skip
     entries, skipped = _load(query.agent, cache)
     costing = _costing()
     if kind == "session":
@@ -100,8 +114,18 @@ def _report(kind: str, json_out: bool, query: Query, breakdown: bool, cache: boo
             print(json.dumps(render.session_json(rows, total, skipped), indent=2))
             return
         rows, title = render.session_titles(rows), "session"
+    elif instances:
+        projects, total = by_project(kind, entries, costing, query)
+        for project_rows in projects.values():
+            _sort(project_rows, order)
+        if json_out:
+            print(json.dumps(render.projects_json(kind, projects, total, skipped), indent=2))
+            return
+        _print_projects(kind, projects, total, skipped, breakdown)
+        return
     else:
         rows, total = by_period(kind, entries, costing, query)
+        _sort(rows, order)
         if json_out:
             print(json.dumps(render.period_json(kind, rows, total, skipped), indent=2))
             return
@@ -114,34 +138,119 @@ def _report(kind: str, json_out: bool, query: Query, breakdown: bool, cache: boo
         console.print(note)
 
 
-def _command(kind: str, doc: str) -> None:
-    def command(
-        json_out: JsonOpt = False,
-        since: SinceOpt = None,
-        until: UntilOpt = None,
-        timezone: ZoneOpt = None,
-        project: ProjectOpt = None,
-        agent: AgentOpt = "all",
-        breakdown: BreakdownOpt = False,
-        no_cache: NoCacheOpt = False,
-    ) -> None:
-        query = Query(
-            zone=_zone(timezone),
-            since=_day(since, "--since"),
-            until=_day(until, "--until"),
-            agent=agent,
-            project=project,
-        )
-        _report(kind, json_out, query, breakdown, not no_cache)
-
-    command.__doc__ = doc
-    app.command(kind)(command)
+def _sort(rows: list[Row], order: str) -> None:
+    """Rows come oldest first; `--order desc`: newest first."""
+    if order == "desc":
+        rows.reverse()
 
 
-_command("daily", "Cost and tokens per local day.")
-_command("weekly", "Cost and tokens per week (weeks start on Sunday).")
-_command("monthly", "Cost and tokens per month.")
-_command("session", "Cost and tokens per session, dearest first.")
+def _print_projects(kind: str, projects: dict[str, list[Row]], total: Row, skipped: Skipped,
+                    breakdown: bool) -> None:  # fmt: skip
+    console = Console()
+    for name, rows in projects.items():
+        console.print(Text(f"project {name}", style="bold"))
+        subtotal = Row(key="total")
+        for row in rows:
+            subtotal.totals.merge(row.totals)
+        console.print(render.report_table(console, render.PERIOD_FIELD[kind], rows, subtotal,
+                                          breakdown))  # fmt: skip
+        console.print()
+    console.print(Text(f"all projects: {render.cents(total.totals.cost_nano)}", style="bold"))
+    note = render.footer(total, skipped)
+    if note.plain:
+        console.print(note)
+
+
+def _query(since: str | None, until: str | None, timezone: str | None, project: str | None,
+           agent: str, week_start: int = SUNDAY) -> Query:  # fmt: skip
+    return Query(
+        zone=_zone(timezone),
+        since=_day(since, "--since"),
+        until=_day(until, "--until"),
+        agent=agent,
+        project=project,
+        week_start=week_start,
+    )
+
+
+def _order(value: str) -> str:
+    if value not in ("asc", "desc"):
+        fail("--order: asc (oldest first) or desc (newest first)")
+    return value
+
+
+@app.command("daily")
+def daily_command(
+    json_out: JsonOpt = False,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    timezone: ZoneOpt = None,
+    project: ProjectOpt = None,
+    agent: AgentOpt = "all",
+    breakdown: BreakdownOpt = False,
+    no_cache: NoCacheOpt = False,
+    order: OrderOpt = "asc",
+    instances: Annotated[bool, typer.Option("--instances", help="a report per project")] = False,
+) -> None:
+    """Cost and tokens per local day."""
+    query = _query(since, until, timezone, project, agent)
+    _report("daily", json_out, query, breakdown, not no_cache, _order(order), instances)
+
+
+@app.command("weekly")
+def weekly_command(
+    json_out: JsonOpt = False,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    timezone: ZoneOpt = None,
+    project: ProjectOpt = None,
+    agent: AgentOpt = "all",
+    breakdown: BreakdownOpt = False,
+    no_cache: NoCacheOpt = False,
+    order: OrderOpt = "asc",
+    start_of_week: Annotated[
+        str, typer.Option("--start-of-week", help="the day weeks start on (sunday ... saturday)")
+    ] = "sunday",
+) -> None:
+    """Cost and tokens per week (weeks start on Sunday unless --start-of-week says)."""
+    day = start_of_week.strip().lower()
+    if day not in WEEKDAYS:
+        fail("--start-of-week: a day of the week, like sunday or monday")
+    query = _query(since, until, timezone, project, agent, WEEKDAYS.index(day))
+    _report("weekly", json_out, query, breakdown, not no_cache, _order(order))
+
+
+@app.command("monthly")
+def monthly_command(
+    json_out: JsonOpt = False,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    timezone: ZoneOpt = None,
+    project: ProjectOpt = None,
+    agent: AgentOpt = "all",
+    breakdown: BreakdownOpt = False,
+    no_cache: NoCacheOpt = False,
+    order: OrderOpt = "asc",
+) -> None:
+    """Cost and tokens per month."""
+    query = _query(since, until, timezone, project, agent)
+    _report("monthly", json_out, query, breakdown, not no_cache, _order(order))
+
+
+@app.command("session")
+def session_command(
+    json_out: JsonOpt = False,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    timezone: ZoneOpt = None,
+    project: ProjectOpt = None,
+    agent: AgentOpt = "all",
+    breakdown: BreakdownOpt = False,
+    no_cache: NoCacheOpt = False,
+) -> None:
+    """Cost and tokens per session, dearest first."""
+    query = _query(since, until, timezone, project, agent)
+    _report("session", json_out, query, breakdown, not no_cache)
 
 
 @app.command("blocks")

@@ -17,7 +17,8 @@ from capgate.local.records import Entry
 
 VERSION = 1
 Row = tuple[Any, ...]
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECOND = datetime(1970, 1, 1, 0, 0, 0, 1, tzinfo=UTC) - EPOCH
 
 
 def default_path(env: Mapping[str, str], home: Path) -> Path:
@@ -26,17 +27,14 @@ def default_path(env: Mapping[str, str], home: Path) -> Path:
 
 
 def to_row(e: Entry) -> Row:
-    micros = (e.timestamp - _EPOCH) // _MICRO
+    micros = (e.timestamp - EPOCH) // MICROSECOND
     return (e.agent, micros, e.project, e.session, e.model, e.input_tokens, e.output_tokens,
             e.cache_write_tokens, e.cache_write_1h_tokens, e.cache_read_tokens,
             e.reasoning_tokens, e.message_id, e.request_id, e.sidechain, e.has_speed)  # fmt: skip
 
 
-_MICRO = datetime(1970, 1, 1, 0, 0, 0, 1, tzinfo=UTC) - _EPOCH
-
-
 def from_row(r: Row) -> Entry:
-    return Entry(r[0], _EPOCH + r[1] * _MICRO, *r[2:])
+    return Entry(r[0], EPOCH + r[1] * MICROSECOND, *r[2:])
 
 
 class FileCache:

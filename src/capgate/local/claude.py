@@ -7,14 +7,22 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson
 
+from capgate.local.cache import EPOCH, MICROSECOND, Row, from_row
+from capgate.local.dedup import dedupe_rows
 from capgate.local.records import Entry, Skipped
 
 MARKER = b'"usage":{'
 _VERSION = re.compile(r"^\d+\.\d+\.\d+")
+
+
+@lru_cache(maxsize=64)  # a machine's files hold a few versions, each on many lines
+def _good_version(version: str) -> bool:
+    return _VERSION.match(version) is not None
 
 
 def parse_timestamp(value: Any) -> datetime | None:
@@ -36,8 +44,14 @@ def _count(value: Any) -> int | None:
 
 
 def entry_from_line(data: Any, project: str, session: str) -> Entry | None:
-    """The entry one parsed line makes, or None when the line is not one. (Straight-line
-    code: this runs once per answer line of every file.)"""
+    """The entry one parsed line makes, or None when the line is not one."""
+    row = row_from_line(data, project, session)
+    return None if row is None else from_row(row)
+
+
+def row_from_line(data: Any, project: str, session: str) -> Row | None:
+    """`entry_from_line` as a cache row (`cache.to_row`), or None. (Straight-line code:
+    this runs once per answer line of every file.)"""
     if type(data) is not dict:
         return None
     message = data.get("message")
@@ -58,29 +72,20 @@ def entry_from_line(data: Any, project: str, session: str) -> Entry | None:
     if "" in (session_id, request_id, mid, model) or None in (session_id, request_id):
         return None
     version = get("version")
-    if version is not None and not (type(version) is str and _VERSION.match(version)):
+    if version is not None and not (type(version) is str and _good_version(version)):
         return None
     when = parse_timestamp(get("timestamp"))
     inp, out = _count(uget("input_tokens")), _count(uget("output_tokens"))
     if when is None or inp is None or out is None:
         return None
     write_5m, write_1h = _cache_writes(usage)
-    return Entry(
-        agent="claude",
-        timestamp=when,
-        project=project,
-        session=session,
-        model=model if type(model) is str else "(unknown)",
-        input_tokens=inp,
-        output_tokens=out,
-        cache_write_tokens=write_5m,
-        cache_write_1h_tokens=write_1h,
-        cache_read_tokens=_count(uget("cache_read_input_tokens", 0)) or 0,
-        message_id=mid if type(mid) is str else None,
-        request_id=request_id if type(request_id) is str else None,
-        sidechain=get("isSidechain") is True,
-        has_speed="speed" in usage,
-    )
+    return (
+        "claude", (when - EPOCH) // MICROSECOND, project, session,
+        model if type(model) is str else "(unknown)",
+        inp, out, write_5m, write_1h, _count(uget("cache_read_input_tokens", 0)) or 0, 0,
+        mid if type(mid) is str else None, request_id if type(request_id) is str else None,
+        get("isSidechain") is True, "speed" in usage,
+    )  # fmt: skip
 
 
 def _cache_writes(usage: dict[str, Any]) -> tuple[int, int]:
@@ -120,3 +125,57 @@ def _unparsable(raw: bytes) -> int:
     except orjson.JSONDecodeError:
         return 1
     return 0
+
+
+def parse_rows(
+    lines: Iterable[bytes], project: str, session: str, skipped: Skipped, marked: bool = False
+) -> list[Row]:
+    """`dedupe(parse_lines(...))` as cache rows: the same rows, with less work per line.
+    `marked`: every line that ends in a newline holds `MARKER` (the caller found them by
+    it), so only an unterminated one is searched for it again.
+    Most answer lines repeat an earlier line's answer (a line per content block, all with
+    the answer's usage): a line under the ids of an earlier entry of this file, with the
+    same usage and chain as that entry's, cannot outrank it (`dedupe` would drop it) and is
+    not looked at further."""
+    rows: list[Row] = []
+    firsts: dict[tuple[str, str | None], tuple[Any, bool]] = {}  # ids -> (usage, sidechain)
+    loads = orjson.loads
+    for raw in lines:
+        if (not marked or raw[-1:] != b"\n") and MARKER not in raw:
+            if not raw.endswith(b"\n") and raw.strip():
+                skipped.bad_lines += _unparsable(raw)
+            continue
+        try:
+            data = loads(raw)
+        except orjson.JSONDecodeError:
+            skipped.bad_lines += 1
+            continue
+        if type(data) is dict and type(message := data.get("message")) is dict:
+            mid, rid = message.get("id"), data.get("requestId")
+            if type(mid) is str:
+                key = (mid, rid if type(rid) is str else None)
+                first = firsts.get(key)
+                if first is not None and first == (message.get("usage"), data.get("isSidechain") is True):  # fmt: skip
+                    continue
+        row = row_from_line(data, project, session)
+        if row is None:
+            continue
+        rows.append(row)
+        usage = data["message"]["usage"]
+        if row[11] is not None and (row[11], row[12]) not in firsts and _whole(usage):
+            firsts[row[11], row[12]] = (usage, row[13])
+    return dedupe_rows(rows)
+
+
+def _whole(usage: dict[str, Any]) -> bool:
+    """The cache counts are whole numbers (`_count` reads a float or bool as 0): a copy
+    equal to this usage (`7.0 == 7 == 7`) then counts at most its tokens."""
+    split = usage.get("cache_creation")
+    if isinstance(split, dict):
+        write = (
+            type(split.get("ephemeral_5m_input_tokens", 0)) is int
+            and type(split.get("ephemeral_1h_input_tokens", 0)) is int
+        )
+    else:
+        write = type(usage.get("cache_creation_input_tokens", 0)) is int
+    return write and type(usage.get("cache_read_input_tokens", 0)) is int

@@ -11,13 +11,14 @@ from typing import Any
 
 import orjson
 
+from capgate.local.cache import EPOCH, MICROSECOND, Row, from_row
 from capgate.local.claude import parse_timestamp
 from capgate.local.records import Entry, Skipped
 
 FALLBACK_MODEL = "gpt-5"
 _FIELDS = ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning_output_tokens")
-_MARKERS = (b"token_count", b"turn_context", b"session_meta")
-_SPAWN_WINDOW = 20  # a subagent file says so (`thread_spawn`) near its top
+MARKERS = (b"token_count", b"turn_context", b"session_meta")  # the lines to parse
+SPAWN_WINDOW = 20  # a subagent file says so (`thread_spawn`) in one of its first lines
 
 
 @dataclass(slots=True)
@@ -31,11 +32,21 @@ class _State:
 
 
 def parse_lines(lines: Iterable[bytes], session: str, skipped: Skipped) -> Iterator[Entry]:
+    return (from_row(r) for r in parse_rows(lines, session, skipped))
+
+
+def parse_rows(
+    lines: Iterable[bytes], session: str, skipped: Skipped, marked: bool = False
+) -> Iterator[Row]:
+    """The entries of one file's lines, as cache rows (`cache.to_row`). `marked`: past the
+    first `SPAWN_WINDOW` lines, every line that ends in a newline holds one of `MARKERS`
+    (the caller found them by them)."""
     state = _State(session=session)
     for number, raw in enumerate(lines):
-        if number < _SPAWN_WINDOW and b"thread_spawn" in raw:
+        if number < SPAWN_WINDOW and b"thread_spawn" in raw:
             state.replaying = True
-        if not any(m in raw for m in _MARKERS) and raw.endswith(b"\n"):
+        searched = number < SPAWN_WINDOW or not marked
+        if searched and raw.endswith(b"\n") and not any(m in raw for m in MARKERS):
             continue  # a line of conversation: nothing to count in it
         try:
             data = orjson.loads(raw)
@@ -46,9 +57,9 @@ def parse_lines(lines: Iterable[bytes], session: str, skipped: Skipped) -> Itera
             skipped.bad_lines += 1
             continue
         usage = _read(data, state)
-        entry = _entry(data.get("timestamp"), usage, state) if usage else None
-        if entry is not None:
-            yield entry
+        row = _row(data.get("timestamp"), usage, state) if usage else None
+        if row is not None:
+            yield row
 
 
 def _read(data: dict[str, Any], state: _State) -> dict[str, int] | None:
@@ -87,29 +98,20 @@ def _read(data: dict[str, Any], state: _State) -> dict[str, int] | None:
 
 
 def _usage(value: Any) -> dict[str, int] | None:
-    if not isinstance(value, dict):
+    if type(value) is not dict:  # parsed JSON: plain dicts, ints and bools
         return None
-    out: dict[str, int] = {}
-    for key in _FIELDS:
-        count = value.get(key, 0)
-        out[key] = count if isinstance(count, int) and not isinstance(count, bool) else 0
-    return out
+    get = value.get
+    return {key: count if type(count := get(key, 0)) is int else 0 for key in _FIELDS}
 
 
-def _entry(stamp: Any, usage: dict[str, int], state: _State) -> Entry | None:
+def _row(stamp: Any, usage: dict[str, int], state: _State) -> Row | None:
     """The entry of one token_count event; None when it has no time or no tokens."""
     when = parse_timestamp(stamp)
     if when is None or not any(usage.values()):
         return None
     cached = min(usage["cached_input_tokens"], usage["input_tokens"])
-    return Entry(
-        agent="codex",
-        timestamp=when,
-        project=state.project,
-        session=state.session,
-        model=state.model or FALLBACK_MODEL,
-        input_tokens=usage["input_tokens"] - cached,
-        output_tokens=usage["output_tokens"],
-        cache_read_tokens=cached,
-        reasoning_tokens=usage["reasoning_output_tokens"],
-    )
+    return (
+        "codex", (when - EPOCH) // MICROSECOND, state.project, state.session,
+        state.model or FALLBACK_MODEL, usage["input_tokens"] - cached, usage["output_tokens"],
+        0, 0, cached, usage["reasoning_output_tokens"], None, None, False, False,
+    )  # fmt: skip

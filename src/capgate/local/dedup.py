@@ -6,51 +6,78 @@ sidechain one, then the one with more tokens, then one that carries `speed`."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from operator import itemgetter
+from typing import Any, TypeVar
 
 from capgate.local.records import Entry
 
+T = TypeVar("T")
+Rank = tuple[bool, int, bool]  # (main chain, tokens, has speed): the greatest copy is kept
 
-def _rank(entry: Entry) -> tuple[bool, int, bool]:
+
+def _rank(entry: Entry) -> Rank:
     return (not entry.sidechain, entry.total_tokens, entry.has_speed)
+
+
+def row_rank(r: tuple[Any, ...]) -> Rank:
+    """`_rank` of a cache row (`cache.to_row`'s layout)."""
+    return (not r[13], r[5] + r[6] + r[7] + r[8] + r[9], r[14])
 
 
 def dedupe(entries: Iterable[Entry]) -> list[Entry]:
     """The entries, each answer once, in first-seen order (pure; order-independent in
     which copies survive)."""
-    kept: list[Entry | None] = []
-    slots: dict[tuple[str, str | None], int] = {}  # (message id, request id) -> index in kept
-    by_message: dict[str, list[int]] = {}
-    for entry in entries:
-        if entry.message_id is None:
-            kept.append(entry)
+    return _kept(entries, lambda e: (e.message_id, e.request_id), _rank)
+
+
+def dedupe_rows(rows: Iterable[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """`dedupe` of cache rows (`cache.to_row`): the rows of the entries it keeps."""
+    return _kept(rows, itemgetter(11, 12), row_rank)
+
+
+def _kept(
+    items: Iterable[T],
+    ids: Callable[[T], tuple[str | None, str | None]],
+    rank: Callable[[T], Rank],
+) -> list[T]:
+    kept: list[T | None] = []
+    slots: dict[tuple[str | None, str | None], int] = {}  # (message id, request id) -> index
+    firsts: dict[str, int] = {}  # message id -> the index of its first request's copy
+    shared: dict[str, list[int]] = {}  # message ids under several request ids -> indexes
+    for item in items:
+        key = ids(item)
+        message = key[0]
+        if message is None:
+            kept.append(item)
             continue
-        key = (entry.message_id, entry.request_id)
         slot = slots.get(key)
         if slot is not None:
             old = kept[slot]
-            if old is not None and _rank(entry) > _rank(old):
-                kept[slot] = entry
+            if old is not None and rank(item) > rank(old):
+                kept[slot] = item
             continue
-        slots[key] = len(kept)
-        by_message.setdefault(entry.message_id, []).append(len(kept))
-        kept.append(entry)
-    for indexes in by_message.values():
-        if len(indexes) > 1:
-            _drop_sidechain_replays(kept, indexes)
+        index = slots[key] = len(kept)
+        kept.append(item)
+        first = firsts.setdefault(message, index)
+        if first != index:
+            shared.setdefault(message, [first]).append(index)
+    for indexes in shared.values():
+        _drop_sidechain_replays(kept, rank, indexes)
     return [e for e in kept if e is not None]
 
 
-def _drop_sidechain_replays(kept: list[Entry | None], indexes: list[int]) -> None:
+def _drop_sidechain_replays(
+    kept: list[T | None], rank: Callable[[T], Rank], indexes: list[int]
+) -> None:
     """One message id under several request ids: the sidechain copies are replays. Keep
     every main-chain copy; if all are sidechain copies, keep the best one."""
-    copies = [(i, kept[i]) for i in indexes]
-    main = [i for i, e in copies if e is not None and not e.sidechain]
-    side = [(i, e) for i, e in copies if e is not None and e.sidechain]
+    ranks = {i: rank(item) for i in indexes if (item := kept[i]) is not None}
+    main = [i for i in indexes if ranks[i][0]]
+    side = [i for i in indexes if not ranks[i][0]]
     survivors = set(main)
     if not main and side:
-        best = max(side, key=lambda pair: _rank(pair[1]))
-        survivors.add(best[0])
-    for i, _ in side:
+        survivors.add(max(side, key=ranks.__getitem__))
+    for i in side:
         if i not in survivors:
             kept[i] = None

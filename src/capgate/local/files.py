@@ -21,8 +21,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from capgate.local import claude, codex
-from capgate.local.cache import FileCache, Row, from_row, to_row
-from capgate.local.dedup import dedupe
+from capgate.local.cache import FileCache, Row, from_row
 from capgate.local.records import Entry, Skipped
 
 
@@ -105,35 +104,49 @@ def codex_files(env: Mapping[str, str], home: Path) -> list[tuple[Path, str]]:
     return [(chosen[rel], rel.removesuffix(".jsonl")) for rel in sorted(chosen)]
 
 
-def _lines(path: Path, skipped: Skipped) -> Iterator[bytes]:
-    try:
-        with path.open("rb") as handle:
-            yield from handle
-    except OSError:
-        skipped.unreadable_files.append(str(path))
-
-
-def _marked_lines(path: Path, marker: bytes, skipped: Skipped) -> Iterator[bytes]:
-    """The lines holding `marker`, and an unterminated last line, without making an
-    object of every other line: the file is mapped, not read, so memory stays flat."""
+def _marked_lines(
+    path: Path, markers: tuple[bytes, ...], skipped: Skipped, whole: int = 0
+) -> Iterator[bytes]:
+    """The first `whole` lines, then the lines holding one of `markers`, and an
+    unterminated last line, in file order, without making an object of every other line:
+    the file is mapped, not read, so memory stays flat."""
     try:
         with path.open("rb") as handle:
             if os.fstat(handle.fileno()).st_size == 0:
                 return
             with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
-                yield from _find_lines(view, marker)
+                yield from _find_lines(view, markers, whole)
     except (OSError, ValueError):
         skipped.unreadable_files.append(str(path))
 
 
-def _find_lines(view: mmap.mmap, marker: bytes) -> Iterator[bytes]:
+def _find_lines(view: mmap.mmap, markers: tuple[bytes, ...], whole: int) -> Iterator[bytes]:
     size, at = len(view), 0
-    while (hit := view.find(marker, at)) >= 0:
-        start = view.rfind(b"\n", 0, hit) + 1
-        end = view.find(b"\n", hit)
+    for _ in range(whole):
+        if at >= size:
+            return
+        end = view.find(b"\n", at)
         end = size if end < 0 else end + 1
-        yield view[start:end]
+        yield view[at:end]
         at = end
+    find, rfind = view.find, view.rfind
+    if len(markers) == 1:  # Claude Code's files: the common case, kept short
+        marker = markers[0]
+        while (hit := find(marker, at)) >= 0:
+            start = rfind(b"\n", at, hit) + 1 or at
+            end = find(b"\n", hit)
+            end = size if end < 0 else end + 1
+            yield view[start:end]
+            at = end
+    else:
+        hits = [find(m, at) for m in markers]
+        while (hit := min((h for h in hits if h >= 0), default=-1)) >= 0:
+            start = rfind(b"\n", at, hit) + 1 or at
+            end = find(b"\n", hit)
+            end = size if end < 0 else end + 1
+            yield view[start:end]
+            at = end
+            hits = [find(m, at) if 0 <= h < at else h for m, h in zip(markers, hits, strict=True)]
     if size and view[size - 1 : size] != b"\n":
         start = view.rfind(b"\n") + 1
         if start >= at:  # not yielded above: the parser judges it
@@ -238,9 +251,9 @@ def _parse_file(job: Job) -> Parsed:
     path, kind, project, session = job
     mine = Skipped()
     if kind == "claude":
-        lines = _marked_lines(Path(path), claude.MARKER, mine)
-        parsed = claude.parse_lines(lines, project, session, mine)
-    else:
-        parsed = codex.parse_lines(_lines(Path(path), mine), session, mine)
-    rows = [to_row(e) for e in dedupe(parsed)]
+        lines = _marked_lines(Path(path), (claude.MARKER,), mine)
+        rows = claude.parse_rows(lines, project, session, mine, marked=True)
+    else:  # Codex entries have no message id: nothing to deduplicate
+        lines = _marked_lines(Path(path), codex.MARKERS, mine, codex.SPAWN_WINDOW)
+        rows = list(codex.parse_rows(lines, session, mine, marked=True))
     return rows, mine.bad_lines, bool(mine.unreadable_files)

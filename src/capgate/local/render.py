@@ -67,6 +67,15 @@ def period_json(kind: str, rows: list[Row], total: Row, skipped: Skipped) -> dic
     return {kind: items, "totals": totals, "skipped": skipped_json(skipped)}
 
 
+def projects_json(
+    kind: str, projects: dict[str, list[Row]], total: Row, skipped: Skipped
+) -> dict[str, Any]:
+    """`--instances`: ccusage's `{"projects": {project: [rows]}, "totals"}`."""
+    name = PERIOD_FIELD[kind]
+    items = {p: [{name: r.key, **_row_json(r)} for r in rows] for p, rows in projects.items()}
+    return {"projects": items, "totals": _tokens(total.totals), "skipped": skipped_json(skipped)}
+
+
 def session_json(rows: list[Row], total: Row, skipped: Skipped) -> dict[str, Any]:
     items = []
     for r in rows:

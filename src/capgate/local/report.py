@@ -1,4 +1,5 @@
-"""Entries summed into report rows: by local day, week (from Sunday), month, or session.
+"""Entries summed into report rows: by local day, week (from Sunday, or a chosen day),
+month, or session; a period report per project (`by_project`).
 Pure: the caller gives entries, prices (a `Costing`) and the zone; nothing is read here."""
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from capgate.local.costing import Costing
 from capgate.local.records import SYNTHETIC, Entry
 
 PERIODS = ("daily", "weekly", "monthly")
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+SUNDAY = 6  # `date.weekday()`'s number: weeks start on Sunday unless asked (as ccusage's)
 
 
 @dataclass(slots=True)
@@ -93,6 +96,7 @@ class Query:
     until: date | None = None
     agent: str = "all"  # claude | codex | all
     project: str | None = None
+    week_start: int = SUNDAY  # the first day of a week, as `date.weekday()` numbers it
 
     def local_date(self, when: datetime) -> date:
         return when.astimezone(self.zone).date()
@@ -108,11 +112,11 @@ class Query:
         return self.project is None or entry.project == self.project
 
 
-def period_key(kind: str, day: date) -> str:
+def period_key(kind: str, day: date, week_start: int = SUNDAY) -> str:
     if kind == "daily":
         return day.isoformat()
-    if kind == "weekly":  # the week's Sunday, as ccusage's default
-        return (day - timedelta(days=(day.weekday() + 1) % 7)).isoformat()
+    if kind == "weekly":  # the week's first day
+        return (day - timedelta(days=(day.weekday() - week_start) % 7)).isoformat()
     if kind == "monthly":
         return day.isoformat()[:7]
     raise ValueError(f"not a period: {kind}")
@@ -122,12 +126,31 @@ def by_period(
     kind: str, entries: Iterable[Entry], costing: Costing, query: Query
 ) -> tuple[list[Row], Row]:
     """Rows in date order, and the totals row."""
-    return _group(entries, costing, query, lambda e, day: period_key(kind, day), day_filter=True)
+    start = query.week_start
+    return _group(entries, costing, query, lambda day: period_key(kind, day, start))
+
+
+def by_project(
+    kind: str, entries: Iterable[Entry], costing: Costing, query: Query
+) -> tuple[dict[str, list[Row]], Row]:
+    """`by_period` for each project apart (projects in name order), and the totals row
+    of them all."""
+    parts: dict[str, list[Entry]] = {}
+    for entry in entries:
+        parts.setdefault(entry.project, []).append(entry)
+    projects: dict[str, list[Row]] = {}
+    total = Row(key="total")
+    for name in sorted(parts):
+        rows, part = by_period(kind, parts[name], costing, query)
+        if rows:
+            projects[name] = rows
+            _merge(total, part)
+    return projects, total
 
 
 def by_session(entries: Iterable[Entry], costing: Costing, query: Query) -> tuple[list[Row], Row]:
     """Rows by session, dearest first; `--since/--until` test the session's last day."""
-    rows, _ = _group(entries, costing, query, lambda e, day: e.session, day_filter=False)
+    rows, _ = _group(entries, costing, query, None)
     rows = [r for r in rows if r.last is not None and query.keeps_day(query.local_date(r.last))]
     rows.sort(key=lambda r: (-r.totals.cost_nano, r.key))
     total = Row(key="total")
@@ -140,28 +163,32 @@ def _group(
     entries: Iterable[Entry],
     costing: Costing,
     query: Query,
-    key_of: Callable[[Entry, date], str],
-    day_filter: bool,
+    day_key: Callable[[date], str] | None,
 ) -> tuple[list[Row], Row]:
+    """Rows keyed by `day_key(local date)` (only the days `query` keeps), or by session
+    (`day_key` None: every day)."""
     # Summed per (row, model, agent) first, in plain lists (this runs once per answer),
     # then made rows: the same sums as adding each entry to its row, its model and the total.
     sums: dict[tuple[str, str, str], list[int]] = {}
     unpriced: set[tuple[str, str, str]] = set()
     spans: dict[str, list[Any]] = {}  # row key -> [project, first, last]
-    days: dict[
-        int, date
-    ] = {}  # local date per UTC quarter hour (every zone's offset is whole quarters)
+    # Per UTC quarter hour (every zone's offset is whole quarters): (row key or None when
+    # the day is filtered out; "" by session).
+    quarters: dict[int, str | None] = {}
+    agent, project = query.agent, query.project
     for entry in entries:
-        if not query.keeps(entry):
+        if (agent != "all" and entry.agent != agent) or (
+            project is not None and entry.project != project
+        ):
             continue
         when = entry.timestamp
         quarter = int(when.timestamp()) // 900
-        day = days.get(quarter)
-        if day is None:
-            day = days[quarter] = query.local_date(when)
-        if day_filter and not query.keeps_day(day):
+        key = quarters.get(quarter, "?")
+        if key == "?":
+            key = quarters[quarter] = _quarter_key(query, when, day_key)
+        if key is None:
             continue
-        key = key_of(entry, day)
+        key = key or entry.session
         cost = costing.cost_nano(entry)
         group = (key, entry.model, entry.agent)
         acc = sums.get(group)
@@ -208,6 +235,13 @@ def _group(
         total.first = min(r.first for r in rows.values() if r.first is not None)
         total.last = max(r.last for r in rows.values() if r.last is not None)
     return [rows[k] for k in sorted(rows)], total
+
+
+def _quarter_key(query: Query, when: datetime, day_key: Callable[[date], str] | None) -> str | None:
+    if day_key is None:
+        return ""
+    day = query.local_date(when)
+    return day_key(day) if query.keeps_day(day) else None
 
 
 def _merge(into: Row, row: Row) -> None:
