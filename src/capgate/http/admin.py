@@ -29,6 +29,7 @@ from capgate.http.admin_io import (
 )
 from capgate.http.admin_json import audit_json, entry_json, limit_usage_json, usage_json
 from capgate.http.admin_models import PLURALS, ScopeCreate, ScopeUpdate
+from capgate.http.admin_rotation import KeyRotation
 from capgate.http.admin_settings import SettingsRoutes
 from capgate.http.admin_stats import StatsRoutes
 from capgate.http.client_address import Network
@@ -114,6 +115,8 @@ class AdminAPI:
                 web.post(one + "/revoke", h(scopes.status(Status.REVOKED))),
                 web.post(one + "/reset-usage", h(scopes.reset_usage)),
             ]
+        rotation = KeyRotation(self)
+        out.append(web.post(f"/admin/keys{NAME_SEGMENT}/rotate", h(rotation.rotate)))
         stats, settings = StatsRoutes(self), SettingsRoutes(self)
         out += [
             web.get("/admin/requests", h(self.requests)),
@@ -288,6 +291,8 @@ class _ScopeRoutes:
         for name in ("team", "user", "org"):
             if name in spec.model_fields_set and name not in allowed:
                 raise InvalidRequest(f"{name}: a {self.kind.value} has no {name}")
+        if "rotate_every" in spec.model_fields_set and self.kind is not ScopeKind.KEY:
+            raise InvalidRequest(f"rotate_every: only keys rotate, not a {self.kind.value}")
         fields = spec.to_fields()
         if fields.expires_at is not None and fields.expires_at <= self.api.clock():
             raise InvalidRequest(

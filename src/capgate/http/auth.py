@@ -6,14 +6,16 @@ import asyncio
 import hashlib
 import hmac
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from capgate.core.limits import Scope
 from capgate.errors import AuthenticationFailed
-from capgate.keys import key_id_of, matches
+from capgate.keys import key_hash, key_id_of
+from capgate.rotation import RetiredSecret, rotated_message
 from capgate.store.base import HotPath
 
 _REFRESH_EVERY = 0.05  # at most one cache refresh per 50 ms, shared by concurrent misses
+ROTATION_SEEN_WITHIN_S = 1.0  # a gateway request reloads a cache older than this
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
@@ -64,14 +66,17 @@ class CacheRefresher:
 
 
 class KeyAuthenticator:
-    def __init__(self, store: HotPath) -> None:
+    def __init__(self, store: HotPath, clock: Callable[[], float] = time.time) -> None:
         self._store = store
+        self._clock = clock
         self._refresher = CacheRefresher(store)
 
     async def authenticate(self, headers: Mapping[str, str], *, fresh: bool = False) -> Scope:
         """The key `headers` present. `fresh`: reload the cache first if an admin changed
-        anything (in any process) since, as a reservation does; at most every 50 ms."""
-        if fresh:
+        anything (in any process) since, as a reservation does; at most every 50 ms. A
+        cache older than `ROTATION_SEEN_WITHIN_S` is reloaded too: a secret rotated
+        through another process stops working here within that (docs/security.md)."""
+        if fresh or self._refresher.age > ROTATION_SEEN_WITHIN_S:
             await self._refresher.refresh()
         raw = presented_key(headers)
         if raw is None:
@@ -81,13 +86,29 @@ class KeyAuthenticator:
         key_id = key_id_of(raw)
         if key_id is None:
             raise AuthenticationFailed("Invalid API key: this is not a capgate key.")
-        entry = self._store.key_by_id(key_id)
-        if entry is None:  # maybe created a moment ago, by another process
+        digest = key_hash(raw)
+        found = self._find(key_id, digest)
+        if found is None:  # maybe created or rotated a moment ago, by another process
             await self._refresher.refresh()
-            entry = self._store.key_by_id(key_id)
-        if entry is None or not matches(raw, entry[1]):
+            found = self._find(key_id, digest)
+        if isinstance(found, RetiredSecret):
+            raise AuthenticationFailed(rotated_message(found))
+        if found is None:
             raise AuthenticationFailed("Invalid API key.")
-        return entry[0]
+        return found
+
+    def _find(self, key_id: str, digest: bytes) -> Scope | RetiredSecret | None:
+        """The key whose current secret, or old secret still in its grace, has `digest`;
+        the old secret if its grace is over; None if no secret of the key has it."""
+        entry = self._store.key_by_id(key_id)
+        if entry is None:
+            return None
+        if hmac.compare_digest(digest, entry[1]):
+            return entry[0]
+        for old in self._store.retired_secrets(key_id):
+            if hmac.compare_digest(digest, old.hash):
+                return entry[0] if self._clock() < old.valid_until else old
+        return None
 
 
 ADMIN_KEY_MIN_LENGTH = 32

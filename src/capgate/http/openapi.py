@@ -10,6 +10,7 @@ from pydantic.json_schema import models_json_schema
 from capgate import __version__
 from capgate.core.limits import ScopeKind
 from capgate.http.admin_models import PLURALS, ScopeCreate, ScopeUpdate
+from capgate.http.admin_rotation import KeyRotate
 from capgate.http.admin_settings import SettingsUpdate
 
 _ERROR = {
@@ -63,7 +64,12 @@ def _op(
 @cache
 def openapi_document() -> dict[str, Any]:
     _, schemas = models_json_schema(
-        [(ScopeCreate, "validation"), (ScopeUpdate, "validation"), (SettingsUpdate, "validation")],
+        [
+            (ScopeCreate, "validation"),
+            (ScopeUpdate, "validation"),
+            (SettingsUpdate, "validation"),
+            (KeyRotate, "validation"),
+        ],
         ref_template="#/components/schemas/{model}",
     )
     components = dict(schemas.get("$defs", {}))
@@ -98,6 +104,14 @@ def openapi_document() -> dict[str, Any]:
             paths[f"/admin/{plural}/{{name}}/{action}"] = {
                 "post": _op(f"{action.capitalize()} a {what}", params=_NAME)
             }
+    paths["/admin/keys/{name}/rotate"] = {
+        "post": _op(
+            "Rotate a key: a new secret (in the answer, once) for the same key; the old one "
+            "works for grace_s more seconds, then is refused as rotated; audit-logged",
+            body="KeyRotate",
+            params=_NAME,
+        )
+    }
     paths |= {
         "/admin/requests": {
             "get": _op(

@@ -511,6 +511,13 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX alert_deliveries_due ON alert_deliveries (status, next_at);
     """,
+    # 8: key rotation (SQLite's migration 14): when a key's secret was last replaced, its
+    #    old secrets (JSON) and how often it is due for rotation (seconds; null: never).
+    """
+    ALTER TABLE scopes ADD COLUMN rotated_at DOUBLE PRECISION;
+    ALTER TABLE scopes ADD COLUMN retired_secrets TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE scopes ADD COLUMN rotate_every DOUBLE PRECISION;
+    """,
 )
 
 _CREATE_VERSION = "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)"

@@ -206,6 +206,14 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX alert_deliveries_due ON alert_deliveries (status, next_at);
     """,
+    # 14: key rotation: when a key's secret was last replaced, its old secrets (JSON: each
+    #     one's SHA-256, when it was replaced and until when it still works) and how often
+    #     the key is due for rotation (seconds; null: never).
+    """
+    ALTER TABLE scopes ADD COLUMN rotated_at REAL;
+    ALTER TABLE scopes ADD COLUMN retired_secrets TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE scopes ADD COLUMN rotate_every REAL;
+    """,
 )
 
 
