@@ -44,6 +44,7 @@ class CacheRefresher:
     def __init__(self, store: HotPath) -> None:
         self._store = store
         self._refreshing: asyncio.Future[None] | None = None
+        self._started = 0.0  # when the running or the last reload started (monotonic)
         self._last_refresh = 0.0
 
     @property
@@ -57,6 +58,23 @@ class CacheRefresher:
             return
         if self.age < _REFRESH_EVERY:
             return
+        await self._reload()
+
+    async def refresh_since(self, since: float) -> None:
+        """Wait for a reload that started at `since` (monotonic) or later, so that what
+        was committed before `since` is in the cache: a key rotated a moment ago by
+        another process, whose new secret a client sends now. Still at most one reload
+        per `_REFRESH_EVERY`: a caller may wait that long."""
+        while self._started < since:
+            if self._refreshing is not None:
+                await asyncio.shield(self._refreshing)
+            elif (wait := _REFRESH_EVERY - self.age) > 0:
+                await asyncio.sleep(wait)
+            else:
+                await self._reload()
+
+    async def _reload(self) -> None:
+        self._started = time.monotonic()
         self._refreshing = asyncio.ensure_future(self._store.refresh())
         try:
             await asyncio.shield(self._refreshing)
@@ -76,6 +94,7 @@ class KeyAuthenticator:
         anything (in any process) since, as a reservation does; at most every 50 ms. A
         cache older than `ROTATION_SEEN_WITHIN_S` is reloaded too: a secret rotated
         through another process stops working here within that (docs/security.md)."""
+        arrived = time.monotonic()
         if fresh or self._refresher.age > ROTATION_SEEN_WITHIN_S:
             await self._refresher.refresh()
         raw = presented_key(headers)
@@ -89,7 +108,7 @@ class KeyAuthenticator:
         digest = key_hash(raw)
         found = self._find(key_id, digest)
         if found is None:  # maybe created or rotated a moment ago, by another process
-            await self._refresher.refresh()
+            await self._refresher.refresh_since(arrived)
             found = self._find(key_id, digest)
         if isinstance(found, RetiredSecret):
             raise AuthenticationFailed(rotated_message(found))
