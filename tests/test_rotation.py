@@ -266,3 +266,38 @@ def test_a_key_due_for_rotation_is_announced_once_across_processes_with_nothing_
     finally:
         first.close()
         second.close()
+
+
+def test_an_env_admin_key_rotates_with_the_previous_one_kept_until_a_time(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    new = "sk-cg-admin-rotated-0123456789abcdefghijk"
+    until = time.time() + 3
+    env = {"CAPGATE_ADMIN_KEY": new, "CAPGATE_ADMIN_KEY_PREVIOUS": ADMIN_KEY,
+           "CAPGATE_ADMIN_KEY_PREVIOUS_UNTIL": str(until)}  # fmt: skip
+    server = start_capgate(tmp_path, gateway_config(upstream), env=env)
+
+    def keys(admin_key: str) -> httpx.Response:
+        headers = {"authorization": f"Bearer {admin_key}"}
+        return httpx.get(server.url + "/admin/keys", headers=headers, timeout=30)
+
+    try:
+        assert keys(new).status_code == 200
+        assert keys(ADMIN_KEY).status_code == 200  # the previous key, in its grace
+        wrong = keys("sk-cg-admin-wrong-0123456789abcdefghijklm")
+        assert wrong.status_code == 401 and "invalid admin key" in wrong.text
+        time.sleep(max(0.0, until - time.time()) + 0.2)
+        refused = keys(ADMIN_KEY)
+        assert refused.status_code == 401, refused.text
+        message = refused.json()["error"]["message"]
+        assert "was rotated" in message and "stopped working at" in message
+        assert keys(new).status_code == 200
+    finally:
+        server.close()
+    done = subprocess.run(
+        [sys.executable, "-m", "capgate", "serve", "--port", "0"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        env={**os.environ, "CAPGATE_ADMIN_KEY": new, "CAPGATE_ADMIN_KEY_PREVIOUS": ADMIN_KEY},
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "admin_key_previous needs admin_key and admin_key_previous_until" in done.stderr

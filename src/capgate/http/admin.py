@@ -32,6 +32,7 @@ from capgate.http.admin_models import PLURALS, ScopeCreate, ScopeUpdate
 from capgate.http.admin_rotation import KeyRotation
 from capgate.http.admin_settings import SettingsRoutes
 from capgate.http.admin_stats import StatsRoutes
+from capgate.http.auth import PreviousAdminKey
 from capgate.http.client_address import Network
 from capgate.http.dialects import error_response
 from capgate.http.events import EventHub
@@ -80,6 +81,7 @@ class AdminAPI:
         min_clamped_tokens: int = 1024,
         public_url: str | None = None,
         trusted_proxies: tuple[Network, ...] = (),
+        previous_admin: PreviousAdminKey | None = None,
     ) -> None:
         self.store = store
         self.public_url = public_url  # what hook install commands name (None: the request's)
@@ -88,7 +90,7 @@ class AdminAPI:
         self.runtime = runtime or RuntimeSettings(
             Config.model_validate({"server": {"timezone": default_timezone}})
         )
-        self.access = AdminAccess(store, admin_digest, trusted_proxies)
+        self.access = AdminAccess(store, admin_digest, trusted_proxies, previous_admin)
         self.events = EventHub(store)
         self.clock = clock
 

@@ -7,11 +7,13 @@ import hashlib
 import hmac
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
+from capgate.config import ServerConfig
 from capgate.core.limits import Scope
 from capgate.errors import AuthenticationFailed
 from capgate.keys import key_hash, key_id_of
-from capgate.rotation import RetiredSecret, rotated_message
+from capgate.rotation import RetiredSecret, iso, rotated_message
 from capgate.store.base import HotPath
 
 _REFRESH_EVERY = 0.05  # at most one cache refresh per 50 ms, shared by concurrent misses
@@ -155,16 +157,47 @@ def admin_digest(admin_key: str) -> bytes:
     return hashlib.sha256(admin_key.encode()).digest()
 
 
+@dataclass(frozen=True, slots=True)
+class PreviousAdminKey:
+    """The admin key a rotation replaced (`server.admin_key_previous`): accepted on the
+    admin API until `valid_until`, then refused as rotated."""
+
+    digest: bytes
+    valid_until: float
+
+    @classmethod
+    def of(cls, settings: ServerConfig) -> PreviousAdminKey | None:
+        if settings.admin_key_previous is None:
+            return None
+        return cls(admin_digest(settings.admin_key_previous), settings.previous_admin_until())
+
+
 class AdminAuthenticator:
-    def __init__(self, digest: bytes) -> None:
+    def __init__(
+        self,
+        digest: bytes,
+        previous: PreviousAdminKey | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._digest = digest
+        self._previous = previous
+        self._clock = clock
 
     def check(self, headers: Mapping[str, str]) -> None:
         raw = presented_key(headers)
         if raw is None:
             raise AuthenticationFailed("Admin API: send Authorization: Bearer <admin key>.")
+        previous = self._previous
+        if previous is not None and hmac.compare_digest(admin_digest(raw), previous.digest):
+            if self._clock() < previous.valid_until:
+                return
+            raise AuthenticationFailed(
+                "Admin API: this admin key was rotated; it stopped working at "
+                f"{iso(previous.valid_until)}. Use the new admin key."
+            )
         self.check_key(raw)
 
     def check_key(self, raw: str) -> None:
+        """The current admin key only (a dashboard login takes no previous key)."""
         if not hmac.compare_digest(hashlib.sha256(raw.encode()).digest(), self._digest):
             raise AuthenticationFailed("Admin API: invalid admin key.")

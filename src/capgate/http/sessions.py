@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from capgate.errors import AuthenticationFailed, CapgateError, PermissionDenied
-from capgate.http.auth import AdminAuthenticator, presented_key
+from capgate.http.auth import AdminAuthenticator, PreviousAdminKey, presented_key
 from capgate.http.client_address import Network, client_address
 from capgate.store.base import SessionStore
 from capgate.store.records import Session
@@ -91,10 +91,14 @@ class Caller:
 
 class AdminAccess:
     def __init__(
-        self, store: SessionStore, digest: bytes, trusted_proxies: tuple[Network, ...] = ()
+        self,
+        store: SessionStore,
+        digest: bytes,
+        trusted_proxies: tuple[Network, ...] = (),
+        previous: PreviousAdminKey | None = None,  # a rotated admin key, in its grace
     ) -> None:
         self._store = store
-        self._key = AdminAuthenticator(digest)
+        self._key = AdminAuthenticator(digest, previous)
         self._tag = key_tag(digest)
         self._trusted = trusted_proxies
         self.throttle = LoginThrottle(store)
