@@ -168,14 +168,21 @@ def test_another_process_sees_a_rotation_within_a_second(
 ) -> None:
     first, second = two_servers(engine, gateway_config(upstream), tmp_path, request)
     try:
-        old = first.create_key("shared")
-        assert _message(second, old).status_code == 200  # in the second's cache now
-        new = _rotate(first, "shared")["key"]
-        assert _message(second, new).status_code == 200  # at once
+        old_a, old_b = first.create_key("a"), first.create_key("b")
+        for key in (old_a, old_b):  # both in the second's cache now
+            assert _message(second, key).status_code == 200
+        # The new secret works at once: the second process reloads for a secret it does
+        # not know (even right after a reload of its own).
+        new_a = _rotate(first, "a")["key"]
+        assert _message(second, new_a).status_code == 200
+        # The old one is refused within a second, with nothing else to wake the cache.
+        new_b = _rotate(first, "b")["key"]
         time.sleep(1.1)
-        _refused_as_rotated(_message(second, old), "anthropic")
-        ledger = second.ledger(key="shared")
-        assert len(ledger) == 2 and {e["outcome"] for e in ledger} == {"ok"}
+        _refused_as_rotated(_message(second, old_b), "anthropic")
+        assert _message(second, new_b).status_code == 200
+        ledger = second.ledger()
+        assert sorted(e["key"] for e in ledger) == ["a", "a", "b", "b"]
+        assert {e["outcome"] for e in ledger} == {"ok"}
     finally:
         first.close()
         second.close()
