@@ -174,7 +174,8 @@ def test_another_process_sees_a_rotation_within_a_second(
         for key in (old_a, old_b):  # both in the second's cache now
             assert _message(second, key).status_code == 200
         # The new secret works at once: the second process reloads for a secret it does
-        # not know (even right after a reload of its own).
+        # not know, even right after a reload of its own (here for a made-up secret).
+        assert _message(second, old_a[:19] + "x" * 43).status_code == 401
         new_a = _rotate(first, "a")["key"]
         assert _message(second, new_a).status_code == 200
         # The old one is refused within a second, with nothing else to wake the cache.
