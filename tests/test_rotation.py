@@ -67,11 +67,12 @@ def _server(
     engine: str, upstream: Upstream, tmp_path: Path, request: pytest.FixtureRequest, **extra: Any
 ) -> Capgate:
     config = gateway_config(upstream, **extra)
+    log = tmp_path / "server.log"  # its log lines, to look for secrets in
     if engine == "sqlite":
-        return start_capgate(tmp_path, config)
+        return start_capgate(tmp_path, config, log=log)
     url = request.getfixturevalue("postgres").new_database()
     env = {"CAPGATE_STATE_DIR": str(tmp_path / "state")}
-    return start_capgate(tmp_path, config, args=("--database-url", url), env=env)
+    return start_capgate(tmp_path, config, args=("--database-url", url), env=env, log=log)
 
 
 @pytest.fixture(params=ENGINES)
@@ -84,7 +85,7 @@ def server(request: pytest.FixtureRequest, upstream: Upstream, tmp_path: Path) -
 
 
 def test_a_rotated_key_keeps_its_scope_and_the_old_secret_works_for_the_grace(
-    server: Capgate,
+    server: Capgate, tmp_path: Path
 ) -> None:
     old = server.create_key("ci", [{"metric": "requests", "window": "day", "max": 10}])
     assert _message(server, old).status_code == 200
@@ -119,6 +120,10 @@ def test_a_rotated_key_keeps_its_scope_and_the_old_secret_works_for_the_grace(
     for secret in (old, new, old[19:], new[19:]):
         assert secret not in text
     assert "hash" not in text and "retired" not in text
+    logged = (tmp_path / "server.log").read_text()
+    assert "/admin/keys/{name}/rotate" in logged  # the admin action is logged, no secret
+    for secret in (old, new, old[19:], new[19:]):
+        assert secret not in logged
 
 
 def test_grace_0_refuses_the_old_secret_at_once_and_a_new_rotation_ends_earlier_graces(
