@@ -316,3 +316,18 @@ def test_an_env_admin_key_rotates_with_the_previous_one_kept_until_a_time(
     )  # fmt: skip
     assert done.returncode != 0
     assert "admin_key_previous needs admin_key and admin_key_previous_until" in done.stderr
+
+
+def test_a_hook_machines_key_is_not_rotated_here(capgate: Capgate) -> None:
+    user = f"rot-dev-{time.monotonic_ns()}"
+    assert capgate.admin("POST", "/admin/users", json={"name": user}).status_code == 201
+    code = capgate.admin("POST", "/admin/hook/codes", json={"user": user}).json()["code"]
+    body = {"code": code, "hostname": "laptop", "os": "linux", "os_user": "dev",
+            "agents": ["claude"], "hook_version": "1.0"}  # fmt: skip
+    enrolled = httpx.post(capgate.url + "/hook/v1/enrol", json=body, timeout=30)
+    assert enrolled.status_code == 200, enrolled.text
+    machine = enrolled.json()["machine"]
+    refused = capgate.admin("POST", f"/admin/keys/{machine}/rotate", json={})
+    assert refused.status_code == 400 and "enrolling it again" in refused.text
+    shown = capgate.admin("GET", f"/admin/keys/{machine}").json()
+    assert shown["rotated_at"] is None

@@ -117,7 +117,7 @@ class AdminAPI:
                 web.post(one + "/revoke", h(scopes.status(Status.REVOKED))),
                 web.post(one + "/reset-usage", h(scopes.reset_usage)),
             ]
-        rotation = KeyRotation(self)
+        rotation = KeyRotation(self.store)
         out.append(web.post(f"/admin/keys{NAME_SEGMENT}/rotate", h(rotation.rotate)))
         stats, settings = StatsRoutes(self), SettingsRoutes(self)
         out += [

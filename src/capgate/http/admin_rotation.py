@@ -3,8 +3,6 @@ period (docs/security.md#key-rotation). The new secret is in this answer only.""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 
@@ -13,10 +11,8 @@ from capgate.errors import InvalidRequest
 from capgate.http.admin_io import json_response, known_params, read_body
 from capgate.keys import HOOK_PREFIX, key_hash, new_secret
 from capgate.rotation import MAX_GRACE_S
+from capgate.store.base import ScopeStore
 from capgate.store.records import scope_json
-
-if TYPE_CHECKING:
-    from capgate.http.admin import AdminAPI
 
 
 class KeyRotate(BaseModel):
@@ -31,15 +27,15 @@ class KeyRotate(BaseModel):
 
 
 class KeyRotation:
-    def __init__(self, api: AdminAPI) -> None:
-        self.api = api
+    def __init__(self, store: ScopeStore) -> None:
+        self._store = store
 
     async def rotate(self, request: web.Request) -> web.Response:
         known_params(request.query, ())
         spec = KeyRotate()
         if request.can_read_body or request.content_type == "application/json":
             spec = await read_body(request, KeyRotate)
-        store, name = self.api.store, request.match_info["name"]
+        store, name = self._store, request.match_info["name"]
         key = await store.get_scope(ScopeKind.KEY, name)
         if str(key.extra.get("prefix") or "").startswith(HOOK_PREFIX):
             raise InvalidRequest(
