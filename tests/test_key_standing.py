@@ -5,6 +5,8 @@ another (issue #18, part 5). Before, they answered 200 with the key's and team's
 
 from __future__ import annotations
 
+import http.server
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,3 +92,60 @@ def test_a_revoke_through_one_process_is_seen_by_another(
     time.sleep(0.1)  # past the refresh interval (50 ms)
     for method, path in ROUTES:
         _refused(_ask(second, key, method, path, "openai"), "openai", "revoked")
+
+
+class _ErrorPage(http.server.BaseHTTPRequestHandler):
+    """An upstream behind a proxy that fails: an HTML 502 page for any request."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        page = b"<html><body><h1>502 Bad Gateway</h1>nginx</body></html>"
+        self.send_response(502)
+        self.send_header("content-type", "text/html")
+        self.send_header("content-length", str(len(page)))
+        self.end_headers()
+        self.wfile.write(page)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def error_page() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ErrorPage)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_count_tokens_answers_an_upstream_error_page_in_anthropics_shape(
+    tmp_path: Path, error_page: str
+) -> None:
+    """The SDKs parse only their own error shape: a proxy's HTML page is rewritten (the
+    status passes on, the page's text is the message), not relayed as text/html."""
+    config = {
+        "providers": [{"name": "anthropic", "type": "anthropic", "base_url": error_page,
+                       "api_key": "up-key-a"}],
+        "models": [{"match": "claude-*", "targets": [{"provider": "anthropic"}]}],
+    }  # fmt: skip
+    server = start_capgate(tmp_path, config)
+    try:
+        key = server.create_key("counting")
+        answer = httpx.post(
+            server.url + "/v1/messages/count_tokens",
+            headers={"x-api-key": key, "anthropic-version": "2023-06-01"},
+            json={"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": "hi"}]},
+            timeout=30,
+        )
+        assert answer.status_code == 502
+        assert answer.headers["content-type"].startswith("application/json")
+        data = answer.json()
+        assert data["type"] == "error" and data["error"]["type"] == "api_error"
+        assert "502 Bad Gateway" in data["error"]["message"]
+        assert answer.headers["x-capgate-request-id"]
+    finally:
+        server.close()

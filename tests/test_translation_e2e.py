@@ -194,7 +194,7 @@ def test_openai_client_sends_an_image_to_a_claude_model(capgate: Capgate, key_na
 
 
 def test_openai_client_sees_errors_in_its_own_shape(capgate: Capgate, key_name: str) -> None:
-    key = capgate.create_key(key_name)
+    key = capgate.create_key(key_name, [{"metric": "requests", "window": "day", "max": 2}])
     with pytest.raises(openai.BadRequestError) as caught:
         _oa(capgate, key).chat.completions.create(
             model="claude-haiku-4-5",
@@ -203,7 +203,9 @@ def test_openai_client_sees_errors_in_its_own_shape(capgate: Capgate, key_name: 
             n=2,
         )
     assert "n" in caught.value.message
-    assert capgate.ledger(key=key_name)[0]["status"] == 400
+    # Refused before anything was held: bad input changes nothing (#18 part 5).
+    assert capgate.ledger(key=key_name) == []
+    assert {u["metric"]: u["used"] for u in capgate.key_usage(key_name)} == {"requests": 0}
     # An upstream error, translated into the OpenAI shape.
     response = httpx.post(
         capgate.url + "/v1/chat/completions",

@@ -52,6 +52,7 @@ from capgate.http.auth import KeyAuthenticator
 from capgate.http.call import Call, jittered_backoff
 from capgate.http.dialects import CLAUDE_CODE, client_of, client_status, error_response, for_client
 from capgate.http.key_info import KeyInfo
+from capgate.http.translation import Translation
 from capgate.logs import AccessLog
 from capgate.metrics import Metrics
 from capgate.pricing import PricingTable
@@ -337,6 +338,8 @@ class Gateway:
             flex: OutputFlex | None = self._flex(body, facts, max_out, bound, price, credits, fee)
             if held is not None:  # a stated hold does not shrink with max_tokens
                 flex = None
+            if route.endpoint is not endpoint:
+                _translatable(body, endpoint, route)
             countable = (
                 endpoint is Endpoint.MESSAGES
                 and hidden.context is None  # a count cannot see what the provider adds
@@ -528,6 +531,18 @@ def _hidden_bound(
     if hidden.context is None or window is None:
         return byte_bound, None
     return max(byte_bound, window), None
+
+
+def _translatable(body: dict[str, Any], endpoint: Endpoint, route: Route) -> None:
+    """Raise the client's error (400, naming the field) before anything is held when the
+    first target speaks another dialect and the body cannot be said in it. A failure of
+    the target's own (5xx) is left to the call, which may fall back to another target."""
+    translation = Translation(endpoint, route.endpoint)
+    try:
+        translation.request({**body, "model": route.upstream_model}, route.provider.type)
+    except CapgateError as exc:
+        if exc.status < 500:
+            raise
 
 
 def _worst(bound: int, output: int, cost_nano: int, credits: int) -> Amounts:

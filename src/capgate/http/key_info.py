@@ -17,11 +17,13 @@ from capgate.core.windows import format_reset
 from capgate.errors import CapgateError, InvalidRequest, refusal_error
 from capgate.http.admin_json import limit_usage_json
 from capgate.http.call import answer_headers
+from capgate.http.dialects import is_dialect_body
 from capgate.pricing import PricingTable
 from capgate.providers.base import Endpoint
 from capgate.routing import Router
 from capgate.store.base import Store
 from capgate.store.records import LimitUsage
+from capgate.wire.translate_errors import error_to_anthropic
 
 if TYPE_CHECKING:
     from capgate.http.gateway import Gateway
@@ -70,6 +72,11 @@ class KeyInfo:
             return self._gateway.refused(request, "anthropic", exc, request_id)
         headers = answer_headers(answer, None)
         headers["x-capgate-request-id"] = request_id
+        if answer.status >= 400 and not is_dialect_body("anthropic", data):
+            # An error page of a proxy, or an OpenAI-shaped body: the Anthropic SDK (and
+            # Claude Code) parse only Anthropic's error shape. The status passes on.
+            data = error_to_anthropic(answer.status, data)
+            headers["content-type"] = "application/json"
         return web.Response(status=answer.status, body=data, headers=headers)
 
     async def me(self, request: web.Request) -> web.StreamResponse:

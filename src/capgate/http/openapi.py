@@ -12,6 +12,15 @@ from capgate.core.limits import ScopeKind
 from capgate.http.admin_models import PLURALS, ScopeCreate, ScopeUpdate
 from capgate.http.admin_rotation import KeyRotate
 from capgate.http.admin_settings import SettingsUpdate
+from capgate.http.hook_admin import CodeCreate, Kill
+from capgate.http.openapi_answers import (
+    ANSWERS,
+    EXPORTS,
+    NO_CONTENT,
+    body_name,
+    kind_bodies,
+    scope_answers,
+)
 
 _ERROR = {
     "description": "error",
@@ -65,14 +74,14 @@ def _op(
 def openapi_document() -> dict[str, Any]:
     _, schemas = models_json_schema(
         [
-            (ScopeCreate, "validation"),
-            (ScopeUpdate, "validation"),
-            (SettingsUpdate, "validation"),
+            (ScopeCreate, "validation"), (ScopeUpdate, "validation"),
+            (SettingsUpdate, "validation"), (CodeCreate, "validation"), (Kill, "validation"),
             (KeyRotate, "validation"),
         ],
         ref_template="#/components/schemas/{model}",
-    )
+    )  # fmt: skip
     components = dict(schemas.get("$defs", {}))
+    kind_bodies(components, {kind: body_name(kind, True)[: -len("Create")] for kind in PLURALS})
     components["Error"] = {
         "type": "object",
         "properties": {
@@ -91,11 +100,11 @@ def openapi_document() -> dict[str, Any]:
                 f"List {plural} with their current usage"
                 + ("; spend today and this month, last use" if kind is ScopeKind.KEY else "")
             ),
-            "post": _op(f"Create a {what}{note}", body="ScopeCreate", ok="201"),
+            "post": _op(f"Create a {what}{note}", body=body_name(kind, True), ok="201"),
         }
         paths[f"/admin/{plural}/{{name}}"] = {
             "get": _op(f"Show a {what} and its usage per limit", params=_NAME),
-            "patch": _op(f"Change a {what}", body="ScopeUpdate", params=_NAME),
+            "patch": _op(f"Change a {what}", body=body_name(kind, False), params=_NAME),
             "delete": _op(
                 f"Delete a {what} (the ledger keeps its entries)", params=_NAME, ok="204"
             ),
@@ -192,7 +201,11 @@ def openapi_document() -> dict[str, Any]:
             }
         },
     }
-    paths |= _alert_paths()
+    paths |= _alert_paths() | _hook_paths()
+    paths["/admin/openapi.json"] = {
+        "get": {**_op("This document (OpenAPI 3.1)"), "security": []},
+    }
+    _describe_answers(paths)
     return {
         "openapi": "3.1.0",
         "info": {"title": "capgate admin API", "version": __version__},
@@ -246,3 +259,52 @@ def _alert_paths() -> dict[str, Any]:
             "get": _op("The webhook delivery log, newest first", params=query)
         },
     }
+
+
+def _hook_paths() -> dict[str, Any]:
+    """/admin/hook/... and a person's kill switch (docs/hook-mode.md)."""
+    ident = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
+    return {
+        "/admin/hook/codes": {
+            "get": _op("Hook install codes: open, used or expired (never the code)"),
+            "post": _op(
+                "A one-time install code for a person's machine; the code is in the answer, "
+                "once; audit-logged",
+                body="CodeCreate",
+                ok="201",
+            ),
+        },
+        "/admin/hook/codes/{id}": {
+            "delete": _op("Withdraw an install code; audit-logged", params=ident, ok="204")
+        },
+        "/admin/hook/machines": {"get": _op("Enrolled hook machines, last seen, tampering")},
+        "/admin/users/{name}/kill": {
+            "post": _op(
+                "Stop a person now on every machine (optionally log the agent out); one "
+                "audit entry",
+                body="Kill",
+                params=_NAME,
+            )
+        },
+    }
+
+
+def _describe_answers(paths: dict[str, Any]) -> None:
+    """Each operation's success answer with its schema (openapi_answers)."""
+    answers = dict(ANSWERS)
+    for kind, plural in PLURALS.items():
+        answers |= scope_answers(plural, kind)
+    for path, ops in paths.items():
+        for method, op in ops.items():
+            if (method, path) not in answers:
+                continue
+            schema = answers[(method, path)]
+            (status,) = (code for code in op["responses"] if code != "default")
+            if schema is NO_CONTENT:
+                op["responses"][status] = {"description": "done; no body"}
+            else:
+                content = {"application/json": {"schema": schema}}
+                op["responses"][status] = {
+                    "description": "ok",
+                    "content": content | EXPORTS.get((method, path), {}),
+                }
