@@ -646,3 +646,29 @@ def test_an_owner_makes_a_team_admin_who_sees_only_their_team(page: Page, dash: 
         go(page, dash, route)
         page.locator("#page .panel").first.wait_for()
         assert page.locator("#page [role=alert]").count() == 0, route
+
+
+def test_rotate_a_key_in_the_ui_shows_the_new_secret_once(
+    page: Page, dash: Capgate, key_name: str
+) -> None:
+    old = dash.create_key(key_name)
+    assert ask(dash.url, old).status_code == 200
+    log_in(page, dash)
+    go(page, dash, f"keys/{key_name}")
+    page.locator("[data-action=rotate]").click()
+    dialog = page.get_by_role("dialog")
+    assert "shown once" in dialog.inner_text()
+    dialog.get_by_label("Old secret keeps working").select_option("3600")
+    dialog.get_by_role("button", name="Rotate").click()
+    new = page.locator("#rotated-key").input_value()
+    assert new.startswith("sk-cg-") and new != old and new[:18] == old[:18]
+    assert "The old secret works until" in page.get_by_role("dialog").inner_text()
+    page.get_by_role("dialog").get_by_role("button", name="Done").click()
+    page.locator("dd", has_text="Old secret until").or_(
+        page.locator("dt", has_text="Old secret until")
+    ).first.wait_for()
+    assert ask(dash.url, new).status_code == 200
+    assert ask(dash.url, old).status_code == 200  # an hour of grace
+    shown = dash.admin("GET", f"/admin/keys/{key_name}").json()
+    assert shown["rotated_at"] is not None and "key" not in shown
+    assert new not in page.content()  # shown once: gone with its dialog

@@ -92,6 +92,7 @@ def _calls(request_id: str) -> list[Call]:
          {"json": {"password": "another long password"}}),
         ("post", "/admin/admins/{name}/tokens", "/admin/admins/ann/tokens", {"json": {}}),
         ("get", "/admin/admins/{name}/tokens", "/admin/admins/ann/tokens", {}),
+        ("post", "/admin/keys/{name}/rotate", "/admin/keys/k1/rotate", {"json": {"grace_s": 60}}),
     ]  # fmt: skip
     for plural, name in reversed(names.items()):
         one = f"/admin/{plural}/{{name}}"

@@ -216,6 +216,40 @@ def test_a_config_change_reaches_another_process(make_store: MakeStore) -> None:
     run_two(make_store, test)
 
 
+def test_a_rotation_keeps_the_key_and_reaches_another_process(make_store: MakeStore) -> None:
+    async def test(one: Store, two: Store) -> None:
+        key = await make_key(one, "k", Limit(Metric.REQUESTS, WindowKind.MINUTE, 10))
+        await two.refresh()
+        (_, old_hash) = two.key_by_id(key.id) or (None, b"")
+        first = await one.rotate_key("k", b"h" * 32, 60.0, actor="ops")
+        assert first.id == key.id and first.limits == key.limits
+        assert one.key_by_id(key.id) == (first, b"h" * 32)
+        await two.refresh()
+        cached = two.key_by_id(key.id)
+        assert cached is not None and cached[1] == b"h" * 32
+        (old,) = two.retired_secrets(key.id)
+        assert old.hash == old_hash and old.valid_until == pytest.approx(time.time() + 60, abs=5)
+        assert first.extra["rotated_at"] == old.rotated_at
+        assert first.extra["old_valid_until"] == old.valid_until
+        # A second rotation with no grace ends the first old secret's grace too.
+        await one.rotate_key("k", b"i" * 32, 0.0)
+        await two.refresh()
+        newer, older = two.retired_secrets(key.id)
+        assert (newer.hash, older.hash) == (b"h" * 32, old_hash)
+        assert older.valid_until == newer.valid_until <= time.time()
+        (audit, *_) = await one.audit(10)
+        assert (audit.action, audit.target) == ("rotate", "key:k")
+        assert audit.after is not None and audit.after["rotated_at"] is not None
+        assert "hash" not in str(audit.before) + str(audit.after)
+        with pytest.raises(NotFound):
+            await one.rotate_key("nope", b"j" * 32, 0.0)
+        await one.set_status(ScopeKind.KEY, "k", Status.REVOKED)
+        with pytest.raises(InvalidRequest, match="revoked"):
+            await one.rotate_key("k", b"j" * 32, 0.0)
+
+    run_two(make_store, test)
+
+
 # -- scopes, members, audit ----------------------------------------------------------------
 
 

@@ -30,7 +30,7 @@ from capgate.core.windows import WindowKind
 from capgate.dashboard.app import Dashboard
 from capgate.demo_secrets import secrets_path
 from capgate.http.admin import AdminAPI
-from capgate.http.auth import admin_digest
+from capgate.http.auth import PreviousAdminKey, admin_digest
 from capgate.http.client_address import parse_networks
 from capgate.http.edge import json_errors
 from capgate.http.gateway import Gateway
@@ -272,6 +272,7 @@ async def build(
         store, keys.admin_digest, runtime=runtime, routing=router.describe,
         min_clamped_tokens=settings.min_clamped_tokens, public_url=settings.public_url,
         trusted_proxies=parse_networks(settings.trusted_proxies), live=live,
+        previous_admin=PreviousAdminKey.of(settings),
     )  # fmt: skip
     hook = HookAPI(store, runtime.pricing, settings)
     hook_extras = HookExtras(hook)

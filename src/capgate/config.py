@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Literal
@@ -194,6 +195,11 @@ class ServerConfig(_Strict):
     # The AES-256 key (32 bytes, base64 or hex) that encrypts the provider API keys stored
     # at runtime, read from this file; the environment's CAPGATE_SECRET_KEY wins over it.
     secret_key_file: str | None = None
+    # Rotating an admin key given here (docs/security.md#rotating-the-admin-key): the one
+    # it replaces keeps working on the admin API until `admin_key_previous_until` (ISO 8601
+    # or Unix seconds), then is refused as rotated.
+    admin_key_previous: str | None = None
+    admin_key_previous_until: str | float | None = None
     max_request_mb: float = Field(32.0, gt=0)
     default_max_tokens: int = Field(4096, ge=1)  # set when a client sends no max_tokens
     # A budget that cannot pay a request's max_tokens lowers it (keys with
@@ -321,6 +327,31 @@ class ServerConfig(_Strict):
             raise ValueError("tls_cert and tls_key must be given together")
         return self
 
+    @model_validator(mode="after")
+    def _previous_admin_key(self) -> ServerConfig:
+        if self.admin_key_previous is None:
+            return self
+        if self.admin_key is None or self.admin_key_previous_until is None:
+            raise ValueError("admin_key_previous needs admin_key and admin_key_previous_until")
+        self.previous_admin_until()  # a clear error now, not at the first request
+        return self
+
+    def previous_admin_until(self) -> float:
+        """`admin_key_previous_until` in Unix seconds (ValueError with the syntax)."""
+        value = self.admin_key_previous_until
+        try:
+            return float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            pass
+        try:
+            when = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(
+                f"admin_key_previous_until: not a time: {value!r} (ISO 8601, e.g. "
+                "2026-12-31T18:00:00Z, or Unix seconds)"
+            ) from None
+        return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
     def credits_for(self, model: str) -> int:
         return next((w for g, w in self.credit_weights.items() if fnmatchcase(model, g)), 1)
 
@@ -433,6 +464,8 @@ ENV_SETTINGS = {
     "CAPGATE_DATABASE_URL": "database_url",
     "CAPGATE_ADMIN_KEY": "admin_key",
     "CAPGATE_SECRET_KEY_FILE": "secret_key_file",
+    "CAPGATE_ADMIN_KEY_PREVIOUS": "admin_key_previous",
+    "CAPGATE_ADMIN_KEY_PREVIOUS_UNTIL": "admin_key_previous_until",
     "CAPGATE_MAX_REQUEST_MB": "max_request_mb",
     "CAPGATE_DEFAULT_MAX_TOKENS": "default_max_tokens",
     "CAPGATE_MIN_CLAMPED_TOKENS": "min_clamped_tokens",

@@ -25,7 +25,12 @@ _ID_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"  # no look-alikes: l, o, 0, 1
 def new_key() -> tuple[str, str]:
     """A fresh (key id, raw key) pair."""
     key_id = "".join(secrets.choice(_ID_ALPHABET) for _ in range(12))
-    return key_id, f"{PREFIX}{key_id}-{secrets.token_urlsafe(32)}"
+    return key_id, new_secret(key_id)
+
+
+def new_secret(key_id: str) -> str:
+    """A new raw key of the key `key_id`: a rotation keeps the id, the secret is new."""
+    return f"{PREFIX}{key_id}-{secrets.token_urlsafe(32)}"
 
 
 def key_hash(raw: str) -> bytes:

@@ -12,7 +12,7 @@ from capgate.alerts.payload import FORMATS
 from capgate.alerts.rules import TYPES, Alert, Rule, parse_rule
 
 REPORTS = ("daily", "weekly")
-EVENTS = (*TYPES, "report")
+EVENTS = (*TYPES, "rotation_due", "report")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 

@@ -15,9 +15,10 @@ from typing import Any, Protocol
 
 from capgate.alerts import rules as r
 from capgate.alerts.payload import alert_body, iso, render
+from capgate.alerts.rotation_due import rotation_alerts
 from capgate.alerts.sender import LEASE_S, Sender
 from capgate.alerts.setup import AlertSetup, Webhook
-from capgate.core.limits import format_usd, nano_to_decimal_str
+from capgate.core.limits import Scope, ScopeKind, format_usd, nano_to_decimal_str
 from capgate.core.windows import WindowKind, window_at
 from capgate.store.alerting import AlertClaim, AlertStore, NewDelivery
 from capgate.store.base import LedgerReader
@@ -33,6 +34,9 @@ KEEP_DELIVERIES_S = 30 * 86400
 
 class AlertSource(AlertStore, LedgerReader, Protocol):
     """What the watcher reads and writes."""
+
+    async def list_scopes(self, kind: ScopeKind) -> list[Scope]:
+        """Every scope of `kind` (the keys, for their rotation schedules)."""
 
 
 class AlertWatcher:
@@ -82,6 +86,7 @@ class AlertWatcher:
             now = self._clock()
             defaults = r.parse_defaults(effective["alert_rules"])
             alerts = await self._alerts(setup, defaults, now)
+            alerts += rotation_alerts(await self._store.list_scopes(ScopeKind.KEY), now)
             for alert in alerts:
                 await self._fire(alert, setup.webhooks, now)
             await self._reports(setup.webhooks, str(effective["timezone"]), now)

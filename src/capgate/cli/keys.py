@@ -22,6 +22,7 @@ from capgate.cli.render import (
 )
 from capgate.core.limits import parse_limit_spec, parse_metric
 from capgate.core.windows import parse_window
+from capgate.rotation import parse_duration
 
 app = typer.Typer(help="Create and manage virtual keys.", no_args_is_help=True)
 console = Console()
@@ -92,6 +93,14 @@ ScheduleOpt = Annotated[
         "--schedule",
         help="'MODEL_GLOB DAYS HH:MM-HH:MM [TZ]', e.g. 'claude-opus* mon-fri 09:00-18:00 "
         "Europe/Berlin': those models only then (repeatable; replaces the list)",
+    ),
+]
+RotateEveryOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--rotate-every",
+        help="how often the key is due for rotation (e.g. 90d): an alert announces it a "
+        "week ahead; 'never' to stop",
     ),
 ]
 UrlOpt = Annotated[
@@ -262,6 +271,7 @@ def create(
     unbounded_hold: HoldOpt = None,
     fail_open: FailOpenOpt = None,
     log_bodies: LogBodiesOpt = None,
+    rotate_every: RotateEveryOpt = None,
     url: UrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -274,6 +284,8 @@ def create(
         fields["fail_open"] = fail_open
     if log_bodies is not None:
         fields["log_bodies"] = log_bodies
+    if rotate_every is not None:
+        fields["rotate_every"] = None if rotate_every == "never" else rotate_every
     client = AdminClient(url)
     ensure(client, "teams", "team", team, create_team)
     ensure(client, "users", "user", user, create_user)
@@ -325,6 +337,14 @@ def show(name: str, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
         markup=False,
         highlight=False,
     )
+    if key.get("rotated_at") or key.get("rotate_every"):
+        console.print(
+            f"rotated: {key.get('rotated_at') or 'never'}   old secret works until: "
+            f"{text(key.get('old_valid_until'))}   rotate every: {text(key.get('rotate_every'))}"
+            f" (due {text(key.get('rotation_due_at'))})",
+            markup=False,
+            highlight=False,
+        )
     print_settings(console, key)
     console.print(show_limits(key["usage"]))
 
@@ -347,6 +367,7 @@ def update(
     unbounded_hold: HoldOpt = None,
     fail_open: FailOpenOpt = None,
     log_bodies: LogBodiesOpt = None,
+    rotate_every: RotateEveryOpt = None,
     url: UrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -360,6 +381,8 @@ def update(
         body["fail_open"] = fail_open
     if log_bodies is not None:
         body["log_bodies"] = log_bodies
+    if rotate_every is not None:
+        body["rotate_every"] = None if rotate_every == "never" else rotate_every
     client = AdminClient(url)
     path = f"/admin/keys/{name}"
     body = update_body(client, path, body, add_limit, remove_limit)
@@ -393,3 +416,39 @@ def delete(name: str, url: UrlOpt = None) -> None:
     """Delete a key (its ledger entries stay)."""
     AdminClient(url).call("DELETE", f"/admin/keys/{name}")
     console.print(f"Deleted key {name}.", markup=False, highlight=False)
+
+
+@app.command()
+def rotate(
+    name: str,
+    grace: Annotated[
+        str,
+        typer.Option(
+            "--grace",
+            help="how long the old secret keeps working (0, 30m, 1h, 7d; at most 90d); "
+            "0: refused at once",
+        ),
+    ] = "0",
+    url: UrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Give a key a new secret (same name, limits, usage and ledger) and print it (shown
+    only this once); the old one works for --grace more, then is refused as rotated."""
+    try:
+        grace_s = parse_duration(grace)
+    except ValueError as exc:
+        fail(f"--grace: {exc}")
+    rotated = AdminClient(url).call("POST", f"/admin/keys/{name}/rotate", json={"grace_s": grace_s})
+    if as_json:
+        print(json.dumps(rotated, indent=2))
+        return
+    console.print(
+        f"Rotated key [bold]{name}[/bold]. Copy the new secret now; it is not shown again:"
+    )
+    print(rotated["key"])
+    until = rotated["old_valid_until"]
+    console.print(
+        f"The old secret works until {until}." if grace_s else "The old secret is refused now.",
+        markup=False,
+        highlight=False,
+    )

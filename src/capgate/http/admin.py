@@ -31,9 +31,11 @@ from capgate.http.admin_io import (
 )
 from capgate.http.admin_json import audit_json, entry_json, limit_usage_json, usage_json
 from capgate.http.admin_models import PLURALS, ScopeCreate, ScopeUpdate
+from capgate.http.admin_rotation import KeyRotation
 from capgate.http.admin_routing import RoutingRoutes
 from capgate.http.admin_settings import SettingsRoutes
 from capgate.http.admin_stats import StatsRoutes
+from capgate.http.auth import PreviousAdminKey
 from capgate.http.client_address import Network
 from capgate.http.dialects import error_response
 from capgate.http.events import EventHub
@@ -85,6 +87,7 @@ class AdminAPI:
         public_url: str | None = None,
         trusted_proxies: tuple[Network, ...] = (),
         live: LiveRouting | None = None,
+        previous_admin: PreviousAdminKey | None = None,
     ) -> None:
         self.store = store
         self.live = live  # runtime providers and routes (None: not offered)
@@ -94,7 +97,7 @@ class AdminAPI:
         self.runtime = runtime or RuntimeSettings(
             Config.model_validate({"server": {"timezone": default_timezone}})
         )
-        self.access = AdminAccess(store, admin_digest, trusted_proxies)
+        self.access = AdminAccess(store, admin_digest, trusted_proxies, previous=previous_admin)
         self.events = EventHub(store)
         self.clock = clock
 
@@ -121,6 +124,8 @@ class AdminAPI:
                 web.post(one + "/revoke", h(scopes.status(Status.REVOKED))),
                 web.post(one + "/reset-usage", h(scopes.reset_usage)),
             ]
+        rotation = KeyRotation(self.store)
+        out.append(web.post(f"/admin/keys{NAME_SEGMENT}/rotate", h(rotation.rotate)))
         stats, settings = StatsRoutes(self), SettingsRoutes(self)
         out += [
             web.get("/admin/requests", h(self.requests)),
@@ -305,6 +310,8 @@ class _ScopeRoutes:
         for name in ("team", "user", "org"):
             if name in spec.model_fields_set and name not in allowed:
                 raise InvalidRequest(f"{name}: a {self.kind.value} has no {name}")
+        if "rotate_every" in spec.model_fields_set and self.kind is not ScopeKind.KEY:
+            raise InvalidRequest(f"rotate_every: only keys rotate, not a {self.kind.value}")
         fields = spec.to_fields()
         if fields.expires_at is not None and fields.expires_at <= self.api.clock():
             raise InvalidRequest(

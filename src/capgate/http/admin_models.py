@@ -20,6 +20,7 @@ from capgate.core.limits import Limit, ScopeKind, check_distinct, usd_to_nano
 from capgate.core.money import MAX_AMOUNT
 from capgate.core.schedules import Schedule
 from capgate.core.windows import zone
+from capgate.rotation import MAX_ROTATE_EVERY_S, MIN_ROTATE_EVERY_S, parse_duration
 from capgate.store.base import ScopeFields
 
 
@@ -124,6 +125,21 @@ class _ScopeFields(BaseModel):
         "nothing is logged",
     )
 
+    rotate_every: StrictStr | None = Field(
+        None,
+        description="keys: how often the key is due for rotation (1h to 3650d, e.g. 90d): "
+        "an alert announces it ahead (docs/security.md#key-rotation); null: never",
+    )
+
+    @field_validator("rotate_every")
+    @classmethod
+    def _every(cls, value: str | None) -> str | None:
+        if value is not None:
+            seconds = parse_duration(value)
+            if not MIN_ROTATE_EVERY_S <= seconds <= MAX_ROTATE_EVERY_S:
+                raise ValueError("must be between 1h and 3650d")
+        return value
+
     @field_validator("limits")
     @classmethod
     def _distinct(cls, value: list[LimitIn] | None) -> list[LimitIn] | None:
@@ -160,6 +176,8 @@ class _ScopeFields(BaseModel):
         )
         if "unbounded_hold_usd" in given and self.unbounded_hold_usd is None:
             clear |= {"unbounded_hold_nano"}
+        if "rotate_every" in given and self.rotate_every is None:
+            clear |= {"rotate_every"}
         hold = self.unbounded_hold_usd
         return ScopeFields(
             limits=None if self.limits is None else tuple(x.to_limit() for x in self.limits),
@@ -174,6 +192,7 @@ class _ScopeFields(BaseModel):
             unbounded_hold_nano=None if hold is None else usd_to_nano(hold),
             fail_open=self.fail_open,
             log_bodies=self.log_bodies,
+            rotate_every=None if self.rotate_every is None else parse_duration(self.rotate_every),
             schedules=None
             if self.schedules is None
             else tuple(x.to_schedule() for x in self.schedules),

@@ -6,14 +6,18 @@ import asyncio
 import hashlib
 import hmac
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
+from capgate.config import ServerConfig
 from capgate.core.limits import Scope
 from capgate.errors import AuthenticationFailed
-from capgate.keys import key_id_of, matches
+from capgate.keys import key_hash, key_id_of
+from capgate.rotation import RetiredSecret, iso, rotated_message
 from capgate.store.base import HotPath
 
 _REFRESH_EVERY = 0.05  # at most one cache refresh per 50 ms, shared by concurrent misses
+ROTATION_SEEN_WITHIN_S = 1.0  # a gateway request reloads a cache older than this
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
@@ -42,6 +46,7 @@ class CacheRefresher:
     def __init__(self, store: HotPath) -> None:
         self._store = store
         self._refreshing: asyncio.Future[None] | None = None
+        self._started = 0.0  # when the running or the last reload started (monotonic)
         self._last_refresh = 0.0
 
     @property
@@ -55,6 +60,23 @@ class CacheRefresher:
             return
         if self.age < _REFRESH_EVERY:
             return
+        await self._reload()
+
+    async def refresh_since(self, since: float) -> None:
+        """Wait for a reload that started at `since` (monotonic) or later, so that what
+        was committed before `since` is in the cache: a key rotated a moment ago by
+        another process, whose new secret a client sends now. Still at most one reload
+        per `_REFRESH_EVERY`: a caller may wait that long."""
+        while self._started < since:
+            if self._refreshing is not None:
+                await asyncio.shield(self._refreshing)
+            elif (wait := _REFRESH_EVERY - self.age) > 0:
+                await asyncio.sleep(wait)
+            else:
+                await self._reload()
+
+    async def _reload(self) -> None:
+        self._started = time.monotonic()
         self._refreshing = asyncio.ensure_future(self._store.refresh())
         try:
             await asyncio.shield(self._refreshing)
@@ -64,14 +86,18 @@ class CacheRefresher:
 
 
 class KeyAuthenticator:
-    def __init__(self, store: HotPath) -> None:
+    def __init__(self, store: HotPath, clock: Callable[[], float] = time.time) -> None:
         self._store = store
+        self._clock = clock
         self._refresher = CacheRefresher(store)
 
     async def authenticate(self, headers: Mapping[str, str], *, fresh: bool = False) -> Scope:
         """The key `headers` present. `fresh`: reload the cache first if an admin changed
-        anything (in any process) since, as a reservation does; at most every 50 ms."""
-        if fresh:
+        anything (in any process) since, as a reservation does; at most every 50 ms. A
+        cache older than `ROTATION_SEEN_WITHIN_S` is reloaded too: a secret rotated
+        through another process stops working here within that (docs/security.md)."""
+        arrived = time.monotonic()
+        if fresh or self._refresher.age > ROTATION_SEEN_WITHIN_S:
             await self._refresher.refresh()
         raw = presented_key(headers)
         if raw is None:
@@ -81,13 +107,29 @@ class KeyAuthenticator:
         key_id = key_id_of(raw)
         if key_id is None:
             raise AuthenticationFailed("Invalid API key: this is not a capgate key.")
-        entry = self._store.key_by_id(key_id)
-        if entry is None:  # maybe created a moment ago, by another process
-            await self._refresher.refresh()
-            entry = self._store.key_by_id(key_id)
-        if entry is None or not matches(raw, entry[1]):
+        digest = key_hash(raw)
+        found = self._find(key_id, digest)
+        if found is None:  # maybe created or rotated a moment ago, by another process
+            await self._refresher.refresh_since(arrived)
+            found = self._find(key_id, digest)
+        if isinstance(found, RetiredSecret):
+            raise AuthenticationFailed(rotated_message(found))
+        if found is None:
             raise AuthenticationFailed("Invalid API key.")
-        return entry[0]
+        return found
+
+    def _find(self, key_id: str, digest: bytes) -> Scope | RetiredSecret | None:
+        """The key whose current secret, or old secret still in its grace, has `digest`;
+        the old secret if its grace is over; None if no secret of the key has it."""
+        entry = self._store.key_by_id(key_id)
+        if entry is None:
+            return None
+        if hmac.compare_digest(digest, entry[1]):
+            return entry[0]
+        for old in self._store.retired_secrets(key_id):
+            if hmac.compare_digest(digest, old.hash):
+                return entry[0] if self._clock() < old.valid_until else old
+        return None
 
 
 ADMIN_KEY_MIN_LENGTH = 32
@@ -115,16 +157,47 @@ def admin_digest(admin_key: str) -> bytes:
     return hashlib.sha256(admin_key.encode()).digest()
 
 
+@dataclass(frozen=True, slots=True)
+class PreviousAdminKey:
+    """The admin key a rotation replaced (`server.admin_key_previous`): accepted on the
+    admin API until `valid_until`, then refused as rotated."""
+
+    digest: bytes
+    valid_until: float
+
+    @classmethod
+    def of(cls, settings: ServerConfig) -> PreviousAdminKey | None:
+        if settings.admin_key_previous is None:
+            return None
+        return cls(admin_digest(settings.admin_key_previous), settings.previous_admin_until())
+
+
 class AdminAuthenticator:
-    def __init__(self, digest: bytes) -> None:
+    def __init__(
+        self,
+        digest: bytes,
+        previous: PreviousAdminKey | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._digest = digest
+        self._previous = previous
+        self._clock = clock
 
     def check(self, headers: Mapping[str, str]) -> None:
         raw = presented_key(headers)
         if raw is None:
             raise AuthenticationFailed("Admin API: send Authorization: Bearer <admin key>.")
+        previous = self._previous
+        if previous is not None and hmac.compare_digest(admin_digest(raw), previous.digest):
+            if self._clock() < previous.valid_until:
+                return
+            raise AuthenticationFailed(
+                "Admin API: this admin key was rotated; it stopped working at "
+                f"{iso(previous.valid_until)}. Use the new admin key."
+            )
         self.check_key(raw)
 
     def check_key(self, raw: str) -> None:
+        """The current admin key only (a dashboard login takes no previous key)."""
         if not hmac.compare_digest(hashlib.sha256(raw.encode()).digest(), self._digest):
             raise AuthenticationFailed("Admin API: invalid admin key.")

@@ -110,7 +110,7 @@ class Gateway:
         self._pricing = pricing
         self._settings = settings
         self._clock = clock
-        self._auth = KeyAuthenticator(store)
+        self._auth = KeyAuthenticator(store, clock)
         self._ids = itertools.count(1)
         self._id_prefix = "req_" + os.urandom(6).hex()
         self._max_bytes = int(settings.max_request_mb * 1024 * 1024)

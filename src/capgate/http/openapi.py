@@ -17,6 +17,7 @@ from capgate.http.admin_admins import (
     TokenRotate,
 )
 from capgate.http.admin_models import PLURALS, ScopeCreate, ScopeUpdate
+from capgate.http.admin_rotation import KeyRotate
 from capgate.http.admin_routing import ProviderBody, RouteBody
 from capgate.http.admin_settings import SettingsUpdate
 from capgate.http.hook_admin import CodeCreate, Kill
@@ -86,6 +87,7 @@ def openapi_document() -> dict[str, Any]:
             (ProviderBody, "validation"), (RouteBody, "validation"),
             (AdminCreate, "validation"), (AdminUpdate, "validation"), (PasswordSet, "validation"),
             (TokenCreate, "validation"), (TokenRotate, "validation"),
+            (KeyRotate, "validation"),
         ],
         ref_template="#/components/schemas/{model}",
     )  # fmt: skip
@@ -122,6 +124,14 @@ def openapi_document() -> dict[str, Any]:
             paths[f"/admin/{plural}/{{name}}/{action}"] = {
                 "post": _op(f"{action.capitalize()} a {what}", params=_NAME)
             }
+    paths["/admin/keys/{name}/rotate"] = {
+        "post": _op(
+            "Rotate a key: a new secret (in the answer, once) for the same key; the old one "
+            "works for grace_s more seconds, then is refused as rotated; audit-logged",
+            body="KeyRotate",
+            params=_NAME,
+        )
+    }
     paths |= {
         "/admin/requests": {
             "get": _op(

@@ -103,11 +103,20 @@ SCOPE: JSON = obj(
         "members": {"type": "object", "additionalProperties": array(STR)},
         "spend": obj({"today": MONEY, "month": MONEY, "timezone": STR}),
         "last_used_at": null(TIME),
+        # keys (docs/security.md#key-rotation)
+        "rotated_at": null(TIME),
+        "old_valid_until": null(TIME),
+        "rotate_every": null(STR),
+        "rotation_due_at": null(TIME),
     },
 )
 SCOPE_WITH_USAGE: JSON = {**SCOPE, "required": [*SCOPE["required"], "usage"]}
 CREATED_SCOPE: JSON = {**SCOPE, "required": [*SCOPE["required"], "warnings"]}
 CREATED_KEY: JSON = {**SCOPE, "required": [*SCOPE["required"], "warnings", "key"]}
+ROTATED_KEY: JSON = {
+    **SCOPE,
+    "required": [*SCOPE["required"], "key", "rotated_at", "old_valid_until"],
+}
 
 LEDGER_ENTRY: JSON = obj(
     {
@@ -399,6 +408,8 @@ def scope_answers(plural: str, kind: ScopeKind) -> dict[tuple[str, str], JSON | 
     }
     for action in ("pause", "resume", "revoke"):
         answers[("post", f"{one}/{action}")] = SCOPE
+    if kind is ScopeKind.KEY:
+        answers[("post", one + "/rotate")] = ROTATED_KEY
     return answers
 
 
@@ -479,10 +490,11 @@ def kind_bodies(components: dict[str, JSON], kinds: dict[ScopeKind, str]) -> Non
         own = membership.get(kind, set())
         for base in ("ScopeCreate", "ScopeUpdate"):
             schema = components[base]
+            others = {"team", "user", "org"} - own
+            if kind is not ScopeKind.KEY:
+                others |= {"rotate_every"}  # only keys rotate
             props = {
-                name: value
-                for name, value in schema["properties"].items()
-                if name not in {"team", "user", "org"} - own
+                name: value for name, value in schema["properties"].items() if name not in others
             }
             variant = {**schema, "properties": props, "additionalProperties": False}
             variant["title"] = f"{title}{base[5:]}"

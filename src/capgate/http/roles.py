@@ -91,6 +91,8 @@ RULES: dict[tuple[str, str], Rule] = {
     **_scope_rules(),
     ("GET", "/admin/requests"): Rule(READ, "ledger"),
     ("GET", "/admin/requests/{request_id}"): Rule(READ, "ledger"),
+    # A key's new secret (the old one's grace): as for pausing or revoking it.
+    ("POST", "/admin/keys/{name}/rotate"): Rule(WRITE, "key"),
     # Logged prompts and answers: more than the ledger's numbers (http/admin_bodies.py).
     ("GET", "/admin/requests/{request_id}/body"): Rule(WRITE),
     ("GET", "/admin/usage"): Rule(READ),

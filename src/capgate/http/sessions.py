@@ -36,7 +36,7 @@ from typing import Protocol
 from aiohttp import web
 
 from capgate.errors import AuthenticationFailed, CapgateError, PermissionDenied
-from capgate.http.auth import AdminAuthenticator, presented_key
+from capgate.http.auth import AdminAuthenticator, PreviousAdminKey, presented_key
 from capgate.http.client_address import Network, client_address
 from capgate.passwords import TOKEN_PREFIX, verify_password
 from capgate.passwords import token_hash as admin_token_hash
@@ -133,10 +133,11 @@ class AdminAccess:
         digest: bytes,
         trusted_proxies: tuple[Network, ...] = (),
         clock: Callable[[], float] = time.time,
+        previous: PreviousAdminKey | None = None,  # a rotated admin key, in its grace
     ) -> None:
         self._store = store
         self._clock = clock
-        self._key = AdminAuthenticator(digest)
+        self._key = AdminAuthenticator(digest, previous)
         self._tag = key_tag(digest)
         self._trusted = trusted_proxies
         self.throttle = LoginThrottle(store)

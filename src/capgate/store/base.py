@@ -54,7 +54,8 @@ from capgate.core.engine import (
 from capgate.core.limits import Limit, Scope, ScopeKind, Status
 from capgate.core.money import Usage
 from capgate.core.schedules import Schedule
-from capgate.errors import Conflict
+from capgate.errors import Conflict, InvalidRequest
+from capgate.rotation import RetiredSecret
 from capgate.store.admin_accounts import AdminStore
 from capgate.store.alerting import AlertStore
 from capgate.store.bodies import BodyStore
@@ -186,6 +187,7 @@ class ScopeFields:
     schedules: tuple[Schedule, ...] | None = None
     fail_open: bool | None = None
     log_bodies: bool | None = None
+    rotate_every: float | None = None  # keys: seconds between scheduled rotations
     clear: frozenset[str] = field(default_factory=frozenset)  # fields to set to null
 
 
@@ -221,6 +223,9 @@ class HotPath(Protocol):
     def key_by_id(self, key_id: str) -> tuple[Scope, bytes] | None:
         """The cached key and its secret's hash; None if unknown (no I/O; may be slightly
         stale, reserve is not)."""
+
+    def retired_secrets(self, key_id: str) -> tuple[RetiredSecret, ...]:
+        """The cached key's old secrets, newest first (empty if never rotated; no I/O)."""
 
     def scopes_above(self, key: Scope) -> list[Scope]:
         """The user, team and org scopes a key's requests also count against, innermost
@@ -313,6 +318,12 @@ def refuse_if_named(kind: ScopeKind, name: str, group: str, named: list[str]) ->
         )
 
 
+def refuse_revoked(key: Scope) -> None:
+    """A revoked key is not rotated: revocation is final, a new secret would not work."""
+    if key.status is Status.REVOKED:
+        raise InvalidRequest(f'key "{key.name}" is revoked; revocation is final')
+
+
 class ScopeStore(Protocol):
     """Keys, users, teams, orgs and providers. Every change is one transaction that bumps
     the config version and writes one audit entry (action, target "<kind>:<name>", the
@@ -351,6 +362,13 @@ class ScopeStore(Protocol):
     async def delete_scope(self, kind: ScopeKind, name: str, actor: str = "admin") -> None:
         """Delete the scope (its counters and ledger entries stay). NotFound; Conflict
         while keys (or, for an org, teams) still name it. Audit action `delete`, no after."""
+
+    async def rotate_key(
+        self, name: str, secret_hash: bytes, grace_s: float, actor: str = "admin"
+    ) -> Scope:
+        """Give the key `name` a new secret (`secret_hash`, same id): the old one works
+        for `grace_s` more seconds, and no earlier one longer than that (rotation.retire).
+        NotFound; InvalidRequest when revoked. Audit action `rotate` (no hash in it)."""
 
     async def list_scopes(self, kind: ScopeKind) -> list[Scope]:
         """Every scope of `kind`, ordered by name."""

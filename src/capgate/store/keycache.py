@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 
 from capgate.core.engine import Amounts, Refusal
 from capgate.core.limits import Scope, ScopeKind
+from capgate.rotation import RetiredSecret, load_retired
 from capgate.store.base import RequestInfo, Reservation, unreserved
 from capgate.store.rows import Row, scope_from_row
 
@@ -19,6 +20,7 @@ class KeyCache:
 
     _clock: Callable[[], float]
     _keys: dict[str, tuple[Scope, bytes]]
+    _retired: dict[str, tuple[RetiredSecret, ...]]  # rotated keys' old secrets
     _named: dict[tuple[ScopeKind, str], Scope]  # users, teams, orgs, providers
     _version: str
     # Whether a user, team or org logs bodies: when none does, a key's own flag decides
@@ -29,18 +31,25 @@ class KeyCache:
         """Replace the cache with the scopes of `rows` (the engine's SELECT_SCOPES)."""
         keys: dict[str, tuple[Scope, bytes]] = {}
         named: dict[tuple[ScopeKind, str], Scope] = {}
+        retired: dict[str, tuple[RetiredSecret, ...]] = {}
         for row in rows:
             scope = scope_from_row(row)
             if scope.kind is ScopeKind.KEY:
                 keys[scope.id] = (scope, row["secret_hash"])
+                if scope.extra.get("rotated_at") is not None:
+                    retired[scope.id] = load_retired(row["retired_secrets"])
             else:
                 named[(scope.kind, scope.name)] = scope
         # Reference swaps: readers see the old or the new dict.
         self._keys, self._named, self._version = keys, named, version
         self.named_log_bodies = any(scope.log_bodies for scope in named.values())
+        self._retired = retired
 
     def key_by_id(self, key_id: str) -> tuple[Scope, bytes] | None:
         return self._keys.get(key_id)
+
+    def retired_secrets(self, key_id: str) -> tuple[RetiredSecret, ...]:
+        return self._retired.get(key_id, ())
 
     def scopes_above(self, key: Scope) -> list[Scope]:
         """The user, team and org scopes a key's requests also count against (cached)."""

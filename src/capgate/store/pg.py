@@ -136,6 +136,7 @@ class PostgresStore(
         self._pool: asyncpg.Pool | None = None
         self._lifeline = self._new_lifeline()
         self._keys: dict[str, tuple[Scope, bytes]] = {}
+        self._retired = {}
         self._named: dict[tuple[ScopeKind, str], Scope] = {}
         self._version = ""
         self._loading: asyncio.Task[None] | None = None

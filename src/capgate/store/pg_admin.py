@@ -16,8 +16,9 @@ from typing import TypeVar
 from capgate.core.limits import Scope, ScopeKind, Status
 from capgate.core.windows import window_at
 from capgate.errors import Conflict, InvalidRequest, NotFound
+from capgate.rotation import dump_retired, load_retired, retire
 from capgate.store import pg_queries as q
-from capgate.store.base import ScopeFields, refuse_if_named
+from capgate.store.base import ScopeFields, refuse_if_named, refuse_revoked
 from capgate.store.records import LimitUsage, scope_json
 from capgate.store.rows import scope_from_row
 
@@ -145,6 +146,30 @@ class PgScopeAdmin(PgHost):
                 status.value, self._clock(), kind.value, before.id,
             )  # fmt: skip
             return await self._audited(conn, kind, name, _ACTIONS[status], before, actor)
+
+        return await self._write(op, config=True)
+
+    async def rotate_key(
+        self, name: str, secret_hash: bytes, grace_s: float, actor: str = "admin"
+    ) -> Scope:
+        async def op(conn: q.Conn) -> Scope:
+            before = await _existing(conn, ScopeKind.KEY, name)
+            refuse_revoked(before)
+            now = self._clock()
+            row = await conn.fetchrow(
+                "SELECT secret_hash, retired_secrets FROM scopes "
+                "WHERE kind = 'key' AND id = $1 FOR UPDATE",
+                before.id,
+            )
+            if row is None:  # deleted since: the configuration lock makes this unlikely
+                raise NotFound(f'no key named "{name}"')
+            retired = retire(row["secret_hash"], load_retired(row["retired_secrets"]), now, grace_s)
+            await conn.execute(
+                "UPDATE scopes SET secret_hash = $1, retired_secrets = $2, rotated_at = $3, "
+                "updated_at = $3 WHERE kind = 'key' AND id = $4",
+                secret_hash, dump_retired(retired), now, before.id,
+            )  # fmt: skip
+            return await self._audited(conn, ScopeKind.KEY, name, "rotate", before, actor)
 
         return await self._write(op, config=True)
 

@@ -538,6 +538,13 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX admin_tokens_admin ON admin_tokens (admin);
     CREATE INDEX admin_tokens_old ON admin_tokens (old_hash);
     """,
+    # 8: key rotation (SQLite's migration 14): when a key's secret was last replaced, its
+    #    old secrets (JSON) and how often it is due for rotation (seconds; null: never).
+    """
+    ALTER TABLE scopes ADD COLUMN rotated_at DOUBLE PRECISION;
+    ALTER TABLE scopes ADD COLUMN retired_secrets TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE scopes ADD COLUMN rotate_every DOUBLE PRECISION;
+    """,
     # 9: providers and routes defined at runtime (SQLite's migration 15).
     """
     CREATE TABLE runtime_providers (

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from capgate.core.limits import Limit, Scope, nano_to_decimal_str
+from capgate.core.limits import Limit, Scope, ScopeKind, nano_to_decimal_str
 from capgate.core.windows import is_rate_window, parse_window
+from capgate.rotation import due_at, format_duration
 
 # What `Store.usage` can group the ledger by (`day`: the UTC date, "YYYY-MM-DD").
 USAGE_GROUPS: tuple[str, ...] = (
@@ -210,7 +211,7 @@ def iso(ts: float | None) -> str | None:
 def scope_json(scope: Scope) -> dict[str, Any]:
     """A scope as the admin API shows it, and as the audit log keeps it."""
     extra = scope.extra
-    return {
+    shown = {
         "name": scope.name,
         "id": scope.id,
         "kind": scope.kind.value,
@@ -233,6 +234,20 @@ def scope_json(scope: Scope) -> dict[str, Any]:
         "metadata": extra.get("metadata", {}),
         "created_at": iso(extra.get("created_at")),
         "updated_at": iso(extra.get("updated_at")),
+    }
+    return shown | _rotation_json(scope) if scope.kind is ScopeKind.KEY else shown
+
+
+def _rotation_json(key: Scope) -> dict[str, Any]:
+    """A key's rotation facts (docs/security.md#key-rotation): never a secret or hash."""
+    extra = key.extra
+    every = extra.get("rotate_every")
+    due = due_at(extra.get("created_at") or 0.0, extra.get("rotated_at"), every)
+    return {
+        "rotated_at": iso(extra.get("rotated_at")),
+        "old_valid_until": iso(extra.get("old_valid_until")),
+        "rotate_every": None if every is None else format_duration(every),
+        "rotation_due_at": iso(due),
     }
 
 

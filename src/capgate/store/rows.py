@@ -13,6 +13,7 @@ from capgate.core.engine import Amounts, Refusal
 from capgate.core.limits import Limit, Scope, ScopeKind, Status
 from capgate.core.schedules import Schedule
 from capgate.errors import InvalidRequest, refusal_status
+from capgate.rotation import load_retired
 from capgate.store.base import Outcome, RequestInfo, ScopeFields
 from capgate.store.records import AuditEntry, LedgerEntry
 
@@ -50,8 +51,22 @@ def scope_from_row(row: Row) -> Scope:
             "prefix": row["prefix"],
             "created_at": row["created_at"],
             "updated_at": row["updated_at"],
+            **_rotation(row),
         },
     )
+
+
+def _rotation(row: Row) -> dict[str, Any]:
+    """A key's rotation facts, never a secret or a hash: when it was last rotated, until
+    when its newest old secret works, how often it is due."""
+    if row["kind"] != ScopeKind.KEY.value:
+        return {}
+    retired = load_retired(row["retired_secrets"])
+    return {
+        "rotated_at": row["rotated_at"],
+        "old_valid_until": retired[0].valid_until if retired else None,
+        "rotate_every": row["rotate_every"],
+    }
 
 
 def scope_sets(fields: ScopeFields, now: float) -> dict[str, Any]:
@@ -74,12 +89,14 @@ def scope_sets(fields: ScopeFields, now: float) -> dict[str, Any]:
         sets["log_bodies"] = int(fields.log_bodies)
     if fields.schedules is not None:
         sets["schedules"] = dumps([schedule.to_json() for schedule in fields.schedules])
+    if fields.rotate_every is not None:
+        sets["rotate_every"] = fields.rotate_every
     for name in ("team", "user", "org", "timezone", "expires_at"):
         value = getattr(fields, name)
         if value is not None:
             sets[name] = value
     for name in fields.clear:
-        if name not in {"team", "user", "org", "expires_at", "unbounded_hold_nano"}:
+        if name not in {"team", "user", "org", "expires_at", "unbounded_hold_nano", "rotate_every"}:
             raise InvalidRequest(f"{name}: cannot be cleared")
         sets[name] = None
     return sets

@@ -111,6 +111,7 @@ class SQLiteStore(
         self._retries: dict[str, asyncio.TimerHandle | None] = {}
         self._closing = False
         self._keys: dict[str, tuple[Scope, bytes]] = {}
+        self._retired = {}
         self._named: dict[tuple[ScopeKind, str], Scope] = {}  # users, teams, orgs, providers
         self._version = ""
         self._data_version = -1  # PRAGMA data_version at the last write transaction

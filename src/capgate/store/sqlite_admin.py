@@ -13,9 +13,10 @@ from typing import Any
 
 from capgate.core.limits import Scope, ScopeKind, Status
 from capgate.errors import Conflict, InvalidRequest, NotFound
+from capgate.rotation import dump_retired, load_retired, retire
 from capgate.store import sqlite_insights as insights
 from capgate.store import sqlite_queries as q
-from capgate.store.base import ScopeFields, refuse_if_named
+from capgate.store.base import ScopeFields, refuse_if_named, refuse_revoked
 from capgate.store.records import LimitUsage, scope_json
 from capgate.store.rows import dumps, scope_from_row
 from capgate.store.sqlite_writer import SQLitePart
@@ -122,6 +123,27 @@ class ScopeAdmin(SQLitePart):
                 (status.value, self._clock(), kind.value, before.id),
             )
             return self._changed(conn, kind, name, _ACTIONS[status], scope_json(before), actor)
+
+        return await self._write(op)
+
+    async def rotate_key(
+        self, name: str, secret_hash: bytes, grace_s: float, actor: str = "admin"
+    ) -> Scope:
+        def op(conn: sqlite3.Connection) -> Scope:
+            before = self._existing(conn, ScopeKind.KEY, name)
+            refuse_revoked(before)
+            now = self._clock()
+            row = conn.execute(
+                "SELECT secret_hash, retired_secrets FROM scopes WHERE kind='key' AND id=?",
+                (before.id,),
+            ).fetchone()
+            retired = retire(row[0], load_retired(row[1]), now, grace_s)
+            conn.execute(
+                "UPDATE scopes SET secret_hash=?, retired_secrets=?, rotated_at=?, updated_at=? "
+                "WHERE kind='key' AND id=?",
+                (secret_hash, dump_retired(retired), now, now, before.id),
+            )
+            return self._changed(conn, ScopeKind.KEY, name, "rotate", scope_json(before), actor)
 
         return await self._write(op)
 

@@ -25,7 +25,8 @@ from capgate.store.rows import (
 SELECT_SCOPES = (
     "SELECT kind, id, name, status, limits, models, team, user, timezone, expires_at, "
     "metadata, secret_hash, prefix, created_at, updated_at, clamp, org, schedules, "
-    "unbounded_hold_nano, fail_open, log_bodies FROM scopes"
+    "unbounded_hold_nano, fail_open, log_bodies, rotated_at, retired_secrets, rotate_every "
+    "FROM scopes"
 )
 
 

@@ -235,6 +235,14 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX admin_tokens_admin ON admin_tokens (admin);
     CREATE INDEX admin_tokens_old ON admin_tokens (old_hash);
     """,
+    # 14: key rotation: when a key's secret was last replaced, its old secrets (JSON: each
+    #     one's SHA-256, when it was replaced and until when it still works) and how often
+    #     the key is due for rotation (seconds; null: never).
+    """
+    ALTER TABLE scopes ADD COLUMN rotated_at REAL;
+    ALTER TABLE scopes ADD COLUMN retired_secrets TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE scopes ADD COLUMN rotate_every REAL;
+    """,
     # 15: providers and routes an admin defined at runtime (store/routing_rows.py); an API
     #     key only as AES-GCM ciphertext, its nonce and the id of the key that sealed it.
     """

@@ -11,6 +11,7 @@ const VERBS = {
   "hook-code-delete": "deleted an install code of",
   create: "created", update: "changed", delete: "deleted", pause: "paused", resume: "resumed",
   revoke: "revoked", "reset-usage": "reset the usage of", settings: "changed the",
+  rotate: "rotated the secret of",
 };
 
 // The kill switch is one `kill` entry; servers before it wrote an update of the person

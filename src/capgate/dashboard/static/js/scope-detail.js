@@ -8,6 +8,7 @@ import { REQUEST_COLUMNS } from "./requests-table.js";
 import { SINGULAR, scopeForm } from "./scope-form.js";
 import { userMachines } from "./hooks.js";
 import { statusActions } from "./scopes.js";
+import { rotateButton } from "./key-rotate.js";
 import { badge, confirmAction, panel, segmented, table, toast, usageBars } from "./ui.js";
 
 // Which ledger filter selects a scope's requests (orgs have none: they hold teams).
@@ -44,7 +45,8 @@ export async function scopeDetail(root, cleanup, params, kind, name) {
     const head = h("div", { class: "detail-head" },
       h("a", { href: `#/${kind}`, class: "muted" }, `← ${kind[0].toUpperCase() + kind.slice(1)}`),
       h("h2", { title: name }, name), badge(scope.status), h("span", { class: "spacer" }),
-      h("div", { class: "row actions" }, statusActions(kind, scope, render, { small: false }), edit, reset, remove));
+      h("div", { class: "row actions" }, statusActions(kind, scope, render, { small: false }),
+        kind === "keys" ? rotateButton(scope, render) : null, edit, reset, remove));
 
     const trend = h("div");
     const requestsEl = h("div");
@@ -104,6 +106,11 @@ function details(kind, scope) {
   );
   if (kind !== "providers") rows.push(["Prompt logging", scope.log_bodies ? h("span", { "data-field": "log-bodies" }, "on: bodies and answers kept, redacted") : "off"]);
   if (kind === "keys") rows.push(["Expires", scope.expires_at ? dateTime(scope.expires_at) : "never"]);
+  if (kind === "keys") {
+    rows.push(["Rotated", scope.rotated_at ? dateTime(scope.rotated_at) : "never"]);
+    if (scope.old_valid_until) rows.push(["Old secret until", dateTime(scope.old_valid_until)]);
+    if (scope.rotate_every) rows.push(["Rotate every", `${scope.rotate_every} (due ${dateTime(scope.rotation_due_at)})`]);
+  }
   rows.push(["Created", dateTime(scope.created_at)], ["Updated", dateTime(scope.updated_at)]);
   return h("dl", { class: "kv" }, rows.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
 }
