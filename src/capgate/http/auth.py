@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import time
@@ -11,13 +12,20 @@ from dataclasses import dataclass
 
 from capgate.config import ServerConfig
 from capgate.core.limits import Scope
-from capgate.errors import AuthenticationFailed
+from capgate.errors import AuthenticationFailed, StoreUnavailable
 from capgate.keys import key_hash, key_id_of
 from capgate.rotation import RetiredSecret, iso, rotated_message
 from capgate.store.base import HotPath
 
 _REFRESH_EVERY = 0.05  # at most one cache refresh per 50 ms, shared by concurrent misses
-ROTATION_SEEN_WITHIN_S = 1.0  # a gateway request reloads a cache older than this
+ROTATION_SEEN_WITHIN_S = 1.0  # a gateway request reloads a cache older than this,
+BRIEF_WAIT_S = 0.25  # waiting this long at most for it
+
+
+def _retrieved(task: asyncio.Future[None]) -> None:
+    """A reload left to finish in the background: its error was seen (StoreUnavailable)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
@@ -62,6 +70,14 @@ class CacheRefresher:
             return
         await self._reload()
 
+    async def refresh_within(self, wait_s: float) -> None:
+        """`refresh`, waiting at most `wait_s`: a slow or unreachable store leaves the
+        cache as it is (it serves fail-open keys), the reload going on in the background."""
+        task = asyncio.ensure_future(self.refresh())
+        task.add_done_callback(_retrieved)
+        with contextlib.suppress(TimeoutError, StoreUnavailable):
+            await asyncio.wait_for(asyncio.shield(task), wait_s)
+
     async def refresh_since(self, since: float) -> None:
         """Wait for a reload that started at `since` (monotonic) or later, so that what
         was committed before `since` is in the cache: a key rotated a moment ago by
@@ -97,8 +113,10 @@ class KeyAuthenticator:
         cache older than `ROTATION_SEEN_WITHIN_S` is reloaded too: a secret rotated
         through another process stops working here within that (docs/security.md)."""
         arrived = time.monotonic()
-        if fresh or self._refresher.age > ROTATION_SEEN_WITHIN_S:
+        if fresh:
             await self._refresher.refresh()
+        elif self._refresher.age > ROTATION_SEEN_WITHIN_S:
+            await self._refresher.refresh_within(BRIEF_WAIT_S)
         raw = presented_key(headers)
         if raw is None:
             raise AuthenticationFailed(
