@@ -74,18 +74,18 @@ def _scope_rules() -> dict[tuple[str, str], Rule]:
         named = {"keys": "key", "teams": "team", "users": "user"}
         listed = "list" if plural in named else None
         read_one = named.get(plural)
-        # a user is changed by a team admin only if every key of theirs is in their teams
-        change_one = "key" if keys else "user-keys" if plural == "users" else None
+        # a team admin changes (never deletes) a user all of whose keys are in their teams
+        change_user = "user-keys" if plural == "users" else None
         out[("GET", base)] = Rule(READ, listed)
         out[("GET", one)] = Rule(READ, read_one)
         out[("POST", base)] = Rule(WRITE, "key-create" if keys else None)
         for method, path in (
-            ("PATCH", one), ("POST", one + "/pause"),
+            ("PATCH", one), ("DELETE", one), ("POST", one + "/pause"),
             ("POST", one + "/resume"), ("POST", one + "/revoke"),
             ("POST", one + "/reset-usage"),
         ):  # fmt: skip
-            out[(method, path)] = Rule(WRITE, change_one)
-        out[("DELETE", one)] = Rule(WRITE, "key" if keys else None)
+            team = "key" if keys else None if method == "DELETE" else change_user
+            out[(method, path)] = Rule(WRITE, team)
     return out
 
 
