@@ -11,8 +11,9 @@ all of whose keys are in their teams, and never a team's own limits. Every admin
 may read themselves (`/admin/me`) and manage their own password and API tokens.
 
 A team admin's reach is narrowed in two places: the guard checks a named key, team or
-user (`Rule.team` "key", "team", "user", "key-create", "user-keys"), and the handler filters what it
-lists or reads (`Rule.team` "list", "ledger", "feed") through `Caller.teams`.
+user (`Rule.team` "key", "team", "user", "key-create", "user-keys"), and the handler
+filters what it lists or reads (`Rule.team` "list", "ledger", "feed") through
+`Caller.teams`.
 """
 
 from __future__ import annotations
