@@ -10,6 +10,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -342,6 +343,86 @@ def test_a_team_admin_manages_their_keys_but_not_their_teams_budget(cast: Team) 
     made_by = {(a["action"], a["target"]): a["actor"] for a in audit}
     assert made_by[("create", "key:red-2")] == "lead"
     assert made_by[("pause", "key:red-2")] == "lead"
+
+
+@pytest.fixture(scope="module")
+def duo(cast: Team) -> str:
+    """A third team, gold (key gold-key of user carol, who has no other key), and "duo",
+    a team admin of red and gold; gold-key's secret."""
+    post(cast.server, "/admin/teams", {"name": "gold"})
+    post(cast.server, "/admin/users", {"name": "carol"})
+    gold = cast.server.create_key("gold-key", team="gold", user="carol")
+    assert ask(cast.server.url, gold).status_code == 200
+    cast.tokens["duo"] = make_admin(cast.server, "duo", "team-admin", ["red", "gold"])
+    return gold
+
+
+def test_a_team_admin_of_several_teams_reads_all_of_them(cast: Team, duo: str) -> None:
+    """Without ?team= their ledger, exports, summary and charts cover all their teams (the
+    dashboard's overview asks so); ?team= narrows to one of them; never another team."""
+    s = cast.server
+    blue_entry, gold_entry = s.ledger(key="blue-key")[0], s.ledger(key="gold-key")[0]
+    with cast.as_("duo") as c:
+        rows = c.get("/admin/requests", params={"limit": 1000}).json()["items"]
+        assert {r["team"] for r in rows} == {"red", "gold"}
+        assert len(rows) == len(s.ledger(team="red")) + len(s.ledger(team="gold"))
+        export = c.get("/admin/requests", params={"format": "csv", "limit": "all"}).text
+        assert "red-key" in export and "gold-key" in export and "blue-key" not in export
+        gold_only = c.get("/admin/requests", params={"team": "gold"}).json()["items"]
+        assert {r["key"] for r in gold_only} == {"gold-key"}
+        denied(c.get("/admin/requests", params={"team": "blue"}))
+        assert c.get(f"/admin/requests/{gold_entry['request_id']}").status_code == 200
+        assert c.get(f"/admin/requests/{blue_entry['request_id']}").status_code == 404
+
+        mine = c.get("/admin/summary", params={"period": "30d"})
+        assert mine.status_code == 200, mine.text
+
+        def owners(team: str | None) -> dict[str, Any]:
+            params = {"period": "30d"} | ({"team": team} if team else {})
+            return dict(s.admin("GET", "/admin/summary", params=params).json())
+
+        red, gold, everyone = owners("red"), owners("gold"), owners(None)
+        for field in ("requests", "keys"):
+            assert mine.json()[field] == red[field] + gold[field], field
+        cost = Decimal(red["cost_usd"]) + Decimal(gold["cost_usd"])
+        assert Decimal(mine.json()["cost_usd"]) == cost > 0
+        assert mine.json()["requests"] < everyone["requests"]
+        denied(c.get("/admin/summary", params={"team": "blue"}))
+        series = c.get("/admin/timeseries", params={"group_by": "team"})
+        assert series.status_code == 200, series.text
+        assert {x["name"] for x in series.json()["series"]} == {"red", "gold"}
+        total = c.get("/admin/timeseries").json()["series"]
+        assert sum(total[0]["requests"]) == mine.json()["requests"]
+
+
+def test_a_team_admin_manages_a_user_all_of_whose_keys_are_theirs(cast: Team, duo: str) -> None:
+    """carol's only key is in gold (duo's): duo changes, pauses, resumes, resets and revokes
+    her, but neither deletes nor creates users; alice has a key in blue: refused, saying
+    why; bob (blue only) is not theirs to know."""
+    s = cast.server
+    limit = [{"metric": "requests", "window": "day", "max": 50}]
+    with cast.as_("duo") as c:
+        changed = c.patch("/admin/users/carol", json={"limits": limit})
+        assert changed.status_code == 200, changed.text
+        assert c.post("/admin/users/carol/pause").json()["status"] == "paused"
+        assert c.post("/admin/users/carol/resume").json()["status"] == "active"
+        assert c.post("/admin/users/carol/reset-usage").status_code == 200
+        why = denied(c.patch("/admin/users/alice", json={"limits": limit}))
+        assert 'user "alice"' in why and "outside their teams" in why, why
+        denied(c.post("/admin/users/alice/pause"))
+        denied(c.post("/admin/users/alice/revoke"))
+        assert c.post("/admin/users/bob/pause").status_code == 404
+        assert "role may not call" in denied(c.delete("/admin/users/carol"))
+        assert "role may not call" in denied(c.post("/admin/users", json={"name": "dave"}))
+        assert c.post("/admin/users/carol/revoke").json()["status"] == "revoked"
+    with cast.as_("lead") as c:  # red only: carol is not theirs
+        assert c.patch("/admin/users/carol", json={"limits": []}).status_code == 404
+    assert s.admin("GET", "/admin/users/carol").json()["limits"][0]["max"] == 50
+    alice = s.admin("GET", "/admin/users/alice").json()
+    assert (alice["status"], alice["limits"]) == ("active", [])
+    audit = s.admin("GET", "/admin/audit", params={"limit": 50}).json()["items"]
+    made_by = {(a["action"], a["target"]): a["actor"] for a in audit}
+    assert made_by[("update", "user:carol")] == made_by[("revoke", "user:carol")] == "duo"
 
 
 # -- tokens --------------------------------------------------------------------------------

@@ -613,14 +613,16 @@ def test_chart_axis_amounts_under_a_cent_never_print_the_same(page: Page, dash: 
 
 
 def test_an_owner_makes_a_team_admin_who_sees_only_their_team(page: Page, dash: Capgate) -> None:
-    """The Admins page (owners), then a login by name and password: a team admin's pages
-    and keys are their team's only, and every page they see loads without an error."""
+    """The Admins page (owners), then a login by name and password: a team admin (of two
+    teams: the overview sums both) sees their teams' pages and keys only, and every page
+    they see loads without an error."""
+    assert dash.admin("POST", "/admin/teams", json={"name": "design"}).status_code == 201
     log_in(page, dash)
     go(page, dash, "admins")
     page.get_by_role("button", name="New admin").click()
     page.get_by_label("Name", exact=True).fill("lead-ui")
     page.locator("#admin-role").select_option("team-admin")
-    page.get_by_label("Teams").fill("research")
+    page.get_by_label("Teams").fill("research, design")
     page.get_by_label("Password (12 characters or more)").fill("a long enough password")
     page.get_by_role("button", name="Create").click()
     page.locator('tr[data-name="lead-ui"]').wait_for()

@@ -509,6 +509,51 @@ def test_summary_series_and_key_activity(make_store: MakeStore) -> None:
     run(make_store, test)
 
 
+def test_a_set_of_teams_filters_the_ledger_and_its_folded_days(make_store: MakeStore) -> None:
+    """`RequestQuery.teams` (a team admin of several teams): the entries, totals and series
+    of any of those teams, kept or folded into ledger_daily, never another team's."""
+
+    async def test(store: Store) -> None:
+        await _ledger(store)  # k1 in team t (5 entries), k2 in none (3)
+        for team in ("t2", "t3"):
+            await store.create_scope(ScopeKind.TEAM, team, ScopeFields())
+        await entry(store, await make_key(store, "k5", team="t2"), "k5-0", BASE + 30, cost=4000)
+        await entry(store, await make_key(store, "k6", team="t3"), "k6-0", BASE + 31, cost=8000)
+
+        async def ids(**filters: object) -> list[str]:
+            query = RequestQuery(**filters)  # type: ignore[arg-type]
+            return [e.request_id for e in await store.query_requests(query)]
+
+        both = ["k5-0", "k1-4", "k1-3", "k1-2", "k1-1", "k1-0"]  # newest id first
+        assert await ids(teams=frozenset({"t", "t2"})) == both
+        assert await ids(teams=frozenset({"t2"})) == ["k5-0"]
+        assert await ids(teams=frozenset({"t2", "nope"}), team="t2") == ["k5-0"]
+        assert await ids(teams=frozenset({"t2"}), team="t") == []
+        assert await ids(teams=frozenset()) == []
+        assert await ids(teams=frozenset({"t", "t2"}), limit=2, cursor=None) == both[:2]
+
+        async def totals(teams: frozenset[str]) -> tuple[int, int, int]:
+            found = await store.summary(RequestQuery(teams=teams))
+            return found.requests, found.cost_nano, found.keys
+
+        assert await totals(frozenset({"t", "t2"})) == (6, 9000, 2)
+        assert await totals(frozenset({"t3"})) == (1, 8000, 1)
+        rows = await store.series_rows(RequestQuery(teams=frozenset({"t", "t2"})), "team", 86400)
+        assert sorted((r.group, r.requests, r.cost_nano) for r in rows) == [
+            ("t", 5, 5000), ("t2", 1, 4000),
+        ]  # fmt: skip
+        # Folded days (ledger pruning) are filtered the same way.
+        old = await store.old_entries(BASE + 86400, 100)
+        assert await store.fold_entries([e.id for e in old], BASE + 86400) == 7
+        assert await ids(teams=frozenset({"t", "t2"})) == []
+        assert await totals(frozenset({"t", "t2"})) == (6, 9000, 2)
+        assert await totals(frozenset({"t3"})) == (1, 8000, 1)
+        rows = await store.series_rows(RequestQuery(teams=frozenset({"t", "t2"})), None, 86400)
+        assert [(r.requests, r.cost_nano) for r in rows] == [(6, 9000)]
+
+    run(make_store, test)
+
+
 def test_metrics_snapshot_and_the_live_feed(make_store: MakeStore) -> None:
     async def test(store: Store) -> None:
         assert await store.latest_ids() == (0, 0)

@@ -41,7 +41,7 @@ from capgate.http.dialects import error_response
 from capgate.http.events import EventHub
 from capgate.http.hook_admin import HookAdminRoutes
 from capgate.http.openapi import openapi_document
-from capgate.http.roles import ledger_team, permit, team_users
+from capgate.http.roles import ledger_teams, permit, team_users
 from capgate.http.sessions import AdminAccess, Caller
 from capgate.keys import display_prefix, key_hash, new_key
 from capgate.live_routing import LiveRouting
@@ -189,7 +189,7 @@ class AdminAPI:
         page = MAX_PAGE if everything else min(int_param(params, "limit", 1) or 100, MAX_PAGE)
         query = RequestQuery(
             key=params.get("key") or None,
-            team=ledger_team(request["caller"], params.get("team") or None),
+            **ledger_teams(request["caller"], params.get("team") or None),
             user=params.get("user") or None,
             model=params.get("model") or None,
             provider=params.get("provider") or None,

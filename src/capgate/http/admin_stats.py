@@ -11,7 +11,7 @@ from capgate.core.windows import WindowKind, window_at, zone
 from capgate.errors import InvalidRequest
 from capgate.http.admin_io import int_param, json_response, known_params, time_param
 from capgate.http.admin_json import summary_json
-from capgate.http.roles import ledger_team
+from capgate.http.roles import ledger_teams
 from capgate.store.base import RequestQuery
 from capgate.store.records import USAGE_GROUPS, iso
 from capgate.timeseries import STEPS, auto_step, bucket_starts, fold
@@ -60,7 +60,7 @@ class StatsRoutes:
         params = request.query
         return RequestQuery(
             key=params.get("key") or None,
-            team=ledger_team(request["caller"], params.get("team") or None),
+            **ledger_teams(request["caller"], params.get("team") or None),
             user=params.get("user") or None,
             model=params.get("model") or None,
             provider=params.get("provider") or None,

@@ -6,23 +6,26 @@ Roles (docs/security.md, "Roles"): `owner` may do everything; `admin` everything
 managing admins and changing the runtime settings and upstreams; `viewer` reads (and
 exports) but changes nothing and sees no secrets (webhook URLs, install codes);
 `team-admin` reads and manages only the keys of their teams, reads their teams, the users of their teams' keys,
-their teams' ledger, summaries and live feed, and never a team's own limits. Every admin
+their teams' ledger, summaries and live feed, manages (but never creates or deletes) a user
+all of whose keys are in their teams, and never a team's own limits. Every admin
 may read themselves (`/admin/me`) and manage their own password and API tokens.
 
 A team admin's reach is narrowed in two places: the guard checks a named key, team or
-user (`Rule.team` "key", "team", "user", "key-create"), and the handler filters what it
-lists or reads (`Rule.team` "list", "ledger", "feed") through `Caller.teams`.
+user (`Rule.team` "key", "team", "user", "key-create", "user-keys"), and the handler
+filters what it lists or reads (`Rule.team` "list", "ledger", "feed") through
+`Caller.teams`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from aiohttp import web
 
 from capgate.core.limits import ScopeKind
-from capgate.errors import InvalidRequest, NotFound, PermissionDenied
+from capgate.errors import NotFound, PermissionDenied
 from capgate.http.admin_models import PLURALS
 from capgate.http.sessions import Caller
 from capgate.store.admin_accounts import ROLES
@@ -36,7 +39,7 @@ WRITE = frozenset({OWNER, ADMIN})
 OWNERS = frozenset({OWNER})
 
 # What a team admin's access to a route depends on.
-TEAM_SCOPES = ("key", "key-create", "team", "user", "list", "ledger", "feed")
+TEAM_SCOPES = ("key", "key-create", "team", "user", "user-keys", "list", "ledger", "feed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +75,8 @@ def _scope_rules() -> dict[tuple[str, str], Rule]:
         named = {"keys": "key", "teams": "team", "users": "user"}
         listed = "list" if plural in named else None
         read_one = named.get(plural)
-        change_one = "key" if keys else None
+        # a team admin changes (never deletes) a user all of whose keys are in their teams
+        change_user = "user-keys" if plural == "users" else None
         out[("GET", base)] = Rule(READ, listed)
         out[("GET", one)] = Rule(READ, read_one)
         out[("POST", base)] = Rule(WRITE, "key-create" if keys else None)
@@ -81,7 +85,8 @@ def _scope_rules() -> dict[tuple[str, str], Rule]:
             ("POST", one + "/resume"), ("POST", one + "/revoke"),
             ("POST", one + "/reset-usage"),
         ):  # fmt: skip
-            out[(method, path)] = Rule(WRITE, change_one)
+            team = "key" if keys else None if method == "DELETE" else change_user
+            out[(method, path)] = Rule(WRITE, team)
     return out
 
 
@@ -200,6 +205,8 @@ async def permit(request: web.Request, caller: Caller, store: ScopeStore) -> Non
         raise NotFound(f'no team named "{name}"')
     elif rule.team == "user" and name not in await team_users(store, teams):
         raise NotFound(f'no user named "{name}"')
+    elif rule.team == "user-keys":
+        await _user_keys_in(store, name, teams)
 
 
 async def team_users(store: ScopeStore, teams: frozenset[str]) -> set[str]:
@@ -211,6 +218,27 @@ async def team_users(store: ScopeStore, teams: frozenset[str]) -> set[str]:
         except NotFound:  # a team deleted since
             continue
     return users
+
+
+async def _user_keys_in(store: ScopeStore, name: str, teams: frozenset[str]) -> None:
+    """A team admin changes a user only if the user has keys and all are in their teams:
+    a user's limits and state bind every key of theirs, so another team's too."""
+    if name not in await team_users(store, teams):
+        raise NotFound(f'no user named "{name}"')
+    keys = (await store.members(ScopeKind.USER, name)).get("keys", [])
+    others = []
+    for key in keys:
+        try:
+            team = (await store.get_scope(ScopeKind.KEY, key)).extra.get("team")
+        except NotFound:  # deleted since
+            continue
+        if team not in teams:
+            others.append(key)
+    if others or not keys:
+        raise PermissionDenied(
+            f'user "{name}": a team admin changes only a user all of whose keys are in '
+            f"their teams; {len(others)} of their {len(keys)} keys are outside their teams"
+        )
 
 
 async def _body_team(request: web.Request, teams: frozenset[str], *, required: bool) -> None:
@@ -228,16 +256,13 @@ async def _body_team(request: web.Request, teams: frozenset[str], *, required: b
         )
 
 
-def ledger_team(caller: Caller, asked: str | None) -> str | None:
-    """The team a ledger read is narrowed to: what was asked, and for a team admin one of
-    their teams (their only one when they asked for none)."""
+def ledger_teams(caller: Caller, asked: str | None) -> dict[str, Any]:
+    """How a ledger read is narrowed by team (`RequestQuery`'s `team` and `teams`): to
+    what was asked, and for a team admin to one of their teams, or all of them when they
+    asked for none."""
     teams = caller.teams
-    if teams is None:
-        return asked
-    if asked is None and len(teams) == 1:
-        return next(iter(teams))
-    if asked is None:
-        raise InvalidRequest(f"team: name one of your teams ({', '.join(sorted(teams))})")
+    if teams is None or asked is None:
+        return {"team": asked, "teams": teams}
     if asked not in teams:
         raise PermissionDenied(f'team: a team admin reads only their teams\' ledger, not "{asked}"')
-    return asked
+    return {"team": asked, "teams": None}

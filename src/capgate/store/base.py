@@ -198,6 +198,7 @@ class RequestQuery:
 
     key: str | None = None
     team: str | None = None
+    teams: frozenset[str] | None = None  # the team is one of these (a team admin's teams)
     user: str | None = None
     model: str | None = None
     provider: str | None = None
@@ -406,8 +407,8 @@ class LedgerReader(Protocol):
         """The newest `limit` audit entries, newest first."""
 
     async def summary(self, query: RequestQuery) -> Summary:
-        """Totals of the entries `query` selects (filters key, team, user, model, provider,
-        since, until; the others are ignored)."""
+        """Totals of the entries `query` selects (filters key, team, teams, user, model,
+        provider, since, until; the others are ignored)."""
 
     async def series_rows(
         self, query: RequestQuery, group_by: str | None, grain: int

@@ -23,7 +23,7 @@ from capgate.store.records import (
 )
 from capgate.store.rows import scope_from_row
 
-_FILTERS = ("key", "team", "user", "model", "provider", "since", "until")
+_FILTERS = ("key", "team", "teams", "user", "model", "provider", "since", "until")
 
 
 async def summary(conn: q.Conn, query: RequestQuery) -> Summary:

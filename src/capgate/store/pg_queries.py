@@ -107,6 +107,7 @@ async def insert_audit(
 _FILTERS = {
     "key": "key_name = ",
     "team": "team = ",
+    "teams": "team = ANY",
     "user": '"user" = ',
     "model": "model = ",
     "provider": "provider = ",
@@ -129,8 +130,12 @@ def where_clause(
     for name in names:
         value = getattr(query, name)
         if value is not None:
+            if name == "teams":
+                value, number = sorted(value), f"(${first + len(clauses)}::text[])"
+            else:
+                number = f"${first + len(clauses)}"
             params.append(float(value) if name in ("since", "until") else value)
-            clauses.append(f"{_FILTERS[name]}${first + len(clauses)}")
+            clauses.append(f"{_FILTERS[name]}{number}")
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 

@@ -23,7 +23,7 @@ from capgate.store.records import (
 )
 from capgate.store.rows import audit_from_row, entry_from_row, scope_from_row
 
-_FILTERS = ("key", "team", "user", "model", "provider", "since", "until")
+_FILTERS = ("key", "team", "teams", "user", "model", "provider", "since", "until")
 
 
 def summary(conn: sqlite3.Connection, query: RequestQuery) -> Summary:

@@ -181,6 +181,7 @@ def insert_lease_expired(
 _FILTERS = {
     "key": "key_name = ?",
     "team": "team = ?",
+    "teams": "team IN ({})",
     "user": "user = ?",
     "model": "model = ?",
     "provider": "provider = ?",
@@ -197,7 +198,10 @@ def where_clause(query: RequestQuery, names: Iterable[str]) -> tuple[str, list[A
     clauses, params = [], []
     for name in names:
         value = getattr(query, name)
-        if value is not None:
+        if name == "teams" and value is not None:
+            clauses.append(_FILTERS[name].format(", ".join("?" * len(value))) if value else "0")
+            params.extend(sorted(value))
+        elif value is not None:
             clauses.append(_FILTERS[name])
             params.append(value)
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
