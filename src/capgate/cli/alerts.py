@@ -10,20 +10,13 @@ import typer
 
 from capgate.cli.client import AdminClient
 from capgate.cli.keys import JsonOpt, UrlOpt
+from capgate.cli.render import print_items
 
 app = typer.Typer(help="Budget alerts: rules, webhooks, deliveries.", no_args_is_help=True)
 
 
 def _list(text: str | None) -> list[str] | None:
     return None if text is None else [part.strip() for part in text.split(",") if part.strip()]
-
-
-def _print(items: list[dict[str, Any]], as_json: bool, columns: tuple[str, ...]) -> None:
-    if as_json:
-        print(json.dumps(items, indent=2))
-        return
-    for item in items:
-        print("  ".join(f"{c}={item.get(c)}" for c in columns if item.get(c) is not None))
 
 
 @app.command("rules")
@@ -103,7 +96,7 @@ def remove_rule(
 def webhooks(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
     """The webhooks (their secrets are not shown)."""
     items = AdminClient(url).call("GET", "/admin/alerts/webhooks")["items"]
-    _print(items, as_json, ("name", "url", "format", "scope", "report"))
+    print_items(items, as_json, ("name", "url", "format", "scope", "report"))
 
 
 @app.command("add-webhook")
@@ -163,7 +156,7 @@ def deliveries(
     """The delivery log, newest first."""
     params: dict[str, Any] = {"limit": limit} | ({"status": status} if status else {})
     items = AdminClient(url).call("GET", "/admin/alerts/deliveries", params=params)["items"]
-    _print(
+    print_items(
         items, as_json,
         ("id", "created_at", "webhook", "status", "attempts", "last_status", "last_error", "alert"),
     )  # fmt: skip

@@ -3,6 +3,7 @@ what is not set (never Python's `None`), a limit's models and a scope's schedule
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -120,3 +121,12 @@ def print_warnings(scope: dict[str, Any]) -> None:
     errors = Console(stderr=True)
     for warning in scope.get("warnings") or []:
         errors.print(Text.assemble(("warning: ", "yellow"), warning))
+
+
+def print_items(items: list[dict[str, Any]], as_json: bool, columns: tuple[str, ...]) -> None:
+    """A list from the admin API: as JSON, or one line of `name=value` pairs each."""
+    if as_json:
+        print(json.dumps(items, indent=2))
+        return
+    for item in items:
+        print("  ".join(f"{c}={item.get(c)}" for c in columns if item.get(c) is not None))

@@ -15,6 +15,7 @@ import typer
 
 from capgate.cli.client import AdminClient, fail
 from capgate.cli.keys import JsonOpt, UrlOpt
+from capgate.cli.render import print_items
 
 app = typer.Typer(help="Upstream providers and routes, changed while capgate runs.")
 providers_app = typer.Typer(help="Upstream providers (the config file's are read-only).")
@@ -81,19 +82,13 @@ def _provider_body(
     return body
 
 
-def _print(items: list[dict[str, Any]], as_json: bool, columns: tuple[str, ...]) -> None:
-    if as_json:
-        print(json.dumps(items, indent=2))
-        return
-    for item in items:
-        print("  ".join(f"{c}={item.get(c)}" for c in columns if item.get(c) is not None))
-
-
 @providers_app.command("list")
 def providers_list(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
     """Every provider: the config file's and the runtime ones (keys as fingerprints)."""
     items = AdminClient(url).call("GET", PROVIDERS)["items"]
-    _print(items, as_json, ("name", "type", "source", "base_url", "api_key_fingerprint", "problem"))
+    print_items(
+        items, as_json, ("name", "type", "source", "base_url", "api_key_fingerprint", "problem")
+    )
 
 
 @providers_app.command("add")
@@ -109,7 +104,7 @@ def providers_add(
 ) -> None:
     """Add a runtime provider (its API key is stored encrypted)."""
     body = {"name": name, **_provider_body(type_, base_url, api_key_env, header, field)}
-    _print([AdminClient(url).call("POST", PROVIDERS, json=body)], as_json, ("name", "type"))
+    print_items([AdminClient(url).call("POST", PROVIDERS, json=body)], as_json, ("name", "type"))
 
 
 @providers_app.command("set")
@@ -130,7 +125,7 @@ def providers_set(
     if remove_api_key:
         body["api_key"] = None
     answer = AdminClient(url).call("PATCH", f"{PROVIDERS}/{quote(name, safe='')}", json=body)
-    _print([answer], as_json, ("name", "type", "api_key_fingerprint"))
+    print_items([answer], as_json, ("name", "type", "api_key_fingerprint"))
 
 
 @providers_app.command("remove")
@@ -193,7 +188,7 @@ def routes_list(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
     if not as_json:
         for item in items:
             item["targets"] = ",".join(t["provider"] for t in item["targets"])
-    _print(items, as_json, ("match", "source", "targets", "problem"))
+    print_items(items, as_json, ("match", "source", "targets", "problem"))
 
 
 @routes_app.command("add")
@@ -208,7 +203,7 @@ def routes_add(
 ) -> None:
     """Add a runtime route (matched after the config file's)."""
     body = {"match": match, **_route_body(target, fallback, retries, deadline_s)}
-    _print([AdminClient(url).call("POST", ROUTES, json=body)], as_json, ("match", "source"))
+    print_items([AdminClient(url).call("POST", ROUTES, json=body)], as_json, ("match", "source"))
 
 
 @routes_app.command("set")
@@ -224,7 +219,7 @@ def routes_set(
     """Change a runtime route; what is not given stays."""
     body = _route_body(target, fallback, retries, deadline_s)
     answer = AdminClient(url).call("PATCH", f"{ROUTES}/{quote(match, safe='')}", json=body)
-    _print([answer], as_json, ("match", "source"))
+    print_items([answer], as_json, ("match", "source"))
 
 
 @routes_app.command("remove")
