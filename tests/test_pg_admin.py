@@ -701,3 +701,59 @@ def test_admin_changes_under_load_from_another_node(
             await two.close()
 
     asyncio.run(test())
+
+
+def test_keys_created_in_bulk_on_another_node_do_not_fail_requests(
+    postgres: pgcluster.Cluster, tmp_path: Path
+) -> None:
+    """An admin script creates hundreds of keys on node two (each a configuration change
+    every node must see) while node one serves one key without pause: each of node one's
+    reservations may have to plan again on the new configuration, but none fails for it
+    (it used to give up after ten stale plans: a 503 for a change unrelated to its key)."""
+
+    async def test() -> None:
+        url = postgres.new_database()
+        one = PostgresStore(url, state_dir=tmp_path / "one")
+        two = PostgresStore(url, state_dir=tmp_path / "two")
+        await one.start()
+        await two.start()
+        try:
+            day = (parse_limit_spec("requests=1000000/day"),)
+            key = await two.create_scope(
+                ScopeKind.KEY, "k", ScopeFields(limits=day), scope_id="kid"
+            )
+            worst = Amounts(1, 1000, 2000, 30_000_000)
+            used = Outcome(200, "ok", Usage(100, 50), 1_000_000, 12.5, 3.0)
+            stop = asyncio.Event()
+
+            async def requests(lane: int) -> int:
+                n = 0
+                while not stop.is_set():
+                    n += 1
+                    request = RequestInfo(
+                        f"r{lane}-{n}", key.id, "m", "anthropic", "m", "messages", False, NOW
+                    )
+                    held = await one.reserve(request, worst)
+                    assert isinstance(held, Reservation)
+                    await one.settle(held, used)
+                return n
+
+            async def creates(lane: int) -> None:
+                for n in range(60):
+                    await two.create_scope(ScopeKind.KEY, f"bulk-{lane}-{n}", ScopeFields())
+
+            lanes = asyncio.gather(*(requests(lane) for lane in range(8)))
+            try:
+                await asyncio.gather(*(creates(lane) for lane in range(6)))
+            finally:
+                stop.set()
+            made = sum(await lanes)
+            await one.flush()
+            assert made > 50
+            assert len(await one.query_requests(RequestQuery(limit=100_000))) == made
+            assert len(await one.list_scopes(ScopeKind.KEY)) == 1 + 6 * 60
+        finally:
+            await one.close()
+            await two.close()
+
+    asyncio.run(test())

@@ -43,6 +43,9 @@ MUST_BE_EMPTY = (
     "hook_machines", "alert_claims", "alert_deliveries", "runtime_providers", "runtime_routes",
     "request_bodies", "ledger_daily",
 )  # fmt: skip
+# meta rows only PostgreSQL has (migration 11): set from the copied config_version, and
+# not counted against the source
+PG_ONLY_META = ("plan_version",)
 # id columns the target numbers itself after the copy
 IDENTITY = ("requests", "audit", "alert_deliveries")
 BATCH = 5000  # rows per COPY round trip
@@ -234,6 +237,12 @@ async def _copy_table(db: sqlite3.Connection, conn: asyncpg.Connection, table: s
             for row in batch
         ]
         await conn.copy_records_to_table(table, records=records, columns=columns)
+    if table == "meta":
+        await conn.execute(
+            "UPDATE meta SET v = (SELECT v FROM meta WHERE k = 'config_version') "
+            "WHERE k = ANY($1::text[])",
+            PG_ONLY_META,
+        )
 
 
 async def _wanted(conn: asyncpg.Connection, table: str) -> bool:
@@ -257,6 +266,8 @@ async def _pg_totals(conn: asyncpg.Connection, tables: list[str]) -> Totals:
         t: int(await conn.fetchval(f'SELECT count(*) FROM "{t}"'))  # noqa: S608 - _plain names
         for t in tables
     }
+    if "meta" in rows:
+        rows["meta"] -= len(PG_ONLY_META)
     cost = await conn.fetchval("SELECT coalesce(sum(cost_nano), 0) FROM requests")
     sums = await conn.fetchrow(
         "SELECT coalesce(sum(settled), 0) AS s, coalesce(sum(reserved), 0) AS r FROM counters"

@@ -22,7 +22,11 @@ The admin side (scope admin, queries, dashboard) is mixed in from pg_admin & co;
 pooled connection inside a transaction. `_write(op, config=True)` is for a change of
 keys, limits, status or settings: it takes the configuration lock first, bumps
 `meta.config_version` after `op` (the trigger sends NOTIFY capgate_config), and reloads
-this node's cache once committed.
+this node's cache once committed. `plans=False` says the change cannot alter any
+reservation's plan (a key added, a secret replaced): it holds the configuration lock
+shared (it never waits for reservations, nor they for it; other changes still wait for
+it: a key's team cannot be deleted under it), and no reservation planned before it is
+refused as stale (pg_schema, migration 11).
 """
 
 from __future__ import annotations
@@ -61,7 +65,7 @@ from capgate.store.pg_hot import PgReserve, SeenStates
 from capgate.store.pg_lifeline import Lifeline, liveness_key
 from capgate.store.pg_queries import SELECT_SCOPES
 from capgate.store.pg_routing import PgRouting
-from capgate.store.pg_schema import CONFIG_LOCK, migrate
+from capgate.store.pg_schema import CONFIG_LOCK, KEYS_LOCK, migrate
 from capgate.store.settling import SettleRetry
 
 log = logging.getLogger(__name__)
@@ -82,6 +86,10 @@ RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 RETRIES = 5
 
 _BUMP = "UPDATE meta SET v = (v::BIGINT + 1)::TEXT WHERE k = 'config_version'"
+_PLANS_UNCHANGED = (
+    "SELECT pg_advisory_xact_lock_shared($1), pg_advisory_xact_lock($2), "
+    "set_config('capgate.plans_unchanged', 'on', true)"
+)
 
 
 def state_dir_of(url: str, state_dir: str | Path | None = None) -> Path:
@@ -271,14 +279,18 @@ class PostgresStore(
                 raise StoreUnavailable(self._problem) from exc
         raise AssertionError("unreachable")
 
-    async def _write(self, op: Op[T], config: bool = False) -> T:
+    async def _write(self, op: Op[T], config: bool = False, plans: bool = True) -> T:
         """Run `op` in a write transaction. `config`: a change of keys, limits, status or
-        settings (see the module's docstring)."""
+        settings; `plans=False`: one that alters no reservation's plan (see the module's
+        docstring)."""
         if not config:
             return await self._run(op)
 
         async def change(conn: asyncpg.Connection) -> T:
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", CONFIG_LOCK)
+            if plans:
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", CONFIG_LOCK)
+            else:
+                await conn.execute(_PLANS_UNCHANGED, CONFIG_LOCK, KEYS_LOCK)
             result = await op(conn)
             await conn.execute(_BUMP)
             return result
@@ -304,7 +316,12 @@ class PostgresStore(
             log.warning("could not reload the configuration: %s", exc)
 
     async def _reload(self) -> None:
-        """Load the keys and named scopes (one at a time: concurrent callers share it)."""
+        """Load the keys and named scopes, in a load begun after this call: one already
+        under way may have read the configuration before the change the caller saw, so
+        the caller waits for it and then shares the next. (Concurrent callers share one
+        load; its failure reaches each of them.)"""
+        if self._loading is not None and not self._loading.done():
+            await asyncio.wait((self._loading,))
         if self._loading is None or self._loading.done():
             self._loading = asyncio.get_running_loop().create_task(self._load())
             self._loading.add_done_callback(_retrieved)

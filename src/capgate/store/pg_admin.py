@@ -33,9 +33,12 @@ class PgHost:
 
     _clock: Callable[[], float]
 
-    async def _write(self, op: Callable[[q.Conn], Awaitable[T]], config: bool = False) -> T:
+    async def _write(
+        self, op: Callable[[q.Conn], Awaitable[T]], config: bool = False, plans: bool = True
+    ) -> T:
         """Run `op` in one transaction on a pooled connection; a database error becomes
-        StoreUnavailable (rolled back). `config`: a configuration change (see above)."""
+        StoreUnavailable (rolled back). `config`: a configuration change (see above);
+        `plans=False`: one that alters no reservation's plan (PostgresStore._write)."""
         raise NotImplementedError
 
     async def _read(self, op: Callable[[q.Conn], Awaitable[T]]) -> T:
@@ -121,7 +124,9 @@ class PgScopeAdmin(PgHost):
             await q.update_scope_row(conn, kind.value, new_id, fields, now)
             return await self._audited(conn, kind, name, "create", None, actor)
 
-        return await self._write(op, config=True)
+        # A new key is in no other key's plan; a new user, team, org or provider scope
+        # may be (a key naming it counts against it from now on).
+        return await self._write(op, config=True, plans=kind is not ScopeKind.KEY)
 
     async def update_scope(
         self, kind: ScopeKind, name: str, fields: ScopeFields, actor: str = "admin"
@@ -171,7 +176,7 @@ class PgScopeAdmin(PgHost):
             )  # fmt: skip
             return await self._audited(conn, ScopeKind.KEY, name, "rotate", before, actor)
 
-        return await self._write(op, config=True)
+        return await self._write(op, config=True, plans=False)  # a secret is in no plan
 
     async def reset_usage(self, kind: ScopeKind, name: str, actor: str = "admin") -> None:
         async def op(conn: q.Conn) -> None:

@@ -121,7 +121,7 @@ class PgHook(PgHost):
             await self._audit(conn, "hook", "hook-enrol", f"key:{name}", scope_json(scope))
             return scope, code
 
-        return await self._write(op, config=True)
+        return await self._write(op, config=True, plans=False)  # a new key only
 
     async def touch_hook_machine(self, key_id: str, hook_version: str | None) -> None:
         async def op(conn: q.Conn) -> None:

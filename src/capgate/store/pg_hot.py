@@ -12,6 +12,7 @@ were not, the function answers with the fresh ones and the node plans again.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -44,6 +45,10 @@ Instance = tuple[str, int]  # (counter, window_start)
 
 MAX_SEEN = 50_000  # counter instances remembered; past this, start over
 MAX_PLANS = 10  # plans of one reservation against changing counters before giving up
+# A plan refused as stale means another process changed the configuration (a key
+# created, a limit edited): progress, not a race lost on counters, so it does not use up
+# MAX_PLANS; a bulk change on another node only delays the reservation, up to this long.
+STALE_PLANS_S = 10.0
 
 _RESERVE = (
     "SELECT status, settled, reserved FROM capgate_reserve("
@@ -54,7 +59,7 @@ _RERESERVE = (
     "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
 )
 _STATES = (
-    "SELECT s.settled, s.reserved, (SELECT v FROM meta WHERE k = 'config_version') "
+    "SELECT s.settled, s.reserved, (SELECT v FROM meta WHERE k = 'plan_version') "
     "FROM capgate_states($1, $2, $3) s"
 )
 
@@ -211,7 +216,10 @@ class PgReserve:
         # with the configuration's version).
         fresh: dict[tuple[str, int], CounterState] | None = None
         verified = False
-        for _ in range(MAX_PLANS):
+        plans = 0
+        stale_until = time.monotonic() + STALE_PLANS_S
+        while plans < MAX_PLANS:
+            plans += 1
             now = self._clock()
             entry = self._keys.get(info.key_id)
             key = entry[0] if entry is not None else None
@@ -241,6 +249,8 @@ class PgReserve:
                     return await self._refused(info, key, decision, now, record_refusal)
                 fresh = await self._fresh_states(Checks.of(applicable, worst))
                 verified = fresh is not None
+                if fresh is None and time.monotonic() < stale_until:
+                    plans -= 1  # the configuration moved: as a stale answer
                 continue
             held = worst
             if decision.max_output is not None and flex is not None:
@@ -261,6 +271,8 @@ class PgReserve:
             if status == "stale":
                 await self._reload()
                 fresh, verified = None, True
+                if time.monotonic() < stale_until:
+                    plans -= 1
                 continue
             if status == "gone":
                 return Refusal(
@@ -285,13 +297,13 @@ class PgReserve:
         raise StoreUnavailable("the budget's counters change too fast to reserve; try again")
 
     async def _fresh_states(self, checks: Checks) -> dict[tuple[str, int], CounterState] | None:
-        """The counter states as they are now; None when the configuration moved (then
-        reloaded: plan again)."""
+        """The counter states as they are now; None when the configuration moved in a
+        way that could change the plan (then reloaded: plan again)."""
         wanted = checks.args()[:3]
         settled, reserved, version = await self._run(
             lambda c: one_row(c, _STATES, *wanted), transaction=False
         )
-        if version != self._version:
+        if int(version) > int(self._version or -1):
             await self._reload()
             return None
         fresh = checks.states(settled, reserved)

@@ -19,10 +19,12 @@ statement (one round trip, one short transaction):
 - `capgate_batch` (migration 3): what a node's reserves and settles would do one call
   each, for a whole batch of them in one transaction (pg_batch: group commit).
 
-A configuration change bumps `meta.config_version`; a trigger on that row takes the
+A configuration change bumps `meta.config_version`; a trigger on that row sends `NOTIFY
+capgate_config`, so every node reloads its keys, and — for a change that could alter a
+plan, i.e. all but adding a key or replacing its secret (migration 11) — takes the
 configuration lock (exclusive; every reservation holds it shared while it checks the
-version) and sends `NOTIFY capgate_config`, so every node reloads its keys and no
-reservation commits on a configuration older than one committed before it.
+version) and sets `meta.plan_version` to the new version, so no reservation commits on a
+configuration older than one committed before it that could have changed its plan.
 
 `schema_version` holds how many migrations have run. Several nodes may start at once:
 each applies the missing ones in one transaction under an advisory lock, so exactly one
@@ -37,6 +39,10 @@ import asyncpg
 # from the owner id and kept out of this range (see pg.py).
 MIGRATION_LOCK = 0x63617067_00000001  # "capg" + 1
 CONFIG_LOCK = 0x63617067_00000002
+# Changes that alter no plan (migration 11) hold CONFIG_LOCK shared, as reservations do,
+# and this one exclusive: one at a time, and never beside any other configuration change.
+KEYS_LOCK = 0x63617067_00000003
+
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: the tables of SQLite's schema (its migrations 1-8), and the hot-path functions.
@@ -600,6 +606,68 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX ledger_daily_at ON ledger_daily (created_at);
     """,
+)
+
+
+def _function(migration: int, name: str) -> str:
+    """The text of function `name` as released migration `migration` created it, as
+    CREATE OR REPLACE: a later migration changes one line of a released function without
+    a copy of it by hand."""
+    text = MIGRATIONS[migration - 1]
+    start = text.index(f"    CREATE FUNCTION {name}(")
+    end = text.index("END $$;", start) + len("END $$;")
+    body = text[start:end].replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1)
+    return f"\n{body}\n"
+
+
+def _changed(text: str, old: str, new: str) -> str:
+    assert text.count(old) == 1, old
+    return text.replace(old, new)
+
+
+# 11 (below), its parts: the trigger, and the two functions with their one check changed.
+_PLAN_VERSION = """
+    CREATE OR REPLACE FUNCTION capgate_config_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF NEW.k = 'config_version' THEN
+            IF current_setting('capgate.plans_unchanged', true) IS DISTINCT FROM 'on' THEN
+                PERFORM pg_advisory_xact_lock(%(config_lock)s);
+                UPDATE meta SET v = NEW.v WHERE k = 'plan_version';
+            END IF;
+            PERFORM pg_notify('capgate_config', NEW.v);
+        END IF;
+        RETURN NEW;
+    END $$;
+    INSERT INTO meta SELECT 'plan_version', v FROM meta WHERE k = 'config_version';
+    """
+_RESERVE_ON_PLAN_VERSION = _changed(
+    _function(1, "capgate_reserve"),
+    "IF (SELECT v FROM meta WHERE k = 'config_version') IS DISTINCT FROM p_version THEN",
+    "IF p_version IS NULL OR p_version::BIGINT\n"
+    "            < (SELECT v FROM meta WHERE k = 'plan_version')::BIGINT THEN",
+)
+_BATCH_ON_PLAN_VERSION = _changed(
+    _changed(
+        _function(3, "capgate_batch"),
+        "WHERE m.k = 'config_version';",
+        "WHERE m.k = 'plan_version';",
+    ),
+    "WHEN r_version[i] IS DISTINCT FROM current THEN",
+    "WHEN r_version[i] IS NULL OR r_version[i]::BIGINT < current::BIGINT THEN",
+)
+
+MIGRATIONS += (
+    # 11: a plan is stale only when a change could alter it. `meta.plan_version` is the
+    #     configuration version of the last change that could (a limit, a status, a scope
+    #     a key counts against, a deletion). Adding a key or replacing its secret cannot:
+    #     such a change sets capgate.plans_unchanged for its transaction and holds the
+    #     configuration lock shared, as reservations do (and KEYS_LOCK), so a script
+    #     creating keys by the hundred no longer makes every other key's reservations
+    #     plan again. Every node still reloads on each change (NOTIFY). A reservation is
+    #     stale when its node's version is older than plan_version; the functions are
+    #     those of migrations 1 and 3 with that check changed (a node of the previous
+    #     release passes its config_version: still sound for it).
+    "".join((_PLAN_VERSION, _RESERVE_ON_PLAN_VERSION, _BATCH_ON_PLAN_VERSION)),
 )
 
 _CREATE_VERSION = "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)"
