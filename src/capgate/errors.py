@@ -43,6 +43,14 @@ class CapgateError(Exception):
         if status is not None:  # an upstream's own status, passed on
             self.status = status
 
+    def shown_as(self, status: int, message: str) -> CapgateError:
+        """This error as one client is sent it (another status or message): a new error
+        of the same class, this one left as it was raised."""
+        shown = type(self).__new__(type(self), message)
+        shown.__dict__.update(self.__dict__)
+        shown.status, shown.message = status, message
+        return shown
+
 
 class InvalidRequest(CapgateError):
     status = 400

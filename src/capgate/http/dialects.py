@@ -3,7 +3,6 @@ knows both error shapes, and the statuses each known client shows at once."""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 
 import orjson
@@ -101,9 +100,7 @@ def for_client(error: CapgateError, client: str | None) -> CapgateError:
         message = f"capgate: {message}"
         if isinstance(error, AuthenticationFailed):
             message += _CLAUDE_CODE_KEY
-    shown = copy.copy(error)
-    shown.status, shown.message = status, message
-    return shown
+    return error.shown_as(status, message)
 
 
 _CLAUDE_CODE_KEY = (

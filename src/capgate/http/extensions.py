@@ -7,7 +7,8 @@
 - A `RoutePolicy` sees the request's `CallFacts` and the router's `Plan` before anything
   is priced or held, and returns the plan to follow (the same, another model or target,
   another fallback) or raises a `CapgateError` to refuse (rendered in the client's
-  dialect by its door, recorded like any refusal).
+  dialect by its door; in the access log and metrics like any error before admission,
+  not in the ledger: nothing was held).
 - An `AnswerCache` is asked right after admission, once the request is reserved: a hit
   answers instead of forwarding, and is settled like any answer (at the cost the hit
   says, often 0), so a paused key, a model not allowed, a rate or concurrency limit
