@@ -19,10 +19,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from capgate.config import ProviderConfig, RouteConfig, ServerConfig, TargetConfig
+from capgate.core.engine import Refusal
 from capgate.core.limits import Limit, Metric, ScopeKind
 from capgate.core.money import Usage
 from capgate.core.windows import WindowKind
-from capgate.errors import PermissionDenied, UpstreamFailed
+from capgate.errors import LimitExceeded, PermissionDenied, UpstreamFailed
+from capgate.http.dialects import CLAUDE_CODE, CODEX, for_client
 from capgate.http.extensions import CachedAnswer, CallFacts, Extensions, FinalAnswer
 from capgate.http.gateway import Gateway
 from capgate.http.generate import GenerateAPI
@@ -457,3 +459,15 @@ def test_an_answer_cache_answers_instead_of_forwarding(tmp_path: Path, stream: b
 
     run(Setup([a], extensions=Extensions(cache=cache)), tmp_path, test)
     assert len(a.sent) == 1
+
+
+def test_an_error_shown_to_a_client_leaves_the_raised_one_as_it_was() -> None:
+    refusal = Refusal("limit_exceeded", "Daily request limit", "key", "k")
+    error = LimitExceeded(refusal, 0.0)
+    shown = for_client(error, CODEX)
+    assert (shown.status, error.status) == (400, 402)
+    assert isinstance(shown, LimitExceeded) and shown.refusal is refusal
+    shown = for_client(error, CLAUDE_CODE)
+    assert shown.message == "capgate: Daily request limit"
+    assert error.message == "Daily request limit"
+    assert for_client(error, None) is error
