@@ -32,7 +32,7 @@ from capgate.keys import key_hash, new_key
 from capgate.pricing import PricingTable
 from capgate.providers.base import Endpoint
 from capgate.providers.fake import FakeAnswer, FakeProvider
-from capgate.routing import Plan, Router
+from capgate.routing import Breakers, Plan, Router
 from capgate.store.base import RequestQuery, ScopeFields
 from capgate.store.records import LedgerEntry
 from capgate.store.sqlite import SQLiteStore
@@ -471,3 +471,27 @@ def test_an_error_shown_to_a_client_leaves_the_raised_one_as_it_was() -> None:
     assert shown.message == "capgate: Daily request limit"
     assert error.message == "Daily request limit"
     assert for_client(error, None) is error
+
+
+# -- the router alone: its rng and its breakers' clock ----------------------------------------
+
+
+def test_the_router_picks_by_weight_and_skips_a_cooling_provider() -> None:
+    now = [1000.0]
+    a, b = FakeProvider("a", ok), FakeProvider("b", ok)
+    configs = {p.name: ProviderConfig(name=p.name, type="anthropic", cooldown_after=2,
+                                      cooldown_s=30) for p in (a, b)}  # fmt: skip
+    weighted = RouteConfig(
+        match="*",
+        targets=[TargetConfig(provider="a", weight=1), TargetConfig(provider="b", weight=3)],
+    )
+    breakers = Breakers(configs, clock=lambda: now[0])
+    router = Router([weighted], {"a": a, "b": b}, configs, rng=random.Random(3), breakers=breakers)
+    picks = [router.plan(SONNET, Endpoint.MESSAGES).first.provider.name for _ in range(400)]
+    assert 60 < picks.count("a") < 140  # a quarter of 400, give or take
+    for _ in range(2):
+        breakers.failed("b", "boom")
+    assert {router.plan(SONNET, Endpoint.MESSAGES).first.provider.name for _ in range(50)} == {"a"}
+    now[0] += 31  # the cooldown is over
+    picks = [router.plan(SONNET, Endpoint.MESSAGES).first.provider.name for _ in range(50)]
+    assert "b" in picks
