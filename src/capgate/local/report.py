@@ -148,11 +148,15 @@ def by_project(
     return projects, total
 
 
-def by_session(entries: Iterable[Entry], costing: Costing, query: Query) -> tuple[list[Row], Row]:
-    """Rows by session, dearest first; `--since/--until` test the session's last day."""
+def by_session(
+    entries: Iterable[Entry], costing: Costing, query: Query, order: str = "desc"
+) -> tuple[list[Row], Row]:
+    """Rows by session, dearest first (`order` "asc": cheapest first, as ccusage's
+    `--order`; ties by session id); `--since/--until` test the session's last day."""
     rows, _ = _group(entries, costing, query, None)
     rows = [r for r in rows if r.last is not None and query.keeps_day(query.local_date(r.last))]
-    rows.sort(key=lambda r: (-r.totals.cost_nano, r.key))
+    sign = 1 if order == "asc" else -1
+    rows.sort(key=lambda r: (sign * r.totals.cost_nano, r.key))
     total = Row(key="total")
     for row in rows:
         _merge(total, row)
