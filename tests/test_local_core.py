@@ -178,7 +178,12 @@ def test_rows_of_a_file_are_its_deduplicated_entries(picks: list[int]) -> None:
     assert marked.bad_lines == slow.bad_lines
 
 
-LINE_PARTS = [b"a", b"token_count", b"turn_context", b"session_meta", b"thread_spawn", b"x" * 5]
+CONVERSATION = b'{"timestamp":"2026-12-04T10:00:00.000Z","type":"response_item",'
+LINE_PARTS = [
+    b"a", claude.MARKER, b"thread_spawn", b"x" * 5, CONVERSATION,
+    CONVERSATION.replace(b'000Z"', b'000Z\\"'),  # an escaped quote: not that line's start
+    CONVERSATION.replace(b"response_item", b"event_msg"),
+]  # fmt: skip
 
 
 @given(
@@ -186,9 +191,11 @@ LINE_PARTS = [b"a", b"token_count", b"turn_context", b"session_meta", b"thread_s
     st.booleans(),
     st.sampled_from([0, 1, 20]),
 )
-def test_marked_lines_are_the_lines_a_full_read_would_parse(
+def test_the_file_readers_give_the_lines_a_full_read_would_parse(
     parts: list[list[bytes]], ends_in_newline: bool, whole: int
 ) -> None:
+    """Claude Code's reader: the lines holding the marker; Codex's: every line but those
+    of conversation (past the first `whole`); both: an unterminated last line."""
     lines = [b"".join(p) + b"\n" for p in parts]
     if lines and not ends_in_newline:
         lines[-1] = lines[-1][:-1]
@@ -197,13 +204,13 @@ def test_marked_lines_are_the_lines_a_full_read_would_parse(
         path.write_bytes(b"".join(lines))
         with path.open("rb") as handle:
             lines = list(handle)  # as reading it line by line gives them
-        for markers in ((b"token_count",), codex.MARKERS):
-            got = list(files._marked_lines(path, markers, Skipped(), whole))
-            expected = [
-                raw for number, raw in enumerate(lines)
-                if number < whole or any(m in raw for m in markers) or not raw.endswith(b"\n")
-            ]  # fmt: skip
-            assert got == expected
+        got = list(files._marked_lines(path, claude.MARKER, Skipped()))
+        assert got == [raw for raw in lines if claude.MARKER in raw or not raw.endswith(b"\n")]
+        got = list(files._lines_but(path, codex.CONVERSATION, Skipped(), whole))
+        assert got == [
+            raw for number, raw in enumerate(lines)
+            if number < whole or not raw.startswith(CONVERSATION) or not raw.endswith(b"\n")
+        ]  # fmt: skip
 
 
 def test_unknown_models_are_unpriced_and_synthetic_lines_free() -> None:
@@ -302,23 +309,22 @@ def test_codex_without_a_turn_context_is_gpt_5_and_subagent_replays_are_skipped(
     assert [(e.model, e.input_tokens, e.output_tokens) for e in entries] == [("gpt-5", 100, 10)]
 
 
-def test_codex_rows_from_the_marked_lines_are_those_of_every_line() -> None:
-    """The file reader hands Codex's parser its first lines and then only the lines with a
-    marker (`marked`): the same entries and bad lines as reading every line."""
-    talk = b'{"type":"response_item","payload":{"type":"message","content":"hi"}}\n'
+def test_codex_rows_from_the_lines_read_are_those_of_every_line(tmp_path: Path) -> None:
+    """The file reader leaves out the lines of conversation (Codex's `response_item`,
+    even one that mentions a marker) past the first ones: the same entries and bad lines
+    as parsing every line."""
+    talk = CONVERSATION + b'"payload":{"type":"message","content":"a token_count"}}\n'
     events = [token_count(f"2026-12-04T10:{m:02d}:00Z", usage(100 * m, 10, m)) for m in range(30)]
     lines = [talk, b"not json\n", *codex_lines(*events, spawn=True)]
     lines = [x for line in lines for x in (line, talk)]  # conversation between events
-    lines.append(b'{"timestamp": "2026-12-04T11:0')  # half-written
-    found = [
-        raw for number, raw in enumerate(lines)
-        if number < codex.SPAWN_WINDOW or any(m in raw for m in codex.MARKERS)
-        or not raw.endswith(b"\n")
-    ]  # fmt: skip
-    every, marked = Skipped(), Skipped()
+    lines.append(CONVERSATION + b'"payload":{"ty')  # half-written
+    path = tmp_path / "rollout.jsonl"
+    path.write_bytes(b"".join(lines))
+    every, read = Skipped(), Skipped()
     expected = [to_row(e) for e in codex.parse_lines(lines, "s", every)]
-    assert list(codex.parse_rows(found, "s", marked, marked=True)) == expected
-    assert len(expected) == 29 and marked.bad_lines == every.bad_lines == 1  # half-written
+    found = files._lines_but(path, codex.CONVERSATION, read, codex.SPAWN_WINDOW)
+    assert list(codex.parse_rows(found, "s", read)) == expected
+    assert len(expected) == 29 and read.bad_lines == every.bad_lines == 1  # half-written
 
 
 def at(hour: int, minute: int = 0, day: int = 4) -> str:
