@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from capgate.local import claude, codex, files
@@ -362,3 +362,97 @@ def test_the_active_blocks_burn_rate_and_projection() -> None:
     later = now + timedelta(hours=6)
     (done,) = blocks(entries, COSTING, later)
     assert not done.active and burn(done, later) is None
+
+
+def reference_row(data: Any) -> tuple[Any, ...] | None:
+    """ccusage's rules for a Claude Code line, written plainly (the reader's `_row` is the
+    same, written for speed): the row, or None when the line is not an entry."""
+    if not isinstance(data, dict) or not isinstance(data.get("message"), dict):
+        return None
+    message = data["message"]
+    usage = message.get("usage")
+    if not isinstance(usage, dict):
+        return None
+
+    def count(value: Any) -> int:
+        return value if type(value) is int and value >= 0 else 0
+
+    nullable = [data.get(k, 0) for k in ("cwd", "costUSD", "version", "isApiErrorMessage")]
+    nullable += [usage.get(k, 0) for k in ("speed", "cache_creation_input_tokens",
+                                           "cache_read_input_tokens")]  # fmt: skip
+    ids = [data.get("sessionId", 0), data.get("requestId", 0)]
+    ids += [message.get("id", 0), message.get("model", 0)]
+    if any(v is None for v in nullable + ids) or any(v == "" for v in ids):
+        return None
+    version = data.get("version")
+    if version is not None and not (isinstance(version, str) and version[:1].isdigit()
+                                    and claude._VERSION.match(version)):  # fmt: skip
+        return None
+    when = claude.parse_timestamp(data.get("timestamp"))
+    inp, out = usage.get("input_tokens"), usage.get("output_tokens")
+    if when is None or type(inp) is not int or inp < 0 or type(out) is not int or out < 0:
+        return None
+    split = usage.get("cache_creation")
+    if isinstance(split, dict):
+        writes = (
+            count(split.get("ephemeral_5m_input_tokens", 0)),
+            count(split.get("ephemeral_1h_input_tokens", 0)),
+        )
+    else:
+        writes = count(usage.get("cache_creation_input_tokens", 0)), 0
+    mid, rid, model = message.get("id"), data.get("requestId"), message.get("model")
+    return (
+        "claude", (when - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1),
+        "p", "s", model if isinstance(model, str) else "(unknown)", inp, out, *writes,
+        count(usage.get("cache_read_input_tokens", 0)), 0,
+        mid if isinstance(mid, str) else None, rid if isinstance(rid, str) else None,
+        data.get("isSidechain") is True, "speed" in usage,
+    )  # fmt: skip
+
+
+ODD = st.sampled_from([None, 0, -3, 7, 7.0, True, "", "x", "2.1", [], {}])
+GONE = object()
+
+
+def changed(base: dict[str, Any], values: Any = ODD) -> Any:
+    """`base` with up to 3 of its fields given odd values or taken out."""
+    changes = st.dictionaries(st.sampled_from(sorted(base)), values | st.just(GONE), max_size=3)
+    return changes.map(lambda c: {k: v for k, v in {**base, **c}.items() if v is not GONE})
+
+
+FIELDS = changed({"cwd": "/w", "costUSD": 0.1, "version": "2.1.330", "isApiErrorMessage": False,
+                  "sessionId": "s", "requestId": "r", "isSidechain": True,
+                  "timestamp": "2026-12-04T10:00:00.123Z"})  # fmt: skip
+MESSAGE = changed({"id": "m", "model": "claude-sonnet-4-6"})
+SPLIT = changed({"ephemeral_5m_input_tokens": 1, "ephemeral_1h_input_tokens": 3})
+USAGE = changed({"input_tokens": 10, "output_tokens": 5, "cache_creation_input_tokens": 4,
+                 "cache_read_input_tokens": 3, "speed": "fast",
+                 "cache_creation": {"ephemeral_5m_input_tokens": 1, "ephemeral_1h_input_tokens": 3}},
+                ODD | SPLIT)  # fmt: skip
+
+
+VALID = ({"sessionId": "s", "requestId": "r", "timestamp": "2026-12-04T10:00:00Z"},
+         {"id": "m", "model": "x"}, {"input_tokens": 1, "output_tokens": 2})  # fmt: skip
+
+
+@settings(max_examples=1000)  # pure and fast: many shapes
+@given(FIELDS, MESSAGE, USAGE)
+@example({**VALID[0], "isApiErrorMessage": None}, *VALID[1:]).via("a null field")
+@example(*VALID[:2], {**VALID[2], "cache_read_input_tokens": True}).via("a bool count")
+@example({**VALID[0], "requestId": ""}, *VALID[1:]).via("an empty request id")
+@example(*VALID[:2], {**VALID[2], "cache_creation": {"ephemeral_1h_input_tokens": 7.0}}).via(
+    "a float 1-hour write"
+)
+def test_a_line_makes_the_row_the_plain_rules_make(
+    fields: dict[str, Any], message: dict[str, Any], usage: dict[str, Any]
+) -> None:
+    data = {**fields, "message": {**message, "usage": usage}}
+    assert claude.row_from_line(data, "p", "s") == reference_row(data)
+    found = claude._row(data, "p", "s")
+    if found is not None:  # whole: every cache count an int (not a float or a bool)
+        split = usage.get("cache_creation")
+        counts = [usage.get("cache_read_input_tokens", 0)] + (
+            [split.get("ephemeral_5m_input_tokens", 0), split.get("ephemeral_1h_input_tokens", 0)]
+            if isinstance(split, dict) else [usage.get("cache_creation_input_tokens", 0)]
+        )  # fmt: skip
+        assert found[1] == all(type(c) is int for c in counts)

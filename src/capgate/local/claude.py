@@ -39,10 +39,6 @@ def parse_timestamp(value: Any) -> datetime | None:
     return when.astimezone(UTC)
 
 
-def _count(value: Any) -> int | None:
-    return value if type(value) is int and value >= 0 else None
-
-
 def entry_from_line(data: Any, project: str, session: str) -> Entry | None:
     """The entry one parsed line makes, or None when the line is not one."""
     row = row_from_line(data, project, session)
@@ -50,8 +46,15 @@ def entry_from_line(data: Any, project: str, session: str) -> Entry | None:
 
 
 def row_from_line(data: Any, project: str, session: str) -> Row | None:
-    """`entry_from_line` as a cache row (`cache.to_row`), or None. (Straight-line code:
-    this runs once per answer line of every file.)"""
+    """`entry_from_line` as a cache row (`cache.to_row`), or None."""
+    found = _row(data, project, session)
+    return None if found is None else found[0]
+
+
+def _row(data: Any, project: str, session: str) -> tuple[Row, bool] | None:
+    """The line's row, and whether its cache counts are whole numbers (a float or bool
+    reads as 0: only then does a copy equal to this usage, `7.0 == 7`, count at most its
+    tokens). Straight-line code: this runs once per answer of every file."""
     if type(data) is not dict:
         return None
     message = data.get("message")
@@ -61,42 +64,44 @@ def row_from_line(data: Any, project: str, session: str) -> Row | None:
     if type(usage) is not dict:
         return None
     get, mget, uget = data.get, message.get, usage.get
-    if None in (
-        get("cwd", 0), get("costUSD", 0), get("version", 0), get("isApiErrorMessage", 0),
-        uget("speed", 0), uget("cache_creation_input_tokens", 0),
-        uget("cache_read_input_tokens", 0), mget("id", 0), mget("model", 0),
+    if (
+        get("cwd", 0) is None or get("costUSD", 0) is None or get("version", 0) is None
+        or get("isApiErrorMessage", 0) is None or uget("speed", 0) is None
+        or uget("cache_creation_input_tokens", 0) is None
+        or uget("cache_read_input_tokens", 0) is None
     ):  # fmt: skip
         return None
     session_id, request_id = get("sessionId", 0), get("requestId", 0)
     mid, model = mget("id", 0), mget("model", 0)
-    if "" in (session_id, request_id, mid, model) or None in (session_id, request_id):
+    if (
+        mid is None or model is None or session_id is None or request_id is None
+        or session_id == "" or request_id == "" or mid == "" or model == ""
+    ):  # fmt: skip
         return None
     version = get("version")
     if version is not None and not (type(version) is str and _good_version(version)):
         return None
     when = parse_timestamp(get("timestamp"))
-    inp, out = _count(uget("input_tokens")), _count(uget("output_tokens"))
-    if when is None or inp is None or out is None:
+    inp, out = uget("input_tokens"), uget("output_tokens")
+    if when is None or type(inp) is not int or inp < 0 or type(out) is not int or out < 0:
         return None
-    write_5m, write_1h = _cache_writes(usage)
+    split = uget("cache_creation")
+    if type(split) is dict:  # the 5-minute and 1-hour writes apart
+        write = split.get("ephemeral_5m_input_tokens", 0)
+        write_1h = split.get("ephemeral_1h_input_tokens", 0)
+    else:
+        write, write_1h = uget("cache_creation_input_tokens", 0), 0
+    read = uget("cache_read_input_tokens", 0)
+    whole = type(write) is int and type(write_1h) is int and type(read) is int
     return (
         "claude", (when - EPOCH) // MICROSECOND, project, session,
-        model if type(model) is str else "(unknown)",
-        inp, out, write_5m, write_1h, _count(uget("cache_read_input_tokens", 0)) or 0, 0,
+        model if type(model) is str else "(unknown)", inp, out,
+        write if type(write) is int and write > 0 else 0,
+        write_1h if type(write_1h) is int and write_1h > 0 else 0,
+        read if type(read) is int and read > 0 else 0, 0,
         mid if type(mid) is str else None, request_id if type(request_id) is str else None,
         get("isSidechain") is True, "speed" in usage,
-    )  # fmt: skip
-
-
-def _cache_writes(usage: dict[str, Any]) -> tuple[int, int]:
-    """(5-minute, 1-hour) cache writes: the `cache_creation` split when the line has it."""
-    split = usage.get("cache_creation")
-    if isinstance(split, dict):
-        return (
-            _count(split.get("ephemeral_5m_input_tokens", 0)) or 0,
-            _count(split.get("ephemeral_1h_input_tokens", 0)) or 0,
-        )
-    return _count(usage.get("cache_creation_input_tokens", 0)) or 0, 0
+    ), whole  # fmt: skip
 
 
 def parse_lines(
@@ -157,25 +162,11 @@ def parse_rows(
                 first = firsts.get(key)
                 if first is not None and first == (message.get("usage"), data.get("isSidechain") is True):  # fmt: skip
                     continue
-        row = row_from_line(data, project, session)
-        if row is None:
+        found = _row(data, project, session)
+        if found is None:
             continue
+        row, whole = found
         rows.append(row)
-        usage = data["message"]["usage"]
-        if row[11] is not None and (row[11], row[12]) not in firsts and _whole(usage):
-            firsts[row[11], row[12]] = (usage, row[13])
+        if whole and row[11] is not None and (row[11], row[12]) not in firsts:
+            firsts[row[11], row[12]] = (data["message"]["usage"], row[13])
     return dedupe_rows(rows)
-
-
-def _whole(usage: dict[str, Any]) -> bool:
-    """The cache counts are whole numbers (`_count` reads a float or bool as 0): a copy
-    equal to this usage (`7.0 == 7 == 7`) then counts at most its tokens."""
-    split = usage.get("cache_creation")
-    if isinstance(split, dict):
-        write = (
-            type(split.get("ephemeral_5m_input_tokens", 0)) is int
-            and type(split.get("ephemeral_1h_input_tokens", 0)) is int
-        )
-    else:
-        write = type(usage.get("cache_creation_input_tokens", 0)) is int
-    return write and type(usage.get("cache_read_input_tokens", 0)) is int
