@@ -447,8 +447,9 @@ def test_a_line_makes_the_row_the_plain_rules_make(
     fields: dict[str, Any], message: dict[str, Any], usage: dict[str, Any]
 ) -> None:
     data = {**fields, "message": {**message, "usage": usage}}
-    assert claude.row_from_line(data, "p", "s") == reference_row(data)
-    found = claude._row(data, "p", "s")
+    line = claude.read(json.dumps(data).encode(), Skipped())
+    found = None if line is None else claude.row_of(line, "p", "s")
+    assert (None if found is None else found[0]) == reference_row(data)
     if found is not None:  # whole: every cache count an int (not a float or a bool)
         split = usage.get("cache_creation")
         counts = [usage.get("cache_read_input_tokens", 0)] + (
