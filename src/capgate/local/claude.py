@@ -162,9 +162,12 @@ def parse_rows(
     Most answer lines repeat an earlier line's answer (a line per content block, all with
     the answer's usage): a line under the ids of an earlier entry of this file, with the
     same usage and chain as that entry's, cannot outrank it (`dedupe` would drop it) and is
-    not looked at further."""
+    not looked at further. When no two rows left share a message id, there is nothing
+    for `dedupe` to do."""
     rows: list[Row] = []
     firsts: dict[tuple[str, str | None], tuple[Any, bool]] = {}  # ids -> (usage, sidechain)
+    ids: set[str] = set()  # the message ids of `rows`
+    shared = False
     for raw in lines:
         if (not marked or raw[-1:] != b"\n") and MARKER not in raw:
             if not raw.endswith(b"\n") and raw.strip():
@@ -184,7 +187,13 @@ def parse_rows(
             continue
         row, whole = found
         rows.append(row)
-        if whole and row[11] is not None and (row[11], row[12]) not in firsts:
+        if row[11] is None:
+            continue
+        if row[11] in ids:
+            shared = True
+        else:
+            ids.add(row[11])
+        if whole and (row[11], row[12]) not in firsts:
             assert isinstance(message, Message)  # row_of made a row of it
             firsts[row[11], row[12]] = (message.usage, row[13])
-    return dedupe_rows(rows)
+    return dedupe_rows(rows) if shared else rows
