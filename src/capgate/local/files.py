@@ -191,7 +191,9 @@ def read_entries(
             todo.append((len(found), job, stat.st_size, stat.st_mtime_ns))
         found.append(hit)
     parsed = _parse_all([t[1] for t in todo], [t[2] for t in todo], workers)
-    for (index, job, size, mtime), (rows, bad, unreadable) in zip(todo, parsed, strict=True):
+    parsed.reverse()
+    for index, job, size, mtime in todo:
+        rows, bad, unreadable = parsed.pop()  # let go of the rows (unless cached) as they go
         skipped.bad_lines += bad
         if unreadable:
             skipped.unreadable_files.append(job[0])
