@@ -263,6 +263,13 @@ def test_unchanged_files_come_from_the_cache_and_changed_ones_are_read(home: Pat
     assert fresh == first
     os.utime(s2, ns=(0, 10**18))  # modified: read again
     assert json.loads(local(home, "daily", "--json").stdout)["totals"] == first
+    version, files = json.loads(cache.read_text())
+    for damage in ("2026-12-05", None):  # a row's time not a number; a row cut short
+        row = files[s2][3][0]
+        files[s2][3][0] = [row[0], damage, *row[2:]] if damage else row[:5]
+        cache.write_text(json.dumps([version, files]))
+        assert json.loads(local(home, "daily", "--json").stdout)["totals"] == first
+        files[s2][3][0] = row
     cache.write_bytes(b"\x00garbage")  # damaged: rebuilt
     assert json.loads(local(home, "daily", "--json").stdout)["totals"] == first
     assert json.loads(cache.read_text())[0] == version

@@ -13,9 +13,9 @@ from typing import Any
 import msgspec
 import orjson
 
-from capgate.local.cache import EPOCH, MICROSECOND, Row, from_row
+from capgate.local.cache import Row, from_row
 from capgate.local.dedup import dedupe_rows
-from capgate.local.records import Entry, Skipped
+from capgate.local.records import EPOCH, MICROSECOND, Entry, Skipped
 
 MARKER = b'"usage":{'
 _VERSION = re.compile(r"^\d+\.\d+\.\d+")

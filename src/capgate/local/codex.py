@@ -12,9 +12,9 @@ from typing import Any
 
 import orjson
 
-from capgate.local.cache import EPOCH, MICROSECOND, Row, from_row
+from capgate.local.cache import Row, from_row
 from capgate.local.claude import parse_timestamp
-from capgate.local.records import Entry, Skipped
+from capgate.local.records import EPOCH, MICROSECOND, Entry, Skipped
 
 FALLBACK_MODEL = "gpt-5"
 _FIELDS = ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning_output_tokens")

@@ -10,7 +10,7 @@ from datetime import date, datetime, timedelta, tzinfo
 from typing import Any
 
 from capgate.local.costing import Costing
-from capgate.local.records import SYNTHETIC, Entry
+from capgate.local.records import EPOCH, MICROSECOND, SYNTHETIC, Entry
 
 PERIODS = ("daily", "weekly", "monthly")
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
@@ -175,7 +175,7 @@ def _group(
     # then made rows: the same sums as adding each entry to its row, its model and the total.
     sums: dict[tuple[str, str, str], list[int]] = {}
     unpriced: set[tuple[str, str, str]] = set()
-    spans: dict[str, list[Any]] = {}  # row key -> [project, first, last]
+    spans: dict[str, list[Any]] = {}  # row key -> [project, first, last] (micros)
     # Per UTC quarter hour (every zone's offset is whole quarters): (row key or None when
     # the day is filtered out; "" by session).
     quarters: dict[int, str | None] = {}
@@ -185,11 +185,11 @@ def _group(
             project is not None and entry.project != project
         ):
             continue
-        when = entry.timestamp
-        quarter = int(when.timestamp()) // 900
+        when = entry.micros
+        quarter = when // 900_000_000
         key = quarters.get(quarter, "?")
         if key == "?":
-            key = quarters[quarter] = _quarter_key(query, when, day_key)
+            key = quarters[quarter] = _quarter_key(query, entry.timestamp, day_key)
         if key is None:
             continue
         key = key or entry.session
@@ -229,7 +229,8 @@ def _group(
         row = rows.get(key)
         if row is None:
             project, first, last = spans[key]
-            row = rows[key] = Row(key=key, project=project, first=first, last=last)
+            row = rows[key] = Row(key=key, project=project, first=EPOCH + first * MICROSECOND,
+                                  last=EPOCH + last * MICROSECOND)  # fmt: skip
         for into in (row, total):
             into.totals.merge(part)
             into.agents.add(agent)

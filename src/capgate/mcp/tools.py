@@ -169,7 +169,7 @@ class LocalUsage:
 
 def _latest(entries: list[Entry], project: str | None) -> str | None:
     found = [e for e in entries if project is None or e.project == project]
-    return max(found, key=lambda e: e.timestamp).session if found else None
+    return max(found, key=lambda e: e.micros).session if found else None
 
 
 T = TypeVar("T")
