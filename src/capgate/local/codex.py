@@ -18,7 +18,6 @@ from capgate.local.records import EPOCH, MICROSECOND, Entry, Skipped
 
 FALLBACK_MODEL = "gpt-5"
 _FIELDS = ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning_output_tokens")
-MARKERS = (b"token_count", b"turn_context", b"session_meta")  # the lines to parse (as below)
 SPAWN_WINDOW = 20  # a subagent file says so (`thread_spawn`) in one of its first lines
 # The start of a line of conversation (`response_item`: messages, tool calls and their
 # output, reasoning; most of a file's bytes) as Codex writes it: its type is known without
@@ -42,7 +41,8 @@ def parse_lines(lines: Iterable[bytes], session: str, skipped: Skipped) -> Itera
 
 def parse_rows(lines: Iterable[bytes], session: str, skipped: Skipped) -> Iterator[Row]:
     """The entries of one file's lines, as cache rows (`cache.to_row`): only the lines
-    holding one of `MARKERS` (and an unterminated last line) are parsed."""
+    holding `token_count`, `turn_context` or `session_meta` (and an unterminated last
+    line) are parsed."""
     state = _State(session=session)
     loads = orjson.loads
     for number, raw in enumerate(lines):
