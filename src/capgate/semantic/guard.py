@@ -19,11 +19,12 @@ _WORD = re.compile(r"[a-z0-9][a-z0-9_#+]*(?:\.[a-z0-9_#+]+)*")
 
 # Words that frame a request without changing its answer. "get", "for", "while", "not",
 # "why", "when", "should" are content: "HTTP GET" / "HTTP POST", "for loop" / "while loop".
-_FILLER = frozenset(  # noqa: SIM905 (a word list reads better as words)
+# A word list reads better as words than as a list of quoted strings.
+_FILLER = frozenset(
     """a an the i me my we our you your it its this that these those is are was were be
     been do does did doing can could please kindly just how what way ways tell show
     give explain describe s t d ll re ve m there here some any of in on at with by
-    about as so and or got using need want like help question""".split()
+    about as so and or got using need want like help question""".split()  # noqa: SIM905
 )
 # The order around these words carries meaning: "convert Celsius to Fahrenheit". All but
 # "to" ("how to X" / "how do I X") are content words too.
