@@ -6,8 +6,8 @@ score near-misses ("sort ascending" / "sort descending", "17 times 23" / "17 tim
 "string to int" / "int to string") as high as paraphrases, so no similarity threshold
 alone gives a usable precision. A candidate found by similarity is served only when, after
 lower-casing, dropping the words that frame a question ("how do I", "what is", "please",
-"explain") and a plural's "s", both prompts have the same set of content words and the same
-numbers, and the words on each side of "to", "from", "vs"... are the same. Pure: no I/O.
+"explain") and a plural's "s", both prompts have the same set of content words, the same
+numbers in the same order, and the same words before "to", "from", "vs"... Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ _FILLER = frozenset(
 # The order around these words carries meaning: "convert Celsius to Fahrenheit". All but
 # "to" ("how to X" / "how do I X") are content words too.
 _DIRECTION = frozenset("to into from than vs versus over before after".split())  # noqa: SIM905
-_ROMAN = frozenset("i ii iii iv v vi vii viii ix x".split())  # noqa: SIM905
+# Not "i": "how do I". "World War I" / "World War II" differ by "ii" already.
+_ROMAN = frozenset("ii iii iv v vi vii viii ix x".split())  # noqa: SIM905
 
 
 def _stem(word: str) -> str:
@@ -56,7 +57,8 @@ class Signature:
 def signature(text: str) -> Signature:
     words = [_stem(w) for w in _WORD.findall(text.lower().replace("'", " "))]
     content = frozenset(w for w in words if w not in _FILLER and w != "to")
-    numbers = tuple(sorted(w for w in words if w[0].isdigit() or w in _ROMAN))
+    # In order: "divide 10 by 2" / "divide 2 by 10".
+    numbers = tuple(w for w in words if w[0].isdigit() or w in _ROMAN)
     sides: dict[str, frozenset[str]] = {}
     for i, word in enumerate(words):
         if word in _DIRECTION and word not in sides:
