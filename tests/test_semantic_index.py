@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from capgate.semantic.guard import signature
+from capgate.semantic.guard import same_content, signature
 from capgate.semantic.index import SemanticIndex
 
 DIM = 8
@@ -164,3 +164,60 @@ def test_matches_a_brute_force_model(ops: list[tuple[str, tuple[str, str, str], 
             else:
                 assert found is None
         assert len(ix) == len(model)
+
+
+GUARD = [
+    ("How do I sort a list in Python?", "python: how can I sort a list", True),
+    ("What is a mutex?", "Can you please explain what a mutex is?", True),
+    ("How do I install packages with pip?", "How to install a package with pip", True),
+    ("Sort a list ascending", "Sort a list descending", False),
+    ("Convert Celsius to Fahrenheit", "Convert Fahrenheit to Celsius", False),
+    ("What is 17 times 23?", "What is 17 times 32?", False),
+    ("Divide 10 by 2", "Divide 2 by 10", False),
+    ("World War I", "World War II", False),
+    ("Write a poem", "Write a funny poem", False),
+    ("What to do before an interview", "What to do after an interview", False),
+    ("Why is my build slow?", "When is my build slow?", False),
+    ("Make an HTTP GET request", "Make an HTTP POST request", False),
+    ("Write a for loop in Bash", "Write a while loop in Bash", False),
+    ("Why does it re-render?", "Why doesn't it re-render?", False),
+]
+
+
+@pytest.mark.parametrize(("a", "b", "same"), GUARD)
+def test_the_guard(a: str, b: str, same: bool) -> None:
+    assert same_content(signature(a), signature(b)) is same
+    assert same_content(signature(b), signature(a)) is same
+
+
+WORDS = st.lists(
+    st.sampled_from(
+        [
+            "how",
+            "do",
+            "I",
+            "sort",
+            "to",
+            "from",
+            "a",
+            "list",
+            "python",
+            "2",
+            "10",
+            "vs",
+            "into",
+            "what",
+            "is",
+            "the",
+            "ii",
+        ]
+    ),
+    max_size=10,
+)
+
+
+@given(WORDS, WORDS)
+def test_the_guard_is_reflexive_and_symmetric(a: list[str], b: list[str]) -> None:
+    sa, sb = signature(" ".join(a)), signature(" ".join(b))
+    assert same_content(sa, sa)
+    assert same_content(sa, sb) == same_content(sb, sa)
