@@ -114,6 +114,40 @@ def curve(embedder: WordLlamaEmbedder) -> None:
         print(f"  {threshold:.2f}        {cells[0]}   {cells[1]}{mark}")
 
 
+CSV = (
+    "Write a Python function that parses a CSV file of orders and returns the total per customer.",
+    "Here is a function using the csv module: import csv; def totals(path): ... it reads each "
+    "row, converts the amount to a Decimal and sums per customer id, returning a dict.",
+)
+GO = (
+    "Write a Go function that sorts a slice of users by their signup date.",
+    "You can use sort.Slice: sort.Slice(users, func(i, j int) bool { return "
+    "users[i].SignupDate.Before(users[j].SignupDate) }).",
+)
+CONVERSATIONS = [
+    ("same last question, other history", (*CSV, "And in Rust?"), (*GO, "And in Rust?")),
+    (
+        "same history, other last question",
+        (*CSV, "Now add error handling for bad rows."),
+        (*CSV, "Now write unit tests for it."),
+    ),
+    (
+        "same history, opposite last question",
+        (*CSV, "Sort the result by total, descending."),
+        (*CSV, "Sort the result by total, ascending."),
+    ),
+]
+
+
+def conversations(embedder: WordLlamaEmbedder) -> None:
+    """Why only single-turn requests: what either choice of text would match."""
+    print("conversations that need different answers: similarity of")
+    for name, a, b in CONVERSATIONS:
+        whole = float(embedder.embed("\n".join(a)) @ embedder.embed("\n".join(b)))
+        last = float(embedder.embed(a[-1]) @ embedder.embed(b[-1]))
+        print(f"  {name:38} whole conversation {whole:.3f}   last message {last:.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
@@ -124,6 +158,7 @@ def main() -> None:
     speed(embedder, repeats)
     lookups(embedder, repeats)
     curve(embedder)
+    conversations(embedder)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS of this process: {rss:.0f} MiB (model ~32 MiB of it)")
 
