@@ -127,6 +127,9 @@ def test_not_eligible(dialect: str, body: dict[str, Any]) -> None:
 def test_temperature_up_to_what_is_configured() -> None:
     assert eligible(anthropic(temperature=0.2), "anthropic", max_temperature=0.3) is not None
     assert eligible(anthropic(temperature=0.4), "anthropic", max_temperature=0.3) is None
+    unset = {k: v for k, v in responses().items() if k != "temperature"}
+    assert eligible(unset, "openai", max_temperature=0.9) is None  # the default is 1
+    assert eligible(unset, "openai", max_temperature=1) is not None
 
 
 def context(dialect: str, body: dict[str, Any]) -> str:

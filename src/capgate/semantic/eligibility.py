@@ -5,8 +5,8 @@ A conversation is never matched by similarity, because one that ends with the sa
 question as another is a different question (docs/semantic-cache.md). No tools (the
 answer could be a tool call that acts on the caller's world), no images, audio or files,
 no continuation of a stored response. Temperature: the providers' default is 1 when it is
-absent, so a request is eligible only when it sets `temperature` at or below
-`max_temperature` (0 unless configured).
+absent, so a request is eligible when its `temperature`, or 1 when it sets none, is at or
+below `max_temperature` (0 unless configured).
 
 Everything else that shapes the answer (system prompt, max_tokens, stop sequences,
 response format, n, ...) goes into `Question.context`: cached answers are only compared
@@ -49,6 +49,10 @@ _REFUSED = (
     "conversation",
     "audio",
 )
+# What the providers use when a body sets no temperature (Anthropic, OpenAI): such a
+# request is eligible only when `max_temperature` is configured up to 1 (OpenAI's reasoning
+# models take no temperature at all).
+DEFAULT_TEMPERATURE = 1.0
 _SYSTEM_ROLES = frozenset({"system", "developer"})
 _TEXT_PARTS = frozenset({"text", "input_text"})
 
@@ -70,7 +74,7 @@ def eligible(
     (an Anthropic Messages, OpenAI Chat Completions or Responses request body)."""
     if any(body.get(field) for field in _REFUSED):
         return None
-    temperature = body.get("temperature")
+    temperature = body.get("temperature", DEFAULT_TEMPERATURE)
     if not isinstance(temperature, int | float) or isinstance(temperature, bool):
         return None
     if not 0 <= temperature <= max_temperature:
