@@ -119,6 +119,18 @@ def test_remove_and_replace() -> None:
     assert ix.lookup(ALICE, unit(1), SIG, now=0) is None
 
 
+def test_a_matrix_shrinks_as_its_partition_empties() -> None:
+    ix = index()
+    for i in range(64):
+        ix.add(ALICE, f"e{i}", unit(1, i), SIG, now=0)
+    ix.add(ALICE, "keep", unit(0, 1), signature("keep"), now=0)
+    assert ix._rows[ALICE].vectors.shape[0] == 128
+    for i in range(64):
+        ix.remove(f"e{i}")
+    assert ix._rows[ALICE].vectors.shape[0] <= 4
+    assert ix.lookup(ALICE, unit(0, 1), signature("keep"), now=0) == ("keep", pytest.approx(1.0))
+
+
 def test_bad_settings_refused() -> None:
     for kw in ({"max_entries": 0}, {"ttl": 0}, {"threshold": 0}, {"threshold": 1.5}):
         with pytest.raises(ValueError):

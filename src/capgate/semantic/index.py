@@ -4,8 +4,8 @@ Vectors are rows of one float32 matrix per partition; a lookup is one matrix-vec
 product over that partition, on one thread (10,000 vectors of 256 floats: ~0.4 ms;
 bench/semantic.py). Entries of other owners are never compared: they live in other
 matrices. Memory is bounded by `max_entries` in total across partitions (each entry: 1 KiB
-of vector, at most twice that with a matrix's spare rows, plus its guard signature, a few
-hundred bytes); past it the least recently used entry goes. An entry older than `ttl`
+of vector, at most 4 KiB with a matrix's spare rows, and ~1.3 KiB of id and guard
+signature); past it the least recently used entry goes. An entry older than `ttl`
 seconds is never returned and is dropped when met. Pure: no I/O, no clock of its own,
 not thread-safe (the caller serialises; see service.py).
 """
@@ -131,6 +131,8 @@ class SemanticIndex:
         rows.ids.pop()
         if not rows.ids:
             del self._rows[entry.partition]
+        elif len(rows.ids) <= rows.vectors.shape[0] // 4:  # spare rows stay under 4x
+            rows.vectors = rows.vectors[: rows.vectors.shape[0] // 2].copy()
         return True
 
     def expire(self, now: float) -> int:
