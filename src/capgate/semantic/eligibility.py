@@ -70,8 +70,9 @@ def eligible(
     max_temperature: float = 0.0,
     max_chars: int = 8000,
 ) -> Question | None:
-    """The question to look up, or None when the semantic cache must not answer `body`
-    (an Anthropic Messages, OpenAI Chat Completions or Responses request body)."""
+    """The question to look up, or None when the semantic cache must not answer `body`:
+    an Anthropic Messages, OpenAI Chat Completions or Responses request body, and only
+    those (an embeddings body has an `input` too, and must never be answered by similarity)."""
     if any(body.get(field) for field in _REFUSED):
         return None
     temperature = body.get("temperature", DEFAULT_TEMPERATURE)
