@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,17 +29,16 @@ GOOD_PROVIDER = {
 }
 
 
-def serve(tmp_path: Path, text: str, *extra: str) -> tuple[subprocess.CompletedProcess[str], float]:
+def serve(tmp_path: Path, text: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    """`capgate serve` on `text` as its config file (its timeout: one that would hang)."""
     config = tmp_path / "bad.yaml"
     config.write_text(text)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAPGATE_")}
-    started = time.monotonic()
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "capgate", "serve", "--config", str(config), "--port", "0",
          "--database-url", f"sqlite:///{tmp_path / 'capgate.db'}", *extra],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=30, check=False,
     )  # fmt: skip
-    return result, time.monotonic() - started
 
 
 def dump(data: Any) -> str:
@@ -160,9 +158,8 @@ def test_provider_fields_are_checked_at_load(field: str, value: Any, words: str)
 
 @pytest.mark.parametrize(("text", "words"), BAD_CONFIGS)
 def test_serve_refuses_bad_config(tmp_path: Path, text: str, words: list[str]) -> None:
-    result, took = serve(tmp_path, text)
+    result = serve(tmp_path, text)
     assert result.returncode != 0, (result.stdout, result.stderr)
-    assert took < 10
     output = result.stdout + result.stderr
     assert "Traceback" not in output, output
     assert "bad configuration" in output
