@@ -18,6 +18,7 @@ from capgate.routing import Plan, Router
 from capgate.rules.budget import NOTHING, BudgetView, Known
 from capgate.rules.language import Rule, RuleSet
 from capgate.rules.signals import RequestSignals
+from capgate.store.records import LimitUsage
 
 RULE_HEADER = "x-capgate-rule"
 
@@ -122,8 +123,15 @@ class RulePolicy:
         return self.rules.first(signals, known)
 
 
+class ScopeSource(Protocol):
+    """What rules read of the store (`store.base.Store` is one)."""
+
+    def scopes_above(self, key: Scope) -> list[Scope]: ...
+    async def counters(self, scope: Scope, now: float) -> list[LimitUsage]: ...
+
+
 def rule_policies(
-    rules: RuleSet, router: Router, store: Any, default_max_tokens: int
+    rules: RuleSet, router: Router, store: ScopeSource, default_max_tokens: int
 ) -> tuple[RulePolicy, ...]:
     """The gateway's route policies for `rules`: none when there are no rules (the
     request path then has no rule step at all). `store`: its `scopes_above` (the key
