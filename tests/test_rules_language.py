@@ -12,7 +12,8 @@ from capgate.config import ConfigError, parse_config
 from capgate.core.limits import Limit, Metric, Scope, ScopeKind
 from capgate.core.windows import parse_window
 from capgate.rules.budget import BudgetView, Known
-from capgate.rules.language import Comparison, RuleError, parse_comparison, parse_rules
+from capgate.rules.language import Comparison
+from capgate.rules.parse import RuleError, parse_comparison, parse_rules
 from capgate.rules.signals import RequestSignals
 from capgate.store.records import LimitUsage
 

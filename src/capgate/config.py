@@ -31,7 +31,8 @@ from capgate.alerts.rules import parse_defaults
 from capgate.bodylog.redact import compile_custom
 from capgate.core.windows import zone
 from capgate.http.client_address import parse_networks
-from capgate.rules.language import RuleError, RuleSet, parse_rules
+from capgate.rules.language import RuleSet
+from capgate.rules.parse import RuleError, parse_rules
 
 ProviderType = Literal[
     "anthropic", "openai", "openai-compatible", "mock", "claude-cli", "codex-cli"
