@@ -144,6 +144,26 @@ def test_weeks_start_on_the_chosen_day_and_rows_come_in_the_chosen_order(home: P
     assert table.index("2026-12-05") < table.index("2026-12-04")
 
 
+def test_sessions_and_blocks_come_in_the_chosen_order(home: Path) -> None:
+    def ids(*args: str) -> list[str]:
+        data = json.loads(local(home, *args, "--json").stdout)
+        return [r.get("sessionId") or r.get("id") for r in data[args[0].rstrip("s") + "s"]]
+
+    costs = {r["sessionId"]: r["totalCost"] for r in
+             json.loads(local(home, "session", "--json").stdout)["sessions"]}  # fmt: skip
+    dearest = sorted(costs, key=lambda s: (-costs[s], s))
+    assert len(set(costs.values())) == len(costs) > 2  # distinct costs: the order is the test
+    assert ids("session") == ids("session", "--order", "desc") == dearest
+    assert ids("session", "--order", "asc") == dearest[::-1]
+    table = local(home, "session", "--order", "asc").stdout
+    assert table.index(dearest[-1][:8]) < table.index(dearest[0][:8])
+    blocks = ids("blocks")
+    assert len(blocks) > 2 and blocks == sorted(blocks, key=lambda b: b.removeprefix("gap-"))
+    assert ids("blocks", "--order", "desc") == blocks[::-1]
+    bad = local(home, "session", "--order", "dearest", check=False)
+    assert bad.returncode != 0 and "--order: desc (dearest first) or asc" in bad.stderr
+
+
 def test_instances_report_each_project_apart(home: Path) -> None:
     plain = json.loads(local(home, "daily", "--json", "--timezone", "UTC").stdout)
     data = json.loads(local(home, "daily", "--json", "--instances", "--timezone", "UTC").stdout)
@@ -243,6 +263,13 @@ def test_unchanged_files_come_from_the_cache_and_changed_ones_are_read(home: Pat
     assert fresh == first
     os.utime(s2, ns=(0, 10**18))  # modified: read again
     assert json.loads(local(home, "daily", "--json").stdout)["totals"] == first
+    version, files = json.loads(cache.read_text())
+    for damage in ("2026-12-05", None):  # a row's time not a number; a row cut short
+        row = files[s2][3][0]
+        files[s2][3][0] = [row[0], damage, *row[2:]] if damage else row[:5]
+        cache.write_text(json.dumps([version, files]))
+        assert json.loads(local(home, "daily", "--json").stdout)["totals"] == first
+        files[s2][3][0] = row
     cache.write_bytes(b"\x00garbage")  # damaged: rebuilt
     assert json.loads(local(home, "daily", "--json").stdout)["totals"] == first
     assert json.loads(cache.read_text())[0] == version

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from capgate.local import claude, codex, files
@@ -178,7 +178,12 @@ def test_rows_of_a_file_are_its_deduplicated_entries(picks: list[int]) -> None:
     assert marked.bad_lines == slow.bad_lines
 
 
-LINE_PARTS = [b"a", b"token_count", b"turn_context", b"session_meta", b"thread_spawn", b"x" * 5]
+CONVERSATION = b'{"timestamp":"2026-12-04T10:00:00.000Z","type":"response_item",'
+LINE_PARTS = [
+    b"a", claude.MARKER, b"thread_spawn", b"x" * 5, CONVERSATION,
+    CONVERSATION.replace(b'000Z"', b'000Z\\"'),  # an escaped quote: not that line's start
+    CONVERSATION.replace(b"response_item", b"event_msg"),
+]  # fmt: skip
 
 
 @given(
@@ -186,9 +191,11 @@ LINE_PARTS = [b"a", b"token_count", b"turn_context", b"session_meta", b"thread_s
     st.booleans(),
     st.sampled_from([0, 1, 20]),
 )
-def test_marked_lines_are_the_lines_a_full_read_would_parse(
+def test_the_file_readers_give_the_lines_a_full_read_would_parse(
     parts: list[list[bytes]], ends_in_newline: bool, whole: int
 ) -> None:
+    """Claude Code's reader: the lines holding the marker; Codex's: every line but those
+    of conversation (past the first `whole`); both: an unterminated last line."""
     lines = [b"".join(p) + b"\n" for p in parts]
     if lines and not ends_in_newline:
         lines[-1] = lines[-1][:-1]
@@ -197,13 +204,13 @@ def test_marked_lines_are_the_lines_a_full_read_would_parse(
         path.write_bytes(b"".join(lines))
         with path.open("rb") as handle:
             lines = list(handle)  # as reading it line by line gives them
-        for markers in ((b"token_count",), codex.MARKERS):
-            got = list(files._marked_lines(path, markers, Skipped(), whole))
-            expected = [
-                raw for number, raw in enumerate(lines)
-                if number < whole or any(m in raw for m in markers) or not raw.endswith(b"\n")
-            ]  # fmt: skip
-            assert got == expected
+        got = list(files._marked_lines(path, claude.MARKER, Skipped()))
+        assert got == [raw for raw in lines if claude.MARKER in raw or not raw.endswith(b"\n")]
+        got = list(files._lines_but(path, codex.CONVERSATION, Skipped(), whole))
+        assert got == [
+            raw for number, raw in enumerate(lines)
+            if number < whole or not raw.startswith(CONVERSATION) or not raw.endswith(b"\n")
+        ]  # fmt: skip
 
 
 def test_unknown_models_are_unpriced_and_synthetic_lines_free() -> None:
@@ -302,23 +309,22 @@ def test_codex_without_a_turn_context_is_gpt_5_and_subagent_replays_are_skipped(
     assert [(e.model, e.input_tokens, e.output_tokens) for e in entries] == [("gpt-5", 100, 10)]
 
 
-def test_codex_rows_from_the_marked_lines_are_those_of_every_line() -> None:
-    """The file reader hands Codex's parser its first lines and then only the lines with a
-    marker (`marked`): the same entries and bad lines as reading every line."""
-    talk = b'{"type":"response_item","payload":{"type":"message","content":"hi"}}\n'
+def test_codex_rows_from_the_lines_read_are_those_of_every_line(tmp_path: Path) -> None:
+    """The file reader leaves out the lines of conversation (Codex's `response_item`,
+    even one that mentions a marker) past the first ones: the same entries and bad lines
+    as parsing every line."""
+    talk = CONVERSATION + b'"payload":{"type":"message","content":"a token_count"}}\n'
     events = [token_count(f"2026-12-04T10:{m:02d}:00Z", usage(100 * m, 10, m)) for m in range(30)]
     lines = [talk, b"not json\n", *codex_lines(*events, spawn=True)]
     lines = [x for line in lines for x in (line, talk)]  # conversation between events
-    lines.append(b'{"timestamp": "2026-12-04T11:0')  # half-written
-    found = [
-        raw for number, raw in enumerate(lines)
-        if number < codex.SPAWN_WINDOW or any(m in raw for m in codex.MARKERS)
-        or not raw.endswith(b"\n")
-    ]  # fmt: skip
-    every, marked = Skipped(), Skipped()
+    lines.append(CONVERSATION + b'"payload":{"ty')  # half-written
+    path = tmp_path / "rollout.jsonl"
+    path.write_bytes(b"".join(lines))
+    every, read = Skipped(), Skipped()
     expected = [to_row(e) for e in codex.parse_lines(lines, "s", every)]
-    assert list(codex.parse_rows(found, "s", marked, marked=True)) == expected
-    assert len(expected) == 29 and marked.bad_lines == every.bad_lines == 1  # half-written
+    found = files._lines_but(path, codex.CONVERSATION, read, codex.SPAWN_WINDOW)
+    assert list(codex.parse_rows(found, "s", read)) == expected
+    assert len(expected) == 29 and read.bad_lines == every.bad_lines == 1  # half-written
 
 
 def at(hour: int, minute: int = 0, day: int = 4) -> str:
@@ -356,3 +362,98 @@ def test_the_active_blocks_burn_rate_and_projection() -> None:
     later = now + timedelta(hours=6)
     (done,) = blocks(entries, COSTING, later)
     assert not done.active and burn(done, later) is None
+
+
+def reference_row(data: Any) -> tuple[Any, ...] | None:
+    """ccusage's rules for a Claude Code line, written plainly (the reader's `_row` is the
+    same, written for speed): the row, or None when the line is not an entry."""
+    if not isinstance(data, dict) or not isinstance(data.get("message"), dict):
+        return None
+    message = data["message"]
+    usage = message.get("usage")
+    if not isinstance(usage, dict):
+        return None
+
+    def count(value: Any) -> int:
+        return value if type(value) is int and value >= 0 else 0
+
+    nullable = [data.get(k, 0) for k in ("cwd", "costUSD", "version", "isApiErrorMessage")]
+    nullable += [usage.get(k, 0) for k in ("speed", "cache_creation_input_tokens",
+                                           "cache_read_input_tokens")]  # fmt: skip
+    ids = [data.get("sessionId", 0), data.get("requestId", 0)]
+    ids += [message.get("id", 0), message.get("model", 0)]
+    if any(v is None for v in nullable + ids) or any(v == "" for v in ids):
+        return None
+    version = data.get("version")
+    if version is not None and not (isinstance(version, str) and version[:1].isdigit()
+                                    and claude._VERSION.match(version)):  # fmt: skip
+        return None
+    when = claude.parse_timestamp(data.get("timestamp"))
+    inp, out = usage.get("input_tokens"), usage.get("output_tokens")
+    if when is None or type(inp) is not int or inp < 0 or type(out) is not int or out < 0:
+        return None
+    split = usage.get("cache_creation")
+    if isinstance(split, dict):
+        writes = (
+            count(split.get("ephemeral_5m_input_tokens", 0)),
+            count(split.get("ephemeral_1h_input_tokens", 0)),
+        )
+    else:
+        writes = count(usage.get("cache_creation_input_tokens", 0)), 0
+    mid, rid, model = message.get("id"), data.get("requestId"), message.get("model")
+    return (
+        "claude", (when - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1),
+        "p", "s", model if isinstance(model, str) else "(unknown)", inp, out, *writes,
+        count(usage.get("cache_read_input_tokens", 0)), 0,
+        mid if isinstance(mid, str) else None, rid if isinstance(rid, str) else None,
+        data.get("isSidechain") is True, "speed" in usage,
+    )  # fmt: skip
+
+
+ODD = st.sampled_from([None, 0, -3, 7, 7.0, True, "", "x", "2.1", [], {}])
+GONE = object()
+
+
+def changed(base: dict[str, Any], values: Any = ODD) -> Any:
+    """`base` with up to 3 of its fields given odd values or taken out."""
+    changes = st.dictionaries(st.sampled_from(sorted(base)), values | st.just(GONE), max_size=3)
+    return changes.map(lambda c: {k: v for k, v in {**base, **c}.items() if v is not GONE})
+
+
+FIELDS = changed({"cwd": "/w", "costUSD": 0.1, "version": "2.1.330", "isApiErrorMessage": False,
+                  "sessionId": "s", "requestId": "r", "isSidechain": True,
+                  "timestamp": "2026-12-04T10:00:00.123Z"})  # fmt: skip
+MESSAGE = changed({"id": "m", "model": "claude-sonnet-4-6"})
+SPLIT = changed({"ephemeral_5m_input_tokens": 1, "ephemeral_1h_input_tokens": 3})
+USAGE = changed({"input_tokens": 10, "output_tokens": 5, "cache_creation_input_tokens": 4,
+                 "cache_read_input_tokens": 3, "speed": "fast",
+                 "cache_creation": {"ephemeral_5m_input_tokens": 1, "ephemeral_1h_input_tokens": 3}},
+                ODD | SPLIT)  # fmt: skip
+
+
+VALID = ({"sessionId": "s", "requestId": "r", "timestamp": "2026-12-04T10:00:00Z"},
+         {"id": "m", "model": "x"}, {"input_tokens": 1, "output_tokens": 2})  # fmt: skip
+
+
+@settings(max_examples=1000)  # pure and fast: many shapes
+@given(FIELDS, MESSAGE, USAGE)
+@example({**VALID[0], "isApiErrorMessage": None}, *VALID[1:]).via("a null field")
+@example(*VALID[:2], {**VALID[2], "cache_read_input_tokens": True}).via("a bool count")
+@example({**VALID[0], "requestId": ""}, *VALID[1:]).via("an empty request id")
+@example(*VALID[:2], {**VALID[2], "cache_creation": {"ephemeral_1h_input_tokens": 7.0}}).via(
+    "a float 1-hour write"
+)
+def test_a_line_makes_the_row_the_plain_rules_make(
+    fields: dict[str, Any], message: dict[str, Any], usage: dict[str, Any]
+) -> None:
+    data = {**fields, "message": {**message, "usage": usage}}
+    line = claude.read(json.dumps(data).encode(), Skipped())
+    found = None if line is None else claude.row_of(line, "p", "s")
+    assert (None if found is None else found[0]) == reference_row(data)
+    if found is not None:  # whole: every cache count an int (not a float or a bool)
+        split = usage.get("cache_creation")
+        counts = [usage.get("cache_read_input_tokens", 0)] + (
+            [split.get("ephemeral_5m_input_tokens", 0), split.get("ephemeral_1h_input_tokens", 0)]
+            if isinstance(split, dict) else [usage.get("cache_creation_input_tokens", 0)]
+        )  # fmt: skip
+        assert found[1] == all(type(c) is int for c in counts)

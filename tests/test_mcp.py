@@ -243,3 +243,110 @@ def test_streamable_http_answers_the_same(home: Path, http_server: str) -> None:
     for row in want:
         assert row.pop("modelBreakdowns")  # left out unless `breakdown` is asked for
     assert result.structured_content["monthly"] == want
+
+
+def dated_line(mid: str, at: str, session: str, model: str = "claude-sonnet-4-6") -> str:
+    return claude_line(mid, datetime.fromisoformat(at), session, model)
+
+
+@pytest.fixture
+def dated(tmp_path: Path) -> Path:
+    """Fixed dates: Friday 2026-12-04 (10:00 and 23:30 UTC: the 5th in Tokyo), Saturday
+    the 5th (Codex), Monday the 7th (another project), and a Codex session in November."""
+    projects = tmp_path / ".claude" / "projects"
+    (projects / PROJECT).mkdir(parents=True)
+    (projects / PROJECT / "s1.jsonl").write_text(
+        dated_line("m1", "2026-12-04T10:00:00+00:00", "s1")
+        + dated_line("m2", "2026-12-04T23:30:00+00:00", "s1", "claude-haiku-4-5")
+    )
+    (projects / "-home-dev-api").mkdir()
+    (projects / "-home-dev-api" / "s2.jsonl").write_text(
+        dated_line("m3", "2026-12-07T09:00:00+00:00", "s2", "claude-opus-4-7")
+    )
+    for name, at, cwd, tokens in (
+        ("2026/12/05/rollout-a.jsonl", "2026-12-05T12:00:00Z", "/home/dev/cli", 3000),
+        ("2026/11/20/rollout-b.jsonl", "2026-11-20T12:00:00Z", "/home/dev/old", 10),
+    ):
+        usage = {"input_tokens": tokens, "cached_input_tokens": 0, "output_tokens": 100}
+        lines = [
+            {"timestamp": at, "type": "session_meta", "payload": {"cwd": cwd}},
+            {"timestamp": at, "type": "turn_context", "payload": {"model": "gpt-5.4"}},
+            {"timestamp": at, "type": "event_msg",
+             "payload": {"type": "token_count", "info": {"total_token_usage": usage}}},
+        ]  # fmt: skip
+        path = tmp_path / ".codex" / "sessions" / name
+        path.parent.mkdir(parents=True)
+        path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return tmp_path
+
+
+def cli_plain(home: Path, *args: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-m", "capgate", "local", *args, "--json"],
+        env=server_env(home), capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    return dict(json.loads(done.stdout))
+
+
+# (tool, arguments, the same as `capgate local` options); each changes the answer.
+CLI_ARGUMENTS = [
+    ("usage_daily", {"since": "2026-12-05"}, ["daily", "--since", "2026-12-05"]),
+    ("usage_daily", {"until": "20261204"}, ["daily", "--until", "20261204"]),
+    ("usage_daily", {"timezone": "Asia/Tokyo"}, ["daily", "--timezone", "Asia/Tokyo"]),
+    ("usage_daily", {"project": "-home-dev-api"}, ["daily", "--project", "-home-dev-api"]),
+    ("usage_daily", {"agent": "codex"}, ["daily", "--agent", "codex"]),
+    ("usage_daily", {"breakdown": True}, ["daily", "--breakdown"]),
+    ("usage_daily", {"order": "desc"}, ["daily", "--order", "desc"]),
+    ("usage_daily", {"instances": True}, ["daily", "--instances"]),
+    ("usage_weekly", {"start_of_week": "monday"}, ["weekly", "--start-of-week", "monday"]),
+    ("usage_weekly", {"order": "desc"}, ["weekly", "--order", "desc"]),
+    ("usage_monthly", {"order": "desc"}, ["monthly", "--order", "desc"]),
+    ("usage_monthly", {"agent": "claude"}, ["monthly", "--agent", "claude"]),
+    ("usage_session", {"order": "asc"}, ["session", "--order", "asc"]),
+    ("usage_session", {"since": "20261205"}, ["session", "--since", "20261205"]),
+    ("usage_session", {"project": PROJECT}, ["session", "--project", PROJECT]),
+    ("usage_blocks", {"order": "desc"}, ["blocks", "--order", "desc"]),
+]
+
+
+def test_each_cli_option_is_a_tool_argument_with_the_same_effect(dated: Path) -> None:
+    """Every argument the CLI takes, passed through the MCP client: the answer is the
+    CLI's with that option, and differs from the tool's answer without it."""
+
+    async def session(client: Client) -> list[tuple[Any, Any]]:
+        answers = []
+        for tool, arguments, _ in CLI_ARGUMENTS:
+            given = await client.call_tool(tool, {**arguments, "last": 0})
+            plain = await client.call_tool(tool, {"last": 0})
+            answers.append((given, plain))
+        return answers
+
+    answers = over_stdio(dated, session)
+    for (tool, arguments, options), (given, plain) in zip(CLI_ARGUMENTS, answers, strict=True):
+        assert given.is_error is False and plain.is_error is False, (tool, given.content)
+        got = dict(given.structured_content)
+        assert got.pop("rowsOmitted") == 0
+        want = cli_plain(dated, *options)
+        if not arguments.get("breakdown"):
+            for rows in [want.get(k) for k in ("daily", "weekly", "monthly", "sessions")] + list(
+                want.get("projects", {}).values()
+            ):
+                for row in rows or []:
+                    row.pop("modelBreakdowns")
+        assert got == want, (tool, arguments)
+        assert given.structured_content != plain.structured_content, (tool, arguments)
+
+
+def test_tool_schemas_take_the_options_of_their_command(home: Path) -> None:
+    async def session(client: Client) -> Any:
+        return (await client.list_tools()).tools
+
+    props = {t.name: t.input_schema["properties"] for t in over_stdio(home, session)}
+    common = {"since", "until", "timezone", "project", "agent", "breakdown", "order", "last"}
+    assert set(props["usage_daily"]) == common | {"instances"}
+    assert set(props["usage_weekly"]) == common | {"start_of_week"}
+    assert set(props["usage_monthly"]) == set(props["usage_session"]) == common
+    assert set(props["usage_blocks"]) == {"active_only", "order", "last"}
+    assert props["usage_weekly"]["start_of_week"]["enum"][:2] == ["sunday", "monday"]
+    assert props["usage_session"]["order"]["default"] == "desc"
+    assert props["usage_daily"]["order"]["enum"] == ["asc", "desc"]

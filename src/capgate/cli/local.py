@@ -65,6 +65,9 @@ NoCacheOpt = Annotated[
 OrderOpt = Annotated[
     str, typer.Option("--order", help="asc (oldest first, the default) or desc (newest first)")
 ]
+SessionOrderOpt = Annotated[
+    str, typer.Option("--order", help="desc (dearest first, the default) or asc (cheapest first)")
+]
 
 
 def _zone(name: str | None) -> tzinfo:
@@ -109,7 +112,7 @@ def _report(kind: str, json_out: bool, query: Query, breakdown: bool, cache: boo
     entries, skipped = _load(query.agent, cache)
     costing = _costing()
     if kind == "session":
-        rows, total = by_session(entries, costing, query)
+        rows, total = by_session(entries, costing, query, order)
         if json_out:
             print(json.dumps(render.session_json(rows, total, skipped), indent=2))
             return
@@ -173,8 +176,10 @@ def _query(since: str | None, until: str | None, timezone: str | None, project: 
     )
 
 
-def _order(value: str) -> str:
+def _order(value: str, kind: str = "period") -> str:
     if value not in ("asc", "desc"):
+        if kind == "session":
+            fail("--order: desc (dearest first) or asc (cheapest first)")
         fail("--order: asc (oldest first) or desc (newest first)")
     return value
 
@@ -247,16 +252,18 @@ def session_command(
     agent: AgentOpt = "all",
     breakdown: BreakdownOpt = False,
     no_cache: NoCacheOpt = False,
+    order: SessionOrderOpt = "desc",
 ) -> None:
-    """Cost and tokens per session, dearest first."""
+    """Cost and tokens per session, dearest first (--order asc: cheapest first)."""
     query = _query(since, until, timezone, project, agent)
-    _report("session", json_out, query, breakdown, not no_cache)
+    _report("session", json_out, query, breakdown, not no_cache, _order(order, "session"))
 
 
 @app.command("blocks")
 def blocks_command(
     json_out: JsonOpt = False,
     timezone: ZoneOpt = None,
+    order: OrderOpt = "asc",
     live: Annotated[
         bool, typer.Option("--live", help="watch the current block, refreshing in place")
     ] = False,
@@ -268,11 +275,13 @@ def blocks_command(
     ] = 0,
 ) -> None:
     """Claude Code's use in 5-hour blocks, as its usage limits count them."""
-    zone = _zone(timezone)
+    zone, order = _zone(timezone), _order(order)
     if live:
         _live(zone, refresh, stop_after)
         return
     items, now, skipped = _blocks()
+    if order == "desc":
+        items.reverse()
     if json_out:
         data = [render.block_json(b, burn(b, now)) for b in items]
         print(json.dumps({"blocks": data, "skipped": render.skipped_json(skipped)}, indent=2))

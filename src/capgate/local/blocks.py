@@ -58,7 +58,7 @@ def iso(when: datetime) -> str:
 def blocks(
     entries: Iterable[Entry], costing: Costing, now: datetime, length: timedelta = LENGTH
 ) -> list[Block]:
-    ordered = sorted((e for e in entries if e.agent == "claude"), key=lambda e: e.timestamp)
+    ordered = sorted((e for e in entries if e.agent == "claude"), key=lambda e: e.micros)
     out: list[Block] = []
     current: Block | None = None
     for entry in ordered:

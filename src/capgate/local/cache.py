@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +16,6 @@ from capgate.local.records import Entry
 
 VERSION = 1
 Row = tuple[Any, ...]
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-MICROSECOND = datetime(1970, 1, 1, 0, 0, 0, 1, tzinfo=UTC) - EPOCH
 
 
 def default_path(env: Mapping[str, str], home: Path) -> Path:
@@ -27,14 +24,18 @@ def default_path(env: Mapping[str, str], home: Path) -> Path:
 
 
 def to_row(e: Entry) -> Row:
-    micros = (e.timestamp - EPOCH) // MICROSECOND
-    return (e.agent, micros, e.project, e.session, e.model, e.input_tokens, e.output_tokens,
+    return (e.agent, e.micros, e.project, e.session, e.model, e.input_tokens, e.output_tokens,
             e.cache_write_tokens, e.cache_write_1h_tokens, e.cache_read_tokens,
             e.reasoning_tokens, e.message_id, e.request_id, e.sidechain, e.has_speed)  # fmt: skip
 
 
+ROW_FIELDS = 15  # `to_row`'s
+
+
 def from_row(r: Row) -> Entry:
-    return Entry(r[0], EPOCH + r[1] * MICROSECOND, *r[2:])
+    if len(r) != ROW_FIELDS or type(r[1]) is not int:  # damaged: the file is read again
+        raise ValueError(f"not a cache row: {r!r}")
+    return Entry(*r)
 
 
 class FileCache:

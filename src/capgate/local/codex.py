@@ -5,20 +5,24 @@ the session's working directory (`session_meta.cwd`)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from capgate.local.cache import EPOCH, MICROSECOND, Row, from_row
+from capgate.local.cache import Row, from_row
 from capgate.local.claude import parse_timestamp
-from capgate.local.records import Entry, Skipped
+from capgate.local.records import EPOCH, MICROSECOND, Entry, Skipped
 
 FALLBACK_MODEL = "gpt-5"
 _FIELDS = ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning_output_tokens")
-MARKERS = (b"token_count", b"turn_context", b"session_meta")  # the lines to parse
 SPAWN_WINDOW = 20  # a subagent file says so (`thread_spawn`) in one of its first lines
+# The start of a line of conversation (`response_item`: messages, tool calls and their
+# output, reasoning; most of a file's bytes) as Codex writes it: its type is known without
+# reading the rest, and such a line holds nothing to count.
+CONVERSATION = re.compile(rb'\{"timestamp":"[^"\\]*","type":"response_item",')
 
 
 @dataclass(slots=True)
@@ -35,31 +39,35 @@ def parse_lines(lines: Iterable[bytes], session: str, skipped: Skipped) -> Itera
     return (from_row(r) for r in parse_rows(lines, session, skipped))
 
 
-def parse_rows(
-    lines: Iterable[bytes], session: str, skipped: Skipped, marked: bool = False
-) -> Iterator[Row]:
-    """The entries of one file's lines, as cache rows (`cache.to_row`). `marked`: past the
-    first `SPAWN_WINDOW` lines, every line that ends in a newline holds one of `MARKERS`
-    (the caller found them by them)."""
+def parse_rows(lines: Iterable[bytes], session: str, skipped: Skipped) -> Iterator[Row]:
+    """The entries of one file's lines, as cache rows (`cache.to_row`): only the lines
+    holding `token_count`, `turn_context` or `session_meta` (and an unterminated last
+    line) are parsed."""
     state = _State(session=session)
+    loads = orjson.loads
     for number, raw in enumerate(lines):
         if number < SPAWN_WINDOW and b"thread_spawn" in raw:
             state.replaying = True
-        searched = number < SPAWN_WINDOW or not marked
-        if searched and raw.endswith(b"\n") and not any(m in raw for m in MARKERS):
+        if (
+            b"token_count" not in raw
+            and b"turn_context" not in raw
+            and b"session_meta" not in raw
+            and raw[-1:] == b"\n"
+        ):
             continue  # a line of conversation: nothing to count in it
         try:
-            data = orjson.loads(raw)
+            data = loads(raw)
         except orjson.JSONDecodeError:
             skipped.bad_lines += 1
             continue
-        if not isinstance(data, dict):
+        if type(data) is not dict:
             skipped.bad_lines += 1
             continue
         usage = _read(data, state)
-        row = _row(data.get("timestamp"), usage, state) if usage else None
-        if row is not None:
-            yield row
+        if usage:
+            row = _row(data.get("timestamp"), usage, state)
+            if row is not None:
+                yield row
 
 
 def _read(data: dict[str, Any], state: _State) -> dict[str, int] | None:

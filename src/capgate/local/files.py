@@ -12,6 +12,7 @@ import contextlib
 import mmap
 import multiprocessing
 import os
+import re
 import sys
 import threading
 from collections.abc import Iterator, Mapping
@@ -104,49 +105,53 @@ def codex_files(env: Mapping[str, str], home: Path) -> list[tuple[Path, str]]:
     return [(chosen[rel], rel.removesuffix(".jsonl")) for rel in sorted(chosen)]
 
 
-def _marked_lines(
-    path: Path, markers: tuple[bytes, ...], skipped: Skipped, whole: int = 0
-) -> Iterator[bytes]:
-    """The first `whole` lines, then the lines holding one of `markers`, and an
-    unterminated last line, in file order, without making an object of every other line:
-    the file is mapped, not read, so memory stays flat."""
+def _marked_lines(path: Path, marker: bytes, skipped: Skipped) -> Iterator[bytes]:
+    """The lines holding `marker`, and an unterminated last line, in file order, without
+    making an object of every other line: the file is mapped, not read, so memory stays
+    flat."""
     try:
         with path.open("rb") as handle:
             if os.fstat(handle.fileno()).st_size == 0:
                 return
             with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
-                yield from _find_lines(view, markers, whole)
+                yield from _find_lines(view, marker)
     except (OSError, ValueError):
         skipped.unreadable_files.append(str(path))
 
 
-def _find_lines(view: mmap.mmap, markers: tuple[bytes, ...], whole: int) -> Iterator[bytes]:
+def _lines_but(
+    path: Path, skip: re.Pattern[bytes], skipped: Skipped, whole: int = 0
+) -> Iterator[bytes]:
+    """The lines of a file but those that `skip` matches at their start (past the first
+    `whole` lines; an unterminated last line is always given: the parser judges it), in
+    file order; the file is mapped, not read."""
+    try:
+        with path.open("rb") as handle:
+            if os.fstat(handle.fileno()).st_size == 0:
+                return
+            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
+                size, at, number, find, match = len(view), 0, 0, view.find, skip.match
+                while at < size:
+                    end = find(b"\n", at)
+                    if end < 0 or number < whole or match(view, at, end) is None:
+                        end = size if end < 0 else end + 1
+                        yield view[at:end]
+                    else:
+                        end += 1
+                    at, number = end, number + 1
+    except (OSError, ValueError):
+        skipped.unreadable_files.append(str(path))
+
+
+def _find_lines(view: mmap.mmap, marker: bytes) -> Iterator[bytes]:
     size, at = len(view), 0
-    for _ in range(whole):
-        if at >= size:
-            return
-        end = view.find(b"\n", at)
-        end = size if end < 0 else end + 1
-        yield view[at:end]
-        at = end
     find, rfind = view.find, view.rfind
-    if len(markers) == 1:  # Claude Code's files: the common case, kept short
-        marker = markers[0]
-        while (hit := find(marker, at)) >= 0:
-            start = rfind(b"\n", at, hit) + 1 or at
-            end = find(b"\n", hit)
-            end = size if end < 0 else end + 1
-            yield view[start:end]
-            at = end
-    else:
-        hits = [find(m, at) for m in markers]
-        while (hit := min((h for h in hits if h >= 0), default=-1)) >= 0:
-            start = rfind(b"\n", at, hit) + 1 or at
-            end = find(b"\n", hit)
-            end = size if end < 0 else end + 1
-            yield view[start:end]
-            at = end
-            hits = [find(m, at) if 0 <= h < at else h for m, h in zip(markers, hits, strict=True)]
+    while (hit := find(marker, at)) >= 0:
+        start = rfind(b"\n", at, hit) + 1 or at
+        end = find(b"\n", hit)
+        end = size if end < 0 else end + 1
+        yield view[start:end]
+        at = end
     if size and view[size - 1 : size] != b"\n":
         start = view.rfind(b"\n") + 1
         if start >= at:  # not yielded above: the parser judges it
@@ -186,7 +191,9 @@ def read_entries(
             todo.append((len(found), job, stat.st_size, stat.st_mtime_ns))
         found.append(hit)
     parsed = _parse_all([t[1] for t in todo], [t[2] for t in todo], workers)
-    for (index, job, size, mtime), (rows, bad, unreadable) in zip(todo, parsed, strict=True):
+    parsed.reverse()
+    for index, job, size, mtime in todo:
+        rows, bad, unreadable = parsed.pop()  # let go of the rows (unless cached) as they go
         skipped.bad_lines += bad
         if unreadable:
             skipped.unreadable_files.append(job[0])
@@ -251,9 +258,9 @@ def _parse_file(job: Job) -> Parsed:
     path, kind, project, session = job
     mine = Skipped()
     if kind == "claude":
-        lines = _marked_lines(Path(path), (claude.MARKER,), mine)
+        lines = _marked_lines(Path(path), claude.MARKER, mine)
         rows = claude.parse_rows(lines, project, session, mine, marked=True)
     else:  # Codex entries have no message id: nothing to deduplicate
-        lines = _marked_lines(Path(path), codex.MARKERS, mine, codex.SPAWN_WINDOW)
-        rows = list(codex.parse_rows(lines, session, mine, marked=True))
+        lines = _lines_but(Path(path), codex.CONVERSATION, mine, codex.SPAWN_WINDOW)
+        rows = list(codex.parse_rows(lines, session, mine))
     return rows, mine.bad_lines, bool(mine.unreadable_files)

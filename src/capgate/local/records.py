@@ -4,15 +4,18 @@ skipped on the way (bad lines, unreadable files) so that a report can say so."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 SYNTHETIC = "<synthetic>"  # Claude Code's own error lines: tokens count, no model, no price
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECOND = timedelta(microseconds=1)
 
 
 @dataclass(slots=True)  # not frozen: a frozen __init__ costs twice as much, per answer
 class Entry:
     agent: str  # "claude" | "codex"
-    timestamp: datetime  # aware, UTC
+    micros: int  # its time: microseconds since the Unix epoch (a report compares and
+    # buckets these; `timestamp` makes the datetime only where one is shown)
     project: str
     session: str
     model: str
@@ -26,6 +29,10 @@ class Entry:
     request_id: str | None = None
     sidechain: bool = False
     has_speed: bool = False
+
+    @property
+    def timestamp(self) -> datetime:  # aware, UTC
+        return EPOCH + self.micros * MICROSECOND
 
     @property
     def cache_creation_tokens(self) -> int:

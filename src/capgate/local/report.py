@@ -10,7 +10,7 @@ from datetime import date, datetime, timedelta, tzinfo
 from typing import Any
 
 from capgate.local.costing import Costing
-from capgate.local.records import SYNTHETIC, Entry
+from capgate.local.records import EPOCH, MICROSECOND, SYNTHETIC, Entry
 
 PERIODS = ("daily", "weekly", "monthly")
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
@@ -148,11 +148,15 @@ def by_project(
     return projects, total
 
 
-def by_session(entries: Iterable[Entry], costing: Costing, query: Query) -> tuple[list[Row], Row]:
-    """Rows by session, dearest first; `--since/--until` test the session's last day."""
+def by_session(
+    entries: Iterable[Entry], costing: Costing, query: Query, order: str = "desc"
+) -> tuple[list[Row], Row]:
+    """Rows by session, dearest first (`order` "asc": cheapest first, as ccusage's
+    `--order`; ties by session id); `--since/--until` test the session's last day."""
     rows, _ = _group(entries, costing, query, None)
     rows = [r for r in rows if r.last is not None and query.keeps_day(query.local_date(r.last))]
-    rows.sort(key=lambda r: (-r.totals.cost_nano, r.key))
+    sign = 1 if order == "asc" else -1
+    rows.sort(key=lambda r: (sign * r.totals.cost_nano, r.key))
     total = Row(key="total")
     for row in rows:
         _merge(total, row)
@@ -171,7 +175,7 @@ def _group(
     # then made rows: the same sums as adding each entry to its row, its model and the total.
     sums: dict[tuple[str, str, str], list[int]] = {}
     unpriced: set[tuple[str, str, str]] = set()
-    spans: dict[str, list[Any]] = {}  # row key -> [project, first, last]
+    spans: dict[str, list[Any]] = {}  # row key -> [project, first, last] (micros)
     # Per UTC quarter hour (every zone's offset is whole quarters): (row key or None when
     # the day is filtered out; "" by session).
     quarters: dict[int, str | None] = {}
@@ -181,11 +185,11 @@ def _group(
             project is not None and entry.project != project
         ):
             continue
-        when = entry.timestamp
-        quarter = int(when.timestamp()) // 900
+        when = entry.micros
+        quarter = when // 900_000_000
         key = quarters.get(quarter, "?")
         if key == "?":
-            key = quarters[quarter] = _quarter_key(query, when, day_key)
+            key = quarters[quarter] = _quarter_key(query, entry.timestamp, day_key)
         if key is None:
             continue
         key = key or entry.session
@@ -225,7 +229,8 @@ def _group(
         row = rows.get(key)
         if row is None:
             project, first, last = spans[key]
-            row = rows[key] = Row(key=key, project=project, first=first, last=last)
+            row = rows[key] = Row(key=key, project=project, first=EPOCH + first * MICROSECOND,
+                                  last=EPOCH + last * MICROSECOND)  # fmt: skip
         for into in (row, total):
             into.totals.merge(part)
             into.agents.add(agent)

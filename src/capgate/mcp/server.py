@@ -24,6 +24,11 @@ Zone = Annotated[str | None, Field(description="IANA zone for dates (default: th
 Project = Annotated[str | None, Field(description="only this project")]
 Breakdown = Annotated[bool, Field(description="a row per model inside each row")]
 Last = Annotated[int, Field(ge=0, le=1000, description="at most this many rows (0: all)")]
+Order = Literal["asc", "desc"]
+PeriodOrder = Annotated[
+    Order, Field(description="asc: oldest first (the default); desc: newest first")
+]
+Weekday = Literal["sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday"]
 
 INSTRUCTIONS = (
     "What this developer's Claude Code and Codex sessions cost at API prices (from the "
@@ -40,46 +45,92 @@ def build(
         "capgate", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING"
     )
 
-    def report(kind: str, default_last: int) -> Callable[..., dict[str, Any]]:
-        def tool(
-            since: Since = None,
-            until: Until = None,
-            timezone: Zone = None,
-            project: Project = None,
-            agent: Agent = "all",
-            breakdown: Breakdown = False,
-            last: Last = default_last,
-        ) -> dict[str, Any]:
-            with _tool_errors():
-                query = usage.query(since, until, timezone, project, agent)
-                if kind == "session":
-                    return usage.sessions(query, breakdown, last)
-                return usage.period(kind, query, breakdown, last)
+    @server.tool(name="usage_daily")
+    def usage_daily(
+        since: Since = None,
+        until: Until = None,
+        timezone: Zone = None,
+        project: Project = None,
+        agent: Agent = "all",
+        breakdown: Breakdown = False,
+        order: PeriodOrder = "asc",
+        instances: Annotated[
+            bool, Field(description="a report per project: {projects: {name: rows}}")
+        ] = False,
+        last: Last = 31,
+    ) -> dict[str, Any]:
+        """Cost and tokens per local day, as `capgate local daily --json`; the most
+        recent rows."""
+        with _tool_errors():
+            query = usage.query(since, until, timezone, project, agent)
+            if instances:
+                return usage.projects("daily", query, breakdown, last, order)
+            return usage.period("daily", query, breakdown, last, order)
 
-        return tool
+    @server.tool(name="usage_weekly")
+    def usage_weekly(
+        since: Since = None,
+        until: Until = None,
+        timezone: Zone = None,
+        project: Project = None,
+        agent: Agent = "all",
+        breakdown: Breakdown = False,
+        order: PeriodOrder = "asc",
+        start_of_week: Annotated[
+            Weekday, Field(description="the day weeks start on; a week is keyed by its date")
+        ] = "sunday",
+        last: Last = 31,
+    ) -> dict[str, Any]:
+        """Cost and tokens per week, as `capgate local weekly --json`; the most recent rows."""
+        with _tool_errors():
+            query = usage.query(since, until, timezone, project, agent, start_of_week)
+            return usage.period("weekly", query, breakdown, last, order)
 
-    for kind, what in (("daily", "local day"), ("weekly", "week (from Sunday)"),
-                       ("monthly", "month")):  # fmt: skip
-        server.tool(
-            name=f"usage_{kind}",
-            description=f"Cost and tokens per {what}, as `capgate local {kind} --json`; "
-            "the most recent rows.",
-        )(report(kind, 31))
-    server.tool(
-        name="usage_session",
-        description="Cost and tokens per session, dearest first, as "
-        "`capgate local session --json`.",
-    )(report("session", 20))
+    @server.tool(name="usage_monthly")
+    def usage_monthly(
+        since: Since = None,
+        until: Until = None,
+        timezone: Zone = None,
+        project: Project = None,
+        agent: Agent = "all",
+        breakdown: Breakdown = False,
+        order: PeriodOrder = "asc",
+        last: Last = 31,
+    ) -> dict[str, Any]:
+        """Cost and tokens per month, as `capgate local monthly --json`; the most recent
+        rows."""
+        with _tool_errors():
+            query = usage.query(since, until, timezone, project, agent)
+            return usage.period("monthly", query, breakdown, last, order)
+
+    @server.tool(name="usage_session")
+    def usage_session(
+        since: Since = None,
+        until: Until = None,
+        timezone: Zone = None,
+        project: Project = None,
+        agent: Agent = "all",
+        breakdown: Breakdown = False,
+        order: Annotated[
+            Order, Field(description="desc: dearest first (the default); asc: cheapest first")
+        ] = "desc",
+        last: Last = 20,
+    ) -> dict[str, Any]:
+        """Cost and tokens per session, dearest first, as `capgate local session --json`."""
+        with _tool_errors():
+            query = usage.query(since, until, timezone, project, agent)
+            return usage.sessions(query, breakdown, last, order)
 
     @server.tool(name="usage_blocks")
     def usage_blocks(
         active_only: Annotated[bool, Field(description="only the current block")] = False,
+        order: PeriodOrder = "asc",
         last: Last = 10,
     ) -> dict[str, Any]:
         """Claude Code's use in 5-hour blocks (as its usage limits count them), with the
         active block's burn rate and projection, as `capgate local blocks --json`."""
         with _tool_errors():
-            return usage.blocks(active_only, last)
+            return usage.blocks(active_only, last, order)
 
     @server.tool(name="session_cost")
     def session_cost(

@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime, tzinfo
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from capgate.local import render
@@ -18,10 +18,19 @@ from capgate.local.costing import Costing
 from capgate.local.dedup import dedupe
 from capgate.local.files import LocationError, read_entries
 from capgate.local.records import Entry, Skipped
-from capgate.local.report import Query, by_period, by_session, parse_day
+from capgate.local.report import (
+    SUNDAY,
+    WEEKDAYS,
+    Query,
+    by_period,
+    by_project,
+    by_session,
+    parse_day,
+)
 from capgate.pricing import PricingTable
 
 AGENTS = ("claude", "codex", "all")
+ORDERS = ("asc", "desc")
 
 
 class UsageError(Exception):
@@ -54,15 +63,20 @@ class LocalUsage:
         timezone: str | None,
         project: str | None,
         agent: str,
+        start_of_week: str = WEEKDAYS[SUNDAY],
     ) -> Query:
         if agent not in AGENTS:
             raise UsageError(f"agent: one of {', '.join(AGENTS)}, not {agent!r}")
+        day = start_of_week.strip().lower()
+        if day not in WEEKDAYS:
+            raise UsageError(f"start_of_week: a day of the week like sunday, not {start_of_week!r}")
         return Query(
             zone=self.zone(timezone),
             since=_day(since, "since"),
             until=_day(until, "until"),
             agent=agent,
             project=project,
+            week_start=WEEKDAYS.index(day),
         )
 
     def zone(self, name: str | None) -> tzinfo:
@@ -83,25 +97,52 @@ class LocalUsage:
         cache.save()
         return entries, skipped
 
-    def period(self, kind: str, query: Query, breakdown: bool, last: int) -> dict[str, Any]:
+    def period(
+        self, kind: str, query: Query, breakdown: bool, last: int, order: str = "asc"
+    ) -> dict[str, Any]:
+        """The most recent `last` rows (0: all), oldest first (`order` "desc": newest first)."""
+        _check_order(order)
         entries, skipped = self.load(query.agent)
         rows, total = by_period(kind, entries, self._costing, query)
-        out = render.period_json(kind, rows[-last:] if last else rows, total, skipped)
-        out["rowsOmitted"] = max(0, len(rows) - last) if last else 0
+        out = render.period_json(kind, _ordered(_recent(rows, last), order), total, skipped)
+        out["rowsOmitted"] = len(rows) - len(out[kind])
         return _small(out, kind, breakdown)
 
-    def sessions(self, query: Query, breakdown: bool, last: int) -> dict[str, Any]:
+    def projects(
+        self, kind: str, query: Query, breakdown: bool, last: int, order: str = "asc"
+    ) -> dict[str, Any]:
+        """`period` for each project apart (`capgate local daily --instances`): the most
+        recent `last` rows of each project."""
+        _check_order(order)
         entries, skipped = self.load(query.agent)
-        rows, total = by_session(entries, self._costing, query)
+        projects, total = by_project(kind, entries, self._costing, query)
+        shown = {name: _ordered(_recent(rows, last), order) for name, rows in projects.items()}
+        out = render.projects_json(kind, shown, total, skipped)
+        out["rowsOmitted"] = sum(len(rows) - len(shown[name]) for name, rows in projects.items())
+        if not breakdown:
+            for rows_of in out["projects"].values():
+                for row in rows_of:
+                    row.pop("modelBreakdowns", None)
+        return out
+
+    def sessions(
+        self, query: Query, breakdown: bool, last: int, order: str = "desc"
+    ) -> dict[str, Any]:
+        """The first `last` sessions, dearest first (`order` "asc": cheapest first)."""
+        _check_order(order)
+        entries, skipped = self.load(query.agent)
+        rows, total = by_session(entries, self._costing, query, order)
         out = render.session_json(rows[:last] if last else rows, total, skipped)
         out["rowsOmitted"] = max(0, len(rows) - last) if last else 0
         return _small(out, "sessions", breakdown)
 
-    def blocks(self, active_only: bool, last: int) -> dict[str, Any]:
+    def blocks(self, active_only: bool, last: int, order: str = "asc") -> dict[str, Any]:
+        """The most recent `last` blocks, oldest first (`order` "desc": newest first)."""
+        _check_order(order)
         entries, skipped = self.load("claude")
         now = self._clock()
         items = [b for b in blocks(entries, self._costing, now) if b.active or not active_only]
-        shown = items[-last:] if last else items
+        shown = _ordered(_recent(items, last), order)
         return {
             "blocks": [render.block_json(b, burn(b, now)) for b in shown],
             "rowsOmitted": len(items) - len(shown),
@@ -128,7 +169,24 @@ class LocalUsage:
 
 def _latest(entries: list[Entry], project: str | None) -> str | None:
     found = [e for e in entries if project is None or e.project == project]
-    return max(found, key=lambda e: e.timestamp).session if found else None
+    return max(found, key=lambda e: e.micros).session if found else None
+
+
+T = TypeVar("T")
+
+
+def _recent(rows: list[T], last: int) -> list[T]:
+    return rows[-last:] if last else rows
+
+
+def _ordered(rows: list[T], order: str) -> list[T]:
+    """Rows come oldest first; "desc": newest first."""
+    return rows[::-1] if order == "desc" else rows
+
+
+def _check_order(order: str) -> None:
+    if order not in ORDERS:
+        raise UsageError(f"order: asc or desc, not {order!r}")
 
 
 def _small(out: dict[str, Any], rows_field: str, breakdown: bool) -> dict[str, Any]:
