@@ -33,6 +33,7 @@ from capgate.http.admin import AdminAPI
 from capgate.http.auth import PreviousAdminKey, admin_digest
 from capgate.http.client_address import parse_networks
 from capgate.http.edge import json_errors
+from capgate.http.extensions import Extensions
 from capgate.http.gateway import Gateway
 from capgate.http.generate import GenerateAPI
 from capgate.http.health import Health
@@ -49,6 +50,7 @@ from capgate.providers.cli import cli_provider
 from capgate.providers.http import HTTPProvider
 from capgate.retention import LedgerPruner
 from capgate.routing import Router
+from capgate.rules.policy import rule_policies
 from capgate.runtime import RuntimeSettings
 from capgate.secret_box import load_key
 from capgate.store.base import ScopeFields, Store
@@ -263,9 +265,11 @@ async def build(
     )  # fmt: skip
     if metrics is not None:
         metrics.body_log = body_log.results
+    # Routing rules (docs/routing.md): no policy at all when there are none.
+    policies = rule_policies(config.compiled_rules(), router, store, settings.default_max_tokens)
     gateway = Gateway(
         store, router, runtime.pricing, settings, metrics=metrics, traces=traces,
-        body_log=body_log,
+        body_log=body_log, extensions=Extensions(policies=policies),
     )  # fmt: skip
     keys = keys or await decide_keys(store, config, demo=demo)
     admin = AdminAPI(

@@ -31,6 +31,8 @@ from capgate.alerts.rules import parse_defaults
 from capgate.bodylog.redact import compile_custom
 from capgate.core.windows import zone
 from capgate.http.client_address import parse_networks
+from capgate.rules.language import RuleSet
+from capgate.rules.parse import RuleError, parse_rules
 
 ProviderType = Literal[
     "anthropic", "openai", "openai-compatible", "mock", "claude-cli", "codex-cli"
@@ -379,6 +381,8 @@ class Config(_Strict):
     providers: list[ProviderConfig] = []
     models: list[RouteConfig] = []
     pricing: dict[str, PriceConfig] = {}
+    # Routing rules (docs/routing.md), checked here and compiled by `compiled_rules`.
+    rules: list[dict[str, Any]] = []
 
     def model_post_init(self, context: Any) -> None:
         names = [p.name for p in self.providers]
@@ -390,6 +394,21 @@ class Config(_Strict):
                 if target.provider not in names:
                     where = f"models[{i}].targets[{j}].provider"
                     raise ConfigError(f"{where}: no provider named {target.provider!r}")
+        self.compiled_rules()
+
+    def compiled_rules(self) -> RuleSet:
+        """`rules:` checked and compiled; ConfigError names the rule. A rule's model must
+        be served by a `models:` entry when the file has any (without, every name goes
+        to the first provider, or to routes defined at runtime)."""
+        routes = self.models
+
+        def serves(model: str) -> bool:
+            return not routes or any(fnmatchcase(model, r.match) for r in routes)
+
+        try:
+            return parse_rules(self.rules, serves, self.server.timezone)
+        except RuleError as exc:
+            raise ConfigError(str(exc)) from None
 
     def provider(self, name: str) -> ProviderConfig:
         return next(p for p in self.providers if p.name == name)

@@ -49,6 +49,7 @@ class Plan:
     retries: int  # further tries on the same target after a failure
     deadline_s: float  # for all attempts together
     deterministic: bool = False  # no weighted pick made: the same every time
+    rule: str | None = None  # the routing rule that made this plan (capgate.rules)
 
     @property
     def first(self) -> Route:

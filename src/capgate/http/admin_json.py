@@ -42,6 +42,7 @@ def entry_json(entry: LedgerEntry) -> dict[str, Any]:
         "flags": list(entry.flags),
         "session": entry.session,
         "prompt": entry.prompt,
+        "rule": entry.rule,
     }
 
 

@@ -60,6 +60,8 @@ def answer_headers(answer: UpstreamAnswer, res: Reservation | None) -> dict[str,
     headers = dict(answer.headers)
     if res is not None:
         headers["x-capgate-request-id"] = res.info.request_id
+        if res.info.rule is not None:  # a routing rule chose the target (docs/routing.md)
+            headers["x-capgate-rule"] = res.info.rule
         if res.fail_open:  # admitted while the store could not be reached: nothing held
             headers["x-capgate-fail-open"] = "true"
         if res.max_output is not None:  # tell the client its max_tokens was lowered

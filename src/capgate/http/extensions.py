@@ -43,6 +43,7 @@ class CallFacts:
     key: Scope
     stream: bool
     input_bound: int  # input tokens at most, from the body's bytes
+    input_bytes: int  # the body's size
     max_output: int | None  # as the client asked (None: capgate sets its default)
     body: Mapping[str, Any]
     headers: Mapping[str, str]

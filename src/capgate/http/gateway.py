@@ -325,7 +325,7 @@ class Gateway:
         if self._extensions.any:  # rules and caches: off, nothing of this is computed
             call_facts = CallFacts(
                 request_id, endpoint, facts.model, key, facts.stream, input_bound(body, len(raw)),
-                facts.max_output, body, request.headers, started,
+                len(raw), facts.max_output, body, request.headers, started,
             )  # fmt: skip
             for policy in self._extensions.policies:
                 plan = await policy.route(call_facts, plan)
@@ -344,7 +344,7 @@ class Gateway:
         worst = worst_case(bound, output, cost, credits)
         info = RequestInfo(
             request_id, key.id, facts.model, route.provider.name, route.upstream_model,
-            endpoint.value, facts.stream, started, client_status(client),
+            endpoint.value, facts.stream, started, client_status(client), rule=plan.rule,
         )  # fmt: skip
         flex: OutputFlex | None = self._flex(body, facts, max_out, bound, price, credits, fee)
         if held is not None:  # a stated hold does not shrink with max_tokens

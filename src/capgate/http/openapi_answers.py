@@ -147,6 +147,7 @@ LEDGER_ENTRY: JSON = obj(
         "flags": array(STR),
         "session": null(STR),
         "prompt": null(STR),
+        "rule": null(STR),  # the routing rule that matched (docs/routing.md)
     }
 )
 TOTALS: dict[str, JSON] = {

@@ -101,6 +101,8 @@ class RequestInfo:
     # Hook mode (`capgate.hook`): the agent's session and prompt the entry belongs to.
     session: str | None = None
     prompt: str | None = None
+    # The routing rule that matched it (`capgate.rules`), written to the ledger's `rule`.
+    rule: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -185,7 +185,8 @@ def encode(res: Reservation, outcome: Outcome) -> bytes:
         "info": [
             info.request_id, info.key_id, info.model, info.provider, info.upstream_model,
             info.endpoint, info.stream, info.started_at, info.refusal_status,
-            *(() if info.session is None else (info.session, info.prompt)),
+            *(() if info.session is None and info.rule is None else (info.session, info.prompt)),
+            *(() if info.rule is None else (info.rule,)),
         ],
         "key": [key.id, key.name, key.extra.get("user"), key.extra.get("team")],
         "charges": [[c.counter, c.window_start, c.metric.value, c.amount] for c in res.charges],

@@ -670,6 +670,28 @@ MIGRATIONS += (
     "".join((_PLAN_VERSION, _RESERVE_ON_PLAN_VERSION, _BATCH_ON_PLAN_VERSION)),
 )
 
+# 13 (below): the ledger's `rule` column, and the two functions that insert ledger
+# entries with it in their column lists (the newest version of each: migration 1's
+# capgate_settle, migration 11's capgate_batch).
+_LEDGER_COLUMNS = "refusal, error, max_tokens_clamped, flags)"
+_RULE_COLUMNS = "refusal, error, max_tokens_clamped, flags, rule)"
+_SETTLE_WITH_RULE = _changed(
+    _changed(_function(1, "capgate_settle"), _LEDGER_COLUMNS, _RULE_COLUMNS),
+    "refusal, error, max_tokens_clamped, flags\n",
+    "refusal, error, max_tokens_clamped, flags, rule\n",
+)
+_BATCH_WITH_RULE = _changed(
+    _changed(_BATCH_ON_PLAN_VERSION, _LEDGER_COLUMNS, _RULE_COLUMNS),
+    "e.max_tokens_clamped, e.flags\n",
+    "e.max_tokens_clamped, e.flags, e.rule\n",
+)
+
+MIGRATIONS += (
+    # 13: the routing rule that matched a request (docs/routing.md), on its ledger entry
+    #     (SQLite's migration 18).
+    "ALTER TABLE requests ADD COLUMN rule TEXT;" + _SETTLE_WITH_RULE + _BATCH_WITH_RULE,
+)
+
 _CREATE_VERSION = "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)"
 
 

@@ -27,7 +27,7 @@ LEDGER_COLUMNS: tuple[str, ...] = (
     "provider", "upstream_model", "endpoint", "stream", "status", "outcome", "input_tokens",
     "output_tokens", "cache_read_tokens", "cache_write_tokens", "cost_nano", "latency_ms",
     "ttft_ms", "attempts", "refusal", "error", "max_tokens_clamped", "flags", "session",
-    "prompt",
+    "prompt", "rule",
 )  # fmt: skip
 
 
@@ -65,6 +65,7 @@ class LedgerEntry:
     flags: tuple[str, ...]
     session: str | None = None  # hook mode: the agent's session and prompt
     prompt: str | None = None
+    rule: str | None = None  # the routing rule that matched (docs/routing.md)
 
 
 @dataclass(frozen=True, slots=True)

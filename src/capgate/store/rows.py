@@ -133,6 +133,7 @@ def entry_from_row(row: Row) -> LedgerEntry:
         flags=tuple(flags.split(",")) if flags else (),
         session=row["session"],
         prompt=row["prompt"],
+        rule=row["rule"],
     )
 
 
@@ -171,7 +172,7 @@ def entry_values(
         outcome.upstream_model or info.upstream_model, info.endpoint, int(info.stream),
         outcome.status, outcome.outcome, *tokens, actual.cost_nano, outcome.latency_ms,
         outcome.ttft_ms, outcome.attempts, None, error, max_tokens_clamped,
-        ",".join(outcome.flags) or None, info.session, info.prompt,
+        ",".join(outcome.flags) or None, info.session, info.prompt, info.rule,
     )  # fmt: skip
 
 
@@ -185,7 +186,7 @@ def refusal_values(
         key.extra.get("user") if key else None, key.extra.get("team") if key else None,
         info.model, info.provider, info.upstream_model, info.endpoint, int(info.stream),
         status, "refused", 0, 0, 0, 0, 0, (now - info.started_at) * 1000, None, 0,
-        dumps(refusal.to_json()), None, None, None, info.session, info.prompt,
+        dumps(refusal.to_json()), None, None, None, info.session, info.prompt, info.rule,
     )  # fmt: skip
 
 
@@ -205,5 +206,5 @@ def lease_expired_values(
         "lease_expired", worst.input_tokens, worst.output_tokens, 0, 0, worst.cost_nano,
         (now - info.started_at) * 1000, None, 1, None,
         "the serving process stopped before the request settled: charged in full",
-        max_tokens_clamped, None, info.session, info.prompt,
+        max_tokens_clamped, None, info.session, info.prompt, info.rule,
     )  # fmt: skip

@@ -96,6 +96,8 @@ def load_charges(text: str) -> list[Charge]:
 
 def dump_info(info: RequestInfo, key: Scope, worst: Amounts, max_output: int | None = None) -> str:
     hook = {} if info.session is None else {"session": info.session, "prompt": info.prompt}
+    if info.rule is not None:
+        hook["rule"] = info.rule
     return orjson.dumps(
         {
             "request_id": info.request_id,
@@ -133,6 +135,7 @@ def load_info(text: str) -> tuple[RequestInfo, str, str | None, str | None, Amou
     info = RequestInfo(
         d["request_id"], d["key_id"], d["model"], d["provider"], d["upstream_model"],
         d["endpoint"], d["stream"], d["started_at"], None, d.get("session"), d.get("prompt"),
+        d.get("rule"),
     )  # fmt: skip
     return info, d["key_name"], d["team"], d["user"], Amounts(*d["worst"])
 
@@ -141,8 +144,8 @@ _INSERT_ENTRY = (
     "INSERT INTO requests (request_id, created_at, key_id, key_name, user, team, model, "
     "provider, upstream_model, endpoint, stream, status, outcome, input_tokens, output_tokens, "
     "cache_read_tokens, cache_write_tokens, cost_nano, latency_ms, ttft_ms, attempts, refusal, "
-    "error, max_tokens_clamped, flags, session, prompt) "
-    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    "error, max_tokens_clamped, flags, session, prompt, rule) "
+    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 
 

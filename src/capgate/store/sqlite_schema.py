@@ -301,6 +301,10 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX ledger_daily_at ON ledger_daily (created_at);
     """,
+    # 18: the routing rule that matched a request (docs/routing.md), on its ledger entry.
+    """
+    ALTER TABLE requests ADD COLUMN rule TEXT;
+    """,
 )
 
 

@@ -61,6 +61,7 @@ export async function requestDetail(root, cleanup, requestId) {
   ];
   if (entry.session) rows.push(["Session id", h("span", { class: "mono", "data-field": "session" }, entry.session)]);
   if (entry.prompt) rows.push(["Prompt id", h("span", { class: "mono", "data-field": "prompt" }, entry.prompt)]);
+  if (entry.rule) rows.push(["Routing rule", h("span", { class: "mono", "data-field": "rule" }, entry.rule)]);
   if (entry.refusal) rows.push(["Refusal", `${entry.refusal.code}: ${entry.refusal.message}`]);
   if (entry.error) rows.push(["Error", entry.error]);
   const bodies = h("div", { "data-field": "body-log" }, h("p", { class: "muted small" }, "Loading…"));
