@@ -237,3 +237,30 @@ def test_a_body_that_is_not_its_content_encoding_is_a_400(
     status, _, body = _exchange(edge, head.encode() + b"[]")
     assert status == 400, body
     assert "Content-Encoding" in _shape(dialect, body)["error"]["message"]
+
+
+def test_a_client_gone_before_its_body_is_read_is_no_error(edge: Server) -> None:
+    """A client that sends its request head and part of its body, then goes away (a load
+    generator stopping, a tool killed mid-upload): no error line, no traceback — it used
+    to log "unhandled error answering" with a ConnectionResetError's traceback."""
+    base = f"http://{edge.host}:{edge.port}"
+    made = httpx.post(
+        f"{base}/admin/keys",
+        json={"name": "gone"},
+        headers={"authorization": f"Bearer {ADMIN_KEY}"},
+    )
+    assert made.status_code == 201, made.text
+    key = made.json()["key"]
+    before = edge.log.read_text().splitlines()
+    for path in ("/v1/chat/completions", "/v1/messages"):
+        with socket.create_connection((edge.host, edge.port), timeout=5) as sock:
+            sock.sendall(
+                f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+                "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+                '{"model": "gpt-4o-mini", "messages": ['.encode()
+            )
+            time.sleep(0.3)  # the server is reading the body now
+    time.sleep(0.5)
+    new = edge.log.read_text().splitlines()[len(before) :]
+    assert not [line for line in new if "ERROR" in line or "Traceback" in line], new
+    assert httpx.get(f"{base}/health").status_code == 200

@@ -119,7 +119,14 @@ class _Connection(RequestHandler):
         message: str | None = None,
     ) -> web.StreamResponse:
         """aiohttp's error answer, as JSON: a 4xx (the request could not be parsed) with
-        one log line naming only the kind of error, a 5xx with its traceback."""
+        one log line naming only the kind of error, a 5xx with its traceback — but a client
+        that went away before its request was read is no error of capgate's (a load
+        generator stopping, a tool killed mid-upload): one debug line."""
+        if isinstance(exc, ConnectionError) and (
+            self.transport is None or self.transport.is_closing()
+        ):
+            log.debug("client went away during %s", request.path)
+            return web.Response(status=499)  # nobody is left to read it
         if status >= 500:
             log.error("unhandled error answering %s", request.path, exc_info=exc)
             text = "capgate: internal error (logged)."
