@@ -670,6 +670,37 @@ MIGRATIONS += (
     "".join((_PLAN_VERSION, _RESERVE_ON_PLAN_VERSION, _BATCH_ON_PLAN_VERSION)),
 )
 
+# 12 (below): the settling functions write the ledger's two new columns.
+_ENTRY_COLUMNS = "refusal, error, max_tokens_clamped, flags)"
+_ENTRY_COLUMNS_CACHE = "refusal, error, max_tokens_clamped, flags, cache, saved_nano)"
+_SETTLE_WITH_CACHE = _changed(
+    _changed(
+        _function(1, "capgate_settle"),
+        _ENTRY_COLUMNS,
+        _ENTRY_COLUMNS_CACHE,
+    ),
+    "refusal, error, max_tokens_clamped, flags\n            FROM",
+    "refusal, error, max_tokens_clamped, flags, cache, saved_nano\n            FROM",
+)
+_BATCH_WITH_CACHE = _changed(
+    _changed(_BATCH_ON_PLAN_VERSION, _ENTRY_COLUMNS, _ENTRY_COLUMNS_CACHE),
+    "e.max_tokens_clamped, e.flags\n",
+    "e.max_tokens_clamped, e.flags, e.cache, e.saved_nano\n",
+)
+
+MIGRATIONS += (
+    # 12: the response cache (capgate.cache; SQLite's migration 17): a scope's opt-in
+    #     (its setting as JSON, NULL: off), and the ledger's cache facts: hit | miss |
+    #     NULL, and what a hit saved; capgate_settle and capgate_batch write them.
+    """
+    ALTER TABLE scopes ADD COLUMN cache TEXT;
+    ALTER TABLE requests ADD COLUMN cache TEXT;
+    ALTER TABLE requests ADD COLUMN saved_nano BIGINT NOT NULL DEFAULT 0;
+    """
+    + _SETTLE_WITH_CACHE
+    + _BATCH_WITH_CACHE,
+)
+
 _CREATE_VERSION = "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)"
 
 
