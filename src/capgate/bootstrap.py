@@ -16,6 +16,7 @@ from capgate import demo_secrets
 from capgate.alerts.watcher import AlertWatcher
 from capgate.bodylog.redact import Redactor, compile_custom
 from capgate.bodylog.service import BodyLog
+from capgate.cache.service import ResponseCache
 from capgate.config import (
     CLI_TYPES,
     Config,
@@ -265,7 +266,7 @@ async def build(
         metrics.body_log = body_log.results
     gateway = Gateway(
         store, router, runtime.pricing, settings, metrics=metrics, traces=traces,
-        body_log=body_log,
+        body_log=body_log, cache=ResponseCache(int(settings.cache_max_mb * 1024 * 1024)),
     )  # fmt: skip
     keys = keys or await decide_keys(store, config, demo=demo)
     admin = AdminAPI(

@@ -96,7 +96,7 @@ class ResponseCache:
         mode = "on" if header is None else header.strip().lower()
         if mode not in MODES:
             raise InvalidRequest(
-                f"{HEADER} must be one of {', '.join(MODES)}, not {header[:40]!r}.",
+                f"{HEADER} must be one of {', '.join(MODES)}, not {str(header)[:40]!r}.",
                 headers={"x-capgate-refusal": "bad_cache_header"},
             )
         if mode == "off":

@@ -42,6 +42,8 @@ def entry_json(entry: LedgerEntry) -> dict[str, Any]:
         "flags": list(entry.flags),
         "session": entry.session,
         "prompt": entry.prompt,
+        "cache": entry.cache,
+        "saved_usd": nano_to_decimal_str(entry.saved_nano),
     }
 
 

@@ -30,6 +30,9 @@ import orjson
 from aiohttp import web
 
 from capgate.bodylog.capture import BodyCapture
+from capgate.cache.memory import CachedAnswer
+from capgate.cache.replay import HIT_HEADER, replay
+from capgate.cache.service import CacheSlot, ResponseCache
 from capgate.config import CLI_TYPES
 from capgate.core.engine import Amounts, Refusal
 from capgate.core.limits import Metric, nano_to_decimal_str
@@ -54,31 +57,39 @@ Tap = (
 # Upstream statuses worth another attempt: rate limits, timeouts and server errors
 # (Anthropic's 529 "overloaded" among them). Other 4xx would fail the same way anywhere.
 _RETRYABLE = frozenset({408, 429}) | frozenset(range(500, 600))
+JSON = "application/json"
 MAX_RETRY_WAIT_S = 5.0  # a longer retry-after moves on to the next target instead
 
 
 def answer_headers(answer: UpstreamAnswer, res: Reservation | None) -> dict[str, str]:
     headers = dict(answer.headers)
     if res is not None:
-        headers["x-capgate-request-id"] = res.info.request_id
-        if res.fail_open:  # admitted while the store could not be reached: nothing held
-            headers["x-capgate-fail-open"] = "true"
-        if res.max_output is not None:  # tell the client its max_tokens was lowered
-            headers["x-capgate-max-tokens"] = str(res.max_output)
-        room = res.headroom
-        if room is not None:  # the tightest limit, as it stood when this was admitted
-            limit = room.limit
-            what = f"{limit.metric.value}/{limit.window.value}"
-            if limit.model is not None:
-                what += f" ({limit.model})"
-            headers["x-capgate-limit"] = (
-                f"{room.scope.kind.value}={_header_name(room.scope.name)} {what}"
-            )
-            amount = room.remaining
-            headers["x-capgate-remaining"] = (
-                nano_to_decimal_str(amount) if limit.metric is Metric.COST_USD else str(amount)
-            )
-            headers["x-capgate-reset"] = format_reset_iso(room.resets_at)
+        reservation_headers(res, headers)
+    return headers
+
+
+def reservation_headers(res: Reservation, headers: dict[str, str]) -> dict[str, str]:
+    """What capgate tells a client about its request (its id, the limit closest),
+    added to `headers`."""
+    headers["x-capgate-request-id"] = res.info.request_id
+    if res.fail_open:  # admitted while the store could not be reached: nothing held
+        headers["x-capgate-fail-open"] = "true"
+    if res.max_output is not None:  # tell the client its max_tokens was lowered
+        headers["x-capgate-max-tokens"] = str(res.max_output)
+    room = res.headroom
+    if room is not None:  # the tightest limit, as it stood when this was admitted
+        limit = room.limit
+        what = f"{limit.metric.value}/{limit.window.value}"
+        if limit.model is not None:
+            what += f" ({limit.model})"
+        headers["x-capgate-limit"] = (
+            f"{room.scope.kind.value}={_header_name(room.scope.name)} {what}"
+        )
+        amount = room.remaining
+        headers["x-capgate-remaining"] = (
+            nano_to_decimal_str(amount) if limit.metric is Metric.COST_USD else str(amount)
+        )
+        headers["x-capgate-reset"] = format_reset_iso(room.resets_at)
     return headers
 
 
@@ -105,6 +116,11 @@ class Call:
     # Set by the gateway when the request logs its body: the answer sent is kept in it,
     # and it is handed to the body log when the call ends.
     capture: BodyCapture | None = None
+    # Set by the gateway when the answer is cacheable (capgate.cache): the cache, the
+    # request's slot in it, and the answer found there (a hit: nothing is forwarded).
+    cache: ResponseCache | None = None
+    cache_slot: CacheSlot | None = None
+    cached: CachedAnswer | None = None
 
     def __init__(
         self,
@@ -148,6 +164,8 @@ class Call:
         usage: Usage | None,
         model: str | None = None,
         error: str | None = None,
+        saved_nano: int = 0,
+        fixed_cost: int | None = None,
     ) -> None:
         if self.settled:
             return
@@ -161,6 +179,8 @@ class Call:
         else:
             reported = self.answer.cost_nano if self.answer is not None else None
             cost = reported if reported is not None else self.admission.price.cost_nano(usage)
+            if fixed_cost is not None:  # a cache hit: what its setting charges
+                cost = fixed_cost
             if spent.requests:  # earlier attempts kept as spent
                 cost += spent.cost_nano
                 usage = replace(
@@ -172,17 +192,22 @@ class Call:
             if _over(usage, cost, self.res.worst):  # the truth is charged, and marked
                 flags = ("over_reservation",)
         self.cost_nano = cost
+        mark = None
+        if self.cache_slot is not None:
+            mark = "hit" if self.cached is not None else "miss"
         self._gateway.settle(
             self.res,
             Outcome(
                 status, outcome, usage, cost, self._ms(), self.ttft_ms, self.attempts, error,
-                model, flags,
+                model, flags, cache=mark, saved_nano=saved_nano,
             ),
         )  # fmt: skip
 
     # -- attempts ----------------------------------------------------------------------
 
     async def run(self) -> web.StreamResponse:
+        if self.cached is not None:
+            return await self._hit(self.cached)
         plan = self.plan
         deadline = self.t0 + plan.deadline_s
         breakers = self._gateway.breakers
@@ -230,6 +255,39 @@ class Call:
                 self.settle(499, "cancelled", None, error="interrupted before settlement")
             if self.capture is not None:
                 self._gateway.log_body(self.capture)
+
+    async def _hit(self, answer: CachedAnswer) -> web.StreamResponse:
+        """The kept answer, instead of forwarding: charged as the cache setting says
+        (nothing by default; the request counts), marked a hit with what it saved."""
+        assert self.cache is not None and self.cache_slot is not None
+        self.attempts = 0
+        self.ttft_ms = self._ms()
+        usage, cost = self.cache.charge(self.cache_slot, answer)
+        self.settle(answer.status, "ok", usage, answer.model, None, answer.cost_nano, cost)
+        try:
+            return await replay(self.request, answer, reservation_headers(self.res, {}))
+        finally:
+            if self.capture is not None:
+                self.capture.stream = self.endpoint.value if answer.stream else None
+                self.capture.feed(answer.body)
+                self._gateway.log_body(self.capture)
+
+    def _keep(
+        self, route: Route, content_type: str, body: bytes, usage: Usage | None, model: str | None
+    ) -> None:
+        """Keep a successful answer in the cache: not one cut short by a clamped
+        max_tokens, nor one of a fallback's model (its key names the first target's)."""
+        slot, cache = self.cache_slot, self.cache
+        if (
+            slot is None
+            or cache is None
+            or usage is None
+            or self.res.max_output is not None
+            or route.upstream_model != slot.model
+            or self.cost_nano is None
+        ):
+            return
+        cache.keep(slot, content_type, body, self.res.info.stream, usage, self.cost_nano, model)
 
     async def _move_to(self, route: Route) -> str | None:
         """Re-reserve for `route` (plus what failed attempts may have cost). Returns why
@@ -389,9 +447,12 @@ class Call:
         self.settle(answer.status, "ok", usage, model)
         if self.capture is not None:
             self.capture.feed(data)
-        return web.Response(
-            status=answer.status, body=data, headers=answer_headers(answer, self.res)
-        )
+        headers = answer_headers(answer, self.res)
+        if self.cache_slot is not None:
+            headers[HIT_HEADER] = "miss"
+            if answer.status == 200:
+                self._keep(route, headers.get("content-type", JSON), data, usage, model)
+        return web.Response(status=answer.status, body=data, headers=headers)
 
     async def _relay(
         self,
@@ -403,6 +464,10 @@ class Call:
     ) -> web.StreamResponse:
         headers = answer_headers(answer, self.res)
         headers["cache-control"] = "no-cache"
+        kept: list[bytes] | None = None  # the events sent, for the response cache
+        if self.cache_slot is not None:
+            headers[HIT_HEADER] = "miss"
+            kept = []
         response = web.StreamResponse(status=answer.status, headers=headers)
         tap: Tap
         if route.endpoint is Endpoint.MESSAGES:
@@ -436,6 +501,8 @@ class Call:
                         self.settle(answer.status, "ok", tap.usage(), tap.model)
                     if capture is not None:
                         capture.feed(block)
+                    if kept is not None:
+                        kept.append(block)
                     if tap.finished and getattr(answer, "complete", False):
                         tail += block
                     elif block:
@@ -449,6 +516,10 @@ class Call:
             if capture is not None:
                 capture.feed(rest)
             await response.write_eof(tail + rest)
+            if kept is not None and tap.finished and answer.status == 200:
+                kept.append(rest)
+                content_type = headers.get("content-type", "text/event-stream")
+                self._keep(route, content_type, b"".join(kept), tap.usage(), tap.model)
         except UpstreamFailed as exc:  # charge_all: it surely generated more than we saw
             usage = None if exc.charge_all else self._partial(tap)
             self.settle(answer.status, "error", usage, tap.model, exc.message)

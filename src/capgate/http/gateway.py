@@ -26,6 +26,8 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from capgate.bodylog.capture import BodyCapture
 from capgate.bodylog.service import BodyLog
+from capgate.cache.service import HEADER as CACHE_HEADER
+from capgate.cache.service import CacheSlot, ResponseCache
 from capgate.config import ServerConfig
 from capgate.core.engine import Amounts, OutputFlex, Refusal, check_standing
 from capgate.core.estimate import (
@@ -103,8 +105,10 @@ class Gateway:
         metrics: Metrics | None = None,
         traces: Traces | None = None,
         body_log: BodyLog | None = None,
+        cache: ResponseCache | None = None,
     ) -> None:
         self._store = store
+        self._cache = cache  # the response cache (capgate.cache)
         self._body_log = body_log  # prompt and answer logging (capgate.bodylog)
         self._router = router
         self._pricing = pricing
@@ -323,6 +327,9 @@ class Gateway:
             facts = _FACTS[endpoint](body)
             plan = self._router.plan(facts.model, endpoint)
             route = plan.first
+            slot = None
+            if self._cache is not None and (key.cache is not None or self._store.named_cache):
+                slot = self._cache_slot(request, key, endpoint, route, facts.stream, body)
             price = self._price(route.upstream_model)
             changed, max_out, field, hide_usage = self._prepare(body, facts, route, endpoint)
             changed |= cap_server_tools(body, endpoint.value)
@@ -377,7 +384,25 @@ class Gateway:
         body_log = self._body_log
         if body_log is not None and body_log.wanted(decision.key):
             call.capture = body_log.capture(request_id, raw)
+        if slot is not None and self._cache is not None:
+            call.cache, call.cache_slot = self._cache, slot
+            call.cached = self._cache.lookup(slot)
         return call
+
+    def _cache_slot(
+        self,
+        request: web.Request,
+        key: Scope,
+        endpoint: Endpoint,
+        route: Route,
+        stream: bool,
+        body: dict[str, Any],
+    ) -> CacheSlot | None:
+        assert self._cache is not None
+        return self._cache.slot(
+            key, lambda: self._store.scopes_above(key), request.headers.get(CACHE_HEADER),
+            endpoint.value, route.upstream_model, stream, body,
+        )  # fmt: skip
 
     async def _reserve(
         self,
