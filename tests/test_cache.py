@@ -17,7 +17,10 @@ import httpx
 import pytest
 
 from conftest import Capgate, Upstream, gateway_config, start_capgate
+from test_dashboard_browser import Page, browser, console, go, log_in, page
 from test_metrics import scrape, total
+
+__all__ = ["browser", "console", "page"]
 
 MAX_MB = 0.05  # ~52 KB: a few dozen small answers, so that the bound is easy to reach
 HOUR = {"ttl": "1h"}
@@ -306,3 +309,24 @@ def test_a_scope_cache_setting_is_checked(server: Capgate, key_name: str) -> Non
         answer = server.admin("POST", "/admin/keys", json={"name": key_name, "cache": bad})
         assert answer.status_code == 400, (bad, answer.text)
     assert server.admin("GET", f"/admin/keys/{key_name}").status_code == 404
+
+
+@pytest.fixture
+def dash(server: Capgate) -> Capgate:
+    return server  # the browser fixtures' server
+
+
+def test_the_dashboard_shows_a_hit_and_what_it_saved(
+    page: Page, server: Capgate, key_name: str
+) -> None:
+    key = server.create_key(key_name, cache=HOUR)
+    text = unique("dashboard")
+    first = messages(server, key, text)
+    second = messages(server, key, text)
+    saved = entry(server, second)["saved_usd"]
+    log_in(page, server)
+    go(page, server, f"requests/{second.headers['x-capgate-request-id']}")
+    shown = page.locator("[data-field=cache]").inner_text()
+    assert shown.startswith("hit: answered from the cache") and saved in shown
+    go(page, server, f"requests/{first.headers['x-capgate-request-id']}")
+    assert page.locator("[data-field=cache]").inner_text().startswith("miss")
