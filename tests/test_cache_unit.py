@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from capgate.cache.key import namespace, prompt_text, request_key
-from capgate.cache.memory import AnswerStore, CachedAnswer
+from capgate.cache.memory import AnswerStore, KeptAnswer
 from capgate.cache.service import ResponseCache, setting_of
 from capgate.core.caching import CacheSetting
 from capgate.core.limits import Scope, ScopeKind
@@ -79,10 +79,8 @@ def test_prompt_text_for_the_similarity_index() -> None:
     assert prompt_text(body) == "sys\nhi"
 
 
-def answer(size: int, expires_at: float = 100.0) -> CachedAnswer:
-    return CachedAnswer(
-        200, "application/json", b"x" * size, False, Usage(1, 2), 5, "m", expires_at
-    )
+def answer(size: int, expires_at: float = 100.0) -> KeptAnswer:
+    return KeptAnswer(200, "application/json", b"x" * size, False, Usage(1, 2), 5, "m", expires_at)
 
 
 def test_the_store_expires_and_evicts_the_least_recently_used() -> None:

@@ -15,7 +15,7 @@ _OVERHEAD = 256  # bytes an entry costs beyond its body (key, record, dict slot)
 
 
 @dataclass(frozen=True, slots=True)
-class CachedAnswer:
+class KeptAnswer:
     """A successful answer as its client was sent it: the whole body, or the stream's
     events (in the client's dialect, after any translation), and what it cost."""
 
@@ -39,14 +39,14 @@ class AnswerStore:
     def __init__(self, max_bytes: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_bytes = max_bytes
         self.clock = clock
-        self._entries: OrderedDict[bytes, CachedAnswer] = OrderedDict()
+        self._entries: OrderedDict[bytes, KeptAnswer] = OrderedDict()
         self.bytes = 0
         self.evictions = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: bytes) -> CachedAnswer | None:
+    def get(self, key: bytes) -> KeptAnswer | None:
         entry = self._entries.get(key)
         if entry is None:
             return None
@@ -56,7 +56,7 @@ class AnswerStore:
         self._entries.move_to_end(key)
         return entry
 
-    def put(self, key: bytes, entry: CachedAnswer) -> bool:
+    def put(self, key: bytes, entry: KeptAnswer) -> bool:
         """Keep `entry` (replacing one under the same key); False when it alone is larger
         than a quarter of the bound (it would push out too much)."""
         size = entry.size

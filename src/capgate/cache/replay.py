@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from capgate.cache.memory import CachedAnswer
+from capgate.cache.memory import KeptAnswer
 
 HIT_HEADER = "x-capgate-cache"  # on every answer of a cacheable request: hit or miss
 
 
 async def replay(
-    request: web.Request, answer: CachedAnswer, headers: dict[str, str]
+    request: web.Request, answer: KeptAnswer, headers: dict[str, str]
 ) -> web.StreamResponse:
     headers = {**headers, "content-type": answer.content_type, HIT_HEADER: "hit"}
     if not answer.stream:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from capgate.cache.key import namespace, prompt_text, request_key
-from capgate.cache.memory import AnswerStore, CachedAnswer
+from capgate.cache.memory import AnswerStore, KeptAnswer
 from capgate.core.caching import CacheSetting
 from capgate.core.limits import Scope
 from capgate.core.money import Usage
@@ -109,7 +109,7 @@ class ResponseCache:
         cache_key = request_key(space, endpoint, upstream_model, stream, body)
         return CacheSlot(cache_key, space, upstream_model, setting, mode == "refresh", body)
 
-    def lookup(self, slot: CacheSlot) -> CachedAnswer | None:
+    def lookup(self, slot: CacheSlot) -> KeptAnswer | None:
         """The kept answer for `slot`: exact first, then a similar one."""
         if slot.refresh:
             return None
@@ -132,11 +132,11 @@ class ResponseCache:
     ) -> None:
         """A successful answer of `slot`'s request, as its client got it."""
         expires = self._clock() + slot.setting.ttl_s
-        entry = CachedAnswer(200, content_type, body, stream, usage, cost_nano, model, expires)
+        entry = KeptAnswer(200, content_type, body, stream, usage, cost_nano, model, expires)
         if self.answers.put(slot.key, entry) and self.similar is not None:
             self.similar.add(slot.space, slot.model, prompt_text(slot.body), slot.key.hex())
 
-    def charge(self, slot: CacheSlot, answer: CachedAnswer) -> tuple[Usage, int]:
+    def charge(self, slot: CacheSlot, answer: KeptAnswer) -> tuple[Usage, int]:
         """What a hit is charged: nothing (`charge: free`), or what the answer cost."""
         if slot.setting.charge == "full":
             return answer.usage, answer.cost_nano

@@ -30,7 +30,7 @@ import orjson
 from aiohttp import web
 
 from capgate.bodylog.capture import BodyCapture
-from capgate.cache.memory import CachedAnswer
+from capgate.cache.memory import KeptAnswer
 from capgate.cache.replay import HIT_HEADER, replay
 from capgate.cache.service import CacheSlot, ResponseCache
 from capgate.config import CLI_TYPES
@@ -120,7 +120,7 @@ class Call:
     # request's slot in it, and the answer found there (a hit: nothing is forwarded).
     cache: ResponseCache | None = None
     cache_slot: CacheSlot | None = None
-    cached: CachedAnswer | None = None
+    cached: KeptAnswer | None = None
 
     def __init__(
         self,
@@ -256,7 +256,7 @@ class Call:
             if self.capture is not None:
                 self._gateway.log_body(self.capture)
 
-    async def _hit(self, answer: CachedAnswer) -> web.StreamResponse:
+    async def _hit(self, answer: KeptAnswer) -> web.StreamResponse:
         """The kept answer, instead of forwarding: charged as the cache setting says
         (nothing by default; the request counts), marked a hit with what it saved."""
         assert self.cache is not None and self.cache_slot is not None
