@@ -8,6 +8,7 @@ The pure parts (key, LRU and TTL store, setting) are tests/test_cache_unit.py.""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +18,7 @@ import httpx
 import pytest
 
 from conftest import Capgate, Upstream, gateway_config, start_capgate
+from test_cli import run_cli
 from test_dashboard_browser import Page, browser, console, go, log_in, page
 from test_metrics import scrape, total
 
@@ -330,3 +332,20 @@ def test_the_dashboard_shows_a_hit_and_what_it_saved(
     assert shown.startswith("hit: answered from the cache") and saved in shown
     go(page, server, f"requests/{first.headers['x-capgate-request-id']}")
     assert page.locator("[data-field=cache]").inner_text().startswith("miss")
+
+
+def test_the_cli_sets_a_key_cache(server: Capgate, upstream: Upstream, key_name: str) -> None:
+    made = run_cli(server, "keys", "create", key_name, "--cache", "10m", "--json")
+    assert made.returncode == 0, made.stderr
+    key = json.loads(made.stdout)["key"]
+    text = unique("cli")
+    messages(server, key, text)
+    assert messages(server, key, text).headers["x-capgate-cache"] == "hit"
+    shown = run_cli(server, "keys", "show", key_name)
+    assert "cache: 10m per key" in shown.stdout, shown.stdout
+    off = run_cli(server, "keys", "update", key_name, "--cache", "off")
+    assert off.returncode == 0, off.stderr
+    assert "x-capgate-cache" not in messages(server, key, text).headers
+    assert "cache: off" in run_cli(server, "keys", "show", key_name).stdout
+    bad = run_cli(server, "keys", "update", key_name, "--cache", "forever")
+    assert bad.returncode == 1 and "not a duration" in bad.stderr + bad.stdout
