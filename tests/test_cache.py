@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import anthropic
@@ -349,3 +350,18 @@ def test_the_cli_sets_a_key_cache(server: Capgate, upstream: Upstream, key_name:
     assert "cache: off" in run_cli(server, "keys", "show", key_name).stdout
     bad = run_cli(server, "keys", "update", key_name, "--cache", "forever")
     assert bad.returncode == 1 and "not a duration" in bad.stderr + bad.stdout
+
+
+def test_concurrent_identical_requests_both_forward(
+    server: Capgate, upstream: Upstream, key_name: str
+) -> None:
+    key = server.create_key(key_name, cache=HOUR)
+    text = unique("together mock:delay_ms=300")
+    before = served(upstream)
+    with ThreadPoolExecutor(2) as pool:
+        marks = list(
+            pool.map(lambda _: messages(server, key, text).headers["x-capgate-cache"], range(2))
+        )
+    assert marks == ["miss", "miss"]  # not coalesced: docs/cache.md
+    assert served(upstream) - before == 2
+    assert messages(server, key, text).headers["x-capgate-cache"] == "hit"
