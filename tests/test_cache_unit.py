@@ -152,7 +152,8 @@ def test_lookup_keep_charge_and_the_similarity_seam() -> None:
         added: list[tuple[str, str, str, str]] = []
 
         def lookup(self, owner_key: str, model: str, text: str) -> str | None:
-            return self.added[0][3] if self.added and text == "hi" else None
+            close = self.added and text == "be brief\nhi" and owner_key == "owner:team:t1"
+            return self.added[0][3] if close else None
 
         def add(self, owner_key: str, model: str, text: str, entry_id: str) -> None:
             self.added.append((owner_key, model, text, entry_id))
@@ -169,5 +170,13 @@ def test_lookup_keep_charge_and_the_similarity_seam() -> None:
     full = Scope(ScopeKind.TEAM, "t1", "team-1", cache=CacheSetting(60, "team", charge="full"))
     assert cache.charge(slot(cache, KEY, None, [full]), found) == (Usage(3, 4), 70)
     assert cache.lookup(slot(cache, KEY, "refresh", [TEAM])) is None
+    # Another exact key (temperature differs), the same text: the similarity index's entry.
+    other = cache.slot(
+        KEY, lambda: [TEAM], None, "messages", "m", False, {**BODY, "temperature": 1}
+    )
+    assert other is not None and other.key != first.key
+    assert cache.lookup(other) is found
+    elsewhere = Scope(ScopeKind.TEAM, "t2", "team-2", cache=CacheSetting(60, "team"))
+    assert cache.lookup(slot(cache, KEY, None, [elsewhere])) is None  # another owner
     now[0] = 60.0
     assert cache.lookup(first) is None
