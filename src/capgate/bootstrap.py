@@ -16,6 +16,7 @@ from capgate import demo_secrets
 from capgate.alerts.watcher import AlertWatcher
 from capgate.bodylog.redact import Redactor, compile_custom
 from capgate.bodylog.service import BodyLog
+from capgate.cache.exact import ExactCache
 from capgate.cache.service import ResponseCache
 from capgate.config import (
     CLI_TYPES,
@@ -34,6 +35,7 @@ from capgate.http.admin import AdminAPI
 from capgate.http.auth import PreviousAdminKey, admin_digest
 from capgate.http.client_address import parse_networks
 from capgate.http.edge import json_errors
+from capgate.http.extensions import Extensions
 from capgate.http.gateway import Gateway
 from capgate.http.generate import GenerateAPI
 from capgate.http.health import Health
@@ -266,7 +268,7 @@ async def build(
         metrics.body_log = body_log.results
     gateway = Gateway(
         store, router, runtime.pricing, settings, metrics=metrics, traces=traces,
-        body_log=body_log, cache=ResponseCache(int(settings.cache_max_mb * 1024 * 1024)),
+        body_log=body_log, extensions=Extensions(cache=_answer_cache(store, settings)),
     )  # fmt: skip
     keys = keys or await decide_keys(store, config, demo=demo)
     admin = AdminAPI(
@@ -333,3 +335,10 @@ async def build(
     app.on_shutdown.append(end_streams)
     app.on_cleanup.append(shutdown)
     return Built(app, store, keys, metrics)
+
+
+def _answer_cache(store: Store, settings: ServerConfig) -> ExactCache:
+    """The response cache (docs/cache.md): every process its own, used by the scopes
+    that set `cache` (one attribute read per request for the others)."""
+    memory = ResponseCache(int(settings.cache_max_mb * 1024 * 1024))
+    return ExactCache(memory, store.scopes_above, lambda: store.named_cache)

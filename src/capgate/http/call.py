@@ -19,36 +19,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 import orjson
 from aiohttp import web
 
 from capgate.bodylog.capture import BodyCapture
-from capgate.cache.memory import KeptAnswer
-from capgate.cache.replay import HIT_HEADER, replay
-from capgate.cache.service import CacheSlot, ResponseCache
-from capgate.config import CLI_TYPES
+from capgate.bodylog.service import BodyLog
 from capgate.core.engine import Amounts, Refusal
 from capgate.core.limits import Metric, nano_to_decimal_str
 from capgate.core.money import MAX_AMOUNT, Usage
 from capgate.core.windows import format_reset_iso
-from capgate.errors import CapgateError, UpstreamFailed, UpstreamTimeout
-from capgate.http.dialects import client_of, error_response, for_client, is_dialect_body
+from capgate.errors import CapgateError, UpstreamFailed
+from capgate.http.admission import Admission, Pricer, clamp_output
+from capgate.http.dialects import client_of, error_response, is_dialect_body
+from capgate.http.extensions import AnswerCache, CachedAnswer, CallFacts, FinalAnswer
+from capgate.http.settler import Settler
 from capgate.http.translation import Translation, Translator
 from capgate.providers.base import Endpoint, UpstreamAnswer
-from capgate.routing import Plan, Route
-from capgate.store.base import Outcome, Reservation
+from capgate.routing import Breakers, Plan, Route
+from capgate.store.base import Outcome, Reservation, Store
 from capgate.wire import anthropic as anthropic_wire
 from capgate.wire import openai as openai_wire
-
-if TYPE_CHECKING:
-    from capgate.http.gateway import Admission, Gateway
 
 Tap = (
     anthropic_wire.AnthropicStreamTap | openai_wire.OpenAIStreamTap | openai_wire.ResponsesStreamTap
@@ -57,45 +53,50 @@ Tap = (
 # Upstream statuses worth another attempt: rate limits, timeouts and server errors
 # (Anthropic's 529 "overloaded" among them). Other 4xx would fail the same way anywhere.
 _RETRYABLE = frozenset({408, 429}) | frozenset(range(500, 600))
-JSON = "application/json"
 MAX_RETRY_WAIT_S = 5.0  # a longer retry-after moves on to the next target instead
 
 
-def answer_headers(answer: UpstreamAnswer, res: Reservation | None) -> dict[str, str]:
-    headers = dict(answer.headers)
+def answer_headers(answer: UpstreamAnswer | None, res: Reservation | None) -> dict[str, str]:
+    headers = dict(answer.headers) if answer is not None else {}
     if res is not None:
-        reservation_headers(res, headers)
-    return headers
-
-
-def reservation_headers(res: Reservation, headers: dict[str, str]) -> dict[str, str]:
-    """What capgate tells a client about its request (its id, the limit closest),
-    added to `headers`."""
-    headers["x-capgate-request-id"] = res.info.request_id
-    if res.fail_open:  # admitted while the store could not be reached: nothing held
-        headers["x-capgate-fail-open"] = "true"
-    if res.max_output is not None:  # tell the client its max_tokens was lowered
-        headers["x-capgate-max-tokens"] = str(res.max_output)
-    room = res.headroom
-    if room is not None:  # the tightest limit, as it stood when this was admitted
-        limit = room.limit
-        what = f"{limit.metric.value}/{limit.window.value}"
-        if limit.model is not None:
-            what += f" ({limit.model})"
-        headers["x-capgate-limit"] = (
-            f"{room.scope.kind.value}={_header_name(room.scope.name)} {what}"
-        )
-        amount = room.remaining
-        headers["x-capgate-remaining"] = (
-            nano_to_decimal_str(amount) if limit.metric is Metric.COST_USD else str(amount)
-        )
-        headers["x-capgate-reset"] = format_reset_iso(room.resets_at)
+        headers["x-capgate-request-id"] = res.info.request_id
+        if res.fail_open:  # admitted while the store could not be reached: nothing held
+            headers["x-capgate-fail-open"] = "true"
+        if res.max_output is not None:  # tell the client its max_tokens was lowered
+            headers["x-capgate-max-tokens"] = str(res.max_output)
+        room = res.headroom
+        if room is not None:  # the tightest limit, as it stood when this was admitted
+            limit = room.limit
+            what = f"{limit.metric.value}/{limit.window.value}"
+            if limit.model is not None:
+                what += f" ({limit.model})"
+            headers["x-capgate-limit"] = (
+                f"{room.scope.kind.value}={_header_name(room.scope.name)} {what}"
+            )
+            amount = room.remaining
+            headers["x-capgate-remaining"] = (
+                nano_to_decimal_str(amount) if limit.metric is Metric.COST_USD else str(amount)
+            )
+            headers["x-capgate-reset"] = format_reset_iso(room.resets_at)
     return headers
 
 
 @functools.lru_cache(maxsize=1024)
 def _header_name(name: str) -> str:
     return quote(name, safe="-_.~@+:")  # headers are ASCII; scope names need not be
+
+
+@dataclass(frozen=True, slots=True)
+class CallPath:
+    """What every call of a server process works with, built once by the gateway."""
+
+    store: Store  # re-reservation for a fallback
+    breakers: Breakers  # each attempt's success or failure
+    pricer: Pricer  # the price of a fallback at another model
+    settler: Settler  # settlements, queued without waiting
+    backoff: Callable[[int, float | None], float]  # the wait before a retry
+    body_log: BodyLog | None = None  # where finished captures go
+    cache: AnswerCache | None = None  # may answer instead of forwarding
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,18 +114,9 @@ class Failure:
 class Call:
     """One admitted request, from forwarding to settlement."""
 
-    # Set by the gateway when the request logs its body: the answer sent is kept in it,
-    # and it is handed to the body log when the call ends.
-    capture: BodyCapture | None = None
-    # Set by the gateway when the answer is cacheable (capgate.cache): the cache, the
-    # request's slot in it, and the answer found there (a hit: nothing is forwarded).
-    cache: ResponseCache | None = None
-    cache_slot: CacheSlot | None = None
-    cached: KeptAnswer | None = None
-
     def __init__(
         self,
-        gateway: Gateway,
+        path: CallPath,
         request: web.Request,
         endpoint: Endpoint,
         plan: Plan,
@@ -134,8 +126,10 @@ class Call:
         raw: bytes | None,
         t0: float,
         hide_usage: bool,
+        capture: BodyCapture | None = None,
+        facts: CallFacts | None = None,
     ) -> None:
-        self._gateway = gateway
+        self._path = path
         self.request = request
         self.endpoint = endpoint  # what the client called
         self.plan = plan
@@ -151,6 +145,14 @@ class Call:
         self.spent = Amounts()  # failed attempts that may have been billed upstream
         self.answer: UpstreamAnswer | None = None
         self.cost_nano: int | None = None  # what was charged, once settled
+        # When the request logs its body: the answer sent is kept in it, and it is
+        # handed to the body log when the call ends.
+        self.capture = capture
+        self.facts = facts  # computed only when a rule or a cache is plugged in
+        # The response cache's mark for the ledger: hit | miss (cacheable, forwarded) |
+        # None; what a hit saved.
+        self.cache_mark: str | None = None
+        self.saved_nano = 0
 
     def _ms(self) -> float:
         return (time.perf_counter() - self.t0) * 1000
@@ -164,9 +166,9 @@ class Call:
         usage: Usage | None,
         model: str | None = None,
         error: str | None = None,
-        saved_nano: int = 0,
-        fixed_cost: int | None = None,
+        cost_nano: int | None = None,
     ) -> None:
+        """Settle once; `cost_nano` is a cost known without pricing (a cache's hit)."""
         if self.settled:
             return
         self.settled = True
@@ -177,10 +179,8 @@ class Call:
             if outcome == "ok":  # answered, but with no usage capgate could read
                 flags = ("usage_unreadable",)
         else:
-            reported = self.answer.cost_nano if self.answer is not None else None
+            reported = self.answer.cost_nano if self.answer is not None else cost_nano
             cost = reported if reported is not None else self.admission.price.cost_nano(usage)
-            if fixed_cost is not None:  # a cache hit: what its setting charges
-                cost = fixed_cost
             if spent.requests:  # earlier attempts kept as spent
                 cost += spent.cost_nano
                 usage = replace(
@@ -192,28 +192,29 @@ class Call:
             if _over(usage, cost, self.res.worst):  # the truth is charged, and marked
                 flags = ("over_reservation",)
         self.cost_nano = cost
-        mark = None
-        if self.cache_slot is not None:
-            mark = "hit" if self.cached is not None else "miss"
-        self._gateway.settle(
+        self._path.settler.settle(
             self.res,
             Outcome(
                 status, outcome, usage, cost, self._ms(), self.ttft_ms, self.attempts, error,
-                model, flags, cache=mark, saved_nano=saved_nano,
+                model, flags, cache=self.cache_mark, saved_nano=self.saved_nano,
             ),
         )  # fmt: skip
 
     # -- attempts ----------------------------------------------------------------------
 
     async def run(self) -> web.StreamResponse:
-        if self.cached is not None:
-            return await self._hit(self.cached)
         plan = self.plan
         deadline = self.t0 + plan.deadline_s
-        breakers = self._gateway.breakers
+        breakers = self._path.breakers
         index, tries = 0, 0
         route = plan.first
         try:
+            cache = self._path.cache
+            if cache is not None and self.facts is not None and self.facts.cacheable:
+                hit = await cache.lookup(self.facts)
+                if hit is not None:
+                    return self._cached(hit)
+                self.cache_mark = "miss"
             while True:
                 self.attempts += 1
                 began = time.perf_counter()
@@ -228,7 +229,7 @@ class Call:
                     held = self.res.worst
                     self.spent = Amounts(1, held.input_tokens, held.output_tokens, held.cost_nano)
                 left = deadline - time.perf_counter()
-                wait = self._gateway.backoff(tries, result.retry_after)
+                wait = self._path.backoff(tries, result.retry_after)
                 same = (
                     tries < plan.retries
                     and wait <= min(MAX_RETRY_WAIT_S, left)
@@ -253,51 +254,20 @@ class Call:
                 if self.answer is not None:
                     self.answer.close()
                 self.settle(499, "cancelled", None, error="interrupted before settlement")
-            if self.capture is not None:
-                self._gateway.log_body(self.capture)
-
-    async def _hit(self, answer: KeptAnswer) -> web.StreamResponse:
-        """The kept answer, instead of forwarding: charged as the cache setting says
-        (nothing by default; the request counts), marked a hit with what it saved."""
-        assert self.cache is not None and self.cache_slot is not None
-        self.attempts = 0
-        self.ttft_ms = self._ms()
-        usage, cost = self.cache.charge(self.cache_slot, answer)
-        self.settle(answer.status, "ok", usage, answer.model, None, answer.cost_nano, cost)
-        try:
-            return await replay(self.request, answer, reservation_headers(self.res, {}))
-        finally:
-            if self.capture is not None:
-                self.capture.stream = self.endpoint.value if answer.stream else None
-                self.capture.feed(answer.body)
-                self._gateway.log_body(self.capture)
-
-    def _keep(
-        self, route: Route, content_type: str, body: bytes, usage: Usage | None, model: str | None
-    ) -> None:
-        """Keep a successful answer in the cache: not one cut short by a clamped
-        max_tokens, nor one of a fallback's model (its key names the first target's)."""
-        slot, cache = self.cache_slot, self.cache
-        if (
-            slot is None
-            or cache is None
-            or usage is None
-            or self.res.max_output is not None
-            or route.upstream_model != slot.model
-            or self.cost_nano is None
-        ):
-            return
-        cache.keep(slot, content_type, body, self.res.info.stream, usage, self.cost_nano, model)
+            if self.capture is not None and self._path.body_log is not None:
+                self._path.body_log.submit(self.capture)
 
     async def _move_to(self, route: Route) -> str | None:
         """Re-reserve for `route` (plus what failed attempts may have cost). Returns why
         not, when the budget cannot pay for it; the old reservation then stays."""
         try:
-            admission = self._gateway.admission(self, route)
+            admission = self._path.pricer.readmit(
+                self.admission, route, self.res.key.unbounded_hold_nano
+            )
         except CapgateError as exc:
             return f'fallback to "{route.provider.name}" ({route.upstream_model}) impossible: {exc.message}'
         worst = _plus(admission.worst, self.spent, requests=False)
-        store = self._gateway.store
+        store = self._path.store
         if self.res.fail_open:  # nothing is held to move: the next target goes un-reserved too
             decision = store.admit_unreserved(admission.info, worst)
         else:
@@ -315,8 +285,7 @@ class Call:
             headers = dict(failure.headers or {})
             headers["x-capgate-request-id"] = request_id
             return web.Response(status=failure.status, body=failure.body, headers=headers)
-        err = UpstreamTimeout(message) if failure.status == 504 else UpstreamFailed(message)
-        err.status = failure.status
+        err = UpstreamFailed(message, status=failure.status)
         return error_response(self.endpoint.dialect, err, request_id)
 
     def _body(self, route: Route, translation: Translation | None) -> bytes:
@@ -331,10 +300,10 @@ class Call:
             return self.raw
         body = dict(self.body)
         if res.max_output is not None:
-            self._gateway.clamp(body, self.admission.max_field, res.max_output)
+            clamp_output(body, self.admission.max_field, res.max_output)
         body["model"] = route.upstream_model
         if translation is not None:
-            body = translation.request(body, route.provider.type)
+            body = translation.request(body, route.provider.chat_output_field)
         return orjson.dumps(body)
 
     async def _attempt(self, route: Route, deadline: float) -> web.StreamResponse | Failure:
@@ -345,9 +314,7 @@ class Call:
             payload = self._body(route, translation)
         except CapgateError as exc:  # the body cannot be translated for this target
             return Failure(exc.status, exc.message) if exc.status >= 500 else self._refuse(exc)
-        config = route.config  # a CLI's first byte may come when its run ends: it times
-        # itself out (stopping its processes) at timeout_s; this is a backstop behind it
-        wait = config.timeout_s + 5 if config.type in CLI_TYPES else config.first_byte_timeout_s
+        wait = route.provider.first_byte_timeout_s
         first_byte = min(wait, max(0.001, deadline - time.perf_counter()))
         stream = self.res.info.stream
         chunks: AsyncIterator[bytes] | None = None
@@ -389,9 +356,10 @@ class Call:
             self.answer = None
 
     def _refuse(self, exc: CapgateError) -> web.StreamResponse:
-        exc = for_client(exc, client_of(self.request.headers))  # the status it shows at once
-        self.settle(exc.status, "error", Usage(), error=exc.message)
-        return error_response(self.endpoint.dialect, exc, self.res.info.request_id)
+        client = client_of(self.request.headers)  # the status it shows at once
+        response = error_response(self.endpoint.dialect, exc, self.res.info.request_id, client)
+        self.settle(response.status, "error", Usage(), error=exc.message)
+        return response
 
     async def _upstream_error(
         self, answer: UpstreamAnswer, translation: Translation | None
@@ -420,8 +388,9 @@ class Call:
             self.capture.feed(data)
         dialect = self.endpoint.dialect
         if not is_dialect_body(dialect, data):
-            err = CapgateError(f"The provider answered {answer.status}: {message}")
-            err.status, err.kind = answer.status, "api_error"
+            err = CapgateError(
+                f"The provider answered {answer.status}: {message}", status=answer.status
+            )
             return error_response(dialect, err, self.res.info.request_id)
         return web.Response(
             status=answer.status, body=data, headers=answer_headers(answer, self.res)
@@ -448,10 +417,10 @@ class Call:
         if self.capture is not None:
             self.capture.feed(data)
         headers = answer_headers(answer, self.res)
-        if self.cache_slot is not None:
-            headers[HIT_HEADER] = "miss"
-            if answer.status == 200:
-                self._keep(route, headers.get("content-type", JSON), data, usage, model)
+        if self.cache_mark is not None:
+            headers[CACHE_HEADER] = self.cache_mark
+            content_type = headers.get("content-type", "application/json")
+            self._remember(data, content_type, usage, model, route)
         return web.Response(status=answer.status, body=data, headers=headers)
 
     async def _relay(
@@ -464,9 +433,9 @@ class Call:
     ) -> web.StreamResponse:
         headers = answer_headers(answer, self.res)
         headers["cache-control"] = "no-cache"
-        kept: list[bytes] | None = None  # the events sent, for the response cache
-        if self.cache_slot is not None:
-            headers[HIT_HEADER] = "miss"
+        kept: list[bytes] | None = None  # the events sent, for the answer cache
+        if self.cache_mark is not None:
+            headers[CACHE_HEADER] = self.cache_mark
             kept = []
         response = web.StreamResponse(status=answer.status, headers=headers)
         tap: Tap
@@ -516,10 +485,9 @@ class Call:
             if capture is not None:
                 capture.feed(rest)
             await response.write_eof(tail + rest)
-            if kept is not None and tap.finished and answer.status == 200:
+            if kept is not None and tap.finished:
                 kept.append(rest)
-                content_type = headers.get("content-type", "text/event-stream")
-                self._keep(route, content_type, b"".join(kept), tap.usage(), tap.model)
+                self._remember(b"".join(kept), "text/event-stream", tap.usage(), tap.model, route)
         except UpstreamFailed as exc:  # charge_all: it surely generated more than we saw
             usage = None if exc.charge_all else self._partial(tap)
             self.settle(answer.status, "error", usage, tap.model, exc.message)
@@ -536,6 +504,36 @@ class Call:
             raise
         return response
 
+    def _cached(self, hit: CachedAnswer) -> web.StreamResponse:
+        """A cache's answer instead of forwarding: settled at the hit's cost, marked a
+        hit with what it saved (no attempt was made)."""
+        self.cache_mark, self.saved_nano = "hit", hit.saved_nano
+        self.ttft_ms = self._ms()
+        self.settle(hit.status, "ok", hit.usage, hit.model, cost_nano=hit.cost_nano)
+        if self.capture is not None:
+            self.capture.stream = self.endpoint.value if _is_stream(hit.content_type) else None
+            self.capture.feed(hit.body)
+        headers = answer_headers(None, self.res)
+        headers["content-type"], headers[CACHE_HEADER] = hit.content_type, "hit"
+        if _is_stream(hit.content_type):
+            headers["cache-control"] = "no-cache"
+        return web.Response(status=hit.status, body=hit.body, headers=headers)
+
+    def _remember(
+        self, body: bytes, content_type: str, usage: Usage | None, model: str | None, route: Route
+    ) -> None:
+        """Tell the cache a successful answer (only answers with a usage read)."""
+        cache, facts = self._path.cache, self.facts
+        if cache is None or facts is None or usage is None or self.cost_nano is None:
+            return
+        if self.res.max_output is not None or route is not self.plan.first:
+            return  # cut short by a lowered max_tokens, or a fallback's: not this request's
+        answer = FinalAnswer(
+            body, content_type, usage, self.cost_nano, model, route.provider.name,
+            route.upstream_model,
+        )  # fmt: skip
+        cache.remember(facts, answer)
+
     def _partial(self, tap: Tap) -> Usage:
         """Usage of a stream cut short. Its output bound (bytes relayed) is capped at the
         output reserved: the provider cannot have generated more than max_tokens."""
@@ -548,6 +546,13 @@ class Call:
             usage = tap.partial_usage(bound)
         reserved_output = self.res.worst.output_tokens - self.spent.output_tokens
         return replace(usage, output_tokens=min(usage.output_tokens, reserved_output))
+
+
+CACHE_HEADER = "x-capgate-cache"  # on every answer of a cacheable request: hit or miss
+
+
+def _is_stream(content_type: str) -> bool:
+    return content_type.startswith("text/event-stream")
 
 
 def _over(usage: Usage, cost_nano: int, held: Amounts) -> bool:
@@ -578,11 +583,3 @@ def _retry_after(value: str | None) -> float | None:
     except ValueError:
         return None  # an HTTP date: not worth parsing for a few seconds' wait
     return seconds if 0 <= seconds < 86400 else None
-
-
-def jittered_backoff(
-    base: float, tries: int, retry_after: float | None, rng: random.Random
-) -> float:
-    """Exponential backoff with jitter (50-150 % of base * 2^tries), at least retry-after."""
-    wait: float = base * (2**tries) * (0.5 + rng.random())
-    return max(wait, retry_after or 0.0)
