@@ -365,3 +365,15 @@ def test_concurrent_identical_requests_both_forward(
     assert marks == ["miss", "miss"]  # not coalesced: docs/cache.md
     assert served(upstream) - before == 2
     assert messages(server, key, text).headers["x-capgate-cache"] == "hit"
+
+
+def test_an_answer_cut_by_a_lowered_max_tokens_is_not_kept(
+    server: Capgate, upstream: Upstream, key_name: str
+) -> None:
+    cost = [{"metric": "cost", "max": "0.05", "window": "day"}]
+    key = server.create_key(key_name, cost, cache=HOUR)
+    text = unique("clamped")
+    first = messages(server, key, text, max_tokens=20_000)
+    assert first.status_code == 200 and "x-capgate-max-tokens" in first.headers
+    second = messages(server, key, text, max_tokens=20_000)
+    assert second.headers["x-capgate-cache"] == "miss"  # the first was not kept
