@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from capgate.config import ProviderConfig, RouteConfig, ServerConfig, TargetConfig
 from capgate.core.engine import Refusal
-from capgate.core.limits import Limit, Metric, ScopeKind
+from capgate.core.limits import Limit, Metric, Scope, ScopeKind
 from capgate.core.money import Usage
 from capgate.core.windows import WindowKind
 from capgate.errors import LimitExceeded, PermissionDenied, UpstreamFailed
@@ -432,6 +432,9 @@ class Remembering:
     def __init__(self) -> None:
         self.kept: dict[str, FinalAnswer] = {}
 
+    def wanted(self, key: Scope, headers: Mapping[str, str]) -> bool:
+        return True
+
     async def lookup(self, facts: CallFacts) -> CachedAnswer | None:
         found = self.kept.get(orjson.dumps(facts.body).decode())
         if found is None:
@@ -456,6 +459,7 @@ def test_an_answer_cache_answers_instead_of_forwarding(tmp_path: Path, stream: b
         forwarded, hit = sorted(await w.ledger(), key=lambda e: e.id)
         assert forwarded.cost_nano == cost(SONNET, 10, 5)
         assert (hit.outcome, hit.cost_nano, hit.output_tokens) == ("ok", 0, 5)
+        assert (forwarded.cache, hit.cache, hit.attempts) == ("miss", "hit", 0)
 
     run(Setup([a], extensions=Extensions(cache=cache)), tmp_path, test)
     assert len(a.sent) == 1

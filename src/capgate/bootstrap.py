@@ -16,6 +16,8 @@ from capgate import demo_secrets
 from capgate.alerts.watcher import AlertWatcher
 from capgate.bodylog.redact import Redactor, compile_custom
 from capgate.bodylog.service import BodyLog
+from capgate.cache.exact import ExactCache
+from capgate.cache.service import ResponseCache
 from capgate.config import (
     CLI_TYPES,
     Config,
@@ -269,7 +271,8 @@ async def build(
     policies = rule_policies(config.compiled_rules(), router, store, settings.default_max_tokens)
     gateway = Gateway(
         store, router, runtime.pricing, settings, metrics=metrics, traces=traces,
-        body_log=body_log, extensions=Extensions(policies=policies),
+        body_log=body_log,
+        extensions=Extensions(policies=policies, cache=_answer_cache(store, settings)),
     )  # fmt: skip
     keys = keys or await decide_keys(store, config, demo=demo)
     admin = AdminAPI(
@@ -336,3 +339,10 @@ async def build(
     app.on_shutdown.append(end_streams)
     app.on_cleanup.append(shutdown)
     return Built(app, store, keys, metrics)
+
+
+def _answer_cache(store: Store, settings: ServerConfig) -> ExactCache:
+    """The response cache (docs/cache.md): every process its own, used by the scopes
+    that set `cache` (one attribute read per request for the others)."""
+    memory = ResponseCache(int(settings.cache_max_mb * 1024 * 1024))
+    return ExactCache(memory, store.scopes_above, lambda: store.named_cache)

@@ -297,6 +297,9 @@ class ServerConfig(_Strict):
     body_log_max_bytes: int = Field(65_536, ge=1024, le=16 * 1024 * 1024)
     body_retention_days: float = Field(30.0, gt=0, le=36_500)
     redact_patterns: dict[str, str] = Field(default_factory=dict)
+    # The response cache (docs/cache.md): answers of the scopes that set `cache`, kept in
+    # each process's memory up to this many MB (least recently used out first).
+    cache_max_mb: float = Field(64.0, gt=0, le=65_536)
     # Ledger pruning (docs/operations.md#ledger-retention): entries of whole days older
     # than this are summed per day and deleted (None: kept for ever), archived first to
     # `ledger_archive_dir` when it is set. At least 35 days: the current month's and

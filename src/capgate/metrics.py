@@ -115,6 +115,8 @@ class Metrics(Collector):
         self._refusals: dict[tuple[str, str], list[int]] = {}
         self._fail_open: dict[str, int] = {}  # per endpoint
         self.body_log: dict[str, int] = {}  # the body log's results (capgate.bodylog)
+        self._cache: dict[str, int] = {"hit": 0, "miss": 0}  # the response cache's lookups
+        self._cache_saved = 0  # nano-dollars hits did not spend upstream
 
     def _model(self, model: str) -> str:
         if model in self._models:
@@ -145,6 +147,9 @@ class Metrics(Collector):
                 self._finished[key] = row
         row.count += 1
         row.cost += outcome.cost_nano
+        if outcome.cache is not None:
+            self._cache[outcome.cache] += 1
+            self._cache_saved += outcome.saved_nano
         row.latency.observe(outcome.latency_ms / 1000)
         if outcome.ttft_ms is not None:
             row.ttft.observe(outcome.ttft_ms / 1000)
@@ -200,7 +205,20 @@ class Metrics(Collector):
         )
         for result, n in sorted(self.body_log.items()):
             body_log.add_metric((result,), n)
-        yield from (requests, refusals, fail_open, body_log)
+        cache = CounterMetricFamily(
+            "capgate_cache_lookups",
+            "Cacheable requests ended in this process: answered from the response cache "
+            "(hit) or forwarded (miss).",
+            labels=("result",),
+        )
+        for result, n in sorted(self._cache.items()):
+            cache.add_metric((result,), n)
+        saved = CounterMetricFamily(
+            "capgate_cache_saved_dollars",
+            "What the response cache's hits in this process would have cost upstream.",
+        )
+        saved.add_metric((), self._cache_saved / NANO)
+        yield from (requests, refusals, fail_open, body_log, cache, saved)
         yield from _money(rows)
         yield _histogram(
             rows, "capgate_request_duration_seconds",

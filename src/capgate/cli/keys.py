@@ -22,7 +22,7 @@ from capgate.cli.render import (
 )
 from capgate.core.limits import parse_limit_spec, parse_metric
 from capgate.core.windows import parse_window
-from capgate.rotation import parse_duration
+from capgate.rotation import format_duration, parse_duration
 
 app = typer.Typer(help="Create and manage virtual keys.", no_args_is_help=True)
 console = Console()
@@ -85,6 +85,14 @@ LogBodiesOpt = Annotated[
         "--log-bodies/--no-log-bodies",
         help="log the key's request bodies and answers, redacted (--log-bodies), or not "
         "(--no-log-bodies, the default); docs/security.md",
+    ),
+]
+CacheOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--cache",
+        help="keep the key's answers this long and give them again to its identical "
+        "requests (e.g. 10m, 1h; docs/cache.md), or 'off'",
     ),
 ]
 ScheduleOpt = Annotated[
@@ -271,6 +279,7 @@ def create(
     unbounded_hold: HoldOpt = None,
     fail_open: FailOpenOpt = None,
     log_bodies: LogBodiesOpt = None,
+    cache: CacheOpt = None,
     rotate_every: RotateEveryOpt = None,
     url: UrlOpt = None,
     as_json: JsonOpt = False,
@@ -284,6 +293,8 @@ def create(
         fields["fail_open"] = fail_open
     if log_bodies is not None:
         fields["log_bodies"] = log_bodies
+    if cache is not None:
+        fields["cache"] = cache_field(cache)
     if rotate_every is not None:
         fields["rotate_every"] = None if rotate_every == "never" else rotate_every
     client = AdminClient(url)
@@ -333,7 +344,8 @@ def show(name: str, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
         f"expires: {key['expires_at'] or 'never'}   timezone: {text(key.get('timezone'))}   "
         f"on short budget: {text(key.get('on_short_budget'))}   "
         f"fail open: {'yes' if key.get('fail_open') else 'no'}   "
-        f"logs bodies: {'yes' if key.get('log_bodies') else 'no'}",
+        f"logs bodies: {'yes' if key.get('log_bodies') else 'no'}   "
+        f"cache: {cache_text(key.get('cache'))}",
         markup=False,
         highlight=False,
     )
@@ -367,6 +379,7 @@ def update(
     unbounded_hold: HoldOpt = None,
     fail_open: FailOpenOpt = None,
     log_bodies: LogBodiesOpt = None,
+    cache: CacheOpt = None,
     rotate_every: RotateEveryOpt = None,
     url: UrlOpt = None,
     as_json: JsonOpt = False,
@@ -381,6 +394,8 @@ def update(
         body["fail_open"] = fail_open
     if log_bodies is not None:
         body["log_bodies"] = log_bodies
+    if cache is not None:
+        body["cache"] = cache_field(cache)
     if rotate_every is not None:
         body["rotate_every"] = None if rotate_every == "never" else rotate_every
     client = AdminClient(url)
@@ -452,3 +467,17 @@ def rotate(
         markup=False,
         highlight=False,
     )
+
+
+def cache_field(value: str) -> dict[str, str] | None:
+    """--cache's value as the admin API's `cache` field: off, or a TTL (owner: the key)."""
+    return None if value.strip().lower() == "off" else {"ttl": value}
+
+
+def cache_text(setting: dict[str, object] | None) -> str:
+    if not setting:
+        return "off"
+    shown = f"{format_duration(float(str(setting['ttl_s'])))} per {setting['owner']}"
+    if setting.get("shared"):
+        shown += f", shared {setting['shared']}"
+    return shown + (", charged in full" if setting.get("charge") == "full" else "")

@@ -14,6 +14,7 @@ from decimal import Context, Decimal, InvalidOperation
 from fnmatch import fnmatchcase
 from typing import Any
 
+from capgate.core.caching import CacheSetting
 from capgate.core.money import MAX_AMOUNT
 from capgate.core.schedules import Schedule
 from capgate.core.windows import Window, WindowKind, parse_window
@@ -244,6 +245,9 @@ class Scope:
     # Its requests' bodies and answers are logged, redacted (a request is logged when
     # any of the scopes it counts against says so).
     log_bodies: bool = False
+    # Its requests' answers are cached (capgate.cache); None: not cached. The innermost
+    # scope (key, user, team, org) that sets one decides.
+    cache: CacheSetting | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def counter_id(self, limit: Limit) -> str:

@@ -43,6 +43,8 @@ def entry_json(entry: LedgerEntry) -> dict[str, Any]:
         "session": entry.session,
         "prompt": entry.prompt,
         "rule": entry.rule,
+        "cache": entry.cache,
+        "saved_usd": nano_to_decimal_str(entry.saved_nano),
     }
 
 

@@ -13,9 +13,11 @@ from pydantic import (
     StrictInt,
     StrictStr,
     field_validator,
+    model_validator,
 )
 
 from capgate.core.bounds import MAX_NAME, NAME_CHARS, check_name, check_time
+from capgate.core.caching import CacheSetting
 from capgate.core.limits import Limit, ScopeKind, check_distinct, usd_to_nano
 from capgate.core.money import MAX_AMOUNT
 from capgate.core.schedules import Schedule
@@ -88,6 +90,33 @@ class ScheduleIn(BaseModel):
         self.to_schedule()  # raises ValueError with the reason; pydantic reports it
 
 
+class CacheIn(BaseModel):
+    """A scope's response cache (docs/cache.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+    ttl: StrictStr | StrictInt | StrictFloat = Field(
+        description="how long an answer is kept: 1s to 30d (e.g. 10m, 1h) or seconds"
+    )
+    owner: Literal["key", "user", "team", "org"] = Field(
+        "key",
+        description="whose requests share answers: the key (default), or its user, team or org",
+    )
+    shared: StrictStr | None = Field(
+        None, description="a shared cache's name: scopes naming the same one share answers"
+    )
+    charge: Literal["free", "full"] = Field(
+        "free", description="a hit costs nothing (free) or what the answer cost (full)"
+    )
+
+    @model_validator(mode="after")
+    def _valid(self) -> CacheIn:
+        self.to_setting()  # its ValueError names what is wrong
+        return self
+
+    def to_setting(self) -> CacheSetting:
+        return CacheSetting(parse_duration(self.ttl), self.owner, self.shared, self.charge)
+
+
 class _ScopeFields(BaseModel):
     model_config = ConfigDict(extra="forbid")
     team: str | None = Field(None, description="keys: the team the key belongs to")
@@ -123,6 +152,12 @@ class _ScopeFields(BaseModel):
         description="keys, users, teams, orgs: log the bodies and answers of the requests "
         "that count against this scope, redacted (docs/security.md); false, the default: "
         "nothing is logged",
+    )
+
+    cache: CacheIn | None = Field(
+        None,
+        description="keys, users, teams, orgs: cache the answers of the requests that count "
+        "against this scope (docs/cache.md); null: off, the default",
     )
 
     rotate_every: StrictStr | None = Field(
@@ -178,6 +213,8 @@ class _ScopeFields(BaseModel):
             clear |= {"unbounded_hold_nano"}
         if "rotate_every" in given and self.rotate_every is None:
             clear |= {"rotate_every"}
+        if "cache" in given and self.cache is None:
+            clear |= {"cache"}
         hold = self.unbounded_hold_usd
         return ScopeFields(
             limits=None if self.limits is None else tuple(x.to_limit() for x in self.limits),
@@ -192,6 +229,7 @@ class _ScopeFields(BaseModel):
             unbounded_hold_nano=None if hold is None else usd_to_nano(hold),
             fail_open=self.fail_open,
             log_bodies=self.log_bodies,
+            cache=None if self.cache is None else self.cache.to_setting(),
             rotate_every=None if self.rotate_every is None else parse_duration(self.rotate_every),
             schedules=None
             if self.schedules is None

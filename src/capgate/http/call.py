@@ -56,8 +56,8 @@ _RETRYABLE = frozenset({408, 429}) | frozenset(range(500, 600))
 MAX_RETRY_WAIT_S = 5.0  # a longer retry-after moves on to the next target instead
 
 
-def answer_headers(answer: UpstreamAnswer, res: Reservation | None) -> dict[str, str]:
-    headers = dict(answer.headers)
+def answer_headers(answer: UpstreamAnswer | None, res: Reservation | None) -> dict[str, str]:
+    headers = dict(answer.headers) if answer is not None else {}
     if res is not None:
         headers["x-capgate-request-id"] = res.info.request_id
         if res.info.rule is not None:  # a routing rule chose the target (docs/routing.md)
@@ -151,6 +151,10 @@ class Call:
         # handed to the body log when the call ends.
         self.capture = capture
         self.facts = facts  # computed only when a rule or a cache is plugged in
+        # The response cache's mark for the ledger: hit | miss (cacheable, forwarded) |
+        # None; what a hit saved.
+        self.cache_mark: str | None = None
+        self.saved_nano = 0
 
     def _ms(self) -> float:
         return (time.perf_counter() - self.t0) * 1000
@@ -194,7 +198,7 @@ class Call:
             self.res,
             Outcome(
                 status, outcome, usage, cost, self._ms(), self.ttft_ms, self.attempts, error,
-                model, flags,
+                model, flags, cache=self.cache_mark, saved_nano=self.saved_nano,
             ),
         )  # fmt: skip
 
@@ -208,10 +212,11 @@ class Call:
         route = plan.first
         try:
             cache = self._path.cache
-            if cache is not None and self.facts is not None:
+            if cache is not None and self.facts is not None and self.facts.cacheable:
                 hit = await cache.lookup(self.facts)
                 if hit is not None:
                     return self._cached(hit)
+                self.cache_mark = "miss"
             while True:
                 self.attempts += 1
                 began = time.perf_counter()
@@ -413,11 +418,12 @@ class Call:
         self.settle(answer.status, "ok", usage, model)
         if self.capture is not None:
             self.capture.feed(data)
-        if self._path.cache is not None:
-            self._remember(data, "application/json", usage, model, route)
-        return web.Response(
-            status=answer.status, body=data, headers=answer_headers(answer, self.res)
-        )
+        headers = answer_headers(answer, self.res)
+        if self.cache_mark is not None:
+            headers[CACHE_HEADER] = self.cache_mark
+            content_type = headers.get("content-type", "application/json")
+            self._remember(data, content_type, usage, model, route)
+        return web.Response(status=answer.status, body=data, headers=headers)
 
     async def _relay(
         self,
@@ -429,6 +435,10 @@ class Call:
     ) -> web.StreamResponse:
         headers = answer_headers(answer, self.res)
         headers["cache-control"] = "no-cache"
+        kept: list[bytes] | None = None  # the events sent, for the answer cache
+        if self.cache_mark is not None:
+            headers[CACHE_HEADER] = self.cache_mark
+            kept = []
         response = web.StreamResponse(status=answer.status, headers=headers)
         tap: Tap
         if route.endpoint is Endpoint.MESSAGES:
@@ -448,7 +458,6 @@ class Call:
         capture = self.capture
         if capture is not None:  # its text is assembled from the events the client gets
             capture.stream = self.endpoint.value
-        kept: list[bytes] | None = [] if self._path.cache is not None else None
         try:
             await response.prepare(self.request)
             chunk: bytes | None = first
@@ -498,12 +507,18 @@ class Call:
         return response
 
     def _cached(self, hit: CachedAnswer) -> web.StreamResponse:
-        """A cache's answer instead of forwarding: settled at the hit's cost."""
+        """A cache's answer instead of forwarding: settled at the hit's cost, marked a
+        hit with what it saved (no attempt was made)."""
+        self.cache_mark, self.saved_nano = "hit", hit.saved_nano
+        self.ttft_ms = self._ms()
         self.settle(hit.status, "ok", hit.usage, hit.model, cost_nano=hit.cost_nano)
         if self.capture is not None:
+            self.capture.stream = self.endpoint.value if _is_stream(hit.content_type) else None
             self.capture.feed(hit.body)
-        headers = {"content-type": hit.content_type}
-        headers["x-capgate-request-id"] = self.res.info.request_id
+        headers = answer_headers(None, self.res)
+        headers["content-type"], headers[CACHE_HEADER] = hit.content_type, "hit"
+        if _is_stream(hit.content_type):
+            headers["cache-control"] = "no-cache"
         return web.Response(status=hit.status, body=hit.body, headers=headers)
 
     def _remember(
@@ -513,6 +528,8 @@ class Call:
         cache, facts = self._path.cache, self.facts
         if cache is None or facts is None or usage is None or self.cost_nano is None:
             return
+        if self.res.max_output is not None or route is not self.plan.first:
+            return  # cut short by a lowered max_tokens, or a fallback's: not this request's
         answer = FinalAnswer(
             body, content_type, usage, self.cost_nano, model, route.provider.name,
             route.upstream_model,
@@ -531,6 +548,13 @@ class Call:
             usage = tap.partial_usage(bound)
         reserved_output = self.res.worst.output_tokens - self.spent.output_tokens
         return replace(usage, output_tokens=min(usage.output_tokens, reserved_output))
+
+
+CACHE_HEADER = "x-capgate-cache"  # on every answer of a cacheable request: hit or miss
+
+
+def _is_stream(content_type: str) -> bool:
+    return content_type.startswith("text/event-stream")
 
 
 def _over(usage: Usage, cost_nano: int, held: Amounts) -> bool:

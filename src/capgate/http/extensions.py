@@ -48,6 +48,7 @@ class CallFacts:
     body: Mapping[str, Any]
     headers: Mapping[str, str]
     now: float  # wall clock, seconds
+    cacheable: bool = False  # the cache wanted it: asked for an answer, told the answer
 
     @property
     def user(self) -> str | None:
@@ -105,6 +106,7 @@ class CachedAnswer:
     cost_nano: int  # what is charged (0: a free hit)
     model: str | None = None
     status: int = 200
+    saved_nano: int = 0  # what the answer cost when it was made (the ledger's saved_usd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +123,12 @@ class FinalAnswer:
 
 
 class AnswerCache(Protocol):
+    def wanted(self, key: Scope, headers: Mapping[str, str]) -> bool:
+        """Whether this key's request may be answered from or kept in the cache, asked
+        before anything is computed for it (cheap when not). Raise a CapgateError for a
+        bad request (nothing is held yet)."""
+        ...
+
     async def lookup(self, facts: CallFacts) -> CachedAnswer | None:
         """An answer for this request, or None (forward it)."""
         ...

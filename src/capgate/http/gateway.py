@@ -322,10 +322,12 @@ class Gateway:
         facts = _FACTS[endpoint](body)
         plan = self._router.plan(facts.model, endpoint)
         call_facts = None
-        if self._extensions.any:  # rules and caches: off, nothing of this is computed
+        extensions = self._extensions
+        cacheable = extensions.cache is not None and extensions.cache.wanted(key, request.headers)
+        if extensions.policies or cacheable:  # rules and caches off: nothing of this computed
             call_facts = CallFacts(
                 request_id, endpoint, facts.model, key, facts.stream, input_bound(body, len(raw)),
-                len(raw), facts.max_output, body, request.headers, started,
+                len(raw), facts.max_output, dict(body), request.headers, started, cacheable,
             )  # fmt: skip
             for policy in self._extensions.policies:
                 plan = await policy.route(call_facts, plan)

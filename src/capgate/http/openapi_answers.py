@@ -73,6 +73,14 @@ LIMIT_USAGE: JSON = {
     "required": [*LIMIT["required"], "used", "reserved", "remaining", "resets_at"],
 }
 SCHEDULE: JSON = obj({"model": STR, "days": STR, "start": STR, "end": STR, "tz": STR})
+CACHE_SETTING: JSON = obj(
+    {
+        "ttl_s": NUM,
+        "owner": {"enum": ["key", "user", "team", "org"]},
+        "shared": null(STR),
+        "charge": {"enum": ["free", "full"]},
+    }
+)
 SCOPE: JSON = obj(
     {
         "name": STR,
@@ -91,6 +99,7 @@ SCOPE: JSON = obj(
         "unbounded_hold_usd": null(MONEY),
         "fail_open": BOOL,
         "log_bodies": BOOL,
+        "cache": null(CACHE_SETTING),
         "expires_at": null(STR),
         "metadata": ANY_OBJECT,
         "created_at": TIME,
@@ -148,6 +157,8 @@ LEDGER_ENTRY: JSON = obj(
         "session": null(STR),
         "prompt": null(STR),
         "rule": null(STR),  # the routing rule that matched (docs/routing.md)
+        "cache": {"enum": ["hit", "miss", None]},
+        "saved_usd": MONEY,
     }
 )
 TOTALS: dict[str, JSON] = {

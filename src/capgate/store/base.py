@@ -42,6 +42,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from capgate.core.caching import CacheSetting
 from capgate.core.engine import (
     Amounts,
     Charge,
@@ -137,6 +138,10 @@ class Outcome:
     # What the entry counts against `requests` limits: 1; 0 for a model call reported by
     # a hook (in hook mode requests and credits count prompts, see `capgate.hook`).
     requests: int = 1
+    # The response cache (capgate.cache): "hit" (answered from it, nothing forwarded),
+    # "miss" (a cacheable request forwarded), None (not cacheable); what a hit saved.
+    cache: str | None = None
+    saved_nano: int = 0
 
 
 # Flags a ledger entry can carry, and what each means.
@@ -189,6 +194,7 @@ class ScopeFields:
     schedules: tuple[Schedule, ...] | None = None
     fail_open: bool | None = None
     log_bodies: bool | None = None
+    cache: CacheSetting | None = None  # clear "cache" to turn caching off
     rotate_every: float | None = None  # keys: seconds between scheduled rotations
     clear: frozenset[str] = field(default_factory=frozenset)  # fields to set to null
 
@@ -219,6 +225,9 @@ class HotPath(Protocol):
     # Whether any cached user, team or org scope sets `log_bodies` (capgate.bodylog):
     # when none does, a request's own key alone says whether it is logged.
     named_log_bodies: bool
+    # Whether any cached user, team or org scope sets `cache` (capgate.cache): when none
+    # does, a request's own key alone says whether its answer may be cached.
+    named_cache: bool
 
     async def flush(self) -> None:
         """Wait until every write submitted so far by this process is committed."""

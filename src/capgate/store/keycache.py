@@ -26,6 +26,7 @@ class KeyCache:
     # Whether a user, team or org logs bodies: when none does, a key's own flag decides
     # alone (the body log's check costs one attribute read per request).
     named_log_bodies: bool = False
+    named_cache: bool = False  # the same for the response cache's setting
 
     def _install(self, rows: Iterable[Row], version: str) -> None:
         """Replace the cache with the scopes of `rows` (the engine's SELECT_SCOPES)."""
@@ -43,6 +44,7 @@ class KeyCache:
         # Reference swaps: readers see the old or the new dict.
         self._keys, self._named, self._version = keys, named, version
         self.named_log_bodies = any(scope.log_bodies for scope in named.values())
+        self.named_cache = any(scope.cache is not None for scope in named.values())
         self._retired = retired
 
     def key_by_id(self, key_id: str) -> tuple[Scope, bytes] | None:

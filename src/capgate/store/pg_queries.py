@@ -29,8 +29,8 @@ Conn = asyncpg.Connection | PoolConnectionProxy
 SELECT_SCOPES = (
     'SELECT kind, id, name, status, limits, models, team, "user", timezone, expires_at, '
     "metadata, secret_hash, prefix, created_at, updated_at, clamp, org, schedules, "
-    "unbounded_hold_nano, fail_open, log_bodies, rotated_at, retired_secrets, rotate_every "
-    "FROM scopes"
+    "unbounded_hold_nano, fail_open, log_bodies, rotated_at, retired_secrets, rotate_every, "
+    "cache FROM scopes"
 )
 
 # SQLite's `strftime('%Y-%m-%d', created_at, 'unixepoch')`: SQLite turns the seconds into

@@ -670,20 +670,50 @@ MIGRATIONS += (
     "".join((_PLAN_VERSION, _RESERVE_ON_PLAN_VERSION, _BATCH_ON_PLAN_VERSION)),
 )
 
+# 12 (below): the settling functions write the ledger's two new columns.
+_ENTRY_COLUMNS = "refusal, error, max_tokens_clamped, flags)"
+_ENTRY_COLUMNS_CACHE = "refusal, error, max_tokens_clamped, flags, cache, saved_nano)"
+_SETTLE_WITH_CACHE = _changed(
+    _changed(
+        _function(1, "capgate_settle"),
+        _ENTRY_COLUMNS,
+        _ENTRY_COLUMNS_CACHE,
+    ),
+    "refusal, error, max_tokens_clamped, flags\n            FROM",
+    "refusal, error, max_tokens_clamped, flags, cache, saved_nano\n            FROM",
+)
+_BATCH_WITH_CACHE = _changed(
+    _changed(_BATCH_ON_PLAN_VERSION, _ENTRY_COLUMNS, _ENTRY_COLUMNS_CACHE),
+    "e.max_tokens_clamped, e.flags\n",
+    "e.max_tokens_clamped, e.flags, e.cache, e.saved_nano\n",
+)
+
+MIGRATIONS += (
+    # 12: the response cache (capgate.cache; SQLite's migration 17): a scope's opt-in
+    #     (its setting as JSON, NULL: off), and the ledger's cache facts: hit | miss |
+    #     NULL, and what a hit saved; capgate_settle and capgate_batch write them.
+    """
+    ALTER TABLE scopes ADD COLUMN cache TEXT;
+    ALTER TABLE requests ADD COLUMN cache TEXT;
+    ALTER TABLE requests ADD COLUMN saved_nano BIGINT NOT NULL DEFAULT 0;
+    """
+    + _SETTLE_WITH_CACHE
+    + _BATCH_WITH_CACHE,
+)
+
 # 13 (below): the ledger's `rule` column, and the two functions that insert ledger
-# entries with it in their column lists (the newest version of each: migration 1's
-# capgate_settle, migration 11's capgate_batch).
-_LEDGER_COLUMNS = "refusal, error, max_tokens_clamped, flags)"
-_RULE_COLUMNS = "refusal, error, max_tokens_clamped, flags, rule)"
+# entries with it in their column lists (the newest version of each: migration 12's).
+_CACHE_COLUMNS = "flags, cache, saved_nano)"
+_RULE_COLUMNS = "flags, cache, saved_nano, rule)"
 _SETTLE_WITH_RULE = _changed(
-    _changed(_function(1, "capgate_settle"), _LEDGER_COLUMNS, _RULE_COLUMNS),
-    "refusal, error, max_tokens_clamped, flags\n",
-    "refusal, error, max_tokens_clamped, flags, rule\n",
+    _changed(_SETTLE_WITH_CACHE, _CACHE_COLUMNS, _RULE_COLUMNS),
+    "flags, cache, saved_nano\n            FROM",
+    "flags, cache, saved_nano, rule\n            FROM",
 )
 _BATCH_WITH_RULE = _changed(
-    _changed(_BATCH_ON_PLAN_VERSION, _LEDGER_COLUMNS, _RULE_COLUMNS),
-    "e.max_tokens_clamped, e.flags\n",
-    "e.max_tokens_clamped, e.flags, e.rule\n",
+    _changed(_BATCH_WITH_CACHE, _CACHE_COLUMNS, _RULE_COLUMNS),
+    "e.flags, e.cache, e.saved_nano\n",
+    "e.flags, e.cache, e.saved_nano, e.rule\n",
 )
 
 MIGRATIONS += (

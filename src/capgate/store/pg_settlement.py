@@ -36,7 +36,7 @@ _COLUMNS = (
     'request_id, created_at, key_id, key_name, "user", team, model, provider, '
     "upstream_model, endpoint, stream, status, outcome, input_tokens, output_tokens, "
     "cache_read_tokens, cache_write_tokens, cost_nano, latency_ms, ttft_ms, attempts, "
-    "refusal, error, max_tokens_clamped, flags, session, prompt, rule"
+    "refusal, error, max_tokens_clamped, flags, session, prompt, cache, saved_nano, rule"
 )
 INSERT_ENTRY = (
     f"INSERT INTO requests ({_COLUMNS}) SELECT {_COLUMNS} "  # noqa: S608 - fixed columns

@@ -27,7 +27,7 @@ LEDGER_COLUMNS: tuple[str, ...] = (
     "provider", "upstream_model", "endpoint", "stream", "status", "outcome", "input_tokens",
     "output_tokens", "cache_read_tokens", "cache_write_tokens", "cost_nano", "latency_ms",
     "ttft_ms", "attempts", "refusal", "error", "max_tokens_clamped", "flags", "session",
-    "prompt", "rule",
+    "prompt", "cache", "saved_nano", "rule",
 )  # fmt: skip
 
 
@@ -65,6 +65,8 @@ class LedgerEntry:
     flags: tuple[str, ...]
     session: str | None = None  # hook mode: the agent's session and prompt
     prompt: str | None = None
+    cache: str | None = None  # the response cache: hit | miss | None (not cacheable)
+    saved_nano: int = 0  # what a hit would have cost upstream
     rule: str | None = None  # the routing rule that matched (docs/routing.md)
 
 
@@ -231,6 +233,7 @@ def scope_json(scope: Scope) -> dict[str, Any]:
         else nano_to_decimal_str(scope.unbounded_hold_nano),
         "fail_open": scope.fail_open,
         "log_bodies": scope.log_bodies,
+        "cache": None if scope.cache is None else scope.cache.to_json(),
         "expires_at": iso(scope.expires_at),
         "metadata": extra.get("metadata", {}),
         "created_at": iso(extra.get("created_at")),

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from capgate.core.caching import CacheSetting
 from capgate.core.engine import Amounts, Refusal
 from capgate.core.limits import Limit, Scope, ScopeKind, Status
 from capgate.core.schedules import Schedule
@@ -42,6 +43,7 @@ def scope_from_row(row: Row) -> Scope:
         unbounded_hold_nano=row["unbounded_hold_nano"],
         fail_open=bool(row["fail_open"]),
         log_bodies=bool(row["log_bodies"]),
+        cache=_cache_setting(row["cache"]),
         schedules=tuple(Schedule.from_json(x) for x in orjson.loads(row["schedules"])),
         extra={
             "team": row["team"],
@@ -54,6 +56,10 @@ def scope_from_row(row: Row) -> Scope:
             **_rotation(row),
         },
     )
+
+
+def _cache_setting(text: str | None) -> CacheSetting | None:
+    return None if text is None else CacheSetting.from_json(orjson.loads(text))
 
 
 def _rotation(row: Row) -> dict[str, Any]:
@@ -87,6 +93,8 @@ def scope_sets(fields: ScopeFields, now: float) -> dict[str, Any]:
         sets["fail_open"] = int(fields.fail_open)
     if fields.log_bodies is not None:
         sets["log_bodies"] = int(fields.log_bodies)
+    if fields.cache is not None:
+        sets["cache"] = dumps(fields.cache.to_json())
     if fields.schedules is not None:
         sets["schedules"] = dumps([schedule.to_json() for schedule in fields.schedules])
     if fields.rotate_every is not None:
@@ -96,7 +104,9 @@ def scope_sets(fields: ScopeFields, now: float) -> dict[str, Any]:
         if value is not None:
             sets[name] = value
     for name in fields.clear:
-        if name not in {"team", "user", "org", "expires_at", "unbounded_hold_nano", "rotate_every"}:
+        if name not in {
+            "team", "user", "org", "expires_at", "unbounded_hold_nano", "rotate_every", "cache",
+        }:  # fmt: skip
             raise InvalidRequest(f"{name}: cannot be cleared")
         sets[name] = None
     return sets
@@ -133,6 +143,8 @@ def entry_from_row(row: Row) -> LedgerEntry:
         flags=tuple(flags.split(",")) if flags else (),
         session=row["session"],
         prompt=row["prompt"],
+        cache=row["cache"],
+        saved_nano=row["saved_nano"],
         rule=row["rule"],
     )
 
@@ -172,7 +184,8 @@ def entry_values(
         outcome.upstream_model or info.upstream_model, info.endpoint, int(info.stream),
         outcome.status, outcome.outcome, *tokens, actual.cost_nano, outcome.latency_ms,
         outcome.ttft_ms, outcome.attempts, None, error, max_tokens_clamped,
-        ",".join(outcome.flags) or None, info.session, info.prompt, info.rule,
+        ",".join(outcome.flags) or None, info.session, info.prompt, outcome.cache,
+        outcome.saved_nano, info.rule,
     )  # fmt: skip
 
 
@@ -186,7 +199,8 @@ def refusal_values(
         key.extra.get("user") if key else None, key.extra.get("team") if key else None,
         info.model, info.provider, info.upstream_model, info.endpoint, int(info.stream),
         status, "refused", 0, 0, 0, 0, 0, (now - info.started_at) * 1000, None, 0,
-        dumps(refusal.to_json()), None, None, None, info.session, info.prompt, info.rule,
+        dumps(refusal.to_json()), None, None, None, info.session, info.prompt, None, 0,
+        info.rule,
     )  # fmt: skip
 
 
@@ -206,5 +220,5 @@ def lease_expired_values(
         "lease_expired", worst.input_tokens, worst.output_tokens, 0, 0, worst.cost_nano,
         (now - info.started_at) * 1000, None, 1, None,
         "the serving process stopped before the request settled: charged in full",
-        max_tokens_clamped, None, info.session, info.prompt, info.rule,
+        max_tokens_clamped, None, info.session, info.prompt, None, 0, info.rule,
     )  # fmt: skip

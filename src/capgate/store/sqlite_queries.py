@@ -25,8 +25,8 @@ from capgate.store.rows import (
 SELECT_SCOPES = (
     "SELECT kind, id, name, status, limits, models, team, user, timezone, expires_at, "
     "metadata, secret_hash, prefix, created_at, updated_at, clamp, org, schedules, "
-    "unbounded_hold_nano, fail_open, log_bodies, rotated_at, retired_secrets, rotate_every "
-    "FROM scopes"
+    "unbounded_hold_nano, fail_open, log_bodies, rotated_at, retired_secrets, rotate_every, "
+    "cache FROM scopes"
 )
 
 
@@ -144,8 +144,8 @@ _INSERT_ENTRY = (
     "INSERT INTO requests (request_id, created_at, key_id, key_name, user, team, model, "
     "provider, upstream_model, endpoint, stream, status, outcome, input_tokens, output_tokens, "
     "cache_read_tokens, cache_write_tokens, cost_nano, latency_ms, ttft_ms, attempts, refusal, "
-    "error, max_tokens_clamped, flags, session, prompt, rule) "
-    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    "error, max_tokens_clamped, flags, session, prompt, cache, saved_nano, rule) "
+    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 
 

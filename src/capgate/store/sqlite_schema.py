@@ -301,6 +301,13 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX ledger_daily_at ON ledger_daily (created_at);
     """,
+    # 17: the response cache (capgate.cache): a scope's opt-in (its setting as JSON, NULL:
+    #     off), and the ledger's cache facts: hit | miss | NULL, and what a hit saved.
+    """
+    ALTER TABLE scopes ADD COLUMN cache TEXT;
+    ALTER TABLE requests ADD COLUMN cache TEXT;
+    ALTER TABLE requests ADD COLUMN saved_nano INTEGER NOT NULL DEFAULT 0;
+    """,
     # 18: the routing rule that matched a request (docs/routing.md), on its ledger entry.
     """
     ALTER TABLE requests ADD COLUMN rule TEXT;

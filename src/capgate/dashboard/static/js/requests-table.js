@@ -37,6 +37,7 @@ function note(entry) {
   if (entry.refusal) { text = entry.refusal.message; cls = "small"; }
   else if (entry.error) text = entry.error;
   else if (entry.max_tokens_clamped !== null && entry.max_tokens_clamped !== undefined) text = `max_tokens lowered to ${int(entry.max_tokens_clamped)}`;
+  if (entry.cache === "hit") text = [`cache hit · saved ${usd(entry.saved_usd)}`, text].filter(Boolean).join(" · ");
   if (entry.flags && entry.flags.length) text = [entry.flags.join(", "), text].filter(Boolean).join(" · ");
   return text ? h("div", { class: cls }, clip(text)) : null;
 }
@@ -59,6 +60,7 @@ export async function requestDetail(root, cleanup, requestId) {
     ["Cost", usd(entry.cost_usd)],
     ["Latency", `${ms(entry.latency_ms)} · first token ${ms(entry.ttft_ms)} · ${entry.attempts} ${entry.attempts === 1 ? "attempt" : "attempts"}`],
   ];
+  if (entry.cache) rows.push(["Response cache", h("span", { "data-field": "cache" }, entry.cache === "hit" ? `hit: answered from the cache, nothing forwarded · saved ${usd(entry.saved_usd)}` : "miss: forwarded, its answer kept")]);
   if (entry.session) rows.push(["Session id", h("span", { class: "mono", "data-field": "session" }, entry.session)]);
   if (entry.prompt) rows.push(["Prompt id", h("span", { class: "mono", "data-field": "prompt" }, entry.prompt)]);
   if (entry.rule) rows.push(["Routing rule", h("span", { class: "mono", "data-field": "rule" }, entry.rule)]);

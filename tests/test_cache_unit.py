@@ -1,0 +1,182 @@
+"""The response cache's pure parts (capgate.cache, docs/cache.md): the key, the bounded
+LRU + TTL store, the scope setting, which requests get a slot. No server; end to end:
+tests/test_cache.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from capgate.cache.key import namespace, prompt_text, request_key
+from capgate.cache.memory import AnswerStore, KeptAnswer
+from capgate.cache.service import ResponseCache, setting_of
+from capgate.core.caching import CacheSetting
+from capgate.core.limits import Scope, ScopeKind
+from capgate.core.money import Usage
+from capgate.errors import InvalidRequest
+
+BODY: dict[str, Any] = {
+    "model": "claude-x",
+    "max_tokens": 100,
+    "temperature": 0.2,
+    "system": "be brief",
+    "messages": [{"role": "user", "content": "hi"}],
+    "tools": [{"name": "t", "input_schema": {"type": "object", "b": 1, "a": 2}}],
+}
+SPACE = namespace("key", "k1", None)
+
+
+def key_of(body: dict[str, Any], space: str = SPACE, stream: bool = False) -> bytes:
+    return request_key(space, "messages", "claude-x-up", stream, body)
+
+
+def test_the_key_ignores_ids_order_and_the_stream_flag_field_only() -> None:
+    same = {
+        **BODY,
+        "model": "alias",
+        "metadata": {"user_id": "u-7"},
+        "user": "someone",
+        "tools": [{"input_schema": {"a": 2, "b": 1, "type": "object"}, "name": "t"}],
+    }
+    assert key_of(same) == key_of(BODY)
+    assert len(key_of(BODY)) == 32
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"max_tokens": 101},
+        {"temperature": 0.3},
+        {"system": "be long"},
+        {"messages": [{"role": "user", "content": "hi!"}]},
+        {"tools": []},
+        {"tool_choice": {"type": "any"}},
+        {"stop_sequences": ["x"]},
+        {"top_p": 0.5},
+        {"stream_options": {"include_usage": True}},
+        {"some_future_field": 1},
+    ],
+)
+def test_every_other_field_changes_the_key(change: dict[str, Any]) -> None:
+    assert key_of({**BODY, **change}) != key_of(BODY)
+
+
+def test_owner_endpoint_model_and_mode_are_in_the_key() -> None:
+    assert key_of(BODY, namespace("key", "k2", None)) != key_of(BODY)
+    assert key_of(BODY, namespace("team", "k1", None)) != key_of(BODY)
+    assert key_of(BODY, stream=True) != key_of(BODY)
+    assert request_key(SPACE, "chat", "claude-x-up", False, BODY) != key_of(BODY)
+    assert request_key(SPACE, "messages", "claude-y", False, BODY) != key_of(BODY)
+    # A shared name replaces the owner: two owners naming it share.
+    assert namespace("team", "a", "docs") == namespace("key", "b", "docs") == "shared:docs"
+    # Parts are length-prefixed: moving a character between them changes the key.
+    assert request_key("ab", "c", "m", False, BODY) != request_key("a", "bc", "m", False, BODY)
+
+
+def test_prompt_text_for_the_similarity_index() -> None:
+    body = {"system": [{"type": "text", "text": "sys"}], "messages": BODY["messages"]}
+    assert prompt_text(body) == "sys\nhi"
+
+
+def answer(size: int, expires_at: float = 100.0) -> KeptAnswer:
+    return KeptAnswer(200, "application/json", b"x" * size, False, Usage(1, 2), 5, "m", expires_at)
+
+
+def test_the_store_expires_and_evicts_the_least_recently_used() -> None:
+    now = [0.0]
+    store = AnswerStore(4 * (1000 + 256), clock=lambda: now[0])
+    for name in (b"a", b"b", b"c", b"d"):
+        assert store.put(name, answer(1000))
+    assert store.bytes == 4 * 1256 and len(store) == 4
+    assert store.get(b"a") is not None  # used: now the newest
+    assert store.put(b"e", answer(1000))
+    assert store.get(b"b") is None and store.evictions == 1  # the oldest unused went
+    assert all(store.get(k) is not None for k in (b"a", b"c", b"d", b"e"))
+    assert not store.put(b"big", answer(1100))  # over a quarter of the bound: not kept
+    assert store.put(b"a", answer(10))  # replaced: its bytes counted once
+    assert store.bytes == 3 * 1256 + 266
+    now[0] = 100.0
+    assert store.get(b"a") is None and store.bytes == 3 * 1256  # expired: dropped
+
+
+def test_the_setting_is_checked() -> None:
+    assert CacheSetting(3600).to_json() == {
+        "ttl_s": 3600,
+        "owner": "key",
+        "shared": None,
+        "charge": "free",
+    }
+    assert CacheSetting.from_json(CacheSetting(60, "team", "x", "full").to_json()) == (
+        CacheSetting(60, "team", "x", "full")
+    )
+    for bad in (
+        lambda: CacheSetting(0),
+        lambda: CacheSetting(31 * 86400),
+        lambda: CacheSetting(60, "provider"),
+        lambda: CacheSetting(60, charge="half"),
+        lambda: CacheSetting(60, shared=""),
+    ):
+        with pytest.raises(ValueError):
+            bad()
+
+
+KEY = Scope(ScopeKind.KEY, "k1", "key-1")
+TEAM = Scope(ScopeKind.TEAM, "t1", "team-1", cache=CacheSetting(60, "team"))
+
+
+def slot(cache: ResponseCache, key: Scope, header: str | None, above: list[Scope]) -> Any:
+    return cache.slot(key, lambda: above, header, "messages", "m", False, BODY)
+
+
+def test_which_requests_get_a_slot() -> None:
+    cache = ResponseCache(1 << 20)
+    assert slot(cache, KEY, None, []) is None  # nothing opted in
+    assert slot(cache, KEY, "on", []) is None  # the header cannot turn it on
+    got = slot(cache, KEY, None, [TEAM])
+    assert got.space == "owner:team:t1" and not got.refresh  # the team's setting, its owner
+    assert setting_of(KEY, lambda: [TEAM]) == (TEAM.cache, TEAM)
+    assert slot(cache, KEY, " Off ", [TEAM]) is None
+    assert slot(cache, KEY, "refresh", [TEAM]).refresh
+    with pytest.raises(InvalidRequest, match="x-capgate-cache must be one of"):
+        slot(cache, KEY, "yes", [TEAM])
+    # A key's own setting wins; an owner kind the key has no scope of: the key owns.
+    own = Scope(ScopeKind.KEY, "k1", "key-1", cache=CacheSetting(60, "org"))
+    assert slot(cache, own, None, [TEAM]).space == "owner:key:k1"
+
+
+def test_lookup_keep_charge_and_the_similarity_seam() -> None:
+    now = [0.0]
+
+    class Similar:
+        added: list[tuple[str, str, str, str]] = []
+
+        def lookup(self, owner_key: str, model: str, text: str) -> str | None:
+            close = self.added and text == "be brief\nhi" and owner_key == "owner:team:t1"
+            return self.added[0][3] if close else None
+
+        def add(self, owner_key: str, model: str, text: str, entry_id: str) -> None:
+            self.added.append((owner_key, model, text, entry_id))
+
+    similar = Similar()
+    cache = ResponseCache(1 << 20, clock=lambda: now[0], similar=similar)
+    first = slot(cache, KEY, None, [TEAM])
+    assert cache.lookup(first) is None
+    cache.keep(first, "application/json", b"{}", False, Usage(3, 4), 70, "m-1")
+    assert similar.added == [("owner:team:t1", "m", "be brief\nhi", first.key.hex())]
+    found = cache.lookup(first)
+    assert found is not None and found.expires_at == 60 and found.cost_nano == 70
+    assert cache.charge(first, found) == (Usage(), 0)
+    full = Scope(ScopeKind.TEAM, "t1", "team-1", cache=CacheSetting(60, "team", charge="full"))
+    assert cache.charge(slot(cache, KEY, None, [full]), found) == (Usage(3, 4), 70)
+    assert cache.lookup(slot(cache, KEY, "refresh", [TEAM])) is None
+    # Another exact key (temperature differs), the same text: the similarity index's entry.
+    other = cache.slot(
+        KEY, lambda: [TEAM], None, "messages", "m", False, {**BODY, "temperature": 1}
+    )
+    assert other is not None and other.key != first.key
+    assert cache.lookup(other) is found
+    elsewhere = Scope(ScopeKind.TEAM, "t2", "team-2", cache=CacheSetting(60, "team"))
+    assert cache.lookup(slot(cache, KEY, None, [elsewhere])) is None  # another owner
+    now[0] = 60.0
+    assert cache.lookup(first) is None
