@@ -8,11 +8,11 @@ from urllib.parse import quote
 
 import pytest
 from botocore.credentials import Credentials as BotoCredentials
-from cloudmocks import botocore_signature, sigv4_verifier
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from capgate.providers import sigv4
+from cloudmocks import botocore_signature, sigv4_verifier
 
 WHEN = datetime(2026, 12, 5, 7, 8, 9, tzinfo=UTC)
 CREDS = sigv4.Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")

@@ -42,6 +42,18 @@ def openai_error(status: int, message: str, code: Any = None) -> bytes:
     return orjson.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}})
 
 
+def is_anthropic_error(body: bytes) -> bool:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    return (
+        isinstance(data, dict)
+        and data.get("type") == "error"
+        and isinstance(data.get("error"), dict)
+    )
+
+
 def error_message(body: bytes) -> str:
     """The message in a cloud's error body: `{"message"}` (AWS), `{"error": {"message"}}`
     (Google, Azure, Anthropic), or the text itself, shortened."""
