@@ -16,8 +16,6 @@ import httpx
 import openai
 import orjson
 import pytest
-from cloudmocks import CloudMock, sigv4_verifier
-from conftest import Capgate, start_capgate
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -25,6 +23,8 @@ from capgate.mock.azure import create_azure_app
 from capgate.mock.bedrock import create_bedrock_app
 from capgate.mock.runner import MockUpstream
 from capgate.mock.vertex import VertexState, create_vertex_app
+from cloudmocks import CloudMock, sigv4_verifier
+from conftest import Capgate, start_capgate
 
 AWS = ("AKIAMOCKEXAMPLE", "mock/secret+KEY0123456789", "session-token-xyz")
 REGION = "us-east-1"
@@ -150,7 +150,7 @@ def test_bedrock_streams_to_an_anthropic_client(cloud: Cloud, key_name: str) -> 
             model="bedrock-sonnet",
             max_tokens=100,
             messages=[{"role": "user", "content": "stream it mock:words=9"}],
-        ) as stream,  # fmt: skip
+        ) as stream,
     ):
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
@@ -175,7 +175,7 @@ def test_bedrock_answers_an_openai_client_through_translation(cloud: Cloud, key_
                 stream=True,
                 stream_options={"include_usage": True},
                 messages=[{"role": "user", "content": "hi mock:words=5"}],
-            )  # fmt: skip
+            )
         )
     assert completion.usage is not None and completion.usage.completion_tokens == 4
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 5
@@ -186,12 +186,14 @@ def test_bedrock_answers_an_openai_client_through_translation(cloud: Cloud, key_
 
 def test_bedrock_throttling_reaches_each_client_in_its_dialect(cloud: Cloud, key_name: str) -> None:
     key = cloud.gw.create_key(key_name)
-    with anthropic.Anthropic(base_url=cloud.gw.url, api_key=key, max_retries=0) as client:
-        with pytest.raises(anthropic.RateLimitError) as caught:
-            client.messages.create(
-                model="bedrock-sonnet", max_tokens=50,
-                messages=[{"role": "user", "content": "hi mock:status=429"}],
-            )  # fmt: skip
+    with (
+        anthropic.Anthropic(base_url=cloud.gw.url, api_key=key, max_retries=0) as client,
+        pytest.raises(anthropic.RateLimitError) as caught,
+    ):
+        client.messages.create(
+            model="bedrock-sonnet", max_tokens=50,
+            messages=[{"role": "user", "content": "hi mock:status=429"}],
+        )  # fmt: skip
     error = caught.value.body["error"]  # type: ignore[index]
     assert error["type"] == "rate_limit_error" and "mock:status=429" in error["message"]
     with openai.OpenAI(base_url=cloud.gw.url + "/v1", api_key=key, max_retries=0) as client:
@@ -261,9 +263,10 @@ def test_vertex_answers_and_streams_with_one_token(cloud: Cloud, key_name: str) 
             messages=[{"role": "user", "content": "hello mock:words=5"}],
         )  # fmt: skip
         with client.messages.stream(
-            model="vertex-haiku", max_tokens=100,
+            model="vertex-haiku",
+            max_tokens=100,
             messages=[{"role": "user", "content": "stream mock:words=7"}],
-        ) as stream:  # fmt: skip
+        ) as stream:
             text = "".join(stream.text_stream)
     assert message.usage.output_tokens == 5 and len(text.split()) == 7
     sent = cloud.vertex.last_request()
@@ -282,12 +285,14 @@ def test_vertex_answers_and_streams_with_one_token(cloud: Cloud, key_name: str) 
 
 def test_vertex_errors_reach_an_openai_client_in_its_dialect(cloud: Cloud, key_name: str) -> None:
     key = cloud.gw.create_key(key_name)
-    with openai.OpenAI(base_url=cloud.gw.url + "/v1", api_key=key, max_retries=0) as client:
-        with pytest.raises(openai.RateLimitError) as caught:
-            client.chat.completions.create(
-                model="vertex-haiku", max_tokens=50,
-                messages=[{"role": "user", "content": "hi mock:status=429"}],
-            )  # fmt: skip
+    with (
+        openai.OpenAI(base_url=cloud.gw.url + "/v1", api_key=key, max_retries=0) as client,
+        pytest.raises(openai.RateLimitError) as caught,
+    ):
+        client.chat.completions.create(
+            model="vertex-haiku", max_tokens=50,
+            messages=[{"role": "user", "content": "hi mock:status=429"}],
+        )  # fmt: skip
     assert "mock:status=429" in str(caught.value)
     assert _entry(cloud.gw, key_name)["status"] == 429
 
@@ -307,7 +312,7 @@ def test_azure_answers_and_streams_an_openai_client(cloud: Cloud, key_name: str)
                 max_tokens=50,
                 stream=True,
                 messages=[{"role": "user", "content": "hi mock:words=6"}],
-            )  # fmt: skip
+            )
         )
     assert completion.usage is not None and completion.usage.completion_tokens == 3
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -331,9 +336,10 @@ def test_azure_answers_an_anthropic_client_through_translation(cloud: Cloud, key
             model="gpt-4o", max_tokens=50, messages=[{"role": "user", "content": "hi mock:words=4"}]
         )
         with client.messages.stream(
-            model="gpt-4o", max_tokens=50,
+            model="gpt-4o",
+            max_tokens=50,
             messages=[{"role": "user", "content": "hi mock:words=5"}],
-        ) as stream:  # fmt: skip
+        ) as stream:
             text = "".join(stream.text_stream)
             final = stream.get_final_message()
     assert message.usage.output_tokens == 4
@@ -352,9 +358,11 @@ def test_azure_errors_get_openai_shape(cloud: Cloud, key_name: str) -> None:
     error = response.json()["error"]
     assert error["type"] == "rate_limit_exceeded" and error["code"] == "429"
     assert "exceeded" in error["message"]
-    with anthropic.Anthropic(base_url=cloud.gw.url, api_key=key, max_retries=0) as client:
-        with pytest.raises(anthropic.RateLimitError):
-            client.messages.create(
-                model="gpt-4o", max_tokens=50,
-                messages=[{"role": "user", "content": "x mock:status=429"}],
-            )  # fmt: skip
+    with (
+        anthropic.Anthropic(base_url=cloud.gw.url, api_key=key, max_retries=0) as client,
+        pytest.raises(anthropic.RateLimitError),
+    ):
+        client.messages.create(
+            model="gpt-4o", max_tokens=50,
+            messages=[{"role": "user", "content": "x mock:status=429"}],
+        )  # fmt: skip
