@@ -283,8 +283,20 @@ def test_vertex_answers_and_streams_with_one_token(cloud: Cloud, key_name: str) 
         assert Decimal(entry["cost_usd"]) == _cost(entry, "1", "5")  # Haiku 4.5's price
 
 
-def test_vertex_errors_reach_an_openai_client_in_its_dialect(cloud: Cloud, key_name: str) -> None:
+def test_vertex_errors_reach_each_client_in_its_dialect(cloud: Cloud, key_name: str) -> None:
+    """Google's error body (`{"error": {"code", "message", "status"}}`) becomes
+    Anthropic's, then each client's."""
     key = cloud.gw.create_key(key_name)
+    response = httpx.post(
+        cloud.gw.url + "/v1/messages", headers={"x-api-key": key}, timeout=30,
+        json={"model": "vertex-haiku", "max_tokens": 20,
+              "messages": [{"role": "user", "content": "hi mock:status=429"}]},
+    )  # fmt: skip
+    assert response.status_code == 429
+    assert response.json() == {
+        "type": "error",
+        "error": {"type": "rate_limit_error", "message": "Injected by mock:status=429."},
+    }
     with (
         openai.OpenAI(base_url=cloud.gw.url + "/v1", api_key=key, max_retries=0) as client,
         pytest.raises(openai.RateLimitError) as caught,
@@ -294,7 +306,7 @@ def test_vertex_errors_reach_an_openai_client_in_its_dialect(cloud: Cloud, key_n
             messages=[{"role": "user", "content": "hi mock:status=429"}],
         )  # fmt: skip
     assert "mock:status=429" in str(caught.value)
-    assert _entry(cloud.gw, key_name)["status"] == 429
+    assert [e["status"] for e in cloud.gw.ledger(key=key_name)] == [429, 429]
 
 
 # -- Azure OpenAI -------------------------------------------------------------------------
