@@ -161,6 +161,28 @@ def test_bedrock_streams_to_an_anthropic_client(cloud: Cloud, key_name: str) -> 
     assert Decimal(entry["cost_usd"]) == _cost(entry, "3", "15")
 
 
+def test_an_exception_inside_a_bedrock_stream_ends_it_charged_for_what_came(
+    cloud: Cloud, key_name: str
+) -> None:
+    key = cloud.gw.create_key(key_name)
+    with httpx.stream(
+        "POST", cloud.gw.url + "/v1/messages", headers={"x-api-key": key}, timeout=30,
+        json={"model": "bedrock-sonnet", "max_tokens": 100, "stream": True,
+              "messages": [{"role": "user", "content": "hi mock:words=20 mock:cut_stream"}]},
+    ) as response:  # fmt: skip
+        body = response.read()
+    assert response.status_code == 200
+    assert body.count(b"event: content_block_delta") > 0 and b"event: message_stop" not in body
+    last = body.strip().split(b"\n\n")[-1]
+    assert last.startswith(b"event: error\n")
+    assert b"modelStreamErrorException: cut by mock" in last
+    entry = _entry(cloud.gw, key_name)
+    assert (
+        entry["outcome"] == "error" and 0 < entry["output_tokens"] <= 100
+    )  # bounded, as any cut stream
+    assert Decimal(entry["cost_usd"]) == _cost(entry, "3", "15")
+
+
 def test_bedrock_answers_an_openai_client_through_translation(cloud: Cloud, key_name: str) -> None:
     key = cloud.gw.create_key(key_name)
     with openai.OpenAI(base_url=cloud.gw.url + "/v1", api_key=key, max_retries=0) as client:

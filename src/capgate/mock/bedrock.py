@@ -100,9 +100,8 @@ async def _invoke(verify: Verifier, stream: bool, request: web.Request) -> web.S
         data = event.split(b"data: ", 1)[1].strip()
         await response.write(chunk_message(data))
         await asyncio.sleep(0)
-    if directives.cut_stream and request.transport is not None:
-        request.transport.close()
-        return response
+    if directives.cut_stream:  # Bedrock ends a failed stream with an exception message
+        await response.write(exception_message("modelStreamErrorException", "cut by mock"))
     await response.write_eof()
     return response
 

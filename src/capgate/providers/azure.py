@@ -35,6 +35,12 @@ class AzureProvider:
         assert config.api_key
         self.name = config.name
         self.type: str = config.type
+        self.first_byte_timeout_s = config.first_byte_timeout_s
+        # Azure's reasoning models refuse `max_tokens`; api-versions from 2024-09-01 (the
+        # first with o1) take `max_completion_tokens` for every model.
+        self.chat_output_field = (
+            "max_completion_tokens" if config.api_version >= "2024-09-01" else "max_tokens"
+        )
         self._config = config
         self._deployments = dict(config.deployments)
         self._query = "?api-version=" + quote(config.api_version, safe="")

@@ -58,6 +58,8 @@ class BedrockProvider:
         assert config.region and config.aws_access_key_id and config.aws_secret_access_key
         self.name = config.name
         self.type: str = config.type
+        self.first_byte_timeout_s = config.first_byte_timeout_s
+        self.chat_output_field = "max_tokens"  # never called in Chat Completions
         self._config = config
         self._region = config.region
         self._credentials = sigv4.Credentials(

@@ -171,6 +171,8 @@ class VertexProvider:
         assert config.project and config.region and config.credentials_file
         self.name = config.name
         self.type: str = config.type
+        self.first_byte_timeout_s = config.first_byte_timeout_s
+        self.chat_output_field = "max_tokens"  # never called in Chat Completions
         self._config = config
         where = f"providers.{config.name}.credentials_file"
         self.tokens = tokens or TokenSource(
