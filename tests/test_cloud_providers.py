@@ -69,6 +69,18 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
                 "token_uri": f"{vertex.url}/token",
             })
         )  # fmt: skip
+        stranger = tmp / "stranger.json"  # the same account, signed with another key
+        other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        stranger.write_bytes(
+            account.read_bytes().replace(
+                pem.encode().replace(b"\n", b"\\n"),
+                other.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                ).replace(b"\n", b"\\n"),
+            )
+        )
         bedrock_fields = {
             "type": "bedrock", "region": REGION, "base_url": bedrock.url,
             "aws_access_key_id": AWS[0], "aws_secret_access_key": AWS[1],
@@ -81,6 +93,8 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
                 {"name": "bedrock-bad", **bedrock_fields, "aws_secret_access_key": "wrong"},
                 {"name": "vertex", "type": "vertex", "project": "mock-project",
                  "region": "us-east5", "base_url": vertex.url, "credentials_file": str(account)},
+                {"name": "vertex-bad", "type": "vertex", "project": "mock-project",
+                 "region": "us-east5", "base_url": vertex.url, "credentials_file": str(stranger)},
                 {"name": "azure", "type": "azure", "base_url": azure.url, "api_key": AZURE_KEY,
                  "deployments": {"gpt-4o": "prod-gpt4o"}},
             ],
@@ -91,6 +105,8 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
                  "targets": [{"provider": "bedrock-bad", "model": BEDROCK_SONNET}]},
                 {"match": "vertex-haiku", "retries": 0,
                  "targets": [{"provider": "vertex", "model": VERTEX_HAIKU}]},
+                {"match": "vertex-bad", "retries": 0,
+                 "targets": [{"provider": "vertex-bad", "model": VERTEX_HAIKU}]},
                 {"match": "gpt-4o", "retries": 0, "targets": [{"provider": "azure"}]},
                 {"match": "claude-sonnet-4-5", "retries": 0,
                  "targets": [{"provider": "anthropic"}],
@@ -329,6 +345,24 @@ def test_vertex_errors_reach_each_client_in_its_dialect(cloud: Cloud, key_name: 
         )  # fmt: skip
     assert "mock:status=429" in str(caught.value)
     assert [e["status"] for e in cloud.gw.ledger(key=key_name)] == [429, 429]
+
+
+def test_a_jwt_signed_with_another_key_gets_no_token(cloud: Cloud, key_name: str) -> None:
+    """The mock checks the JWT with the account's public key: signed with another key, the
+    exchange is refused, the client gets 502 and nothing reached Vertex (not charged)."""
+    key = cloud.gw.create_key(key_name)
+    before = len(cloud.vertex.requests())
+    response = httpx.post(
+        cloud.gw.url + "/v1/messages", headers={"x-api-key": key}, timeout=30,
+        json={"model": "vertex-bad", "max_tokens": 20,
+              "messages": [{"role": "user", "content": "hi"}]},
+    )  # fmt: skip
+    assert response.status_code == 502
+    message = response.json()["error"]["message"]
+    assert "token exchange" in message and "invalid signature" in message
+    assert len(cloud.vertex.requests()) == before  # no prediction was asked
+    entry = _entry(cloud.gw, key_name)
+    assert entry["status"] == 502 and Decimal(entry["cost_usd"]) == 0
 
 
 # -- Azure OpenAI -------------------------------------------------------------------------
