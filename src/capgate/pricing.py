@@ -17,9 +17,13 @@ from capgate.core.money import Price
 _DATED = re.compile(r"-(\d{8}|\d{4}-\d{2}-\d{2}|latest)$")
 _CACHE_MAX = 10_000  # bounded: model names come from clients
 # Cloud ids of Anthropic models: Bedrock's `anthropic.claude-...-v1:0`, with an inference
-# profile's prefix (`us.`, `eu.`, `apac.`, `global.`, ...), and Vertex AI's
-# `claude-...@20250929`. They are priced as the model itself (docs/providers.md).
-_BEDROCK = re.compile(r"^(?:[a-z]{2,6}\.)?anthropic\.(.+?)(?:-v\d+(?::\d+)?)?$")
+# profile's prefix (`us.`, `eu.`, `apac.`, `global.`, `us-gov.`, ...) and maybe as an ARN,
+# and Vertex AI's `claude-...@20250929`. They are priced as the model itself
+# (docs/providers.md#prices).
+_BEDROCK = re.compile(
+    r"^(?:arn:aws[a-z-]*:bedrock:[a-z0-9-]*:\d*:(?:foundation-model|inference-profile)/)?"
+    r"(?:[a-z]{2,6}(?:-[a-z]+)?\.)?anthropic\.(.+?)(?:-v\d+(?::\d+)?)?$"
+)
 _VERTEX = re.compile(r"^(claude-[^@]+)@(\d{8})$")
 
 
