@@ -84,7 +84,7 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
         bedrock_fields = {
             "type": "bedrock", "region": REGION, "base_url": bedrock.url,
             "aws_access_key_id": AWS[0], "aws_secret_access_key": AWS[1],
-            "aws_session_token": AWS[2],
+            "aws_session_token": AWS[2], "headers": {"X-Team": "blue  team"},
         }  # fmt: skip
         config: dict[str, Any] = {
             "providers": [
@@ -152,6 +152,7 @@ def test_bedrock_answers_an_anthropic_client(cloud: Cloud, key_name: str) -> Non
     assert sent.body["anthropic_version"] == "bedrock-2023-05-31"
     assert "model" not in sent.body and "stream" not in sent.body
     assert sent.headers["x-amz-security-token"] == AWS[2]
+    assert sent.headers["x-team"] == "blue  team"  # the config's headers, signed too
     entry = _entry(cloud.gw, key_name)
     assert (entry["provider"], entry["upstream_model"]) == ("bedrock", BEDROCK_SONNET)
     assert entry["outcome"] == "ok" and entry["output_tokens"] == 6

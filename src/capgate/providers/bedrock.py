@@ -95,7 +95,8 @@ class BedrockProvider:
     ) -> ConvertedAnswer:
         path, payload, stream = self.request(body, client_headers)
         pool = self._client()
-        headers = {"content-type": "application/json", "accept": "application/json"}
+        headers = {k.lower(): v for k, v in self._config.headers.items()}  # signed too
+        headers |= {"content-type": "application/json", "accept": "application/json"}
         if stream:
             headers["accept"] = "application/vnd.amazon.eventstream"
         signed = sigv4.sign(

@@ -206,6 +206,7 @@ class VertexProvider:
             ("content-type", "application/json"),
             ("accept-encoding", "identity"),
             ("authorization", f"Bearer {token}"),
+            *((k.lower(), v) for k, v in self._config.headers.items()),
         ]
         beta = client_headers.get("anthropic-beta")
         if beta:
