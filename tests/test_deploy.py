@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from capgate.http.gateway import _DRAIN_SECONDS
+from capgate.http.settler import DRAIN_SECONDS as _DRAIN_SECONDS
 from conftest import ROOT, need
 
 DEPLOY = ROOT / "deploy"

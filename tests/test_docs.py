@@ -131,7 +131,9 @@ def test_every_admin_route_is_documented() -> None:
 
 
 def test_every_gateway_endpoint_is_documented() -> None:
-    gateway = Gateway(store=None, router=None, pricing=None, settings=config.ServerConfig())  # type: ignore[arg-type]
+    gateway = Gateway(
+        store=None, router=Router([], {}, {}), pricing=None, settings=config.ServerConfig()
+    )  # type: ignore[arg-type]
     routes = gateway.routes()
     assert routes
     missing = [f"{r.method} {r.path}" for r in routes if not mentions_route(r.method, r.path)]

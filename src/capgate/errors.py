@@ -34,10 +34,22 @@ class CapgateError(Exception):
     kind = "api_error"  # a neutral error type; dialects map it to their own names
     retryable = True  # whether the same request may succeed if sent again
 
-    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, message: str, *, headers: dict[str, str] | None = None, status: int | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.headers = headers or {}
+        if status is not None:  # an upstream's own status, passed on
+            self.status = status
+
+    def shown_as(self, status: int, message: str) -> CapgateError:
+        """This error as one client is sent it (another status or message): a new error
+        of the same class, this one left as it was raised."""
+        shown = type(self).__new__(type(self), message)
+        shown.__dict__.update(self.__dict__)
+        shown.status, shown.message = status, message
+        return shown
 
 
 class InvalidRequest(CapgateError):
@@ -125,10 +137,11 @@ class UpstreamFailed(CapgateError):
         message: str,
         *,
         headers: dict[str, str] | None = None,
+        status: int | None = None,
         sent: bool = True,
         charge_all: bool = False,
     ) -> None:
-        super().__init__(message, headers=headers)
+        super().__init__(message, headers=headers, status=status)
         # False only when the request surely never reached the provider (no connection):
         # otherwise it may have run, and been billed, upstream.
         self.sent = sent

@@ -76,6 +76,8 @@ class Unusable:
         self.name: str = config.name
         self.type: str = config.type
         self.dialects = config.dialects
+        self.first_byte_timeout_s = config.first_byte_timeout_s
+        self.chat_output_field = "max_tokens"
         self._problem = problem
 
     def supports(self, endpoint: Endpoint) -> bool:

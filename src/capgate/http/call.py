@@ -19,33 +19,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 import orjson
 from aiohttp import web
 
 from capgate.bodylog.capture import BodyCapture
-from capgate.config import CLI_TYPES
+from capgate.bodylog.service import BodyLog
 from capgate.core.engine import Amounts, Refusal
 from capgate.core.limits import Metric, nano_to_decimal_str
 from capgate.core.money import MAX_AMOUNT, Usage
 from capgate.core.windows import format_reset_iso
-from capgate.errors import CapgateError, UpstreamFailed, UpstreamTimeout
-from capgate.http.dialects import client_of, error_response, for_client, is_dialect_body
+from capgate.errors import CapgateError, UpstreamFailed
+from capgate.http.admission import Admission, Pricer, clamp_output
+from capgate.http.dialects import client_of, error_response, is_dialect_body
+from capgate.http.extensions import AnswerCache, CachedAnswer, CallFacts, FinalAnswer
+from capgate.http.settler import Settler
 from capgate.http.translation import Translation, Translator
 from capgate.providers.base import Endpoint, UpstreamAnswer
-from capgate.routing import Plan, Route
-from capgate.store.base import Outcome, Reservation
+from capgate.routing import Breakers, Plan, Route
+from capgate.store.base import Outcome, Reservation, Store
 from capgate.wire import anthropic as anthropic_wire
 from capgate.wire import openai as openai_wire
-
-if TYPE_CHECKING:
-    from capgate.http.gateway import Admission, Gateway
 
 Tap = (
     anthropic_wire.AnthropicStreamTap | openai_wire.OpenAIStreamTap | openai_wire.ResponsesStreamTap
@@ -88,6 +87,19 @@ def _header_name(name: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class CallPath:
+    """What every call of a server process works with, built once by the gateway."""
+
+    store: Store  # re-reservation for a fallback
+    breakers: Breakers  # each attempt's success or failure
+    pricer: Pricer  # the price of a fallback at another model
+    settler: Settler  # settlements, queued without waiting
+    backoff: Callable[[int, float | None], float]  # the wait before a retry
+    body_log: BodyLog | None = None  # where finished captures go
+    cache: AnswerCache | None = None  # may answer instead of forwarding
+
+
+@dataclass(frozen=True, slots=True)
 class Failure:
     """An attempt that may succeed elsewhere (or later)."""
 
@@ -102,13 +114,9 @@ class Failure:
 class Call:
     """One admitted request, from forwarding to settlement."""
 
-    # Set by the gateway when the request logs its body: the answer sent is kept in it,
-    # and it is handed to the body log when the call ends.
-    capture: BodyCapture | None = None
-
     def __init__(
         self,
-        gateway: Gateway,
+        path: CallPath,
         request: web.Request,
         endpoint: Endpoint,
         plan: Plan,
@@ -118,8 +126,10 @@ class Call:
         raw: bytes | None,
         t0: float,
         hide_usage: bool,
+        capture: BodyCapture | None = None,
+        facts: CallFacts | None = None,
     ) -> None:
-        self._gateway = gateway
+        self._path = path
         self.request = request
         self.endpoint = endpoint  # what the client called
         self.plan = plan
@@ -135,6 +145,10 @@ class Call:
         self.spent = Amounts()  # failed attempts that may have been billed upstream
         self.answer: UpstreamAnswer | None = None
         self.cost_nano: int | None = None  # what was charged, once settled
+        # When the request logs its body: the answer sent is kept in it, and it is
+        # handed to the body log when the call ends.
+        self.capture = capture
+        self.facts = facts  # computed only when a rule or a cache is plugged in
 
     def _ms(self) -> float:
         return (time.perf_counter() - self.t0) * 1000
@@ -148,7 +162,9 @@ class Call:
         usage: Usage | None,
         model: str | None = None,
         error: str | None = None,
+        cost_nano: int | None = None,
     ) -> None:
+        """Settle once; `cost_nano` is a cost known without pricing (a cache's hit)."""
         if self.settled:
             return
         self.settled = True
@@ -159,7 +175,7 @@ class Call:
             if outcome == "ok":  # answered, but with no usage capgate could read
                 flags = ("usage_unreadable",)
         else:
-            reported = self.answer.cost_nano if self.answer is not None else None
+            reported = self.answer.cost_nano if self.answer is not None else cost_nano
             cost = reported if reported is not None else self.admission.price.cost_nano(usage)
             if spent.requests:  # earlier attempts kept as spent
                 cost += spent.cost_nano
@@ -172,7 +188,7 @@ class Call:
             if _over(usage, cost, self.res.worst):  # the truth is charged, and marked
                 flags = ("over_reservation",)
         self.cost_nano = cost
-        self._gateway.settle(
+        self._path.settler.settle(
             self.res,
             Outcome(
                 status, outcome, usage, cost, self._ms(), self.ttft_ms, self.attempts, error,
@@ -185,10 +201,15 @@ class Call:
     async def run(self) -> web.StreamResponse:
         plan = self.plan
         deadline = self.t0 + plan.deadline_s
-        breakers = self._gateway.breakers
+        breakers = self._path.breakers
         index, tries = 0, 0
         route = plan.first
         try:
+            cache = self._path.cache
+            if cache is not None and self.facts is not None:
+                hit = await cache.lookup(self.facts)
+                if hit is not None:
+                    return self._cached(hit)
             while True:
                 self.attempts += 1
                 began = time.perf_counter()
@@ -203,7 +224,7 @@ class Call:
                     held = self.res.worst
                     self.spent = Amounts(1, held.input_tokens, held.output_tokens, held.cost_nano)
                 left = deadline - time.perf_counter()
-                wait = self._gateway.backoff(tries, result.retry_after)
+                wait = self._path.backoff(tries, result.retry_after)
                 same = (
                     tries < plan.retries
                     and wait <= min(MAX_RETRY_WAIT_S, left)
@@ -228,18 +249,20 @@ class Call:
                 if self.answer is not None:
                     self.answer.close()
                 self.settle(499, "cancelled", None, error="interrupted before settlement")
-            if self.capture is not None:
-                self._gateway.log_body(self.capture)
+            if self.capture is not None and self._path.body_log is not None:
+                self._path.body_log.submit(self.capture)
 
     async def _move_to(self, route: Route) -> str | None:
         """Re-reserve for `route` (plus what failed attempts may have cost). Returns why
         not, when the budget cannot pay for it; the old reservation then stays."""
         try:
-            admission = self._gateway.admission(self, route)
+            admission = self._path.pricer.readmit(
+                self.admission, route, self.res.key.unbounded_hold_nano
+            )
         except CapgateError as exc:
             return f'fallback to "{route.provider.name}" ({route.upstream_model}) impossible: {exc.message}'
         worst = _plus(admission.worst, self.spent, requests=False)
-        store = self._gateway.store
+        store = self._path.store
         if self.res.fail_open:  # nothing is held to move: the next target goes un-reserved too
             decision = store.admit_unreserved(admission.info, worst)
         else:
@@ -257,8 +280,7 @@ class Call:
             headers = dict(failure.headers or {})
             headers["x-capgate-request-id"] = request_id
             return web.Response(status=failure.status, body=failure.body, headers=headers)
-        err = UpstreamTimeout(message) if failure.status == 504 else UpstreamFailed(message)
-        err.status = failure.status
+        err = UpstreamFailed(message, status=failure.status)
         return error_response(self.endpoint.dialect, err, request_id)
 
     def _body(self, route: Route, translation: Translation | None) -> bytes:
@@ -273,10 +295,10 @@ class Call:
             return self.raw
         body = dict(self.body)
         if res.max_output is not None:
-            self._gateway.clamp(body, self.admission.max_field, res.max_output)
+            clamp_output(body, self.admission.max_field, res.max_output)
         body["model"] = route.upstream_model
         if translation is not None:
-            body = translation.request(body, route.provider.type)
+            body = translation.request(body, route.provider.chat_output_field)
         return orjson.dumps(body)
 
     async def _attempt(self, route: Route, deadline: float) -> web.StreamResponse | Failure:
@@ -287,9 +309,7 @@ class Call:
             payload = self._body(route, translation)
         except CapgateError as exc:  # the body cannot be translated for this target
             return Failure(exc.status, exc.message) if exc.status >= 500 else self._refuse(exc)
-        config = route.config  # a CLI's first byte may come when its run ends: it times
-        # itself out (stopping its processes) at timeout_s; this is a backstop behind it
-        wait = config.timeout_s + 5 if config.type in CLI_TYPES else config.first_byte_timeout_s
+        wait = route.provider.first_byte_timeout_s
         first_byte = min(wait, max(0.001, deadline - time.perf_counter()))
         stream = self.res.info.stream
         chunks: AsyncIterator[bytes] | None = None
@@ -331,9 +351,10 @@ class Call:
             self.answer = None
 
     def _refuse(self, exc: CapgateError) -> web.StreamResponse:
-        exc = for_client(exc, client_of(self.request.headers))  # the status it shows at once
-        self.settle(exc.status, "error", Usage(), error=exc.message)
-        return error_response(self.endpoint.dialect, exc, self.res.info.request_id)
+        client = client_of(self.request.headers)  # the status it shows at once
+        response = error_response(self.endpoint.dialect, exc, self.res.info.request_id, client)
+        self.settle(response.status, "error", Usage(), error=exc.message)
+        return response
 
     async def _upstream_error(
         self, answer: UpstreamAnswer, translation: Translation | None
@@ -362,8 +383,9 @@ class Call:
             self.capture.feed(data)
         dialect = self.endpoint.dialect
         if not is_dialect_body(dialect, data):
-            err = CapgateError(f"The provider answered {answer.status}: {message}")
-            err.status, err.kind = answer.status, "api_error"
+            err = CapgateError(
+                f"The provider answered {answer.status}: {message}", status=answer.status
+            )
             return error_response(dialect, err, self.res.info.request_id)
         return web.Response(
             status=answer.status, body=data, headers=answer_headers(answer, self.res)
@@ -389,6 +411,8 @@ class Call:
         self.settle(answer.status, "ok", usage, model)
         if self.capture is not None:
             self.capture.feed(data)
+        if self._path.cache is not None:
+            self._remember(data, "application/json", usage, model, route)
         return web.Response(
             status=answer.status, body=data, headers=answer_headers(answer, self.res)
         )
@@ -422,6 +446,7 @@ class Call:
         capture = self.capture
         if capture is not None:  # its text is assembled from the events the client gets
             capture.stream = self.endpoint.value
+        kept: list[bytes] | None = [] if self._path.cache is not None else None
         try:
             await response.prepare(self.request)
             chunk: bytes | None = first
@@ -436,6 +461,8 @@ class Call:
                         self.settle(answer.status, "ok", tap.usage(), tap.model)
                     if capture is not None:
                         capture.feed(block)
+                    if kept is not None:
+                        kept.append(block)
                     if tap.finished and getattr(answer, "complete", False):
                         tail += block
                     elif block:
@@ -449,6 +476,9 @@ class Call:
             if capture is not None:
                 capture.feed(rest)
             await response.write_eof(tail + rest)
+            if kept is not None and tap.finished:
+                kept.append(rest)
+                self._remember(b"".join(kept), "text/event-stream", tap.usage(), tap.model, route)
         except UpstreamFailed as exc:  # charge_all: it surely generated more than we saw
             usage = None if exc.charge_all else self._partial(tap)
             self.settle(answer.status, "error", usage, tap.model, exc.message)
@@ -464,6 +494,28 @@ class Call:
             self.settle(499, "cancelled", self._partial(tap), tap.model, "server shutting down")
             raise
         return response
+
+    def _cached(self, hit: CachedAnswer) -> web.StreamResponse:
+        """A cache's answer instead of forwarding: settled at the hit's cost."""
+        self.settle(hit.status, "ok", hit.usage, hit.model, cost_nano=hit.cost_nano)
+        if self.capture is not None:
+            self.capture.feed(hit.body)
+        headers = {"content-type": hit.content_type}
+        headers["x-capgate-request-id"] = self.res.info.request_id
+        return web.Response(status=hit.status, body=hit.body, headers=headers)
+
+    def _remember(
+        self, body: bytes, content_type: str, usage: Usage | None, model: str | None, route: Route
+    ) -> None:
+        """Tell the cache a successful answer (only answers with a usage read)."""
+        cache, facts = self._path.cache, self.facts
+        if cache is None or facts is None or usage is None or self.cost_nano is None:
+            return
+        answer = FinalAnswer(
+            body, content_type, usage, self.cost_nano, model, route.provider.name,
+            route.upstream_model,
+        )  # fmt: skip
+        cache.remember(facts, answer)
 
     def _partial(self, tap: Tap) -> Usage:
         """Usage of a stream cut short. Its output bound (bytes relayed) is capped at the
@@ -507,11 +559,3 @@ def _retry_after(value: str | None) -> float | None:
     except ValueError:
         return None  # an HTTP date: not worth parsing for a few seconds' wait
     return seconds if 0 <= seconds < 86400 else None
-
-
-def jittered_backoff(
-    base: float, tries: int, retry_after: float | None, rng: random.Random
-) -> float:
-    """Exponential backoff with jitter (50-150 % of base * 2^tries), at least retry-after."""
-    wait: float = base * (2**tries) * (0.5 + rng.random())
-    return max(wait, retry_after or 0.0)

@@ -88,18 +88,19 @@ def client_status(client: str | None) -> int | None:
 def for_client(error: CapgateError, client: str | None) -> CapgateError:
     """The error as `client` is sent it: a refusal of a known client gets the status that
     client shows at once (a payload too large keeps 413, which Claude Code explains
-    itself); to Claude Code the message says it comes from capgate."""
+    itself); to Claude Code the message says it comes from capgate. A copy when it
+    differs: `error` stays as it was raised."""
     status = client_status(client)
     if status is None or error.status >= 500 or error.status == 413:
         return error
     if error.status == 429 and error.retryable and client == CLAUDE_CODE:
         return error  # a short rate limit: Claude Code's retries will get through
-    error.status = status
-    if client == CLAUDE_CODE and not error.message.startswith("capgate"):
-        error.message = f"capgate: {error.message}"
+    message = error.message
+    if client == CLAUDE_CODE and not message.startswith("capgate"):
+        message = f"capgate: {message}"
         if isinstance(error, AuthenticationFailed):
-            error.message += _CLAUDE_CODE_KEY
-    return error
+            message += _CLAUDE_CODE_KEY
+    return error.shown_as(status, message)
 
 
 _CLAUDE_CODE_KEY = (
@@ -118,8 +119,11 @@ def dialect_of_path(path: str) -> str:
 
 
 def error_response(
-    dialect: str, error: CapgateError, request_id: str | None = None
+    dialect: str, error: CapgateError, request_id: str | None = None, client: str | None = None
 ) -> web.Response:
+    """The error in `dialect`, as `client` (`client_of`) is best sent it."""
+    if client is not None:
+        error = for_client(error, client)
     body = _BODIES[dialect](error.kind, error.message)
     headers = dict(error.headers)
     if not error.retryable:

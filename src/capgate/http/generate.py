@@ -18,8 +18,7 @@ from aiohttp import web
 from capgate.config import ServerConfig
 from capgate.core.limits import nano_to_decimal_str
 from capgate.errors import CapgateError, InvalidRequest
-from capgate.http.call import Call
-from capgate.http.dialects import error_response
+from capgate.http.dialects import client_of, for_client
 from capgate.http.gateway import Gateway
 from capgate.providers.base import Endpoint
 
@@ -43,26 +42,24 @@ class GenerateAPI:
     ) -> web.StreamResponse:
         started, t0 = time.time(), time.perf_counter()
         request_id = self._gateway.new_request_id()
+        body: dict[str, Any] = {"model": "", "max_tokens": self._settings.default_max_tokens}
         try:
             key = await self._gateway.authenticate(request)
             _, given = await self._gateway.read_json(request)
-            system, prompt, model = _fields(given, default_model)
-        except CapgateError as exc:
-            return _from_dialect(error_response("admin", exc, request_id))
-        body: dict[str, Any] = {"model": model, "max_tokens": self._settings.default_max_tokens}
-        if endpoint is Endpoint.MESSAGES:
-            if system:
-                body["system"] = system
-            body["messages"] = [{"role": "user", "content": prompt}]
-        else:
-            turns = [{"role": "system", "content": system}] if system else []
-            body["messages"] = [*turns, {"role": "user", "content": prompt}]
-        raw = orjson.dumps(body)
-        admitted = await self._gateway.admit(
-            request, endpoint, key, raw, body, started, t0, request_id
-        )
-        if not isinstance(admitted, Call):
-            return _from_dialect(admitted)
+            system, prompt, body["model"] = _fields(given, default_model)
+            if endpoint is Endpoint.MESSAGES:
+                if system:
+                    body["system"] = system
+                body["messages"] = [{"role": "user", "content": prompt}]
+            else:
+                turns = [{"role": "system", "content": system}] if system else []
+                body["messages"] = [*turns, {"role": "user", "content": prompt}]
+            raw = orjson.dumps(body)
+            admitted = await self._gateway.admit(
+                request, endpoint, key, raw, body, started, t0, request_id
+            )
+        except CapgateError as exc:  # rendered once, here, in this door's shape
+            return _refused(exc, request_id, client_of(request.headers))
         answer = await admitted.run()
         if not isinstance(answer, web.Response) or answer.status >= 400:
             return _from_dialect(answer)
@@ -137,8 +134,22 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     )
 
 
+def _refused(exc: CapgateError, request_id: str, client: str | None) -> web.Response:
+    """A refusal or error before forwarding, in ai-cli-bridge's shape."""
+    shown = for_client(exc, client)
+    headers = {"x-capgate-request-id": request_id}
+    headers.update((k, v) for k, v in shown.headers.items() if k.lower() in _KEPT)
+    if not shown.retryable:
+        headers["x-should-retry"] = "false"
+    return _error(shown.status, shown.message, headers)
+
+
+_KEPT = ("retry-after", "x-should-retry", "x-capgate-request-id", "x-capgate-refusal")
+
+
 def _from_dialect(answer: web.StreamResponse) -> web.StreamResponse:
-    """An error answer of the Messages or Chat endpoint, in ai-cli-bridge's shape."""
+    """An error answer of the call (an upstream's error passed on, or the call's own),
+    in ai-cli-bridge's shape."""
     if not isinstance(answer, web.Response) or not isinstance(answer.body, bytes):
         return answer
     try:
@@ -146,6 +157,5 @@ def _from_dialect(answer: web.StreamResponse) -> web.StreamResponse:
         message = str(data["error"]["message"])
     except (orjson.JSONDecodeError, KeyError, TypeError):
         message = answer.body.decode("utf-8", "replace")[:1000]
-    keep = ("retry-after", "x-should-retry", "x-capgate-request-id", "x-capgate-refusal")
-    headers = {k: v for k, v in answer.headers.items() if k.lower() in keep}
+    headers = {k: v for k, v in answer.headers.items() if k.lower() in _KEPT}
     return _error(answer.status, message, headers)

@@ -27,10 +27,11 @@ class Translation:
         self.client = client
         self.upstream = upstream
 
-    def request(self, body: dict[str, Any], provider_type: str) -> dict[str, Any]:
+    def request(self, body: dict[str, Any], chat_output_field: str) -> dict[str, Any]:
+        """The body in the upstream's format; `chat_output_field` is the provider's
+        (`Provider.chat_output_field`), used when it is called in Chat Completions."""
         if self.upstream is Endpoint.CHAT:
-            field = "max_completion_tokens" if provider_type == "openai" else "max_tokens"
-            return translate.messages_to_chat(body, max_field=field)
+            return translate.messages_to_chat(body, max_field=chat_output_field)
         return translate.chat_to_messages(body)
 
     def answer(self, data: bytes) -> bytes:

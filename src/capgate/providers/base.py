@@ -42,9 +42,24 @@ class UpstreamAnswer(Protocol):
 
 
 class Provider(Protocol):
+    """What the gateway asks of a provider. Everything that differs between provider
+    types is a member here, so the HTTP layer never branches on `type` (a new type is a
+    new adapter, not a new branch in `http/`)."""
+
     name: str
-    type: str
-    dialects: frozenset[str]
+    type: str  # for people (logs, the admin API), never branched on outside its adapter
+    dialects: frozenset[str]  # "anthropic" and/or "openai": the formats it is called in
+
+    @property
+    def first_byte_timeout_s(self) -> float:
+        """How long the gateway waits for the answer's first byte before giving up on
+        this attempt (a CLI's first byte may come only when its whole run ends)."""
+
+    @property
+    def chat_output_field(self) -> str:
+        """The Chat Completions field that bounds the output when capgate sets one:
+        `max_completion_tokens` for OpenAI (its reasoning models refuse `max_tokens`),
+        `max_tokens` for the others."""
 
     def supports(self, endpoint: Endpoint) -> bool: ...
     async def send(

@@ -97,6 +97,10 @@ class _CLIProvider:
         self.name = config.name
         self.type: str = config.type
         self.dialects = config.dialects
+        # It times itself out (stopping its processes) at timeout_s, and its first byte
+        # may come only when its run ends: the gateway's wait is a backstop behind that.
+        self.first_byte_timeout_s = config.timeout_s + 5
+        self.chat_output_field = "max_tokens"
         env = child_environment(environ, secrets, self.defaults, config.env)
         self._runner = CLIRunner(config, resolve_program(config, env), env)
         self._clock = clock

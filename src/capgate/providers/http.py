@@ -26,6 +26,9 @@ _PATHS = {
         Endpoint.RESPONSES: "/v1/responses",
     },
 }
+# The Chat Completions output field capgate sets (OpenAI's reasoning models refuse
+# `max_tokens`; compatible servers may not know `max_completion_tokens`).
+_CHAT_OUTPUT_FIELD = {"openai": "max_completion_tokens"}
 # Client headers that change what the upstream does and must reach it.
 _FORWARDED = ("anthropic-version", "anthropic-beta")
 
@@ -36,6 +39,8 @@ class HTTPProvider:
         self.type: str = config.type
         self.dialects = config.dialects
         self._config = config
+        self.first_byte_timeout_s = config.first_byte_timeout_s
+        self.chat_output_field = _CHAT_OUTPUT_FIELD.get(config.type, "max_tokens")
         self._base = (base_url or config.url).rstrip("/")
         self._paths = _PATHS[config.type]
         headers = {"content-type": "application/json", "accept-encoding": "identity"}
