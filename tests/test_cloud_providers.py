@@ -413,6 +413,8 @@ def test_azure_answers_an_anthropic_client_through_translation(cloud: Cloud, key
             final = stream.get_final_message()
     assert message.usage.output_tokens == 4
     assert len(text.split()) == 5 and final.usage.output_tokens == 5
+    sent = cloud.azure.last_request().body  # the port's chat_output_field: Azure's reasoning
+    assert sent["max_completion_tokens"] == 50 and "max_tokens" not in sent  # models need it
     assert [e["output_tokens"] for e in cloud.gw.ledger(key=key_name)] == [5, 4]
 
 
