@@ -20,6 +20,7 @@ from capgate.cache.exact import ExactCache
 from capgate.cache.service import ResponseCache
 from capgate.config import (
     CLI_TYPES,
+    CLOUD_TYPES,
     Config,
     ConfigError,
     ProviderConfig,
@@ -49,6 +50,7 @@ from capgate.metrics import Metrics
 from capgate.mock.server import create_mock_app
 from capgate.providers.base import Provider
 from capgate.providers.cli import cli_provider
+from capgate.providers.cloud import cloud_provider
 from capgate.providers.http import HTTPProvider
 from capgate.retention import LedgerPruner
 from capgate.routing import Router
@@ -237,10 +239,18 @@ async def build(
     provider_configs = list(config.providers)
     if demo and not any(p.type == "mock" for p in provider_configs):
         provider_configs.append(ProviderConfig(name=DEMO_PROVIDER, type="mock"))
-    provider_keys = {pc.api_key for pc in provider_configs if pc.api_key}
+    provider_keys = {
+        secret
+        for pc in provider_configs
+        for secret in (pc.api_key, pc.aws_secret_access_key, pc.aws_session_token)
+        if secret
+    }  # kept from the CLIs' environment
     for pc in provider_configs:
         if pc.type in CLI_TYPES:  # a local CLI; fails here if its command is missing
             providers[pc.name] = cli_provider(pc, environ, provider_keys)
+            continue
+        if pc.type in CLOUD_TYPES:  # Bedrock, Vertex AI, Azure OpenAI
+            providers[pc.name] = cloud_provider(pc)
             continue
         base_url = pc.base_url
         if pc.type == "mock" and base_url is None:

@@ -35,9 +35,11 @@ from capgate.rules.language import RuleSet
 from capgate.rules.parse import RuleError, parse_rules
 
 ProviderType = Literal[
-    "anthropic", "openai", "openai-compatible", "mock", "claude-cli", "codex-cli"
-]
+    "anthropic", "openai", "openai-compatible", "mock", "claude-cli", "codex-cli",
+    "bedrock", "vertex", "azure",
+]  # fmt: skip
 CLI_TYPES = frozenset({"claude-cli", "codex-cli"})
+CLOUD_TYPES = frozenset({"bedrock", "vertex", "azure"})  # providers/bedrock.py, vertex.py, azure.py
 DEFAULT_BASE_URLS = {
     "anthropic": "https://api.anthropic.com",
     "openai": "https://api.openai.com/v1",
@@ -126,6 +128,17 @@ class ProviderConfig(_Strict):
     env: dict[str, str] = {}
     max_concurrency: int = Field(4, ge=1)
     max_output_mb: float = Field(16.0, gt=0)
+    # Cloud providers (docs/providers.md#cloud-providers): bedrock's region and AWS
+    # credentials; vertex's project, region and service-account JSON file; azure's API
+    # version and model -> deployment names.
+    region: str | None = Field(None, pattern=r"^[a-z0-9-]{1,40}$")
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: str | None = None
+    aws_session_token: str | None = None
+    project: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    credentials_file: str | None = None
+    api_version: str = Field("2024-10-21", pattern=r"^[A-Za-z0-9.-]{1,40}$")
+    deployments: dict[str, str] = {}
 
     @field_validator("base_url")
     @classmethod
@@ -142,15 +155,46 @@ class ProviderConfig(_Strict):
     def _api_key(cls, value: str | None) -> str | None:
         return check_api_key(value) if value else value  # "": none (`${KEY:-}` unset)
 
+    @field_validator("aws_access_key_id", "aws_secret_access_key", "aws_session_token")
+    @classmethod
+    def _aws_secret(cls, value: str | None) -> str | None:
+        return check_api_key(value) if value else None
+
+    @field_validator("deployments")
+    @classmethod
+    def _deployments(cls, value: dict[str, str]) -> dict[str, str]:
+        for model, name in value.items():
+            if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", name):
+                raise ValueError(f"{model}: {name!r} is not a deployment name")
+        return value
+
+    @model_validator(mode="after")
+    def _cloud(self) -> ProviderConfig:
+        """What each cloud type needs, so that a missing field stops the start."""
+        needs = {
+            "bedrock": ("region", "aws_access_key_id", "aws_secret_access_key"),
+            "vertex": ("project", "region", "credentials_file"),
+            "azure": ("base_url", "api_key"),
+        }.get(self.type, ())
+        missing = [name for name in needs if not getattr(self, name)]
+        if missing:
+            raise ValueError(f"a {self.type} provider needs {', '.join(missing)}")
+        return self
+
     @property
     def url(self) -> str:
+        if self.base_url is None and self.type == "bedrock":
+            return f"https://bedrock-runtime.{self.region}.amazonaws.com"
+        if self.base_url is None and self.type == "vertex":
+            host = "" if self.region == "global" else f"{self.region}-"
+            return f"https://{host}aiplatform.googleapis.com"
         return (self.base_url or DEFAULT_BASE_URLS.get(self.type, "")).rstrip("/")
 
     @property
     def dialects(self) -> frozenset[str]:
         if self.type == "mock":
             return frozenset({"anthropic", "openai"})
-        if self.type in ("anthropic", "claude-cli"):
+        if self.type in ("anthropic", "claude-cli", "bedrock", "vertex"):
             return frozenset({"anthropic"})
         return frozenset({"openai"})
 

@@ -16,6 +16,15 @@ from capgate.core.money import Price
 
 _DATED = re.compile(r"-(\d{8}|\d{4}-\d{2}-\d{2}|latest)$")
 _CACHE_MAX = 10_000  # bounded: model names come from clients
+# Cloud ids of Anthropic models: Bedrock's `anthropic.claude-...-v1:0`, with an inference
+# profile's prefix (`us.`, `eu.`, `apac.`, `global.`, `us-gov.`, ...) and maybe as an ARN,
+# and Vertex AI's `claude-...@20250929`. They are priced as the model itself
+# (docs/providers.md#prices).
+_BEDROCK = re.compile(
+    r"^(?:arn:aws[a-z-]*:bedrock:[a-z0-9-]*:\d*:(?:foundation-model|inference-profile)/)?"
+    r"(?:[a-z]{2,6}(?:-[a-z]+)?\.)?anthropic\.(.+?)(?:-v\d+(?::\d+)?)?$"
+)
+_VERTEX = re.compile(r"^(claude-[^@]+)@(\d{8})$")
 
 
 class PricingTable:
@@ -83,20 +92,27 @@ class PricingTable:
     def lookup(self, model: str) -> Price | None:
         """The price of `model`. The admin's overrides win (exact name, then globs in
         order), then the bundled table by exact name, then without a date suffix
-        (`claude-sonnet-4-5-20250929` -> `claude-sonnet-4-5`)."""
+        (`claude-sonnet-4-5-20250929` -> `claude-sonnet-4-5`), then a cloud id as the model
+        it names (`us.anthropic.claude-sonnet-4-5-20250929-v1:0` -> the same)."""
         if model in self._cache:
             return self._cache[model]
         price = self._prices.get(model) if model in self._overridden else None
         if price is None:
             price = next((p for g, p in self._globs.items() if fnmatchcase(model, g)), None)
         if price is None:
-            price = self._prices.get(model)
+            price = self._bundled(model)
+        if price is None and (cloud := cloud_model_name(model)) != model:
+            price = self._bundled(cloud)
+        if len(self._cache) < _CACHE_MAX:
+            self._cache[model] = price
+        return price
+
+    def _bundled(self, model: str) -> Price | None:
+        price = self._prices.get(model)
         if price is None:
             undated = _DATED.sub("", model)
             if undated != model:
                 price = self._prices.get(undated)
-        if len(self._cache) < _CACHE_MAX:
-            self._cache[model] = price
         return price
 
     def credits_for(self, model: str) -> int:
@@ -114,3 +130,12 @@ class PricingTable:
 
     def models(self) -> list[str]:
         return sorted(self._prices)
+
+
+def cloud_model_name(model: str) -> str:
+    """The Anthropic model a Bedrock or Vertex AI model id names (else `model`)."""
+    if (found := _BEDROCK.match(model)) is not None:
+        return found.group(1)
+    if (found := _VERTEX.match(model)) is not None:
+        return f"{found.group(1)}-{found.group(2)}"
+    return model
