@@ -4,6 +4,7 @@ tests/test_cache.py."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -106,10 +107,12 @@ def test_the_setting_is_checked() -> None:
         "owner": "key",
         "shared": None,
         "charge": "free",
+        "semantic": False,
     }
-    assert CacheSetting.from_json(CacheSetting(60, "team", "x", "full").to_json()) == (
-        CacheSetting(60, "team", "x", "full")
+    assert CacheSetting.from_json(CacheSetting(60, "team", "x", "full", True).to_json()) == (
+        CacheSetting(60, "team", "x", "full", True)
     )
+    assert not CacheSetting.from_json({"ttl_s": 60}).semantic  # a setting stored before it
     for bad in (
         lambda: CacheSetting(0),
         lambda: CacheSetting(31 * 86400),
@@ -149,34 +152,58 @@ def test_lookup_keep_charge_and_the_similarity_seam() -> None:
     now = [0.0]
 
     class Similar:
-        added: list[tuple[str, str, str, str]] = []
+        def __init__(self) -> None:
+            self.added: list[tuple[str, str, str, str]] = []
+            self.removed: list[str] = []
 
-        def lookup(self, owner_key: str, model: str, text: str) -> str | None:
-            close = self.added and text == "be brief\nhi" and owner_key == "owner:team:t1"
+        async def lookup(
+            self, owner: str, model: str, endpoint: str, body: dict[str, Any]
+        ) -> str | None:
+            close = self.added and body.get("temperature") == 1 and owner == self.added[0][0]
             return self.added[0][3] if close else None
 
-        def add(self, owner_key: str, model: str, text: str, entry_id: str) -> None:
-            self.added.append((owner_key, model, text, entry_id))
+        def add(
+            self, owner: str, model: str, endpoint: str, body: dict[str, Any], entry_id: str
+        ) -> None:
+            self.added.append((owner, model, endpoint, entry_id))
+
+        def remove(self, entry_id: str) -> None:
+            self.removed.append(entry_id)
+
+        def close(self) -> None:
+            pass
 
     similar = Similar()
     cache = ResponseCache(1 << 20, clock=lambda: now[0], similar=similar)
     first = slot(cache, KEY, None, [TEAM])
     assert cache.lookup(first) is None
     cache.keep(first, "application/json", b"{}", False, Usage(3, 4), 70, "m-1")
-    assert similar.added == [("owner:team:t1", "m", "be brief\nhi", first.key.hex())]
+    assert similar.added == []  # the setting does not ask for the semantic cache
     found = cache.lookup(first)
     assert found is not None and found.expires_at == 60 and found.cost_nano == 70
     assert cache.charge(first, found) == (Usage(), 0)
     full = Scope(ScopeKind.TEAM, "t1", "team-1", cache=CacheSetting(60, "team", charge="full"))
     assert cache.charge(slot(cache, KEY, None, [full]), found) == (Usage(3, 4), 70)
     assert cache.lookup(slot(cache, KEY, "refresh", [TEAM])) is None
-    # Another exact key (temperature differs), the same text: the similarity index's entry.
+    # With `semantic`: kept answers are indexed, and another exact key (temperature
+    # differs) that the index finds close gets the kept answer.
+    semantic = Scope(ScopeKind.TEAM, "t1", "team-1", cache=CacheSetting(60, "team", semantic=True))
+    kept = slot(cache, KEY, None, [semantic])
+    cache.keep(kept, "application/json", b"{}", False, Usage(3, 4), 70, "m-1")
+    owner = "owner:team:t1|messages|whole"
+    assert similar.added == [(owner, "m", "messages", kept.key.hex())]
     other = cache.slot(
+        KEY, lambda: [semantic], None, "messages", "m", False, {**BODY, "temperature": 1}
+    )
+    assert other is not None and other.key != kept.key and cache.lookup(other) is None
+    assert asyncio.run(cache.lookup_similar(other)) is cache.lookup(kept)
+    plain = cache.slot(
         KEY, lambda: [TEAM], None, "messages", "m", False, {**BODY, "temperature": 1}
     )
-    assert other is not None and other.key != first.key
-    assert cache.lookup(other) is found
-    elsewhere = Scope(ScopeKind.TEAM, "t2", "team-2", cache=CacheSetting(60, "team"))
-    assert cache.lookup(slot(cache, KEY, None, [elsewhere])) is None  # another owner
+    assert asyncio.run(cache.lookup_similar(plain)) is None  # a scope without semantic
+    elsewhere = Scope(ScopeKind.TEAM, "t2", "team-2", cache=CacheSetting(60, "team", semantic=True))
+    assert asyncio.run(cache.lookup_similar(slot(cache, KEY, None, [elsewhere]))) is None
     now[0] = 60.0
     assert cache.lookup(first) is None
+    # The same key kept again (replaced), then expired: each time gone from the index.
+    assert similar.removed == [first.key.hex(), first.key.hex()]

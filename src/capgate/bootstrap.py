@@ -18,6 +18,7 @@ from capgate.bodylog.redact import Redactor, compile_custom
 from capgate.bodylog.service import BodyLog
 from capgate.cache.exact import ExactCache
 from capgate.cache.service import ResponseCache
+from capgate.cache.similar import SemanticAnswers
 from capgate.config import (
     CLI_TYPES,
     CLOUD_TYPES,
@@ -279,10 +280,10 @@ async def build(
         metrics.body_log = body_log.results
     # Routing rules (docs/routing.md): no policy at all when there are none.
     policies = rule_policies(config.compiled_rules(), router, store, settings.default_max_tokens)
+    answers = _answer_cache(store, settings)
     gateway = Gateway(
         store, router, runtime.pricing, settings, metrics=metrics, traces=traces,
-        body_log=body_log,
-        extensions=Extensions(policies=policies, cache=_answer_cache(store, settings)),
+        body_log=body_log, extensions=Extensions(policies=policies, cache=answers),
     )  # fmt: skip
     keys = keys or await decide_keys(store, config, demo=demo)
     admin = AdminAPI(
@@ -320,6 +321,7 @@ async def build(
         await runtime.close()
         await hook_extras.close()
         await gateway.drain()
+        answers.close()
         await live.close()
         await body_log.close()  # after the drain: the last requests' bodies are queued
         if pruner is not None:
@@ -354,5 +356,9 @@ async def build(
 def _answer_cache(store: Store, settings: ServerConfig) -> ExactCache:
     """The response cache (docs/cache.md): every process its own, used by the scopes
     that set `cache` (one attribute read per request for the others)."""
-    memory = ResponseCache(int(settings.cache_max_mb * 1024 * 1024))
+    similar = SemanticAnswers(
+        settings.semantic_threshold, settings.semantic_max_entries,
+        settings.semantic_max_temperature,
+    )  # fmt: skip  # loads nothing until a scope's cache sets `semantic`
+    memory = ResponseCache(int(settings.cache_max_mb * 1024 * 1024), similar=similar)
     return ExactCache(memory, store.scopes_above, lambda: store.named_cache)

@@ -344,6 +344,12 @@ class ServerConfig(_Strict):
     # The response cache (docs/cache.md): answers of the scopes that set `cache`, kept in
     # each process's memory up to this many MB (least recently used out first).
     cache_max_mb: float = Field(64.0, gt=0, le=65_536)
+    # The semantic cache (docs/semantic-cache.md), for the scopes whose cache sets
+    # `semantic`: how similar a paraphrase must be, how many prompts it indexes, and the
+    # highest temperature it answers (1 admits requests that set none).
+    semantic_threshold: float = Field(0.75, gt=0, le=1)
+    semantic_max_entries: int = Field(10_000, ge=1, le=10_000_000)
+    semantic_max_temperature: float = Field(0.0, ge=0, le=2)
     # Ledger pruning (docs/operations.md#ledger-retention): entries of whole days older
     # than this are summed per day and deleted (None: kept for ever), archived first to
     # `ledger_archive_dir` when it is set. At least 35 days: the current month's and

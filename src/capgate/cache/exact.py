@@ -54,13 +54,20 @@ class ExactCache:
         slot = self._slot(facts)
         if slot is None:
             return None
-        kept = self.cache.lookup(slot)
+        kept, mark = self.cache.lookup(slot), "hit"
+        if kept is None:
+            kept, mark = await self.cache.lookup_similar(slot), "hit-similar"
         if kept is None:
             return None
         usage, cost = self.cache.charge(slot, kept)
         return CachedAnswer(
-            kept.body, kept.content_type, usage, cost, kept.model, kept.status, kept.cost_nano
-        )
+            kept.body, kept.content_type, usage, cost, kept.model, kept.status, kept.cost_nano,
+            mark,
+        )  # fmt: skip
+
+    def close(self) -> None:
+        if self.cache.similar is not None:
+            self.cache.similar.close()
 
     def remember(self, facts: CallFacts, answer: FinalAnswer) -> None:
         slot = self._slot(facts)

@@ -36,9 +36,15 @@ class KeptAnswer:
 class AnswerStore:
     """At most `max_bytes` of answers, by key; LRU eviction, TTL expiry."""
 
-    def __init__(self, max_bytes: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        max_bytes: int,
+        clock: Callable[[], float] = time.monotonic,
+        dropped: Callable[[bytes], None] | None = None,
+    ) -> None:
         self.max_bytes = max_bytes
         self.clock = clock
+        self._dropped = dropped  # told each key that leaves (the similarity index)
         self._entries: OrderedDict[bytes, KeptAnswer] = OrderedDict()
         self.bytes = 0
         self.evictions = 0
@@ -74,3 +80,5 @@ class AnswerStore:
 
     def _drop(self, key: bytes) -> None:
         self.bytes -= self._entries.pop(key).size
+        if self._dropped is not None:
+            self._dropped(key)

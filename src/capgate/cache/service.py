@@ -11,8 +11,10 @@ default), so two keys of two teams never share an answer unless both settings na
 same `shared` cache. When the key has no scope of the owner's kind (`owner: team` for a
 key in no team), the key itself owns its answers: the narrower choice.
 
-The semantic cache (capgate.semantic) plugs in as `similar`: tried after the exact
-lookup misses, it names the exact entry whose prompt is close enough.
+The semantic cache (capgate.semantic, through cache/similar.py) plugs in as `similar`:
+tried after the exact lookup misses, for the scopes whose setting turns `semantic` on, it
+names the exact entry whose prompt is close enough. An entry the exact cache drops
+(evicted, expired, replaced) is removed from it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from capgate.cache.key import namespace, prompt_text, request_key
+from capgate.cache.key import namespace, request_key
 from capgate.cache.memory import AnswerStore, KeptAnswer
 from capgate.core.caching import CacheSetting
 from capgate.core.limits import Scope
@@ -34,13 +36,26 @@ MODES = ("on", "off", "refresh")
 
 
 class SimilarAnswers(Protocol):
-    """A similarity index over kept answers (the semantic cache's port)."""
+    """A similarity index over kept answers (the semantic cache's port). `owner`: the
+    exact cache's namespace with the endpoint and whether it streams, so that an answer
+    is only ever given in the shape it was kept in; `model`: the upstream model."""
 
-    def lookup(self, owner_key: str, model: str, text: str) -> str | None:
-        """The id of a kept entry whose prompt is close to `text`, or None."""
+    async def lookup(
+        self, owner: str, model: str, endpoint: str, body: dict[str, Any]
+    ) -> str | None:
+        """The id of a kept entry whose prompt is close to `body`'s, or None."""
 
-    def add(self, owner_key: str, model: str, text: str, entry_id: str) -> None:
-        """Index the entry `entry_id` (an exact cache key, hex) under its prompt text."""
+    def add(
+        self, owner: str, model: str, endpoint: str, body: dict[str, Any], entry_id: str
+    ) -> None:
+        """Index the entry `entry_id` (an exact cache key, hex) under its prompt; must not
+        block (the embedding may run later)."""
+
+    def remove(self, entry_id: str) -> None:
+        """The entry has left the exact cache."""
+
+    def close(self) -> None:
+        """The server stops."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +68,13 @@ class CacheSlot:
     setting: CacheSetting
     refresh: bool  # not read, only kept again
     body: dict[str, Any]  # the client's body, for the similarity index's text
+    endpoint: str = "messages"
+    stream: bool = False
+
+    @property
+    def similar_owner(self) -> str:
+        """The similarity index's owner: the namespace, the endpoint and the shape."""
+        return f"{self.space}|{self.endpoint}|{'stream' if self.stream else 'whole'}"
 
 
 def setting_of(key: Scope, above: Callable[[], list[Scope]]) -> tuple[CacheSetting, Scope] | None:
@@ -74,7 +96,7 @@ class ResponseCache:
         clock: Callable[[], float] = time.monotonic,
         similar: SimilarAnswers | None = None,
     ) -> None:
-        self.answers = AnswerStore(max_bytes, clock)
+        self.answers = AnswerStore(max_bytes, clock, self._dropped)
         self.similar = similar
         self._clock = clock
 
@@ -107,17 +129,28 @@ class ResponseCache:
             owner = next((s for s in above() if s.kind.value == setting.owner), key)
         space = namespace(owner.kind.value, owner.id, setting.shared)
         cache_key = request_key(space, endpoint, upstream_model, stream, body)
-        return CacheSlot(cache_key, space, upstream_model, setting, mode == "refresh", body)
+        return CacheSlot(
+            cache_key, space, upstream_model, setting, mode == "refresh", body, endpoint, stream
+        )
 
     def lookup(self, slot: CacheSlot) -> KeptAnswer | None:
-        """The kept answer for `slot`: exact first, then a similar one."""
+        """The kept answer for `slot`'s very request."""
         if slot.refresh:
             return None
-        found = self.answers.get(slot.key)
-        if found is None and self.similar is not None:
-            entry_id = self.similar.lookup(slot.space, slot.model, prompt_text(slot.body))
-            if entry_id is not None:
-                found = self.answers.get(bytes.fromhex(entry_id))
+        return self.answers.get(slot.key)
+
+    async def lookup_similar(self, slot: CacheSlot) -> KeptAnswer | None:
+        """After an exact miss: the kept answer of a close paraphrase, when the slot's
+        setting asks for it. An id whose answer is gone is a miss, and is removed."""
+        if slot.refresh or not slot.setting.semantic or self.similar is None:
+            return None
+        similar = self.similar
+        entry_id = await similar.lookup(slot.similar_owner, slot.model, slot.endpoint, slot.body)
+        if entry_id is None:
+            return None
+        found = self.answers.get(bytes.fromhex(entry_id))
+        if found is None:
+            similar.remove(entry_id)
         return found
 
     def keep(
@@ -133,8 +166,15 @@ class ResponseCache:
         """A successful answer of `slot`'s request, as its client got it."""
         expires = self._clock() + slot.setting.ttl_s
         entry = KeptAnswer(200, content_type, body, stream, usage, cost_nano, model, expires)
-        if self.answers.put(slot.key, entry) and self.similar is not None:
-            self.similar.add(slot.space, slot.model, prompt_text(slot.body), slot.key.hex())
+        kept = self.answers.put(slot.key, entry)
+        if kept and slot.setting.semantic and self.similar is not None:
+            self.similar.add(
+                slot.similar_owner, slot.model, slot.endpoint, slot.body, slot.key.hex()
+            )
+
+    def _dropped(self, key: bytes) -> None:
+        if self.similar is not None:
+            self.similar.remove(key.hex())
 
     def charge(self, slot: CacheSlot, answer: KeptAnswer) -> tuple[Usage, int]:
         """What a hit is charged: nothing (`charge: free`), or what the answer cost."""

@@ -92,7 +92,8 @@ CacheOpt = Annotated[
     typer.Option(
         "--cache",
         help="keep the key's answers this long and give them again to its identical "
-        "requests (e.g. 10m, 1h; docs/cache.md), or 'off'",
+        "requests (e.g. 10m, 1h; docs/cache.md), or 'off'; add ',semantic' to give them "
+        "to close paraphrases too (1h,semantic; docs/semantic-cache.md)",
     ),
 ]
 ScheduleOpt = Annotated[
@@ -469,9 +470,15 @@ def rotate(
     )
 
 
-def cache_field(value: str) -> dict[str, str] | None:
-    """--cache's value as the admin API's `cache` field: off, or a TTL (owner: the key)."""
-    return None if value.strip().lower() == "off" else {"ttl": value}
+def cache_field(value: str) -> dict[str, object] | None:
+    """--cache's value as the admin API's `cache` field: off, or a TTL (owner: the key),
+    with `,semantic` to answer close paraphrases too (e.g. 1h,semantic)."""
+    if value.strip().lower() == "off":
+        return None
+    ttl, comma, extra = value.partition(",")
+    if comma and extra.strip().lower() == "semantic":
+        return {"ttl": ttl.strip(), "semantic": True}
+    return {"ttl": value}
 
 
 def cache_text(setting: dict[str, object] | None) -> str:
@@ -480,4 +487,5 @@ def cache_text(setting: dict[str, object] | None) -> str:
     shown = f"{format_duration(float(str(setting['ttl_s'])))} per {setting['owner']}"
     if setting.get("shared"):
         shown += f", shared {setting['shared']}"
-    return shown + (", charged in full" if setting.get("charge") == "full" else "")
+    shown += ", charged in full" if setting.get("charge") == "full" else ""
+    return shown + (", semantic" if setting.get("semantic") else "")

@@ -14,13 +14,14 @@ MAX_TTL_S = 30 * 86400.0
 @dataclass(frozen=True, slots=True)
 class CacheSetting:
     """Answers of this scope's requests are kept `ttl_s` seconds and given again to the
-    same owner's identical requests. `owner`: the scope whose requests share (the key by
+    same owner's identical requests (and close paraphrases with `semantic`). `owner`: the scope whose requests share (the key by
     default); `shared`: a cache name; scopes that name the same one share across owners."""
 
     ttl_s: float
     owner: str = "key"
     shared: str | None = None
     charge: str = "free"
+    semantic: bool = False  # also answer a close paraphrase (docs/semantic-cache.md)
 
     def __post_init__(self) -> None:
         if not 1 <= self.ttl_s <= MAX_TTL_S:
@@ -38,11 +39,12 @@ class CacheSetting:
             "owner": self.owner,
             "shared": self.shared,
             "charge": self.charge,
+            "semantic": self.semantic,
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CacheSetting:
         return cls(
             float(data["ttl_s"]), data.get("owner", "key"), data.get("shared"),
-            data.get("charge", "free"),
+            data.get("charge", "free"), bool(data.get("semantic", False)),
         )  # fmt: skip

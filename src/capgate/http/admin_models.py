@@ -9,6 +9,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StrictFloat,
     StrictInt,
     StrictStr,
@@ -107,6 +108,9 @@ class CacheIn(BaseModel):
     charge: Literal["free", "full"] = Field(
         "free", description="a hit costs nothing (free) or what the answer cost (full)"
     )
+    semantic: StrictBool = Field(
+        False, description="also answer a close paraphrase of a kept prompt (semantic cache)"
+    )
 
     @model_validator(mode="after")
     def _valid(self) -> CacheIn:
@@ -114,7 +118,9 @@ class CacheIn(BaseModel):
         return self
 
     def to_setting(self) -> CacheSetting:
-        return CacheSetting(parse_duration(self.ttl), self.owner, self.shared, self.charge)
+        return CacheSetting(
+            parse_duration(self.ttl), self.owner, self.shared, self.charge, self.semantic
+        )
 
 
 class _ScopeFields(BaseModel):

@@ -516,7 +516,7 @@ class Call:
             self.capture.stream = self.endpoint.value if _is_stream(hit.content_type) else None
             self.capture.feed(hit.body)
         headers = answer_headers(None, self.res)
-        headers["content-type"], headers[CACHE_HEADER] = hit.content_type, "hit"
+        headers["content-type"], headers[CACHE_HEADER] = hit.content_type, hit.mark
         if _is_stream(hit.content_type):
             headers["cache-control"] = "no-cache"
         return web.Response(status=hit.status, body=hit.body, headers=headers)

@@ -107,6 +107,7 @@ class CachedAnswer:
     model: str | None = None
     status: int = 200
     saved_nano: int = 0  # what the answer cost when it was made (the ledger's saved_usd)
+    mark: str = "hit"  # the x-capgate-cache header: hit, or hit-similar (a paraphrase's)
 
 
 @dataclass(frozen=True, slots=True)

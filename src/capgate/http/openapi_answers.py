@@ -79,6 +79,7 @@ CACHE_SETTING: JSON = obj(
         "owner": {"enum": ["key", "user", "team", "org"]},
         "shared": null(STR),
         "charge": {"enum": ["free", "full"]},
+        "semantic": BOOL,
     }
 )
 SCOPE: JSON = obj(
