@@ -9,6 +9,7 @@ up or indexed. Indexing embeds the prompt, so it runs as a task after the answer
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from capgate.semantic.eligibility import Question
     from capgate.semantic.service import SemanticCache
 
+log = logging.getLogger(__name__)
 _DIALECTS = {"messages": "anthropic", "chat": "openai", "responses": "openai"}
 
 
@@ -34,15 +36,20 @@ class SemanticAnswers:
         self._max_temperature = max_temperature
         self._clock = clock
         self._semantic: SemanticCache | None = None
+        self._unavailable = False  # capgate[semantic] is not installed: every lookup misses
         self._tasks: set[asyncio.Task[bool]] = set()  # indexing under way
 
-    def _cache(self) -> SemanticCache:
-        if self._semantic is None:
-            from capgate.semantic.service import SemanticCache
+    def _cache(self) -> SemanticCache | None:
+        if self._semantic is None and not self._unavailable:
+            try:
+                from capgate.semantic.service import SemanticCache
 
-            self._semantic = SemanticCache.create(
-                max_entries=self._max_entries, ttl=MAX_TTL_S, threshold=self._threshold
-            )  # the exact cache's TTL decides; the index only drops what it was not told
+                self._semantic = SemanticCache.create(
+                    max_entries=self._max_entries, ttl=MAX_TTL_S, threshold=self._threshold
+                )  # the exact cache's TTL decides; the index only drops what it was not told
+            except (ImportError, RuntimeError) as e:  # SemanticUnavailable is a RuntimeError
+                self._unavailable = True
+                log.warning("semantic cache off, a scope asks for it: %s", e)
         return self._semantic
 
     def _question(self, endpoint: str, body: dict[str, Any]) -> Question | None:
@@ -57,19 +64,21 @@ class SemanticAnswers:
         self, owner: str, model: str, endpoint: str, body: dict[str, Any]
     ) -> str | None:
         question = self._question(endpoint, body)
-        if question is None:
+        semantic = None if question is None else self._cache()
+        if question is None or semantic is None:
             return None
-        found = await self._cache().lookup(owner, model, question, self._clock())
+        found = await semantic.lookup(owner, model, question, self._clock())
         return None if found is None else found[0]
 
     def add(
         self, owner: str, model: str, endpoint: str, body: dict[str, Any], entry_id: str
     ) -> None:
         question = self._question(endpoint, body)
-        if question is None:
+        semantic = None if question is None else self._cache()
+        if question is None or semantic is None:
             return
         task = asyncio.get_running_loop().create_task(
-            self._cache().add(owner, model, question, entry_id, self._clock())
+            semantic.add(owner, model, question, entry_id, self._clock())
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
