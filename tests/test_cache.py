@@ -183,6 +183,7 @@ def test_a_team_setting_applies_to_its_keys_and_off_by_default(
         "owner": "key",
         "shared": None,
         "charge": "free",
+        "semantic": False,
     }
     key = server.create_key(f"{key_name}-k", team=team)
     text = unique("team")
