@@ -15,7 +15,9 @@ test; well under a minute together). Run more with e.g. `CAPGATE_FUZZ_EXAMPLES=5
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
 
@@ -235,6 +237,18 @@ def _state(capgate: Capgate, name: str) -> Any:
     return [(u["used"], u["reserved"]) for u in usage], [e["id"] for e in ledger["items"]]
 
 
+def _settled_state(capgate: Capgate, name: str) -> Any:
+    """The key's state once the previous example's request is settled: an answer goes
+    out before its settlement is written, and under load that write could otherwise land
+    between this example's two reads and look like a change made by bad input."""
+    deadline = time.monotonic() + 10
+    while True:
+        state = _state(capgate, name)
+        if all(Decimal(str(held)) == 0 for _, held in state[0]) or time.monotonic() > deadline:
+            return state
+        time.sleep(0.02)
+
+
 # Statuses of bad input (nothing may be recorded); a refusal by policy (402, 403, 429) is
 # in the ledger on purpose.
 BAD_INPUT = {400, 401, 404, 405, 413, 415, 422}
@@ -263,7 +277,7 @@ def test_the_gateway_never_fails_on_generated_requests(
             elif auth == "wrong":
                 sent["x-api-key"] = key[:-2] + "xx"
             sent.setdefault("content-type", "application/json")
-            before = _state(capgate, name)
+            before = _settled_state(capgate, name)
             if raw is not None:
                 response = http.post(path, content=raw, headers=sent)
             else:
