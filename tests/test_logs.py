@@ -4,13 +4,14 @@ action, per upstream failure and breaker change — and never a key, cookie or p
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import anthropic
 import httpx
@@ -18,7 +19,7 @@ import pytest
 import yaml
 
 from capgate.config import ConfigError, load_config, with_overrides
-from capgate.logs import Line, scrub
+from capgate.logs import Line, configure, scrub
 from conftest import ADMIN_KEY, ROOT, Upstream, _stop, gateway_config
 
 SONNET = "claude-sonnet-4-5"
@@ -232,3 +233,47 @@ def test_a_flagged_entry_is_a_warning_line(json_server: Server) -> None:
     line = json_server.wait_for("request", outcome="ok", key="over")
     assert line["level"] == "warning"
     assert line["flags"] == ["over_reservation"]
+
+
+class _CountingStream:
+    """A stream that keeps what is written and counts the writes."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.parts.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_queued_lines_are_written_together_in_order_and_none_is_lost() -> None:
+    """The writer thread writes every line queued while it was busy in one write (one
+    system call for many lines under load), keeps their order, writes a line whose
+    formatting fails as logging's error report and goes on, and writes everything queued
+    when it is stopped."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    stream = _CountingStream()
+    listener = configure("info", "text", stream=cast(IO[str], stream))
+    handler = listener.handlers[0]
+    try:
+        log = logging.getLogger("capgate.test_batches")
+        assert handler.lock is not None
+        with handler.lock:  # the thread is busy: the lines queue up meanwhile
+            for i in range(50):
+                log.info("line %d", i)
+            log.info("broken %d", "not a number")  # its formatting fails
+            for i in range(50, 100):
+                log.info("line %d", i)
+            time.sleep(0.05)
+    finally:
+        listener.stop()
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+    text = "".join(stream.parts)
+    numbers = [int(line.rsplit(" ", 1)[1]) for line in text.splitlines() if " line " in line]
+    assert numbers == list(range(100))
+    assert len(stream.parts) <= 3, len(stream.parts)  # one write per line before
