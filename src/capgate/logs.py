@@ -160,7 +160,11 @@ class AccessLog:
         # the alert an operator sees before any dashboard is opened.
         level = logging.WARNING if outcome.flags else logging.INFO
         if self._log.isEnabledFor(level):
-            self._log.log(level, _Finished(res, outcome))
+            line = _Finished(res, outcome)
+            try:  # after the answer is written: the writer thread wakes when it is out
+                asyncio.get_running_loop().call_soon(self._log.log, level, line)
+            except RuntimeError:  # no loop: at once
+                self._log.log(level, line)
 
     def refused(
         self, request_id: str | None, key: Scope | None, endpoint: str, body: Any, exc: CapgateError
@@ -252,6 +256,13 @@ class _Deferred(QueueHandler):
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         return record
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        """As Handler.handle without its lock: the queue is thread-safe on its own."""
+        if self.filter(record):
+            self.emit(record)
+            return True
+        return False
 
 
 class _Batches(QueueListener):

@@ -145,6 +145,8 @@ def counters_for(scopes: Iterable[Scope], models: Sequence[str], now: float) -> 
 
 def check_standing(scope: Scope, now: float) -> Refusal | None:
     """Whether `scope` may be used at all: not revoked, paused or expired."""
+    if scope.status is Status.ACTIVE and (scope.expires_at is None or now < scope.expires_at):
+        return None  # every request: no text built
     label = f'{scope.kind.value} "{scope.name}"'
     if scope.status is Status.REVOKED:
         return Refusal("revoked", f"The {label} has been revoked.", scope.kind.value, scope.name)
@@ -161,16 +163,17 @@ def check_access(scopes: Sequence[Scope], models: Sequence[str], now: float) -> 
     when the name asked for or the model it is routed to matches an allowed glob."""
     model = models[0]
     for scope in scopes:
-        label = f'{scope.kind.value} "{scope.name}"'
         standing = check_standing(scope, now)
         if standing is not None:
             return standing
         if not any(scope.allows_model(m) for m in models):
+            label = f'{scope.kind.value} "{scope.name}"'
             allowed = ", ".join(scope.models)
             msg = f'Model "{model}" is not allowed for {label} (allowed: {allowed}).'
             return Refusal("model_not_allowed", msg, scope.kind.value, scope.name)
         closed = closed_schedules(scope.schedules, models, now)
         if closed:
+            label = f'{scope.kind.value} "{scope.name}"'
             when = "; ".join(s.describe() for s in closed)
             msg = (
                 f'Model "{model}" may be used by {label} only {when}; '

@@ -88,10 +88,9 @@ def usd_to_nano(value: Any) -> int:
 
 def nano_to_decimal_str(nano: int) -> str:
     """Nano-dollars as an exact decimal string of dollars: 1234500 -> '0.0012345'."""
-    text = f"{Decimal(nano).scaleb(-9, _EXACT):f}"
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return text
+    whole, frac = divmod(abs(nano), NANO_PER_USD)  # integers: exact, and cheap per answer
+    sign = "-" if nano < 0 else ""
+    return f"{sign}{whole}.{frac:09d}".rstrip("0") if frac else f"{sign}{whole}"
 
 
 def format_usd(nano: int) -> str:
