@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import decimal
 import json
-from decimal import Decimal
+from decimal import Context, Decimal
 from typing import Any
 
 import pytest
@@ -204,6 +204,16 @@ def test_usd_to_nano_rejects(value: Any, problem: str) -> None:
 )
 def test_nano_to_decimal_str(nano: int, text: str) -> None:
     assert nano_to_decimal_str(nano) == text
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(min_value=-(10**30), max_value=10**30))
+def test_nano_to_decimal_str_is_the_exact_decimal(nano: int) -> None:
+    """Integer arithmetic gives the text exact Decimal arithmetic would: every digit, no
+    trailing zero."""
+    text = f"{Decimal(nano).scaleb(-9, Context(prec=80)):f}"
+    expected = text.rstrip("0").rstrip(".") if "." in text else text
+    assert nano_to_decimal_str(nano) == expected
 
 
 @settings(max_examples=300, deadline=None)

@@ -3,6 +3,7 @@ action, per upstream failure and breaker change — and never a key, cookie or p
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -11,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import IO, Any, cast
 
 import anthropic
@@ -19,7 +21,7 @@ import pytest
 import yaml
 
 from capgate.config import ConfigError, load_config, with_overrides
-from capgate.logs import Line, configure, scrub
+from capgate.logs import AccessLog, Line, configure, scrub
 from conftest import ADMIN_KEY, ROOT, Upstream, _stop, gateway_config
 
 SONNET = "claude-sonnet-4-5"
@@ -277,3 +279,30 @@ def test_queued_lines_are_written_together_in_order_and_none_is_lost() -> None:
     numbers = [int(line.rsplit(" ", 1)[1]) for line in text.splitlines() if " line " in line]
     assert numbers == list(range(100))
     assert len(stream.parts) <= 3, len(stream.parts)  # one write per line before
+
+
+def test_a_request_line_is_logged_after_the_current_step() -> None:
+    """The access line of a finished request is logged at the next loop turn, after the
+    answer has been written in the current one: the writer thread is not woken while
+    the answer is still being built."""
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    log = logging.getLogger("capgate.test_access_after")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    log.addHandler(Keep())
+    access = AccessLog(log)
+    outcome = SimpleNamespace(flags=())  # what finished() reads before the line is emitted
+
+    async def finish() -> int:
+        access.finished(cast(Any, None), cast(Any, outcome))
+        during = len(seen)
+        await asyncio.sleep(0)
+        return during
+
+    assert asyncio.run(finish()) == 0
+    assert len(seen) == 1 and seen[0].levelno == logging.INFO
