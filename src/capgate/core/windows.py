@@ -210,7 +210,6 @@ def format_reset(end: int, tz: str = "UTC") -> str:
 
 
 @lru_cache(maxsize=256)  # a handful of window ends, on every answer's headers
-@lru_cache(maxsize=256)  # on every answer; few distinct window ends
 def format_reset_iso(end: int) -> str:
     """A reset instant for machines: ISO 8601 in UTC, or 'never' for total limits."""
     if end >= NEVER:
