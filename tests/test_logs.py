@@ -258,6 +258,7 @@ def test_queued_lines_are_written_together_in_order_and_none_is_lost() -> None:
     when it is stopped."""
     root = logging.getLogger()
     saved = root.handlers[:], root.level
+    flags = (logging._srcfile, logging.logThreads, logging.logProcesses, logging.logMultiprocessing)
     stream = _CountingStream()
     listener = configure("info", "text", stream=cast(IO[str], stream))
     handler = listener.handlers[0]
@@ -275,6 +276,9 @@ def test_queued_lines_are_written_together_in_order_and_none_is_lost() -> None:
         listener.stop()
         root.handlers[:], _ = saved
         root.setLevel(saved[1])
+        logging._srcfile, logging.logThreads, logging.logProcesses, logging.logMultiprocessing = (
+            flags
+        )
     text = "".join(stream.parts)
     numbers = [int(line.rsplit(" ", 1)[1]) for line in text.splitlines() if " line " in line]
     assert numbers == list(range(100))
