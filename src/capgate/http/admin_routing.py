@@ -1,5 +1,6 @@
 """`/admin/routing/providers` and `/admin/routing/routes`: upstream providers and the
-routes to them, created, changed and removed while the server runs (`capgate.live_routing`).
+routes to them, created, changed and removed while the server runs (`capgate.live_routing`);
+`/admin/routing/rules`: the routing rules in force, replaced whole or reset to the file's.
 
 (`/admin/providers` is taken: it is the provider *budget* scope.) An API key goes in and
 never comes out: answers show its `api_key_fingerprint` only.
@@ -59,6 +60,13 @@ class RouteBody(BaseModel):
         return {k: getattr(self, k) for k in self.model_fields_set if k != "match"}
 
 
+class RulesBody(BaseModel):
+    """The whole ordered list of routing rules, as the config file's `rules:`."""
+
+    model_config = ConfigDict(extra="forbid")
+    rules: Any = Field(description="a list of rules: {name, when, then}")
+
+
 class RoutingRoutes:
     def __init__(self, store: Store, live: LiveRouting) -> None:
         self.store = store
@@ -78,6 +86,9 @@ class RoutingRoutes:
             web.get(routes + "/{match:.+}", guard(self.show_route)),
             web.patch(routes + "/{match:.+}", guard(self.update_route)),
             web.delete(routes + "/{match:.+}", guard(self.delete_route)),
+            web.get("/admin/routing/rules", guard(self.show_rules)),
+            web.put("/admin/routing/rules", guard(self.set_rules)),
+            web.delete("/admin/routing/rules", guard(self.reset_rules)),
         ]
 
     # -- providers ---------------------------------------------------------------------
@@ -145,3 +156,19 @@ class RoutingRoutes:
     async def delete_route(self, request: web.Request) -> web.Response:
         await self.live.delete_route(self.store, request.match_info["match"], request["actor"])
         return web.Response(status=204)
+
+    # -- rules -------------------------------------------------------------------------
+
+    async def show_rules(self, request: web.Request) -> web.Response:
+        known_params(request.query, ())
+        await self.live.refresh(self.store)
+        return json_response(self.live.rules_json())
+
+    async def set_rules(self, request: web.Request) -> web.Response:
+        body: RulesBody = await read_body(request, RulesBody)
+        await self.live.set_rules(self.store, body.rules, request["actor"])
+        return json_response(self.live.rules_json())
+
+    async def reset_rules(self, request: web.Request) -> web.Response:
+        await self.live.reset_rules(self.store, request["actor"])
+        return json_response(self.live.rules_json())

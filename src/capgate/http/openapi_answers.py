@@ -409,6 +409,18 @@ ROUTE_ITEM: JSON = obj(
 )
 
 
+RULES_IN_FORCE: JSON = obj(
+    {
+        "source": {"enum": ["config", "runtime"]},
+        "rules": array(ANY_OBJECT),
+        "changed_by": null(STR),
+        "changed_at": null(UNIX),
+        "problem": null(STR),
+        "config_rules": array(ANY_OBJECT),
+    }
+)
+
+
 def scope_answers(plural: str, kind: ScopeKind) -> dict[tuple[str, str], JSON | None]:
     base, one = f"/admin/{plural}", f"/admin/{plural}/{{name}}"
     answers: dict[tuple[str, str], JSON | None] = {
@@ -463,6 +475,9 @@ ANSWERS: dict[tuple[str, str], JSON | None] = {
     ("get", "/admin/routing/routes/{match}"): ROUTE_ITEM,
     ("patch", "/admin/routing/routes/{match}"): ROUTE_ITEM,
     ("delete", "/admin/routing/routes/{match}"): NO_CONTENT,
+    ("get", "/admin/routing/rules"): RULES_IN_FORCE,
+    ("put", "/admin/routing/rules"): RULES_IN_FORCE,
+    ("delete", "/admin/routing/rules"): RULES_IN_FORCE,
     ("get", "/admin/me"): obj(
         {"name": STR, "role": {"enum": list(ROLES)}, "teams": array(STR), "break_glass": BOOL}
     ),
