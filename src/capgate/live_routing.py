@@ -16,7 +16,7 @@ its busy ones when their answer ends.
 
 Routing rules set at runtime follow the same version (`capgate.rules.live`): a list is
 checked against the routes in force (the file's and the runtime ones) before it is stored.
-
+"""
 
 from __future__ import annotations
 
@@ -375,7 +375,6 @@ class LiveRouting:
             raise Conflict(f"the route for {match!r} is defined in the config file: edit it there")
         await store.delete_route(match, actor)
         await self.refresh(store)
-
 
     # -- rules -------------------------------------------------------------------------
 
