@@ -16,6 +16,8 @@ import yaml
 
 from capgate.cli.client import AdminClient, fail
 from capgate.cli.keys import JsonOpt, UrlOpt
+from capgate.errors import InvalidRequest
+from capgate.rules.live import rules_of
 
 app = typer.Typer(help="Routing rules: the config file's, or an ordered list set at runtime.")
 
@@ -46,13 +48,10 @@ def read_rules(text: str, name: str) -> Any:
         data = json.loads(text) if name.endswith(".json") else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:
         fail(f"{name}: not valid {'JSON' if name.endswith('.json') else 'YAML'}: {exc}")
-    if isinstance(data, dict) and "rules" in data:
-        data = data["rules"]
-    if data is None:
-        data = []
-    if not isinstance(data, list):
-        fail(f"{name}: expected a list of rules, or a mapping with `rules:`")
-    return data
+    try:
+        return rules_of(data, name)
+    except InvalidRequest as exc:
+        fail(str(exc))
 
 
 @app.command("show")

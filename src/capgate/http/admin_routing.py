@@ -11,13 +11,17 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import yaml
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from capgate.errors import InvalidRequest
 from capgate.http.admin_io import json_response, known_params, read_body
 from capgate.live_routing import LiveRouting
+from capgate.rules.live import rules_of
 from capgate.store.base import Store
+
+YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Guard = Callable[[Handler], Handler]
@@ -165,10 +169,20 @@ class RoutingRoutes:
         return json_response(self.live.rules_json())
 
     async def set_rules(self, request: web.Request) -> web.Response:
-        body: RulesBody = await read_body(request, RulesBody)
-        await self.live.set_rules(self.store, body.rules, request["actor"])
+        if request.content_type in YAML_TYPES:  # the dashboard's editor, a file as is
+            rules = rules_of(_yaml(await request.text()))
+        else:
+            rules = (await read_body(request, RulesBody)).rules
+        await self.live.set_rules(self.store, rules, request["actor"])
         return json_response(self.live.rules_json())
 
     async def reset_rules(self, request: web.Request) -> web.Response:
         await self.live.reset_rules(self.store, request["actor"])
         return json_response(self.live.rules_json())
+
+
+def _yaml(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InvalidRequest(f"body: not valid YAML: {str(exc).splitlines()[0]}") from None

@@ -334,7 +334,8 @@ def _routing_paths() -> dict[str, Any]:
                 "runtime, who changed them when), and the config file's"
             ),
             "put": _op(
-                "Replace the whole ordered list of rules, checked as the config file's (400 "
+                "Replace the whole ordered list of rules (JSON `{rules: [...]}`, or YAML text with "
+                "Content-Type application/yaml), checked as the config file's (400 "
                 "naming the rule and field; nothing changes); every process within a second",
                 body="RulesBody",
             ),

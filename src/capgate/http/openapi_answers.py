@@ -171,6 +171,8 @@ TOTALS: dict[str, JSON] = {
     "cache_read_tokens": INT,
     "cache_write_tokens": INT,
     "cost_usd": MONEY,
+    "cache_hits": INT,  # answered from the response cache (docs/cache.md)
+    "saved_usd": MONEY,  # what those hits would have cost upstream
 }
 USAGE_ROW: JSON = {
     **obj(TOTALS),

@@ -50,6 +50,18 @@ class InForce:
         }
 
 
+def rules_of(document: Any, where: str = "body") -> Any:
+    """The list of rules in a document: the list itself, or a mapping with `rules` (a
+    config file's section pasted whole); an empty document is no rules."""
+    if isinstance(document, dict) and "rules" in document:
+        document = document["rules"]
+    if document is None:
+        return []
+    if not isinstance(document, list):
+        raise InvalidRequest(f"{where}: a list of rules, or a mapping with `rules:`")
+    return document
+
+
 class LiveRules:
     def __init__(self, config_rules: Any, compile_rules: Compile, build: Build) -> None:
         self.config_rules = list(config_rules or [])
