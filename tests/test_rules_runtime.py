@@ -6,6 +6,7 @@ them, and a reset goes back to the config file's."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -19,6 +20,9 @@ import pytest
 import yaml
 
 from conftest import ADMIN_KEY, Capgate, Upstream, gateway_config, start_capgate
+from test_dashboard_browser import Page, browser, console, go, log_in, page
+
+__all__ = ["browser", "console", "page"]
 
 RULES = "/admin/routing/rules"
 CONFIG_RULES: list[dict[str, Any]] = [
@@ -242,3 +246,42 @@ def test_the_cli_shows_sets_and_resets(server: Capgate, tmp_path: Path) -> None:
     assert server.admin("GET", RULES).json()["source"] == "config"
     missing = cli(server, "set", str(tmp_path / "nope.yaml"))
     assert missing.returncode == 1 and "nope.yaml" in missing.stderr
+
+
+@pytest.fixture
+def dash(server: Capgate) -> Capgate:
+    return server  # the browser fixtures' server
+
+
+def test_the_dashboard_edits_the_rules(page: Page, server: Capgate, console: Any) -> None:
+    log_in(page, server)
+    go(page, server, "upstreams")
+    origin = page.locator("#rules-origin")
+    assert "config file" in origin.inner_text() and "1 rule" in origin.inner_text()
+    text = page.get_by_label("Rules (YAML or JSON)")
+    assert json.loads(text.input_value()) == CONFIG_RULES
+    assert page.locator("#reset-rules").is_hidden()
+    # A mistake: shown, named, and nothing changes.
+    text.fill("- name: bad\n  then: {model: llama-3}\n")
+    page.locator("#save-rules").click()
+    error = page.locator("#rules-error")
+    error.wait_for()
+    assert "rules[0] (bad): then.model: no route serves the model 'llama-3'" in error.inner_text()
+    assert server.admin("GET", RULES).json()["source"] == "config"
+    assert console.errors == [  # Chromium's own log line for the refused list
+        "error: Failed to load resource: the server responded with a status of 400 (Bad Request)"
+    ]
+    console.errors.clear()
+    # YAML, as in the config file.
+    text.fill(yaml.safe_dump({"rules": RUNTIME_RULES}))
+    page.locator("#save-rules").click()
+    page.get_by_text("set by admin@dashboard at").wait_for()
+    shown = server.admin("GET", RULES).json()
+    assert (shown["source"], shown["rules"]) == ("runtime", RUNTIME_RULES)
+    assert json.loads(page.get_by_label("Rules (YAML or JSON)").input_value()) == RUNTIME_RULES
+    key = server.create_key("rt-dashboard")
+    assert rule_of(server, key, "claude-opus-4-5") == "rt-small"
+    page.locator("#reset-rules").click()
+    page.locator('[data-confirm="yes"]').click()
+    page.locator("#reset-rules").wait_for(state="hidden")
+    assert server.admin("GET", RULES).json()["source"] == "config"
