@@ -23,10 +23,12 @@ export function rulesPanel(shown, reload) {
     id: "rules-text", name: "rules", class: "mono", spellcheck: "false",
     rows: String(Math.min(24, Math.max(8, written.split("\n").length + 1))),
   }, written);
-  const error = h("p", { class: "form-error", id: "rules-error", role: "alert", hidden: true });
+  // An alert only while it has something to say (the page is checked for none).
+  const error = h("p", { class: "form-error", id: "rules-error", hidden: true });
   const save = h("button", { type: "button", class: "btn btn-primary", id: "save-rules" }, "Save rules");
   save.addEventListener("click", async () => {
     error.hidden = true;
+    error.removeAttribute("role");
     save.disabled = true;
     try {
       await api("PUT", RULES, text.value, "application/yaml");
@@ -34,6 +36,7 @@ export function rulesPanel(shown, reload) {
       await reload();
     } catch (failure) {
       error.textContent = failure.message;
+      error.setAttribute("role", "alert");
       error.hidden = false;
       save.disabled = false;
     }
