@@ -285,3 +285,20 @@ def test_the_dashboard_edits_the_rules(page: Page, server: Capgate, console: Any
     page.locator('[data-confirm="yes"]').click()
     page.locator("#reset-rules").wait_for(state="hidden")
     assert server.admin("GET", RULES).json()["source"] == "config"
+
+
+def test_runtime_rules_outlive_a_restart(upstream: Upstream, tmp_path: Path) -> None:
+    config = gateway_config(upstream, rules=CONFIG_RULES)
+    first = start_capgate(tmp_path, config)
+    try:
+        assert first.admin("PUT", RULES, json={"rules": RUNTIME_RULES}).status_code == 200
+        key = first.create_key("rt-restart")
+    finally:
+        first.close()
+    again = start_capgate(tmp_path, config, db=first.db)
+    try:
+        shown = again.admin("GET", RULES).json()
+        assert (shown["source"], shown["rules"]) == ("runtime", RUNTIME_RULES)
+        assert rule_of(again, key, "claude-opus-4-5") == "rt-small"
+    finally:
+        again.close()
