@@ -302,3 +302,22 @@ def test_runtime_rules_outlive_a_restart(upstream: Upstream, tmp_path: Path) -> 
         assert rule_of(again, key, "claude-opus-4-5") == "rt-small"
     finally:
         again.close()
+
+
+def test_yaml_bodies_as_the_dashboard_sends_them(server: Capgate) -> None:
+    yaml_type = {"content-type": "application/yaml"}
+    bad = server.admin("PUT", RULES, content=b"rules: [unclosed", headers=yaml_type)
+    assert bad.status_code == 400 and "not valid YAML" in bad.json()["error"]["message"]
+    latin = server.admin(
+        "PUT", RULES, content="- name: caf\xe9".encode("latin-1"), headers=yaml_type
+    )
+    assert latin.status_code == 400 and "UTF-8" in latin.json()["error"]["message"]
+    scalar = server.admin("PUT", RULES, content=b"42", headers=yaml_type)
+    assert scalar.status_code == 400 and "a list of rules" in scalar.json()["error"]["message"]
+    assert server.admin("GET", RULES).json()["source"] == "config"
+    text = yaml.safe_dump({"rules": RUNTIME_RULES}).encode()
+    try:
+        assert server.admin("PUT", RULES, content=text, headers=yaml_type).status_code == 200
+        assert server.admin("GET", RULES).json()["rules"] == RUNTIME_RULES
+    finally:
+        server.admin("DELETE", RULES)

@@ -13,10 +13,12 @@ from typing import Any
 
 import yaml
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.web_protocol import RequestPayloadError
 from pydantic import BaseModel, ConfigDict, Field
 
 from capgate.errors import InvalidRequest
-from capgate.http.admin_io import json_response, known_params, read_body
+from capgate.http.admin_io import json_response, known_params, read_body, undecodable_body
 from capgate.live_routing import LiveRouting
 from capgate.rules.live import rules_of
 from capgate.store.base import Store
@@ -170,7 +172,7 @@ class RoutingRoutes:
 
     async def set_rules(self, request: web.Request) -> web.Response:
         if request.content_type in YAML_TYPES:  # the dashboard's editor, a file as is
-            rules = rules_of(_yaml(await request.text()))
+            rules = rules_of(_yaml(await _text(request)))
         else:
             rules = (await read_body(request, RulesBody)).rules
         await self.live.set_rules(self.store, rules, request["actor"])
@@ -186,3 +188,14 @@ def _yaml(text: str) -> Any:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise InvalidRequest(f"body: not valid YAML: {str(exc).splitlines()[0]}") from None
+
+
+async def _text(request: web.Request) -> str:
+    try:
+        raw = await request.read()
+    except (BadHttpMessage, RequestPayloadError):
+        raise InvalidRequest(undecodable_body(request)) from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest("body: YAML must be UTF-8 text") from None
