@@ -270,7 +270,7 @@ def test_usage_exports_exact_cost(capgate: Capgate, key_name: str) -> None:
     rows = list(csv.DictReader(io.StringIO(text)))
     assert list(rows[0]) == [
         "key", "requests", "refused", "errors", "input_tokens", "output_tokens",
-        "cache_read_tokens", "cache_write_tokens", "cost_usd",
+        "cache_read_tokens", "cache_write_tokens", "cost_usd", "cache_hits", "saved_usd",
     ]  # fmt: skip
     row = next(r for r in rows if r["key"] == key_name)
     assert row["cost_usd"] == mine["cost_usd"] and Decimal(row["cost_usd"]) == cost

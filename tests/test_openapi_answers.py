@@ -80,6 +80,10 @@ def _calls(request_id: str) -> list[Call]:
         ("get", "/admin/routing/routes/{match}", "/admin/routing/routes/org/rt-*", {}),
         ("patch", "/admin/routing/routes/{match}", "/admin/routing/routes/org/rt-*",
          {"json": {"retries": 0}}),
+        ("put", "/admin/routing/rules", "/admin/routing/rules", {"json": {"rules": [
+            {"name": "rt-small", "when": {"max_tokens": "<= 8"}, "then": {"model": "org/rt-a"}}]}}),
+        ("get", "/admin/routing/rules", "/admin/routing/rules", {}),
+        ("delete", "/admin/routing/rules", "/admin/routing/rules", {}),
         ("delete", "/admin/routing/routes/{match}", "/admin/routing/routes/org/rt-*", {}),
         ("delete", "/admin/routing/providers/{name}", "/admin/routing/providers/rt", {}),
         ("get", "/admin/me", "/admin/me", {}),

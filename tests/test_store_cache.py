@@ -73,3 +73,42 @@ def test_the_ledger_keeps_the_cache_facts(make_store: MakeStore) -> None:
         assert usage.used == 7  # every one counts as a request, hits too
 
     run(make_store, test)
+
+
+def test_usage_and_summary_sum_the_hits_and_what_they_saved_folded_or_not(
+    make_store: MakeStore,
+) -> None:
+    async def test(store: Store) -> None:
+        keys = [await make_key(store, name) for name in ("k-a", "k-b")]
+        worst = Amounts(1, 100, 100, 1_000_000)
+        facts = [(0, "hit", 1_234), (0, "hit", 5_000_001), (0, "miss", 0), (1, None, 0),
+                 (1, "hit", 999_999_999)]  # fmt: skip
+        for i, (which, cache, saved) in enumerate(facts):
+            held = await admitted(store, info(f"s-{i}", keys[which]), worst)
+            await store.settle(held, Outcome(200, "ok", Usage(1, 2), 30, 1.0, cache=cache,
+                                             saved_nano=saved))  # fmt: skip
+        await store.flush()
+        entries = await store.query_requests(RequestQuery())
+        assert sum(e.saved_nano for e in entries if e.cache == "hit") == 1_005_001_234
+
+        async def reads() -> tuple[object, ...]:
+            usage = {
+                r.group: (r.cache_hits, r.saved_nano) for r in await store.usage("key", None, None)
+            }
+            models = [(r.cache_hits, r.saved_nano) for r in await store.usage("model", None, None)]
+            summary = await store.summary(RequestQuery())
+            return usage, models, (summary.cache_hits, summary.saved_nano)
+
+        kept = await reads()
+        assert kept == (
+            {"k-a": (2, 5_001_235), "k-b": (1, 999_999_999)},
+            [(3, 1_005_001_234)],
+            (3, 1_005_001_234),
+        )
+        # Folded into daily sums (ledger pruning): the same totals.
+        old = await store.old_entries(time.time() + 10, 100)
+        assert await store.fold_entries([e.id for e in old], time.time() + 10) == 5
+        assert await store.query_requests(RequestQuery()) == []
+        assert await reads() == kept
+
+    run(make_store, test)

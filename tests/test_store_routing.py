@@ -105,3 +105,30 @@ def test_rotation_reseals_everything_or_nothing(make_store: MakeStore) -> None:
         assert after == {name: p.secret for name, p in rows.items()}
 
     run(make_store, test)
+
+
+def test_runtime_rules_replace_whole_and_reset(make_store: MakeStore) -> None:
+    rules = [{"name": "small", "when": {"max_tokens": "<= 10"}, "then": {"model": "m-small"}}]
+
+    async def test(first: Store, second: Store) -> None:
+        assert (await second.runtime_routing()).rules is None
+        start = await second.routing_version()
+        await first.put_rules(rules, "alice")
+        seen = await second.runtime_routing()
+        assert seen.version == start + 1
+        assert seen.rules is not None
+        assert (seen.rules.rules, seen.rules.actor) == (rules, "alice")
+        assert seen.rules.updated_at > 0
+        await first.put_rules([], "bob")  # an empty list is a list: no rules at all
+        seen = await second.runtime_routing()
+        assert seen.rules is not None and seen.rules.rules == []
+        await first.put_rules(None, "carol")
+        assert (await second.runtime_routing()).rules is None
+        audit = await second.audit(10)
+        assert [a.action for a in audit[:3]] == ["rules-reset", "rules-set", "rules-set"]
+        assert audit[2].after == {"rules": rules}
+        assert audit[1].before == {"rules": rules}
+        assert audit[0].actor == "carol"
+        assert await second.routing_version() > seen.version
+
+    run_two(make_store, test)

@@ -55,6 +55,8 @@ from capgate.providers.cloud import cloud_provider
 from capgate.providers.http import HTTPProvider
 from capgate.retention import LedgerPruner
 from capgate.routing import Router
+from capgate.rules.live import LiveRules
+from capgate.rules.parse import parse_rules
 from capgate.rules.policy import rule_policies
 from capgate.runtime import RuntimeSettings
 from capgate.secret_box import load_key
@@ -266,8 +268,15 @@ async def build(
     runtime.watch(store)
     configs = {pc.name: pc for pc in provider_configs}
     router = Router(list(config.models), providers, configs, settings)
+    # Routing rules (docs/routing.md): the file's, or those an admin set at runtime; no
+    # policy at all while there are none.
+    rules = LiveRules(
+        config.rules,
+        lambda data, serves: parse_rules(data, serves, settings.timezone),
+        lambda compiled: rule_policies(compiled, router, store, settings.default_max_tokens),
+    )
     # Providers and routes an admin added at runtime, after the file's (live_routing.py).
-    live = LiveRouting(configs, providers, list(config.models), router, box)
+    live = LiveRouting(configs, providers, list(config.models), router, box, rules)
     await live.refresh(store)
     live.watch(store)
     metrics = Metrics() if settings.metrics_enabled else None
@@ -278,13 +287,12 @@ async def build(
     )  # fmt: skip
     if metrics is not None:
         metrics.body_log = body_log.results
-    # Routing rules (docs/routing.md): no policy at all when there are none.
-    policies = rule_policies(config.compiled_rules(), router, store, settings.default_max_tokens)
     answers = _answer_cache(store, settings)
     gateway = Gateway(
         store, router, runtime.pricing, settings, metrics=metrics, traces=traces,
-        body_log=body_log, extensions=Extensions(policies=policies, cache=answers),
+        body_log=body_log, extensions=Extensions(policies=rules.policies, cache=answers),
     )  # fmt: skip
+    rules.bind(gateway.adopt_policies)
     keys = keys or await decide_keys(store, config, demo=demo)
     admin = AdminAPI(
         store, keys.admin_digest, runtime=runtime, routing=router.describe,

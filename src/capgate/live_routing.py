@@ -13,6 +13,9 @@ path) and, when it moved, rebuilds its providers and hands the router the new se
 process that made a change applies it at once. Requests in flight keep the provider
 objects they planned with; a replaced provider's idle connections are closed at once and
 its busy ones when their answer ends.
+
+Routing rules set at runtime follow the same version (`capgate.rules.live`): a list is
+checked against the routes in force (the file's and the runtime ones) before it is stored.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import Any
 
 from pydantic import ValidationError
@@ -30,6 +34,7 @@ from capgate.errors import Conflict, InvalidRequest, NotFound, UpstreamFailed
 from capgate.providers.base import Endpoint, Provider, UpstreamAnswer
 from capgate.providers.http import HTTPProvider
 from capgate.routing import Router
+from capgate.rules.live import LiveRules
 from capgate.secret_box import SecretBox, SecretUnreadable, fingerprint
 from capgate.store.base import Store
 from capgate.store.routing_rows import RoutingStore, RuntimeRouting, StoredProvider, StoredRoute
@@ -108,6 +113,7 @@ class _State:
     providers: dict[str, _Built] = field(default_factory=dict)
     routes: list[StoredRoute] = field(default_factory=list)
     route_problems: dict[str, str] = field(default_factory=dict)
+    served: tuple[str, ...] = ()  # the matches of the routes in force
 
 
 class LiveRouting:
@@ -118,12 +124,14 @@ class LiveRouting:
         routes: list[RouteConfig],
         router: Router,
         box: SecretBox | None,
+        rules: LiveRules | None = None,
     ) -> None:
         self._configs = dict(configs)  # the config file's (and --demo's) providers
         self._providers = dict(providers)
         self._routes = list(routes)
         self._router = router
         self.box = box
+        self.rules = rules
         self._state = _State()
         self._lock = asyncio.Lock()
         self._watcher: asyncio.Task[None] | None = None
@@ -180,7 +188,10 @@ class LiveRouting:
             except ValidationError as exc:  # written by a newer version?
                 state.route_problems[route.match] = str(exc).splitlines()[0]
         self._router.adopt(routes, providers, configs)
+        state.served = tuple(r.match for r in routes)
         self._state = state
+        if self.rules is not None:
+            self.rules.adopt(stored.rules)
         for name, built in old.items():
             if state.providers.get(name) is not built:
                 task = asyncio.ensure_future(built.provider.close())
@@ -363,6 +374,35 @@ class LiveRouting:
         if any(r.match == match for r in self._routes):
             raise Conflict(f"the route for {match!r} is defined in the config file: edit it there")
         await store.delete_route(match, actor)
+        await self.refresh(store)
+
+    # -- rules -------------------------------------------------------------------------
+
+    def _live_rules(self) -> LiveRules:
+        if self.rules is None:  # pragma: no cover - bootstrap always gives them
+            raise NotFound("routing rules are not followed by this server")
+        return self.rules
+
+    def serves(self, model: str) -> bool:
+        """Whether a route in force serves `model` (every name does without routes)."""
+        served = self._state.served
+        return not served or any(fnmatchcase(model, match) for match in served)
+
+    def rules_json(self) -> dict[str, Any]:
+        rules = self._live_rules()
+        return rules.in_force.to_json(rules.config_rules)
+
+    async def set_rules(self, store: Store, rules: Any, actor: str) -> None:
+        """Replace the runtime rules with the ordered list `rules`, checked first."""
+        await self.refresh(store)
+        self._live_rules().check(rules, self.serves)
+        await store.put_rules(rules, actor)
+        await self.refresh(store)
+
+    async def reset_rules(self, store: Store, actor: str) -> None:
+        """Back to the config file's rules."""
+        self._live_rules()
+        await store.put_rules(None, actor)
         await self.refresh(store)
 
 

@@ -1,4 +1,4 @@
-"""`capgate routing providers|routes ...`: upstream providers and routes defined at
+"""`capgate routing providers|routes|rules ...`: upstream providers and routes defined at
 runtime, through the admin API (`/admin/routing/...`;
 docs/configuration.md#providers-and-routes-at-runtime).
 An API key is read from an environment variable, never from the command line (which
@@ -16,12 +16,14 @@ import typer
 from capgate.cli.client import AdminClient, fail
 from capgate.cli.keys import JsonOpt, UrlOpt
 from capgate.cli.render import print_items
+from capgate.cli.routing_rules import app as rules_app
 
 app = typer.Typer(help="Upstream providers and routes, changed while capgate runs.")
 providers_app = typer.Typer(help="Upstream providers (the config file's are read-only).")
 routes_app = typer.Typer(help="Routes: which providers serve which model names.")
 app.add_typer(providers_app, name="providers")
 app.add_typer(routes_app, name="routes")
+app.add_typer(rules_app, name="rules")
 
 PROVIDERS = "/admin/routing/providers"
 ROUTES = "/admin/routing/routes"

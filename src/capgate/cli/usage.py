@@ -1,4 +1,5 @@
-"""`capgate usage`: spend and tokens summed by key, user, team, model or day."""
+"""`capgate usage`: spend and tokens summed by key, user, team, model or day, and what the
+response cache saved (its hits, and what they would have cost upstream)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ COLUMNS = (
     "cache_read_tokens",
     "cache_write_tokens",
     "cost_usd",
+    "cache_hits",
+    "saved_usd",
 )
 
 
@@ -70,6 +73,8 @@ HEADERS = {
     "cache_read_tokens": "c.read",
     "cache_write_tokens": "c.write",
     "cost_usd": "cost",
+    "cache_hits": "hits",
+    "saved_usd": "saved",
 }
 
 
@@ -90,8 +95,11 @@ def _build(by: str, items: list[dict[str, Any]], *, compact: bool) -> Table:
         table.add_column(HEADERS[column], justify="right", no_wrap=True)
     for item in items:
         cost = format_usd(usd_to_nano(item["cost_usd"]))
-        counts = (_count(int(item[c]), compact) for c in COLUMNS[:-1])
-        table.add_row(text(item[by]), *counts, cost)
+        counts = (_count(int(item[c]), compact) for c in COLUMNS[:-3])
+        saved = format_usd(usd_to_nano(item["saved_usd"]))
+        table.add_row(
+            text(item[by]), *counts, cost, _count(int(item["cache_hits"]), compact), saved
+        )
     return table
 
 

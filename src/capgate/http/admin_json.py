@@ -89,6 +89,8 @@ def usage_json(row: UsageRow, group_by: str) -> dict[str, Any]:
         "cache_read_tokens": row.cache_read_tokens,
         "cache_write_tokens": row.cache_write_tokens,
         "cost_usd": nano_to_decimal_str(row.cost_nano),
+        "cache_hits": row.cache_hits,
+        "saved_usd": nano_to_decimal_str(row.saved_nano),
     }
 
 
@@ -103,6 +105,8 @@ def summary_json(summary: Summary) -> dict[str, Any]:
         "cache_read_tokens": summary.cache_read_tokens,
         "cache_write_tokens": summary.cache_write_tokens,
         "cost_usd": nano_to_decimal_str(summary.cost_nano),
+        "cache_hits": summary.cache_hits,
+        "saved_usd": nano_to_decimal_str(summary.saved_nano),
         "keys": summary.keys,
         "refusals_by_reason": summary.refusals_by_reason,
         "latency_ms": {"p50": _ms(summary.latency_p50_ms), "p95": _ms(summary.latency_p95_ms)},

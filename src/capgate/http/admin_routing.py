@@ -1,5 +1,6 @@
 """`/admin/routing/providers` and `/admin/routing/routes`: upstream providers and the
-routes to them, created, changed and removed while the server runs (`capgate.live_routing`).
+routes to them, created, changed and removed while the server runs (`capgate.live_routing`);
+`/admin/routing/rules`: the routing rules in force, replaced whole or reset to the file's.
 
 (`/admin/providers` is taken: it is the provider *budget* scope.) An API key goes in and
 never comes out: answers show its `api_key_fingerprint` only.
@@ -10,13 +11,19 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import yaml
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.web_protocol import RequestPayloadError
 from pydantic import BaseModel, ConfigDict, Field
 
 from capgate.errors import InvalidRequest
-from capgate.http.admin_io import json_response, known_params, read_body
+from capgate.http.admin_io import json_response, known_params, read_body, undecodable_body
 from capgate.live_routing import LiveRouting
+from capgate.rules.live import rules_of
 from capgate.store.base import Store
+
+YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Guard = Callable[[Handler], Handler]
@@ -59,6 +66,13 @@ class RouteBody(BaseModel):
         return {k: getattr(self, k) for k in self.model_fields_set if k != "match"}
 
 
+class RulesBody(BaseModel):
+    """The whole ordered list of routing rules, as the config file's `rules:`."""
+
+    model_config = ConfigDict(extra="forbid")
+    rules: Any = Field(description="a list of rules: {name, when, then}")
+
+
 class RoutingRoutes:
     def __init__(self, store: Store, live: LiveRouting) -> None:
         self.store = store
@@ -78,6 +92,9 @@ class RoutingRoutes:
             web.get(routes + "/{match:.+}", guard(self.show_route)),
             web.patch(routes + "/{match:.+}", guard(self.update_route)),
             web.delete(routes + "/{match:.+}", guard(self.delete_route)),
+            web.get("/admin/routing/rules", guard(self.show_rules)),
+            web.put("/admin/routing/rules", guard(self.set_rules)),
+            web.delete("/admin/routing/rules", guard(self.reset_rules)),
         ]
 
     # -- providers ---------------------------------------------------------------------
@@ -145,3 +162,40 @@ class RoutingRoutes:
     async def delete_route(self, request: web.Request) -> web.Response:
         await self.live.delete_route(self.store, request.match_info["match"], request["actor"])
         return web.Response(status=204)
+
+    # -- rules -------------------------------------------------------------------------
+
+    async def show_rules(self, request: web.Request) -> web.Response:
+        known_params(request.query, ())
+        await self.live.refresh(self.store)
+        return json_response(self.live.rules_json())
+
+    async def set_rules(self, request: web.Request) -> web.Response:
+        if request.content_type in YAML_TYPES:  # the dashboard's editor, a file as is
+            rules = rules_of(_yaml(await _text(request)))
+        else:
+            rules = (await read_body(request, RulesBody)).rules
+        await self.live.set_rules(self.store, rules, request["actor"])
+        return json_response(self.live.rules_json())
+
+    async def reset_rules(self, request: web.Request) -> web.Response:
+        await self.live.reset_rules(self.store, request["actor"])
+        return json_response(self.live.rules_json())
+
+
+def _yaml(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InvalidRequest(f"body: not valid YAML: {str(exc).splitlines()[0]}") from None
+
+
+async def _text(request: web.Request) -> str:
+    try:
+        raw = await request.read()
+    except (BadHttpMessage, RequestPayloadError):
+        raise InvalidRequest(undecodable_body(request)) from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest("body: YAML must be UTF-8 text") from None

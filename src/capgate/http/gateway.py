@@ -57,7 +57,7 @@ from capgate.http.admission import (
 from capgate.http.auth import KeyAuthenticator
 from capgate.http.call import Call, CallPath
 from capgate.http.dialects import CLAUDE_CODE, client_of, client_status, error_response, for_client
-from capgate.http.extensions import CallFacts, Extensions
+from capgate.http.extensions import CallFacts, Extensions, RoutePolicy
 from capgate.http.key_info import KeyInfo
 from capgate.http.settler import Backoff, Settler
 from capgate.http.translation import Translation
@@ -117,6 +117,11 @@ class Gateway:
             store, router.breakers, self._pricer, self._settler,
             Backoff(settings.retry_backoff_s, rng), body_log, self._extensions.cache,
         )  # fmt: skip
+
+    def adopt_policies(self, policies: tuple[RoutePolicy, ...]) -> None:
+        """Routing rules changed at runtime (capgate.rules.live): requests admitted from
+        now on use these; one already past its rule step keeps the plan it got."""
+        self._extensions = replace(self._extensions, policies=policies)
 
     def routes(self) -> list[web.RouteDef]:
         wrap = _untraced if self._traces is None else self._traces.wrap

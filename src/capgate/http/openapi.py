@@ -18,7 +18,7 @@ from capgate.http.admin_admins import (
 )
 from capgate.http.admin_models import PLURALS, ScopeCreate, ScopeUpdate
 from capgate.http.admin_rotation import KeyRotate
-from capgate.http.admin_routing import ProviderBody, RouteBody
+from capgate.http.admin_routing import ProviderBody, RouteBody, RulesBody
 from capgate.http.admin_settings import SettingsUpdate
 from capgate.http.hook_admin import CodeCreate, Kill
 from capgate.http.openapi_answers import (
@@ -84,7 +84,7 @@ def openapi_document() -> dict[str, Any]:
         [
             (ScopeCreate, "validation"), (ScopeUpdate, "validation"),
             (SettingsUpdate, "validation"), (CodeCreate, "validation"), (Kill, "validation"),
-            (ProviderBody, "validation"), (RouteBody, "validation"),
+            (ProviderBody, "validation"), (RouteBody, "validation"), (RulesBody, "validation"),
             (AdminCreate, "validation"), (AdminUpdate, "validation"), (PasswordSet, "validation"),
             (TokenCreate, "validation"), (TokenRotate, "validation"),
             (KeyRotate, "validation"),
@@ -327,6 +327,19 @@ def _routing_paths() -> dict[str, Any]:
             "get": _op("One route (the match may hold slashes)", params=match),
             "patch": _op("Change a runtime route", body="RouteBody", params=match),
             "delete": _op("Remove a runtime route", params=match, ok="204"),
+        },
+        "/admin/routing/rules": {
+            "get": _op(
+                "The routing rules in force and where they come from (`source`: config or "
+                "runtime, who changed them when), and the config file's"
+            ),
+            "put": _op(
+                "Replace the whole ordered list of rules (JSON `{rules: [...]}`, or YAML text with "
+                "Content-Type application/yaml), checked as the config file's (400 "
+                "naming the rule and field; nothing changes); every process within a second",
+                body="RulesBody",
+            ),
+            "delete": _op("Back to the config file's rules; audit-logged"),
         },
     }  # fmt: skip
 

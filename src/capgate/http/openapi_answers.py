@@ -171,6 +171,8 @@ TOTALS: dict[str, JSON] = {
     "cache_read_tokens": INT,
     "cache_write_tokens": INT,
     "cost_usd": MONEY,
+    "cache_hits": INT,  # answered from the response cache (docs/cache.md)
+    "saved_usd": MONEY,  # what those hits would have cost upstream
 }
 USAGE_ROW: JSON = {
     **obj(TOTALS),
@@ -409,6 +411,18 @@ ROUTE_ITEM: JSON = obj(
 )
 
 
+RULES_IN_FORCE: JSON = obj(
+    {
+        "source": {"enum": ["config", "runtime"]},
+        "rules": array(ANY_OBJECT),
+        "changed_by": null(STR),
+        "changed_at": null(UNIX),
+        "problem": null(STR),
+        "config_rules": array(ANY_OBJECT),
+    }
+)
+
+
 def scope_answers(plural: str, kind: ScopeKind) -> dict[tuple[str, str], JSON | None]:
     base, one = f"/admin/{plural}", f"/admin/{plural}/{{name}}"
     answers: dict[tuple[str, str], JSON | None] = {
@@ -463,6 +477,9 @@ ANSWERS: dict[tuple[str, str], JSON | None] = {
     ("get", "/admin/routing/routes/{match}"): ROUTE_ITEM,
     ("patch", "/admin/routing/routes/{match}"): ROUTE_ITEM,
     ("delete", "/admin/routing/routes/{match}"): NO_CONTENT,
+    ("get", "/admin/routing/rules"): RULES_IN_FORCE,
+    ("put", "/admin/routing/rules"): RULES_IN_FORCE,
+    ("delete", "/admin/routing/rules"): RULES_IN_FORCE,
     ("get", "/admin/me"): obj(
         {"name": STR, "role": {"enum": list(ROLES)}, "teams": array(STR), "break_glass": BOOL}
     ),

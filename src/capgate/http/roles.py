@@ -119,6 +119,13 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/admin/routing/routes"): Rule(OWNERS),
     ("PATCH", "/admin/routing/routes/{match}"): Rule(OWNERS),
     ("DELETE", "/admin/routing/routes/{match}"): Rule(OWNERS),
+    # Routing rules: they choose among the routes (to another provider, another vendor)
+    # and refuse requests for everyone: owners, as for the routes. Not team admins: one
+    # ordered list, first match wins, so a rule of theirs placed first would escape any
+    # rule the owners wrote for their team (docs/routing.md, "Rules at runtime").
+    ("GET", "/admin/routing/rules"): Rule(READ),
+    ("PUT", "/admin/routing/rules"): Rule(OWNERS),
+    ("DELETE", "/admin/routing/rules"): Rule(OWNERS),
     ("GET", "/admin/events"): Rule(READ, "feed"),
     # hook mode: install codes are secrets until used; the kill switch changes a user
     ("POST", "/admin/hook/codes"): Rule(WRITE),

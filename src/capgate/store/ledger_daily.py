@@ -6,8 +6,9 @@ their totals stay what they were. Shared by both engines (the SQL is each engine
 `where_clause` filters it): `created_at` is the UTC day's start, then key_id, key_name,
 user, team, model, upstream_model, provider, outcome, `reason` (a refusal's
 `refusal_reason`, else ''), and the sums: requests, input_tokens, output_tokens,
-cache_read_tokens, cache_write_tokens, cost_nano. A group may have several rows (one per
-fold batch): every read sums them.
+cache_read_tokens, cache_write_tokens, cost_nano, and the response cache's cache_hits and
+saved_nano (SQLite migration 19 / PostgreSQL 14; days folded before it count 0 there). A
+group may have several rows (one per fold batch): every read sums them.
 
 What a folded day no longer has: the entries themselves (`GET /admin/requests`, exports;
 archive them with `server.ledger_archive_dir`), latencies (p50/p95 cover kept entries),
@@ -33,7 +34,7 @@ DAY_S = 86_400
 DAILY_COLUMNS = (
     "created_at", "key_id", "key_name", "user", "team", "model", "upstream_model", "provider",
     "outcome", "reason", "requests", "input_tokens", "output_tokens", "cache_read_tokens",
-    "cache_write_tokens", "cost_nano",
+    "cache_write_tokens", "cost_nano", "cache_hits", "saved_nano",
 )  # fmt: skip
 
 DailyRow = tuple[object, ...]
@@ -56,10 +57,10 @@ def fold(entries: Iterable[LedgerEntry]) -> list[DailyRow]:
             day_start(e.created_at), e.key_id, e.key_name, e.user, e.team, e.model,
             e.upstream_model, e.provider, e.outcome, reason,
         )  # fmt: skip
-        row = sums.setdefault(group, [0, 0, 0, 0, 0, 0])
+        row = sums.setdefault(group, [0, 0, 0, 0, 0, 0, 0, 0])
         for i, value in enumerate(
             (1, e.input_tokens, e.output_tokens, e.cache_read_tokens, e.cache_write_tokens,
-             e.cost_nano)
+             e.cost_nano, int(e.cache == "hit"), e.saved_nano)
         ):  # fmt: skip
             row[i] += value
     return [(*group, *values) for group, values in sums.items()]
@@ -84,7 +85,7 @@ def _add_usage(a: UsageRow, b: UsageRow) -> UsageRow:
         a.group, a.requests + b.requests, a.refused + b.refused, a.errors + b.errors,
         a.input_tokens + b.input_tokens, a.output_tokens + b.output_tokens,
         a.cache_read_tokens + b.cache_read_tokens, a.cache_write_tokens + b.cache_write_tokens,
-        a.cost_nano + b.cost_nano,
+        a.cost_nano + b.cost_nano, a.cache_hits + b.cache_hits, a.saved_nano + b.saved_nano,
     )  # fmt: skip
 
 
@@ -115,6 +116,8 @@ def add_summary(
         cache_read_tokens=kept.cache_read_tokens + folded.cache_read_tokens,
         cache_write_tokens=kept.cache_write_tokens + folded.cache_write_tokens,
         cost_nano=kept.cost_nano + folded.cost_nano,
+        cache_hits=kept.cache_hits + folded.cache_hits,
+        saved_nano=kept.saved_nano + folded.saved_nano,
         keys=kept.keys if keys is None else keys,
         refusals_by_reason=add_reasons(kept.refusals_by_reason, reasons),
     )

@@ -35,7 +35,7 @@ async def summary(conn: q.Conn, query: RequestQuery) -> Summary:
         "COALESCE(SUM(input_tokens), 0)::bigint, COALESCE(SUM(output_tokens), 0)::bigint, "
         "COALESCE(SUM(cache_read_tokens), 0)::bigint, "
         "COALESCE(SUM(cache_write_tokens), 0)::bigint, COALESCE(SUM(cost_nano), 0)::bigint, "
-        f"COUNT(DISTINCT key_name) FROM requests{where}",
+        f"COUNT(DISTINCT key_name), {q.CACHE_SUMS} FROM requests{where}",
         *params,
     )
     assert row is not None
@@ -50,6 +50,8 @@ async def summary(conn: q.Conn, query: RequestQuery) -> Summary:
         cache_write_tokens=row[6],
         cost_nano=row[7],
         keys=row[8],
+        cache_hits=row["cache_hits"],
+        saved_nano=row["saved_nano"],
         refusals_by_reason=await refusals_by_reason(conn, where, params),
         latency_p50_ms=await _percentile(conn, ok_where, params, 50),
         latency_p95_ms=await _percentile(conn, ok_where, params, 95),

@@ -54,6 +54,11 @@ GROUPS = {
 }
 
 # Counts as SQLite's `SUM(outcome = 'refused')` gives them (integers, 0 when none match).
+# What the response cache saved (docs/cache.md): hits, and what they would have cost.
+CACHE_SUMS = (
+    "COALESCE(SUM(CASE WHEN cache = 'hit' THEN 1 ELSE 0 END), 0)::bigint AS cache_hits, "
+    "COALESCE(SUM(saved_nano), 0)::bigint AS saved_nano"
+)
 REFUSED = "COALESCE(SUM(CASE WHEN outcome = 'refused' THEN 1 ELSE 0 END), 0)::bigint"
 ERRORS = (
     "COALESCE(SUM(CASE WHEN outcome IN ('error', 'lease_expired') THEN 1 ELSE 0 END), 0)::bigint"
@@ -160,7 +165,7 @@ async def usage_by(
         "SUM(output_tokens)::bigint AS output_tokens, "
         "SUM(cache_read_tokens)::bigint AS cache_read_tokens, "
         "SUM(cache_write_tokens)::bigint AS cache_write_tokens, "
-        f"SUM(cost_nano)::bigint AS cost_nano FROM requests{where} GROUP BY grp "
+        f"SUM(cost_nano)::bigint AS cost_nano, {CACHE_SUMS} FROM requests{where} GROUP BY grp "
         f'ORDER BY cost_nano DESC, ({column}) COLLATE "C" NULLS FIRST',
         *params,
     )
@@ -175,6 +180,8 @@ async def usage_by(
             cache_read_tokens=row["cache_read_tokens"],
             cache_write_tokens=row["cache_write_tokens"],
             cost_nano=row["cost_nano"],
+            cache_hits=row["cache_hits"],
+            saved_nano=row["saved_nano"],
         )
         for row in rows
     ]

@@ -15,11 +15,13 @@ from capgate.store.pg_admin import PgHost
 from capgate.store.routing_rows import (
     PROVIDER_COLUMNS,
     ROUTE_COLUMNS,
+    RULES_ROW,
     VERSION_ROW,
     Reseal,
     RuntimeRouting,
     StoredProvider,
     StoredRoute,
+    StoredRules,
     in_use,
     missing_providers,
     no_such_provider,
@@ -39,6 +41,11 @@ _ROUTES = f"SELECT {ROUTE_COLUMNS} FROM runtime_routes ORDER BY created_at, matc
 
 async def _routes(conn: q.Conn) -> list[StoredRoute]:
     return [route_from_row(r) for r in await conn.fetch(_ROUTES)]
+
+
+async def _rules(conn: q.Conn, lock: str = "") -> StoredRules | None:
+    text = await conn.fetchval(f"SELECT v FROM meta WHERE k = $1 {lock}", RULES_ROW)  # noqa: S608
+    return StoredRules.from_json(text)
 
 
 async def _provider(conn: q.Conn, name: str, lock: str = "") -> StoredProvider | None:
@@ -81,7 +88,8 @@ class PgRouting(PgHost):
                 f"SELECT {PROVIDER_COLUMNS} FROM runtime_providers ORDER BY created_at, name"  # noqa: S608
             )
             providers = tuple(provider_from_row(r) for r in rows)
-            return RuntimeRouting(int(value or 0), providers, tuple(await _routes(conn)))
+            routes, rules = tuple(await _routes(conn)), await _rules(conn)
+            return RuntimeRouting(int(value or 0), providers, routes, rules)
 
         return await self._read(op)
 
@@ -168,6 +176,28 @@ class PgRouting(PgHost):
             await conn.execute("DELETE FROM runtime_routes WHERE match = $1", match)
             await self._routing_changed(conn, actor, "route-delete", f"route:{match}",
                                 before.audit_json(), None)  # fmt: skip
+
+        await self._write(op)
+
+    async def put_rules(self, rules: list[Any] | None, actor: str) -> None:
+        async def op(conn: q.Conn) -> None:
+            # The version row first: two nodes setting rules at once take turns on it.
+            await conn.execute(_BUMP, VERSION_ROW)
+            before = await _rules(conn, "FOR UPDATE")
+            if rules is None:
+                if before is None:
+                    return
+                await conn.execute("DELETE FROM meta WHERE k = $1", RULES_ROW)
+            else:
+                stored = StoredRules(rules, actor, self._clock())
+                await conn.execute(
+                    "INSERT INTO meta (k, v) VALUES ($1, $2) ON CONFLICT (k) DO UPDATE SET v = $2",
+                    RULES_ROW, stored.to_json(),
+                )  # fmt: skip
+            action = "rules-reset" if rules is None else "rules-set"
+            await q.insert_audit(conn, self._clock(), actor, action, "rules",
+                                 None if before is None else {"rules": before.rules},
+                                 None if rules is None else {"rules": rules})  # fmt: skip
 
         await self._write(op)
 

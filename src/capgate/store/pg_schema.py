@@ -722,6 +722,15 @@ MIGRATIONS += (
     "ALTER TABLE requests ADD COLUMN rule TEXT;" + _SETTLE_WITH_RULE + _BATCH_WITH_RULE,
 )
 
+MIGRATIONS += (
+    # 14: what the response cache saved, kept when days are folded (store/ledger_daily.py;
+    #     SQLite's migration 19): hits and their saved_nano; days folded before count 0.
+    """
+    ALTER TABLE ledger_daily ADD COLUMN cache_hits BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE ledger_daily ADD COLUMN saved_nano BIGINT NOT NULL DEFAULT 0;
+    """,
+)
+
 _CREATE_VERSION = "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)"
 
 

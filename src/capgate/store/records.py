@@ -112,6 +112,8 @@ class UsageRow:
     cache_read_tokens: int
     cache_write_tokens: int
     cost_nano: int
+    cache_hits: int = 0  # answered from the response cache (ledger `cache` = hit)
+    saved_nano: int = 0  # what those hits would have cost upstream (ledger `saved_nano`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +133,8 @@ class Summary:
     refusals_by_reason: dict[str, int]  # see `refusal_reason`; most first, then by name
     latency_p50_ms: float | None
     latency_p95_ms: float | None
+    cache_hits: int = 0  # as in UsageRow
+    saved_nano: int = 0
 
     @property
     def error_rate(self) -> float:

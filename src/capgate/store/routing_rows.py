@@ -7,6 +7,10 @@ JSON, the API key as AES-GCM ciphertext + nonce + key id, its fingerprint) and
 row `routing_version` in the same transaction: each process polls that one value and
 rebuilds its router when it moves (`capgate.live_routing`). The store never sees a secret
 in clear: sealing and opening happen in `capgate.secret_box`.
+
+Routing rules set at runtime (docs/routing.md) are one document, the meta row
+`routing_rules` (JSON: the ordered list as given, who set it, when), replaced whole in
+the transaction that bumps `routing_version`; no row: the config file's rules.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import orjson
 from capgate.secret_box import Sealed
 
 VERSION_ROW = "routing_version"
+RULES_ROW = "routing_rules"
 PROVIDER_COLUMNS = (
     "name, type, settings, secret, nonce, key_id, fingerprint, created_at, updated_at"
 )
@@ -60,10 +65,32 @@ class StoredRoute:
 
 
 @dataclass(frozen=True, slots=True)
+class StoredRules:
+    """The rules an admin set at runtime: the list as given (checked before it was
+    stored), who set it and when."""
+
+    rules: list[Any]
+    actor: str
+    updated_at: float
+
+    def to_json(self) -> str:
+        data = {"rules": self.rules, "actor": self.actor, "updated_at": self.updated_at}
+        return orjson.dumps(data).decode()
+
+    @classmethod
+    def from_json(cls, text: str | None) -> StoredRules | None:
+        if text is None:
+            return None
+        data = orjson.loads(text)
+        return cls(list(data["rules"]), str(data["actor"]), float(data["updated_at"]))
+
+
+@dataclass(frozen=True, slots=True)
 class RuntimeRouting:
     version: int
     providers: tuple[StoredProvider, ...]
     routes: tuple[StoredRoute, ...]  # in creation order
+    rules: StoredRules | None = None  # None: the config file's
 
 
 Reseal = Callable[[StoredProvider], Sealed]
@@ -96,6 +123,11 @@ class RoutingStore(Protocol):
 
     async def delete_route(self, match: str, actor: str) -> None:
         """NotFound. Audit `route-delete`."""
+
+    async def put_rules(self, rules: list[Any] | None, actor: str) -> None:
+        """Replace the runtime rules with `rules` (checked by the caller), or remove them
+        (None: back to the config file's; a no-op when there are none). Audit
+        `rules-set` / `rules-reset`, target `rules`, with the lists before and after."""
 
     async def reseal_provider_secrets(self, reseal: Reseal, actor: str) -> int:
         """In one transaction, replace every stored secret with `reseal(provider)` (the

@@ -21,7 +21,7 @@ _SUMS = (
     "COALESCE(SUM(CASE WHEN outcome IN ('error', 'lease_expired') THEN requests ELSE 0 END), 0), "
     "COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0), "
     "COALESCE(SUM(cache_read_tokens), 0), COALESCE(SUM(cache_write_tokens), 0), "
-    "COALESCE(SUM(cost_nano), 0)"
+    "COALESCE(SUM(cost_nano), 0), COALESCE(SUM(cache_hits), 0), COALESCE(SUM(saved_nano), 0)"
 )
 
 

@@ -35,15 +35,17 @@ def summary(conn: sqlite3.Connection, query: RequestQuery) -> Summary:
         "COALESCE(SUM(outcome IN ('error', 'lease_expired')), 0), "
         "COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0), "
         "COALESCE(SUM(cache_read_tokens), 0), COALESCE(SUM(cache_write_tokens), 0), "
-        f"COALESCE(SUM(cost_nano), 0), COUNT(DISTINCT key_name) FROM requests{where}",
+        f"COALESCE(SUM(cost_nano), 0), COUNT(DISTINCT key_name), {q.CACHE_SUMS} "
+        f"FROM requests{where}",
         params,
     ).fetchone()
     ok_where = (where + " AND " if where else " WHERE ") + "outcome = 'ok'"
     requests, refused, errors, input_tokens, output_tokens, cache_read, cache_write, cost, keys = (
-        row
+        row[:9]
     )
     kept = Summary(
         requests, refused, errors, input_tokens, output_tokens, cache_read, cache_write, cost, keys,
+        cache_hits=row["cache_hits"], saved_nano=row["saved_nano"],
         refusals_by_reason=refusals_by_reason(conn, where, params),
         latency_p50_ms=_percentile(conn, ok_where, params, 50),
         latency_p95_ms=_percentile(conn, ok_where, params, 95),

@@ -231,6 +231,13 @@ GROUPS = {  # records.USAGE_GROUPS, as SQL
 }
 
 
+# What the response cache saved (docs/cache.md): hits, and what they would have cost.
+CACHE_SUMS = (
+    "COALESCE(SUM(CASE WHEN cache = 'hit' THEN 1 ELSE 0 END), 0) AS cache_hits, "
+    "COALESCE(SUM(saved_nano), 0) AS saved_nano"
+)
+
+
 def usage_by(
     conn: sqlite3.Connection, group_by: str, since: float | None, until: float | None
 ) -> list[UsageRow]:
@@ -241,14 +248,15 @@ def usage_by(
         "SUM(outcome = 'refused') AS refused, SUM(outcome IN ('error', 'lease_expired')) AS errors, "
         "SUM(input_tokens) AS input_tokens, SUM(output_tokens) AS output_tokens, "
         "SUM(cache_read_tokens) AS cache_read_tokens, SUM(cache_write_tokens) AS cache_write_tokens, "
-        f"SUM(cost_nano) AS cost_nano FROM requests{where} GROUP BY grp ORDER BY cost_nano DESC, grp",
+        f"SUM(cost_nano) AS cost_nano, {CACHE_SUMS} "
+        f"FROM requests{where} GROUP BY grp ORDER BY cost_nano DESC, grp",
         params,
     )
     return [
         UsageRow(
             row["grp"], row["requests"], row["refused"], row["errors"], row["input_tokens"],
             row["output_tokens"], row["cache_read_tokens"], row["cache_write_tokens"],
-            row["cost_nano"],
+            row["cost_nano"], row["cache_hits"], row["saved_nano"],
         )
         for row in rows
     ]  # fmt: skip

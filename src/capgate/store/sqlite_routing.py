@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Collection
+from typing import Any
 
 from capgate.errors import Conflict, InvalidRequest, NotFound
 from capgate.store.routing_rows import (
     PROVIDER_COLUMNS,
     ROUTE_COLUMNS,
+    RULES_ROW,
     VERSION_ROW,
     Reseal,
     RuntimeRouting,
     StoredProvider,
     StoredRoute,
+    StoredRules,
     in_use,
     missing_providers,
     no_such_provider,
@@ -35,6 +38,11 @@ _BUMP = (
 def _routes(conn: sqlite3.Connection) -> list[StoredRoute]:
     rows = conn.execute(f"SELECT {ROUTE_COLUMNS} FROM runtime_routes ORDER BY created_at, match")  # noqa: S608
     return [route_from_row(r) for r in rows]
+
+
+def _rules(conn: sqlite3.Connection) -> StoredRules | None:
+    row = conn.execute("SELECT v FROM meta WHERE k = ?", (RULES_ROW,)).fetchone()
+    return StoredRules.from_json(None if row is None else row[0])
 
 
 def _provider(conn: sqlite3.Connection, name: str) -> StoredProvider | None:
@@ -83,7 +91,8 @@ class SQLiteRouting(SQLitePart):
                     f"SELECT {PROVIDER_COLUMNS} FROM runtime_providers ORDER BY created_at, name"  # noqa: S608
                 )
                 found = tuple(provider_from_row(p) for p in providers)
-                return RuntimeRouting(int(row[0]) if row else 0, found, tuple(_routes(conn)))
+                version = int(row[0]) if row else 0
+                return RuntimeRouting(version, found, tuple(_routes(conn)), _rules(conn))
             finally:
                 conn.execute("COMMIT")
 
@@ -170,6 +179,26 @@ class SQLiteRouting(SQLitePart):
             self._routing_changed(
                 conn, actor, "route-delete", f"route:{match}", before.audit_json(), None
             )
+
+        await self._write(op)
+
+    async def put_rules(self, rules: list[Any] | None, actor: str) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            before = _rules(conn)
+            if rules is None:
+                if before is None:
+                    return
+                conn.execute("DELETE FROM meta WHERE k = ?", (RULES_ROW,))
+            else:
+                stored = StoredRules(rules, actor, self._clock())
+                conn.execute(
+                    "INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
+                    (RULES_ROW, stored.to_json()),
+                )
+            action = "rules-reset" if rules is None else "rules-set"
+            self._routing_changed(conn, actor, action, "rules",
+                        None if before is None else {"rules": before.rules},
+                        None if rules is None else {"rules": rules})  # fmt: skip
 
         await self._write(op)
 

@@ -312,6 +312,12 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE requests ADD COLUMN rule TEXT;
     """,
+    # 19: what the response cache saved, kept when days are folded (store/ledger_daily.py):
+    #     hits and their saved_nano. The entries of days folded before are gone: 0 there.
+    """
+    ALTER TABLE ledger_daily ADD COLUMN cache_hits INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE ledger_daily ADD COLUMN saved_nano INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 

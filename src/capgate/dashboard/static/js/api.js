@@ -18,13 +18,14 @@ export function whenLoggedOut(fn) {
   onLoggedOut = fn;
 }
 
-export async function api(method, path, body) {
+// `type`: the body's media type; JSON is encoded here, any other is sent as the text given.
+export async function api(method, path, body, type = "application/json") {
   const headers = { accept: "application/json" };
   if (method !== "GET") headers[csrf.header] = csrf.token;
-  if (body !== undefined) headers["content-type"] = "application/json";
+  if (body !== undefined) headers["content-type"] = type;
   const response = await fetch(path, {
     method, headers, credentials: "same-origin",
-    body: body === undefined ? undefined : JSON.stringify(body),
+    body: body === undefined || type !== "application/json" ? body : JSON.stringify(body),
   });
   if (response.status === 204) return null;
   let data = null;

@@ -36,6 +36,7 @@ export async function overview(root, cleanup) {
     replace(statsEl,
       stat("Spend today", usd(today.cost_usd), `${int(today.requests)} requests`),
       stat("Spend this month", usd(month.cost_usd), `${int(month.requests)} requests`),
+      savedStat(month),
       stat("Refusals today", int(today.refused), refusalSub(today)),
       stat("Error rate today", percent(today.error_rate), `${int(today.errors)} failed upstream`),
       stat("Latency p50 / p95", `${ms(today.latency_ms.p50)}`, `p95 ${ms(today.latency_ms.p95)} · today`),
@@ -103,6 +104,14 @@ function refusalSub(summary) {
     i ? " · " : "",
     h("span", { "data-reason": reason }, `${int(count)} ${REASONS[reason] || reason.replaceAll("_", " ")}`),
   ]));
+}
+
+// What the response cache saved this month: what its hits would have cost upstream.
+function savedStat(month) {
+  const el = stat("Saved by caching", usd(month.saved_usd),
+    month.cache_hits ? `${int(month.cache_hits)} cache hits this month` : "no cache hits this month");
+  el.dataset.stat = "saved";
+  return el;
 }
 
 function share(usage) {

@@ -1,20 +1,24 @@
 // Upstreams: the providers requests go to and the routes to them. The config file's are
 // shown read-only; runtime ones can be added, edited and removed. An API key field is
-// write-only: the server keeps the key encrypted and shows only its fingerprint.
+// write-only: the server keeps the key encrypted and shows only its fingerprint. The
+// routing rules in force are edited here too (rules.js).
 import { api, get } from "./api.js";
 import { field, h, replace, select } from "./dom.js";
+import { rulesPanel } from "./rules.js";
 import { badge, clip, confirmAction, modal, panel, table, toast } from "./ui.js";
 
 const TYPES = ["anthropic", "openai", "openai-compatible", "mock"];
 const PROVIDERS = "/admin/routing/providers";
 const ROUTES = "/admin/routing/routes";
+const RULES = "/admin/routing/rules";
 
 export async function upstreams(root) {
   async function render() {
-    const [providers, routes] = await Promise.all([get(PROVIDERS), get(ROUTES)]);
+    const [providers, routes, rules] = await Promise.all([get(PROVIDERS), get(ROUTES), get(RULES)]);
     replace(root,
       providersPanel(providers.items, render),
-      routesPanel(routes.items, providers.items, render));
+      routesPanel(routes.items, providers.items, render),
+      rulesPanel(rules, render));
   }
   await render();
 }
