@@ -6,6 +6,7 @@ that trickled header bytes were never closed."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -24,7 +25,9 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from aiohttp import web
 
+from capgate.http.edge import EdgeRunner
 from conftest import ADMIN_KEY, ROOT, Upstream, gateway_config
 
 MARK = b"LEAKME"  # in every bad request: must appear in no answer and no log line
@@ -264,3 +267,70 @@ def test_a_client_gone_before_its_body_is_read_is_no_error(edge: Server) -> None
     new = edge.log.read_text().splitlines()[len(before) :]
     assert not [line for line in new if "ERROR" in line or "Traceback" in line], new
     assert httpx.get(f"{base}/health").status_code == 200
+
+
+class _Transport(asyncio.Transport):
+    """What a connection writes, for feeding `_Connection` by hand."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = b""
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += bytes(data)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+
+@pytest.mark.parametrize(
+    ("path", "dialect"), [("/v1/messages", "anthropic"), ("/v1/chat/completions", "openai")]
+)
+def test_a_body_read_before_the_error_is_answered_keeps_the_errors_dialect(
+    path: str, dialect: str
+) -> None:
+    """Found by tests/test_fuzz.py under load: aiohttp refuses a `Content-Encoding: br`
+    head at once, but answers from its handler task, a loop turn later. The body, read
+    in between and starting with a capital letter (`Br Y Z`), was taken for a request
+    line, so the error came in the admin's dialect."""
+
+    async def run() -> bytes:
+        runner = EdgeRunner(
+            web.Application(), max_connections=8, header_timeout_s=5, idle_timeout_s=5
+        )
+        await runner.setup()
+        try:
+            server = runner.server
+            assert server is not None
+            connection = server()
+            transport = _Transport()
+            connection.connection_made(transport)
+            body = b"Br Y Z" + b"x" * 40
+            connection.data_received(
+                f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Content-Encoding: br\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            )
+            connection.data_received(body)  # before the handler task has run
+            for _ in range(50):
+                await asyncio.sleep(0.01)
+                if transport.written.rstrip().endswith(b"}"):
+                    break
+            connection.connection_lost(None)
+            return transport.written
+        finally:
+            await runner.cleanup()
+
+    written = asyncio.run(run())
+    assert written.split(b" ", 2)[1] == b"400", written
+    _shape(dialect, written.partition(b"\r\n\r\n")[2])
