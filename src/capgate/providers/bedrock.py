@@ -96,11 +96,11 @@ class BedrockProvider:
         if not isinstance(model, str) or not model:
             raise UpstreamFailed(f'provider "{self.name}": the request names no model', sent=False)
         stream = data.pop("stream", False) is True
-        data["anthropic_version"] = ANTHROPIC_VERSION
         if self._converse:
             converse = messages_to_converse(data)  # Untranslatable: the client's to fix
             action = "converse-stream" if stream else "converse"
             return f"/model/{quote(model, safe='')}/{action}", orjson.dumps(converse), stream
+        data["anthropic_version"] = ANTHROPIC_VERSION
         beta = client_headers.get("anthropic-beta")
         if beta and "anthropic_beta" not in data:  # Bedrock takes betas in the body
             data["anthropic_beta"] = [b.strip() for b in beta.split(",") if b.strip()]
