@@ -176,6 +176,9 @@ def test_an_openai_client_gets_converse_answers_whole_and_streamed(
     assert len(text.split()) == 5
     usage = chunks[-1].usage
     assert usage is not None and usage.completion_tokens == 5 and usage.prompt_tokens > 0
+    assert [r.path.rsplit("/", 1)[1] for r in setup.bedrock.requests()[-2:]] == [
+        "converse", "converse-stream",
+    ]  # fmt: skip
     entries = setup.gw.ledger(key=key_name)
     assert sorted(e["output_tokens"] for e in entries) == [4, 5]
     assert all(Decimal(e["cost_usd"]) == _cost(e, NOVA_PRICE) > 0 for e in entries)
@@ -234,6 +237,8 @@ def test_a_streamed_tool_call_reaches_an_openai_client(setup: Setup, key_name: s
     arguments = "".join((c.function.arguments or "") for c in calls if c.function)
     assert orjson.loads(arguments) == {"city": "x"}
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+    sent = setup.bedrock.last_request()
+    assert sent.path.endswith("/converse-stream") and "toolConfig" in sent.body
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -300,6 +305,7 @@ def test_converse_errors_reach_each_client_in_its_dialect(
         )
     assert raised.value.status_code == status
     assert f"mock:status={status}" in raised.value.body["message"]  # type: ignore[index]
+    assert setup.bedrock.last_request().path.endswith("/converse")
     entries = setup.gw.ledger(key=key_name)
     assert [e["status"] for e in entries] == [status, status]
     assert all(Decimal(e["cost_usd"]) == 0 for e in entries)
@@ -382,6 +388,7 @@ def test_an_exception_inside_a_converse_stream_ends_it(setup: Setup, key_name: s
     assert body.count(b"event: content_block_delta") > 0 and b"event: message_stop" not in body
     last = body.strip().split(b"\n\n")[-1]
     assert last.startswith(b"event: error\n") and b"modelStreamErrorException" in last
+    assert setup.bedrock.last_request().path.endswith("/converse-stream")
     (entry,) = setup.gw.ledger(key=key_name)
     assert entry["outcome"] == "error" and 0 < entry["output_tokens"] <= 100
 

@@ -337,6 +337,8 @@ def test_refresh_ahead_in_the_background_single_flight(caplog: pytest.LogCapture
             assert (await creds.get()).access_key_id == "K2"
             await asyncio.sleep(0)
         assert "the current ones are kept" in caplog.text
+        assert (await creds.get()).access_key_id == "K2"  # kept, not retried at once
+        assert source.fetches == 2
         now[0] += 300
         with pytest.raises(UpstreamFailed, match="expired and could not be refreshed") as caught:
             await creds.get()
