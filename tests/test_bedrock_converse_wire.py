@@ -267,6 +267,8 @@ def test_config_needs_both_keys_or_neither() -> None:
     with pytest.raises(ValueError, match="aws_secret_access_key"):
         _config(aws_access_key_id="AKIA")
     _config()  # the chain finds them
+    with pytest.raises(ValueError, match="api: converse is for bedrock providers only"):
+        ProviderConfig(name="a", type="anthropic", api="converse")
 
 
 def test_sts_answers() -> None:
