@@ -179,6 +179,8 @@ class ProviderConfig(_Strict):
             "azure": ("base_url", "api_key"),
         }.get(self.type, ())
         missing = [name for name in needs if not getattr(self, name)]
+        if self.api != "invoke" and self.type != "bedrock":
+            raise ValueError(f"api: {self.api} is for bedrock providers only")
         if bool(self.aws_access_key_id) != bool(self.aws_secret_access_key):
             missing.append(
                 "aws_secret_access_key" if self.aws_access_key_id else "aws_access_key_id"
