@@ -33,7 +33,11 @@ def _provider(**fields: Any) -> ProviderConfig:
     ("fields", "missing"),
     [
         ({"type": "bedrock", "aws_access_key_id": "a", "aws_secret_access_key": "s"}, "region"),
-        ({"type": "bedrock", "region": "us-east-1"}, "aws_access_key_id, aws_secret_access_key"),
+        # No keys: the AWS chain finds them; a key id without its secret is a mistake.
+        (
+            {"type": "bedrock", "region": "us-east-1", "aws_access_key_id": "a"},
+            "aws_secret_access_key",
+        ),
         ({"type": "vertex", "project": "p", "region": "global"}, "credentials_file"),
         ({"type": "azure", "base_url": "https://x.openai.azure.com"}, "api_key"),
     ],
@@ -83,7 +87,9 @@ def test_cloud_urls_from_region() -> None:
         ("claude-haiku-4-5@20251001", "claude-haiku-4-5-20251001"),
         ("claude-sonnet-4-5", "claude-sonnet-4-5"),
         ("gpt-4o", "gpt-4o"),
-        ("meta.llama3-70b-instruct-v1:0", "meta.llama3-70b-instruct-v1:0"),
+        ("meta.llama3-70b-instruct-v1:0", "meta.llama3-70b-instruct"),  # Converse's vendors
+        ("us.amazon.nova-pro-v1:0", "amazon.nova-pro"),
+        ("mistral.mistral-large-2407-v1:0", "mistral.mistral-large-2407"),
     ],
 )
 def test_cloud_model_ids_name_their_model(model: str, named: str | None) -> None:

@@ -253,7 +253,7 @@ async def build(
             providers[pc.name] = cli_provider(pc, environ, provider_keys)
             continue
         if pc.type in CLOUD_TYPES:  # Bedrock, Vertex AI, Azure OpenAI
-            providers[pc.name] = cloud_provider(pc)
+            providers[pc.name] = cloud_provider(pc, environ)
             continue
         base_url = pc.base_url
         if pc.type == "mock" and base_url is None:

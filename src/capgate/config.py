@@ -135,6 +135,8 @@ class ProviderConfig(_Strict):
     aws_access_key_id: str | None = None
     aws_secret_access_key: str | None = None
     aws_session_token: str | None = None
+    aws_profile: str | None = Field(None, pattern=r"^[A-Za-z0-9_.@+-]{1,64}$")
+    api: Literal["invoke", "converse"] = "invoke"  # bedrock: InvokeModel or Converse
     project: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
     credentials_file: str | None = None
     api_version: str = Field("2024-10-21", pattern=r"^[A-Za-z0-9.-]{1,40}$")
@@ -172,11 +174,17 @@ class ProviderConfig(_Strict):
     def _cloud(self) -> ProviderConfig:
         """What each cloud type needs, so that a missing field stops the start."""
         needs = {
-            "bedrock": ("region", "aws_access_key_id", "aws_secret_access_key"),
+            "bedrock": ("region",),  # credentials: the AWS chain (providers/aws_credentials.py)
             "vertex": ("project", "region", "credentials_file"),
             "azure": ("base_url", "api_key"),
         }.get(self.type, ())
         missing = [name for name in needs if not getattr(self, name)]
+        if self.api != "invoke" and self.type != "bedrock":
+            raise ValueError(f"api: {self.api} is for bedrock providers only")
+        if bool(self.aws_access_key_id) != bool(self.aws_secret_access_key):
+            missing.append(
+                "aws_secret_access_key" if self.aws_access_key_id else "aws_access_key_id"
+            )
         if missing:
             raise ValueError(f"a {self.type} provider needs {', '.join(missing)}")
         return self

@@ -25,6 +25,11 @@ _BEDROCK = re.compile(
     r"(?:[a-z]{2,6}(?:-[a-z]+)?\.)?anthropic\.(.+?)(?:-v\d+(?::\d+)?)?$"
 )
 _VERTEX = re.compile(r"^(claude-[^@]+)@(\d{8})$")
+# Other vendors' Bedrock ids (Converse), priced by `vendor.model` without the version.
+_BEDROCK_OTHER = re.compile(
+    r"^(?:arn:aws[a-z-]*:bedrock:[a-z0-9-]*:\d*:(?:foundation-model|inference-profile)/)?"
+    r"(?:[a-z]{2,6}(?:-[a-z]+)?\.)?((?:amazon|meta|mistral)\..+?)(?:-v\d+(?::\d+)?)?$"
+)
 
 
 class PricingTable:
@@ -138,4 +143,6 @@ def cloud_model_name(model: str) -> str:
         return found.group(1)
     if (found := _VERTEX.match(model)) is not None:
         return f"{found.group(1)}-{found.group(2)}"
+    if (found := _BEDROCK_OTHER.match(model)) is not None:
+        return found.group(1)
     return model

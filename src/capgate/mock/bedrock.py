@@ -1,5 +1,5 @@
 """A mock AWS Bedrock runtime: InvokeModel and InvokeModelWithResponseStream for Anthropic
-models, answering as Bedrock does (the Anthropic body; a stream in AWS event-stream
+models, and Converse / ConverseStream for any model (`bedrock_converse.py`), answering as Bedrock does (the Anthropic body; a stream in AWS event-stream
 framing with base64 `chunk` events; errors as `{"message"}` with `x-amzn-ErrorType`).
 
 Every request's SigV4 signature is checked by `verify`, given by whoever builds the app:
@@ -19,7 +19,7 @@ from functools import partial
 import orjson
 from aiohttp import web
 
-from capgate.mock import responses
+from capgate.mock import bedrock_converse, responses
 from capgate.mock.directives import last_user_text, parse_directives
 from capgate.mock.server import FAULTS, REQUESTS, Faults, _record
 from capgate.providers.eventstream import encode
@@ -47,6 +47,8 @@ def create_bedrock_app(verify: Verifier) -> web.Application:
     app.router.add_post(
         "/model/{model}/invoke-with-response-stream", partial(_invoke, verify, True)
     )
+    app.router.add_post("/model/{model}/converse", partial(_converse, verify, False))
+    app.router.add_post("/model/{model}/converse-stream", partial(_converse, verify, True))
     return app
 
 
@@ -62,7 +64,8 @@ def error(status: int, message: str) -> web.Response:
     )
 
 
-async def _invoke(verify: Verifier, stream: bool, request: web.Request) -> web.StreamResponse:
+async def _signed(verify: Verifier, request: web.Request) -> bytes | web.Response:
+    """The body of a request whose signature is good, else the 403 to answer."""
     raw = await request.read()
     request.app[REQUESTS].append(_record(request, raw))
     if "authorization" not in request.headers:
@@ -70,7 +73,34 @@ async def _invoke(verify: Verifier, stream: bool, request: web.Request) -> web.S
     url = f"{request.scheme}://{request.host}{request.raw_path}"  # as sent: %3A stays
     problem = verify(request.method, url, request.headers, raw)
     if problem is not None:
+        if problem.startswith("expired"):
+            return error(403, "The security token included in the request is expired")
         return error(403, f"The request signature we calculated does not match: {problem}")
+    return raw
+
+
+async def _converse(verify: Verifier, stream: bool, request: web.Request) -> web.StreamResponse:
+    raw = await _signed(verify, request)
+    if isinstance(raw, web.Response):
+        return raw
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return error(400, "Malformed input request, please reformat your input and try again.")
+    wrong = bedrock_converse.problem(body)
+    if wrong is not None:
+        return error(400, f"Malformed input request: {wrong}")
+    request.app[FAULTS].served += 1
+    directives = parse_directives(last_user_text(bedrock_converse.as_conversation(body)))
+    if directives.status is not None:
+        return error(directives.status, f"Injected by mock:status={directives.status}.")
+    return await bedrock_converse.respond(request, body, stream)
+
+
+async def _invoke(verify: Verifier, stream: bool, request: web.Request) -> web.StreamResponse:
+    raw = await _signed(verify, request)
+    if isinstance(raw, web.Response):
+        return raw
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:

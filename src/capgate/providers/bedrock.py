@@ -1,4 +1,6 @@
-"""AWS Bedrock: Anthropic models through InvokeModel, signed with SigV4 (`sigv4.py`).
+"""AWS Bedrock: Anthropic models through InvokeModel, or any model through Converse
+(`api: converse`), signed with SigV4 (`sigv4.py`) with credentials from the AWS chain
+(`aws_credentials.py`).
 
 The gateway hands it an Anthropic Messages body; it goes to
 `POST /model/{model id}/invoke` (or `/invoke-with-response-stream` when the body asks for
@@ -11,22 +13,30 @@ framing whose `chunk` events each carry one Anthropic event (base64 JSON), relay
 Anthropic SSE; errors (`{"message"}` with a status: 429 ThrottlingException, 400
 ValidationException, ...) as Anthropic error bodies with the same status. 424
 (ModelErrorException) becomes 502, so that it is retried like a server error.
+
+Converse (`POST /model/{model id}/converse`, `/converse-stream`) has a format of its own,
+the same for every model (Amazon Nova, Meta Llama, Mistral, Anthropic): the Anthropic body
+is translated to it and its answers back (`converse.py`, `converse_stream.py`), so the
+gateway sees an Anthropic provider either way; the errors are InvokeModel's.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import orjson
 
 from capgate.config import ProviderConfig
 from capgate.errors import UpstreamFailed
 from capgate.providers import sigv4
+from capgate.providers.aws_credentials import RefreshingCredentials, Source, resolve
 from capgate.providers.base import Endpoint
+from capgate.providers.converse import Untranslatable, converse_to_message, messages_to_converse
+from capgate.providers.converse_stream import ConverseToSSE
 from capgate.providers.converted import (
     ConvertedAnswer,
     anthropic_error,
@@ -53,18 +63,21 @@ class BedrockProvider:
     def __init__(
         self,
         config: ProviderConfig,
+        environ: Mapping[str, str] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        source: Source | None = None,
     ) -> None:
-        assert config.region and config.aws_access_key_id and config.aws_secret_access_key
+        assert config.region
         self.name = config.name
         self.type: str = config.type
         self.first_byte_timeout_s = config.first_byte_timeout_s
         self.chat_output_field = "max_tokens"  # never called in Chat Completions
         self._config = config
         self._region = config.region
-        self._credentials = sigv4.Credentials(
-            config.aws_access_key_id, config.aws_secret_access_key, config.aws_session_token
+        self.credentials = RefreshingCredentials(
+            config.name, source or resolve(config, environ if environ is not None else {})
         )
+        self._converse = config.api == "converse"
         self._clock = clock
         self._pool: Pool | None = None
 
@@ -83,6 +96,10 @@ class BedrockProvider:
         if not isinstance(model, str) or not model:
             raise UpstreamFailed(f'provider "{self.name}": the request names no model', sent=False)
         stream = data.pop("stream", False) is True
+        if self._converse:
+            converse = messages_to_converse(data)  # Untranslatable: the client's to fix
+            action = "converse-stream" if stream else "converse"
+            return f"/model/{quote(model, safe='')}/{action}", orjson.dumps(converse), stream
         data["anthropic_version"] = ANTHROPIC_VERSION
         beta = client_headers.get("anthropic-beta")
         if beta and "anthropic_beta" not in data:  # Bedrock takes betas in the body
@@ -92,15 +109,19 @@ class BedrockProvider:
 
     async def send(
         self, endpoint: Endpoint, body: bytes, client_headers: Mapping[str, str]
-    ) -> ConvertedAnswer:
-        path, payload, stream = self.request(body, client_headers)
+    ) -> ConvertedAnswer | Refused:
+        try:
+            path, payload, stream = self.request(body, client_headers)
+        except Untranslatable as exc:
+            return Refused(400, f'provider "{self.name}" (Bedrock Converse): {exc}')
+        credentials = await self.credentials.get()  # UpstreamFailed 503 before sending
         pool = self._client()
         headers = {k.lower(): v for k, v in self._config.headers.items()}  # signed too
         headers |= {"content-type": "application/json", "accept": "application/json"}
         if stream:
             headers["accept"] = "application/vnd.amazon.eventstream"
         signed = sigv4.sign(
-            self._credentials, self._region, SERVICE, "POST", pool.origin,
+            credentials, self._region, SERVICE, "POST", pool.origin,
             pool.base_path + path, payload, self._clock(), headers,
         )  # fmt: skip
         head = pool.head(path, [*headers.items(), ("accept-encoding", "identity")])
@@ -113,12 +134,60 @@ class BedrockProvider:
             )  # fmt: skip
         if stream:
             headers = {**answer.headers, "content-type": "text/event-stream; charset=utf-8"}
-            return ConvertedAnswer(answer, answer.status, headers, stream=EventStreamToSSE())
+            converter = (
+                ConverseToSSE(_model(path), answer.headers.get("x-amzn-requestid"))
+                if self._converse
+                else EventStreamToSSE()
+            )
+            return ConvertedAnswer(answer, answer.status, headers, stream=converter)
+        if self._converse:
+            model, request_id = _model(path), answer.headers.get("x-amzn-requestid")
+            return ConvertedAnswer(
+                answer, answer.status, _json_headers(answer.headers),
+                whole=lambda data: _converse_answer(data, model, request_id),
+            )  # fmt: skip
         return ConvertedAnswer(answer, answer.status, answer.headers)
 
     async def close(self) -> None:
+        await self.credentials.close()
         if self._pool is not None:
             await self._pool.close()
+
+
+def _model(path: str) -> str:
+    return unquote(path.split("/")[2])
+
+
+def _converse_answer(data: bytes, model: str, request_id: str | None) -> bytes:
+    try:
+        parsed = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise UpstreamFailed("Bedrock's Converse answer is not JSON") from None
+    if not isinstance(parsed, dict):
+        raise UpstreamFailed("Bedrock's Converse answer is not a JSON object")
+    return orjson.dumps(converse_to_message(parsed, model, request_id))
+
+
+class Refused:
+    """An answer made here, not upstream: a request Converse cannot carry (nothing sent,
+    nothing charged), shown to the client as a 400 in its dialect."""
+
+    cost_nano = None
+    complete = True
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.headers = {"content-type": "application/json"}
+        self._body = anthropic_error(status, message)
+
+    async def read(self) -> bytes:
+        return self._body
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        yield self._body
+
+    def close(self) -> None:
+        return None
 
 
 def _json_headers(headers: Mapping[str, str]) -> dict[str, str]:

@@ -1,0 +1,297 @@
+"""Bedrock's Converse API <-> Anthropic Messages: requests and whole answers. Pure.
+
+The Converse provider speaks Anthropic Messages to the gateway, so an OpenAI Chat
+Completions client reaches it through the one existing Anthropic <-> OpenAI translation
+(`capgate.wire.translate`), not through a third copy. This module is the other half:
+
+    request   messages_to_converse   system, messages (text, images, tool use / results,
+                                     thinking), tools + tool_choice, max_tokens,
+                                     temperature, top_p, stop sequences, cache points
+    answer    converse_to_message    content, stop reason, usage (cache reads and writes)
+
+A request Converse cannot carry (an image by URL, `tool_choice: none`, a block it has no
+form for) raises `Untranslatable` naming the field: the provider answers it with a 400 in
+the client's dialect and sends nothing. The stream is `converse_stream.py`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+JSON = dict[str, Any]
+
+# Converse's stopReason -> Anthropic's stop_reason.
+STOP_REASONS = {
+    "end_turn": "end_turn",
+    "tool_use": "tool_use",
+    "max_tokens": "max_tokens",
+    "stop_sequence": "stop_sequence",
+    "guardrail_intervened": "refusal",
+    "content_filtered": "refusal",
+    "model_context_window_exceeded": "model_context_window_exceeded",
+}
+_IMAGE_FORMATS = {
+    "image/png": "png",
+    "image/jpeg": "jpeg",
+    "image/gif": "gif",
+    "image/webp": "webp",
+}
+# Anthropic request fields Converse has no place for but Anthropic models on Bedrock read
+# from `additionalModelRequestFields`.
+_ADDITIONAL = ("top_k", "thinking")
+# Fields that change nothing upstream (`metadata`, `service_tier`) or that the gateway
+# handled (`model`, `stream`).
+_IGNORED = frozenset({"model", "stream", "metadata", "service_tier"})
+_KNOWN = frozenset(
+    {"system", "messages", "tools", "tool_choice", "max_tokens", "temperature", "top_p"}
+    | {"stop_sequences", *_ADDITIONAL, *_IGNORED}
+)
+
+
+class Untranslatable(ValueError):
+    """The client's request has something Converse cannot carry (the message says what)."""
+
+
+def messages_to_converse(body: JSON) -> JSON:
+    """An Anthropic Messages request body -> a Converse request body (the model goes in
+    the path, so it is not in the body)."""
+    unknown = sorted(set(body) - _KNOWN)
+    if unknown:
+        raise Untranslatable(f"{unknown[0]}: not supported through Bedrock's Converse API")
+    out: JSON = {"messages": [_message(m, i) for i, m in enumerate(_list(body, "messages"))]}
+    system = body.get("system")
+    if isinstance(system, str) and system:
+        out["system"] = [{"text": system}]
+    elif isinstance(system, list):
+        out["system"] = _system(system)
+    config: JSON = {}
+    for src, dst in (("max_tokens", "maxTokens"), ("temperature", "temperature")):
+        if body.get(src) is not None:
+            config[dst] = body[src]
+    if body.get("top_p") is not None:
+        config["topP"] = body["top_p"]
+    if body.get("stop_sequences"):
+        config["stopSequences"] = list(body["stop_sequences"])
+    if config:
+        out["inferenceConfig"] = config
+    extra = {name: body[name] for name in _ADDITIONAL if body.get(name) is not None}
+    if extra:
+        out["additionalModelRequestFields"] = extra
+    tools = _tool_config(body.get("tools"), body.get("tool_choice"))
+    if tools is not None:
+        out["toolConfig"] = tools
+    elif _uses_tools(out["messages"]):
+        # Converse refuses tool blocks in the history without a toolConfig; the model
+        # needs no new tool to read an old call.
+        raise Untranslatable("tools: Converse needs the tools of the tool_use blocks it is sent")
+    return out
+
+
+def _list(body: JSON, name: str) -> list[Any]:
+    value = body.get(name)
+    if not isinstance(value, list):
+        raise Untranslatable(f"{name}: expected a list")
+    return value
+
+
+def _system(blocks: list[Any]) -> list[JSON]:
+    out: list[JSON] = []
+    for i, block in enumerate(blocks):
+        if not isinstance(block, dict) or block.get("type") != "text":
+            raise Untranslatable(f"system.{i}: only text blocks go to Converse")
+        out.append({"text": str(block.get("text", ""))})
+        out += _cache_point(block)
+    return out
+
+
+def _cache_point(block: JSON) -> list[JSON]:
+    """Anthropic marks the end of a cached prefix on a block; Converse with a block of its
+    own after it."""
+    return [{"cachePoint": {"type": "default"}}] if block.get("cache_control") else []
+
+
+def _message(message: Any, i: int) -> JSON:
+    where = f"messages.{i}"
+    if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
+        raise Untranslatable(f"{where}: a message needs role user or assistant")
+    content = message.get("content")
+    blocks: list[Any] = [{"type": "text", "text": content}] if isinstance(content, str) else []
+    if isinstance(content, list):
+        blocks = content
+    elif not isinstance(content, str):
+        raise Untranslatable(f"{where}.content: expected a string or a list of blocks")
+    out: list[JSON] = []
+    for j, block in enumerate(blocks):
+        if not isinstance(block, dict):
+            raise Untranslatable(f"{where}.content.{j}: expected a block object")
+        out += _block(block, f"{where}.content.{j}")
+        out += _cache_point(block)
+    return {"role": message["role"], "content": out}
+
+
+def _block(block: JSON, where: str) -> list[JSON]:
+    kind = block.get("type")
+    if kind == "text":
+        text = str(block.get("text", ""))
+        return [{"text": text}] if text else []  # Converse refuses empty text blocks
+    if kind == "image":
+        return [{"image": _image(block.get("source"), where)}]
+    if kind == "tool_use":
+        return [
+            {
+                "toolUse": {
+                    "toolUseId": str(block.get("id", "")),
+                    "name": str(block.get("name", "")),
+                    "input": block.get("input") if block.get("input") is not None else {},
+                }
+            }
+        ]
+    if kind == "tool_result":
+        return [{"toolResult": _tool_result(block, where)}]
+    if kind == "thinking":
+        reasoning: JSON = {"text": str(block.get("thinking", ""))}
+        if block.get("signature"):
+            reasoning["signature"] = str(block["signature"])
+        return [{"reasoningContent": {"reasoningText": reasoning}}]
+    if kind == "redacted_thinking":
+        return [{"reasoningContent": {"redactedContent": block.get("data", "")}}]
+    raise Untranslatable(f"{where}: a {kind!r} block has no Converse form")
+
+
+def _image(source: Any, where: str) -> JSON:
+    if not isinstance(source, dict) or source.get("type") != "base64":
+        raise Untranslatable(f"{where}.source: Converse takes images as base64 data, not URLs")
+    media = _IMAGE_FORMATS.get(str(source.get("media_type")))
+    if media is None:
+        raise Untranslatable(f"{where}.source.media_type: {source.get('media_type')!r}")
+    # The JSON form of Converse carries `bytes` as base64 text, as Anthropic's `data`.
+    return {"format": media, "source": {"bytes": str(source.get("data", ""))}}
+
+
+def _tool_result(block: JSON, where: str) -> JSON:
+    content = block.get("content")
+    parts: list[JSON] = []
+    if isinstance(content, str):
+        parts = [{"text": content}] if content else []
+    elif isinstance(content, list):
+        for k, item in enumerate(content):
+            kind = item.get("type") if isinstance(item, dict) else None
+            if kind == "text":
+                parts.append({"text": str(item.get("text", ""))})
+            elif kind == "image":
+                parts.append({"image": _image(item.get("source"), f"{where}.content.{k}")})
+            else:
+                raise Untranslatable(f"{where}.content.{k}: a {kind!r} block in a tool result")
+    out: JSON = {"toolUseId": str(block.get("tool_use_id", "")), "content": parts or [{"text": ""}]}
+    if block.get("is_error"):
+        out["status"] = "error"
+    return out
+
+
+def _tool_config(tools: Any, choice: Any) -> JSON | None:
+    if not tools:
+        return None
+    specs: list[JSON] = []
+    for i, tool in enumerate(tools if isinstance(tools, list) else []):
+        if not isinstance(tool, dict) or "input_schema" not in tool:
+            raise Untranslatable(f"tools.{i}: only custom tools (with input_schema) go to Converse")
+        spec: JSON = {
+            "name": str(tool.get("name", "")),
+            "inputSchema": {"json": tool["input_schema"]},
+        }
+        if tool.get("description"):
+            spec["description"] = str(tool["description"])
+        specs.append({"toolSpec": spec})
+        specs += _cache_point(tool)
+    out: JSON = {"tools": specs}
+    if isinstance(choice, dict):
+        kind = choice.get("type")
+        if kind == "none":
+            raise Untranslatable("tool_choice: Converse has no 'none'; send no tools instead")
+        if kind == "any":
+            out["toolChoice"] = {"any": {}}
+        elif kind == "tool":
+            out["toolChoice"] = {"tool": {"name": str(choice.get("name", ""))}}
+        elif kind == "auto":
+            out["toolChoice"] = {"auto": {}}
+    return out
+
+
+def _uses_tools(messages: list[JSON]) -> bool:
+    return any(
+        "toolUse" in block or "toolResult" in block
+        for message in messages
+        for block in message["content"]
+    )
+
+
+def converse_usage(usage: Any) -> JSON:
+    """Converse's usage -> Anthropic's: the same split (input excludes cached tokens)."""
+    usage = usage if isinstance(usage, dict) else {}
+
+    def count(name: str) -> int:
+        value = usage.get(name)
+        return value if isinstance(value, int) and value >= 0 else 0
+
+    return {
+        "input_tokens": count("inputTokens"),
+        "output_tokens": count("outputTokens"),
+        "cache_read_input_tokens": count("cacheReadInputTokens"),
+        "cache_creation_input_tokens": count("cacheWriteInputTokens"),
+    }
+
+
+def message_id(request_id: str | None) -> str:
+    return "msg_bdrk_" + (request_id or uuid.uuid4().hex).replace("-", "")
+
+
+def converse_to_message(data: JSON, model: str, request_id: str | None = None) -> JSON:
+    """A Converse answer -> an Anthropic message (read leniently: it is the provider's)."""
+    output = data.get("output")
+    message = output.get("message") if isinstance(output, dict) else None
+    blocks = message.get("content") if isinstance(message, dict) else None
+    content: list[JSON] = []
+    for block in blocks if isinstance(blocks, list) else []:
+        if not isinstance(block, dict):
+            continue
+        if isinstance(block.get("text"), str):
+            content.append({"type": "text", "text": block["text"]})
+        elif isinstance(block.get("toolUse"), dict):
+            use = block["toolUse"]
+            content.append(
+                {
+                    "type": "tool_use",
+                    "id": str(use.get("toolUseId", "")),
+                    "name": str(use.get("name", "")),
+                    "input": use.get("input") if isinstance(use.get("input"), dict) else {},
+                }
+            )
+        elif isinstance(block.get("reasoningContent"), dict):
+            content += _reasoning(block["reasoningContent"])
+    reason = data.get("stopReason")
+    return {
+        "id": message_id(request_id),
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": STOP_REASONS.get(reason, "end_turn") if isinstance(reason, str) else None,
+        "stop_sequence": None,  # Converse does not say which one matched
+        "usage": converse_usage(data.get("usage")),
+    }
+
+
+def _reasoning(block: JSON) -> list[JSON]:
+    text = block.get("reasoningText")
+    if isinstance(text, dict):
+        return [
+            {
+                "type": "thinking",
+                "thinking": str(text.get("text", "")),
+                "signature": str(text.get("signature") or ""),
+            }
+        ]
+    if isinstance(block.get("redactedContent"), str):
+        return [{"type": "redacted_thinking", "data": block["redactedContent"]}]
+    return []
