@@ -32,7 +32,7 @@ class SettingsSource(Protocol):
     async def get_settings(self) -> dict[str, Any]: ...
 
 
-class SettingsStore(SettingsSource, Protocol):
+class SettingsWriter(SettingsSource, Protocol):
     async def put_settings(
         self,
         settings: dict[str, Any],
@@ -100,7 +100,7 @@ class RuntimeSettings:
         self._stored = dict(stored)
         self._applied += 1
 
-    async def change(self, store: SettingsStore, changes: Mapping[str, Any], actor: str) -> None:
+    async def change(self, store: SettingsWriter, changes: Mapping[str, Any], actor: str) -> None:
         """An admin's change: stored (with its audit entry), then applied here at once.
         Raises ValueError naming a bad field, changing nothing."""
         async with self._changing:
