@@ -256,6 +256,18 @@ def capgate(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Ite
         server.close()
 
 
+@pytest.fixture(autouse=True)
+def _shared_settings_kept(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test may change the shared gateway's keys, never its runtime settings: every
+    later test would see them (the admin fuzz once set `credit_weights: {}`, and a test
+    of credit weights far down the run failed). A test that does fails here, at once."""
+    yield
+    if "capgate" in request.fixturenames:
+        server: Capgate = request.getfixturevalue("capgate")
+        shown = server.admin("GET", "/admin/settings").json()
+        assert set(shown["sources"].values()) == {"config"}, f"settings changed: {shown}"
+
+
 _counter = iter(range(1, 1_000_000))
 
 

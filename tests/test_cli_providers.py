@@ -104,6 +104,10 @@ def server(
             {"name": "claude-sub", "type": "claude-cli", "command": claude, "env": claude_env},
             {"name": "claude-short", "type": "claude-cli", "command": claude,
              "env": {**claude_env, MARK: mark}, "timeout_s": 3},
+            # Stopped mid-stream: its first words must come before the timeout even when
+            # Claude Code starts slowly (~2.5 s to the first one on a loaded machine).
+            {"name": "claude-mid", "type": "claude-cli", "command": claude,
+             "env": {**claude_env, MARK: mark}, "timeout_s": 8},
             {"name": "claude-tiny", "type": "claude-cli", "command": claude, "env": claude_env,
              "max_output_mb": 0.01},
             {"name": "codex-sub", "type": "codex-cli", "command": codex, "env": codex_env},
@@ -114,6 +118,8 @@ def server(
             {"match": "spy-*", "targets": [{"provider": "claude-spy"}]},
             {"match": "slow", "targets": [{"provider": "claude-short",
                                            "model": "claude-sonnet-4-6"}]},
+            {"match": "slow-stream", "targets": [{"provider": "claude-mid",
+                                                  "model": "claude-sonnet-4-6"}]},
             {"match": "tiny", "targets": [{"provider": "claude-tiny",
                                            "model": "claude-sonnet-4-6"}]},
         ],
@@ -311,10 +317,10 @@ def test_claude_cli_timeout_mid_stream_ends_it_with_an_error_event(
 ) -> None:
     key = server.create_key(key_name)
     body = {
-        "model": "slow",
+        "model": "slow-stream",
         "max_tokens": 64,
-        "stream": True,
-        "messages": [{"role": "user", "content": "mock:words=40 mock:stream_delay_ms=200"}],
+        "stream": True,  # 40 words 0.5 s apart: 20 s, stopped at 8
+        "messages": [{"role": "user", "content": "mock:words=40 mock:stream_delay_ms=500"}],
     }
     with httpx.stream(
         "POST", server.url + "/v1/messages", headers={"x-api-key": key}, json=body, timeout=60
@@ -323,7 +329,7 @@ def test_claude_cli_timeout_mid_stream_ends_it_with_an_error_event(
         text = response.read().decode()
     assert text.startswith("event: message_start") and "event: content_block_delta" in text
     assert "event: message_stop" not in text
-    assert text.rstrip().splitlines()[-2] == "event: error" and "timeout_s=3" in text
+    assert text.rstrip().splitlines()[-2] == "event: error" and "timeout_s=8" in text
     entry = only_entry(server, key_name)
     assert entry["outcome"] == "error" and entry["error"] == "stream ended early"
     # Charged for what was relayed: the text's bytes bound its tokens, up to max_tokens.

@@ -1,9 +1,9 @@
 """A standing fuzz test (issue #18, part 6), with Hypothesis against a real server:
 
-- every operation of `/admin/openapi.json`, with path, query and header parameters and
-  bodies drawn from the document (its property names, with values of any JSON type and
-  numbers at and past every edge): never a 5xx, every error in the admin JSON shape, and
-  a refused request changes nothing (no audit entry);
+- every operation of `/admin/openapi.json` (on a server of its own), with path, query and
+  header parameters and bodies drawn from the document (its property names, with values
+  of any JSON type and numbers at and past every edge): never a 5xx, every error in the
+  admin JSON shape, and a refused request changes nothing (no audit entry);
 - `/v1/messages` and `/v1/chat/completions` with generated bodies and headers: never a
   5xx, every error in the endpoint's dialect, and a refused input moves no counter and
   writes no ledger entry.
@@ -26,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import ADMIN_KEY, Capgate
+from conftest import ADMIN_KEY, Capgate, Upstream, gateway_config, start_capgate
 
 EXAMPLES = int(os.environ.get("CAPGATE_FUZZ_EXAMPLES", "400"))
 FUZZ = settings(
@@ -65,11 +65,18 @@ QUERY_VALUES = st.one_of(
 
 
 @pytest.fixture(scope="module")
-def admin(capgate: Capgate) -> Iterator[httpx.Client]:
-    with httpx.Client(
-        base_url=capgate.url, headers={"authorization": f"Bearer {ADMIN_KEY}"}, timeout=30
-    ) as http:
-        yield http
+def admin(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    """A server of its own: a drawn request the API accepts changes what it says (e.g.
+    `PATCH /admin/settings {"credit_weights": {}}`: every model weighs 1), which the
+    shared server's later tests must not see."""
+    server = start_capgate(tmp_path_factory.mktemp("fuzz-admin"), gateway_config(upstream))
+    try:
+        with httpx.Client(
+            base_url=server.url, headers={"authorization": f"Bearer {ADMIN_KEY}"}, timeout=30
+        ) as http:
+            yield http
+    finally:
+        server.close()
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,13 @@ differently from SQLite's byte order, so a query that forgets `COLLATE "C"` show
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import random
 import sqlite3
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -639,6 +640,41 @@ def test_the_admin_side_across_two_nodes(
         two.close()
 
 
+@contextlib.asynccontextmanager
+async def two_nodes(url: str, tmp_path: Path) -> AsyncIterator[tuple[PostgresStore, PostgresStore]]:
+    """Two stores on one database, as two nodes are: each its own state folder."""
+    one = PostgresStore(url, state_dir=tmp_path / "one")
+    two = PostgresStore(url, state_dir=tmp_path / "two")
+    await one.start()
+    await two.start()
+    try:
+        yield one, two
+    finally:
+        await one.close()
+        await two.close()
+
+
+WORST = Amounts(1, 1000, 2000, 30_000_000)
+USED = Outcome(200, "ok", Usage(100, 50), 1_000_000, 12.5, 3.0)
+
+
+async def serve_until(
+    store: PostgresStore, key: Scope, lane: int, stop: asyncio.Event, refusals: bool
+) -> int:
+    """Reserve and settle requests of `key` on `store` without pause until `stop`: how
+    many were made. `refusals`: a refusal is expected now and then (else it fails)."""
+    n = 0
+    while not stop.is_set():
+        n += 1
+        request = RequestInfo(f"r{lane}-{n}", key.id, "m", "anthropic", "m", "messages", False, NOW)
+        held = await store.reserve(request, WORST)
+        if isinstance(held, Reservation):
+            await store.settle(held, USED)
+        else:
+            assert refusals, held
+    return n
+
+
 def test_admin_changes_under_load_from_another_node(
     postgres: pgcluster.Cluster, tmp_path: Path
 ) -> None:
@@ -647,32 +683,13 @@ def test_admin_changes_under_load_from_another_node(
     side, every request one ledger entry, nothing left held."""
 
     async def test() -> None:
-        url = postgres.new_database()
-        one = PostgresStore(url, state_dir=tmp_path / "one")
-        two = PostgresStore(url, state_dir=tmp_path / "two")
-        await one.start()
-        await two.start()
-        try:
+        async with two_nodes(postgres.new_database(), tmp_path) as (one, two):
             day = (parse_limit_spec("cost=1000/day"), parse_limit_spec("requests=100000/day"))
             await two.create_scope(ScopeKind.TEAM, "t", ScopeFields(limits=day))
             key = await two.create_scope(
                 ScopeKind.KEY, "k", ScopeFields(team="t", limits=day), scope_id="kid"
             )
-            worst = Amounts(1, 1000, 2000, 30_000_000)
-            used = Outcome(200, "ok", Usage(100, 50), 1_000_000, 12.5, 3.0)
             stop = asyncio.Event()
-
-            async def requests(lane: int) -> int:
-                n = 0
-                while not stop.is_set():
-                    n += 1
-                    request = RequestInfo(
-                        f"r{lane}-{n}", key.id, "m", "anthropic", "m", "messages", False, NOW
-                    )
-                    held = await one.reserve(request, worst)
-                    if isinstance(held, Reservation):
-                        await one.settle(held, used)
-                return n
 
             async def changes() -> None:
                 for n in range(12):
@@ -684,7 +701,7 @@ def test_admin_changes_under_load_from_another_node(
                     await two.update_scope(ScopeKind.TEAM, "t", ScopeFields(limits=limits))
                 stop.set()
 
-            lanes = asyncio.gather(*(requests(lane) for lane in range(8)))
+            lanes = asyncio.gather(*(serve_until(one, key, n, stop, True) for n in range(8)))
             await changes()
             made = sum(await lanes)
             await one.flush()
@@ -696,9 +713,6 @@ def test_admin_changes_under_load_from_another_node(
             for usage in await two.counters(await two.get_scope(ScopeKind.KEY, "k"), time.time()):
                 assert usage.reserved == 0
             assert len(await two.audit(1000)) == 2 + 5 * 12  # every change, once
-        finally:
-            await one.close()
-            await two.close()
 
     asyncio.run(test())
 
@@ -712,37 +726,18 @@ def test_keys_created_in_bulk_on_another_node_do_not_fail_requests(
     (it used to give up after ten stale plans: a 503 for a change unrelated to its key)."""
 
     async def test() -> None:
-        url = postgres.new_database()
-        one = PostgresStore(url, state_dir=tmp_path / "one")
-        two = PostgresStore(url, state_dir=tmp_path / "two")
-        await one.start()
-        await two.start()
-        try:
+        async with two_nodes(postgres.new_database(), tmp_path) as (one, two):
             day = (parse_limit_spec("requests=1000000/day"),)
             key = await two.create_scope(
                 ScopeKind.KEY, "k", ScopeFields(limits=day), scope_id="kid"
             )
-            worst = Amounts(1, 1000, 2000, 30_000_000)
-            used = Outcome(200, "ok", Usage(100, 50), 1_000_000, 12.5, 3.0)
             stop = asyncio.Event()
-
-            async def requests(lane: int) -> int:
-                n = 0
-                while not stop.is_set():
-                    n += 1
-                    request = RequestInfo(
-                        f"r{lane}-{n}", key.id, "m", "anthropic", "m", "messages", False, NOW
-                    )
-                    held = await one.reserve(request, worst)
-                    assert isinstance(held, Reservation)
-                    await one.settle(held, used)
-                return n
 
             async def creates(lane: int) -> None:
                 for n in range(60):
                     await two.create_scope(ScopeKind.KEY, f"bulk-{lane}-{n}", ScopeFields())
 
-            lanes = asyncio.gather(*(requests(lane) for lane in range(8)))
+            lanes = asyncio.gather(*(serve_until(one, key, n, stop, False) for n in range(8)))
             try:
                 await asyncio.gather(*(creates(lane) for lane in range(6)))
             finally:
@@ -752,8 +747,5 @@ def test_keys_created_in_bulk_on_another_node_do_not_fail_requests(
             assert made > 50
             assert len(await one.query_requests(RequestQuery(limit=100_000))) == made
             assert len(await one.list_scopes(ScopeKind.KEY)) == 1 + 6 * 60
-        finally:
-            await one.close()
-            await two.close()
 
     asyncio.run(test())

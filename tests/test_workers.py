@@ -285,26 +285,32 @@ def test_a_budget_race_across_workers_never_overspends(
     parent = Parent(tmp_path, config, "--workers", "2", database_url=database_url)
     parents.append(parent)
     budget = Decimal("0.04")
-    key = parent.server.create_key(
-        "race", [{"metric": "cost_usd", "window": "day", "max": str(budget)}]
-    )
     bodies = [
         {**QUICK, "max_tokens": 400, "stream": i % 2 == 0,
          "messages": [{"role": "user", "content": f"{i} mock:words=300 mock:delay_ms=30"}]}
         for i in range(200)
     ]  # fmt: skip
-    results = asyncio.run(_fire(parent.url, key, bodies))
-    statuses = Counter(status for status, _ in results)
-    assert set(statuses) <= {200, 402}, statuses
-    assert len({rid[:16] for _, rid in results}) == 2
-    entries, usage = _books(parent.server, "race", len(results))
-    outcomes = Counter(e["outcome"] for e in entries)
-    assert (outcomes["ok"], outcomes["refused"]) == (statuses[200], statuses[402])
-    assert {e["request_id"] for e in entries} == {rid for _, rid in results}
-    spent = sum(Decimal(e["cost_usd"]) for e in entries)
-    assert Decimal(usage["cost_usd"]["used"]) == spent <= budget
-    assert Decimal(usage["cost_usd"]["reserved"]) == 0
-    assert statuses[200] >= 3
+    deciders: set[str] = set()
+    for race in range(5):  # on a loaded machine one worker may take a whole burst: again
+        name = f"race-{race}"
+        key = parent.server.create_key(
+            name, [{"metric": "cost_usd", "window": "day", "max": str(budget)}]
+        )
+        results = asyncio.run(_fire(parent.url, key, bodies))
+        statuses = Counter(status for status, _ in results)
+        assert set(statuses) <= {200, 402}, statuses
+        entries, usage = _books(parent.server, name, len(results))
+        outcomes = Counter(e["outcome"] for e in entries)
+        assert (outcomes["ok"], outcomes["refused"]) == (statuses[200], statuses[402])
+        assert {e["request_id"] for e in entries} == {rid for _, rid in results}
+        spent = sum(Decimal(e["cost_usd"]) for e in entries)
+        assert Decimal(usage["cost_usd"]["used"]) == spent <= budget
+        assert Decimal(usage["cost_usd"]["reserved"]) == 0
+        assert statuses[200] >= 3
+        deciders = {rid[:16] for _, rid in results}
+        if len(deciders) == 2:
+            break
+    assert len(deciders) == 2  # both workers decided some of one burst
 
 
 @pytest.mark.parametrize("engine", ["sqlite", "postgres"])
@@ -327,6 +333,9 @@ def test_a_killed_worker_is_replaced_and_its_reservations_swept(
     parents.append(parent)
     key = parent.server.create_key("victim", [{"metric": "cost_usd", "window": "day", "max": 10}])
     asyncio.run(_fire(parent.url, key, [QUICK] * 20))  # in the log: which prefix is whose
+    # Each request's line is written once it is settled, maybe after its answer arrived:
+    # with none of them read yet, the victim below would be a guess.
+    parent.wait_for(r'"event":\s*"request"', count=20)
     by_prefix = parent.pids_by_prefix()
 
     slow = {**QUICK, "max_tokens": 1000, "stream": True,
@@ -350,7 +359,9 @@ def test_a_killed_worker_is_replaced_and_its_reservations_swept(
     number = next(n for n, pid in parent.workers().items() if pid == victim)
     os.kill(victim, signal.SIGKILL)
     thread.join(10)
-    replaced = parent.wait_for(rf"worker {number} started \(pid (\d+)\)", count=2)
+    # A worker starts in seconds alone, in tens of seconds on a loaded machine: the same
+    # time as the parent's start is given.
+    replaced = parent.wait_for(rf"worker {number} started \(pid (\d+)\)", 60, count=2)
     assert int(replaced.group(1)) != victim and parent.proc.poll() is None
     assert "killed by SIGKILL" in parent.text()
     answers = asyncio.run(_fire(parent.url, key, [QUICK] * 10))

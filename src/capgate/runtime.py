@@ -32,6 +32,16 @@ class SettingsSource(Protocol):
     async def get_settings(self) -> dict[str, Any]: ...
 
 
+class SettingsWriter(SettingsSource, Protocol):
+    async def put_settings(
+        self,
+        settings: dict[str, Any],
+        before: dict[str, Any],
+        after: dict[str, Any],
+        actor: str = "admin",
+    ) -> None: ...
+
+
 class RuntimeSettings:
     def __init__(self, config: Config) -> None:
         self._base: dict[str, Any] = {
@@ -43,6 +53,10 @@ class RuntimeSettings:
         }
         self._stored: dict[str, Any] = {}
         self.pricing = self._table(self._base)
+        # Bumped by every `apply`: a read of the store begun before one may be older than
+        # what was applied (an admin's change made here meanwhile), so it is dropped.
+        self._applied = 0
+        self._changing = asyncio.Lock()  # one admin change at a time: none lost
         self._watcher: asyncio.Task[None] | None = None
 
     @property
@@ -84,6 +98,17 @@ class RuntimeSettings:
         effective = self.effective(stored)
         self.pricing.adopt(self._table(effective))
         self._stored = dict(stored)
+        self._applied += 1
+
+    async def change(self, store: SettingsWriter, changes: Mapping[str, Any], actor: str) -> None:
+        """An admin's change: stored (with its audit entry), then applied here at once.
+        Raises ValueError naming a bad field, changing nothing."""
+        async with self._changing:
+            await self.refresh(store)  # on top of what other processes stored
+            stored = self.merged(changes)
+            before, after = self.effective(), self.effective(stored)
+            await store.put_settings(stored, before, after, actor)
+            self.apply(stored)
 
     @staticmethod
     def _table(effective: Mapping[str, Any]) -> PricingTable:
@@ -96,7 +121,10 @@ class RuntimeSettings:
     # -- following other processes -----------------------------------------------------
 
     async def refresh(self, source: SettingsSource) -> None:
+        applied = self._applied
         stored = await source.get_settings()
+        if applied != self._applied:  # read before a change applied here: maybe older
+            return
         if stored != self._stored:
             try:
                 self.apply(stored)

@@ -82,13 +82,8 @@ class SettingsRoutes:
 
     async def update(self, request: web.Request) -> web.Response:
         body: SettingsUpdate = await read_body(request, SettingsUpdate)
-        runtime = self.api.runtime
-        await runtime.refresh(self.api.store)
         try:
-            stored = runtime.merged(body.changes())
+            await self.api.runtime.change(self.api.store, body.changes(), request["actor"])
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from None
-        before, after = runtime.effective(), runtime.effective(stored)
-        await self.api.store.put_settings(stored, before, after, request["actor"])
-        runtime.apply(stored)
         return self._answer()

@@ -6,9 +6,10 @@ The port is a few Protocols, one per kind of consumer, and `Store`, which is all
 
 - `HotPath` (the gateway): the key cache, reserve, rereserve, settle, health;
 - `ScopeStore` (admin API, CLI, /v1/me): keys, users, teams, orgs, providers, their
-  counters and members; every change writes an audit entry;
+  counters and members; every change writes an audit entry (`store/scopes.py`);
 - `LedgerReader` (admin API, dashboard, /metrics): the ledger and the audit log read back;
-- `EventSource` (the live feed): ledger and audit entries above a cursor;
+- `EventSource` (the live feed): ledger and audit entries above a cursor (both
+  `store/ledger.py`; this module re-exports them and `ScopeFields`, `RequestQuery`);
 - `SessionStore` (dashboard login): sessions and the login throttle, shared by every
   process and node;
 - `SettingsStore` (runtime settings, the admin key): the settings row and `meta`;
@@ -39,10 +40,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from capgate.core.caching import CacheSetting
 from capgate.core.engine import (
     Amounts,
     Charge,
@@ -52,30 +52,26 @@ from capgate.core.engine import (
     check_access,
     counters_for,
 )
-from capgate.core.limits import Limit, Scope, ScopeKind, Status
+from capgate.core.limits import Scope
 from capgate.core.money import Usage
-from capgate.core.schedules import Schedule
-from capgate.errors import Conflict, InvalidRequest
 from capgate.rotation import RetiredSecret
 from capgate.store.admin_accounts import AdminStore
 from capgate.store.alerting import AlertStore
 from capgate.store.bodies import BodyStore
+from capgate.store.ledger import EventSource as EventSource
+from capgate.store.ledger import LedgerReader as LedgerReader
+from capgate.store.ledger import RequestQuery as RequestQuery
 from capgate.store.ledger_daily import LedgerPruning
 from capgate.store.records import (
-    AuditEntry,
-    EventBatch,
     HookCode,
     HookMachine,
-    KeyActivity,
-    LedgerEntry,
-    LimitUsage,
-    MetricsSnapshot,
-    SeriesRow,
     Session,
-    Summary,
-    UsageRow,
 )
 from capgate.store.routing_rows import RoutingStore
+from capgate.store.scopes import ScopeFields as ScopeFields
+from capgate.store.scopes import ScopeStore as ScopeStore
+from capgate.store.scopes import refuse_if_named as refuse_if_named
+from capgate.store.scopes import refuse_revoked as refuse_revoked
 
 # The `meta` row that holds the settings an admin changed at runtime (a JSON object).
 SETTINGS_ROW = "settings"
@@ -177,48 +173,6 @@ class StoreHealth:
     settlements_retrying: int  # of those, the ones whose last write failed
 
 
-@dataclass(frozen=True, slots=True)
-class ScopeFields:
-    """Admin-settable fields of a scope; `None` means "leave as it is" on update."""
-
-    limits: tuple[Limit, ...] | None = None
-    models: tuple[str, ...] | None = None
-    team: str | None = None
-    user: str | None = None
-    org: str | None = None
-    timezone: str | None = None
-    expires_at: float | None = None
-    metadata: dict[str, Any] | None = None
-    clamp: bool | None = None
-    unbounded_hold_nano: int | None = None
-    schedules: tuple[Schedule, ...] | None = None
-    fail_open: bool | None = None
-    log_bodies: bool | None = None
-    cache: CacheSetting | None = None  # clear "cache" to turn caching off
-    rotate_every: float | None = None  # keys: seconds between scheduled rotations
-    clear: frozenset[str] = field(default_factory=frozenset)  # fields to set to null
-
-
-@dataclass(frozen=True, slots=True)
-class RequestQuery:
-    """Which ledger entries to read: every filter given must match (AND); `since` is
-    inclusive, `until` exclusive (created_at, Unix seconds)."""
-
-    key: str | None = None
-    team: str | None = None
-    teams: frozenset[str] | None = None  # the team is one of these (a team admin's teams)
-    user: str | None = None
-    model: str | None = None
-    provider: str | None = None
-    status: int | None = None
-    outcome: str | None = None
-    request_id: str | None = None  # the x-capgate-request-id its client was answered with
-    since: float | None = None
-    until: float | None = None
-    limit: int = 100
-    cursor: int | None = None  # entries older than this id
-
-
 class HotPath(Protocol):
     """What the gateway needs on every request."""
 
@@ -314,140 +268,6 @@ def unheld(info: RequestInfo, worst: Amounts, scopes: Sequence[Scope], now: floa
     return Reservation(
         info.request_id, info, tuple(charges.values()), worst, scopes[0], fail_open=True
     )
-
-
-def refuse_if_named(kind: ScopeKind, name: str, group: str, named: list[str]) -> None:
-    """Conflict when `named` (the names of the `group`, keys or teams, that still name the
-    team, user or org `name`) is not empty: deleting it would leave them a dangling name."""
-    if named:
-        shown = ", ".join(f'"{n}"' for n in named[:5])
-        more = f" and {len(named) - 5} more" if len(named) > 5 else ""
-        what = kind.value
-        raise Conflict(
-            f'{what} "{name}" is still named by {group} {shown}{more}: move them to another '
-            f'{what} (PATCH /admin/{group}/NAME with {{"{what}": ...}} or null) or delete '
-            f"them first"
-        )
-
-
-def refuse_revoked(key: Scope) -> None:
-    """A revoked key is not rotated: revocation is final, a new secret would not work."""
-    if key.status is Status.REVOKED:
-        raise InvalidRequest(f'key "{key.name}" is revoked; revocation is final')
-
-
-class ScopeStore(Protocol):
-    """Keys, users, teams, orgs and providers. Every change is one transaction that bumps
-    the config version and writes one audit entry (action, target "<kind>:<name>", the
-    scope's `scope_json` before and after)."""
-
-    async def create_scope(
-        self,
-        kind: ScopeKind,
-        name: str,
-        fields: ScopeFields,
-        *,
-        scope_id: str | None = None,
-        secret_hash: bytes | None = None,
-        prefix: str | None = None,
-        actor: str = "admin",
-    ) -> Scope:
-        """Create a scope (a random id unless `scope_id`). Conflict: the name is taken;
-        InvalidRequest: its team, user or org does not exist. Audit action `create`."""
-
-    async def update_scope(
-        self, kind: ScopeKind, name: str, fields: ScopeFields, actor: str = "admin"
-    ) -> Scope:
-        """Change the fields given (None: unchanged; `fields.clear`: set to null).
-        NotFound, InvalidRequest as for create. Audit action `update`."""
-
-    async def set_status(
-        self, kind: ScopeKind, name: str, status: Status, actor: str = "admin"
-    ) -> Scope:
-        """Pause, resume or revoke. InvalidRequest: a revoked scope cannot come back.
-        NotFound. Audit action `pause`, `resume` or `revoke`."""
-
-    async def reset_usage(self, kind: ScopeKind, name: str, actor: str = "admin") -> None:
-        """Set the settled amounts of every counter of the scope to 0 (what requests in
-        flight hold stays reserved). NotFound. Audit action `reset-usage`."""
-
-    async def delete_scope(self, kind: ScopeKind, name: str, actor: str = "admin") -> None:
-        """Delete the scope (its counters and ledger entries stay). NotFound; Conflict
-        while keys (or, for an org, teams) still name it. Audit action `delete`, no after."""
-
-    async def rotate_key(
-        self, name: str, secret_hash: bytes, grace_s: float, actor: str = "admin"
-    ) -> Scope:
-        """Give the key `name` a new secret (`secret_hash`, same id): the old one works
-        for `grace_s` more seconds, and no earlier one longer than that (rotation.retire).
-        NotFound; InvalidRequest when revoked. Audit action `rotate` (no hash in it)."""
-
-    async def list_scopes(self, kind: ScopeKind) -> list[Scope]:
-        """Every scope of `kind`, ordered by name."""
-
-    async def get_scope(self, kind: ScopeKind, name: str) -> Scope:
-        """The scope, read from the database (not the cache). NotFound."""
-
-    async def members(self, kind: ScopeKind, name: str) -> dict[str, list[str]]:
-        """Who names a scope, each list ordered by name: a team's {"keys", "users"} (the
-        distinct users of its keys), a user's {"keys"}, an org's {"teams"}; {} for keys
-        and providers. NotFound."""
-
-    async def counters(self, scope: Scope, now: float) -> list[LimitUsage]:
-        """Each limit of `scope`, in its order, as it stands at `now` in its current window
-        (in the scope's timezone; a rolling window sums its buckets), including every
-        settlement this process submitted before the call."""
-
-
-class LedgerReader(Protocol):
-    """The ledger and the audit log, read back. Each read includes every settlement this
-    process submitted before the call."""
-
-    async def query_requests(self, query: RequestQuery) -> list[LedgerEntry]:
-        """The entries `query` selects, newest first (by id, descending), at most
-        `query.limit`; `query.cursor`: only ids below it."""
-
-    async def usage(
-        self, group_by: str, since: float | None, until: float | None
-    ) -> list[UsageRow]:
-        """The ledger in [since, until) summed per `group_by` (one of
-        `records.USAGE_GROUPS`; KeyError otherwise), by cost descending then group
-        ascending, the None group first."""
-
-    async def audit(self, limit: int = 100) -> list[AuditEntry]:
-        """The newest `limit` audit entries, newest first."""
-
-    async def summary(self, query: RequestQuery) -> Summary:
-        """Totals of the entries `query` selects (filters key, team, teams, user, model,
-        provider, since, until; the others are ignored)."""
-
-    async def series_rows(
-        self, query: RequestQuery, group_by: str | None, grain: int
-    ) -> list[SeriesRow]:
-        """The entries `query` selects (filters as for summary) summed per `grain` seconds
-        (bucket = floor(created_at / grain) * grain) and per `group_by` (one of
-        `USAGE_GROUPS` but `day`, or None: one group, None). Unordered."""
-
-    async def key_activity(self, day_start: float, month_start: float) -> dict[str, KeyActivity]:
-        """Per key id, every key there is: spend since `day_start` and since `month_start`
-        (nano-dollars, by the entries' key_id) and when its last entry was created (by
-        key name; None if never)."""
-
-    async def metrics_snapshot(self, now: float, ledger: bool) -> MetricsSnapshot:
-        """Every scope's limits at `now`, the reservations held, and (when `ledger`) the
-        ledger's totals (None otherwise)."""
-
-
-class EventSource(Protocol):
-    """The live feed's reads. Ids grow in commit order, so a reader that reads by
-    increasing id from a cursor misses nothing committed later."""
-
-    async def latest_ids(self) -> tuple[int, int]:
-        """The highest ledger id and audit id (0 when empty)."""
-
-    async def events_after(self, request_id: int, audit_id: int, limit: int = 500) -> EventBatch:
-        """Ledger entries with id > `request_id` and audit entries with id > `audit_id`,
-        each oldest first, at most `limit` of each."""
 
 
 class SessionStore(Protocol):
