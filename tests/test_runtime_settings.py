@@ -9,6 +9,7 @@ from typing import Any
 
 from capgate.config import Config
 from capgate.runtime import RuntimeSettings
+from capgate.store.base import SettingsChanged
 
 
 class HeldStore:
@@ -38,8 +39,11 @@ class HeldStore:
         before: dict[str, Any],
         after: dict[str, Any],
         actor: str = "admin",
+        expected: dict[str, Any] | None = None,
     ) -> None:
         await self._wait("put")
+        if expected is not None and self.row != expected:  # as the stores check, in their write
+            raise SettingsChanged
         self.row = dict(settings)
 
 
@@ -81,5 +85,26 @@ def test_two_changes_at_once_both_count() -> None:
         assert store.row == {"credit_weights": {"*opus*": 7}, "timezone": "Europe/Paris"}
         assert runtime.stored == store.row
         assert runtime.pricing.credits_for("claude-opus-4-1") == 7
+
+    asyncio.run(run())
+
+
+def test_two_processes_changing_at_once_lose_neither() -> None:
+    """Two processes (two RuntimeSettings on one store): one's change is being written
+    when the other's lands. The first must not write the row it read before the second's
+    change: its write is refused, and it merges again on the new row."""
+
+    async def run() -> None:
+        one, two, store = RuntimeSettings(Config()), RuntimeSettings(Config()), HeldStore()
+        store.hold = "put"
+        first = asyncio.create_task(one.change(store, {"credit_weights": {"*opus*": 7}}, "a"))
+        await store.held.wait()  # read {} and is writing its row now
+        await two.change(store, {"timezone": "Europe/Paris"}, "b")
+        store.release.set()
+        await first
+        assert store.row == {"credit_weights": {"*opus*": 7}, "timezone": "Europe/Paris"}
+        assert one.stored == store.row
+        await two.refresh(store)
+        assert two.pricing.credits_for("claude-opus-4-1") == 7
 
     asyncio.run(run())

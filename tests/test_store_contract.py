@@ -28,6 +28,7 @@ from capgate.store.base import (
     RequestQuery,
     Reservation,
     ScopeFields,
+    SettingsChanged,
     Store,
     unheld,
 )
@@ -645,7 +646,13 @@ def test_settings_and_meta(make_store: MakeStore) -> None:
             "settings",
         )
         assert (audit.before, audit.after) == (before, after)
-        await two.put_settings({}, after, before)
+        # A change made on what was stored: refused, nothing written, once another
+        # change came between (two processes' admins at once lose neither).
+        with pytest.raises(SettingsChanged):
+            await two.put_settings({"timezone": "UTC"}, after, before, expected={})
+        assert await one.get_settings() == stored
+        assert len(await one.audit(10)) == 1
+        await two.put_settings({}, after, before, expected=stored)
         assert await one.get_settings() == {}
         assert await one.get_meta("admin_key_hash") is None
         await one.set_meta("admin_key_hash", "ab" * 32)

@@ -18,7 +18,9 @@ from typing import Any, Protocol
 from capgate.alerts.rules import parse_defaults
 from capgate.config import Config
 from capgate.core.windows import zone
+from capgate.errors import StoreUnavailable
 from capgate.pricing import PricingTable
+from capgate.store.base import SettingsChanged
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +28,7 @@ FIELDS = (
     "pricing", "credit_weights", "timezone", "alert_rules", "alerts_allow_private_targets"
 )  # fmt: skip
 POLL_SECONDS = 1.0
+CHANGE_TRIES = 20  # another process's change between our read and our write: read again
 
 
 class SettingsSource(Protocol):
@@ -39,6 +42,7 @@ class SettingsWriter(SettingsSource, Protocol):
         before: dict[str, Any],
         after: dict[str, Any],
         actor: str = "admin",
+        expected: dict[str, Any] | None = None,
     ) -> None: ...
 
 
@@ -74,10 +78,13 @@ class RuntimeSettings:
     def stored(self) -> dict[str, Any]:
         return dict(self._stored)
 
-    def merged(self, changes: Mapping[str, Any]) -> dict[str, Any]:
-        """The stored overrides after `changes` (a field set to None goes back to the
-        config file's value), checked: raises ValueError naming the bad field."""
-        stored = dict(self._stored)
+    def merged(
+        self, changes: Mapping[str, Any], stored: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The stored overrides (`stored`, else those applied here) after `changes` (a
+        field set to None goes back to the config file's value), checked: raises
+        ValueError naming the bad field."""
+        stored = dict(self._stored if stored is None else stored)
         for name, value in changes.items():
             if name not in FIELDS:
                 raise ValueError(f"{name}: not a runtime setting")
@@ -104,11 +111,17 @@ class RuntimeSettings:
         """An admin's change: stored (with its audit entry), then applied here at once.
         Raises ValueError naming a bad field, changing nothing."""
         async with self._changing:
-            await self.refresh(store)  # on top of what other processes stored
-            stored = self.merged(changes)
-            before, after = self.effective(), self.effective(stored)
-            await store.put_settings(stored, before, after, actor)
-            self.apply(stored)
+            for _ in range(CHANGE_TRIES):
+                current = await store.get_settings()  # on top of what others stored
+                stored = self.merged(changes, current)
+                before, after = self.effective(current), self.effective(stored)
+                try:  # only if nobody stored another change since `current` was read
+                    await store.put_settings(stored, before, after, actor, expected=current)
+                except SettingsChanged:
+                    continue
+                self.apply(stored)
+                return
+            raise StoreUnavailable("the runtime settings change too fast to save; try again")
 
     @staticmethod
     def _table(effective: Mapping[str, Any]) -> PricingTable:

@@ -297,6 +297,10 @@ class SessionStore(Protocol):
         """Forget `client`'s failures."""
 
 
+class SettingsChanged(Exception):
+    """The stored runtime settings are no longer those a change was made on."""
+
+
 class SettingsStore(Protocol):
     """The runtime settings and named values (`meta`)."""
 
@@ -309,9 +313,12 @@ class SettingsStore(Protocol):
         before: dict[str, Any],
         after: dict[str, Any],
         actor: str = "admin",
+        expected: dict[str, Any] | None = None,
     ) -> None:
         """Store the overrides, bump the config version and write the audit entry (action
-        and target `settings`; `before` and `after` are the effective settings)."""
+        and target `settings`; `before` and `after` are the effective settings). With
+        `expected`, only if the stored overrides are still those (else `SettingsChanged`,
+        nothing written): two admins' changes in two processes never lose one."""
 
     async def get_meta(self, name: str) -> str | None:
         """A named value (e.g. `admin_key_hash`), or None."""

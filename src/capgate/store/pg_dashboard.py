@@ -13,7 +13,13 @@ import orjson
 
 from capgate.store import pg_daily, pg_feed, pg_insights
 from capgate.store import pg_queries as q
-from capgate.store.base import LOGIN_MAX_FAILURES, LOGIN_WINDOW_S, SETTINGS_ROW, RequestQuery
+from capgate.store.base import (
+    LOGIN_MAX_FAILURES,
+    LOGIN_WINDOW_S,
+    SETTINGS_ROW,
+    RequestQuery,
+    SettingsChanged,
+)
 from capgate.store.pg_admin import PgHost
 from capgate.store.records import (
     AuditEntry,
@@ -186,11 +192,17 @@ class PgDashboard(PgHost):
         before: dict[str, Any],
         after: dict[str, Any],
         actor: str = "admin",
+        expected: dict[str, Any] | None = None,
     ) -> None:
         """Store the overrides, bump the config version (every node reloads) and write the
-        audit entry, in one transaction."""
+        audit entry, in one transaction (under the configuration lock: with `expected`,
+        no other change comes between its check and its write)."""
 
         async def op(conn: q.Conn) -> None:
+            if expected is not None:
+                value = await conn.fetchval("SELECT v FROM meta WHERE k = $1", SETTINGS_ROW)
+                if ({} if value is None else orjson.loads(value)) != expected:
+                    raise SettingsChanged
             await _upsert_meta(conn, SETTINGS_ROW, orjson.dumps(settings).decode())
             await q.insert_audit(conn, self._clock(), actor, "settings", "settings", before, after)
 

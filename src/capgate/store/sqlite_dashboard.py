@@ -10,7 +10,13 @@ from typing import Any
 import orjson
 
 from capgate.store import sqlite_insights as insights
-from capgate.store.base import LOGIN_MAX_FAILURES, LOGIN_WINDOW_S, SETTINGS_ROW, RequestQuery
+from capgate.store.base import (
+    LOGIN_MAX_FAILURES,
+    LOGIN_WINDOW_S,
+    SETTINGS_ROW,
+    RequestQuery,
+    SettingsChanged,
+)
 from capgate.store.records import (
     EventBatch,
     KeyActivity,
@@ -106,11 +112,16 @@ class DashboardStore(SQLitePart):
         before: dict[str, Any],
         after: dict[str, Any],
         actor: str = "admin",
+        expected: dict[str, Any] | None = None,
     ) -> None:
         """Store the overrides, bump the config version and write the audit entry
         (`before` and `after` are the effective settings the admin saw change)."""
 
         def op(conn: sqlite3.Connection) -> None:
+            if expected is not None:  # in the write transaction: no other writer between
+                row = conn.execute("SELECT v FROM meta WHERE k = ?", (SETTINGS_ROW,)).fetchone()
+                if ({} if row is None else orjson.loads(row[0])) != expected:
+                    raise SettingsChanged
             conn.execute(
                 "INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v=excluded.v",
                 (SETTINGS_ROW, orjson.dumps(settings).decode()),
