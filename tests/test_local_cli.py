@@ -250,29 +250,58 @@ def test_blocks_and_the_live_view_of_the_active_one(tmp_path: Path) -> None:
     assert "burn rate 110 tokens/min" in live.stdout and "projection by" in live.stdout
 
 
+def read_cache(path: Path) -> dict[str, list[Any]]:
+    """The cache file (`capgate.local.cache`'s layout) as {file: [size, mtime, bad, rows]}."""
+    data = path.read_bytes()
+    assert data.startswith(b"capgate local cache v2\n")
+    at = int.from_bytes(data[-8:], "little")
+    out = {}
+    for file, (size, mtime, offset, length) in json.loads(data[at:-8]).items():
+        bad, rows = json.loads(data[offset : offset + length])
+        out[file] = [size, mtime, bad, rows]
+    return out
+
+
+def write_cache(path: Path, files: dict[str, list[Any]]) -> None:
+    body, index = bytearray(b"capgate local cache v2\n"), {}
+    for file, (size, mtime, bad, rows) in files.items():
+        blob = json.dumps([bad, rows]).encode()
+        index[file] = [size, mtime, len(body), len(blob)]
+        body += blob
+    at = len(body)
+    path.write_bytes(bytes(body) + json.dumps(index).encode() + at.to_bytes(8, "little"))
+
+
 def test_unchanged_files_come_from_the_cache_and_changed_ones_are_read(home: Path) -> None:
     first = json.loads(local(home, "daily", "--json").stdout)["totals"]
-    cache = home / ".cache" / "capgate" / "local-v1.json"
-    version, files = json.loads(cache.read_text())
+    cache = home / ".cache" / "capgate" / "local-v2.bin"
+    files = read_cache(cache)
     s2 = str(home / ".claude" / "projects" / "-home-dev-api" / "s2.jsonl")
     files[s2][3][0][6] += 1000  # the cached output tokens of s2's entry
-    cache.write_text(json.dumps([version, files]))
+    write_cache(cache, files)
     cached = json.loads(local(home, "daily", "--json").stdout)["totals"]
     assert cached["outputTokens"] == first["outputTokens"] + 1000  # read from the cache
+    assert read_cache(cache) == files  # nothing changed: kept as it was
     fresh = json.loads(local(home, "daily", "--json", "--no-cache").stdout)["totals"]
     assert fresh == first
     os.utime(s2, ns=(0, 10**18))  # modified: read again
     assert json.loads(local(home, "daily", "--json").stdout)["totals"] == first
-    version, files = json.loads(cache.read_text())
+    files = read_cache(cache)
+    assert files[s2][1] == 10**18 and files[s2][3][0][6] == 10  # the cache has it anew
     for damage in ("2026-12-05", None):  # a row's time not a number; a row cut short
         row = files[s2][3][0]
         files[s2][3][0] = [row[0], damage, *row[2:]] if damage else row[:5]
-        cache.write_text(json.dumps([version, files]))
+        write_cache(cache, files)
         assert json.loads(local(home, "daily", "--json").stdout)["totals"] == first
         files[s2][3][0] = row
-    cache.write_bytes(b"\x00garbage")  # damaged: rebuilt
-    assert json.loads(local(home, "daily", "--json").stdout)["totals"] == first
-    assert json.loads(cache.read_text())[0] == version
+    for garbage in (b"\x00garbage", cache.read_bytes()[:-3]):  # damaged, cut short: rebuilt
+        cache.write_bytes(garbage)
+        assert json.loads(local(home, "daily", "--json").stdout)["totals"] == first
+        assert read_cache(cache) == files
+    webapp = home / ".claude" / "projects" / WEBAPP / "s1.jsonl"
+    webapp.unlink()  # a file gone: dropped from the cache, the others kept
+    local(home, "daily", "--json")
+    assert set(read_cache(cache)) == set(files) - {str(webapp)}
 
 
 def test_the_default_zone_is_the_systems_with_its_summer_time(tmp_path: Path) -> None:
@@ -294,11 +323,11 @@ assert files._can_fork()  # else this would compare one process with itself
 home = Path(sys.argv[1])
 out = []
 for workers in (1, 3):
-    skipped, cache = Skipped(), FileCache(home / f"cache-{workers}.json")
+    skipped, cache = Skipped(), FileCache(home / f"cache-{workers}.bin")
     entries = list(files.read_entries({"HOME": str(home)}, home, "all", skipped, cache, workers))
     cache.save()
     out.append([[repr(e) for e in entries], skipped.bad_lines, skipped.unreadable_files,
-                (home / f"cache-{workers}.json").read_text()])
+                (home / f"cache-{workers}.bin").read_bytes().hex()])
 print(json.dumps(out))
 """
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime, tzinfo
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import typer
@@ -21,7 +22,7 @@ from capgate.local import render
 from capgate.local.blocks import Block, blocks, burn
 from capgate.local.cache import FileCache, default_path
 from capgate.local.costing import Costing
-from capgate.local.dedup import dedupe
+from capgate.local.dedup import Deduper, Undecided, dedupe
 from capgate.local.files import LocationError, read_entries, system_zone
 from capgate.local.records import Entry, Skipped
 from capgate.local.report import (
@@ -35,6 +36,8 @@ from capgate.local.report import (
     parse_day,
 )
 from capgate.pricing import PricingTable
+
+T = TypeVar("T")
 
 app = typer.Typer(
     help="What your Claude Code and Codex sessions cost at API prices, from their files.",
@@ -89,18 +92,35 @@ def _day(value: str | None, option: str) -> date | None:
 
 
 def _load(agent: str, use_cache: bool = True) -> tuple[list[Entry], Skipped]:
+    return _summed(agent, use_cache, list)
+
+
+def _summed(
+    agent: str, use_cache: bool, sum_up: Callable[[Iterable[Entry]], T]
+) -> tuple[T, Skipped]:
+    """`sum_up` of the entries, each answer once: streamed from file to report, so that
+    memory does not grow with the files' size; in the rare case the stream cannot decide
+    which copy of an answer counts (`Undecided`), summed again from all entries at once."""
     if agent not in ("claude", "codex", "all"):
         fail("--agent: one of claude, codex, all")
-    skipped = Skipped()
-    cache = FileCache(default_path(os.environ, Path.home()) if use_cache else None)
+    path = default_path(os.environ, Path.home()) if use_cache else None
+    workers = os.cpu_count() or 1
+    skipped, cache = Skipped(), FileCache(path)
     try:
-        entries = dedupe(
-            read_entries(os.environ, Path.home(), agent, skipped, cache, os.cpu_count() or 1)
-        )
+        try:
+            result = sum_up(
+                Deduper()(read_entries(os.environ, Path.home(), agent, skipped, cache, workers))
+            )
+        except Undecided:
+            cache.close()
+            skipped, cache = Skipped(), FileCache(path)
+            result = sum_up(
+                dedupe(read_entries(os.environ, Path.home(), agent, skipped, cache, workers))
+            )
     except LocationError as exc:
         fail(str(exc))
     cache.save()
-    return entries, skipped
+    return result, skipped
 
 
 def _costing() -> Costing:
@@ -109,16 +129,19 @@ def _costing() -> Costing:
 
 def _report(kind: str, json_out: bool, query: Query, breakdown: bool, cache: bool,
             order: str = "asc", instances: bool = False) -> None:  # fmt: skip
-    entries, skipped = _load(query.agent, cache)
     costing = _costing()
     if kind == "session":
-        rows, total = by_session(entries, costing, query, order)
+        (rows, total), skipped = _summed(
+            query.agent, cache, lambda entries: by_session(entries, costing, query, order)
+        )
         if json_out:
             print(json.dumps(render.session_json(rows, total, skipped), indent=2))
             return
         rows, title = render.session_titles(rows), "session"
     elif instances:
-        projects, total = by_project(kind, entries, costing, query)
+        (projects, total), skipped = _summed(
+            query.agent, cache, lambda entries: by_project(kind, entries, costing, query)
+        )
         for project_rows in projects.values():
             _sort(project_rows, order)
         if json_out:
@@ -127,7 +150,9 @@ def _report(kind: str, json_out: bool, query: Query, breakdown: bool, cache: boo
         _print_projects(kind, projects, total, skipped, breakdown)
         return
     else:
-        rows, total = by_period(kind, entries, costing, query)
+        (rows, total), skipped = _summed(
+            query.agent, cache, lambda entries: by_period(kind, entries, costing, query)
+        )
         _sort(rows, order)
         if json_out:
             print(json.dumps(render.period_json(kind, rows, total, skipped), indent=2))
