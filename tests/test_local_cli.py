@@ -304,6 +304,33 @@ def test_unchanged_files_come_from_the_cache_and_changed_ones_are_read(home: Pat
     assert set(read_cache(cache)) == set(files) - {str(webapp)}
 
 
+def test_a_copy_that_outranks_one_counted_already_is_counted_instead(tmp_path: Path) -> None:
+    """A sidechain replay read before its main-chain copy, then a copy with more tokens:
+    the streamed report cannot take back what it counted, and sums all entries at once."""
+    projects = tmp_path / ".claude" / "projects"
+    (projects / "-a").mkdir(parents=True)
+    (projects / "-b").mkdir(parents=True)
+    (projects / "-a" / "s.jsonl").write_text(
+        claude_line("m1", "r-side", "2026-12-04T10:00:00Z", output_tokens=99).replace(
+            '"sessionId"', '"isSidechain":true,"sessionId"'
+        )
+        + claude_line("m2", "r2", "2026-12-04T10:00:00Z", output_tokens=1)
+    )
+    (projects / "-b" / "t.jsonl").write_text(
+        claude_line("m1", "r1", "2026-12-04T11:00:00Z", output_tokens=5)
+        + claude_line("m3", "r3", "2026-12-05T11:00:00Z", output_tokens=7)
+    )
+    (projects / "-b" / "u.jsonl").write_text(claude_line("m3", "r3", "2026-12-05T12:00:00Z",
+                                                         output_tokens=70))  # fmt: skip
+    for extra in ((), ("--no-cache",), ()):
+        data = json.loads(local(tmp_path, "daily", "--json", "--timezone", "UTC", *extra).stdout)
+        assert [(r["date"], r["outputTokens"]) for r in data["daily"]] == [
+            ("2026-12-04", 5 + 1), ("2026-12-05", 70)
+        ]  # fmt: skip
+    sessions = json.loads(local(tmp_path, "session", "--json").stdout)["sessions"]
+    assert {s["sessionId"]: s["outputTokens"] for s in sessions} == {"s": 1, "t": 5, "u": 70}
+
+
 def test_the_default_zone_is_the_systems_with_its_summer_time(tmp_path: Path) -> None:
     project = tmp_path / ".claude" / "projects" / "p"
     project.mkdir(parents=True)

@@ -96,8 +96,8 @@ class Deduper:
     is one 32-byte record in a bytearray (no Python object per answer): its message id's
     128-bit BLAKE2b digest, its request id's 64-bit one and its rank. Two message ids
     share a digest with odds of about n²/2¹²⁹ (10⁻²⁷ for a million answers), two request
-    ids of one message about 2⁻⁶⁴: the result is exact but for those odds. The order
-    `dedupe` keeps (first-seen) is the stream's. When a later copy outranks one already
+    ids of one message about 2⁻⁶⁴: the result is exact but for those odds. The copies
+    `dedupe` keeps, in the stream's order. When a later copy outranks one already
     given out (a sidechain replay read before its main-chain copy, a copy with more
     tokens in a later file), it raises `Undecided`: rare, and then `dedupe` decides."""
 
@@ -146,7 +146,7 @@ class Deduper:
             if main and any_main:  # another request of a main-chain answer: counted too
                 bucket += pack(key, rid_key, rank)
                 yield entry
-            elif main or rank > best_side:  # a given-out sidechain copy would lose
+            elif main or (not any_main and rank > best_side):  # a given-out copy would lose
                 raise Undecided(mid)
             # else a sidechain replay of an answer counted already: dropped
 
