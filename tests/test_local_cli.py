@@ -331,6 +331,72 @@ def test_a_copy_that_outranks_one_counted_already_is_counted_instead(tmp_path: P
     assert {s["sessionId"]: s["outputTokens"] for s in sessions} == {"s": 1, "t": 5, "u": 70}
 
 
+QUICK_CHECK = """
+import sys
+from capgate.cli.entry import main
+sys.argv = ["capgate", "local", *sys.argv[1:]]
+try:
+    main()
+finally:
+    heavy = sorted({m.split(".")[0] for m in sys.modules} & {"typer", "click", "pydantic", "rich"})
+    print("imported:", heavy, file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "quick"),
+    [
+        (("daily", "--json", "--timezone", "UTC"), True),
+        (("session", "--json", "--order=asc", "--no-cache"), True),
+        (("weekly", "--json", "--start-of-week", "monday", "--agent", "claude"), True),
+        (("blocks", "--json"), True),
+        (("daily", "--json", "--order", "newest"), False),  # typer says what is wrong
+        (("daily", "--help"), False),
+        (("daily", "--json", "--since"), False),
+    ],
+)
+def test_a_well_formed_report_starts_without_typer_pydantic_or_rich(
+    home: Path, args: tuple[str, ...], quick: bool
+) -> None:
+    """A small report's time is mostly imports: a well-formed report command imports
+    none of the command-line and validation libraries; anything else goes to typer."""
+    done = subprocess.run(
+        [sys.executable, "-c", QUICK_CHECK, *args],
+        env={"PATH": os.environ.get("PATH", ""), "HOME": str(home)},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert ("imported: []" in done.stderr) == quick, done.stderr
+    if quick:
+        assert done.returncode == 0 and json.loads(done.stdout)
+        normal = local(home, *args)  # the same as typer's app prints
+        assert normal.stdout == done.stdout
+
+
+def test_the_quick_start_knows_the_options_of_the_typer_app() -> None:
+    import typer
+
+    from capgate.cli.local import app
+    from capgate.local import argv
+
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    assert set(argv.OPTIONS) == set(commands)
+    for name, command in commands.items():
+        theirs = {
+            opt: argv.FLAG if param.is_flag else argv.VALUE
+            for param in command.params
+            for opt in param.opts
+        }
+        if name == "blocks":  # --live and its options: typer's
+            assert set(theirs) - set(argv.OPTIONS[name]) == {"--live", "--refresh", "--stop-after"}
+            theirs = {k: v for k, v in theirs.items() if k in argv.OPTIONS[name]}
+        assert theirs == argv.OPTIONS[name], name
+    assert argv.parse(["daily", "--since=2026-12-01", "--json"]) == (
+        "daily", {"since": "2026-12-01", "json_out": True}
+    )  # fmt: skip
+    for bad in (["daily", "x"], ["daily", "--json=1"], ["daily", "--until", "--json"], ["nope"]):
+        assert argv.parse(bad) is None
+
+
 def test_the_default_zone_is_the_systems_with_its_summer_time(tmp_path: Path) -> None:
     project = tmp_path / ".claude" / "projects" / "p"
     project.mkdir(parents=True)

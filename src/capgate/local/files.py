@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import mmap
-import multiprocessing
 import os
 import re
 import sys
 import threading
 from collections import deque
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -227,6 +225,9 @@ def _parse_all(jobs: list[Job], sizes: list[int], workers: int) -> Iterator[Pars
         for job in jobs:
             yield _parse_file(job)
         return
+    import multiprocessing  # only here: a small report needs none
+    from concurrent.futures import ProcessPoolExecutor
+
     chunks: list[list[Job]] = [[]]
     load = 0
     for job, size in zip(jobs, sizes, strict=True):
@@ -252,6 +253,8 @@ def _parse_files(jobs: list[Job]) -> list[Parsed]:
 
 def _can_fork() -> bool:
     """Forking is safe here: Linux, and no other thread that could hold a lock."""
+    import multiprocessing
+
     return (
         sys.platform == "linux"
         and "fork" in multiprocessing.get_all_start_methods()
