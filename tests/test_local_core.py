@@ -20,11 +20,12 @@ from capgate.local.blocks import blocks, burn
 from capgate.local.cache import to_row
 from capgate.local.costing import Costing
 from capgate.local.dedup import Deduper, Undecided, dedupe
-from capgate.local.records import Entry, Skipped
+from capgate.local.records import EPOCH, Entry, Skipped
 from capgate.local.report import Query, by_period, by_session
 from capgate.pricing import PricingTable
 
 COSTING = Costing(PricingTable.load())
+MICRO = timedelta(microseconds=1)
 UTC_QUERY = Query(zone=UTC)
 
 
@@ -340,6 +341,18 @@ def test_days_are_local_to_the_chosen_zone() -> None:
         "2026-11-29"
     ]  # the week's Sunday
     assert [r.key for r in by_period("monthly", entries, COSTING, UTC_QUERY)[0]] == ["2026-12"]
+
+
+def test_a_midnight_inside_a_quarter_hour_splits_the_days() -> None:
+    """Days are found per UTC quarter hour when the zone's offset is whole quarters; not
+    so Monrovia's -0:44:30 until 1972: a minute apart, two days."""
+    entries = [
+        Entry("claude", (datetime(1960, 1, 1, 0, m, s, tzinfo=UTC) - EPOCH) // MICRO, "p", "s",
+              "claude-sonnet-4-6", 10, out)
+        for m, s, out in ((44, 0, 1), (44, 50, 2))
+    ]  # fmt: skip
+    rows, _ = by_period("daily", entries, COSTING, Query(zone=ZoneInfo("Africa/Monrovia")))
+    assert [(r.key, r.totals.output_tokens) for r in rows] == [("1959-12-31", 1), ("1960-01-01", 2)]
 
 
 def test_sessions_are_dearest_first_and_filtered_on_their_last_day() -> None:
