@@ -15,14 +15,18 @@ import re
 import sys
 import threading
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
+from typing import TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from capgate.local import claude, codex
 from capgate.local.cache import FileCache, Row, from_row
+from capgate.local.dedup import Deduper, Undecided, dedupe
 from capgate.local.records import Entry, Skipped
+
+T = TypeVar("T")
 
 
 def system_zone() -> tzinfo:
@@ -205,6 +209,33 @@ def read_entries(
         else:
             cache.put_rows(job[0], size, mtime, rows, bad)
         yield from [from_row(r) for r in rows]
+
+
+def summed(
+    env: Mapping[str, str],
+    home: Path,
+    agent: str,
+    cache_path: Path | None,
+    sum_up: Callable[[Iterable[Entry]], T],
+    workers: int = 1,
+) -> tuple[T, Skipped]:
+    """`sum_up` of the entries, each answer once (`dedup`), and what was skipped: streamed
+    from the files to `sum_up` through `Deduper`, so that memory does not grow with the
+    files' size; in the rare case the stream cannot decide which copy of an answer counts
+    (`Undecided`), summed again from all the entries at once by `dedupe`. The cache at
+    `cache_path` (None: none) is used and saved. LocationError as `read_entries`."""
+    skipped, cache = Skipped(), FileCache(cache_path)
+    try:
+        result = sum_up(Deduper()(read_entries(env, home, agent, skipped, cache, workers)))
+    except Undecided:
+        cache.close()
+        skipped, cache = Skipped(), FileCache(cache_path)
+        result = sum_up(dedupe(read_entries(env, home, agent, skipped, cache, workers)))
+    except BaseException:
+        cache.close()
+        raise
+    cache.save()
+    return result, skipped
 
 
 # (file, "claude" | "codex", project, session)

@@ -16,10 +16,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from capgate.local import render
 from capgate.local.blocks import Block, blocks, burn
-from capgate.local.cache import FileCache, default_path
+from capgate.local.cache import default_path
 from capgate.local.costing import Costing
-from capgate.local.dedup import Deduper, Undecided, dedupe
-from capgate.local.files import LocationError, read_entries, system_zone
+from capgate.local.files import LocationError, summed, system_zone
 from capgate.local.records import Entry, Skipped
 from capgate.local.report import (
     SUNDAY,
@@ -131,29 +130,14 @@ def _load(agent: str, use_cache: bool = True) -> tuple[list[Entry], Skipped]:
 def _summed(
     agent: str, use_cache: bool, sum_up: Callable[[Iterable[Entry]], T]
 ) -> tuple[T, Skipped]:
-    """`sum_up` of the entries, each answer once: streamed from file to report, so that
-    memory does not grow with the files' size; in the rare case the stream cannot decide
-    which copy of an answer counts (`Undecided`), summed again from all entries at once."""
+    """`files.summed` with this machine's files and cache."""
     if agent not in ("claude", "codex", "all"):
         _fail("--agent: one of claude, codex, all")
     path = default_path(os.environ, Path.home()) if use_cache else None
-    workers = os.cpu_count() or 1
-    skipped, cache = Skipped(), FileCache(path)
     try:
-        try:
-            result = sum_up(
-                Deduper()(read_entries(os.environ, Path.home(), agent, skipped, cache, workers))
-            )
-        except Undecided:
-            cache.close()
-            skipped, cache = Skipped(), FileCache(path)
-            result = sum_up(
-                dedupe(read_entries(os.environ, Path.home(), agent, skipped, cache, workers))
-            )
+        return summed(os.environ, Path.home(), agent, path, sum_up, os.cpu_count() or 1)
     except LocationError as exc:
         _fail(str(exc))
-    cache.save()
-    return result, skipped
 
 
 def _costing() -> Costing:
