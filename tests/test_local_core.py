@@ -187,6 +187,8 @@ def test_parent_first_sidechain_replays_are_dropped_as_they_come() -> None:
     assert [(e.message_id, e.sidechain) for e in Deduper()(entries)] == [
         ("m1", False), ("m2", False)
     ]  # fmt: skip
+    odd = [Entry("claude", 0, "p", "s", "m", message_id="\ud800m", request_id="\udfffr")] * 2
+    assert len(list(Deduper()(odd))) == 1  # ids Python allows but UTF-8 does not: no crash
 
 
 def test_a_sessions_file_comes_before_its_subagents_files(tmp_path: Path) -> None:

@@ -113,7 +113,7 @@ class Deduper:
             if mid is None:
                 yield entry
                 continue
-            key = digest(mid.encode(), digest_size=16).digest()
+            key = digest(mid.encode("utf-8", "surrogatepass"), digest_size=16).digest()
             rid = entry.request_id
             rid_key = 0 if rid is None else _rid(rid)
             main = not entry.sidechain
@@ -157,4 +157,6 @@ _RECORD = struct.Struct("<16sQQ")  # message id digest, request id digest, rank
 
 
 def _rid(rid: str) -> int:
-    return int.from_bytes(_blake2b(rid.encode(), digest_size=8).digest(), "little")
+    return int.from_bytes(
+        _blake2b(rid.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little"
+    )
