@@ -353,6 +353,8 @@ finally:
         (("daily", "--json", "--order", "newest"), False),  # typer says what is wrong
         (("daily", "--help"), False),
         (("daily", "--json", "--since"), False),
+        (("daily", "--json", "--since", "--json"), False),  # click's value: a bad date
+        (("daily", "--json", "--project", "-home-dev-api"), True),
     ],
 )
 def test_a_well_formed_report_starts_without_typer_pydantic_or_rich(
@@ -393,7 +395,10 @@ def test_the_quick_start_knows_the_options_of_the_typer_app() -> None:
     assert argv.parse(["daily", "--since=2026-12-01", "--json"]) == (
         "daily", {"since": "2026-12-01", "json_out": True}
     )  # fmt: skip
-    for bad in (["daily", "x"], ["daily", "--json=1"], ["daily", "--until", "--json"], ["nope"]):
+    assert argv.parse(["daily", "--project", "-home-dev-api"]) == (
+        "daily", {"project": "-home-dev-api"}
+    )  # fmt: skip
+    for bad in (["daily", "x"], ["daily", "--json=1"], ["daily", "--json", "--until"], ["nope"]):
         assert argv.parse(bad) is None
 
 

@@ -43,8 +43,8 @@ def parse(args: list[str]) -> tuple[str, dict[str, Any]] | None:
                 return None
             values[_keyword(name)] = True
             continue
-        if not eq:
-            if not rest or rest[0].startswith("-"):
+        if not eq:  # the next word, whatever it is (as click takes it: `--project -home-x`)
+            if not rest:
                 return None
             value = rest.pop(0)
         values[_keyword(name)] = value
