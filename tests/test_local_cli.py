@@ -273,8 +273,12 @@ def write_cache(path: Path, files: dict[str, list[Any]]) -> None:
 
 
 def test_unchanged_files_come_from_the_cache_and_changed_ones_are_read(home: Path) -> None:
+    old = home / ".cache" / "capgate" / "local-v1.json"  # the previous format's: removed
+    old.parent.mkdir(parents=True)
+    old.write_text("[1, {}]")
     first = json.loads(local(home, "daily", "--json").stdout)["totals"]
     cache = home / ".cache" / "capgate" / "local-v2.bin"
+    assert cache.exists() and not old.exists()
     files = read_cache(cache)
     s2 = str(home / ".claude" / "projects" / "-home-dev-api" / "s2.jsonl")
     files[s2][3][0][6] += 1000  # the cached output tokens of s2's entry

@@ -8,6 +8,7 @@ and renamed into place; a missing, stale or damaged cache is just rebuilt."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 from collections.abc import Mapping
@@ -110,6 +111,8 @@ class FileCache:
             out.write(_TAIL.pack(at))
             out.close()
             os.replace(out.name, self.path)
+            with contextlib.suppress(OSError):  # the previous format's file, now stale
+                os.unlink(self.path.with_name("local-v1.json"))
         except OSError:
             self._fail()
         self._out = None
