@@ -250,29 +250,160 @@ def test_blocks_and_the_live_view_of_the_active_one(tmp_path: Path) -> None:
     assert "burn rate 110 tokens/min" in live.stdout and "projection by" in live.stdout
 
 
+def read_cache(path: Path) -> dict[str, list[Any]]:
+    """The cache file (`capgate.local.cache`'s layout) as {file: [size, mtime, bad, rows]}."""
+    data = path.read_bytes()
+    assert data.startswith(b"capgate local cache v2\n")
+    at = int.from_bytes(data[-8:], "little")
+    out = {}
+    for file, (size, mtime, offset, length) in json.loads(data[at:-8]).items():
+        bad, rows = json.loads(data[offset : offset + length])
+        out[file] = [size, mtime, bad, rows]
+    return out
+
+
+def write_cache(path: Path, files: dict[str, list[Any]]) -> None:
+    body, index = bytearray(b"capgate local cache v2\n"), {}
+    for file, (size, mtime, bad, rows) in files.items():
+        blob = json.dumps([bad, rows]).encode()
+        index[file] = [size, mtime, len(body), len(blob)]
+        body += blob
+    at = len(body)
+    path.write_bytes(bytes(body) + json.dumps(index).encode() + at.to_bytes(8, "little"))
+
+
 def test_unchanged_files_come_from_the_cache_and_changed_ones_are_read(home: Path) -> None:
+    old = home / ".cache" / "capgate" / "local-v1.json"  # the previous format's: removed
+    old.parent.mkdir(parents=True)
+    old.write_text("[1, {}]")
     first = json.loads(local(home, "daily", "--json").stdout)["totals"]
-    cache = home / ".cache" / "capgate" / "local-v1.json"
-    version, files = json.loads(cache.read_text())
+    cache = home / ".cache" / "capgate" / "local-v2.bin"
+    assert cache.exists() and not old.exists()
+    files = read_cache(cache)
     s2 = str(home / ".claude" / "projects" / "-home-dev-api" / "s2.jsonl")
     files[s2][3][0][6] += 1000  # the cached output tokens of s2's entry
-    cache.write_text(json.dumps([version, files]))
+    write_cache(cache, files)
     cached = json.loads(local(home, "daily", "--json").stdout)["totals"]
     assert cached["outputTokens"] == first["outputTokens"] + 1000  # read from the cache
+    assert read_cache(cache) == files  # nothing changed: kept as it was
     fresh = json.loads(local(home, "daily", "--json", "--no-cache").stdout)["totals"]
     assert fresh == first
     os.utime(s2, ns=(0, 10**18))  # modified: read again
     assert json.loads(local(home, "daily", "--json").stdout)["totals"] == first
-    version, files = json.loads(cache.read_text())
+    files = read_cache(cache)
+    assert files[s2][1] == 10**18 and files[s2][3][0][6] == 10  # the cache has it anew
     for damage in ("2026-12-05", None):  # a row's time not a number; a row cut short
         row = files[s2][3][0]
         files[s2][3][0] = [row[0], damage, *row[2:]] if damage else row[:5]
-        cache.write_text(json.dumps([version, files]))
+        write_cache(cache, files)
         assert json.loads(local(home, "daily", "--json").stdout)["totals"] == first
         files[s2][3][0] = row
-    cache.write_bytes(b"\x00garbage")  # damaged: rebuilt
-    assert json.loads(local(home, "daily", "--json").stdout)["totals"] == first
-    assert json.loads(cache.read_text())[0] == version
+    for garbage in (b"\x00garbage", cache.read_bytes()[:-3]):  # damaged, cut short: rebuilt
+        cache.write_bytes(garbage)
+        assert json.loads(local(home, "daily", "--json").stdout)["totals"] == first
+        assert read_cache(cache) == files
+    webapp = home / ".claude" / "projects" / WEBAPP / "s1.jsonl"
+    webapp.unlink()  # a file gone: dropped from the cache, the others kept
+    local(home, "daily", "--json")
+    assert set(read_cache(cache)) == set(files) - {str(webapp)}
+
+
+def test_a_copy_that_outranks_one_counted_already_is_counted_instead(tmp_path: Path) -> None:
+    """A sidechain replay read before its main-chain copy, then a copy with more tokens:
+    the streamed report cannot take back what it counted, and sums all entries at once."""
+    projects = tmp_path / ".claude" / "projects"
+    (projects / "-a").mkdir(parents=True)
+    (projects / "-b").mkdir(parents=True)
+    (projects / "-a" / "s.jsonl").write_text(
+        claude_line("m1", "r-side", "2026-12-04T10:00:00Z", output_tokens=99).replace(
+            '"sessionId"', '"isSidechain":true,"sessionId"'
+        )
+        + claude_line("m2", "r2", "2026-12-04T10:00:00Z", output_tokens=1)
+    )
+    (projects / "-b" / "t.jsonl").write_text(
+        claude_line("m1", "r1", "2026-12-04T11:00:00Z", output_tokens=5)
+        + claude_line("m3", "r3", "2026-12-05T11:00:00Z", output_tokens=7)
+    )
+    (projects / "-b" / "u.jsonl").write_text(claude_line("m3", "r3", "2026-12-05T12:00:00Z",
+                                                         output_tokens=70))  # fmt: skip
+    for extra in ((), ("--no-cache",), ()):
+        data = json.loads(local(tmp_path, "daily", "--json", "--timezone", "UTC", *extra).stdout)
+        assert [(r["date"], r["outputTokens"]) for r in data["daily"]] == [
+            ("2026-12-04", 5 + 1), ("2026-12-05", 70)
+        ]  # fmt: skip
+    sessions = json.loads(local(tmp_path, "session", "--json").stdout)["sessions"]
+    assert {s["sessionId"]: s["outputTokens"] for s in sessions} == {"s": 1, "t": 5, "u": 70}
+
+
+QUICK_CHECK = """
+import sys
+from capgate.cli.entry import main
+sys.argv = ["capgate", "local", *sys.argv[1:]]
+try:
+    main()
+finally:
+    heavy = sorted({m.split(".")[0] for m in sys.modules} & {"typer", "click", "pydantic", "rich"})
+    print("imported:", heavy, file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "quick"),
+    [
+        (("daily", "--json", "--timezone", "UTC"), True),
+        (("session", "--json", "--order=asc", "--no-cache"), True),
+        (("weekly", "--json", "--start-of-week", "monday", "--agent", "claude"), True),
+        (("blocks", "--json"), True),
+        (("daily", "--json", "--order", "newest"), False),  # typer says what is wrong
+        (("daily", "--help"), False),
+        (("daily", "--json", "--since"), False),
+        (("daily", "--json", "--since", "--json"), False),  # click's value: a bad date
+        (("daily", "--json", "--project", "-home-dev-api"), True),
+    ],
+)
+def test_a_well_formed_report_starts_without_typer_pydantic_or_rich(
+    home: Path, args: tuple[str, ...], quick: bool
+) -> None:
+    """A small report's time is mostly imports: a well-formed report command imports
+    none of the command-line and validation libraries; anything else goes to typer."""
+    done = subprocess.run(
+        [sys.executable, "-c", QUICK_CHECK, *args],
+        env={"PATH": os.environ.get("PATH", ""), "HOME": str(home)},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert ("imported: []" in done.stderr) == quick, done.stderr
+    if quick:
+        assert done.returncode == 0 and json.loads(done.stdout)
+        normal = local(home, *args)  # the same as typer's app prints
+        assert normal.stdout == done.stdout
+
+
+def test_the_quick_start_knows_the_options_of_the_typer_app() -> None:
+    import typer
+
+    from capgate.cli.local import app
+    from capgate.local import argv
+
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    assert set(argv.OPTIONS) == set(commands)
+    for name, command in commands.items():
+        theirs = {
+            opt: argv.FLAG if param.is_flag else argv.VALUE
+            for param in command.params
+            for opt in param.opts
+        }
+        if name == "blocks":  # --live and its options: typer's
+            assert set(theirs) - set(argv.OPTIONS[name]) == {"--live", "--refresh", "--stop-after"}
+            theirs = {k: v for k, v in theirs.items() if k in argv.OPTIONS[name]}
+        assert theirs == argv.OPTIONS[name], name
+    assert argv.parse(["daily", "--since=2026-12-01", "--json"]) == (
+        "daily", {"since": "2026-12-01", "json_out": True}
+    )  # fmt: skip
+    assert argv.parse(["daily", "--project", "-home-dev-api"]) == (
+        "daily", {"project": "-home-dev-api"}
+    )  # fmt: skip
+    for bad in (["daily", "x"], ["daily", "--json=1"], ["daily", "--json", "--until"], ["nope"]):
+        assert argv.parse(bad) is None
 
 
 def test_the_default_zone_is_the_systems_with_its_summer_time(tmp_path: Path) -> None:
@@ -294,11 +425,11 @@ assert files._can_fork()  # else this would compare one process with itself
 home = Path(sys.argv[1])
 out = []
 for workers in (1, 3):
-    skipped, cache = Skipped(), FileCache(home / f"cache-{workers}.json")
+    skipped, cache = Skipped(), FileCache(home / f"cache-{workers}.bin")
     entries = list(files.read_entries({"HOME": str(home)}, home, "all", skipped, cache, workers))
     cache.save()
     out.append([[repr(e) for e in entries], skipped.bad_lines, skipped.unreadable_files,
-                (home / f"cache-{workers}.json").read_text()])
+                (home / f"cache-{workers}.bin").read_bytes().hex()])
 print(json.dumps(out))
 """
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,13 @@ from capgate.local import claude, codex, files
 from capgate.local.blocks import blocks, burn
 from capgate.local.cache import to_row
 from capgate.local.costing import Costing
-from capgate.local.dedup import dedupe
-from capgate.local.records import Entry, Skipped
+from capgate.local.dedup import Deduper, Undecided, dedupe
+from capgate.local.records import EPOCH, Entry, Skipped
 from capgate.local.report import Query, by_period, by_session
 from capgate.pricing import PricingTable
 
 COSTING = Costing(PricingTable.load())
+MICRO = timedelta(microseconds=1)
 UTC_QUERY = Query(zone=UTC)
 
 
@@ -129,6 +131,102 @@ def test_dedup_keeps_the_same_answers_whatever_the_order(order: list[int]) -> No
         ("", 5), ("m1", 50), ("m2", 7)
     ]  # fmt: skip
     assert next(e for e in kept if e.message_id == "m2").has_speed
+
+
+COPIES = st.lists(
+    st.tuples(
+        st.sampled_from(["m1", "m2", "m3", None]),  # message id
+        st.sampled_from(["r1", "r2", None]),  # request id
+        st.booleans(),  # sidechain
+        st.integers(0, 3),  # output tokens
+        st.booleans(),  # speed
+    ),
+    max_size=12,
+)
+
+
+@given(COPIES)
+@example(
+    [("m1", "r1", False, 1, False), ("m1", "r1", True, 3, False), ("m1", "r2", False, 0, False)]
+)
+@example([("m1", "r1", True, 1, False), ("m1", "r1", False, 1, False)])  # side, then main
+def test_the_streamed_dedup_gives_what_dedupe_gives_or_says_it_cannot(
+    copies: list[tuple[str | None, str | None, bool, int, bool]],
+) -> None:
+    """`Deduper` gives out the entries `dedupe` keeps, or raises `Undecided`
+    (then `dedupe` is run); it only does so when a copy outranks one given out."""
+    entries = [
+        Entry("claude", n, "p", "s", "claude-sonnet-4-6", 1, out, message_id=mid,
+              request_id=rid, sidechain=side, has_speed=speed)
+        for n, (mid, rid, side, out, speed) in enumerate(copies)
+    ]  # fmt: skip
+    expected = dedupe(entries)
+    try:
+        streamed = list(Deduper()(entries))
+    except Undecided:
+        # only when a copy outranks an earlier one of its answer (main chain, tokens, speed)
+        rank = lambda e: (not e.sidechain, e.total_tokens, e.has_speed)  # noqa: E731
+        assert any(
+            e.message_id and f.message_id == e.message_id and rank(e) > rank(f)
+            for i, e in enumerate(entries) for f in entries[:i]
+        )  # fmt: skip
+        return
+    # the same copies (in the stream's order: a copy that outranks an uncounted one of its
+    # request comes where it is, not at the first copy's place)
+    assert sorted(e.micros for e in streamed) == sorted(e.micros for e in expected)
+
+
+def test_parent_first_sidechain_replays_are_dropped_as_they_come() -> None:
+    entries, _ = parse(
+        line(rid="r1", output_tokens=5),
+        line(mid="m2", rid="r2", output_tokens=9),
+        line(rid="r1", sidechain=True, output_tokens=5),  # a subagent's replays
+        line(rid="r-side", sidechain=True, output_tokens=99),
+        line(mid="m2", rid="r2", sidechain=True, output_tokens=9),
+    )
+    assert [(e.message_id, e.sidechain) for e in Deduper()(entries)] == [
+        ("m1", False), ("m2", False)
+    ]  # fmt: skip
+    odd = [Entry("claude", 0, "p", "s", "m", message_id="\ud800m", request_id="\udfffr")] * 2
+    assert len(list(Deduper()(odd))) == 1  # ids Python allows but UTF-8 does not: no crash
+
+
+def test_a_sessions_file_comes_before_its_subagents_files(tmp_path: Path) -> None:
+    """So that a subagent's replays of its parent's answers come after them (`Deduper`
+    drops them as they come; the other way round it would have to run `dedupe`)."""
+    project = tmp_path / "projects" / "-p"
+    for rel in ("s.jsonl", "s/subagents/agent-a.jsonl", "s-2.jsonl", "t.jsonl"):
+        (project / rel).parent.mkdir(parents=True, exist_ok=True)
+        (project / rel).write_text("")
+    found = [
+        (p.relative_to(project).as_posix(), s) for p, _, s in files.claude_files([project.parent])
+    ]
+    assert found == [("s-2.jsonl", "s-2"), ("s.jsonl", "s"), ("s/subagents/agent-a.jsonl", "s"),
+                     ("t.jsonl", "t")]  # fmt: skip
+
+
+def test_streaming_a_report_holds_a_few_bytes_per_answer_not_the_answers() -> None:
+    """The report of 100,000 answers (some copied) summed from a stream: what stays in
+    memory is `Deduper`'s 32-byte records, not the entries (about 10 times more)."""
+    import tracemalloc
+
+    def stream() -> Iterator[Entry]:
+        for n in range(100_000):
+            yield Entry("claude", 1_764_000_000_000_000 + n * 10**7, "p", f"s{n // 50}",
+                        "claude-sonnet-4-6", 10, 5, message_id=f"msg_{n:024d}",
+                        request_id=f"req_{n:024d}", sidechain=n % 7 == 0)  # fmt: skip
+            if n % 10 == 0:  # a sidechain replay
+                yield Entry("claude", 0, "p", "x", "claude-sonnet-4-6", 10, 5,
+                            message_id=f"msg_{n:024d}", request_id="other", sidechain=True)  # fmt: skip
+
+    tracemalloc.start()
+    try:
+        _, total = by_period("daily", Deduper()(stream()), COSTING, UTC_QUERY)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert total.totals.entries == 100_000 and total.totals.output_tokens == 500_000
+    assert peak < 100_000 * 60, peak  # 32 bytes a record and the bytearrays' slack
 
 
 def variants() -> list[bytes]:
@@ -245,6 +343,18 @@ def test_days_are_local_to_the_chosen_zone() -> None:
         "2026-11-29"
     ]  # the week's Sunday
     assert [r.key for r in by_period("monthly", entries, COSTING, UTC_QUERY)[0]] == ["2026-12"]
+
+
+def test_a_midnight_inside_a_quarter_hour_splits_the_days() -> None:
+    """Days are found per UTC quarter hour when the zone's offset is whole quarters; not
+    so Monrovia's -0:44:30 until 1972: a minute apart, two days."""
+    entries = [
+        Entry("claude", (datetime(1960, 1, 1, 0, m, s, tzinfo=UTC) - EPOCH) // MICRO, "p", "s",
+              "claude-sonnet-4-6", 10, out)
+        for m, s, out in ((44, 0, 1), (44, 50, 2))
+    ]  # fmt: skip
+    rows, _ = by_period("daily", entries, COSTING, Query(zone=ZoneInfo("Africa/Monrovia")))
+    assert [(r.key, r.totals.output_tokens) for r in rows] == [("1959-12-31", 1), ("1960-01-01", 2)]
 
 
 def test_sessions_are_dearest_first_and_filtered_on_their_last_day() -> None:

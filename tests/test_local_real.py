@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -82,10 +85,10 @@ def home(capgate: Capgate, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return home
 
 
-def _local(home: Path, *args: str) -> dict[str, Any]:
+def _local(home: Path, *args: str, zone: str = "UTC", **env: str) -> dict[str, Any]:
     done = subprocess.run(
-        [sys.executable, "-m", "capgate", "local", *args, "--json", "--timezone", "UTC"],
-        env={"PATH": os.environ.get("PATH", ""), "HOME": str(home)},
+        [sys.executable, "-m", "capgate", "local", *args, "--json", "--timezone", zone],
+        env={"PATH": os.environ.get("PATH", ""), "HOME": str(home), **env},
         capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
     return dict(json.loads(done.stdout))
@@ -110,13 +113,13 @@ def test_real_sessions_are_read_whole(home: Path) -> None:
     assert words and words[0]["outputTokens"] >= 200
 
 
-def _ccusage(home: Path, agent: str) -> dict[str, Any]:
+def _ccusage(home: Path, agent: str, zone: str = "UTC", **env: str) -> dict[str, Any]:
     tool = which("ccusage")
     need(tool is not None, "ccusage 20.0.24 is not installed (bin/test installs it with npm)")
     assert tool is not None
     done = subprocess.run(
-        [tool, agent, "daily", "--offline", "--json", "--timezone", "UTC"],
-        env={"PATH": os.environ.get("PATH", ""), "HOME": str(home)},
+        [tool, agent, "daily", "--offline", "--json", "--timezone", zone],
+        env={"PATH": os.environ.get("PATH", ""), "HOME": str(home), **env},
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -136,3 +139,97 @@ def test_same_tokens_as_ccusage_and_cost_within_half_a_percent(home: Path, agent
         assert {k: mine[k] for k in TOKENS} == {k: other[k] for k in TOKENS}
         assert mine["totalCost"] == pytest.approx(other[cost_key], rel=0.005)
         assert mine["totalCost"] > 0
+
+
+def _same_rows_as_ccusage(ours: dict[str, Any], theirs: dict[str, Any]) -> None:
+    """Row by row: the same days, the same tokens, costs within 0.5%."""
+    assert [r["date"] for r in ours["daily"]] == [r["date"] for r in theirs["daily"]]
+    for mine, other in zip(ours["daily"], theirs["daily"], strict=True):
+        assert {k: mine[k] for k in TOKENS} == {k: other[k] for k in TOKENS}
+        assert mine["totalCost"] == pytest.approx(other["totalCost"], rel=0.005)
+        assert mine["totalCost"] > 0
+
+
+@pytest.fixture(scope="module")
+def lineage(capgate: Capgate, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A HOME with a session continued a few seconds later (two turns, one file) and a
+    session whose answer calls the Agent tool: Claude Code runs a subagent, whose answers
+    go to `<session>/subagents/agent-*.jsonl`."""
+    home = tmp_path_factory.mktemp("lineage")
+    key = capgate.create_key("local-lineage", [{"metric": "cost_usd", "window": "day", "max": 500}])
+    chat, tools = home / "code" / "chat", home / "code" / "tools"
+    for d in (chat, tools):
+        d.mkdir(parents=True)
+    _claude(capgate, key, home, chat, "-p", "first", "--model", "claude-sonnet-4-6")
+    time.sleep(2)  # the turns at least 2 s apart: a day can end between them (see below)
+    _claude(capgate, key, home, chat, "-c", "-p", "second mock:words=40", "--model",
+            "claude-sonnet-4-6")  # fmt: skip
+    _claude(capgate, key, home, tools, "-p", f"delegate mock:tool={SUBAGENT_TOOL}", "--model",
+            "claude-sonnet-4-6", "--allowedTools", SUBAGENT_TOOL)  # fmt: skip
+    return home
+
+
+SUBAGENT_TOOL = "Agent"  # Claude Code 2.1's tool that starts a subagent (once "Task")
+
+
+def test_a_subagents_sidechain_file_counts_with_its_session_as_ccusage_counts_it(
+    lineage: Path,
+) -> None:
+    projects = lineage / ".claude" / "projects"
+    (subagent,) = projects.glob("*-tools/*/subagents/*.jsonl")
+    lines = [json.loads(x) for x in subagent.read_text().splitlines() if '"usage":{' in x]
+    assert lines and all(x["isSidechain"] is True for x in lines)
+    parent = subagent.parent.parent.name  # the session the subagent file belongs to
+    sessions = _local(lineage, "session", "--agent", "claude")["sessions"]
+    tools = [s for s in sessions if s["projectPath"].endswith("-tools")]
+    assert [s["sessionId"] for s in tools] == [parent]
+    main_only = sum(
+        x["message"]["usage"]["output_tokens"]
+        for x in map(json.loads, (projects / subagent.parent.parent.parent.name
+                                  / f"{parent}.jsonl").read_text().splitlines())
+        if x.get("type") == "assistant" and "usage" in x.get("message", {})
+    )  # fmt: skip
+    assert tools[0]["outputTokens"] > main_only > 0  # the subagent's answers counted too
+    _same_rows_as_ccusage(_local(lineage, "daily", "--agent", "claude"),
+                          _ccusage(lineage, "claude"))  # fmt: skip
+
+
+def _boundary_zone(directory: Path, name: str, offset: int) -> None:
+    """A zone file (TZif, by zic) for a fixed UTC offset of `offset` seconds."""
+    sign, offset = ("-" if offset < 0 else ""), abs(offset)
+    hours, rest = divmod(offset, 3600)
+    source = directory / "zone.txt"
+    source.write_text(f"Zone {name} {sign}{hours}:{rest // 60:02d}:{rest % 60:02d} - TST\n")
+    zic = shutil.which("zic") or "/usr/sbin/zic"
+    need(Path(zic).exists(), "zic (tzdata's zone compiler) is not installed")
+    subprocess.run([zic, "-d", str(directory), str(source)], check=True, capture_output=True)
+
+
+def test_a_session_over_two_days_is_split_by_day_as_ccusage_splits_it(
+    lineage: Path, tmp_path: Path
+) -> None:
+    """The clock cannot be moved, the day can: a zone (a fixed offset, to the second) in
+    which midnight falls between the two turns of the continued session; capgate reads
+    it from PYTHONTZPATH, ccusage from TZDIR."""
+    (chat,) = (lineage / ".claude" / "projects").glob("*-chat/*.jsonl")
+    stamps = sorted(
+        datetime.fromisoformat(x["timestamp"])
+        for x in map(json.loads, chat.read_text().splitlines())
+        if x.get("type") == "assistant" and "usage" in x.get("message", {})
+    )
+    first, last = stamps[0], stamps[-1]
+    assert last - first > timedelta(seconds=1)
+    boundary = int((first.timestamp() + last.timestamp()) / 2)  # whole seconds since 1970
+    assert first.timestamp() < boundary <= last.timestamp()
+    offset = -(boundary % 86400)  # local midnight at `boundary`
+    if offset <= -43200:
+        offset += 86400
+    _boundary_zone(tmp_path, "Test/Midnight", offset)
+    zone = {"PYTHONTZPATH": str(tmp_path), "TZDIR": str(tmp_path)}
+    ours = _local(lineage, "daily", "--agent", "claude", zone="Test/Midnight", **zone)
+    days = [r["date"] for r in ours["daily"]]
+    assert len(days) == 2 and days[0] < days[1]  # the chat's turns, a day apart
+    assert ours["daily"][0]["outputTokens"] < ours["daily"][1]["outputTokens"]  # 40 words
+    _same_rows_as_ccusage(ours, _ccusage(lineage, "claude", zone="Test/Midnight", **zone))
+    sessions = _local(lineage, "session", "--agent", "claude", zone="Test/Midnight", **zone)
+    assert len([s for s in sessions["sessions"] if s["projectPath"].endswith("-chat")]) == 1

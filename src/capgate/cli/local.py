@@ -3,38 +3,14 @@
 
 from __future__ import annotations
 
-import json
-import os
-import time
-from datetime import UTC, date, datetime, tzinfo
-from pathlib import Path
-from typing import Annotated
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.live import Live
-from rich.text import Text
 
 from capgate.cli.errors import fail
-from capgate.local import render
-from capgate.local.blocks import Block, blocks, burn
-from capgate.local.cache import FileCache, default_path
-from capgate.local.costing import Costing
-from capgate.local.dedup import dedupe
-from capgate.local.files import LocationError, read_entries, system_zone
-from capgate.local.records import Entry, Skipped
-from capgate.local.report import (
-    SUNDAY,
-    WEEKDAYS,
-    Query,
-    Row,
-    by_period,
-    by_project,
-    by_session,
-    parse_day,
-)
-from capgate.pricing import PricingTable
+from capgate.local import run
+from capgate.local.run import LocalError
 
 app = typer.Typer(
     help="What your Claude Code and Codex sessions cost at API prices, from their files.",
@@ -70,118 +46,11 @@ SessionOrderOpt = Annotated[
 ]
 
 
-def _zone(name: str | None) -> tzinfo:
-    if not name:
-        return system_zone()
+def _run(command: Callable[..., None], *args: Any) -> None:
     try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        fail(f"--timezone: unknown time zone {name!r} (an IANA name like Europe/Berlin)")
-
-
-def _day(value: str | None, option: str) -> date | None:
-    if value is None:
-        return None
-    try:
-        return parse_day(value)
-    except ValueError:
-        fail(f"{option}: a date like 2026-12-04 or 20261204")
-
-
-def _load(agent: str, use_cache: bool = True) -> tuple[list[Entry], Skipped]:
-    if agent not in ("claude", "codex", "all"):
-        fail("--agent: one of claude, codex, all")
-    skipped = Skipped()
-    cache = FileCache(default_path(os.environ, Path.home()) if use_cache else None)
-    try:
-        entries = dedupe(
-            read_entries(os.environ, Path.home(), agent, skipped, cache, os.cpu_count() or 1)
-        )
-    except LocationError as exc:
+        command(*args)
+    except LocalError as exc:
         fail(str(exc))
-    cache.save()
-    return entries, skipped
-
-
-def _costing() -> Costing:
-    return Costing(PricingTable.load())
-
-
-def _report(kind: str, json_out: bool, query: Query, breakdown: bool, cache: bool,
-            order: str = "asc", instances: bool = False) -> None:  # fmt: skip
-    entries, skipped = _load(query.agent, cache)
-    costing = _costing()
-    if kind == "session":
-        rows, total = by_session(entries, costing, query, order)
-        if json_out:
-            print(json.dumps(render.session_json(rows, total, skipped), indent=2))
-            return
-        rows, title = render.session_titles(rows), "session"
-    elif instances:
-        projects, total = by_project(kind, entries, costing, query)
-        for project_rows in projects.values():
-            _sort(project_rows, order)
-        if json_out:
-            print(json.dumps(render.projects_json(kind, projects, total, skipped), indent=2))
-            return
-        _print_projects(kind, projects, total, skipped, breakdown)
-        return
-    else:
-        rows, total = by_period(kind, entries, costing, query)
-        _sort(rows, order)
-        if json_out:
-            print(json.dumps(render.period_json(kind, rows, total, skipped), indent=2))
-            return
-        title = render.PERIOD_FIELD[kind]
-    console = Console()
-    table = render.report_table(console, title, rows, total, breakdown)
-    console.print(table)
-    note = render.footer(total, skipped)
-    if note.plain:
-        console.print(note)
-
-
-def _sort(rows: list[Row], order: str) -> None:
-    """Rows come oldest first; `--order desc`: newest first."""
-    if order == "desc":
-        rows.reverse()
-
-
-def _print_projects(kind: str, projects: dict[str, list[Row]], total: Row, skipped: Skipped,
-                    breakdown: bool) -> None:  # fmt: skip
-    console = Console()
-    for name, rows in projects.items():
-        console.print(Text(f"project {name}", style="bold"))
-        subtotal = Row(key="total")
-        for row in rows:
-            subtotal.totals.merge(row.totals)
-        console.print(render.report_table(console, render.PERIOD_FIELD[kind], rows, subtotal,
-                                          breakdown))  # fmt: skip
-        console.print()
-    console.print(Text(f"all projects: {render.cents(total.totals.cost_nano)}", style="bold"))
-    note = render.footer(total, skipped)
-    if note.plain:
-        console.print(note)
-
-
-def _query(since: str | None, until: str | None, timezone: str | None, project: str | None,
-           agent: str, week_start: int = SUNDAY) -> Query:  # fmt: skip
-    return Query(
-        zone=_zone(timezone),
-        since=_day(since, "--since"),
-        until=_day(until, "--until"),
-        agent=agent,
-        project=project,
-        week_start=week_start,
-    )
-
-
-def _order(value: str, kind: str = "period") -> str:
-    if value not in ("asc", "desc"):
-        if kind == "session":
-            fail("--order: desc (dearest first) or asc (cheapest first)")
-        fail("--order: asc (oldest first) or desc (newest first)")
-    return value
 
 
 @app.command("daily")
@@ -198,8 +67,19 @@ def daily_command(
     instances: Annotated[bool, typer.Option("--instances", help="a report per project")] = False,
 ) -> None:
     """Cost and tokens per local day."""
-    query = _query(since, until, timezone, project, agent)
-    _report("daily", json_out, query, breakdown, not no_cache, _order(order), instances)
+    _run(
+        run.daily,
+        json_out,
+        since,
+        until,
+        timezone,
+        project,
+        agent,
+        breakdown,
+        no_cache,
+        order,
+        instances,
+    )
 
 
 @app.command("weekly")
@@ -218,11 +98,19 @@ def weekly_command(
     ] = "sunday",
 ) -> None:
     """Cost and tokens per week (weeks start on Sunday unless --start-of-week says)."""
-    day = start_of_week.strip().lower()
-    if day not in WEEKDAYS:
-        fail("--start-of-week: a day of the week, like sunday or monday")
-    query = _query(since, until, timezone, project, agent, WEEKDAYS.index(day))
-    _report("weekly", json_out, query, breakdown, not no_cache, _order(order))
+    _run(
+        run.weekly,
+        json_out,
+        since,
+        until,
+        timezone,
+        project,
+        agent,
+        breakdown,
+        no_cache,
+        order,
+        start_of_week,
+    )
 
 
 @app.command("monthly")
@@ -238,8 +126,7 @@ def monthly_command(
     order: OrderOpt = "asc",
 ) -> None:
     """Cost and tokens per month."""
-    query = _query(since, until, timezone, project, agent)
-    _report("monthly", json_out, query, breakdown, not no_cache, _order(order))
+    _run(run.monthly, json_out, since, until, timezone, project, agent, breakdown, no_cache, order)
 
 
 @app.command("session")
@@ -255,8 +142,7 @@ def session_command(
     order: SessionOrderOpt = "desc",
 ) -> None:
     """Cost and tokens per session, dearest first (--order asc: cheapest first)."""
-    query = _query(since, until, timezone, project, agent)
-    _report("session", json_out, query, breakdown, not no_cache, _order(order, "session"))
+    _run(run.session, json_out, since, until, timezone, project, agent, breakdown, no_cache, order)
 
 
 @app.command("blocks")
@@ -275,42 +161,4 @@ def blocks_command(
     ] = 0,
 ) -> None:
     """Claude Code's use in 5-hour blocks, as its usage limits count them."""
-    zone, order = _zone(timezone), _order(order)
-    if live:
-        _live(zone, refresh, stop_after)
-        return
-    items, now, skipped = _blocks()
-    if order == "desc":
-        items.reverse()
-    if json_out:
-        data = [render.block_json(b, burn(b, now)) for b in items]
-        print(json.dumps({"blocks": data, "skipped": render.skipped_json(skipped)}, indent=2))
-        return
-    console = Console()
-    console.print(render.blocks_table(console, items, zone))
-    active = next((b for b in items if b.active), None)
-    if active is not None:
-        console.print(render.live_panel(active, burn(active, now), now, zone))
-
-
-def _blocks() -> tuple[list[Block], datetime, Skipped]:
-    entries, skipped = _load("claude")
-    now = datetime.now(UTC)
-    return blocks(entries, _costing(), now), now, skipped
-
-
-def _live(zone: tzinfo, refresh: float, stop_after: int) -> None:
-    updates = 0
-    with Live(render.live_panel(None, None, datetime.now(UTC), zone), auto_refresh=False) as view:
-        try:
-            while True:
-                items, now, _ = _blocks()
-                active = next((b for b in items if b.active), None)
-                view.update(render.live_panel(active, burn(active, now) if active else None,
-                                              now, zone), refresh=True)  # fmt: skip
-                updates += 1
-                if stop_after and updates >= stop_after:
-                    return
-                time.sleep(refresh)
-        except KeyboardInterrupt:
-            return
+    _run(run.blocks_report, json_out, timezone, order, live, refresh, stop_after)

@@ -6,7 +6,9 @@ sidechain one, then the one with more tokens, then one that carries `speed`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import struct
+from collections.abc import Callable, Iterable, Iterator
+from hashlib import blake2b as _blake2b
 from operator import itemgetter
 from typing import Any, TypeVar
 
@@ -81,3 +83,80 @@ def _drop_sidechain_replays(
     for i in side:
         if i not in survivors:
             kept[i] = None
+
+
+class Undecided(Exception):
+    """`Deduper` met a copy that outranks one it has already given out: only the whole
+    `dedupe` can say which copies count (the caller runs it instead)."""
+
+
+class Deduper:
+    """`dedupe` as a stream, in memory that does not hold the entries: each entry is given
+    out as it comes, or dropped as a copy of one given out before. What is kept per answer
+    is one 32-byte record in a bytearray (no Python object per answer): its message id's
+    128-bit BLAKE2b digest, its request id's 64-bit one and its rank. Two message ids
+    share a digest with odds of about n²/2¹²⁹ (10⁻²⁷ for a million answers), two request
+    ids of one message about 2⁻⁶⁴: the result is exact but for those odds. The copies
+    `dedupe` keeps, in the stream's order. When a later copy outranks one already
+    given out (a sidechain replay read before its main-chain copy, a copy with more
+    tokens in a later file), it raises `Undecided`: rare, and then `dedupe` decides."""
+
+    BUCKETS = 4096  # records are searched in the bucket of their digest: a few KB each
+
+    def __init__(self) -> None:
+        self._buckets = [bytearray() for _ in range(self.BUCKETS)]
+
+    def __call__(self, entries: Iterable[Entry]) -> Iterator[Entry]:
+        buckets, digest, pack, unpack = self._buckets, _blake2b, _RECORD.pack, _RECORD.unpack_from
+        for entry in entries:
+            mid = entry.message_id
+            if mid is None:
+                yield entry
+                continue
+            key = digest(mid.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+            rid = entry.request_id
+            rid_key = 0 if rid is None else _rid(rid)
+            main = not entry.sidechain
+            tokens = entry.total_tokens
+            if not 0 <= tokens < MAX_TOKENS:
+                raise Undecided(mid)
+            rank = main << 63 | tokens << 1 | entry.has_speed  # `_rank`'s order, as one int
+            bucket = buckets[key[0] << 4 | key[1] >> 4]
+            at = bucket.find(key)
+            if at < 0:  # the first copy of this answer
+                bucket += pack(key, rid_key, rank)
+                yield entry
+                continue
+            same: int | None = None  # the rank of this request id's copy
+            any_main, best_side = False, -1
+            while at >= 0:
+                if at % RECORD_SIZE == 0:
+                    _, other_rid, other = unpack(bucket, at)
+                    if other_rid == rid_key:
+                        same = other
+                    if other >> 63:
+                        any_main = True
+                    elif other > best_side:
+                        best_side = other
+                at = bucket.find(key, at + 1)
+            if same is not None:  # a copy of a request's answer already seen
+                if rank > same:
+                    raise Undecided(mid)
+                continue
+            if main and any_main:  # another request of a main-chain answer: counted too
+                bucket += pack(key, rid_key, rank)
+                yield entry
+            elif main or (not any_main and rank > best_side):  # a given-out copy would lose
+                raise Undecided(mid)
+            # else a sidechain replay of an answer counted already: dropped
+
+
+RECORD_SIZE = 32
+MAX_TOKENS = 2**62
+_RECORD = struct.Struct("<16sQQ")  # message id digest, request id digest, rank
+
+
+def _rid(rid: str) -> int:
+    return int.from_bytes(
+        _blake2b(rid.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little"
+    )

@@ -10,20 +10,23 @@ from __future__ import annotations
 
 import contextlib
 import mmap
-import multiprocessing
 import os
 import re
 import sys
 import threading
-from collections.abc import Iterator, Mapping
-from concurrent.futures import ProcessPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
+from typing import TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from capgate.local import claude, codex
 from capgate.local.cache import FileCache, Row, from_row
+from capgate.local.dedup import Deduper, Undecided, dedupe
 from capgate.local.records import Entry, Skipped
+
+T = TypeVar("T")
 
 
 def system_zone() -> tzinfo:
@@ -77,10 +80,13 @@ def _unique(paths: list[Path]) -> list[Path]:
 def claude_files(roots: list[Path]) -> list[tuple[Path, str, str]]:
     """(file, project, session) for every transcript: the project is the first directory
     under `projects/`; a subagent file (`<project>/<session>/subagents/x.jsonl`) belongs
-    to its parent session."""
+    to its parent session. In the order of their paths as text: a session's own file
+    before its subagents' (`s.jsonl` < `s/subagents/...`), so that the main-chain copy of
+    an answer comes before its sidechain replays (`dedup.Deduper` then drops them as
+    they come)."""
     out = []
     for root in roots:
-        for path in sorted(root.rglob("*.jsonl")):
+        for path in sorted(root.rglob("*.jsonl"), key=str):
             parts = path.relative_to(root).parts
             if len(parts) < 2:
                 continue
@@ -167,8 +173,9 @@ def read_entries(
     workers: int = 1,
 ) -> Iterator[Entry]:
     """Every entry of the chosen agent(s), file by file, in path order (not deduplicated);
-    files unchanged since the cached run come from `cache`. `workers` > 1: the files to
-    read are parsed by that many processes (forked: Linux only) when there are at least
+    files unchanged since the cached run come from `cache`. One file's entries are held
+    at a time (a few more when parsed ahead in parallel). `workers` > 1: the files to read
+    are parsed by that many processes (forked: Linux only) when there are at least
     `PARALLEL_MIN_BYTES` of them."""
     jobs: list[Job] = []
     if agent in ("claude", "all"):
@@ -177,34 +184,58 @@ def read_entries(
     if agent in ("codex", "all"):
         for path, session in codex_files(env, home):
             jobs.append((str(path), "codex", "", session))
-    found: list[tuple[list[Entry], int] | None] = []
-    todo: list[tuple[int, Job, int, int]] = []  # (index, job, size, mtime)
+    plan: list[tuple[Job, int, int, bool]] = []  # (job, size, mtime, cached)
     for job in jobs:
         try:
             stat = os.stat(job[0])
         except OSError:
             skipped.unreadable_files.append(job[0])
-            found.append(([], 0))
             continue
-        hit = cache.get(job[0], stat.st_size, stat.st_mtime_ns)
-        if hit is None:
-            todo.append((len(found), job, stat.st_size, stat.st_mtime_ns))
-        found.append(hit)
-    parsed = _parse_all([t[1] for t in todo], [t[2] for t in todo], workers)
-    parsed.reverse()
-    for index, job, size, mtime in todo:
-        rows, bad, unreadable = parsed.pop()  # let go of the rows (unless cached) as they go
+        cached = cache.has(job[0], stat.st_size, stat.st_mtime_ns)
+        plan.append((job, stat.st_size, stat.st_mtime_ns, cached))
+    todo = [(job, size) for job, size, _, cached in plan if not cached]
+    parsed = _parse_all([t[0] for t in todo], [t[1] for t in todo], workers)
+    for job, size, mtime, cached in plan:
+        hit = cache.get(job[0], size, mtime) if cached else None
+        if hit is not None:
+            entries, bad = hit
+            skipped.bad_lines += bad
+            yield from entries
+            continue
+        rows, bad, unreadable = next(parsed) if not cached else _parse_file(job)
         skipped.bad_lines += bad
         if unreadable:
             skipped.unreadable_files.append(job[0])
         else:
             cache.put_rows(job[0], size, mtime, rows, bad)
-        found[index] = ([from_row(r) for r in rows], 0)
-    for result in found:
-        if result is not None:
-            entries, bad = result
-            skipped.bad_lines += bad
-            yield from entries
+        yield from [from_row(r) for r in rows]
+
+
+def summed(
+    env: Mapping[str, str],
+    home: Path,
+    agent: str,
+    cache_path: Path | None,
+    sum_up: Callable[[Iterable[Entry]], T],
+    workers: int = 1,
+) -> tuple[T, Skipped]:
+    """`sum_up` of the entries, each answer once (`dedup`), and what was skipped: streamed
+    from the files to `sum_up` through `Deduper`, so that memory does not grow with the
+    files' size; in the rare case the stream cannot decide which copy of an answer counts
+    (`Undecided`), summed again from all the entries at once by `dedupe`. The cache at
+    `cache_path` (None: none) is used and saved. LocationError as `read_entries`."""
+    skipped, cache = Skipped(), FileCache(cache_path)
+    try:
+        result = sum_up(Deduper()(read_entries(env, home, agent, skipped, cache, workers)))
+    except Undecided:
+        cache.close()
+        skipped, cache = Skipped(), FileCache(cache_path)
+        result = sum_up(dedupe(read_entries(env, home, agent, skipped, cache, workers)))
+    except BaseException:
+        cache.close()
+        raise
+    cache.save()
+    return result, skipped
 
 
 # (file, "claude" | "codex", project, session)
@@ -213,29 +244,38 @@ Job = tuple[str, str, str, str]
 Parsed = tuple[list[Row], int, bool]
 # Below this many bytes to read, starting processes costs more than it saves.
 PARALLEL_MIN_BYTES = 32 * 2**20
+# Files are given to the processes in runs of consecutive ones of about this many bytes:
+# their rows come back in order, a few runs ahead of the report at most.
+CHUNK_BYTES = 4 * 2**20
 
 
-def _parse_all(jobs: list[Job], sizes: list[int], workers: int) -> list[Parsed]:
-    """Each job's result, in order. In parallel: the files are shared by size among
-    `workers` processes, the first share parsed here while forked ones parse the others."""
+def _parse_all(jobs: list[Job], sizes: list[int], workers: int) -> Iterator[Parsed]:
+    """Each job's result, in order. In parallel: runs of consecutive files are parsed by
+    `workers` forked processes while this one sums what they send back."""
     if workers < 2 or len(jobs) < 2 or sum(sizes) < PARALLEL_MIN_BYTES or not _can_fork():
-        return [_parse_file(job) for job in jobs]
-    shares: list[list[int]] = [[] for _ in range(min(workers, len(jobs)))]
-    loads = [0] * len(shares)
-    for index in sorted(range(len(jobs)), key=lambda i: -sizes[i]):  # largest first
-        least = loads.index(min(loads))
-        shares[least].append(index)
-        loads[least] += sizes[index]
-    results: list[Parsed | None] = [None] * len(jobs)
+        for job in jobs:
+            yield _parse_file(job)
+        return
+    import multiprocessing  # only here: a small report needs none
+    from concurrent.futures import ProcessPoolExecutor
+
+    chunks: list[list[Job]] = [[]]
+    load = 0
+    for job, size in zip(jobs, sizes, strict=True):
+        if load >= CHUNK_BYTES:
+            chunks.append([])
+            load = 0
+        chunks[-1].append(job)
+        load += size
     context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(len(shares) - 1, mp_context=context) as pool:
-        others = [pool.submit(_parse_files, [jobs[i] for i in share]) for share in shares[1:]]
-        for index in shares[0]:
-            results[index] = _parse_file(jobs[index])
-        for share, future in zip(shares[1:], others, strict=True):
-            for index, parsed in zip(share, future.result(), strict=True):
-                results[index] = parsed
-    return [r for r in results if r is not None]
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        ahead = 2 * workers  # runs handed out before their rows are wanted
+        waiting = deque(pool.submit(_parse_files, chunk) for chunk in chunks[:ahead])
+        for index in range(ahead, len(chunks) + ahead):
+            results = waiting.popleft().result()
+            if index < len(chunks):
+                waiting.append(pool.submit(_parse_files, chunks[index]))
+            yield from results
 
 
 def _parse_files(jobs: list[Job]) -> list[Parsed]:
@@ -244,6 +284,8 @@ def _parse_files(jobs: list[Job]) -> list[Parsed]:
 
 def _can_fork() -> bool:
     """Forking is safe here: Linux, and no other thread that could hold a lock."""
+    import multiprocessing
+
     return (
         sys.platform == "linux"
         and "fork" in multiprocessing.get_all_start_methods()

@@ -6,16 +6,16 @@ from __future__ import annotations
 
 from datetime import datetime, tzinfo
 from decimal import Decimal
-from typing import Any
-
-from rich.console import Console, Group, RenderableType
-from rich.measure import Measurement
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from capgate.local.blocks import Block, Burn, iso
 from capgate.local.records import Skipped
 from capgate.local.report import Row, Totals
+
+if TYPE_CHECKING:  # rich is imported where a table is made: JSON needs none of it
+    from rich.console import Console, Group
+    from rich.table import Table
+    from rich.text import Text
 
 PERIOD_FIELD = {"daily": "date", "weekly": "week", "monthly": "month"}
 
@@ -167,6 +167,9 @@ def _cells(t: Totals, compact: bool) -> list[str]:
 
 
 def _table(title: str, rows: list[Row], total: Row, breakdown: bool, compact: bool) -> Table:
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(title=None, pad_edge=False, show_edge=False, box=None, header_style="bold")
     table.add_column(title, no_wrap=True)
     table.add_column("models", overflow="fold")
@@ -187,6 +190,8 @@ def report_table(
     console: Console, title: str, rows: list[Row], total: Row, breakdown: bool
 ) -> Table:
     """Exact counts when they fit the terminal, else 12.3k / 4.6M."""
+    from rich.measure import Measurement
+
     table = _table(title, rows, total, breakdown, compact=False)
     wide = console.options.update_width(10**6)
     if Measurement.get(console, wide, table).maximum > console.width:
@@ -212,6 +217,8 @@ def _session_label(row: Row) -> str:
 
 
 def footer(total: Row, skipped: Skipped) -> Text:
+    from rich.text import Text
+
     lines = []
     if total.totals.unpriced:
         names = ", ".join(sorted(total.totals.unpriced))
@@ -227,6 +234,9 @@ def footer(total: Row, skipped: Skipped) -> Text:
 
 
 def blocks_table(console: Console, items: list[Block], zone: tzinfo) -> Table:
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(pad_edge=False, show_edge=False, box=None, header_style="bold")
     table.add_column("block start", no_wrap=True)
     table.add_column("status", no_wrap=True)
@@ -246,6 +256,9 @@ def blocks_table(console: Console, items: list[Block], zone: tzinfo) -> Table:
 
 
 def live_panel(block: Block | None, pace: Burn | None, now: datetime, zone: tzinfo) -> Group:
+    from rich.console import Group, RenderableType
+    from rich.text import Text
+
     if block is None:
         return Group(Text("no active 5-hour block: no Claude Code use in the last 5 hours"))
     t = block.totals

@@ -14,6 +14,7 @@ from capgate.local.records import EPOCH, MICROSECOND, SYNTHETIC, Entry
 
 PERIODS = ("daily", "weekly", "monthly")
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+QUARTER = timedelta(minutes=15)
 SUNDAY = 6  # `date.weekday()`'s number: weeks start on Sunday unless asked (as ccusage's)
 
 
@@ -176,8 +177,9 @@ def _group(
     sums: dict[tuple[str, str, str], list[int]] = {}
     unpriced: set[tuple[str, str, str]] = set()
     spans: dict[str, list[Any]] = {}  # row key -> [project, first, last] (micros)
-    # Per UTC quarter hour (every zone's offset is whole quarters): (row key or None when
-    # the day is filtered out; "" by session).
+    # Per UTC quarter hour (today every zone's offset is whole quarters): (row key or None
+    # when the day is filtered out; "" by session; `MIXED` when the quarter's offset is
+    # not whole quarters, as an old local mean time's: then per entry).
     quarters: dict[int, str | None] = {}
     agent, project = query.agent, query.project
     for entry in entries:
@@ -189,7 +191,9 @@ def _group(
         quarter = when // 900_000_000
         key = quarters.get(quarter, "?")
         if key == "?":
-            key = quarters[quarter] = _quarter_key(query, entry.timestamp, day_key)
+            key = quarters[quarter] = _quarter_key(query, quarter, entry.timestamp, day_key)
+        if key is MIXED:
+            key = _day_key(query, entry.timestamp, day_key)
         if key is None:
             continue
         key = key or entry.session
@@ -242,7 +246,27 @@ def _group(
     return [rows[k] for k in sorted(rows)], total
 
 
-def _quarter_key(query: Query, when: datetime, day_key: Callable[[date], str] | None) -> str | None:
+MIXED = "\0mixed"  # a quarter hour whose entries' local days may differ
+
+
+def _quarter_key(
+    query: Query, quarter: int, when: datetime, day_key: Callable[[date], str] | None
+) -> str | None:
+    """The row key of every entry in UTC quarter hour `quarter` (`when` is one of them),
+    or `MIXED`: the zone's offset over the quarter is not one whole number of quarters
+    (a midnight may fall inside it)."""
+    if day_key is None:
+        return ""
+    start = EPOCH + quarter * QUARTER
+    offsets = {start.astimezone(query.zone).utcoffset(),
+               (start + QUARTER - MICROSECOND).astimezone(query.zone).utcoffset()}  # fmt: skip
+    offset = offsets.pop()
+    if offsets or offset is None or offset % QUARTER:
+        return MIXED
+    return _day_key(query, when, day_key)
+
+
+def _day_key(query: Query, when: datetime, day_key: Callable[[date], str] | None) -> str | None:
     if day_key is None:
         return ""
     day = query.local_date(when)

@@ -5,7 +5,7 @@ small for a model's context (the most recent rows; per-model rows only when aske
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, date, datetime, tzinfo
 from pathlib import Path
 from typing import Any, TypeVar
@@ -13,10 +13,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from capgate.local import render
 from capgate.local.blocks import blocks, burn
-from capgate.local.cache import FileCache, default_path
+from capgate.local.cache import default_path
 from capgate.local.costing import Costing
-from capgate.local.dedup import dedupe
-from capgate.local.files import LocationError, read_entries
+from capgate.local.files import LocationError, summed
 from capgate.local.records import Entry, Skipped
 from capgate.local.report import (
     SUNDAY,
@@ -88,22 +87,24 @@ class LocalUsage:
             raise UsageError(f"timezone: unknown time zone {name!r} (like Europe/Berlin)") from None
 
     def load(self, agent: str) -> tuple[list[Entry], Skipped]:
-        skipped = Skipped()
-        cache = FileCache(default_path(self._env, self._home))
+        return self.summed(agent, list)
+
+    def summed(self, agent: str, sum_up: Callable[[Iterable[Entry]], T]) -> tuple[T, Skipped]:
+        """`sum_up` of the entries (streamed: `files.summed`)."""
+        path = default_path(self._env, self._home)
         try:
-            entries = dedupe(read_entries(self._env, self._home, agent, skipped, cache))
+            return summed(self._env, self._home, agent, path, sum_up)
         except LocationError as exc:
             raise UsageError(str(exc)) from None
-        cache.save()
-        return entries, skipped
 
     def period(
         self, kind: str, query: Query, breakdown: bool, last: int, order: str = "asc"
     ) -> dict[str, Any]:
         """The most recent `last` rows (0: all), oldest first (`order` "desc": newest first)."""
         _check_order(order)
-        entries, skipped = self.load(query.agent)
-        rows, total = by_period(kind, entries, self._costing, query)
+        (rows, total), skipped = self.summed(
+            query.agent, lambda entries: by_period(kind, entries, self._costing, query)
+        )
         out = render.period_json(kind, _ordered(_recent(rows, last), order), total, skipped)
         out["rowsOmitted"] = len(rows) - len(out[kind])
         return _small(out, kind, breakdown)
@@ -130,8 +131,9 @@ class LocalUsage:
     ) -> dict[str, Any]:
         """The first `last` sessions, dearest first (`order` "asc": cheapest first)."""
         _check_order(order)
-        entries, skipped = self.load(query.agent)
-        rows, total = by_session(entries, self._costing, query, order)
+        (rows, total), skipped = self.summed(
+            query.agent, lambda entries: by_session(entries, self._costing, query, order)
+        )
         out = render.session_json(rows[:last] if last else rows, total, skipped)
         out["rowsOmitted"] = max(0, len(rows) - last) if last else 0
         return _small(out, "sessions", breakdown)
