@@ -334,3 +334,22 @@ def test_a_body_read_before_the_error_is_answered_keeps_the_errors_dialect(
     written = asyncio.run(run())
     assert written.split(b" ", 2)[1] == b"400", written
     _shape(dialect, written.partition(b"\r\n\r\n")[2])
+
+
+def test_a_long_request_line_costs_the_server_one_pass(edge: Server) -> None:
+    """Found in review: the request line's pattern could backtrack once per byte of a long
+    path that never ends in " HTTP/1.x" (256 KiB: ~3 s of the event loop per chunk, before
+    any login). Eight such connections must not hold up the health check."""
+    junk = b"GET /" + b"a" * 256 * 1024
+    socks = []
+    try:
+        for _ in range(8):
+            sock = socket.create_connection((edge.host, edge.port), timeout=5)
+            with contextlib.suppress(OSError):  # the server may refuse the rest at once
+                sock.sendall(junk)
+            socks.append(sock)
+        health = httpx.get(f"http://{edge.host}:{edge.port}/health", timeout=10)
+        assert health.status_code == 200
+    finally:
+        for sock in socks:
+            sock.close()

@@ -72,7 +72,10 @@ async def json_errors(
         return error_response(dialect_of_path(request.path), _Refused(exc.status, message, headers))
 
 
-_REQUEST_LINE = re.compile(rb"[A-Z]{3,7} (/[^ ?#\r\n]{0,4096})[^ \r\n]* HTTP/1\.[01]\r?\n")
+# Possessive, with no two parts taking the same bytes, and matched within the first 8 KiB
+# only: a long path that never ends in " HTTP/1.x" costs one pass, not one per position.
+_REQUEST_LINE = re.compile(rb"[A-Z]{3,7} (/[^ ?#\r\n]*+)(?:[?#][^ \r\n]*+)? HTTP/1\.[01]\r?\n")
+_REQUEST_LINE_BYTES = 8192
 
 
 class _Connection(RequestHandler):
@@ -107,7 +110,7 @@ class _Connection(RequestHandler):
 
     def data_received(self, data: bytes) -> None:
         if data[:1].isupper():  # a request line, maybe: its path names the dialect
-            line = _REQUEST_LINE.match(data)
+            line = _REQUEST_LINE.match(data, 0, _REQUEST_LINE_BYTES)
             # Only a whole request line: a body read before aiohttp's handler answers the
             # head's error (a loop turn later) may begin with a capital too (test_http_edge).
             if line is not None:
