@@ -29,13 +29,19 @@ _TOP = frozenset(
 )
 
 
-def problem(body: Any) -> str | None:
-    """What Converse would refuse in this body (a ValidationException), or None."""
+def problem(body: Any, model: str = "") -> str | None:
+    """What Converse would refuse in this body (a ValidationException), or None. Only
+    Anthropic models read Anthropic's fields in `additionalModelRequestFields`."""
     if not isinstance(body, dict):
         return "expected a JSON object"
     extra = sorted(set(body) - _TOP)
     if extra:
         return f"extraneous key [{extra[0]}] is not permitted"
+    additional = body.get("additionalModelRequestFields", {})
+    if "anthropic." not in model and isinstance(additional, dict):
+        foreign = sorted({"thinking", "anthropic_beta"} & set(additional))
+        if foreign:
+            return f"extraneous key [{foreign[0]}] is not permitted"
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         return "messages: at least one message is required"

@@ -97,7 +97,9 @@ class BedrockProvider:
             raise UpstreamFailed(f'provider "{self.name}": the request names no model', sent=False)
         stream = data.pop("stream", False) is True
         if self._converse:
-            converse = messages_to_converse(data)  # Untranslatable: the client's to fix
+            header = client_headers.get("anthropic-beta") or ""
+            betas = [b.strip() for b in header.split(",") if b.strip()]
+            converse = messages_to_converse(data, model, betas)  # Untranslatable: 400
             action = "converse-stream" if stream else "converse"
             return f"/model/{quote(model, safe='')}/{action}", orjson.dumps(converse), stream
         data["anthropic_version"] = ANTHROPIC_VERSION
