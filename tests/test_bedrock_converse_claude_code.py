@@ -163,3 +163,19 @@ def test_claude_code_fails_over_from_anthropic_to_converse(
     entries = _charged_as_reported(setup, key_name)
     main = [e for e in entries if e["model"] == "claude-opus-4-5"]
     assert main and all(e["attempts"] == 2 and e["upstream_model"] == SONNET for e in main)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_bedrock_request_id_reaches_the_client(setup: Setup, key_name: str, stream: bool) -> None:
+    """Bedrock's `x-amzn-requestid` is passed on, also as Anthropic's `request-id` (what
+    the SDKs and Claude Code's transcripts record), and names the message."""
+    key = setup.gw.create_key(key_name)
+    response = httpx.post(
+        setup.gw.url + "/v1/messages", headers={"x-api-key": key}, timeout=30,
+        json={"model": "claude-sonnet-4-6", "max_tokens": 50, "stream": stream,
+              "messages": [{"role": "user", "content": "hi"}]},
+    )  # fmt: skip
+    assert response.status_code == 200, response.text
+    request_id = response.headers["x-amzn-requestid"]
+    assert len(request_id) == 36 and response.headers["request-id"] == request_id
+    assert ("msg_bdrk_" + request_id.replace("-", "")).encode() in response.content

@@ -13,6 +13,7 @@ the main mock's generator, so `mock:` directives (`words`, `tool`, `status`,
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import orjson
@@ -167,7 +168,7 @@ def converse_events(answer: Completion) -> list[bytes]:
 
 async def respond(request: web.Request, body: JSON, stream: bool) -> web.StreamResponse:
     answer = complete(body)
-    headers = {"x-amzn-requestid": "6f1c2a3b-mock-converse"}
+    headers = {"x-amzn-requestid": str(uuid.uuid4())}  # one per request, as Bedrock's
     if not stream:
         return web.Response(
             body=orjson.dumps(converse_answer(answer)),

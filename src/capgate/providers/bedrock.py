@@ -128,6 +128,9 @@ class BedrockProvider:
         )  # fmt: skip
         head = pool.head(path, [*headers.items(), ("accept-encoding", "identity")])
         answer = await pool.post(head + header_lines(signed.items()), payload)
+        request_id = answer.headers.get("x-amzn-requestid")
+        if request_id:  # as Anthropic's `request-id` (SDKs, Claude Code's transcripts)
+            answer.headers.setdefault("request-id", request_id)
         if answer.status >= 400:
             status = 502 if answer.status == 424 else answer.status
             return ConvertedAnswer(
@@ -137,13 +140,11 @@ class BedrockProvider:
         if stream:
             headers = {**answer.headers, "content-type": "text/event-stream; charset=utf-8"}
             converter = (
-                ConverseToSSE(_model(path), answer.headers.get("x-amzn-requestid"))
-                if self._converse
-                else EventStreamToSSE()
+                ConverseToSSE(_model(path), request_id) if self._converse else EventStreamToSSE()
             )
             return ConvertedAnswer(answer, answer.status, headers, stream=converter)
         if self._converse:
-            model, request_id = _model(path), answer.headers.get("x-amzn-requestid")
+            model = _model(path)
             return ConvertedAnswer(
                 answer, answer.status, _json_headers(answer.headers),
                 whole=lambda data: _converse_answer(data, model, request_id),
