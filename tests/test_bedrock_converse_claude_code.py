@@ -5,6 +5,7 @@ what the mock reported; and Anthropic answering 429 fails over to Converse."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -90,17 +91,22 @@ def _charged_as_reported(setup: Setup, key_name: str) -> list[dict[str, Any]]:
     return entries
 
 
+# What the mock reports for the answer (Converse's usage), charged as is.
+REPORTED = {"inputTokens": 21000, "outputTokens": 7, "cacheReadInputTokens": 15000,
+            "cacheWriteInputTokens": 4000, "totalTokens": 40007}  # fmt: skip
+
+
 def test_claude_code_answers_through_converse(setup: Setup, key_name: str, tmp_path: Path) -> None:
     setup.bedrock.clear()
     key = setup.gw.create_key(key_name)
-    result = run_claude(
-        setup.gw, key, tmp_path, "say hi mock:words=7", "--model", "claude-sonnet-4-6"
-    )
+    prompt = f"say hi mock:words=7 mock:usage={json.dumps(REPORTED)}"
+    result = run_claude(setup.gw, key, tmp_path, prompt, "--model", "claude-sonnet-4-6")
     assert result["is_error"] is False, result
     assert len(result["result"].split()) == 7
+    assert result["usage"]["cache_read_input_tokens"] == 15000  # Claude Code read it too
     sent = setup.bedrock.requests()
-    assert sent and all(r.path.endswith(("/converse", "/converse-stream")) for r in sent)
-    body = sent[-1].body
+    assert len(sent) == 1 and sent[0].path == f"/model/{SONNET}/converse-stream"
+    body = sent[0].body
     # Claude Code's own tools, as Converse tool specs; its system prompt; its thinking and
     # betas for the Anthropic model; context_management and the rest left out (the mock
     # refuses any field Converse does not know)
@@ -109,7 +115,12 @@ def test_claude_code_answers_through_converse(setup: Setup, key_name: str, tmp_p
     assert additional["thinking"]["type"] in ("adaptive", "enabled")
     assert "interleaved-thinking-2025-05-14" in additional["anthropic_beta"]
     (entry,) = _charged_as_reported(setup, key_name)
-    assert entry["upstream_model"] == SONNET and entry["output_tokens"] == 7
+    assert entry["upstream_model"] == SONNET and entry["stream"] is True
+    assert (entry["input_tokens"], entry["output_tokens"]) == (21000, 7)
+    assert (entry["cache_read_tokens"], entry["cache_write_tokens"]) == (15000, 4000)
+    # $3 / $15 / $3.75 / $0.30 per million: input, output, cache write, cache read
+    # (21000 * 3 + 7 * 15 + 4000 * 3.75 + 15000 * 0.30) / 1e6
+    assert Decimal(entry["cost_usd"]) == Decimal("0.082605")
 
 
 def test_claude_code_on_amazon_nova(setup: Setup, key_name: str, tmp_path: Path) -> None:
