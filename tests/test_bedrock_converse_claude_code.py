@@ -190,3 +190,32 @@ def test_bedrock_request_id_reaches_the_client(setup: Setup, key_name: str, stre
     request_id = response.headers["x-amzn-requestid"]
     assert len(request_id) == 36 and response.headers["request-id"] == request_id
     assert ("msg_bdrk_" + request_id.replace("-", "")).encode() in response.content
+
+
+def test_a_system_turn_is_folded_and_structured_output_refused(setup: Setup, key_name: str) -> None:
+    key = setup.gw.create_key(key_name)
+    turns = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "system", "content": "Answer in French."},
+        {"role": "user", "content": "again mock:words=3"},
+    ]
+    body = {"model": "claude-sonnet-4-6", "max_tokens": 50, "messages": turns}
+    url, headers = setup.gw.url + "/v1/messages", {"x-api-key": key}
+    response = httpx.post(url, headers=headers, json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    sent = setup.bedrock.last_request().body
+    assert sent["system"] == [{"text": "Answer in French."}]
+    assert [m["role"] for m in sent["messages"]] == ["user", "assistant", "user"]
+    setup.bedrock.clear()
+    schema = {"type": "json_schema", "schema": {"type": "object"}}
+    refused = httpx.post(
+        url, headers=headers, json=body | {"output_config": {"format": schema}}, timeout=30
+    )
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    assert error["type"] == "invalid_request_error" and "output_config.format" in error["message"]
+    assert setup.bedrock.requests() == []  # nothing sent
+    last, first = setup.gw.ledger(key=key_name)  # newest first
+    assert first["outcome"] == "ok" and (last["outcome"], last["status"]) == ("error", 400)
+    assert Decimal(last["cost_usd"]) == 0
