@@ -78,7 +78,53 @@ TOOL = {"name": "f", "description": "d", "input_schema": {"type": "object"}}
     ],
 )  # fmt: skip
 def test_requests_become_converse_bodies(given: dict[str, Any], expected: dict[str, Any]) -> None:
-    assert messages_to_converse(given) == expected
+    assert messages_to_converse(given, "anthropic.claude-sonnet-4-5-20250929-v1:0") == expected
+
+
+# What Claude Code sends besides a plain request (CLIENTS.md): the whole of it.
+CLAUDE_CODE = {
+    "model": "claude-sonnet-4-6", "stream": True, "max_tokens": 32000,
+    "system": [{"type": "text", "text": "You are Claude Code."},
+               {"type": "text", "text": "Rules.", "cache_control": {"type": "ephemeral"}}],
+    "messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "system", "content": [{"type": "text", "text": "Be terse."}]},
+        {"role": "user", "content": [{"type": "text", "text": "again"}]},
+    ],
+    "tools": [TOOL], "metadata": {"user_id": '{"device_id":"d","session_id":"s"}'},
+    "thinking": {"type": "adaptive", "display": "omitted"},
+    "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+    "output_config": {"effort": "high"},
+}  # fmt: skip
+CLAUDE_CODE_SENT = {
+    "messages": [{"role": "user", "content": [{"text": "hi"}]},
+                 {"role": "assistant", "content": [{"text": "hello"}]},
+                 {"role": "user", "content": [{"text": "again"}]}],
+    "system": [{"text": "You are Claude Code."}, {"text": "Rules."},
+               {"cachePoint": {"type": "default"}}, {"text": "Be terse."}],
+    "inferenceConfig": {"maxTokens": 32000},
+    "toolConfig": {"tools": [{"toolSpec": {"name": "f", "description": "d",
+                                           "inputSchema": {"json": {"type": "object"}}}}]},
+}  # fmt: skip
+
+
+def test_what_claude_code_sends_goes_to_an_anthropic_model() -> None:
+    """`context_management`, `output_config.effort` and `metadata` dropped; the system
+    turn joins the system prompt; `thinking` and the betas to the Anthropic model."""
+    betas = ["interleaved-thinking-2025-05-14", "context-management-2025-06-27"]
+    sent = messages_to_converse(CLAUDE_CODE, "us.anthropic.claude-sonnet-4-6", betas)
+    assert sent == CLAUDE_CODE_SENT | {
+        "additionalModelRequestFields": {
+            "thinking": {"type": "adaptive", "display": "omitted"}, "anthropic_beta": betas,
+        }
+    }  # fmt: skip
+
+
+def test_what_claude_code_sends_goes_to_amazon_nova() -> None:
+    """Nova has no `thinking` switch and reads no Anthropic beta: both left out."""
+    sent = messages_to_converse(CLAUDE_CODE, "us.amazon.nova-lite-v1:0", ["interleaved-x"])
+    assert sent == CLAUDE_CODE_SENT
 
 
 @pytest.mark.parametrize(
@@ -92,7 +138,14 @@ def test_requests_become_converse_bodies(given: dict[str, Any], expected: dict[s
             "type": "base64", "media_type": "image/bmp", "data": ""}}]}]}, "media_type"),
         ({"messages": [{"role": "assistant", "content": [
             {"type": "tool_use", "id": "t", "name": "f", "input": {}}]}]}, "tools"),
-        ({"messages": [{"role": "system", "content": "x"}]}, "messages.0"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages.0"),
+        ({"messages": [{"role": "system", "content": [{"type": "image"}]}]},
+         "messages.0.content.0: only text"),
+        ({"messages": [{"role": "system", "content": 3}]}, "messages.0.content"),
+        # structured output would change the answer: refused, not dropped
+        ({"messages": [], "output_config": {"effort": "low", "format": {"type": "json_schema"}}},
+         "output_config.format"),
+        ({"messages": [], "output_config": "high"}, "output_config"),
     ],
 )  # fmt: skip
 def test_what_converse_cannot_carry_is_named(given: dict[str, Any], named: str) -> None:

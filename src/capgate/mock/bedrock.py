@@ -87,7 +87,7 @@ async def _converse(verify: Verifier, stream: bool, request: web.Request) -> web
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return error(400, "Malformed input request, please reformat your input and try again.")
-    wrong = bedrock_converse.problem(body)
+    wrong = bedrock_converse.problem(body, request.match_info.get("model", ""))
     if wrong is not None:
         return error(400, f"Malformed input request: {wrong}")
     request.app[FAULTS].served += 1

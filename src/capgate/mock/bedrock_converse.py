@@ -13,6 +13,7 @@ the main mock's generator, so `mock:` directives (`words`, `tool`, `status`,
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import orjson
@@ -29,13 +30,19 @@ _TOP = frozenset(
 )
 
 
-def problem(body: Any) -> str | None:
-    """What Converse would refuse in this body (a ValidationException), or None."""
+def problem(body: Any, model: str = "") -> str | None:
+    """What Converse would refuse in this body (a ValidationException), or None. Only
+    Anthropic models read Anthropic's fields in `additionalModelRequestFields`."""
     if not isinstance(body, dict):
         return "expected a JSON object"
     extra = sorted(set(body) - _TOP)
     if extra:
         return f"extraneous key [{extra[0]}] is not permitted"
+    additional = body.get("additionalModelRequestFields", {})
+    if "anthropic." not in model and isinstance(additional, dict):
+        foreign = sorted({"thinking", "anthropic_beta"} & set(additional))
+        if foreign:
+            return f"extraneous key [{foreign[0]}] is not permitted"
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         return "messages: at least one message is required"
@@ -161,7 +168,7 @@ def converse_events(answer: Completion) -> list[bytes]:
 
 async def respond(request: web.Request, body: JSON, stream: bool) -> web.StreamResponse:
     answer = complete(body)
-    headers = {"x-amzn-requestid": "6f1c2a3b-mock-converse"}
+    headers = {"x-amzn-requestid": str(uuid.uuid4())}  # one per request, as Bedrock's
     if not stream:
         return web.Response(
             body=orjson.dumps(converse_answer(answer)),

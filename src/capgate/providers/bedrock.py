@@ -97,7 +97,9 @@ class BedrockProvider:
             raise UpstreamFailed(f'provider "{self.name}": the request names no model', sent=False)
         stream = data.pop("stream", False) is True
         if self._converse:
-            converse = messages_to_converse(data)  # Untranslatable: the client's to fix
+            header = client_headers.get("anthropic-beta") or ""
+            betas = [b.strip() for b in header.split(",") if b.strip()]
+            converse = messages_to_converse(data, model, betas)  # Untranslatable: 400
             action = "converse-stream" if stream else "converse"
             return f"/model/{quote(model, safe='')}/{action}", orjson.dumps(converse), stream
         data["anthropic_version"] = ANTHROPIC_VERSION
@@ -126,6 +128,9 @@ class BedrockProvider:
         )  # fmt: skip
         head = pool.head(path, [*headers.items(), ("accept-encoding", "identity")])
         answer = await pool.post(head + header_lines(signed.items()), payload)
+        request_id = answer.headers.get("x-amzn-requestid")
+        if request_id:  # as Anthropic's `request-id` (SDKs, Claude Code's transcripts)
+            answer.headers.setdefault("request-id", request_id)
         if answer.status >= 400:
             status = 502 if answer.status == 424 else answer.status
             return ConvertedAnswer(
@@ -135,13 +140,11 @@ class BedrockProvider:
         if stream:
             headers = {**answer.headers, "content-type": "text/event-stream; charset=utf-8"}
             converter = (
-                ConverseToSSE(_model(path), answer.headers.get("x-amzn-requestid"))
-                if self._converse
-                else EventStreamToSSE()
+                ConverseToSSE(_model(path), request_id) if self._converse else EventStreamToSSE()
             )
             return ConvertedAnswer(answer, answer.status, headers, stream=converter)
         if self._converse:
-            model, request_id = _model(path), answer.headers.get("x-amzn-requestid")
+            model = _model(path)
             return ConvertedAnswer(
                 answer, answer.status, _json_headers(answer.headers),
                 whole=lambda data: _converse_answer(data, model, request_id),

@@ -12,6 +12,13 @@ Completions client reaches it through the one existing Anthropic <-> OpenAI tran
 A request Converse cannot carry (an image by URL, `tool_choice: none`, a block it has no
 form for) raises `Untranslatable` naming the field: the provider answers it with a 400 in
 the client's dialect and sends nothing. The stream is `converse_stream.py`.
+
+What Claude Code sends besides (docs/providers.md, "Claude Code through Converse"):
+`context_management` and `output_config.effort` only tune Anthropic's own service (what
+it clears from a long context, how many tokens it spends): dropped. `thinking` goes to
+Anthropic models in `additionalModelRequestFields`, with the `anthropic-beta` values; other
+models have no such switch and answer without it. A `role: "system"` entry in `messages`
+joins the system prompt, as capgate's Chat Completions translation folds system messages.
 """
 
 from __future__ import annotations
@@ -40,12 +47,16 @@ _IMAGE_FORMATS = {
 # Anthropic request fields Converse has no place for but Anthropic models on Bedrock read
 # from `additionalModelRequestFields`.
 _ADDITIONAL = ("top_k", "thinking")
-# Fields that change nothing upstream (`metadata`, `service_tier`) or that the gateway
-# handled (`model`, `stream`).
-_IGNORED = frozenset({"model", "stream", "metadata", "service_tier"})
+# Fields that change nothing upstream (`metadata`, `service_tier`), that the gateway
+# handled (`model`, `stream`), or that only tune Anthropic's own service: context editing
+# (`context_management`) saves input tokens on Anthropic's side, the answer means the same.
+_IGNORED = frozenset({"model", "stream", "metadata", "service_tier", "context_management"})
+# Of `output_config`, `effort` tunes how many tokens the model spends (Converse has no
+# field for it); `format` (structured output) would change the answer: refused.
+_OUTPUT_CONFIG_DROPPED = frozenset({"effort"})
 _KNOWN = frozenset(
     {"system", "messages", "tools", "tool_choice", "max_tokens", "temperature", "top_p"}
-    | {"stop_sequences", *_ADDITIONAL, *_IGNORED}
+    | {"stop_sequences", "output_config", *_ADDITIONAL, *_IGNORED}
 )
 
 
@@ -53,18 +64,27 @@ class Untranslatable(ValueError):
     """The client's request has something Converse cannot carry (the message says what)."""
 
 
-def messages_to_converse(body: JSON) -> JSON:
+def messages_to_converse(body: JSON, model: str = "", betas: list[str] | None = None) -> JSON:
     """An Anthropic Messages request body -> a Converse request body (the model goes in
-    the path, so it is not in the body)."""
+    the path, so it is not in the body). `model` (the Bedrock model id) says whether the
+    model is Anthropic's, which alone reads `thinking` and the `anthropic-beta` values
+    (`betas`)."""
     unknown = sorted(set(body) - _KNOWN)
     if unknown:
         raise Untranslatable(f"{unknown[0]}: not supported through Bedrock's Converse API")
-    out: JSON = {"messages": [_message(m, i) for i, m in enumerate(_list(body, "messages"))]}
-    system = body.get("system")
-    if isinstance(system, str) and system:
-        out["system"] = [{"text": system}]
-    elif isinstance(system, list):
-        out["system"] = _system(system)
+    _check_output_config(body.get("output_config"))
+    turns = _list(body, "messages")
+    out: JSON = {"messages": [_message(m, i) for i, m in enumerate(turns) if not _is_system(m)]}
+    system: list[JSON] = []
+    if isinstance(body.get("system"), str) and body["system"]:
+        system = [{"text": body["system"]}]
+    elif isinstance(body.get("system"), list):
+        system = _system(body["system"], "system")
+    for i, message in enumerate(turns):
+        if _is_system(message):
+            system += _system_message(message, f"messages.{i}")
+    if system:
+        out["system"] = system
     config: JSON = {}
     for src, dst in (("max_tokens", "maxTokens"), ("temperature", "temperature")):
         if body.get(src) is not None:
@@ -76,6 +96,10 @@ def messages_to_converse(body: JSON) -> JSON:
     if config:
         out["inferenceConfig"] = config
     extra = {name: body[name] for name in _ADDITIONAL if body.get(name) is not None}
+    if not is_anthropic(model):
+        extra.pop("thinking", None)  # Anthropic's switch: other models answer without it
+    elif betas:
+        extra["anthropic_beta"] = betas  # as InvokeModel takes them (interleaved thinking)
     if extra:
         out["additionalModelRequestFields"] = extra
     tools = _tool_config(body.get("tools"), body.get("tool_choice"))
@@ -95,12 +119,42 @@ def _list(body: JSON, name: str) -> list[Any]:
     return value
 
 
-def _system(blocks: list[Any]) -> list[JSON]:
+def is_anthropic(model: str) -> bool:
+    """Whether a Bedrock model id (or inference profile id) names an Anthropic model."""
+    return "anthropic." in model
+
+
+def _check_output_config(config: Any) -> None:
+    if config is None:
+        return
+    if not isinstance(config, dict):
+        raise Untranslatable("output_config: expected an object")
+    for name in sorted(set(config) - _OUTPUT_CONFIG_DROPPED):
+        raise Untranslatable(f"output_config.{name}: not supported through Bedrock's Converse API")
+
+
+def _is_system(message: Any) -> bool:
+    return isinstance(message, dict) and message.get("role") == "system"
+
+
+def _system_message(message: JSON, where: str) -> list[JSON]:
+    """A `role: "system"` entry of `messages` -> system blocks (Converse has no system
+    turn inside the conversation)."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return [{"text": content}] if content else []
+    if isinstance(content, list):
+        return _system(content, f"{where}.content")
+    raise Untranslatable(f"{where}.content: expected a string or a list of text blocks")
+
+
+def _system(blocks: list[Any], where: str) -> list[JSON]:
     out: list[JSON] = []
     for i, block in enumerate(blocks):
         if not isinstance(block, dict) or block.get("type") != "text":
-            raise Untranslatable(f"system.{i}: only text blocks go to Converse")
-        out.append({"text": str(block.get("text", ""))})
+            raise Untranslatable(f"{where}.{i}: only text blocks go to Converse")
+        if block.get("text"):  # Converse refuses empty text blocks
+            out.append({"text": str(block["text"])})
         out += _cache_point(block)
     return out
 

@@ -529,6 +529,7 @@ def header_lines(headers: Iterable[tuple[str, str]]) -> bytes:
 # The answer's headers worth passing on to the client (the rest is the upstream's own).
 PASSED_ON = frozenset(
     {b"content-type", b"request-id", b"x-request-id", b"retry-after", b"x-should-retry"}
+    | {b"x-amzn-requestid"}  # Bedrock's
 )
 _UNSAFE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # control characters (tab is allowed)
 
