@@ -273,6 +273,30 @@ def test_cache_reads_and_writes_are_charged_exactly(
     assert Decimal(entry["cost_usd"]) == _cost(entry, SONNET_PRICE) == Decimal("0.005475")
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize(
+    "usage", [{}, {"inputTokens": "40", "outputTokens": 7}, {"inputTokens": 40}],
+    ids=["empty", "text-count", "no-output"],
+)  # fmt: skip
+def test_an_answer_without_readable_usage_is_charged_the_reservation(
+    setup: Setup, key_name: str, stream: bool, usage: dict[str, Any]
+) -> None:
+    """Found in review: an unreadable Converse usage read as zeros, charged $0. SPEC §2.2:
+    an answer without usage is charged at the reservation."""
+    prompt = "no usage mock:words=5 mock:usage=" + orjson.dumps(usage).decode()
+    key = setup.gw.create_key(key_name)
+    response = httpx.post(
+        setup.gw.url + "/v1/messages", headers={"x-api-key": key}, timeout=30,
+        json={"model": "converse-sonnet", "max_tokens": 300, "stream": stream,
+              "messages": [{"role": "user", "content": prompt}]},
+    )  # fmt: skip
+    assert response.status_code == 200, response.text
+    (entry,) = setup.gw.ledger(key=key_name)
+    assert entry["outcome"] == "ok" and entry["output_tokens"] == 300, entry
+    assert entry["error"] and "no usage" in entry["error"]
+    assert Decimal(entry["cost_usd"]) > 300 * Decimal(SONNET_PRICE[1]) / 10**6
+
+
 @pytest.mark.parametrize(
     ("status", "anthropic_error", "anthropic_type", "openai_error"),
     [

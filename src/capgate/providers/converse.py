@@ -280,20 +280,31 @@ def _uses_tools(messages: list[JSON]) -> bool:
     )
 
 
+# What an answer says when Bedrock's usage cannot be read: the usage tap reads no usage
+# from it (a null input count), so the gateway charges the reservation (SPEC §2.2) — never
+# $0 for an answer whose cost is unknown. Clients see 0 output tokens and no input count.
+UNKNOWN_USAGE: JSON = {"input_tokens": None, "output_tokens": 0}
+
+
 def converse_usage(usage: Any) -> JSON:
-    """Converse's usage -> Anthropic's: the same split (input excludes cached tokens)."""
-    usage = usage if isinstance(usage, dict) else {}
-
-    def count(name: str) -> int:
-        value = usage.get(name)
-        return value if isinstance(value, int) and value >= 0 else 0
-
-    return {
-        "input_tokens": count("inputTokens"),
-        "output_tokens": count("outputTokens"),
-        "cache_read_input_tokens": count("cacheReadInputTokens"),
-        "cache_creation_input_tokens": count("cacheWriteInputTokens"),
-    }
+    """Converse's usage -> Anthropic's: the same split (input excludes cached tokens).
+    `UNKNOWN_USAGE` when it is missing or a count is not a whole number >= 0."""
+    if not isinstance(usage, dict):
+        return dict(UNKNOWN_USAGE)
+    counts: JSON = {}
+    for theirs, ours, required in (
+        ("inputTokens", "input_tokens", True),
+        ("outputTokens", "output_tokens", True),
+        ("cacheReadInputTokens", "cache_read_input_tokens", False),
+        ("cacheWriteInputTokens", "cache_creation_input_tokens", False),
+    ):
+        value = usage.get(theirs)
+        if value is None and not required:
+            value = 0
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            return dict(UNKNOWN_USAGE)
+        counts[ours] = value
+    return counts
 
 
 def message_id(request_id: str | None) -> str:
