@@ -395,10 +395,17 @@ def test_refresh_ahead_in_the_background_single_flight(caplog: pytest.LogCapture
         assert (await creds.get()).access_key_id == "K2"  # kept, not retried at once
         assert source.fetches == 2
         now[0] += 300
-        with pytest.raises(UpstreamFailed, match="expired and could not be refreshed") as caught:
+        with (
+            caplog.at_level(logging.WARNING),
+            pytest.raises(UpstreamFailed, match='unavailable for provider "b"') as caught,
+        ):
             await creds.get()
         assert caught.value.status == 503 and caught.value.sent is False
+        assert "expired and could not be refreshed" in caplog.text  # the details: logged
         source.failing = False
+        with pytest.raises(UpstreamFailed):  # within the retry backoff: not asked again
+            await creds.get()
+        now[0] += 10
         assert (await creds.get()).access_key_id == "K3"
 
     asyncio.run(run())

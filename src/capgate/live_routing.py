@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
@@ -373,6 +373,12 @@ class LiveRouting:
         await self.refresh(store)
         if any(r.match == match for r in self._routes):
             raise Conflict(f"the route for {match!r} is defined in the config file: edit it there")
+        rest = tuple(m for m in self._state.served if m != match)
+        problem = self._rules_problem(lambda model: self._served_by(rest, model))
+        if problem and not self._rules_problem(self.serves):  # this deletion would cause it
+            raise Conflict(
+                f"the runtime rules use the route {match!r}: {problem}; change them first"
+            )
         await store.delete_route(match, actor)
         await self.refresh(store)
 
@@ -385,12 +391,30 @@ class LiveRouting:
 
     def serves(self, model: str) -> bool:
         """Whether a route in force serves `model` (every name does without routes)."""
-        served = self._state.served
+        return self._served_by(self._state.served, model)
+
+    @staticmethod
+    def _served_by(served: tuple[str, ...], model: str) -> bool:
         return not served or any(fnmatchcase(model, match) for match in served)
+
+    def _rules_problem(self, serves: Callable[[str], bool]) -> str | None:
+        """Why the runtime rules in force name a model no route serves (None: they don't,
+        or the file's rules are in force: those are checked against the file's routes)."""
+        rules = self.rules
+        if rules is None or rules.in_force.source != "runtime":
+            return None
+        try:
+            rules.check(rules.in_force.rules, serves)
+        except InvalidRequest as exc:
+            return str(exc)
+        return None
 
     def rules_json(self) -> dict[str, Any]:
         rules = self._live_rules()
-        return rules.in_force.to_json(rules.config_rules)
+        out = rules.in_force.to_json(rules.config_rules)
+        if out["problem"] is None:  # e.g. a route deleted by a node of an older version
+            out["problem"] = self._rules_problem(self.serves)
+        return out
 
     async def set_rules(self, store: Store, rules: Any, actor: str) -> None:
         """Replace the runtime rules with the ordered list `rules`, checked first."""

@@ -29,6 +29,7 @@ COLUMNS = (
     "cache_hits",
     "saved_usd",
 )
+OLDER_SERVER = {"cache_hits": 0, "saved_usd": "0"}  # what a server without the cache lacks
 
 
 def usage(
@@ -53,7 +54,10 @@ def usage(
     items = AdminClient(url).call("GET", "/admin/usage", params=params)["items"]
     if fmt == "json":
         print(json.dumps(items, indent=2))
-    elif fmt == "csv":
+        return
+    # A server older than the cache's columns (a rolling upgrade) has none: nothing saved.
+    items = [{**OLDER_SERVER, **item} for item in items]
+    if fmt == "csv":
         writer = csv.writer(sys.stdout)
         writer.writerow((by, *COLUMNS))
         for item in items:

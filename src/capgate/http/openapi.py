@@ -326,7 +326,11 @@ def _routing_paths() -> dict[str, Any]:
         "/admin/routing/routes/{match}": {
             "get": _op("One route (the match may hold slashes)", params=match),
             "patch": _op("Change a runtime route", body="RouteBody", params=match),
-            "delete": _op("Remove a runtime route", params=match, ok="204"),
+            "delete": _op(
+                "Remove a runtime route (409 while the runtime rules name its model, naming "
+                "the rule)",
+                params=match, ok="204",
+            ),
         },
         "/admin/routing/rules": {
             "get": _op(

@@ -152,7 +152,10 @@ def _profile(
         )
         return StaticSource(f"profile {name!r}", keys)
     if values.get("credential_process"):
-        return ProcessSource(values["credential_process"], name)
+        try:
+            return ProcessSource(values["credential_process"], name)
+        except CredentialError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
     if values.get("role_arn") and values.get("web_identity_token_file"):
         return _web_identity(values["web_identity_token_file"], values["role_arn"], config, environ)
     if values.get("role_arn") or values.get("sso_session") or values.get("sso_start_url"):
@@ -184,17 +187,19 @@ class RefreshingCredentials:
         self._stale_at = 0.0
         self._retry_at = 0.0
         self._task: asyncio.Task[None] | None = None
-        self._error: str | None = None
         self.fetches = 0  # successful fetches (for tests)
 
     async def get(self) -> Credentials:
         now = self._clock()
         current = self._current
         if current is None or (current.expires is not None and now >= self._stale_at):
+            idle = self._task is None or self._task.done()
+            if idle and now < self._retry_at:  # the last fetch failed: fail fast until then
+                raise self._failure()
             await asyncio.shield(self._start())
             current = self._current
             if current is None or (current.expires is not None and self._clock() >= self._stale_at):
-                raise self._failure(current is not None)
+                raise self._failure()
             return current.credentials
         if current.expires is not None and now >= self._refresh_at and now >= self._retry_at:
             self._start()  # in the background; this request signs with the current ones
@@ -209,29 +214,38 @@ class RefreshingCredentials:
         started = self._clock()
         try:
             fetched = await self.source.fetch()
-        except CredentialError as exc:
-            self._error = str(exc)
+        except Exception as exc:  # noqa: BLE001 (whatever a source raises: a failed fetch)
+            error = exc if isinstance(exc, CredentialError) else type(exc).__name__
             self._retry_at = self._clock() + RETRY_S
             if self._current is not None and self._clock() < self._stale_at:
                 log.warning(
                     'provider "%s": refreshing AWS credentials failed, the current ones are '
                     "kept until they expire (in %.0f s): %s",
-                    self._provider, self._stale_at - self._clock(), exc,
+                    self._provider, self._stale_at - self._clock(), error,
+                )  # fmt: skip
+            else:  # the details stay here: the clients' 503 says only that there are none
+                log.warning(
+                    'provider "%s": AWS credentials from %s %s (requests fail with a 503 '
+                    "for %.0f s, then it is tried again): %s",
+                    self._provider, self.source.name, self._what(), RETRY_S, error,
                 )  # fmt: skip
             return
         self._current = fetched
-        self._error = None
         self.fetches += 1
         if fetched.expires is not None:
             life = max(0.0, fetched.expires - started)
             self._refresh_at = fetched.expires - min(self._ahead_s, life / 2)
             self._stale_at = fetched.expires - min(self._margin_s, life / 10)
 
-    def _failure(self, expired: bool) -> UpstreamFailed:
-        what = "expired and could not be refreshed" if expired else "could not be had"
+    def _what(self) -> str:
+        expired = self._current is not None
+        return "expired and could not be refreshed" if expired else "could not be had"
+
+    def _failure(self) -> UpstreamFailed:
+        # Generic: an STS / container / IMDS error body names roles, accounts, endpoints
+        # (they are in the server's log, written when the fetch failed).
         return UpstreamFailed(
-            f'provider "{self._provider}": AWS credentials from {self.source.name} {what}: '
-            f"{self._error or 'no credentials'}",
+            f'AWS credentials are unavailable for provider "{self._provider}"',
             status=503,
             sent=False,
         )

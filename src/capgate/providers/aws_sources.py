@@ -42,6 +42,7 @@ IMDS_TOKEN_TTL_S = "21600"  # noqa: S105 (a lifetime, not a secret)
 # link-local addresses of ECS and EKS pod identity.
 _PLAIN_HTTP_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "169.254.170.2", "169.254.170.23"})
 _FETCH_TIMEOUT_S = 5.0
+PROCESS_TIMEOUT_S = 60.0  # a credential_process that takes longer is killed
 
 
 class CredentialError(Exception):
@@ -214,14 +215,20 @@ class IMDSSource(_HTTPSource):
 
     async def fetch(self) -> Fetched:
         put = {"x-aws-ec2-metadata-token-ttl-seconds": IMDS_TOKEN_TTL_S}
-        token = (await self._call("PUT", self._base + "/latest/api/token", put)).decode().strip()
-        headers = {"x-aws-ec2-metadata-token": token}
+        token = self._text(await self._call("PUT", self._base + "/latest/api/token", put))
+        headers = {"x-aws-ec2-metadata-token": token.strip()}
         prefix = self._base + "/latest/meta-data/iam/security-credentials/"
-        roles = (await self._call("GET", prefix, headers)).decode().split()
+        roles = self._text(await self._call("GET", prefix, headers)).split()
         if not roles:
             raise CredentialError(f"{self.name}: the instance has no IAM role")
         fetched = from_json(await self._call("GET", prefix + roles[0], headers), self.name)
         return fetched
+
+    def _text(self, body: bytes) -> str:
+        try:
+            return body.decode()
+        except UnicodeDecodeError:
+            raise CredentialError(f"{self.name}: an answer that is not UTF-8 text") from None
 
 
 class ProcessSource:
@@ -229,17 +236,35 @@ class ProcessSource:
 
     def __init__(self, command: str, profile: str) -> None:
         self.name = f"credential_process of profile {profile!r}"
-        self._argv = shlex.split(command)
+        try:
+            self._argv = shlex.split(command)
+        except ValueError as exc:  # an unbalanced quote: a config error (the command unsaid)
+            raise CredentialError(f"{self.name} is not a valid command line: {exc}") from None
+        if not self._argv:
+            raise CredentialError(f"{self.name} is empty")
 
     async def fetch(self) -> Fetched:
         try:
             proc = await asyncio.create_subprocess_exec(
-                *self._argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+                *self._argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
             )
-            async with asyncio.timeout(60):
-                out, _err = await proc.communicate()
-        except (OSError, TimeoutError) as exc:
+        except OSError as exc:
             raise CredentialError(f"{self.name}: cannot run it ({type(exc).__name__})") from None
+        try:
+            async with asyncio.timeout(PROCESS_TIMEOUT_S):
+                out, _err = await proc.communicate()
+        except BaseException as exc:  # timed out or cancelled: no process left behind
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            if isinstance(exc, TimeoutError):
+                raise CredentialError(
+                    f"{self.name}: no answer in {PROCESS_TIMEOUT_S:g} s"
+                ) from None
+            raise
         if proc.returncode != 0:  # its stderr may hold anything: not repeated
             raise CredentialError(f"{self.name}: exited with status {proc.returncode}")
         fetched = from_json(out, self.name, token_field="SessionToken")  # noqa: S106
