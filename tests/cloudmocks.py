@@ -1,20 +1,27 @@
 """The cloud providers' mock upstreams (capgate.mock.bedrock, vertex, azure) served from
 a background thread, and the independent checks they use: botocore's SigV4 signer for
-Bedrock's signatures."""
+Bedrock's signatures; a capgate in front of Anthropic's mock and a Converse mock."""
 
 from __future__ import annotations
 
 import hmac
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from capgate.mock.bedrock import create_bedrock_app
 from capgate.mock.runner import MockUpstream
+from conftest import Capgate, start_capgate
 
 _AUTH = re.compile(
     r"^AWS4-HMAC-SHA256 Credential=([^/]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request, "
@@ -84,3 +91,52 @@ class CloudMock(MockUpstream):
     def __init__(self, app: web.Application) -> None:
         super().__init__()
         self.app = app
+
+
+@dataclass
+class ConverseSetup:
+    """A capgate with two providers: `anthropic` (the mock) and `converse` (Bedrock's
+    Converse API on a mock that checks each request's SigV4 signature)."""
+
+    gw: Capgate
+    anthropic: MockUpstream
+    bedrock: CloudMock
+    log: Path
+
+
+@contextmanager
+def converse_gateway(
+    tmp: Path, aws: tuple[str, str, str], region: str, models: list[dict[str, Any]]
+) -> Iterator[ConverseSetup]:
+    """`models` routed over the two providers; `aws` = key id, secret, session token."""
+    with (
+        MockUpstream() as main,
+        CloudMock(create_bedrock_app(sigv4_verifier(*aws, region))) as bedrock,
+    ):
+        config: dict[str, Any] = {
+            "providers": [
+                {"name": "anthropic", "type": "anthropic", "base_url": main.url, "api_key": "a"},
+                {"name": "converse", "type": "bedrock", "api": "converse", "region": region,
+                 "base_url": bedrock.url, "aws_access_key_id": aws[0],
+                 "aws_secret_access_key": aws[1], "aws_session_token": aws[2]},
+            ],
+            "models": models,
+        }  # fmt: skip
+        log = tmp / "capgate.log"
+        gw = start_capgate(tmp, config, log=log)
+        try:
+            yield ConverseSetup(gw, main, bedrock, log)
+        finally:
+            gw.close()
+
+
+def cost_at(entry: dict[str, Any], price: tuple[str, str, str, str]) -> Decimal:
+    """What a ledger entry's tokens cost at `price` (USD per million: input, output,
+    cache write, cache read)."""
+    counts = (
+        entry["input_tokens"],
+        entry["output_tokens"],
+        entry["cache_write_tokens"],
+        entry["cache_read_tokens"],
+    )
+    return sum((Decimal(p) * n for p, n in zip(price, counts, strict=True)), Decimal(0)) / 1_000_000

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterator
-from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -19,10 +17,8 @@ import openai
 import orjson
 import pytest
 
-from capgate.mock.bedrock import create_bedrock_app
-from capgate.mock.runner import MockUpstream
-from cloudmocks import CloudMock, sigv4_verifier
-from conftest import Capgate, start_capgate
+from cloudmocks import ConverseSetup as Setup
+from cloudmocks import converse_gateway, cost_at
 
 AWS = ("AKIAMOCKCONVERSE", "converse/secret+KEY0123456789", "converse-session-token")
 REGION = "eu-west-1"
@@ -44,54 +40,17 @@ TOOLS = [
 ]
 
 
-@dataclass
-class Setup:
-    gw: Capgate
-    anthropic: MockUpstream
-    bedrock: CloudMock
-    log: Path
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
-    tmp = tmp_path_factory.mktemp("converse")
-    with (
-        MockUpstream() as main,
-        CloudMock(create_bedrock_app(sigv4_verifier(*AWS, REGION))) as bedrock,
-    ):
-        config: dict[str, Any] = {
-            "providers": [
-                {"name": "anthropic", "type": "anthropic", "base_url": main.url, "api_key": "a"},
-                {"name": "converse", "type": "bedrock", "api": "converse", "region": REGION,
-                 "base_url": bedrock.url, "aws_access_key_id": AWS[0],
-                 "aws_secret_access_key": AWS[1], "aws_session_token": AWS[2]},
-            ],
-            "models": [
-                {"match": "nova-pro", "retries": 0,
-                 "targets": [{"provider": "converse", "model": NOVA}]},
-                {"match": "converse-sonnet", "retries": 0,
-                 "targets": [{"provider": "converse", "model": SONNET}]},
-                {"match": "claude-sonnet-4-5", "retries": 0,
-                 "targets": [{"provider": "anthropic"}],
-                 "fallbacks": [{"provider": "converse", "model": SONNET}]},
-            ],
-        }  # fmt: skip
-        log = tmp / "capgate.log"
-        gw = start_capgate(tmp, config, log=log)
-        try:
-            yield Setup(gw, main, bedrock, log)
-        finally:
-            gw.close()
-
-
-def _cost(entry: dict[str, Any], price: tuple[str, str, str, str]) -> Decimal:
-    counts = (
-        entry["input_tokens"],
-        entry["output_tokens"],
-        entry["cache_write_tokens"],
-        entry["cache_read_tokens"],
-    )
-    return sum((Decimal(p) * n for p, n in zip(price, counts, strict=True)), Decimal(0)) / 1_000_000
+    models: list[dict[str, Any]] = [
+        {"match": "nova-pro", "retries": 0, "targets": [{"provider": "converse", "model": NOVA}]},
+        {"match": "converse-sonnet", "retries": 0,
+         "targets": [{"provider": "converse", "model": SONNET}]},
+        {"match": "claude-sonnet-4-5", "retries": 0, "targets": [{"provider": "anthropic"}],
+         "fallbacks": [{"provider": "converse", "model": SONNET}]},
+    ]  # fmt: skip
+    with converse_gateway(tmp_path_factory.mktemp("converse"), AWS, REGION, models) as setup:
+        yield setup
 
 
 def _anthropic(setup: Setup, key: str) -> anthropic.Anthropic:
@@ -130,7 +89,7 @@ def test_an_anthropic_client_gets_a_whole_converse_answer(setup: Setup, key_name
         "converse", NOVA, "ok",
     )  # fmt: skip
     assert entry["input_tokens"] == message.usage.input_tokens and entry["output_tokens"] == 6
-    assert Decimal(entry["cost_usd"]) == _cost(entry, NOVA_PRICE) > 0
+    assert Decimal(entry["cost_usd"]) == cost_at(entry, NOVA_PRICE) > 0
 
 
 def test_an_anthropic_client_gets_a_converse_stream(setup: Setup, key_name: str) -> None:
@@ -150,7 +109,7 @@ def test_an_anthropic_client_gets_a_converse_stream(setup: Setup, key_name: str)
     (entry,) = setup.gw.ledger(key=key_name)
     assert entry["outcome"] == "ok" and entry["output_tokens"] == 9
     assert entry["input_tokens"] == final.usage.input_tokens
-    assert Decimal(entry["cost_usd"]) == _cost(entry, NOVA_PRICE) > 0
+    assert Decimal(entry["cost_usd"]) == cost_at(entry, NOVA_PRICE) > 0
 
 
 def test_an_openai_client_gets_converse_answers_whole_and_streamed(
@@ -181,7 +140,7 @@ def test_an_openai_client_gets_converse_answers_whole_and_streamed(
     ]  # fmt: skip
     entries = setup.gw.ledger(key=key_name)
     assert sorted(e["output_tokens"] for e in entries) == [4, 5]
-    assert all(Decimal(e["cost_usd"]) == _cost(e, NOVA_PRICE) > 0 for e in entries)
+    assert all(Decimal(e["cost_usd"]) == cost_at(e, NOVA_PRICE) > 0 for e in entries)
 
 
 def test_a_tool_use_round_trip_from_the_anthropic_sdk(setup: Setup, key_name: str) -> None:
@@ -270,7 +229,7 @@ def test_cache_reads_and_writes_are_charged_exactly(
     assert (entry["input_tokens"], entry["output_tokens"]) == (40, 7)
     assert (entry["cache_read_tokens"], entry["cache_write_tokens"]) == (5000, 1000)
     # 40 x $3 + 7 x $15 + 1000 x $3.75 + 5000 x $0.30, per million: exactly $0.005475.
-    assert Decimal(entry["cost_usd"]) == _cost(entry, SONNET_PRICE) == Decimal("0.005475")
+    assert Decimal(entry["cost_usd"]) == cost_at(entry, SONNET_PRICE) == Decimal("0.005475")
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
@@ -397,7 +356,7 @@ def test_anthropic_429_falls_over_to_converse(setup: Setup, key_name: str) -> No
     (entry,) = setup.gw.ledger(key=key_name)
     assert entry["provider"] == "converse" and entry["attempts"] == 2
     assert entry["upstream_model"] == SONNET
-    assert Decimal(entry["cost_usd"]) == _cost(entry, SONNET_PRICE) > 0
+    assert Decimal(entry["cost_usd"]) == cost_at(entry, SONNET_PRICE) > 0
 
 
 def test_an_exception_inside_a_converse_stream_ends_it(setup: Setup, key_name: str) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -15,10 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from capgate.mock.bedrock import create_bedrock_app
-from capgate.mock.runner import MockUpstream
-from cloudmocks import CloudMock, sigv4_verifier
-from conftest import Capgate, start_capgate
+from cloudmocks import ConverseSetup as Setup
+from cloudmocks import converse_gateway, cost_at
 from test_claude_code import run_claude
 
 AWS = ("AKIAMOCKCLAUDECODE", "claude/code+SECRET0123456789", "claude-code-session-token")
@@ -29,56 +26,21 @@ NOVA = "us.amazon.nova-lite-v1:0"
 PRICES = {SONNET: ("3", "15", "3.75", "0.30"), NOVA: ("0.06", "0.24", "0.06", "0.015")}
 
 
-@dataclass
-class Setup:
-    gw: Capgate
-    anthropic: MockUpstream
-    bedrock: CloudMock
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
-    tmp = tmp_path_factory.mktemp("converse_cc")
-    with (
-        MockUpstream() as main,
-        CloudMock(create_bedrock_app(sigv4_verifier(*AWS, REGION))) as bedrock,
-    ):
-        config: dict[str, Any] = {
-            "providers": [
-                {"name": "anthropic", "type": "anthropic", "base_url": main.url, "api_key": "a"},
-                {"name": "converse", "type": "bedrock", "api": "converse", "region": REGION,
-                 "base_url": bedrock.url, "aws_access_key_id": AWS[0],
-                 "aws_secret_access_key": AWS[1], "aws_session_token": AWS[2]},
-            ],
-            "models": [
-                # Claude Code's main model on Bedrock through Converse
-                {"match": "claude-sonnet-4-6", "retries": 0,
-                 "targets": [{"provider": "converse", "model": SONNET}]},
-                # its small model on Amazon Nova
-                {"match": "claude-haiku-4-5", "retries": 0,
-                 "targets": [{"provider": "converse", "model": NOVA}]},
-                # Anthropic first, Converse when Anthropic fails
-                {"match": "claude-opus-4-5", "retries": 0,
-                 "targets": [{"provider": "anthropic"}],
-                 "fallbacks": [{"provider": "converse", "model": SONNET}]},
-            ],
-        }  # fmt: skip
-        gw = start_capgate(tmp, config, log=tmp / "capgate.log")
-        try:
-            yield Setup(gw, main, bedrock)
-        finally:
-            gw.close()
-
-
-def _cost(entry: dict[str, Any]) -> Decimal:
-    price = PRICES[entry["upstream_model"]]
-    counts = (
-        entry["input_tokens"],
-        entry["output_tokens"],
-        entry["cache_write_tokens"],
-        entry["cache_read_tokens"],
-    )
-    return sum((Decimal(p) * n for p, n in zip(price, counts, strict=True)), Decimal(0)) / 1_000_000
+    models: list[dict[str, Any]] = [
+        # Claude Code's main model on Bedrock through Converse
+        {"match": "claude-sonnet-4-6", "retries": 0,
+         "targets": [{"provider": "converse", "model": SONNET}]},
+        # its small model on Amazon Nova
+        {"match": "claude-haiku-4-5", "retries": 0,
+         "targets": [{"provider": "converse", "model": NOVA}]},
+        # Anthropic first, Converse when Anthropic fails
+        {"match": "claude-opus-4-5", "retries": 0, "targets": [{"provider": "anthropic"}],
+         "fallbacks": [{"provider": "converse", "model": SONNET}]},
+    ]  # fmt: skip
+    with converse_gateway(tmp_path_factory.mktemp("converse_cc"), AWS, REGION, models) as setup:
+        yield setup
 
 
 def _charged_as_reported(setup: Setup, key_name: str) -> list[dict[str, Any]]:
@@ -87,7 +49,7 @@ def _charged_as_reported(setup: Setup, key_name: str) -> list[dict[str, Any]]:
     assert entries and all(e["outcome"] == "ok" for e in entries), entries
     assert all(e["provider"] == "converse" for e in entries)
     for entry in entries:
-        assert Decimal(entry["cost_usd"]) == _cost(entry) > 0
+        assert Decimal(entry["cost_usd"]) == cost_at(entry, PRICES[entry["upstream_model"]]) > 0
     return entries
 
 
