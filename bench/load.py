@@ -9,10 +9,11 @@ import json
 import os
 import re
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from procs import Pinning, log
+from procs import Pinning, log, proc_cpu_s
 from report import MODELS, Point
 from services import BENCH
 
@@ -89,11 +90,17 @@ def measure(
     args: argparse.Namespace,
     addrs: list[str] | None = None,
     after_warmup: Any = None,
+    pids: Callable[[], list[int]] | None = None,
 ) -> Point:
+    """One point; `pids` gives the proxy's processes, whose CPU per request is measured."""
     warm = run_wrk(pin, url, body_file, key, conc, args.warmup, addrs) if args.warmup > 0 else None
     if after_warmup is not None:
         after_warmup()
+    cpu0 = proc_cpu_s(pids()) if pids is not None else 0.0
     r = run_wrk(pin, url, body_file, key, conc, args.duration, addrs)
+    cpu_us = None
+    if pids is not None and r["requests"]:
+        cpu_us = (proc_cpu_s(pids()) - cpu0) / r["requests"] * 1e6
     lat = r["latency_us"]
     point = Point(
         target,
@@ -109,6 +116,7 @@ def measure(
         connections=r["connections"],
         threads=r["threads"],
         warmup_requests=warm["requests"] if warm else 0,
+        cpu_us=cpu_us,
     )
     point.errors["non2xx"] = max(r["errors"]["status"], r["non2xx_line"])
     bad = {k: v for k, v in point.errors.items() if v and k != "status"}

@@ -23,6 +23,9 @@ class Point:
     connections: int = 0
     threads: int = 1
     warmup_requests: int = 0  # completed in the warm-up run (for the ledger check)
+    # CPU µs per request of the proxy's processes in the measured run (/proc): moved much
+    # less than req/s by other processes on the machine. None for 'direct'.
+    cpu_us: float | None = None
 
 
 def fmt_num(value: float | None, spec: str) -> str:
@@ -44,6 +47,8 @@ def print_table(points: list[Point], litellm: list[Point]) -> None:
         "ratio",
         "added p50 ms",
         "÷ floor",
+        "cpu µs/req",
+        "cpu ÷ floor",
     ]
     rows = []
     keys = sorted(
@@ -59,6 +64,9 @@ def print_table(points: list[Point], litellm: list[Point]) -> None:
             if g is None:
                 continue
             vs_floor = g.rps / floor.rps if floor and floor.rps and target != "floor" else None
+            cpu_vs_floor = None  # the floor's CPU per request over this proxy's
+            if floor and floor.cpu_us and g.cpu_us and target != "floor":
+                cpu_vs_floor = floor.cpu_us / g.cpu_us
             rows.append(
                 [
                     label.format(fmt),
@@ -73,13 +81,16 @@ def print_table(points: list[Point], litellm: list[Point]) -> None:
                     fmt_num(g.rps / d.rps if d and d.rps else None, ".2f"),
                     fmt_num(g.p50_ms - d.p50_ms if d else None, "+.2f"),
                     fmt_num(vs_floor, ".2f"),
+                    fmt_num(g.cpu_us, ",.0f"),
+                    fmt_num(cpu_vs_floor, ".2f"),
                 ]
             )
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
     if litellm or any(p.target == "floor" for p in points):
         print(
             "(rows marked floor / LiteLLM: the 'capgate' columns are that proxy's figures; "
-            "÷ floor = req/s over the floor's)"
+            "÷ floor = req/s over the floor's; cpu ÷ floor = the floor's CPU per request over "
+            "the proxy's)"
         )
     line = "  ".join(
         c.ljust(w) if i < 3 else c.rjust(w)

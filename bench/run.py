@@ -305,6 +305,7 @@ def main() -> int:
                             args,
                             addrs,
                             lambda where=where: check_workers(f"the warm-up of {where}"),
+                            lambda: [pid for w in workers for pid in tree_pids(w.pid)],
                         )
                     except RuntimeError as exc:
                         dead = [w.exit_note() for w in workers if not w.alive()]
@@ -325,6 +326,7 @@ def main() -> int:
                             body,
                             None,
                             args,
+                            pids=lambda: [floor.pid],
                         )
                         points.append(f)
                     log(
@@ -385,8 +387,9 @@ def main() -> int:
                     raise RuntimeError(msg)
                 for conc in args.conc:
                     p = measure(
-                        pin, "litellm", "openai", False, conc, lurl, body, LITELLM_KEY, args
-                    )
+                        pin, "litellm", "openai", False, conc, lurl, body, LITELLM_KEY, args,
+                        pids=lambda: tree_pids(lite.pid),
+                    )  # fmt: skip
                     lite_points.append(p)
                     log(
                         f"  litellm   stream=no  c={conc:<3} {p.rps:8,.0f}/s p50 {p.p50_ms:6.2f} ms"
