@@ -16,7 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
+from capgate.core.frozen import quick_init
 from capgate.core.limits import Limit, Metric, Scope, Status
 from capgate.core.money import Usage
 from capgate.core.schedules import closed_schedules
@@ -29,6 +31,7 @@ from capgate.core.windows import (
 )
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Amounts:
     """What one request counts (or may count, for a reservation) against each metric."""
@@ -57,12 +60,14 @@ class Amounts:
         return cls(requests, usage.total_input, usage.output_tokens, cost_nano, credits)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class CounterState:
     settled: int = 0
     reserved: int = 0
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Applicable:
     """One limit of one scope, in the window instance that contains `now`."""
@@ -73,6 +78,7 @@ class Applicable:
     window: WindowInstance
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Charge:
     """An amount reserved on one counter instance; settlement releases exactly this."""
@@ -83,8 +89,10 @@ class Charge:
     amount: int
 
 
-@dataclass(frozen=True, slots=True)
-class CounterDelta:
+class CounterDelta(NamedTuple):
+    """What settling moves on one counter instance. A tuple: the store adds it as is
+    (`(counter, window_start, reserved, settled)`), with no copy per request."""
+
     counter: str
     window_start: int
     reserved: int
@@ -124,6 +132,7 @@ class Refusal:
         return out
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Admission:
     charges: tuple[Charge, ...]
@@ -183,6 +192,7 @@ def check_access(scopes: Sequence[Scope], models: Sequence[str], now: float) -> 
     return None
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class OutputFlex:
     """How the worst case shrinks when the output bound (`max_tokens`) is lowered: lets
@@ -271,6 +281,7 @@ def _reserve(
     return Admission(tuple(charges))
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Headroom:
     """What was left of the tightest limit when a request was admitted (before its own
