@@ -14,6 +14,7 @@ result inside one transaction, so no other request can slip between check and re
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -150,6 +151,43 @@ def counters_for(scopes: Iterable[Scope], models: Sequence[str], now: float) -> 
                 window = window_at(limit.window, now, scope.timezone)
                 out.append(Applicable(scope, limit, scope.counter_id(limit), window))
     return out
+
+
+class CountersFor:
+    """`counters_for`, remembered per (scopes, models) for as long as its answer holds.
+
+    For the same scope objects (a store's key cache hands out the same ones until its
+    configuration is reloaded) and models, `counters_for` changes only when one of its
+    window instances ends: the answer is kept for instants inside all of them, so a
+    request skips the glob matching, window look-ups and counter names (exactly the
+    same answer, as a tuple). The memo holds the scopes it was computed for, so their
+    ids cannot be reused by other objects while an entry is kept."""
+
+    __slots__ = ("_memo",)
+
+    _LIMIT = 4096  # entries; (key, provider, model) combinations in use are far fewer
+
+    def __init__(self) -> None:
+        self._memo: dict[
+            tuple[object, ...], tuple[tuple[Scope, ...], float, float, tuple[Applicable, ...]]
+        ] = {}
+
+    def __call__(
+        self, scopes: Sequence[Scope], models: Sequence[str], now: float
+    ) -> tuple[Applicable, ...]:
+        memo_key = (*map(id, scopes), *models)
+        kept = self._memo.get(memo_key)
+        if kept is not None:
+            _held, start, end, applicable = kept
+            if start <= now < end:
+                return applicable
+        applicable = tuple(counters_for(scopes, models, now))
+        start = max((a.window.start for a in applicable), default=-math.inf)
+        end = min((a.window.end for a in applicable), default=math.inf)
+        if len(self._memo) >= self._LIMIT:
+            self._memo.clear()
+        self._memo[memo_key] = (tuple(scopes), start, end, applicable)
+        return applicable
 
 
 def check_standing(scope: Scope, now: float) -> Refusal | None:
