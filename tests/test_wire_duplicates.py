@@ -3,8 +3,6 @@ name found, and bodies as large as Claude Code's stay cheap to check."""
 
 from __future__ import annotations
 
-import time
-
 import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -61,21 +59,31 @@ def test_a_tool_use_input_many_times_is_not_a_candidate() -> None:
     assert duplicate_key(twice, orjson.loads(twice)) == "max_tokens"
 
 
-def test_a_large_body_is_checked_in_one_pass() -> None:
-    """A ~1 MB body (a long Claude Code session): well under the time the counts took
-    (~9 passes over it), measured against one `bytes.count` over the same bytes."""
+class _Scans(bytes):
+    """Bytes that count the searches made over them with their own methods."""
+
+    made = 0
+
+    def count(self, *args: object) -> int:  # type: ignore[override]
+        _Scans.made += 1
+        return super().count(*args)  # type: ignore[arg-type]
+
+    def find(self, *args: object) -> int:  # type: ignore[override]
+        _Scans.made += 1
+        return super().find(*args)  # type: ignore[arg-type]
+
+
+def test_a_large_body_is_scanned_once_not_once_per_name() -> None:
+    """A long Claude Code body (~0.9 MB) has nine watched names: a `bytes.count` for each
+    took ~3.2 ms here, the one pass of a regular expression ~0.7 ms (no timing is
+    asserted: docs/performance.md, "Below the server"). Its answer is the same."""
     text = "the quick brown fox jumps over the lazy dog " * 50
     messages = [{"role": "user", "content": [{"type": "text", "text": text}]}] * 400
     body = {"model": "m", "max_tokens": 5, "system": text, "stream": True, "messages": messages}
     body |= {"tools": [{"name": "x", "input_schema": {}}], "thinking": {"budget_tokens": 2000}}
-    raw = orjson.dumps(body)
-    parsed = orjson.loads(raw)
-    one_count = min(_timed(lambda: raw.count(b'"model"')) for _ in range(5))
-    check = min(_timed(lambda: duplicate_key(raw, parsed)) for _ in range(5))
-    assert check < 4 * one_count, (check, one_count)  # measured: 1.7x; the counts 7.8x
-
-
-def _timed(fn: object) -> float:
-    began = time.perf_counter()
-    fn()  # type: ignore[operator]
-    return time.perf_counter() - began
+    plain = orjson.dumps(body)
+    parsed = orjson.loads(plain)
+    _Scans.made = 0
+    assert duplicate_key(_Scans(plain), parsed) is None
+    assert _Scans.made == 0
+    assert by_counts(plain, parsed) is None
