@@ -213,12 +213,13 @@ def check_access(scopes: Sequence[Scope], models: Sequence[str], now: float) -> 
         standing = check_standing(scope, now)
         if standing is not None:
             return standing
-        if not any(scope.allows_model(m) for m in models):
+        # Most scopes allow every model and have no schedule: no call or generator then.
+        if scope.models and not any(scope.allows_model(m) for m in models):
             label = f'{scope.kind.value} "{scope.name}"'
             allowed = ", ".join(scope.models)
             msg = f'Model "{model}" is not allowed for {label} (allowed: {allowed}).'
             return Refusal("model_not_allowed", msg, scope.kind.value, scope.name)
-        closed = closed_schedules(scope.schedules, models, now)
+        closed = closed_schedules(scope.schedules, models, now) if scope.schedules else None
         if closed:
             label = f'{scope.kind.value} "{scope.name}"'
             when = "; ".join(s.describe() for s in closed)
