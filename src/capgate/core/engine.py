@@ -14,9 +14,12 @@ result inside one transaction, so no other request can slip between check and re
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
+from capgate.core.frozen import quick_init
 from capgate.core.limits import Limit, Metric, Scope, Status
 from capgate.core.money import Usage
 from capgate.core.schedules import closed_schedules
@@ -29,6 +32,7 @@ from capgate.core.windows import (
 )
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Amounts:
     """What one request counts (or may count, for a reservation) against each metric."""
@@ -57,12 +61,14 @@ class Amounts:
         return cls(requests, usage.total_input, usage.output_tokens, cost_nano, credits)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class CounterState:
     settled: int = 0
     reserved: int = 0
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Applicable:
     """One limit of one scope, in the window instance that contains `now`."""
@@ -73,6 +79,7 @@ class Applicable:
     window: WindowInstance
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Charge:
     """An amount reserved on one counter instance; settlement releases exactly this."""
@@ -83,8 +90,10 @@ class Charge:
     amount: int
 
 
-@dataclass(frozen=True, slots=True)
-class CounterDelta:
+class CounterDelta(NamedTuple):
+    """What settling moves on one counter instance. A tuple: the store adds it as is
+    (`(counter, window_start, reserved, settled)`), with no copy per request."""
+
     counter: str
     window_start: int
     reserved: int
@@ -124,6 +133,7 @@ class Refusal:
         return out
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Admission:
     charges: tuple[Charge, ...]
@@ -141,6 +151,43 @@ def counters_for(scopes: Iterable[Scope], models: Sequence[str], now: float) -> 
                 window = window_at(limit.window, now, scope.timezone)
                 out.append(Applicable(scope, limit, scope.counter_id(limit), window))
     return out
+
+
+class CountersFor:
+    """`counters_for`, remembered per (scopes, models) for as long as its answer holds.
+
+    For the same scope objects (a store's key cache hands out the same ones until its
+    configuration is reloaded) and models, `counters_for` changes only when one of its
+    window instances ends: the answer is kept for instants inside all of them, so a
+    request skips the glob matching, window look-ups and counter names (exactly the
+    same answer, as a tuple). The memo holds the scopes it was computed for, so their
+    ids cannot be reused by other objects while an entry is kept."""
+
+    __slots__ = ("_memo",)
+
+    _LIMIT = 4096  # entries; (key, provider, model) combinations in use are far fewer
+
+    def __init__(self) -> None:
+        self._memo: dict[
+            tuple[object, ...], tuple[tuple[Scope, ...], float, float, tuple[Applicable, ...]]
+        ] = {}
+
+    def __call__(
+        self, scopes: Sequence[Scope], models: Sequence[str], now: float
+    ) -> tuple[Applicable, ...]:
+        memo_key = (*map(id, scopes), *models)
+        kept = self._memo.get(memo_key)
+        if kept is not None:
+            _held, start, end, applicable = kept
+            if start <= now < end:
+                return applicable
+        applicable = tuple(counters_for(scopes, models, now))
+        start = max((a.window.start for a in applicable), default=-math.inf)
+        end = min((a.window.end for a in applicable), default=math.inf)
+        if len(self._memo) >= self._LIMIT:
+            self._memo.clear()
+        self._memo[memo_key] = (tuple(scopes), start, end, applicable)
+        return applicable
 
 
 def check_standing(scope: Scope, now: float) -> Refusal | None:
@@ -166,12 +213,13 @@ def check_access(scopes: Sequence[Scope], models: Sequence[str], now: float) -> 
         standing = check_standing(scope, now)
         if standing is not None:
             return standing
-        if not any(scope.allows_model(m) for m in models):
+        # Most scopes allow every model and have no schedule: no call or generator then.
+        if scope.models and not any(scope.allows_model(m) for m in models):
             label = f'{scope.kind.value} "{scope.name}"'
             allowed = ", ".join(scope.models)
             msg = f'Model "{model}" is not allowed for {label} (allowed: {allowed}).'
             return Refusal("model_not_allowed", msg, scope.kind.value, scope.name)
-        closed = closed_schedules(scope.schedules, models, now)
+        closed = closed_schedules(scope.schedules, models, now) if scope.schedules else None
         if closed:
             label = f'{scope.kind.value} "{scope.name}"'
             when = "; ".join(s.describe() for s in closed)
@@ -183,6 +231,7 @@ def check_access(scopes: Sequence[Scope], models: Sequence[str], now: float) -> 
     return None
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class OutputFlex:
     """How the worst case shrinks when the output bound (`max_tokens`) is lowered: lets
@@ -271,6 +320,7 @@ def _reserve(
     return Admission(tuple(charges))
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Headroom:
     """What was left of the tightest limit when a request was admitted (before its own

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from capgate.core.frozen import quick_init
 from capgate.errors import InvalidRequest
 
 REQUEST_OVERHEAD = 1_000  # system prompt for tools, formatting tokens
@@ -32,6 +33,7 @@ _IMAGE_TYPES = frozenset({"image", "image_url", "input_image"})
 _DOCUMENT_TYPES = frozenset({"document", "file", "input_file"})
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class RequestFacts:
     model: str
@@ -153,6 +155,7 @@ DEFAULT_TOOL_USES = 5
 MAX_TOOL_USES = 1000
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Hidden:
     """What a request may cost beyond its body: input the provider adds from its own

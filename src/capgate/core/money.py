@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from capgate.core.frozen import quick_init
+
 PICO_PER_NANO = 1000
 
 
@@ -26,6 +28,7 @@ def per_million_to_pico(value: Any) -> int:
     return int(pico)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Usage:
     """Tokens of one answer, as the provider reported them (Anthropic's split)."""

@@ -12,6 +12,7 @@ from typing import Any
 
 from capgate.core.engine import Amounts
 from capgate.core.estimate import Hidden
+from capgate.core.frozen import quick_init
 from capgate.core.money import MAX_AMOUNT, Price
 from capgate.errors import InvalidRequest
 from capgate.pricing import PricingTable
@@ -21,6 +22,7 @@ from capgate.store.base import RequestInfo
 _FREE = Price(0, 0, 0, 0, 0)  # for unpriced models when the admin allows them
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Admission:
     """A request admitted to one target: what the ledger records, its price, the worst

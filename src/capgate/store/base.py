@@ -52,6 +52,7 @@ from capgate.core.engine import (
     check_access,
     counters_for,
 )
+from capgate.core.frozen import quick_init
 from capgate.core.limits import Scope
 from capgate.core.money import Usage
 from capgate.rotation import RetiredSecret
@@ -80,6 +81,7 @@ LOGIN_MAX_FAILURES = 10
 LOGIN_WINDOW_S = 600.0
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class RequestInfo:
     """What the ledger records about a request, known before it is forwarded."""
@@ -102,6 +104,7 @@ class RequestInfo:
     rule: str | None = None
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Reservation:
     id: str
@@ -116,6 +119,7 @@ class Reservation:
     fail_open: bool = False
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """How an admitted request ended; settles its reservation into one ledger entry."""

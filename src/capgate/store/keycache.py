@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from capgate.core.engine import Amounts, Refusal
+from capgate.core.engine import Amounts, CountersFor, Refusal
 from capgate.core.limits import Scope, ScopeKind
 from capgate.rotation import RetiredSecret, load_retired
 from capgate.store.base import RequestInfo, Reservation, unreserved
@@ -23,6 +23,7 @@ class KeyCache:
     _retired: dict[str, tuple[RetiredSecret, ...]]  # rotated keys' old secrets
     _named: dict[tuple[ScopeKind, str], Scope]  # users, teams, orgs, providers
     _version: str
+    _counters_for: CountersFor  # one per configuration loaded (_install)
     # Whether a user, team or org logs bodies: when none does, a key's own flag decides
     # alone (the body log's check costs one attribute read per request).
     named_log_bodies: bool = False
@@ -46,6 +47,7 @@ class KeyCache:
         self.named_log_bodies = any(scope.log_bodies for scope in named.values())
         self.named_cache = any(scope.cache is not None for scope in named.values())
         self._retired = retired
+        self._counters_for = CountersFor()  # remembers these scopes' limits (engine.py)
 
     def key_by_id(self, key_id: str) -> tuple[Scope, bytes] | None:
         return self._keys.get(key_id)

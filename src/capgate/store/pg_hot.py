@@ -24,11 +24,11 @@ from capgate.core.engine import (
     Applicable,
     Charge,
     CounterDelta,
+    CountersFor,
     CounterState,
     OutputFlex,
     Refusal,
     check_access,
-    counters_for,
     plan_reserve,
     plan_settle,
     tightest,
@@ -166,6 +166,7 @@ class PgReserve:
     _closing: bool
     _giving_up: set[asyncio.Task[None]]
     _scopes_of: Callable[[Scope, str], list[Scope]]
+    _counters_for: CountersFor
     _keys: dict[str, tuple[Scope, bytes]]
     _batcher: Batcher
 
@@ -238,7 +239,7 @@ class PgReserve:
                 verified = True
                 continue
             assert key is not None
-            applicable = counters_for(scopes, models, now)
+            applicable = self._counters_for(scopes, models, now)
             states = fresh if fresh is not None else self._seen.get(applicable)
             if old is not None:
                 states = _released(states, applicable, old)

@@ -28,7 +28,6 @@ from capgate.core.engine import (
     OutputFlex,
     Refusal,
     check_access,
-    counters_for,
     plan_reserve,
     plan_settle,
     tightest,
@@ -295,7 +294,7 @@ class SQLiteStore(
         models = (info.model, info.upstream_model)
         refusal = check_access(scopes, models, now)
         if refusal is None:
-            applicable = counters_for(scopes, models, now)
+            applicable = self._counters_for(scopes, models, now)
             states = self._counters.read(
                 conn, [(a.counter, a.window.start, a.window.read_from) for a in applicable]
             )

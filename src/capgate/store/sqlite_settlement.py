@@ -53,8 +53,7 @@ def settle(
         return _unreserved(conn, add, res, outcome, actual, now)
     if conn.execute("DELETE FROM reservations WHERE id=?", (res.id,)).rowcount == 0:
         return _late(conn, add, res, outcome, actual, now)
-    deltas = plan_settle(res.charges, actual)
-    add(conn, [(d.counter, d.window_start, d.reserved, d.settled) for d in deltas])
+    add(conn, plan_settle(res.charges, actual))  # CounterDelta: (counter, start, reserved, settled)
     q.insert_entry(conn, res.info, res.key, outcome, actual, now, res.max_output)
     return SETTLED
 

@@ -2,14 +2,17 @@
 
 orjson keeps the last of two equal keys; an upstream parser may keep the first. A body
 with `"max_tokens": 100000` and then `"max_tokens": 10` would be priced and reserved for
-10 tokens and run for 100,000. Such a body is refused. A byte count over the raw body
-finds the candidates cheaply (a key's quoted name cannot appear in a JSON string
-unescaped); only those are parsed a second time with every object's pairs kept.
+10 tokens and run for 100,000. Such a body is refused. One pass of a regular expression
+over the raw body finds the candidates (a key's quoted name cannot appear in a JSON
+string unescaped); only those are parsed a second time with every object's pairs kept.
+One pass, not a `bytes.count` per watched name: a 90 kB Claude Code body took ~300 µs
+with the counts (~35 µs per name present), ~100 µs with the pass.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 # What capgate reads to price, bound and route a request: top-level fields, and the
@@ -35,8 +38,13 @@ TOP_LEVEL = (
     "web_search_options",
 )
 NESTED = {"stream_options": "include_usage", "thinking": "budget_tokens", "tools": "max_uses"}
-_NEEDLES = {name: f'"{name}"'.encode() for name in (*TOP_LEVEL, *NESTED.values())}
-_WATCHED = frozenset(_NEEDLES)
+_TOP = frozenset(TOP_LEVEL)
+_WATCHED = _TOP | frozenset(NESTED.values())
+# Every watched name in quotes, longest first; a match ends at its closing quote, so
+# `"stream"` never matches inside `"stream_options"`.
+_QUOTED = re.compile(
+    b'"(' + b"|".join(n.encode() for n in sorted(_WATCHED, key=len, reverse=True)) + b')"'
+)
 
 
 class _Duplicate(Exception):
@@ -59,9 +67,7 @@ def duplicate_key(raw: bytes, body: Any) -> str | None:
     be there twice, so only those are counted."""
     if not isinstance(body, dict):
         return None
-    names = [n for n in TOP_LEVEL if n in body]
-    names += [NESTED[n] for n in NESTED if n in body]
-    if not any(raw.count(_NEEDLES[name]) > 1 for name in names):
+    if not _twice(raw, body):
         return None
     try:
         json.loads(raw, object_pairs_hook=_pairs)
@@ -70,3 +76,22 @@ def duplicate_key(raw: bytes, body: Any) -> str | None:
     except ValueError:  # orjson read it; the stdlib may differ at the edges (lone surrogates)
         return None
     return None
+
+
+def _twice(raw: bytes, body: dict[str, Any]) -> bool:
+    """Whether a name capgate reads in `body` is quoted twice or more in `raw`: then the
+    body is a candidate, parsed again."""
+    seen: set[bytes] = set()
+    for name in _QUOTED.findall(raw):
+        if name in seen and _read_in(name.decode(), body):
+            return True
+        seen.add(name)
+    return False
+
+
+def _read_in(name: str, body: dict[str, Any]) -> bool:
+    """Whether capgate reads `name` in `body`: a top-level field it has, or a nested
+    field under a parent it has."""
+    if name in _TOP:
+        return name in body
+    return any(name == nested and parent in body for parent, nested in NESTED.items())
