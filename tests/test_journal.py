@@ -103,6 +103,11 @@ def test_a_line_holds_everything_a_settlement_needs() -> None:
     assert (back_res.key.id, back_res.key.name, back_res.key.extra) == ("kid", "name", key.extra)
     with_usage = Outcome(200, "ok", Usage(1, 2, 3, 4, 5), 1, 1.0)
     assert journal.decode(journal.encode(res, with_usage))[1] == with_usage
+    # A response cache's hit keeps its mark and what it saved when replayed after a crash.
+    hit = Outcome(200, "ok", Usage(1, 2), 0, 1.0, cache="hit", saved_nano=12_345)
+    assert journal.decode(journal.encode(res, hit))[1] == hit
+    miss = Outcome(200, "ok", Usage(1, 2), 7, 1.0, cache="miss")
+    assert journal.decode(journal.encode(res, miss))[1] == miss
 
 
 def test_the_file_starts_over_when_nothing_waits_and_rotates_when_large(tmp_path: Path) -> None:

@@ -200,6 +200,7 @@ def encode(res: Reservation, outcome: Outcome) -> bytes:
             list(outcome.flags),
         ],
         **({} if outcome.requests == 1 else {"requests": outcome.requests}),
+        **({} if outcome.cache is None else {"cache": [outcome.cache, outcome.saved_nano]}),
         "usage": None if usage is None else [
             usage.input_tokens, usage.output_tokens, usage.cache_read_tokens,
             usage.cache_write_tokens, usage.cache_write_1h_tokens,
@@ -220,6 +221,7 @@ def decode(line: bytes) -> tuple[Reservation, Outcome]:
     )  # fmt: skip
     status, outcome, cost, latency, ttft, attempts, error, model, flags = d["outcome"]
     usage = None if d["usage"] is None else Usage(*d["usage"])
+    cache, saved = d.get("cache") or (None, 0)  # lines written before session 11 have none
     return res, Outcome(
         status,
         outcome,
@@ -232,4 +234,6 @@ def decode(line: bytes) -> tuple[Reservation, Outcome]:
         model,
         tuple(flags),
         int(d.get("requests", 1)),
+        cache,
+        int(saved),
     )
