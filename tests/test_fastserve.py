@@ -197,7 +197,9 @@ def test_a_gateway_request_then_others_on_one_connection(server: Capgate, key: s
     assert after.status == 200 and not after.fast
     assert "b" in after.json()["choices"][0]["message"]["content"]
     dashboard = connect(server)
-    dashboard.send(post("/v1/messages", claude("c"), key) + b"GET /dashboard HTTP/1.1\r\nHost: x\r\n\r\n")
+    dashboard.send(
+        post("/v1/messages", claude("c"), key) + b"GET /dashboard HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
     assert dashboard.answer().fast
     page = dashboard.answer()
     assert page.status in (200, 302) and not page.fast
