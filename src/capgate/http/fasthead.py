@@ -64,7 +64,8 @@ class _Fields:
         if lowered in _REFUSED:
             if lowered != "content-length" or not value.isdigit():
                 self.refused = True
-            self.lengths += 1
+            else:
+                self.lengths += 1
         self.fields.append((key, value.decode("utf-8", "surrogateescape")))
 
     def on_headers_complete(self) -> None:
