@@ -243,8 +243,9 @@ class FastConnection(asyncio.Protocol):
             stream = request._stream
             if stream is None:
                 self._answer(response, request.path)
-            elif not stream.ended:  # a stream cut short: the connection is broken
-                self._closing = True
+            elif not stream.ended:  # returned unfinished (the upstream broke): ended here,
+                with contextlib.suppress(ConnectionResetError):  # as aiohttp ends it
+                    await stream.write_eof()
         finally:
             self._task = None
             self._after()
