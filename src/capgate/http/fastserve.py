@@ -243,6 +243,10 @@ class FastConnection(asyncio.Protocol):
             stream = request._stream
             if stream is None:
                 self._answer(response, request.path)
+                # A client that sends requests without reading the answers: the next one
+                # waits until this one has left (as aiohttp waits for a drain).
+                with contextlib.suppress(ConnectionResetError):
+                    await self.drain()
             elif not stream.ended:  # returned unfinished (the upstream broke): ended here,
                 with contextlib.suppress(ConnectionResetError):  # as aiohttp ends it
                     await stream.write_eof()
