@@ -2,8 +2,8 @@
 goes to aiohttp, untouched) and the head of its answers.
 
 A head is served only when it is plainly a gateway call: `POST` to one of the gateway
-paths (a query string allowed) over HTTP/1.1, parsed cleanly by httptools, within 8 KiB
-per line, every line ending in CRLF, no folded header, exactly one Content-Length of digits
+paths (a query string allowed) over HTTP/1.1, parsed cleanly by httptools (every line
+ending in CRLF, no folded header), within 8 KiB per line, exactly one Content-Length of digits
 and no more than the body limit, and no Transfer-Encoding, Content-Encoding, Expect or
 Upgrade. Everything else (a chunked or compressed body, `Expect: 100-continue`,
 HTTP/1.0, a malformed head, a body over the limit, another route) is aiohttp's to answer,
@@ -93,11 +93,9 @@ def read_head(buffer: bytearray, max_body: int) -> Head | str | None:
     line = _LINE.fullmatch(head, 0, first)
     if line is None:
         return HAND_OFF
-    if head.count(b"\n") != head.count(b"\r\n") or b"\n " in head or b"\n\t" in head:
-        return HAND_OFF  # a bare LF, or a folded header line
     if size > LINE_LIMIT and max(map(len, head.split(b"\r\n"))) > LINE_LIMIT:
         return HAND_OFF
-    fields = _Fields()
+    fields = _Fields()  # a bare LF or a folded line is an HttpParserError (llhttp, strict)
     parser = httptools.HttpRequestParser(fields)
     try:
         parser.feed_data(head)
@@ -166,14 +164,15 @@ def answer_head(
         lines.append(f"{name}: {value}\r\n")
     if has_body and not seen_type:
         lines.append("Content-Type: application/octet-stream\r\n")
-    lines.append(framing)
+    if framing:
+        lines.append(framing)
     if not seen_date:
         lines.append(f"Date: {date}\r\n")
     if not seen_server:
         lines.append(f"Server: {SERVER}\r\n")
     if close:
         lines.append("Connection: close\r\n")
-    text = "".join(lines)
+    text = "".join(lines)  # each line ends in its one CRLF, unless a value holds another
     if text.count("\n") != len(lines) or text.count("\r") != len(lines):
         raise ValueError("a header holds a line break")  # never sent: a 500 instead
     return (text + "\r\n").encode("utf-8")

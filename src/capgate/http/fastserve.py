@@ -23,6 +23,7 @@ import contextlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("capgate.http")
 
 READ_PAUSE_BYTES = 64 * 1024  # buffered while a request is served: stop reading
+_STATUSES = frozenset(status.value for status in HTTPStatus)
 
 
 @dataclass(frozen=True)
@@ -293,7 +295,7 @@ class FastConnection(asyncio.Protocol):
             transport.write(data)
 
     def stream_head(self, status: int, headers: Mapping[str, str]) -> bytes:
-        reason = web.Response(status=status).reason
+        reason = HTTPStatus(status).phrase if status in _STATUSES else ""
         framing = "Transfer-Encoding: chunked\r\n"
         return answer_head(
             status, reason, dict(headers), framing, self._closing, self._routes.extra_headers,
