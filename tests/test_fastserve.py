@@ -5,8 +5,10 @@ for the fast path, aiohttp's own name for aiohttp."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
+import logging
 import signal
 import socket
 import ssl
@@ -17,7 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
+from capgate.http.door import GatewayRequest
+from capgate.http.edge import EdgeServer
+from capgate.http.fasthead import GATEWAY_PATHS
+from capgate.http.fastserve import FastRoutes
 from conftest import Capgate, Upstream, gateway_config, self_signed, start_capgate
 
 FAST = "capgate"
@@ -460,3 +467,89 @@ def test_workers_serve_on_the_fast_path(upstream: Upstream, tmp_path: Path) -> N
             conn.sock.close()
     finally:
         workers.close()
+
+
+class _Transport(asyncio.Transport):
+    """What a fast connection writes, for feeding it by hand."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = b""
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += bytes(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
+def test_a_failing_handler_is_a_500_in_its_dialect_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def broken(request: GatewayRequest) -> web.StreamResponse:
+        raise RuntimeError("broken handler")
+
+    async def run() -> _Transport:
+        routes = FastRoutes(dict.fromkeys(GATEWAY_PATHS, broken), 1000)
+        server = EdgeServer(
+            None, max_connections=16, header_timeout_s=5, idle_timeout_s=5, fast=routes
+        )
+        connection = server()
+        transport = _Transport()
+        connection.connection_made(transport)
+        connection.data_received(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+        )
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if transport.closed:
+                break
+        connection.connection_lost(None)
+        return transport
+
+    with caplog.at_level(logging.ERROR, "capgate.http"):
+        transport = asyncio.run(run())
+    head, _, body = transport.written.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 500 ") and b"\r\nConnection: close" in head
+    assert set(json.loads(body)["error"]) == {"message", "type", "param", "code"}  # OpenAI's
+    assert transport.closed
+    (record,) = caplog.records
+    assert "unhandled error answering /v1/chat/completions" in record.getMessage()
+    assert record.exc_info is not None
+
+
+def test_a_client_that_does_not_read_holds_its_next_request() -> None:
+    """Pipelined requests are not answered into a full send buffer: the next one waits
+    until the transport takes writes again (as aiohttp waits for a drain)."""
+    served: list[str] = []
+
+    async def answer(request: GatewayRequest) -> web.StreamResponse:
+        served.append(request.path)
+        return web.Response(body=b"{}", content_type="application/json")
+
+    async def run() -> tuple[int, int, int]:
+        routes = FastRoutes(dict.fromkeys(GATEWAY_PATHS, answer), 1000)
+        server = EdgeServer(
+            None, max_connections=16, header_timeout_s=5, idle_timeout_s=5, fast=routes
+        )
+        connection = server()
+        transport = _Transport()
+        connection.connection_made(transport)
+        connection.pause_writing()  # the client reads nothing
+        one = b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+        connection.data_received(one * 3)
+        await asyncio.sleep(0.1)
+        before = len(served)
+        connection.resume_writing()
+        await asyncio.sleep(0.1)
+        connection.connection_lost(None)
+        return before, len(served), transport.written.count(b"HTTP/1.1 200 OK\r\n")
+
+    assert asyncio.run(run()) == (1, 3, 3)
