@@ -6,7 +6,15 @@ from __future__ import annotations
 import pytest
 from aiohttp import web
 
-from capgate.http.fasthead import HAND_OFF, HEAD_LIMIT, Head, answer_head, read_head, whole_answer
+from capgate.http.fasthead import (
+    HAND_OFF,
+    HEAD_LIMIT,
+    Head,
+    Scan,
+    answer_head,
+    read_head,
+    whole_answer,
+)
 
 LIMIT = 1000
 
@@ -51,7 +59,7 @@ HANDED = {
 
 @pytest.mark.parametrize("case", list(SERVED))
 def test_plain_gateway_heads_are_served(case: str) -> None:
-    head = read_head(SERVED[case], LIMIT)
+    head = read_head(SERVED[case], LIMIT, Scan())
     assert isinstance(head, Head), head
     assert head.path.startswith("/v1/") and "?" not in head.path
     assert head.size == SERVED[case].index(b"\r\n\r\n") + 4
@@ -60,7 +68,7 @@ def test_plain_gateway_heads_are_served(case: str) -> None:
 
 @pytest.mark.parametrize("case", list(HANDED))
 def test_anything_else_is_handed_to_aiohttp(case: str) -> None:
-    assert read_head(HANDED[case], LIMIT) == HAND_OFF
+    assert read_head(HANDED[case], LIMIT, Scan()) == HAND_OFF
 
 
 @pytest.mark.parametrize(
@@ -80,12 +88,53 @@ def test_anything_else_is_handed_to_aiohttp(case: str) -> None:
 def test_a_partial_head_waits_only_while_it_may_be_served(
     partial: bytes, expected: str | None
 ) -> None:
-    assert read_head(bytearray(partial), LIMIT) == expected
+    assert read_head(bytearray(partial), LIMIT, Scan()) == expected
+
+
+def _in_pieces(data: bytes, size: int) -> tuple[Head | str | None, Scan]:
+    """`data` fed as it would arrive, `size` bytes at a time, until a decision."""
+    buffer, scan = bytearray(), Scan()
+    found: Head | str | None = None
+    for at in range(0, len(data), size):
+        buffer += data[at : at + size]
+        found = read_head(buffer, LIMIT, scan)
+        if found is not None:
+            break
+    return found, scan
+
+
+def test_a_head_in_pieces_is_checked_once_and_decided_as_a_whole_one() -> None:
+    head = _head(b"POST /v1/messages HTTP/1.1", b"Host: x", b"X-A: 1", b"Content-Length: 2")
+    found, scan = _in_pieces(bytes(head), 5)
+    assert isinstance(found, Head) and found.size == len(head) - 2 and found.length == 2
+    # Line by line: the lines already checked are not looked at again.
+    buffer, scan = bytearray(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nX-A: "), Scan()
+    assert read_head(buffer, LIMIT, scan) is None
+    assert (scan.start, scan.lines) == (len(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\n"), 2)
+
+
+def test_past_128_lines_a_head_goes_to_aiohttp_as_it_arrives() -> None:
+    """aiohttp refuses more than 128 headers (its 400): such a head is aiohttp's, decided
+    at its 129th line, before its end has come."""
+    many = [b"X-Many-%d: 1" % n for n in range(200)]
+    head = bytes(_head(b"POST /v1/messages HTTP/1.1", b"Content-Length: 2", *many))
+    assert read_head(bytearray(head), LIMIT, Scan()) == HAND_OFF
+    found, scan = _in_pieces(head, 13)
+    assert found == HAND_OFF and scan.start < head.index(b"X-Many-140")  # before its end
+    few = bytes(_head(b"POST /v1/messages HTTP/1.1", b"Content-Length: 2", *many[:100]))
+    assert isinstance(read_head(bytearray(few), LIMIT, Scan()), Head)
+    assert isinstance(_in_pieces(few, 13)[0], Head)
+
+
+def test_a_long_line_in_pieces_goes_to_aiohttp_at_its_limit() -> None:
+    start = b"POST /v1/messages HTTP/1.1\r\nX-Long: " + b"a" * 9000
+    found, scan = _in_pieces(start, 100)
+    assert found == HAND_OFF and scan.lines == 1
 
 
 def test_headers_are_kept_as_sent() -> None:
     head = read_head(
-        _head(b"POST /v1/messages HTTP/1.1", b"Content-Length: 2", b"X-A: 1", b"x-a: 2"), 9
+        _head(b"POST /v1/messages HTTP/1.1", b"Content-Length: 2", b"X-A: 1", b"x-a: 2"), 9, Scan()
     )
     assert isinstance(head, Head)
     assert head.headers.getall("X-A") == ["1", "2"] and head.length == 2

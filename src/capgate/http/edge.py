@@ -135,7 +135,9 @@ class _Connection(RequestHandler):
             if line is not None:
                 self._path = line.group(1).decode("latin-1")
         super().data_received(data)
-        if self._head_timer is not None and not self.waiting:
+        # Only once a whole head is parsed: a connection the fast path hands over gets its
+        # bytes before aiohttp's start() task has run (no waiter yet, so not `waiting`).
+        if self._head_timer is not None and self._request_count:
             self._head_timer.cancel()
             self._head_timer = None
 

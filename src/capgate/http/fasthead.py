@@ -22,6 +22,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 GATEWAY_PATHS = ("/v1/messages", "/v1/chat/completions", "/v1/responses")
 LINE_LIMIT = 8190  # aiohttp's max_line_size / max_field_size
 HEAD_LIMIT = 64 * 1024  # a fast head is never longer; past it aiohttp decides
+MAX_LINES = 128  # the request line and headers: aiohttp refuses more than 128 headers
 _LINE = re.compile(rb"POST (/v1/(?:messages|chat/completions|responses))(?:\?[!-~]*+)? HTTP/1\.1")
 _PREFIX = b"POST /v1/"
 _REFUSED = frozenset(
@@ -72,28 +73,36 @@ class _Fields:
         self.complete = True
 
 
-def read_head(buffer: bytearray, max_body: int) -> Head | str | None:
+class Scan:
+    """How far the head being read has been checked, so that a head arriving in many
+    packets costs its bytes once (each packet's new lines only)."""
+
+    __slots__ = ("lines", "start")
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.start = 0  # the bytes before it are whole lines, checked
+        self.lines = 0  # how many
+
+
+def read_head(buffer: bytearray, max_body: int, scan: Scan) -> Head | str | None:
     """The head at the start of `buffer` when the fast path serves it; HAND_OFF when it
     does not (or cannot tell: aiohttp will); None while more bytes are needed to decide."""
-    end = buffer.find(b"\r\n\r\n", 0, HEAD_LIMIT)
+    start = scan.start
+    end = buffer.find(b"\r\n\r\n", max(start - 2, 0), HEAD_LIMIT)
     if end < 0:
-        start = bytes(buffer[: len(_PREFIX)])
-        if not _PREFIX.startswith(start) or len(buffer) >= HEAD_LIMIT:
-            return HAND_OFF
-        first = buffer.find(b"\n")
-        if first >= 0 and (
-            not _LINE.fullmatch(buffer, 0, first - 1)
-            or buffer.count(b"\n") != buffer.count(b"\r\n")
-        ):
-            return HAND_OFF  # another route, or lines that do not end in CRLF
-        return None
+        return _scan(buffer, scan)
     size = end + 4
     head = bytes(buffer[:size])
     first = head.find(b"\r\n")
     line = _LINE.fullmatch(head, 0, first)
     if line is None:
         return HAND_OFF
-    if size > LINE_LIMIT and max(map(len, head.split(b"\r\n"))) > LINE_LIMIT:
+    if scan.lines + head.count(b"\n", start) > MAX_LINES:
+        return HAND_OFF  # aiohttp's max_headers
+    if size - start > LINE_LIMIT and max(map(len, head[start:].split(b"\r\n"))) > LINE_LIMIT:
         return HAND_OFF
     fields = _Fields()  # a bare LF or a folded line is an HttpParserError (llhttp, strict)
     parser = httptools.HttpRequestParser(fields)
@@ -109,6 +118,33 @@ def read_head(buffer: bytearray, max_body: int) -> Head | str | None:
         return HAND_OFF  # the gateway's 413, in its dialect, by aiohttp's path
     path = line.group(1).decode("ascii")
     return Head(path, headers, length, size, parser.should_keep_alive())
+
+
+def _scan(buffer: bytearray, scan: Scan) -> str | None:
+    """An incomplete head: check the lines that arrived since the last look."""
+    start = scan.start
+    if start == 0 and not _PREFIX.startswith(bytes(buffer[: len(_PREFIX)])):
+        return HAND_OFF  # another route
+    if len(buffer) >= HEAD_LIMIT:
+        return HAND_OFF
+    last = buffer.rfind(b"\n", start)
+    if last < 0:  # no new whole line
+        return HAND_OFF if len(buffer) - start > LINE_LIMIT else None
+    if start == 0 and not _LINE.fullmatch(buffer, 0, buffer.find(b"\n") - 1):
+        return HAND_OFF  # another route, or a request line not ending in CRLF
+    new = bytes(buffer[start : last + 1])
+    lines = new.count(b"\n")
+    if new.count(b"\r\n") != lines:
+        return HAND_OFF  # lines that do not end in CRLF
+    scan.lines += lines
+    if scan.lines > MAX_LINES:
+        return HAND_OFF  # aiohttp's max_headers
+    if len(new) > LINE_LIMIT and max(map(len, new.split(b"\r\n"))) > LINE_LIMIT:
+        return HAND_OFF
+    if len(buffer) - (last + 1) > LINE_LIMIT:
+        return HAND_OFF
+    scan.start = last + 1
+    return None
 
 
 # What answered, as the Server header says: `capgate` here, aiohttp's own name on what

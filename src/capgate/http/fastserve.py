@@ -32,7 +32,15 @@ from aiohttp.tcp_helpers import tcp_keepalive
 from multidict import CIMultiDictProxy
 
 from capgate.http.door import AnswerStream, Handler
-from capgate.http.fasthead import HAND_OFF, Dates, Head, answer_head, read_head, whole_answer
+from capgate.http.fasthead import (
+    HAND_OFF,
+    Dates,
+    Head,
+    Scan,
+    answer_head,
+    read_head,
+    whole_answer,
+)
 
 if TYPE_CHECKING:
     from capgate.http.edge import EdgeServer
@@ -54,17 +62,22 @@ class FastRoutes:
 
 
 class FastRequest:
-    """A gateway request read by the fast path (a `door.GatewayRequest`)."""
+    """A gateway request read by the fast path (a `door.GatewayRequest`). Its handler
+    runs as soon as the head is in (as aiohttp's); `read()` waits for the body when it
+    has not all arrived yet, so a request refused on its head (401, 415) is answered
+    without reading its body."""
 
-    __slots__ = ("_body", "_conn", "_stream", "headers", "path")
+    __slots__ = ("_body", "_conn", "_length", "_stream", "_waiting", "headers", "path")
 
     method = "POST"
 
-    def __init__(self, conn: FastConnection, head: Head, body: bytes) -> None:
+    def __init__(self, conn: FastConnection, head: Head, body: bytes | None) -> None:
         self._conn = conn
         self.path = head.path
         self.headers: CIMultiDictProxy[str] = head.headers
-        self._body = body
+        self._length = head.length
+        self._body = body  # None while it arrives
+        self._waiting: asyncio.Future[bytes] | None = None
         self._stream: FastStream | None = None
 
     @property
@@ -78,10 +91,27 @@ class FastRequest:
 
     @property
     def content_length(self) -> int | None:
-        return len(self._body)
+        return self._length
 
     async def read(self) -> bytes:
-        return self._body
+        if self._body is not None:
+            return self._body
+        if self._conn.gone:
+            raise ConnectionResetError("the client went away")
+        if self._waiting is None:
+            self._waiting = self._conn.loop.create_future()
+        return await self._waiting
+
+    def arrived(self, body: bytes) -> None:
+        """The whole body is in (`FastConnection._take_body`)."""
+        self._body = body
+        if self._waiting is not None and not self._waiting.done():
+            self._waiting.set_result(body)
+
+    def lost(self) -> None:
+        """The client went away before its whole body came (as aiohttp's, an error)."""
+        if self._waiting is not None and not self._waiting.done():
+            self._waiting.set_exception(ConnectionResetError("the client went away"))
 
     async def open_stream(
         self, status: int, headers: Mapping[str, str]
@@ -125,10 +155,13 @@ class FastConnection(asyncio.Protocol):
         self._edge = edge
         self._routes = routes
         self._dates = dates
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
+        self._loop = self.loop
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
-        self._head: Head | None = None  # read, its body not yet whole
+        self._scan = Scan()  # how far the head being read has been checked
+        self._upload: FastRequest | None = None  # being answered, its body not yet whole
+        self.gone = False  # the client went away
         self._task: asyncio.Task[None] | None = None  # the request being answered
         self._timer: asyncio.TimerHandle | None = None
         self._deadline = 0.0  # of the head being read
@@ -143,7 +176,7 @@ class FastConnection(asyncio.Protocol):
     @property
     def waiting(self) -> bool:
         """Waiting for a request (none in progress): may be closed without losing one."""
-        return self._task is None and self._head is None
+        return self._task is None
 
     def force_close(self) -> None:
         if self._transport is not None:
@@ -177,8 +210,12 @@ class FastConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._transport = None
+        self.gone = True
         self._stop_timer()
-        self._edge.forget(self)
+        if self._task is None:  # else its handler runs on: the edge forgets it after
+            self._edge.forget(self)  # (shutdown waits for it, the cap counts it)
+        if self._upload is not None:
+            self._upload.lost()
         drained = self._drained
         if drained is not None and not drained.done():
             drained.set_exception(ConnectionResetError("the client went away"))
@@ -196,6 +233,8 @@ class FastConnection(asyncio.Protocol):
         self._buffer += data
         if self._task is None:
             self._next()
+        elif self._upload is not None:
+            self._take_body(self._upload)
         elif len(self._buffer) > READ_PAUSE_BYTES and not self._reading_paused:
             self._reading_paused = True
             if self._transport is not None:
@@ -204,37 +243,50 @@ class FastConnection(asyncio.Protocol):
     # -- requests ----------------------------------------------------------------------
 
     def _next(self) -> None:
-        """Read the next request from the buffer; serve it when whole."""
-        head = self._head
-        if head is None:
-            if self._closing or not self._buffer:
-                return
-            found = read_head(self._buffer, self._routes.max_body)
-            if found is None:
-                return
-            if isinstance(found, str):
-                assert found == HAND_OFF
-                self._hand_off()
-                return
-            self._stop_timer()  # the head is in: its body has no timer, as with aiohttp
-            head = self._head = found
-        end = head.size + head.length
-        if len(self._buffer) < end:
+        """Read the next request's head from the buffer and start its handler; its body
+        may still be on its way (`FastRequest.read` waits for it)."""
+        if self._closing or not self._buffer:
             return
-        body = bytes(self._buffer[head.size : end])
-        del self._buffer[:end]
-        self._head = None
+        head = read_head(self._buffer, self._routes.max_body, self._scan)
+        if head is None:
+            return
+        if isinstance(head, str):
+            assert head == HAND_OFF
+            self._hand_off()
+            return
+        self._stop_timer()  # the head is in: its body has no timer, as with aiohttp
+        self._scan.reset()
         if not head.keep_alive:
             self._closing = True
-        request = FastRequest(self, head, body)
+        end = head.size + head.length
+        if len(self._buffer) >= end:  # the common case: head and body came together
+            request = FastRequest(self, head, self._slice(head.size, end))
+        else:
+            del self._buffer[: head.size]
+            request = self._upload = FastRequest(self, head, None)
         handler = self._routes.handlers[head.path]
         self._task = self._loop.create_task(self._serve(request, handler))
+
+    def _slice(self, start: int, end: int) -> bytes:
+        """The buffer's bytes [start, end) taken out of it (one copy)."""
+        with memoryview(self._buffer) as view:
+            body = bytes(view[start:end])
+        del self._buffer[:end]
+        return body
+
+    def _take_body(self, request: FastRequest) -> None:
+        if len(self._buffer) >= request._length:
+            self._upload = None
+            request.arrived(self._slice(0, request._length))
 
     async def _serve(self, request: FastRequest, handler: Handler) -> None:
         try:
             try:
                 response = await handler(request)
             except Exception as exc:
+                if self.gone and isinstance(exc, ConnectionError):  # its body never came
+                    log.debug("client went away during %s", request.path)
+                    return
                 log.error("unhandled error answering %s", request.path, exc_info=exc)
                 self._closing = True
                 stream = request._stream
@@ -254,6 +306,11 @@ class FastConnection(asyncio.Protocol):
                     await stream.write_eof()
         finally:
             self._task = None
+            if self._upload is not None:  # answered before its body was read (a 401): the
+                self._upload = None  # rest of it is not read, nor anything after it
+                self._closing = True
+            if self.gone:
+                self._edge.forget(self)
             self._after()
 
     def _after(self) -> None:
@@ -273,6 +330,8 @@ class FastConnection(asyncio.Protocol):
             self._closing = True
             self._answer_error(path)
             return
+        if self._upload is not None:  # answered before its whole body came: closes after
+            self._closing = True
         extra = self._routes.extra_headers
         try:
             data = whole_answer(response, self._closing, extra, self._dates.now())
@@ -295,6 +354,8 @@ class FastConnection(asyncio.Protocol):
             transport.write(data)
 
     def stream_head(self, status: int, headers: Mapping[str, str]) -> bytes:
+        if self._upload is not None:  # streamed before its whole body came: closes after
+            self._closing = True
         reason = HTTPStatus(status).phrase if status in _STATUSES else ""
         framing = "Transfer-Encoding: chunked\r\n"
         return answer_head(
@@ -342,6 +403,7 @@ class FastConnection(asyncio.Protocol):
         if transport is None:
             return
         self._stop_timer()
+        self._scan.reset()
         data, self._buffer = bytes(self._buffer), bytearray()
         if self._reading_paused:
             self._reading_paused = False
