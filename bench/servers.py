@@ -16,6 +16,8 @@ wrk on CPU 1):
 - `raw`: an `asyncio.Protocol` HTTP/1.1 server on httptools' parser (already a capgate
   dependency, for its upstream client): keep-alive, Content-Length and chunked bodies,
   answers written in one `write` each. Pipelined requests are answered in order.
+- `fast`: capgate's own fast path (`http/fastserve.py`) in front of the `app` variant,
+  as `capgate serve` runs it (the edge's timers and cap included).
 
 The upstream client is capgate's (`providers/upstream.py`) unless `--client aiohttp`
 (the floor's). Non-streamed OpenAI answers only. The driver prints, per variant and
@@ -40,7 +42,7 @@ from typing import Any
 import orjson
 
 Forward = Callable[[str, bytes, str | None], Awaitable[tuple[int, bytes]]]
-SERVERS = ("app", "lowlevel", "raw")
+SERVERS = ("app", "lowlevel", "raw", "fast")
 _USAGE = re.compile(rb'"usage":\{[^{}]*\}')
 
 
@@ -104,10 +106,13 @@ class Floor:
 # -- the servers ------------------------------------------------------------------------
 
 
-async def serve_aiohttp(floor: Floor, host: str, port: int, lowlevel: bool) -> int:
+async def serve_aiohttp(floor: Floor, host: str, port: int, lowlevel: bool, fast: bool) -> int:
     from aiohttp import web
 
-    async def proxy(request: web.BaseRequest) -> web.StreamResponse:
+    from capgate.http.edge import EdgeRunner
+    from capgate.http.fastserve import FastRoutes
+
+    async def proxy(request: Any) -> web.StreamResponse:
         raw = await request.read()
         status, data = await floor.handle(
             request.path, raw, request.headers.get("anthropic-version")
@@ -128,7 +133,14 @@ async def serve_aiohttp(floor: Floor, host: str, port: int, lowlevel: bool) -> i
         app = web.Application(middlewares=[passthrough])
         app.router.add_post("/v1/chat/completions", proxy)
         app.router.add_post("/v1/messages", proxy)
-        runner = web.AppRunner(app, access_log=None)
+        if fast:
+            paths = ("/v1/chat/completions", "/v1/messages")
+            runner = EdgeRunner(
+                app, access_log=None, max_connections=4096, header_timeout_s=10,
+                idle_timeout_s=75, fast=FastRoutes(dict.fromkeys(paths, proxy), 32 << 20),
+            )  # fmt: skip
+        else:
+            runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
@@ -224,7 +236,7 @@ async def serve(name: str, client: str, upstream: str, host: str, port: int) -> 
     if name == "raw":
         bound = await serve_raw(floor, host, port)
     else:
-        bound = await serve_aiohttp(floor, host, port, lowlevel=name == "lowlevel")
+        bound = await serve_aiohttp(floor, host, port, name == "lowlevel", name == "fast")
     print(f"server {name} listening on {host}:{bound}", flush=True)
     await asyncio.Event().wait()
 

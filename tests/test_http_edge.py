@@ -52,7 +52,7 @@ def edge(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     and a small connection cap."""
     tmp = tmp_path_factory.mktemp("edge")
     config = gateway_config(
-        upstream, server={"header_timeout_s": 1.5, "idle_timeout_s": 3, "max_connections": 64}
+        upstream, server={"header_timeout_s": 1.5, "idle_timeout_s": 8, "max_connections": 64}
     )
     (tmp / "c.yaml").write_text(yaml.safe_dump(config))
     log = tmp / "out.log"
@@ -164,7 +164,8 @@ def _health(server: Server) -> float:
 def test_slow_header_clients_are_closed_and_cannot_crowd_out_health(edge: Server) -> None:
     """300 connections (over the server's open-file limit of 256, and the cap of 64)
     each sending a header byte every 0.3 s: /health still answers at once, and each slow
-    one is closed, by the cap or the header timeout (1.5 s)."""
+    one is closed, by the cap or the header timeout (1.5 s), though the fast path hands
+    each to aiohttp (a GET) before its head is whole."""
     slow: list[socket.socket] = []
     closed: dict[int, float] = {}
     stop = threading.Event()
@@ -201,7 +202,8 @@ def test_slow_header_clients_are_closed_and_cannot_crowd_out_health(edge: Server
             time.sleep(0.2)
         thread.join(8)
         assert len(closed) == len(slow), f"{len(slow) - len(closed)} slow connections still open"
-        assert max(closed.values()) < 6  # the header timeout, not the client, ended them
+        # The header timeout (1.5 s), not the client nor the idle timeout (8 s), ended them.
+        assert max(closed.values()) < 6
     finally:
         stop.set()
         for sock in slow:
@@ -216,7 +218,7 @@ def test_an_idle_keep_alive_connection_is_closed(edge: Server) -> None:
         started = time.monotonic()
         while sock.recv(65536):
             pass
-        assert 2 < time.monotonic() - started < 6  # idle_timeout_s: 3
+        assert 6 < time.monotonic() - started < 11  # idle_timeout_s: 8
 
 
 @pytest.mark.parametrize(

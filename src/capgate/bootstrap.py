@@ -36,6 +36,7 @@ from capgate.demo_secrets import secrets_path
 from capgate.http.admin import AdminAPI
 from capgate.http.auth import PreviousAdminKey, admin_digest
 from capgate.http.client_address import parse_networks
+from capgate.http.door import Handler
 from capgate.http.edge import json_errors
 from capgate.http.extensions import Extensions
 from capgate.http.gateway import Gateway
@@ -89,6 +90,7 @@ class Built:
     store: Store
     keys: Keys
     metrics: Metrics | None = None  # this process's request metrics, when they are on
+    gateway: dict[str, Handler] = field(default_factory=dict)  # for the fast path, by path
 
 
 async def _start_builtin_mock() -> tuple[web.AppRunner, str]:
@@ -358,7 +360,7 @@ async def build(
 
     app.on_shutdown.append(end_streams)
     app.on_cleanup.append(shutdown)
-    return Built(app, store, keys, metrics)
+    return Built(app, store, keys, metrics, gateway.handlers())
 
 
 def _answer_cache(store: Store, settings: ServerConfig) -> ExactCache:

@@ -323,6 +323,9 @@ class ServerConfig(_Strict):
     header_timeout_s: float = Field(10.0, gt=0, le=3600)
     idle_timeout_s: float = Field(75.0, gt=0, le=86_400)
     max_connections: int = Field(4096, ge=16, le=1_000_000)
+    # The gateway routes' own HTTP/1.1 server in front of aiohttp (docs/performance.md);
+    # false: aiohttp serves everything, as before (an escape hatch).
+    fast_path: bool = True
     # Alerts (docs/operations.md#alerts): each process looks at the store's counters every
     # `alerts_interval_s` and claims what crossed a rule; webhooks are retried with backoff
     # from `alerts_retry_base_s`, at most `alerts_max_attempts` times. `alert_rules` are the
@@ -563,6 +566,7 @@ ENV_SETTINGS = {
     "CAPGATE_METRICS_TOKEN": "metrics_token",
     "CAPGATE_METRICS_KEY_SERIES": "metrics_key_series",
     "CAPGATE_WORKERS": "workers",
+    "CAPGATE_FAST_PATH": "fast_path",
     "CAPGATE_PUBLIC_URL": "public_url",
     "CAPGATE_ALERTS_ENABLED": "alerts_enabled",
     "CAPGATE_ALERTS_INTERVAL_S": "alerts_interval_s",

@@ -20,7 +20,7 @@ batch processor from its own thread, over OTLP/HTTP (protobuf).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import Any
 
@@ -38,12 +38,12 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from capgate.core.limits import Scope, nano_to_decimal_str
 from capgate.errors import CapgateError
 from capgate.http.call import Call, Failure
+from capgate.http.door import GatewayRequest, Handler
 from capgate.logs import AccessLog
 from capgate.metrics import Metrics
 from capgate.routing import Route
 from capgate.store.base import Outcome, Reservation
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _TRACES_PATH = "/v1/traces"
 
 
@@ -218,7 +218,7 @@ class Traces:
         tracer, propagator = self._tracer, self._propagator
         name = f"POST {route}"
 
-        async def traced(request: web.Request) -> web.StreamResponse:
+        async def traced(request: GatewayRequest) -> web.StreamResponse:
             span = tracer.start_span(
                 name,
                 propagator.extract(request.headers),

@@ -28,6 +28,7 @@ from capgate.config import Config, ConfigError
 from capgate.errors import StoreUnavailable
 from capgate.http.auth import admin_key_problem
 from capgate.http.edge import EdgeRunner, connection_cap
+from capgate.http.fastserve import FastRoutes
 from capgate.logs import configure
 from capgate.metrics import Metrics
 from capgate.worker_metrics import PUBLISH_S, WorkerMetrics, remove
@@ -93,9 +94,12 @@ def tls_context(cert: str, key: str) -> ssl.SSLContext:
     return context
 
 
+# Browsers that reached capgate over HTTPS stay on HTTPS (a year; not subdomains).
+HSTS = ("Strict-Transport-Security", "max-age=31536000")
+
+
 async def _hsts(request: web.Request, response: web.StreamResponse) -> None:
-    # Browsers that reached capgate over HTTPS stay on HTTPS (a year; not subdomains).
-    response.headers["Strict-Transport-Security"] = "max-age=31536000"
+    response.headers[HSTS[0]] = HSTS[1]
 
 
 async def _serve(config: Config, demo: bool) -> None:
@@ -128,9 +132,14 @@ async def _answer(
     if metrics_dir is not None and built.metrics is not None:
         _share_metrics(built.app, built.metrics, metrics_dir)
     server = config.server
+    fast = None
+    if server.fast_path:  # the gateway routes on capgate's own server, the rest on aiohttp
+        max_body = int(server.max_request_mb * 1024 * 1024)
+        fast = FastRoutes(built.gateway, max_body, (HSTS,) if context is not None else ())
     runner = EdgeRunner(
         built.app, access_log=None, max_connections=connection_cap(server.max_connections),
         header_timeout_s=server.header_timeout_s, idle_timeout_s=server.idle_timeout_s,
+        fast=fast,
     )  # fmt: skip
     await runner.setup()
     site = web.SockSite(runner, sock, ssl_context=context)

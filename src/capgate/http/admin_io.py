@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 from capgate.core.bounds import MAX_INT
 from capgate.errors import InvalidRequest
 from capgate.http.admin_models import parse_time
+from capgate.http.door import GatewayRequest
 
 NO_STORE = {"cache-control": "no-store"}
 
@@ -42,7 +43,7 @@ async def read_body(request: web.Request, model: type[BaseModel]) -> Any:
         raise InvalidRequest("; ".join(problems)) from None
 
 
-def undecodable_body(request: web.Request) -> str:
+def undecodable_body(request: GatewayRequest) -> str:
     encoding = request.headers.get("content-encoding", "")[:40]
     return f"The request body could not be read as its Content-Encoding ({encoding!r}) says."
 

@@ -37,6 +37,7 @@ from capgate.core.windows import format_reset_iso
 from capgate.errors import CapgateError, UpstreamFailed
 from capgate.http.admission import Admission, Pricer, clamp_output
 from capgate.http.dialects import client_of, error_response, is_dialect_body
+from capgate.http.door import GatewayRequest, open_stream
 from capgate.http.extensions import AnswerCache, CachedAnswer, CallFacts, FinalAnswer
 from capgate.http.settler import Settler
 from capgate.http.translation import Translation, Translator
@@ -119,7 +120,7 @@ class Call:
     def __init__(
         self,
         path: CallPath,
-        request: web.Request,
+        request: GatewayRequest,
         endpoint: Endpoint,
         plan: Plan,
         admission: Admission,
@@ -439,7 +440,6 @@ class Call:
         if self.cache_mark is not None:
             headers[CACHE_HEADER] = self.cache_mark
             kept = []
-        response = web.StreamResponse(status=answer.status, headers=headers)
         tap: Tap
         if route.endpoint is Endpoint.MESSAGES:
             tap = anthropic_wire.AnthropicStreamTap()
@@ -458,8 +458,9 @@ class Call:
         capture = self.capture
         if capture is not None:  # its text is assembled from the events the client gets
             capture.stream = self.endpoint.value
+        response = web.StreamResponse(status=answer.status)  # until the stream is open
         try:
-            await response.prepare(self.request)
+            response, stream = await open_stream(self.request, answer.status, headers)
             chunk: bytes | None = first
             while chunk is not None:
                 block = tap.feed(chunk)
@@ -477,7 +478,7 @@ class Call:
                     if tap.finished and getattr(answer, "complete", False):
                         tail += block
                     elif block:
-                        await response.write(block)
+                        await stream.write(block)
                 chunk = await anext(chunks, None)
             if not self.settled:  # the stream ended without its final event
                 self.settle(
@@ -486,7 +487,7 @@ class Call:
             rest = translator.finish() if translator is not None else tap.splitter.rest()
             if capture is not None:
                 capture.feed(rest)
-            await response.write_eof(tail + rest)
+            await stream.write_eof(tail + rest)
             if kept is not None and tap.finished:
                 kept.append(rest)
                 self._remember(b"".join(kept), "text/event-stream", tap.usage(), tap.model, route)
@@ -495,7 +496,7 @@ class Call:
             self.settle(answer.status, "error", usage, tap.model, exc.message)
             if tail:  # the final events came before the upstream broke off: pass them on
                 with contextlib.suppress(ConnectionResetError):
-                    await response.write(tail)
+                    await stream.write(tail)
         except ConnectionResetError:
             # The client went away: stop the upstream generation, charge what it made.
             answer.close()

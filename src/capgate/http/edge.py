@@ -12,11 +12,15 @@ connection may hold a file descriptor without asking for anything.
   one more connection closes the longest-waiting idle one, so `/health` and real clients
   still get in while slow clients hold the rest; when every connection is busy with a
   request, the new one is closed.
+- With `fast` routes (`server.fast_path`), every connection starts on the fast path
+  (`http/fastserve.py`), which serves plain gateway calls itself and hands anything else
+  to aiohttp's `_Connection`, with the same rules: the cap counts both kinds together.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import re
 import resource
@@ -29,6 +33,8 @@ from aiohttp.web_request import BaseRequest
 
 from capgate.errors import CapgateError
 from capgate.http.dialects import dialect_of_path, error_response
+from capgate.http.fasthead import Dates
+from capgate.http.fastserve import FastConnection, FastRoutes
 
 log = logging.getLogger("capgate.http")
 
@@ -81,15 +87,28 @@ _REQUEST_LINE_BYTES = 8192
 class _Connection(RequestHandler):
     """One client connection (aiohttp's handler) with the edge's rules."""
 
-    def __init__(self, manager: EdgeServer, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        manager: EdgeServer,
+        *,
+        head_deadline: float | None = None,
+        opened: float | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(manager, **kwargs)
         self._edge = manager
         self._path: str | None = None  # of the request being read, for the error dialect
         self._head_timer: asyncio.TimerHandle | None = None
+        # Handed over by the fast path: its head deadline and age carry on.
+        self._head_deadline = head_deadline
+        self.opened = self._loop.time() if opened is None else opened
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self._head_timer = self._loop.call_later(self._edge.header_timeout_s, self._head_late)
+        deadline = self._head_deadline
+        if deadline is None:
+            deadline = self._loop.time() + self._edge.header_timeout_s
+        self._head_timer = self._loop.call_at(deadline, self._head_late)
         self._edge.admit(self)
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -116,7 +135,9 @@ class _Connection(RequestHandler):
             if line is not None:
                 self._path = line.group(1).decode("latin-1")
         super().data_received(data)
-        if self._head_timer is not None and not self.waiting:
+        # Only once a whole head is parsed: a connection the fast path hands over gets its
+        # bytes before aiohttp's start() task has run (no waiter yet, so not `waiting`).
+        if self._head_timer is not None and self._request_count:
             self._head_timer.cancel()
             self._head_timer = None
 
@@ -151,8 +172,12 @@ class _Connection(RequestHandler):
         return response
 
 
+Edge = _Connection | FastConnection
+
+
 class EdgeServer(web.Server):
-    """aiohttp's server with `_Connection`s and the connection cap."""
+    """aiohttp's server with `_Connection`s, the fast path in front of them when `fast`
+    routes are given, and the connection cap."""
 
     def __init__(
         self,
@@ -160,25 +185,62 @@ class EdgeServer(web.Server):
         *,
         max_connections: int,
         header_timeout_s: float,
+        idle_timeout_s: float,
+        fast: FastRoutes | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(handler, **kwargs)
         self.max_connections = max_connections
         self.header_timeout_s = header_timeout_s
+        self.idle_timeout_s = idle_timeout_s
+        self._fast_routes = fast
+        self._fast: dict[FastConnection, None] = {}  # open, in the order they came
+        self._dates = Dates()
 
-    def __call__(self) -> RequestHandler:
+    def __call__(self) -> asyncio.Protocol:  # type: ignore[override]
+        if self._fast_routes is not None:
+            return FastConnection(self, self._fast_routes, self._dates)
         return _Connection(self, loop=self._loop, **self._kwargs)
 
-    def admit(self, new: _Connection) -> None:
-        """Keep at most `max_connections`: close the idle one that has waited longest,
-        else (all busy) the new one."""
-        if len(self._connections) <= self.max_connections:
+    def aiohttp_connection(self, head_deadline: float, opened: float) -> _Connection:
+        """aiohttp's handler for a connection the fast path hands over."""
+        return _Connection(
+            self, loop=self._loop, head_deadline=head_deadline, opened=opened, **self._kwargs
+        )
+
+    def admit(self, new: Edge) -> None:
+        """Keep at most `max_connections` (fast and aiohttp's together): close the idle
+        one that came first, else (all busy) the new one."""
+        if isinstance(new, FastConnection):
+            self._fast[new] = None
+        if len(self._connections) + len(self._fast) <= self.max_connections:
             return
-        for other in self._connections:  # in the order they came: oldest first
-            if other is not new and isinstance(other, _Connection) and other.waiting:
-                other.force_close()
-                return
-        new.force_close()
+        idle = [
+            other
+            for other in itertools.chain(self._connections, self._fast)
+            if other is not new and isinstance(other, Edge) and other.waiting
+        ]
+        if idle:
+            min(idle, key=lambda other: other.opened).force_close()
+        else:
+            new.force_close()
+
+    def internal_error(self, path: str) -> web.Response:
+        """The fast path's 500 for a handler that failed (logged), in the path's dialect."""
+        error = _Refused(500, "capgate: internal error (logged).")
+        return error_response(dialect_of_path(path), error)
+
+    def forget(self, connection: FastConnection) -> None:
+        self._fast.pop(connection, None)
+
+    def pre_shutdown(self) -> None:
+        super().pre_shutdown()
+        for connection in list(self._fast):
+            connection.close()
+
+    async def shutdown(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - aiohttp's
+        fast = [connection.shutdown(timeout) for connection in list(self._fast)]
+        await asyncio.gather(super().shutdown(timeout), *fast)
 
 
 class EdgeRunner(web.AppRunner):
@@ -191,11 +253,14 @@ class EdgeRunner(web.AppRunner):
         max_connections: int,
         header_timeout_s: float,
         idle_timeout_s: float,
+        fast: FastRoutes | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(app, keepalive_timeout=idle_timeout_s, **kwargs)
         self._max_connections = max_connections
         self._header_timeout_s = header_timeout_s
+        self._idle_timeout_s = idle_timeout_s
+        self._fast = fast
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
@@ -206,6 +271,8 @@ class EdgeRunner(web.AppRunner):
             loop=server._loop,
             max_connections=self._max_connections,
             header_timeout_s=self._header_timeout_s,
+            idle_timeout_s=self._idle_timeout_s,
+            fast=self._fast,
             **server._kwargs,
         )  # fmt: skip
         return edge

@@ -57,6 +57,7 @@ from capgate.http.admission import (
 from capgate.http.auth import KeyAuthenticator
 from capgate.http.call import Call, CallPath
 from capgate.http.dialects import CLAUDE_CODE, client_of, client_status, error_response, for_client
+from capgate.http.door import GatewayRequest, Handler
 from capgate.http.extensions import CallFacts, Extensions, RoutePolicy
 from capgate.http.key_info import KeyInfo
 from capgate.http.settler import Backoff, Settler
@@ -123,27 +124,34 @@ class Gateway:
         now on use these; one already past its rule step keeps the plan it got."""
         self._extensions = replace(self._extensions, policies=policies)
 
-    def routes(self) -> list[web.RouteDef]:
+    def handlers(self) -> dict[str, Handler]:
+        """The three gateway routes' handlers by path (traced when tracing is on): for
+        aiohttp's router and for the fast path (http/fastserve.py)."""
         wrap = _untraced if self._traces is None else self._traces.wrap
+        return {
+            "/v1/messages": wrap(self.messages, "/v1/messages"),
+            "/v1/chat/completions": wrap(self.chat_completions, "/v1/chat/completions"),
+            "/v1/responses": wrap(self.responses, "/v1/responses"),
+        }
+
+    def routes(self) -> list[web.RouteDef]:
         return [
-            web.post("/v1/messages", wrap(self.messages, "/v1/messages")),
-            web.post("/v1/chat/completions", wrap(self.chat_completions, "/v1/chat/completions")),
-            web.post("/v1/responses", wrap(self.responses, "/v1/responses")),
+            *(web.post(path, handler) for path, handler in self.handlers().items()),
             *KeyInfo(self, self._store, self._router, self._pricing, self._clock).routes(),
         ]
 
-    async def messages(self, request: web.Request) -> web.StreamResponse:
+    async def messages(self, request: GatewayRequest) -> web.StreamResponse:
         return await self._proxy(request, Endpoint.MESSAGES)
 
-    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+    async def chat_completions(self, request: GatewayRequest) -> web.StreamResponse:
         return await self._proxy(request, Endpoint.CHAT)
 
-    async def responses(self, request: web.Request) -> web.StreamResponse:
+    async def responses(self, request: GatewayRequest) -> web.StreamResponse:
         return await self._proxy(request, Endpoint.RESPONSES)
 
     # -- admission ---------------------------------------------------------------------
 
-    async def authenticate(self, request: web.Request, *, standing: bool = False) -> Scope:
+    async def authenticate(self, request: GatewayRequest, *, standing: bool = False) -> Scope:
         """The caller's key. With `standing` (for the routes that reserve nothing): read
         as the store has it now, and refused when revoked, paused or expired, with the
         status and message a request to the gateway would get."""
@@ -155,7 +163,7 @@ class Gateway:
             raise refusal_error(refusal, self._clock())
         return key
 
-    async def read_json(self, request: web.Request) -> tuple[bytes, Any]:
+    async def read_json(self, request: GatewayRequest) -> tuple[bytes, Any]:
         if request.content_type != "application/json":
             raise UnsupportedMediaType(
                 f"Content-Type must be application/json, not {request.content_type or 'missing'}."
@@ -239,7 +247,12 @@ class Gateway:
         )
 
     async def _count_input(
-        self, route: Route, body: dict[str, Any], request: web.Request, refusal: Refusal, bound: int
+        self,
+        route: Route,
+        body: dict[str, Any],
+        request: GatewayRequest,
+        refusal: Refusal,
+        bound: int,
     ) -> int | None:
         """An exact input count for a request an input-sensitive limit refused, or None
         (not worth asking, or the count failed: the byte bound stands). A small margin
@@ -269,12 +282,12 @@ class Gateway:
         return f"{self._id_prefix}{next(self._ids):x}"
 
     def refused(
-        self, request: web.Request, dialect: str, error: CapgateError, request_id: str
+        self, request: GatewayRequest, dialect: str, error: CapgateError, request_id: str
     ) -> web.Response:
         """An error before admission, as the calling client is best sent it."""
         return error_response(dialect, error, request_id, client_of(request.headers))
 
-    async def _proxy(self, request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
+    async def _proxy(self, request: GatewayRequest, endpoint: Endpoint) -> web.StreamResponse:
         started, t0 = self._clock(), time.perf_counter()
         request_id = self.new_request_id()
         try:
@@ -292,7 +305,7 @@ class Gateway:
 
     async def admit(
         self,
-        request: web.Request,
+        request: GatewayRequest,
         endpoint: Endpoint,
         key: Scope,
         raw: bytes,
@@ -314,7 +327,7 @@ class Gateway:
 
     async def _admit(
         self,
-        request: web.Request,
+        request: GatewayRequest,
         endpoint: Endpoint,
         key: Scope,
         raw: bytes,
@@ -454,7 +467,7 @@ class Gateway:
         await self._settler.drain()
 
 
-def _untraced(handler: Callable[[web.Request], Any], route: str) -> Any:
+def _untraced(handler: Handler, route: str) -> Handler:
     return handler
 
 
