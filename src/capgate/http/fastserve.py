@@ -3,9 +3,11 @@ else handed to aiohttp (issue #19; docs/performance.md, "A fast path for the gat
 routes").
 
 Every connection starts here. Its first bytes are read as a request head
-(`fasthead.read_head`): a plain gateway call is served here (the body read to its
-Content-Length, the route's handler run, its answer written in one write, or streamed
-in chunks with backpressure); anything else hands the *connection* to aiohttp
+(`fasthead.read_head`, checked as they arrive): a plain gateway call is served here (the
+route's handler started at its head as aiohttp's is, its `read()` waiting for the body up
+to its Content-Length; its answer written in one write, or streamed in chunks with
+backpressure; answered before its body was whole, the connection closes after the
+answer); anything else hands the *connection* to aiohttp
 (`edge._Connection`) with every byte read so far, and aiohttp owns it from then on. So
 aiohttp stays the complete server, and this one only has to be exact for the common case.
 
@@ -13,7 +15,11 @@ The edge's rules hold here as there (`http/edge.py`): the head within `header_ti
 of connecting, and within `idle_timeout_s` of the previous answer on a kept-alive
 connection; fast and aiohttp connections count together against `max_connections`.
 Requests on a connection are answered in order; a client that goes away does not cancel
-its handler (its writes fail with ConnectionResetError, as aiohttp's do).
+its handler (its writes fail with ConnectionResetError, as aiohttp's do), and its
+connection stays the edge's until the handler ends (shutdown waits for it, the cap counts
+it). At shutdown a body still uploading is waited for like any handler (up to the
+runner's timeout, then cancelled) and answered if it comes; aiohttp's connections do not
+answer such a request.
 """
 
 from __future__ import annotations
@@ -99,7 +105,7 @@ class FastRequest:
         if self._conn.gone:
             raise ConnectionResetError("the client went away")
         if self._waiting is None:
-            self._waiting = self._conn.loop.create_future()
+            self._waiting = self._conn._loop.create_future()
         return await self._waiting
 
     def arrived(self, body: bytes) -> None:
@@ -155,8 +161,7 @@ class FastConnection(asyncio.Protocol):
         self._edge = edge
         self._routes = routes
         self._dates = dates
-        self.loop = asyncio.get_running_loop()
-        self._loop = self.loop
+        self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._scan = Scan()  # how far the head being read has been checked
