@@ -591,12 +591,19 @@ class _Transport(asyncio.Transport):
         super().__init__()
         self.written = b""
         self.closed = False
+        self.paused = False
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.written += bytes(data)
 
     def is_closing(self) -> bool:
         return self.closed
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
 
     def close(self) -> None:
         self.closed = True
@@ -668,3 +675,43 @@ def test_a_client_that_does_not_read_holds_its_next_request() -> None:
         return before, len(served), transport.written.count(b"HTTP/1.1 200 OK\r\n")
 
     assert asyncio.run(run()) == (1, 3, 3)
+
+
+def test_a_body_nobody_reads_yet_is_not_read_on() -> None:
+    """The handler starts at the head: until it reads the body, at most ~64 KiB of it is
+    taken from the client (reading pauses, as aiohttp's), then all of it."""
+    started = asyncio.Event()
+    go = asyncio.Event()
+    got: list[int] = []
+
+    async def slow(request: GatewayRequest) -> web.StreamResponse:
+        started.set()
+        await go.wait()  # checking a key, say
+        got.append(len(await request.read()))
+        return web.Response(body=b"{}", content_type="application/json")
+
+    async def run() -> tuple[bool, bool, bytes]:
+        routes = FastRoutes(dict.fromkeys(GATEWAY_PATHS, slow), 1 << 20)
+        server = EdgeServer(
+            None, max_connections=16, header_timeout_s=5, idle_timeout_s=5, fast=routes
+        )
+        connection = server()
+        transport = _Transport()
+        connection.connection_made(transport)
+        connection.data_received(b"POST /v1/messages HTTP/1.1\r\nContent-Length: 300000\r\n\r\n")
+        await started.wait()
+        for _ in range(3):
+            connection.data_received(b"x" * 50_000)
+        paused = transport.paused
+        go.set()
+        await asyncio.sleep(0.01)
+        resumed = not transport.paused
+        for _ in range(3):
+            connection.data_received(b"x" * 50_000)
+        await asyncio.sleep(0.01)
+        connection.connection_lost(None)
+        return paused, resumed, transport.written
+
+    paused, resumed, written = asyncio.run(run())
+    assert paused and resumed
+    assert got == [300_000] and written.startswith(b"HTTP/1.1 200 OK\r\n")

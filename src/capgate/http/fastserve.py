@@ -106,6 +106,7 @@ class FastRequest:
             raise ConnectionResetError("the client went away")
         if self._waiting is None:
             self._waiting = self._conn._loop.create_future()
+            self._conn.resume_reading()
         return await self._waiting
 
     def arrived(self, body: bytes) -> None:
@@ -240,10 +241,8 @@ class FastConnection(asyncio.Protocol):
             self._next()
         elif self._upload is not None:
             self._take_body(self._upload)
-        elif len(self._buffer) > READ_PAUSE_BYTES and not self._reading_paused:
-            self._reading_paused = True
-            if self._transport is not None:
-                self._transport.pause_reading()
+        elif len(self._buffer) > READ_PAUSE_BYTES:
+            self._pause_reading()
 
     # -- requests ----------------------------------------------------------------------
 
@@ -283,6 +282,18 @@ class FastConnection(asyncio.Protocol):
         if len(self._buffer) >= request._length:
             self._upload = None
             request.arrived(self._slice(0, request._length))
+        elif request._waiting is None and len(self._buffer) > READ_PAUSE_BYTES:
+            self._pause_reading()  # until its handler reads it (as aiohttp's)
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and self._transport is not None:
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._reading_paused and self._transport is not None:
+            self._reading_paused = False
+            self._transport.resume_reading()
 
     async def _serve(self, request: FastRequest, handler: Handler) -> None:
         try:
