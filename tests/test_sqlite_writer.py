@@ -188,6 +188,36 @@ async def _test_close_commits_what_is_pending(tmp_path: Path) -> None:
     assert h.committed() == [7]
 
 
+async def _test_one_request_at_a_time_commits_its_reservation_at_once(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "w.db", settle_delay=0.05)
+    h.writer.start(asyncio.get_running_loop())
+    try:
+        await h.writer.submit(h.insert(1), hot=True)  # the first group: a loop turn, as before
+        assert h.groups == 1
+        # One request at a time: the last group was small, so the next reservation runs
+        # in `submit` itself, with the settlement waiting to ride along committed first,
+        # and its future is done before anyone awaits it (no loop turn on its path).
+        settle = h.writer.submit_soon(h.insert(2))
+        reserve = h.writer.submit(h.insert(3), hot=True)
+        assert settle.done() and reserve.done() and reserve.result() == 3
+        assert h.groups == 2
+        assert h.committed() == [1, 2, 3]
+        # A cold op (the heartbeat's replay and lease: two ops, one transaction) waits
+        # for the end of the turn as before.
+        cold = [h.writer.submit(h.insert(v)) for v in (4, 5, 6)]
+        assert not any(f.done() for f in cold)
+        await asyncio.gather(*cold)
+        assert h.groups == 3
+        # Under load (the last group was large) hot ops group again at the end of the turn.
+        hot = [h.writer.submit(h.insert(v), hot=True) for v in (7, 8, 9)]
+        assert not any(f.done() for f in hot)
+        assert await asyncio.gather(*hot) == [7, 8, 9]
+        assert h.groups == 4
+        assert h.committed() == list(range(1, 10))
+    finally:
+        await h.writer.close()
+
+
 # pytest runs these on a fresh event loop each (no async plugin needed).
 
 
@@ -213,3 +243,7 @@ def test_a_failing_op_is_undone_alone(harness: Harness) -> None:
 
 def test_close_commits_what_is_pending(tmp_path: Path) -> None:
     asyncio.run(_test_close_commits_what_is_pending(tmp_path))
+
+
+def test_one_request_at_a_time_commits_its_reservation_at_once(tmp_path: Path) -> None:
+    asyncio.run(_test_one_request_at_a_time_commits_its_reservation_at_once(tmp_path))

@@ -23,6 +23,15 @@ process that commits every millisecond.
 Hot ops (reservations, settlements) change counters through the store's counter cache
 (`sqlite_counters.py`): read once per transaction, written once at its commit.
 
+At one request at a time that turn is a cost on every request's path: the reservation
+waits for the loop to come round to the group, then its task for the loop to come round
+to it again (two loop turns, ~20-40 us here). So a hot op submitted while the last group
+was small (`_QUIET_GROUP` ops or fewer: one request at a time) runs at once, with whatever
+is pending (the settlements waiting to ride along, first), and its future is done before
+its caller awaits it. Under load the groups are larger, and hot ops group as above again
+from the next turn. Only hot ops: a cold caller may count on its ops of one turn sharing
+a transaction (the heartbeat's replay and lease).
+
 Settlements (`submit_soon`) don't start a group of their own at once: they wait up to
 `settle_delay` seconds for the next reservation's group to ride along with (at one
 request at a time, that halves the transactions per request). The store has written each
@@ -59,6 +68,7 @@ Op = Callable[[sqlite3.Connection], Any]
 Group = list[tuple[Op, "asyncio.Future[Any]", bool]]  # (op, its future, hot)
 Results = list[tuple["asyncio.Future[Any]", Any, "BaseException | None"]]
 _MAX_GROUP = 512
+_QUIET_GROUP = 2  # a reservation and the settlement that rode along: one request at a time
 SETTLE_DELAY = 0.002  # seconds a settlement waits for a group to ride along with
 
 
@@ -137,6 +147,9 @@ class SQLiteWriter:
         self._drained = asyncio.Event()  # no op waiting for the lock
         self._drained.set()
         self._last_error: str | None = None  # why the last group failed; None: it committed
+        # The last group had at most _QUIET_GROUP ops: a hot op runs at once (see `submit`).
+        self._quiet = False
+        self._running = False  # inside a group (an op that submits waits for the next)
         self.stats = WriterStats()
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -152,7 +165,9 @@ class SQLiteWriter:
         request path's) promises to touch counters only through the store's counter
         cache; any other op gets `before_cold_op` first."""
         fut = self._add(op, hot)
-        if self._flush_now is None:
+        if hot and self._quiet and self._flush_now is None and not self._running:
+            self._flush()  # alone: committed now, `fut` is done before the caller awaits it
+        elif self._flush_now is None:
             assert self._loop is not None
             self._flush_now = self._loop.call_soon(self._flush)
         return fut
@@ -288,6 +303,7 @@ class SQLiteWriter:
         results: Results = []
         self._begin(conn)
         began = time.perf_counter()
+        self._running = True
         try:
             self._before_group(conn, not isolate)
             for op, fut, hot in group:
@@ -323,6 +339,9 @@ class SQLiteWriter:
             if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
                 raise _Busy from exc  # rolled back: it waits and runs again
             raise
+        finally:
+            self._running = False
+        self._quiet = len(group) <= _QUIET_GROUP
         stats, done = self.stats, time.perf_counter()
         stats.groups += 1
         stats.ops += len(group)
