@@ -339,6 +339,24 @@ def test_a_request_refused_on_its_head_does_not_wait_for_its_body(server: Capgat
     assert conn.closed_within(3) and conn.buf == b""  # nothing after it is served
 
 
+def test_a_body_answered_without_it_is_read_to_its_end_before_closing(server: Capgate) -> None:
+    """Refused at its head with most of a large body still to come: the client can send
+    the rest (dropped unread) and then sees an orderly close, not a reset that could
+    take the answer with it (aiohttp's lingering close)."""
+    conn = connect(server)
+    rest = 900 * 1024  # under the fixture's 1 MB limit, well over the socket buffers
+    head = post("/v1/messages", b"x" * (rest + 10), "cg-not-a-key")
+    conn.send(head[:-rest])
+    conn.sock.settimeout(5)
+    answer = conn.answer()
+    assert answer.status == 401 and answer.headers["connection"] == "close", answer
+    time.sleep(0.2)  # had the server closed with bytes unread, the next sends would fail
+    conn.sock.sendall(b"x" * rest)  # every byte accepted: no EPIPE / ECONNRESET
+    conn.sock.settimeout(5)
+    assert conn.sock.recv(65536) == b""  # closed in order (a reset raises here)
+    assert conn.buf == b""
+
+
 def test_an_idle_fast_connection_is_closed(server: Capgate, key: str) -> None:
     conn = connect(server)
     conn.send(post("/v1/messages", claude("idle"), key))

@@ -54,6 +54,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("capgate.http")
 
 READ_PAUSE_BYTES = 64 * 1024  # buffered while a request is served: stop reading
+# A request answered before its whole body came (a bad key's 401): the rest of the body
+# is read and dropped for up to this long before the connection closes (aiohttp's
+# lingering time), so that the client finishes sending and reads the answer, where closing
+# at once with its bytes unread would reset the connection under it.
+LINGER_S = 10.0
 _STATUSES = frozenset(status.value for status in HTTPStatus)
 
 
@@ -168,6 +173,7 @@ class FastConnection(asyncio.Protocol):
         self._scan = Scan()  # how far the head being read has been checked
         self._upload: FastRequest | None = None  # being answered, its body not yet whole
         self.gone = False  # the client went away
+        self._discard = 0  # bytes of an unread body still to drop before closing
         self._task: asyncio.Task[None] | None = None  # the request being answered
         self._timer: asyncio.TimerHandle | None = None
         self._deadline = 0.0  # of the head being read
@@ -236,6 +242,11 @@ class FastConnection(asyncio.Protocol):
             drained.set_result(None)
 
     def data_received(self, data: bytes) -> None:
+        if self._discard:  # lingering: the rest of a body nobody reads
+            self._discard -= min(self._discard, len(data))
+            if not self._discard:
+                self.force_close()
+            return
         self._buffer += data
         if self._task is None:
             self._next()
@@ -323,14 +334,28 @@ class FastConnection(asyncio.Protocol):
         finally:
             self._task = None
             if self._upload is not None:  # answered before its body was read (a 401): the
-                self._upload = None  # rest of it is not read, nor anything after it
-                self._closing = True
+                upload, self._upload = self._upload, None  # rest of it is dropped, and
+                self._closing = True  # nothing after it is served
+                self._linger(upload._length - len(self._buffer))
             if self.gone:
                 self._edge.forget(self)
             self._after()
 
+    def _linger(self, left: int) -> None:
+        """Read and drop the `left` bytes of a body answered without it, then close (at
+        most LINGER_S from now)."""
+        self._buffer.clear()
+        if left <= 0 or self._transport is None:
+            return
+        self._discard = left
+        self.resume_reading()
+        self._stop_timer()
+        self._timer = self._loop.call_later(LINGER_S, self.force_close)
+
     def _after(self) -> None:
         """An answer is out: close, or go on with the next request."""
+        if self._discard:
+            return  # closes when the rest of the body is dropped (_linger)
         if self._closing or self._transport is None:
             self.force_close()
             return
