@@ -42,8 +42,14 @@ def _post(capgate: Capgate, key: str, path: str, raw: bytes) -> httpx.Response:
             "max_completion_tokens",
         ),
         ("/v1/responses", b'{"model":"gpt-5","input":"a","stream":false,"stream":true}', "stream"),
+        (  # the second spelled with an escape: the same key to every JSON parser
+            "/v1/messages",
+            b'{"model":"claude-haiku-4-5","max_tokens":100000,' + _MESSAGES + b","
+            b'"max\\u005ftokens":10}',
+            "max_tokens",
+        ),
     ],
-    ids=["messages-model", "messages-thinking", "chat-max", "responses-stream"],
+    ids=["messages-model", "messages-thinking", "chat-max", "responses-stream", "escaped"],
 )
 def test_duplicate_keys_are_refused(
     capgate: Capgate, key_name: str, path: str, raw: bytes, twice: str

@@ -214,6 +214,17 @@ async def _test_one_request_at_a_time_commits_its_reservation_at_once(tmp_path: 
         assert await asyncio.gather(*hot) == [7, 8, 9]
         assert h.groups == 4
         assert h.committed() == list(range(1, 10))
+        # Quiet again (two ops: a settlement and a reservation), then a burst of requests
+        # in one loop turn: the first runs at once, the rest group at the end of the turn
+        # (not one transaction each).
+        await asyncio.gather(h.writer.submit_soon(h.insert(10)), h.writer.submit(h.insert(11)))
+        await asyncio.sleep(0)  # a new loop turn
+        groups = h.groups
+        burst = [h.writer.submit(h.insert(v), hot=True) for v in range(12, 20)]
+        assert burst[0].done() and not any(f.done() for f in burst[1:])
+        assert await asyncio.gather(*burst) == list(range(12, 20))
+        assert h.groups == groups + 2
+        assert h.committed() == list(range(1, 20))
     finally:
         await h.writer.close()
 

@@ -87,3 +87,19 @@ def test_a_large_body_is_scanned_once_not_once_per_name() -> None:
     assert duplicate_key(_Scans(plain), parsed) is None
     assert _Scans.made == 0
     assert by_counts(plain, parsed) is None
+
+
+def test_a_name_spelled_with_an_escape_is_the_same_name() -> None:
+    """`"max\\u005ftokens"` is `max_tokens` to every parser: a body with both is refused,
+    whichever comes first and wherever the escape is (found by review, session 11)."""
+    cases = {
+        rb'{"max_tokens":100000,"max\u005ftokens":10}': "max_tokens",
+        rb'{"max\u005Ftokens":10,"max_tokens":100000}': "max_tokens",
+        rb'{"thinking":{"budget_tokens":5,"budget\u005ftokens":9000}}': "budget_tokens",
+        rb'{"\u0073tream":true,"stream":false}': "stream",
+        rb'{"\u006d\u006f\u0064\u0065\u006c":"a","model":"b"}': "model",
+    }
+    for raw, name in cases.items():
+        assert duplicate_key(raw, orjson.loads(raw)) == name, raw
+    plain = rb'{"model":"caf\u00e9","max_tokens":1,"messages":[{"content":"\u00fcber"}]}'
+    assert duplicate_key(plain, orjson.loads(plain)) is None

@@ -28,9 +28,10 @@ waits for the loop to come round to the group, then its task for the loop to com
 to it again (two loop turns, ~20-40 us here). So a hot op submitted while the last group
 was small (`_QUIET_GROUP` ops or fewer: one request at a time) runs at once, with whatever
 is pending (the settlements waiting to ride along, first), and its future is done before
-its caller awaits it. Under load the groups are larger, and hot ops group as above again
-from the next turn. Only hot ops: a cold caller may count on its ops of one turn sharing
-a transaction (the heartbeat's replay and lease).
+its caller awaits it. One op a loop turn at most: the others of a burst group at the end of
+the turn, and under load (groups larger than `_QUIET_GROUP`) every hot op does. Only hot
+ops: a cold caller may count on its ops of one turn sharing a transaction (the
+heartbeat's replay and lease).
 
 Settlements (`submit_soon`) don't start a group of their own at once: they wait up to
 `settle_delay` seconds for the next reservation's group to ride along with (at one
@@ -150,6 +151,8 @@ class SQLiteWriter:
         # The last group had at most _QUIET_GROUP ops: a hot op runs at once (see `submit`).
         self._quiet = False
         self._running = False  # inside a group (an op that submits waits for the next)
+        # A hot op ran in `submit` this loop turn (or a group is running): the next waits.
+        self._sync_turn = False
         self.stats = WriterStats()
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -165,12 +168,26 @@ class SQLiteWriter:
         request path's) promises to touch counters only through the store's counter
         cache; any other op gets `before_cold_op` first."""
         fut = self._add(op, hot)
-        if hot and self._quiet and self._flush_now is None and not self._running:
-            self._flush()  # alone: committed now, `fut` is done before the caller awaits it
+        if (
+            hot
+            and self._quiet
+            and not self._sync_turn
+            and not self._running
+            and self._flush_now is None
+        ):
+            # Alone: committed now, `fut` done before its caller awaits it. Once per loop
+            # turn: a burst of requests in one turn groups at its end, as under load.
+            self._sync_turn = True
+            assert self._loop is not None
+            self._loop.call_soon(self._end_sync_turn)
+            self._flush()
         elif self._flush_now is None:
             assert self._loop is not None
             self._flush_now = self._loop.call_soon(self._flush)
         return fut
+
+    def _end_sync_turn(self) -> None:
+        self._sync_turn = False
 
     def submit_soon(self, op: Op) -> asyncio.Future[Any]:
         """Like `submit`, but the op may wait `settle_delay` for the next group. Order

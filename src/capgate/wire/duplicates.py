@@ -79,8 +79,11 @@ def duplicate_key(raw: bytes, body: Any) -> str | None:
 
 
 def _twice(raw: bytes, body: dict[str, Any]) -> bool:
-    """Whether a name capgate reads in `body` is quoted twice or more in `raw`: then the
-    body is a candidate, parsed again."""
+    """Whether a name capgate reads in `body` is quoted twice or more in `raw`, or may be
+    spelled with an escape (`"max\\u005ftokens"` is `max_tokens` to every parser, and
+    invisible to the pass): then the body is a candidate, parsed again."""
+    if b"\\u" in raw:  # only `\u` can spell a letter or `_`; rare outside non-ASCII text
+        return True
     seen: set[bytes] = set()
     for name in _QUOTED.findall(raw):
         if name in seen and _read_in(name.decode(), body):
