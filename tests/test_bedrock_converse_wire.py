@@ -12,10 +12,11 @@ from typing import Any
 import orjson
 import pytest
 
-from capgate.config import ConfigError, ProviderConfig
+from capgate.config import ConfigError
 from capgate.errors import UpstreamFailed
 from capgate.mock.bedrock_converse import converse_events
 from capgate.mock.generation import complete
+from capgate.provider_config import ProviderConfig
 from capgate.providers.aws_credentials import RefreshingCredentials, resolve
 from capgate.providers.aws_sources import (
     ContainerSource,

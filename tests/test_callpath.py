@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from capgate.config import ProviderConfig, RouteConfig, ServerConfig, TargetConfig
+from capgate.config import RouteConfig, ServerConfig, TargetConfig
 from capgate.core.engine import Refusal
 from capgate.core.limits import Limit, Metric, Scope, ScopeKind
 from capgate.core.money import Usage
@@ -30,6 +30,7 @@ from capgate.http.gateway import Gateway
 from capgate.http.generate import GenerateAPI
 from capgate.keys import key_hash, new_key
 from capgate.pricing import PricingTable
+from capgate.provider_config import ProviderConfig
 from capgate.providers.base import Endpoint
 from capgate.providers.fake import FakeAnswer, FakeProvider
 from capgate.routing import Breakers, Plan, Router

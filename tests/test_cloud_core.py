@@ -14,9 +14,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from capgate.config import ConfigError, ProviderConfig, parse_config
+from capgate.config import ConfigError, parse_config
 from capgate.mock.vertex import VertexState, check_assertion, create_vertex_app
 from capgate.pricing import PricingTable, cloud_model_name
+from capgate.provider_config import ProviderConfig
 from capgate.providers.bedrock import BedrockProvider
 from capgate.providers.vertex import ServiceAccount, TokenSource, VertexProvider, jwt_assertion
 from cloudmocks import CloudMock

@@ -13,7 +13,7 @@ import pytest
 import typer
 from pydantic import BaseModel
 
-from capgate import config
+from capgate import config, provider_config
 from capgate.cli.main import app
 from capgate.core.limits import Metric
 from capgate.core.windows import WindowKind
@@ -31,7 +31,7 @@ REFERENCE = DOCS / "configuration.md"
 CONFIG_MODELS: list[type[BaseModel]] = [
     config.Config,
     config.ServerConfig,
-    config.ProviderConfig,
+    provider_config.ProviderConfig,
     config.RouteConfig,
     config.TargetConfig,
     config.PriceConfig,

@@ -19,16 +19,7 @@ from capgate.bodylog.service import BodyLog
 from capgate.cache.exact import ExactCache
 from capgate.cache.service import ResponseCache
 from capgate.cache.similar import SemanticAnswers
-from capgate.config import (
-    CLI_TYPES,
-    CLOUD_TYPES,
-    Config,
-    ConfigError,
-    ProviderConfig,
-    ServerConfig,
-    is_postgres,
-    sqlite_path,
-)
+from capgate.config import Config, ConfigError, ServerConfig, is_postgres, sqlite_path
 from capgate.core.limits import Limit, Metric, ScopeKind, Status, usd_to_nano
 from capgate.core.windows import WindowKind
 from capgate.dashboard.app import Dashboard
@@ -50,6 +41,7 @@ from capgate.live_routing import LiveRouting
 from capgate.logs import logged_admin_routes
 from capgate.metrics import Metrics
 from capgate.mock.server import create_mock_app
+from capgate.provider_config import CLI_TYPES, CLOUD_TYPES, ProviderConfig
 from capgate.providers.base import Provider
 from capgate.providers.cli import cli_provider
 from capgate.providers.cloud import cloud_provider

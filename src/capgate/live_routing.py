@@ -29,8 +29,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from capgate.config import ProviderConfig, RouteConfig, _location
+from capgate.config import RouteConfig, _location
 from capgate.errors import Conflict, InvalidRequest, NotFound, UpstreamFailed
+from capgate.provider_config import ProviderConfig
 from capgate.providers.base import Endpoint, Provider, UpstreamAnswer
 from capgate.providers.http import HTTPProvider
 from capgate.routing import Router

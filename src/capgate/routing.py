@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
 
-from capgate.config import ProviderConfig, RouteConfig, ServerConfig, TargetConfig
+from capgate.config import RouteConfig, ServerConfig, TargetConfig
 from capgate.errors import InvalidRequest, NotFound
 from capgate.logs import UPSTREAM, Line, scrub
 from capgate.metrics import UPSTREAM_BUCKETS, Buckets
+from capgate.provider_config import ProviderConfig
 from capgate.providers.base import Endpoint, Provider
 
 # The endpoint of the other format that a request can be translated to.

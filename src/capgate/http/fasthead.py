@@ -23,7 +23,11 @@ GATEWAY_PATHS = ("/v1/messages", "/v1/chat/completions", "/v1/responses")
 LINE_LIMIT = 8190  # aiohttp's max_line_size / max_field_size
 HEAD_LIMIT = 64 * 1024  # a fast head is never longer; past it aiohttp decides
 MAX_LINES = 128  # the request line and headers: aiohttp refuses more than 128 headers
-_LINE = re.compile(rb"POST (/v1/(?:messages|chat/completions|responses))(?:\?[!-~]*+)? HTTP/1\.1")
+_LINE = re.compile(
+    rb"POST ("
+    + b"|".join(re.escape(p.encode()) for p in GATEWAY_PATHS)
+    + rb")(?:\?[!-~]*+)? HTTP/1\.1"
+)
 _PREFIX = b"POST /v1/"
 _REFUSED = frozenset(
     {"transfer-encoding", "content-encoding", "expect", "upgrade", "content-length"}

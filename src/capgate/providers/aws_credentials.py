@@ -31,8 +31,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
 
-from capgate.config import ConfigError, ProviderConfig
+from capgate.config import ConfigError
 from capgate.errors import UpstreamFailed
+from capgate.provider_config import ProviderConfig
 from capgate.providers.aws_sources import (
     CONTAINER_HOST,
     IMDS_ENDPOINT,

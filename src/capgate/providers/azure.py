@@ -15,8 +15,8 @@ from urllib.parse import quote
 
 import orjson
 
-from capgate.config import ProviderConfig
 from capgate.errors import UpstreamFailed
+from capgate.provider_config import ProviderConfig
 from capgate.providers.base import Endpoint
 from capgate.providers.converted import (
     ConvertedAnswer,

@@ -30,8 +30,8 @@ from urllib.parse import quote, unquote
 
 import orjson
 
-from capgate.config import ProviderConfig
 from capgate.errors import UpstreamFailed
+from capgate.provider_config import ProviderConfig
 from capgate.providers import sigv4
 from capgate.providers.aws_credentials import RefreshingCredentials, Source, resolve
 from capgate.providers.base import Endpoint

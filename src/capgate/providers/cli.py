@@ -21,8 +21,8 @@ from typing import Any
 
 import orjson
 
-from capgate.config import ProviderConfig
 from capgate.errors import UpstreamFailed
+from capgate.provider_config import ProviderConfig
 from capgate.providers import claude_code, codex_exec
 from capgate.providers.base import Endpoint
 from capgate.providers.cli_process import CLIRun, CLIRunner, child_environment, resolve_program

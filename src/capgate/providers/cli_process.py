@@ -16,8 +16,9 @@ import tempfile
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 
-from capgate.config import ConfigError, ProviderConfig
+from capgate.config import ConfigError
 from capgate.errors import UpstreamFailed, UpstreamTimeout
+from capgate.provider_config import ProviderConfig
 
 GRACE_S = 2.0  # between SIGTERM and SIGKILL
 _STDERR_KEPT = 64 * 1024

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from capgate.config import ProviderConfig
+from capgate.provider_config import ProviderConfig
 from capgate.providers.azure import AzureProvider
 from capgate.providers.base import Provider
 from capgate.providers.bedrock import BedrockProvider

@@ -14,8 +14,8 @@ from typing import Any, Protocol
 
 import orjson
 
-from capgate.config import ProviderConfig
 from capgate.errors import UpstreamFailed
+from capgate.provider_config import ProviderConfig
 from capgate.providers.upstream import Answer, Pool
 
 # Error types of each dialect by status (the statuses both APIs document).

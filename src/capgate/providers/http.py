@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from capgate.config import ProviderConfig
+from capgate.provider_config import ProviderConfig
 from capgate.providers.base import Endpoint
 from capgate.providers.upstream import Answer, Pool, header_lines
 

@@ -28,8 +28,9 @@ import orjson
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from capgate.config import ConfigError, ProviderConfig
+from capgate.config import ConfigError
 from capgate.errors import UpstreamFailed
+from capgate.provider_config import ProviderConfig
 from capgate.providers.base import Endpoint
 from capgate.providers.converted import (
     ConvertedAnswer,
