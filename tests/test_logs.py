@@ -17,6 +17,7 @@ from typing import IO, Any, cast
 
 import anthropic
 import httpx
+import orjson
 import pytest
 import yaml
 
@@ -310,3 +311,83 @@ def test_a_request_line_is_logged_after_the_current_step() -> None:
 
     assert asyncio.run(finish()) == 0
     assert len(seen) == 1 and seen[0].levelno == logging.INFO
+
+
+def test_lines_arriving_one_by_one_are_written_in_batches() -> None:
+    """A line put while the writer thread rests between batches does not wake it: lines
+    arriving one at a time (one request after the other) are written a few dozen at a
+    time, not one write (and one thread wake-up) each; the first line after a quiet spell
+    is written at once, and none is lost or reordered."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    flags = (logging._srcfile, logging.logThreads, logging.logProcesses, logging.logMultiprocessing)
+    stream = _CountingStream()
+    listener = configure("info", "text", stream=cast(IO[str], stream))
+    try:
+        log = logging.getLogger("capgate.test_rest")
+        log.info("first")
+        deadline = time.monotonic() + 5
+        while not stream.parts and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert stream.parts, "the first line after a quiet spell waits for nothing"
+        began = time.monotonic()
+        for i in range(200):  # ~0.2 s, a line each millisecond
+            log.info("line %d", i)
+            time.sleep(0.001)
+        spent = time.monotonic() - began
+    finally:
+        listener.stop()
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+        logging._srcfile, logging.logThreads, logging.logProcesses, logging.logMultiprocessing = (
+            flags
+        )
+    text = "".join(stream.parts)
+    numbers = [int(line.rsplit(" ", 1)[1]) for line in text.splitlines() if " line " in line]
+    assert numbers == list(range(200))
+    # one write per rest (20 ms) at most, plus the first and the last: ~12 for 0.2 s;
+    # a thread woken per line wrote ~200 times
+    assert len(stream.parts) <= 3 + spent / 0.02 * 1.5, (len(stream.parts), spent)
+
+
+def _record(msg: Any, args: tuple[Any, ...] = (), **extra: Any) -> logging.LogRecord:
+    record = logging.LogRecord("capgate.access", logging.WARNING, __file__, 1, msg, args, None)
+    record.__dict__.update(extra)
+    return record
+
+
+def test_the_text_format_is_loggings_own() -> None:
+    """The faster text formatter writes exactly what `logging.Formatter(TEXT_FORMAT)`
+    writes: the local time with milliseconds, level, logger (with `[pid]` under
+    `serve --workers`), message, and an exception's or stack's text on the lines after."""
+    from capgate.logs import TEXT_FORMAT, TextFormatter
+
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        exc_info = sys.exc_info()
+    records = [_record("plain"), _record("with %s and %d", ("args", 3))]
+    for created in (1_700_000_000.0, 1_700_000_000.9996, 1_700_000_001.0004, 1_733_412_345.5):
+        records.append(_record("at a time", created=created, msecs=(created % 1) * 1000))
+    records.append(_record("failed", exc_info=exc_info))
+    records.append(_record("trace", stack_info="Stack (most recent call last):\n  here"))
+    records.append(_record("ends with a break\n", exc_info=exc_info))
+    for record in records:
+        ours = TextFormatter().format(logging.makeLogRecord(record.__dict__))
+        assert ours == logging.Formatter(TEXT_FORMAT).format(logging.makeLogRecord(record.__dict__))
+        with_pid = TextFormatter(pid=4242).format(logging.makeLogRecord(record.__dict__))
+        stdlib = logging.Formatter(TEXT_FORMAT.replace("%(name)s", "%(name)s[4242]"))
+        assert with_pid == stdlib.format(logging.makeLogRecord(record.__dict__))
+
+
+def test_a_text_value_that_could_break_the_line_is_quoted() -> None:
+    """A value with a space, `=`, a quote, a backslash, a line break, a control character
+    (a terminal escape in a model name) or a Unicode space is written as a JSON string:
+    one line, and no value passes for another field."""
+    for value in ("a b", "a=b", 'a"b', "a\\b", "a\nb", "a\x1b[31mb", "a\u00a0b", "a\u2028b", ""):
+        text = str(Line("request", {"model": value, "status": 200}))
+        assert text == f"request model={orjson.dumps(value).decode()} status=200", value
+        assert "\n" not in text and "\x1b" not in text
+    assert str(Line("request", {"model": "gpt-4o", "stream": False})) == (
+        "request model=gpt-4o stream=false"
+    )

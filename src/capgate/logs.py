@@ -15,13 +15,15 @@ an upstream's body, which may quote the prompt. The ledger keeps the whole text
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import queue
 import re
 import sys
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from logging.handlers import QueueHandler, QueueListener
 from typing import IO, TYPE_CHECKING, Any, cast
 
@@ -70,16 +72,31 @@ class Line:
             if value is None:
                 continue
             if isinstance(value, str):
-                text = orjson.dumps(value).decode() if _QUOTE.search(value) or not value else value
+                parts.append(f"{name}={value}" if _plain(value) else f"{name}={_quoted(value)}")
             elif isinstance(value, bool):
-                text = "true" if value else "false"
+                parts.append(f"{name}=true" if value else f"{name}=false")
             else:
-                text = str(value)
-            parts.append(f"{name}={text}")
+                parts.append(f"{name}={value}")
         return " ".join(parts)
 
 
-_QUOTE = re.compile(r'[\s="\\]')  # a text value with these is written as a JSON string
+def _plain(text: str) -> bool:
+    """Whether a text value can be written as it is: not empty, no space, `=`, `"` or
+    backslash, nothing unprintable (a control character, a line break, any Unicode
+    space). Otherwise it is written as a JSON string: a line stays one line, and a value
+    cannot pass for another field."""
+    return (
+        text.isprintable()
+        and bool(text)
+        and " " not in text
+        and "=" not in text
+        and '"' not in text
+        and "\\" not in text
+    )
+
+
+def _quoted(text: str) -> str:
+    return orjson.dumps(text).decode()
 
 
 class _Finished(Line):
@@ -220,10 +237,11 @@ class JsonFormatter(logging.Formatter):
     def __init__(self, pid: int | None = None) -> None:
         super().__init__()
         self._pid = pid
+        self._seconds = _SecondText("%Y-%m-%dT%H:%M:%S", time.gmtime)
 
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, Any] = {
-            "ts": _iso(record.created),
+            "ts": f"{self._seconds(record.created)}.{int(record.created % 1 * 1000):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
         }
@@ -240,14 +258,94 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(data).decode()
 
 
-def _iso(created: float) -> str:
-    return (
-        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
-        + f".{int(created % 1 * 1000):03d}Z"
-    )
+class _SecondText:
+    """A time's text to the second, made once a second (a log line's time; a change of
+    daylight saving time falls on a second)."""
+
+    __slots__ = ("_convert", "_format", "_second", "_text")
+
+    def __init__(self, fmt: str, convert: Callable[[float | None], time.struct_time]) -> None:
+        self._format, self._convert = fmt, convert
+        self._second, self._text = -1, ""
+
+    def __call__(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:
+            self._text = time.strftime(self._format, self._convert(second))
+            self._second = second
+        return self._text
 
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class TextFormatter(logging.Formatter):
+    """`TEXT_FORMAT` (with `[pid]` after the logger's name under `serve --workers`), as
+    `logging.Formatter` writes it, at a third of its cost: the time's text is made once a
+    second, and the line is put together without `%`-formatting the record's dict. On
+    the writer thread, but its CPU is the process's: one line per request."""
+
+    def __init__(self, pid: int | None = None) -> None:
+        super().__init__(TEXT_FORMAT)
+        self._after_name = "" if pid is None else f"[{pid}]"
+        self._seconds = _SecondText(self.default_time_format, self.converter)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        return f"{self._seconds(record.created)},{int(record.msecs):03d}"  # local, as logging's
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.message = record.getMessage()
+        text = (
+            f"{self.formatTime(record)} {record.levelname} {record.name}{self._after_name}: "
+            f"{record.message}"
+        )
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            text = f"{text}\n{record.exc_text}" if text[-1:] != "\n" else text + record.exc_text
+        if record.stack_info:
+            stack = self.formatStack(record.stack_info)
+            text = f"{text}\n{stack}" if text[-1:] != "\n" else text + stack
+        return text
+
+
+class _Records:
+    """The writer thread's queue, taken in batches. A line put while the thread is busy or
+    resting between batches wakes nobody; only a line put while it waits for want of
+    lines wakes it. Under load the thread then wakes once per `REST_S`, not once per
+    line: on this 2-core VM a wake-up per request line (a futex, a thread switch, the GIL
+    handed over and back) cost 25-50 µs of CPU per request at c=64 and ~80 µs at c=1,
+    more than the formatting (docs/performance.md, "The log writer, woken per batch")."""
+
+    __slots__ = ("_items", "_waiting", "_wake")
+
+    def __init__(self) -> None:
+        self._items: collections.deque[logging.LogRecord | None] = collections.deque()
+        self._wake = threading.Event()
+        self._waiting = False
+
+    def put_nowait(self, record: logging.LogRecord | None) -> None:
+        self._items.append(record)  # deque.append is atomic: any thread may put
+        if self._waiting:
+            self._waiting = False
+            self._wake.set()
+
+    put = put_nowait
+
+    def take(self, limit: int) -> list[logging.LogRecord | None]:
+        """Up to `limit` records, waiting for the first one."""
+        items = self._items
+        while not items:
+            self._waiting = True
+            if items:  # put between the look and the flag: it did not wake us
+                self._waiting = False
+                break
+            self._wake.wait()
+            self._wake.clear()
+        n = min(len(items), limit)
+        return [items.popleft() for _ in range(n)]
 
 
 class _Deferred(QueueHandler):
@@ -260,30 +358,26 @@ class _Deferred(QueueHandler):
     def handle(self, record: logging.LogRecord) -> bool:
         """As Handler.handle without its lock: the queue is thread-safe on its own."""
         if self.filter(record):
-            self.emit(record)
+            self.queue.put_nowait(record)
             return True
         return False
 
 
 class _Batches(QueueListener):
     """The writer thread: it takes every record queued since it last looked, formats
-    them, and writes them to its one stream in one write and one flush. Under load a
-    thread woken for each line, and a write and flush each, cost the process more than
-    the formatting (docs/performance.md, "One worker against the floor")."""
+    them, writes them to its one stream in one write and one flush, and rests `REST_S`
+    before it looks again (a line waits at most that long; one put into an empty queue
+    wakes it at once)."""
 
-    _MAX_BATCH = 256
+    _MAX_BATCH = 1024
+    REST_S = 0.02
 
     def _monitor(self) -> None:
-        records = cast("queue.SimpleQueue[logging.LogRecord | None]", self.queue)
+        records = cast("_Records", self.queue)
         (handler,) = self.handlers
         assert isinstance(handler, logging.StreamHandler)
         while True:
-            batch = [records.get()]
-            while len(batch) < self._MAX_BATCH:
-                try:
-                    batch.append(records.get_nowait())
-                except queue.Empty:
-                    break
+            batch = records.take(self._MAX_BATCH)
             lines = []
             for record in batch:
                 if record is None:  # QueueListener's sentinel: stop() was called
@@ -303,6 +397,8 @@ class _Batches(QueueListener):
                         handler.handleError(last)
             if any(record is None for record in batch):
                 return
+            if len(batch) < self._MAX_BATCH:
+                time.sleep(self.REST_S)
 
 
 def configure(
@@ -312,15 +408,14 @@ def configure(
     a writer thread. Stop the returned listener at exit: it writes what is queued. With
     `pid` (`serve --workers`), each line says which process wrote it."""
     handler = logging.StreamHandler(stream or sys.stderr)
-    text = TEXT_FORMAT if pid is None else TEXT_FORMAT.replace("%(name)s", f"%(name)s[{pid}]")
-    handler.setFormatter(JsonFormatter(pid) if fmt == "json" else logging.Formatter(text))
+    handler.setFormatter(JsonFormatter(pid) if fmt == "json" else TextFormatter(pid))
     # No caller, thread or process lookups for each record: no format here uses them.
     logging._srcfile = None  # documented in logging's "Optimization" section
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    listener = _Batches(records, handler)
+    records = _Records()
+    listener = _Batches(cast("queue.Queue[logging.LogRecord]", records), handler)
     root = logging.getLogger()
-    root.handlers[:] = [_Deferred(records)]
+    root.handlers[:] = [_Deferred(cast("queue.Queue[logging.LogRecord]", records))]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # our own lines say more
     listener.start()
