@@ -287,9 +287,9 @@ def test_queued_lines_are_written_together_in_order_and_none_is_lost() -> None:
 
 
 def test_a_request_line_is_logged_after_the_current_step() -> None:
-    """The access line of a finished request is logged at the next loop turn, after the
-    answer has been written in the current one: the writer thread is not woken while
-    the answer is still being built."""
+    """The access lines of the requests that end in one loop turn are logged at the next
+    turn, after their answers have been written in this one, in order, by one callback
+    (not one each)."""
     seen: list[logging.LogRecord] = []
 
     class Keep(logging.Handler):
@@ -301,16 +301,30 @@ def test_a_request_line_is_logged_after_the_current_step() -> None:
     log.propagate = False
     log.addHandler(Keep())
     access = AccessLog(log)
-    outcome = SimpleNamespace(flags=())  # what finished() reads before the line is emitted
+    outcomes = [SimpleNamespace(flags=(), n=n) for n in range(3)]  # what finished() reads
+    callbacks = 0
 
     async def finish() -> int:
-        access.finished(cast(Any, None), cast(Any, outcome))
+        nonlocal callbacks
+        loop = asyncio.get_running_loop()
+        call_soon = loop.call_soon
+
+        def counted(callback: Any, *args: Any, **kwargs: Any) -> asyncio.Handle:
+            nonlocal callbacks
+            callbacks += getattr(callback, "__self__", None) in (access, log)
+            return call_soon(callback, *args, **kwargs)
+
+        loop.call_soon = counted  # type: ignore[method-assign]
+        for outcome in outcomes:  # three requests end in one loop turn
+            access.finished(cast(Any, None), cast(Any, outcome))
         during = len(seen)
         await asyncio.sleep(0)
         return during
 
     assert asyncio.run(finish()) == 0
-    assert len(seen) == 1 and seen[0].levelno == logging.INFO
+    assert [record.msg.outcome.n for record in seen] == [0, 1, 2]
+    assert {record.levelno for record in seen} == {logging.INFO}
+    assert callbacks == 1, "one callback logs the lines of a loop turn"
 
 
 def test_lines_arriving_one_by_one_are_written_in_batches() -> None:

@@ -161,11 +161,14 @@ class AccessLog:
     """The request lines, from where a request ends: its settlement or its refusal. The
     request metrics (`capgate.metrics`) are counted here too, when on."""
 
-    __slots__ = ("_log", "_metrics")
+    __slots__ = ("_log", "_metrics", "_queued")
 
     def __init__(self, log: logging.Logger = ACCESS, metrics: Metrics | None = None) -> None:
         self._log = log
         self._metrics = metrics
+        # Lines of requests that ended in this loop turn, logged at the next one (after
+        # their answers are written), all by one callback.
+        self._queued: list[tuple[int, _Finished]] = []
 
     def finished(
         self, res: Reservation, outcome: Outcome, pending: asyncio.Future[None] | None = None
@@ -177,11 +180,20 @@ class AccessLog:
         # the alert an operator sees before any dashboard is opened.
         level = logging.WARNING if outcome.flags else logging.INFO
         if self._log.isEnabledFor(level):
-            line = _Finished(res, outcome)
-            try:  # after the answer is written: the writer thread wakes when it is out
-                asyncio.get_running_loop().call_soon(self._log.log, level, line)
-            except RuntimeError:  # no loop: at once
-                self._log.log(level, line)
+            queued = self._queued
+            if not queued:
+                try:  # after the answers are written: a line's record waits for them
+                    asyncio.get_running_loop().call_soon(self._log_queued)
+                except RuntimeError:  # no loop: at once
+                    self._log.log(level, _Finished(res, outcome))
+                    return
+            queued.append((level, _Finished(res, outcome)))
+
+    def _log_queued(self) -> None:
+        queued, self._queued = self._queued, []
+        log = self._log.log
+        for level, line in queued:
+            log(level, line)
 
     def refused(
         self, request_id: str | None, key: Scope | None, endpoint: str, body: Any, exc: CapgateError
