@@ -102,18 +102,21 @@ class FirstBytes:
         self._timer: asyncio.TimerHandle | None = None
         self._at = math.inf  # when the timer fires
 
-    def add(self, call: Call, when: float) -> None:
+    def add(self, call: Call, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if loop is not self._loop:  # another loop (tests): the old one's calls are gone
+            self._due.clear()
+            self._set(loop, when)
+        elif when < self._at:
+            self._set(loop, when)
         self._due[call] = when
-        if when < self._at or self._loop is not asyncio.get_running_loop():
-            self._set(when)
 
     def remove(self, call: Call) -> None:
         del self._due[call]
 
-    def _set(self, when: float) -> None:
+    def _set(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._loop = loop = asyncio.get_running_loop()
+        self._loop = loop
         self._at = when
         self._timer = loop.call_at(when, self._fire)
 
@@ -127,7 +130,7 @@ class FirstBytes:
             del due[call]
             call._late()
         if due:
-            self._set(min(due.values()))
+            self._set(self._loop, min(due.values()))
 
 
 _RESOLUTION = time.get_clock_info("monotonic").resolution
@@ -373,7 +376,8 @@ class Call:
         self._task = task = asyncio.current_task()
         assert task is not None
         cancelling, self._timed_out = task.cancelling(), False
-        first_bytes.add(self, asyncio.get_running_loop().time() + first_byte)
+        loop = task.get_loop()  # (asyncio.get_running_loop costs a getpid on 3.11)
+        first_bytes.add(self, loop, loop.time() + first_byte)
         try:
             try:
                 answer = await route.provider.send(route.endpoint, payload, self.request.headers)

@@ -49,13 +49,16 @@ class Answer:
     """One answer: `status` and the wanted `headers` once `Pool.post` returns; the body
     through `read()` or `chunks()`; `close()` drops it (and its connection) unread."""
 
-    __slots__ = ("_body", "_conn", "_done", "_error", "_size", "_waiter", "headers", "status")
+    __slots__ = (
+        "_body", "_conn", "_done", "_error", "_loop", "_size", "_waiter", "headers", "status",
+    )  # fmt: skip
     cost_nano = None  # HTTP providers report usage, not cost: the pricing table prices it
 
     def __init__(self, conn: _Connection) -> None:
         self.status = 0
         self.headers: dict[str, str] = {}
         self._conn: _Connection | None = conn
+        self._loop = conn._loop
         self._body: list[bytes] = []
         self._size = 0
         self._done = False
@@ -93,7 +96,7 @@ class Answer:
                 waiter.set_result(None)
 
     async def _wait(self) -> None:
-        self._waiter = asyncio.get_running_loop().create_future()
+        self._waiter = self._loop.create_future()
         await self._waiter
 
     def _take(self) -> bytes:
@@ -405,6 +408,7 @@ class Pool:
         self._idle: collections.deque[_Connection] = collections.deque()
         self._busy = 0  # slots taken: connections handed out or being opened
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the one it is used in
         self.closed = False
 
     def head(self, path: str, headers: Iterable[tuple[str, str]]) -> bytes:
@@ -417,7 +421,9 @@ class Pool:
     async def post(self, head: bytes, body: bytes) -> Answer:
         """Send `head` (from `head()`, maybe with more `header_lines`) and `body`; the
         answer once its status and headers are in."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:  # (asyncio.get_running_loop costs a getpid on Python 3.11)
+            loop = self._loop = asyncio.get_running_loop()
         now = loop.time()
         conn = await self._acquire(loop, now)
         data = b"%scontent-length: %d\r\n\r\n%s" % (head, len(body), body)
