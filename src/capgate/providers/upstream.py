@@ -18,8 +18,9 @@ close idle keep-alive connections; reusing one at that moment fails the request)
 
 Timeouts: `connect_s` for getting a connection (waiting for a free one included);
 `read_s` between two reads of the answer (and from sending to the first byte); `total_s`
-for the whole request, body included. One timer per request, re-armed only when it fires
-(arriving data just notes the time), so a streamed answer pays nothing per chunk for it.
+for the whole request, body included. One timer per pool, set at the earliest time one of
+its requests could be late and re-armed only when it fires (arriving data just notes the
+time): a request adds and removes a dict entry, a streamed answer pays nothing per chunk.
 
 Errors are `UpstreamFailed` (`sent=False` when the request never left: no connection)
 and `UpstreamTimeout`, the gateway's own.
