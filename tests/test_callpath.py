@@ -500,3 +500,74 @@ def test_the_router_picks_by_weight_and_skips_a_cooling_provider() -> None:
     now[0] += 31  # the cooldown is over
     picks = [router.plan(SONNET, Endpoint.MESSAGES).first.provider.name for _ in range(50)]
     assert "b" in picks
+
+
+def test_first_byte_timeouts_of_different_lengths_each_fire_on_time(tmp_path: Path) -> None:
+    """One timer watches every call's first-byte deadline (`FirstBytes`): a shorter one
+    that comes later still fires at its time, and the longer one still fires after it.
+    A timed-out call with nowhere else to go is a 504 in the door's dialect, and settled."""
+
+    async def never(endpoint: Endpoint, body: bytes) -> FakeAnswer:
+        await asyncio.sleep(30)  # not even the head: send itself waits
+        return FakeAnswer(pieces=[message(SONNET)])
+
+    long = FakeProvider("long", never, first_byte_timeout_s=1.0)
+    short = FakeProvider("short", never, first_byte_timeout_s=0.1)
+    routes = [
+        RouteConfig(match=HAIKU, targets=[TargetConfig(provider="long")], retries=0),
+        RouteConfig(match=SONNET, targets=[TargetConfig(provider="short")], retries=0),
+    ]
+
+    async def timed(w: World, model: str) -> tuple[float, Any, dict[str, Any]]:
+        began = asyncio.get_running_loop().time()
+        response = await w.post("/v1/messages", {**ASK, "model": model})
+        body = orjson.loads(await response.read())
+        return asyncio.get_running_loop().time() - began, response, body
+
+    async def test(w: World) -> None:
+        slow = asyncio.create_task(timed(w, HAIKU))
+        await asyncio.sleep(0.2)  # the long deadline is watched first
+        took, response, body = await timed(w, SONNET)
+        assert response.status == 504 and 0.1 <= took < 0.6
+        assert body["type"] == "error" and "sent nothing within 0.1 s" in body["error"]["message"]
+        assert not slow.done()
+        took, response, body = await slow
+        assert response.status == 504 and 1.0 <= took < 1.5
+        assert "sent nothing within 1 s" in body["error"]["message"]
+        entries = sorted(await w.ledger(), key=lambda e: e.provider)
+        assert [(e.provider, e.status, e.outcome) for e in entries] == [
+            ("long", 504, "error"),
+            ("short", 504, "error"),
+        ]
+
+    run(Setup([long, short], routes), tmp_path, test)
+
+
+def test_a_client_gone_before_the_first_byte_is_cancelled_not_timed_out(tmp_path: Path) -> None:
+    """Cancelled while it waits for the first byte, a call settles as cancelled (499) at
+    once and its watch ends: no timeout comes after."""
+    started = asyncio.Event()
+
+    async def never(endpoint: Endpoint, body: bytes) -> FakeAnswer:
+        started.set()
+        await asyncio.sleep(30)
+        return FakeAnswer(pieces=[message(SONNET)])
+
+    a = FakeProvider("a", never, first_byte_timeout_s=0.3)
+
+    async def test(w: World) -> None:
+        asking = asyncio.create_task(w.post("/v1/messages", ASK))
+        await started.wait()
+        asking.cancel()  # the client goes away
+        for _ in range(100):
+            entries = await w.ledger()
+            if entries:
+                break
+            await asyncio.sleep(0.01)
+        (entry,) = entries
+        assert (entry.status, entry.outcome) == (499, "cancelled")
+        assert not w.gateway._path.first_bytes._due  # nothing left watched
+        await asyncio.sleep(0.4)  # past the deadline: nothing fires, nothing more settles
+        assert len(await w.ledger()) == 1
+
+    run(Setup([a], [route("a")]), tmp_path, test)

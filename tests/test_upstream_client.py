@@ -272,6 +272,48 @@ def test_nothing_sent_in_time_is_a_timeout_and_so_is_a_stalled_body(run: Any) ->
     run(main())
 
 
+def test_one_timer_watches_every_request_of_a_pool(run: Any) -> None:
+    """Requests in flight together, each timed out at its own time by the pool's one
+    timer: a silent one fails read_s after it was sent, whatever the others do; one that
+    answers in time is not failed, and nothing stays watched."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        data = await srv.request(reader)
+        if b"late-ok" in data:
+            await asyncio.sleep(0.25)  # past the first request's deadline, within its own
+            writer.write(ok(b"{}"))
+            await writer.drain()
+        await reader.read()  # then nothing more
+
+    srv = Server(handler)
+
+    async def timed(p: Pool, body: bytes) -> tuple[float, BaseException | None]:
+        start = asyncio.get_running_loop().time()
+        try:
+            answer = await post(p, body)
+            await answer.read()
+        except UpstreamTimeout as exc:
+            return asyncio.get_running_loop().time() - start, exc
+        return asyncio.get_running_loop().time() - start, None
+
+    async def main() -> None:
+        async with srv:
+            p = pool(srv.url, read_s=0.3)
+            first = asyncio.ensure_future(timed(p, b"silent"))
+            await asyncio.sleep(0.1)
+            second = asyncio.ensure_future(timed(p, b"late-ok"))
+            await asyncio.sleep(0.1)
+            third = asyncio.ensure_future(timed(p, b"silent"))
+            (t1, e1), (t2, e2), (t3, e3) = await asyncio.gather(first, second, third)
+            assert isinstance(e1, UpstreamTimeout) and 0.29 <= t1 < 0.45
+            assert e2 is None and t2 < 0.3  # answered after the first one failed
+            assert isinstance(e3, UpstreamTimeout) and 0.29 <= t3 < 0.45
+            assert not p._watched
+            await p.close()
+
+    run(main())
+
+
 def test_a_trickle_still_ends_at_the_request_timeout(run: Any) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await srv.request(reader)

@@ -19,9 +19,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import math
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote
 
@@ -89,6 +90,52 @@ def _header_name(name: str) -> str:
     return quote(name, safe="-_.~@+:")  # headers are ASCII; scope names need not be
 
 
+class FirstBytes:
+    """The first-byte deadlines of the calls in flight, watched by one loop timer set at
+    the earliest of them: a call adds and removes a dict entry, where `asyncio.timeout`
+    would make and cancel a timer of its own per attempt. A late call's task is cancelled
+    (`Call._late`) and the call turns that into its timeout, as `asyncio.timeout` does."""
+
+    def __init__(self) -> None:
+        self._due: dict[Call, float] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._at = math.inf  # when the timer fires
+
+    def add(self, call: Call, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if loop is not self._loop:  # another loop (tests): the old one's calls are gone
+            self._due.clear()
+            self._set(loop, when)
+        elif when < self._at:
+            self._set(loop, when)
+        self._due[call] = when
+
+    def remove(self, call: Call) -> None:
+        del self._due[call]
+
+    def _set(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._loop = loop
+        self._at = when
+        self._timer = loop.call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        self._timer, self._at = None, math.inf
+        assert self._loop is not None
+        now = self._loop.time() + _RESOLUTION  # what the loop counts as due
+        due = self._due
+        late = [call for call, when in due.items() if when <= now]
+        for call in late:
+            del due[call]
+            call._late()
+        if due:
+            self._set(self._loop, min(due.values()))
+
+
+_RESOLUTION = time.get_clock_info("monotonic").resolution
+
+
 @dataclass(frozen=True, slots=True)
 class CallPath:
     """What every call of a server process works with, built once by the gateway."""
@@ -100,6 +147,7 @@ class CallPath:
     backoff: Callable[[int, float | None], float]  # the wait before a retry
     body_log: BodyLog | None = None  # where finished captures go
     cache: AnswerCache | None = None  # may answer instead of forwarding
+    first_bytes: FirstBytes = field(default_factory=FirstBytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +204,8 @@ class Call:
         # None; what a hit saved.
         self.cache_mark: str | None = None
         self.saved_nano = 0
+        self._task: asyncio.Task[Any] | None = None  # waiting for a first byte
+        self._timed_out = False  # FirstBytes cancelled it
 
     def _ms(self) -> float:
         return (time.perf_counter() - self.t0) * 1000
@@ -322,26 +372,39 @@ class Call:
         stream = self.res.info.stream
         chunks: AsyncIterator[bytes] | None = None
         first = b""
+        first_bytes = self._path.first_bytes
+        self._task = task = asyncio.current_task()
+        assert task is not None
+        cancelling, self._timed_out = task.cancelling(), False
+        loop = task.get_loop()  # (asyncio.get_running_loop costs a getpid on 3.11)
+        first_bytes.add(self, loop, loop.time() + first_byte)
         try:
-            async with asyncio.timeout(first_byte):
+            try:
                 answer = await route.provider.send(route.endpoint, payload, self.request.headers)
                 self.answer = answer
                 is_sse = answer.headers.get("content-type", "").startswith("text/event-stream")
                 if answer.status < 400 and stream and is_sse:
                     chunks = aiter(answer.chunks())
                     first = await anext(chunks, b"")
-        except TimeoutError:
-            self._drop()
-            return Failure(
-                504,
-                f'provider "{route.provider.name}" sent nothing within {first_byte:g} s',
-                billed_maybe=True,
-            )
+            finally:
+                if not self._timed_out:
+                    first_bytes.remove(self)
         except UpstreamFailed as exc:
             self._drop()
             return Failure(exc.status, exc.message, billed_maybe=exc.sent or exc.charge_all)
-        except BaseException:  # cancelled while waiting: the upstream may be working
+        except BaseException as exc:  # cancelled while waiting: the upstream may be working
             self._drop()
+            late = (
+                self._timed_out
+                and isinstance(exc, asyncio.CancelledError)
+                and task.uncancel() <= cancelling
+            )
+            if late or isinstance(exc, TimeoutError):
+                return Failure(
+                    504,
+                    f'provider "{route.provider.name}" sent nothing within {first_byte:g} s',
+                    billed_maybe=True,
+                )
             self.settle(499, "cancelled", None, error="client went away before the answer")
             raise
         if answer.status >= 400:
@@ -352,6 +415,12 @@ class Call:
                 return Failure(502, f'provider "{route.provider.name}" stream failed at its start')
             return await self._relay(answer, route, translation, chunks, first)
         return await self._whole(answer, route, translation)
+
+    def _late(self) -> None:
+        """The first byte is late (FirstBytes): stop waiting for it."""
+        self._timed_out = True
+        if self._task is not None:
+            self._task.cancel()
 
     def _drop(self) -> None:
         if self.answer is not None:

@@ -352,8 +352,9 @@ class Gateway:
         route = plan.first
         price = self._pricer.price(route.upstream_model)
         changed, max_out, field, hide_usage = self._prepare(body, facts, route, endpoint)
-        changed |= cap_server_tools(body, endpoint.value)
-        hidden = hidden_costs(body, endpoint.value)
+        kind = endpoint.value  # (an enum's value is a property: read once)
+        changed |= cap_server_tools(body, kind)
+        hidden = hidden_costs(body, kind)
         byte_bound = input_bound(body, len(raw))
         hold = key.unbounded_hold_nano
         bound, held = hidden_bound(hidden, byte_bound, price, route.upstream_model, hold)
@@ -364,7 +365,7 @@ class Gateway:
         worst = worst_case(bound, output, cost, credits)
         info = RequestInfo(
             request_id, key.id, facts.model, route.provider.name, route.upstream_model,
-            endpoint.value, facts.stream, started, client_status(client), rule=plan.rule,
+            kind, facts.stream, started, client_status(client), rule=plan.rule,
         )  # fmt: skip
         flex: OutputFlex | None = self._flex(body, facts, max_out, bound, price, credits, fee)
         if held is not None:  # a stated hold does not shrink with max_tokens

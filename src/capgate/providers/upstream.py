@@ -18,8 +18,9 @@ close idle keep-alive connections; reusing one at that moment fails the request)
 
 Timeouts: `connect_s` for getting a connection (waiting for a free one included);
 `read_s` between two reads of the answer (and from sending to the first byte); `total_s`
-for the whole request, body included. One timer per request, re-armed only when it fires
-(arriving data just notes the time), so a streamed answer pays nothing per chunk for it.
+for the whole request, body included. One timer per pool, set at the earliest time one of
+its requests could be late and re-armed only when it fires (arriving data just notes the
+time): a request adds and removes a dict entry, a streamed answer pays nothing per chunk.
 
 Errors are `UpstreamFailed` (`sent=False` when the request never left: no connection)
 and `UpstreamTimeout`, the gateway's own.
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
 import re
 import ssl
 import zlib
@@ -49,13 +51,16 @@ class Answer:
     """One answer: `status` and the wanted `headers` once `Pool.post` returns; the body
     through `read()` or `chunks()`; `close()` drops it (and its connection) unread."""
 
-    __slots__ = ("_body", "_conn", "_done", "_error", "_size", "_waiter", "headers", "status")
+    __slots__ = (
+        "_body", "_conn", "_done", "_error", "_loop", "_size", "_waiter", "headers", "status",
+    )  # fmt: skip
     cost_nano = None  # HTTP providers report usage, not cost: the pricing table prices it
 
     def __init__(self, conn: _Connection) -> None:
         self.status = 0
         self.headers: dict[str, str] = {}
         self._conn: _Connection | None = conn
+        self._loop = conn._loop
         self._body: list[bytes] = []
         self._size = 0
         self._done = False
@@ -93,7 +98,7 @@ class Answer:
                 waiter.set_result(None)
 
     async def _wait(self) -> None:
-        self._waiter = asyncio.get_running_loop().create_future()
+        self._waiter = self._loop.create_future()
         await self._waiter
 
     def _take(self) -> bytes:
@@ -169,7 +174,7 @@ class _Connection(asyncio.Protocol):
         self._read_s = 0.0
         self._last = 0.0  # when the answer last sent something
         self._deadline = 0.0
-        self._timer: asyncio.TimerHandle | None = None
+        self._watched = False  # by the pool's timer (Pool._watch)
         self._paused = False
         self.idle_since = 0.0
         self.closed = False
@@ -304,36 +309,33 @@ class _Connection(asyncio.Protocol):
         self._headers_done = self._complete = self._length_known = self._keep = False
         self._decoder, self._unsupported = None, ""
         self._read_s, self._deadline = read_s, deadline
-        self._last = self._loop.time()
-        self._timer = self._loop.call_at(min(deadline, self._last + read_s), self._check)
+        self._last = now = self._loop.time()
+        self._watched = True
+        self._pool._watch(self, min(deadline, now + read_s))
         self.transport.write(data)
         return self._head
 
     def _head_too_large(self) -> None:
         self._fail(UpstreamFailed(f"{self._who} sent headers over {MAX_HEAD_BYTES} bytes"))
 
-    def _check(self) -> None:
-        """The timer: fail when the answer is late, else look again when it could be.
-        While reading is paused the reader is slow, not the upstream: only the request
-        timeout counts then."""
-        self._timer = None
-        now = self._loop.time()
+    def _check(self, now: float) -> float:
+        """The pool's timer: fail when the answer is late (then inf), else when to look
+        again. While reading is paused the reader is slow, not the upstream: only the
+        request timeout counts then."""
         if now >= self._deadline:
             self._fail(UpstreamTimeout(f"{self._who} took longer than the request timeout"))
-            return
+            return math.inf
         if self._paused:
             self._last = now
         elif now >= self._last + self._read_s:
             self._fail(UpstreamTimeout(f"{self._who} sent nothing for {self._read_s:g} s"))
-            return
-        self._timer = self._loop.call_at(
-            min(self._deadline, self._last + self._read_s), self._check
-        )
+            return math.inf
+        return min(self._deadline, self._last + self._read_s)
 
     def _stop_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._watched:
+            self._watched = False
+            self._pool._unwatch(self)
 
     def _fail(self, exc: UpstreamFailed) -> None:
         """The answer cannot be completed: tell whoever waits; the connection is done."""
@@ -405,6 +407,13 @@ class Pool:
         self._idle: collections.deque[_Connection] = collections.deque()
         self._busy = 0  # slots taken: connections handed out or being opened
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the one it is used in
+        # The connections waiting for (more of) an answer, watched by one timer set at
+        # the earliest time one of them could be late: a request adds and removes a dict
+        # entry, where a timer of its own would be made and cancelled.
+        self._watched: dict[_Connection, None] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._at = math.inf  # when the timer fires
         self.closed = False
 
     def head(self, path: str, headers: Iterable[tuple[str, str]]) -> bytes:
@@ -417,7 +426,9 @@ class Pool:
     async def post(self, head: bytes, body: bytes) -> Answer:
         """Send `head` (from `head()`, maybe with more `header_lines`) and `body`; the
         answer once its status and headers are in."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:  # (asyncio.get_running_loop costs a getpid on Python 3.11)
+            loop = self._loop = asyncio.get_running_loop()
         now = loop.time()
         conn = await self._acquire(loop, now)
         data = b"%scontent-length: %d\r\n\r\n%s" % (head, len(body), body)
@@ -482,6 +493,32 @@ class Pool:
                     f"all {self._limit} connections stayed busy for {self._connect_s:g} s"
                 ) from None
             raise
+
+    def _watch(self, conn: _Connection, when: float) -> None:
+        self._watched[conn] = None
+        if when < self._at:
+            self._set_timer(when)
+
+    def _unwatch(self, conn: _Connection) -> None:
+        del self._watched[conn]
+
+    def _set_timer(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        assert self._loop is not None
+        self._at = when
+        self._timer = self._loop.call_at(when, self._check)
+
+    def _check(self) -> None:
+        """The timer: each watched connection fails if late; then set for the next."""
+        self._timer, self._at = None, math.inf
+        assert self._loop is not None
+        now = self._loop.time()
+        nxt = math.inf
+        for conn in list(self._watched):
+            nxt = min(nxt, conn._check(now))
+        if nxt < math.inf:
+            self._set_timer(nxt)
 
     def _unreachable(self, why: str) -> UpstreamFailed:
         return UpstreamFailed(
