@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 import pytest
+import uvloop
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -24,6 +25,7 @@ from capgate.core.limits import Limit, Metric, Scope, ScopeKind
 from capgate.core.money import Usage
 from capgate.core.windows import WindowKind
 from capgate.errors import LimitExceeded, PermissionDenied, UpstreamFailed
+from capgate.http.call import FirstBytes
 from capgate.http.dialects import CLAUDE_CODE, CODEX, for_client
 from capgate.http.extensions import CachedAnswer, CallFacts, Extensions, FinalAnswer
 from capgate.http.gateway import Gateway
@@ -571,3 +573,140 @@ def test_a_client_gone_before_the_first_byte_is_cancelled_not_timed_out(tmp_path
         assert len(await w.ledger()) == 1
 
     run(Setup([a], [route("a")]), tmp_path, test)
+
+
+def test_a_first_byte_cancel_the_provider_converts_is_taken_back(tmp_path: Path) -> None:
+    """A provider that turns the deadline's cancel into a failure of its own (or swallows
+    it) fails the attempt as it says, and the retry on the same task starts clean: the
+    deadline's cancel is taken back however the attempt ended."""
+    counts: list[int] = []
+
+    async def converts(endpoint: Endpoint, body: bytes) -> FakeAnswer:
+        task = asyncio.current_task()
+        assert task is not None
+        counts.append(task.cancelling())
+        if len(counts) == 1:
+            try:
+                await asyncio.sleep(5)
+            except asyncio.CancelledError:
+                raise UpstreamFailed("gave up") from None
+        return FakeAnswer(pieces=[message(SONNET)])
+
+    a = FakeProvider("a", converts, first_byte_timeout_s=0.1)
+
+    async def test(w: World) -> None:
+        r = await w.post("/v1/messages", ASK)
+        assert r.status == 200, await r.read()
+        (entry,) = await w.ledger()
+        assert (entry.status, entry.attempts) == (200, 2)
+        assert counts == [0, 0]  # the second attempt is not left cancelled
+
+    run(Setup([a], [route("a", retries=1)]), tmp_path, test)
+
+
+class _Watched:
+    """A stand-in for a Call in FirstBytes: notes when it was found late."""
+
+    def __init__(self, fails: bool = False) -> None:
+        self.late_at: float | None = None
+        self.fails = fails
+
+    def _late(self) -> None:
+        self.late_at = asyncio.get_running_loop().time()
+        if self.fails:
+            raise RuntimeError("boom")
+
+
+class _Counted(float):
+    """A deadline that counts how often it is compared."""
+
+    seen = 0
+
+    def __lt__(self, other: object) -> bool:
+        _Counted.seen += 1
+        return float(self) < other  # type: ignore[operator]
+
+    def __le__(self, other: object) -> bool:
+        _Counted.seen += 1
+        return float(self) <= other  # type: ignore[operator]
+
+    def __gt__(self, other: object) -> bool:
+        _Counted.seen += 1
+        return float(self) > other  # type: ignore[operator]
+
+    def __ge__(self, other: object) -> bool:
+        _Counted.seen += 1
+        return float(self) >= other  # type: ignore[operator]
+
+
+def test_first_byte_deadlines_due_one_by_one_cost_a_heap_not_a_scan() -> None:
+    """Many calls whose deadlines come due at staggered times (an upstream that accepts
+    and stalls): each firing looks at the calls due, not at every call, so n deadlines
+    cost O(n log n) comparisons, not O(n²)."""
+    n = 600
+
+    async def main() -> None:
+        fb = FirstBytes()
+        loop = asyncio.get_running_loop()
+        calls = [_Watched() for _ in range(n)]
+        start = loop.time() + 0.05
+        for i, call in enumerate(calls):
+            fb.add(call, loop, _Counted(start + i * 0.0002))  # type: ignore[arg-type]
+        while any(c.late_at is None for c in calls):
+            await asyncio.sleep(0.01)
+        assert all(c.late_at >= start + i * 0.0002 for i, c in enumerate(calls))  # type: ignore[operator]
+        assert not fb._due
+
+    _Counted.seen = 0
+    asyncio.run(main())
+    assert _Counted.seen < 40 * n, _Counted.seen  # a scan per firing: ~n²/2 (over 10^5)
+
+
+def test_a_sub_millisecond_first_byte_deadline_fires_once_on_uvloop() -> None:
+    """uvloop's timers work in ms and may fire up to 0.5 ms early: what the timer was set
+    for counts as due then, so it does not spin re-arming at zero delay."""
+
+    async def main() -> None:
+        fb = FirstBytes()
+        fires = 0
+        fire = fb._fire
+
+        def counted() -> None:
+            nonlocal fires
+            fires += 1
+            fire()
+
+        fb._fire = counted  # type: ignore[method-assign]
+        loop = asyncio.get_running_loop()
+        for wait in (0.0025, 0.0105, 0.0304, 0.1005):
+            fires = 0
+            call = _Watched()
+            fb.add(call, loop, loop.time() + wait)  # type: ignore[arg-type]
+            while call.late_at is None:
+                await asyncio.sleep(0)
+            assert fires <= 3, (wait, fires)
+
+    uvloop.run(main())
+
+
+def test_a_call_that_fails_to_time_out_leaves_the_others_watched(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An error while one late call is handled is logged; the timer still fires for the
+    others due with it and after it."""
+
+    async def main() -> None:
+        fb = FirstBytes()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        broken, together, after = _Watched(fails=True), _Watched(), _Watched()
+        fb.add(broken, loop, now + 0.05)  # type: ignore[arg-type]
+        fb.add(together, loop, now + 0.05)  # type: ignore[arg-type]
+        fb.add(after, loop, now + 0.1)  # type: ignore[arg-type]
+        await asyncio.sleep(0.2)
+        assert broken.late_at is not None and together.late_at is not None
+        assert after.late_at is not None and after.late_at >= now + 0.1
+        assert not fb._due
+
+    asyncio.run(main())
+    assert "timing out a call's first byte failed" in caplog.text

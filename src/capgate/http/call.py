@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import heapq
+import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable
@@ -47,6 +49,8 @@ from capgate.routing import Breakers, Plan, Route
 from capgate.store.base import Outcome, Reservation, Store
 from capgate.wire import anthropic as anthropic_wire
 from capgate.wire import openai as openai_wire
+
+log = logging.getLogger(__name__)
 
 Tap = (
     anthropic_wire.AnthropicStreamTap | openai_wire.OpenAIStreamTap | openai_wire.ResponsesStreamTap
@@ -92,26 +96,44 @@ def _header_name(name: str) -> str:
 
 class FirstBytes:
     """The first-byte deadlines of the calls in flight, watched by one loop timer set at
-    the earliest of them: a call adds and removes a dict entry, where `asyncio.timeout`
-    would make and cancel a timer of its own per attempt. A late call's task is cancelled
-    (`Call._late`) and the call turns that into its timeout, as `asyncio.timeout` does."""
+    the earliest of them: a call adds and removes an entry, where `asyncio.timeout` would
+    make and cancel a timer of its own per attempt. A late call's task is cancelled
+    (`Call._late`) and the call turns that into its timeout, as `asyncio.timeout` does.
+
+    The deadlines are a heap, so a firing costs O(log n) per call due, not a look at every
+    call. A removed entry stays in the heap, skipped when it comes up (`_due` holds each
+    call's current entry), until the heap is compacted (it grows past twice the calls)."""
 
     def __init__(self) -> None:
-        self._due: dict[Call, float] = {}
+        self._due: dict[Call, int] = {}  # call -> the number of its current heap entry
+        self._heap: list[tuple[float, int, Call]] = []  # (deadline, number, call)
+        self._seq = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._at = math.inf  # when the timer fires
 
     def add(self, call: Call, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        due, heap = self._due, self._heap
         if loop is not self._loop:  # another loop (tests): the old one's calls are gone
-            self._due.clear()
+            due.clear()
+            heap.clear()
             self._set(loop, when)
         elif when < self._at:
             self._set(loop, when)
-        self._due[call] = when
+        self._seq = seq = self._seq + 1
+        due[call] = seq
+        if len(heap) > 2 * len(due) + 64:
+            self._compact()
+            heap = self._heap
+        heapq.heappush(heap, (when, seq, call))
 
     def remove(self, call: Call) -> None:
-        del self._due[call]
+        self._due.pop(call, None)  # (gone if another loop's add cleared them all)
+
+    def _compact(self) -> None:
+        due = self._due
+        self._heap = heap = [entry for entry in self._heap if due.get(entry[2]) == entry[1]]
+        heapq.heapify(heap)
 
     def _set(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
         if self._timer is not None:
@@ -121,16 +143,30 @@ class FirstBytes:
         self._timer = loop.call_at(when, self._fire)
 
     def _fire(self) -> None:
+        loop, at = self._loop, self._at
+        assert loop is not None
         self._timer, self._at = None, math.inf
-        assert self._loop is not None
-        now = self._loop.time() + _RESOLUTION  # what the loop counts as due
-        due = self._due
-        late = [call for call, when in due.items() if when <= now]
-        for call in late:
-            del due[call]
-            call._late()
-        if due:
-            self._set(self._loop, min(due.values()))
+        # Due: what the loop counts as due now, and whatever it judged due in firing this
+        # timer (uvloop's timers work in ms and may fire up to 0.5 ms early).
+        now = max(loop.time() + _RESOLUTION, at)
+        heap, due = self._heap, self._due
+        try:
+            while heap:
+                when, seq, call = heap[0]
+                if due.get(call) != seq:  # removed, or added again since
+                    heapq.heappop(heap)
+                elif when > now:
+                    break
+                else:
+                    heapq.heappop(heap)
+                    del due[call]
+                    try:
+                        call._late()
+                    except Exception:  # the others are still timed out
+                        log.exception("timing out a call's first byte failed")
+        finally:
+            if heap and heap[0][0] < self._at:
+                self._set(loop, heap[0][0])
 
 
 _RESOLUTION = time.get_clock_info("monotonic").resolution
@@ -376,6 +412,7 @@ class Call:
         self._task = task = asyncio.current_task()
         assert task is not None
         cancelling, self._timed_out = task.cancelling(), False
+        cancelled_too = False  # by someone else as well as by the deadline
         loop = task.get_loop()  # (asyncio.get_running_loop costs a getpid on 3.11)
         first_bytes.add(self, loop, loop.time() + first_byte)
         try:
@@ -387,18 +424,16 @@ class Call:
                     chunks = aiter(answer.chunks())
                     first = await anext(chunks, b"")
             finally:
-                if not self._timed_out:
+                if self._timed_out:  # its cancel taken back, even if converted or swallowed
+                    cancelled_too = task.uncancel() > cancelling
+                else:
                     first_bytes.remove(self)
         except UpstreamFailed as exc:
             self._drop()
             return Failure(exc.status, exc.message, billed_maybe=exc.sent or exc.charge_all)
         except BaseException as exc:  # cancelled while waiting: the upstream may be working
             self._drop()
-            late = (
-                self._timed_out
-                and isinstance(exc, asyncio.CancelledError)
-                and task.uncancel() <= cancelling
-            )
+            late = self._timed_out and isinstance(exc, asyncio.CancelledError) and not cancelled_too
             if late or isinstance(exc, TimeoutError):
                 return Failure(
                     504,
