@@ -10,6 +10,7 @@ header injection. Every test runs on the stdlib loop and on uvloop (what `serve`
 from __future__ import annotations
 
 import asyncio
+import gc
 import gzip
 import ssl
 from collections.abc import Awaitable, Callable, Coroutine
@@ -716,3 +717,127 @@ def test_the_end_of_a_stream_is_known_only_when_it_has_come(run: Any) -> None:
             await p.close()
 
     run(main())
+
+
+def silent() -> Server:
+    """A server that takes requests and never answers."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+
+    return Server(handler)
+
+
+async def timed_out(p: Pool, wait: float = 0.0) -> float:
+    """How long after it was sent a request to `silent()` timed out."""
+    await asyncio.sleep(wait)
+    start = asyncio.get_running_loop().time()
+    with pytest.raises(UpstreamTimeout):
+        await post(p)
+    return asyncio.get_running_loop().time() - start
+
+
+def test_timeouts_due_one_by_one_cost_a_heap_not_a_scan(
+    run: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many silent requests sent at staggered times: each firing of the pool's timer looks
+    at the requests due, not at every request, so each is checked about once, not once
+    per firing (O(n²) in all)."""
+    n = 150
+    checks = 0
+    check = upstream._Connection._check
+
+    def counted(conn: upstream._Connection, now: float) -> float:
+        nonlocal checks
+        checks += 1
+        return check(conn, now)
+
+    monkeypatch.setattr(upstream._Connection, "_check", counted)
+
+    async def main() -> None:
+        async with silent() as srv:
+            p = pool(srv.url, limit=n, read_s=0.1)
+            took = await asyncio.gather(*(timed_out(p, i * 0.001) for i in range(n)))
+            assert all(0.099 <= t < 0.3 for t in took)
+            assert not p._watched
+            await p.close()
+
+    run(main())
+    assert checks <= 2 * n, checks  # one timer scanning them all: thousands
+
+
+def test_a_sub_millisecond_timeout_fires_once_on_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """uvloop's timers work in ms and may fire up to 0.5 ms early: what the timer was set
+    for counts as due then, so it does not spin re-arming at zero delay."""
+    fires = 0
+    check = Pool._check
+
+    def counted(p: Pool) -> None:
+        nonlocal fires
+        fires += 1
+        check(p)
+
+    monkeypatch.setattr(Pool, "_check", counted)
+
+    async def main() -> None:
+        async with silent() as srv:
+            p = pool(srv.url, read_s=0.0304)
+            for _ in range(3):
+                await timed_out(p)
+            await p.close()
+
+    uvloop.run(asyncio.wait_for(main(), 20))
+    assert fires <= 3 * 3, fires
+
+
+def test_a_request_that_fails_to_be_checked_leaves_the_others_watched(
+    run: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An error while one request's timeouts are checked is logged, and that request looked
+    at again a read timeout later; the timer still fires for the others."""
+    check = upstream._Connection._check
+    broken: list[upstream._Connection] = []
+
+    def once_broken(conn: upstream._Connection, now: float) -> float:
+        if not broken:
+            broken.append(conn)
+            raise RuntimeError("boom")
+        return check(conn, now)
+
+    monkeypatch.setattr(upstream._Connection, "_check", once_broken)
+
+    async def main() -> None:
+        async with silent() as srv:
+            p = pool(srv.url, read_s=0.1)
+            first, second = await asyncio.wait_for(
+                asyncio.gather(timed_out(p), timed_out(p, 0.02)), 2
+            )
+            assert 0.19 <= first < 0.35  # checked again a read timeout after the error
+            assert 0.099 <= second < 0.2
+            assert not p._watched
+            await p.close()
+
+    run(main())
+    assert "checking a request's timeouts failed" in caplog.text
+
+
+def test_a_pool_used_again_in_a_new_loop_works(run: Any) -> None:
+    """A pool outlives its loop (tests, tools): used in the next one, it answers there
+    (the idle connection left in the old loop is dropped)."""
+    made: list[Pool] = []
+
+    async def main(last: bool) -> None:
+        async with answering(ok(b"{}")) as srv:
+            if not made:
+                made.append(pool(srv.url))
+            p = made[0]
+            assert srv.server is not None
+            p.port = srv.server.sockets[0].getsockname()[1]  # another server each time
+            a = await post(p)
+            assert (a.status, await a.read()) == (200, b"{}")
+            if last:
+                await p.close()
+
+    run(main(last=False))
+    run(main(last=True))  # a new loop
+    gc.collect()  # a warning about the dropped connection would fail the test here

@@ -20,7 +20,7 @@ Timeouts: `connect_s` for getting a connection (waiting for a free one included)
 `read_s` between two reads of the answer (and from sending to the first byte); `total_s`
 for the whole request, body included. One timer per pool, set at the earliest time one of
 its requests could be late and re-armed only when it fires (arriving data just notes the
-time): a request adds and removes a dict entry, a streamed answer pays nothing per chunk.
+time): a request adds and removes a heap entry, a streamed answer pays nothing per chunk.
 
 Errors are `UpstreamFailed` (`sent=False` when the request never left: no connection)
 and `UpstreamTimeout`, the gateway's own.
@@ -30,9 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import heapq
+import logging
 import math
 import re
 import ssl
+import time
 import zlib
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
@@ -41,6 +44,8 @@ from urllib.parse import urlsplit
 import httptools
 
 from capgate.errors import UpstreamFailed, UpstreamTimeout
+
+log = logging.getLogger(__name__)
 
 IDLE_S = 30.0  # never reuse a connection idle longer than this
 MAX_HEAD_BYTES = 256 * 1024  # status line + headers
@@ -409,9 +414,15 @@ class Pool:
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None  # the one it is used in
         # The connections waiting for (more of) an answer, watched by one timer set at
-        # the earliest time one of them could be late: a request adds and removes a dict
-        # entry, where a timer of its own would be made and cancelled.
-        self._watched: dict[_Connection, None] = {}
+        # the earliest time one of them could be late: a request adds and removes an
+        # entry, where a timer of its own would be made and cancelled. The times are a
+        # heap (a firing looks only at the connections due); each is checked again when it
+        # comes up, as data may have moved it on. A removed entry stays in the heap,
+        # skipped when it comes up (`_watched` holds each connection's current entry),
+        # until the heap is compacted (it grows past twice the connections watched).
+        self._watched: dict[_Connection, int] = {}  # -> the number of its heap entry
+        self._heap: list[tuple[float, int, _Connection]] = []  # (when, number, connection)
+        self._seq = 0
         self._timer: asyncio.TimerHandle | None = None
         self._at = math.inf  # when the timer fires
         self.closed = False
@@ -427,8 +438,8 @@ class Pool:
         """Send `head` (from `head()`, maybe with more `header_lines`) and `body`; the
         answer once its status and headers are in."""
         loop = self._loop
-        if loop is None:  # (asyncio.get_running_loop costs a getpid on Python 3.11)
-            loop = self._loop = asyncio.get_running_loop()
+        if loop is None or loop.is_closed():  # (get_running_loop costs a getpid on 3.11)
+            loop = self._bind(asyncio.get_running_loop())
         now = loop.time()
         conn = await self._acquire(loop, now)
         data = b"%scontent-length: %d\r\n\r\n%s" % (head, len(body), body)
@@ -494,8 +505,27 @@ class Pool:
                 ) from None
             raise
 
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> asyncio.AbstractEventLoop:
+        """Used in `loop`: the first time, or again after the loop it was used in closed
+        (tests, tools): what belonged to the old loop is dropped."""
+        if self._loop is not None:
+            self._idle.clear()
+            self._waiters.clear()
+            self._busy = 0
+            self._watched.clear()
+            self._heap.clear()
+            self._timer, self._at = None, math.inf
+        self._loop = loop
+        return loop
+
     def _watch(self, conn: _Connection, when: float) -> None:
-        self._watched[conn] = None
+        watched, heap = self._watched, self._heap
+        self._seq = seq = self._seq + 1
+        watched[conn] = seq
+        if len(heap) > 2 * len(watched) + 64:
+            self._heap = heap = [e for e in heap if watched.get(e[2]) == e[1]]
+            heapq.heapify(heap)
+        heapq.heappush(heap, (when, seq, conn))
         if when < self._at:
             self._set_timer(when)
 
@@ -510,15 +540,37 @@ class Pool:
         self._timer = self._loop.call_at(when, self._check)
 
     def _check(self) -> None:
-        """The timer: each watched connection fails if late; then set for the next."""
+        """The timer: each connection due fails if late, or is put back at its next time;
+        then set for the next."""
+        loop, at = self._loop, self._at
+        assert loop is not None
         self._timer, self._at = None, math.inf
-        assert self._loop is not None
-        now = self._loop.time()
-        nxt = math.inf
-        for conn in list(self._watched):
-            nxt = min(nxt, conn._check(now))
-        if nxt < math.inf:
-            self._set_timer(nxt)
+        # Due: what the loop counts as due now, and whatever it judged due in firing this
+        # timer (uvloop's timers work in ms and may fire up to 0.5 ms early).
+        now = max(loop.time() + _RESOLUTION, at)
+        heap, watched = self._heap, self._watched
+        again: list[tuple[float, int, _Connection]] = []
+        try:
+            while heap:
+                when, seq, conn = heap[0]
+                if watched.get(conn) != seq:  # done with, or sent again since
+                    heapq.heappop(heap)
+                    continue
+                if when > now:
+                    break
+                heapq.heappop(heap)
+                try:
+                    nxt = conn._check(now)
+                except Exception:  # the others are still timed out; this one looked at later
+                    log.exception("checking a request's timeouts failed")
+                    nxt = now + conn._read_s
+                if nxt < math.inf and watched.get(conn) == seq:
+                    again.append((nxt, seq, conn))
+        finally:
+            for entry in again:
+                heapq.heappush(heap, entry)
+            if heap and heap[0][0] < self._at:
+                self._set_timer(heap[0][0])
 
     def _unreachable(self, why: str) -> UpstreamFailed:
         return UpstreamFailed(
@@ -551,6 +603,9 @@ class Pool:
         while self._idle:
             self._idle.pop()._close()
         await asyncio.sleep(0)  # let the transports finish closing
+
+
+_RESOLUTION = time.get_clock_info("monotonic").resolution
 
 
 def header_lines(headers: Iterable[tuple[str, str]]) -> bytes:
