@@ -812,8 +812,8 @@ def test_a_request_that_fails_to_be_checked_leaves_the_others_watched(
             first, second = await asyncio.wait_for(
                 asyncio.gather(timed_out(p), timed_out(p, 0.02)), 2
             )
-            assert 0.19 <= first < 0.35  # checked again a read timeout after the error
-            assert 0.099 <= second < 0.2
+            assert 0.19 <= first < 0.5  # checked again a read timeout after the error
+            assert 0.099 <= second < 0.3
             assert not p._watched
             await p.close()
 

@@ -530,7 +530,7 @@ class Pool:
             self._set_timer(when)
 
     def _unwatch(self, conn: _Connection) -> None:
-        del self._watched[conn]
+        self._watched.pop(conn, None)  # (gone if the pool moved on to another loop)
 
     def _set_timer(self, when: float) -> None:
         if self._timer is not None:
