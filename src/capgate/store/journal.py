@@ -179,6 +179,7 @@ def read(path: Path) -> Iterator[tuple[Reservation, Outcome]]:
 
 
 def encode(res: Reservation, outcome: Outcome) -> bytes:
+    # A charge's metric goes in as the Enum: orjson writes its value (same bytes, faster).
     info, key, usage = res.info, res.key, outcome.usage
     record: dict[str, Any] = {
         "id": res.id,
@@ -189,7 +190,7 @@ def encode(res: Reservation, outcome: Outcome) -> bytes:
             *(() if info.rule is None else (info.rule,)),
         ],
         "key": [key.id, key.name, key.extra.get("user"), key.extra.get("team")],
-        "charges": [[c.counter, c.window_start, c.metric.value, c.amount] for c in res.charges],
+        "charges": [[c.counter, c.window_start, c.metric, c.amount] for c in res.charges],
         "worst": [res.worst.requests, res.worst.input_tokens, res.worst.output_tokens,
                   res.worst.cost_nano, res.worst.credits],
         "max_output": res.max_output,
@@ -197,7 +198,7 @@ def encode(res: Reservation, outcome: Outcome) -> bytes:
         "outcome": [
             outcome.status, outcome.outcome, outcome.cost_nano, outcome.latency_ms,
             outcome.ttft_ms, outcome.attempts, outcome.error, outcome.upstream_model,
-            list(outcome.flags),
+            outcome.flags,
         ],
         **({} if outcome.requests == 1 else {"requests": outcome.requests}),
         **({} if outcome.cache is None else {"cache": [outcome.cache, outcome.saved_nano]}),
