@@ -110,6 +110,34 @@ def test_a_line_holds_everything_a_settlement_needs() -> None:
     assert journal.decode(journal.encode(res, miss))[1] == miss
 
 
+def test_a_line_is_written_as_before() -> None:
+    """The line's bytes are those older processes wrote and read (encode is tuned for
+    speed: it must not change what it writes)."""
+    from capgate.core.engine import Charge
+    from capgate.core.limits import Scope
+
+    key = Scope(ScopeKind.KEY, "kid", "name", extra={"team": "t"})
+    charges = (Charge("key:kid:cost", 7, Metric.COST_USD, 9), Charge("c", 7, Metric.TOKENS, 3))
+    plain = RequestInfo("r", "kid", "m", "p", "um", "chat", False, 1.5)
+    hooked = RequestInfo("r", "kid", "m", "p", "um", "chat", True, 1.5, 400, "s", "pr", "rule")
+    outcome = Outcome(200, "ok", Usage(1, 2), 5, 1.0, None, 1, None, "um2", ("x",))
+    cached = Outcome(200, "ok", None, 5, 1.0, 0.5, 2, "e", None, (), 0, "hit", 7)
+    assert journal.encode(Reservation("r", plain, charges, WORST, key), outcome) == (
+        b'{"id":"r","info":["r","kid","m","p","um","chat",false,1.5,null],'
+        b'"key":["kid","name",null,"t"],'
+        b'"charges":[["key:kid:cost",7,"cost_usd",9],["c",7,"tokens",3]],'
+        b'"worst":[1,1000,2000,33000000,1],"max_output":null,"fail_open":false,'
+        b'"outcome":[200,"ok",5,1.0,null,1,null,"um2",["x"]],"usage":[1,2,0,0,0]}\n'
+    )
+    assert journal.encode(Reservation("r", hooked, (), WORST, key, 9, None, True), cached) == (
+        b'{"id":"r","info":["r","kid","m","p","um","chat",true,1.5,400,"s","pr","rule"],'
+        b'"key":["kid","name",null,"t"],"charges":[],'
+        b'"worst":[1,1000,2000,33000000,1],"max_output":9,"fail_open":true,'
+        b'"outcome":[200,"ok",5,1.0,0.5,2,"e",null,[]],"requests":0,"cache":["hit",7],'
+        b'"usage":null}\n'
+    )
+
+
 def test_the_file_starts_over_when_nothing_waits_and_rotates_when_large(tmp_path: Path) -> None:
     from capgate.core.limits import Scope
 

@@ -85,8 +85,10 @@ def add_to_counters(conn: sqlite3.Connection, deltas: Iterable[tuple[str, int, i
 
 
 def dump_charges(charges: Iterable[Charge]) -> str:
-    # orjson writes an Enum as its value, without the slow `.value` property.
-    return orjson.dumps([[c.counter, c.window_start, c.metric, c.amount] for c in charges]).decode()
+    # `_value_`: the member's plain attribute; `.value` is a property, several times slower.
+    return orjson.dumps(
+        [[c.counter, c.window_start, c.metric._value_, c.amount] for c in charges]
+    ).decode()
 
 
 def load_charges(text: str) -> list[Charge]:
