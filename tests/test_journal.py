@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import astuple, replace
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +136,45 @@ def test_a_line_is_written_as_before() -> None:
         b'"outcome":[200,"ok",5,1.0,0.5,2,"e",null,[]],"requests":0,"cache":["hit",7],'
         b'"usage":null}\n'
     )
+
+
+def test_a_reservation_row_holds_what_its_transaction_decided(tmp_path: Path) -> None:
+    """The row's info (what a sweep charges) is encoded before the transaction: it is
+    encoded again when the key changed meanwhile (here in another process) or the budget
+    clamped the request's output."""
+    import sqlite3
+
+    import orjson
+
+    from capgate.core.engine import OutputFlex
+
+    async def test() -> None:
+        path = str(tmp_path / "capgate.db")
+        first, second = SQLiteStore(path), SQLiteStore(path)
+        await first.start()
+        await second.start()
+        try:
+            key_id = await _key(first)
+            await second.create_scope(ScopeKind.TEAM, "t2", ScopeFields())
+            await second.update_scope(ScopeKind.KEY, "k", ScopeFields(team="t2"))
+            assert first._keys[key_id][0].extra["team"] == "t"  # not reloaded yet
+            moved = await _reserve(first, key_id, 1)
+            assert moved.key.extra["team"] == "t2"
+            flex = OutputFlex(200_000, 1, 1, 1000, 3_000_000_000, 15_000_000)
+            info = RequestInfo("req_2", key_id, "m", "p", "m", "messages", False, time.time())
+            clamped = await first.reserve(info, flex.amounts(200_000), flex)
+            assert isinstance(clamped, Reservation) and clamped.max_output == 64_266
+        finally:
+            await second.close()
+            await first.close()
+        conn = sqlite3.connect(path)
+        rows = dict(conn.execute("SELECT id, info FROM reservations").fetchall())
+        conn.close()
+        assert orjson.loads(rows["req_1"])["team"] == "t2"
+        row = orjson.loads(rows["req_2"])
+        assert (row["max_output"], row["worst"]) == (64_266, list(astuple(clamped.worst)))
+
+    run(test)
 
 
 def test_the_file_starts_over_when_nothing_waits_and_rotates_when_large(tmp_path: Path) -> None:

@@ -278,10 +278,16 @@ class SQLiteStore(
         extra_scopes: tuple[Scope, ...] = (),
         record_refusal: bool = True,
     ) -> Reservation | Refusal:
+        # The row's info is encoded here, before the transaction (less time holding the
+        # write lock): `_reserve` encodes it again if the key changed or was clamped.
+        entry = self._keys.get(info.key_id)
+        early = None if entry is None else (entry[0], q.dump_info(info, entry[0], worst))
         # `_write` inlined: one coroutine less to resume on every request.
         try:
             result: Reservation | Refusal = await self._writer.submit(
-                lambda conn: self._reserve(conn, info, worst, flex, extra_scopes, record_refusal),
+                lambda conn: self._reserve(
+                    conn, info, worst, flex, extra_scopes, record_refusal, early
+                ),
                 True,
             )
         except sqlite3.Error as exc:
@@ -296,6 +302,7 @@ class SQLiteStore(
         flex: OutputFlex | None,
         extra_scopes: tuple[Scope, ...],
         record_refusal: bool = True,
+        early: tuple[Scope, str] | None = None,  # (key, the row's info) encoded before
     ) -> Reservation | Refusal:
         now = self._clock()
         entry = self._keys.get(info.key_id)
@@ -315,16 +322,14 @@ class SQLiteStore(
             if not isinstance(decision, Refusal):
                 if decision.max_output is not None and flex is not None:
                     worst = flex.amounts(decision.max_output)
+                if early is not None and early[0] is key and decision.max_output is None:
+                    row_info = early[1]
+                else:
+                    row_info = q.dump_info(info, key, worst, decision.max_output)
                 res_id = info.request_id  # unique: a random per-process prefix and a counter
                 conn.execute(  # first: the only write here that can fail (a duplicate id)
                     "INSERT INTO reservations (id, owner, created_at, charges, info) VALUES (?,?,?,?,?)",
-                    (
-                        res_id,
-                        self.owner,
-                        now,
-                        q.dump_charges(decision.charges),
-                        q.dump_info(info, key, worst, decision.max_output),
-                    ),
+                    (res_id, self.owner, now, q.dump_charges(decision.charges), row_info),
                 )
                 self._counters.add(
                     conn, [(c.counter, c.window_start, c.amount, 0) for c in decision.charges]
