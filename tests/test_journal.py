@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import astuple, replace
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +108,73 @@ def test_a_line_holds_everything_a_settlement_needs() -> None:
     assert journal.decode(journal.encode(res, hit))[1] == hit
     miss = Outcome(200, "ok", Usage(1, 2), 7, 1.0, cache="miss")
     assert journal.decode(journal.encode(res, miss))[1] == miss
+
+
+def test_a_line_is_written_as_before() -> None:
+    """The line's bytes are those older processes wrote and read (encode is tuned for
+    speed: it must not change what it writes)."""
+    from capgate.core.engine import Charge
+    from capgate.core.limits import Scope
+
+    key = Scope(ScopeKind.KEY, "kid", "name", extra={"team": "t"})
+    charges = (Charge("key:kid:cost", 7, Metric.COST_USD, 9), Charge("c", 7, Metric.TOKENS, 3))
+    plain = RequestInfo("r", "kid", "m", "p", "um", "chat", False, 1.5)
+    hooked = RequestInfo("r", "kid", "m", "p", "um", "chat", True, 1.5, 400, "s", "pr", "rule")
+    outcome = Outcome(200, "ok", Usage(1, 2), 5, 1.0, None, 1, None, "um2", ("x",))
+    cached = Outcome(200, "ok", None, 5, 1.0, 0.5, 2, "e", None, (), 0, "hit", 7)
+    assert journal.encode(Reservation("r", plain, charges, WORST, key), outcome) == (
+        b'{"id":"r","info":["r","kid","m","p","um","chat",false,1.5,null],'
+        b'"key":["kid","name",null,"t"],'
+        b'"charges":[["key:kid:cost",7,"cost_usd",9],["c",7,"tokens",3]],'
+        b'"worst":[1,1000,2000,33000000,1],"max_output":null,"fail_open":false,'
+        b'"outcome":[200,"ok",5,1.0,null,1,null,"um2",["x"]],"usage":[1,2,0,0,0]}\n'
+    )
+    assert journal.encode(Reservation("r", hooked, (), WORST, key, 9, None, True), cached) == (
+        b'{"id":"r","info":["r","kid","m","p","um","chat",true,1.5,400,"s","pr","rule"],'
+        b'"key":["kid","name",null,"t"],"charges":[],'
+        b'"worst":[1,1000,2000,33000000,1],"max_output":9,"fail_open":true,'
+        b'"outcome":[200,"ok",5,1.0,0.5,2,"e",null,[]],"requests":0,"cache":["hit",7],'
+        b'"usage":null}\n'
+    )
+
+
+def test_a_reservation_row_holds_what_its_transaction_decided(tmp_path: Path) -> None:
+    """The row's info (what a sweep charges) is encoded before the transaction: it is
+    encoded again when the key changed meanwhile (here in another process) or the budget
+    clamped the request's output."""
+    import sqlite3
+
+    import orjson
+
+    from capgate.core.engine import OutputFlex
+
+    async def test() -> None:
+        path = str(tmp_path / "capgate.db")
+        first, second = SQLiteStore(path), SQLiteStore(path)
+        await first.start()
+        await second.start()
+        try:
+            key_id = await _key(first)
+            await second.create_scope(ScopeKind.TEAM, "t2", ScopeFields())
+            await second.update_scope(ScopeKind.KEY, "k", ScopeFields(team="t2"))
+            assert first._keys[key_id][0].extra["team"] == "t"  # not reloaded yet
+            moved = await _reserve(first, key_id, 1)
+            assert moved.key.extra["team"] == "t2"
+            flex = OutputFlex(200_000, 1, 1, 1000, 3_000_000_000, 15_000_000)
+            info = RequestInfo("req_2", key_id, "m", "p", "m", "messages", False, time.time())
+            clamped = await first.reserve(info, flex.amounts(200_000), flex)
+            assert isinstance(clamped, Reservation) and clamped.max_output == 64_266
+        finally:
+            await second.close()
+            await first.close()
+        conn = sqlite3.connect(path)
+        rows = dict(conn.execute("SELECT id, info FROM reservations").fetchall())
+        conn.close()
+        assert orjson.loads(rows["req_1"])["team"] == "t2"
+        row = orjson.loads(rows["req_2"])
+        assert (row["max_output"], row["worst"]) == (64_266, list(astuple(clamped.worst)))
+
+    run(test)
 
 
 def test_the_file_starts_over_when_nothing_waits_and_rotates_when_large(tmp_path: Path) -> None:

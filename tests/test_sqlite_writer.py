@@ -258,3 +258,17 @@ def test_close_commits_what_is_pending(tmp_path: Path) -> None:
 
 def test_one_request_at_a_time_commits_its_reservation_at_once(tmp_path: Path) -> None:
     asyncio.run(_test_one_request_at_a_time_commits_its_reservation_at_once(tmp_path))
+
+
+def test_the_store_binds_none_through_a_registered_adapter(tmp_path: Path) -> None:
+    """Without an adapter for NoneType, sqlite3 searches for one on every None it binds,
+    formatting and discarding an AttributeError (~0.3 us each, ~10 per ledger row): the
+    store registers one that gives None back, so a None still binds as NULL."""
+    from capgate.store.sqlite import SQLiteStore
+
+    conn = SQLiteStore(str(tmp_path / "capgate.db"))._connect()
+    try:
+        assert sqlite3.adapters[(type(None), sqlite3.PrepareProtocol)](None) is None
+        assert conn.execute("SELECT ? IS NULL", (None,)).fetchone()[0] == 1
+    finally:
+        conn.close()

@@ -38,7 +38,10 @@ class CounterCache:
 
     def __init__(self) -> None:
         self._active = False
-        self._known: dict[Instance, CounterState] = {}  # as of now in this transaction
+        # As the table held them at the last write (or read); now: plus `_pending`. An add
+        # touches only `_pending`; a read adds the two (one record per instance read, not
+        # one per instance changed: a request changes each twice and reads it once).
+        self._known: dict[Instance, CounterState] = {}
         self._pending: dict[Instance, list[int]] = {}  # [reserved, settled] not yet written
 
     def begin(self, batched: bool, keep: bool = False) -> None:
@@ -67,42 +70,48 @@ class CounterCache:
         if any(read_from is not None for _, _, read_from in wanted):
             self.write(conn)  # a rolling sum is computed by SQL from the table
             return q.read_counters(conn, wanted)
-        known = self._known
+        known, pending = self._known, self._pending
         missing = [w for w in wanted if (w[0], w[1]) not in known]
         if missing:
             found = q.read_counters(conn, missing)
-            pending = self._pending
             for counter, start, _ in missing:
-                state = found.get((counter, start), _ZERO)
-                delta = pending.get((counter, start))
-                if delta is not None:
-                    state = CounterState(state.settled + delta[1], state.reserved + delta[0])
-                known[(counter, start)] = state
-        return {(c, s): known[(c, s)] for c, s, _ in wanted}
+                known[(counter, start)] = found.get((counter, start), _ZERO)
+        states = {}
+        for counter, start, _ in wanted:
+            instance = (counter, start)
+            state, delta = known[instance], pending.get(instance)
+            if delta is not None:
+                state = CounterState(state.settled + delta[1], state.reserved + delta[0])
+            states[instance] = state
+        return states
 
     def add(self, conn: sqlite3.Connection, deltas: Iterable[tuple[str, int, int, int]]) -> None:
         """Add (reserved, settled) deltas, as `sqlite_queries.add_to_counters` does."""
         if not self._active:
             q.add_to_counters(conn, deltas)
             return
-        known, pending = self._known, self._pending
+        pending = self._pending
         for counter, start, reserved, settled in deltas:
-            instance = (counter, start)
-            delta = pending.get(instance)
+            delta = pending.get((counter, start))
             if delta is None:
-                pending[instance] = [reserved, settled]
+                pending[(counter, start)] = [reserved, settled]
             else:
                 delta[0] += reserved
                 delta[1] += settled
-            state = known.get(instance)
-            if state is not None:
-                known[instance] = CounterState(state.settled + settled, state.reserved + reserved)
 
     def write(self, conn: sqlite3.Connection) -> None:
         """Write the pending changes (before a commit, a cold op or a rolling sum)."""
-        if self._pending:
-            q.add_to_counters(conn, ((c, s, d[0], d[1]) for (c, s), d in self._pending.items()))
-            self._pending.clear()
+        pending = self._pending
+        if pending:
+            q.add_to_counters(conn, ((c, s, d[0], d[1]) for (c, s), d in pending.items()))
+            known = self._known
+            for instance, (reserved, settled) in pending.items():
+                state = known.get(instance)
+                if state is not None:
+                    known[instance] = CounterState(
+                        state.settled + settled, state.reserved + reserved
+                    )
+            pending.clear()
 
     def snapshot(self) -> tuple[dict[Instance, CounterState], dict[Instance, list[int]]]:
         return dict(self._known), {k: list(v) for k, v in self._pending.items()}

@@ -85,8 +85,9 @@ def add_to_counters(conn: sqlite3.Connection, deltas: Iterable[tuple[str, int, i
 
 
 def dump_charges(charges: Iterable[Charge]) -> str:
+    # `_value_`: the member's plain attribute; `.value` is a property, several times slower.
     return orjson.dumps(
-        [[c.counter, c.window_start, c.metric.value, c.amount] for c in charges]
+        [[c.counter, c.window_start, c.metric._value_, c.amount] for c in charges]
     ).decode()
 
 
