@@ -229,7 +229,37 @@ async def _test_one_request_at_a_time_commits_its_reservation_at_once(tmp_path: 
         await h.writer.close()
 
 
+class _Interrupt(BaseException):
+    """Not an op's failure (as KeyboardInterrupt or SystemExit are not)."""
+
+
+async def _test_an_interrupt_in_a_group_leaves_no_op_waiting(harness: Harness) -> None:
+    harness.writer.start(asyncio.get_running_loop())
+
+    def interrupted(conn: sqlite3.Connection) -> None:
+        raise _Interrupt
+
+    try:
+        # Committed at once in `submit` (one request at a time): the interrupt reaches
+        # the caller, and the settlement that rode along learns it too.
+        await harness.writer.submit(harness.insert(1), hot=True)
+        await harness.writer.submit(harness.insert(2), hot=True)  # the last group was small
+        await asyncio.sleep(0)
+        riding = harness.writer.submit_soon(harness.insert(3))
+        with pytest.raises(_Interrupt):
+            harness.writer.submit(interrupted, hot=True)
+        assert riding.done() and isinstance(riding.exception(), _Interrupt)
+        assert harness.committed() == [1, 2]  # nothing of that group committed
+        assert await harness.writer.submit(harness.insert(4), hot=True) == 4  # it goes on
+    finally:
+        await harness.writer.close()
+
+
 # pytest runs these on a fresh event loop each (no async plugin needed).
+
+
+def test_an_interrupt_in_a_group_leaves_no_op_waiting(harness: Harness) -> None:
+    asyncio.run(_test_an_interrupt_in_a_group_leaves_no_op_waiting(harness))
 
 
 def test_one_loop_turn_is_one_transaction_on_the_loop(harness: Harness) -> None:

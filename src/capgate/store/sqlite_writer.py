@@ -229,6 +229,12 @@ class SQLiteWriter:
             except _Busy as exc:
                 self._wait(ops, exc)
                 return
+            except BaseException as exc:
+                # Not an op's own failure (those are results): a KeyboardInterrupt, a
+                # SystemExit. Nothing was committed; every op waiting learns it, none
+                # waits forever, and it goes on up.
+                _resolve_all([(fut, None, exc) for _, fut, _ in ops])
+                raise
             ops = ops[_MAX_GROUP:]
             if self._waiting_since is not None:  # progress: a later refusal is a new wait
                 self._waited()
