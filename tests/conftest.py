@@ -176,6 +176,17 @@ class Capgate:
         _stop(self.proc)
 
 
+def log_with(log: Path, *texts: str, within: float = 10) -> str:
+    """A running server's log once it holds every one of `texts` (its writer thread writes
+    lines in batches, up to ~20 ms after their event), or as it is after `within` s."""
+    deadline = time.monotonic() + within
+    while True:
+        text = log.read_text() if log.exists() else ""
+        if all(t in text for t in texts) or time.monotonic() > deadline:
+            return text
+        time.sleep(0.02)
+
+
 def start_capgate(
     tmp_path: Path,
     config: dict[str, Any],

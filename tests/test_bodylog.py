@@ -19,7 +19,7 @@ import pytest
 
 from capgate.http.admin_bodies import may_read_bodies
 from capgate.http.sessions import ADMIN_ACTOR, SESSION_ACTOR, Caller
-from conftest import Capgate, Upstream, gateway_config, start_capgate
+from conftest import Capgate, Upstream, gateway_config, log_with, start_capgate
 from test_cli import run_cli
 from test_dashboard_api import login
 from test_dashboard_browser import Page, browser, console, go, log_in, page, shot
@@ -210,7 +210,7 @@ def test_no_body_or_prompt_reaches_the_server_log(server: Capgate) -> None:
     key = server.create_key("logs-quiet", log_bodies=True)
     answer = messages(server, key, "quiet canary-words-7731 " + EMAIL)
     assert logged(server, answer.headers["x-capgate-request-id"]) is not None
-    text = (server.db.parent / "server.log").read_text()
+    text = log_with(server.db.parent / "server.log", answer.headers["x-capgate-request-id"])
     assert answer.headers["x-capgate-request-id"] in text  # the request is logged ...
     assert "canary-words-7731" not in text and EMAIL not in text  # ... never its body
 
@@ -233,7 +233,7 @@ def test_a_failed_write_is_counted_and_the_request_still_answered(
             return 'capgate_body_log_writes_total{result="failed"} 1.0' in scraped
 
         assert wait_for(counted)
-        text = log.read_text()
+        text = log_with(log, f"body of request {request_id} not logged")
         assert f"body of request {request_id} not logged" in text
         assert "canary-words-9913" not in text
     finally:
