@@ -38,6 +38,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
+from services import KEY_LIMITS as KEY  # noqa: E402 - bench/run's key and team
+from services import TEAM_LIMITS as TEAM  # noqa: E402
+
 from capgate.core.engine import Amounts  # noqa: E402
 from capgate.core.limits import Limit, ScopeKind  # noqa: E402
 from capgate.core.money import Usage  # noqa: E402
@@ -46,12 +49,6 @@ from capgate.store.base import Outcome, RequestInfo, Reservation  # noqa: E402
 from capgate.store.scopes import ScopeFields  # noqa: E402
 from capgate.store.sqlite import SQLiteStore  # noqa: E402
 
-TEAM = [{"metric": "cost_usd", "window": "month", "max": 1_000_000}]  # as bench/services.py
-KEY = [
-    {"metric": "cost_usd", "window": "month", "max": 1_000_000},
-    {"metric": "requests", "window": "day", "max": 100_000_000},
-    {"metric": "tokens", "window": "day", "max": 100_000_000_000},
-]
 WORST = Amounts(1, 1000, 2000, 30_000_000)
 USED = Outcome(200, "ok", Usage(100, 50), 1_000_000, 12.5, 3.0)
 

@@ -99,6 +99,15 @@ class World:
         await self.gateway.drain()
         return list(await self.store.query_requests(RequestQuery(key="k")))
 
+    async def settled(self, tries: int) -> list[LedgerEntry]:
+        """The ledger once it has an entry (a request the client left settles after)."""
+        for _ in range(tries):
+            entries = await self.ledger()
+            if entries:
+                return entries
+            await asyncio.sleep(0.01)
+        return []
+
 
 @dataclass
 class Setup:
@@ -289,12 +298,7 @@ def test_a_client_gone_midstream_stops_the_upstream_and_is_charged(tmp_path: Pat
         assert b"message_start" in await response.content.readany()
         response.close()  # the client goes away
         release.set()
-        for _ in range(200):
-            entries = await w.ledger()
-            if entries:
-                break
-            await asyncio.sleep(0.01)
-        (entry,) = entries
+        (entry,) = await w.settled(200)
         assert (entry.status, entry.outcome) == (499, "cancelled")
         assert entry.input_tokens == 10
         assert answers[0].closed
@@ -561,12 +565,7 @@ def test_a_client_gone_before_the_first_byte_is_cancelled_not_timed_out(tmp_path
         asking = asyncio.create_task(w.post("/v1/messages", ASK))
         await started.wait()
         asking.cancel()  # the client goes away
-        for _ in range(100):
-            entries = await w.ledger()
-            if entries:
-                break
-            await asyncio.sleep(0.01)
-        (entry,) = entries
+        (entry,) = await w.settled(100)
         assert (entry.status, entry.outcome) == (499, "cancelled")
         assert not w.gateway._path.first_bytes._due  # nothing left watched
         await asyncio.sleep(0.4)  # past the deadline: nothing fires, nothing more settles

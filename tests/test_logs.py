@@ -4,6 +4,7 @@ action, per upstream failure and breaker change — and never a key, cookie or p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from logging.handlers import QueueListener
 from pathlib import Path
 from types import SimpleNamespace
 from typing import IO, Any, cast
@@ -252,18 +254,32 @@ class _CountingStream:
         pass
 
 
+@contextlib.contextmanager
+def _configured(stream: _CountingStream) -> Iterator[QueueListener]:
+    """`configure` writing to `stream` (its writer thread), and logging as it was after."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    flags = (logging._srcfile, logging.logThreads, logging.logProcesses, logging.logMultiprocessing)
+    listener = configure("info", "text", stream=cast(IO[str], stream))
+    try:
+        yield listener
+    finally:
+        listener.stop()
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+        logging._srcfile, logging.logThreads, logging.logProcesses, logging.logMultiprocessing = (
+            flags
+        )
+
+
 def test_queued_lines_are_written_together_in_order_and_none_is_lost() -> None:
     """The writer thread writes every line queued while it was busy in one write (one
     system call for many lines under load), keeps their order, writes a line whose
     formatting fails as logging's error report and goes on, and writes everything queued
     when it is stopped."""
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    flags = (logging._srcfile, logging.logThreads, logging.logProcesses, logging.logMultiprocessing)
     stream = _CountingStream()
-    listener = configure("info", "text", stream=cast(IO[str], stream))
-    handler = listener.handlers[0]
-    try:
+    with _configured(stream) as listener:
+        handler = listener.handlers[0]
         log = logging.getLogger("capgate.test_batches")
         assert handler.lock is not None
         with handler.lock:  # the thread is busy: the lines queue up meanwhile
@@ -273,13 +289,6 @@ def test_queued_lines_are_written_together_in_order_and_none_is_lost() -> None:
             for i in range(50, 100):
                 log.info("line %d", i)
             time.sleep(0.05)
-    finally:
-        listener.stop()
-        root.handlers[:], _ = saved
-        root.setLevel(saved[1])
-        logging._srcfile, logging.logThreads, logging.logProcesses, logging.logMultiprocessing = (
-            flags
-        )
     text = "".join(stream.parts)
     numbers = [int(line.rsplit(" ", 1)[1]) for line in text.splitlines() if " line " in line]
     assert numbers == list(range(100))
@@ -332,12 +341,8 @@ def test_lines_arriving_one_by_one_are_written_in_batches() -> None:
     arriving one at a time (one request after the other) are written a few dozen at a
     time, not one write (and one thread wake-up) each; the first line after a quiet spell
     is written at once, and none is lost or reordered."""
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    flags = (logging._srcfile, logging.logThreads, logging.logProcesses, logging.logMultiprocessing)
     stream = _CountingStream()
-    listener = configure("info", "text", stream=cast(IO[str], stream))
-    try:
+    with _configured(stream):
         log = logging.getLogger("capgate.test_rest")
         log.info("first")
         deadline = time.monotonic() + 5
@@ -349,13 +354,6 @@ def test_lines_arriving_one_by_one_are_written_in_batches() -> None:
             log.info("line %d", i)
             time.sleep(0.001)
         spent = time.monotonic() - began
-    finally:
-        listener.stop()
-        root.handlers[:], _ = saved
-        root.setLevel(saved[1])
-        logging._srcfile, logging.logThreads, logging.logProcesses, logging.logMultiprocessing = (
-            flags
-        )
     text = "".join(stream.parts)
     numbers = [int(line.rsplit(" ", 1)[1]) for line in text.splitlines() if " line " in line]
     assert numbers == list(range(200))
