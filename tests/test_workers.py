@@ -30,6 +30,7 @@ import orjson
 import pytest
 import yaml
 
+from capgate.cli.serve import SQLITE_WORKERS
 from conftest import ADMIN_KEY, ROOT, Capgate, Upstream, gateway_config, self_signed
 
 QUICK = {
@@ -199,6 +200,7 @@ def test_two_workers_answer_on_one_port(
     assert all(_ppid(pid) == parent.proc.pid for pid in workers.values())
     assert parent.text().count("capgate listening on") == 1
     assert "(2 workers)" in parent.text()
+    assert "share one SQLite file" not in parent.text()  # two are within what it carries
     key = parent.server.create_key("spread", [{"metric": "requests", "window": "day", "max": 1000}])
 
     feed: list[str] = []
@@ -229,6 +231,27 @@ def test_two_workers_answer_on_one_port(
     assert sorted(feed) == sorted(rid for _, rid in results)
     logged = parent.pids_by_prefix()
     assert {logged[prefix] for prefix in prefixes} == set(workers.values())
+
+
+def test_more_workers_than_one_sqlite_file_carries_are_warned_of(
+    upstream: Upstream, tmp_path: Path, parents: list[Parent]
+) -> None:
+    """Past SQLITE_WORKERS on one SQLite file the parent says once, at start, that more
+    workers add nothing and what scales instead; the workers still start and answer."""
+    workers = SQLITE_WORKERS + 1
+    parent = Parent(tmp_path, gateway_config(upstream), "--workers", str(workers))
+    parents.append(parent)
+    warned = [
+        line
+        for line in parent.lines()
+        if line.get("level") == "warning" and "share one SQLite file" in line["message"]
+    ]
+    assert len(warned) == 1, parent.text()
+    assert warned[0]["message"].startswith(f"{workers} workers share one SQLite file")
+    assert "PostgreSQL scales with cores" in warned[0]["message"]
+    assert len(parent.workers()) == workers
+    key = parent.server.create_key("many", [{"metric": "requests", "window": "day", "max": 100}])
+    assert {status for status, _ in _spread(parent.url, key, 8)} == {200}
 
 
 def _requests_by_pid(text: str) -> dict[str, int]:

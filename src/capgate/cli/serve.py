@@ -25,7 +25,7 @@ from aiohttp import web
 from capgate.bootstrap import Keys, build, decide_keys, open_store
 from capgate.cli.client import DEFAULT_URL
 from capgate.cli.workers import READY, Supervisor, WorkerFailed
-from capgate.config import Config, ConfigError
+from capgate.config import Config, ConfigError, is_postgres
 from capgate.errors import StoreUnavailable
 from capgate.http.auth import admin_key_problem
 from capgate.http.edge import EdgeRunner, connection_cap
@@ -35,6 +35,11 @@ from capgate.metrics import Metrics
 from capgate.worker_metrics import PUBLISH_S, WorkerMetrics, remove
 
 log = logging.getLogger("capgate.serve")
+
+# Busy workers one SQLite file keeps up with: its write lock carries ~20,000-25,000
+# requests a second (reservation + settlement) on the test VMs, ~3.5 workers' worth
+# (docs/performance.md, "What one SQLite file carries").
+SQLITE_WORKERS = 4
 
 
 def run(config: Config, *, demo: bool) -> None:
@@ -222,6 +227,14 @@ async def _supervise(config: Config, demo: bool) -> int:
         tls_context(cert, key)  # checked here; each worker loads its own
     if config.server.database_url in ("sqlite:///", "sqlite:///:memory:"):
         raise ConfigError("workers: the workers must share a database file, not one in memory")
+    if config.server.workers > SQLITE_WORKERS and not is_postgres(config.server.database_url):
+        log.warning(
+            "%d workers share one SQLite file: every request takes its one write lock twice, "
+            "so past %d busy workers more add no requests a second (measure yours: "
+            "bench/sqlite_store.py); PostgreSQL scales with cores (docs/operations.md, Workers)",
+            config.server.workers,
+            SQLITE_WORKERS,
+        )
     sock = listen(config.server.host, config.server.port)
     metrics_dir = Path(tempfile.mkdtemp(prefix="capgate-metrics-"))  # owner-only
     try:
