@@ -25,7 +25,7 @@ from capgate.core.limits import Limit, Metric, Scope, ScopeKind
 from capgate.core.money import Usage
 from capgate.core.windows import WindowKind
 from capgate.errors import LimitExceeded, PermissionDenied, UpstreamFailed
-from capgate.http.call import FirstBytes
+from capgate.http.call import first_byte_deadlines
 from capgate.http.dialects import CLAUDE_CODE, CODEX, for_client
 from capgate.http.extensions import CachedAnswer, CallFacts, Extensions, FinalAnswer
 from capgate.http.gateway import Gateway
@@ -509,9 +509,10 @@ def test_the_router_picks_by_weight_and_skips_a_cooling_provider() -> None:
 
 
 def test_first_byte_timeouts_of_different_lengths_each_fire_on_time(tmp_path: Path) -> None:
-    """One timer watches every call's first-byte deadline (`FirstBytes`): a shorter one
-    that comes later still fires at its time, and the longer one still fires after it.
-    A timed-out call with nowhere else to go is a 504 in the door's dialect, and settled."""
+    """One timer watches every call's first-byte deadline (`first_byte_deadlines`): a
+    shorter one that comes later still fires at its time, and the longer one still fires
+    after it. A timed-out call with nowhere else to go is a 504 in the door's dialect, and
+    settled."""
 
     async def never(endpoint: Endpoint, body: bytes) -> FakeAnswer:
         await asyncio.sleep(30)  # not even the head: send itself waits
@@ -567,7 +568,7 @@ def test_a_client_gone_before_the_first_byte_is_cancelled_not_timed_out(tmp_path
         asking.cancel()  # the client goes away
         (entry,) = await w.settled(100)
         assert (entry.status, entry.outcome) == (499, "cancelled")
-        assert not w.gateway._path.first_bytes._due  # nothing left watched
+        assert len(w.gateway._path.first_bytes) == 0  # nothing left watched
         await asyncio.sleep(0.4)  # past the deadline: nothing fires, nothing more settles
         assert len(await w.ledger()) == 1
 
@@ -604,13 +605,16 @@ def test_a_first_byte_cancel_the_provider_converts_is_taken_back(tmp_path: Path)
 
 
 class _Watched:
-    """A stand-in for a Call in FirstBytes: notes when it was found late."""
+    """A stand-in for a Call in its first-byte deadlines: `Call._late` marks it timed out
+    and cancels its task, this stand-in itself, which notes when it was found late."""
 
     def __init__(self, fails: bool = False) -> None:
         self.late_at: float | None = None
         self.fails = fails
+        self._timed_out = False
+        self._task = self
 
-    def _late(self) -> None:
+    def cancel(self) -> None:
         self.late_at = asyncio.get_running_loop().time()
         if self.fails:
             raise RuntimeError("boom")
@@ -645,7 +649,7 @@ def test_first_byte_deadlines_due_one_by_one_cost_a_heap_not_a_scan() -> None:
     n = 600
 
     async def main() -> None:
-        fb = FirstBytes()
+        fb = first_byte_deadlines()
         loop = asyncio.get_running_loop()
         calls = [_Watched() for _ in range(n)]
         start = loop.time() + 0.05
@@ -654,7 +658,7 @@ def test_first_byte_deadlines_due_one_by_one_cost_a_heap_not_a_scan() -> None:
         while any(c.late_at is None for c in calls):
             await asyncio.sleep(0.01)
         assert all(c.late_at >= start + i * 0.0002 for i, c in enumerate(calls))  # type: ignore[operator]
-        assert not fb._due
+        assert len(fb) == 0
 
     _Counted.seen = 0
     asyncio.run(main())
@@ -666,7 +670,7 @@ def test_a_sub_millisecond_first_byte_deadline_fires_once_on_uvloop() -> None:
     for counts as due then, so it does not spin re-arming at zero delay."""
 
     async def main() -> None:
-        fb = FirstBytes()
+        fb = first_byte_deadlines()
         fires = 0
         fire = fb._fire
 
@@ -695,7 +699,7 @@ def test_a_call_that_fails_to_time_out_leaves_the_others_watched(
     others due with it and after it."""
 
     async def main() -> None:
-        fb = FirstBytes()
+        fb = first_byte_deadlines()
         loop = asyncio.get_running_loop()
         now = loop.time()
         broken, together, after = _Watched(fails=True), _Watched(), _Watched()
@@ -705,7 +709,7 @@ def test_a_call_that_fails_to_time_out_leaves_the_others_watched(
         await asyncio.sleep(0.2)
         assert broken.late_at is not None and together.late_at is not None
         assert after.late_at is not None and after.late_at >= now + 0.1
-        assert not fb._due
+        assert len(fb) == 0
 
     asyncio.run(main())
     assert "timing out a call's first byte failed" in caplog.text

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import uvloop
 
+from capgate.deadlines import Deadlines
 from capgate.errors import UpstreamFailed, UpstreamTimeout
 from capgate.providers import upstream
 from capgate.providers.upstream import HIGH_WATER, Answer, Pool, header_lines
@@ -309,7 +310,7 @@ def test_one_timer_watches_every_request_of_a_pool(run: Any) -> None:
             assert isinstance(e1, UpstreamTimeout) and 0.29 <= t1 < 0.45
             assert e2 is None and t2 < 0.3  # answered after the first one failed
             assert isinstance(e3, UpstreamTimeout) and 0.29 <= t3 < 0.45
-            assert not p._watched
+            assert len(p._deadlines) == 0
             await p.close()
 
     run(main())
@@ -759,7 +760,7 @@ def test_timeouts_due_one_by_one_cost_a_heap_not_a_scan(
             p = pool(srv.url, limit=n, read_s=0.1)
             took = await asyncio.gather(*(timed_out(p, i * 0.001) for i in range(n)))
             assert all(0.099 <= t < 0.3 for t in took)
-            assert not p._watched
+            assert len(p._deadlines) == 0
             await p.close()
 
     run(main())
@@ -770,14 +771,14 @@ def test_a_sub_millisecond_timeout_fires_once_on_uvloop(monkeypatch: pytest.Monk
     """uvloop's timers work in ms and may fire up to 0.5 ms early: what the timer was set
     for counts as due then, so it does not spin re-arming at zero delay."""
     fires = 0
-    check = Pool._check
+    fire = Deadlines._fire
 
-    def counted(p: Pool) -> None:
+    def counted(deadlines: Deadlines[upstream._Connection]) -> None:
         nonlocal fires
         fires += 1
-        check(p)
+        fire(deadlines)
 
-    monkeypatch.setattr(Pool, "_check", counted)
+    monkeypatch.setattr(Deadlines, "_fire", counted)
 
     async def main() -> None:
         async with silent() as srv:
@@ -814,7 +815,7 @@ def test_a_request_that_fails_to_be_checked_leaves_the_others_watched(
             )
             assert 0.19 <= first < 0.5  # checked again a read timeout after the error
             assert 0.099 <= second < 0.3
-            assert not p._watched
+            assert len(p._deadlines) == 0
             await p.close()
 
     run(main())

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import heapq
 import logging
 import math
 import time
@@ -37,6 +36,7 @@ from capgate.core.engine import Amounts, Refusal
 from capgate.core.limits import Metric, nano_to_decimal_str
 from capgate.core.money import MAX_AMOUNT, Usage
 from capgate.core.windows import format_reset_iso
+from capgate.deadlines import Deadlines
 from capgate.errors import CapgateError, UpstreamFailed
 from capgate.http.admission import Admission, Pricer, clamp_output
 from capgate.http.dialects import client_of, error_response, is_dialect_body
@@ -94,82 +94,12 @@ def _header_name(name: str) -> str:
     return quote(name, safe="-_.~@+:")  # headers are ASCII; scope names need not be
 
 
-class FirstBytes:
-    """The first-byte deadlines of the calls in flight, watched by one loop timer set at
-    the earliest of them: a call adds and removes an entry, where `asyncio.timeout` would
-    make and cancel a timer of its own per attempt. A late call's task is cancelled
-    (`Call._late`) and the call turns that into its timeout, as `asyncio.timeout` does.
-
-    The deadlines are a heap, so a firing costs O(log n) per call due, not a look at every
-    call. A removed entry stays in the heap, skipped when it comes up (`_due` holds each
-    call's current entry), until the heap is compacted (it grows past twice the calls)."""
-
-    def __init__(self) -> None:
-        self._due: dict[Call, int] = {}  # call -> the number of its current heap entry
-        self._heap: list[tuple[float, int, Call]] = []  # (deadline, number, call)
-        self._seq = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._at = math.inf  # when the timer fires
-
-    def add(self, call: Call, loop: asyncio.AbstractEventLoop, when: float) -> None:
-        due, heap = self._due, self._heap
-        if loop is not self._loop:  # another loop (tests): the old one's calls are gone
-            due.clear()
-            heap.clear()
-            self._set(loop, when)
-        elif when < self._at:
-            self._set(loop, when)
-        self._seq = seq = self._seq + 1
-        due[call] = seq
-        if len(heap) > 2 * len(due) + 64:
-            self._compact()
-            heap = self._heap
-        heapq.heappush(heap, (when, seq, call))
-
-    def remove(self, call: Call) -> None:
-        self._due.pop(call, None)  # (gone if another loop's add cleared them all)
-
-    def _compact(self) -> None:
-        due = self._due
-        self._heap = heap = [entry for entry in self._heap if due.get(entry[2]) == entry[1]]
-        heapq.heapify(heap)
-
-    def _set(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._loop = loop
-        self._at = when
-        self._timer = loop.call_at(when, self._fire)
-
-    def _fire(self) -> None:
-        loop, at = self._loop, self._at
-        assert loop is not None
-        self._timer, self._at = None, math.inf
-        # Due: what the loop counts as due now, and whatever it judged due in firing this
-        # timer (uvloop's timers work in ms and may fire up to 0.5 ms early).
-        now = max(loop.time() + _RESOLUTION, at)
-        heap, due = self._heap, self._due
-        try:
-            while heap:
-                when, seq, call = heap[0]
-                if due.get(call) != seq:  # removed, or added again since
-                    heapq.heappop(heap)
-                elif when > now:
-                    break
-                else:
-                    heapq.heappop(heap)
-                    del due[call]
-                    try:
-                        call._late()
-                    except Exception:  # the others are still timed out
-                        log.exception("timing out a call's first byte failed")
-        finally:
-            if heap and heap[0][0] < self._at:
-                self._set(loop, heap[0][0])
-
-
-_RESOLUTION = time.get_clock_info("monotonic").resolution
+def first_byte_deadlines() -> Deadlines[Call]:
+    """The first-byte deadlines of the calls in flight, one loop timer for all: a call adds
+    and removes an entry, where `asyncio.timeout` would make and cancel a timer of its own
+    per attempt. A late call's task is cancelled (`Call._late`) and the call turns that
+    into its timeout, as `asyncio.timeout` does."""
+    return Deadlines(Call._late, log, "timing out a call's first byte failed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +113,7 @@ class CallPath:
     backoff: Callable[[int, float | None], float]  # the wait before a retry
     body_log: BodyLog | None = None  # where finished captures go
     cache: AnswerCache | None = None  # may answer instead of forwarding
-    first_bytes: FirstBytes = field(default_factory=FirstBytes)
+    first_bytes: Deadlines[Call] = field(default_factory=first_byte_deadlines)
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +171,7 @@ class Call:
         self.cache_mark: str | None = None
         self.saved_nano = 0
         self._task: asyncio.Task[Any] | None = None  # waiting for a first byte
-        self._timed_out = False  # FirstBytes cancelled it
+        self._timed_out = False  # its first-byte deadline cancelled it
 
     def _ms(self) -> float:
         return (time.perf_counter() - self.t0) * 1000
@@ -451,11 +381,13 @@ class Call:
             return await self._relay(answer, route, translation, chunks, first)
         return await self._whole(answer, route, translation)
 
-    def _late(self) -> None:
-        """The first byte is late (FirstBytes): stop waiting for it."""
+    def _late(self, now: float) -> float:
+        """The first byte is late (`first_byte_deadlines`): stop waiting for it. Nothing
+        more to watch (math.inf): the attempt that comes next adds its own deadline."""
         self._timed_out = True
         if self._task is not None:
             self._task.cancel()
+        return math.inf
 
     def _drop(self) -> None:
         if self.answer is not None:

@@ -18,9 +18,10 @@ close idle keep-alive connections; reusing one at that moment fails the request)
 
 Timeouts: `connect_s` for getting a connection (waiting for a free one included);
 `read_s` between two reads of the answer (and from sending to the first byte); `total_s`
-for the whole request, body included. One timer per pool, set at the earliest time one of
-its requests could be late and re-armed only when it fires (arriving data just notes the
-time): a request adds and removes a heap entry, a streamed answer pays nothing per chunk.
+for the whole request, body included. One timer per pool (`capgate.deadlines`), set at the
+earliest time one of its requests could be late and re-armed only when it fires (arriving
+data just notes the time): a request adds and removes an entry, a streamed answer pays
+nothing per chunk.
 
 Errors are `UpstreamFailed` (`sent=False` when the request never left: no connection)
 and `UpstreamTimeout`, the gateway's own.
@@ -30,12 +31,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import heapq
 import logging
 import math
 import re
 import ssl
-import time
 import zlib
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
@@ -43,6 +42,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from capgate.deadlines import Deadlines
 from capgate.errors import UpstreamFailed, UpstreamTimeout
 
 log = logging.getLogger(__name__)
@@ -162,6 +162,7 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, pool: Pool) -> None:
         self._pool = pool
+        self._deadlines = pool._deadlines
         self._who = f'provider "{pool.name}"'
         self._loop = asyncio.get_running_loop()
         self._parser = httptools.HttpResponseParser(self)
@@ -179,7 +180,7 @@ class _Connection(asyncio.Protocol):
         self._read_s = 0.0
         self._last = 0.0  # when the answer last sent something
         self._deadline = 0.0
-        self._watched = False  # by the pool's timer (Pool._watch)
+        self._watched = False  # by the pool's timer (its `_deadlines`)
         self._paused = False
         self.idle_since = 0.0
         self.closed = False
@@ -316,7 +317,7 @@ class _Connection(asyncio.Protocol):
         self._read_s, self._deadline = read_s, deadline
         self._last = now = self._loop.time()
         self._watched = True
-        self._pool._watch(self, min(deadline, now + read_s))
+        self._deadlines.add(self, self._loop, min(deadline, now + read_s))
         self.transport.write(data)
         return self._head
 
@@ -325,8 +326,8 @@ class _Connection(asyncio.Protocol):
 
     def _check(self, now: float) -> float:
         """The pool's timer: fail when the answer is late (then inf), else when to look
-        again. While reading is paused the reader is slow, not the upstream: only the
-        request timeout counts then."""
+        again (data may have moved it on). While reading is paused the reader is slow, not
+        the upstream: only the request timeout counts then."""
         if now >= self._deadline:
             self._fail(UpstreamTimeout(f"{self._who} took longer than the request timeout"))
             return math.inf
@@ -337,10 +338,14 @@ class _Connection(asyncio.Protocol):
             return math.inf
         return min(self._deadline, self._last + self._read_s)
 
+    def _check_again(self, now: float) -> float:
+        """When to look again after `_check` failed: a read timeout later."""
+        return now + self._read_s
+
     def _stop_timer(self) -> None:
         if self._watched:
             self._watched = False
-            self._pool._unwatch(self)
+            self._deadlines.remove(self)
 
     def _fail(self, exc: UpstreamFailed) -> None:
         """The answer cannot be completed: tell whoever waits; the connection is done."""
@@ -413,18 +418,12 @@ class Pool:
         self._busy = 0  # slots taken: connections handed out or being opened
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None  # the one it is used in
-        # The connections waiting for (more of) an answer, watched by one timer set at
-        # the earliest time one of them could be late: a request adds and removes an
-        # entry, where a timer of its own would be made and cancelled. The times are a
-        # heap (a firing looks only at the connections due); each is checked again when it
-        # comes up, as data may have moved it on. A removed entry stays in the heap,
-        # skipped when it comes up (`_watched` holds each connection's current entry),
-        # until the heap is compacted (it grows past twice the connections watched).
-        self._watched: dict[_Connection, int] = {}  # -> the number of its heap entry
-        self._heap: list[tuple[float, int, _Connection]] = []  # (when, number, connection)
-        self._seq = 0
-        self._timer: asyncio.TimerHandle | None = None
-        self._at = math.inf  # when the timer fires
+        # The connections waiting for (more of) an answer, watched by one timer: each is
+        # checked when it could be late, and watched again until its next time.
+        self._deadlines: Deadlines[_Connection] = Deadlines(
+            _Connection._check, log, "checking a request's timeouts failed",
+            _Connection._check_again,
+        )  # fmt: skip
         self.closed = False
 
     def head(self, path: str, headers: Iterable[tuple[str, str]]) -> bytes:
@@ -507,70 +506,14 @@ class Pool:
 
     def _bind(self, loop: asyncio.AbstractEventLoop) -> asyncio.AbstractEventLoop:
         """Used in `loop`: the first time, or again after the loop it was used in closed
-        (tests, tools): what belonged to the old loop is dropped."""
+        (tests, tools): what belonged to the old loop is dropped (the deadlines drop the
+        old loop's when the new loop's first one is added)."""
         if self._loop is not None:
             self._idle.clear()
             self._waiters.clear()
             self._busy = 0
-            self._watched.clear()
-            self._heap.clear()
-            self._timer, self._at = None, math.inf
         self._loop = loop
         return loop
-
-    def _watch(self, conn: _Connection, when: float) -> None:
-        watched, heap = self._watched, self._heap
-        self._seq = seq = self._seq + 1
-        watched[conn] = seq
-        if len(heap) > 2 * len(watched) + 64:
-            self._heap = heap = [e for e in heap if watched.get(e[2]) == e[1]]
-            heapq.heapify(heap)
-        heapq.heappush(heap, (when, seq, conn))
-        if when < self._at:
-            self._set_timer(when)
-
-    def _unwatch(self, conn: _Connection) -> None:
-        self._watched.pop(conn, None)  # (gone if the pool moved on to another loop)
-
-    def _set_timer(self, when: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        assert self._loop is not None
-        self._at = when
-        self._timer = self._loop.call_at(when, self._check)
-
-    def _check(self) -> None:
-        """The timer: each connection due fails if late, or is put back at its next time;
-        then set for the next."""
-        loop, at = self._loop, self._at
-        assert loop is not None
-        self._timer, self._at = None, math.inf
-        # Due: what the loop counts as due now, and whatever it judged due in firing this
-        # timer (uvloop's timers work in ms and may fire up to 0.5 ms early).
-        now = max(loop.time() + _RESOLUTION, at)
-        heap, watched = self._heap, self._watched
-        again: list[tuple[float, int, _Connection]] = []
-        try:
-            while heap:
-                when, seq, conn = heap[0]
-                if watched.get(conn) != seq:  # done with, or sent again since
-                    heapq.heappop(heap)
-                    continue
-                if when > now:
-                    break
-                heapq.heappop(heap)
-                try:
-                    nxt = conn._check(now)
-                except Exception:  # the others are still timed out; this one looked at later
-                    log.exception("checking a request's timeouts failed")
-                    nxt = now + conn._read_s
-                if nxt < math.inf and watched.get(conn) == seq:
-                    again.append((nxt, seq, conn))
-        finally:
-            for entry in again:
-                heapq.heappush(heap, entry)
-            if heap and heap[0][0] < self._at:
-                self._set_timer(heap[0][0])
 
     def _unreachable(self, why: str) -> UpstreamFailed:
         return UpstreamFailed(
@@ -603,9 +546,6 @@ class Pool:
         while self._idle:
             self._idle.pop()._close()
         await asyncio.sleep(0)  # let the transports finish closing
-
-
-_RESOLUTION = time.get_clock_info("monotonic").resolution
 
 
 def header_lines(headers: Iterable[tuple[str, str]]) -> bytes:
