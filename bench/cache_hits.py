@@ -11,8 +11,6 @@ setting (the hot path with no cache: compare it with another build through
 `--capgate`), `hit` the cached key, answered from memory. Prints req/s and p50.
 """
 
-# ruff: noqa: S603 - runs fixed local programs against loopback only
-
 from __future__ import annotations
 
 import argparse

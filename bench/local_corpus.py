@@ -21,7 +21,21 @@ from typing import Any
 
 CLAUDE_MODELS = ("claude-sonnet-4-6", "claude-opus-4-7", "claude-haiku-4-5", "claude-sonnet-4-5")
 CODEX_MODELS = ("gpt-5.2-codex", "gpt-5-mini", "gpt-5")
-WORDS = "the a function returns value file test error fix build module import type".split()
+WORDS = [
+    "the",
+    "a",
+    "function",
+    "returns",
+    "value",
+    "file",
+    "test",
+    "error",
+    "fix",
+    "build",
+    "module",
+    "import",
+    "type",
+]
 START = datetime(2026, 9, 1, tzinfo=UTC)
 
 
