@@ -256,6 +256,45 @@ def test_a_stream_cut_after_its_first_byte_is_charged_what_was_relayed(tmp_path:
     assert b.sent == []  # after the first byte, no fallback
 
 
+def test_a_stream_that_surely_generated_more_is_charged_its_worst_case(tmp_path: Path) -> None:
+    """A break that says all was generated (a CLI run stopped midway) is charged the
+    reservation, not what was relayed."""
+    events = stream_events(SONNET, inp=10)
+    stopped = UpstreamFailed("stopped", charge_all=True)
+    cut = FakeAnswer(pieces=[*events[:3], stopped], content_type="text/event-stream")
+    a = FakeProvider("a", lambda e, body: cut)
+
+    async def test(w: World) -> None:
+        response = await w.post("/v1/messages", {**ASK, "stream": True})
+        assert "message_stop" not in await response.text()
+        (entry,) = await w.ledger()
+        assert (entry.outcome, entry.error, entry.output_tokens) == ("error", "stopped", 100)
+
+    run(Setup([a]), tmp_path, test)
+
+
+@dataclass
+class CompleteAnswer(FakeAnswer):
+    """An answer read to its end already (`complete`, as a pooled connection's): its
+    final events wait to leave with the end of the stream, in one write."""
+
+    complete: bool = True
+
+
+def test_final_events_pass_on_when_the_upstream_breaks_off_after_them(tmp_path: Path) -> None:
+    pieces = [*stream_events(SONNET), UpstreamFailed("reset")]
+    broken = CompleteAnswer(pieces=pieces, content_type="text/event-stream")
+    a = FakeProvider("a", lambda e, body: broken)
+
+    async def test(w: World) -> None:
+        response = await w.post("/v1/messages", {**ASK, "stream": True})
+        assert "message_stop" in await response.text()
+        (entry,) = await w.ledger()
+        assert (entry.outcome, entry.input_tokens, entry.output_tokens) == ("ok", 10, 5)
+
+    run(Setup([a]), tmp_path, test)
+
+
 def test_a_silent_provider_times_out_and_its_worst_case_is_carried(tmp_path: Path) -> None:
     silent = FakeAnswer(pieces=stream_events(SONNET), content_type="text/event-stream", delay_s=5)
     a = FakeProvider("a", lambda e, body: silent, first_byte_timeout_s=0.05)

@@ -1,7 +1,8 @@
 """One admitted request, from forwarding to settlement: try the plan's targets (retries
-with backoff on the same target, then the fallbacks in order), relay the answer that
-comes as it arrives while a tap reads its usage, and settle exactly once whatever happens
-(answer, upstream error, a stream cut short, a client that goes away, shutdown).
+with backoff on the same target, then the fallbacks in order), pass on the answer (a
+stream through a `Relay`, `http/relay.py`, while a tap reads its usage), and settle
+exactly once whatever happens (answer, upstream error, a stream cut short, a client that
+goes away, shutdown).
 
 Budgets through failures: a target at another price (or another provider, with its own
 budget) is re-reserved at its own worst case *before* it is called; refused, the request
@@ -17,15 +18,12 @@ passed on and only the tokens generated are charged.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import quote
 
 import orjson
 from aiohttp import web
@@ -33,17 +31,17 @@ from aiohttp import web
 from capgate.bodylog.capture import BodyCapture
 from capgate.bodylog.service import BodyLog
 from capgate.core.engine import Amounts, Refusal
-from capgate.core.limits import Metric, nano_to_decimal_str
 from capgate.core.money import MAX_AMOUNT, Usage
-from capgate.core.windows import format_reset_iso
 from capgate.deadlines import Deadlines
 from capgate.errors import CapgateError, UpstreamFailed
 from capgate.http.admission import Admission, Pricer, clamp_output
+from capgate.http.answer_headers import CACHE_HEADER, answer_headers
 from capgate.http.dialects import client_of, error_response, is_dialect_body
-from capgate.http.door import GatewayRequest, open_stream
+from capgate.http.door import GatewayRequest
 from capgate.http.extensions import AnswerCache, CachedAnswer, CallFacts, FinalAnswer
+from capgate.http.relay import Relay
 from capgate.http.settler import Settler
-from capgate.http.translation import Translation, Translator
+from capgate.http.translation import Translation
 from capgate.providers.base import Endpoint, UpstreamAnswer
 from capgate.routing import Breakers, Plan, Route
 from capgate.store.base import Outcome, Reservation, Store
@@ -52,46 +50,10 @@ from capgate.wire import openai as openai_wire
 
 log = logging.getLogger(__name__)
 
-Tap = (
-    anthropic_wire.AnthropicStreamTap | openai_wire.OpenAIStreamTap | openai_wire.ResponsesStreamTap
-)
-
 # Upstream statuses worth another attempt: rate limits, timeouts and server errors
 # (Anthropic's 529 "overloaded" among them). Other 4xx would fail the same way anywhere.
 _RETRYABLE = frozenset({408, 429}) | frozenset(range(500, 600))
 MAX_RETRY_WAIT_S = 5.0  # a longer retry-after moves on to the next target instead
-
-
-def answer_headers(answer: UpstreamAnswer | None, res: Reservation | None) -> dict[str, str]:
-    headers = dict(answer.headers) if answer is not None else {}
-    if res is not None:
-        headers["x-capgate-request-id"] = res.info.request_id
-        if res.info.rule is not None:  # a routing rule chose the target (docs/routing.md)
-            headers["x-capgate-rule"] = res.info.rule
-        if res.fail_open:  # admitted while the store could not be reached: nothing held
-            headers["x-capgate-fail-open"] = "true"
-        if res.max_output is not None:  # tell the client its max_tokens was lowered
-            headers["x-capgate-max-tokens"] = str(res.max_output)
-        room = res.headroom
-        if room is not None:  # the tightest limit, as it stood when this was admitted
-            limit = room.limit
-            what = f"{limit.metric.value}/{limit.window.value}"
-            if limit.model is not None:
-                what += f" ({limit.model})"
-            headers["x-capgate-limit"] = (
-                f"{room.scope.kind.value}={_header_name(room.scope.name)} {what}"
-            )
-            amount = room.remaining
-            headers["x-capgate-remaining"] = (
-                nano_to_decimal_str(amount) if limit.metric is Metric.COST_USD else str(amount)
-            )
-            headers["x-capgate-reset"] = format_reset_iso(room.resets_at)
-    return headers
-
-
-@functools.lru_cache(maxsize=1024)
-def _header_name(name: str) -> str:
-    return quote(name, safe="-_.~@+:")  # headers are ASCII; scope names need not be
 
 
 def first_byte_deadlines() -> Deadlines[Call]:
@@ -173,7 +135,7 @@ class Call:
         self._task: asyncio.Task[Any] | None = None  # waiting for a first byte
         self._timed_out = False  # its first-byte deadline cancelled it
 
-    def _ms(self) -> float:
+    def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.t0) * 1000
 
     # -- settlement --------------------------------------------------------------------
@@ -214,7 +176,7 @@ class Call:
         self._path.settler.settle(
             self.res,
             Outcome(
-                status, outcome, usage, cost, self._ms(), self.ttft_ms, self.attempts, error,
+                status, outcome, usage, cost, self.elapsed_ms(), self.ttft_ms, self.attempts, error,
                 model, flags, cache=self.cache_mark, saved_nano=self.saved_nano,
             ),
         )  # fmt: skip
@@ -378,7 +340,7 @@ class Call:
             if not first or b"event: error" in first[:200]:
                 self._drop()
                 return Failure(502, f'provider "{route.provider.name}" stream failed at its start')
-            return await self._relay(answer, route, translation, chunks, first)
+            return await self._relay(answer, route, translation).run(chunks, first)
         return await self._whole(answer, route, translation)
 
     def _late(self, now: float) -> float:
@@ -442,7 +404,7 @@ class Call:
             data = await answer.read()
         except UpstreamFailed as exc:  # no answer for the client yet: another target may
             return Failure(exc.status, exc.message, billed_maybe=True)
-        self.ttft_ms = self._ms()
+        self.ttft_ms = self.elapsed_ms()
         if route.endpoint is Endpoint.MESSAGES:
             usage, model = anthropic_wire.message_usage(data)
         else:
@@ -459,95 +421,31 @@ class Call:
         if self.cache_mark is not None:
             headers[CACHE_HEADER] = self.cache_mark
             content_type = headers.get("content-type", "application/json")
-            self._remember(data, content_type, usage, model, route)
+            self.remember(data, content_type, usage, model, route)
         return web.Response(status=answer.status, body=data, headers=headers)
 
-    async def _relay(
-        self,
-        answer: UpstreamAnswer,
-        route: Route,
-        translation: Translation | None,
-        chunks: AsyncIterator[bytes],
-        first: bytes,
-    ) -> web.StreamResponse:
+    def _relay(
+        self, answer: UpstreamAnswer, route: Route, translation: Translation | None
+    ) -> Relay:
+        """The relay of a stream whose first chunk is in."""
         headers = answer_headers(answer, self.res)
         headers["cache-control"] = "no-cache"
-        kept: list[bytes] | None = None  # the events sent, for the answer cache
         if self.cache_mark is not None:
             headers[CACHE_HEADER] = self.cache_mark
-            kept = []
-        tap: Tap
-        if route.endpoint is Endpoint.MESSAGES:
-            tap = anthropic_wire.AnthropicStreamTap()
-        elif route.endpoint is Endpoint.RESPONSES:
-            tap = openai_wire.ResponsesStreamTap()
-        else:  # the client never sees the usage chunk it did not ask for
-            tap = openai_wire.OpenAIStreamTap(self.hide_usage and translation is None)
-        translator: Translator | None = None
-        if translation is not None:
-            translator = translation.stream(route.upstream_model, not self.hide_usage)
-        # When the final event is in and the upstream has already sent everything, the
-        # rest goes out with the end of the answer in one write (each write to a socket
-        # is a system call; a short stream that arrived whole leaves in a single one,
-        # headers included). If more may still come, the final events go out at once.
-        tail = b""
-        capture = self.capture
-        if capture is not None:  # its text is assembled from the events the client gets
-            capture.stream = self.endpoint.value
-        response = web.StreamResponse(status=answer.status)  # until the stream is open
-        try:
-            response, stream = await open_stream(self.request, answer.status, headers)
-            chunk: bytes | None = first
-            while chunk is not None:
-                block = tap.feed(chunk)
-                if block:
-                    if self.ttft_ms is None:
-                        self.ttft_ms = self._ms()
-                    if translator is not None:
-                        block = translator.feed(block)
-                    if tap.finished:  # the usage is known: settle before the last bytes
-                        self.settle(answer.status, "ok", tap.usage(), tap.model)
-                    if capture is not None:
-                        capture.feed(block)
-                    if kept is not None:
-                        kept.append(block)
-                    if tap.finished and getattr(answer, "complete", False):
-                        tail += block
-                    elif block:
-                        await stream.write(block)
-                chunk = await anext(chunks, None)
-            if not self.settled:  # the stream ended without its final event
-                self.settle(
-                    answer.status, "error", self._partial(tap), tap.model, "stream ended early"
-                )
-            rest = translator.finish() if translator is not None else tap.splitter.rest()
-            if capture is not None:
-                capture.feed(rest)
-            await stream.write_eof(tail + rest)
-            if kept is not None and tap.finished:
-                kept.append(rest)
-                self._remember(b"".join(kept), "text/event-stream", tap.usage(), tap.model, route)
-        except UpstreamFailed as exc:  # charge_all: it surely generated more than we saw
-            usage = None if exc.charge_all else self._partial(tap)
-            self.settle(answer.status, "error", usage, tap.model, exc.message)
-            if tail:  # the final events came before the upstream broke off: pass them on
-                with contextlib.suppress(ConnectionResetError):
-                    await stream.write(tail)
-        except ConnectionResetError:
-            # The client went away: stop the upstream generation, charge what it made.
-            answer.close()
-            self.settle(499, "cancelled", self._partial(tap), tap.model, "client disconnected")
-        except asyncio.CancelledError:  # server shutdown
-            answer.close()
-            self.settle(499, "cancelled", self._partial(tap), tap.model, "server shutting down")
-            raise
-        return response
+        if self.capture is not None:  # its text is assembled from the events the client gets
+            self.capture.stream = self.endpoint.value
+        return Relay(
+            self, self.request, answer, headers, route, translation,
+            hide_usage=self.hide_usage, capture=self.capture, keep=self.cache_mark is not None,
+            input_bound=self.admission.input_bound,
+            output_left=self.res.worst.output_tokens - self.spent.output_tokens,
+        )  # fmt: skip
 
     def _cached(self, hit: CachedAnswer) -> web.StreamResponse:
         """A cache's answer instead of forwarding: settled at the hit's cost, marked a
         hit with what it saved (no attempt was made)."""
         self.cache_mark, self.saved_nano = "hit", hit.saved_nano
-        self.ttft_ms = self._ms()
+        self.ttft_ms = self.elapsed_ms()
         self.settle(hit.status, "ok", hit.usage, hit.model, cost_nano=hit.cost_nano)
         if self.capture is not None:
             self.capture.stream = self.endpoint.value if _is_stream(hit.content_type) else None
@@ -558,7 +456,7 @@ class Call:
             headers["cache-control"] = "no-cache"
         return web.Response(status=hit.status, body=hit.body, headers=headers)
 
-    def _remember(
+    def remember(
         self, body: bytes, content_type: str, usage: Usage | None, model: str | None, route: Route
     ) -> None:
         """Tell the cache a successful answer (only answers with a usage read)."""
@@ -572,22 +470,6 @@ class Call:
             route.upstream_model,
         )  # fmt: skip
         cache.remember(facts, answer)
-
-    def _partial(self, tap: Tap) -> Usage:
-        """Usage of a stream cut short. Its output bound (bytes relayed) is capped at the
-        output reserved: the provider cannot have generated more than max_tokens."""
-        bound = self.admission.input_bound
-        if isinstance(tap, anthropic_wire.AnthropicStreamTap):
-            usage = tap.partial_usage()
-            if usage.total_input == 0:  # no message_start: the input bound is all we know
-                usage = replace(usage, input_tokens=bound)
-        else:
-            usage = tap.partial_usage(bound)
-        reserved_output = self.res.worst.output_tokens - self.spent.output_tokens
-        return replace(usage, output_tokens=min(usage.output_tokens, reserved_output))
-
-
-CACHE_HEADER = "x-capgate-cache"  # on every answer of a cacheable request: hit or miss
 
 
 def _is_stream(content_type: str) -> bool:

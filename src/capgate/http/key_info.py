@@ -16,7 +16,7 @@ from capgate.core.estimate import anthropic_facts
 from capgate.core.windows import format_reset
 from capgate.errors import CapgateError, InvalidRequest, refusal_error
 from capgate.http.admin_json import limit_usage_json
-from capgate.http.call import answer_headers
+from capgate.http.answer_headers import answer_headers
 from capgate.http.dialects import is_dialect_body
 from capgate.pricing import PricingTable
 from capgate.providers.base import Endpoint
