@@ -193,6 +193,30 @@ def test_what_due_does_to_its_own_entry_stands_over_what_it_returns() -> None:
     assert len(deadlines) == 0
 
 
+def test_an_add_inside_due_that_compacts_the_heap_loses_nothing() -> None:
+    """A `due` whose `add` compacts the heap (many removed entries): the thing it looks at
+    again later, and the thing it added, both still come due."""
+    loop = FakeLoop()
+    again, added = Thing("again"), Thing("added")
+
+    def due(thing: Thing, now: float) -> float:
+        if thing is again and len(seen) == 1:
+            deadlines.add(added, as_loop(loop), 150.0)  # past 2n + 64 entries: compacts
+            return 111.0
+        return math.inf
+
+    deadlines, seen = watcher(due)
+    deadlines.add(again, as_loop(loop), 101.0)
+    removed = [Thing(f"removed{i}") for i in range(100)]
+    for thing in removed:
+        deadlines.add(thing, as_loop(loop), 300.0)
+    for thing in removed:
+        deadlines.remove(thing)
+    loop.run_until(400.0)
+    assert [thing for thing, _ in seen] == [again, again, added]
+    assert len(deadlines) == 0
+
+
 @pytest.mark.parametrize("retry", [None, 10.0], ids=["dropped", "retried"])
 def test_a_due_that_raises_is_logged_and_the_others_still_come_due(
     retry: float | None, caplog: pytest.LogCaptureFixture

@@ -422,6 +422,7 @@ def test_a_client_gone_mid_stream_is_cancelled_and_released(server: Capgate, key
     conn.sock.close()
     entry = _entry(server, headers["x-capgate-request-id"])
     assert (entry["status"], entry["outcome"]) == (499, "cancelled"), entry
+    assert "client disconnected" in entry["error"], entry  # not "server shutting down"
     usage = {u["metric"]: u for u in server.key_usage(key_name)}["cost_usd"]
     assert float(usage["reserved"]) == 0 and float(usage["used"]) > 0
 

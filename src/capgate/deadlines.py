@@ -6,7 +6,7 @@ request timeouts: per request, so this is on the hot path).
 The times are a heap, so a firing looks only at the entries due, not at every entry:
 deadlines that come due one after another cost O(n log n) in all. A removed entry stays in
 the heap, skipped when it comes up (a dict holds each thing's current entry), until the
-heap is compacted (it grows past twice the things watched).
+heap is compacted (it grows past twice the things watched, plus 64).
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ class Deadlines(Generic[T]):
     (without `retry`, its entry is dropped).
 
     The entry stays current while `due` runs: what `due` does to it (`remove`, or `add` at
-    another time) stands over what `due` returns. Things are watched in one loop at a
+    a time later than `now`) stands over what `due` returns. Only an `Exception` from
+    `due` is handled; anything else goes on up with the thing's entry left as it is. Things are watched in one loop at a
     time: an `add` in another loop (tests, tools; the old one closed) drops the old loop's
     things and its timer."""
 
@@ -81,8 +82,9 @@ class Deadlines(Generic[T]):
     def _compact(self) -> list[tuple[float, int, T]]:
         # A method of its own: a comprehension inside `add` would make `current` a closure
         # cell there, which costs every add ~8 % (measured).
-        current = self._current
-        self._heap = heap = [entry for entry in self._heap if current.get(entry[2]) == entry[1]]
+        # In place: a `_fire` under way (a `due` that adds) holds this very list.
+        current, heap = self._current, self._heap
+        heap[:] = [entry for entry in heap if current.get(entry[2]) == entry[1]]
         heapq.heapify(heap)
         return heap
 

@@ -1,7 +1,8 @@
 """A streamed answer relayed to the client as it arrives, while a usage tap reads it.
 
 `Call` makes a `Relay` once a stream's first chunk is in (before it, a stream may still
-fall over to another target; after it, the client has bytes and an error is passed on).
+fall over to another target; after it, no other target is tried: the client gets these
+bytes and any error after them).
 The relay settles its call: when the final event is read, before its bytes are written;
 otherwise, with the usage of what was relayed, when the stream ends without that event,
 the upstream breaks off, the client goes away or the server shuts down.
