@@ -34,7 +34,7 @@ from aiohttp.web_request import BaseRequest
 from capgate.errors import CapgateError
 from capgate.http.dialects import dialect_of_path, error_response
 from capgate.http.fasthead import Dates
-from capgate.http.fastserve import FastConnection, FastRoutes
+from capgate.http.fastserve import FastConnection, FastRoutes, head_deadlines
 
 log = logging.getLogger("capgate.http")
 
@@ -196,10 +196,11 @@ class EdgeServer(web.Server):
         self._fast_routes = fast
         self._fast: dict[FastConnection, None] = {}  # open, in the order they came
         self._dates = Dates()
+        self._heads = head_deadlines()
 
     def __call__(self) -> asyncio.Protocol:  # type: ignore[override]
         if self._fast_routes is not None:
-            return FastConnection(self, self._fast_routes, self._dates)
+            return FastConnection(self, self._fast_routes, self._dates, self._heads)
         return _Connection(self, loop=self._loop, **self._kwargs)
 
     def aiohttp_connection(self, head_deadline: float, opened: float) -> _Connection:

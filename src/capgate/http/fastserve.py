@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -37,6 +38,7 @@ from aiohttp.helpers import parse_content_type
 from aiohttp.tcp_helpers import tcp_keepalive
 from multidict import CIMultiDictProxy
 
+from capgate.deadlines import Deadlines
 from capgate.http.door import AnswerStream, Handler
 from capgate.http.fasthead import (
     HAND_OFF,
@@ -70,6 +72,13 @@ class FastRoutes:
     handlers: Mapping[str, Handler]
     max_body: int
     extra_headers: tuple[tuple[str, str], ...] = ()
+
+
+def head_deadlines() -> Deadlines[FastConnection]:
+    """A server's deadlines for the heads its fast connections wait for: within
+    `header_timeout_s` of connecting, within `idle_timeout_s` of the previous answer. A
+    connection adds and removes an entry per request; one loop timer watches them all."""
+    return Deadlines(FastConnection._late, log, "closing a connection whose head is late failed")
 
 
 class FastRequest:
@@ -163,10 +172,17 @@ class FastStream:
 class FastConnection(asyncio.Protocol):
     """One client connection, served here until something unusual arrives."""
 
-    def __init__(self, edge: EdgeServer, routes: FastRoutes, dates: Dates) -> None:
+    def __init__(
+        self,
+        edge: EdgeServer,
+        routes: FastRoutes,
+        dates: Dates,
+        heads: Deadlines[FastConnection],
+    ) -> None:
         self._edge = edge
         self._routes = routes
         self._dates = dates
+        self._heads = heads  # the server's head deadlines (`head_deadlines`)
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
@@ -175,7 +191,7 @@ class FastConnection(asyncio.Protocol):
         self.gone = False  # the client went away
         self._discard = 0  # bytes of an unread body still to drop before closing
         self._task: asyncio.Task[None] | None = None  # the request being answered
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None  # lingering (`_linger`)
         self._deadline = 0.0  # of the head being read
         self._closing = False  # close after the answer in progress
         self._reading_paused = False
@@ -424,19 +440,27 @@ class FastConnection(asyncio.Protocol):
     # -- timers and the hand-off -------------------------------------------------------
 
     def _wait_head(self, seconds: float) -> None:
-        self._stop_timer()
-        self._deadline = self._loop.time() + seconds
-        self._timer = self._loop.call_at(self._deadline, self._late)
+        """The next head is due within `seconds`: watched by the server's one timer for
+        all its connections (`head_deadlines`), not a loop timer made and cancelled per
+        request."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        loop = self._loop
+        self._deadline = deadline = loop.time() + seconds
+        self._heads.add(self, loop, deadline)
 
     def _stop_timer(self) -> None:
+        self._heads.remove(self)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
-    def _late(self) -> None:
-        self._timer = None
+    def _late(self, now: float) -> float:
+        """The head's deadline passed (`head_deadlines`); nothing more to watch."""
         if self.waiting:  # no whole head in time
             self.force_close()
+        return math.inf
 
     def _hand_off(self) -> None:
         """aiohttp takes the connection, with every byte read so far."""
