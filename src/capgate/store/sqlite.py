@@ -290,10 +290,11 @@ class SQLiteStore(
         entry = self._keys.get(info.key_id)
         early = None
         if entry is not None:
-            row_info = q.dump_info(info, entry[0], worst)
-            planned = self._plan(entry, info, worst, flex, extra_scopes, self._clock(), row_info)
+            planned = self._plan(entry, info, worst, flex, extra_scopes, self._clock(), None)
             # A refusal is decided (and recorded) in the transaction, on its clock.
-            early = None if isinstance(planned, Refusal) else planned
+            if not isinstance(planned, Refusal):
+                planned.row_info = q.dump_info(info, entry[0], worst)
+                early = planned
         # `_write` inlined: one coroutine less to resume on every request.
         try:
             result: Admitted | Refusal = await self._writer.submit(
@@ -317,9 +318,10 @@ class SQLiteStore(
         row_info: str | None,
     ) -> Plan | Refusal:
         """The reservation's plan at `now` (`sqlite_plan`)."""
+        named = self._named  # what the scopes above the key come from (`Plan.holds`)
         scopes = (*self._scopes_of(entry[0], info.provider), *extra_scopes)
         models = (info.model, info.upstream_model)
-        return plan(entry, scopes, models, worst, flex, self._counters_for, now, row_info)
+        return plan(entry, named, scopes, models, worst, flex, self._counters_for, now, row_info)
 
     def _reserve(
         self,
@@ -336,7 +338,7 @@ class SQLiteStore(
         if entry is None:  # deleted since the caller authenticated
             return Refusal("revoked", "This key has been deleted.", "key", info.key_id)
         key = entry[0]
-        if early is not None and early.holds(entry, now):
+        if early is not None and early.holds(entry, self._named, now):
             chosen: Plan | Refusal = early
         else:
             # The row's info depends on the key alone: kept if the key is the same.
@@ -416,8 +418,15 @@ class SQLiteStore(
 
     def _write_settlement(self, res: Reservation, outcome: Outcome) -> asyncio.Future[Any]:
         # What it writes is worked out here, outside the transaction (less time holding
-        # the write lock): the amounts, the counter deltas, the ledger row.
-        prepared = settlement.prepare(res, outcome)
+        # the write lock): the amounts, the counter deltas, the ledger row. Should that
+        # fail, the op works it out itself: its failure is then the write's, logged and
+        # retried (`SettleRetry`), not an exception out of `settle` that would leave the
+        # settlement neither written nor retried.
+        prepared: settlement.Prepared | None
+        try:
+            prepared = settlement.prepare(res, outcome)
+        except Exception:  # noqa: BLE001 - re-raised by the op, where it is retried
+            prepared = None
         try:
             return self._writer.submit_soon(lambda conn: self._settle(conn, res, outcome, prepared))
         except WriterClosed as exc:  # shutting down: the journal keeps it
@@ -428,7 +437,7 @@ class SQLiteStore(
         conn: sqlite3.Connection,
         res: Reservation,
         outcome: Outcome,
-        prepared: settlement.Prepared,
+        prepared: settlement.Prepared | None,
     ) -> str:
         result = settlement.settle(conn, self._counters.add, res, outcome, self._clock(), prepared)
         if result == settlement.ALREADY:

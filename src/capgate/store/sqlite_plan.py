@@ -10,9 +10,11 @@ transaction only the counters are read, the checks made, the row inserted.
 
 The transaction uses a plan only when it is exactly the plan it would make itself
 (`Plan.holds`):
-- made from the same cached key entry: a configuration reload (`KeyCache._install`)
-  replaces every entry and every scope, so the same entry means the same key, limits
-  and scopes above it;
+- made from the same configuration, by identity: the same cached key entry (the key's
+  own status, limits, team) and the same dict of named scopes (its user, team, org,
+  provider). A reload (`KeyCache._install`) replaces both and every scope in them, so the
+  same objects mean the same key, limits and scopes above it; checking the dict as well
+  keeps a change above the key seen even if a reload kept an unchanged key's entry;
 - made for an instant the transaction's own clock reading shares with it: inside every
   window instance it names and before any of its scopes expires (`valid_from <= now <
   valid_until`). A scope with a schedule (open hours) makes a plan that holds at no
@@ -43,16 +45,18 @@ from capgate.core.engine import (
     plan_charges,
     tightest,
 )
-from capgate.core.limits import Scope
+from capgate.core.limits import Scope, ScopeKind
 from capgate.store import sqlite_queries as q
 from capgate.store.base import RequestInfo, Reservation
 
 KeyEntry = tuple[Scope, bytes]  # the key cache's entry: the key and its secret's hash
+Named = dict[tuple[ScopeKind, str], Scope]  # the key cache's users, teams, orgs, providers
 
 
 @dataclass(slots=True)  # not frozen: made on every request, a frozen one costs 3x more
 class Plan:
     entry: KeyEntry  # the cached entry it was made from
+    named: Named  # the cached named scopes it was made from (the configuration's identity)
     valid_from: float  # the instants it holds for: [valid_from, valid_until)
     valid_until: float
     applicable: tuple[Applicable, ...]
@@ -63,12 +67,19 @@ class Plan:
     adds: list[tuple[str, int, int, int]]  # the planned charges as counter deltas
     row_info: str | None = None  # the row's info when unclamped (made outside only)
 
-    def holds(self, entry: KeyEntry | None, now: float) -> bool:
-        return entry is self.entry and self.valid_from <= now < self.valid_until
+    def holds(self, entry: KeyEntry | None, named: Named, now: float) -> bool:
+        """Whether the transaction, with the cache's `entry` and `named` and its clock at
+        `now`, would make this plan itself."""
+        return (
+            entry is self.entry
+            and named is self.named
+            and self.valid_from <= now < self.valid_until
+        )
 
 
 def plan(
     entry: KeyEntry,
+    named: Named,
     scopes: Sequence[Scope],
     models: Sequence[str],
     worst: Amounts,
@@ -78,7 +89,8 @@ def plan(
     row_info: str | None = None,
 ) -> Plan | Refusal:
     """The plan of reserving `worst` for a request of `entry`'s key counted against
-    `scopes` (the key first), at `now`; or why it is refused at `now`."""
+    `scopes` (the key first, the others from `named`), at `now`; or why it is refused at
+    `now`."""
     refusal = check_access(scopes, models, now)
     if refusal is not None:
         return refusal
@@ -95,6 +107,7 @@ def plan(
     charges = planned[1]
     return Plan(
         entry,
+        named,
         valid_from,
         valid_until,
         applicable,
