@@ -10,6 +10,9 @@ The protocol (SPEC 2.1), in two atomic steps the store carries out:
 
 The store reads the counters `counters_for` names, calls these functions and writes the
 result inside one transaction, so no other request can slip between check and record.
+What does not depend on the counters it may work out before it takes its lock:
+`counters_for`, `check_access`, `plan_charges` (what admitting the worst case checks and
+charges: `plan_reserve` then only compares) and `plan_settle`.
 """
 
 from __future__ import annotations
@@ -187,19 +190,26 @@ class CountersFor:
     def __call__(
         self, scopes: Sequence[Scope], models: Sequence[str], now: float
     ) -> tuple[Applicable, ...]:
+        return self.spanning(scopes, models, now)[0]
+
+    def spanning(
+        self, scopes: Sequence[Scope], models: Sequence[str], now: float
+    ) -> tuple[tuple[Applicable, ...], float, float]:
+        """The answer with the instants it holds for: [start, end), inside all of its
+        window instances."""
         memo_key = (*map(id, scopes), *models)
         kept = self._memo.get(memo_key)
         if kept is not None:
             _held, start, end, applicable = kept
             if start <= now < end:
-                return applicable
+                return applicable, start, end
         applicable = tuple(counters_for(scopes, models, now))
         start = max((a.window.start for a in applicable), default=-math.inf)
         end = min((a.window.end for a in applicable), default=math.inf)
         if len(self._memo) >= self._LIMIT:
             self._memo.clear()
         self._memo[memo_key] = (tuple(scopes), start, end, applicable)
-        return applicable
+        return applicable, start, end
 
 
 def check_standing(scope: Scope, now: float) -> Refusal | None:
@@ -282,18 +292,43 @@ class OutputFlex:
         return self.requested if needed <= room else -1
 
 
+# What admitting a worst case checks and charges, known before the counters are
+# (`plan_charges`), so a store can work it out before it takes its lock: per limit
+# ((counter, window_start), amount, max), and the charges made when every check passes.
+# A plain tuple: made on every request, a NamedTuple costs several times more.
+Check = tuple[tuple[str, int], int, int]
+Planned = tuple[tuple[Check, ...], tuple[Charge, ...]]
+
+
+def plan_charges(applicable: Sequence[Applicable], worst: Amounts) -> Planned:
+    checks = []
+    charges: dict[tuple[str, int], Charge] = {}
+    for app in applicable:
+        limit, start = app.limit, app.window.start
+        instance = (app.counter, start)
+        amount = worst.of(limit.metric)
+        checks.append((instance, amount, limit.max))
+        if instance not in charges:  # two limits on one counter: check both, charge once
+            charges[instance] = Charge(app.counter, start, limit.metric, amount)
+    return tuple(checks), tuple(charges.values())
+
+
 def plan_reserve(
     applicable: Sequence[Applicable],
     states: Mapping[tuple[str, int], CounterState],
     worst: Amounts,
     flex: OutputFlex | None = None,
+    planned: Planned | None = None,  # `plan_charges(applicable, worst)`, if worked out before
 ) -> Admission | Refusal:
     """Admit if the worst case fits under every applicable limit; all or nothing.
 
     With `flex`, a request whose full worst case does not fit is admitted with a lower
     output bound (`Admission.max_output`) when that bound still reaches `flex.minimum`;
-    the refusal then names the limit that binds hardest."""
-    first = _reserve(applicable, states, worst)
+    the refusal then names the limit that binds hardest. Admitted without a lower bound,
+    the charges are `planned`'s."""
+    if planned is None:
+        planned = plan_charges(applicable, worst)
+    first = _reserve(applicable, states, planned)
     if isinstance(first, Admission) or flex is None:
         return first
     most, binding = flex.requested, first
@@ -309,27 +344,23 @@ def plan_reserve(
                 )
     if most < flex.minimum:
         return binding
-    clamped = _reserve(applicable, states, flex.amounts(most))
+    clamped = _reserve(applicable, states, plan_charges(applicable, flex.amounts(most)))
     if isinstance(clamped, Admission):
         return Admission(clamped.charges, most)
     return clamped
 
 
 def _reserve(
-    applicable: Sequence[Applicable], states: Mapping[tuple[str, int], CounterState], worst: Amounts
+    applicable: Sequence[Applicable],
+    states: Mapping[tuple[str, int], CounterState],
+    planned: Planned,
 ) -> Admission | Refusal:
-    charges = []
-    charged = set()
-    for app in applicable:
-        instance = (app.counter, app.window.start)
+    checks, charges = planned
+    for i, (instance, amount, most) in enumerate(checks):
         state = states.get(instance, _EMPTY)
-        amount = worst.of(app.limit.metric)
-        if state.settled + state.reserved + amount > app.limit.max:
-            return _limit_refusal(app, state, amount)
-        if instance not in charged:  # two limits on one counter: check both, charge once
-            charged.add(instance)
-            charges.append(Charge(app.counter, app.window.start, app.limit.metric, amount))
-    return Admission(tuple(charges))
+        if state.settled + state.reserved + amount > most:
+            return _limit_refusal(applicable[i], state, amount)
+    return Admission(charges)
 
 
 @quick_init

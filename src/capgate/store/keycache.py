@@ -30,7 +30,13 @@ class KeyCache:
     named_cache: bool = False  # the same for the response cache's setting
 
     def _install(self, rows: Iterable[Row], version: str) -> None:
-        """Replace the cache with the scopes of `rows` (the engine's SELECT_SCOPES)."""
+        """Replace the cache with the scopes of `rows` (the engine's SELECT_SCOPES).
+
+        Every reload must replace every key entry, every scope and the `_named` dict with
+        new objects, never update one in place or keep an unchanged one: a reservation
+        planned before its transaction (`sqlite_plan.Plan.holds`) is used only if the
+        cache's entry and `_named` are still the objects it was planned from, so identity
+        stands for "the same configuration"."""
         keys: dict[str, tuple[Scope, bytes]] = {}
         named: dict[tuple[ScopeKind, str], Scope] = {}
         retired: dict[str, tuple[RetiredSecret, ...]] = {}

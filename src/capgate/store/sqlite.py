@@ -6,8 +6,16 @@ admin reads use their own connection on a reader thread, so no wait blocks the e
 loop. WAL mode lets readers run beside the writer. Settlements are journaled beside the
 database before they are queued, and retried until they commit (`journal.py`); each
 process proves it is alive with a lock on its own file (`liveness.py`), not only with its
-lease in the database. Each process caches the keys in memory and reloads them when `meta.config_version` moves; reservations always see the
-current configuration because the writer checks that version inside every transaction.
+lease in the database. Each process caches the keys in memory and reloads them when
+`meta.config_version` moves; reservations always see the current configuration because
+the writer checks that version inside every transaction.
+
+Every microsecond inside a transaction holds the file's one write lock, the ceiling for
+every process on the file, so the hot path does there only what needs the lock. A
+reservation is planned before it is submitted (`sqlite_plan.py`; the transaction plans
+again if the plan no longer holds) and its `Reservation` built after the commit; a
+settlement's amounts, counter deltas and ledger row are worked out before it is submitted
+(`sqlite_settlement.prepare`).
 """
 
 from __future__ import annotations
@@ -27,10 +35,8 @@ from capgate.core.engine import (
     Amounts,
     OutputFlex,
     Refusal,
-    check_access,
     plan_reserve,
     plan_settle,
-    tightest,
 )
 from capgate.core.limits import Scope, ScopeKind
 from capgate.errors import StoreUnavailable
@@ -57,6 +63,7 @@ from capgate.store.sqlite_counters import CounterCache
 from capgate.store.sqlite_daily import DailySQLite
 from capgate.store.sqlite_dashboard import DashboardStore
 from capgate.store.sqlite_hook import SQLiteHook
+from capgate.store.sqlite_plan import Admitted, KeyEntry, Plan, plan, reservation_of
 from capgate.store.sqlite_routing import SQLiteRouting
 from capgate.store.sqlite_schema import migrate
 from capgate.store.sqlite_writer import SQLiteWriter, WriterClosed
@@ -278,13 +285,19 @@ class SQLiteStore(
         extra_scopes: tuple[Scope, ...] = (),
         record_refusal: bool = True,
     ) -> Reservation | Refusal:
-        # The row's info is encoded here, before the transaction (less time holding the
-        # write lock): `_reserve` encodes it again if the key changed or was clamped.
+        # Planned here, before the transaction (less time holding the write lock); the
+        # transaction uses the plan only if it still holds (`sqlite_plan`).
         entry = self._keys.get(info.key_id)
-        early = None if entry is None else (entry[0], q.dump_info(info, entry[0], worst))
+        early = None
+        if entry is not None:
+            planned = self._plan(entry, info, worst, flex, extra_scopes, self._clock(), None)
+            # A refusal is decided (and recorded) in the transaction, on its clock.
+            if not isinstance(planned, Refusal):
+                planned.row_info = q.dump_info(info, entry[0], worst)
+                early = planned
         # `_write` inlined: one coroutine less to resume on every request.
         try:
-            result: Reservation | Refusal = await self._writer.submit(
+            result: Admitted | Refusal = await self._writer.submit(
                 lambda conn: self._reserve(
                     conn, info, worst, flex, extra_scopes, record_refusal, early
                 ),
@@ -292,7 +305,23 @@ class SQLiteStore(
             )
         except sqlite3.Error as exc:
             raise _unavailable(exc) from exc
-        return result
+        return reservation_of(info, result)
+
+    def _plan(
+        self,
+        entry: KeyEntry,
+        info: RequestInfo,
+        worst: Amounts,
+        flex: OutputFlex | None,
+        extra_scopes: tuple[Scope, ...],
+        now: float,
+        row_info: str | None,
+    ) -> Plan | Refusal:
+        """The reservation's plan at `now` (`sqlite_plan`)."""
+        named = self._named  # what the scopes above the key come from (`Plan.holds`)
+        scopes = (*self._scopes_of(entry[0], info.provider), *extra_scopes)
+        models = (info.model, info.upstream_model)
+        return plan(entry, named, scopes, models, worst, flex, self._counters_for, now, row_info)
 
     def _reserve(
         self,
@@ -302,42 +331,41 @@ class SQLiteStore(
         flex: OutputFlex | None,
         extra_scopes: tuple[Scope, ...],
         record_refusal: bool = True,
-        early: tuple[Scope, str] | None = None,  # (key, the row's info) encoded before
-    ) -> Reservation | Refusal:
+        early: Plan | None = None,  # planned before the transaction
+    ) -> Admitted | Refusal:
         now = self._clock()
         entry = self._keys.get(info.key_id)
         if entry is None:  # deleted since the caller authenticated
             return Refusal("revoked", "This key has been deleted.", "key", info.key_id)
         key = entry[0]
-        scopes = (*self._scopes_of(key, info.provider), *extra_scopes)
-        models = (info.model, info.upstream_model)
-        refusal = check_access(scopes, models, now)
-        if refusal is None:
-            applicable = self._counters_for(scopes, models, now)
-            states = self._counters.read(
-                conn, [(a.counter, a.window.start, a.window.read_from) for a in applicable]
-            )
-            clamp = flex if all(scope.clamp for scope in scopes) else None
-            decision = plan_reserve(applicable, states, worst, clamp)
+        if early is not None and early.holds(entry, self._named, now):
+            chosen: Plan | Refusal = early
+        else:
+            # The row's info depends on the key alone: kept if the key is the same.
+            kept = early.row_info if early is not None and early.entry is entry else None
+            chosen = self._plan(entry, info, worst, flex, extra_scopes, now, kept)
+        if isinstance(chosen, Refusal):
+            refusal = chosen
+        else:
+            states = self._counters.read(conn, chosen.wanted)
+            decision = plan_reserve(chosen.applicable, states, worst, chosen.clamp, chosen.planned)
             if not isinstance(decision, Refusal):
-                if decision.max_output is not None and flex is not None:
-                    worst = flex.amounts(decision.max_output)
-                if early is not None and early[0] is key and decision.max_output is None:
-                    row_info = early[1]
-                else:
+                charges_text, adds, row_info = chosen.charges_text, chosen.adds, chosen.row_info
+                if decision.max_output is not None:  # clamped: other charges, other worst
+                    if flex is not None:
+                        worst = flex.amounts(decision.max_output)
+                    charges_text = q.dump_charges(decision.charges)
+                    adds = [(c.counter, c.window_start, c.amount, 0) for c in decision.charges]
+                    row_info = None
+                if row_info is None:
                     row_info = q.dump_info(info, key, worst, decision.max_output)
                 res_id = info.request_id  # unique: a random per-process prefix and a counter
                 conn.execute(  # first: the only write here that can fail (a duplicate id)
                     "INSERT INTO reservations (id, owner, created_at, charges, info) VALUES (?,?,?,?,?)",
-                    (res_id, self.owner, now, q.dump_charges(decision.charges), row_info),
+                    (res_id, self.owner, now, charges_text, row_info),
                 )
-                self._counters.add(
-                    conn, [(c.counter, c.window_start, c.amount, 0) for c in decision.charges]
-                )
-                headroom = tightest(applicable, states)
-                return Reservation(
-                    res_id, info, decision.charges, worst, key, decision.max_output, headroom
-                )
+                self._counters.add(conn, adds)
+                return decision, worst, key, chosen.applicable, states  # `Admitted`
             refusal = decision
         if record_refusal:
             q.insert_refusal(conn, info, key, refusal, now)
@@ -346,9 +374,10 @@ class SQLiteStore(
     async def rereserve(
         self, old: Reservation, info: RequestInfo, worst: Amounts, flex: OutputFlex | None = None
     ) -> Reservation | Refusal:
-        return await self._write(
+        result = await self._write(
             lambda conn: self._rereserve(conn, old, info, worst, flex), hot=True
         )
+        return reservation_of(info, result)
 
     def _rereserve(
         self,
@@ -357,14 +386,14 @@ class SQLiteStore(
         info: RequestInfo,
         worst: Amounts,
         flex: OutputFlex | None,
-    ) -> Reservation | Refusal:
+    ) -> Admitted | Refusal:
         """Move a held reservation to another target in one transaction: release what it
         holds, reserve `worst` for `info`. Refused: nothing changes, the old one stays."""
         conn.execute("SAVEPOINT rereserve")
         snapshot = self._counters.snapshot()
         try:
             if conn.execute("DELETE FROM reservations WHERE id=?", (old.id,)).rowcount == 0:
-                decision: Reservation | Refusal = Refusal(
+                decision: Admitted | Refusal = Refusal(
                     "lease_expired",
                     "This request's reservation was settled by another process (lease expired).",
                     "key",
@@ -388,13 +417,29 @@ class SQLiteStore(
             raise
 
     def _write_settlement(self, res: Reservation, outcome: Outcome) -> asyncio.Future[Any]:
+        # What it writes is worked out here, outside the transaction (less time holding
+        # the write lock): the amounts, the counter deltas, the ledger row. Should that
+        # fail, the op works it out itself: its failure is then the write's, logged and
+        # retried (`SettleRetry`), not an exception out of `settle` that would leave the
+        # settlement neither written nor retried.
+        prepared: settlement.Prepared | None
         try:
-            return self._writer.submit_soon(lambda conn: self._settle(conn, res, outcome))
+            prepared = settlement.prepare(res, outcome)
+        except Exception:  # noqa: BLE001 - re-raised by the op, where it is retried
+            prepared = None
+        try:
+            return self._writer.submit_soon(lambda conn: self._settle(conn, res, outcome, prepared))
         except WriterClosed as exc:  # shutting down: the journal keeps it
             raise StoreUnavailable(f"settlement kept in the journal: {exc}") from exc
 
-    def _settle(self, conn: sqlite3.Connection, res: Reservation, outcome: Outcome) -> str:
-        result = settlement.settle(conn, self._counters.add, res, outcome, self._clock())
+    def _settle(
+        self,
+        conn: sqlite3.Connection,
+        res: Reservation,
+        outcome: Outcome,
+        prepared: settlement.Prepared | None,
+    ) -> str:
+        result = settlement.settle(conn, self._counters.add, res, outcome, self._clock(), prepared)
         if result == settlement.ALREADY:
             log.info("reservation %s was already settled", res.id)
         return result

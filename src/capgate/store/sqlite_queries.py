@@ -141,7 +141,7 @@ def load_info(text: str) -> tuple[RequestInfo, str, str | None, str | None, Amou
     return info, d["key_name"], d["team"], d["user"], Amounts(*d["worst"])
 
 
-_INSERT_ENTRY = (
+INSERT_ENTRY = (
     "INSERT INTO requests (request_id, created_at, key_id, key_name, user, team, model, "
     "provider, upstream_model, endpoint, stream, status, outcome, input_tokens, output_tokens, "
     "cache_read_tokens, cache_write_tokens, cost_nano, latency_ms, ttft_ms, attempts, refusal, "
@@ -159,13 +159,13 @@ def insert_entry(
     now: float,
     max_tokens_clamped: int | None = None,
 ) -> None:
-    conn.execute(_INSERT_ENTRY, entry_values(info, key, outcome, actual, max_tokens_clamped))
+    conn.execute(INSERT_ENTRY, entry_values(info, key, outcome, actual, max_tokens_clamped))
 
 
 def insert_refusal(
     conn: sqlite3.Connection, info: RequestInfo, key: Scope | None, refusal: Refusal, now: float
 ) -> None:
-    conn.execute(_INSERT_ENTRY, refusal_values(info, key, refusal, now))
+    conn.execute(INSERT_ENTRY, refusal_values(info, key, refusal, now))
 
 
 def insert_lease_expired(
@@ -179,7 +179,7 @@ def insert_lease_expired(
     max_tokens_clamped: int | None = None,
 ) -> None:
     values = lease_expired_values(info, key_name, team, user, worst, now, max_tokens_clamped)
-    conn.execute(_INSERT_ENTRY, values)
+    conn.execute(INSERT_ENTRY, values)
 
 
 _FILTERS = {

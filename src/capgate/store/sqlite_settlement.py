@@ -14,6 +14,11 @@ had a row: its settlement is known done by its ledger entry (by request id) inst
 model calls a hook machine reports (hook mode) take the same path, flagged `hook_report`.
 A hook's prompt lease (id `hp-...`) is not swept with its process: the server's lease
 expiry settles it (`HookStore.settle_lease`), from any process.
+
+What a settlement writes depends on the reservation and the outcome alone (`prepare`: the
+amounts, the counter deltas, the ledger row, whose `created_at` is the request's start),
+so the store works it out before the transaction; inside it only the row is deleted, the
+counters moved and the entry inserted. A late settlement works out its own (rare).
 """
 
 from __future__ import annotations
@@ -23,13 +28,15 @@ import sqlite3
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any, NamedTuple
 
-from capgate.core.engine import Amounts, plan_settle
+from capgate.core.engine import Amounts, CounterDelta, plan_settle
 from capgate.core.limits import Scope, ScopeKind
 from capgate.core.money import Usage
 from capgate.store import sqlite_queries as q
 from capgate.store.base import UNHELD_FLAGS, Outcome, RequestInfo, Reservation
 from capgate.store.liveness import forget, is_alive
+from capgate.store.rows import entry_values
 
 log = logging.getLogger(__name__)
 
@@ -38,23 +45,47 @@ AddCounters = Callable[[sqlite3.Connection, Iterable[tuple[str, int, int, int]]]
 SETTLED, LATE, ALREADY = "settled", "late", "already"
 
 
-def settle(
-    conn: sqlite3.Connection, add: AddCounters, res: Reservation, outcome: Outcome, now: float
-) -> str:
-    """Settle `res` with `outcome`: SETTLED, LATE (reconciled a lease_expired entry), or
-    ALREADY (nothing to do)."""
+class Prepared(NamedTuple):
+    """What settling `res` with `outcome` writes, worked out before the transaction (pure:
+    from the reservation and the outcome alone), so the write lock is not held for it."""
+
+    actual: Amounts  # what the request counts
+    deltas: list[CounterDelta]  # (counter, start, reserved, settled): release and count
+    entry: tuple[Any, ...]  # the ledger row's values
+
+
+def prepare(res: Reservation, outcome: Outcome) -> Prepared:
     if outcome.usage is None:  # no usage reported: charge the whole reservation
         actual = res.worst
     else:
         actual = Amounts.of_usage(
             outcome.usage, outcome.cost_nano, res.worst.credits, outcome.requests
         )
+    deltas = plan_settle(res.charges, actual)  # a fail-open one's charges hold 0: usage only
     if res.fail_open:
-        return _unreserved(conn, add, res, outcome, actual, now)
+        entry = entry_values(res.info, res.key, fail_open_outcome(outcome), actual)
+    else:
+        entry = entry_values(res.info, res.key, outcome, actual, res.max_output)
+    return Prepared(actual, deltas, entry)
+
+
+def settle(
+    conn: sqlite3.Connection,
+    add: AddCounters,
+    res: Reservation,
+    outcome: Outcome,
+    now: float,
+    prepared: Prepared | None = None,  # `prepare(res, outcome)`, when worked out before
+) -> str:
+    """Settle `res` with `outcome`: SETTLED, LATE (reconciled a lease_expired entry), or
+    ALREADY (nothing to do)."""
+    done = prepare(res, outcome) if prepared is None else prepared
+    if res.fail_open:
+        return _unreserved(conn, add, res, done)
     if conn.execute("DELETE FROM reservations WHERE id=?", (res.id,)).rowcount == 0:
-        return _late(conn, add, res, outcome, actual, now)
-    add(conn, plan_settle(res.charges, actual))  # CounterDelta: (counter, start, reserved, settled)
-    q.insert_entry(conn, res.info, res.key, outcome, actual, now, res.max_output)
+        return _late(conn, add, res, outcome, done.actual, now)
+    add(conn, done.deltas)
+    conn.execute(q.INSERT_ENTRY, done.entry)
     return SETTLED
 
 
@@ -92,12 +123,7 @@ def _late(
 
 
 def _unreserved(
-    conn: sqlite3.Connection,
-    add: AddCounters,
-    res: Reservation,
-    outcome: Outcome,
-    actual: Amounts,
-    now: float,
+    conn: sqlite3.Connection, add: AddCounters, res: Reservation, done: Prepared
 ) -> str:
     """A request admitted fail-open: no reservation row ever existed, so its ledger entry
     is what says it was settled (one per request id: it had no refusal entry either)."""
@@ -105,9 +131,8 @@ def _unreserved(
         "SELECT 1 FROM requests WHERE request_id=? LIMIT 1", (res.info.request_id,)
     ).fetchone():
         return ALREADY
-    deltas = plan_settle(res.charges, actual)  # the charges hold 0: usage only
-    add(conn, [(d.counter, d.window_start, d.reserved, d.settled) for d in deltas])
-    q.insert_entry(conn, res.info, res.key, fail_open_outcome(outcome), actual, now)
+    add(conn, done.deltas)
+    conn.execute(q.INSERT_ENTRY, done.entry)
     return SETTLED
 
 
