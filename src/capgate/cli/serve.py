@@ -36,9 +36,10 @@ from capgate.worker_metrics import PUBLISH_S, WorkerMetrics, remove
 
 log = logging.getLogger("capgate.serve")
 
-# Busy workers one SQLite file keeps up with: its write lock carries ~20,000-25,000
-# requests a second (reservation + settlement) on the test VMs, ~3.5 workers' worth
-# (docs/performance.md, "What one SQLite file carries").
+# Busy workers one SQLite file keeps up with: its write lock is held ~25 us per request
+# (reservation + settlement) with two processes on the test VM, ~35,000 requests a second,
+# about 5 workers' worth (docs/performance.md, "Issue #19 as it stands"). Warned past 4:
+# the fifth already runs into the lock on a machine whose workers are a little faster.
 SQLITE_WORKERS = 4
 
 
